@@ -1,0 +1,448 @@
+//! What each subcommand does. `main.rs` parses the command line and calls
+//! these; they print for people and return errors that carry an exit code.
+//! [`LocalStack`] (every companion in-process on ephemeral loopback ports,
+//! and a config pointing at them) serves `demo`, the tests and the bench.
+//!
+//! It must not hold business logic of its own: it wires and presents.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::clients::{Clients, StatsSnapshot};
+use crate::config::{self, Config, ConfigError};
+use crate::heist::{self, HeistError, HeistRunner, RunOptions, RunReport, TurnView};
+use crate::scenario::{Scenario, ScenarioError};
+use crate::services::{self, token::SigningKey, CompanionContext, Companions, ServiceError};
+use crate::store::{SessionDetail, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Heist(#[from] HeistError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Unhealthy(String),
+}
+
+impl CliError {
+    /// 1 for anything the user can fix by changing input or config, 2 when
+    /// a service or the store failed at run time.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Scenario(_) | Self::Usage(_) => 1,
+            Self::Unhealthy(_) => 1,
+            Self::Store(_) | Self::Service(_) | Self::Heist(_) => 2,
+        }
+    }
+}
+
+/// Loads the config from `--config`, else `/etc/heistd/heistd.toml` if it
+/// exists, else built-in defaults; environment overrides apply to all three.
+pub fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+    let chosen = path.map(Path::to_path_buf).or_else(|| {
+        let system = PathBuf::from(config::SYSTEM_CONFIG_PATH);
+        system.is_file().then_some(system)
+    });
+    let loaded = config::load(chosen.as_deref(), config::process_environment())?;
+    Ok((loaded, chosen))
+}
+
+/// `heistd config check`: the resolved config with secrets redacted.
+pub fn config_check(path: Option<&Path>) -> Result<String, CliError> {
+    let (config, chosen) = load_config(path)?;
+    Scenario::from_config(config.heist.scenario.as_deref())?;
+    let source = chosen.map_or("built-in defaults".to_string(), |path| {
+        path.display().to_string()
+    });
+    Ok(format!(
+        "# config OK: {source} (with HEISTD_* environment overrides)\n{}",
+        config.redacted_toml()
+    ))
+}
+
+/// Every companion in this process on ephemeral loopback ports, and a
+/// config whose services point at them.
+pub struct LocalStack {
+    pub companions: Companions,
+    pub config: Arc<Config>,
+    pub scenario: Arc<Scenario>,
+}
+
+impl LocalStack {
+    /// Starts the companions for `base`; with `llm` set, the heist talks to
+    /// that OpenAI-compatible server instead of the rehearsal model.
+    pub async fn start(mut base: Config, llm: Option<(String, String)>) -> Result<Self, CliError> {
+        let scenario = Arc::new(Scenario::from_config(base.heist.scenario.as_deref())?);
+        let context = CompanionContext {
+            scenario: scenario.clone(),
+            signing_key: SigningKey::random(),
+            config: Arc::new(base.clone()),
+        };
+        let companions = services::start(
+            &services::COMPANION_NAMES,
+            &context,
+            "127.0.0.1",
+            &BTreeMap::new(),
+            true,
+        )
+        .await?;
+        let url = |name: &str| companions.url(name).unwrap_or_default();
+        base.services.oauth.base_url = url("oauth");
+        base.services.memory.base_url = url("memory");
+        base.services.calculator.base_url = url("calculator");
+        base.services.file_reader.base_url = url("file_reader");
+        base.services.database_query.base_url = url("database_query");
+        match llm {
+            Some((base_url, model)) => {
+                base.llm.base_url = base_url;
+                base.llm.model = model;
+            }
+            None => {
+                base.llm.base_url = url("rehearsal");
+                base.llm.model = services::rehearsal::MODEL_ID.into();
+            }
+        }
+        Ok(Self {
+            companions,
+            config: Arc::new(base),
+            scenario,
+        })
+    }
+
+    /// A runner over this stack writing to `store`.
+    pub fn runner(&self, store: Arc<Store>) -> HeistRunner {
+        HeistRunner::new(
+            self.config.clone(),
+            self.scenario.clone(),
+            Clients::from_config(&self.config),
+            store,
+        )
+    }
+}
+
+pub struct DemoOptions {
+    pub turns: Option<u32>,
+    pub db: PathBuf,
+    pub seed: Option<u64>,
+    pub llm: Option<(String, String)>,
+}
+
+/// `heistd demo`: the whole system in one process, one heist, live output.
+pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
+    let mut base = config::load(None, config::process_environment())?;
+    base.store.path = options.db.clone();
+    let stack = LocalStack::start(base, options.llm.clone()).await?;
+    let store = Arc::new(Store::open(
+        &stack.config.store.path,
+        stack.config.store.synchronous,
+    )?);
+    let runner = stack.runner(store.clone());
+    let turns = options.turns.unwrap_or(stack.config.heist.turns);
+    let seed = options.seed.unwrap_or_else(heist::random_seed);
+    let model = match &options.llm {
+        Some((url, model)) => format!("{model} at {url}"),
+        None => format!(
+            "{} (the rehearsal model: scripted replies, no language model)",
+            services::rehearsal::MODEL_ID
+        ),
+    };
+    println!(
+        "heistd demo: {} — {turns} turns, seed {seed}",
+        stack.scenario.title
+    );
+    println!("model: {model}");
+    for service in &stack.companions.services {
+        println!("  {:<15} {}", service.name, service.base_url());
+    }
+    println!();
+    let report = runner
+        .run(RunOptions { turns, seed }, Some(&print_turn))
+        .await?;
+    println!("{}", summary(&report, runner.clients(), store.path()));
+    stack.companions.shutdown().await;
+    Ok(report)
+}
+
+/// `heistd run`: one heist against the configured services.
+pub async fn run(
+    config: Config,
+    turns: Option<u32>,
+    seed: Option<u64>,
+) -> Result<RunReport, CliError> {
+    let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
+    let store = Arc::new(Store::open(&config.store.path, config.store.synchronous)?);
+    let clients = Clients::from_config(&config);
+    let turns = turns.unwrap_or(config.heist.turns);
+    let seed = seed
+        .or(config.heist.seed)
+        .unwrap_or_else(heist::random_seed);
+    let runner = HeistRunner::new(Arc::new(config), scenario, clients, store.clone());
+    let report = runner
+        .run(RunOptions { turns, seed }, Some(&print_turn))
+        .await?;
+    println!("{}", summary(&report, runner.clients(), store.path()));
+    Ok(report)
+}
+
+/// `heistd check`: every configured service's health once.
+pub async fn check(config: &Config) -> Result<String, CliError> {
+    let clients = Clients::from_config(config);
+    let reports = crate::health::check_all(&clients).await;
+    let mut output = String::new();
+    for report in &reports {
+        let state = if report.up { "up" } else { "DOWN" };
+        let _ = writeln!(
+            output,
+            "{:<15} {:<5} {:>8.1} ms  {}  {}",
+            report.service, state, report.latency_ms, report.base_url, report.detail
+        );
+    }
+    let down: Vec<&str> = reports
+        .iter()
+        .filter(|report| !report.up)
+        .map(|report| report.service.as_str())
+        .collect();
+    if down.is_empty() {
+        Ok(output)
+    } else {
+        Err(CliError::Unhealthy(format!(
+            "{output}down: {}",
+            down.join(", ")
+        )))
+    }
+}
+
+/// `heistd services`: run companions until `shutdown` resolves.
+pub async fn services(
+    config: Config,
+    names: &[String],
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), CliError> {
+    let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
+    let all = names.is_empty() || names.iter().any(|name| name == "all");
+    let chosen: Vec<&str> = if all {
+        services::COMPANION_NAMES.to_vec()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    let signing_key = match config::secret_from_environment(&config.oauth.signing_key_env) {
+        Some(key) => SigningKey::from_bytes(key.into_bytes())
+            .map_err(|error| CliError::Usage(format!("{}: {error}", config.oauth.signing_key_env)))?,
+        None if all => SigningKey::random(),
+        None => {
+            return Err(CliError::Usage(format!(
+                "companions in separate processes must share a token key: set {} (32+ bytes), or run `heistd services all`",
+                config.oauth.signing_key_env
+            )))
+        }
+    };
+    let fault_injection = config.companions.fault_injection;
+    let host = config.companions.host.clone();
+    let ports = config.companions.ports.clone();
+    let context = CompanionContext {
+        scenario,
+        signing_key,
+        config: Arc::new(config),
+    };
+    let companions = services::start(&chosen, &context, &host, &ports, fault_injection).await?;
+    for service in &companions.services {
+        println!("{:<15} listening on {}", service.name, service.base_url());
+    }
+    shutdown.await;
+    companions.shutdown().await;
+    Ok(())
+}
+
+/// `heistd sessions list`.
+pub fn sessions_list(store: &Store, limit: usize) -> Result<String, CliError> {
+    let mut output = format!(
+        "{:<32} {:<11} {:>5}  {:<27} {}\n",
+        "SESSION", "STATUS", "TURNS", "STARTED", "REASON"
+    );
+    for session in store.list_sessions(limit)? {
+        let _ = writeln!(
+            output,
+            "{:<32} {:<11} {:>5}  {:<27} {}",
+            session.session_id,
+            session.status,
+            session.num_turns,
+            session.start_time,
+            session.failure_reason.unwrap_or_default()
+        );
+    }
+    Ok(output)
+}
+
+/// `heistd sessions export ID --format json`: the session, its messages and
+/// tool usage, as the prototype's JSON export.
+pub fn export_json(detail: &SessionDetail) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "session_info": detail.session,
+        "messages": detail.messages,
+        "tool_usage": detail.tool_usage,
+    }))
+    .unwrap_or_default()
+}
+
+/// `heistd sessions show ID` and `export ID --format md`: a Markdown transcript.
+pub fn export_markdown(detail: &SessionDetail) -> String {
+    let session = &detail.session;
+    let mut output = format!("# Heist session {}\n\n", session.session_id);
+    let _ = writeln!(output, "- status: {}", session.status);
+    let _ = writeln!(output, "- started: {}", session.start_time);
+    let _ = writeln!(
+        output,
+        "- ended: {}",
+        session.end_time.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(output, "- turns: {}", session.num_turns);
+    if let Some(seed) = session.seed {
+        let _ = writeln!(output, "- seed: {seed}");
+    }
+    if let Some(reason) = &session.failure_reason {
+        let _ = writeln!(output, "- reason: {reason}");
+    }
+    output.push_str("\n## Conversation\n");
+    for message in &detail.messages {
+        let _ = writeln!(
+            output,
+            "\n### Turn {}: {} ({})\n",
+            message.turn_id, message.agent_name, message.agent_role
+        );
+        match &message.error {
+            Some(error) => {
+                let _ = writeln!(output, "_turn failed: {error}_");
+            }
+            None => {
+                let _ = writeln!(output, "{}", message.message.trim());
+            }
+        }
+        for tool in detail
+            .tool_usage
+            .iter()
+            .filter(|tool| tool.turn_id == message.turn_id)
+        {
+            let outcome = if tool.success {
+                format!("`{}`", first_line(&tool.tool_result, 100))
+            } else {
+                format!("failed: {}", tool.error.as_deref().unwrap_or(""))
+            };
+            let _ = writeln!(
+                output,
+                "\n- tool `{}` (`{}`): {outcome}",
+                tool.tool_name, tool.tool_params
+            );
+        }
+    }
+    output
+}
+
+fn print_turn(view: &TurnView<'_>) {
+    let record = view.record;
+    println!(
+        "[{:>2}/{}] {} ({}) — {:.1} ms",
+        record.turn_id, view.total_turns, record.agent_name, record.agent_role, view.elapsed_ms
+    );
+    match &record.error {
+        Some(error) => println!("   turn failed: {error}"),
+        None => {
+            for line in record.message.trim().lines() {
+                println!("   {line}");
+            }
+        }
+    }
+    for call in &record.tool_calls {
+        let outcome = if call.success {
+            format!("ok: {}", first_line(&call.tool_result, 90))
+        } else {
+            format!("FAILED: {}", call.error.as_deref().unwrap_or(""))
+        };
+        println!("   -> {}({}) {outcome}", call.tool_name, call.tool_params);
+    }
+    println!();
+}
+
+fn summary(report: &RunReport, clients: &Clients, database: &Path) -> String {
+    let mut output = String::new();
+    let _ = writeln!(
+        output,
+        "session {} {}",
+        report.session_id,
+        report.status.as_str()
+    );
+    if let Some(reason) = &report.failure_reason {
+        let _ = writeln!(output, "  reason: {reason}");
+    }
+    let _ = writeln!(
+        output,
+        "  turns: {} ({} failed)",
+        report.turns, report.failed_turns
+    );
+    let _ = writeln!(
+        output,
+        "  tool calls: {} succeeded, {} failed, {} refused",
+        report.tool_calls_succeeded, report.tool_calls_failed, report.tool_calls_refused
+    );
+    if report.memory_pending > 0 {
+        let _ = writeln!(
+            output,
+            "  memory writes waiting in the outbox: {}",
+            report.memory_pending
+        );
+    }
+    let _ = writeln!(
+        output,
+        "\n  {:<15} {:>6} {:>9} {:>9} {:>9}",
+        "service", "calls", "failures", "p50 ms", "p99 ms"
+    );
+    for service in clients.all() {
+        let StatsSnapshot {
+            calls,
+            failures,
+            p50_ms,
+            p99_ms,
+        } = service.stats.snapshot();
+        let _ = writeln!(
+            output,
+            "  {:<15} {calls:>6} {failures:>9} {p50_ms:>9.2} {p99_ms:>9.2}",
+            service.name
+        );
+    }
+    let database = database.display();
+    let _ = writeln!(output, "\n  audit trail: {database}");
+    let _ = writeln!(
+        output,
+        "  read it:     heistd sessions --db {database} show {}",
+        report.session_id
+    );
+    let _ = write!(
+        output,
+        "  or with SQL: sqlite3 {database} \"SELECT turn_id, agent_name, tool_name, success FROM tool_usage WHERE session_id = '{}'\"",
+        report.session_id
+    );
+    output
+}
+
+fn first_line(text: &str, max_chars: usize) -> String {
+    let line = text
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or_default()
+        .trim();
+    if line.chars().count() > max_chars {
+        format!("{}...", line.chars().take(max_chars).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}

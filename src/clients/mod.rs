@@ -1,0 +1,336 @@
+//! Typed clients for every service heistd calls: OAuth, memory, the three
+//! tools and the LLM. Each call goes through [`ServiceClient`], which runs it
+//! inside the resilience stack, classifies failures into [`CallError`] and
+//! records metrics and per-service statistics.
+//!
+//! Clients know the wire formats; they must not decide on retries (that is
+//! `resilience`) nor write to the store.
+
+mod llm;
+mod memory;
+mod oauth;
+mod tools;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use llm::{ChatMessage, LlmClient};
+pub use memory::{MemoryClient, MemoryWrite};
+pub use oauth::{AccessToken, OAuthClient, TokenCache};
+pub use tools::ToolClient;
+
+use crate::config::{Config, ServiceConfig};
+use crate::metrics as names;
+use crate::resilience::{self, Policy};
+
+/// Why a call to a service failed, precise enough for retry decisions.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("{service}: no answer within {} ms", after.as_millis())]
+    Timeout { service: String, after: Duration },
+    #[error("{service}: cannot connect: {message}")]
+    Connect { service: String, message: String },
+    #[error("{service}: HTTP {status}: {message}")]
+    Status {
+        service: String,
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{service}: unreadable reply: {message}")]
+    Decode { service: String, message: String },
+    #[error("{service}: {message}")]
+    Refused { service: String, message: String },
+}
+
+impl CallError {
+    /// The metric label for this failure.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "timeout",
+            Self::Connect { .. } => "connect_error",
+            Self::Status { status, .. } if *status >= 500 => "server_error",
+            Self::Status { .. } => "client_error",
+            Self::Decode { .. } => "decode_error",
+            Self::Refused { .. } => "refused",
+        }
+    }
+
+    /// Worth trying again: the service may answer differently next time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Timeout { .. } | Self::Connect { .. } => true,
+            Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            Self::Decode { .. } | Self::Refused { .. } => false,
+        }
+    }
+}
+
+/// Counts and recent latencies of one service's calls, for summaries.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    /// The most recent call durations in seconds (bounded).
+    recent_seconds: Mutex<VecDeque<f64>>,
+}
+
+/// A summary of [`ServiceStats`] at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsSnapshot {
+    pub calls: u64,
+    pub failures: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+const RECENT_SAMPLES: usize = 4096;
+
+impl ServiceStats {
+    fn record(&self, seconds: f64, ok: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut recent = self
+            .recent_seconds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if recent.len() == RECENT_SAMPLES {
+            recent.pop_front();
+        }
+        recent.push_back(seconds);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut samples: Vec<f64> = self
+            .recent_seconds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        let percentile = |fraction: f64| {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let index = ((samples.len() as f64 - 1.0) * fraction).round() as usize;
+            samples[index] * 1000.0
+        };
+        StatsSnapshot {
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            p50_ms: percentile(0.5),
+            p99_ms: percentile(0.99),
+        }
+    }
+}
+
+/// One configured service: its name (the metrics label), base URL, HTTP
+/// client and policy.
+#[derive(Clone)]
+pub struct ServiceClient {
+    pub name: String,
+    pub base_url: String,
+    http: reqwest::Client,
+    policy: Policy,
+    pub stats: Arc<ServiceStats>,
+}
+
+impl ServiceClient {
+    pub fn new(name: &str, base_url: &str, policy: Policy, http: reqwest::Client) -> Self {
+        Self {
+            name: name.to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            http,
+            policy,
+            stats: Arc::new(ServiceStats::default()),
+        }
+    }
+
+    pub fn from_config(name: &str, service: &ServiceConfig, http: reqwest::Client) -> Self {
+        Self::new(
+            name,
+            &service.base_url,
+            Policy::from_timeout_ms(service.timeout_ms),
+            http,
+        )
+    }
+
+    pub async fn post_json<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        headers: &[(&str, String)],
+    ) -> Result<R, CallError> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        self.send(request).await
+    }
+
+    pub async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {
+        self.send(self.http.get(format!("{}{path}", self.base_url)))
+            .await
+    }
+
+    async fn send<R: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<R, CallError> {
+        let started = tokio::time::Instant::now();
+        let service = self.name.clone();
+        let outcome = resilience::call(&self.policy, &self.name, async move {
+            let response = request
+                .send()
+                .await
+                .map_err(|error| classify_send_error(&service, &error))?;
+            read_reply(&service, response).await
+        })
+        .await;
+        let seconds = started.elapsed().as_secs_f64();
+        let label = match &outcome {
+            Ok(_) => "success",
+            Err(error) => error.outcome(),
+        };
+        metrics::counter!(names::SERVICE_REQUESTS_TOTAL, "service" => self.name.clone(), "outcome" => label).increment(1);
+        metrics::histogram!(names::SERVICE_REQUEST_DURATION_SECONDS, "service" => self.name.clone()).record(seconds);
+        self.stats.record(seconds, outcome.is_ok());
+        outcome
+    }
+}
+
+/// Every client a heist needs, built once from the config.
+#[derive(Clone)]
+pub struct Clients {
+    pub oauth: OAuthClient,
+    pub memory: MemoryClient,
+    pub tools: ToolClient,
+    pub llm: LlmClient,
+}
+
+impl Clients {
+    pub fn from_config(config: &Config) -> Self {
+        let http = http_client();
+        let service = |name: &str, service: &ServiceConfig| {
+            ServiceClient::from_config(name, service, http.clone())
+        };
+        Self {
+            oauth: OAuthClient::new(service("oauth", &config.services.oauth)),
+            memory: MemoryClient::new(service("memory", &config.services.memory)),
+            tools: ToolClient::new(
+                service("calculator", &config.services.calculator),
+                service("file_reader", &config.services.file_reader),
+                service("database_query", &config.services.database_query),
+            ),
+            llm: LlmClient::from_config(&config.llm, http),
+        }
+    }
+
+    /// Every service client, for health checks and summaries.
+    pub fn all(&self) -> Vec<&ServiceClient> {
+        let mut all = vec![&self.oauth.service, &self.memory.service];
+        all.extend(self.tools.services());
+        all.push(&self.llm.service);
+        all
+    }
+}
+
+/// One connection pool shared by every client.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("heistd/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+fn classify_send_error(service: &str, error: &reqwest::Error) -> CallError {
+    let message = error_chain(error);
+    if error.is_timeout() {
+        return CallError::Timeout {
+            service: service.into(),
+            after: Duration::ZERO,
+        };
+    }
+    if error.is_connect() || error.is_request() {
+        return CallError::Connect {
+            service: service.into(),
+            message,
+        };
+    }
+    CallError::Connect {
+        service: service.into(),
+        message,
+    }
+}
+
+async fn read_reply<R: DeserializeOwned>(
+    service: &str,
+    response: reqwest::Response,
+) -> Result<R, CallError> {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let bytes = response.bytes().await.map_err(|error| CallError::Connect {
+        service: service.into(),
+        message: error_chain(&error),
+    })?;
+    if !status.is_success() {
+        return Err(CallError::Status {
+            service: service.into(),
+            status: status.as_u16(),
+            message: error_message(&bytes)
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string()),
+            retry_after,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|error| CallError::Decode {
+        service: service.into(),
+        message: error.to_string(),
+    })
+}
+
+/// The human message inside a JSON error body, in the shapes our services
+/// and OpenAI-compatible servers use.
+fn error_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?;
+    let text = match error {
+        serde_json::Value::String(code) => match value
+            .get("error_description")
+            .and_then(|description| description.as_str())
+        {
+            Some(description) => format!("{code}: {description}"),
+            None => code.clone(),
+        },
+        serde_json::Value::Object(object) => object.get("message")?.as_str()?.to_string(),
+        _ => return None,
+    };
+    Some(text)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

@@ -1,0 +1,721 @@
+//! Configuration: the one place that reads the TOML file and the
+//! `HEISTD_<SECTION>__<KEY>` environment overrides, validates them, and hands
+//! out a typed [`Config`]. Layers, lowest first: built-in defaults (serde
+//! field defaults), the file, the environment.
+//!
+//! It must not reach the network or open the store; everything that needs a
+//! setting receives it from here, explicitly. Secrets (client secrets, the
+//! token signing key, the LLM API key) are never printed: [`Config::redacted_toml`]
+//! replaces them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "HEISTD_";
+/// Separates the section from the key in an override (`HEISTD_LLM__BASE_URL`).
+pub const ENV_SEPARATOR: &str = "__";
+/// Where a packaged daemon looks for its config when no `--config` is given.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/heistd/heistd.toml";
+/// The companion services every heist needs, in the order they are checked.
+pub const SERVICE_NAMES: [&str; 5] = [
+    "oauth",
+    "memory",
+    "calculator",
+    "file_reader",
+    "database_query",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} not found")]
+    FileNotFound { path: String },
+    #[error("config file {path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("unknown key `{key}` in {origin}")]
+    UnknownKey { key: String, origin: String },
+    #[error("key `{key}` in {origin}: {message}")]
+    InvalidValue {
+        key: String,
+        origin: String,
+        message: String,
+    },
+}
+
+/// The whole resolved configuration. Deliberately has no `Default`: a config
+/// only comes from [`load`], so every value has been through validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub heist: HeistConfig,
+    #[serde(default)]
+    pub llm: LlmConfig,
+    #[serde(default)]
+    pub services: ServicesConfig,
+    #[serde(default)]
+    pub oauth: OAuthConfig,
+    #[serde(default)]
+    pub companions: CompanionsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite audit database; created with its schema on first open.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// `full` makes every committed turn survive power loss; `normal` only
+    /// survives a crash of the process, and is faster on slow disks.
+    #[serde(default)]
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeistConfig {
+    /// Turns in one heist when the command line does not say.
+    #[serde(default = "default_turns")]
+    pub turns: u32,
+    /// A scenario directory holding `scenario.toml`, `documents/` and
+    /// `shifts.sql`; empty means the bank scenario built into the binary.
+    #[serde(default)]
+    pub scenario: Option<PathBuf>,
+    /// Fixes the agent order and the rehearsal transcript; random when unset.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// How many earlier messages each prompt carries verbatim.
+    #[serde(default = "default_context_messages")]
+    pub context_messages: usize,
+    /// Tool requests beyond this in one reply are recorded as refused, so a
+    /// chatty model cannot turn one turn into a storm of calls.
+    #[serde(default = "default_max_tool_calls")]
+    pub max_tool_calls_per_turn: usize,
+    /// The token budget asked of the memory service's compressed summary.
+    #[serde(default = "default_memory_max_tokens")]
+    pub memory_max_tokens: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// OpenAI-compatible base URL, up to and including `/v1`.
+    #[serde(default = "default_llm_url")]
+    pub base_url: String,
+    #[serde(default = "default_llm_model")]
+    pub model: String,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// The name of the environment variable that holds the API key; the key
+    /// itself never lives in the file.
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    /// Per-attempt timeout: a local model may need a minute for a reply.
+    #[serde(default = "default_llm_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesConfig {
+    #[serde(default = "default_oauth_service")]
+    pub oauth: ServiceConfig,
+    #[serde(default = "default_memory_service")]
+    pub memory: ServiceConfig,
+    #[serde(default = "default_calculator_service")]
+    pub calculator: ServiceConfig,
+    #[serde(default = "default_file_reader_service")]
+    pub file_reader: ServiceConfig,
+    #[serde(default = "default_database_query_service")]
+    pub database_query: ServiceConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub base_url: String,
+    /// Per-attempt timeout for calls to this service.
+    #[serde(default = "default_service_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The clients the OAuth service knows, and the secrets the heist runner
+    /// presents for each agent (an agent's client id is its name).
+    #[serde(default = "default_oauth_clients")]
+    pub clients: Vec<OAuthClient>,
+    /// The environment variable holding the HS256 signing key shared by the
+    /// OAuth and tool services. Unset: a random key per process, which is
+    /// right when all companions run in one process (`services all`, `demo`).
+    #[serde(default = "default_signing_key_env")]
+    pub signing_key_env: String,
+    #[serde(default = "default_token_ttl_seconds")]
+    pub token_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_secret: String,
+    /// Scopes this client may be granted; asking for more is `invalid_scope`.
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompanionsConfig {
+    #[serde(default = "default_companion_host")]
+    pub host: String,
+    #[serde(default = "default_companion_ports")]
+    pub ports: BTreeMap<String, u16>,
+    /// Enables `POST /fault` on every companion service (tests and demos).
+    #[serde(default)]
+    pub fault_injection: bool,
+    /// Seeds the rehearsal model when a request carries no seed.
+    #[serde(default)]
+    pub rehearsal_seed: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+impl Default for HeistConfig {
+    fn default() -> Self {
+        Self {
+            turns: default_turns(),
+            scenario: None,
+            seed: None,
+            context_messages: default_context_messages(),
+            max_tool_calls_per_turn: default_max_tool_calls(),
+            memory_max_tokens: default_memory_max_tokens(),
+        }
+    }
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            base_url: default_llm_url(),
+            model: default_llm_model(),
+            temperature: default_temperature(),
+            max_tokens: default_max_tokens(),
+            api_key_env: default_api_key_env(),
+            timeout_ms: default_llm_timeout_ms(),
+        }
+    }
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            oauth: default_oauth_service(),
+            memory: default_memory_service(),
+            calculator: default_calculator_service(),
+            file_reader: default_file_reader_service(),
+            database_query: default_database_query_service(),
+        }
+    }
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            clients: default_oauth_clients(),
+            signing_key_env: default_signing_key_env(),
+            token_ttl_seconds: default_token_ttl_seconds(),
+        }
+    }
+}
+
+impl Default for CompanionsConfig {
+    fn default() -> Self {
+        Self {
+            host: default_companion_host(),
+            ports: default_companion_ports(),
+            fault_injection: false,
+            rehearsal_seed: 0,
+        }
+    }
+}
+
+impl ServicesConfig {
+    /// The configured services by name, in [`SERVICE_NAMES`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &ServiceConfig)> {
+        [
+            ("oauth", &self.oauth),
+            ("memory", &self.memory),
+            ("calculator", &self.calculator),
+            ("file_reader", &self.file_reader),
+            ("database_query", &self.database_query),
+        ]
+        .into_iter()
+    }
+}
+
+impl Config {
+    /// Built-in defaults only: what `load(None, no env)` gives.
+    pub fn builtin() -> Self {
+        Self {
+            store: StoreConfig::default(),
+            heist: HeistConfig::default(),
+            llm: LlmConfig::default(),
+            services: ServicesConfig::default(),
+            oauth: OAuthConfig::default(),
+            companions: CompanionsConfig::default(),
+        }
+    }
+
+    /// The resolved config as TOML with every secret replaced.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for client in &mut shown.oauth.clients {
+            client.client_secret = REDACTED.to_string();
+        }
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|error| format!("# cannot render config: {error}\n"))
+    }
+
+    /// The secret an agent presents to the OAuth service.
+    pub fn client_secret(&self, client_id: &str) -> Option<&str> {
+        self.oauth
+            .clients
+            .iter()
+            .find(|client| client.client_id == client_id)
+            .map(|client| client.client_secret.as_str())
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// Loads the config: defaults, then `path` (if given; a given file must
+/// exist), then the `HEISTD_*__*` variables among `environment`.
+pub fn load(
+    path: Option<&Path>,
+    environment: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let file_origin = path.map(|path| path.display().to_string());
+    // The built-in defaults are the lowest layer, so a file or variable
+    // may set one key of a table and keep the rest.
+    let defaults = toml::to_string(&Config::builtin()).unwrap_or_default();
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from_str(&defaults, config::FileFormat::Toml));
+    if let Some(path) = path {
+        if !path.is_file() {
+            return Err(ConfigError::FileNotFound {
+                path: path.display().to_string(),
+            });
+        }
+        builder = builder.add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    let mut environment_keys = Vec::new();
+    for (name, value) in environment {
+        let Some(key) = environment_key(&name) else {
+            continue;
+        };
+        builder = builder.set_override(key.clone(), value).map_err(|error| {
+            ConfigError::InvalidValue {
+                key: key.clone(),
+                origin: format!("environment variable {name}"),
+                message: error.to_string(),
+            }
+        })?;
+        environment_keys.push((key, name));
+    }
+    let merged = builder.build().map_err(|error| ConfigError::Syntax {
+        path: file_origin.clone().unwrap_or_else(|| "environment".into()),
+        message: error.to_string(),
+    })?;
+    let origin_of = |key: &str| -> String {
+        match environment_keys.iter().find(|(environment_key, _)| {
+            key.starts_with(environment_key.as_str()) || environment_key.starts_with(key)
+        }) {
+            Some((_, name)) => format!("environment variable {name}"),
+            None => file_origin
+                .clone()
+                .unwrap_or_else(|| "built-in defaults".into()),
+        }
+    };
+    let config: Config = match serde_path_to_error::deserialize(merged) {
+        Ok(config) => config,
+        Err(error) => {
+            let key = error.path().to_string();
+            let message = error.inner().to_string();
+            if let Some(field) = unknown_field_name(&message) {
+                let full_key = if key == "." || key.is_empty() {
+                    field
+                } else {
+                    format!("{key}.{field}")
+                };
+                let origin = origin_of(&full_key);
+                return Err(ConfigError::UnknownKey {
+                    key: full_key,
+                    origin,
+                });
+            }
+            let origin = origin_of(&key);
+            return Err(ConfigError::InvalidValue {
+                key,
+                origin,
+                message: strip_config_suffix(&message),
+            });
+        }
+    };
+    validate(&config).map_err(|(key, message)| ConfigError::InvalidValue {
+        origin: origin_of(&key),
+        key,
+        message,
+    })?;
+    Ok(config)
+}
+
+/// The variables a process should pass to [`load`]: the real environment.
+pub fn process_environment() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+/// Reads a secret from the environment variable a config key names.
+pub fn secret_from_environment(variable: &str) -> Option<String> {
+    if variable.is_empty() {
+        return None;
+    }
+    std::env::var(variable)
+        .ok()
+        .filter(|value| !value.is_empty())
+}
+
+fn environment_key(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    if !rest.contains(ENV_SEPARATOR) {
+        // HEISTD_LLM_API_KEY and friends are values, not config overrides.
+        return None;
+    }
+    Some(rest.to_ascii_lowercase().replace(ENV_SEPARATOR, "."))
+}
+
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn strip_config_suffix(message: &str) -> String {
+    // The config crate appends its own idea of the key; ours is more precise.
+    match message.find(" for key `") {
+        Some(index) => message[..index].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn validate(config: &Config) -> Result<(), (String, String)> {
+    let fail = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
+    if config.heist.turns == 0 {
+        return fail("heist.turns", "must be at least 1");
+    }
+    if config.heist.context_messages > 100 {
+        return fail("heist.context_messages", "must be at most 100");
+    }
+    if !(0.0..=2.0).contains(&config.llm.temperature) {
+        return fail("llm.temperature", "must be between 0 and 2");
+    }
+    if config.llm.max_tokens == 0 {
+        return fail("llm.max_tokens", "must be at least 1");
+    }
+    check_url("llm.base_url", &config.llm.base_url)?;
+    if config.llm.timeout_ms == 0 {
+        return fail("llm.timeout_ms", "must be at least 1");
+    }
+    for (name, service) in config.services.iter() {
+        check_url(&format!("services.{name}.base_url"), &service.base_url)?;
+        if service.timeout_ms == 0 {
+            return Err((
+                format!("services.{name}.timeout_ms"),
+                "must be at least 1".into(),
+            ));
+        }
+    }
+    for (index, client) in config.oauth.clients.iter().enumerate() {
+        if client.client_id.is_empty() {
+            return Err((
+                format!("oauth.clients[{index}].client_id"),
+                "must not be empty".into(),
+            ));
+        }
+        if client.client_secret.len() < 8 {
+            return Err((
+                format!("oauth.clients[{index}].client_secret"),
+                "must be at least 8 characters".into(),
+            ));
+        }
+    }
+    if config.oauth.token_ttl_seconds < 60 {
+        return fail("oauth.token_ttl_seconds", "must be at least 60");
+    }
+    for name in config.companions.ports.keys() {
+        if !crate::services::COMPANION_NAMES.contains(&name.as_str()) {
+            return Err((
+                format!("companions.ports.{name}"),
+                format!(
+                    "unknown service; expected one of {}",
+                    crate::services::COMPANION_NAMES.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_url(key: &str, value: &str) -> Result<(), (String, String)> {
+    match reqwest::Url::parse(value) {
+        Ok(url) if url.scheme() == "http" || url.scheme() == "https" => Ok(()),
+        Ok(url) => Err((
+            key.to_string(),
+            format!("scheme `{}` is not http or https", url.scheme()),
+        )),
+        Err(error) => Err((key.to_string(), format!("`{value}` is not a URL: {error}"))),
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("heistd.db")
+}
+fn default_turns() -> u32 {
+    12
+}
+fn default_context_messages() -> usize {
+    5
+}
+fn default_max_tool_calls() -> usize {
+    3
+}
+fn default_memory_max_tokens() -> u32 {
+    300
+}
+fn default_llm_url() -> String {
+    "http://127.0.0.1:8006/v1".into()
+}
+fn default_llm_model() -> String {
+    crate::services::rehearsal::MODEL_ID.into()
+}
+fn default_temperature() -> f64 {
+    0.7
+}
+fn default_max_tokens() -> u32 {
+    400
+}
+fn default_api_key_env() -> String {
+    "HEISTD_LLM_API_KEY".into()
+}
+fn default_llm_timeout_ms() -> u64 {
+    120_000
+}
+fn default_service_timeout_ms() -> u64 {
+    5_000
+}
+fn service_on(port: u16) -> ServiceConfig {
+    ServiceConfig {
+        base_url: format!("http://127.0.0.1:{port}"),
+        timeout_ms: default_service_timeout_ms(),
+    }
+}
+fn default_oauth_service() -> ServiceConfig {
+    service_on(8001)
+}
+fn default_calculator_service() -> ServiceConfig {
+    service_on(8002)
+}
+fn default_file_reader_service() -> ServiceConfig {
+    service_on(8003)
+}
+fn default_database_query_service() -> ServiceConfig {
+    service_on(8004)
+}
+fn default_memory_service() -> ServiceConfig {
+    service_on(8005)
+}
+fn default_signing_key_env() -> String {
+    "HEISTD_OAUTH_SIGNING_KEY".into()
+}
+fn default_token_ttl_seconds() -> u64 {
+    3600
+}
+fn default_companion_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_companion_ports() -> BTreeMap<String, u16> {
+    [
+        ("oauth", 8001),
+        ("calculator", 8002),
+        ("file_reader", 8003),
+        ("database_query", 8004),
+        ("memory", 8005),
+        ("rehearsal", 8006),
+    ]
+    .into_iter()
+    .map(|(name, port)| (name.to_string(), port))
+    .collect()
+}
+
+/// The demo crew's credentials. A real deployment replaces these in its
+/// file; `config check` shows them redacted either way.
+fn default_oauth_clients() -> Vec<OAuthClient> {
+    let client = |id: &str, scopes: &[&str]| OAuthClient {
+        client_id: id.into(),
+        client_secret: format!("{id}-rehearsal-secret"),
+        scopes: scopes.iter().map(|scope| scope.to_string()).collect(),
+    };
+    vec![
+        client(
+            "planner",
+            &["file_reader:use", "calculator:use", "database_query:use"],
+        ),
+        client("hacker", &["database_query:use", "calculator:use"]),
+        client("safecracker", &["calculator:use", "file_reader:use"]),
+        client("mole", &["file_reader:use", "database_query:use"]),
+        client("operator", &["memory:admin"]),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(contents: &str) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        let mut file = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        file.write_all(contents.as_bytes()).expect("write");
+        file
+    }
+
+    #[test]
+    fn defaults_load_without_a_file() {
+        let config = load(None, Vec::new()).expect("defaults are valid");
+        assert_eq!(config.heist.turns, 12);
+        assert_eq!(config.services.memory.base_url, "http://127.0.0.1:8005");
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_environment_overrides_file() {
+        let file = write(
+            "[llm]\nbase_url = \"http://10.0.0.1:1234/v1\"\nmodel = \"qwen\"\n[heist]\nturns = 4\n",
+        );
+        let environment = vec![
+            (
+                "HEISTD_LLM__BASE_URL".to_string(),
+                "http://127.0.0.1:9999/v1".to_string(),
+            ),
+            (
+                "HEISTD_LLM_API_KEY".to_string(),
+                "not an override".to_string(),
+            ),
+            (
+                "HEISTD_SERVICES__MEMORY__TIMEOUT_MS".to_string(),
+                "750".to_string(),
+            ),
+        ];
+        let config = load(Some(file.path()), environment).expect("valid");
+        assert_eq!(config.llm.base_url, "http://127.0.0.1:9999/v1");
+        assert_eq!(config.llm.model, "qwen");
+        assert_eq!(config.heist.turns, 4);
+        assert_eq!(config.services.memory.timeout_ms, 750);
+        assert_eq!(config.services.memory.base_url, "http://127.0.0.1:8005");
+    }
+
+    #[test]
+    fn a_listed_table_replaces_the_default_list() {
+        let file = write("[[oauth.clients]]\nclient_id = \"solo\"\nclient_secret = \"long enough secret\"\nscopes = [\"calculator:use\"]\n");
+        let config = load(Some(file.path()), Vec::new()).expect("valid");
+        assert_eq!(config.oauth.clients.len(), 1);
+        assert_eq!(config.client_secret("solo"), Some("long enough secret"));
+    }
+
+    #[test]
+    fn bad_config_names_the_key_and_the_file() {
+        let cases: &[(&str, &str)] = &[
+            ("[llm]\ntempreature = 0.5\n", "llm.tempreature"),
+            ("[heist]\nturns = \"many\"\n", "heist.turns"),
+            (
+                "[services.memory]\nbase_url = \"http://x\"\ntimeout_ms = -5\n",
+                "services.memory.timeout_ms",
+            ),
+            (
+                "[services.calculator]\nbase_url = \"ftp://x\"\n",
+                "services.calculator.base_url",
+            ),
+            ("[llm]\ntemperature = 7.0\n", "llm.temperature"),
+            ("surprise = 1\n", "surprise"),
+            (
+                "[[oauth.clients]]\nclient_id = \"a\"\nclient_secret = \"short\"\nscopes = []\n",
+                "oauth.clients[0].client_secret",
+            ),
+        ];
+        for (contents, key) in cases {
+            let file = write(contents);
+            let error = load(Some(file.path()), Vec::new())
+                .expect_err(contents)
+                .to_string();
+            assert!(
+                error.contains(key),
+                "{contents:?}: `{error}` does not name {key}"
+            );
+            assert!(
+                error.contains(&file.path().display().to_string()),
+                "{contents:?}: `{error}` does not name the file"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_environment_override_names_the_variable() {
+        let environment = vec![("HEISTD_HEIST__TURNS".to_string(), "lots".to_string())];
+        let error = load(None, environment).expect_err("invalid").to_string();
+        assert!(
+            error.contains("heist.turns") && error.contains("HEISTD_HEIST__TURNS"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let error = load(Some(Path::new("/nonexistent/heistd.toml")), Vec::new())
+            .expect_err("missing")
+            .to_string();
+        assert!(error.contains("/nonexistent/heistd.toml"), "{error}");
+    }
+
+    #[test]
+    fn redacted_output_hides_secrets() {
+        let config = load(None, Vec::new()).expect("valid");
+        let shown = config.redacted_toml();
+        assert!(!shown.contains("rehearsal-secret"), "{shown}");
+        assert!(shown.contains(REDACTED));
+    }
+}

@@ -1,0 +1,86 @@
+//! Health checks: whether each configured service answers its health
+//! endpoint (`GET /health` for companions, `GET /models` for the LLM, which
+//! the prototype never checked at all). The periodic checker of the daemon
+//! builds on [`check_all`].
+//!
+//! It reports; it must not change how calls are made.
+
+use tokio::time::Instant;
+
+use crate::clients::{CallError, Clients, ServiceClient};
+use crate::metrics as names;
+
+#[derive(Debug, Clone)]
+pub struct HealthReport {
+    pub service: String,
+    pub base_url: String,
+    pub up: bool,
+    pub latency_ms: f64,
+    pub detail: String,
+}
+
+/// Checks every service once, concurrently.
+pub async fn check_all(clients: &Clients) -> Vec<HealthReport> {
+    let services: Vec<ServiceClient> = clients.all().into_iter().cloned().collect();
+    let mut checks = tokio::task::JoinSet::new();
+    for (index, service) in services.into_iter().enumerate() {
+        checks.spawn(async move {
+            let is_llm = service.name == "llm";
+            (index, check(service, is_llm).await)
+        });
+    }
+    let mut reports: Vec<(usize, HealthReport)> = checks.join_all().await;
+    reports.sort_by_key(|(index, _)| *index);
+    reports.into_iter().map(|(_, report)| report).collect()
+}
+
+async fn check(service: ServiceClient, is_llm: bool) -> HealthReport {
+    let started = Instant::now();
+    let outcome: Result<serde_json::Value, CallError> = if is_llm {
+        service.get_json("/models").await
+    } else {
+        service.get_json("/health").await
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::histogram!(names::HEALTH_CHECK_DURATION_SECONDS, "service" => service.name.clone())
+        .record(seconds);
+    let (up, detail) = match outcome {
+        Ok(body) if is_llm => {
+            let models: Vec<String> = body["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|model| model["id"].as_str())
+                .map(str::to_string)
+                .collect();
+            (
+                true,
+                format!(
+                    "models: {}",
+                    if models.is_empty() {
+                        "none listed".into()
+                    } else {
+                        models.join(", ")
+                    }
+                ),
+            )
+        }
+        Ok(body) => {
+            let status = body["status"].as_str().unwrap_or("unknown").to_string();
+            (status == "healthy", format!("status: {status}"))
+        }
+        Err(error) => (false, error.to_string()),
+    };
+    metrics::gauge!(names::SERVICE_UP, "service" => service.name.clone()).set(if up {
+        1.0
+    } else {
+        0.0
+    });
+    HealthReport {
+        service: service.name.clone(),
+        base_url: service.base_url.clone(),
+        up,
+        latency_ms: seconds * 1000.0,
+        detail,
+    }
+}

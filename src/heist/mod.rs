@@ -1,0 +1,579 @@
+//! The heist runner: one session, turn by turn. The planner speaks first,
+//! then a seeded-random other agent, never the same twice in a row. Each turn
+//! gets the agent's token, its compressed memory and the recent transcript,
+//! asks the LLM, runs the `[TOOL:name:parameter]` requests the agent is
+//! allowed, commits the turn (message, tool calls, memory outbox entry) in one
+//! transaction, and then delivers the outbox to the memory service.
+//!
+//! A failing service degrades a turn (the error is recorded in its message or
+//! tool row) and the run goes on; only a store that cannot commit stops it,
+//! because then nothing more could be recorded truthfully.
+
+pub mod protocol;
+
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::clients::{AccessToken, CallError, ChatMessage, Clients, MemoryWrite, TokenCache};
+use crate::config::Config;
+use crate::metrics as names;
+use crate::scenario::{Agent, Scenario};
+use crate::store::{NewSession, SessionStatus, Store, StoreError, ToolCallRecord, TurnRecord};
+use protocol::{parse_tool_requests, tool_instructions};
+
+/// Tool results longer than this are cut when carried into later prompts.
+pub const CONTEXT_RESULT_CHARS: usize = 400;
+/// Outbox entries delivered per pass, so a long backlog cannot stall a turn.
+pub const OUTBOX_BATCH: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeistError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("store worker failed: {0}")]
+    Worker(String),
+}
+
+/// What one run should do.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub turns: u32,
+    pub seed: u64,
+}
+
+/// What one run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub session_id: String,
+    pub status: SessionStatus,
+    pub failure_reason: Option<String>,
+    pub turns: u32,
+    pub failed_turns: u32,
+    pub tool_calls_succeeded: u32,
+    pub tool_calls_failed: u32,
+    pub tool_calls_refused: u32,
+    /// Memory writes still in the outbox at the end (service down).
+    pub memory_pending: usize,
+}
+
+/// One finished turn, for live output.
+#[derive(Debug, Clone)]
+pub struct TurnView<'a> {
+    pub record: &'a TurnRecord,
+    pub total_turns: u32,
+    pub elapsed_ms: f64,
+}
+
+pub struct HeistRunner {
+    config: Arc<Config>,
+    scenario: Arc<Scenario>,
+    clients: Clients,
+    store: Arc<Store>,
+    tokens: TokenCache,
+}
+
+impl HeistRunner {
+    pub fn new(
+        config: Arc<Config>,
+        scenario: Arc<Scenario>,
+        clients: Clients,
+        store: Arc<Store>,
+    ) -> Self {
+        Self {
+            config,
+            scenario,
+            clients,
+            store,
+            tokens: TokenCache::default(),
+        }
+    }
+
+    pub fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    /// The agent order of a session: planner first, then seeded random
+    /// choices that never repeat the previous speaker.
+    pub fn agent_order(scenario: &Scenario, seed: u64, turns: u32) -> Vec<usize> {
+        let mut random = ChaCha8Rng::seed_from_u64(seed);
+        let first = scenario
+            .agents
+            .iter()
+            .position(|agent| agent.name == "planner")
+            .unwrap_or(0);
+        let mut order = Vec::with_capacity(turns as usize);
+        for turn in 0..turns {
+            let next = match order.last() {
+                None => first,
+                Some(&previous) => {
+                    // Pick among the others: a draw over n-1 slots, shifted past the previous speaker.
+                    let draw = random.random_range(0..scenario.agents.len() - 1);
+                    if draw >= previous {
+                        draw + 1
+                    } else {
+                        draw
+                    }
+                }
+            };
+            debug_assert!(turn == 0 || Some(&next) != order.last());
+            order.push(next);
+        }
+        order
+    }
+
+    /// Runs one whole session and returns how it went.
+    pub async fn run(
+        &self,
+        options: RunOptions,
+        observer: Option<&(dyn Fn(&TurnView<'_>) + Sync)>,
+    ) -> Result<RunReport, HeistError> {
+        let scenario_name = self.scenario.name.clone();
+        let seed = options.seed;
+        let turns = options.turns;
+        let session_id = self
+            .with_store(move |store| {
+                store.create_session(&NewSession {
+                    scenario: &scenario_name,
+                    seed,
+                    planned_turns: turns,
+                })
+            })
+            .await?;
+        let span = tracing::info_span!("session", session_id = %session_id);
+        self.play_session(session_id, options, observer)
+            .instrument(span)
+            .await
+    }
+
+    async fn play_session(
+        &self,
+        session_id: String,
+        options: RunOptions,
+        observer: Option<&(dyn Fn(&TurnView<'_>) + Sync)>,
+    ) -> Result<RunReport, HeistError> {
+        let RunOptions { turns, seed } = options;
+        tracing::info!(seed, turns, "session started");
+        let mut report = RunReport {
+            session_id: session_id.clone(),
+            status: SessionStatus::Active,
+            failure_reason: None,
+            turns: 0,
+            failed_turns: 0,
+            tool_calls_succeeded: 0,
+            tool_calls_failed: 0,
+            tool_calls_refused: 0,
+            memory_pending: 0,
+        };
+        let mut last_error = None;
+        for (index, agent_index) in Self::agent_order(&self.scenario, seed, turns)
+            .into_iter()
+            .enumerate()
+        {
+            let turn_id = index as u32 + 1;
+            let agent = &self.scenario.agents[agent_index];
+            let started = Instant::now();
+            let record = self
+                .play_turn(&session_id, turn_id, turns, agent, seed)
+                .await;
+            let outcome = if record.error.is_some() {
+                "failed"
+            } else {
+                "ok"
+            };
+            for call in &record.tool_calls {
+                match (call.success, call.error.as_deref()) {
+                    (true, _) => report.tool_calls_succeeded += 1,
+                    (false, Some(error)) if error.starts_with(REFUSED_PREFIX) => {
+                        report.tool_calls_refused += 1
+                    }
+                    (false, _) => report.tool_calls_failed += 1,
+                }
+            }
+            let committed = record.clone();
+            if let Err(error) = self
+                .with_store(move |store| store.record_turn(&committed))
+                .await
+            {
+                tracing::error!(turn_id, %error, "cannot commit turn; stopping the session");
+                let reason = format!("turn {turn_id} could not be recorded: {error}");
+                let id = session_id.clone();
+                let _ = self
+                    .with_store(move |store| {
+                        store.finish_session(&id, SessionStatus::Failed, Some(&reason))
+                    })
+                    .await;
+                metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
+                return Err(error);
+            }
+            report.turns += 1;
+            if let Some(error) = &record.error {
+                report.failed_turns += 1;
+                last_error = Some(error.clone());
+            }
+            let elapsed = started.elapsed();
+            metrics::counter!(names::TURNS_TOTAL, "agent" => agent.name.clone(), "outcome" => outcome).increment(1);
+            metrics::histogram!(names::TURN_DURATION_SECONDS).record(elapsed.as_secs_f64());
+            tracing::info!(turn_id, agent = %agent.name, outcome, tools = record.tool_calls.len(), "turn recorded");
+            if let Some(observer) = observer {
+                observer(&TurnView {
+                    record: &record,
+                    total_turns: turns,
+                    elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+                });
+            }
+            report.memory_pending = self.deliver_outbox(&session_id).await?;
+        }
+        let (status, reason) = if report.turns > 0 && report.failed_turns * 2 > report.turns {
+            let reason = format!(
+                "{} of {} turns failed; last error: {}",
+                report.failed_turns,
+                report.turns,
+                last_error.unwrap_or_default()
+            );
+            (SessionStatus::Failed, Some(reason))
+        } else {
+            (SessionStatus::Completed, None)
+        };
+        let id = session_id.clone();
+        let stored_reason = reason.clone();
+        self.with_store(move |store| store.finish_session(&id, status, stored_reason.as_deref()))
+            .await?;
+        metrics::counter!(names::SESSIONS_TOTAL, "status" => status.as_str()).increment(1);
+        tracing::info!(
+            status = status.as_str(),
+            turns = report.turns,
+            failed_turns = report.failed_turns,
+            "session ended"
+        );
+        report.status = status;
+        report.failure_reason = reason;
+        Ok(report)
+    }
+
+    /// Delivers pending memory writes of a session; returns how many remain.
+    pub async fn deliver_outbox(&self, session_id: &str) -> Result<usize, HeistError> {
+        let id = session_id.to_string();
+        let pending = self
+            .with_store(move |store| store.pending_outbox(&id, OUTBOX_BATCH))
+            .await?;
+        let mut remaining = pending.len();
+        for entry in pending {
+            let delivery = match serde_json::from_str::<MemoryWrite>(&entry.payload) {
+                Ok(write) => {
+                    self.clients
+                        .memory
+                        .store(&write, &format!("{}:{}", entry.session_id, entry.turn_id))
+                        .await
+                }
+                Err(error) => Err(CallError::Decode {
+                    service: "memory".into(),
+                    message: error.to_string(),
+                }),
+            };
+            match delivery {
+                Ok(()) => {
+                    self.with_store(move |store| store.mark_outbox_delivered(entry.id))
+                        .await?;
+                    remaining -= 1;
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    tracing::warn!(turn_id = entry.turn_id, %message, "memory write stays in the outbox");
+                    self.with_store(move |store| store.mark_outbox_failed(entry.id, &message))
+                        .await?;
+                    // The service is down or refusing: keep order, try later.
+                    break;
+                }
+            }
+        }
+        metrics::gauge!(names::MEMORY_OUTBOX_PENDING).set(remaining as f64);
+        Ok(remaining)
+    }
+
+    async fn play_turn(
+        &self,
+        session_id: &str,
+        turn_id: u32,
+        total_turns: u32,
+        agent: &Agent,
+        seed: u64,
+    ) -> TurnRecord {
+        let mut record = TurnRecord {
+            session_id: session_id.to_string(),
+            turn_id,
+            agent_name: agent.name.clone(),
+            agent_role: agent.role.clone(),
+            message: String::new(),
+            error: None,
+            tool_calls: Vec::new(),
+            memory_payload: None,
+        };
+        let token = self.token_for(agent).await;
+        let memory = match self
+            .clients
+            .memory
+            .compressed(
+                &agent.name,
+                session_id,
+                self.config.heist.memory_max_tokens,
+                3,
+            )
+            .await
+        {
+            Ok(summary) => summary,
+            Err(error) => {
+                tracing::warn!(turn_id, %error, "no compressed memory this turn");
+                String::new()
+            }
+        };
+        let transcript = match self.transcript(session_id).await {
+            Ok(transcript) => transcript,
+            Err(error) => {
+                record.error = Some(format!("cannot read the transcript: {error}"));
+                return record;
+            }
+        };
+        let messages = self.prompt(agent, &memory, &transcript, turn_id, total_turns);
+        let reply = match self.clients.llm.chat(&messages, seed & 0x7FFF_FFFF).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::warn!(turn_id, agent = %agent.name, %error, "LLM call failed; turn recorded as failed");
+                record.error = Some(format!("llm: {error}"));
+                return record;
+            }
+        };
+        for (index, request) in parse_tool_requests(&reply).into_iter().enumerate() {
+            let call = if index >= self.config.heist.max_tool_calls_per_turn {
+                refused(
+                    &request.tool,
+                    &request.parameter,
+                    format!(
+                        "more than {} tool calls in one turn",
+                        self.config.heist.max_tool_calls_per_turn
+                    ),
+                )
+            } else if !agent.may_use(&request.tool) {
+                refused(
+                    &request.tool,
+                    &request.parameter,
+                    format!("agent {} may not use {}", agent.name, request.tool),
+                )
+            } else {
+                match &token {
+                    Err(error) => failed_call(
+                        &request.tool,
+                        &request.parameter,
+                        format!("no access token: {error}"),
+                        0.0,
+                    ),
+                    Ok(token) => {
+                        self.run_tool(&request.tool, &request.parameter, token)
+                            .await
+                    }
+                }
+            };
+            let outcome = if call.success {
+                "success"
+            } else if call
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(REFUSED_PREFIX))
+            {
+                "refused"
+            } else {
+                "failure"
+            };
+            metrics::counter!(names::TOOL_CALLS_TOTAL, "tool" => tool_label(&request.tool), "outcome" => outcome).increment(1);
+            record.tool_calls.push(call);
+        }
+        let write = MemoryWrite {
+            agent_id: agent.name.clone(),
+            turn_id: turn_id as i64,
+            message: reply.clone(),
+            game_session_id: session_id.to_string(),
+        };
+        record.memory_payload = serde_json::to_string(&write).ok();
+        record.message = reply;
+        record
+    }
+
+    async fn token_for(&self, agent: &Agent) -> Result<AccessToken, CallError> {
+        let Some(secret) = self.config.client_secret(&agent.name) else {
+            return Err(CallError::Refused {
+                service: "oauth".into(),
+                message: format!("no client secret configured for agent {}", agent.name),
+            });
+        };
+        let token = self
+            .tokens
+            .get(&self.clients.oauth, &agent.name, secret, &agent.scopes())
+            .await;
+        if let Err(error) = &token {
+            tracing::warn!(agent = %agent.name, %error, "no access token; tool calls will fail this turn");
+        }
+        token
+    }
+
+    async fn run_tool(&self, tool: &str, parameter: &str, token: &AccessToken) -> ToolCallRecord {
+        let started = Instant::now();
+        let outcome = self.clients.tools.call(tool, parameter, &token.value).await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match outcome {
+            Ok(result) => ToolCallRecord {
+                tool_name: tool.into(),
+                tool_params: parameter.into(),
+                tool_result: result,
+                success: true,
+                error: None,
+                duration_ms,
+            },
+            Err(error) => failed_call(tool, parameter, error.to_string(), duration_ms),
+        }
+    }
+
+    /// The last few successful turns with their tool results, oldest first.
+    async fn transcript(&self, session_id: &str) -> Result<String, HeistError> {
+        let id = session_id.to_string();
+        let limit = self.config.heist.context_messages;
+        let (messages, tools) = self
+            .with_store(move |store| {
+                let messages = store.recent_messages(&id, limit)?;
+                let first_turn = messages.first().map_or(i64::MAX, |message| message.turn_id);
+                let tools = store.tool_usage_for_turns(&id, first_turn)?;
+                Ok((messages, tools))
+            })
+            .await?;
+        let mut transcript = String::new();
+        for message in &messages {
+            transcript.push_str(&format!(
+                "{} ({}), turn {}: {}\n",
+                message.agent_name,
+                message.agent_role,
+                message.turn_id,
+                message.message.trim()
+            ));
+            for tool in tools.iter().filter(|tool| tool.turn_id == message.turn_id) {
+                let shown = if tool.success {
+                    tool.tool_result.as_str()
+                } else {
+                    tool.error.as_deref().unwrap_or("failed")
+                };
+                let cut: String = shown.chars().take(CONTEXT_RESULT_CHARS).collect();
+                transcript.push_str(&format!(
+                    "  [{} result: {}]\n",
+                    tool.tool_name,
+                    cut.replace('\n', " ")
+                ));
+            }
+        }
+        Ok(transcript)
+    }
+
+    fn prompt(
+        &self,
+        agent: &Agent,
+        memory: &str,
+        transcript: &str,
+        turn_id: u32,
+        total_turns: u32,
+    ) -> Vec<ChatMessage> {
+        let documents: Vec<&str> = self.scenario.documents.keys().map(String::as_str).collect();
+        let mut system = format!(
+            "{}\n\nThe job: {}\n\n{}",
+            agent.system_prompt.trim(),
+            self.scenario.objective.trim(),
+            tool_instructions(&agent.tools, &documents)
+        );
+        if !memory.trim().is_empty() {
+            system.push_str("\nWhat you said earlier in this session:\n");
+            system.push_str(memory.trim());
+            system.push('\n');
+        }
+        let conversation = if transcript.is_empty() {
+            "Nobody has spoken yet.\n".to_string()
+        } else {
+            format!("The conversation so far:\n{transcript}")
+        };
+        let user = format!("{conversation}\nTurn {turn_id} of {total_turns}. It is your turn, {}. Reply in character.", agent.name);
+        vec![
+            ChatMessage {
+                role: "system",
+                content: system,
+            },
+            ChatMessage {
+                role: "user",
+                content: user,
+            },
+        ]
+    }
+
+    async fn with_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, HeistError> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || work(&store)).await {
+            Ok(outcome) => Ok(outcome?),
+            Err(error) => Err(HeistError::Worker(error.to_string())),
+        }
+    }
+}
+
+/// Starts every refusal's error text, so refusals can be told from failures.
+pub const REFUSED_PREFIX: &str = "refused: ";
+
+fn refused(tool: &str, parameter: &str, reason: String) -> ToolCallRecord {
+    failed_call(tool, parameter, format!("{REFUSED_PREFIX}{reason}"), 0.0)
+}
+
+fn failed_call(tool: &str, parameter: &str, error: String, duration_ms: f64) -> ToolCallRecord {
+    ToolCallRecord {
+        tool_name: tool.into(),
+        tool_params: parameter.into(),
+        tool_result: String::new(),
+        success: false,
+        error: Some(error),
+        duration_ms,
+    }
+}
+
+/// Tool names come from model output; only known ones become label values.
+fn tool_label(tool: &str) -> &'static str {
+    crate::scenario::TOOL_NAMES
+        .iter()
+        .copied()
+        .find(|known| *known == tool)
+        .unwrap_or("unknown")
+}
+
+/// A fresh random seed for a session without one.
+pub fn random_seed() -> u64 {
+    rand::rng().random::<u64>() >> 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_starts_with_the_planner_never_repeats_and_follows_the_seed() {
+        let scenario = Scenario::embedded();
+        for seed in 0..50 {
+            let order = HeistRunner::agent_order(&scenario, seed, 30);
+            assert_eq!(scenario.agents[order[0]].name, "planner");
+            assert!(
+                order.windows(2).all(|pair| pair[0] != pair[1]),
+                "seed {seed}: {order:?}"
+            );
+            assert_eq!(order, HeistRunner::agent_order(&scenario, seed, 30));
+        }
+        assert_ne!(
+            HeistRunner::agent_order(&scenario, 1, 30),
+            HeistRunner::agent_order(&scenario, 2, 30)
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! heistd: a resilient daemon that runs multi-agent LLM "heist planning"
+//! sessions against HTTP services and records everything in SQLite.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file and `HEISTD_*` environment, validated once.
+//! - [`scenario`]: agents, documents, shift data and the rehearsal script.
+//! - [`store`]: the SQLite audit trail, the only place with SQL for it.
+//! - [`resilience`]: the stack every outbound call runs in.
+//! - [`clients`]: typed clients for OAuth, memory, tools and the LLM.
+//! - [`heist`]: the turn loop and the `[TOOL:name:parameter]` protocol.
+//! - [`health`]: checking whether each configured service answers.
+//! - [`services`]: the companion services shipped in the binary.
+//! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`cli`]: what each subcommand does, for `main.rs` to call.
+
+pub mod cli;
+pub mod clients;
+pub mod config;
+pub mod health;
+pub mod heist;
+pub mod metrics;
+pub mod resilience;
+pub mod scenario;
+pub mod services;
+pub mod store;

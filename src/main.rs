@@ -1,0 +1,238 @@
+//! The `heistd` command line: parse, set up logging, call `heistd::cli`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use heistd::cli::{self, CliError, DemoOptions};
+use heistd::store::Store;
+
+/// heistd runs multi-agent LLM heist-planning sessions against HTTP services
+/// (OAuth, memory, tools, an OpenAI-compatible model) and records every
+/// message and tool call in a SQLite audit trail.
+///
+/// Start with `heistd demo`: it runs the whole system in one process.
+#[derive(Parser)]
+#[command(name = "heistd", version, about, long_about)]
+struct Cli {
+    /// Log filter (e.g. `info`, `heistd=debug`); also read from RUST_LOG.
+    #[arg(long, global = true, env = "RUST_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one heist on a built-in stack: every companion service in-process
+    /// on loopback ports, the rehearsal model unless --llm-url is given.
+    Demo {
+        #[arg(long)]
+        turns: Option<u32>,
+        /// The SQLite audit database to write.
+        #[arg(long, default_value = "heistd-demo.db")]
+        db: PathBuf,
+        /// Fixes the agent order and the rehearsal transcript.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// An OpenAI-compatible base URL, e.g. http://127.0.0.1:1234/v1 (LM Studio).
+        #[arg(long, requires = "llm_model")]
+        llm_url: Option<String>,
+        /// The model name that server expects.
+        #[arg(long, requires = "llm_url")]
+        llm_model: Option<String>,
+    },
+    /// Run one heist against the services in the config.
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        turns: Option<u32>,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Check every configured service's health once; exit 1 if any is down.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run companion services (all, or the named ones) until Ctrl-C/SIGTERM.
+    Services {
+        /// all, oauth, memory, calculator, file_reader, database_query, rehearsal
+        names: Vec<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Read the audit store.
+    Sessions {
+        /// The audit database; default: the config's store.path.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
+    /// Work with the config file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// The most recent sessions.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One session as a Markdown transcript.
+    Show { session_id: String },
+    /// One session as JSON or Markdown, on standard output.
+    Export {
+        session_id: String,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the config and print it resolved, secrets redacted; exit 1 on error.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Md,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet_by_default = matches!(
+        cli.command,
+        Command::Demo { .. }
+            | Command::Sessions { .. }
+            | Command::Config { .. }
+            | Command::Check { .. }
+    );
+    let filter = cli.log.clone().unwrap_or_else(|| {
+        if quiet_by_default {
+            "warn".into()
+        } else {
+            "info".into()
+        }
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    heistd::metrics::install();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("heistd: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("heistd: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+async fn execute(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Demo {
+            turns,
+            db,
+            seed,
+            llm_url,
+            llm_model,
+        } => {
+            cli::demo(DemoOptions {
+                turns,
+                db,
+                seed,
+                llm: llm_url.zip(llm_model),
+            })
+            .await?;
+        }
+        Command::Run {
+            config,
+            turns,
+            seed,
+        } => {
+            let (config, _) = cli::load_config(config.as_deref())?;
+            cli::run(config, turns, seed).await?;
+        }
+        Command::Check { config } => {
+            let (config, _) = cli::load_config(config.as_deref())?;
+            print!("{}", cli::check(&config).await?);
+        }
+        Command::Services { names, config } => {
+            let (config, _) = cli::load_config(config.as_deref())?;
+            cli::services(config, &names, shutdown_signal()).await?;
+        }
+        Command::Sessions { db, config, action } => {
+            let path = match db {
+                Some(path) => path,
+                None => cli::load_config(config.as_deref())?.0.store.path,
+            };
+            if !path.is_file() {
+                return Err(CliError::Usage(format!(
+                    "no audit database at {}",
+                    path.display()
+                )));
+            }
+            let store = Store::open(&path, heistd::config::Synchronous::Normal)?;
+            match action {
+                SessionsAction::List { limit } => print!("{}", cli::sessions_list(&store, limit)?),
+                SessionsAction::Show { session_id } => {
+                    print!("{}", cli::export_markdown(&store.session(&session_id)?))
+                }
+                SessionsAction::Export {
+                    session_id,
+                    format: Format::Json,
+                } => println!("{}", cli::export_json(&store.session(&session_id)?)),
+                SessionsAction::Export {
+                    session_id,
+                    format: Format::Md,
+                } => print!("{}", cli::export_markdown(&store.session(&session_id)?)),
+            }
+        }
+        Command::Config {
+            action: ConfigAction::Check { config },
+        } => print!("{}", cli::config_check(config.as_deref())?),
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return interrupt.await.unwrap_or(()),
+        };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}

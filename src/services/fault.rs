@@ -1,0 +1,173 @@
+//! Fault injection for companion services: added latency, a rate of error
+//! replies (with a status and optional `Retry-After`), hanging, and refusing
+//! connections. Set at start or at run time with `POST /fault`, so tests and
+//! the demo can show the resilience stack at work against a real socket.
+//!
+//! It must not change a service's behaviour while no fault is set.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{error_response, JsonBody};
+
+/// One fault setting; all fields default to "no fault".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Added before every request is handled.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Fraction (0..=1) of requests answered with `error_status`.
+    #[serde(default)]
+    pub error_rate: f64,
+    #[serde(default = "default_error_status")]
+    pub error_status: u16,
+    /// Sent as `Retry-After` with injected errors.
+    #[serde(default)]
+    pub retry_after_seconds: Option<u64>,
+    /// Requests never get an answer.
+    #[serde(default)]
+    pub hang: bool,
+    /// New connections are closed at once, like a service that is down.
+    #[serde(default)]
+    pub refuse: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct FaultSwitch {
+    current: Mutex<Fault>,
+}
+
+impl FaultSwitch {
+    pub fn set(&self, fault: Fault) {
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = fault;
+    }
+
+    pub fn clear(&self) {
+        self.set(Fault::default());
+    }
+
+    pub fn get(&self) -> Fault {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// Wraps a service router in the fault layer; with `control` on, adds
+/// `GET/POST/DELETE /fault`, which faults never affect.
+pub fn wrap(router: Router, switch: Arc<FaultSwitch>, control: bool) -> Router {
+    let faulty = router.layer(axum::middleware::from_fn_with_state(switch.clone(), inject));
+    if !control {
+        return faulty;
+    }
+    let control_routes = Router::new()
+        .route(
+            "/fault",
+            get(show_fault).post(set_fault).delete(clear_fault),
+        )
+        .with_state(switch);
+    faulty.merge(control_routes)
+}
+
+/// A listener that drops new connections while `refuse` is set.
+pub struct FaultyListener {
+    inner: tokio::net::TcpListener,
+    switch: Arc<FaultSwitch>,
+}
+
+impl FaultyListener {
+    pub fn new(inner: tokio::net::TcpListener, switch: Arc<FaultSwitch>) -> Self {
+        Self { inner, switch }
+    }
+}
+
+impl axum::serve::Listener for FaultyListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, address) = axum::serve::Listener::accept(&mut self.inner).await;
+            if self.switch.get().refuse {
+                // Closed before a byte is read: the client sees a connection
+                // error, the way a dead service looks.
+                drop(stream);
+                continue;
+            }
+            return (stream, address);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+async fn inject(State(switch): State<Arc<FaultSwitch>>, request: Request, next: Next) -> Response {
+    let fault = switch.get();
+    if fault.hang {
+        std::future::pending::<()>().await;
+    }
+    if fault.latency_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(fault.latency_ms)).await;
+    }
+    if fault.error_rate > 0.0 && rand::rng().random::<f64>() < fault.error_rate {
+        let status =
+            StatusCode::from_u16(fault.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let mut response = error_response(status, "injected fault");
+        if let Some(seconds) = fault.retry_after_seconds {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(seconds));
+        }
+        return response;
+    }
+    next.run(request).await
+}
+
+async fn show_fault(State(switch): State<Arc<FaultSwitch>>) -> Json<Fault> {
+    Json(switch.get())
+}
+
+async fn set_fault(
+    State(switch): State<Arc<FaultSwitch>>,
+    JsonBody(fault): JsonBody<Fault>,
+) -> Response {
+    if !(0.0..=1.0).contains(&fault.error_rate) {
+        return error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "error_rate must be between 0 and 1",
+        );
+    }
+    if StatusCode::from_u16(fault.error_status).is_err() {
+        return error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "error_status is not an HTTP status",
+        );
+    }
+    switch.set(fault.clone());
+    tracing::warn!(?fault, "fault injected");
+    Json(fault).into_response()
+}
+
+async fn clear_fault(State(switch): State<Arc<FaultSwitch>>) -> Json<Fault> {
+    switch.clear();
+    Json(Fault::default())
+}
+
+fn default_error_status() -> u16 {
+    503
+}

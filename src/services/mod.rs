@@ -1,0 +1,220 @@
+//! The companion services that ship in the heistd binary: OAuth, memory, the
+//! three tool services and the rehearsal model. Each is an axum router built
+//! by its own `router(state)` so handlers can be tested without a socket; this
+//! module starts them on listeners (ephemeral loopback ports in tests and the
+//! demo), wraps every one in fault injection, and stops them on request.
+//!
+//! They speak the prototype's wire API (DESIGN.md). They must not touch the
+//! audit store: they are the outside world as heistd sees it.
+
+pub mod calculator;
+pub mod database;
+pub mod fault;
+pub mod memory;
+pub mod oauth;
+pub mod rehearsal;
+pub mod token;
+pub mod tools;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::scenario::Scenario;
+use fault::FaultSwitch;
+use token::SigningKey;
+
+/// Every companion, by the name `heistd services NAME` and the config use.
+pub const COMPANION_NAMES: [&str; 6] = [
+    "oauth",
+    "memory",
+    "calculator",
+    "file_reader",
+    "database_query",
+    "rehearsal",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("unknown service `{0}`; expected one of {names}", names = COMPANION_NAMES.join(", "))]
+    UnknownService(String),
+    #[error("cannot listen on {address} for {service}: {source}")]
+    Bind {
+        service: String,
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("shift database: {0}")]
+    Database(String),
+}
+
+/// What every companion may need, built once per process.
+#[derive(Clone)]
+pub struct CompanionContext {
+    pub scenario: Arc<Scenario>,
+    /// Shared by OAuth (signs) and the tool and memory services (verify).
+    pub signing_key: SigningKey,
+    pub config: Arc<Config>,
+}
+
+/// A companion listening on its address.
+pub struct RunningService {
+    pub name: &'static str,
+    pub address: SocketAddr,
+    /// Faults can be set here directly or over `POST /fault`.
+    pub fault: Arc<FaultSwitch>,
+    task: JoinHandle<()>,
+}
+
+/// A set of running companions and the switch that stops them.
+pub struct Companions {
+    pub services: Vec<RunningService>,
+    stop: watch::Sender<bool>,
+}
+
+impl RunningService {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+impl Companions {
+    pub fn get(&self, name: &str) -> Option<&RunningService> {
+        self.services.iter().find(|service| service.name == name)
+    }
+
+    /// Base URL of a running companion; the rehearsal model's includes `/v1`.
+    pub fn url(&self, name: &str) -> Option<String> {
+        let service = self.get(name)?;
+        Some(if name == "rehearsal" {
+            format!("{}/v1", service.base_url())
+        } else {
+            service.base_url()
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for service in self.services {
+            let _ = service.task.await;
+        }
+    }
+}
+
+/// Starts the named companions. `ports` maps a name to its port; a missing
+/// name or port 0 gets an ephemeral port.
+pub async fn start(
+    names: &[&str],
+    context: &CompanionContext,
+    host: &str,
+    ports: &BTreeMap<String, u16>,
+    fault_injection: bool,
+) -> Result<Companions, ServiceError> {
+    let (stop, stopped) = watch::channel(false);
+    let mut services = Vec::new();
+    for name in names {
+        let name = COMPANION_NAMES
+            .iter()
+            .copied()
+            .find(|known| known == name)
+            .ok_or_else(|| ServiceError::UnknownService(name.to_string()))?;
+        let router = router(name, context)?;
+        let port = ports.get(name).copied().unwrap_or(0);
+        let address = format!("{host}:{port}");
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|source| ServiceError::Bind {
+                service: name.to_string(),
+                address: address.clone(),
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| ServiceError::Bind {
+            service: name.to_string(),
+            address: address.clone(),
+            source,
+        })?;
+        let switch = Arc::new(FaultSwitch::default());
+        let app = fault::wrap(router, switch.clone(), fault_injection);
+        let listener = fault::FaultyListener::new(listener, switch.clone());
+        let mut stopped = stopped.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(service = name, %error, "companion service stopped");
+            }
+        });
+        tracing::info!(service = name, address = %bound, "companion service listening");
+        services.push(RunningService {
+            name,
+            address: bound,
+            fault: switch,
+            task,
+        });
+    }
+    Ok(Companions { services, stop })
+}
+
+/// The router of one companion, without fault injection.
+pub fn router(name: &str, context: &CompanionContext) -> Result<Router, ServiceError> {
+    Ok(match name {
+        "oauth" => oauth::router(oauth::OAuthState::new(context)),
+        "memory" => memory::router(memory::MemoryState::new(context.signing_key.clone())),
+        "calculator" => tools::calculator_router(context.signing_key.clone()),
+        "file_reader" => {
+            tools::file_reader_router(context.signing_key.clone(), context.scenario.clone())
+        }
+        "database_query" => {
+            let database = database::ShiftDatabase::build(&context.scenario.shifts_sql)
+                .map_err(ServiceError::Database)?;
+            tools::database_query_router(context.signing_key.clone(), Arc::new(database))
+        }
+        "rehearsal" => rehearsal::router(rehearsal::RehearsalState::new(
+            context.scenario.clone(),
+            context.config.companions.rehearsal_seed,
+        )),
+        other => return Err(ServiceError::UnknownService(other.to_string())),
+    })
+}
+
+/// A JSON error reply: `{"success": false, "result": null, "error": "..."}`,
+/// the tool services' shape, which every companion uses for its errors.
+pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "success": false, "result": null, "error": message.into() });
+    (status, Json(body)).into_response()
+}
+
+/// `Json<T>` whose rejections are JSON error bodies rather than plain text.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(error_response(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// The `/health` reply every companion gives.
+pub fn health_body(service: &str) -> Json<serde_json::Value> {
+    Json(
+        serde_json::json!({ "status": "healthy", "service": service, "version": env!("CARGO_PKG_VERSION") }),
+    )
+}

@@ -1,0 +1,234 @@
+//! The rehearsal model: an OpenAI-compatible endpoint (`POST
+//! /v1/chat/completions`, `GET /v1/models`) that answers in character from
+//! the scenario's rehearsal script. There is no language model behind it:
+//! it finds the speaking agent from the system prompt ("You are the
+//! hacker"), the turn number from the last user message ("Turn 7 of 12"),
+//! and picks a scripted line deterministically from the request's `seed`.
+//! Each agent rotates through its tools turn by turn, so a 12-turn run asks
+//! for every tool.
+//!
+//! It must never pretend to be a real model: `/v1/models` says what it is.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+
+use super::{error_response, health_body, JsonBody};
+use crate::scenario::Scenario;
+
+/// The model id the rehearsal endpoint reports and accepts.
+pub const MODEL_ID: &str = "heistd-rehearsal";
+
+#[derive(Clone)]
+pub struct RehearsalState {
+    scenario: Arc<Scenario>,
+    default_seed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<String>,
+}
+
+impl RehearsalState {
+    pub fn new(scenario: Arc<Scenario>, default_seed: u64) -> Self {
+        Self {
+            scenario,
+            default_seed,
+        }
+    }
+
+    /// The scripted reply for a conversation, or why there is none.
+    pub fn reply(&self, request: &ChatRequest) -> Result<String, String> {
+        let system = request
+            .messages
+            .iter()
+            .filter(|message| message.role == "system")
+            .filter_map(|message| message.content.as_deref())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let agent = self
+            .scenario
+            .agents
+            .iter()
+            .find(|agent| system.contains(&format!("You are the {}", agent.name)))
+            .ok_or_else(|| {
+                "no scenario agent named in the system prompt (expected \"You are the <agent>\")"
+                    .to_string()
+            })?;
+        let last_user = request
+            .messages
+            .iter()
+            .rev()
+            .find(|message| message.role == "user")
+            .and_then(|message| message.content.as_deref());
+        let turn = last_user.and_then(turn_number).unwrap_or(1);
+        let seed = request.seed.unwrap_or(self.default_seed);
+        let mut random = ChaCha8Rng::seed_from_u64(seed ^ turn.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let tool_index = (turn.wrapping_add(seed) % agent.tools.len().max(1) as u64) as usize;
+        let tool = agent
+            .tools
+            .get(tool_index)
+            .map(String::as_str)
+            .unwrap_or_default();
+        let lines: Vec<&str> = self
+            .scenario
+            .rehearsal
+            .iter()
+            .filter(|line| line.agent == agent.name && (line.tool == tool || tool.is_empty()))
+            .map(|line| line.text.trim())
+            .collect();
+        if lines.is_empty() {
+            return Err(format!(
+                "the scenario has no rehearsal line for {} with {tool}",
+                agent.name
+            ));
+        }
+        // Prefer a line the conversation has not heard yet; repeat only
+        // when every line has been used.
+        let heard = last_user.unwrap_or_default();
+        let fresh: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|line| !heard.contains(*line))
+            .collect();
+        let lines = if fresh.is_empty() { lines } else { fresh };
+        Ok(lines[random.random_range(0..lines.len())].to_string())
+    }
+}
+
+pub fn router(state: RehearsalState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { health_body("rehearsal") }))
+        .with_state(state)
+}
+
+async fn chat_completions(
+    State(state): State<RehearsalState>,
+    JsonBody(request): JsonBody<ChatRequest>,
+) -> Response {
+    if let Some(model) = &request.model {
+        if model != MODEL_ID {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                format!("model `{model}` not found; this endpoint serves `{MODEL_ID}`"),
+            );
+        }
+    }
+    let content = match state.reply(&request) {
+        Ok(content) => content,
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, message),
+    };
+    let prompt_chars: usize = request
+        .messages
+        .iter()
+        .filter_map(|message| message.content.as_deref())
+        .map(str::len)
+        .sum();
+    let completion_tokens = content.len().div_ceil(4);
+    let prompt_tokens = prompt_chars.div_ceil(4);
+    Json(serde_json::json!({
+        "id": format!("rehearsal-{}", request.seed.unwrap_or(state.default_seed)),
+        "object": "chat.completion",
+        "created": chrono::Utc::now().timestamp(),
+        "model": MODEL_ID,
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": content },
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }))
+    .into_response()
+}
+
+async fn models() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "object": "list",
+        "data": [{
+            "id": MODEL_ID,
+            "object": "model",
+            "owned_by": "heistd",
+            "description": "rehearsal model: scripted, seeded replies from the scenario; no language model behind it",
+        }],
+    }))
+}
+
+/// Finds `Turn N` in a prompt.
+fn turn_number(text: &str) -> Option<u64> {
+    let index = text.find("Turn ")?;
+    let digits: String = text[index + 5..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(agent: &str, turn: u64, seed: u64) -> ChatRequest {
+        ChatRequest {
+            model: Some(MODEL_ID.into()),
+            messages: vec![
+                ChatMessage {
+                    role: "system".into(),
+                    content: Some(format!("You are the {agent}, of course.")),
+                },
+                ChatMessage {
+                    role: "user".into(),
+                    content: Some(format!("Turn {turn} of 12. Your move.")),
+                },
+            ],
+            seed: Some(seed),
+        }
+    }
+
+    #[test]
+    fn deterministic_per_seed_and_rotates_tools() {
+        let state = RehearsalState::new(Arc::new(Scenario::embedded()), 0);
+        for turn in 1..12 {
+            assert_eq!(
+                state.reply(&request("hacker", turn, 7)),
+                state.reply(&request("hacker", turn, 7))
+            );
+        }
+        let tools_used: std::collections::BTreeSet<String> = (1..=6)
+            .map(|turn| state.reply(&request("planner", turn, 3)).expect("reply"))
+            .filter_map(|reply| {
+                reply
+                    .split("[TOOL:")
+                    .nth(1)
+                    .and_then(|rest| rest.split(':').next())
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(tools_used.len(), 3, "{tools_used:?}");
+        assert!(state.reply(&request("nobody", 1, 1)).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! The three tool services, each its own router: calculator
+//! (`POST /tools/calculator {expression}`), file reader
+//! (`POST /tools/read_file {filename}`) and database query
+//! (`POST /tools/query_db {query}`). All answer `{success, result, error}`
+//! and demand a bearer token carrying the tool's scope: 401 without a valid
+//! token, 403 with the wrong scope.
+//!
+//! The tools' own logic lives in `calculator` and `database`; this module is
+//! only HTTP, auth and the shape of replies.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::database::ShiftDatabase;
+use super::token::{unix_now, Claims, SigningKey};
+use super::{calculator, error_response, health_body, JsonBody};
+use crate::scenario::{tool_scope, Scenario};
+
+/// File names longer than this are refused before any lookup.
+pub const MAX_FILENAME_LENGTH: usize = 128;
+/// Queries longer than this are refused before SQLite sees them.
+pub const MAX_QUERY_LENGTH: usize = 2_000;
+
+#[derive(Clone)]
+struct ToolState<T> {
+    key: SigningKey,
+    backend: T,
+}
+
+#[derive(Debug, Deserialize)]
+struct CalculatorRequest {
+    expression: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadFileRequest {
+    filename: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct QueryRequest {
+    query: String,
+}
+
+pub fn calculator_router(key: SigningKey) -> Router {
+    Router::new()
+        .route("/tools/calculator", post(calculate))
+        .route("/health", get(|| async { health_body("calculator") }))
+        .with_state(ToolState { key, backend: () })
+}
+
+pub fn file_reader_router(key: SigningKey, scenario: Arc<Scenario>) -> Router {
+    Router::new()
+        .route("/tools/read_file", post(read_file))
+        .route("/health", get(|| async { health_body("file_reader") }))
+        .with_state(ToolState {
+            key,
+            backend: scenario,
+        })
+}
+
+pub fn database_query_router(key: SigningKey, database: Arc<ShiftDatabase>) -> Router {
+    Router::new()
+        .route("/tools/query_db", post(query_db))
+        .route("/health", get(|| async { health_body("database_query") }))
+        .with_state(ToolState {
+            key,
+            backend: database,
+        })
+}
+
+/// Why a request was not authorized; answers 401 or 403 as JSON.
+#[derive(Debug)]
+pub enum AuthError {
+    Unauthenticated(String),
+    Forbidden(String),
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Unauthenticated(message) => {
+                let mut response = error_response(StatusCode::UNAUTHORIZED, message);
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            Self::Forbidden(message) => error_response(StatusCode::FORBIDDEN, message),
+        }
+    }
+}
+
+/// Checks the bearer token and its scope.
+pub fn authorize(headers: &HeaderMap, key: &SigningKey, scope: &str) -> Result<Claims, AuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(AuthError::Unauthenticated("missing bearer token".into()));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+        })
+        .ok_or_else(|| {
+            AuthError::Unauthenticated("authorization header is not a bearer token".into())
+        })?;
+    let claims = key
+        .verify(token.trim(), unix_now())
+        .map_err(|error| AuthError::Unauthenticated(error.to_string()))?;
+    if !claims.has_scope(scope) {
+        return Err(AuthError::Forbidden(format!("token lacks scope `{scope}`")));
+    }
+    Ok(claims)
+}
+
+fn success(result: serde_json::Value) -> Response {
+    Json(serde_json::json!({ "success": true, "result": result, "error": null })).into_response()
+}
+
+async fn calculate(
+    State(state): State<ToolState<()>>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<CalculatorRequest>,
+) -> Response {
+    if let Err(refusal) = authorize(&headers, &state.key, &tool_scope("calculator")) {
+        return refusal.into_response();
+    }
+    match calculator::evaluate(&request.expression) {
+        Ok(value) => success(serde_json::Value::String(calculator::format_number(value))),
+        Err(error) => error_response(StatusCode::BAD_REQUEST, error.to_string()),
+    }
+}
+
+async fn read_file(
+    State(state): State<ToolState<Arc<Scenario>>>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<ReadFileRequest>,
+) -> Response {
+    if let Err(refusal) = authorize(&headers, &state.key, &tool_scope("file_reader")) {
+        return refusal.into_response();
+    }
+    let filename = request.filename.trim();
+    if filename.is_empty() || filename.len() > MAX_FILENAME_LENGTH {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!("filename must be 1 to {MAX_FILENAME_LENGTH} characters"),
+        );
+    }
+    // Documents are looked up by exact name in the scenario's table, never
+    // on the file system, so no path can escape it.
+    match state.backend.documents.get(filename) {
+        Some(text) => success(serde_json::Value::String(text.clone())),
+        None => {
+            let available = state
+                .backend
+                .documents
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            error_response(
+                StatusCode::NOT_FOUND,
+                format!("no document named `{filename}`; available: {available}"),
+            )
+        }
+    }
+}
+
+async fn query_db(
+    State(state): State<ToolState<Arc<ShiftDatabase>>>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<QueryRequest>,
+) -> Response {
+    if let Err(refusal) = authorize(&headers, &state.key, &tool_scope("database_query")) {
+        return refusal.into_response();
+    }
+    if request.query.len() > MAX_QUERY_LENGTH {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!("query is over {MAX_QUERY_LENGTH} characters"),
+        );
+    }
+    let database = state.backend.clone();
+    let outcome = tokio::task::spawn_blocking(move || database.query(&request.query)).await;
+    match outcome {
+        Ok(Ok(rows)) => success(rows),
+        Ok(Err(error)) => error_response(StatusCode::BAD_REQUEST, error.to_string()),
+        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "query worker failed"),
+    }
+}
