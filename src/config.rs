@@ -312,50 +312,56 @@ const REDACTED: &str = "<redacted>";
 
 /// Loads the config: defaults, then `path` (if given; a given file must
 /// exist), then the `HEISTD_*__*` variables among `environment`.
+///
+/// The layers are merged here as TOML values rather than with the `config`
+/// crate, because that crate coerces types (`timeout_ms = true` became 1,
+/// `turns = "5"` became 5) and a wrong type must be an error that names
+/// the key. Environment values, which are always strings, take the type of
+/// the default they override.
 pub fn load(
     path: Option<&Path>,
     environment: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
     let file_origin = path.map(|path| path.display().to_string());
-    // The built-in defaults are the lowest layer, so a file or variable
-    // may set one key of a table and keep the rest.
-    let defaults = toml::to_string(&Config::builtin()).unwrap_or_default();
-    let mut builder = config::Config::builder()
-        .add_source(config::File::from_str(&defaults, config::FileFormat::Toml));
+    let mut merged =
+        toml::Value::try_from(Config::builtin()).unwrap_or(toml::Value::Table(Default::default()));
     if let Some(path) = path {
         if !path.is_file() {
             return Err(ConfigError::FileNotFound {
                 path: path.display().to_string(),
             });
         }
-        builder = builder.add_source(
-            config::File::from(path)
-                .format(config::FileFormat::Toml)
-                .required(true),
-        );
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Syntax {
+            path: path.display().to_string(),
+            message: error.to_string(),
+        })?;
+        let file: toml::Table = toml::from_str(&text).map_err(|error| ConfigError::Syntax {
+            path: path.display().to_string(),
+            message: error.to_string(),
+        })?;
+        merge(&mut merged, toml::Value::Table(file));
     }
     let mut environment_keys = Vec::new();
     for (name, value) in environment {
         let Some(key) = environment_key(&name) else {
             continue;
         };
-        builder = builder.set_override(key.clone(), value).map_err(|error| {
-            ConfigError::InvalidValue {
-                key: key.clone(),
-                origin: format!("environment variable {name}"),
-                message: error.to_string(),
-            }
-        })?;
+        let path: Vec<&str> = key.split('.').collect();
+        let typed = typed_like(lookup(&merged, &path), &value);
+        let mut overlay = typed;
+        for segment in path.iter().rev() {
+            let mut table = toml::Table::new();
+            table.insert(segment.to_string(), overlay);
+            overlay = toml::Value::Table(table);
+        }
+        merge(&mut merged, overlay);
         environment_keys.push((key, name));
     }
-    let merged = builder.build().map_err(|error| ConfigError::Syntax {
-        path: file_origin.clone().unwrap_or_else(|| "environment".into()),
-        message: error.to_string(),
-    })?;
     let origin_of = |key: &str| -> String {
-        match environment_keys.iter().find(|(environment_key, _)| {
+        let from_environment = environment_keys.iter().find(|(environment_key, _)| {
             key.starts_with(environment_key.as_str()) || environment_key.starts_with(key)
-        }) {
+        });
+        match from_environment {
             Some((_, name)) => format!("environment variable {name}"),
             None => file_origin
                 .clone()
@@ -383,7 +389,7 @@ pub fn load(
             return Err(ConfigError::InvalidValue {
                 key,
                 origin,
-                message: strip_config_suffix(&message),
+                message,
             });
         }
     };
@@ -393,6 +399,57 @@ pub fn load(
         message,
     })?;
     Ok(config)
+}
+
+/// Overlays `top` on `base`: tables merge key by key, anything else
+/// (including arrays of tables) replaces.
+fn merge(base: &mut toml::Value, top: toml::Value) {
+    match (base, top) {
+        (toml::Value::Table(base), toml::Value::Table(top)) => {
+            for (key, value) in top {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, top) => *base = top,
+    }
+}
+
+fn lookup<'a>(value: &'a toml::Value, path: &[&str]) -> Option<&'a toml::Value> {
+    path.iter()
+        .try_fold(value, |value, segment| value.get(segment))
+}
+
+/// An environment string as the type of the value it overrides; with no
+/// default to go by, as whatever TOML literal it spells, else a string.
+fn typed_like(default: Option<&toml::Value>, text: &str) -> toml::Value {
+    let string = || toml::Value::String(text.to_string());
+    match default {
+        Some(toml::Value::String(_)) => string(),
+        Some(toml::Value::Integer(_)) => text
+            .trim()
+            .parse()
+            .map(toml::Value::Integer)
+            .unwrap_or_else(|_| string()),
+        Some(toml::Value::Float(_)) => text
+            .trim()
+            .parse()
+            .map(toml::Value::Float)
+            .unwrap_or_else(|_| string()),
+        Some(toml::Value::Boolean(_)) => text
+            .trim()
+            .parse()
+            .map(toml::Value::Boolean)
+            .unwrap_or_else(|_| string()),
+        _ => toml::from_str::<toml::Table>(&format!("value = {text}"))
+            .ok()
+            .and_then(|mut table| table.remove("value"))
+            .unwrap_or_else(string),
+    }
 }
 
 /// The variables a process should pass to [`load`]: the real environment.
@@ -422,14 +479,6 @@ fn environment_key(name: &str) -> Option<String> {
 fn unknown_field_name(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     Some(rest[..rest.find('`')?].to_string())
-}
-
-fn strip_config_suffix(message: &str) -> String {
-    // The config crate appends its own idea of the key; ours is more precise.
-    match message.find(" for key `") {
-        Some(index) => message[..index].to_string(),
-        None => message.to_string(),
-    }
 }
 
 fn validate(config: &Config) -> Result<(), (String, String)> {
@@ -672,6 +721,12 @@ mod tests {
             ),
             ("[llm]\ntemperature = 7.0\n", "llm.temperature"),
             ("surprise = 1\n", "surprise"),
+            (
+                "[services.file_reader]\ntimeout_ms = true\n",
+                "services.file_reader.timeout_ms",
+            ),
+            ("[heist]\nturns = \"5\"\n", "heist.turns"),
+            ("[store\npath = 1\n", "store"),
             (
                 "[[oauth.clients]]\nclient_id = \"a\"\nclient_secret = \"short\"\nscopes = []\n",
                 "oauth.clients[0].client_secret",

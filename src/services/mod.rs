@@ -78,6 +78,8 @@ pub struct RunningService {
 /// A set of running companions and the switch that stops them.
 pub struct Companions {
     pub services: Vec<RunningService>,
+    /// The key their tokens are signed with (tests forge and expire tokens).
+    signing_key: SigningKey,
     stop: watch::Sender<bool>,
 }
 
@@ -88,6 +90,10 @@ impl RunningService {
 }
 
 impl Companions {
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing_key
+    }
+
     pub fn get(&self, name: &str) -> Option<&RunningService> {
         self.services.iter().find(|service| service.name == name)
     }
@@ -166,7 +172,11 @@ pub async fn start(
             task,
         });
     }
-    Ok(Companions { services, stop })
+    Ok(Companions {
+        services,
+        signing_key: context.signing_key.clone(),
+        stop,
+    })
 }
 
 /// The router of one companion, without fault injection.

@@ -1,0 +1,172 @@
+//! The `heistd` binary as a user runs it: exit codes and messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn heistd(arguments: &[&str], directory: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_heistd"))
+        .args(arguments)
+        .current_dir(directory)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("heistd runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn config_check_names_the_key_and_file_and_exits_1() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let cases: &[(&str, &str)] = &[
+        (
+            "[llm]\nmodel = \"x\"\nbase_ur = \"http://x\"\n",
+            "llm.base_ur",
+        ),
+        ("[heist]\nturns = \"twelve\"\n", "heist.turns"),
+        (
+            "[services.file_reader]\ntimeout_ms = true\n",
+            "services.file_reader.timeout_ms",
+        ),
+        ("[store\npath = 1\n", "bad.toml"),
+    ];
+    for (contents, key) in cases {
+        let path = directory.path().join("bad.toml");
+        std::fs::write(&path, contents).expect("write");
+        let output = heistd(
+            &["config", "check", "--config", "bad.toml"],
+            directory.path(),
+        );
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{contents}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{contents}: `{stderr}` does not name {key}"
+        );
+        assert!(
+            stderr.contains("bad.toml"),
+            "{contents}: `{stderr}` does not name the file"
+        );
+    }
+    let missing = heistd(
+        &["config", "check", "--config", "missing.toml"],
+        directory.path(),
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn config_check_prints_the_resolved_config_without_secrets() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/heistd.toml");
+    let output = heistd(
+        &[
+            "config",
+            "check",
+            "--config",
+            example.to_str().expect("utf-8"),
+        ],
+        directory.path(),
+    );
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        stdout.contains("config OK") && stdout.contains("[llm]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("<redacted>") && !stdout.contains("rehearsal-secret"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn demo_then_sessions_read_the_same_audit_trail() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let demo = heistd(
+        &["demo", "--turns", "5", "--seed", "11", "--db", "demo.db"],
+        directory.path(),
+    );
+    let stdout = text(&demo.stdout);
+    assert!(demo.status.success(), "{stdout}\n{}", text(&demo.stderr));
+    assert!(
+        stdout.contains("rehearsal model") && stdout.contains("completed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[ 5/5]"), "{stdout}");
+    let session_id = stdout
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("session ")
+                .and_then(|rest| rest.split_whitespace().next())
+        })
+        .expect("summary names the session")
+        .to_string();
+
+    let list = heistd(&["sessions", "--db", "demo.db", "list"], directory.path());
+    assert!(text(&list.stdout).contains(&session_id));
+    let export = heistd(
+        &[
+            "sessions",
+            "--db",
+            "demo.db",
+            "export",
+            &session_id,
+            "--format",
+            "json",
+        ],
+        directory.path(),
+    );
+    let exported: serde_json::Value =
+        serde_json::from_slice(&export.stdout).expect("export is JSON");
+    assert_eq!(exported["session_info"]["status"], "completed");
+    assert_eq!(exported["messages"].as_array().map(Vec::len), Some(5));
+    let markdown = heistd(
+        &[
+            "sessions",
+            "--db",
+            "demo.db",
+            "export",
+            &session_id,
+            "--format",
+            "md",
+        ],
+        directory.path(),
+    );
+    assert!(text(&markdown.stdout).contains("### Turn 5"));
+    let unknown = heistd(
+        &["sessions", "--db", "demo.db", "show", "heist_nope"],
+        directory.path(),
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("heist_nope not found"));
+}
+
+#[test]
+fn check_reports_down_services_and_exits_1() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    // Port 9 (discard) on loopback: nothing listens there in a test sandbox.
+    let mut contents = String::new();
+    for service in [
+        "oauth",
+        "memory",
+        "calculator",
+        "file_reader",
+        "database_query",
+    ] {
+        contents.push_str(&format!(
+            "[services.{service}]\nbase_url = \"http://127.0.0.1:9\"\ntimeout_ms = 500\n"
+        ));
+    }
+    contents.push_str("[llm]\nbase_url = \"http://127.0.0.1:9/v1\"\ntimeout_ms = 500\n");
+    std::fs::write(directory.path().join("down.toml"), contents).expect("write");
+    let output = heistd(&["check", "--config", "down.toml"], directory.path());
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("down: oauth, memory, calculator, file_reader, database_query, llm"),
+        "{stderr}"
+    );
+}

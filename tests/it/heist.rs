@@ -1,0 +1,297 @@
+//! Whole heists against the in-process stack.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use heistd::heist::{RunOptions, RunReport};
+use heistd::services::fault::Fault;
+use heistd::store::{SessionDetail, SessionStatus};
+
+use crate::support::{http, TestStack};
+
+async fn run(stack: &TestStack, turns: u32, seed: u64) -> (RunReport, SessionDetail) {
+    let runner = stack.stack.runner(stack.store.clone());
+    let report = runner
+        .run(RunOptions { turns, seed }, None)
+        .await
+        .expect("run finishes");
+    let detail = stack
+        .store
+        .session(&report.session_id)
+        .expect("session is stored");
+    (report, detail)
+}
+
+async fn memories(stack: &TestStack, session_id: &str) -> Vec<serde_json::Value> {
+    let url = format!("{}/sessions/{session_id}/memories", stack.url("memory"));
+    let body: serde_json::Value = http()
+        .get(url)
+        .send()
+        .await
+        .expect("memory answers")
+        .json()
+        .await
+        .expect("json");
+    body["memories"].as_array().cloned().unwrap_or_default()
+}
+
+fn fault(refuse: bool, error_rate: f64) -> Fault {
+    Fault {
+        refuse,
+        error_rate,
+        ..Fault::default()
+    }
+}
+
+#[tokio::test]
+async fn a_full_heist_lands_in_all_three_tables_and_in_memory() {
+    let stack = TestStack::start().await;
+    let (report, detail) = run(&stack, 12, 42).await;
+
+    assert_eq!(report.status, SessionStatus::Completed);
+    assert_eq!(detail.session.status, "completed");
+    assert_eq!(detail.session.num_turns, 12);
+    assert!(detail.session.end_time.is_some());
+    let turn_ids: Vec<i64> = detail
+        .messages
+        .iter()
+        .map(|message| message.turn_id)
+        .collect();
+    assert_eq!(turn_ids, (1..=12).collect::<Vec<_>>());
+    assert!(detail
+        .messages
+        .iter()
+        .all(|message| message.error.is_none() && !message.message.is_empty()));
+    assert_eq!(detail.messages[0].agent_name, "planner");
+    assert!(detail
+        .messages
+        .windows(2)
+        .all(|pair| pair[0].agent_name != pair[1].agent_name));
+
+    // Every tool request in a message has its row, and every tool succeeded at least once.
+    for message in &detail.messages {
+        let requested = heistd::heist::protocol::parse_tool_requests(&message.message).len();
+        let recorded = detail
+            .tool_usage
+            .iter()
+            .filter(|tool| tool.turn_id == message.turn_id)
+            .count();
+        assert_eq!(requested, recorded, "turn {}", message.turn_id);
+    }
+    let succeeded: BTreeSet<&str> = detail
+        .tool_usage
+        .iter()
+        .filter(|tool| tool.success)
+        .map(|tool| tool.tool_name.as_str())
+        .collect();
+    assert_eq!(
+        succeeded,
+        BTreeSet::from(["calculator", "database_query", "file_reader"])
+    );
+    assert!(detail
+        .tool_usage
+        .iter()
+        .all(|tool| tool.success && tool.error.is_none() && !tool.tool_result.is_empty()));
+    assert_eq!(
+        report.tool_calls_succeeded as usize,
+        detail.tool_usage.len()
+    );
+
+    // The memory service holds every message of the session, once.
+    let stored = memories(&stack, &report.session_id).await;
+    let stored: BTreeMap<i64, String> = stored
+        .iter()
+        .map(|memory| {
+            (
+                memory["turn_id"].as_i64().expect("turn"),
+                memory["message"].as_str().expect("message").to_string(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<i64, String> = detail
+        .messages
+        .iter()
+        .map(|message| (message.turn_id, message.message.clone()))
+        .collect();
+    assert_eq!(stored, expected);
+    assert_eq!(report.memory_pending, 0);
+}
+
+#[tokio::test]
+async fn the_seed_reproduces_order_and_transcript() {
+    let first_stack = TestStack::start().await;
+    let second_stack = TestStack::start().await;
+    let transcript = |detail: &SessionDetail| -> Vec<(String, String)> {
+        detail
+            .messages
+            .iter()
+            .map(|message| (message.agent_name.clone(), message.message.clone()))
+            .collect()
+    };
+    let (_, first) = run(&first_stack, 10, 7).await;
+    let (_, again) = run(&second_stack, 10, 7).await;
+    let (_, other) = run(&first_stack, 10, 8).await;
+    assert_eq!(transcript(&first), transcript(&again));
+    assert_ne!(transcript(&first), transcript(&other));
+    assert_eq!(first.session.seed, Some(7));
+    assert_ne!(first.session.session_id, again.session.session_id);
+}
+
+#[tokio::test]
+async fn a_dead_tool_service_degrades_turns_and_the_run_completes() {
+    let stack = TestStack::start().await;
+    stack
+        .stack
+        .companions
+        .get("calculator")
+        .expect("calculator")
+        .fault
+        .set(fault(true, 0.0));
+    let (report, detail) = run(&stack, 12, 42).await;
+
+    assert_eq!(report.status, SessionStatus::Completed);
+    assert_eq!(detail.messages.len(), 12);
+    let calculator: Vec<_> = detail
+        .tool_usage
+        .iter()
+        .filter(|tool| tool.tool_name == "calculator")
+        .collect();
+    assert!(!calculator.is_empty(), "seed 42 asks for the calculator");
+    for call in &calculator {
+        assert!(!call.success);
+        let error = call.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("calculator") && error.contains("connect"),
+            "{error}"
+        );
+    }
+    assert!(detail
+        .tool_usage
+        .iter()
+        .any(|tool| tool.tool_name != "calculator" && tool.success));
+    assert_eq!(report.tool_calls_failed as usize, calculator.len());
+}
+
+#[tokio::test]
+async fn a_memory_outage_loses_nothing_the_outbox_delivers_later() {
+    let stack = TestStack::start().await;
+    let memory = stack.stack.companions.get("memory").expect("memory");
+    memory.fault.set(fault(true, 0.0));
+    let runner = stack.stack.runner(stack.store.clone());
+    let report = runner
+        .run(RunOptions { turns: 6, seed: 3 }, None)
+        .await
+        .expect("run finishes");
+    assert_eq!(report.status, SessionStatus::Completed);
+    assert_eq!(report.memory_pending, 6, "every write waits in the outbox");
+
+    memory.fault.clear();
+    assert_eq!(
+        runner
+            .deliver_outbox(&report.session_id)
+            .await
+            .expect("deliver"),
+        0
+    );
+    let stored = memories(&stack, &report.session_id).await;
+    let turns: Vec<i64> = stored
+        .iter()
+        .filter_map(|memory| memory["turn_id"].as_i64())
+        .collect();
+    assert_eq!(turns, (1..=6).collect::<Vec<_>>());
+    // Delivering again stores nothing twice.
+    assert_eq!(
+        runner
+            .deliver_outbox(&report.session_id)
+            .await
+            .expect("deliver"),
+        0
+    );
+    assert_eq!(memories(&stack, &report.session_id).await.len(), 6);
+}
+
+#[tokio::test]
+async fn an_llm_outage_fails_turns_without_feeding_errors_back_and_fails_the_session() {
+    let stack = TestStack::start().await;
+    stack
+        .stack
+        .companions
+        .get("rehearsal")
+        .expect("rehearsal")
+        .fault
+        .set(fault(false, 1.0));
+    let (report, detail) = run(&stack, 4, 1).await;
+
+    assert_eq!(report.status, SessionStatus::Failed);
+    assert_eq!(report.failed_turns, 4);
+    assert_eq!(detail.session.status, "failed");
+    let reason = detail.session.failure_reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("4 of 4 turns failed") && reason.contains("503"),
+        "{reason}"
+    );
+    for message in &detail.messages {
+        assert!(
+            message.message.is_empty(),
+            "an error is never stored as what an agent said"
+        );
+        assert!(message
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("llm:"));
+    }
+    assert!(detail.tool_usage.is_empty());
+    assert!(
+        memories(&stack, &report.session_id).await.is_empty(),
+        "failed turns are not remembered"
+    );
+}
+
+#[tokio::test]
+async fn a_hung_llm_is_cut_at_its_timeout() {
+    let mut config = crate::support::base_config();
+    config.llm.timeout_ms = 300;
+    let stack = TestStack::start_with(config).await;
+    stack
+        .stack
+        .companions
+        .get("rehearsal")
+        .expect("rehearsal")
+        .fault
+        .set(Fault {
+            hang: true,
+            ..Fault::default()
+        });
+    let (report, detail) = run(&stack, 2, 1).await;
+    assert_eq!(report.failed_turns, 2);
+    for message in &detail.messages {
+        let error = message.error.as_deref().unwrap_or_default();
+        assert!(error.contains("no answer within 300 ms"), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn an_oauth_outage_fails_tool_calls_not_the_run() {
+    let stack = TestStack::start().await;
+    stack
+        .stack
+        .companions
+        .get("oauth")
+        .expect("oauth")
+        .fault
+        .set(fault(true, 0.0));
+    let (report, detail) = run(&stack, 5, 9).await;
+    assert_eq!(report.status, SessionStatus::Completed);
+    assert!(!detail.tool_usage.is_empty());
+    for call in &detail.tool_usage {
+        assert!(!call.success);
+        assert!(
+            call.error
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("no access token: oauth"),
+            "{:?}",
+            call.error
+        );
+    }
+}

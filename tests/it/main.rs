@@ -1,0 +1,8 @@
+//! Integration tests: real companions on ephemeral loopback ports, real
+//! HTTP, real SQLite files. One test binary, so the crate links once.
+
+mod auth;
+mod cli;
+mod heist;
+mod support;
+mod tools;
