@@ -372,10 +372,19 @@ pub fn load(
         Ok(config) => config,
         Err(error) => {
             let key = error.path().to_string();
-            let message = error.inner().to_string();
+            // toml appends its own "in `key`" line; the key is ours to say.
+            let message = error
+                .inner()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
             if let Some(field) = unknown_field_name(&message) {
                 let full_key = if key == "." || key.is_empty() {
                     field
+                } else if key == field || key.ends_with(&format!(".{field}")) {
+                    key
                 } else {
                     format!("{key}.{field}")
                 };
@@ -737,6 +746,7 @@ mod tests {
             let error = load(Some(file.path()), Vec::new())
                 .expect_err(contents)
                 .to_string();
+            assert!(!error.contains(&format!("{key}.{key}")), "{error}");
             assert!(
                 error.contains(key),
                 "{contents:?}: `{error}` does not name {key}"

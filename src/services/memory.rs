@@ -63,7 +63,9 @@ pub struct MemoryEntry {
 struct Memories {
     /// (session, agent) to the agent's turns in arrival order.
     by_session_agent: BTreeMap<(String, String), Vec<MemoryEntry>>,
-    seen_keys: HashSet<String>,
+    /// Idempotency keys seen, per session, so clearing a session forgets
+    /// its keys too.
+    seen_keys: HashSet<(String, String)>,
 }
 
 impl MemoryState {
@@ -165,7 +167,10 @@ async fn store_memory(
         .map(str::to_string);
     let mut memories = state.lock();
     if let Some(key) = &idempotency_key {
-        if !memories.seen_keys.insert(key.clone()) {
+        if !memories
+            .seen_keys
+            .insert((request.game_session_id.clone(), key.clone()))
+        {
             return Json(serde_json::json!({ "status": "success", "duplicate": true }))
                 .into_response();
         }
@@ -264,9 +269,14 @@ async fn clear(
     let mut memories = state.lock();
     let before: usize = memories.by_session_agent.values().map(Vec::len).sum();
     match &query.game_session_id {
-        Some(session_id) => memories
-            .by_session_agent
-            .retain(|(session, _), _| session != session_id),
+        Some(session_id) => {
+            memories
+                .by_session_agent
+                .retain(|(session, _), _| session != session_id);
+            memories
+                .seen_keys
+                .retain(|(session, _)| session != session_id);
+        }
         None => {
             memories.by_session_agent.clear();
             memories.seen_keys.clear();

@@ -86,10 +86,13 @@ async fn issue_token(
         );
     };
     let allowed: BTreeSet<&str> = client.scopes.iter().map(String::as_str).collect();
-    let requested: BTreeSet<&str> = match request.scope.as_deref().map(str::trim) {
-        None | Some("") => allowed.clone(),
+    // Granted in the order asked, each once.
+    let mut requested: Vec<&str> = match request.scope.as_deref().map(str::trim) {
+        None | Some("") => client.scopes.iter().map(String::as_str).collect(),
         Some(scope) => scope.split_whitespace().collect(),
     };
+    let mut seen = BTreeSet::new();
+    requested.retain(|scope| seen.insert(*scope));
     if let Some(refused) = requested.iter().find(|scope| !allowed.contains(*scope)) {
         tracing::warn!(client_id = %client.client_id, scope = %refused, "token refused: scope not allowed");
         return oauth_error(
@@ -98,7 +101,7 @@ async fn issue_token(
             &format!("scope `{refused}` is not allowed for this client"),
         );
     }
-    let scope = requested.into_iter().collect::<Vec<_>>().join(" ");
+    let scope = requested.join(" ");
     let now = unix_now();
     let claims = Claims {
         iss: ISSUER.into(),

@@ -10,8 +10,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -26,12 +27,6 @@ use crate::scenario::{tool_scope, Scenario};
 pub const MAX_FILENAME_LENGTH: usize = 128;
 /// Queries longer than this are refused before SQLite sees them.
 pub const MAX_QUERY_LENGTH: usize = 2_000;
-
-#[derive(Clone)]
-struct ToolState<T> {
-    key: SigningKey,
-    backend: T,
-}
 
 #[derive(Debug, Deserialize)]
 struct CalculatorRequest {
@@ -49,30 +44,63 @@ struct QueryRequest {
 }
 
 pub fn calculator_router(key: SigningKey) -> Router {
-    Router::new()
-        .route("/tools/calculator", post(calculate))
-        .route("/health", get(|| async { health_body("calculator") }))
-        .with_state(ToolState { key, backend: () })
+    guarded(
+        Router::new().route("/tools/calculator", post(calculate)),
+        key,
+        "calculator",
+    )
 }
 
 pub fn file_reader_router(key: SigningKey, scenario: Arc<Scenario>) -> Router {
-    Router::new()
-        .route("/tools/read_file", post(read_file))
-        .route("/health", get(|| async { health_body("file_reader") }))
-        .with_state(ToolState {
-            key,
-            backend: scenario,
-        })
+    guarded(
+        Router::new()
+            .route("/tools/read_file", post(read_file))
+            .with_state(scenario),
+        key,
+        "file_reader",
+    )
 }
 
 pub fn database_query_router(key: SigningKey, database: Arc<ShiftDatabase>) -> Router {
-    Router::new()
-        .route("/tools/query_db", post(query_db))
-        .route("/health", get(|| async { health_body("database_query") }))
-        .with_state(ToolState {
-            key,
-            backend: database,
-        })
+    guarded(
+        Router::new()
+            .route("/tools/query_db", post(query_db))
+            .with_state(database),
+        key,
+        "database_query",
+    )
+}
+
+/// Puts the tool's route behind the token check, which runs before the
+/// body is read (so nobody learns the request format without a token), and
+/// adds the open `/health`.
+fn guarded(tool_routes: Router, key: SigningKey, tool: &'static str) -> Router {
+    let requirement = Arc::new(Requirement {
+        key,
+        scope: tool_scope(tool),
+    });
+    tool_routes
+        .route_layer(axum::middleware::from_fn_with_state(
+            requirement,
+            require_scope,
+        ))
+        .route("/health", get(move || async move { health_body(tool) }))
+}
+
+struct Requirement {
+    key: SigningKey,
+    scope: String,
+}
+
+async fn require_scope(
+    State(requirement): State<Arc<Requirement>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match authorize(request.headers(), &requirement.key, &requirement.scope) {
+        Ok(_) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 /// Why a request was not authorized; answers 401 or 403 as JSON.
@@ -105,11 +133,9 @@ pub fn authorize(headers: &HeaderMap, key: &SigningKey, scope: &str) -> Result<C
     let token = value
         .to_str()
         .ok()
-        .and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        })
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or_else(|| {
             AuthError::Unauthenticated("authorization header is not a bearer token".into())
         })?;
@@ -126,14 +152,7 @@ fn success(result: serde_json::Value) -> Response {
     Json(serde_json::json!({ "success": true, "result": result, "error": null })).into_response()
 }
 
-async fn calculate(
-    State(state): State<ToolState<()>>,
-    headers: HeaderMap,
-    JsonBody(request): JsonBody<CalculatorRequest>,
-) -> Response {
-    if let Err(refusal) = authorize(&headers, &state.key, &tool_scope("calculator")) {
-        return refusal.into_response();
-    }
+async fn calculate(JsonBody(request): JsonBody<CalculatorRequest>) -> Response {
     match calculator::evaluate(&request.expression) {
         Ok(value) => success(serde_json::Value::String(calculator::format_number(value))),
         Err(error) => error_response(StatusCode::BAD_REQUEST, error.to_string()),
@@ -141,13 +160,9 @@ async fn calculate(
 }
 
 async fn read_file(
-    State(state): State<ToolState<Arc<Scenario>>>,
-    headers: HeaderMap,
+    State(scenario): State<Arc<Scenario>>,
     JsonBody(request): JsonBody<ReadFileRequest>,
 ) -> Response {
-    if let Err(refusal) = authorize(&headers, &state.key, &tool_scope("file_reader")) {
-        return refusal.into_response();
-    }
     let filename = request.filename.trim();
     if filename.is_empty() || filename.len() > MAX_FILENAME_LENGTH {
         return error_response(
@@ -157,11 +172,10 @@ async fn read_file(
     }
     // Documents are looked up by exact name in the scenario's table, never
     // on the file system, so no path can escape it.
-    match state.backend.documents.get(filename) {
+    match scenario.documents.get(filename) {
         Some(text) => success(serde_json::Value::String(text.clone())),
         None => {
-            let available = state
-                .backend
+            let available = scenario
                 .documents
                 .keys()
                 .cloned()
@@ -176,20 +190,15 @@ async fn read_file(
 }
 
 async fn query_db(
-    State(state): State<ToolState<Arc<ShiftDatabase>>>,
-    headers: HeaderMap,
+    State(database): State<Arc<ShiftDatabase>>,
     JsonBody(request): JsonBody<QueryRequest>,
 ) -> Response {
-    if let Err(refusal) = authorize(&headers, &state.key, &tool_scope("database_query")) {
-        return refusal.into_response();
-    }
     if request.query.len() > MAX_QUERY_LENGTH {
         return error_response(
             StatusCode::BAD_REQUEST,
             format!("query is over {MAX_QUERY_LENGTH} characters"),
         );
     }
-    let database = state.backend.clone();
     let outcome = tokio::task::spawn_blocking(move || database.query(&request.query)).await;
     match outcome {
         Ok(Ok(rows)) => success(rows),

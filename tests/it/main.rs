@@ -5,4 +5,5 @@ mod auth;
 mod cli;
 mod heist;
 mod support;
+mod tidy;
 mod tools;
