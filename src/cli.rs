@@ -204,8 +204,13 @@ pub async fn check(config: &Config) -> Result<String, CliError> {
         let state = if report.up { "up" } else { "DOWN" };
         let _ = writeln!(
             output,
-            "{:<15} {:<5} {:>8.1} ms  {}  {}",
-            report.service, state, report.latency_ms, report.base_url, report.detail
+            "{:<15} {:<5} {:>8.1} ms  breaker {:<9}  {}  {}",
+            report.service,
+            state,
+            report.latency_ms,
+            report.breaker,
+            report.base_url,
+            report.detail
         );
     }
     let down: Vec<&str> = reports

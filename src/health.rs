@@ -17,6 +17,8 @@ pub struct HealthReport {
     pub up: bool,
     pub latency_ms: f64,
     pub detail: String,
+    /// The service's circuit breaker as this process sees it.
+    pub breaker: &'static str,
 }
 
 /// Checks every service once, concurrently.
@@ -37,9 +39,9 @@ pub async fn check_all(clients: &Clients) -> Vec<HealthReport> {
 async fn check(service: ServiceClient, is_llm: bool) -> HealthReport {
     let started = Instant::now();
     let outcome: Result<serde_json::Value, CallError> = if is_llm {
-        service.get_json("/models").await
+        service.probe_json("/models").await
     } else {
-        service.get_json("/health").await
+        service.probe_json("/health").await
     };
     let seconds = started.elapsed().as_secs_f64();
     metrics::histogram!(names::HEALTH_CHECK_DURATION_SECONDS, "service" => service.name.clone())
@@ -82,5 +84,6 @@ async fn check(service: ServiceClient, is_llm: bool) -> HealthReport {
         up,
         latency_ms: seconds * 1000.0,
         detail,
+        breaker: service.breaker_state().as_str(),
     }
 }

@@ -10,8 +10,22 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// Logical calls (all attempts of one call) by outcome: success, error,
+/// timeout, rejected_open, rejected_budget, rejected_bulkhead.
 pub const SERVICE_REQUESTS_TOTAL: &str = "heistd_service_requests_total";
 pub const SERVICE_REQUEST_DURATION_SECONDS: &str = "heistd_service_request_duration_seconds";
+/// Attempts that reached the network, by the attempt's own outcome.
+pub const SERVICE_ATTEMPTS_TOTAL: &str = "heistd_service_attempts_total";
+pub const SERVICE_ATTEMPT_DURATION_SECONDS: &str = "heistd_service_attempt_duration_seconds";
+/// Retries sent (attempts after the first).
+pub const SERVICE_RETRIES_TOTAL: &str = "heistd_service_retries_total";
+/// Logical calls by kind: successful_without_retry, successful_with_retry,
+/// failed_without_retry, failed_with_retry.
+pub const SERVICE_CALLS_BY_RETRY_TOTAL: &str = "heistd_service_calls_by_retry_total";
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "heistd_retry_budget_exhausted_total";
+/// One series per state (closed, open, half_open), 1 for the current one.
+pub const BREAKER_STATE: &str = "heistd_circuit_breaker_state";
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "heistd_circuit_breaker_transitions_total";
 pub const SESSIONS_TOTAL: &str = "heistd_sessions_total";
 pub const TURNS_TOTAL: &str = "heistd_turns_total";
 pub const TURN_DURATION_SECONDS: &str = "heistd_turn_duration_seconds";

@@ -44,7 +44,7 @@ impl LlmClient {
             service: ServiceClient::new(
                 "llm",
                 &config.base_url,
-                Policy::from_timeout_ms(config.timeout_ms),
+                Policy::new(config.timeout_ms, config.policy.clone()),
                 http,
             ),
             model: config.model.clone(),
@@ -94,6 +94,6 @@ impl LlmClient {
 
     /// `GET /models`: the cheapest real check that the model server answers.
     pub async fn models(&self) -> Result<serde_json::Value, CallError> {
-        self.service.get_json("/models").await
+        self.service.probe_json("/models").await
     }
 }

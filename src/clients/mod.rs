@@ -25,8 +25,7 @@ pub use oauth::{AccessToken, OAuthClient, TokenCache};
 pub use tools::ToolClient;
 
 use crate::config::{Config, ServiceConfig};
-use crate::metrics as names;
-use crate::resilience::{self, Policy};
+use crate::resilience::{BreakerState, Guard, Policy};
 
 /// Why a call to a service failed, precise enough for retry decisions.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,10 +45,16 @@ pub enum CallError {
     Decode { service: String, message: String },
     #[error("{service}: {message}")]
     Refused { service: String, message: String },
+    #[error("{service}: circuit breaker is open; call not attempted")]
+    CircuitOpen { service: String },
+    #[error("{service}: too many calls in flight; call not attempted")]
+    BulkheadFull { service: String },
+    #[error("{service}: retry budget exhausted; last error: {last}")]
+    BudgetExhausted { service: String, last: String },
 }
 
 impl CallError {
-    /// The metric label for this failure.
+    /// The metric label for one attempt's failure.
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::Timeout { .. } => "timeout",
@@ -58,15 +63,38 @@ impl CallError {
             Self::Status { .. } => "client_error",
             Self::Decode { .. } => "decode_error",
             Self::Refused { .. } => "refused",
+            Self::CircuitOpen { .. } => "rejected_open",
+            Self::BulkheadFull { .. } => "rejected_bulkhead",
+            Self::BudgetExhausted { .. } => "rejected_budget",
+        }
+    }
+
+    /// The metric label for a whole call that ended in this error.
+    pub fn call_outcome(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "timeout",
+            Self::CircuitOpen { .. } => "rejected_open",
+            Self::BulkheadFull { .. } => "rejected_bulkhead",
+            Self::BudgetExhausted { .. } => "rejected_budget",
+            _ => "error",
         }
     }
 
     /// Worth trying again: the service may answer differently next time.
+    /// Never true of the stack's own rejections.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Timeout { .. } | Self::Connect { .. } => true,
             Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
-            Self::Decode { .. } | Self::Refused { .. } => false,
+            _ => false,
+        }
+    }
+
+    /// The server's `Retry-After`, when it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -132,14 +160,17 @@ impl ServiceStats {
     }
 }
 
+/// Health probes get this long at most, whatever the call timeout.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One configured service: its name (the metrics label), base URL, HTTP
-/// client and policy.
+/// client, and the resilience guard every call goes through.
 #[derive(Clone)]
 pub struct ServiceClient {
     pub name: String,
     pub base_url: String,
     http: reqwest::Client,
-    policy: Policy,
+    guard: Arc<Guard>,
     pub stats: Arc<ServiceStats>,
 }
 
@@ -149,7 +180,7 @@ impl ServiceClient {
             name: name.to_string(),
             base_url: base_url.trim_end_matches('/').to_string(),
             http,
-            policy,
+            guard: Arc::new(Guard::new(name, policy)),
             stats: Arc::new(ServiceStats::default()),
         }
     }
@@ -158,9 +189,13 @@ impl ServiceClient {
         Self::new(
             name,
             &service.base_url,
-            Policy::from_timeout_ms(service.timeout_ms),
+            Policy::new(service.timeout_ms, service.policy.clone()),
             http,
         )
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.guard.breaker_state()
     }
 
     pub async fn post_json<B: Serialize + ?Sized, R: DeserializeOwned>(
@@ -169,45 +204,66 @@ impl ServiceClient {
         body: &B,
         headers: &[(&str, String)],
     ) -> Result<R, CallError> {
-        let mut request = self
-            .http
-            .post(format!("{}{path}", self.base_url))
-            .json(body);
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        self.send(request).await
+        let url = format!("{}{path}", self.base_url);
+        let build = || {
+            let mut request = self.http.post(&url).json(body);
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            request
+        };
+        self.send(operation_name(path), build).await
     }
 
     pub async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {
-        self.send(self.http.get(format!("{}{path}", self.base_url)))
+        let url = format!("{}{path}", self.base_url);
+        self.send(operation_name(path), || self.http.get(&url))
             .await
+    }
+
+    /// One `GET` with only a short timeout: no retry, no breaker. A health
+    /// probe must see the service as it is, and must not move the breaker.
+    pub async fn probe_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {
+        let limit = PROBE_TIMEOUT.min(self.guard.policy().attempt_timeout);
+        let request = self.http.get(format!("{}{path}", self.base_url));
+        match tokio::time::timeout(limit, exchange(&self.name, request)).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout {
+                service: self.name.clone(),
+                after: limit,
+            }),
+        }
     }
 
     async fn send<R: DeserializeOwned>(
         &self,
-        request: reqwest::RequestBuilder,
+        operation: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<R, CallError> {
-        let started = tokio::time::Instant::now();
-        let service = self.name.clone();
-        let outcome = resilience::call(&self.policy, &self.name, async move {
-            let response = request
-                .send()
-                .await
-                .map_err(|error| classify_send_error(&service, &error))?;
-            read_reply(&service, response).await
-        })
-        .await;
-        let seconds = started.elapsed().as_secs_f64();
-        let label = match &outcome {
-            Ok(_) => "success",
-            Err(error) => error.outcome(),
-        };
-        metrics::counter!(names::SERVICE_REQUESTS_TOTAL, "service" => self.name.clone(), "outcome" => label).increment(1);
-        metrics::histogram!(names::SERVICE_REQUEST_DURATION_SECONDS, "service" => self.name.clone()).record(seconds);
-        self.stats.record(seconds, outcome.is_ok());
+        let (outcome, summary) = self
+            .guard
+            .call(operation, || exchange(&self.name, build()))
+            .await;
+        self.stats
+            .record(summary.duration.as_secs_f64(), outcome.is_ok());
         outcome
     }
+}
+
+/// `/tools/calculator` → `tools/calculator`: the operation's audit name.
+fn operation_name(path: &str) -> &str {
+    path.trim_start_matches('/')
+}
+
+async fn exchange<R: DeserializeOwned>(
+    service: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<R, CallError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|error| classify_send_error(service, &error))?;
+    read_reply(service, response).await
 }
 
 /// Every client a heist needs, built once from the config.
@@ -284,8 +340,7 @@ async fn read_reply<R: DeserializeOwned>(
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|value| crate::resilience::backoff::parse_retry_after(value, chrono::Utc::now()));
     let bytes = response.bytes().await.map_err(|error| CallError::Connect {
         service: service.into(),
         message: error_chain(&error),

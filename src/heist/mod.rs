@@ -21,8 +21,11 @@ use tracing::Instrument;
 use crate::clients::{AccessToken, CallError, ChatMessage, Clients, MemoryWrite, TokenCache};
 use crate::config::Config;
 use crate::metrics as names;
+use crate::resilience::journal;
 use crate::scenario::{Agent, Scenario};
-use crate::store::{NewSession, SessionStatus, Store, StoreError, ToolCallRecord, TurnRecord};
+use crate::store::{
+    NewSession, ServiceCallRecord, SessionStatus, Store, StoreError, ToolCallRecord, TurnRecord,
+};
 use protocol::{parse_tool_requests, tool_instructions};
 
 /// Tool results longer than this are cut when carried into later prompts.
@@ -176,9 +179,19 @@ impl HeistRunner {
             let turn_id = index as u32 + 1;
             let agent = &self.scenario.agents[agent_index];
             let started = Instant::now();
-            let record = self
-                .play_turn(&session_id, turn_id, turns, agent, seed)
-                .await;
+            let (mut record, journal) =
+                journal::scope(self.play_turn(&session_id, turn_id, turns, agent, seed)).await;
+            record.service_calls = journal
+                .into_iter()
+                .map(|entry| ServiceCallRecord {
+                    service: entry.service,
+                    operation: entry.operation,
+                    attempts: entry.summary.attempts,
+                    outcome: entry.summary.outcome.to_string(),
+                    last_error: entry.summary.last_error,
+                    duration_ms: entry.summary.duration.as_secs_f64() * 1000.0,
+                })
+                .collect();
             let outcome = if record.error.is_some() {
                 "failed"
             } else {
@@ -311,6 +324,7 @@ impl HeistRunner {
             error: None,
             tool_calls: Vec::new(),
             memory_payload: None,
+            service_calls: Vec::new(),
         };
         let token = self.token_for(agent).await;
         let memory = match self
@@ -342,7 +356,7 @@ impl HeistRunner {
             Ok(reply) => reply,
             Err(error) => {
                 tracing::warn!(turn_id, agent = %agent.name, %error, "LLM call failed; turn recorded as failed");
-                record.error = Some(format!("llm: {error}"));
+                record.error = Some(error.to_string());
                 return record;
             }
         };

@@ -5,6 +5,7 @@
 //!
 //! It must not change a service's behaviour while no fault is set.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
@@ -39,11 +40,23 @@ pub struct Fault {
     /// New connections are closed at once, like a service that is down.
     #[serde(default)]
     pub refuse: bool,
+    /// The next N requests get `error_status`, whatever `error_rate` says;
+    /// counts down to 0. Deterministic, for tests of retries.
+    #[serde(default)]
+    pub fail_next: u32,
+    /// Injected errors replace the reply *after* the request was handled,
+    /// like a reply lost on the way back: the write happened, the caller
+    /// does not know it.
+    #[serde(default)]
+    pub after_handling: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct FaultSwitch {
     current: Mutex<Fault>,
+    /// Requests that reached the service (past `refuse`), `/fault` excluded:
+    /// tests prove that an open breaker sends nothing.
+    requests_seen: AtomicU64,
 }
 
 impl FaultSwitch {
@@ -56,6 +69,23 @@ impl FaultSwitch {
 
     pub fn clear(&self) {
         self.set(Fault::default());
+    }
+
+    pub fn requests_seen(&self) -> u64 {
+        self.requests_seen.load(Ordering::SeqCst)
+    }
+
+    /// The fault for one request, counting `fail_next` down.
+    fn take(&self) -> (Fault, bool) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let forced = current.fail_next > 0;
+        if forced {
+            current.fail_next -= 1;
+        }
+        (current.clone(), forced)
     }
 
     pub fn get(&self) -> Fault {
@@ -117,25 +147,30 @@ impl axum::serve::Listener for FaultyListener {
 }
 
 async fn inject(State(switch): State<Arc<FaultSwitch>>, request: Request, next: Next) -> Response {
-    let fault = switch.get();
+    switch.requests_seen.fetch_add(1, Ordering::SeqCst);
+    let (fault, forced) = switch.take();
     if fault.hang {
         std::future::pending::<()>().await;
     }
     if fault.latency_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(fault.latency_ms)).await;
     }
-    if fault.error_rate > 0.0 && rand::rng().random::<f64>() < fault.error_rate {
-        let status =
-            StatusCode::from_u16(fault.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        let mut response = error_response(status, "injected fault");
-        if let Some(seconds) = fault.retry_after_seconds {
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from(seconds));
-        }
-        return response;
+    let fail = forced || (fault.error_rate > 0.0 && rand::rng().random::<f64>() < fault.error_rate);
+    if !fail {
+        return next.run(request).await;
     }
-    next.run(request).await
+    if fault.after_handling {
+        let _handled = next.run(request).await;
+    }
+    let status =
+        StatusCode::from_u16(fault.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = error_response(status, "injected fault");
+    if let Some(seconds) = fault.retry_after_seconds {
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(seconds));
+    }
+    response
 }
 
 async fn show_fault(State(switch): State<Arc<FaultSwitch>>) -> Json<Fault> {

@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod heist;
+mod resilience;
 mod support;
 mod tidy;
 mod tools;

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod policy;
+pub use policy::{BreakerConfig, PolicyConfig, WindowKind};
+
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "HEISTD_";
 /// Separates the section from the key in an override (`HEISTD_LLM__BASE_URL`).
@@ -127,6 +130,8 @@ pub struct LlmConfig {
     /// Per-attempt timeout: a local model may need a minute for a reply.
     #[serde(default = "default_llm_timeout_ms")]
     pub timeout_ms: u64,
+    #[serde(default = "PolicyConfig::language_model")]
+    pub policy: PolicyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +156,9 @@ pub struct ServiceConfig {
     /// Per-attempt timeout for calls to this service.
     #[serde(default = "default_service_timeout_ms")]
     pub timeout_ms: u64,
+    /// Deadline, retries, budget, breaker and bulkhead.
+    #[serde(default = "PolicyConfig::quick_service")]
+    pub policy: PolicyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +232,7 @@ impl Default for LlmConfig {
             max_tokens: default_max_tokens(),
             api_key_env: default_api_key_env(),
             timeout_ms: default_llm_timeout_ms(),
+            policy: PolicyConfig::language_model(),
         }
     }
 }
@@ -505,11 +514,15 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         return fail("llm.max_tokens", "must be at least 1");
     }
     check_url("llm.base_url", &config.llm.base_url)?;
+    config.llm.policy.validate("llm.policy")?;
     if config.llm.timeout_ms == 0 {
         return fail("llm.timeout_ms", "must be at least 1");
     }
     for (name, service) in config.services.iter() {
         check_url(&format!("services.{name}.base_url"), &service.base_url)?;
+        service
+            .policy
+            .validate(&format!("services.{name}.policy"))?;
         if service.timeout_ms == 0 {
             return Err((
                 format!("services.{name}.timeout_ms"),
@@ -599,6 +612,7 @@ fn service_on(port: u16) -> ServiceConfig {
     ServiceConfig {
         base_url: format!("http://127.0.0.1:{port}"),
         timeout_ms: default_service_timeout_ms(),
+        policy: PolicyConfig::quick_service(),
     }
 }
 fn default_oauth_service() -> ServiceConfig {
@@ -660,127 +674,4 @@ fn default_oauth_clients() -> Vec<OAuthClient> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(contents: &str) -> tempfile::NamedTempFile {
-        use std::io::Write;
-        let mut file = tempfile::Builder::new()
-            .suffix(".toml")
-            .tempfile()
-            .expect("temp file");
-        file.write_all(contents.as_bytes()).expect("write");
-        file
-    }
-
-    #[test]
-    fn defaults_load_without_a_file() {
-        let config = load(None, Vec::new()).expect("defaults are valid");
-        assert_eq!(config.heist.turns, 12);
-        assert_eq!(config.services.memory.base_url, "http://127.0.0.1:8005");
-    }
-
-    #[test]
-    fn file_overrides_defaults_and_environment_overrides_file() {
-        let file = write(
-            "[llm]\nbase_url = \"http://10.0.0.1:1234/v1\"\nmodel = \"qwen\"\n[heist]\nturns = 4\n",
-        );
-        let environment = vec![
-            (
-                "HEISTD_LLM__BASE_URL".to_string(),
-                "http://127.0.0.1:9999/v1".to_string(),
-            ),
-            (
-                "HEISTD_LLM_API_KEY".to_string(),
-                "not an override".to_string(),
-            ),
-            (
-                "HEISTD_SERVICES__MEMORY__TIMEOUT_MS".to_string(),
-                "750".to_string(),
-            ),
-        ];
-        let config = load(Some(file.path()), environment).expect("valid");
-        assert_eq!(config.llm.base_url, "http://127.0.0.1:9999/v1");
-        assert_eq!(config.llm.model, "qwen");
-        assert_eq!(config.heist.turns, 4);
-        assert_eq!(config.services.memory.timeout_ms, 750);
-        assert_eq!(config.services.memory.base_url, "http://127.0.0.1:8005");
-    }
-
-    #[test]
-    fn a_listed_table_replaces_the_default_list() {
-        let file = write("[[oauth.clients]]\nclient_id = \"solo\"\nclient_secret = \"long enough secret\"\nscopes = [\"calculator:use\"]\n");
-        let config = load(Some(file.path()), Vec::new()).expect("valid");
-        assert_eq!(config.oauth.clients.len(), 1);
-        assert_eq!(config.client_secret("solo"), Some("long enough secret"));
-    }
-
-    #[test]
-    fn bad_config_names_the_key_and_the_file() {
-        let cases: &[(&str, &str)] = &[
-            ("[llm]\ntempreature = 0.5\n", "llm.tempreature"),
-            ("[heist]\nturns = \"many\"\n", "heist.turns"),
-            (
-                "[services.memory]\nbase_url = \"http://x\"\ntimeout_ms = -5\n",
-                "services.memory.timeout_ms",
-            ),
-            (
-                "[services.calculator]\nbase_url = \"ftp://x\"\n",
-                "services.calculator.base_url",
-            ),
-            ("[llm]\ntemperature = 7.0\n", "llm.temperature"),
-            ("surprise = 1\n", "surprise"),
-            (
-                "[services.file_reader]\ntimeout_ms = true\n",
-                "services.file_reader.timeout_ms",
-            ),
-            ("[heist]\nturns = \"5\"\n", "heist.turns"),
-            ("[store\npath = 1\n", "store"),
-            (
-                "[[oauth.clients]]\nclient_id = \"a\"\nclient_secret = \"short\"\nscopes = []\n",
-                "oauth.clients[0].client_secret",
-            ),
-        ];
-        for (contents, key) in cases {
-            let file = write(contents);
-            let error = load(Some(file.path()), Vec::new())
-                .expect_err(contents)
-                .to_string();
-            assert!(!error.contains(&format!("{key}.{key}")), "{error}");
-            assert!(
-                error.contains(key),
-                "{contents:?}: `{error}` does not name {key}"
-            );
-            assert!(
-                error.contains(&file.path().display().to_string()),
-                "{contents:?}: `{error}` does not name the file"
-            );
-        }
-    }
-
-    #[test]
-    fn a_bad_environment_override_names_the_variable() {
-        let environment = vec![("HEISTD_HEIST__TURNS".to_string(), "lots".to_string())];
-        let error = load(None, environment).expect_err("invalid").to_string();
-        assert!(
-            error.contains("heist.turns") && error.contains("HEISTD_HEIST__TURNS"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn a_missing_file_is_named() {
-        let error = load(Some(Path::new("/nonexistent/heistd.toml")), Vec::new())
-            .expect_err("missing")
-            .to_string();
-        assert!(error.contains("/nonexistent/heistd.toml"), "{error}");
-    }
-
-    #[test]
-    fn redacted_output_hides_secrets() {
-        let config = load(None, Vec::new()).expect("valid");
-        let shown = config.redacted_toml();
-        assert!(!shown.contains("rehearsal-secret"), "{shown}");
-        assert!(shown.contains(REDACTED));
-    }
-}
+mod tests;

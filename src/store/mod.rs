@@ -17,8 +17,10 @@ use serde::Serialize;
 
 use crate::config::Synchronous;
 
+mod schema;
+
 /// Bumped with every migration appended to [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = schema::MIGRATIONS.len() as i64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +81,20 @@ pub struct TurnRecord {
     pub tool_calls: Vec<ToolCallRecord>,
     /// The memory-service write for this turn, delivered after the commit.
     pub memory_payload: Option<String>,
+    /// Calls of this turn that failed or were retried.
+    pub service_calls: Vec<ServiceCallRecord>,
+}
+
+/// A call that failed or needed retries, kept so "why was turn 7 slow?"
+/// is one query.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceCallRecord {
+    pub service: String,
+    pub operation: String,
+    pub attempts: u32,
+    pub outcome: String,
+    pub last_error: Option<String>,
+    pub duration_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,6 +151,15 @@ pub struct SessionDetail {
     pub session: SessionRow,
     pub messages: Vec<MessageRow>,
     pub tool_usage: Vec<ToolUsageRow>,
+    pub service_calls: Vec<ServiceCallRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceCallRow {
+    pub turn_id: i64,
+    #[serde(flatten)]
+    pub call: ServiceCallRecord,
+    pub timestamp: String,
 }
 
 /// A memory write waiting for (re)delivery.
@@ -234,6 +259,25 @@ impl Store {
                     call.success,
                     call.error,
                     call.duration_ms
+                ])?;
+            }
+        }
+        {
+            let mut insert_call = transaction.prepare_cached(
+                "INSERT INTO service_calls (session_id, turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for call in &turn.service_calls {
+                insert_call.execute(params![
+                    turn.session_id,
+                    turn.turn_id,
+                    call.service,
+                    call.operation,
+                    call.attempts,
+                    call.outcome,
+                    call.last_error,
+                    call.duration_ms,
+                    now
                 ])?;
             }
         }
@@ -386,10 +430,31 @@ impl Store {
             )?
             .query_map(params![session_id], tool_usage_row)?
             .collect::<Result<_, _>>()?;
+        let service_calls = connection
+            .prepare_cached(
+                "SELECT turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp
+                 FROM service_calls WHERE session_id = ?1 ORDER BY id",
+            )?
+            .query_map(params![session_id], |row| {
+                Ok(ServiceCallRow {
+                    turn_id: row.get(0)?,
+                    call: ServiceCallRecord {
+                        service: row.get(1)?,
+                        operation: row.get(2)?,
+                        attempts: row.get(3)?,
+                        outcome: row.get(4)?,
+                        last_error: row.get(5)?,
+                        duration_ms: row.get(6)?,
+                    },
+                    timestamp: row.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
         Ok(SessionDetail {
             session,
             messages,
             tool_usage,
+            service_calls,
         })
     }
 
@@ -410,57 +475,6 @@ pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> String {
 const SESSION_COLUMNS: &str =
     "SELECT session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason FROM sessions";
 
-/// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: [&str; 1] = [r#"
-    CREATE TABLE IF NOT EXISTS sessions (
-        session_id TEXT PRIMARY KEY,
-        start_time TEXT NOT NULL,
-        end_time TEXT,
-        num_turns INTEGER NOT NULL DEFAULT 0,
-        status TEXT NOT NULL,
-        seed INTEGER,
-        scenario TEXT,
-        planned_turns INTEGER,
-        failure_reason TEXT
-    );
-    CREATE TABLE IF NOT EXISTS messages (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        session_id TEXT NOT NULL REFERENCES sessions(session_id),
-        turn_id INTEGER NOT NULL,
-        agent_name TEXT NOT NULL,
-        agent_role TEXT NOT NULL,
-        message TEXT NOT NULL,
-        timestamp TEXT NOT NULL,
-        error TEXT
-    );
-    CREATE UNIQUE INDEX IF NOT EXISTS messages_session_turn ON messages(session_id, turn_id);
-    CREATE TABLE IF NOT EXISTS tool_usage (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        session_id TEXT NOT NULL REFERENCES sessions(session_id),
-        turn_id INTEGER NOT NULL,
-        agent_name TEXT NOT NULL,
-        tool_name TEXT NOT NULL,
-        tool_params TEXT NOT NULL,
-        tool_result TEXT NOT NULL,
-        timestamp TEXT NOT NULL,
-        success INTEGER NOT NULL,
-        error TEXT,
-        duration_ms REAL
-    );
-    CREATE INDEX IF NOT EXISTS tool_usage_session_turn ON tool_usage(session_id, turn_id);
-    CREATE TABLE IF NOT EXISTS outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        session_id TEXT NOT NULL REFERENCES sessions(session_id),
-        turn_id INTEGER NOT NULL,
-        payload TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        delivered_at TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT
-    );
-    CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(session_id) WHERE delivered_at IS NULL;
-"#];
-
 fn migrate(connection: &Connection) -> Result<(), StoreError> {
     let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if found > SCHEMA_VERSION {
@@ -469,7 +483,7 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
             supported: SCHEMA_VERSION,
         });
     }
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (index, migration) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = index as i64 + 1;
         connection.execute_batch(&format!(
             "BEGIN IMMEDIATE; {migration} PRAGMA user_version = {version}; COMMIT;"
@@ -521,139 +535,4 @@ fn tool_usage_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ToolUsageRow> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open() -> (tempfile::TempDir, Store) {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let store =
-            Store::open(&directory.path().join("audit.db"), Synchronous::Normal).expect("open");
-        (directory, store)
-    }
-
-    fn turn(session_id: &str, turn_id: u32) -> TurnRecord {
-        TurnRecord {
-            session_id: session_id.into(),
-            turn_id,
-            agent_name: "hacker".into(),
-            agent_role: "Hacker".into(),
-            message: format!("message {turn_id}"),
-            error: None,
-            tool_calls: vec![ToolCallRecord {
-                tool_name: "calculator".into(),
-                tool_params: "1+1".into(),
-                tool_result: "2".into(),
-                success: true,
-                error: None,
-                duration_ms: 1.0,
-            }],
-            memory_payload: Some("{}".into()),
-        }
-    }
-
-    #[test]
-    fn session_ids_are_unique_within_one_second() {
-        let (_directory, store) = open();
-        let new = NewSession {
-            scenario: "bank",
-            seed: 1,
-            planned_turns: 3,
-        };
-        let ids: std::collections::HashSet<String> = (0..200)
-            .map(|_| store.create_session(&new).expect("create"))
-            .collect();
-        assert_eq!(ids.len(), 200);
-        assert!(ids.iter().all(
-            |id| id.starts_with("heist_") && id.len() == "heist_20260101_000000_00000000".len()
-        ));
-    }
-
-    #[test]
-    fn a_turn_commits_whole_or_not_at_all() {
-        let (_directory, store) = open();
-        let session_id = store
-            .create_session(&NewSession {
-                scenario: "bank",
-                seed: 1,
-                planned_turns: 3,
-            })
-            .expect("create");
-        store.record_turn(&turn(&session_id, 1)).expect("first");
-        // Recording turn 1 again violates the unique (session, turn) index
-        // after its message insert; nothing of the second attempt may remain.
-        assert!(store.record_turn(&turn(&session_id, 1)).is_err());
-        let detail = store.session(&session_id).expect("detail");
-        assert_eq!(detail.messages.len(), 1);
-        assert_eq!(detail.tool_usage.len(), 1);
-        assert_eq!(
-            store.pending_outbox(&session_id, 10).expect("outbox").len(),
-            1
-        );
-        assert_eq!(detail.session.num_turns, 1);
-    }
-
-    #[test]
-    fn reopening_keeps_data_and_schema_version() {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let path = directory.path().join("audit.db");
-        let session_id = {
-            let store = Store::open(&path, Synchronous::Full).expect("open");
-            let id = store
-                .create_session(&NewSession {
-                    scenario: "bank",
-                    seed: 9,
-                    planned_turns: 1,
-                })
-                .expect("create");
-            store.record_turn(&turn(&id, 1)).expect("turn");
-            store
-                .finish_session(&id, SessionStatus::Completed, None)
-                .expect("finish");
-            id
-        };
-        let store = Store::open(&path, Synchronous::Full).expect("reopen");
-        let detail = store.session(&session_id).expect("detail");
-        assert_eq!(detail.session.status, "completed");
-        assert!(detail.session.end_time.is_some());
-        let version: i64 = store
-            .lock()
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .expect("version");
-        assert_eq!(version, SCHEMA_VERSION);
-    }
-
-    #[test]
-    fn failed_turns_are_not_context() {
-        let (_directory, store) = open();
-        let session_id = store
-            .create_session(&NewSession {
-                scenario: "bank",
-                seed: 1,
-                planned_turns: 3,
-            })
-            .expect("create");
-        store.record_turn(&turn(&session_id, 1)).expect("turn 1");
-        let mut failed = turn(&session_id, 2);
-        failed.message = String::new();
-        failed.error = Some("llm: timed out".into());
-        store.record_turn(&failed).expect("turn 2");
-        let context = store.recent_messages(&session_id, 5).expect("context");
-        assert_eq!(
-            context.iter().map(|row| row.turn_id).collect::<Vec<_>>(),
-            [1]
-        );
-    }
-
-    #[test]
-    fn unknown_session_is_an_error() {
-        let (_directory, store) = open();
-        assert!(matches!(
-            store.session("heist_nope"),
-            Err(StoreError::SessionNotFound(_))
-        ));
-        assert!(matches!(
-            store.finish_session("heist_nope", SessionStatus::Failed, None),
-            Err(StoreError::SessionNotFound(_))
-        ));
-    }
-}
+mod tests;

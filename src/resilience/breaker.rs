@@ -1,0 +1,244 @@
+//! The circuit breaker, modelled on resilience4j: closed, it records each
+//! call's outcome in a count- or time-based sliding window and opens when,
+//! after a minimum number of calls, the failure rate or the slow-call rate
+//! reaches its threshold; open, it rejects every call until its wait is
+//! over; half-open, it lets exactly N probe calls through, closes when all
+//! succeed and re-opens on the first failure. A probe whose caller is
+//! cancelled gives its permit back.
+//!
+//! It only decides and records; it never makes or times a call.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{BreakerConfig, WindowKind};
+use crate::metrics as names;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub const ALL: [BreakerState; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+pub struct CircuitBreaker {
+    service: String,
+    config: BreakerConfig,
+    inner: Mutex<Inner>,
+}
+
+/// Leave to make one call. Record its outcome with [`Permit::record`];
+/// dropped unrecorded (the caller was cancelled), it is given back.
+#[must_use]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    generation: u64,
+    recorded: bool,
+}
+
+struct Inner {
+    state: BreakerState,
+    /// Bumped on every transition, so a permit from an earlier state cannot
+    /// count in the current one.
+    generation: u64,
+    window: VecDeque<Sample>,
+    open_until: Instant,
+    probes_issued: u32,
+    probes_succeeded: u32,
+}
+
+struct Sample {
+    at: Instant,
+    failed: bool,
+    slow: bool,
+}
+
+impl CircuitBreaker {
+    pub fn new(service: &str, config: BreakerConfig) -> Self {
+        let breaker = Self {
+            service: service.to_string(),
+            config,
+            inner: Mutex::new(Inner {
+                state: BreakerState::Closed,
+                generation: 0,
+                window: VecDeque::new(),
+                open_until: Instant::now(),
+                probes_issued: 0,
+                probes_succeeded: 0,
+            }),
+        };
+        breaker.export_state(BreakerState::Closed);
+        breaker
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.lock().state
+    }
+
+    /// Leave to call, or `None` when the breaker rejects (open, or
+    /// half-open with every probe permit out).
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
+        if !self.config.enabled {
+            return Some(Permit {
+                breaker: self,
+                generation: u64::MAX,
+                recorded: false,
+            });
+        }
+        let mut inner = self.lock();
+        let now = Instant::now();
+        if inner.state == BreakerState::Open {
+            if now < inner.open_until {
+                return None;
+            }
+            self.transition(&mut inner, BreakerState::HalfOpen);
+        }
+        if inner.state == BreakerState::HalfOpen {
+            if inner.probes_issued >= self.config.half_open_permits {
+                return None;
+            }
+            inner.probes_issued += 1;
+        }
+        Some(Permit {
+            breaker: self,
+            generation: inner.generation,
+            recorded: false,
+        })
+    }
+
+    fn record(&self, generation: u64, failed: bool, duration: Duration) {
+        if !self.config.enabled {
+            return;
+        }
+        let mut inner = self.lock();
+        if generation != inner.generation {
+            return;
+        }
+        let now = Instant::now();
+        let slow = duration > Duration::from_millis(self.config.slow_call_duration_ms);
+        match inner.state {
+            BreakerState::Closed => {
+                inner.window.push_back(Sample {
+                    at: now,
+                    failed,
+                    slow,
+                });
+                self.trim(&mut inner, now);
+                if self.should_open(&inner) {
+                    self.open(&mut inner, now);
+                }
+            }
+            BreakerState::HalfOpen if failed => self.open(&mut inner, now),
+            BreakerState::HalfOpen => {
+                inner.probes_succeeded += 1;
+                if inner.probes_succeeded >= self.config.half_open_permits {
+                    self.transition(&mut inner, BreakerState::Closed);
+                }
+            }
+            BreakerState::Open => {}
+        }
+    }
+
+    fn release(&self, generation: u64) {
+        let mut inner = self.lock();
+        if generation == inner.generation && inner.state == BreakerState::HalfOpen {
+            inner.probes_issued = inner.probes_issued.saturating_sub(1);
+        }
+    }
+
+    fn trim(&self, inner: &mut Inner, now: Instant) {
+        match self.config.window {
+            WindowKind::Count => {
+                while inner.window.len() > self.config.window_size as usize {
+                    inner.window.pop_front();
+                }
+            }
+            WindowKind::Time => {
+                let span = Duration::from_secs(u64::from(self.config.window_size));
+                while inner
+                    .window
+                    .front()
+                    .is_some_and(|sample| now.duration_since(sample.at) >= span)
+                {
+                    inner.window.pop_front();
+                }
+            }
+        }
+    }
+
+    fn should_open(&self, inner: &Inner) -> bool {
+        let calls = inner.window.len();
+        if calls < self.config.minimum_calls as usize {
+            return false;
+        }
+        let failures = inner.window.iter().filter(|sample| sample.failed).count();
+        let slow = inner.window.iter().filter(|sample| sample.slow).count();
+        failures as f64 / calls as f64 >= self.config.failure_rate_threshold
+            || slow as f64 / calls as f64 >= self.config.slow_call_rate_threshold
+    }
+
+    fn open(&self, inner: &mut Inner, now: Instant) {
+        inner.open_until = now + Duration::from_millis(self.config.wait_in_open_ms);
+        self.transition(inner, BreakerState::Open);
+    }
+
+    fn transition(&self, inner: &mut Inner, to: BreakerState) {
+        let from = inner.state;
+        inner.state = to;
+        inner.generation += 1;
+        inner.window.clear();
+        inner.probes_issued = 0;
+        inner.probes_succeeded = 0;
+        tracing::warn!(service = %self.service, from = from.as_str(), to = to.as_str(), "circuit breaker");
+        metrics::counter!(names::BREAKER_TRANSITIONS_TOTAL, "service" => self.service.clone(), "from" => from.as_str(), "to" => to.as_str())
+            .increment(1);
+        self.export_state(to);
+    }
+
+    fn export_state(&self, current: BreakerState) {
+        for state in BreakerState::ALL {
+            let value = if state == current { 1.0 } else { 0.0 };
+            metrics::gauge!(names::BREAKER_STATE, "service" => self.service.clone(), "state" => state.as_str()).set(value);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Permit<'_> {
+    /// Records the call's outcome: `failed` counts against the service.
+    pub fn record(mut self, failed: bool, duration: Duration) {
+        self.recorded = true;
+        self.breaker.record(self.generation, failed, duration);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.release(self.generation);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+//! The resilience stack every outbound call runs in, outermost first:
+//! overall deadline ▸ retry (full-jitter backoff, `Retry-After`, retry
+//! budget) ▸ circuit breaker ▸ bulkhead (concurrency limit) ▸ per-attempt
+//! timeout ▸ the request. One [`Guard`] per service holds that service's
+//! breaker, budget and bulkhead; clones of a client share it.
+//!
+//! Only this module decides whether to try again and how long to wait. A
+//! call rejected by an open breaker, an exhausted budget or a full bulkhead
+//! is not retried and never reaches the network. It knows nothing of wire
+//! formats: the caller's attempt closure makes the request and classifies
+//! the failure as a [`CallError`].
+//!
+//! Written here on `tokio::time` rather than taken from `failsafe`,
+//! `backoff` or `reqwest-retry`: `backoff` is unmaintained (RUSTSEC-2025-0012),
+//! `failsafe` has no half-open permit count and no retry, and
+//! `reqwest-retry` ignores `Retry-After`, has no budget and reads
+//! `SystemTime`, so paused-time tests could not drive it.
+
+pub mod backoff;
+pub mod breaker;
+pub mod budget;
+pub mod journal;
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::clients::CallError;
+use crate::config::PolicyConfig;
+use crate::metrics as names;
+pub use breaker::{BreakerState, CircuitBreaker};
+use budget::RetryBudget;
+
+/// How calls to one service are guarded, in durations.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Longest one attempt may take before it is abandoned.
+    pub attempt_timeout: Duration,
+    pub config: PolicyConfig,
+    /// Seeds the jitter so tests see one sequence; random when `None`.
+    pub jitter_seed: Option<u64>,
+}
+
+/// The per-service state of the stack.
+pub struct Guard {
+    service: String,
+    policy: Policy,
+    breaker: CircuitBreaker,
+    budget: RetryBudget,
+    bulkhead: Semaphore,
+    random: Mutex<ChaCha8Rng>,
+}
+
+/// What the stack did for one logical call, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct CallSummary {
+    pub attempts: u32,
+    pub outcome: &'static str,
+    pub last_error: Option<String>,
+    pub duration: Duration,
+}
+
+impl Policy {
+    pub fn new(timeout_ms: u64, config: PolicyConfig) -> Self {
+        Self {
+            attempt_timeout: Duration::from_millis(timeout_ms),
+            config,
+            jitter_seed: None,
+        }
+    }
+
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.config.deadline_ms)
+    }
+}
+
+impl Guard {
+    pub fn new(service: &str, policy: Policy) -> Self {
+        let random = match policy.jitter_seed {
+            Some(seed) => ChaCha8Rng::seed_from_u64(seed),
+            None => ChaCha8Rng::from_os_rng(),
+        };
+        Self {
+            service: service.to_string(),
+            breaker: CircuitBreaker::new(service, policy.config.breaker.clone()),
+            budget: RetryBudget::new(
+                policy.config.retry_budget_ratio,
+                policy.config.retry_budget_min_per_second,
+            ),
+            bulkhead: Semaphore::new(policy.config.max_concurrent as usize),
+            random: Mutex::new(random),
+            policy,
+        }
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Runs one logical call named `operation` (for the audit trail):
+    /// `attempt` is called once per attempt and must make a fresh request
+    /// each time.
+    pub async fn call<T, F, Fut>(
+        &self,
+        operation: &str,
+        mut attempt: F,
+    ) -> (Result<T, CallError>, CallSummary)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
+        let started = Instant::now();
+        let deadline = started + self.policy.deadline();
+        let mut attempts = 0u32;
+        self.budget.record_call();
+        let result = loop {
+            let outcome = self.attempt_once(&mut attempt, deadline).await;
+            attempts += u32::from(outcome.reached_network);
+            let error = match outcome.result {
+                Ok(value) => break Ok(value),
+                Err(error) => error,
+            };
+            if !error.is_transient() || !outcome.reached_network {
+                break Err(error);
+            }
+            if attempts >= self.policy.config.max_attempts {
+                break Err(error);
+            }
+            let delay = self.delay_before_retry(&error, attempts);
+            if Instant::now() + delay >= deadline {
+                // Waiting would overrun the deadline: give up now.
+                break Err(error);
+            }
+            if !self.budget.try_retry() {
+                metrics::counter!(names::RETRY_BUDGET_EXHAUSTED_TOTAL, "service" => self.service.clone()).increment(1);
+                break Err(CallError::BudgetExhausted {
+                    service: self.service.clone(),
+                    last: error.to_string(),
+                });
+            }
+            metrics::counter!(names::SERVICE_RETRIES_TOTAL, "service" => self.service.clone())
+                .increment(1);
+            tracing::debug!(service = %self.service, attempt = attempts, ?delay, %error, "retrying");
+            tokio::time::sleep(delay).await;
+        };
+        let summary = CallSummary {
+            attempts,
+            outcome: match &result {
+                Ok(_) => "success",
+                Err(error) => error.call_outcome(),
+            },
+            last_error: result.as_ref().err().map(ToString::to_string),
+            duration: started.elapsed(),
+        };
+        self.export(&summary);
+        journal::note(&self.service, operation, &summary);
+        (result, summary)
+    }
+
+    async fn attempt_once<T, F, Fut>(&self, attempt: &mut F, deadline: Instant) -> AttemptOutcome<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
+        let rejected = |error: CallError| AttemptOutcome {
+            result: Err(error),
+            reached_network: false,
+        };
+        let Some(permit) = self.breaker.try_acquire() else {
+            return rejected(CallError::CircuitOpen {
+                service: self.service.clone(),
+            });
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let queue_wait = Duration::from_millis(self.policy.config.max_queue_wait_ms).min(remaining);
+        let slot = match tokio::time::timeout(queue_wait, self.bulkhead.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            // The permit is dropped unrecorded: a full bulkhead says nothing
+            // about the service's health.
+            _ => {
+                return rejected(CallError::BulkheadFull {
+                    service: self.service.clone(),
+                })
+            }
+        };
+        let limit = self
+            .policy
+            .attempt_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let attempt_started = Instant::now();
+        let result = match tokio::time::timeout(limit, attempt()).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout {
+                service: self.service.clone(),
+                after: limit,
+            }),
+        };
+        drop(slot);
+        let elapsed = attempt_started.elapsed();
+        let failed = result.as_ref().err().is_some_and(CallError::is_transient);
+        permit.record(failed, elapsed);
+        let label = match &result {
+            Ok(_) => "success",
+            Err(error) => error.outcome(),
+        };
+        metrics::counter!(names::SERVICE_ATTEMPTS_TOTAL, "service" => self.service.clone(), "outcome" => label).increment(1);
+        metrics::histogram!(names::SERVICE_ATTEMPT_DURATION_SECONDS, "service" => self.service.clone()).record(elapsed.as_secs_f64());
+        AttemptOutcome {
+            result,
+            reached_network: true,
+        }
+    }
+
+    fn delay_before_retry(&self, error: &CallError, attempts_made: u32) -> Duration {
+        let config = &self.policy.config;
+        if let Some(retry_after) = error.retry_after() {
+            return retry_after.min(Duration::from_millis(config.retry_after_cap_ms));
+        }
+        let mut random = self
+            .random
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        backoff::full_jitter(
+            Duration::from_millis(config.backoff_base_ms),
+            Duration::from_millis(config.backoff_cap_ms),
+            attempts_made.saturating_sub(1),
+            &mut *random,
+        )
+    }
+
+    fn export(&self, summary: &CallSummary) {
+        let service = self.service.clone();
+        metrics::counter!(names::SERVICE_REQUESTS_TOTAL, "service" => service.clone(), "outcome" => summary.outcome).increment(1);
+        metrics::histogram!(names::SERVICE_REQUEST_DURATION_SECONDS, "service" => service.clone())
+            .record(summary.duration.as_secs_f64());
+        let kind = match (summary.outcome == "success", summary.attempts > 1) {
+            (true, false) => "successful_without_retry",
+            (true, true) => "successful_with_retry",
+            (false, false) => "failed_without_retry",
+            (false, true) => "failed_with_retry",
+        };
+        metrics::counter!(names::SERVICE_CALLS_BY_RETRY_TOTAL, "service" => service, "kind" => kind).increment(1);
+    }
+}
+
+struct AttemptOutcome<T> {
+    result: Result<T, CallError>,
+    /// False when the stack itself refused (breaker, bulkhead).
+    reached_network: bool,
+}
+
+#[cfg(test)]
+mod tests;

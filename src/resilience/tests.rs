@@ -1,0 +1,337 @@
+//! The composed stack under paused tokio time, with attempts that are
+//! closures (no network): what is retried, when, and what is refused.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::config::PolicyConfig;
+
+fn policy(configure: impl FnOnce(&mut PolicyConfig)) -> Policy {
+    let mut config = PolicyConfig::quick_service();
+    configure(&mut config);
+    Policy {
+        attempt_timeout: Duration::from_secs(1),
+        config,
+        jitter_seed: Some(11),
+    }
+}
+
+fn status(code: u16, retry_after: Option<Duration>) -> CallError {
+    CallError::Status {
+        service: "svc".into(),
+        status: code,
+        message: "x".into(),
+        retry_after,
+    }
+}
+
+/// An attempt closure that fails with `error` every time and counts calls.
+fn failing(
+    counter: &Arc<AtomicU32>,
+    error: CallError,
+) -> impl FnMut() -> std::future::Ready<Result<(), CallError>> + '_ {
+    move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Err(error.clone()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_are_never_retried() {
+    for code in [400, 401, 403, 404, 409, 422] {
+        let guard = Guard::new("svc", policy(|_| {}));
+        let counter = Arc::new(AtomicU32::new(0));
+        let (result, summary) = guard
+            .call("op", failing(&counter, status(code, None)))
+            .await;
+        assert!(matches!(result, Err(CallError::Status { status, .. }) if status == code));
+        assert_eq!(counter.load(Ordering::SeqCst), 1, "HTTP {code}");
+        assert_eq!(summary.attempts, 1);
+    }
+    let guard = Guard::new("svc", policy(|_| {}));
+    let counter = Arc::new(AtomicU32::new(0));
+    let decode = CallError::Decode {
+        service: "svc".into(),
+        message: "bad json".into(),
+    };
+    let _ = guard.call("op", failing(&counter, decode)).await;
+    assert_eq!(
+        counter.load(Ordering::SeqCst),
+        1,
+        "a decode error is not retried"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_retried_with_full_jitter_delays() {
+    let guard = Guard::new(
+        "svc",
+        policy(|config| {
+            config.max_attempts = 5;
+            config.backoff_base_ms = 100;
+            config.backoff_cap_ms = 300;
+        }),
+    );
+    let times = Mutex::new(Vec::new());
+    let (result, summary) = guard
+        .call("op", || {
+            times.lock().expect("times").push(Instant::now());
+            std::future::ready(Err::<(), _>(status(503, None)))
+        })
+        .await;
+    assert!(result.is_err());
+    assert_eq!(summary.attempts, 5);
+    let times = times.into_inner().expect("times");
+    let bounds = [100, 200, 300, 300];
+    for (index, pair) in times.windows(2).enumerate() {
+        let delay = pair[1] - pair[0];
+        assert!(
+            delay <= Duration::from_millis(bounds[index]),
+            "retry {index}: {delay:?}"
+        );
+    }
+    // The same seed gives the same delays.
+    let again = Guard::new(
+        "svc",
+        policy(|config| {
+            config.max_attempts = 5;
+            config.backoff_base_ms = 100;
+            config.backoff_cap_ms = 300;
+        }),
+    );
+    let repeat = Mutex::new(Vec::new());
+    let _ = again
+        .call("op", || {
+            repeat.lock().expect("times").push(Instant::now());
+            std::future::ready(Err::<(), _>(status(503, None)))
+        })
+        .await;
+    let repeat = repeat.into_inner().expect("times");
+    let gaps = |times: &[Instant]| {
+        times
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(gaps(&times), gaps(&repeat));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_overrides_the_backoff_and_is_capped() {
+    for (retry_after, expected) in [
+        (Duration::from_secs(3), Duration::from_secs(3)),
+        (Duration::from_secs(30), Duration::from_secs(10)),
+    ] {
+        let guard = Guard::new(
+            "svc",
+            policy(|config| {
+                config.max_attempts = 2;
+                config.retry_after_cap_ms = 10_000;
+                config.deadline_ms = 60_000;
+            }),
+        );
+        let times = Mutex::new(Vec::new());
+        let _ = guard
+            .call("op", || {
+                times.lock().expect("times").push(Instant::now());
+                std::future::ready(Err::<(), _>(status(429, Some(retry_after))))
+            })
+            .await;
+        let times = times.into_inner().expect("times");
+        assert_eq!(times.len(), 2);
+        assert_eq!(times[1] - times[0], expected, "Retry-After {retry_after:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_retried_past_the_deadline() {
+    let guard = Guard::new(
+        "svc",
+        policy(|config| {
+            config.deadline_ms = 1_000;
+            config.max_attempts = 10;
+        }),
+    );
+    let counter = Arc::new(AtomicU32::new(0));
+    let started = Instant::now();
+    let (_, summary) = guard
+        .call(
+            "op",
+            failing(&counter, status(503, Some(Duration::from_secs(2)))),
+        )
+        .await;
+    assert_eq!(
+        summary.attempts, 1,
+        "a 2 s Retry-After does not fit a 1 s deadline"
+    );
+    assert_eq!(started.elapsed(), Duration::ZERO);
+
+    // A hanging attempt is cut by whichever comes first, timeout or deadline.
+    let guard = Guard::new(
+        "svc",
+        Policy {
+            attempt_timeout: Duration::from_secs(5),
+            ..policy(|config| config.deadline_ms = 1_500)
+        },
+    );
+    let started = Instant::now();
+    let (result, summary) = guard
+        .call("op", std::future::pending::<Result<(), CallError>>)
+        .await;
+    assert!(matches!(result, Err(CallError::Timeout { .. })));
+    assert_eq!(started.elapsed(), Duration::from_millis(1_500));
+    assert_eq!(summary.attempts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_rejects_without_attempting_and_is_not_retried() {
+    let guard = Guard::new(
+        "svc",
+        policy(|config| {
+            config.max_attempts = 1;
+            config.breaker.minimum_calls = 3;
+            config.breaker.window_size = 3;
+        }),
+    );
+    let counter = Arc::new(AtomicU32::new(0));
+    for _ in 0..3 {
+        let _ = guard.call("op", failing(&counter, status(500, None))).await;
+    }
+    assert_eq!(guard.breaker_state(), BreakerState::Open);
+    let before = counter.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let (result, summary) = guard.call("op", failing(&counter, status(500, None))).await;
+    assert!(matches!(result, Err(CallError::CircuitOpen { .. })));
+    assert_eq!(
+        counter.load(Ordering::SeqCst),
+        before,
+        "no attempt was made"
+    );
+    assert_eq!(summary.attempts, 0);
+    assert_eq!(summary.outcome, "rejected_open");
+    assert_eq!(started.elapsed(), Duration::ZERO, "no backoff either");
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_count_as_breaker_failures() {
+    let guard = Guard::new(
+        "svc",
+        Policy {
+            attempt_timeout: Duration::from_millis(100),
+            ..policy(|config| {
+                config.max_attempts = 1;
+                config.breaker.minimum_calls = 2;
+            })
+        },
+    );
+    for _ in 0..2 {
+        let (result, _) = guard
+            .call("op", std::future::pending::<Result<(), CallError>>)
+            .await;
+        assert!(matches!(result, Err(CallError::Timeout { .. })));
+    }
+    assert_eq!(guard.breaker_state(), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_bounds_attempts_under_a_total_outage() {
+    let guard = Guard::new(
+        "svc",
+        policy(|config| {
+            config.max_attempts = 5;
+            config.retry_budget_ratio = 0.2;
+            config.retry_budget_min_per_second = 1.0;
+            config.breaker.enabled = false;
+            // No backoff: every call lands in one budget window, the worst case.
+            config.backoff_base_ms = 0;
+            config.backoff_cap_ms = 0;
+        }),
+    );
+    let counter = Arc::new(AtomicU32::new(0));
+    let mut exhausted = 0;
+    for _ in 0..1000 {
+        let (result, _) = guard
+            .call(
+                "op",
+                failing(
+                    &counter,
+                    CallError::Connect {
+                        service: "svc".into(),
+                        message: "refused".into(),
+                    },
+                ),
+            )
+            .await;
+        if matches!(result, Err(CallError::BudgetExhausted { .. })) {
+            exhausted += 1;
+        }
+    }
+    let attempts = counter.load(Ordering::SeqCst) as f64;
+    let bound = (1.0 + 0.2) * 1000.0 + 1.0 * budget::WINDOW.as_secs_f64();
+    assert!(attempts <= bound, "{attempts} attempts > {bound}");
+    assert!(attempts > 1000.0, "some retries were allowed");
+    assert!(exhausted > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_bulkhead_rejects_after_its_queue_wait() {
+    let guard = Arc::new(Guard::new(
+        "svc",
+        Policy {
+            attempt_timeout: Duration::from_secs(60),
+            ..policy(|config| {
+                config.max_concurrent = 1;
+                config.max_queue_wait_ms = 100;
+                config.deadline_ms = 120_000;
+            })
+        },
+    ));
+    let holder = guard.clone();
+    let hanging = tokio::spawn(async move {
+        holder
+            .call("op", std::future::pending::<Result<(), CallError>>)
+            .await
+    });
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    let counter = Arc::new(AtomicU32::new(0));
+    let (result, summary) = guard.call("op", failing(&counter, status(500, None))).await;
+    assert!(matches!(result, Err(CallError::BulkheadFull { .. })));
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+    assert_eq!(counter.load(Ordering::SeqCst), 0);
+    assert_eq!(summary.outcome, "rejected_bulkhead");
+    hanging.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_half_open_call_frees_its_probe() {
+    let guard = Guard::new(
+        "svc",
+        policy(|config| {
+            config.max_attempts = 1;
+            config.breaker.minimum_calls = 1;
+            config.breaker.half_open_permits = 1;
+            config.breaker.wait_in_open_ms = 1_000;
+        }),
+    );
+    let counter = Arc::new(AtomicU32::new(0));
+    let _ = guard.call("op", failing(&counter, status(500, None))).await;
+    assert_eq!(guard.breaker_state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // The probe's caller gives up before the service answers.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(10),
+        guard.call("op", std::future::pending::<Result<(), CallError>>),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    let (result, _) = guard
+        .call("op", || std::future::ready(Ok::<_, CallError>(())))
+        .await;
+    assert!(result.is_ok(), "the freed permit admitted a new probe");
+    assert_eq!(guard.breaker_state(), BreakerState::Closed);
+}

@@ -1,0 +1,71 @@
+//! The audit store's schema, as the list of migrations that build it. The
+//! prototype's `sessions`, `messages` and `tool_usage` keep their names and
+//! columns; new columns and tables are added, never renamed.
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+pub(super) const MIGRATIONS: [&str; 2] = [
+    r#"
+    CREATE TABLE IF NOT EXISTS sessions (
+        session_id TEXT PRIMARY KEY,
+        start_time TEXT NOT NULL,
+        end_time TEXT,
+        num_turns INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        seed INTEGER,
+        scenario TEXT,
+        planned_turns INTEGER,
+        failure_reason TEXT
+    );
+    CREATE TABLE IF NOT EXISTS messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL REFERENCES sessions(session_id),
+        turn_id INTEGER NOT NULL,
+        agent_name TEXT NOT NULL,
+        agent_role TEXT NOT NULL,
+        message TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS messages_session_turn ON messages(session_id, turn_id);
+    CREATE TABLE IF NOT EXISTS tool_usage (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL REFERENCES sessions(session_id),
+        turn_id INTEGER NOT NULL,
+        agent_name TEXT NOT NULL,
+        tool_name TEXT NOT NULL,
+        tool_params TEXT NOT NULL,
+        tool_result TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        success INTEGER NOT NULL,
+        error TEXT,
+        duration_ms REAL
+    );
+    CREATE INDEX IF NOT EXISTS tool_usage_session_turn ON tool_usage(session_id, turn_id);
+    CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL REFERENCES sessions(session_id),
+        turn_id INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        delivered_at TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(session_id) WHERE delivered_at IS NULL;
+"#,
+    r#"
+    CREATE TABLE IF NOT EXISTS service_calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL REFERENCES sessions(session_id),
+        turn_id INTEGER NOT NULL,
+        service TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        last_error TEXT,
+        duration_ms REAL NOT NULL,
+        timestamp TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS service_calls_session_turn ON service_calls(session_id, turn_id);
+"#,
+];

@@ -1,0 +1,147 @@
+//! Tests of the audit store against real SQLite files.
+use super::*;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&directory.path().join("audit.db"), Synchronous::Normal).expect("open");
+    (directory, store)
+}
+
+fn turn(session_id: &str, turn_id: u32) -> TurnRecord {
+    TurnRecord {
+        session_id: session_id.into(),
+        turn_id,
+        agent_name: "hacker".into(),
+        agent_role: "Hacker".into(),
+        message: format!("message {turn_id}"),
+        error: None,
+        tool_calls: vec![ToolCallRecord {
+            tool_name: "calculator".into(),
+            tool_params: "1+1".into(),
+            tool_result: "2".into(),
+            success: true,
+            error: None,
+            duration_ms: 1.0,
+        }],
+        memory_payload: Some("{}".into()),
+        service_calls: vec![ServiceCallRecord {
+            service: "calculator".into(),
+            operation: "tools/calculator".into(),
+            attempts: 2,
+            outcome: "success".into(),
+            last_error: None,
+            duration_ms: 120.0,
+        }],
+    }
+}
+
+#[test]
+fn session_ids_are_unique_within_one_second() {
+    let (_directory, store) = open();
+    let new = NewSession {
+        scenario: "bank",
+        seed: 1,
+        planned_turns: 3,
+    };
+    let ids: std::collections::HashSet<String> = (0..200)
+        .map(|_| store.create_session(&new).expect("create"))
+        .collect();
+    assert_eq!(ids.len(), 200);
+    assert!(ids
+        .iter()
+        .all(|id| id.starts_with("heist_") && id.len() == "heist_20260101_000000_00000000".len()));
+}
+
+#[test]
+fn a_turn_commits_whole_or_not_at_all() {
+    let (_directory, store) = open();
+    let session_id = store
+        .create_session(&NewSession {
+            scenario: "bank",
+            seed: 1,
+            planned_turns: 3,
+        })
+        .expect("create");
+    store.record_turn(&turn(&session_id, 1)).expect("first");
+    // Recording turn 1 again violates the unique (session, turn) index
+    // after its message insert; nothing of the second attempt may remain.
+    assert!(store.record_turn(&turn(&session_id, 1)).is_err());
+    let detail = store.session(&session_id).expect("detail");
+    assert_eq!(detail.messages.len(), 1);
+    assert_eq!(detail.tool_usage.len(), 1);
+    assert_eq!(
+        detail.service_calls.len(),
+        1,
+        "the failed retry left no service call behind"
+    );
+    assert_eq!(
+        store.pending_outbox(&session_id, 10).expect("outbox").len(),
+        1
+    );
+    assert_eq!(detail.session.num_turns, 1);
+}
+
+#[test]
+fn reopening_keeps_data_and_schema_version() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("audit.db");
+    let session_id = {
+        let store = Store::open(&path, Synchronous::Full).expect("open");
+        let id = store
+            .create_session(&NewSession {
+                scenario: "bank",
+                seed: 9,
+                planned_turns: 1,
+            })
+            .expect("create");
+        store.record_turn(&turn(&id, 1)).expect("turn");
+        store
+            .finish_session(&id, SessionStatus::Completed, None)
+            .expect("finish");
+        id
+    };
+    let store = Store::open(&path, Synchronous::Full).expect("reopen");
+    let detail = store.session(&session_id).expect("detail");
+    assert_eq!(detail.session.status, "completed");
+    assert!(detail.session.end_time.is_some());
+    let version: i64 = store
+        .lock()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
+fn failed_turns_are_not_context() {
+    let (_directory, store) = open();
+    let session_id = store
+        .create_session(&NewSession {
+            scenario: "bank",
+            seed: 1,
+            planned_turns: 3,
+        })
+        .expect("create");
+    store.record_turn(&turn(&session_id, 1)).expect("turn 1");
+    let mut failed = turn(&session_id, 2);
+    failed.message = String::new();
+    failed.error = Some("llm: timed out".into());
+    store.record_turn(&failed).expect("turn 2");
+    let context = store.recent_messages(&session_id, 5).expect("context");
+    assert_eq!(
+        context.iter().map(|row| row.turn_id).collect::<Vec<_>>(),
+        [1]
+    );
+}
+
+#[test]
+fn unknown_session_is_an_error() {
+    let (_directory, store) = open();
+    assert!(matches!(
+        store.session("heist_nope"),
+        Err(StoreError::SessionNotFound(_))
+    ));
+    assert!(matches!(
+        store.finish_session("heist_nope", SessionStatus::Failed, None),
+        Err(StoreError::SessionNotFound(_))
+    ));
+}
