@@ -121,3 +121,10 @@ fn redacted_output_hides_secrets() {
     assert!(!shown.contains("rehearsal-secret"), "{shown}");
     assert!(shown.contains(REDACTED));
 }
+
+#[test]
+fn the_example_file_shows_exactly_the_defaults() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/heistd.toml");
+    let loaded = load(Some(&example), Vec::new()).expect("the example is valid");
+    assert_eq!(loaded.redacted_toml(), Config::builtin().redacted_toml());
+}
