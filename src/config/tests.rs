@@ -67,6 +67,26 @@ fn bad_config_names_the_key_and_the_file() {
             "services.calculator.base_url",
         ),
         ("[llm]\ntemperature = 7.0\n", "llm.temperature"),
+        (
+            "[llm.policy.breaker]\nhalf_open_permits = 0\n",
+            "llm.policy.breaker.half_open_permits",
+        ),
+        (
+            "[services.memory.policy]\nretry_budget_ratio = 1.5\n",
+            "services.memory.policy.retry_budget_ratio",
+        ),
+        (
+            "[services.oauth.policy]\nmax_attempts = 0\n",
+            "services.oauth.policy.max_attempts",
+        ),
+        (
+            "[services.tools]\nbase_url = \"http://x\"\n",
+            "services.tools",
+        ),
+        (
+            "[llm.policy.breaker]\nwindow = \"sliding\"\n",
+            "llm.policy.breaker.window",
+        ),
         ("surprise = 1\n", "surprise"),
         (
             "[services.file_reader]\ntimeout_ms = true\n",
