@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
                 |view: &TurnView<'_>| samples.lock().expect("samples").push(view.elapsed_ms);
             let started = tokio::time::Instant::now();
             let report = runner
-                .run(RunOptions { turns, seed: 1 }, Some(&observer))
+                .run(RunOptions::new(turns, 1), Some(&observer))
                 .await?;
             let wall = started.elapsed().as_secs_f64();
             anyhow::ensure!(

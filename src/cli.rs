@@ -167,7 +167,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     }
     println!();
     let report = runner
-        .run(RunOptions { turns, seed }, Some(&print_turn))
+        .run(RunOptions::new(turns, seed), Some(&print_turn))
         .await?;
     println!("{}", summary(&report, runner.clients(), store.path()));
     stack.companions.shutdown().await;
@@ -189,7 +189,7 @@ pub async fn run(
         .unwrap_or_else(heist::random_seed);
     let runner = HeistRunner::new(Arc::new(config), scenario, clients, store.clone());
     let report = runner
-        .run(RunOptions { turns, seed }, Some(&print_turn))
+        .run(RunOptions::new(turns, seed), Some(&print_turn))
         .await?;
     println!("{}", summary(&report, runner.clients(), store.path()));
     Ok(report)

@@ -22,5 +22,6 @@ pub mod heist;
 pub mod metrics;
 pub mod resilience;
 pub mod scenario;
+pub mod scheduler;
 pub mod services;
 pub mod store;

@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod daemon;
 mod policy;
+pub use daemon::{
+    DaemonConfig, HealthCheckConfig, Missed, Overlap, Recovery, RetentionConfig, ScheduleConfig,
+};
 pub use policy::{BreakerConfig, PolicyConfig, WindowKind};
 
 /// The prefix of environment variables that override config keys.
@@ -64,6 +68,13 @@ pub struct Config {
     pub oauth: OAuthConfig,
     #[serde(default)]
     pub companions: CompanionsConfig,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Heists the daemon starts on its own (`[[schedule]]` entries).
+    #[serde(default)]
+    pub schedule: Vec<ScheduleConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +143,8 @@ pub struct LlmConfig {
     pub timeout_ms: u64,
     #[serde(default = "PolicyConfig::language_model")]
     pub policy: PolicyConfig,
+    #[serde(default = "HealthCheckConfig::language_model")]
+    pub health: HealthCheckConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +172,9 @@ pub struct ServiceConfig {
     /// Deadline, retries, budget, breaker and bulkhead.
     #[serde(default = "PolicyConfig::quick_service")]
     pub policy: PolicyConfig,
+    /// The daemon's periodic check of this service.
+    #[serde(default = "HealthCheckConfig::quick_service")]
+    pub health: HealthCheckConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -233,6 +249,7 @@ impl Default for LlmConfig {
             api_key_env: default_api_key_env(),
             timeout_ms: default_llm_timeout_ms(),
             policy: PolicyConfig::language_model(),
+            health: HealthCheckConfig::language_model(),
         }
     }
 }
@@ -294,6 +311,9 @@ impl Config {
             services: ServicesConfig::default(),
             oauth: OAuthConfig::default(),
             companions: CompanionsConfig::default(),
+            daemon: DaemonConfig::default(),
+            retention: RetentionConfig::default(),
+            schedule: Vec::new(),
         }
     }
 
@@ -515,6 +535,10 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     }
     check_url("llm.base_url", &config.llm.base_url)?;
     config.llm.policy.validate("llm.policy")?;
+    config.llm.health.validate("llm.health")?;
+    config.daemon.validate()?;
+    config.retention.validate()?;
+    daemon::validate_schedules(&config.schedule)?;
     if config.llm.timeout_ms == 0 {
         return fail("llm.timeout_ms", "must be at least 1");
     }
@@ -613,6 +637,7 @@ fn service_on(port: u16) -> ServiceConfig {
         base_url: format!("http://127.0.0.1:{port}"),
         timeout_ms: default_service_timeout_ms(),
         policy: PolicyConfig::quick_service(),
+        health: HealthCheckConfig::quick_service(),
     }
 }
 fn default_oauth_service() -> ServiceConfig {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -42,10 +43,24 @@ pub enum HeistError {
 }
 
 /// What one run should do.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub turns: u32,
     pub seed: u64,
+    /// The schedule and slot that started this run, if one did.
+    pub schedule: Option<String>,
+    pub scheduled_time: Option<String>,
+}
+
+impl RunOptions {
+    pub fn new(turns: u32, seed: u64) -> Self {
+        Self {
+            turns,
+            seed,
+            schedule: None,
+            scheduled_time: None,
+        }
+    }
 }
 
 /// What one run did.
@@ -77,6 +92,9 @@ pub struct HeistRunner {
     clients: Clients,
     store: Arc<Store>,
     tokens: TokenCache,
+    /// Set to true when the daemon stops: the session ends `interrupted`
+    /// before its next turn.
+    stop: Option<watch::Receiver<bool>>,
 }
 
 impl HeistRunner {
@@ -92,7 +110,33 @@ impl HeistRunner {
             clients,
             store,
             tokens: TokenCache::default(),
+            stop: None,
         }
+    }
+
+    /// Stops sessions between turns once `stop` becomes true.
+    pub fn with_stop(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    async fn interrupt(
+        &self,
+        mut report: RunReport,
+        next_turn: u32,
+    ) -> Result<RunReport, HeistError> {
+        let reason = format!("heistd stopped before turn {next_turn}");
+        let id = report.session_id.clone();
+        let stored = reason.clone();
+        self.with_store(move |store| {
+            store.finish_session(&id, SessionStatus::Interrupted, Some(&stored))
+        })
+        .await?;
+        metrics::counter!(names::SESSIONS_TOTAL, "status" => "interrupted").increment(1);
+        tracing::warn!(next_turn, "session interrupted");
+        report.status = SessionStatus::Interrupted;
+        report.failure_reason = Some(reason);
+        Ok(report)
     }
 
     pub fn clients(&self) -> &Clients {
@@ -135,52 +179,103 @@ impl HeistRunner {
         observer: Option<&(dyn Fn(&TurnView<'_>) + Sync)>,
     ) -> Result<RunReport, HeistError> {
         let scenario_name = self.scenario.name.clone();
-        let seed = options.seed;
-        let turns = options.turns;
+        let RunOptions {
+            turns,
+            seed,
+            schedule,
+            scheduled_time,
+        } = options;
         let session_id = self
             .with_store(move |store| {
                 store.create_session(&NewSession {
                     scenario: &scenario_name,
                     seed,
                     planned_turns: turns,
+                    schedule: schedule.as_deref(),
+                    scheduled_time: scheduled_time.as_deref(),
                 })
             })
             .await?;
         let span = tracing::info_span!("session", session_id = %session_id);
-        self.play_session(session_id, options, observer)
-            .instrument(span)
-            .await
+        async move {
+            tracing::info!(seed, turns, "session started");
+            self.play_session(session_id, seed, turns, 1, observer)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Continues a session a crash left `active`: same seed, same agent
+    /// order, from the turn after its last committed one. Memory writes
+    /// still in its outbox are delivered first.
+    pub async fn resume(
+        &self,
+        session_id: &str,
+        observer: Option<&(dyn Fn(&TurnView<'_>) + Sync)>,
+    ) -> Result<RunReport, HeistError> {
+        let id = session_id.to_string();
+        let (detail, last_turn) = self
+            .with_store(move |store| Ok((store.session(&id)?, store.last_turn(&id)?)))
+            .await?;
+        let seed = detail.session.seed.unwrap_or_default() as u64;
+        let turns = detail.session.planned_turns.unwrap_or_default().max(0) as u32;
+        let span = tracing::info_span!("session", session_id = %session_id);
+        async move {
+            tracing::info!(seed, turns, last_turn, "resuming session");
+            self.deliver_outbox(session_id).await?;
+            self.play_session(session_id.to_string(), seed, turns, last_turn + 1, observer)
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
     async fn play_session(
         &self,
         session_id: String,
-        options: RunOptions,
+        seed: u64,
+        turns: u32,
+        first_turn: u32,
         observer: Option<&(dyn Fn(&TurnView<'_>) + Sync)>,
     ) -> Result<RunReport, HeistError> {
-        let RunOptions { turns, seed } = options;
-        tracing::info!(seed, turns, "session started");
         let mut report = RunReport {
             session_id: session_id.clone(),
             status: SessionStatus::Active,
             failure_reason: None,
-            turns: 0,
+            turns: first_turn.saturating_sub(1),
             failed_turns: 0,
             tool_calls_succeeded: 0,
             tool_calls_failed: 0,
             tool_calls_refused: 0,
             memory_pending: 0,
         };
+        if first_turn > 1 {
+            let id = session_id.clone();
+            let detail = self.with_store(move |store| store.session(&id)).await?;
+            report.failed_turns = detail
+                .messages
+                .iter()
+                .filter(|message| message.error.is_some())
+                .count() as u32;
+        }
         let mut last_error = None;
         for (index, agent_index) in Self::agent_order(&self.scenario, seed, turns)
             .into_iter()
             .enumerate()
+            .skip(first_turn as usize - 1)
         {
             let turn_id = index as u32 + 1;
+            if self.stop.as_ref().is_some_and(|stop| *stop.borrow()) {
+                return self.interrupt(report, turn_id).await;
+            }
             let agent = &self.scenario.agents[agent_index];
             let started = Instant::now();
+            let turn_span = tracing::info_span!("turn", turn_id, agent = %agent.name);
             let (mut record, journal) =
-                journal::scope(self.play_turn(&session_id, turn_id, turns, agent, seed)).await;
+                journal::scope(self.play_turn(&session_id, turn_id, turns, agent, seed))
+                    .instrument(turn_span)
+                    .await;
             record.service_calls = journal
                 .into_iter()
                 .map(|entry| ServiceCallRecord {

@@ -17,7 +17,9 @@ use serde::Serialize;
 
 use crate::config::Synchronous;
 
+mod daemon;
 mod schema;
+pub use daemon::HealthEvent;
 
 /// Bumped with every migration appended to [`MIGRATIONS`].
 pub const SCHEMA_VERSION: i64 = schema::MIGRATIONS.len() as i64;
@@ -37,6 +39,11 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("audit store: session {0} not found")]
     SessionNotFound(String),
+    #[error("audit store: schedule {schedule} already ran for {scheduled_time}")]
+    DuplicateRun {
+        schedule: String,
+        scheduled_time: String,
+    },
 }
 
 /// How a session ended, or that it has not.
@@ -65,6 +72,10 @@ pub struct NewSession<'a> {
     pub scenario: &'a str,
     pub seed: u64,
     pub planned_turns: u32,
+    /// The schedule that started the run and the slot it was for; together
+    /// they identify a run, so a slot is never run twice.
+    pub schedule: Option<&'a str>,
+    pub scheduled_time: Option<&'a str>,
 }
 
 /// One turn as it is committed: its message and tool calls together.
@@ -118,6 +129,8 @@ pub struct SessionRow {
     pub scenario: Option<String>,
     pub planned_turns: Option<i64>,
     pub failure_reason: Option<String>,
+    pub schedule: Option<String>,
+    pub scheduled_time: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -221,12 +234,31 @@ impl Store {
             let suffix: u32 = rand::rng().random();
             let session_id = format!("heist_{}_{suffix:08x}", now.format("%Y%m%d_%H%M%S"));
             let inserted = connection.execute(
-                "INSERT OR IGNORE INTO sessions (session_id, start_time, num_turns, status, seed, scenario, planned_turns)
-                 VALUES (?1, ?2, 0, 'active', ?3, ?4, ?5)",
-                params![session_id, timestamp(now), new.seed as i64, new.scenario, new.planned_turns],
-            )?;
-            if inserted == 1 {
-                return Ok(session_id);
+                "INSERT INTO sessions (session_id, start_time, num_turns, status, seed, scenario, planned_turns, schedule, scheduled_time)
+                 VALUES (?1, ?2, 0, 'active', ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (session_id) DO NOTHING",
+                params![
+                    session_id,
+                    timestamp(now),
+                    new.seed as i64,
+                    new.scenario,
+                    new.planned_turns,
+                    new.schedule,
+                    new.scheduled_time
+                ],
+            );
+            match inserted {
+                Ok(1) => return Ok(session_id),
+                Ok(_) => continue,
+                Err(rusqlite::Error::SqliteFailure(failure, _))
+                    if failure.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    return Err(StoreError::DuplicateRun {
+                        schedule: new.schedule.unwrap_or_default().to_string(),
+                        scheduled_time: new.scheduled_time.unwrap_or_default().to_string(),
+                    })
+                }
+                Err(error) => return Err(error.into()),
             }
         }
     }
@@ -396,12 +428,24 @@ impl Store {
     }
 
     pub fn list_sessions(&self, limit: usize) -> Result<Vec<SessionRow>, StoreError> {
+        self.find_sessions(None, None, limit)
+    }
+
+    /// Sessions newest first, optionally only those with `status` and/or
+    /// started by `schedule`.
+    pub fn find_sessions(
+        &self,
+        status: Option<&str>,
+        schedule: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionRow>, StoreError> {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(&format!(
-            "{SESSION_COLUMNS} ORDER BY start_time DESC, session_id DESC LIMIT ?1"
+            "{SESSION_COLUMNS} WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR schedule = ?2)
+             ORDER BY start_time DESC, session_id DESC LIMIT ?3"
         ))?;
         let rows = statement
-            .query_map(params![limit as i64], session_row)?
+            .query_map(params![status, schedule, limit as i64], session_row)?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
@@ -473,7 +517,7 @@ pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 const SESSION_COLUMNS: &str =
-    "SELECT session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason FROM sessions";
+    "SELECT session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason, schedule, scheduled_time FROM sessions";
 
 fn migrate(connection: &Connection) -> Result<(), StoreError> {
     let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -482,6 +526,11 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
             found,
             supported: SCHEMA_VERSION,
         });
+    }
+    if found == 0 {
+        // Only settable before the first table exists: lets retention give
+        // pages back with `incremental_vacuum` instead of a full VACUUM.
+        connection.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
     }
     for (index, migration) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = index as i64 + 1;
@@ -503,6 +552,8 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
         scenario: row.get(6)?,
         planned_turns: row.get(7)?,
         failure_reason: row.get(8)?,
+        schedule: row.get(9)?,
+        scheduled_time: row.get(10)?,
     })
 }
 

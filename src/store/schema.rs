@@ -3,7 +3,7 @@
 //! columns; new columns and tables are added, never renamed.
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-pub(super) const MIGRATIONS: [&str; 2] = [
+pub(super) const MIGRATIONS: [&str; 3] = [
     r#"
     CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY,
@@ -67,5 +67,20 @@ pub(super) const MIGRATIONS: [&str; 2] = [
         timestamp TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS service_calls_session_turn ON service_calls(session_id, turn_id);
+"#,
+    r#"
+    ALTER TABLE sessions ADD COLUMN schedule TEXT;
+    ALTER TABLE sessions ADD COLUMN scheduled_time TEXT;
+    CREATE UNIQUE INDEX IF NOT EXISTS sessions_schedule_slot ON sessions(schedule, scheduled_time)
+        WHERE schedule IS NOT NULL AND scheduled_time IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS sessions_status ON sessions(status);
+    CREATE TABLE IF NOT EXISTS health_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        timestamp TEXT NOT NULL,
+        service TEXT NOT NULL,
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
 "#,
 ];

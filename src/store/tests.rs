@@ -42,6 +42,8 @@ fn session_ids_are_unique_within_one_second() {
         scenario: "bank",
         seed: 1,
         planned_turns: 3,
+        schedule: None,
+        scheduled_time: None,
     };
     let ids: std::collections::HashSet<String> = (0..200)
         .map(|_| store.create_session(&new).expect("create"))
@@ -60,6 +62,8 @@ fn a_turn_commits_whole_or_not_at_all() {
             scenario: "bank",
             seed: 1,
             planned_turns: 3,
+            schedule: None,
+            scheduled_time: None,
         })
         .expect("create");
     store.record_turn(&turn(&session_id, 1)).expect("first");
@@ -92,6 +96,8 @@ fn reopening_keeps_data_and_schema_version() {
                 scenario: "bank",
                 seed: 9,
                 planned_turns: 1,
+                schedule: None,
+                scheduled_time: None,
             })
             .expect("create");
         store.record_turn(&turn(&id, 1)).expect("turn");
@@ -119,6 +125,8 @@ fn failed_turns_are_not_context() {
             scenario: "bank",
             seed: 1,
             planned_turns: 3,
+            schedule: None,
+            scheduled_time: None,
         })
         .expect("create");
     store.record_turn(&turn(&session_id, 1)).expect("turn 1");

@@ -11,7 +11,7 @@ use crate::support::{http, TestStack};
 async fn run(stack: &TestStack, turns: u32, seed: u64) -> (RunReport, SessionDetail) {
     let runner = stack.stack.runner(stack.store.clone());
     let report = runner
-        .run(RunOptions { turns, seed }, None)
+        .run(RunOptions::new(turns, seed), None)
         .await
         .expect("run finishes");
     let detail = stack
@@ -192,7 +192,7 @@ async fn a_memory_outage_loses_nothing_the_outbox_delivers_later() {
     memory.fault.set(fault(true, 0.0));
     let runner = stack.stack.runner(stack.store.clone());
     let report = runner
-        .run(RunOptions { turns: 6, seed: 3 }, None)
+        .run(RunOptions::new(6, 3), None)
         .await
         .expect("run finishes");
     assert_eq!(report.status, SessionStatus::Completed);

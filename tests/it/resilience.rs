@@ -241,13 +241,7 @@ async fn failed_and_retried_calls_land_in_the_audit_trail() {
     );
     let runner = stack.stack.runner(stack.store.clone());
     let report = runner
-        .run(
-            RunOptions {
-                turns: 12,
-                seed: 42,
-            },
-            None,
-        )
+        .run(RunOptions::new(12, 42), None)
         .await
         .expect("run");
     let detail = stack.store.session(&report.session_id).expect("session");

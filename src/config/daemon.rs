@@ -1,0 +1,251 @@
+//! The daemon's own settings: the admin API, the session cap, shutdown and
+//! crash recovery, retention, each service's periodic health check, and the
+//! `[[schedule]]` entries that start heists.
+//!
+//! This is only configuration; `daemon`, `health` and `scheduler` act on it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Where the admin API (status, sessions, runs, /metrics) listens.
+    pub admin_address: String,
+    /// The environment variable holding the bearer token that
+    /// `POST /api/v1/runs` demands. Unset: starting runs over the API is off.
+    pub admin_token_env: String,
+    /// Heists running at once, across all schedules and API requests.
+    pub max_concurrent_sessions: u32,
+    /// On SIGTERM, in-flight turns get this long to finish.
+    pub shutdown_grace_ms: u64,
+    /// What to do at start with sessions a crash left `active`.
+    pub recovery: Recovery,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recovery {
+    /// Continue from the last committed turn, same seed and agent order.
+    Resume,
+    /// Mark them `interrupted` and leave them.
+    Interrupt,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Each check waits up to this much more, so checks do not align.
+    pub jitter_ms: u64,
+    /// Consecutive failed checks that mark an up service down.
+    pub unhealthy_threshold: u32,
+    /// Consecutive good checks that mark a down service up.
+    pub healthy_threshold: u32,
+    /// A service marked down makes its circuit breaker reject at once.
+    pub breaker_follows_health: bool,
+    /// `/readyz` is false while a required service is down.
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Off by default: the audit trail is kept forever.
+    pub enabled: bool,
+    /// Sessions that ended longer ago than this are pruned with their rows.
+    pub max_age_days: u32,
+    /// Sessions deleted per transaction, so pruning never holds the writer long.
+    pub batch_size: u32,
+    pub interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Identifies the schedule; with a scheduled time it identifies a run.
+    pub name: String,
+    /// A cron expression (5 or 6 fields); exclusive with `every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// An IANA time zone for `cron`, e.g. `Europe/London`; default UTC.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// A fixed interval such as `30m`, `1h30m`, `45s`; exclusive with `cron`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    #[serde(default = "default_schedule_turns")]
+    pub turns: u32,
+    /// A scenario directory for this schedule's heists; default the config's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<PathBuf>,
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// A random delay up to this before each run starts.
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// After downtime: `skip` missed slots, or `run_once` for all of them.
+    #[serde(default)]
+    pub missed: Missed,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+/// When the previous run of the same schedule is still going.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    #[default]
+    Skip,
+    Queue,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    #[default]
+    Skip,
+    RunOnce,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            admin_address: "127.0.0.1:9750".into(),
+            admin_token_env: "HEISTD_ADMIN_TOKEN".into(),
+            max_concurrent_sessions: 2,
+            shutdown_grace_ms: 30_000,
+            recovery: Recovery::Resume,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_age_days: 90,
+            batch_size: 200,
+            interval_ms: 3_600_000,
+        }
+    }
+}
+
+impl HealthCheckConfig {
+    pub fn quick_service() -> Self {
+        Self {
+            interval_ms: 10_000,
+            timeout_ms: 2_000,
+            jitter_ms: 1_000,
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            breaker_follows_health: true,
+            required: true,
+        }
+    }
+
+    /// The model is probed less often and given longer to answer.
+    pub fn language_model() -> Self {
+        Self {
+            interval_ms: 30_000,
+            timeout_ms: 5_000,
+            jitter_ms: 3_000,
+            ..Self::quick_service()
+        }
+    }
+
+    pub fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
+        let fail = |key: &str, message: &str| Err((format!("{prefix}.{key}"), message.to_string()));
+        if self.interval_ms < 100 {
+            return fail("interval_ms", "must be at least 100");
+        }
+        if self.timeout_ms == 0 {
+            return fail("timeout_ms", "must be at least 1");
+        }
+        if self.unhealthy_threshold == 0 {
+            return fail("unhealthy_threshold", "must be at least 1");
+        }
+        if self.healthy_threshold == 0 {
+            return fail("healthy_threshold", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl DaemonConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.admin_address.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "daemon.admin_address".into(),
+                format!(
+                    "`{}` is not an address like 127.0.0.1:9750",
+                    self.admin_address
+                ),
+            ));
+        }
+        if self.max_concurrent_sessions == 0 {
+            return Err((
+                "daemon.max_concurrent_sessions".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RetentionConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.enabled && self.max_age_days == 0 {
+            return Err(("retention.max_age_days".into(), "must be at least 1".into()));
+        }
+        if self.batch_size == 0 {
+            return Err(("retention.batch_size".into(), "must be at least 1".into()));
+        }
+        if self.interval_ms < 1_000 {
+            return Err((
+                "retention.interval_ms".into(),
+                "must be at least 1000".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks every schedule; the key names the entry by index (`schedule[2].cron`).
+pub fn validate_schedules(schedules: &[ScheduleConfig]) -> Result<(), (String, String)> {
+    for (index, schedule) in schedules.iter().enumerate() {
+        let key = |field: &str| format!("schedule[{index}].{field}");
+        if schedule.name.trim().is_empty() {
+            return Err((key("name"), "must not be empty".into()));
+        }
+        if schedules[..index]
+            .iter()
+            .any(|other| other.name == schedule.name)
+        {
+            return Err((
+                key("name"),
+                format!("`{}` is used by another schedule", schedule.name),
+            ));
+        }
+        if schedule.turns == 0 {
+            return Err((key("turns"), "must be at least 1".into()));
+        }
+        crate::scheduler::validate(schedule).map_err(|(field, message)| (key(field), message))?;
+    }
+    Ok(())
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn default_schedule_turns() -> u32 {
+    12
+}
+
+fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,121 @@
+//! What the daemon asks of the store beyond one heist: scheduled runs,
+//! health events, crash recovery and retention.
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use super::{timestamp, Store, StoreError};
+
+/// A service's health changed (written by the health checker).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HealthEvent {
+    pub timestamp: String,
+    pub service: String,
+    pub from_state: String,
+    pub to_state: String,
+    pub reason: String,
+}
+
+impl Store {
+    pub fn record_health_event(
+        &self,
+        service: &str,
+        from_state: &str,
+        to_state: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO health_events (timestamp, service, from_state, to_state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![timestamp(chrono::Utc::now()), service, from_state, to_state, reason],
+        )?;
+        Ok(())
+    }
+
+    /// Health events oldest first, optionally of one service.
+    pub fn health_events(&self, service: Option<&str>) -> Result<Vec<HealthEvent>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT timestamp, service, from_state, to_state, reason FROM health_events
+             WHERE (?1 IS NULL OR service = ?1) ORDER BY id",
+        )?;
+        let rows = statement
+            .query_map(params![service], |row| {
+                Ok(HealthEvent {
+                    timestamp: row.get(0)?,
+                    service: row.get(1)?,
+                    from_state: row.get(2)?,
+                    to_state: row.get(3)?,
+                    reason: row.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The latest slot a schedule has a session for (RFC 3339), if any.
+    pub fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError> {
+        let value = self
+            .lock()
+            .query_row(
+                "SELECT MAX(scheduled_time) FROM sessions WHERE schedule = ?1",
+                params![schedule],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(value.flatten())
+    }
+
+    /// The highest committed turn of a session (0 when none).
+    pub fn last_turn(&self, session_id: &str) -> Result<u32, StoreError> {
+        let turn: i64 = self.lock().query_row(
+            "SELECT COALESCE(MAX(turn_id), 0) FROM messages WHERE session_id = ?1",
+            params![session_id],
+            |row| row.get(0),
+        )?;
+        Ok(turn.max(0) as u32)
+    }
+
+    /// Deletes up to `batch` sessions that ended before `cutoff`, with all
+    /// their rows, in one transaction; returns how many went.
+    pub fn prune_sessions_before(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<usize, StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let ids: Vec<String> = {
+            let mut statement = transaction.prepare_cached(
+                "SELECT session_id FROM sessions WHERE status != 'active' AND end_time IS NOT NULL AND end_time < ?1
+                 ORDER BY end_time LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![timestamp(cutoff), batch], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            for table in [
+                "service_calls",
+                "outbox",
+                "tool_usage",
+                "messages",
+                "sessions",
+            ] {
+                transaction.execute(
+                    &format!("DELETE FROM {table} WHERE session_id = ?1"),
+                    params![id],
+                )?;
+            }
+        }
+        transaction.commit()?;
+        Ok(ids.len())
+    }
+
+    /// Hands free pages back and folds the WAL into the database, a little
+    /// at a time, so maintenance never stalls a turn for long.
+    pub fn compact(&self, pages: u32) -> Result<(), StoreError> {
+        let connection = self.lock();
+        connection.execute_batch(&format!("PRAGMA incremental_vacuum({pages});"))?;
+        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
