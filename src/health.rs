@@ -5,6 +5,11 @@
 //!
 //! It reports; it must not change how calls are made.
 
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::clients::{CallError, Clients, ServiceClient};
@@ -85,5 +90,71 @@ async fn check(service: ServiceClient, is_llm: bool) -> HealthReport {
         latency_ms: seconds * 1000.0,
         detail,
         breaker: service.breaker_state().as_str(),
+    }
+}
+
+/// What the health checker last concluded about a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Not yet checked enough to say.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+/// One service on the health board.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServiceHealth {
+    pub service: String,
+    pub state: HealthState,
+    /// When the service entered `state`.
+    pub since: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_latency_ms: Option<f64>,
+    pub consecutive_failures: u32,
+    pub consecutive_successes: u32,
+    /// Counts for `/readyz`.
+    pub required: bool,
+    /// The service's circuit breaker: closed, open or half_open.
+    pub breaker: String,
+}
+
+/// Every service's health, published by the checker, read by the API.
+#[derive(Debug, Default)]
+pub struct HealthBoard {
+    services: RwLock<BTreeMap<String, ServiceHealth>>,
+}
+
+impl HealthBoard {
+    pub fn snapshot(&self) -> Vec<ServiceHealth> {
+        self.services.read().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect()
+    }
+
+    pub fn get(&self, service: &str) -> Option<ServiceHealth> {
+        self.services.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(service).cloned()
+    }
+
+    pub fn publish(&self, health: ServiceHealth) {
+        self.services.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(health.service.clone(), health);
+    }
+
+    /// Required services that are not known to be up.
+    pub fn required_not_up(&self) -> Vec<String> {
+        self.snapshot()
+            .into_iter()
+            .filter(|health| health.required && health.state != HealthState::Up)
+            .map(|health| health.service)
+            .collect()
     }
 }

@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod daemon;
 pub mod health;
 pub mod heist;
 pub mod metrics;

@@ -1,0 +1,172 @@
+//! The daemon's shared, read-mostly state: what the admin API shows and the
+//! door through which it starts runs. The daemon's tasks own the behaviour;
+//! this only holds what they publish.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::health::HealthBoard;
+use crate::store::Store;
+
+/// A schedule as `/api/v1/status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ScheduleStatus {
+    pub name: String,
+    /// `cron "0 2 * * *" Europe/London` or `every 30m`.
+    pub trigger: String,
+    pub enabled: bool,
+    pub next_run: Option<DateTime<Utc>>,
+}
+
+/// A session running now.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunningSession {
+    pub session_id: String,
+    pub schedule: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub planned_turns: u32,
+}
+
+/// A request to start a heist now (`POST /api/v1/runs`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunRequest {
+    pub turns: Option<u32>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum StartRunError {
+    #[error("{running} sessions are running, the configured maximum")]
+    AtCapacity { running: usize },
+    #[error("heistd is shutting down")]
+    ShuttingDown,
+    #[error("cannot start the session: {0}")]
+    Failed(String),
+}
+
+/// A run request with the channel its answer (the session id) goes back on.
+pub type RunCommand = (RunRequest, oneshot::Sender<Result<String, StartRunError>>);
+
+/// Why `/readyz` says what it says.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub store_open: bool,
+    pub config_loaded: bool,
+    /// Required services the health checker has marked down (or not yet up).
+    pub services_not_up: Vec<String>,
+}
+
+pub struct DaemonState {
+    pub version: &'static str,
+    pub started_at: DateTime<Utc>,
+    started: Instant,
+    pub store: Arc<Store>,
+    pub health: Arc<HealthBoard>,
+    pub metrics: PrometheusHandle,
+    config: RwLock<Arc<Config>>,
+    schedules: RwLock<Vec<ScheduleStatus>>,
+    running: Mutex<BTreeMap<String, RunningSession>>,
+    run_commands: mpsc::Sender<RunCommand>,
+    /// The bearer token `POST /api/v1/runs` demands; `None` turns it off.
+    admin_token: RwLock<Option<String>>,
+}
+
+impl DaemonState {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        health: Arc<HealthBoard>,
+        metrics: PrometheusHandle,
+        run_commands: mpsc::Sender<RunCommand>,
+        admin_token: Option<String>,
+    ) -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: Utc::now(),
+            started: Instant::now(),
+            store,
+            health,
+            metrics,
+            config: RwLock::new(config),
+            schedules: RwLock::new(Vec::new()),
+            running: Mutex::new(BTreeMap::new()),
+            run_commands,
+            admin_token: RwLock::new(admin_token),
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        read(&self.config).clone()
+    }
+
+    pub fn set_config(&self, config: Arc<Config>, admin_token: Option<String>) {
+        *write(&self.config) = config;
+        *write(&self.admin_token) = admin_token;
+    }
+
+    pub fn admin_token(&self) -> Option<String> {
+        read(&self.admin_token).clone()
+    }
+
+    pub fn schedules(&self) -> Vec<ScheduleStatus> {
+        read(&self.schedules).clone()
+    }
+
+    pub fn set_schedules(&self, schedules: Vec<ScheduleStatus>) {
+        *write(&self.schedules) = schedules;
+    }
+
+    pub fn running_sessions(&self) -> Vec<RunningSession> {
+        lock(&self.running).values().cloned().collect()
+    }
+
+    pub fn running_count(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    pub fn session_started(&self, session: RunningSession) {
+        lock(&self.running).insert(session.session_id.clone(), session);
+    }
+
+    pub fn session_ended(&self, session_id: &str) {
+        lock(&self.running).remove(session_id);
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        let services_not_up = self.health.required_not_up();
+        Readiness { ready: services_not_up.is_empty(), store_open: true, config_loaded: true, services_not_up }
+    }
+
+    /// Asks the daemon to start a heist now; the answer is its session id.
+    pub async fn start_run(&self, request: RunRequest) -> Result<String, StartRunError> {
+        let (reply, answer) = oneshot::channel();
+        self.run_commands.send((request, reply)).await.map_err(|_| StartRunError::ShuttingDown)?;
+        answer.await.map_err(|_| StartRunError::ShuttingDown)?
+    }
+}
+
+// Poisoning cannot leave these half-written: every write is one assignment.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
