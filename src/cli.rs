@@ -29,6 +29,8 @@ pub enum CliError {
     Service(#[from] ServiceError),
     #[error(transparent)]
     Heist(#[from] HeistError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -43,6 +45,10 @@ impl CliError {
             Self::Config(_) | Self::Scenario(_) | Self::Usage(_) => 1,
             Self::Unhealthy(_) => 1,
             Self::Store(_) | Self::Service(_) | Self::Heist(_) => 2,
+            Self::Daemon(
+                crate::daemon::DaemonError::Config(_) | crate::daemon::DaemonError::Scenario(_),
+            ) => 1,
+            Self::Daemon(_) => 2,
         }
     }
 }

@@ -13,7 +13,9 @@
 //! - [`services`]: the companion services shipped in the binary.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`cli`]: what each subcommand does, for `main.rs` to call.
+//! - [`api`]: the daemon's admin HTTP API (probes, status, sessions, runs).
 
+pub mod api;
 pub mod cli;
 pub mod clients;
 pub mod config;

@@ -18,12 +18,30 @@ struct Cli {
     /// Log filter (e.g. `info`, `heistd=debug`); also read from RUST_LOG.
     #[arg(long, global = true, env = "RUST_LOG")]
     log: Option<String>,
+    /// `text` for people, `json` (one object per line) for journald and
+    /// log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// The long-running service: scheduled heists, periodic health checks,
+    /// the admin API, systemd notification; SIGHUP reloads the config,
+    /// SIGTERM stops gracefully.
+    Daemon {
+        /// Default: /etc/heistd/heistd.toml if it exists, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run one heist on a built-in stack: every companion service in-process
     /// on loopback ports, the rehearsal model unless --llm-url is given.
     Demo {
@@ -128,14 +146,20 @@ fn main() -> ExitCode {
             "info".into()
         }
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     heistd::metrics::install();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -158,6 +182,17 @@ fn main() -> ExitCode {
 
 async fn execute(command: Command) -> Result<(), CliError> {
     match command {
+        Command::Daemon { config } => {
+            let (loaded, path) = cli::load_config(config.as_deref())?;
+            let (reload_sender, reload) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(forward_hangups(reload_sender));
+            let options = heistd::daemon::DaemonOptions {
+                config: loaded,
+                config_path: path,
+                systemd: heistd::config::systemd_environment(),
+            };
+            heistd::daemon::run(options, shutdown_signal(), reload).await?;
+        }
         Command::Demo {
             turns,
             db,
@@ -234,5 +269,19 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = interrupt => {}
         _ = terminate.recv() => {}
+    }
+}
+
+/// Sends one reload request per SIGHUP.
+async fn forward_hangups(reload: tokio::sync::mpsc::Sender<()>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::error!("cannot listen for SIGHUP; reload is unavailable");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        if reload.send(()).await.is_err() {
+            return;
+        }
     }
 }

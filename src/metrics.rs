@@ -32,6 +32,16 @@ pub const TURN_DURATION_SECONDS: &str = "heistd_turn_duration_seconds";
 pub const TOOL_CALLS_TOTAL: &str = "heistd_tool_calls_total";
 pub const SERVICE_UP: &str = "heistd_service_up";
 pub const HEALTH_CHECK_DURATION_SECONDS: &str = "heistd_health_check_duration_seconds";
+/// Periodic checks by result (`up`, `down`).
+pub const HEALTH_CHECKS_TOTAL: &str = "heistd_health_checks_total";
+/// Health state changes, by the state entered.
+pub const HEALTH_TRANSITIONS_TOTAL: &str = "heistd_health_transitions_total";
+/// Heists running now.
+pub const SESSIONS_RUNNING: &str = "heistd_sessions_running";
+/// Scheduled slots by outcome (`launched`, `skipped_overlap`, ...).
+pub const SCHEDULE_RUNS_TOTAL: &str = "heistd_schedule_runs_total";
+/// Audit rows pruned by retention (sessions).
+pub const RETENTION_PRUNED_SESSIONS_TOTAL: &str = "heistd_retention_pruned_sessions_total";
 pub const MEMORY_OUTBOX_PENDING: &str = "heistd_memory_outbox_pending";
 
 /// Latency buckets from 1 ms to two minutes: tools answer in milliseconds,

@@ -198,6 +198,11 @@ impl ServiceClient {
         self.guard.breaker_state()
     }
 
+    /// Holds this service's breaker open while it is seen down.
+    pub fn force_breaker_open(&self, forced: bool) {
+        self.guard.force_open(forced);
+    }
+
     pub async fn post_json<B: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         path: &str,
@@ -224,7 +229,16 @@ impl ServiceClient {
     /// One `GET` with only a short timeout: no retry, no breaker. A health
     /// probe must see the service as it is, and must not move the breaker.
     pub async fn probe_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {
-        let limit = PROBE_TIMEOUT.min(self.guard.policy().attempt_timeout);
+        self.probe_json_within(path, PROBE_TIMEOUT.min(self.guard.policy().attempt_timeout))
+            .await
+    }
+
+    /// [`Self::probe_json`] with the caller's timeout (the health checker's).
+    pub async fn probe_json_within<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        limit: Duration,
+    ) -> Result<R, CallError> {
         let request = self.http.get(format!("{}{path}", self.base_url));
         match tokio::time::timeout(limit, exchange(&self.name, request)).await {
             Ok(result) => result,

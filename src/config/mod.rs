@@ -495,6 +495,26 @@ pub fn process_environment() -> Vec<(String, String)> {
     std::env::vars().collect()
 }
 
+/// What systemd tells a service through its environment.
+#[derive(Debug, Clone, Default)]
+pub struct SystemdEnvironment {
+    /// The datagram socket for `READY=1` and friends (`NOTIFY_SOCKET`).
+    pub notify_socket: Option<String>,
+    /// Microseconds within which systemd expects `WATCHDOG=1`.
+    pub watchdog_usec: Option<String>,
+    /// The process the watchdog setting is meant for.
+    pub watchdog_pid: Option<String>,
+}
+
+/// Reads [`SystemdEnvironment`] from the process environment.
+pub fn systemd_environment() -> SystemdEnvironment {
+    SystemdEnvironment {
+        notify_socket: std::env::var("NOTIFY_SOCKET").ok(),
+        watchdog_usec: std::env::var("WATCHDOG_USEC").ok(),
+        watchdog_pid: std::env::var("WATCHDOG_PID").ok(),
+    }
+}
+
 /// Reads a secret from the environment variable a config key names.
 pub fn secret_from_environment(variable: &str) -> Option<String> {
     if variable.is_empty() {

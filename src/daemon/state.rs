@@ -147,13 +147,21 @@ impl DaemonState {
 
     pub fn readiness(&self) -> Readiness {
         let services_not_up = self.health.required_not_up();
-        Readiness { ready: services_not_up.is_empty(), store_open: true, config_loaded: true, services_not_up }
+        Readiness {
+            ready: services_not_up.is_empty(),
+            store_open: true,
+            config_loaded: true,
+            services_not_up,
+        }
     }
 
     /// Asks the daemon to start a heist now; the answer is its session id.
     pub async fn start_run(&self, request: RunRequest) -> Result<String, StartRunError> {
         let (reply, answer) = oneshot::channel();
-        self.run_commands.send((request, reply)).await.map_err(|_| StartRunError::ShuttingDown)?;
+        self.run_commands
+            .send((request, reply))
+            .await
+            .map_err(|_| StartRunError::ShuttingDown)?;
         answer.await.map_err(|_| StartRunError::ShuttingDown)?
     }
 }
@@ -164,9 +172,12 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -178,28 +178,44 @@ impl HeistRunner {
         options: RunOptions,
         observer: Option<&(dyn Fn(&TurnView<'_>) + Sync)>,
     ) -> Result<RunReport, HeistError> {
+        let session_id = self.start(&options).await?;
+        self.play(&session_id, &options, observer).await
+    }
+
+    /// Creates the session (the audit row that makes the run exist); a
+    /// schedule slot that already has a session is refused here.
+    pub async fn start(&self, options: &RunOptions) -> Result<String, HeistError> {
         let scenario_name = self.scenario.name.clone();
-        let RunOptions {
-            turns,
-            seed,
-            schedule,
-            scheduled_time,
-        } = options;
-        let session_id = self
-            .with_store(move |store| {
-                store.create_session(&NewSession {
-                    scenario: &scenario_name,
-                    seed,
-                    planned_turns: turns,
-                    schedule: schedule.as_deref(),
-                    scheduled_time: scheduled_time.as_deref(),
-                })
+        let options = options.clone();
+        self.with_store(move |store| {
+            store.create_session(&NewSession {
+                scenario: &scenario_name,
+                seed: options.seed,
+                planned_turns: options.turns,
+                schedule: options.schedule.as_deref(),
+                scheduled_time: options.scheduled_time.as_deref(),
             })
-            .await?;
+        })
+        .await
+    }
+
+    /// Plays every turn of a session made by [`Self::start`].
+    pub async fn play(
+        &self,
+        session_id: &str,
+        options: &RunOptions,
+        observer: Option<&(dyn Fn(&TurnView<'_>) + Sync)>,
+    ) -> Result<RunReport, HeistError> {
+        let (seed, turns) = (options.seed, options.turns);
         let span = tracing::info_span!("session", session_id = %session_id);
         async move {
-            tracing::info!(seed, turns, "session started");
-            self.play_session(session_id, seed, turns, 1, observer)
+            tracing::info!(
+                seed,
+                turns,
+                schedule = options.schedule.as_deref().unwrap_or("-"),
+                "session started"
+            );
+            self.play_session(session_id.to_string(), seed, turns, 1, observer)
                 .await
         }
         .instrument(span)

@@ -60,6 +60,9 @@ struct Inner {
     open_until: Instant,
     probes_issued: u32,
     probes_succeeded: u32,
+    /// Held open from outside (the health checker saw the service down),
+    /// whatever the window says, until released.
+    forced_open: bool,
 }
 
 struct Sample {
@@ -80,6 +83,7 @@ impl CircuitBreaker {
                 open_until: Instant::now(),
                 probes_issued: 0,
                 probes_succeeded: 0,
+                forced_open: false,
             }),
         };
         breaker.export_state(BreakerState::Closed);
@@ -93,6 +97,9 @@ impl CircuitBreaker {
     /// Leave to call, or `None` when the breaker rejects (open, or
     /// half-open with every probe permit out).
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
+        if self.lock().forced_open {
+            return None;
+        }
         if !self.config.enabled {
             return Some(Permit {
                 breaker: self,
@@ -119,6 +126,28 @@ impl CircuitBreaker {
             generation: inner.generation,
             recorded: false,
         })
+    }
+
+    /// Holds the breaker open (`true`) while a health checker sees the
+    /// service down, and closes it again (`false`) when it is seen up.
+    pub fn force_open(&self, forced: bool) {
+        let mut inner = self.lock();
+        if inner.forced_open == forced {
+            return;
+        }
+        inner.forced_open = forced;
+        let target = if forced {
+            BreakerState::Open
+        } else {
+            BreakerState::Closed
+        };
+        if inner.state != target {
+            self.transition(&mut inner, target);
+        }
+        if forced {
+            // Never lapses into half-open while forced; released explicitly.
+            inner.open_until = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        }
     }
 
     fn record(&self, generation: u64, failed: bool, duration: Duration) {

@@ -102,6 +102,11 @@ impl Guard {
         self.breaker.state()
     }
 
+    /// See [`CircuitBreaker::force_open`].
+    pub fn force_open(&self, forced: bool) {
+        self.breaker.force_open(forced);
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

@@ -5,7 +5,7 @@
 //!
 //! It must not change a service's behaviour while no fault is set.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
@@ -57,10 +57,13 @@ pub struct FaultSwitch {
     /// Requests that reached the service (past `refuse`), `/fault` excluded:
     /// tests prove that an open breaker sends nothing.
     requests_seen: AtomicU64,
+    /// Mirrors `refuse` for the connections' hot path.
+    refusing: AtomicBool,
 }
 
 impl FaultSwitch {
     pub fn set(&self, fault: Fault) {
+        self.refusing.store(fault.refuse, Ordering::SeqCst);
         *self
             .current
             .lock()
@@ -125,7 +128,7 @@ impl FaultyListener {
 }
 
 impl axum::serve::Listener for FaultyListener {
-    type Io = tokio::net::TcpStream;
+    type Io = FaultyStream;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -137,12 +140,75 @@ impl axum::serve::Listener for FaultyListener {
                 drop(stream);
                 continue;
             }
-            return (stream, address);
+            return (
+                FaultyStream {
+                    inner: stream,
+                    switch: self.switch.clone(),
+                },
+                address,
+            );
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.inner.local_addr()
+    }
+}
+
+/// An accepted connection that breaks as soon as `refuse` is set, so a
+/// client's pooled keep-alive connection sees the outage too.
+pub struct FaultyStream {
+    inner: tokio::net::TcpStream,
+    switch: Arc<FaultSwitch>,
+}
+
+impl FaultyStream {
+    fn refused(&self) -> Option<std::io::Error> {
+        self.switch.refusing.load(Ordering::SeqCst).then(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "fault injection: refusing",
+            )
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for FaultyStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(error) = self.refused() {
+            return std::task::Poll::Ready(Err(error));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(context, buffer)
+    }
+}
+
+impl tokio::io::AsyncWrite for FaultyStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        // Replies in flight still go out (the one to `POST /fault` among
+        // them); the connection breaks at its next read.
+        std::pin::Pin::new(&mut self.inner).poll_write(context, buffer)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(context)
     }
 }
 

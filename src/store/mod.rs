@@ -39,6 +39,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("audit store: session {0} not found")]
     SessionNotFound(String),
+    #[error("audit store worker failed: {0}")]
+    Worker(String),
     #[error("audit store: schedule {schedule} already ran for {scheduled_time}")]
     DuplicateRun {
         schedule: String,

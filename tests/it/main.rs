@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod daemon;
 mod heist;
 mod resilience;
 mod support;

@@ -220,3 +220,30 @@ async fn a_disabled_breaker_never_rejects() {
     }
     assert_eq!(breaker.state(), BreakerState::Closed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_open_breaker_rejects_until_released() {
+    let breaker = CircuitBreaker::new("test", config());
+    breaker.force_open(true);
+    assert_eq!(breaker.state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert!(
+        breaker.try_acquire().is_none(),
+        "no half-open probes while forced"
+    );
+    breaker.force_open(false);
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    assert!(breaker.try_acquire().is_some());
+    let disabled = CircuitBreaker::new(
+        "test",
+        BreakerConfig {
+            enabled: false,
+            ..config()
+        },
+    );
+    disabled.force_open(true);
+    assert!(
+        disabled.try_acquire().is_none(),
+        "health still holds a disabled breaker open"
+    );
+}

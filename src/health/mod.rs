@@ -3,7 +3,10 @@
 //! the prototype never checked at all). The periodic checker of the daemon
 //! builds on [`check_all`].
 //!
-//! It reports; it must not change how calls are made.
+//! It reports, and (the checker) holds a down service's breaker open; it
+//! must not change how calls are otherwise made.
+
+pub mod checker;
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -31,23 +34,21 @@ pub async fn check_all(clients: &Clients) -> Vec<HealthReport> {
     let services: Vec<ServiceClient> = clients.all().into_iter().cloned().collect();
     let mut checks = tokio::task::JoinSet::new();
     for (index, service) in services.into_iter().enumerate() {
-        checks.spawn(async move {
-            let is_llm = service.name == "llm";
-            (index, check(service, is_llm).await)
-        });
+        checks.spawn(async move { (index, probe(&service, crate::clients::PROBE_TIMEOUT).await) });
     }
     let mut reports: Vec<(usize, HealthReport)> = checks.join_all().await;
     reports.sort_by_key(|(index, _)| *index);
     reports.into_iter().map(|(_, report)| report).collect()
 }
 
-async fn check(service: ServiceClient, is_llm: bool) -> HealthReport {
+/// Probes one service once within `limit`: `GET /health`, or `GET /models`
+/// for the LLM (a model server has no standard health endpoint).
+pub async fn probe(service: &ServiceClient, limit: std::time::Duration) -> HealthReport {
+    let is_llm = service.name == "llm";
     let started = Instant::now();
-    let outcome: Result<serde_json::Value, CallError> = if is_llm {
-        service.probe_json("/models").await
-    } else {
-        service.probe_json("/health").await
-    };
+    let path = if is_llm { "/models" } else { "/health" };
+    let outcome: Result<serde_json::Value, CallError> =
+        service.probe_json_within(path, limit).await;
     let seconds = started.elapsed().as_secs_f64();
     metrics::histogram!(names::HEALTH_CHECK_DURATION_SECONDS, "service" => service.name.clone())
         .record(seconds);
@@ -138,15 +139,27 @@ pub struct HealthBoard {
 
 impl HealthBoard {
     pub fn snapshot(&self) -> Vec<ServiceHealth> {
-        self.services.read().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect()
+        self.services
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn get(&self, service: &str) -> Option<ServiceHealth> {
-        self.services.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(service).cloned()
+        self.services
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(service)
+            .cloned()
     }
 
     pub fn publish(&self, health: ServiceHealth) {
-        self.services.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(health.service.clone(), health);
+        self.services
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(health.service.clone(), health);
     }
 
     /// Required services that are not known to be up.

@@ -1,0 +1,457 @@
+//! The admin HTTP API of `heistd daemon`: liveness and readiness probes,
+//! `/metrics` for Prometheus, the daemon's status, the audit trail's sessions,
+//! and `POST /api/v1/runs` to start a heist now. This module owns the routes,
+//! the admin JSON shapes (only it knows them) and `ApiError`, the one place
+//! where failures become HTTP replies: always JSON `{"error": "..."}`, with a
+//! useful message and no internals.
+//!
+//! It only reads what `DaemonState` publishes and asks it to start runs; it
+//! must not run heists or health checks itself, nor hold state of its own.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::daemon::{
+    DaemonState, Readiness, RunRequest, RunningSession, ScheduleStatus, StartRunError,
+};
+use crate::health::ServiceHealth;
+use crate::store::{SessionDetail, SessionRow, SessionStatus, StoreError};
+
+/// `GET /api/v1/sessions` returns this many sessions when no `limit` is given.
+pub const DEFAULT_SESSION_LIMIT: usize = 50;
+/// The largest `limit` accepted, so one request cannot read the whole trail.
+pub const MAX_SESSION_LIMIT: usize = 1000;
+/// The most turns `POST /api/v1/runs` may ask for.
+pub const MAX_RUN_TURNS: u32 = 1000;
+/// A run request is a few dozen bytes; anything much larger is a mistake.
+pub const MAX_RUN_BODY_BYTES: usize = 16 * 1024;
+/// The Prometheus text exposition format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every way an admin request can fail, each with its HTTP status. The
+/// message (`Display`) is what the client sees; `Internal` keeps its detail
+/// for the log only.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: a bad query string, path, body or value.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401 with `WWW-Authenticate: Bearer`: no usable bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: a bearer token that is not the admin token.
+    #[error("the bearer token is not the admin token")]
+    WrongToken,
+    /// 403: no admin token is configured, so nobody may start runs.
+    #[error(
+        "starting runs over the admin API is disabled; set the environment variable \
+         {token_variable} for heistd to enable it"
+    )]
+    RunsDisabled { token_variable: String },
+    /// 404: an unknown session or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: a known path with the wrong method.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: Method, path: String },
+    /// 413: a request body over the route's limit.
+    #[error("the request body is larger than {limit_bytes} bytes")]
+    BodyTooLarge { limit_bytes: usize },
+    /// 429 (not 409): the cap is a transient limit, and a client should try
+    /// again once a running session ends, which is what 429 means.
+    #[error("{running} sessions are running, the configured maximum; try again when one ends")]
+    AtCapacity { running: usize },
+    /// 503: heistd is stopping and starts nothing new.
+    #[error("heistd is shutting down and starts no new runs")]
+    ShuttingDown,
+    /// 500: something on our side; the detail goes to the log, not the client.
+    #[error("{public_message}; the daemon's log has the reason")]
+    Internal {
+        public_message: &'static str,
+        detail: String,
+    },
+}
+
+/// The admin API's routes over the daemon's shared state.
+pub fn router(state: Arc<DaemonState>) -> Router {
+    Router::new()
+        .route("/healthz", get(liveness))
+        .route("/readyz", get(readiness))
+        .route("/metrics", get(prometheus_metrics))
+        .route("/api/v1/status", get(daemon_status))
+        .route("/api/v1/sessions", get(list_sessions))
+        .route("/api/v1/sessions/{session_id}", get(session_detail))
+        .route(
+            "/api/v1/runs",
+            post(start_run).layer(DefaultBodyLimit::max(MAX_RUN_BODY_BYTES)),
+        )
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::WrongToken | Self::RunsDisabled { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::AtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal { detail, .. } = &self {
+            tracing::error!(%detail, "admin API request failed");
+        }
+        let status = self.status();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme the client should use.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::SessionNotFound(session_id) => {
+                Self::NotFound(format!("no session with id `{session_id}`"))
+            }
+            other => Self::Internal {
+                public_message: "the audit store failed",
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<StartRunError> for ApiError {
+    fn from(error: StartRunError) -> Self {
+        match error {
+            StartRunError::AtCapacity { running } => Self::AtCapacity { running },
+            StartRunError::ShuttingDown => Self::ShuttingDown,
+            StartRunError::Failed(reason) => Self::Internal {
+                public_message: "cannot start the session",
+                detail: reason,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The admin JSON shapes. Types other modules publish (`ServiceHealth`,
+// `ScheduleStatus`, `RunningSession`, `Readiness`, the store's rows) are
+// embedded as they serialize; the envelopes around them live here.
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Liveness {
+    status: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct DaemonStatus {
+    version: &'static str,
+    started_at: DateTime<Utc>,
+    uptime_seconds: u64,
+    /// Each service's health and circuit breaker state.
+    services: Vec<ServiceHealth>,
+    schedules: Vec<ScheduleStatus>,
+    running_sessions: Vec<RunningSession>,
+    max_concurrent_sessions: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionList {
+    sessions: Vec<SessionRow>,
+}
+
+/// The query of `GET /api/v1/sessions`. Fields stay strings so that a bad
+/// value gets our own message rather than serde's; unknown fields are
+/// refused so a typo (`?statu=failed`) does not silently list everything.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionListQuery {
+    status: Option<String>,
+    schedule: Option<String>,
+    limit: Option<String>,
+}
+
+/// The body of `POST /api/v1/runs`; unknown fields are refused so that a
+/// misspelt `turns` is not silently replaced by the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    turns: Option<u32>,
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct RunAccepted {
+    session_id: String,
+}
+
+// ---------------------------------------------------------------------------
+// Handlers.
+
+/// The process is up and its runtime answers; nothing else is checked, so
+/// an orchestrator restarts heistd only when it is truly stuck.
+async fn liveness() -> Json<Liveness> {
+    Json(Liveness { status: "alive" })
+}
+
+/// 503 while a required service is not up; the body says which.
+async fn readiness(State(state): State<Arc<DaemonState>>) -> (StatusCode, Json<Readiness>) {
+    let readiness = state.readiness();
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness))
+}
+
+async fn prometheus_metrics(State(state): State<Arc<DaemonState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn daemon_status(State(state): State<Arc<DaemonState>>) -> Json<DaemonStatus> {
+    Json(DaemonStatus {
+        version: state.version,
+        started_at: state.started_at,
+        uptime_seconds: state.uptime().as_secs(),
+        services: state.health.snapshot(),
+        schedules: state.schedules(),
+        running_sessions: state.running_sessions(),
+        max_concurrent_sessions: state.config().daemon.max_concurrent_sessions,
+    })
+}
+
+async fn list_sessions(
+    State(state): State<Arc<DaemonState>>,
+    query: Result<Query<SessionListQuery>, QueryRejection>,
+) -> Result<Json<SessionList>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let status = parse_status_filter(query.status.as_deref())?;
+    let schedule = query.schedule.filter(|schedule| !schedule.is_empty());
+    let limit = parse_session_limit(query.limit.as_deref())?;
+    let store = state.store.clone();
+    let sessions = on_blocking_thread(move || {
+        store.find_sessions(
+            status.map(SessionStatus::as_str),
+            schedule.as_deref(),
+            limit,
+        )
+    })
+    .await?;
+    Ok(Json(SessionList { sessions }))
+}
+
+async fn session_detail(
+    State(state): State<Arc<DaemonState>>,
+    session_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<SessionDetail>, ApiError> {
+    let Path(session_id) =
+        session_id.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let store = state.store.clone();
+    let detail = on_blocking_thread(move || store.session(&session_id)).await?;
+    Ok(Json(detail))
+}
+
+/// Takes the whole request rather than a body extractor so that the token
+/// is checked before the body is read: a caller without the token learns
+/// nothing about how bodies are validated and cannot make us buffer one.
+async fn start_run(
+    State(state): State<Arc<DaemonState>>,
+    request: Request,
+) -> Result<(StatusCode, Json<RunAccepted>), ApiError> {
+    authorize_run(&state, request.headers())?;
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge {
+                limit_bytes: MAX_RUN_BODY_BYTES,
+            },
+            _ => ApiError::BadRequest(rejection.body_text()),
+        })?;
+    let run_request = parse_run_body(&body)?;
+    let session_id = state.start_run(run_request).await?;
+    Ok((StatusCode::ACCEPTED, Json(RunAccepted { session_id })))
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method,
+        path: uri.path().to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+/// An empty `status=` means no filter, as an HTML form would send it.
+fn parse_status_filter(status: Option<&str>) -> Result<Option<SessionStatus>, ApiError> {
+    const STATUSES: [SessionStatus; 4] = [
+        SessionStatus::Active,
+        SessionStatus::Completed,
+        SessionStatus::Failed,
+        SessionStatus::Interrupted,
+    ];
+    let Some(status) = status.filter(|status| !status.is_empty()) else {
+        return Ok(None);
+    };
+    STATUSES
+        .into_iter()
+        .find(|known| known.as_str() == status)
+        .map(Some)
+        .ok_or_else(|| {
+            let names: Vec<&str> = STATUSES.iter().map(|known| known.as_str()).collect();
+            ApiError::BadRequest(format!(
+                "status `{status}` is not one of {}",
+                names.join(", ")
+            ))
+        })
+}
+
+fn parse_session_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    let Some(limit) = limit.filter(|limit| !limit.is_empty()) else {
+        return Ok(DEFAULT_SESSION_LIMIT);
+    };
+    limit
+        .parse::<usize>()
+        .ok()
+        .filter(|limit| (1..=MAX_SESSION_LIMIT).contains(limit))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "limit `{limit}` must be a whole number from 1 to {MAX_SESSION_LIMIT}"
+            ))
+        })
+}
+
+/// The admin token must be configured and presented as `Bearer <token>`
+/// (scheme case-insensitive, RFC 7235).
+fn authorize_run(state: &DaemonState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(admin_token) = state.admin_token() else {
+        return Err(ApiError::RunsDisabled {
+            token_variable: state.config().daemon.admin_token_env.clone(),
+        });
+    };
+    let presented = bearer_token(headers)?;
+    if tokens_match(presented, &admin_token) {
+        Ok(())
+    } else {
+        tracing::warn!("admin API refused a run request with a wrong bearer token");
+        Err(ApiError::WrongToken)
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::Unauthenticated(
+            "missing `Authorization: Bearer <admin token>` header".into(),
+        ));
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| {
+            ApiError::Unauthenticated("the authorization header is not a bearer token".into())
+        })
+}
+
+/// Compares SHA-256 digests byte by byte without stopping at the first
+/// difference, so neither the token's content nor its length leaks through
+/// how long the comparison takes.
+fn tokens_match(presented: &str, expected: &str) -> bool {
+    let presented_digest = Sha256::digest(presented.as_bytes());
+    let expected_digest = Sha256::digest(expected.as_bytes());
+    presented_digest
+        .iter()
+        .zip(expected_digest.iter())
+        .fold(0u8, |difference, (left, right)| difference | (left ^ right))
+        == 0
+}
+
+/// An empty body means "all defaults", so `curl -X POST` is enough. The
+/// content type is not checked: the body is JSON or nothing.
+fn parse_run_body(body: &[u8]) -> Result<RunRequest, ApiError> {
+    let run_body: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RunBody::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|error| ApiError::BadRequest(format!("invalid JSON body: {error}")))?
+    };
+    if let Some(turns) = run_body.turns {
+        if !(1..=MAX_RUN_TURNS).contains(&turns) {
+            return Err(ApiError::BadRequest(format!(
+                "turns must be from 1 to {MAX_RUN_TURNS}, got {turns}"
+            )));
+        }
+    }
+    Ok(RunRequest {
+        turns: run_body.turns,
+        seed: run_body.seed,
+    })
+}
+
+/// The store is synchronous SQLite; its calls leave the async runtime.
+async fn on_blocking_thread<T, Work>(work: Work) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    Work: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join_error| ApiError::Internal {
+            public_message: "the audit store query did not finish",
+            detail: join_error.to_string(),
+        })?
+        .map_err(ApiError::from)
+}
+
+#[cfg(test)]
+mod tests;

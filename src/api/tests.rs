@@ -1,0 +1,577 @@
+//! Handler tests of the admin API: a real `DaemonState` over a real store in
+//! a temporary directory, requests sent with `oneshot` (no socket), and a
+//! small task standing in for the daemon's dispatcher of run requests.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::Router;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+use super::router;
+use crate::config::Synchronous;
+use crate::daemon::{
+    DaemonState, RunCommand, RunRequest, RunningSession, ScheduleStatus, StartRunError,
+};
+use crate::health::{HealthBoard, HealthState, ServiceHealth};
+use crate::store::{NewSession, SessionStatus, Store};
+
+const ADMIN_TOKEN: &str = "correct-horse-battery-staple";
+
+/// A daemon's state with the pieces a test inspects.
+struct TestDaemon {
+    state: Arc<DaemonState>,
+    /// Every run request the stand-in dispatcher received, in order.
+    run_requests: Arc<Mutex<Vec<RunRequest>>>,
+    /// Keeps the store's directory alive as long as the test.
+    _directory: tempfile::TempDir,
+}
+
+impl TestDaemon {
+    /// A daemon whose dispatcher answers every run request with `answer`.
+    fn new(admin_token: Option<&str>, answer: Result<String, StartRunError>) -> Self {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(&directory.path().join("audit.db"), Synchronous::Normal)
+            .expect("store opens");
+        let config = crate::config::load(None, Vec::new()).expect("default config loads");
+        let health = Arc::new(HealthBoard::default());
+        health.publish(service_health("llm", HealthState::Up, true));
+        health.publish(service_health("calculator", HealthState::Up, false));
+        let (run_commands, mut received_commands) = mpsc::channel::<RunCommand>(8);
+        let run_requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = run_requests.clone();
+        // Stands in for the daemon's dispatcher: records and answers.
+        tokio::spawn(async move {
+            while let Some((request, reply)) = received_commands.recv().await {
+                recorded.lock().expect("not poisoned").push(request);
+                let _ = reply.send(answer.clone());
+            }
+        });
+        let state = DaemonState::new(
+            Arc::new(config),
+            Arc::new(store),
+            health,
+            crate::metrics::install(),
+            run_commands,
+            admin_token.map(str::to_string),
+        );
+        Self {
+            state: Arc::new(state),
+            run_requests,
+            _directory: directory,
+        }
+    }
+
+    fn accepting() -> Self {
+        Self::new(Some(ADMIN_TOKEN), Ok("heist_test_1".into()))
+    }
+
+    fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        let request = Request::get(uri).body(Body::empty()).expect("request");
+        send(self.router(), request).await
+    }
+
+    async fn post_run(&self, authorization: Option<&str>, body: &str) -> Reply {
+        let mut request =
+            Request::post("/api/v1/runs").header(header::CONTENT_TYPE, "application/json");
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let request = request.body(Body::from(body.to_string())).expect("request");
+        send(self.router(), request).await
+    }
+
+    fn create_session(&self, schedule: Option<&str>, scheduled_time: Option<&str>) -> String {
+        self.state
+            .store
+            .create_session(&NewSession {
+                scenario: "bank",
+                seed: 7,
+                planned_turns: 3,
+                schedule,
+                scheduled_time,
+            })
+            .expect("session created")
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "body is not JSON ({error}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// Asserts a JSON error reply and returns its message.
+    fn error_message(&self, expected_status: StatusCode) -> String {
+        assert_eq!(
+            self.status,
+            expected_status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.content_type(), "application/json");
+        let body = self.json();
+        let message = body["error"]
+            .as_str()
+            .expect("an `error` string")
+            .to_string();
+        assert!(!message.is_empty());
+        message
+    }
+}
+
+async fn send(router: Router, request: Request<Body>) -> Reply {
+    let response = router.oneshot(request).await.expect("router is infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body reads")
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn service_health(service: &str, state: HealthState, required: bool) -> ServiceHealth {
+    ServiceHealth {
+        service: service.into(),
+        state,
+        since: None,
+        last_error: None,
+        last_latency_ms: Some(1.5),
+        consecutive_failures: 0,
+        consecutive_successes: 3,
+        required,
+        breaker: "closed".into(),
+    }
+}
+
+#[tokio::test]
+async fn healthz_says_alive() {
+    let daemon = TestDaemon::accepting();
+    let reply = daemon.get("/healthz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), serde_json::json!({ "status": "alive" }));
+}
+
+#[tokio::test]
+async fn readyz_is_503_until_every_required_service_is_up() {
+    // (llm's state, required?, ready?)
+    let cases = [
+        (HealthState::Down, true, false),
+        (HealthState::Unknown, true, false),
+        (HealthState::Up, true, true),
+        // A service that is not required does not hold readiness back.
+        (HealthState::Down, false, true),
+    ];
+    for (llm_state, required, expect_ready) in cases {
+        let daemon = TestDaemon::accepting();
+        daemon
+            .state
+            .health
+            .publish(service_health("llm", llm_state, required));
+        let reply = daemon.get("/readyz").await;
+        let body = reply.json();
+        let case = format!("{llm_state:?} required={required}: {body}");
+        assert_eq!(body["ready"], expect_ready, "{case}");
+        if expect_ready {
+            assert_eq!(reply.status, StatusCode::OK, "{case}");
+            assert_eq!(body["services_not_up"], serde_json::json!([]), "{case}");
+        } else {
+            assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{case}");
+            assert_eq!(
+                body["services_not_up"],
+                serde_json::json!(["llm"]),
+                "{case}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let daemon = TestDaemon::accepting();
+    metrics::counter!(crate::metrics::SESSIONS_TOTAL, "status" => "api_test").increment(1);
+    let reply = daemon.get("/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply
+        .content_type()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(reply.body).expect("UTF-8");
+    assert!(
+        text.contains("# TYPE heistd_sessions_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"heistd_sessions_total{status="api_test"}"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn status_shows_version_services_schedules_running_sessions_and_capacity() {
+    let daemon = TestDaemon::accepting();
+    daemon.state.set_schedules(vec![ScheduleStatus {
+        name: "nightly".into(),
+        trigger: "every 30m".into(),
+        enabled: true,
+        next_run: Some(chrono::Utc::now()),
+    }]);
+    daemon.state.session_started(RunningSession {
+        session_id: "heist_20250101_000000_0000abcd".into(),
+        schedule: Some("nightly".into()),
+        started_at: chrono::Utc::now(),
+        planned_turns: 12,
+    });
+
+    let reply = daemon.get("/api/v1/status").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert!(body["started_at"].is_string());
+    assert!(body["uptime_seconds"].is_u64());
+    assert_eq!(
+        body["max_concurrent_sessions"],
+        daemon.state.config().daemon.max_concurrent_sessions
+    );
+    let services = body["services"].as_array().expect("services");
+    let names: Vec<&str> = services
+        .iter()
+        .filter_map(|service| service["service"].as_str())
+        .collect();
+    assert_eq!(names, ["calculator", "llm"]);
+    assert_eq!(services[0]["state"], "up");
+    assert_eq!(services[0]["breaker"], "closed");
+    assert_eq!(body["schedules"][0]["name"], "nightly");
+    assert!(body["schedules"][0]["next_run"].is_string());
+    assert_eq!(
+        body["running_sessions"][0]["session_id"],
+        "heist_20250101_000000_0000abcd"
+    );
+    assert_eq!(body["running_sessions"][0]["planned_turns"], 12);
+}
+
+#[tokio::test]
+async fn sessions_list_filters_by_status_and_schedule() {
+    let daemon = TestDaemon::accepting();
+    let manual_active = daemon.create_session(None, None);
+    let nightly_completed = daemon.create_session(Some("nightly"), Some("2025-01-01T02:00:00Z"));
+    let nightly_failed = daemon.create_session(Some("nightly"), Some("2025-01-02T02:00:00Z"));
+    let hourly_completed = daemon.create_session(Some("hourly"), Some("2025-01-01T03:00:00Z"));
+    let store = &daemon.state.store;
+    store
+        .finish_session(&nightly_completed, SessionStatus::Completed, None)
+        .expect("finish");
+    store
+        .finish_session(&nightly_failed, SessionStatus::Failed, Some("LLM down"))
+        .expect("finish");
+    store
+        .finish_session(&hourly_completed, SessionStatus::Completed, None)
+        .expect("finish");
+
+    let cases: [(&str, Vec<&String>); 6] = [
+        (
+            "",
+            vec![
+                &manual_active,
+                &nightly_completed,
+                &nightly_failed,
+                &hourly_completed,
+            ],
+        ),
+        (
+            "?status=completed",
+            vec![&nightly_completed, &hourly_completed],
+        ),
+        (
+            "?schedule=nightly",
+            vec![&nightly_completed, &nightly_failed],
+        ),
+        (
+            "?status=completed&schedule=nightly",
+            vec![&nightly_completed],
+        ),
+        ("?status=active&schedule=", vec![&manual_active]),
+        ("?status=interrupted", vec![]),
+    ];
+    for (query, expected) in cases {
+        let reply = daemon.get(&format!("/api/v1/sessions{query}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{query}");
+        let body = reply.json();
+        let mut found: Vec<&str> = body["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .filter_map(|session| session["session_id"].as_str())
+            .collect();
+        found.sort_unstable();
+        let mut expected: Vec<&str> = expected.into_iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        assert_eq!(found, expected, "{query}");
+    }
+
+    let reply = daemon.get("/api/v1/sessions?limit=2").await;
+    assert_eq!(
+        reply.json()["sessions"].as_array().expect("sessions").len(),
+        2
+    );
+    let reply = daemon.get("/api/v1/sessions?status=failed").await;
+    let failed = &reply.json()["sessions"][0];
+    assert_eq!(failed["failure_reason"], "LLM down");
+    assert_eq!(failed["schedule"], "nightly");
+}
+
+#[tokio::test]
+async fn sessions_list_refuses_bad_query_strings_with_json_400() {
+    let daemon = TestDaemon::accepting();
+    let cases = [
+        ("limit=abc", "limit"),
+        ("limit=0", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=1001", "limit"),
+        ("status=running", "status"),
+        ("status=COMPLETED", "status"),
+        ("statu=failed", "statu"),
+    ];
+    for (query, mentioned) in cases {
+        let reply = daemon.get(&format!("/api/v1/sessions?{query}")).await;
+        let message = reply.error_message(StatusCode::BAD_REQUEST);
+        assert!(message.contains(mentioned), "{query}: {message}");
+    }
+    let reply = daemon.get("/api/v1/sessions?limit=1000").await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn session_detail_returns_the_session_and_404s_an_unknown_id() {
+    let daemon = TestDaemon::accepting();
+    let session_id = daemon.create_session(None, None);
+    let reply = daemon.get(&format!("/api/v1/sessions/{session_id}")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["session"]["session_id"], session_id.as_str());
+    assert_eq!(body["session"]["status"], "active");
+    for list in ["messages", "tool_usage", "service_calls"] {
+        assert!(body[list].is_array(), "{list} in {body}");
+    }
+
+    let reply = daemon
+        .get("/api/v1/sessions/heist_19700101_000000_deadbeef")
+        .await;
+    let message = reply.error_message(StatusCode::NOT_FOUND);
+    assert!(
+        message.contains("heist_19700101_000000_deadbeef"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn runs_demand_the_admin_bearer_token() {
+    let daemon = TestDaemon::accepting();
+    let right = format!("Bearer {ADMIN_TOKEN}");
+    let lowercase_scheme = format!("bearer {ADMIN_TOKEN}");
+    let basic = format!("Basic {ADMIN_TOKEN}");
+    let cases: [(Option<&str>, StatusCode); 8] = [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(&basic), StatusCode::UNAUTHORIZED),
+        (Some("Bearer"), StatusCode::UNAUTHORIZED),
+        (Some("Bearer   "), StatusCode::UNAUTHORIZED),
+        (Some("Bearer wrong-token"), StatusCode::FORBIDDEN),
+        (
+            Some("Bearer correct-horse-battery-stapl"),
+            StatusCode::FORBIDDEN,
+        ),
+        (Some(&right), StatusCode::ACCEPTED),
+        (Some(&lowercase_scheme), StatusCode::ACCEPTED),
+    ];
+    for (authorization, expected_status) in cases {
+        let reply = daemon.post_run(authorization, "").await;
+        assert_eq!(reply.status, expected_status, "{authorization:?}");
+        if expected_status == StatusCode::ACCEPTED {
+            assert_eq!(
+                reply.json(),
+                serde_json::json!({ "session_id": "heist_test_1" })
+            );
+            continue;
+        }
+        reply.error_message(expected_status);
+        let challenge = reply.headers.get(header::WWW_AUTHENTICATE);
+        if expected_status == StatusCode::UNAUTHORIZED {
+            assert_eq!(
+                challenge.expect("WWW-Authenticate"),
+                "Bearer",
+                "{authorization:?}"
+            );
+        } else {
+            assert!(challenge.is_none(), "{authorization:?}");
+        }
+    }
+    // Only the two accepted requests reached the dispatcher.
+    assert_eq!(daemon.run_requests.lock().expect("not poisoned").len(), 2);
+}
+
+#[tokio::test]
+async fn runs_are_refused_when_no_admin_token_is_configured() {
+    let daemon = TestDaemon::new(None, Ok("heist_test_1".into()));
+    for authorization in [None, Some("Bearer anything")] {
+        let reply = daemon.post_run(authorization, "").await;
+        let message = reply.error_message(StatusCode::FORBIDDEN);
+        assert!(message.contains("disabled"), "{message}");
+        assert!(
+            message.contains(&daemon.state.config().daemon.admin_token_env),
+            "{message}"
+        );
+    }
+    assert!(daemon.run_requests.lock().expect("not poisoned").is_empty());
+}
+
+#[tokio::test]
+async fn runs_pass_turns_and_seed_to_the_daemon() {
+    let daemon = TestDaemon::accepting();
+    let authorization = format!("Bearer {ADMIN_TOKEN}");
+    for body in [
+        "",
+        "  \n",
+        "{}",
+        r#"{"turns": 5, "seed": 42}"#,
+        r#"{"turns": 1000}"#,
+    ] {
+        let reply = daemon.post_run(Some(&authorization), body).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{body:?}");
+        assert_eq!(reply.json()["session_id"], "heist_test_1");
+    }
+    let received = daemon.run_requests.lock().expect("not poisoned").clone();
+    assert_eq!(
+        received,
+        [
+            RunRequest::default(),
+            RunRequest::default(),
+            RunRequest::default(),
+            RunRequest {
+                turns: Some(5),
+                seed: Some(42)
+            },
+            RunRequest {
+                turns: Some(1000),
+                seed: None
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn runs_refuse_bad_bodies_with_json_400() {
+    let daemon = TestDaemon::accepting();
+    let authorization = format!("Bearer {ADMIN_TOKEN}");
+    let cases = [
+        ("{not json", "invalid JSON"),
+        (r#"{"turns": 0}"#, "turns"),
+        (r#"{"turns": 1001}"#, "turns"),
+        (r#"{"turns": -3}"#, "invalid JSON"),
+        (r#"{"turns": "five"}"#, "invalid JSON"),
+        (r#"{"turn": 5}"#, "turn"),
+        ("[]", "invalid JSON"),
+    ];
+    for (body, mentioned) in cases {
+        let reply = daemon.post_run(Some(&authorization), body).await;
+        let message = reply.error_message(StatusCode::BAD_REQUEST);
+        assert!(message.contains(mentioned), "{body}: {message}");
+    }
+    assert!(daemon.run_requests.lock().expect("not poisoned").is_empty());
+}
+
+#[tokio::test]
+async fn runs_check_the_token_before_the_body() {
+    let daemon = TestDaemon::accepting();
+    let reply = daemon.post_run(None, "{not json").await;
+    reply.error_message(StatusCode::UNAUTHORIZED);
+    let reply = daemon
+        .post_run(Some("Bearer wrong"), r#"{"turns": 0}"#)
+        .await;
+    reply.error_message(StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn runs_refuse_oversized_bodies() {
+    let daemon = TestDaemon::accepting();
+    let authorization = format!("Bearer {ADMIN_TOKEN}");
+    let body = format!(
+        r#"{{"turns": 5, "padding": "{}"}}"#,
+        "x".repeat(super::MAX_RUN_BODY_BYTES)
+    );
+    let reply = daemon.post_run(Some(&authorization), &body).await;
+    reply.error_message(StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn runs_map_the_daemons_refusals_to_statuses() {
+    let cases = [
+        (
+            StartRunError::AtCapacity { running: 2 },
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        (StartRunError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
+        (
+            StartRunError::Failed("disk I/O error at /var/lib/heistd/audit.db".into()),
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ),
+    ];
+    let authorization = format!("Bearer {ADMIN_TOKEN}");
+    for (refusal, expected_status) in cases {
+        let daemon = TestDaemon::new(Some(ADMIN_TOKEN), Err(refusal.clone()));
+        let reply = daemon
+            .post_run(Some(&authorization), r#"{"turns": 3}"#)
+            .await;
+        let message = reply.error_message(expected_status);
+        // Internals (paths, SQLite errors) stay in the log.
+        assert!(!message.contains("/var/lib"), "{refusal:?}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let daemon = TestDaemon::accepting();
+    let reply = daemon.get("/api/v1/nothing-here").await;
+    let message = reply.error_message(StatusCode::NOT_FOUND);
+    assert!(message.contains("/api/v1/nothing-here"), "{message}");
+
+    let request = Request::delete("/healthz")
+        .body(Body::empty())
+        .expect("request");
+    let reply = send(daemon.router(), request).await;
+    reply.error_message(StatusCode::METHOD_NOT_ALLOWED);
+    let allowed = reply.headers.get(header::ALLOW).expect("an Allow header");
+    assert!(
+        allowed.to_str().expect("ASCII").contains("GET"),
+        "{allowed:?}"
+    );
+    let reply = daemon.get("/api/v1/runs").await;
+    reply.error_message(StatusCode::METHOD_NOT_ALLOWED);
+}

@@ -1,0 +1,71 @@
+//! Retention: when enabled, a background task prunes sessions that ended
+//! longer ago than `retention.max_age_days` (with their messages, tool
+//! usage, service calls and outbox rows) in small batches, then gives pages
+//! back with `incremental_vacuum` and checkpoints the WAL, so pruning never
+//! holds the store's one writer for long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::RetentionConfig;
+use crate::metrics as names;
+use crate::store::Store;
+
+/// Pages handed back per pass; small enough to stay quick.
+const VACUUM_PAGES: u32 = 256;
+
+pub async fn run(config: RetentionConfig, store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
+    if !config.enabled {
+        return;
+    }
+    loop {
+        let pruned = prune_once(&config, &store).await;
+        if pruned > 0 {
+            tracing::info!(
+                sessions = pruned,
+                max_age_days = config.max_age_days,
+                "retention pruned old sessions"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(config.interval_ms)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// One pass: batches until nothing old is left; returns sessions pruned.
+pub async fn prune_once(config: &RetentionConfig, store: &Arc<Store>) -> usize {
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(config.max_age_days));
+    let mut total = 0;
+    loop {
+        let batch_store = store.clone();
+        let batch = config.batch_size;
+        let pruned = tokio::task::spawn_blocking(move || {
+            let pruned = batch_store.prune_sessions_before(cutoff, batch)?;
+            batch_store.compact(VACUUM_PAGES)?;
+            Ok::<_, crate::store::StoreError>(pruned)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(0)) => break,
+            Ok(Ok(count)) => {
+                total += count;
+                metrics::counter!(names::RETENTION_PRUNED_SESSIONS_TOTAL).increment(count as u64);
+                // Let turns in between batches.
+                tokio::task::yield_now().await;
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "retention pass failed");
+                break;
+            }
+            Err(error) => {
+                tracing::error!(%error, "retention worker failed");
+                break;
+            }
+        }
+    }
+    total
+}

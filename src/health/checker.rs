@@ -1,0 +1,223 @@
+//! The periodic health checker: one task per service probes it every
+//! interval (plus jitter, so checks do not align), and a [`Tracker`] turns
+//! results into states like Envoy's active health checks: N consecutive
+//! failures mark a service down, M consecutive successes mark it up again.
+//! Transitions are logged, written to the audit store's `health_events`,
+//! exported as metrics and, when configured, hold the service's circuit
+//! breaker open while it is down. Checks run beside heist turns and never
+//! block them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::watch;
+
+use super::{probe, HealthBoard, HealthState, ServiceHealth};
+use crate::clients::ServiceClient;
+use crate::config::HealthCheckConfig;
+use crate::metrics as names;
+use crate::store::Store;
+
+/// Consecutive results in, state transitions out.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    pub state: HealthState,
+    pub consecutive_failures: u32,
+    pub consecutive_successes: u32,
+    unhealthy_threshold: u32,
+    healthy_threshold: u32,
+}
+
+impl Tracker {
+    pub fn new(config: &HealthCheckConfig) -> Self {
+        Self {
+            state: HealthState::Unknown,
+            consecutive_failures: 0,
+            consecutive_successes: 0,
+            unhealthy_threshold: config.unhealthy_threshold,
+            healthy_threshold: config.healthy_threshold,
+        }
+    }
+
+    /// Records one check; returns `(from, to)` when the state changes. An
+    /// unknown service is up at its first success (so a daemon is ready at
+    /// once) and down after N failures like an up one.
+    pub fn observe(&mut self, healthy: bool) -> Option<(HealthState, HealthState)> {
+        if healthy {
+            self.consecutive_successes += 1;
+            self.consecutive_failures = 0;
+        } else {
+            self.consecutive_failures += 1;
+            self.consecutive_successes = 0;
+        }
+        let next = match self.state {
+            HealthState::Unknown if healthy => HealthState::Up,
+            HealthState::Down if self.consecutive_successes >= self.healthy_threshold => {
+                HealthState::Up
+            }
+            HealthState::Unknown | HealthState::Up
+                if self.consecutive_failures >= self.unhealthy_threshold =>
+            {
+                HealthState::Down
+            }
+            unchanged => unchanged,
+        };
+        let from = std::mem::replace(&mut self.state, next);
+        (from != next).then_some((from, next))
+    }
+}
+
+/// Checks `service` until `shutdown` becomes true. The first check runs at
+/// once, so readiness is known quickly.
+pub async fn watch_service(
+    service: ServiceClient,
+    config: HealthCheckConfig,
+    board: Arc<HealthBoard>,
+    store: Arc<Store>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tracker = Tracker::new(&config);
+    let name = service.name.clone();
+    let mut since = Utc::now();
+    // After a reload the checker restarts with new clients: carry the
+    // service's known state over, so a reload is not a health transition,
+    // and hold the new breaker open if the service is down.
+    if let Some(previous) = board.get(&name) {
+        tracker.state = previous.state;
+        tracker.consecutive_failures = previous.consecutive_failures;
+        tracker.consecutive_successes = previous.consecutive_successes;
+        since = previous.since.unwrap_or(since);
+        if config.breaker_follows_health && previous.state == HealthState::Down {
+            service.force_breaker_open(true);
+        }
+    }
+    board.publish(health_of(&service, &tracker, &config, since, None, None));
+    loop {
+        let report = probe(&service, Duration::from_millis(config.timeout_ms)).await;
+        let error = (!report.up).then(|| report.detail.clone());
+        metrics::counter!(names::HEALTH_CHECKS_TOTAL, "service" => name.clone(), "outcome" => if report.up { "up" } else { "down" })
+            .increment(1);
+        if let Some((from, to)) = tracker.observe(report.up) {
+            since = Utc::now();
+            let reason = error.clone().unwrap_or_else(|| {
+                format!("{} consecutive good checks", tracker.consecutive_successes)
+            });
+            if to == HealthState::Down {
+                tracing::warn!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
+            } else {
+                tracing::info!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
+            }
+            metrics::counter!(names::HEALTH_TRANSITIONS_TOTAL, "service" => name.clone(), "to" => to.as_str()).increment(1);
+            if config.breaker_follows_health {
+                service.force_breaker_open(to == HealthState::Down);
+            }
+            let (event_store, event_service) = (store.clone(), name.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                event_store.record_health_event(&event_service, from.as_str(), to.as_str(), &reason)
+            })
+            .await;
+            if !matches!(written, Ok(Ok(()))) {
+                tracing::error!(service = %name, "cannot record a health event in the audit store");
+            }
+        }
+        metrics::gauge!(names::SERVICE_UP, "service" => name.clone()).set(
+            if tracker.state == HealthState::Up {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        board.publish(health_of(
+            &service,
+            &tracker,
+            &config,
+            since,
+            error,
+            Some(report.latency_ms),
+        ));
+        let jitter = if config.jitter_ms == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=config.jitter_ms)
+        };
+        let pause = Duration::from_millis(config.interval_ms + jitter);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+}
+
+fn health_of(
+    service: &ServiceClient,
+    tracker: &Tracker,
+    config: &HealthCheckConfig,
+    since: chrono::DateTime<Utc>,
+    last_error: Option<String>,
+    last_latency_ms: Option<f64>,
+) -> ServiceHealth {
+    ServiceHealth {
+        service: service.name.clone(),
+        state: tracker.state,
+        since: Some(since),
+        last_error,
+        last_latency_ms,
+        consecutive_failures: tracker.consecutive_failures,
+        consecutive_successes: tracker.consecutive_successes,
+        required: config.required,
+        breaker: service.breaker_state().as_str().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker(unhealthy: u32, healthy: u32) -> Tracker {
+        Tracker::new(&HealthCheckConfig {
+            unhealthy_threshold: unhealthy,
+            healthy_threshold: healthy,
+            ..HealthCheckConfig::quick_service()
+        })
+    }
+
+    #[test]
+    fn down_after_exactly_n_failures_up_after_exactly_m_successes() {
+        let mut tracker = tracker(3, 2);
+        assert_eq!(
+            tracker.observe(true),
+            Some((HealthState::Unknown, HealthState::Up))
+        );
+        assert_eq!(tracker.observe(false), None);
+        assert_eq!(tracker.observe(false), None);
+        assert_eq!(
+            tracker.observe(true),
+            None,
+            "a success resets the failure count"
+        );
+        assert_eq!(tracker.observe(false), None);
+        assert_eq!(tracker.observe(false), None);
+        assert_eq!(
+            tracker.observe(false),
+            Some((HealthState::Up, HealthState::Down))
+        );
+        assert_eq!(tracker.observe(false), None);
+        assert_eq!(tracker.observe(true), None);
+        assert_eq!(
+            tracker.observe(true),
+            Some((HealthState::Down, HealthState::Up))
+        );
+    }
+
+    #[test]
+    fn an_unknown_service_goes_down_after_n_failures() {
+        let mut tracker = tracker(2, 5);
+        assert_eq!(tracker.observe(false), None);
+        assert_eq!(
+            tracker.observe(false),
+            Some((HealthState::Unknown, HealthState::Down))
+        );
+    }
+}

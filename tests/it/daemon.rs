@@ -1,0 +1,544 @@
+//! `heistd daemon` as a child process, the way systemd runs it: a real
+//! NOTIFY_SOCKET, real signals, the admin API over HTTP, and the audit
+//! store read back from its file. The companions run in this test process.
+//! Waits poll a condition with a bound; none sleeps and hopes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use heistd::config::Synchronous;
+use heistd::services::fault::Fault;
+use heistd::store::Store;
+use serde_json::Value;
+use tokio::net::UnixDatagram;
+use tokio::time::Instant;
+
+use crate::support::{self, TestStack};
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+struct Daemon {
+    child: Child,
+    admin: String,
+    notify: UnixDatagram,
+    directory: tempfile::TempDir,
+    config_path: PathBuf,
+}
+
+/// A config for a daemon using `stack`'s companions, plus `extra` TOML.
+fn config_text(stack: &TestStack, directory: &Path, port: u16, extra: &str) -> String {
+    let mut text = format!(
+        "[store]\npath = \"{}\"\n[daemon]\nadmin_address = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 5000\n",
+        directory.join("audit.db").display()
+    );
+    for service in [
+        "oauth",
+        "memory",
+        "calculator",
+        "file_reader",
+        "database_query",
+    ] {
+        text.push_str(&format!(
+            "[services.{service}]\nbase_url = \"{}\"\n[services.{service}.health]\ninterval_ms = 100\njitter_ms = 0\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
+            stack.url(service)
+        ));
+    }
+    text.push_str(&format!(
+        "[llm]\nbase_url = \"{}\"\n",
+        stack.url("rehearsal")
+    ));
+    text.push_str(extra);
+    text
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+impl Daemon {
+    async fn start(stack: &TestStack, extra: &str) -> Self {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let config_path = directory.path().join("heistd.toml");
+        std::fs::write(
+            &config_path,
+            config_text(stack, directory.path(), port, extra),
+        )
+        .expect("write config");
+        let mut daemon = Self::spawn_in(directory, config_path, port);
+        daemon.wait_for_notification("READY=1").await;
+        daemon
+    }
+
+    fn spawn_in(directory: tempfile::TempDir, config_path: PathBuf, port: u16) -> Self {
+        let socket_path = directory
+            .path()
+            .join(format!("notify-{}.sock", free_port()));
+        let notify = UnixDatagram::bind(&socket_path).expect("notify socket");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(directory.path().join("daemon.log"))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_heistd"))
+            .args(["daemon", "--config", config_path.to_str().expect("utf-8")])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "200000")
+            .env("HEISTD_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("daemon starts");
+        Self {
+            child,
+            admin: format!("http://127.0.0.1:{port}"),
+            notify,
+            directory,
+            config_path,
+        }
+    }
+
+    /// Restarts on the same directory, config and database.
+    async fn restart(mut self) -> Self {
+        let port: u16 = self
+            .admin
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("port");
+        let _ = self.child.wait();
+        let directory =
+            std::mem::replace(&mut self.directory, tempfile::tempdir().expect("temp dir"));
+        let config_path = self.config_path.clone();
+        drop(self);
+        let mut daemon = Self::spawn_in(directory, config_path, port);
+        daemon.wait_for_notification("READY=1").await;
+        daemon
+    }
+
+    async fn wait_for_notification(&mut self, wanted: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        let limit = Instant::now() + Duration::from_secs(15);
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            let received = tokio::time::timeout_at(limit, self.notify.recv(&mut buffer)).await;
+            let length = received
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no {wanted} within 15 s; got {seen:?}; log:\n{}",
+                        self.log()
+                    )
+                })
+                .expect("recv");
+            let message = String::from_utf8_lossy(&buffer[..length]).to_string();
+            let found = message.lines().any(|line| line == wanted);
+            seen.push(message);
+            if found {
+                return seen;
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.directory.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn store(&self) -> Store {
+        Store::open(&self.directory.path().join("audit.db"), Synchronous::Normal)
+            .expect("store opens")
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let limit = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < limit,
+                "daemon did not exit within {within:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = support::http()
+            .get(format!("{}{path}", self.admin))
+            .send()
+            .await
+            .expect("admin API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn start_run(&self, turns: u32) -> String {
+        let response = support::http()
+            .post(format!("{}/api/v1/runs", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "turns": turns, "seed": 5 }))
+            .send()
+            .await
+            .expect("runs answers");
+        assert_eq!(response.status().as_u16(), 202);
+        let body: Value = response.json().await.expect("json");
+        body["session_id"].as_str().expect("session id").to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` every 20 ms for up to `within`.
+async fn eventually<T>(
+    within: Duration,
+    what: &str,
+    mut condition: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let limit = Instant::now() + within;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < limit,
+            "not reached within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn committed_turns(store: &Store, session_id: &str) -> Vec<i64> {
+    store
+        .session(session_id)
+        .map(|detail| {
+            detail
+                .messages
+                .iter()
+                .map(|message| message.turn_id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn ready_and_watchdog_over_notify_socket_and_readyz_follows_health() {
+    let stack = TestStack::start().await;
+    let mut daemon = Daemon::start(&stack, "").await;
+    let pings = daemon.wait_for_notification("WATCHDOG=1").await;
+    assert!(!pings.is_empty());
+    daemon.wait_for_notification("WATCHDOG=1").await;
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    eventually(Duration::from_secs(10), "ready", async || {
+        (daemon.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+
+    stack
+        .stack
+        .companions
+        .get("calculator")
+        .expect("calculator")
+        .fault
+        .set(Fault {
+            refuse: true,
+            ..Fault::default()
+        });
+    let body = eventually(
+        Duration::from_secs(10),
+        "not ready while the calculator is down",
+        async || {
+            let (status, body) = daemon.get("/readyz").await;
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(body["services_not_up"], serde_json::json!(["calculator"]));
+    let (_, status) = daemon.get("/api/v1/status").await;
+    let calculator = status["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|service| service["service"] == "calculator")
+        .cloned();
+    assert_eq!(
+        calculator
+            .as_ref()
+            .map(|service| service["breaker"].clone()),
+        Some(Value::from("open")),
+        "down holds the breaker open"
+    );
+
+    stack
+        .stack
+        .companions
+        .get("calculator")
+        .expect("calculator")
+        .fault
+        .clear();
+    eventually(Duration::from_secs(10), "ready again", async || {
+        (daemon.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let events = daemon
+        .store()
+        .health_events(Some("calculator"))
+        .expect("events");
+    let transitions: Vec<(String, String)> = events
+        .iter()
+        .map(|event| (event.from_state.clone(), event.to_state.clone()))
+        .collect();
+    assert_eq!(
+        transitions,
+        [
+            ("unknown".into(), "up".into()),
+            ("up".into(), "down".into()),
+            ("down".into(), "up".into())
+        ],
+        "{events:?}"
+    );
+    assert!(
+        events[1].reason.contains("calculator"),
+        "{}",
+        events[1].reason
+    );
+
+    // The admin API's errors and auth, over the wire.
+    assert_eq!(daemon.get("/api/v1/sessions/heist_unknown").await.0, 404);
+    let unauthenticated = support::http()
+        .post(format!("{}/api/v1/runs", daemon.admin))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(unauthenticated.status().as_u16(), 401);
+    let forbidden = support::http()
+        .post(format!("{}/api/v1/runs", daemon.admin))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(forbidden.status().as_u16(), 403);
+    let metrics = support::http()
+        .get(format!("{}/metrics", daemon.admin))
+        .send()
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("heistd_health_transitions_total{service=\"calculator\",to=\"down\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_mid_run_interrupts_the_session_and_exits_0() {
+    let stack = TestStack::start().await;
+    stack
+        .stack
+        .companions
+        .get("rehearsal")
+        .expect("rehearsal")
+        .fault
+        .set(Fault {
+            latency_ms: 150,
+            ..Fault::default()
+        });
+    let mut daemon = Daemon::start(&stack, "").await;
+    let session_id = daemon.start_run(40).await;
+    let store = daemon.store();
+    eventually(Duration::from_secs(10), "two turns committed", async || {
+        (committed_turns(&store, &session_id).len() >= 2).then_some(())
+    })
+    .await;
+    daemon.signal("TERM");
+    daemon.wait_for_notification("STOPPING=1").await;
+    let status = daemon.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    let detail = store.session(&session_id).expect("session");
+    assert_eq!(detail.session.status, "interrupted");
+    let turns = committed_turns(&store, &session_id);
+    assert!(turns.len() < 40);
+    assert_eq!(
+        turns,
+        (1..=turns.len() as i64).collect::<Vec<_>>(),
+        "committed turns intact and contiguous"
+    );
+    assert_eq!(detail.session.num_turns, turns.len() as i64);
+}
+
+#[tokio::test]
+async fn kill_9_mid_run_then_restart_resumes_every_turn_exactly_once() {
+    let stack = TestStack::start().await;
+    stack
+        .stack
+        .companions
+        .get("rehearsal")
+        .expect("rehearsal")
+        .fault
+        .set(Fault {
+            latency_ms: 100,
+            ..Fault::default()
+        });
+    let daemon = Daemon::start(&stack, "").await;
+    let session_id = daemon.start_run(10).await;
+    let store = daemon.store();
+    eventually(
+        Duration::from_secs(10),
+        "three turns committed",
+        async || (committed_turns(&store, &session_id).len() >= 3).then_some(()),
+    )
+    .await;
+    daemon.signal("KILL");
+    let before = committed_turns(&store, &session_id);
+    assert!(before.len() < 10, "killed mid-run");
+    assert_eq!(
+        store.session(&session_id).expect("session").session.status,
+        "active"
+    );
+
+    stack
+        .stack
+        .companions
+        .get("rehearsal")
+        .expect("rehearsal")
+        .fault
+        .clear();
+    let daemon = daemon.restart().await;
+    let detail = eventually(
+        Duration::from_secs(15),
+        "the resumed session completes",
+        async || {
+            let detail = store.session(&session_id).ok()?;
+            (detail.session.status == "completed").then_some(detail)
+        },
+    )
+    .await;
+    let turns: Vec<i64> = detail
+        .messages
+        .iter()
+        .map(|message| message.turn_id)
+        .collect();
+    assert_eq!(
+        turns,
+        (1..=10).collect::<Vec<_>>(),
+        "every turn once; log:\n{}",
+        daemon.log()
+    );
+    assert_eq!(&turns[..before.len()], &before[..]);
+    assert!(daemon.log().contains("resuming"));
+}
+
+#[tokio::test]
+async fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
+    let stack = TestStack::start().await;
+    let mut daemon =
+        Daemon::start(&stack, "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n").await;
+    let schedule_names = async |daemon: &Daemon| -> Vec<String> {
+        let (_, status) = daemon.get("/api/v1/status").await;
+        status["schedules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|schedule| schedule["name"].as_str())
+            .map(str::to_string)
+            .collect()
+    };
+    eventually(Duration::from_secs(10), "status shows hourly", async || {
+        (schedule_names(&daemon).await == ["hourly"]).then_some(())
+    })
+    .await;
+
+    let text = std::fs::read_to_string(&daemon.config_path).expect("config");
+    std::fs::write(
+        &daemon.config_path,
+        text.replace(
+            "name = \"hourly\"\nevery = \"1h\"",
+            "name = \"nightly\"\ncron = \"0 2 * * *\"\ntimezone = \"Europe/London\"",
+        ),
+    )
+    .expect("rewrite");
+    daemon.signal("HUP");
+    daemon.wait_for_notification("RELOADING=1").await;
+    daemon.wait_for_notification("READY=1").await;
+    eventually(
+        Duration::from_secs(10),
+        "status shows nightly",
+        async || (schedule_names(&daemon).await == ["nightly"]).then_some(()),
+    )
+    .await;
+
+    let valid = std::fs::read_to_string(&daemon.config_path).expect("config");
+    std::fs::write(
+        &daemon.config_path,
+        format!("{valid}\n[heist]\nturnz = 3\n"),
+    )
+    .expect("break the config");
+    daemon.signal("HUP");
+    daemon.wait_for_notification("READY=1").await;
+    assert!(
+        daemon.child.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+    assert_eq!(
+        schedule_names(&daemon).await,
+        ["nightly"],
+        "the old config stays"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("reload refused") && log.contains("heist.turnz"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_every_schedule_fires_each_slot_once() {
+    let stack = TestStack::start().await;
+    let daemon = Daemon::start(
+        &stack,
+        "[[schedule]]\nname = \"fast\"\nevery = \"1s\"\nturns = 2\n",
+    )
+    .await;
+    let store = daemon.store();
+    let sessions = eventually(
+        Duration::from_secs(10),
+        "three scheduled runs",
+        async || {
+            let sessions = store
+                .find_sessions(Some("completed"), Some("fast"), 100)
+                .ok()?;
+            (sessions.len() >= 3).then_some(sessions)
+        },
+    )
+    .await;
+    let mut slots: Vec<String> = sessions
+        .iter()
+        .filter_map(|session| session.scheduled_time.clone())
+        .collect();
+    let count = slots.len();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), count, "no slot ran twice");
+    assert!(sessions.iter().all(|session| session.num_turns == 2));
+}
