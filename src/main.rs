@@ -154,10 +154,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
+        // Every span on the line: a turn's lines carry its session id too.
         LogFormat::Json => logs
             .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            .with_current_span(false)
+            .with_span_list(true)
             .init(),
     }
     heistd::metrics::install();

@@ -147,9 +147,10 @@ impl DaemonState {
 
     pub fn readiness(&self) -> Readiness {
         let services_not_up = self.health.required_not_up();
+        let store_open = self.store.is_usable();
         Readiness {
-            ready: services_not_up.is_empty(),
-            store_open: true,
+            ready: services_not_up.is_empty() && store_open,
+            store_open,
             config_loaded: true,
             services_not_up,
         }

@@ -17,6 +17,13 @@ pub struct HealthEvent {
 }
 
 impl Store {
+    /// Whether the database answers a trivial query (for `/readyz`).
+    pub fn is_usable(&self) -> bool {
+        self.lock()
+            .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+            .is_ok()
+    }
+
     pub fn record_health_event(
         &self,
         service: &str,

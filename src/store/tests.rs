@@ -153,3 +153,75 @@ fn unknown_session_is_an_error() {
         Err(StoreError::SessionNotFound(_))
     ));
 }
+
+#[test]
+fn pruning_removes_old_ended_sessions_with_all_their_rows() {
+    let (_directory, store) = open();
+    let new = NewSession {
+        scenario: "bank",
+        seed: 1,
+        planned_turns: 1,
+        schedule: None,
+        scheduled_time: None,
+    };
+    let old = store.create_session(&new).expect("old");
+    store.record_turn(&turn(&old, 1)).expect("turn");
+    store
+        .finish_session(&old, SessionStatus::Completed, None)
+        .expect("finish");
+    let active = store.create_session(&new).expect("active");
+    store.record_turn(&turn(&active, 1)).expect("turn");
+    let recent = store.create_session(&new).expect("recent");
+    store
+        .finish_session(&recent, SessionStatus::Completed, None)
+        .expect("finish");
+    // Everything ended before "tomorrow" is old; active sessions never are.
+    let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+    assert_eq!(
+        store.prune_sessions_before(tomorrow, 1).expect("prune"),
+        1,
+        "batch of one"
+    );
+    assert_eq!(store.prune_sessions_before(tomorrow, 10).expect("prune"), 1);
+    assert_eq!(store.prune_sessions_before(tomorrow, 10).expect("prune"), 0);
+    store.compact(64).expect("compact");
+    assert!(matches!(
+        store.session(&old),
+        Err(StoreError::SessionNotFound(_))
+    ));
+    assert!(store.session(&active).is_ok(), "an active session is kept");
+    let orphans: i64 = store
+        .lock()
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM messages WHERE session_id = ?1) + (SELECT COUNT(*) FROM tool_usage WHERE session_id = ?1)
+             + (SELECT COUNT(*) FROM outbox WHERE session_id = ?1) + (SELECT COUNT(*) FROM service_calls WHERE session_id = ?1)",
+            [&old],
+            |row| row.get(0),
+        )
+        .expect("count");
+    assert_eq!(orphans, 0);
+}
+
+#[test]
+fn a_schedule_slot_runs_once() {
+    let (_directory, store) = open();
+    let slot = NewSession {
+        scenario: "bank",
+        seed: 1,
+        planned_turns: 1,
+        schedule: Some("nightly"),
+        scheduled_time: Some("2026-11-24T02:00:00+00:00"),
+    };
+    store.create_session(&slot).expect("first");
+    assert!(matches!(
+        store.create_session(&slot),
+        Err(StoreError::DuplicateRun { .. })
+    ));
+    assert_eq!(
+        store
+            .last_scheduled_time("nightly")
+            .expect("last")
+            .as_deref(),
+        Some("2026-11-24T02:00:00+00:00")
+    );
+}
