@@ -290,7 +290,7 @@ impl HeistRunner {
             let turn_span = tracing::info_span!("turn", turn_id, agent = %agent.name);
             let (mut record, journal) =
                 journal::scope(self.play_turn(&session_id, turn_id, turns, agent, seed))
-                    .instrument(turn_span)
+                    .instrument(turn_span.clone())
                     .await;
             record.service_calls = journal
                 .into_iter()
@@ -341,7 +341,14 @@ impl HeistRunner {
             let elapsed = started.elapsed();
             metrics::counter!(names::TURNS_TOTAL, "agent" => agent.name.clone(), "outcome" => outcome).increment(1);
             metrics::histogram!(names::TURN_DURATION_SECONDS).record(elapsed.as_secs_f64());
-            tracing::info!(turn_id, agent = %agent.name, outcome, tools = record.tool_calls.len(), "turn recorded");
+            turn_span.in_scope(|| {
+                tracing::info!(
+                    outcome,
+                    tools = record.tool_calls.len(),
+                    elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                    "turn recorded"
+                )
+            });
             if let Some(observer) = observer {
                 observer(&TurnView {
                     record: &record,

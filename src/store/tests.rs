@@ -7,6 +7,16 @@ fn open() -> (tempfile::TempDir, Store) {
     (directory, store)
 }
 
+fn new_session(seed: u64, planned_turns: u32) -> NewSession<'static> {
+    NewSession {
+        scenario: "bank",
+        seed,
+        planned_turns,
+        schedule: None,
+        scheduled_time: None,
+    }
+}
+
 fn turn(session_id: &str, turn_id: u32) -> TurnRecord {
     TurnRecord {
         session_id: session_id.into(),
@@ -38,13 +48,7 @@ fn turn(session_id: &str, turn_id: u32) -> TurnRecord {
 #[test]
 fn session_ids_are_unique_within_one_second() {
     let (_directory, store) = open();
-    let new = NewSession {
-        scenario: "bank",
-        seed: 1,
-        planned_turns: 3,
-        schedule: None,
-        scheduled_time: None,
-    };
+    let new = new_session(1, 3);
     let ids: std::collections::HashSet<String> = (0..200)
         .map(|_| store.create_session(&new).expect("create"))
         .collect();
@@ -57,15 +61,7 @@ fn session_ids_are_unique_within_one_second() {
 #[test]
 fn a_turn_commits_whole_or_not_at_all() {
     let (_directory, store) = open();
-    let session_id = store
-        .create_session(&NewSession {
-            scenario: "bank",
-            seed: 1,
-            planned_turns: 3,
-            schedule: None,
-            scheduled_time: None,
-        })
-        .expect("create");
+    let session_id = store.create_session(&new_session(1, 3)).expect("create");
     store.record_turn(&turn(&session_id, 1)).expect("first");
     // Recording turn 1 again violates the unique (session, turn) index
     // after its message insert; nothing of the second attempt may remain.
@@ -91,15 +87,7 @@ fn reopening_keeps_data_and_schema_version() {
     let path = directory.path().join("audit.db");
     let session_id = {
         let store = Store::open(&path, Synchronous::Full).expect("open");
-        let id = store
-            .create_session(&NewSession {
-                scenario: "bank",
-                seed: 9,
-                planned_turns: 1,
-                schedule: None,
-                scheduled_time: None,
-            })
-            .expect("create");
+        let id = store.create_session(&new_session(9, 1)).expect("create");
         store.record_turn(&turn(&id, 1)).expect("turn");
         store
             .finish_session(&id, SessionStatus::Completed, None)
@@ -120,15 +108,7 @@ fn reopening_keeps_data_and_schema_version() {
 #[test]
 fn failed_turns_are_not_context() {
     let (_directory, store) = open();
-    let session_id = store
-        .create_session(&NewSession {
-            scenario: "bank",
-            seed: 1,
-            planned_turns: 3,
-            schedule: None,
-            scheduled_time: None,
-        })
-        .expect("create");
+    let session_id = store.create_session(&new_session(1, 3)).expect("create");
     store.record_turn(&turn(&session_id, 1)).expect("turn 1");
     let mut failed = turn(&session_id, 2);
     failed.message = String::new();
@@ -157,13 +137,7 @@ fn unknown_session_is_an_error() {
 #[test]
 fn pruning_removes_old_ended_sessions_with_all_their_rows() {
     let (_directory, store) = open();
-    let new = NewSession {
-        scenario: "bank",
-        seed: 1,
-        planned_turns: 1,
-        schedule: None,
-        scheduled_time: None,
-    };
+    let new = new_session(1, 1);
     let old = store.create_session(&new).expect("old");
     store.record_turn(&turn(&old, 1)).expect("turn");
     store

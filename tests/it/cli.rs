@@ -170,3 +170,67 @@ fn check_reports_down_services_and_exits_1() {
         "{stderr}"
     );
 }
+
+#[test]
+fn json_logs_put_the_session_and_turn_on_every_turn_line_without_colours() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_heistd"))
+        .args([
+            "--log",
+            "info",
+            "--log-format",
+            "json",
+            "demo",
+            "--turns",
+            "3",
+            "--seed",
+            "2",
+            "--db",
+            "demo.db",
+        ])
+        .current_dir(directory.path())
+        .output()
+        .expect("heistd runs");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI colours when stderr is not a terminal"
+    );
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every line is JSON"))
+        .collect();
+    let turn_lines: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|line| {
+            line["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|span| span["name"] == "turn"))
+        })
+        .collect();
+    assert!(
+        !turn_lines.is_empty(),
+        "some lines are logged inside a turn"
+    );
+    for line in &turn_lines {
+        let spans = line["spans"].as_array().expect("spans");
+        assert!(
+            spans
+                .iter()
+                .any(|span| span["name"] == "session" && span["session_id"].is_string()),
+            "{line}"
+        );
+        assert!(
+            spans
+                .iter()
+                .any(|span| span["name"] == "turn" && span["turn_id"].is_number()),
+            "{line}"
+        );
+    }
+    let recorded = turn_lines
+        .iter()
+        .filter(|line| line["fields"]["message"] == "turn recorded")
+        .count();
+    assert_eq!(recorded, 3, "each turn's own line is inside its span");
+}

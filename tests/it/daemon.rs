@@ -253,16 +253,13 @@ async fn ready_and_watchdog_over_notify_socket_and_readyz_follows_health() {
     })
     .await;
 
-    stack
-        .stack
-        .companions
-        .get("calculator")
-        .expect("calculator")
-        .fault
-        .set(Fault {
+    stack.set_fault(
+        "calculator",
+        Fault {
             refuse: true,
             ..Fault::default()
-        });
+        },
+    );
     let body = eventually(
         Duration::from_secs(10),
         "not ready while the calculator is down",
@@ -288,13 +285,7 @@ async fn ready_and_watchdog_over_notify_socket_and_readyz_follows_health() {
         "down holds the breaker open"
     );
 
-    stack
-        .stack
-        .companions
-        .get("calculator")
-        .expect("calculator")
-        .fault
-        .clear();
+    stack.set_fault("calculator", Fault::default());
     eventually(Duration::from_secs(10), "ready again", async || {
         (daemon.get("/readyz").await.0 == 200).then_some(())
     })
@@ -354,16 +345,13 @@ async fn ready_and_watchdog_over_notify_socket_and_readyz_follows_health() {
 #[tokio::test]
 async fn sigterm_mid_run_interrupts_the_session_and_exits_0() {
     let stack = TestStack::start().await;
-    stack
-        .stack
-        .companions
-        .get("rehearsal")
-        .expect("rehearsal")
-        .fault
-        .set(Fault {
+    stack.set_fault(
+        "rehearsal",
+        Fault {
             latency_ms: 150,
             ..Fault::default()
-        });
+        },
+    );
     let mut daemon = Daemon::start(&stack, "").await;
     let session_id = daemon.start_run(40).await;
     let store = daemon.store();
@@ -390,16 +378,13 @@ async fn sigterm_mid_run_interrupts_the_session_and_exits_0() {
 #[tokio::test]
 async fn kill_9_mid_run_then_restart_resumes_every_turn_exactly_once() {
     let stack = TestStack::start().await;
-    stack
-        .stack
-        .companions
-        .get("rehearsal")
-        .expect("rehearsal")
-        .fault
-        .set(Fault {
+    stack.set_fault(
+        "rehearsal",
+        Fault {
             latency_ms: 100,
             ..Fault::default()
-        });
+        },
+    );
     let daemon = Daemon::start(&stack, "").await;
     let session_id = daemon.start_run(10).await;
     let store = daemon.store();
@@ -417,13 +402,7 @@ async fn kill_9_mid_run_then_restart_resumes_every_turn_exactly_once() {
         "active"
     );
 
-    stack
-        .stack
-        .companions
-        .get("rehearsal")
-        .expect("rehearsal")
-        .fault
-        .clear();
+    stack.set_fault("rehearsal", Fault::default());
     let daemon = daemon.restart().await;
     let detail = eventually(
         Duration::from_secs(15),

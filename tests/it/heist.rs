@@ -139,13 +139,7 @@ async fn the_seed_reproduces_order_and_transcript() {
 #[tokio::test]
 async fn a_dead_tool_service_degrades_turns_and_the_run_completes() {
     let stack = TestStack::start().await;
-    stack
-        .stack
-        .companions
-        .get("calculator")
-        .expect("calculator")
-        .fault
-        .set(fault(true, 0.0));
+    stack.set_fault("calculator", fault(true, 0.0));
     let (report, detail) = run(&stack, 12, 42).await;
 
     assert_eq!(report.status, SessionStatus::Completed);
@@ -226,13 +220,7 @@ async fn a_memory_outage_loses_nothing_the_outbox_delivers_later() {
 #[tokio::test]
 async fn an_llm_outage_fails_turns_without_feeding_errors_back_and_fails_the_session() {
     let stack = TestStack::start().await;
-    stack
-        .stack
-        .companions
-        .get("rehearsal")
-        .expect("rehearsal")
-        .fault
-        .set(fault(false, 1.0));
+    stack.set_fault("rehearsal", fault(false, 1.0));
     let (report, detail) = run(&stack, 4, 1).await;
 
     assert_eq!(report.status, SessionStatus::Failed);
@@ -271,16 +259,13 @@ async fn a_hung_llm_is_cut_at_its_timeout() {
     config.llm.policy.max_attempts = 1;
     config.llm.policy.breaker.enabled = false;
     let stack = TestStack::start_with(config).await;
-    stack
-        .stack
-        .companions
-        .get("rehearsal")
-        .expect("rehearsal")
-        .fault
-        .set(Fault {
+    stack.set_fault(
+        "rehearsal",
+        Fault {
             hang: true,
             ..Fault::default()
-        });
+        },
+    );
     let (report, detail) = run(&stack, 2, 1).await;
     assert_eq!(report.failed_turns, 2);
     for message in &detail.messages {
@@ -292,13 +277,7 @@ async fn a_hung_llm_is_cut_at_its_timeout() {
 #[tokio::test]
 async fn an_oauth_outage_fails_tool_calls_not_the_run() {
     let stack = TestStack::start().await;
-    stack
-        .stack
-        .companions
-        .get("oauth")
-        .expect("oauth")
-        .fault
-        .set(fault(true, 0.0));
+    stack.set_fault("oauth", fault(true, 0.0));
     let (report, detail) = run(&stack, 5, 9).await;
     assert_eq!(report.status, SessionStatus::Completed);
     assert!(!detail.tool_usage.is_empty());

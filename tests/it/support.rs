@@ -44,6 +44,16 @@ impl TestStack {
         self.stack.companions.url(service).expect("service runs")
     }
 
+    /// Sets a fault on one companion (cleared with `Fault::default()`).
+    pub fn set_fault(&self, service: &str, fault: heistd::services::fault::Fault) {
+        self.stack
+            .companions
+            .get(service)
+            .expect("service runs")
+            .fault
+            .set(fault);
+    }
+
     pub fn signing_key(&self) -> SigningKey {
         self.stack.companions.signing_key().clone()
     }
