@@ -186,13 +186,17 @@ async fn execute(command: Command) -> Result<(), CliError> {
         Command::Daemon { config } => {
             let (loaded, path) = cli::load_config(config.as_deref())?;
             let (reload_sender, reload) = tokio::sync::mpsc::channel(4);
-            tokio::spawn(forward_hangups(reload_sender));
+            // Registered before the daemon can say READY=1, so an early
+            // SIGHUP reloads instead of killing the process.
+            let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|error| CliError::Usage(format!("cannot listen for SIGHUP: {error}")))?;
+            tokio::spawn(forward_hangups(hangups, reload_sender));
             let options = heistd::daemon::DaemonOptions {
                 config: loaded,
                 config_path: path,
                 systemd: heistd::config::systemd_environment(),
             };
-            heistd::daemon::run(options, shutdown_signal(), reload).await?;
+            heistd::daemon::run(options, shutdown_signal()?, reload).await?;
         }
         Command::Demo {
             turns,
@@ -223,7 +227,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
         }
         Command::Services { names, config } => {
             let (config, _) = cli::load_config(config.as_deref())?;
-            cli::services(config, &names, shutdown_signal()).await?;
+            cli::services(config, &names, shutdown_signal()?).await?;
         }
         Command::Sessions { db, config, action } => {
             let path = match db {
@@ -259,27 +263,31 @@ async fn execute(command: Command) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => return interrupt.await.unwrap_or(()),
-        };
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate.recv() => {}
-    }
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed
+/// here, at once, not when the future is first polled: a signal that comes
+/// early must stop heistd gracefully, not kill it.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind| {
+        signal(kind).map_err(|error| CliError::Usage(format!("cannot listen for signals: {error}")))
+    };
+    let (mut interrupt, mut terminate) = (
+        listen(SignalKind::interrupt())?,
+        listen(SignalKind::terminate())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
 
 /// Sends one reload request per SIGHUP.
-async fn forward_hangups(reload: tokio::sync::mpsc::Sender<()>) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        tracing::error!("cannot listen for SIGHUP; reload is unavailable");
-        return;
-    };
+async fn forward_hangups(
+    mut hangups: tokio::signal::unix::Signal,
+    reload: tokio::sync::mpsc::Sender<()>,
+) {
     while hangups.recv().await.is_some() {
         if reload.send(()).await.is_err() {
             return;

@@ -124,7 +124,7 @@ impl Daemon {
 
     async fn wait_for_notification(&mut self, wanted: &str) -> Vec<String> {
         let mut seen = Vec::new();
-        let limit = Instant::now() + Duration::from_secs(15);
+        let limit = Instant::now() + Duration::from_secs(30);
         let mut buffer = vec![0u8; 4096];
         loop {
             let received = tokio::time::timeout_at(limit, self.notify.recv(&mut buffer)).await;
