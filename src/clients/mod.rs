@@ -90,6 +90,18 @@ impl CallError {
         }
     }
 
+    /// The service answered, and asking again would get the same answer: a
+    /// client error (not 408 or 429) or a reply that cannot be read.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => {
+                (400..500).contains(status) && *status != 408 && *status != 429
+            }
+            Self::Decode { .. } | Self::Refused { .. } => true,
+            _ => false,
+        }
+    }
+
     /// The server's `Retry-After`, when it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -327,6 +339,13 @@ pub fn http_client() -> reqwest::Client {
 
 fn classify_send_error(service: &str, error: &reqwest::Error) -> CallError {
     let message = error_chain(error);
+    if error.is_builder() {
+        // Our own request could not be built: no attempt will ever do better.
+        return CallError::Refused {
+            service: service.into(),
+            message,
+        };
+    }
     if error.is_timeout() {
         return CallError::Timeout {
             service: service.into(),

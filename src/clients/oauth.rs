@@ -72,6 +72,11 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
+    /// Forgets a client's token, so the next `get` asks OAuth again.
+    pub async fn evict(&self, client_id: &str) {
+        self.tokens.lock().await.remove(client_id);
+    }
+
     pub async fn get(
         &self,
         oauth: &OAuthClient,

@@ -85,7 +85,10 @@ pub async fn run(
             .map_err(|error| StoreError::Worker(error.to_string()))??,
     );
     let clients = Clients::from_config(&config);
+    // `stop` ends runs (between turns), schedules and checks; `finished`
+    // ends the admin API and the watchdog, which must outlive the drain.
     let (stop_sender, stop) = watch::channel(false);
+    let (finish_sender, finished) = watch::channel(false);
     let health = Arc::new(HealthBoard::default());
     let (run_commands, mut run_requests) = mpsc::channel::<RunCommand>(16);
     let state = Arc::new(DaemonState::new(
@@ -118,13 +121,13 @@ pub async fn run(
         address: address.clone(),
         source,
     })?;
-    let api = tokio::spawn(serve_api(listener, state.clone(), stop.clone()));
+    let api = tokio::spawn(serve_api(listener, state.clone(), finished.clone()));
     tracing::info!(address = %bound, "admin API listening");
 
     let mut health_tasks = spawn_health_checks(&config, &clients, &health, &store, &stop);
     let recovered = runs.recover(config.daemon.recovery).await?;
     if recovered > 0 {
-        tracing::warn!(sessions = recovered, recovery = ?config.daemon.recovery, "recovered sessions left active by a crash");
+        tracing::warn!(sessions = recovered, recovery = ?config.daemon.recovery, "sessions left active by a crash");
     }
     let mut scheduler = Scheduler::spawn(
         config.schedule.clone(),
@@ -132,12 +135,13 @@ pub async fn run(
         Clock::system(),
         Arc::new(RunsLauncher(runs.clone())),
     );
-    let retention = tokio::spawn(retention::run(
+    let mut retention = tokio::spawn(retention::run(
         config.retention.clone(),
         store.clone(),
         stop.clone(),
     ));
-    let watchdog = tokio::spawn(notify::run_watchdog(notifier.clone(), stop.clone()));
+    let outbox = tokio::spawn(deliver_outboxes(runs.clone(), store.clone(), stop.clone()));
+    let watchdog = tokio::spawn(notify::run_watchdog(notifier.clone(), finished.clone()));
 
     notifier.ready();
     notifier.status(&format!("admin API on {bound}; starting"));
@@ -154,13 +158,21 @@ pub async fn run(
             _ = &mut shutdown => break,
             Some(()) = reload.recv() => {
                 notifier.reloading();
+                let previous_clients = runs.context().clients.clone();
                 match apply_reload(config_path.as_deref(), &state, &runs, &mut scheduler).await {
                     Ok(new_config) => {
                         for task in health_tasks.drain(..) {
                             task.abort();
                         }
+                        // Sessions still running on the previous clients must
+                        // not keep breakers that no checker will release.
+                        for service in previous_clients.all() {
+                            service.force_breaker_open(false);
+                        }
                         let clients = runs.context().clients.clone();
                         health_tasks = spawn_health_checks(&new_config, &clients, &health, &store, &stop);
+                        retention.abort();
+                        retention = tokio::spawn(retention::run(new_config.retention.clone(), store.clone(), stop.clone()));
                         tracing::info!(schedules = new_config.schedule.len(), "config reloaded");
                     }
                     Err(error) => {
@@ -181,17 +193,51 @@ pub async fn run(
 
     tracing::info!("stopping: no new runs; letting turns in flight finish");
     notifier.stopping();
-    scheduler.shutdown().await;
-    run_requests.close();
     let _ = stop_sender.send(true);
+    scheduler.shutdown().await;
+    // Requests already queued get an answer rather than waiting forever.
+    run_requests.close();
+    while let Ok((_, reply)) = run_requests.try_recv() {
+        let _ = reply.send(Err(StartRunError::ShuttingDown));
+    }
     let grace = Duration::from_millis(state.config().daemon.shutdown_grace_ms);
     runs.drain(grace).await;
     for task in health_tasks {
         task.abort();
     }
-    let _ = tokio::join!(api, retention, watchdog);
+    let _ = tokio::join!(retention, outbox);
+    let _ = finish_sender.send(true);
+    let _ = tokio::join!(api, watchdog);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often memory writes left in any session's outbox are retried.
+const OUTBOX_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Delivers memory writes that outlived their session's turns (a memory
+/// outage over its last turns, or a session interrupted), so the memory
+/// service catches up with the store whenever it comes back.
+async fn deliver_outboxes(runs: Arc<Runs>, store: Arc<Store>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(OUTBOX_INTERVAL) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let pending_store = store.clone();
+        let Ok(Ok(sessions)) =
+            tokio::task::spawn_blocking(move || pending_store.sessions_with_pending_outbox(100))
+                .await
+        else {
+            continue;
+        };
+        let running: Vec<String> = runs.running_session_ids();
+        for session_id in sessions.into_iter().filter(|id| !running.contains(id)) {
+            if let Err(error) = runs.deliver_outbox(&session_id).await {
+                tracing::warn!(%session_id, %error, "outbox delivery failed");
+            }
+        }
+    }
 }
 
 /// The launcher the scheduler calls: a run through the daemon's `Runs`.

@@ -1,16 +1,15 @@
 //! Starting, tracking and stopping the daemon's heists: the one place that
-//! enforces the global session cap, for API requests, schedules and crash
-//! recovery alike. Every run is a task with its own `HeistRunner` sharing
-//! the current clients (so breakers and budgets are per service, not per
-//! run) and the daemon's stop signal.
+//! admits runs under the global session cap, for API requests, schedules
+//! and crash recovery alike. Every run is a task with its own `HeistRunner`
+//! sharing the current clients (so breakers and budgets are per service,
+//! not per run) and the daemon's stop signal.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, MutexGuard, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use super::state::{DaemonState, RunRequest, RunningSession, StartRunError};
@@ -19,7 +18,7 @@ use crate::config::{Config, Recovery, ScheduleConfig};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions};
 use crate::metrics as names;
 use crate::scenario::Scenario;
-use crate::store::{SessionStatus, Store, StoreError};
+use crate::store::{SessionRow, SessionStatus, Store, StoreError};
 
 /// What a new run is built from; replaced as a whole on reload, so a
 /// running session keeps the context it started with.
@@ -34,9 +33,10 @@ pub struct Runs {
     store: Arc<Store>,
     context: RwLock<Arc<RunContext>>,
     stop: watch::Receiver<bool>,
-    /// Serialises the check-then-start of a run, so the cap holds.
+    /// Held while checking capacity and starting a run, so the cap holds
+    /// and nothing starts once the stop signal is seen under it.
     admission: tokio::sync::Mutex<()>,
-    /// Woken whenever a run ends, for launches waiting for capacity.
+    /// Woken whenever a run ends, for runs waiting for capacity.
     capacity_freed: Notify,
     /// Running tasks by session id, to abort what the grace period leaves.
     tasks: Mutex<HashMap<String, AbortHandle>>,
@@ -74,7 +74,7 @@ impl Runs {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(context);
     }
 
-    /// `POST /api/v1/runs`: start now or refuse at capacity.
+    /// `POST /api/v1/runs`: start now, or refuse at capacity.
     pub async fn start_requested(
         self: &Arc<Self>,
         request: RunRequest,
@@ -100,58 +100,46 @@ impl Runs {
     /// A schedule's slot: waits for capacity, then runs; resolves when the
     /// run has ended. A slot that already has a session is not run again.
     pub async fn run_scheduled(self: Arc<Self>, schedule: ScheduleConfig, slot: DateTime<Utc>) {
-        let handle = loop {
-            if *self.stop.borrow() {
-                return;
-            }
-            let freed = self.capacity_freed.notified();
-            {
-                let _admission = self.admission.lock().await;
-                let context = self.context();
-                if self.state.running_count()
-                    < context.config.daemon.max_concurrent_sessions as usize
-                {
-                    let mut context = context;
-                    if let Some(directory) = &schedule.scenario {
-                        match Scenario::load(directory) {
-                            Ok(scenario) => {
-                                context = Arc::new(RunContext {
-                                    config: context.config.clone(),
-                                    scenario: Arc::new(scenario),
-                                    clients: context.clients.clone(),
-                                })
-                            }
-                            Err(error) => {
-                                tracing::error!(schedule = %schedule.name, %error, "cannot load the schedule's scenario; slot skipped");
-                                return;
-                            }
-                        }
-                    }
-                    let options = RunOptions {
-                        turns: schedule.turns,
-                        seed: context.config.heist.seed.unwrap_or_else(heist::random_seed),
-                        schedule: Some(schedule.name.clone()),
-                        scheduled_time: Some(slot.to_rfc3339()),
-                    };
-                    match self.spawn_run(context, options).await {
-                        Ok((_, handle)) => break handle,
-                        Err(error) => {
-                            tracing::warn!(schedule = %schedule.name, slot = %slot.to_rfc3339(), %error, "scheduled run not started");
-                            return;
-                        }
-                    }
+        let mut context = self.context();
+        if let Some(directory) = schedule.scenario.clone() {
+            match tokio::task::spawn_blocking(move || Scenario::load(&directory)).await {
+                Ok(Ok(scenario)) => {
+                    context = Arc::new(RunContext {
+                        config: context.config.clone(),
+                        scenario: Arc::new(scenario),
+                        clients: context.clients.clone(),
+                    })
                 }
+                Ok(Err(error)) => {
+                    tracing::error!(schedule = %schedule.name, %error, "cannot load the schedule's scenario; slot skipped");
+                    return;
+                }
+                Err(_) => return,
             }
-            let mut stop = self.stop.clone();
-            tokio::select! {
-                _ = freed => {}
-                _ = stop.wait_for(|stop| *stop) => return,
-            }
+        }
+        let options = RunOptions {
+            turns: schedule.turns,
+            seed: context.config.heist.seed.unwrap_or_else(heist::random_seed),
+            schedule: Some(schedule.name.clone()),
+            scheduled_time: Some(slot.to_rfc3339()),
         };
-        let _ = handle.await;
+        let Some(admission) = self.admit().await else {
+            return;
+        };
+        let started = self.spawn_run(context, options).await;
+        drop(admission);
+        match started {
+            Ok((_, handle)) => {
+                let _ = handle.await;
+            }
+            Err(error) => {
+                tracing::warn!(schedule = %schedule.name, slot = %slot.to_rfc3339(), %error, "scheduled run not started")
+            }
+        }
     }
 
-    /// Crash recovery: sessions left `active` are resumed or interrupted.
+    /// Crash recovery: sessions left `active` are resumed (each waiting for
+    /// capacity like any run) or marked interrupted. Returns how many.
     pub async fn recover(self: &Arc<Self>, recovery: Recovery) -> Result<usize, StoreError> {
         let store = self.store.clone();
         let active =
@@ -161,33 +149,18 @@ impl Runs {
         for session in &active {
             match recovery {
                 Recovery::Interrupt => {
-                    let (store, id) = (self.store.clone(), session.session_id.clone());
-                    tokio::task::spawn_blocking(move || {
-                        store.finish_session(
-                            &id,
-                            SessionStatus::Interrupted,
-                            Some("heistd stopped unexpectedly (found active at start)"),
-                        )
-                    })
-                    .await
-                    .map_err(|error| StoreError::Worker(error.to_string()))??;
-                    tracing::warn!(session_id = %session.session_id, "left active by a crash: marked interrupted");
+                    tracing::warn!(session_id = %session.session_id, "left active by a crash: marking it interrupted");
+                    self.finish_if_active(
+                        &session.session_id,
+                        SessionStatus::Interrupted,
+                        "heistd stopped unexpectedly (found active at start)",
+                    )
+                    .await;
                 }
                 Recovery::Resume => {
-                    tracing::warn!(session_id = %session.session_id, turns = session.num_turns, "left active by a crash: resuming");
-                    let running = RunningSession {
-                        session_id: session.session_id.clone(),
-                        schedule: session.schedule.clone(),
-                        started_at: Utc::now(),
-                        planned_turns: session.planned_turns.unwrap_or_default().max(0) as u32,
-                    };
                     let this = self.clone();
-                    let id = session.session_id.clone();
-                    self.track(running, async move {
-                        let runner = this.runner(&this.context());
-                        let outcome = runner.resume(&id, None).await;
-                        log_outcome(&id, outcome);
-                    });
+                    let session = session.clone();
+                    tokio::spawn(async move { this.resume_when_admitted(session).await });
                 }
             }
         }
@@ -197,6 +170,9 @@ impl Runs {
     /// Waits for every run to end, up to `grace`; then aborts the rest and
     /// marks their sessions interrupted. Call after the stop signal is set.
     pub async fn drain(&self, grace: Duration) {
+        // Whoever holds admission has seen the stop signal or finishes
+        // registering before we look; nothing is admitted after.
+        drop(self.admission.lock().await);
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let freed = self.capacity_freed.notified();
@@ -223,50 +199,132 @@ impl Runs {
         for (session_id, handle) in unfinished {
             handle.abort();
             tracing::warn!(%session_id, "grace period over mid-turn: interrupted");
-            let store = self.store.clone();
-            let id = session_id.clone();
-            let marked = tokio::task::spawn_blocking(move || {
-                store.finish_session(
-                    &id,
-                    SessionStatus::Interrupted,
-                    Some("heistd stopped; the grace period ran out mid-turn"),
-                )
-            })
+            self.finish_if_active(
+                &session_id,
+                SessionStatus::Interrupted,
+                "heistd stopped; the grace period ran out mid-turn",
+            )
             .await;
-            if !matches!(marked, Ok(Ok(()))) {
-                tracing::error!(%session_id, "cannot mark the session interrupted");
-            }
             self.state.session_ended(&session_id);
         }
     }
 
+    /// Resumes one crashed session once there is capacity, on the scenario
+    /// it was started with; a session whose scenario is gone is interrupted.
+    async fn resume_when_admitted(self: Arc<Self>, session: SessionRow) {
+        let Some(context) = self.context_for_resume(&session).await else {
+            let reason = format!(
+                "cannot resume: scenario `{}` is not configured any more",
+                session.scenario.as_deref().unwrap_or("?")
+            );
+            tracing::error!(session_id = %session.session_id, %reason);
+            self.finish_if_active(&session.session_id, SessionStatus::Interrupted, &reason)
+                .await;
+            return;
+        };
+        let Some(admission) = self.admit().await else {
+            return;
+        };
+        tracing::warn!(session_id = %session.session_id, turns = session.num_turns, "left active by a crash: resuming");
+        let running = RunningSession {
+            session_id: session.session_id.clone(),
+            schedule: session.schedule.clone(),
+            started_at: Utc::now(),
+            planned_turns: session.planned_turns.unwrap_or_default().max(0) as u32,
+        };
+        let runner = self.runner(&context);
+        let (this, id) = (self.clone(), session.session_id.clone());
+        self.track(running, async move {
+            let outcome = runner.resume(&id, None).await;
+            this.settle(&id, outcome).await;
+        });
+        drop(admission);
+    }
+
+    async fn context_for_resume(&self, session: &SessionRow) -> Option<Arc<RunContext>> {
+        let context = self.context();
+        let wanted = session
+            .scenario
+            .as_deref()
+            .unwrap_or(&context.scenario.name);
+        if wanted == context.scenario.name {
+            return Some(context);
+        }
+        let schedule = context
+            .config
+            .schedule
+            .iter()
+            .find(|schedule| Some(&schedule.name) == session.schedule.as_ref())?;
+        let directory = schedule.scenario.clone()?;
+        let scenario = tokio::task::spawn_blocking(move || Scenario::load(&directory))
+            .await
+            .ok()?
+            .ok()?;
+        (scenario.name == wanted).then(|| {
+            Arc::new(RunContext {
+                config: context.config.clone(),
+                scenario: Arc::new(scenario),
+                clients: context.clients.clone(),
+            })
+        })
+    }
+
+    /// Waits until a run may start; `None` once the daemon is stopping.
+    /// The guard must be held until the run is registered.
+    async fn admit(&self) -> Option<MutexGuard<'_, ()>> {
+        loop {
+            let freed = self.capacity_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let admission = self.admission.lock().await;
+                if *self.stop.borrow() {
+                    return None;
+                }
+                if self.state.running_count()
+                    < self.context().config.daemon.max_concurrent_sessions as usize
+                {
+                    return Some(admission);
+                }
+            }
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                _ = freed => {}
+                _ = stop.wait_for(|stop| *stop) => return None,
+            }
+        }
+    }
+
+    /// Creates the session and starts its task; call with admission held.
     async fn spawn_run(
         self: &Arc<Self>,
         context: Arc<RunContext>,
         options: RunOptions,
     ) -> Result<(String, JoinHandle<()>), StartRunError> {
+        if *self.stop.borrow() {
+            return Err(StartRunError::ShuttingDown);
+        }
         let runner = self.runner(&context);
-        let session_id = runner.start(&options).await.map_err(|error| match error {
-            HeistError::Store(StoreError::DuplicateRun { .. }) => {
-                StartRunError::Failed(error.to_string())
-            }
-            other => StartRunError::Failed(other.to_string()),
-        })?;
+        let session_id = runner
+            .start(&options)
+            .await
+            .map_err(|error| StartRunError::Failed(error.to_string()))?;
         let running = RunningSession {
             session_id: session_id.clone(),
             schedule: options.schedule.clone(),
             started_at: Utc::now(),
             planned_turns: options.turns,
         };
-        let id = session_id.clone();
+        let (this, id) = (self.clone(), session_id.clone());
         let handle = self.track(running, async move {
             let outcome = runner.play(&id, &options, None).await;
-            log_outcome(&id, outcome);
+            this.settle(&id, outcome).await;
         });
         Ok((session_id, handle))
     }
 
-    /// Spawns a run's task, registers it, and unregisters it when it ends.
+    /// Spawns a run's task and registers it; the registration is undone
+    /// when the task ends, however it ends (a panic included).
     fn track(
         self: &Arc<Self>,
         running: RunningSession,
@@ -275,26 +333,71 @@ impl Runs {
         let session_id = running.session_id.clone();
         self.state.session_started(running);
         metrics::gauge!(names::SESSIONS_RUNNING).set(self.state.running_count() as f64);
-        let this = self.clone();
-        let id = session_id.clone();
-        // Registered before the task can finish, so its removal always
-        // follows its insertion.
+        let registration = Registration {
+            runs: self.clone(),
+            session_id: session_id.clone(),
+        };
+        // Held across the spawn so the task's removal follows its insertion.
         let mut tasks = self
             .tasks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let handle = tokio::spawn(async move {
+            let _registration = registration;
             work.await;
-            this.state.session_ended(&id);
-            metrics::gauge!(names::SESSIONS_RUNNING).set(this.state.running_count() as f64);
-            this.tasks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .remove(&id);
-            this.capacity_freed.notify_waiters();
         });
         tasks.insert(session_id, handle.abort_handle());
         handle
+    }
+
+    /// A run that ended in an error (the store failed mid-session) must not
+    /// stay `active`: it is marked failed if the store still can.
+    async fn settle(&self, session_id: &str, outcome: Result<heist::RunReport, HeistError>) {
+        match outcome {
+            Ok(report) => {
+                tracing::info!(%session_id, status = report.status.as_str(), turns = report.turns, "run ended")
+            }
+            Err(error) => {
+                tracing::error!(%session_id, %error, "run stopped by an error");
+                self.finish_if_active(
+                    session_id,
+                    SessionStatus::Failed,
+                    &format!("run stopped: {error}"),
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn finish_if_active(&self, session_id: &str, status: SessionStatus, reason: &str) {
+        let (store, id, reason) = (
+            self.store.clone(),
+            session_id.to_string(),
+            reason.to_string(),
+        );
+        let outcome =
+            tokio::task::spawn_blocking(move || store.finish_session(&id, status, Some(&reason)))
+                .await;
+        if !matches!(outcome, Ok(Ok(()))) {
+            tracing::error!(%session_id, status = status.as_str(), "cannot record how the session ended");
+        }
+    }
+
+    /// Sessions with a task now (their own turns deliver their outbox).
+    pub fn running_session_ids(&self) -> Vec<String> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Delivers a session's pending memory writes with the current clients.
+    pub async fn deliver_outbox(&self, session_id: &str) -> Result<usize, HeistError> {
+        self.runner(&self.context())
+            .deliver_outbox(session_id)
+            .await
     }
 
     fn runner(&self, context: &RunContext) -> HeistRunner {
@@ -308,14 +411,21 @@ impl Runs {
     }
 }
 
-fn log_outcome(session_id: &str, outcome: Result<heist::RunReport, HeistError>) {
-    match outcome {
-        Ok(report) => {
-            tracing::info!(%session_id, status = report.status.as_str(), turns = report.turns, "run ended")
-        }
-        Err(error) => tracing::error!(%session_id, %error, "run stopped"),
-    }
+/// Unregisters a run when its task ends or unwinds.
+struct Registration {
+    runs: Arc<Runs>,
+    session_id: String,
 }
 
-/// A boxed future, for the scheduler's launcher.
-pub type BoxedRun = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let runs = &self.runs;
+        runs.state.session_ended(&self.session_id);
+        metrics::gauge!(names::SESSIONS_RUNNING).set(runs.state.running_count() as f64);
+        runs.tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.session_id);
+        runs.capacity_freed.notify_waiters();
+    }
+}

@@ -411,6 +411,16 @@ impl HeistRunner {
                         .await?;
                     remaining -= 1;
                 }
+                Err(error) if error.is_permanent() => {
+                    // The service answered that this write can never be
+                    // stored (too large, malformed): set it aside so it does
+                    // not block the writes behind it.
+                    let message = error.to_string();
+                    tracing::error!(turn_id = entry.turn_id, %message, "memory write abandoned");
+                    self.with_store(move |store| store.mark_outbox_abandoned(entry.id, &message))
+                        .await?;
+                    remaining -= 1;
+                }
                 Err(error) => {
                     let message = error.to_string();
                     tracing::warn!(turn_id = entry.turn_id, %message, "memory write stays in the outbox");
@@ -503,7 +513,7 @@ impl HeistRunner {
                         0.0,
                     ),
                     Ok(token) => {
-                        self.run_tool(&request.tool, &request.parameter, token)
+                        self.run_tool(agent, &request.tool, &request.parameter, token)
                             .await
                     }
                 }
@@ -550,9 +560,20 @@ impl HeistRunner {
         token
     }
 
-    async fn run_tool(&self, tool: &str, parameter: &str, token: &AccessToken) -> ToolCallRecord {
+    async fn run_tool(
+        &self,
+        agent: &Agent,
+        tool: &str,
+        parameter: &str,
+        token: &AccessToken,
+    ) -> ToolCallRecord {
         let started = Instant::now();
         let outcome = self.clients.tools.call(tool, parameter, &token.value).await;
+        if matches!(outcome, Err(CallError::Status { status: 401, .. })) {
+            // The token is no longer accepted (the signing key changed):
+            // fetch a new one next time instead of waiting for its expiry.
+            self.tokens.evict(&agent.name).await;
+        }
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         match outcome {
             Ok(result) => ToolCallRecord {

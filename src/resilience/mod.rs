@@ -211,8 +211,16 @@ impl Guard {
         };
         drop(slot);
         let elapsed = attempt_started.elapsed();
-        let failed = result.as_ref().err().is_some_and(CallError::is_transient);
-        permit.record(failed, elapsed);
+        let cut_by_deadline =
+            limit < self.policy.attempt_timeout && matches!(result, Err(CallError::Timeout { .. }));
+        if cut_by_deadline {
+            // Our deadline, not the service, ended this attempt: it says
+            // nothing about the service's health.
+            drop(permit);
+        } else {
+            let failed = result.as_ref().err().is_some_and(CallError::is_transient);
+            permit.record(failed, elapsed);
+        }
         let label = match &result {
             Ok(_) => "success",
             Err(error) => error.outcome(),

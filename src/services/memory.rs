@@ -25,6 +25,9 @@ use super::{error_response, health_body, JsonBody};
 pub const ADMIN_SCOPE: &str = "memory:admin";
 /// The header whose value makes a retried write count once.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Idempotency keys remembered at most: retries come within seconds, so
+/// the newest 100,000 writes are plenty to recognise one.
+pub const MAX_REMEMBERED_KEYS: usize = 100_000;
 /// Messages longer than this are refused rather than silently cut.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -66,6 +69,9 @@ struct Memories {
     /// Idempotency keys seen, per session, so clearing a session forgets
     /// its keys too.
     seen_keys: HashSet<(String, String)>,
+    /// The keys in arrival order, so the oldest are forgotten past
+    /// [`MAX_REMEMBERED_KEYS`] and a long-running service stays bounded.
+    key_order: std::collections::VecDeque<(String, String)>,
 }
 
 impl MemoryState {
@@ -167,12 +173,16 @@ async fn store_memory(
         .map(str::to_string);
     let mut memories = state.lock();
     if let Some(key) = &idempotency_key {
-        if !memories
-            .seen_keys
-            .insert((request.game_session_id.clone(), key.clone()))
-        {
+        let remembered = (request.game_session_id.clone(), key.clone());
+        if !memories.seen_keys.insert(remembered.clone()) {
             return Json(serde_json::json!({ "status": "success", "duplicate": true }))
                 .into_response();
+        }
+        memories.key_order.push_back(remembered);
+        while memories.key_order.len() > MAX_REMEMBERED_KEYS {
+            if let Some(oldest) = memories.key_order.pop_front() {
+                memories.seen_keys.remove(&oldest);
+            }
         }
     }
     let entries = memories
@@ -276,10 +286,14 @@ async fn clear(
             memories
                 .seen_keys
                 .retain(|(session, _)| session != session_id);
+            memories
+                .key_order
+                .retain(|(session, _)| session != session_id);
         }
         None => {
             memories.by_session_agent.clear();
             memories.seen_keys.clear();
+            memories.key_order.clear();
         }
     }
     let after: usize = memories.by_session_agent.values().map(Vec::len).sum();

@@ -329,16 +329,19 @@ impl Store {
         Ok(())
     }
 
+    /// Ends an `active` session. A session that has already ended keeps its
+    /// first ending: a late "interrupted" never overwrites "completed".
     pub fn finish_session(
         &self,
         session_id: &str,
         status: SessionStatus,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        let changed = self.lock().execute(
+        let connection = self.lock();
+        let changed = connection.execute(
             "UPDATE sessions SET status = ?2, end_time = ?3, failure_reason = ?4,
                  num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = ?1)
-             WHERE session_id = ?1",
+             WHERE session_id = ?1 AND status = 'active'",
             params![
                 session_id,
                 status.as_str(),
@@ -347,7 +350,17 @@ impl Store {
             ],
         )?;
         if changed == 0 {
-            return Err(StoreError::SessionNotFound(session_id.to_string()));
+            let exists: bool = connection
+                .query_row(
+                    "SELECT 1 FROM sessions WHERE session_id = ?1",
+                    params![session_id],
+                    |_| Ok(true),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if !exists {
+                return Err(StoreError::SessionNotFound(session_id.to_string()));
+            }
         }
         Ok(())
     }
@@ -397,7 +410,7 @@ impl Store {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(
             "SELECT id, session_id, turn_id, payload, attempts FROM outbox
-             WHERE session_id = ?1 AND delivered_at IS NULL ORDER BY id LIMIT ?2",
+             WHERE session_id = ?1 AND delivered_at IS NULL AND abandoned_at IS NULL ORDER BY id LIMIT ?2",
         )?;
         let rows = statement
             .query_map(params![session_id, limit as i64], |row| {
@@ -419,6 +432,27 @@ impl Store {
             params![id, timestamp(chrono::Utc::now())],
         )?;
         Ok(())
+    }
+
+    /// Sets aside a write the memory service will never accept.
+    pub fn mark_outbox_abandoned(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, abandoned_at = ?3 WHERE id = ?1",
+            params![id, error, timestamp(chrono::Utc::now())],
+        )?;
+        Ok(())
+    }
+
+    /// Sessions with memory writes still to deliver (any status).
+    pub fn sessions_with_pending_outbox(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT DISTINCT session_id FROM outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL LIMIT ?1",
+        )?;
+        let rows = statement
+            .query_map(params![limit as i64], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     pub fn mark_outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
@@ -533,6 +567,7 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
         // Only settable before the first table exists: lets retention give
         // pages back with `incremental_vacuum` instead of a full VACUUM.
         connection.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
+        schema::adopt_prototype_tables(connection)?;
     }
     for (index, migration) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = index as i64 + 1;

@@ -2,8 +2,39 @@
 //! prototype's `sessions`, `messages` and `tool_usage` keep their names and
 //! columns; new columns and tables are added, never renamed.
 
+use rusqlite::Connection;
+
+/// Columns heistd adds to the prototype's tables. A database the prototype
+/// wrote has the tables without them, and `CREATE TABLE IF NOT EXISTS`
+/// would leave it so: they are added before the first migration.
+const PROTOTYPE_ADDITIONS: [(&str, &str, &str); 7] = [
+    ("sessions", "seed", "INTEGER"),
+    ("sessions", "scenario", "TEXT"),
+    ("sessions", "planned_turns", "INTEGER"),
+    ("sessions", "failure_reason", "TEXT"),
+    ("messages", "error", "TEXT"),
+    ("tool_usage", "error", "TEXT"),
+    ("tool_usage", "duration_ms", "REAL"),
+];
+
+/// Brings a prototype database's tables up to migration 1's columns.
+pub(super) fn adopt_prototype_tables(connection: &Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in PROTOTYPE_ADDITIONS {
+        let mut statement =
+            connection.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let columns: Vec<String> = statement
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        if !columns.is_empty() && !columns.iter().any(|existing| existing == column) {
+            connection
+                .execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Each entry moves the schema from version `index` to `index + 1`.
-pub(super) const MIGRATIONS: [&str; 3] = [
+pub(super) const MIGRATIONS: [&str; 4] = [
     r#"
     CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY,
@@ -82,5 +113,8 @@ pub(super) const MIGRATIONS: [&str; 3] = [
         to_state TEXT NOT NULL,
         reason TEXT NOT NULL
     );
+"#,
+    r#"
+    ALTER TABLE outbox ADD COLUMN abandoned_at TEXT;
 "#,
 ];

@@ -199,3 +199,57 @@ fn a_schedule_slot_runs_once() {
         Some("2026-11-24T02:00:00+00:00")
     );
 }
+
+#[test]
+fn a_session_keeps_its_first_ending() {
+    let (_directory, store) = open();
+    let id = store.create_session(&new_session(1, 1)).expect("create");
+    store
+        .finish_session(&id, SessionStatus::Completed, None)
+        .expect("complete");
+    store
+        .finish_session(&id, SessionStatus::Interrupted, Some("late"))
+        .expect("a no-op, not an error");
+    let session = store.session(&id).expect("session").session;
+    assert_eq!(session.status, "completed");
+    assert_eq!(session.failure_reason, None);
+}
+
+#[test]
+fn a_prototype_database_is_adopted_and_its_sql_still_works() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("prototype.db");
+    {
+        let prototype = rusqlite::Connection::open(&path).expect("open");
+        prototype
+            .execute_batch(
+                "CREATE TABLE sessions (session_id TEXT PRIMARY KEY, start_time TEXT, end_time TEXT, num_turns INTEGER, status TEXT);
+                 CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT, turn_id INTEGER, agent_name TEXT,
+                     agent_role TEXT, message TEXT, timestamp TEXT);
+                 CREATE TABLE tool_usage (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT, turn_id INTEGER, agent_name TEXT,
+                     tool_name TEXT, tool_params TEXT, tool_result TEXT, timestamp TEXT, success BOOLEAN);
+                 INSERT INTO sessions VALUES ('heist_20250101_120000', '2025-01-01T12:00:00', '2025-01-01T12:05:00', 1, 'completed');
+                 INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp)
+                     VALUES ('heist_20250101_120000', 1, 'planner', 'Mastermind', 'old words', '2025-01-01T12:00:01');",
+            )
+            .expect("prototype schema");
+    }
+    let store = Store::open(&path, Synchronous::Normal).expect("adopts the prototype's tables");
+    let old = store
+        .session("heist_20250101_120000")
+        .expect("old session readable");
+    assert_eq!(old.messages[0].message, "old words");
+    let id = store
+        .create_session(&new_session(3, 1))
+        .expect("new sessions work");
+    store.record_turn(&turn(&id, 1)).expect("and turns");
+    let prototype_sql: i64 = store
+        .lock()
+        .query_row(
+            "SELECT COUNT(*) FROM messages WHERE session_id = ?1",
+            [&id],
+            |row| row.get(0),
+        )
+        .expect("the prototype's query");
+    assert_eq!(prototype_sql, 1);
+}

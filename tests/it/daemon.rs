@@ -27,9 +27,10 @@ struct Daemon {
 }
 
 /// A config for a daemon using `stack`'s companions, plus `extra` TOML.
-fn config_text(stack: &TestStack, directory: &Path, port: u16, extra: &str) -> String {
+fn config_text(stack: &TestStack, directory: &Path, extra: &str) -> String {
+    // Port 0: the daemon takes a free port and says which in STATUS=.
     let mut text = format!(
-        "[store]\npath = \"{}\"\n[daemon]\nadmin_address = \"127.0.0.1:{port}\"\nshutdown_grace_ms = 5000\n",
+        "[store]\npath = \"{}\"\n[daemon]\nadmin_address = \"127.0.0.1:0\"\nshutdown_grace_ms = 5000\n",
         directory.join("audit.db").display()
     );
     for service in [
@@ -52,33 +53,28 @@ fn config_text(stack: &TestStack, directory: &Path, port: u16, extra: &str) -> S
     text
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
+/// A name for the notify socket that no other test in this process uses.
+fn socket_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "notify-{}.sock",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
 }
 
 impl Daemon {
     async fn start(stack: &TestStack, extra: &str) -> Self {
         let directory = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let config_path = directory.path().join("heistd.toml");
-        std::fs::write(
-            &config_path,
-            config_text(stack, directory.path(), port, extra),
-        )
-        .expect("write config");
-        let mut daemon = Self::spawn_in(directory, config_path, port);
-        daemon.wait_for_notification("READY=1").await;
-        daemon
+        std::fs::write(&config_path, config_text(stack, directory.path(), extra))
+            .expect("write config");
+        Self::spawn_in(directory, config_path).await
     }
 
-    fn spawn_in(directory: tempfile::TempDir, config_path: PathBuf, port: u16) -> Self {
-        let socket_path = directory
-            .path()
-            .join(format!("notify-{}.sock", free_port()));
+    /// Starts the daemon and waits for READY=1 and the admin address it
+    /// reports in its first STATUS= line.
+    async fn spawn_in(directory: tempfile::TempDir, config_path: PathBuf) -> Self {
+        let socket_path = directory.path().join(socket_name());
         let notify = UnixDatagram::bind(&socket_path).expect("notify socket");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -95,34 +91,51 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("daemon starts");
-        Self {
+        let mut daemon = Self {
             child,
-            admin: format!("http://127.0.0.1:{port}"),
+            admin: String::new(),
             notify,
             directory,
             config_path,
-        }
+        };
+        daemon.wait_for_notification("READY=1").await;
+        let messages = daemon.wait_for_prefix("STATUS=admin API on ").await;
+        let address = messages
+            .iter()
+            .flat_map(|message| message.lines())
+            .find_map(|line| line.strip_prefix("STATUS=admin API on "))
+            .and_then(|rest| rest.split(';').next())
+            .expect("STATUS names the admin address")
+            .to_string();
+        daemon.admin = format!("http://{address}");
+        daemon
     }
 
     /// Restarts on the same directory, config and database.
     async fn restart(mut self) -> Self {
-        let port: u16 = self
-            .admin
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .expect("port");
         let _ = self.child.wait();
         let directory =
             std::mem::replace(&mut self.directory, tempfile::tempdir().expect("temp dir"));
         let config_path = self.config_path.clone();
         drop(self);
-        let mut daemon = Self::spawn_in(directory, config_path, port);
-        daemon.wait_for_notification("READY=1").await;
-        daemon
+        Self::spawn_in(directory, config_path).await
+    }
+
+    async fn wait_for_prefix(&mut self, prefix: &str) -> Vec<String> {
+        self.wait_until_notified(prefix, |line| line.starts_with(prefix))
+            .await
     }
 
     async fn wait_for_notification(&mut self, wanted: &str) -> Vec<String> {
+        self.wait_until_notified(wanted, |line| line == wanted)
+            .await
+    }
+
+    async fn wait_until_notified(
+        &mut self,
+        wanted: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
         let mut seen = Vec::new();
         let limit = Instant::now() + Duration::from_secs(30);
         let mut buffer = vec![0u8; 4096];
@@ -131,13 +144,13 @@ impl Daemon {
             let length = received
                 .unwrap_or_else(|_| {
                     panic!(
-                        "no {wanted} within 15 s; got {seen:?}; log:\n{}",
+                        "no {wanted} within 30 s; got {seen:?}; log:\n{}",
                         self.log()
                     )
                 })
                 .expect("recv");
             let message = String::from_utf8_lossy(&buffer[..length]).to_string();
-            let found = message.lines().any(|line| line == wanted);
+            let found = message.lines().any(&matches);
             seen.push(message);
             if found {
                 return seen;
@@ -385,7 +398,7 @@ async fn kill_9_mid_run_then_restart_resumes_every_turn_exactly_once() {
             ..Fault::default()
         },
     );
-    let daemon = Daemon::start(&stack, "").await;
+    let mut daemon = Daemon::start(&stack, "").await;
     let session_id = daemon.start_run(10).await;
     let store = daemon.store();
     eventually(
@@ -395,6 +408,8 @@ async fn kill_9_mid_run_then_restart_resumes_every_turn_exactly_once() {
     )
     .await;
     daemon.signal("KILL");
+    // Dead and reaped before we look: nothing can commit after this point.
+    daemon.wait_exit(Duration::from_secs(10)).await;
     let before = committed_turns(&store, &session_id);
     assert!(before.len() < 10, "killed mid-run");
     assert_eq!(
@@ -515,9 +530,24 @@ async fn an_every_schedule_fires_each_slot_once() {
         .iter()
         .filter_map(|session| session.scheduled_time.clone())
         .collect();
-    let count = slots.len();
     slots.sort();
-    slots.dedup();
-    assert_eq!(slots.len(), count, "no slot ran twice");
+    // Every slot from the first to the last, one second apart: none
+    // skipped, none doubled (a double would also be refused by the store,
+    // which the log would show).
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = slots
+        .iter()
+        .map(|slot| chrono::DateTime::parse_from_rfc3339(slot).expect("RFC 3339 slot"))
+        .collect();
+    assert!(
+        times
+            .windows(2)
+            .all(|pair| pair[1] - pair[0] == chrono::Duration::seconds(1)),
+        "{slots:?}"
+    );
+    assert!(
+        !daemon.log().contains("scheduled run not started"),
+        "{}",
+        daemon.log()
+    );
     assert!(sessions.iter().all(|session| session.num_turns == 2));
 }
