@@ -168,11 +168,15 @@ impl Daemon {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        use nix::sys::signal::{kill, Signal};
+        let signal = match name {
+            "TERM" => Signal::SIGTERM,
+            "HUP" => Signal::SIGHUP,
+            "KILL" => Signal::SIGKILL,
+            other => panic!("no signal {other} in these tests"),
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
+        kill(pid, signal).expect("signal sent");
     }
 
     async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
