@@ -38,19 +38,20 @@ enum Command {
     /// the admin API, systemd notification; SIGHUP reloads the config,
     /// SIGTERM stops gracefully.
     Daemon {
-        /// Default: /etc/heistd/heistd.toml if it exists, else built-in defaults.
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Run one heist on a built-in stack: every companion service in-process
     /// on loopback ports, the rehearsal model unless --llm-url is given.
     Demo {
+        /// Turns in the heist (default: [heist] turns, 12).
         #[arg(long)]
         turns: Option<u32>,
         /// The SQLite audit database to write.
         #[arg(long, default_value = "heistd-demo.db")]
         db: PathBuf,
-        /// Fixes the agent order and the rehearsal transcript.
+        /// Fixes the agent order (and the rehearsal transcript); random when unset.
         #[arg(long)]
         seed: Option<u64>,
         /// An OpenAI-compatible base URL, e.g. http://127.0.0.1:1234/v1 (LM Studio).
@@ -62,15 +63,19 @@ enum Command {
     },
     /// Run one heist against the services in the config.
     Run {
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Turns in the heist (default: [heist] turns, 12).
         #[arg(long)]
         turns: Option<u32>,
+        /// Fixes the agent order (and the rehearsal transcript); random when unset.
         #[arg(long)]
         seed: Option<u64>,
     },
     /// Check every configured service's health once; exit 1 if any is down.
     Check {
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -78,6 +83,7 @@ enum Command {
     Services {
         /// all, oauth, memory, calculator, file_reader, database_query, rehearsal
         names: Vec<String>,
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -86,6 +92,7 @@ enum Command {
         /// The audit database; default: the config's store.path.
         #[arg(long)]
         db: Option<PathBuf>,
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(subcommand)]
@@ -119,6 +126,7 @@ enum SessionsAction {
 enum ConfigAction {
     /// Validate the config and print it resolved, secrets redacted; exit 1 on error.
     Check {
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
     },

@@ -21,7 +21,9 @@ const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 struct Daemon {
     child: Child,
     admin: String,
-    notify: UnixDatagram,
+    /// Everything the daemon sent to NOTIFY_SOCKET, read as it arrives
+    /// (as systemd does: the kernel queues only ~10 datagrams).
+    notifications: tokio::sync::mpsc::UnboundedReceiver<String>,
     directory: tempfile::TempDir,
     config_path: PathBuf,
 }
@@ -76,6 +78,18 @@ impl Daemon {
     async fn spawn_in(directory: tempfile::TempDir, config_path: PathBuf) -> Self {
         let socket_path = directory.path().join(socket_name());
         let notify = UnixDatagram::bind(&socket_path).expect("notify socket");
+        let (forward, notifications) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            while let Ok(length) = notify.recv(&mut buffer).await {
+                if forward
+                    .send(String::from_utf8_lossy(&buffer[..length]).to_string())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -84,7 +98,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_heistd"))
             .args(["daemon", "--config", config_path.to_str().expect("utf-8")])
             .env("NOTIFY_SOCKET", &socket_path)
-            .env("WATCHDOG_USEC", "200000")
+            .env("WATCHDOG_USEC", "1000000")
             .env("HEISTD_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -94,7 +108,7 @@ impl Daemon {
         let mut daemon = Self {
             child,
             admin: String::new(),
-            notify,
+            notifications,
             directory,
             config_path,
         };
@@ -138,18 +152,16 @@ impl Daemon {
     ) -> Vec<String> {
         let mut seen = Vec::new();
         let limit = Instant::now() + Duration::from_secs(30);
-        let mut buffer = vec![0u8; 4096];
         loop {
-            let received = tokio::time::timeout_at(limit, self.notify.recv(&mut buffer)).await;
-            let length = received
+            let received = tokio::time::timeout_at(limit, self.notifications.recv()).await;
+            let message = received
                 .unwrap_or_else(|_| {
                     panic!(
                         "no {wanted} within 30 s; got {seen:?}; log:\n{}",
                         self.log()
                     )
                 })
-                .expect("recv");
-            let message = String::from_utf8_lossy(&buffer[..length]).to_string();
+                .expect("the notify reader runs");
             let found = message.lines().any(&matches);
             seen.push(message);
             if found {
