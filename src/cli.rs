@@ -149,10 +149,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     let mut base = config::load(None, config::process_environment())?;
     base.store.path = options.db.clone();
     let stack = LocalStack::start(base, options.llm.clone()).await?;
-    let store = Arc::new(Store::open(
-        &stack.config.store.path,
-        stack.config.store.synchronous,
-    )?);
+    let store = Arc::new(Store::open_configured(&stack.config.store)?);
     let runner = stack.runner(store.clone());
     let turns = options.turns.unwrap_or(stack.config.heist.turns);
     let seed = options.seed.unwrap_or_else(heist::random_seed);
@@ -187,7 +184,7 @@ pub async fn run(
     seed: Option<u64>,
 ) -> Result<RunReport, CliError> {
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
-    let store = Arc::new(Store::open(&config.store.path, config.store.synchronous)?);
+    let store = Arc::new(Store::open_configured(&config.store)?);
     let clients = Clients::from_config(&config);
     let turns = turns.unwrap_or(config.heist.turns);
     let seed = seed

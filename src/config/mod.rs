@@ -87,6 +87,10 @@ pub struct StoreConfig {
     /// survives a crash of the process, and is faster on slow disks.
     #[serde(default)]
     pub synchronous: Synchronous,
+    /// Caps the database's size (0: no cap). A full store fails the turn
+    /// that cannot be recorded, cleanly, like a full disk does.
+    #[serde(default)]
+    pub max_size_mb: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +226,7 @@ impl Default for StoreConfig {
         Self {
             path: default_store_path(),
             synchronous: Synchronous::Full,
+            max_size_mb: 0,
         }
     }
 }

@@ -77,10 +77,9 @@ pub async fn run(
         systemd.watchdog_pid.as_deref(),
     ));
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
-    let store_path = config.store.path.clone();
-    let synchronous = config.store.synchronous;
+    let store_config = config.store.clone();
     let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&store_path, synchronous))
+        tokio::task::spawn_blocking(move || Store::open_configured(&store_config))
             .await
             .map_err(|error| StoreError::Worker(error.to_string()))??,
     );

@@ -17,6 +17,20 @@ pub struct HealthEvent {
 }
 
 impl Store {
+    /// Caps the database at about `max_bytes` (SQLite's `max_page_count`);
+    /// a write past it fails with "database or disk is full", which is
+    /// handled like a real full disk. Returns the cap in bytes.
+    pub fn limit_size(&self, max_bytes: u64) -> Result<u64, StoreError> {
+        let connection = self.lock();
+        let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let pages = (max_bytes / page_size.max(1) as u64).max(1);
+        let granted: i64 =
+            connection.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |row| {
+                row.get(0)
+            })?;
+        Ok(granted as u64 * page_size as u64)
+    }
+
     /// Whether the database answers a trivial query (for `/readyz`).
     pub fn is_usable(&self) -> bool {
         self.lock()

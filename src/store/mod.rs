@@ -223,6 +223,15 @@ impl Store {
         })
     }
 
+    /// Opens the store as `[store]` configures it, size cap included.
+    pub fn open_configured(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
+        let store = Self::open(&config.path, config.synchronous)?;
+        if config.max_size_mb > 0 {
+            store.limit_size(config.max_size_mb.saturating_mul(1024 * 1024))?;
+        }
+        Ok(store)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -293,3 +293,47 @@ async fn an_oauth_outage_fails_tool_calls_not_the_run() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_full_store_stops_the_run_cleanly_and_memory_never_gets_ahead_of_it() {
+    let stack = TestStack::start().await;
+    // Room for the schema and a few turns, not forty.
+    let size = std::fs::metadata(stack.store.path())
+        .map(|metadata| metadata.len())
+        .unwrap_or(0);
+    stack
+        .store
+        .limit_size(size + 24 * 1024)
+        .expect("cap the store");
+    let runner = stack.stack.runner(stack.store.clone());
+    let outcome = runner.run(RunOptions::new(40, 8), None).await;
+    let error = outcome.expect_err("the store fills up").to_string();
+    assert!(error.contains("full"), "{error}");
+
+    let sessions = stack.store.list_sessions(10).expect("sessions");
+    let session = &sessions[0];
+    assert_eq!(session.status, "failed");
+    let reason = session.failure_reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("could not be recorded") && reason.contains("full"),
+        "{reason}"
+    );
+    let detail = stack.store.session(&session.session_id).expect("detail");
+    let committed: Vec<i64> = detail
+        .messages
+        .iter()
+        .map(|message| message.turn_id)
+        .collect();
+    assert!(
+        !committed.is_empty() && committed.len() < 40,
+        "{committed:?}"
+    );
+    assert_eq!(committed, (1..=committed.len() as i64).collect::<Vec<_>>());
+    // SQLite and memory agree: memory holds exactly the committed turns.
+    let remembered: Vec<i64> = memories(&stack, &session.session_id)
+        .await
+        .iter()
+        .filter_map(|memory| memory["turn_id"].as_i64())
+        .collect();
+    assert_eq!(remembered, committed);
+}
