@@ -60,6 +60,10 @@ enum Command {
         /// The model name that server expects.
         #[arg(long, requires = "llm_url")]
         llm_model: Option<String>,
+        /// Inject faults (model and calculator errors, a memory outage) to
+        /// watch retries, breakers and the outbox at work.
+        #[arg(long)]
+        chaos: bool,
     },
     /// Run one heist against the services in the config.
     Run {
@@ -212,12 +216,14 @@ async fn execute(command: Command) -> Result<(), CliError> {
             seed,
             llm_url,
             llm_model,
+            chaos,
         } => {
             cli::demo(DemoOptions {
                 turns,
                 db,
                 seed,
                 llm: llm_url.zip(llm_model),
+                chaos,
             })
             .await?;
         }

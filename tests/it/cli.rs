@@ -234,3 +234,30 @@ fn json_logs_put_the_session_and_turn_on_every_turn_line_without_colours() {
         .count();
     assert_eq!(recorded, 3, "each turn's own line is inside its span");
 }
+
+#[test]
+fn the_chaos_demo_rides_out_its_faults() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let demo = heistd(
+        &[
+            "demo", "--chaos", "--turns", "9", "--seed", "4", "--db", "chaos.db",
+        ],
+        directory.path(),
+    );
+    let stdout = text(&demo.stdout);
+    assert!(demo.status.success(), "{stdout}\n{}", text(&demo.stderr));
+    assert!(
+        stdout.contains("the memory service goes down")
+            && stdout.contains("the memory service is back"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the outbox delivered every memory write"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("each is a row in service_calls"),
+        "the outage's failed calls are in the audit trail:\n{stdout}"
+    );
+    assert!(stdout.contains("[ 9/9]"), "{stdout}");
+}

@@ -10,6 +10,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod demo;
+pub use demo::{demo, DemoOptions};
+
 use crate::clients::{Clients, StatsSnapshot};
 use crate::config::{self, Config, ConfigError};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions, RunReport, TurnView};
@@ -135,46 +138,6 @@ impl LocalStack {
             store,
         )
     }
-}
-
-pub struct DemoOptions {
-    pub turns: Option<u32>,
-    pub db: PathBuf,
-    pub seed: Option<u64>,
-    pub llm: Option<(String, String)>,
-}
-
-/// `heistd demo`: the whole system in one process, one heist, live output.
-pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
-    let mut base = config::load(None, config::process_environment())?;
-    base.store.path = options.db.clone();
-    let stack = LocalStack::start(base, options.llm.clone()).await?;
-    let store = Arc::new(Store::open_configured(&stack.config.store)?);
-    let runner = stack.runner(store.clone());
-    let turns = options.turns.unwrap_or(stack.config.heist.turns);
-    let seed = options.seed.unwrap_or_else(heist::random_seed);
-    let model = match &options.llm {
-        Some((url, model)) => format!("{model} at {url}"),
-        None => format!(
-            "{} (the rehearsal model: scripted replies, no language model)",
-            services::rehearsal::MODEL_ID
-        ),
-    };
-    println!(
-        "heistd demo: {} — {turns} turns, seed {seed}",
-        stack.scenario.title
-    );
-    println!("model: {model}");
-    for service in &stack.companions.services {
-        println!("  {:<15} {}", service.name, service.base_url());
-    }
-    println!();
-    let report = runner
-        .run(RunOptions::new(turns, seed), Some(&print_turn))
-        .await?;
-    println!("{}", summary(&report, runner.clients(), store.path()));
-    stack.companions.shutdown().await;
-    Ok(report)
 }
 
 /// `heistd run`: one heist against the configured services.
@@ -356,7 +319,7 @@ pub fn export_markdown(detail: &SessionDetail) -> String {
     output
 }
 
-fn print_turn(view: &TurnView<'_>) {
+pub(crate) fn print_turn(view: &TurnView<'_>) {
     let record = view.record;
     println!(
         "[{:>2}/{}] {} ({}) — {:.1} ms",
@@ -381,7 +344,7 @@ fn print_turn(view: &TurnView<'_>) {
     println!();
 }
 
-fn summary(report: &RunReport, clients: &Clients, database: &Path) -> String {
+pub(crate) fn summary(report: &RunReport, clients: &Clients, database: &Path) -> String {
     let mut output = String::new();
     let _ = writeln!(
         output,
