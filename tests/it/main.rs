@@ -7,5 +7,6 @@ mod daemon;
 mod heist;
 mod resilience;
 mod support;
+mod systemd;
 mod tidy;
 mod tools;
