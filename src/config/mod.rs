@@ -219,6 +219,10 @@ pub struct CompanionsConfig {
     /// Seeds the rehearsal model when a request carries no seed.
     #[serde(default)]
     pub rehearsal_seed: u64,
+    /// Faults each companion starts with (`[companions.faults.memory]`
+    /// `latency_ms = 200`, ...), the same settings `POST /fault` takes.
+    #[serde(default)]
+    pub faults: BTreeMap<String, crate::services::fault::Fault>,
 }
 
 impl Default for StoreConfig {
@@ -288,6 +292,7 @@ impl Default for CompanionsConfig {
             ports: default_companion_ports(),
             fault_injection: false,
             rehearsal_seed: 0,
+            faults: BTreeMap::new(),
         }
     }
 }
@@ -595,6 +600,17 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     }
     if config.oauth.token_ttl_seconds < 60 {
         return fail("oauth.token_ttl_seconds", "must be at least 60");
+    }
+    for (name, fault) in &config.companions.faults {
+        if !crate::services::COMPANION_NAMES.contains(&name.as_str()) {
+            return Err((
+                format!("companions.faults.{name}"),
+                "unknown service".into(),
+            ));
+        }
+        if let Err(message) = fault.validate() {
+            return Err((format!("companions.faults.{name}"), message));
+        }
     }
     for name in config.companions.ports.keys() {
         if !crate::services::COMPANION_NAMES.contains(&name.as_str()) {

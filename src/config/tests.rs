@@ -87,6 +87,18 @@ fn bad_config_names_the_key_and_the_file() {
             "[llm.policy.breaker]\nwindow = \"sliding\"\n",
             "llm.policy.breaker.window",
         ),
+        (
+            "[companions.faults.calculator]\nerror_rate = 3.0\n",
+            "companions.faults.calculator",
+        ),
+        (
+            "[companions.faults.vault]\nhang = true\n",
+            "companions.faults.vault",
+        ),
+        (
+            "[companions.faults.memory]\nlatency = 5\n",
+            "companions.faults.memory.latency",
+        ),
         ("surprise = 1\n", "surprise"),
         (
             "[services.file_reader]\ntimeout_ms = true\n",

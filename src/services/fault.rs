@@ -51,6 +51,19 @@ pub struct Fault {
     pub after_handling: bool,
 }
 
+impl Fault {
+    /// Checks the values a caller may get wrong; the error says which.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err("error_rate must be between 0 and 1".into());
+        }
+        if StatusCode::from_u16(self.error_status).is_err() {
+            return Err("error_status is not an HTTP status".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct FaultSwitch {
     current: Mutex<Fault>,
@@ -247,17 +260,8 @@ async fn set_fault(
     State(switch): State<Arc<FaultSwitch>>,
     JsonBody(fault): JsonBody<Fault>,
 ) -> Response {
-    if !(0.0..=1.0).contains(&fault.error_rate) {
-        return error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "error_rate must be between 0 and 1",
-        );
-    }
-    if StatusCode::from_u16(fault.error_status).is_err() {
-        return error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "error_status is not an HTTP status",
-        );
+    if let Err(message) = fault.validate() {
+        return error_response(StatusCode::UNPROCESSABLE_ENTITY, message);
     }
     switch.set(fault.clone());
     tracing::warn!(?fault, "fault injected");

@@ -150,6 +150,10 @@ pub async fn start(
             source,
         })?;
         let switch = Arc::new(FaultSwitch::default());
+        if let Some(fault) = context.config.companions.faults.get(name) {
+            tracing::warn!(service = name, ?fault, "starting with an injected fault");
+            switch.set(fault.clone());
+        }
         let app = fault::wrap(router, switch.clone(), fault_injection);
         let listener = fault::FaultyListener::new(listener, switch.clone());
         let mut stopped = stopped.clone();

@@ -373,3 +373,39 @@ async fn injected_faults_come_and_go() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn faults_can_be_set_at_start_from_the_config() {
+    let mut config = support::base_config();
+    config.companions.faults.insert(
+        "calculator".into(),
+        heistd::services::fault::Fault {
+            fail_next: 1,
+            error_status: 418,
+            ..Default::default()
+        },
+    );
+    let stack = TestStack::start_with(config).await;
+    let token = support::token(&stack.signing_key(), "calculator:use", 60);
+    let call = || {
+        support::http()
+            .post(format!("{}/tools/calculator", stack.url("calculator")))
+            .bearer_auth(&token)
+            .json(&json!({ "expression": "2 * 21" }))
+    };
+    assert_eq!(
+        call().send().await.expect("answers").status(),
+        StatusCode::IM_A_TEAPOT
+    );
+    let second: Value = call()
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        second["result"], "42",
+        "fail_next counted down to normal service"
+    );
+}
