@@ -109,9 +109,16 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
             tokio::time::sleep(Duration::from_millis(500)).await;
             report.memory_pending = runner.deliver_outbox(&report.session_id).await?;
             if report.memory_pending == 0 {
-                println!("the outbox delivered every memory write the outage held back\n");
                 break;
             }
+        }
+    }
+    if options.chaos {
+        let (counts_store, id) = (store.clone(), report.session_id.clone());
+        if let Ok(Ok((delivered, all))) =
+            tokio::task::spawn_blocking(move || counts_store.outbox_counts(&id)).await
+        {
+            println!("outbox: {delivered} of {all} memory writes delivered to the memory service despite the outage\n");
         }
     }
     println!("{}", summary(&report, runner.clients(), store.path()));

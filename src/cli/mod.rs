@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod args;
 mod demo;
 pub use demo::{demo, DemoOptions};
 

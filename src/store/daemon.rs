@@ -31,6 +31,17 @@ impl Store {
         Ok(granted as u64 * page_size as u64)
     }
 
+    /// A session's memory writes: (delivered, all), abandoned ones included
+    /// in `all`.
+    pub fn outbox_counts(&self, session_id: &str) -> Result<(u64, u64), StoreError> {
+        let counts = self.lock().query_row(
+            "SELECT COUNT(delivered_at), COUNT(*) FROM outbox WHERE session_id = ?1",
+            params![session_id],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+        )?;
+        Ok((counts.0.max(0) as u64, counts.1.max(0) as u64))
+    }
+
     /// Whether the database answers a trivial query (for `/readyz`).
     pub fn is_usable(&self) -> bool {
         self.lock()

@@ -1,0 +1,142 @@
+//! The command line's shape: every subcommand, option and its help text,
+//! parsed by clap. `main.rs` parses with it and dispatches; nothing here
+//! acts.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// heistd runs multi-agent LLM heist-planning sessions against HTTP services
+/// (OAuth, memory, tools, an OpenAI-compatible model) and records every
+/// message and tool call in a SQLite audit trail.
+///
+/// Start with `heistd demo`: it runs the whole system in one process.
+#[derive(Parser)]
+#[command(name = "heistd", version, about, long_about)]
+pub struct Cli {
+    /// Log filter (e.g. `info`, `heistd=debug`); also read from RUST_LOG.
+    #[arg(long, global = true, env = "RUST_LOG")]
+    pub log: Option<String>,
+    /// `text` for people, `json` (one object per line) for journald and
+    /// log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// The long-running service: scheduled heists, periodic health checks,
+    /// the admin API, systemd notification; SIGHUP reloads the config,
+    /// SIGTERM stops gracefully.
+    Daemon {
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run one heist on a built-in stack: every companion service in-process
+    /// on loopback ports, the rehearsal model unless --llm-url is given.
+    Demo {
+        /// Turns in the heist (default: [heist] turns, 12).
+        #[arg(long)]
+        turns: Option<u32>,
+        /// The SQLite audit database to write.
+        #[arg(long, default_value = "heistd-demo.db")]
+        db: PathBuf,
+        /// Fixes the agent order (and the rehearsal transcript); random when unset.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// An OpenAI-compatible base URL, e.g. http://127.0.0.1:1234/v1 (LM Studio).
+        #[arg(long, requires = "llm_model")]
+        llm_url: Option<String>,
+        /// The model name that server expects.
+        #[arg(long, requires = "llm_url")]
+        llm_model: Option<String>,
+        /// Inject faults (model and calculator errors, a memory outage) to
+        /// watch retries, breakers and the outbox at work.
+        #[arg(long)]
+        chaos: bool,
+    },
+    /// Run one heist against the services in the config.
+    Run {
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Turns in the heist (default: [heist] turns, 12).
+        #[arg(long)]
+        turns: Option<u32>,
+        /// Fixes the agent order (and the rehearsal transcript); random when unset.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Check every configured service's health once; exit 1 if any is down.
+    Check {
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run companion services (all, or the named ones) until Ctrl-C/SIGTERM.
+    Services {
+        /// all, oauth, memory, calculator, file_reader, database_query, rehearsal
+        names: Vec<String>,
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Read the audit store.
+    Sessions {
+        /// The audit database; default: the config's store.path.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
+    /// Work with the config file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SessionsAction {
+    /// The most recent sessions.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One session as a Markdown transcript.
+    Show { session_id: String },
+    /// One session as JSON or Markdown, on standard output.
+    Export {
+        session_id: String,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigAction {
+    /// Validate the config and print it resolved, secrets redacted; exit 1 on error.
+    Check {
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Json,
+    Md,
+}
