@@ -269,3 +269,84 @@ fn the_chaos_demo_rides_out_its_faults() {
     );
     assert!(stdout.contains("[ 9/9]"), "{stdout}");
 }
+
+/// `heistd services all` in its own process, as an operator runs it: every
+/// companion answers, the prototype's Python client works against them, and
+/// SIGTERM stops them with exit code 0.
+#[test]
+fn services_run_in_their_own_process_for_the_prototypes_client() {
+    use std::io::BufRead;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let ports = [
+        "oauth",
+        "memory",
+        "calculator",
+        "file_reader",
+        "database_query",
+        "rehearsal",
+    ]
+    .map(|name| format!("{name} = 0"))
+    .join("\n");
+    std::fs::write(
+        directory.path().join("services.toml"),
+        format!("[companions.ports]\n{ports}\n"),
+    )
+    .expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_heistd"))
+        .args(["services", "all", "--config", "services.toml"])
+        .current_dir(directory.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("services start");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut urls = std::collections::BTreeMap::new();
+    while urls.len() < 6 {
+        let line = lines.next().expect("a line per service").expect("utf-8");
+        let mut words = line.split_whitespace();
+        if let (Some(name), Some("listening"), Some("on"), Some(url)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            urls.insert(name.to_string(), url.to_string());
+        }
+    }
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat/prototype_client.py");
+    let url = |name: &str| urls[name].clone();
+    let python = Command::new("python3")
+        .arg(client)
+        .args([
+            url("oauth"),
+            url("memory"),
+            url("calculator"),
+            url("file_reader"),
+            url("database_query"),
+            format!("{}/v1", url("rehearsal")),
+        ])
+        .output()
+        .expect("python3 runs");
+    let signal = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = child.wait().expect("services exit");
+    assert!(
+        python.status.success(),
+        "{}{}",
+        text(&python.stdout),
+        text(&python.stderr)
+    );
+    signal.expect("SIGTERM sent");
+    assert_eq!(status.code(), Some(0));
+
+    // Companions in separate processes must share a token key.
+    let alone = heistd(
+        &["services", "calculator", "--config", "services.toml"],
+        directory.path(),
+    );
+    assert_eq!(alone.status.code(), Some(1));
+    assert!(
+        text(&alone.stderr).contains("HEISTD_OAUTH_SIGNING_KEY"),
+        "{}",
+        text(&alone.stderr)
+    );
+}
