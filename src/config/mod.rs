@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod daemon;
+mod defaults;
 mod policy;
 pub use daemon::{
     DaemonConfig, HealthCheckConfig, Missed, Overlap, Recovery, RetentionConfig, ScheduleConfig,
 };
+use defaults::*;
 pub use policy::{BreakerConfig, PolicyConfig, WindowKind};
 
 /// The prefix of environment variables that override config keys.
@@ -223,78 +225,6 @@ pub struct CompanionsConfig {
     /// `latency_ms = 200`, ...), the same settings `POST /fault` takes.
     #[serde(default)]
     pub faults: BTreeMap<String, crate::services::fault::Fault>,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            path: default_store_path(),
-            synchronous: Synchronous::Full,
-            max_size_mb: 0,
-        }
-    }
-}
-
-impl Default for HeistConfig {
-    fn default() -> Self {
-        Self {
-            turns: default_turns(),
-            scenario: None,
-            seed: None,
-            context_messages: default_context_messages(),
-            max_tool_calls_per_turn: default_max_tool_calls(),
-            memory_max_tokens: default_memory_max_tokens(),
-        }
-    }
-}
-
-impl Default for LlmConfig {
-    fn default() -> Self {
-        Self {
-            base_url: default_llm_url(),
-            model: default_llm_model(),
-            temperature: default_temperature(),
-            max_tokens: default_max_tokens(),
-            api_key_env: default_api_key_env(),
-            timeout_ms: default_llm_timeout_ms(),
-            policy: PolicyConfig::language_model(),
-            health: HealthCheckConfig::language_model(),
-        }
-    }
-}
-
-impl Default for ServicesConfig {
-    fn default() -> Self {
-        Self {
-            oauth: default_oauth_service(),
-            memory: default_memory_service(),
-            calculator: default_calculator_service(),
-            file_reader: default_file_reader_service(),
-            database_query: default_database_query_service(),
-        }
-    }
-}
-
-impl Default for OAuthConfig {
-    fn default() -> Self {
-        Self {
-            clients: default_oauth_clients(),
-            signing_key_env: default_signing_key_env(),
-            token_ttl_seconds: default_token_ttl_seconds(),
-        }
-    }
-}
-
-impl Default for CompanionsConfig {
-    fn default() -> Self {
-        Self {
-            host: default_companion_host(),
-            ports: default_companion_ports(),
-            fault_injection: false,
-            rehearsal_seed: 0,
-            faults: BTreeMap::new(),
-        }
-    }
 }
 
 impl ServicesConfig {
@@ -635,108 +565,6 @@ fn check_url(key: &str, value: &str) -> Result<(), (String, String)> {
         )),
         Err(error) => Err((key.to_string(), format!("`{value}` is not a URL: {error}"))),
     }
-}
-
-fn default_store_path() -> PathBuf {
-    PathBuf::from("heistd.db")
-}
-fn default_turns() -> u32 {
-    12
-}
-fn default_context_messages() -> usize {
-    5
-}
-fn default_max_tool_calls() -> usize {
-    3
-}
-fn default_memory_max_tokens() -> u32 {
-    300
-}
-fn default_llm_url() -> String {
-    "http://127.0.0.1:8006/v1".into()
-}
-fn default_llm_model() -> String {
-    crate::services::rehearsal::MODEL_ID.into()
-}
-fn default_temperature() -> f64 {
-    0.7
-}
-fn default_max_tokens() -> u32 {
-    400
-}
-fn default_api_key_env() -> String {
-    "HEISTD_LLM_API_KEY".into()
-}
-fn default_llm_timeout_ms() -> u64 {
-    120_000
-}
-fn default_service_timeout_ms() -> u64 {
-    5_000
-}
-fn service_on(port: u16) -> ServiceConfig {
-    ServiceConfig {
-        base_url: format!("http://127.0.0.1:{port}"),
-        timeout_ms: default_service_timeout_ms(),
-        policy: PolicyConfig::quick_service(),
-        health: HealthCheckConfig::quick_service(),
-    }
-}
-fn default_oauth_service() -> ServiceConfig {
-    service_on(8001)
-}
-fn default_calculator_service() -> ServiceConfig {
-    service_on(8002)
-}
-fn default_file_reader_service() -> ServiceConfig {
-    service_on(8003)
-}
-fn default_database_query_service() -> ServiceConfig {
-    service_on(8004)
-}
-fn default_memory_service() -> ServiceConfig {
-    service_on(8005)
-}
-fn default_signing_key_env() -> String {
-    "HEISTD_OAUTH_SIGNING_KEY".into()
-}
-fn default_token_ttl_seconds() -> u64 {
-    3600
-}
-fn default_companion_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_companion_ports() -> BTreeMap<String, u16> {
-    [
-        ("oauth", 8001),
-        ("calculator", 8002),
-        ("file_reader", 8003),
-        ("database_query", 8004),
-        ("memory", 8005),
-        ("rehearsal", 8006),
-    ]
-    .into_iter()
-    .map(|(name, port)| (name.to_string(), port))
-    .collect()
-}
-
-/// The demo crew's credentials. A real deployment replaces these in its
-/// file; `config check` shows them redacted either way.
-fn default_oauth_clients() -> Vec<OAuthClient> {
-    let client = |id: &str, scopes: &[&str]| OAuthClient {
-        client_id: id.into(),
-        client_secret: format!("{id}-rehearsal-secret"),
-        scopes: scopes.iter().map(|scope| scope.to_string()).collect(),
-    };
-    vec![
-        client(
-            "planner",
-            &["file_reader:use", "calculator:use", "database_query:use"],
-        ),
-        client("hacker", &["database_query:use", "calculator:use"]),
-        client("safecracker", &["calculator:use", "file_reader:use"]),
-        client("mole", &["file_reader:use", "database_query:use"]),
-        client("operator", &["memory:admin"]),
-    ]
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! tool row) and the run goes on; only a store that cannot commit stops it,
 //! because then nothing more could be recorded truthfully.
 
+mod outbox;
+mod prompt;
 pub mod protocol;
 
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::clients::{AccessToken, CallError, ChatMessage, Clients, MemoryWrite, TokenCache};
+use crate::clients::{AccessToken, CallError, Clients, MemoryWrite, TokenCache};
 use crate::config::Config;
 use crate::metrics as names;
 use crate::resilience::journal;
@@ -27,7 +29,7 @@ use crate::scenario::{Agent, Scenario};
 use crate::store::{
     NewSession, ServiceCallRecord, SessionStatus, Store, StoreError, ToolCallRecord, TurnRecord,
 };
-use protocol::{parse_tool_requests, tool_instructions};
+use protocol::parse_tool_requests;
 
 /// Tool results longer than this are cut when carried into later prompts.
 pub const CONTEXT_RESULT_CHARS: usize = 400;
@@ -385,56 +387,6 @@ impl HeistRunner {
         Ok(report)
     }
 
-    /// Delivers pending memory writes of a session; returns how many remain.
-    pub async fn deliver_outbox(&self, session_id: &str) -> Result<usize, HeistError> {
-        let id = session_id.to_string();
-        let pending = self
-            .with_store(move |store| store.pending_outbox(&id, OUTBOX_BATCH))
-            .await?;
-        let mut remaining = pending.len();
-        for entry in pending {
-            let delivery = match serde_json::from_str::<MemoryWrite>(&entry.payload) {
-                Ok(write) => {
-                    self.clients
-                        .memory
-                        .store(&write, &format!("{}:{}", entry.session_id, entry.turn_id))
-                        .await
-                }
-                Err(error) => Err(CallError::Decode {
-                    service: "memory".into(),
-                    message: error.to_string(),
-                }),
-            };
-            match delivery {
-                Ok(()) => {
-                    self.with_store(move |store| store.mark_outbox_delivered(entry.id))
-                        .await?;
-                    remaining -= 1;
-                }
-                Err(error) if error.is_permanent() => {
-                    // The service answered that this write can never be
-                    // stored (too large, malformed): set it aside so it does
-                    // not block the writes behind it.
-                    let message = error.to_string();
-                    tracing::error!(turn_id = entry.turn_id, %message, "memory write abandoned");
-                    self.with_store(move |store| store.mark_outbox_abandoned(entry.id, &message))
-                        .await?;
-                    remaining -= 1;
-                }
-                Err(error) => {
-                    let message = error.to_string();
-                    tracing::warn!(turn_id = entry.turn_id, %message, "memory write stays in the outbox");
-                    self.with_store(move |store| store.mark_outbox_failed(entry.id, &message))
-                        .await?;
-                    // The service is down or refusing: keep order, try later.
-                    break;
-                }
-            }
-        }
-        metrics::gauge!(names::MEMORY_OUTBOX_PENDING).set(remaining as f64);
-        Ok(remaining)
-    }
-
     async fn play_turn(
         &self,
         session_id: &str,
@@ -586,82 +538,6 @@ impl HeistRunner {
             },
             Err(error) => failed_call(tool, parameter, error.to_string(), duration_ms),
         }
-    }
-
-    /// The last few successful turns with their tool results, oldest first.
-    async fn transcript(&self, session_id: &str) -> Result<String, HeistError> {
-        let id = session_id.to_string();
-        let limit = self.config.heist.context_messages;
-        let (messages, tools) = self
-            .with_store(move |store| {
-                let messages = store.recent_messages(&id, limit)?;
-                let first_turn = messages.first().map_or(i64::MAX, |message| message.turn_id);
-                let tools = store.tool_usage_for_turns(&id, first_turn)?;
-                Ok((messages, tools))
-            })
-            .await?;
-        let mut transcript = String::new();
-        for message in &messages {
-            transcript.push_str(&format!(
-                "{} ({}), turn {}: {}\n",
-                message.agent_name,
-                message.agent_role,
-                message.turn_id,
-                message.message.trim()
-            ));
-            for tool in tools.iter().filter(|tool| tool.turn_id == message.turn_id) {
-                let shown = if tool.success {
-                    tool.tool_result.as_str()
-                } else {
-                    tool.error.as_deref().unwrap_or("failed")
-                };
-                let cut: String = shown.chars().take(CONTEXT_RESULT_CHARS).collect();
-                transcript.push_str(&format!(
-                    "  [{} result: {}]\n",
-                    tool.tool_name,
-                    cut.replace('\n', " ")
-                ));
-            }
-        }
-        Ok(transcript)
-    }
-
-    fn prompt(
-        &self,
-        agent: &Agent,
-        memory: &str,
-        transcript: &str,
-        turn_id: u32,
-        total_turns: u32,
-    ) -> Vec<ChatMessage> {
-        let documents: Vec<&str> = self.scenario.documents.keys().map(String::as_str).collect();
-        let mut system = format!(
-            "{}\n\nThe job: {}\n\n{}",
-            agent.system_prompt.trim(),
-            self.scenario.objective.trim(),
-            tool_instructions(&agent.tools, &documents)
-        );
-        if !memory.trim().is_empty() {
-            system.push_str("\nWhat you said earlier in this session:\n");
-            system.push_str(memory.trim());
-            system.push('\n');
-        }
-        let conversation = if transcript.is_empty() {
-            "Nobody has spoken yet.\n".to_string()
-        } else {
-            format!("The conversation so far:\n{transcript}")
-        };
-        let user = format!("{conversation}\nTurn {turn_id} of {total_turns}. It is your turn, {}. Reply in character.", agent.name);
-        vec![
-            ChatMessage {
-                role: "system",
-                content: system,
-            },
-            ChatMessage {
-                role: "user",
-                content: user,
-            },
-        ]
     }
 
     async fn with_store<T: Send + 'static>(

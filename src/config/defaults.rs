@@ -1,0 +1,181 @@
+//! The built-in defaults: the lowest layer of the config, and what every
+//! key in `config/heistd.toml` shows (a test checks the two agree).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::*;
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+            synchronous: Synchronous::Full,
+            max_size_mb: 0,
+        }
+    }
+}
+
+impl Default for HeistConfig {
+    fn default() -> Self {
+        Self {
+            turns: default_turns(),
+            scenario: None,
+            seed: None,
+            context_messages: default_context_messages(),
+            max_tool_calls_per_turn: default_max_tool_calls(),
+            memory_max_tokens: default_memory_max_tokens(),
+        }
+    }
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            base_url: default_llm_url(),
+            model: default_llm_model(),
+            temperature: default_temperature(),
+            max_tokens: default_max_tokens(),
+            api_key_env: default_api_key_env(),
+            timeout_ms: default_llm_timeout_ms(),
+            policy: PolicyConfig::language_model(),
+            health: HealthCheckConfig::language_model(),
+        }
+    }
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            oauth: default_oauth_service(),
+            memory: default_memory_service(),
+            calculator: default_calculator_service(),
+            file_reader: default_file_reader_service(),
+            database_query: default_database_query_service(),
+        }
+    }
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            clients: default_oauth_clients(),
+            signing_key_env: default_signing_key_env(),
+            token_ttl_seconds: default_token_ttl_seconds(),
+        }
+    }
+}
+
+impl Default for CompanionsConfig {
+    fn default() -> Self {
+        Self {
+            host: default_companion_host(),
+            ports: default_companion_ports(),
+            fault_injection: false,
+            rehearsal_seed: 0,
+            faults: BTreeMap::new(),
+        }
+    }
+}
+
+pub(super) fn default_store_path() -> PathBuf {
+    PathBuf::from("heistd.db")
+}
+pub(super) fn default_turns() -> u32 {
+    12
+}
+pub(super) fn default_context_messages() -> usize {
+    5
+}
+pub(super) fn default_max_tool_calls() -> usize {
+    3
+}
+pub(super) fn default_memory_max_tokens() -> u32 {
+    300
+}
+pub(super) fn default_llm_url() -> String {
+    "http://127.0.0.1:8006/v1".into()
+}
+pub(super) fn default_llm_model() -> String {
+    crate::services::rehearsal::MODEL_ID.into()
+}
+pub(super) fn default_temperature() -> f64 {
+    0.7
+}
+pub(super) fn default_max_tokens() -> u32 {
+    400
+}
+pub(super) fn default_api_key_env() -> String {
+    "HEISTD_LLM_API_KEY".into()
+}
+pub(super) fn default_llm_timeout_ms() -> u64 {
+    120_000
+}
+pub(super) fn default_service_timeout_ms() -> u64 {
+    5_000
+}
+pub(super) fn service_on(port: u16) -> ServiceConfig {
+    ServiceConfig {
+        base_url: format!("http://127.0.0.1:{port}"),
+        timeout_ms: default_service_timeout_ms(),
+        policy: PolicyConfig::quick_service(),
+        health: HealthCheckConfig::quick_service(),
+    }
+}
+pub(super) fn default_oauth_service() -> ServiceConfig {
+    service_on(8001)
+}
+pub(super) fn default_calculator_service() -> ServiceConfig {
+    service_on(8002)
+}
+pub(super) fn default_file_reader_service() -> ServiceConfig {
+    service_on(8003)
+}
+pub(super) fn default_database_query_service() -> ServiceConfig {
+    service_on(8004)
+}
+pub(super) fn default_memory_service() -> ServiceConfig {
+    service_on(8005)
+}
+pub(super) fn default_signing_key_env() -> String {
+    "HEISTD_OAUTH_SIGNING_KEY".into()
+}
+pub(super) fn default_token_ttl_seconds() -> u64 {
+    3600
+}
+pub(super) fn default_companion_host() -> String {
+    "127.0.0.1".into()
+}
+pub(super) fn default_companion_ports() -> BTreeMap<String, u16> {
+    [
+        ("oauth", 8001),
+        ("calculator", 8002),
+        ("file_reader", 8003),
+        ("database_query", 8004),
+        ("memory", 8005),
+        ("rehearsal", 8006),
+    ]
+    .into_iter()
+    .map(|(name, port)| (name.to_string(), port))
+    .collect()
+}
+
+/// The demo crew's credentials. A real deployment replaces these in its
+/// file; `config check` shows them redacted either way.
+pub(super) fn default_oauth_clients() -> Vec<OAuthClient> {
+    let client = |id: &str, scopes: &[&str]| OAuthClient {
+        client_id: id.into(),
+        client_secret: format!("{id}-rehearsal-secret"),
+        scopes: scopes.iter().map(|scope| scope.to_string()).collect(),
+    };
+    vec![
+        client(
+            "planner",
+            &["file_reader:use", "calculator:use", "database_query:use"],
+        ),
+        client("hacker", &["database_query:use", "calculator:use"]),
+        client("safecracker", &["calculator:use", "file_reader:use"]),
+        client("mole", &["file_reader:use", "database_query:use"]),
+        client("operator", &["memory:admin"]),
+    ]
+}

@@ -1,0 +1,86 @@
+//! What the model sees on a turn: the agent's system prompt, the job, the
+//! tool instructions and its compressed memory, then the recent transcript
+//! with tool results. Failed turns never appear in it.
+
+use super::{HeistError, HeistRunner, CONTEXT_RESULT_CHARS};
+use crate::clients::ChatMessage;
+use crate::heist::protocol::tool_instructions;
+use crate::scenario::Agent;
+
+impl HeistRunner {
+    /// The last few successful turns with their tool results, oldest first.
+    pub(super) async fn transcript(&self, session_id: &str) -> Result<String, HeistError> {
+        let id = session_id.to_string();
+        let limit = self.config.heist.context_messages;
+        let (messages, tools) = self
+            .with_store(move |store| {
+                let messages = store.recent_messages(&id, limit)?;
+                let first_turn = messages.first().map_or(i64::MAX, |message| message.turn_id);
+                let tools = store.tool_usage_for_turns(&id, first_turn)?;
+                Ok((messages, tools))
+            })
+            .await?;
+        let mut transcript = String::new();
+        for message in &messages {
+            transcript.push_str(&format!(
+                "{} ({}), turn {}: {}\n",
+                message.agent_name,
+                message.agent_role,
+                message.turn_id,
+                message.message.trim()
+            ));
+            for tool in tools.iter().filter(|tool| tool.turn_id == message.turn_id) {
+                let shown = if tool.success {
+                    tool.tool_result.as_str()
+                } else {
+                    tool.error.as_deref().unwrap_or("failed")
+                };
+                let cut: String = shown.chars().take(CONTEXT_RESULT_CHARS).collect();
+                transcript.push_str(&format!(
+                    "  [{} result: {}]\n",
+                    tool.tool_name,
+                    cut.replace('\n', " ")
+                ));
+            }
+        }
+        Ok(transcript)
+    }
+
+    pub(super) fn prompt(
+        &self,
+        agent: &Agent,
+        memory: &str,
+        transcript: &str,
+        turn_id: u32,
+        total_turns: u32,
+    ) -> Vec<ChatMessage> {
+        let documents: Vec<&str> = self.scenario.documents.keys().map(String::as_str).collect();
+        let mut system = format!(
+            "{}\n\nThe job: {}\n\n{}",
+            agent.system_prompt.trim(),
+            self.scenario.objective.trim(),
+            tool_instructions(&agent.tools, &documents)
+        );
+        if !memory.trim().is_empty() {
+            system.push_str("\nWhat you said earlier in this session:\n");
+            system.push_str(memory.trim());
+            system.push('\n');
+        }
+        let conversation = if transcript.is_empty() {
+            "Nobody has spoken yet.\n".to_string()
+        } else {
+            format!("The conversation so far:\n{transcript}")
+        };
+        let user = format!("{conversation}\nTurn {turn_id} of {total_turns}. It is your turn, {}. Reply in character.", agent.name);
+        vec![
+            ChatMessage {
+                role: "system",
+                content: system,
+            },
+            ChatMessage {
+                role: "user",
+                content: user,
+            },
+        ]
+    }
+}
