@@ -102,6 +102,10 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     let mut report = runner
         .run(RunOptions::new(turns, seed), Some(&observer))
         .await?;
+    if options.chaos {
+        // A run shorter than the outage must not leave memory down.
+        set_fault(&stack, "memory", Fault::default());
+    }
     if report.memory_pending > 0 {
         // The memory breaker may still be open after the outage: give it a
         // few seconds, then the outbox delivers what memory missed.

@@ -90,14 +90,14 @@ impl CallError {
         }
     }
 
-    /// The service answered, and asking again would get the same answer: a
-    /// client error (not 408 or 429) or a reply that cannot be read.
+    /// The service judged the request itself unacceptable (400, 413, 422),
+    /// or it could not be built: sending it again can never succeed. A 401,
+    /// 403 or 404 is not permanent: it says the setup is wrong (a bad URL or
+    /// key), and the request may succeed once that is fixed.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::Status { status, .. } => {
-                (400..500).contains(status) && *status != 408 && *status != 429
-            }
-            Self::Decode { .. } | Self::Refused { .. } => true,
+            Self::Status { status, .. } => matches!(status, 400 | 413 | 422),
+            Self::Refused { .. } => true,
             _ => false,
         }
     }

@@ -541,6 +541,12 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         if let Err(message) = fault.validate() {
             return Err((format!("companions.faults.{name}"), message));
         }
+        if fault.refuse {
+            return Err((
+                format!("companions.faults.{name}.refuse"),
+                "a service that refuses from the start refuses `DELETE /fault` too; leave it out of `heistd services` instead".into(),
+            ));
+        }
     }
     for name in config.companions.ports.keys() {
         if !crate::services::COMPANION_NAMES.contains(&name.as_str()) {

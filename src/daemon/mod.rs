@@ -160,8 +160,11 @@ pub async fn run(
                 let previous_clients = runs.context().clients.clone();
                 match apply_reload(config_path.as_deref(), &state, &runs, &mut scheduler).await {
                     Ok(new_config) => {
+                        // Awaited, so no old checker can hold a breaker open
+                        // after the release below.
                         for task in health_tasks.drain(..) {
                             task.abort();
+                            let _ = task.await;
                         }
                         // Sessions still running on the previous clients must
                         // not keep breakers that no checker will release.
@@ -204,7 +207,10 @@ pub async fn run(
     for task in health_tasks {
         task.abort();
     }
-    let _ = tokio::join!(retention, outbox);
+    // Delivery is idempotent and resumes at the next start: no need to
+    // wait out a hanging memory service here.
+    outbox.abort();
+    let _ = retention.await;
     let _ = finish_sender.send(true);
     let _ = tokio::join!(api, watchdog);
     tracing::info!("stopped");

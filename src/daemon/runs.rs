@@ -213,10 +213,13 @@ impl Runs {
     /// it was started with; a session whose scenario is gone is interrupted.
     async fn resume_when_admitted(self: Arc<Self>, session: SessionRow) {
         let Some(context) = self.context_for_resume(&session).await else {
-            let reason = format!(
-                "cannot resume: scenario `{}` is not configured any more",
-                session.scenario.as_deref().unwrap_or("?")
-            );
+            let reason = match &session.scenario {
+                Some(scenario) if session.seed.is_some() => {
+                    format!("cannot resume: scenario `{scenario}` is not configured any more")
+                }
+                _ => "cannot resume: the session has no seed or plan (heistd did not start it)"
+                    .to_string(),
+            };
             tracing::error!(session_id = %session.session_id, %reason);
             self.finish_if_active(&session.session_id, SessionStatus::Interrupted, &reason)
                 .await;
@@ -242,6 +245,11 @@ impl Runs {
     }
 
     async fn context_for_resume(&self, session: &SessionRow) -> Option<Arc<RunContext>> {
+        // A session heistd did not start (the prototype's, in an adopted
+        // database) has no seed or plan to resume from.
+        if session.seed.is_none() || session.planned_turns.unwrap_or(0) <= 0 {
+            return None;
+        }
         let context = self.context();
         let wanted = session
             .scenario
@@ -378,8 +386,14 @@ impl Runs {
         let outcome =
             tokio::task::spawn_blocking(move || store.finish_session(&id, status, Some(&reason)))
                 .await;
-        if !matches!(outcome, Ok(Ok(()))) {
-            tracing::error!(%session_id, status = status.as_str(), "cannot record how the session ended");
+        match outcome {
+            Ok(Ok(true)) => {
+                metrics::counter!(names::SESSIONS_TOTAL, "status" => status.as_str()).increment(1)
+            }
+            Ok(Ok(false)) => {}
+            _ => {
+                tracing::error!(%session_id, status = status.as_str(), "cannot record how the session ended")
+            }
         }
     }
 

@@ -53,7 +53,9 @@ impl HeistRunner {
                 }
             }
         }
-        metrics::gauge!(names::MEMORY_OUTBOX_PENDING).set(remaining as f64);
+        if let Ok(total) = self.with_store(|store| store.pending_outbox_total()).await {
+            metrics::gauge!(names::MEMORY_OUTBOX_PENDING).set(total as f64);
+        }
         Ok(remaining)
     }
 }

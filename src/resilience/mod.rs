@@ -202,20 +202,25 @@ impl Guard {
             .attempt_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
         let attempt_started = Instant::now();
+        let mut cut_by_deadline = false;
         let result = match tokio::time::timeout(limit, attempt()).await {
             Ok(result) => result,
-            Err(_) => Err(CallError::Timeout {
-                service: self.service.clone(),
-                after: limit,
-            }),
+            Err(_) => {
+                cut_by_deadline = limit < self.policy.attempt_timeout;
+                Err(CallError::Timeout {
+                    service: self.service.clone(),
+                    after: limit,
+                })
+            }
         };
         drop(slot);
         let elapsed = attempt_started.elapsed();
-        let cut_by_deadline =
-            limit < self.policy.attempt_timeout && matches!(result, Err(CallError::Timeout { .. }));
-        if cut_by_deadline {
-            // Our deadline, not the service, ended this attempt: it says
-            // nothing about the service's health.
+        let slow =
+            elapsed > Duration::from_millis(self.policy.config.breaker.slow_call_duration_ms);
+        if cut_by_deadline && !slow {
+            // Our deadline, not the service, ended this attempt early: it
+            // says nothing about the service's health. (Cut after the slow
+            // threshold, it was a slow call all the same, and counts.)
             drop(permit);
         } else {
             let failed = result.as_ref().err().is_some_and(CallError::is_transient);

@@ -335,3 +335,43 @@ async fn a_cancelled_half_open_call_frees_its_probe() {
     assert!(result.is_ok(), "the freed permit admitted a new probe");
     assert_eq!(guard.breaker_state(), BreakerState::Closed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_short_by_the_deadline_is_not_held_against_the_service() {
+    // Attempts may take 1 s; the call may take 1.5 s: the second attempt is
+    // cut at 0.5 s by the deadline, which is no evidence about the service.
+    let guard = Guard::new(
+        "svc",
+        Policy {
+            attempt_timeout: Duration::from_secs(1),
+            ..policy(|config| {
+                config.deadline_ms = 1_500;
+                config.max_attempts = 2;
+                config.backoff_base_ms = 0;
+                config.backoff_cap_ms = 0;
+                config.breaker.minimum_calls = 2;
+                config.breaker.failure_rate_threshold = 1.0;
+            })
+        },
+    );
+    let (result, summary) = guard
+        .call("op", std::future::pending::<Result<(), CallError>>)
+        .await;
+    assert!(
+        matches!(result, Err(CallError::Timeout { after, .. }) if after == Duration::from_millis(500))
+    );
+    assert_eq!(summary.attempts, 2);
+    assert_eq!(
+        guard.breaker_state(),
+        BreakerState::Closed,
+        "only the first, full-length timeout counted"
+    );
+    let (_, _) = guard
+        .call("op", std::future::pending::<Result<(), CallError>>)
+        .await;
+    assert_eq!(
+        guard.breaker_state(),
+        BreakerState::Open,
+        "a second full-length timeout makes two failures"
+    );
+}

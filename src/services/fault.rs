@@ -113,7 +113,9 @@ impl FaultSwitch {
 }
 
 /// Wraps a service router in the fault layer; with `control` on, adds
-/// `GET/POST/DELETE /fault`, which faults never affect.
+/// `GET/POST/DELETE /fault`, which latency, errors and hangs never affect.
+/// `refuse` closes every connection, `/fault`'s too: it is cleared from
+/// inside the process (tests, the demo) or by a restart.
 pub fn wrap(router: Router, switch: Arc<FaultSwitch>, control: bool) -> Router {
     let faulty = router.layer(axum::middleware::from_fn_with_state(switch.clone(), inject));
     if !control {

@@ -42,6 +42,16 @@ impl Store {
         Ok((counts.0.max(0) as u64, counts.1.max(0) as u64))
     }
 
+    /// Memory writes waiting for delivery, across all sessions.
+    pub fn pending_outbox_total(&self) -> Result<u64, StoreError> {
+        let count: i64 = self.lock().query_row(
+            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(count.max(0) as u64)
+    }
+
     /// Whether the database answers a trivial query (for `/readyz`).
     pub fn is_usable(&self) -> bool {
         self.lock()

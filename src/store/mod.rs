@@ -39,6 +39,12 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("audit store: session {0} not found")]
     SessionNotFound(String),
+    #[error("audit store: session {session_id} has already ended ({status})")]
+    SessionEnded { session_id: String, status: String },
+    #[error(
+        "audit store is {size_mb} MiB, over store.max_size_mb = {cap_mb}: raise the cap or prune"
+    )]
+    OverSizeCap { size_mb: u64, cap_mb: u64 },
     #[error("audit store worker failed: {0}")]
     Worker(String),
     #[error("audit store: schedule {schedule} already ran for {scheduled_time}")]
@@ -227,7 +233,16 @@ impl Store {
     pub fn open_configured(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
         let store = Self::open(&config.path, config.synchronous)?;
         if config.max_size_mb > 0 {
-            store.limit_size(config.max_size_mb.saturating_mul(1024 * 1024))?;
+            let cap = config.max_size_mb.saturating_mul(1024 * 1024);
+            let granted = store.limit_size(cap)?;
+            // SQLite never shrinks below the current size: a database
+            // already over the cap would fail every write.
+            if granted > cap {
+                return Err(StoreError::OverSizeCap {
+                    size_mb: granted.div_ceil(1024 * 1024),
+                    cap_mb: config.max_size_mb,
+                });
+            }
         }
         Ok(store)
     }
@@ -279,6 +294,25 @@ impl Store {
     pub fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
         let mut connection = self.lock();
         let transaction = connection.transaction()?;
+        // A turn that finishes after its session was ended (the daemon's
+        // grace period ran out mid-turn) is not recorded.
+        let status: Option<String> = transaction
+            .query_row(
+                "SELECT status FROM sessions WHERE session_id = ?1",
+                params![turn.session_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match status.as_deref() {
+            Some("active") => {}
+            Some(status) => {
+                return Err(StoreError::SessionEnded {
+                    session_id: turn.session_id.clone(),
+                    status: status.to_string(),
+                })
+            }
+            None => return Err(StoreError::SessionNotFound(turn.session_id.clone())),
+        }
         let now = timestamp(chrono::Utc::now());
         transaction.execute(
             "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error)
@@ -338,14 +372,15 @@ impl Store {
         Ok(())
     }
 
-    /// Ends an `active` session. A session that has already ended keeps its
-    /// first ending: a late "interrupted" never overwrites "completed".
+    /// Ends an `active` session; `false` when it had already ended, which
+    /// keeps its first ending: a late "interrupted" never overwrites
+    /// "completed".
     pub fn finish_session(
         &self,
         session_id: &str,
         status: SessionStatus,
         reason: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let connection = self.lock();
         let changed = connection.execute(
             "UPDATE sessions SET status = ?2, end_time = ?3, failure_reason = ?4,
@@ -371,7 +406,7 @@ impl Store {
                 return Err(StoreError::SessionNotFound(session_id.to_string()));
             }
         }
-        Ok(())
+        Ok(changed > 0)
     }
 
     /// The last `limit` turns that produced a message, oldest first, with

@@ -267,6 +267,21 @@ fn the_chaos_demo_rides_out_its_faults() {
         stdout.contains("each is a row in service_calls"),
         "the outage's failed calls are in the audit trail:\n{stdout}"
     );
+    let store = heistd::store::Store::open(
+        &directory.path().join("chaos.db"),
+        heistd::config::Synchronous::Normal,
+    )
+    .expect("store");
+    let session = &store.list_sessions(1).expect("sessions")[0];
+    let detail = store.session(&session.session_id).expect("detail");
+    assert!(
+        detail
+            .service_calls
+            .iter()
+            .any(|row| row.call.service == "memory" && row.call.outcome != "success"),
+        "the memory outage is in service_calls: {:?}",
+        detail.service_calls
+    );
     assert!(stdout.contains("[ 9/9]"), "{stdout}");
 }
 

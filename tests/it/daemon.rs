@@ -30,9 +30,11 @@ struct Daemon {
 
 /// A config for a daemon using `stack`'s companions, plus `extra` TOML.
 fn config_text(stack: &TestStack, directory: &Path, extra: &str) -> String {
-    // Port 0: the daemon takes a free port and says which in STATUS=.
+    // The admin address comes from HEISTD_DAEMON__ADMIN_ADDRESS (port 0: the
+    // daemon takes a free port and says which in STATUS=), so `extra` may
+    // hold a [daemon] table of its own.
     let mut text = format!(
-        "[store]\npath = \"{}\"\n[daemon]\nadmin_address = \"127.0.0.1:0\"\nshutdown_grace_ms = 5000\n",
+        "[store]\npath = \"{}\"\n",
         directory.join("audit.db").display()
     );
     for service in [
@@ -100,6 +102,7 @@ impl Daemon {
             .env("NOTIFY_SOCKET", &socket_path)
             .env("WATCHDOG_USEC", "1000000")
             .env("HEISTD_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("HEISTD_DAEMON__ADMIN_ADDRESS", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -566,4 +569,46 @@ async fn an_every_schedule_fires_each_slot_once() {
         daemon.log()
     );
     assert!(sessions.iter().all(|session| session.num_turns == 2));
+}
+
+#[tokio::test]
+async fn a_turn_still_running_when_the_grace_period_ends_is_cut_and_its_session_interrupted() {
+    let stack = TestStack::start().await;
+    // The model never answers: the first turn is still in flight at SIGTERM.
+    stack.set_fault(
+        "rehearsal",
+        Fault {
+            hang: true,
+            ..Fault::default()
+        },
+    );
+    let mut daemon = Daemon::start(&stack, "[daemon]\nshutdown_grace_ms = 300\n").await;
+    let session_id = daemon.start_run(5).await;
+    let store = daemon.store();
+    eventually(
+        Duration::from_secs(10),
+        "the run is under way",
+        async || {
+            let (_, status) = daemon.get("/api/v1/status").await;
+            (status["running_sessions"].as_array().map(Vec::len) == Some(1)).then_some(())
+        },
+    )
+    .await;
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    let session = store.session(&session_id).expect("session").session;
+    assert_eq!(session.status, "interrupted");
+    assert!(
+        session
+            .failure_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("grace period ran out"),
+        "{session:?}"
+    );
+    assert!(
+        committed_turns(&store, &session_id).is_empty(),
+        "the cut turn left nothing behind"
+    );
 }

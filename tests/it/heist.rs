@@ -337,3 +337,60 @@ async fn a_full_store_stops_the_run_cleanly_and_memory_never_gets_ahead_of_it() 
         .collect();
     assert_eq!(remembered, committed);
 }
+
+#[tokio::test]
+async fn a_memory_write_refused_for_good_is_set_aside_and_the_rest_are_delivered() {
+    use heistd::clients::MemoryWrite;
+    use heistd::store::TurnRecord;
+    let stack = TestStack::start().await;
+    let runner = stack.stack.runner(stack.store.clone());
+    let session_id = runner.start(&RunOptions::new(2, 1)).await.expect("session");
+    for (turn_id, message) in [
+        (1u32, "x".repeat(100 * 1024)),
+        (2, "a normal reply".to_string()),
+    ] {
+        let write = MemoryWrite {
+            agent_id: "mole".into(),
+            turn_id: turn_id.into(),
+            message: message.clone(),
+            game_session_id: session_id.clone(),
+        };
+        let record = TurnRecord {
+            session_id: session_id.clone(),
+            turn_id,
+            agent_name: "mole".into(),
+            agent_role: "Inside Man".into(),
+            message,
+            error: None,
+            tool_calls: Vec::new(),
+            memory_payload: Some(serde_json::to_string(&write).expect("json")),
+            service_calls: Vec::new(),
+        };
+        stack.store.record_turn(&record).expect("commit");
+    }
+    // The memory service answers 413 to the first write: it can never be
+    // stored, and must not block the second.
+    assert_eq!(
+        runner.deliver_outbox(&session_id).await.expect("deliver"),
+        0
+    );
+    let stored: Vec<i64> = memories(&stack, &session_id)
+        .await
+        .iter()
+        .filter_map(|memory| memory["turn_id"].as_i64())
+        .collect();
+    assert_eq!(stored, [2]);
+    assert_eq!(
+        stack.store.outbox_counts(&session_id).expect("counts"),
+        (1, 2),
+        "one delivered, one set aside"
+    );
+    assert_eq!(
+        stack
+            .store
+            .pending_outbox(&session_id, 10)
+            .expect("pending")
+            .len(),
+        0
+    );
+}
