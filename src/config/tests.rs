@@ -99,7 +99,10 @@ fn bad_config_names_the_key_and_the_file() {
             "[companions.faults.memory]\nlatency = 5\n",
             "companions.faults.memory.latency",
         ),
-        ("[companions.faults.memory]\nrefuse = true\n", "companions.faults.memory.refuse"),
+        (
+            "[companions.faults.memory]\nrefuse = true\n",
+            "companions.faults.memory.refuse",
+        ),
         ("surprise = 1\n", "surprise"),
         (
             "[services.file_reader]\ntimeout_ms = true\n",
