@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use llm::{ChatMessage, LlmClient};
+pub use llm::{ChatMessage, LlmClient, ModelReply, ToolSpec};
 pub use memory::{MemoryClient, MemoryWrite};
 pub use oauth::{AccessToken, OAuthClient, TokenCache};
 pub use tools::ToolClient;

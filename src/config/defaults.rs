@@ -38,6 +38,7 @@ impl Default for LlmConfig {
             max_tokens: default_max_tokens(),
             api_key_env: default_api_key_env(),
             timeout_ms: default_llm_timeout_ms(),
+            tool_calling: ToolCalling::Text,
             policy: PolicyConfig::language_model(),
             health: HealthCheckConfig::language_model(),
         }

@@ -147,10 +147,23 @@ pub struct LlmConfig {
     /// Per-attempt timeout: a local model may need a minute for a reply.
     #[serde(default = "default_llm_timeout_ms")]
     pub timeout_ms: u64,
+    /// How agents ask for tools: `text` (the prototype's
+    /// `[TOOL:name:parameter]` in the reply, which any model can do) or
+    /// `native` (OpenAI function calling, for models that support it).
+    #[serde(default)]
+    pub tool_calling: ToolCalling,
     #[serde(default = "PolicyConfig::language_model")]
     pub policy: PolicyConfig,
     #[serde(default = "HealthCheckConfig::language_model")]
     pub health: HealthCheckConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolCalling {
+    #[default]
+    Text,
+    Native,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

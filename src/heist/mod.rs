@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::clients::{AccessToken, CallError, Clients, MemoryWrite, TokenCache};
-use crate::config::Config;
+use crate::clients::{AccessToken, CallError, Clients, MemoryWrite, TokenCache, ToolSpec};
+use crate::config::{Config, ToolCalling};
 use crate::metrics as names;
 use crate::resilience::journal;
 use crate::scenario::{Agent, Scenario};
@@ -432,7 +432,13 @@ impl HeistRunner {
             }
         };
         let messages = self.prompt(agent, &memory, &transcript, turn_id, total_turns);
-        let reply = match self.clients.llm.chat(&messages, seed & 0x7FFF_FFFF).await {
+        let native_tools = self.native_tools(agent);
+        let reply = match self
+            .clients
+            .llm
+            .chat(&messages, seed & 0x7FFF_FFFF, &native_tools)
+            .await
+        {
             Ok(reply) => reply,
             Err(error) => {
                 tracing::warn!(turn_id, agent = %agent.name, %error, "LLM call failed; turn recorded as failed");
@@ -440,7 +446,28 @@ impl HeistRunner {
                 return record;
             }
         };
-        for (index, request) in parse_tool_requests(&reply).into_iter().enumerate() {
+        // Native calls are written into the stored message in the
+        // prototype's notation, so the audit trail reads the same either way
+        // (and the text is what later prompts and memory show).
+        let mut message = reply.content.trim().to_string();
+        let mut requests = parse_tool_requests(&message);
+        for (tool, parameter) in &reply.tool_calls {
+            let request = protocol::ToolRequest {
+                tool: tool.clone(),
+                parameter: parameter.clone(),
+            };
+            // A model that both writes and natively calls the same tool
+            // asked once, not twice.
+            if requests.contains(&request) {
+                continue;
+            }
+            message.push_str(&format!(
+                "{}[TOOL:{tool}:{parameter}]",
+                if message.is_empty() { "" } else { " " }
+            ));
+            requests.push(request);
+        }
+        for (index, request) in requests.into_iter().enumerate() {
             let call = if index >= self.config.heist.max_tool_calls_per_turn {
                 refused(
                     &request.tool,
@@ -487,12 +514,29 @@ impl HeistRunner {
         let write = MemoryWrite {
             agent_id: agent.name.clone(),
             turn_id: turn_id as i64,
-            message: reply.clone(),
+            message: message.clone(),
             game_session_id: session_id.to_string(),
         };
         record.memory_payload = serde_json::to_string(&write).ok();
-        record.message = reply;
+        record.message = message;
         record
+    }
+
+    /// The agent's tools as native function specs, when the config asks
+    /// for native tool calling; none otherwise.
+    fn native_tools(&self, agent: &Agent) -> Vec<ToolSpec> {
+        if self.config.llm.tool_calling != ToolCalling::Native {
+            return Vec::new();
+        }
+        let documents: Vec<&str> = self.scenario.documents.keys().map(String::as_str).collect();
+        agent
+            .tools
+            .iter()
+            .map(|tool| ToolSpec {
+                name: tool.clone(),
+                description: protocol::describe_tool(tool, &documents),
+            })
+            .collect()
     }
 
     async fn token_for(&self, agent: &Agent) -> Result<AccessToken, CallError> {

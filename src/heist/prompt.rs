@@ -4,6 +4,7 @@
 
 use super::{HeistError, HeistRunner, CONTEXT_RESULT_CHARS};
 use crate::clients::ChatMessage;
+use crate::config::ToolCalling;
 use crate::heist::protocol::tool_instructions;
 use crate::scenario::Agent;
 
@@ -59,7 +60,11 @@ impl HeistRunner {
             "{}\n\nThe job: {}\n\n{}",
             agent.system_prompt.trim(),
             self.scenario.objective.trim(),
-            tool_instructions(&agent.tools, &documents)
+            tool_instructions(
+                &agent.tools,
+                &documents,
+                self.config.llm.tool_calling == ToolCalling::Native
+            )
         );
         if !memory.trim().is_empty() {
             system.push_str("\nWhat you said earlier in this session:\n");

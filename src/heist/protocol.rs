@@ -35,22 +35,31 @@ pub fn parse_tool_requests(reply: &str) -> Vec<ToolRequest> {
 }
 
 /// How to ask for tools, for the system prompt of an agent with `tools`.
-pub fn tool_instructions(tools: &[String], documents: &[&str]) -> String {
+/// With `native` calling the model is given function specs instead, and
+/// only told that they exist.
+pub fn tool_instructions(tools: &[String], documents: &[&str], native: bool) -> String {
     if tools.is_empty() {
         return "You have no tools.".into();
     }
-    let mut text = String::from("To use a tool, write [TOOL:name:parameter] in your reply; the result reaches the crew after your turn. Your tools:\n");
+    let mut text = if native {
+        String::from("You may call the tools you are given (one string parameter each); the result reaches the crew after your turn. Your tools:\n")
+    } else {
+        String::from("To use a tool, write [TOOL:name:parameter] in your reply; the result reaches the crew after your turn. Your tools:\n")
+    };
     for tool in tools {
-        let line = match tool.as_str() {
-            "calculator" => "- calculator: an arithmetic expression with + - * / % ^ and parentheses, e.g. [TOOL:calculator:(3 * 45) + 120]".to_string(),
-            "file_reader" => format!("- file_reader: one document by name, one of: {}", documents.join(", ")),
-            "database_query" => "- database_query: one read-only SQL SELECT over the shift database (tables guards, shifts, access_levels)".to_string(),
-            other => format!("- {other}"),
-        };
-        text.push_str(&line);
-        text.push('\n');
+        text.push_str(&format!("- {tool}: {}\n", describe_tool(tool, documents)));
     }
     text
+}
+
+/// What a tool's one parameter is, in words (for prompts and function specs).
+pub fn describe_tool(tool: &str, documents: &[&str]) -> String {
+    match tool {
+        "calculator" => "an arithmetic expression with + - * / % ^ and parentheses, e.g. (3 * 45) + 120".to_string(),
+        "file_reader" => format!("one document by name, one of: {}", documents.join(", ")),
+        "database_query" => "one read-only SQL SELECT over the shift database (tables guards, shifts, access_levels)".to_string(),
+        other => format!("the {other} tool's parameter"),
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,10 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Native function specs: when present, tool requests come back as
+    /// `tool_calls` instead of `[TOOL:...]` in the text.
+    #[serde(default)]
+    pub tools: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +143,16 @@ async fn chat_completions(
         Ok(content) => content,
         Err(message) => return error_response(StatusCode::BAD_REQUEST, message),
     };
+    let offered: Vec<&str> = request
+        .tools
+        .iter()
+        .filter_map(|tool| tool["function"]["name"].as_str())
+        .collect();
+    let (content, tool_calls) = if offered.is_empty() {
+        (content, Vec::new())
+    } else {
+        split_native(&content, &offered)
+    };
     let prompt_chars: usize = request
         .messages
         .iter()
@@ -147,16 +161,21 @@ async fn chat_completions(
         .sum();
     let completion_tokens = content.len().div_ceil(4);
     let prompt_tokens = prompt_chars.div_ceil(4);
+    let mut message = serde_json::json!({ "role": "assistant", "content": content });
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = serde_json::Value::Array(tool_calls);
+    }
+    let finish_reason = if message.get("tool_calls").is_some() {
+        "tool_calls"
+    } else {
+        "stop"
+    };
     Json(serde_json::json!({
         "id": format!("rehearsal-{}", request.seed.unwrap_or(state.default_seed)),
         "object": "chat.completion",
         "created": chrono::Utc::now().timestamp(),
         "model": MODEL_ID,
-        "choices": [{
-            "index": 0,
-            "message": { "role": "assistant", "content": content },
-            "finish_reason": "stop",
-        }],
+        "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason }],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -164,6 +183,34 @@ async fn chat_completions(
         },
     }))
     .into_response()
+}
+
+/// Moves the script's `[TOOL:name:parameter]` requests for offered tools out
+/// of the text and into OpenAI `tool_calls`, as a function-calling model
+/// would answer.
+fn split_native(content: &str, offered: &[&str]) -> (String, Vec<serde_json::Value>) {
+    let requests = crate::heist::protocol::parse_tool_requests(content);
+    let mut text = content.to_string();
+    let mut calls = Vec::new();
+    for (index, request) in requests.iter().enumerate() {
+        if !offered.contains(&request.tool.as_str()) {
+            continue;
+        }
+        text = text.replacen(
+            &format!("[TOOL:{}:{}]", request.tool, request.parameter),
+            "",
+            1,
+        );
+        calls.push(serde_json::json!({
+            "id": format!("call_{index}"),
+            "type": "function",
+            "function": {
+                "name": request.tool,
+                "arguments": serde_json::json!({ "parameter": request.parameter }).to_string(),
+            },
+        }));
+    }
+    (text.trim().to_string(), calls)
 }
 
 async fn models() -> Json<serde_json::Value> {
@@ -206,6 +253,7 @@ mod tests {
                 },
             ],
             seed: Some(seed),
+            tools: Vec::new(),
         }
     }
 
@@ -230,5 +278,24 @@ mod tests {
             .collect();
         assert_eq!(tools_used.len(), 3, "{tools_used:?}");
         assert!(state.reply(&request("nobody", 1, 1)).is_err());
+    }
+
+    #[test]
+    fn offered_tools_come_back_as_native_calls() {
+        let line = "Checking the rota. [TOOL:database_query:SELECT name FROM guards]";
+        let (text, calls) = split_native(line, &["database_query", "calculator"]);
+        assert_eq!(text, "Checking the rota.");
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["function"]["name"], "database_query");
+        let arguments: serde_json::Value =
+            serde_json::from_str(calls[0]["function"]["arguments"].as_str().expect("string"))
+                .expect("json");
+        assert_eq!(arguments["parameter"], "SELECT name FROM guards");
+        let (kept, none) = split_native(line, &["calculator"]);
+        assert_eq!(
+            (kept.as_str(), none.len()),
+            (line, 0),
+            "a tool not offered stays in the text"
+        );
     }
 }

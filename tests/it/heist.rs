@@ -394,3 +394,54 @@ async fn a_memory_write_refused_for_good_is_set_aside_and_the_rest_are_delivered
         0
     );
 }
+
+#[tokio::test]
+async fn native_tool_calling_runs_the_same_heist_and_records_it_the_same_way() {
+    let mut config = crate::support::base_config();
+    config.llm.tool_calling = heistd::config::ToolCalling::Native;
+    let stack = TestStack::start_with(config).await;
+    let (report, detail) = run(&stack, 12, 42).await;
+    assert_eq!(report.status, SessionStatus::Completed);
+    let succeeded: BTreeSet<&str> = detail
+        .tool_usage
+        .iter()
+        .filter(|tool| tool.success)
+        .map(|tool| tool.tool_name.as_str())
+        .collect();
+    assert_eq!(
+        succeeded,
+        BTreeSet::from(["calculator", "database_query", "file_reader"])
+    );
+    for message in &detail.messages {
+        // Native calls are written into the message in the prototype's
+        // notation, one per call, so the trail reads the same as text mode.
+        let written = heistd::heist::protocol::parse_tool_requests(&message.message).len();
+        let recorded = detail
+            .tool_usage
+            .iter()
+            .filter(|tool| tool.turn_id == message.turn_id)
+            .count();
+        assert_eq!(
+            written, recorded,
+            "turn {}: {}",
+            message.turn_id, message.message
+        );
+    }
+    // The same seed in text mode asks for the same tools with the same parameters.
+    let text_stack = TestStack::start().await;
+    let (_, text_detail) = run(&text_stack, 12, 42).await;
+    let calls = |detail: &SessionDetail| -> Vec<(i64, String, String)> {
+        detail
+            .tool_usage
+            .iter()
+            .map(|tool| {
+                (
+                    tool.turn_id,
+                    tool.tool_name.clone(),
+                    tool.tool_params.clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(calls(&detail), calls(&text_detail));
+}
