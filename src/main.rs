@@ -89,6 +89,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
                 seed,
                 llm: llm_url.zip(llm_model),
                 chaos,
+                stop: stop_on_interrupt()?,
             })
             .await?;
         }
@@ -98,7 +99,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
             seed,
         } => {
             let (config, _) = cli::load_config(config.as_deref())?;
-            cli::run(config, turns, seed).await?;
+            cli::run(config, turns, seed, stop_on_interrupt()?).await?;
         }
         Command::Check { config } => {
             let (config, _) = cli::load_config(config.as_deref())?;
@@ -160,6 +161,24 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> 
             _ = terminate.recv() => {}
         }
     })
+}
+
+/// For one-shot heists: the first Ctrl-C or SIGTERM ends the heist after
+/// its current turn (session `interrupted`); a second one quits at once.
+fn stop_on_interrupt() -> Result<tokio::sync::watch::Receiver<bool>, CliError> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let first = shutdown_signal()?;
+    tokio::spawn(async move {
+        first.await;
+        eprintln!("heistd: stopping after this turn (the session will be marked interrupted); again to quit now");
+        let _ = stop.send(true);
+        // Listening anew: only a signal after the first one quits at once.
+        if let Ok(second) = shutdown_signal() {
+            second.await;
+            std::process::exit(130);
+        }
+    });
+    Ok(stopped)
 }
 
 /// Sends one reload request per SIGHUP.

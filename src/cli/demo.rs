@@ -19,6 +19,8 @@ pub struct DemoOptions {
     pub llm: Option<(String, String)>,
     /// Inject faults so the resilience stack has something to do.
     pub chaos: bool,
+    /// Becomes true on Ctrl-C: the heist ends `interrupted` after its turn.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The memory service is down from this turn...
@@ -33,10 +35,16 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         // A short wait in open, so the memory breaker lets the outbox
         // through within the demo rather than ten seconds later.
         base.services.memory.policy.breaker.wait_in_open_ms = 1_000;
+        // A wider window for the model: a fifth of requests failing should
+        // show retries at work, not open the breaker on a short unlucky run
+        // (turns then fail in microseconds until it half-opens).
+        base.llm.policy.breaker.window_size = 20;
+        base.llm.policy.breaker.minimum_calls = 10;
+        base.llm.policy.breaker.wait_in_open_ms = 1_000;
     }
     let stack = LocalStack::start(base, options.llm.clone()).await?;
     let store = Arc::new(Store::open_configured(&stack.config.store)?);
-    let runner = stack.runner(store.clone());
+    let runner = stack.runner(store.clone()).with_stop(options.stop.clone());
     let turns = options.turns.unwrap_or(stack.config.heist.turns);
     let seed = options.seed.unwrap_or_else(heist::random_seed);
     let model = match &options.llm {
@@ -56,7 +64,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     }
     if options.chaos {
         println!(
-            "chaos: the model answers 503 to a quarter of requests, the calculator 500 to a third, and the \
+            "chaos: the model answers 503 to a fifth of requests, the calculator 500 to a third, and the \
              memory service is down from turn {OUTAGE_FIRST_TURN} to turn {OUTAGE_LAST_TURN}: watch retries, \
              failures and the outbox catching up"
         );
@@ -144,7 +152,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         );
     }
     stack.companions.shutdown().await;
-    Ok(report)
+    super::completed(report)
 }
 
 fn set_fault(stack: &LocalStack, service: &str, fault: Fault) {

@@ -14,6 +14,8 @@ pub mod args;
 mod demo;
 pub use demo::{demo, DemoOptions};
 
+use tokio::sync::watch;
+
 use crate::clients::{Clients, StatsSnapshot};
 use crate::config::{self, Config, ConfigError};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions, RunReport, TurnView};
@@ -39,6 +41,12 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     Unhealthy(String),
+    #[error("session {session_id} ended {status}: {reason}")]
+    NotCompleted {
+        session_id: String,
+        status: &'static str,
+        reason: String,
+    },
 }
 
 impl CliError {
@@ -48,6 +56,12 @@ impl CliError {
         match self {
             Self::Config(_) | Self::Scenario(_) | Self::Usage(_) => 1,
             Self::Unhealthy(_) => 1,
+            Self::NotCompleted { .. } => 3,
+            Self::Store(
+                StoreError::InUse { .. }
+                | StoreError::SessionNotFound(_)
+                | StoreError::OverSizeCap { .. },
+            ) => 1,
             Self::Store(_) | Self::Service(_) | Self::Heist(_) => 2,
             Self::Daemon(
                 crate::daemon::DaemonError::Config(_) | crate::daemon::DaemonError::Scenario(_),
@@ -146,6 +160,7 @@ pub async fn run(
     config: Config,
     turns: Option<u32>,
     seed: Option<u64>,
+    stop: watch::Receiver<bool>,
 ) -> Result<RunReport, CliError> {
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     let store = Arc::new(Store::open_configured(&config.store)?);
@@ -154,12 +169,26 @@ pub async fn run(
     let seed = seed
         .or(config.heist.seed)
         .unwrap_or_else(heist::random_seed);
-    let runner = HeistRunner::new(Arc::new(config), scenario, clients, store.clone());
+    let runner =
+        HeistRunner::new(Arc::new(config), scenario, clients, store.clone()).with_stop(stop);
     let report = runner
         .run(RunOptions::new(turns, seed), Some(&print_turn))
         .await?;
     println!("{}", summary(&report, runner.clients(), store.path()));
-    Ok(report)
+    completed(report)
+}
+
+/// A heist that ran but did not complete is an error for the exit code
+/// (3), after its summary has been printed.
+pub(crate) fn completed(report: RunReport) -> Result<RunReport, CliError> {
+    match report.status {
+        crate::store::SessionStatus::Completed => Ok(report),
+        status => Err(CliError::NotCompleted {
+            session_id: report.session_id.clone(),
+            status: status.as_str(),
+            reason: report.failure_reason.clone().unwrap_or_default(),
+        }),
+    }
 }
 
 /// `heistd check`: every configured service's health once.

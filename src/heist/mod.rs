@@ -359,6 +359,7 @@ impl HeistRunner {
                 });
             }
             report.memory_pending = self.deliver_outbox(&session_id).await?;
+            self.pause_while_the_model_is_unavailable(turn_id).await;
         }
         let (status, reason) = if report.turns > 0 && report.failed_turns * 2 > report.turns {
             let reason = format!(
@@ -520,6 +521,33 @@ impl HeistRunner {
         record.memory_payload = serde_json::to_string(&write).ok();
         record.message = message;
         record
+    }
+
+    /// With the model's breaker open, every turn would fail in microseconds
+    /// and the session would burn its turns in a blink: the session waits
+    /// out the breaker's open period instead (or until told to stop), and
+    /// the next turn is its half-open probe.
+    async fn pause_while_the_model_is_unavailable(&self, turn_id: u32) {
+        if self.clients.llm.service.breaker_state() != crate::resilience::BreakerState::Open {
+            return;
+        }
+        let pause =
+            std::time::Duration::from_millis(self.config.llm.policy.breaker.wait_in_open_ms);
+        tracing::warn!(
+            turn_id,
+            pause_ms = pause.as_millis() as u64,
+            "the model's breaker is open; the session waits before its next turn"
+        );
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = async {
+                match stop.as_mut() {
+                    Some(stop) => { let _ = stop.wait_for(|stop| *stop).await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
     }
 
     /// The agent's tools as native function specs, when the config asks

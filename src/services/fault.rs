@@ -49,6 +49,10 @@ pub struct Fault {
     /// does not know it.
     #[serde(default)]
     pub after_handling: bool,
+    /// Seeds the draws of `error_rate`, so a sequence of requests meets the
+    /// same errors every time; random when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Fault {
@@ -72,11 +76,19 @@ pub struct FaultSwitch {
     requests_seen: AtomicU64,
     /// Mirrors `refuse` for the connections' hot path.
     refusing: AtomicBool,
+    /// The seeded source of `error_rate` draws, when the fault has a seed.
+    draws: Mutex<Option<rand_chacha::ChaCha8Rng>>,
 }
 
 impl FaultSwitch {
     pub fn set(&self, fault: Fault) {
         self.refusing.store(fault.refuse, Ordering::SeqCst);
+        *self
+            .draws
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = fault
+            .seed
+            .map(<rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64);
         *self
             .current
             .lock()
@@ -85,6 +97,19 @@ impl FaultSwitch {
 
     pub fn clear(&self) {
         self.set(Fault::default());
+    }
+
+    /// A number in [0, 1) for `error_rate`: seeded when the fault says so.
+    fn draw(&self) -> f64 {
+        match self
+            .draws
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_mut()
+        {
+            Some(seeded) => seeded.random::<f64>(),
+            None => rand::rng().random::<f64>(),
+        }
     }
 
     pub fn requests_seen(&self) -> u64 {
@@ -236,7 +261,7 @@ async fn inject(State(switch): State<Arc<FaultSwitch>>, request: Request, next: 
     if fault.latency_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(fault.latency_ms)).await;
     }
-    let fail = forced || (fault.error_rate > 0.0 && rand::rng().random::<f64>() < fault.error_rate);
+    let fail = forced || (fault.error_rate > 0.0 && switch.draw() < fault.error_rate);
     if !fail {
         return next.run(request).await;
     }

@@ -125,7 +125,8 @@ impl Store {
         batch: u32,
     ) -> Result<usize, StoreError> {
         let mut connection = self.lock();
-        let transaction = connection.transaction()?;
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let ids: Vec<String> = {
             let mut statement = transaction.prepare_cached(
                 "SELECT session_id FROM sessions WHERE status != 'active' AND end_time IS NOT NULL AND end_time < ?1

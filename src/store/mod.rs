@@ -45,6 +45,13 @@ pub enum StoreError {
         "audit store is {size_mb} MiB, over store.max_size_mb = {cap_mb}: raise the cap or prune"
     )]
     OverSizeCap { size_mb: u64, cap_mb: u64 },
+    #[error("audit store {path} is in use by another heistd (a daemon, run or demo); start heists on a running daemon with POST /api/v1/runs")]
+    InUse { path: String },
+    #[error("audit store lock file {path}: {source}")]
+    LockFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("audit store worker failed: {0}")]
     Worker(String),
     #[error("audit store: schedule {schedule} already ran for {scheduled_time}")]
@@ -196,6 +203,10 @@ pub struct OutboxEntry {
 pub struct Store {
     path: PathBuf,
     connection: Mutex<Connection>,
+    /// Held by a writing process (`run`, `demo`, `daemon`) for as long as
+    /// the store is open, so two never write one store: a session found
+    /// `active` then really was left by a process that died.
+    _writer_lock: Option<std::fs::File>,
 }
 
 impl Store {
@@ -225,13 +236,32 @@ impl Store {
         migrate(&connection)?;
         Ok(Self {
             path: path.to_path_buf(),
+            _writer_lock: None,
             connection: Mutex::new(connection),
         })
     }
 
-    /// Opens the store as `[store]` configures it, size cap included.
+    /// Opens the store as `[store]` configures it, size cap included, as
+    /// its one writing process: a second writer is refused with a clear
+    /// error rather than fighting over SQLite's write lock.
     pub fn open_configured(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
-        let store = Self::open(&config.path, config.synchronous)?;
+        let lock_path = lock_path(&config.path);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StoreError::LockFile {
+                path: lock_path.display().to_string(),
+                source,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::InUse {
+                path: config.path.display().to_string(),
+            });
+        }
+        let mut store = Self::open(&config.path, config.synchronous)?;
+        store._writer_lock = Some(lock);
         if config.max_size_mb > 0 {
             let cap = config.max_size_mb.saturating_mul(1024 * 1024);
             let granted = store.limit_size(cap)?;
@@ -293,7 +323,8 @@ impl Store {
     /// transaction, and counts it in the session's `num_turns`.
     pub fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
         let mut connection = self.lock();
-        let transaction = connection.transaction()?;
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // A turn that finishes after its session was ended (the daemon's
         // grace period ran out mid-turn) is not recorded.
         let status: Option<String> = transaction
@@ -589,6 +620,16 @@ impl Store {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// `heistd.db` → `heistd.db.lock`, beside the database.
+fn lock_path(database: &Path) -> PathBuf {
+    let mut name = database
+        .file_name()
+        .map(|name| name.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    database.with_file_name(name)
 }
 
 /// RFC 3339 in UTC with microseconds, like the prototype's `isoformat()`.

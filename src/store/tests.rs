@@ -253,3 +253,26 @@ fn a_prototype_database_is_adopted_and_its_sql_still_works() {
         .expect("the prototype's query");
     assert_eq!(prototype_sql, 1);
 }
+
+#[test]
+fn a_second_writer_is_refused_until_the_first_closes() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let config = crate::config::StoreConfig {
+        path: directory.path().join("audit.db"),
+        synchronous: Synchronous::Normal,
+        max_size_mb: 0,
+    };
+    let first = Store::open_configured(&config).expect("first writer");
+    let error = Store::open_configured(&config)
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("in use by another heistd") && error.contains("POST /api/v1/runs"),
+        "{error}"
+    );
+    drop(first);
+    Store::open_configured(&config).expect("free again once the first is gone");
+    // Readers (sessions, the test harness) need no lock.
+    Store::open(&config.path, Synchronous::Normal).expect("a reader opens beside a writer");
+}

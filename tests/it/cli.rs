@@ -140,7 +140,7 @@ fn demo_then_sessions_read_the_same_audit_trail() {
         &["sessions", "--db", "demo.db", "show", "heist_nope"],
         directory.path(),
     );
-    assert_eq!(unknown.status.code(), Some(2));
+    assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("heist_nope not found"));
 }
 
@@ -363,5 +363,42 @@ fn services_run_in_their_own_process_for_the_prototypes_client() {
         text(&alone.stderr).contains("HEISTD_OAUTH_SIGNING_KEY"),
         "{}",
         text(&alone.stderr)
+    );
+}
+
+#[test]
+fn a_heist_that_fails_exits_3_after_its_summary() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_heistd"))
+        .args([
+            "demo",
+            "--turns",
+            "2",
+            "--db",
+            "down.db",
+            "--llm-url",
+            "http://127.0.0.1:9/v1",
+            "--llm-model",
+            "nothing",
+        ])
+        .env("HEISTD_LLM__POLICY__BREAKER__WAIT_IN_OPEN_MS", "50")
+        .current_dir(directory.path())
+        .output()
+        .expect("heistd runs");
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    assert!(
+        stdout.contains(" failed") && stdout.contains("2 of 2 turns failed"),
+        "{stdout}"
+    );
+    assert!(
+        text(&output.stderr).contains("ended failed"),
+        "{}",
+        text(&output.stderr)
     );
 }

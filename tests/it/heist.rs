@@ -219,21 +219,45 @@ async fn a_memory_outage_loses_nothing_the_outbox_delivers_later() {
 
 #[tokio::test]
 async fn an_llm_outage_fails_turns_without_feeding_errors_back_and_fails_the_session() {
-    let stack = TestStack::start().await;
+    let mut config = crate::support::base_config();
+    config.llm.policy.breaker.wait_in_open_ms = 200;
+    let stack = TestStack::start_with(config).await;
     stack.set_fault("rehearsal", fault(false, 1.0));
+    let started = tokio::time::Instant::now();
     let (report, detail) = run(&stack, 4, 1).await;
+    // Once the model's breaker opened (during turn 2), the session waited
+    // out its open period before each later turn instead of burning them.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
 
     assert_eq!(report.status, SessionStatus::Failed);
     assert_eq!(report.failed_turns, 4);
     assert_eq!(detail.session.status, "failed");
     let reason = detail.session.failure_reason.as_deref().unwrap_or_default();
     assert!(reason.contains("4 of 4 turns failed"), "{reason}");
-    // The first turn saw the 503s; by the last, the breaker had opened and
-    // the model was no longer called at all.
+    // The first turn saw the 503s; then the stack stopped calling a model
+    // that kept failing: the breaker opened, and the retry budget ran out.
     let first = detail.messages[0].error.as_deref().unwrap_or_default();
-    let last = detail.messages[3].error.as_deref().unwrap_or_default();
     assert!(first.contains("HTTP 503"), "{first}");
-    assert!(last.contains("circuit breaker is open"), "{last}");
+    let errors: Vec<&str> = detail
+        .messages
+        .iter()
+        .filter_map(|message| message.error.as_deref())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.contains("circuit breaker is open")),
+        "{errors:?}"
+    );
+    let last = errors[3];
+    assert!(
+        last.contains("circuit breaker is open") || last.contains("retry budget exhausted"),
+        "{last}"
+    );
     for message in &detail.messages {
         assert!(
             message.message.is_empty(),
