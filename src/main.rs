@@ -103,7 +103,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
         }
         Command::Check { config } => {
             let (config, _) = cli::load_config(config.as_deref())?;
-            print!("{}", cli::check(&config).await?);
+            cli::check(&config).await?;
         }
         Command::Services { names, config } => {
             let (config, _) = cli::load_config(config.as_deref())?;

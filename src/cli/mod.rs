@@ -192,21 +192,31 @@ pub(crate) fn completed(report: RunReport) -> Result<RunReport, CliError> {
 }
 
 /// `heistd check`: every configured service's health once.
-pub async fn check(config: &Config) -> Result<String, CliError> {
+pub async fn check(config: &Config) -> Result<(), CliError> {
     let clients = Clients::from_config(config);
     let reports = crate::health::check_all(&clients).await;
-    let mut output = String::new();
+    // A fresh process has no breaker history: the running daemon's breakers
+    // are the ones that matter, so ask it when it answers.
+    let daemon_breakers = daemon_breakers(&config.daemon.admin_address).await;
+    match &daemon_breakers {
+        Some(_) => println!(
+            "breakers: as the daemon at {} sees them",
+            config.daemon.admin_address
+        ),
+        None => println!(
+            "breakers: no daemon answers at {}; shown as this check sees them",
+            config.daemon.admin_address
+        ),
+    }
     for report in &reports {
         let state = if report.up { "up" } else { "DOWN" };
-        let _ = writeln!(
-            output,
+        let breaker = daemon_breakers
+            .as_ref()
+            .and_then(|breakers| breakers.get(&report.service))
+            .map_or(report.breaker, String::as_str);
+        println!(
             "{:<15} {:<5} {:>8.1} ms  breaker {:<9}  {}  {}",
-            report.service,
-            state,
-            report.latency_ms,
-            report.breaker,
-            report.base_url,
-            report.detail
+            report.service, state, report.latency_ms, breaker, report.base_url, report.detail
         );
     }
     let down: Vec<&str> = reports
@@ -215,13 +225,39 @@ pub async fn check(config: &Config) -> Result<String, CliError> {
         .map(|report| report.service.as_str())
         .collect();
     if down.is_empty() {
-        Ok(output)
+        Ok(())
     } else {
-        Err(CliError::Unhealthy(format!(
-            "{output}down: {}",
-            down.join(", ")
-        )))
+        Err(CliError::Unhealthy(format!("down: {}", down.join(", "))))
     }
+}
+
+/// Each service's breaker state from a running daemon's status, if one
+/// answers at `address` within a moment.
+async fn daemon_breakers(address: &str) -> Option<BTreeMap<String, String>> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(500))
+        .build()
+        .ok()?;
+    let status: serde_json::Value = client
+        .get(format!("http://{address}/api/v1/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let services = status["services"].as_array()?;
+    Some(
+        services
+            .iter()
+            .filter_map(|service| {
+                Some((
+                    service["service"].as_str()?.to_string(),
+                    service["breaker"].as_str()?.to_string(),
+                ))
+            })
+            .collect(),
+    )
 }
 
 /// `heistd services`: run companions until `shutdown` resolves.

@@ -33,6 +33,15 @@ pub enum Recovery {
     Interrupt,
 }
 
+impl Recovery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resume => "resume",
+            Self::Interrupt => "interrupt",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {

@@ -577,7 +577,12 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
 
 fn check_url(key: &str, value: &str) -> Result<(), (String, String)> {
     match reqwest::Url::parse(value) {
-        Ok(url) if url.scheme() == "http" || url.scheme() == "https" => Ok(()),
+        Ok(url) if url.scheme() == "http" => Ok(()),
+        Ok(url) if url.scheme() == "https" && cfg!(feature = "tls") => Ok(()),
+        Ok(url) if url.scheme() == "https" => Err((
+            key.to_string(),
+            "https needs a heistd built with TLS: cargo build --release --features tls".to_string(),
+        )),
         Ok(url) => Err((
             key.to_string(),
             format!("scheme `{}` is not http or https", url.scheme()),

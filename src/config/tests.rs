@@ -164,3 +164,16 @@ fn the_example_file_shows_exactly_the_defaults() {
     let loaded = load(Some(&example), Vec::new()).expect("the example is valid");
     assert_eq!(loaded.redacted_toml(), Config::builtin().redacted_toml());
 }
+
+#[test]
+#[cfg(not(feature = "tls"))]
+fn https_without_tls_is_refused_with_the_fix() {
+    let file = write("[llm]\nbase_url = \"https://api.example.com/v1\"\n");
+    let error = load(Some(file.path()), Vec::new())
+        .expect_err("no TLS in this build")
+        .to_string();
+    assert!(
+        error.contains("llm.base_url") && error.contains("--features tls"),
+        "{error}"
+    );
+}

@@ -126,7 +126,11 @@ pub async fn run(
     let mut health_tasks = spawn_health_checks(&config, &clients, &health, &store, &stop);
     let recovered = runs.recover(config.daemon.recovery).await?;
     if recovered > 0 {
-        tracing::warn!(sessions = recovered, recovery = ?config.daemon.recovery, "sessions left active by a crash");
+        tracing::warn!(
+            sessions = recovered,
+            recovery = config.daemon.recovery.as_str(),
+            "sessions left active by a crash"
+        );
     }
     let mut scheduler = Scheduler::spawn(
         config.schedule.clone(),
@@ -142,6 +146,9 @@ pub async fn run(
     let outbox = tokio::spawn(deliver_outboxes(runs.clone(), store.clone(), stop.clone()));
     let watchdog = tokio::spawn(notify::run_watchdog(notifier.clone(), finished.clone()));
 
+    if state.admin_token().is_none() {
+        tracing::warn!(variable = %config.daemon.admin_token_env, "no admin token set: POST /api/v1/runs is refused");
+    }
     notifier.ready();
     notifier.status(&format!("admin API on {bound}; starting"));
     tracing::info!(

@@ -17,6 +17,7 @@ use crate::store::Store;
 const VACUUM_PAGES: u32 = 256;
 
 pub async fn run(config: RetentionConfig, store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
+    metrics::counter!(names::RETENTION_PRUNED_SESSIONS_TOTAL).increment(0);
     if !config.enabled {
         return;
     }

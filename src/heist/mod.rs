@@ -652,8 +652,10 @@ fn tool_label(tool: &str) -> &'static str {
 }
 
 /// A fresh random seed for a session without one.
+/// 53 bits, so the seed survives JSON tools that read numbers as doubles
+/// (jq, JavaScript) and can be copied back to `--seed`.
 pub fn random_seed() -> u64 {
-    rand::rng().random::<u64>() >> 1
+    rand::rng().random::<u64>() >> 11
 }
 
 #[cfg(test)]

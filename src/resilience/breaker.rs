@@ -87,6 +87,15 @@ impl CircuitBreaker {
             }),
         };
         breaker.export_state(BreakerState::Closed);
+        for (from, to) in [
+            (BreakerState::Closed, BreakerState::Open),
+            (BreakerState::Open, BreakerState::HalfOpen),
+            (BreakerState::HalfOpen, BreakerState::Closed),
+            (BreakerState::HalfOpen, BreakerState::Open),
+        ] {
+            metrics::counter!(names::BREAKER_TRANSITIONS_TOTAL, "service" => service.to_string(), "from" => from.as_str(), "to" => to.as_str())
+                .increment(0);
+        }
         breaker
     }
 

@@ -85,6 +85,12 @@ impl Guard {
             Some(seed) => ChaCha8Rng::seed_from_u64(seed),
             None => ChaCha8Rng::from_os_rng(),
         };
+        // Series that only count rare events exist from the start, so a
+        // dashboard shows 0 rather than "no data".
+        metrics::counter!(names::SERVICE_RETRIES_TOTAL, "service" => service.to_string())
+            .increment(0);
+        metrics::counter!(names::RETRY_BUDGET_EXHAUSTED_TOTAL, "service" => service.to_string())
+            .increment(0);
         Self {
             service: service.to_string(),
             breaker: CircuitBreaker::new(service, policy.config.breaker.clone()),

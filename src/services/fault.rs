@@ -142,7 +142,9 @@ impl FaultSwitch {
 /// `refuse` closes every connection, `/fault`'s too: it is cleared from
 /// inside the process (tests, the demo) or by a restart.
 pub fn wrap(router: Router, switch: Arc<FaultSwitch>, control: bool) -> Router {
-    let faulty = router.layer(axum::middleware::from_fn_with_state(switch.clone(), inject));
+    let faulty = router
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(switch.clone(), inject));
     if !control {
         return faulty;
     }

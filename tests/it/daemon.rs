@@ -316,6 +316,31 @@ async fn ready_and_watchdog_over_notify_socket_and_readyz_follows_health() {
         Some(Value::from("open")),
         "down holds the breaker open"
     );
+    // `heistd check` shows the daemon's breakers, not its own fresh ones.
+    let address = daemon.admin.trim_start_matches("http://").to_string();
+    let check = Command::new(env!("CARGO_BIN_EXE_heistd"))
+        .args([
+            "check",
+            "--config",
+            daemon.config_path.to_str().expect("utf-8"),
+        ])
+        .env("HEISTD_DAEMON__ADMIN_ADDRESS", &address)
+        .output()
+        .expect("check runs");
+    let table = String::from_utf8_lossy(&check.stdout).to_string();
+    assert_eq!(check.status.code(), Some(1), "{table}");
+    assert!(
+        table.contains(&format!("as the daemon at {address}")),
+        "{table}"
+    );
+    let calculator_line = table
+        .lines()
+        .find(|line| line.starts_with("calculator"))
+        .unwrap_or_default();
+    assert!(
+        calculator_line.contains("DOWN") && calculator_line.contains("breaker open"),
+        "{table}"
+    );
 
     stack.set_fault("calculator", Fault::default());
     eventually(Duration::from_secs(10), "ready again", async || {
