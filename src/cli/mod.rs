@@ -89,8 +89,18 @@ pub fn config_check(path: Option<&Path>) -> Result<String, CliError> {
     let source = chosen.map_or("built-in defaults".to_string(), |path| {
         path.display().to_string()
     });
+    let overrides: Vec<String> = config::process_environment()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with(config::ENV_PREFIX) && name.contains(config::ENV_SEPARATOR))
+        .collect();
+    let overrides = if overrides.is_empty() {
+        "no environment overrides".to_string()
+    } else {
+        format!("overridden by {}", overrides.join(", "))
+    };
     Ok(format!(
-        "# config OK: {source} (with HEISTD_* environment overrides)\n{}",
+        "# config OK: {source}; {overrides}\n{}",
         config.redacted_toml()
     ))
 }

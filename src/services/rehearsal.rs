@@ -3,7 +3,7 @@
 //! the scenario's rehearsal script. There is no language model behind it:
 //! it finds the speaking agent from the system prompt ("You are the
 //! hacker"), the turn number from the last user message ("Turn 7 of 12"),
-//! and picks a scripted line deterministically from the request's `seed`.
+//! and steps through the scripted lines deterministically from the request's `seed`.
 //! Each agent rotates through its tools turn by turn, so a 12-turn run asks
 //! for every tool.
 //!
@@ -16,8 +16,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use super::{error_response, health_body, JsonBody};
@@ -86,7 +84,6 @@ impl RehearsalState {
             .and_then(|message| message.content.as_deref());
         let turn = last_user.and_then(turn_number).unwrap_or(1);
         let seed = request.seed.unwrap_or(self.default_seed);
-        let mut random = ChaCha8Rng::seed_from_u64(seed ^ turn.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let tool_index = (turn.wrapping_add(seed) % agent.tools.len().max(1) as u64) as usize;
         let tool = agent
             .tools
@@ -106,16 +103,17 @@ impl RehearsalState {
                 agent.name
             ));
         }
-        // Prefer a line the conversation has not heard yet; repeat only
-        // when every line has been used.
+        // The agent comes back to this tool every `tools` turns; stepping
+        // through its lines by that count plays them in turn rather than
+        // at random, and a line the conversation still shows is skipped.
+        let tools = agent.tools.len().max(1) as u64;
+        let start = ((turn / tools).wrapping_add(seed / tools) % lines.len() as u64) as usize;
         let heard = last_user.unwrap_or_default();
-        let fresh: Vec<&str> = lines
-            .iter()
-            .copied()
-            .filter(|line| !heard.contains(*line))
-            .collect();
-        let lines = if fresh.is_empty() { lines } else { fresh };
-        Ok(lines[random.random_range(0..lines.len())].to_string())
+        let chosen = (0..lines.len())
+            .map(|step| lines[(start + step) % lines.len()])
+            .find(|line| !heard.contains(*line))
+            .unwrap_or(lines[start]);
+        Ok(chosen.to_string())
     }
 }
 

@@ -130,10 +130,14 @@ pub fn authorize(headers: &HeaderMap, key: &SigningKey, scope: &str) -> Result<C
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(AuthError::Unauthenticated("missing bearer token".into()));
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|value| value.trim().split_once(' '))
+    let text = value.to_str().unwrap_or_default().trim();
+    if text.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Unauthenticated(
+            "the bearer token is empty".into(),
+        ));
+    }
+    let token = text
+        .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token)
         .ok_or_else(|| {
