@@ -637,3 +637,68 @@ async fn a_turn_still_running_when_the_grace_period_ends_is_cut_and_its_session_
         "the cut turn left nothing behind"
     );
 }
+
+#[tokio::test]
+async fn recovery_resumes_heistds_sessions_and_interrupts_ones_it_cannot_replay() {
+    let stack = TestStack::start().await;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let database = directory.path().join("audit.db");
+    // A database the prototype left: its session is "active" (the prototype
+    // never marked them otherwise), with no seed or plan to replay.
+    {
+        let prototype = rusqlite::Connection::open(&database).expect("open");
+        prototype
+            .execute_batch(
+                "CREATE TABLE sessions (session_id TEXT PRIMARY KEY, start_time TEXT, end_time TEXT, num_turns INTEGER, status TEXT);
+                 INSERT INTO sessions VALUES ('heist_20250101_120000', '2025-01-01T12:00:00', NULL, 0, 'active');",
+            )
+            .expect("prototype rows");
+    }
+    // And one of heistd's own, started but with no turn committed when its
+    // process died.
+    let own = {
+        let store = Store::open(&database, Synchronous::Normal).expect("adopt");
+        let runner = stack.stack.runner(std::sync::Arc::new(store));
+        let options = heistd::heist::RunOptions::new(4, 9);
+        runner.start(&options).await.expect("session")
+    };
+    let config_path = directory.path().join("heistd.toml");
+    std::fs::write(&config_path, config_text(&stack, directory.path(), "")).expect("config");
+    let daemon = Daemon::spawn_in(directory, config_path).await;
+    let store = daemon.store();
+    let resumed = eventually(
+        Duration::from_secs(10),
+        "heistd's session resumed to completion",
+        async || {
+            let detail = store.session(&own).ok()?;
+            (detail.session.status == "completed").then_some(detail)
+        },
+    )
+    .await;
+    assert_eq!(
+        resumed
+            .messages
+            .iter()
+            .map(|message| message.turn_id)
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    let prototype = eventually(
+        Duration::from_secs(10),
+        "the prototype's session ended",
+        async || {
+            let session = store.session("heist_20250101_120000").ok()?.session;
+            (session.status != "active").then_some(session)
+        },
+    )
+    .await;
+    assert_eq!(prototype.status, "interrupted");
+    assert!(
+        prototype
+            .failure_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no seed or plan"),
+        "{prototype:?}"
+    );
+}

@@ -469,3 +469,50 @@ async fn native_tool_calling_runs_the_same_heist_and_records_it_the_same_way() {
     };
     assert_eq!(calls(&detail), calls(&text_detail));
 }
+
+#[tokio::test]
+async fn a_token_the_tools_reject_is_replaced_at_the_agents_next_turn() {
+    let stack = TestStack::start().await;
+    // The calculator rejects one token, as after a signing-key change.
+    stack.set_fault(
+        "calculator",
+        Fault {
+            fail_next: 1,
+            error_status: 401,
+            ..Fault::default()
+        },
+    );
+    let (_, detail) = run(&stack, 12, 42).await;
+    let rejected = detail
+        .tool_usage
+        .iter()
+        .find(|tool| {
+            tool.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("HTTP 401")
+        })
+        .expect("seed 42 calls the calculator");
+    let agents: BTreeSet<&str> = detail
+        .messages
+        .iter()
+        .map(|message| message.agent_name.as_str())
+        .collect();
+    let speaks_again = detail.messages.iter().any(|message| {
+        message.agent_name == rejected.agent_name && message.turn_id > rejected.turn_id
+    });
+    assert!(
+        speaks_again,
+        "the test needs the agent to speak again; pick another seed"
+    );
+    // One token per agent, plus one fresh token for the agent whose token
+    // was rejected (instead of reusing it until it expires).
+    let token_requests = stack
+        .stack
+        .companions
+        .get("oauth")
+        .expect("oauth")
+        .fault
+        .requests_seen();
+    assert_eq!(token_requests, agents.len() as u64 + 1);
+}
