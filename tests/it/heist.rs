@@ -220,7 +220,11 @@ async fn a_memory_outage_loses_nothing_the_outbox_delivers_later() {
 #[tokio::test]
 async fn an_llm_outage_fails_turns_without_feeding_errors_back_and_fails_the_session() {
     let mut config = crate::support::base_config();
-    config.llm.policy.breaker.wait_in_open_ms = 200;
+    // Backoff far shorter than the breaker's open period, so no retry
+    // sleeps through it (which would make the retry a half-open probe).
+    config.llm.policy.backoff_base_ms = 10;
+    config.llm.policy.backoff_cap_ms = 20;
+    config.llm.policy.breaker.wait_in_open_ms = 500;
     let stack = TestStack::start_with(config).await;
     stack.set_fault("rehearsal", fault(false, 1.0));
     let started = tokio::time::Instant::now();
@@ -228,7 +232,7 @@ async fn an_llm_outage_fails_turns_without_feeding_errors_back_and_fails_the_ses
     // Once the model's breaker opened (during turn 2), the session waited
     // out its open period before each later turn instead of burning them.
     assert!(
-        started.elapsed() >= std::time::Duration::from_millis(400),
+        started.elapsed() >= std::time::Duration::from_millis(1_000),
         "{:?}",
         started.elapsed()
     );
