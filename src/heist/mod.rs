@@ -359,7 +359,9 @@ impl HeistRunner {
                 });
             }
             report.memory_pending = self.deliver_outbox(&session_id).await?;
-            self.pause_while_the_model_is_unavailable(turn_id).await;
+            if turn_id < turns {
+                self.pause_while_the_model_is_unavailable(turn_id).await;
+            }
         }
         let (status, reason) = if report.turns > 0 && report.failed_turns * 2 > report.turns {
             let reason = format!(
