@@ -83,6 +83,36 @@ pub enum ApiError {
 }
 
 /// The admin API's routes over the daemon's shared state.
+/// Each service's breaker state as a running daemon reports it in
+/// `GET /api/v1/status`, if one answers at `address` within a moment (for
+/// `heistd check`; this module owns the status shape it reads).
+pub async fn breaker_states(address: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(500))
+        .build()
+        .ok()?;
+    let status: serde_json::Value = client
+        .get(format!("http://{address}/api/v1/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let services = status["services"].as_array()?;
+    Some(
+        services
+            .iter()
+            .filter_map(|service| {
+                Some((
+                    service["service"].as_str()?.to_string(),
+                    service["breaker"].as_str()?.to_string(),
+                ))
+            })
+            .collect(),
+    )
+}
+
 pub fn router(state: Arc<DaemonState>) -> Router {
     Router::new()
         .route("/healthz", get(liveness))

@@ -207,7 +207,7 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
     let reports = crate::health::check_all(&clients).await;
     // A fresh process has no breaker history: the running daemon's breakers
     // are the ones that matter, so ask it when it answers.
-    let daemon_breakers = daemon_breakers(&config.daemon.admin_address).await;
+    let daemon_breakers = crate::api::breaker_states(&config.daemon.admin_address).await;
     match &daemon_breakers {
         Some(_) => println!(
             "breakers: as the daemon at {} sees them",
@@ -239,35 +239,6 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
     } else {
         Err(CliError::Unhealthy(format!("down: {}", down.join(", "))))
     }
-}
-
-/// Each service's breaker state from a running daemon's status, if one
-/// answers at `address` within a moment.
-async fn daemon_breakers(address: &str) -> Option<BTreeMap<String, String>> {
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_millis(500))
-        .build()
-        .ok()?;
-    let status: serde_json::Value = client
-        .get(format!("http://{address}/api/v1/status"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let services = status["services"].as_array()?;
-    Some(
-        services
-            .iter()
-            .filter_map(|service| {
-                Some((
-                    service["service"].as_str()?.to_string(),
-                    service["breaker"].as_str()?.to_string(),
-                ))
-            })
-            .collect(),
-    )
 }
 
 /// `heistd services`: run companions until `shutdown` resolves.

@@ -84,10 +84,6 @@ impl LlmClient {
         }
     }
 
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
     /// One completion. With `tools`, the model may answer with native tool
     /// calls (OpenAI function calling), each taking one string `parameter`.
     /// A reply with neither text nor tool calls is an error: it must not be
@@ -141,11 +137,6 @@ impl LlmClient {
             content,
             tool_calls,
         })
-    }
-
-    /// `GET /models`: the cheapest real check that the model server answers.
-    pub async fn models(&self) -> Result<serde_json::Value, CallError> {
-        self.service.probe_json("/models").await
     }
 }
 

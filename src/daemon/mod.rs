@@ -249,6 +249,14 @@ async fn deliver_outboxes(runs: Arc<Runs>, store: Arc<Store>, mut stop: watch::R
                 tracing::warn!(%session_id, %error, "outbox delivery failed");
             }
         }
+        // Counted here, every pass, rather than after every turn's delivery:
+        // a gauge read every scrape need not cost each turn a query.
+        let count_store = store.clone();
+        if let Ok(Ok(total)) =
+            tokio::task::spawn_blocking(move || count_store.pending_outbox_total()).await
+        {
+            metrics::gauge!(crate::metrics::MEMORY_OUTBOX_PENDING).set(total as f64);
+        }
     }
 }
 

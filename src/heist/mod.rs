@@ -311,12 +311,10 @@ impl HeistRunner {
                 "ok"
             };
             for call in &record.tool_calls {
-                match (call.success, call.error.as_deref()) {
-                    (true, _) => report.tool_calls_succeeded += 1,
-                    (false, Some(error)) if error.starts_with(REFUSED_PREFIX) => {
-                        report.tool_calls_refused += 1
-                    }
-                    (false, _) => report.tool_calls_failed += 1,
+                match call_outcome(call) {
+                    "success" => report.tool_calls_succeeded += 1,
+                    "refused" => report.tool_calls_refused += 1,
+                    _ => report.tool_calls_failed += 1,
                 }
             }
             let committed = record.clone();
@@ -500,18 +498,7 @@ impl HeistRunner {
                     }
                 }
             };
-            let outcome = if call.success {
-                "success"
-            } else if call
-                .error
-                .as_deref()
-                .is_some_and(|e| e.starts_with(REFUSED_PREFIX))
-            {
-                "refused"
-            } else {
-                "failure"
-            };
-            metrics::counter!(names::TOOL_CALLS_TOTAL, "tool" => tool_label(&request.tool), "outcome" => outcome).increment(1);
+            metrics::counter!(names::TOOL_CALLS_TOTAL, "tool" => tool_label(&request.tool), "outcome" => call_outcome(&call)).increment(1);
             record.tool_calls.push(call);
         }
         let write = MemoryWrite {
@@ -628,6 +615,16 @@ impl HeistRunner {
 
 /// Starts every refusal's error text, so refusals can be told from failures.
 pub const REFUSED_PREFIX: &str = "refused: ";
+
+/// A recorded call as `success`, `refused` (never sent) or `failure`: the
+/// metric label, and how run reports count it.
+fn call_outcome(call: &ToolCallRecord) -> &'static str {
+    match (call.success, call.error.as_deref()) {
+        (true, _) => "success",
+        (false, Some(error)) if error.starts_with(REFUSED_PREFIX) => "refused",
+        (false, _) => "failure",
+    }
+}
 
 fn refused(tool: &str, parameter: &str, reason: String) -> ToolCallRecord {
     failed_call(tool, parameter, format!("{REFUSED_PREFIX}{reason}"), 0.0)

@@ -4,7 +4,6 @@
 
 use super::{HeistError, HeistRunner, OUTBOX_BATCH};
 use crate::clients::{CallError, MemoryWrite};
-use crate::metrics as names;
 
 impl HeistRunner {
     /// Delivers pending memory writes of a session; returns how many remain.
@@ -52,9 +51,6 @@ impl HeistRunner {
                     break;
                 }
             }
-        }
-        if let Ok(total) = self.with_store(|store| store.pending_outbox_total()).await {
-            metrics::gauge!(names::MEMORY_OUTBOX_PENDING).set(total as f64);
         }
         Ok(remaining)
     }

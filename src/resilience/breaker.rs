@@ -106,7 +106,8 @@ impl CircuitBreaker {
     /// Leave to call, or `None` when the breaker rejects (open, or
     /// half-open with every probe permit out).
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
-        if self.lock().forced_open {
+        let mut inner = self.lock();
+        if inner.forced_open {
             return None;
         }
         if !self.config.enabled {
@@ -116,7 +117,6 @@ impl CircuitBreaker {
                 recorded: false,
             });
         }
-        let mut inner = self.lock();
         let now = Instant::now();
         if inner.state == BreakerState::Open {
             if now < inner.open_until {

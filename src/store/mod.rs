@@ -450,8 +450,7 @@ impl Store {
     ) -> Result<Vec<MessageRow>, StoreError> {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(
-            "SELECT id, session_id, turn_id, agent_name, agent_role, message, timestamp, error FROM messages
-             WHERE session_id = ?1 AND error IS NULL ORDER BY turn_id DESC LIMIT ?2",
+            &format!("{MESSAGE_COLUMNS} WHERE session_id = ?1 AND error IS NULL ORDER BY turn_id DESC LIMIT ?2"),
         )?;
         let mut rows: Vec<MessageRow> = statement
             .query_map(params![session_id, limit as i64], message_row)?
@@ -466,10 +465,9 @@ impl Store {
         first_turn: i64,
     ) -> Result<Vec<ToolUsageRow>, StoreError> {
         let connection = self.lock();
-        let mut statement = connection.prepare_cached(
-            "SELECT id, session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error
-             FROM tool_usage WHERE session_id = ?1 AND turn_id >= ?2 ORDER BY id",
-        )?;
+        let mut statement = connection.prepare_cached(&format!(
+            "{TOOL_USAGE_COLUMNS} WHERE session_id = ?1 AND turn_id >= ?2 ORDER BY id"
+        ))?;
         let rows = statement
             .query_map(params![session_id, first_turn], tool_usage_row)?
             .collect::<Result<_, _>>()?;
@@ -572,17 +570,15 @@ impl Store {
             .optional()?
             .ok_or_else(|| StoreError::SessionNotFound(session_id.to_string()))?;
         let messages = connection
-            .prepare_cached(
-                "SELECT id, session_id, turn_id, agent_name, agent_role, message, timestamp, error FROM messages
-                 WHERE session_id = ?1 ORDER BY turn_id",
-            )?
+            .prepare_cached(&format!(
+                "{MESSAGE_COLUMNS} WHERE session_id = ?1 ORDER BY turn_id"
+            ))?
             .query_map(params![session_id], message_row)?
             .collect::<Result<_, _>>()?;
         let tool_usage = connection
-            .prepare_cached(
-                "SELECT id, session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error
-                 FROM tool_usage WHERE session_id = ?1 ORDER BY id",
-            )?
+            .prepare_cached(&format!(
+                "{TOOL_USAGE_COLUMNS} WHERE session_id = ?1 ORDER BY id"
+            ))?
             .query_map(params![session_id], tool_usage_row)?
             .collect::<Result<_, _>>()?;
         let service_calls = connection
@@ -636,6 +632,14 @@ fn lock_path(database: &Path) -> PathBuf {
 pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> String {
     time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
+
+/// The columns `message_row` reads, in its order.
+const MESSAGE_COLUMNS: &str =
+    "SELECT id, session_id, turn_id, agent_name, agent_role, message, timestamp, error FROM messages";
+
+/// The columns `tool_usage_row` reads, in its order.
+const TOOL_USAGE_COLUMNS: &str =
+    "SELECT id, session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error FROM tool_usage";
 
 const SESSION_COLUMNS: &str =
     "SELECT session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason, schedule, scheduled_time FROM sessions";

@@ -149,13 +149,7 @@ fn check_reports_down_services_and_exits_1() {
     let directory = tempfile::tempdir().expect("temp dir");
     // Port 9 (discard) on loopback: nothing listens there in a test sandbox.
     let mut contents = String::new();
-    for service in [
-        "oauth",
-        "memory",
-        "calculator",
-        "file_reader",
-        "database_query",
-    ] {
+    for service in heistd::config::SERVICE_NAMES {
         contents.push_str(&format!(
             "[services.{service}]\nbase_url = \"http://127.0.0.1:9\"\ntimeout_ms = 500\n"
         ));
@@ -292,16 +286,9 @@ fn the_chaos_demo_rides_out_its_faults() {
 fn services_run_in_their_own_process_for_the_prototypes_client() {
     use std::io::BufRead;
     let directory = tempfile::tempdir().expect("temp dir");
-    let ports = [
-        "oauth",
-        "memory",
-        "calculator",
-        "file_reader",
-        "database_query",
-        "rehearsal",
-    ]
-    .map(|name| format!("{name} = 0"))
-    .join("\n");
+    let ports = heistd::services::COMPANION_NAMES
+        .map(|name| format!("{name} = 0"))
+        .join("\n");
     std::fs::write(
         directory.path().join("services.toml"),
         format!("[companions.ports]\n{ports}\n"),

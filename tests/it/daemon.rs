@@ -37,13 +37,7 @@ fn config_text(stack: &TestStack, directory: &Path, extra: &str) -> String {
         "[store]\npath = \"{}\"\n",
         directory.join("audit.db").display()
     );
-    for service in [
-        "oauth",
-        "memory",
-        "calculator",
-        "file_reader",
-        "database_query",
-    ] {
+    for service in heistd::config::SERVICE_NAMES {
         text.push_str(&format!(
             "[services.{service}]\nbase_url = \"{}\"\n[services.{service}.health]\ninterval_ms = 100\njitter_ms = 0\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
             stack.url(service)

@@ -34,6 +34,16 @@ async fn memories(stack: &TestStack, session_id: &str) -> Vec<serde_json::Value>
     body["memories"].as_array().cloned().unwrap_or_default()
 }
 
+fn assert_every_tool_succeeded(detail: &SessionDetail) {
+    let succeeded: BTreeSet<&str> = detail
+        .tool_usage
+        .iter()
+        .filter(|tool| tool.success)
+        .map(|tool| tool.tool_name.as_str())
+        .collect();
+    assert_eq!(succeeded, BTreeSet::from(heistd::scenario::TOOL_NAMES));
+}
+
 fn fault(refuse: bool, error_rate: f64) -> Fault {
     Fault {
         refuse,
@@ -77,16 +87,7 @@ async fn a_full_heist_lands_in_all_three_tables_and_in_memory() {
             .count();
         assert_eq!(requested, recorded, "turn {}", message.turn_id);
     }
-    let succeeded: BTreeSet<&str> = detail
-        .tool_usage
-        .iter()
-        .filter(|tool| tool.success)
-        .map(|tool| tool.tool_name.as_str())
-        .collect();
-    assert_eq!(
-        succeeded,
-        BTreeSet::from(["calculator", "database_query", "file_reader"])
-    );
+    assert_every_tool_succeeded(&detail);
     assert!(detail
         .tool_usage
         .iter()
@@ -430,16 +431,7 @@ async fn native_tool_calling_runs_the_same_heist_and_records_it_the_same_way() {
     let stack = TestStack::start_with(config).await;
     let (report, detail) = run(&stack, 12, 42).await;
     assert_eq!(report.status, SessionStatus::Completed);
-    let succeeded: BTreeSet<&str> = detail
-        .tool_usage
-        .iter()
-        .filter(|tool| tool.success)
-        .map(|tool| tool.tool_name.as_str())
-        .collect();
-    assert_eq!(
-        succeeded,
-        BTreeSet::from(["calculator", "database_query", "file_reader"])
-    );
+    assert_every_tool_succeeded(&detail);
     for message in &detail.messages {
         // Native calls are written into the message in the prototype's
         // notation, one per call, so the trail reads the same as text mode.
