@@ -13,9 +13,12 @@
 //! - [`services`]: the companion services shipped in the binary.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`cli`]: what each subcommand does, for `main.rs` to call.
+//! - [`daemon`]: the daemon's runs, shared state, outbox, notify, retention.
 //! - [`api`]: the daemon's admin HTTP API (probes, status, sessions, runs).
+//! - [`app`]: builds and runs the daemon from those parts.
 
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod clients;
 pub mod config;

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::daemon::{
+use crate::daemon::state::{
     DaemonState, Readiness, RunRequest, RunningSession, ScheduleStatus, StartRunError,
 };
 use crate::health::ServiceHealth;

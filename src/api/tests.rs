@@ -13,7 +13,7 @@ use tower::ServiceExt;
 
 use super::router;
 use crate::config::Synchronous;
-use crate::daemon::{
+use crate::daemon::state::{
     DaemonState, RunCommand, RunRequest, RunningSession, ScheduleStatus, StartRunError,
 };
 use crate::health::{HealthBoard, HealthState, ServiceHealth};
@@ -244,12 +244,16 @@ async fn status_shows_version_services_schedules_running_sessions_and_capacity()
         enabled: true,
         next_run: Some(chrono::Utc::now()),
     }]);
-    daemon.state.session_started(RunningSession {
+    let running = RunningSession {
         session_id: "heist_20250101_000000_0000abcd".into(),
         schedule: Some("nightly".into()),
         started_at: chrono::Utc::now(),
         planned_turns: 12,
-    });
+    };
+    let task = daemon
+        .state
+        .registry()
+        .spawn(running, || tokio::spawn(std::future::pending()));
 
     let reply = daemon.get("/api/v1/status").await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -276,6 +280,7 @@ async fn status_shows_version_services_schedules_running_sessions_and_capacity()
         "heist_20250101_000000_0000abcd"
     );
     assert_eq!(body["running_sessions"][0]["planned_turns"], 12);
+    task.abort();
 }
 
 #[tokio::test]

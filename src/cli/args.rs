@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// heistd runs multi-agent LLM heist-planning sessions against HTTP services
 /// (OAuth, memory, tools, an OpenAI-compatible model) and records every
@@ -43,39 +43,9 @@ pub enum Command {
     },
     /// Run one heist on a built-in stack: every companion service in-process
     /// on loopback ports, the rehearsal model unless --llm-url is given.
-    Demo {
-        /// Turns in the heist (default: [heist] turns, 12).
-        #[arg(long)]
-        turns: Option<u32>,
-        /// The SQLite audit database to write.
-        #[arg(long, default_value = "heistd-demo.db")]
-        db: PathBuf,
-        /// Fixes the agent order (and the rehearsal transcript); random when unset.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// An OpenAI-compatible base URL, e.g. http://127.0.0.1:1234/v1 (LM Studio).
-        #[arg(long, requires = "llm_model")]
-        llm_url: Option<String>,
-        /// The model name that server expects.
-        #[arg(long, requires = "llm_url")]
-        llm_model: Option<String>,
-        /// Inject faults (model and calculator errors, a memory outage) to
-        /// watch retries, breakers and the outbox at work.
-        #[arg(long)]
-        chaos: bool,
-    },
+    Demo(DemoArgs),
     /// Run one heist against the services in the config.
-    Run {
-        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Turns in the heist (default: [heist] turns, 12).
-        #[arg(long)]
-        turns: Option<u32>,
-        /// Fixes the agent order (and the rehearsal transcript); random when unset.
-        #[arg(long)]
-        seed: Option<u64>,
-    },
+    Run(RunArgs),
     /// Check every configured service's health once; exit 1 if any is down.
     Check {
         /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
@@ -139,4 +109,42 @@ pub enum ConfigAction {
 pub enum Format {
     Json,
     Md,
+}
+
+// `heistd demo`'s options (the variant's doc is its help).
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Turns in the heist (default: [heist] turns, 12).
+    #[arg(long)]
+    pub turns: Option<u32>,
+    /// The SQLite audit database to write.
+    #[arg(long, default_value = "heistd-demo.db")]
+    pub db: PathBuf,
+    /// Fixes the agent order (and the rehearsal transcript); random when unset.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// An OpenAI-compatible base URL, e.g. http://127.0.0.1:1234/v1 (LM Studio).
+    #[arg(long, requires = "llm_model")]
+    pub llm_url: Option<String>,
+    /// The model name that server expects.
+    #[arg(long, requires = "llm_url")]
+    pub llm_model: Option<String>,
+    /// Inject faults (model and calculator errors, a memory outage) to
+    /// watch retries, breakers and the outbox at work.
+    #[arg(long)]
+    pub chaos: bool,
+}
+
+// `heistd run`'s options (the variant's doc is its help).
+#[derive(Args)]
+pub struct RunArgs {
+    /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Turns in the heist (default: [heist] turns, 12).
+    #[arg(long)]
+    pub turns: Option<u32>,
+    /// Fixes the agent order (and the rehearsal transcript); random when unset.
+    #[arg(long)]
+    pub seed: Option<u64>,
 }

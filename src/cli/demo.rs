@@ -23,6 +23,20 @@ pub struct DemoOptions {
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
+impl DemoOptions {
+    /// The command line's options, and the stop signal `main` listens for.
+    pub fn new(args: super::args::DemoArgs, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self {
+            turns: args.turns,
+            db: args.db,
+            seed: args.seed,
+            llm: args.llm_url.zip(args.llm_model),
+            chaos: args.chaos,
+            stop,
+        }
+    }
+}
+
 /// The memory service is down from this turn...
 const OUTAGE_FIRST_TURN: u32 = 4;
 /// ...to this one.
@@ -137,7 +151,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     let session_id = report.session_id.clone();
     let detail = tokio::task::spawn_blocking(move || store.session(&session_id))
         .await
-        .map_err(|error| CliError::Usage(format!("store worker failed: {error}")))??;
+        .map_err(|error| crate::store::StoreError::Worker(error.to_string()))??;
     if !detail.service_calls.is_empty() {
         let retried = detail
             .service_calls

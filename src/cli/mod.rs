@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 pub mod args;
 mod demo;
+pub mod logging;
 pub use demo::{demo, DemoOptions};
 
 use tokio::sync::watch;
 
+use crate::app::{App, AppError, DaemonOptions};
 use crate::clients::{Clients, StatsSnapshot};
 use crate::config::{self, Config, ConfigError};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions, RunReport, TurnView};
@@ -36,7 +38,9 @@ pub enum CliError {
     #[error(transparent)]
     Heist(#[from] HeistError),
     #[error(transparent)]
-    Daemon(#[from] crate::daemon::DaemonError),
+    Daemon(#[from] AppError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(String),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -63,10 +67,8 @@ impl CliError {
                 | StoreError::OverSizeCap { .. },
             ) => 1,
             Self::Store(_) | Self::Service(_) | Self::Heist(_) => 2,
-            Self::Daemon(
-                crate::daemon::DaemonError::Config(_) | crate::daemon::DaemonError::Scenario(_),
-            ) => 1,
-            Self::Daemon(_) => 2,
+            Self::Daemon(AppError::Config(_) | AppError::Scenario(_)) => 1,
+            Self::Daemon(_) | Self::Runtime(_) => 2,
         }
     }
 }
@@ -80,6 +82,13 @@ pub fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), Con
     });
     let loaded = config::load(chosen.as_deref(), config::process_environment())?;
     Ok((loaded, chosen))
+}
+
+/// `heistd config ...`.
+pub fn config(action: args::ConfigAction) -> Result<String, CliError> {
+    match action {
+        args::ConfigAction::Check { config } => config_check(config.as_deref()),
+    }
 }
 
 /// `heistd config check`: the resolved config with secrets redacted.
@@ -165,13 +174,27 @@ impl LocalStack {
     }
 }
 
+/// `heistd daemon`: builds the daemon from the config at `path` and runs
+/// it until `shutdown`; each message on `reload` re-reads the config.
+pub async fn daemon(
+    path: Option<&Path>,
+    shutdown: impl std::future::Future<Output = ()>,
+    reload: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), CliError> {
+    let (config, config_path) = load_config(path)?;
+    let options = DaemonOptions {
+        config,
+        config_path,
+        systemd: config::systemd_environment(),
+    };
+    App::build(options).await?.run(shutdown, reload).await?;
+    Ok(())
+}
+
 /// `heistd run`: one heist against the configured services.
-pub async fn run(
-    config: Config,
-    turns: Option<u32>,
-    seed: Option<u64>,
-    stop: watch::Receiver<bool>,
-) -> Result<RunReport, CliError> {
+pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<RunReport, CliError> {
+    let (config, _) = load_config(args.config.as_deref())?;
+    let (turns, seed) = (args.turns, args.seed);
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     let store = Arc::new(Store::open_configured(&config.store)?);
     let clients = Clients::from_config(&config);
@@ -241,12 +264,14 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
     }
 }
 
-/// `heistd services`: run companions until `shutdown` resolves.
+/// `heistd services`: run companions, on the config at `path`, until
+/// `shutdown` resolves.
 pub async fn services(
-    config: Config,
+    path: Option<&Path>,
     names: &[String],
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
+    let (config, _) = load_config(path)?;
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     let all = names.is_empty() || names.iter().any(|name| name == "all");
     let chosen: Vec<&str> = if all {
@@ -280,6 +305,39 @@ pub async fn services(
     shutdown.await;
     companions.shutdown().await;
     Ok(())
+}
+
+/// `heistd sessions ...`: reads the audit store at `--db`, else at the
+/// config's `store.path`; a missing file is an error, never created.
+pub fn sessions(
+    db: Option<PathBuf>,
+    config: Option<&Path>,
+    action: args::SessionsAction,
+) -> Result<String, CliError> {
+    use args::{Format, SessionsAction};
+    let path = match db {
+        Some(path) => path,
+        None => load_config(config)?.0.store.path,
+    };
+    if !path.is_file() {
+        return Err(CliError::Usage(format!(
+            "no audit database at {}",
+            path.display()
+        )));
+    }
+    let store = Store::open(&path, config::Synchronous::Normal)?;
+    Ok(match action {
+        SessionsAction::List { limit } => sessions_list(&store, limit)?,
+        SessionsAction::Show { session_id } => export_markdown(&store.session(&session_id)?),
+        SessionsAction::Export {
+            session_id,
+            format: Format::Json,
+        } => format!("{}\n", export_json(&store.session(&session_id)?)),
+        SessionsAction::Export {
+            session_id,
+            format: Format::Md,
+        } => export_markdown(&store.session(&session_id)?),
+    })
 }
 
 /// `heistd sessions list`.

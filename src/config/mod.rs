@@ -280,6 +280,19 @@ impl Config {
             .unwrap_or_else(|error| format!("# cannot render config: {error}\n"))
     }
 
+    /// A service's health-check settings by its client name (`llm` is the
+    /// model server; an unknown name gets the quick defaults).
+    pub fn health_check(&self, service: &str) -> HealthCheckConfig {
+        if service == "llm" {
+            return self.llm.health.clone();
+        }
+        self.services
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map(|(_, settings)| settings.health.clone())
+            .unwrap_or_else(HealthCheckConfig::quick_service)
+    }
+
     /// The secret an agent presents to the OAuth service.
     pub fn client_secret(&self, client_id: &str) -> Option<&str> {
         self.oauth

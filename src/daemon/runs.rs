@@ -4,13 +4,12 @@
 //! sharing the current clients (so breakers and budgets are per service,
 //! not per run) and the daemon's stop signal.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{watch, MutexGuard, Notify};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 
 use super::state::{DaemonState, RunRequest, RunningSession, StartRunError};
 use crate::clients::Clients;
@@ -18,6 +17,7 @@ use crate::config::{Config, Recovery, ScheduleConfig};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions};
 use crate::metrics as names;
 use crate::scenario::Scenario;
+use crate::scheduler::Launcher;
 use crate::store::{SessionRow, SessionStatus, Store, StoreError};
 
 /// What a new run is built from; replaced as a whole on reload, so a
@@ -38,8 +38,6 @@ pub struct Runs {
     admission: tokio::sync::Mutex<()>,
     /// Woken whenever a run ends, for runs waiting for capacity.
     capacity_freed: Notify,
-    /// Running tasks by session id, to abort what the grace period leaves.
-    tasks: Mutex<HashMap<String, AbortHandle>>,
 }
 
 impl Runs {
@@ -56,7 +54,6 @@ impl Runs {
             stop,
             admission: tokio::sync::Mutex::new(()),
             capacity_freed: Notify::new(),
-            tasks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -178,25 +175,14 @@ impl Runs {
             let freed = self.capacity_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if self
-                .tasks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .is_empty()
-            {
+            if self.state.registry().count() == 0 {
                 return;
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 break;
             }
         }
-        let unfinished: Vec<(String, AbortHandle)> = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .drain()
-            .collect();
-        for (session_id, handle) in unfinished {
+        for (session_id, handle) in self.state.registry().drain() {
             handle.abort();
             tracing::warn!(%session_id, "grace period over mid-turn: interrupted");
             self.finish_if_active(
@@ -205,7 +191,6 @@ impl Runs {
                 "heistd stopped; the grace period ran out mid-turn",
             )
             .await;
-            self.state.session_ended(&session_id);
         }
     }
 
@@ -338,23 +323,17 @@ impl Runs {
         running: RunningSession,
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> JoinHandle<()> {
-        let session_id = running.session_id.clone();
-        self.state.session_started(running);
-        metrics::gauge!(names::SESSIONS_RUNNING).set(self.state.running_count() as f64);
         let registration = Registration {
             runs: self.clone(),
-            session_id: session_id.clone(),
+            session_id: running.session_id.clone(),
         };
-        // Held across the spawn so the task's removal follows its insertion.
-        let mut tasks = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let handle = tokio::spawn(async move {
-            let _registration = registration;
-            work.await;
+        let handle = self.state.registry().spawn(running, || {
+            tokio::spawn(async move {
+                let _registration = registration;
+                work.await;
+            })
         });
-        tasks.insert(session_id, handle.abort_handle());
+        metrics::gauge!(names::SESSIONS_RUNNING).set(self.state.running_count() as f64);
         handle
     }
 
@@ -399,12 +378,7 @@ impl Runs {
 
     /// Sessions with a task now (their own turns deliver their outbox).
     pub fn running_session_ids(&self) -> Vec<String> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.state.registry().session_ids()
     }
 
     /// Delivers a session's pending memory writes with the current clients.
@@ -425,6 +399,24 @@ impl Runs {
     }
 }
 
+/// The scheduler's [`Launcher`]: a schedule's slot runs through [`Runs`],
+/// under the same cap as every other run.
+pub struct ScheduledRuns(pub Arc<Runs>);
+
+impl Launcher for ScheduledRuns {
+    fn launch(
+        &self,
+        schedule: &ScheduleConfig,
+        scheduled_time: DateTime<Utc>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(
+            self.0
+                .clone()
+                .run_scheduled(schedule.clone(), scheduled_time),
+        )
+    }
+}
+
 /// Unregisters a run when its task ends or unwinds.
 struct Registration {
     runs: Arc<Runs>,
@@ -434,12 +426,8 @@ struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let runs = &self.runs;
-        runs.state.session_ended(&self.session_id);
+        runs.state.registry().remove(&self.session_id);
         metrics::gauge!(names::SESSIONS_RUNNING).set(runs.state.running_count() as f64);
-        runs.tasks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&self.session_id);
         runs.capacity_freed.notify_waiters();
     }
 }

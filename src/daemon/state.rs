@@ -1,6 +1,7 @@
-//! The daemon's shared, read-mostly state: what the admin API shows and the
-//! door through which it starts runs. The daemon's tasks own the behaviour;
-//! this only holds what they publish.
+//! The daemon's shared, read-mostly state: what the admin API shows, the
+//! one [`Registry`] of running sessions, and the door through which the API
+//! asks for runs. The daemon's tasks own the behaviour; this only holds what
+//! they publish.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -10,6 +11,7 @@ use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -60,7 +62,6 @@ pub type RunCommand = (RunRequest, oneshot::Sender<Result<String, StartRunError>
 pub struct Readiness {
     pub ready: bool,
     pub store_open: bool,
-    pub config_loaded: bool,
     /// Required services the health checker has marked down (or not yet up).
     pub services_not_up: Vec<String>,
 }
@@ -74,7 +75,7 @@ pub struct DaemonState {
     pub metrics: PrometheusHandle,
     config: RwLock<Arc<Config>>,
     schedules: RwLock<Vec<ScheduleStatus>>,
-    running: Mutex<BTreeMap<String, RunningSession>>,
+    registry: Registry,
     run_commands: mpsc::Sender<RunCommand>,
     /// The bearer token `POST /api/v1/runs` demands; `None` turns it off.
     admin_token: RwLock<Option<String>>,
@@ -98,7 +99,7 @@ impl DaemonState {
             metrics,
             config: RwLock::new(config),
             schedules: RwLock::new(Vec::new()),
-            running: Mutex::new(BTreeMap::new()),
+            registry: Registry::default(),
             run_commands,
             admin_token: RwLock::new(admin_token),
         }
@@ -130,19 +131,16 @@ impl DaemonState {
     }
 
     pub fn running_sessions(&self) -> Vec<RunningSession> {
-        lock(&self.running).values().cloned().collect()
+        self.registry.sessions()
     }
 
     pub fn running_count(&self) -> usize {
-        lock(&self.running).len()
+        self.registry.count()
     }
 
-    pub fn session_started(&self, session: RunningSession) {
-        lock(&self.running).insert(session.session_id.clone(), session);
-    }
-
-    pub fn session_ended(&self, session_id: &str) {
-        lock(&self.running).remove(session_id);
+    /// The running sessions, as `daemon::runs` registers them.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -151,7 +149,6 @@ impl DaemonState {
         Readiness {
             ready: services_not_up.is_empty() && store_open,
             store_open,
-            config_loaded: true,
             services_not_up,
         }
     }
@@ -164,6 +161,67 @@ impl DaemonState {
             .await
             .map_err(|_| StartRunError::ShuttingDown)?;
         answer.await.map_err(|_| StartRunError::ShuttingDown)?
+    }
+}
+
+/// The one registry of running sessions: what `/api/v1/status` lists, what
+/// the session cap counts, and the tasks the drain aborts when the grace
+/// period runs out.
+#[derive(Default)]
+pub struct Registry {
+    entries: Mutex<BTreeMap<String, RegisteredRun>>,
+}
+
+struct RegisteredRun {
+    session: RunningSession,
+    task: AbortHandle,
+}
+
+impl Registry {
+    /// Spawns a run's task and registers it under one lock, so that the
+    /// task's own [`Registry::remove`] (when it ends) always follows this.
+    pub fn spawn(
+        &self,
+        session: RunningSession,
+        spawn: impl FnOnce() -> JoinHandle<()>,
+    ) -> JoinHandle<()> {
+        let mut entries = lock(&self.entries);
+        let handle = spawn();
+        entries.insert(
+            session.session_id.clone(),
+            RegisteredRun {
+                session,
+                task: handle.abort_handle(),
+            },
+        );
+        handle
+    }
+
+    pub fn remove(&self, session_id: &str) {
+        lock(&self.entries).remove(session_id);
+    }
+
+    pub fn sessions(&self) -> Vec<RunningSession> {
+        lock(&self.entries)
+            .values()
+            .map(|run| run.session.clone())
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    pub fn session_ids(&self) -> Vec<String> {
+        lock(&self.entries).keys().cloned().collect()
+    }
+
+    /// Takes every run out, with the handle to abort its task.
+    pub fn drain(&self) -> Vec<(String, AbortHandle)> {
+        std::mem::take(&mut *lock(&self.entries))
+            .into_iter()
+            .map(|(session_id, run)| (session_id, run.task))
+            .collect()
     }
 }
 

@@ -13,10 +13,11 @@ use std::time::Duration;
 use chrono::Utc;
 use rand::Rng;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::{probe, HealthBoard, HealthState, ServiceHealth};
-use crate::clients::ServiceClient;
-use crate::config::HealthCheckConfig;
+use crate::clients::{Clients, ServiceClient};
+use crate::config::{Config, HealthCheckConfig};
 use crate::metrics as names;
 use crate::store::Store;
 
@@ -67,6 +68,30 @@ impl Tracker {
         let from = std::mem::replace(&mut self.state, next);
         (from != next).then_some((from, next))
     }
+}
+
+/// Starts one checker per service of `clients`, each with its configured
+/// settings, until `shutdown` becomes true.
+pub fn spawn_all(
+    config: &Config,
+    clients: &Clients,
+    board: &Arc<HealthBoard>,
+    store: &Arc<Store>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    clients
+        .all()
+        .into_iter()
+        .map(|service| {
+            tokio::spawn(watch_service(
+                service.clone(),
+                config.health_check(&service.name),
+                board.clone(),
+                store.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect()
 }
 
 /// Checks `service` until `shutdown` becomes true. The first check runs at

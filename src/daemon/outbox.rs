@@ -1,0 +1,68 @@
+//! The background outbox deliverer: memory writes that outlived their
+//! session's turns (a memory outage over its last turns, or a session
+//! interrupted) are retried here, so the memory service catches up with the
+//! store whenever it comes back. Sessions that are running deliver their own
+//! outbox after each turn; this task leaves them alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::runs::Runs;
+use crate::store::Store;
+
+/// How often memory writes left in any session's outbox are retried.
+const OUTBOX_INTERVAL: Duration = Duration::from_secs(15);
+/// Sessions looked at per pass, so one pass stays short.
+const SESSIONS_PER_PASS: usize = 100;
+
+/// Delivers left-behind memory writes every [`OUTBOX_INTERVAL`] until
+/// `stop` becomes true.
+pub async fn deliver_left_behind(
+    runs: Arc<Runs>,
+    store: Arc<Store>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(OUTBOX_INTERVAL) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        deliver_once(&runs, &store).await;
+    }
+}
+
+/// One pass: every session with pending writes and no task of its own.
+pub async fn deliver_once(runs: &Arc<Runs>, store: &Arc<Store>) {
+    let pending_store = store.clone();
+    let sessions = match tokio::task::spawn_blocking(move || {
+        pending_store.sessions_with_pending_outbox(SESSIONS_PER_PASS)
+    })
+    .await
+    {
+        Ok(Ok(sessions)) => sessions,
+        Ok(Err(error)) => {
+            tracing::error!(%error, "cannot list pending memory writes");
+            return;
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot list pending memory writes");
+            return;
+        }
+    };
+    let running = runs.running_session_ids();
+    for session_id in sessions.into_iter().filter(|id| !running.contains(id)) {
+        if let Err(error) = runs.deliver_outbox(&session_id).await {
+            tracing::warn!(%session_id, %error, "outbox delivery failed");
+        }
+    }
+    // Counted here, every pass, rather than after every turn's delivery:
+    // a gauge read every scrape need not cost each turn a query.
+    let count_store = store.clone();
+    match tokio::task::spawn_blocking(move || count_store.pending_outbox_total()).await {
+        Ok(Ok(total)) => metrics::gauge!(crate::metrics::MEMORY_OUTBOX_PENDING).set(total as f64),
+        Ok(Err(error)) => tracing::error!(%error, "cannot count pending memory writes"),
+        Err(error) => tracing::error!(%error, "cannot count pending memory writes"),
+    }
+}
