@@ -319,6 +319,13 @@ impl Clients {
         }
     }
 
+    /// The companion services' clients (every one but the model's).
+    pub fn companions(&self) -> Vec<&ServiceClient> {
+        let mut companions = vec![&self.oauth.service, &self.memory.service];
+        companions.extend(self.tools.services());
+        companions
+    }
+
     /// Every service client, for health checks and summaries.
     pub fn all(&self) -> Vec<&ServiceClient> {
         let mut all = vec![&self.oauth.service, &self.memory.service];

@@ -15,7 +15,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{probe, HealthBoard, HealthState, ServiceHealth};
+use super::{probe, HealthBoard, HealthState, Probe, ServiceHealth};
 use crate::clients::{Clients, ServiceClient};
 use crate::config::{Config, HealthCheckConfig};
 use crate::metrics as names;
@@ -79,13 +79,14 @@ pub fn spawn_all(
     store: &Arc<Store>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    clients
-        .all()
+    super::probes(clients)
         .into_iter()
-        .map(|service| {
+        .map(|(service, kind)| {
+            let settings = config.health_check(&service.name);
             tokio::spawn(watch_service(
-                service.clone(),
-                config.health_check(&service.name),
+                service,
+                kind,
+                settings,
                 board.clone(),
                 store.clone(),
                 shutdown.clone(),
@@ -98,6 +99,7 @@ pub fn spawn_all(
 /// once, so readiness is known quickly.
 pub async fn watch_service(
     service: ServiceClient,
+    kind: Probe,
     config: HealthCheckConfig,
     board: Arc<HealthBoard>,
     store: Arc<Store>,
@@ -120,7 +122,7 @@ pub async fn watch_service(
     }
     board.publish(health_of(&service, &tracker, &config, since, None, None));
     loop {
-        let report = probe(&service, Duration::from_millis(config.timeout_ms)).await;
+        let report = probe(&service, kind, Duration::from_millis(config.timeout_ms)).await;
         let error = (!report.up).then(|| report.detail.clone());
         metrics::counter!(names::HEALTH_CHECKS_TOTAL, "service" => name.clone(), "outcome" => if report.up { "up" } else { "down" })
             .increment(1);

@@ -29,54 +29,59 @@ pub struct HealthReport {
     pub breaker: &'static str,
 }
 
+/// How a service shows it is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// A companion: `GET /health` answers `{"status": "healthy"}`.
+    Health,
+    /// A model server has no standard health endpoint: `GET /models`
+    /// answering at all is up, and the models it lists are the detail.
+    ModelList,
+}
+
+/// Every service of `clients` with the probe that fits it.
+pub fn probes(clients: &Clients) -> Vec<(ServiceClient, Probe)> {
+    let mut probes: Vec<(ServiceClient, Probe)> = clients
+        .companions()
+        .into_iter()
+        .map(|service| (service.clone(), Probe::Health))
+        .collect();
+    probes.push((clients.llm.service.clone(), Probe::ModelList));
+    probes
+}
+
 /// Checks every service once, concurrently.
 pub async fn check_all(clients: &Clients) -> Vec<HealthReport> {
-    let services: Vec<ServiceClient> = clients.all().into_iter().cloned().collect();
     let mut checks = tokio::task::JoinSet::new();
-    for (index, service) in services.into_iter().enumerate() {
-        checks.spawn(async move { (index, probe(&service, crate::clients::PROBE_TIMEOUT).await) });
+    for (index, (service, kind)) in probes(clients).into_iter().enumerate() {
+        checks.spawn(async move {
+            let report = probe(&service, kind, crate::clients::PROBE_TIMEOUT).await;
+            (index, report)
+        });
     }
     let mut reports: Vec<(usize, HealthReport)> = checks.join_all().await;
     reports.sort_by_key(|(index, _)| *index);
     reports.into_iter().map(|(_, report)| report).collect()
 }
 
-/// Probes one service once within `limit`: `GET /health`, or `GET /models`
-/// for the LLM (a model server has no standard health endpoint).
-pub async fn probe(service: &ServiceClient, limit: std::time::Duration) -> HealthReport {
-    let is_llm = service.name == "llm";
+/// Probes one service once within `limit`.
+pub async fn probe(
+    service: &ServiceClient,
+    kind: Probe,
+    limit: std::time::Duration,
+) -> HealthReport {
     let started = Instant::now();
-    let path = if is_llm { "/models" } else { "/health" };
+    let path = match kind {
+        Probe::Health => "/health",
+        Probe::ModelList => "/models",
+    };
     let outcome: Result<serde_json::Value, CallError> =
         service.probe_json_within(path, limit).await;
     let seconds = started.elapsed().as_secs_f64();
     metrics::histogram!(names::HEALTH_CHECK_DURATION_SECONDS, "service" => service.name.clone())
         .record(seconds);
     let (up, detail) = match outcome {
-        Ok(body) if is_llm => {
-            let models: Vec<String> = body["data"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|model| model["id"].as_str())
-                .map(str::to_string)
-                .collect();
-            (
-                true,
-                format!(
-                    "models: {}",
-                    if models.is_empty() {
-                        "none listed".into()
-                    } else {
-                        models.join(", ")
-                    }
-                ),
-            )
-        }
-        Ok(body) => {
-            let status = body["status"].as_str().unwrap_or("unknown").to_string();
-            (status == "healthy", format!("status: {status}"))
-        }
+        Ok(body) => judge(kind, &body),
         Err(error) => (false, error.to_string()),
     };
     metrics::gauge!(names::SERVICE_UP, "service" => service.name.clone()).set(if up {
@@ -91,6 +96,30 @@ pub async fn probe(service: &ServiceClient, limit: std::time::Duration) -> Healt
         latency_ms: seconds * 1000.0,
         detail,
         breaker: service.breaker_state().as_str(),
+    }
+}
+
+/// Whether a probe's answer means up, and what to show of it.
+fn judge(kind: Probe, body: &serde_json::Value) -> (bool, String) {
+    match kind {
+        Probe::ModelList => {
+            let models: Vec<&str> = body["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|model| model["id"].as_str())
+                .collect();
+            let listed = if models.is_empty() {
+                "none listed".to_string()
+            } else {
+                models.join(", ")
+            };
+            (true, format!("models: {listed}"))
+        }
+        Probe::Health => {
+            let status = body["status"].as_str().unwrap_or("unknown");
+            (status == "healthy", format!("status: {status}"))
+        }
     }
 }
 

@@ -69,3 +69,164 @@ fn only_config_reads_the_environment() {
         );
     }
 }
+
+/// The layers of the crate, lowest first: a module may use only modules on
+/// lower layers (ARCHITECTURE.md, "Layering"). The companion services sit
+/// beside the stack and may use only [`COMPANION_MAY_USE`].
+const LAYERS: &[&[&str]] = &[
+    &["wire", "metrics"],
+    &["config"],
+    &["scenario", "store", "resilience"],
+    &["clients"],
+    &["heist"],
+    &["health", "scheduler"],
+    &["daemon"],
+    &["api"],
+    &["app"],
+    &["cli"],
+];
+const COMPANION_MAY_USE: &[&str] = &["wire", "metrics", "config", "scenario"];
+/// Only these may start the companions (the in-process stack of `demo`).
+const MAY_USE_COMPANIONS: &[&str] = &["cli"];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+/// The top-level module a source file belongs to: `daemon/runs.rs` is in
+/// `daemon`, `wire.rs` is `wire`; `lib.rs` and `main.rs` are in none.
+fn module_of(name: &str) -> Option<&str> {
+    let first = name.split('/').next()?;
+    let module = first.strip_suffix(".rs").unwrap_or(first);
+    (!matches!(module, "lib" | "main")).then_some(module)
+}
+
+/// Every `crate::x` a file names outside comments, as `x`.
+fn crate_modules_used(text: &str) -> Vec<String> {
+    let mut used = Vec::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or_default();
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                used.push(name);
+            }
+        }
+    }
+    used
+}
+
+/// The edges that break the layering: (file, module it uses).
+fn upward_edges() -> Vec<(String, String)> {
+    let mut broken = Vec::new();
+    for (name, text) in sources() {
+        let Some(module) = module_of(&name) else {
+            continue;
+        };
+        for used in crate_modules_used(&text) {
+            if used == module {
+                continue;
+            }
+            let allowed = match (module, used.as_str()) {
+                (_, "services") => MAY_USE_COMPANIONS.contains(&module),
+                ("services", other) => COMPANION_MAY_USE.contains(&other),
+                (module, other) => match (layer_of(module), layer_of(other)) {
+                    (Some(from), Some(to)) => to < from,
+                    _ => false,
+                },
+            };
+            if !allowed && !broken.contains(&(name.clone(), used.clone())) {
+                broken.push((name.clone(), used));
+            }
+        }
+    }
+    broken
+}
+
+#[test]
+fn dependencies_point_down_the_layers() {
+    let broken = upward_edges();
+    assert!(
+        broken.is_empty(),
+        "imports against the layering in ARCHITECTURE.md (file -> module): {broken:#?}"
+    );
+}
+
+#[test]
+fn the_layering_check_sees_an_upward_import() {
+    let used = crate_modules_used("use crate::api::router; // crate::cli in a comment\n");
+    assert_eq!(used, ["api"]);
+    assert!(layer_of("api") > layer_of("store"));
+    assert_eq!(module_of("daemon/runs.rs"), Some("daemon"));
+    assert_eq!(module_of("wire.rs"), Some("wire"));
+    assert_eq!(module_of("lib.rs"), None);
+}
+
+/// Functions longer than this need a comment saying why (`// Long because`).
+const MAX_FUNCTION_LINES: usize = 80;
+
+/// (file, function, lines) for every function over the limit outside tests.
+fn long_functions() -> Vec<(String, String, usize)> {
+    let mut long = Vec::new();
+    for (name, text) in sources() {
+        if name.ends_with("tests.rs") {
+            continue;
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        let code_end = lines
+            .iter()
+            .position(|line| line.trim() == "#[cfg(test)]")
+            .unwrap_or(lines.len());
+        for (start, line) in lines[..code_end].iter().enumerate() {
+            let trimmed = line.trim_start();
+            let signature = ["fn ", "pub fn ", "async fn ", "pub async fn ", "pub(crate) fn "]
+                .iter()
+                .any(|prefix| trimmed.starts_with(prefix));
+            if !signature || line.trim_end().ends_with(';') {
+                continue;
+            }
+            let indent = &line[..line.len() - trimmed.len()];
+            let closing = format!("{indent}}}");
+            let Some(length) = lines[start..code_end]
+                .iter()
+                .position(|candidate| candidate.trim_end() == closing)
+            else {
+                continue;
+            };
+            let explained = lines[..start]
+                .iter()
+                .rev()
+                .take_while(|above| {
+                    let above = above.trim_start();
+                    above.starts_with("//") || above.starts_with("#[")
+                })
+                .any(|above| above.contains("Long because"));
+            if length + 1 > MAX_FUNCTION_LINES && !explained {
+                let function: String = trimmed
+                    .split("fn ")
+                    .nth(1)
+                    .unwrap_or_default()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                long.push((name.clone(), function, length + 1));
+            }
+        }
+    }
+    long
+}
+
+#[test]
+fn no_function_is_over_80_lines_without_a_reason() {
+    let long = long_functions();
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FUNCTION_LINES} lines (file, function, lines); split them or say \
+         why in a `// Long because ...` comment above: {long:#?}"
+    );
+}
