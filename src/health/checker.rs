@@ -18,7 +18,7 @@ use super::{probe, HealthBoard, HealthState, ServiceHealth};
 use crate::clients::ServiceClient;
 use crate::config::HealthCheckConfig;
 use crate::metrics as names;
-use crate::store::Store;
+use crate::store::StoreHandle;
 
 /// Consecutive results in, state transitions out.
 #[derive(Debug, Clone)]
@@ -75,9 +75,10 @@ pub async fn watch_service(
     service: ServiceClient,
     config: HealthCheckConfig,
     board: Arc<HealthBoard>,
-    store: Arc<Store>,
+    store: impl Into<StoreHandle>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let store = store.into();
     let mut tracker = Tracker::new(&config);
     let name = service.name.clone();
     let mut since = Utc::now();
@@ -113,12 +114,10 @@ pub async fn watch_service(
             if config.breaker_follows_health {
                 service.force_breaker_open(to == HealthState::Down);
             }
-            let (event_store, event_service) = (store.clone(), name.clone());
-            let written = tokio::task::spawn_blocking(move || {
-                event_store.record_health_event(&event_service, from.as_str(), to.as_str(), &reason)
-            })
-            .await;
-            if !matches!(written, Ok(Ok(()))) {
+            let written = store
+                .record_health_event(&name, from.as_str(), to.as_str(), &reason)
+                .await;
+            if written.is_err() {
                 tracing::error!(service = %name, "cannot record a health event in the audit store");
             }
         }
