@@ -386,8 +386,8 @@ impl Runs {
                 metrics::counter!(names::SESSIONS_TOTAL, "status" => status.as_str()).increment(1)
             }
             Ok(false) => {}
-            Err(_) => {
-                tracing::error!(%session_id, status = status.as_str(), "cannot record how the session ended")
+            Err(error) => {
+                tracing::error!(%session_id, status = status.as_str(), %error, "cannot record how the session ended")
             }
         }
     }

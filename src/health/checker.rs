@@ -114,11 +114,11 @@ pub async fn watch_service(
             if config.breaker_follows_health {
                 service.force_breaker_open(to == HealthState::Down);
             }
-            let written = store
+            if let Err(error) = store
                 .record_health_event(&name, from.as_str(), to.as_str(), &reason)
-                .await;
-            if written.is_err() {
-                tracing::error!(service = %name, "cannot record a health event in the audit store");
+                .await
+            {
+                tracing::error!(service = %name, %error, "cannot record a health event in the audit store");
             }
         }
         metrics::gauge!(names::SERVICE_UP, "service" => name.clone()).set(

@@ -21,6 +21,9 @@ pub struct StoreHandle {
     store: Arc<Store>,
 }
 
+// The components that take a store (`HeistRunner` aside) accept
+// `impl Into<StoreHandle>`, so a caller holding an `Arc<Store>` (tests, and
+// the daemon's wiring until it moves to `app`) passes it as it is.
 impl From<Store> for StoreHandle {
     fn from(store: Store) -> Self {
         Self::from(Arc::new(store))
