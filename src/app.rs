@@ -31,7 +31,7 @@ use crate::daemon::{outbox, retention};
 use crate::health::{checker, HealthBoard, HealthState};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::scheduler::{Clock, Scheduler};
-use crate::store::{Store, StoreError};
+use crate::store::{StoreError, StoreHandle};
 
 /// How often `STATUS=` and the schedules shown by the API are refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
@@ -70,7 +70,7 @@ pub struct App {
 struct Parts {
     config_path: Option<PathBuf>,
     notifier: Arc<Notifier>,
-    store: Arc<Store>,
+    store: StoreHandle,
     health: Arc<HealthBoard>,
     state: Arc<DaemonState>,
     runs: Arc<Runs>,
@@ -111,12 +111,7 @@ impl App {
             systemd.watchdog_pid.as_deref(),
         ));
         let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
-        let store_config = config.store.clone();
-        let store = Arc::new(
-            tokio::task::spawn_blocking(move || Store::open_configured(&store_config))
-                .await
-                .map_err(|error| StoreError::Worker(error.to_string()))??,
-        );
+        let store = StoreHandle::open_configured(&config.store).await?;
         let clients = Clients::from_config(&config);
         let (stop_sender, stop) = watch::channel(false);
         let (finish_sender, finished) = watch::channel(false);
@@ -436,15 +431,13 @@ async fn serve_api(
 /// The last slot each schedule ran for, so a restart neither repeats nor
 /// forgets one. A slot that cannot be read is logged and treated as none.
 async fn last_slots(
-    store: &Arc<Store>,
+    store: &StoreHandle,
     schedules: &[ScheduleConfig],
 ) -> HashMap<String, DateTime<Utc>> {
     let mut slots = HashMap::new();
     for schedule in schedules {
-        let (store, name) = (store.clone(), schedule.name.clone());
-        let last = tokio::task::spawn_blocking(move || store.last_scheduled_time(&name)).await;
-        match last {
-            Ok(Ok(Some(text))) => match DateTime::parse_from_rfc3339(&text) {
+        match store.last_scheduled_time(&schedule.name).await {
+            Ok(Some(text)) => match DateTime::parse_from_rfc3339(&text) {
                 Ok(slot) => {
                     slots.insert(schedule.name.clone(), slot.with_timezone(&Utc));
                 }
@@ -452,10 +445,7 @@ async fn last_slots(
                     tracing::error!(schedule = %schedule.name, %text, %error, "unreadable last slot")
                 }
             },
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => {
-                tracing::error!(schedule = %schedule.name, %error, "cannot read the last slot")
-            }
+            Ok(None) => {}
             Err(error) => {
                 tracing::error!(schedule = %schedule.name, %error, "cannot read the last slot")
             }

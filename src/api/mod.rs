@@ -175,6 +175,10 @@ impl From<StoreError> for ApiError {
             StoreError::SessionNotFound(session_id) => {
                 Self::NotFound(format!("no session with id `{session_id}`"))
             }
+            StoreError::Worker(detail) => Self::Internal {
+                public_message: "the audit store query did not finish",
+                detail,
+            },
             other => Self::Internal {
                 public_message: "the audit store failed",
                 detail: other.to_string(),
@@ -264,7 +268,7 @@ async fn liveness() -> Json<Liveness> {
 
 /// 503 while a required service is not up; the body says which.
 async fn readiness(State(state): State<Arc<DaemonState>>) -> (StatusCode, Json<Readiness>) {
-    let readiness = state.readiness();
+    let readiness = state.readiness().await;
     let status = if readiness.ready {
         StatusCode::OK
     } else {
@@ -301,15 +305,10 @@ async fn list_sessions(
     let status = parse_status_filter(query.status.as_deref())?;
     let schedule = query.schedule.filter(|schedule| !schedule.is_empty());
     let limit = parse_session_limit(query.limit.as_deref())?;
-    let store = state.store.clone();
-    let sessions = on_blocking_thread(move || {
-        store.find_sessions(
-            status.map(SessionStatus::as_str),
-            schedule.as_deref(),
-            limit,
-        )
-    })
-    .await?;
+    let sessions = state
+        .store
+        .find_sessions(status, schedule.as_deref(), limit)
+        .await?;
     Ok(Json(SessionList { sessions }))
 }
 
@@ -319,8 +318,7 @@ async fn session_detail(
 ) -> Result<Json<SessionDetail>, ApiError> {
     let Path(session_id) =
         session_id.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    let store = state.store.clone();
-    let detail = on_blocking_thread(move || store.session(&session_id)).await?;
+    let detail = state.store.session(&session_id).await?;
     Ok(Json(detail))
 }
 
@@ -361,21 +359,18 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// An empty `status=` means no filter, as an HTML form would send it.
 fn parse_status_filter(status: Option<&str>) -> Result<Option<SessionStatus>, ApiError> {
-    const STATUSES: [SessionStatus; 4] = [
-        SessionStatus::Active,
-        SessionStatus::Completed,
-        SessionStatus::Failed,
-        SessionStatus::Interrupted,
-    ];
     let Some(status) = status.filter(|status| !status.is_empty()) else {
         return Ok(None);
     };
-    STATUSES
+    SessionStatus::KNOWN
         .into_iter()
         .find(|known| known.as_str() == status)
         .map(Some)
         .ok_or_else(|| {
-            let names: Vec<&str> = STATUSES.iter().map(|known| known.as_str()).collect();
+            let names: Vec<&str> = SessionStatus::KNOWN
+                .iter()
+                .map(|known| known.as_str())
+                .collect();
             ApiError::BadRequest(format!(
                 "status `{status}` is not one of {}",
                 names.join(", ")
@@ -466,21 +461,6 @@ fn parse_run_body(body: &[u8]) -> Result<RunRequest, ApiError> {
         turns: run_body.turns,
         seed: run_body.seed,
     })
-}
-
-/// The store is synchronous SQLite; its calls leave the async runtime.
-async fn on_blocking_thread<T, Work>(work: Work) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    Work: FnOnce() -> Result<T, StoreError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|join_error| ApiError::Internal {
-            public_message: "the audit store query did not finish",
-            detail: join_error.to_string(),
-        })?
-        .map_err(ApiError::from)
 }
 
 #[cfg(test)]

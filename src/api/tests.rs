@@ -24,6 +24,8 @@ const ADMIN_TOKEN: &str = "correct-horse-battery-staple";
 /// A daemon's state with the pieces a test inspects.
 struct TestDaemon {
     state: Arc<DaemonState>,
+    /// The store behind `state`, for tests to seed and finish sessions in.
+    store: Arc<Store>,
     /// Every run request the stand-in dispatcher received, in order.
     run_requests: Arc<Mutex<Vec<RunRequest>>>,
     /// Keeps the store's directory alive as long as the test.
@@ -34,8 +36,10 @@ impl TestDaemon {
     /// A daemon whose dispatcher answers every run request with `answer`.
     fn new(admin_token: Option<&str>, answer: Result<String, StartRunError>) -> Self {
         let directory = tempfile::tempdir().expect("temporary directory");
-        let store = Store::open(&directory.path().join("audit.db"), Synchronous::Normal)
-            .expect("store opens");
+        let store = Arc::new(
+            Store::open(&directory.path().join("audit.db"), Synchronous::Normal)
+                .expect("store opens"),
+        );
         let config = crate::config::load(None, Vec::new()).expect("default config loads");
         let health = Arc::new(HealthBoard::default());
         health.publish(service_health("llm", HealthState::Up, true));
@@ -52,7 +56,7 @@ impl TestDaemon {
         });
         let state = DaemonState::new(
             Arc::new(config),
-            Arc::new(store),
+            store.clone(),
             health,
             crate::metrics::install(),
             run_commands,
@@ -60,6 +64,7 @@ impl TestDaemon {
         );
         Self {
             state: Arc::new(state),
+            store,
             run_requests,
             _directory: directory,
         }
@@ -89,14 +94,13 @@ impl TestDaemon {
     }
 
     fn create_session(&self, schedule: Option<&str>, scheduled_time: Option<&str>) -> String {
-        self.state
-            .store
+        self.store
             .create_session(&NewSession {
-                scenario: "bank",
+                scenario: "bank".into(),
                 seed: 7,
                 planned_turns: 3,
-                schedule,
-                scheduled_time,
+                schedule: schedule.map(str::to_string),
+                scheduled_time: scheduled_time.map(str::to_string),
             })
             .expect("session created")
     }
@@ -290,7 +294,7 @@ async fn sessions_list_filters_by_status_and_schedule() {
     let nightly_completed = daemon.create_session(Some("nightly"), Some("2025-01-01T02:00:00Z"));
     let nightly_failed = daemon.create_session(Some("nightly"), Some("2025-01-02T02:00:00Z"));
     let hourly_completed = daemon.create_session(Some("hourly"), Some("2025-01-01T03:00:00Z"));
-    let store = &daemon.state.store;
+    let store = &daemon.store;
     store
         .finish_session(&nightly_completed, SessionStatus::Completed, None)
         .expect("finish");

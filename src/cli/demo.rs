@@ -3,14 +3,13 @@
 //! and calculator errors and a memory outage in the middle of the run.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{print_turn, summary, CliError, LocalStack};
 use crate::config;
 use crate::heist::{self, RunOptions, RunReport, TurnView};
 use crate::services::{self, fault::Fault};
-use crate::store::Store;
+use crate::store::StoreHandle;
 
 pub struct DemoOptions {
     pub turns: Option<u32>,
@@ -57,7 +56,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         base.llm.policy.breaker.wait_in_open_ms = 1_000;
     }
     let stack = LocalStack::start(base, options.llm.clone()).await?;
-    let store = Arc::new(Store::open_configured(&stack.config.store)?);
+    let store = StoreHandle::open_configured(&stack.config.store).await?;
     let runner = stack.runner(store.clone()).with_stop(options.stop.clone());
     let turns = options.turns.unwrap_or(stack.config.heist.turns);
     let seed = options.seed.unwrap_or_else(heist::random_seed);
@@ -140,18 +139,12 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         }
     }
     if options.chaos {
-        let (counts_store, id) = (store.clone(), report.session_id.clone());
-        if let Ok(Ok((delivered, all))) =
-            tokio::task::spawn_blocking(move || counts_store.outbox_counts(&id)).await
-        {
+        if let Ok((delivered, all)) = store.outbox_counts(&report.session_id).await {
             println!("outbox: {delivered} of {all} memory writes delivered to the memory service despite the outage\n");
         }
     }
     println!("{}", summary(&report, runner.clients(), store.path()));
-    let session_id = report.session_id.clone();
-    let detail = tokio::task::spawn_blocking(move || store.session(&session_id))
-        .await
-        .map_err(|error| crate::store::StoreError::Worker(error.to_string()))??;
+    let detail = store.session(&report.session_id).await?;
     if !detail.service_calls.is_empty() {
         let retried = detail
             .service_calls

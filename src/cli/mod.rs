@@ -23,7 +23,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions, RunReport, TurnView};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::services::{self, token::SigningKey, CompanionContext, Companions, ServiceError};
-use crate::store::{SessionDetail, Store, StoreError};
+use crate::store::{SessionDetail, Store, StoreError, StoreHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -164,12 +164,12 @@ impl LocalStack {
     }
 
     /// A runner over this stack writing to `store`.
-    pub fn runner(&self, store: Arc<Store>) -> HeistRunner {
+    pub fn runner(&self, store: impl Into<StoreHandle>) -> HeistRunner {
         HeistRunner::new(
             self.config.clone(),
             self.scenario.clone(),
             Clients::from_config(&self.config),
-            store,
+            store.into(),
         )
     }
 }
@@ -196,7 +196,7 @@ pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<Run
     let (config, _) = load_config(args.config.as_deref())?;
     let (turns, seed) = (args.turns, args.seed);
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
-    let store = Arc::new(Store::open_configured(&config.store)?);
+    let store = StoreHandle::open_configured(&config.store).await?;
     let clients = Clients::from_config(&config);
     let turns = turns.unwrap_or(config.heist.turns);
     let seed = seed
@@ -351,7 +351,7 @@ pub fn sessions_list(store: &Store, limit: usize) -> Result<String, CliError> {
             output,
             "{:<32} {:<11} {:>5}  {:<27} {}",
             session.session_id,
-            session.status,
+            session.status_text,
             session.num_turns,
             session.start_time,
             session.failure_reason.unwrap_or_default()
@@ -375,7 +375,7 @@ pub fn export_json(detail: &SessionDetail) -> String {
 pub fn export_markdown(detail: &SessionDetail) -> String {
     let session = &detail.session;
     let mut output = format!("# Heist session {}\n\n", session.session_id);
-    let _ = writeln!(output, "- status: {}", session.status);
+    let _ = writeln!(output, "- status: {}", session.status_text);
     let _ = writeln!(output, "- started: {}", session.start_time);
     let _ = writeln!(
         output,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::runs::Runs;
-use crate::store::Store;
+use crate::store::StoreHandle;
 
 /// How often memory writes left in any session's outbox are retried.
 const OUTBOX_INTERVAL: Duration = Duration::from_secs(15);
@@ -21,7 +21,7 @@ const SESSIONS_PER_PASS: usize = 100;
 /// `stop` becomes true.
 pub async fn deliver_left_behind(
     runs: Arc<Runs>,
-    store: Arc<Store>,
+    store: StoreHandle,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -34,18 +34,9 @@ pub async fn deliver_left_behind(
 }
 
 /// One pass: every session with pending writes and no task of its own.
-pub async fn deliver_once(runs: &Arc<Runs>, store: &Arc<Store>) {
-    let pending_store = store.clone();
-    let sessions = match tokio::task::spawn_blocking(move || {
-        pending_store.sessions_with_pending_outbox(SESSIONS_PER_PASS)
-    })
-    .await
-    {
-        Ok(Ok(sessions)) => sessions,
-        Ok(Err(error)) => {
-            tracing::error!(%error, "cannot list pending memory writes");
-            return;
-        }
+pub async fn deliver_once(runs: &Arc<Runs>, store: &StoreHandle) {
+    let sessions = match store.sessions_with_pending_outbox(SESSIONS_PER_PASS).await {
+        Ok(sessions) => sessions,
         Err(error) => {
             tracing::error!(%error, "cannot list pending memory writes");
             return;
@@ -59,10 +50,8 @@ pub async fn deliver_once(runs: &Arc<Runs>, store: &Arc<Store>) {
     }
     // Counted here, every pass, rather than after every turn's delivery:
     // a gauge read every scrape need not cost each turn a query.
-    let count_store = store.clone();
-    match tokio::task::spawn_blocking(move || count_store.pending_outbox_total()).await {
-        Ok(Ok(total)) => metrics::gauge!(crate::metrics::MEMORY_OUTBOX_PENDING).set(total as f64),
-        Ok(Err(error)) => tracing::error!(%error, "cannot count pending memory writes"),
+    match store.pending_outbox_total().await {
+        Ok(total) => metrics::gauge!(crate::metrics::MEMORY_OUTBOX_PENDING).set(total as f64),
         Err(error) => tracing::error!(%error, "cannot count pending memory writes"),
     }
 }

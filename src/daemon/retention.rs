@@ -4,19 +4,23 @@
 //! back with `incremental_vacuum` and checkpoints the WAL, so pruning never
 //! holds the store's one writer for long.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::config::RetentionConfig;
 use crate::metrics as names;
-use crate::store::Store;
+use crate::store::{StoreError, StoreHandle};
 
 /// Pages handed back per pass; small enough to stay quick.
 const VACUUM_PAGES: u32 = 256;
 
-pub async fn run(config: RetentionConfig, store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    config: RetentionConfig,
+    store: impl Into<StoreHandle>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let store = store.into();
     metrics::counter!(names::RETENTION_PRUNED_SESSIONS_TOTAL).increment(0);
     if !config.enabled {
         return;
@@ -38,35 +42,34 @@ pub async fn run(config: RetentionConfig, store: Arc<Store>, mut shutdown: watch
 }
 
 /// One pass: batches until nothing old is left; returns sessions pruned.
-pub async fn prune_once(config: &RetentionConfig, store: &Arc<Store>) -> usize {
+pub async fn prune_once(config: &RetentionConfig, store: &StoreHandle) -> usize {
     let cutoff = chrono::Utc::now() - chrono::Duration::days(i64::from(config.max_age_days));
     let mut total = 0;
     loop {
-        let batch_store = store.clone();
-        let batch = config.batch_size;
-        let pruned = tokio::task::spawn_blocking(move || {
-            let pruned = batch_store.prune_sessions_before(cutoff, batch)?;
-            batch_store.compact(VACUUM_PAGES)?;
-            Ok::<_, crate::store::StoreError>(pruned)
-        })
-        .await;
-        match pruned {
-            Ok(Ok(0)) => break,
-            Ok(Ok(count)) => {
+        match prune_batch(store, cutoff, config.batch_size).await {
+            Ok(0) => break,
+            Ok(count) => {
                 total += count;
                 metrics::counter!(names::RETENTION_PRUNED_SESSIONS_TOTAL).increment(count as u64);
                 // Let turns in between batches.
                 tokio::task::yield_now().await;
             }
-            Ok(Err(error)) => {
-                tracing::error!(%error, "retention pass failed");
-                break;
-            }
             Err(error) => {
-                tracing::error!(%error, "retention worker failed");
+                tracing::error!(%error, "retention pass failed");
                 break;
             }
         }
     }
     total
+}
+
+/// One batch pruned, then the pages it freed handed back.
+async fn prune_batch(
+    store: &StoreHandle,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    batch: u32,
+) -> Result<usize, StoreError> {
+    let pruned = store.prune_sessions_before(cutoff, batch).await?;
+    store.compact(VACUUM_PAGES).await?;
+    Ok(pruned)
 }

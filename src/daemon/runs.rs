@@ -18,7 +18,7 @@ use crate::heist::{self, HeistError, HeistRunner, RunOptions};
 use crate::metrics as names;
 use crate::scenario::Scenario;
 use crate::scheduler::Launcher;
-use crate::store::{SessionRow, SessionStatus, Store, StoreError};
+use crate::store::{SessionRow, SessionStatus, StoreError, StoreHandle};
 
 /// What a new run is built from; replaced as a whole on reload, so a
 /// running session keeps the context it started with.
@@ -30,7 +30,7 @@ pub struct RunContext {
 
 pub struct Runs {
     state: Arc<DaemonState>,
-    store: Arc<Store>,
+    store: StoreHandle,
     context: RwLock<Arc<RunContext>>,
     stop: watch::Receiver<bool>,
     /// Held while checking capacity and starting a run, so the cap holds
@@ -43,13 +43,13 @@ pub struct Runs {
 impl Runs {
     pub fn new(
         state: Arc<DaemonState>,
-        store: Arc<Store>,
+        store: impl Into<StoreHandle>,
         context: RunContext,
         stop: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
-            store,
+            store: store.into(),
             context: RwLock::new(Arc::new(context)),
             stop,
             admission: tokio::sync::Mutex::new(()),
@@ -138,11 +138,10 @@ impl Runs {
     /// Crash recovery: sessions left `active` are resumed (each waiting for
     /// capacity like any run) or marked interrupted. Returns how many.
     pub async fn recover(self: &Arc<Self>, recovery: Recovery) -> Result<usize, StoreError> {
-        let store = self.store.clone();
-        let active =
-            tokio::task::spawn_blocking(move || store.find_sessions(Some("active"), None, 10_000))
-                .await
-                .map_err(|error| StoreError::Worker(error.to_string()))??;
+        let active = self
+            .store
+            .find_sessions(Some(SessionStatus::Active), None, 10_000)
+            .await?;
         for session in &active {
             match recovery {
                 Recovery::Interrupt => {
@@ -357,21 +356,17 @@ impl Runs {
     }
 
     async fn finish_if_active(&self, session_id: &str, status: SessionStatus, reason: &str) {
-        let (store, id, reason) = (
-            self.store.clone(),
-            session_id.to_string(),
-            reason.to_string(),
-        );
-        let outcome =
-            tokio::task::spawn_blocking(move || store.finish_session(&id, status, Some(&reason)))
-                .await;
+        let outcome = self
+            .store
+            .finish_session(session_id, status, Some(reason))
+            .await;
         match outcome {
-            Ok(Ok(true)) => {
+            Ok(true) => {
                 metrics::counter!(names::SESSIONS_TOTAL, "status" => status.as_str()).increment(1)
             }
-            Ok(Ok(false)) => {}
-            _ => {
-                tracing::error!(%session_id, status = status.as_str(), "cannot record how the session ended")
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(%session_id, status = status.as_str(), %error, "cannot record how the session ended")
             }
         }
     }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::health::HealthBoard;
-use crate::store::Store;
+use crate::store::StoreHandle;
 
 /// A schedule as `/api/v1/status` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -70,7 +70,7 @@ pub struct DaemonState {
     pub version: &'static str,
     pub started_at: DateTime<Utc>,
     started: Instant,
-    pub store: Arc<Store>,
+    pub store: StoreHandle,
     pub health: Arc<HealthBoard>,
     pub metrics: PrometheusHandle,
     config: RwLock<Arc<Config>>,
@@ -84,7 +84,7 @@ pub struct DaemonState {
 impl DaemonState {
     pub fn new(
         config: Arc<Config>,
-        store: Arc<Store>,
+        store: impl Into<StoreHandle>,
         health: Arc<HealthBoard>,
         metrics: PrometheusHandle,
         run_commands: mpsc::Sender<RunCommand>,
@@ -94,7 +94,7 @@ impl DaemonState {
             version: env!("CARGO_PKG_VERSION"),
             started_at: Utc::now(),
             started: Instant::now(),
-            store,
+            store: store.into(),
             health,
             metrics,
             config: RwLock::new(config),
@@ -143,9 +143,9 @@ impl DaemonState {
         &self.registry
     }
 
-    pub fn readiness(&self) -> Readiness {
+    pub async fn readiness(&self) -> Readiness {
         let services_not_up = self.health.required_not_up();
-        let store_open = self.store.is_usable();
+        let store_open = self.store.is_usable().await;
         Readiness {
             ready: services_not_up.is_empty() && store_open,
             store_open,

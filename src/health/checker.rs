@@ -19,7 +19,7 @@ use super::{probe, HealthBoard, HealthState, Probe, ServiceHealth};
 use crate::clients::{Clients, ServiceClient};
 use crate::config::{Config, HealthCheckConfig};
 use crate::metrics as names;
-use crate::store::Store;
+use crate::store::StoreHandle;
 
 /// Consecutive results in, state transitions out.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ pub fn spawn_all(
     config: &Config,
     clients: &Clients,
     board: &Arc<HealthBoard>,
-    store: &Arc<Store>,
+    store: &StoreHandle,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     super::probes(clients)
@@ -102,9 +102,10 @@ pub async fn watch_service(
     kind: Probe,
     config: HealthCheckConfig,
     board: Arc<HealthBoard>,
-    store: Arc<Store>,
+    store: impl Into<StoreHandle>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let store = store.into();
     let mut tracker = Tracker::new(&config);
     let name = service.name.clone();
     let mut since = Utc::now();
@@ -140,13 +141,11 @@ pub async fn watch_service(
             if config.breaker_follows_health {
                 service.force_breaker_open(to == HealthState::Down);
             }
-            let (event_store, event_service) = (store.clone(), name.clone());
-            let written = tokio::task::spawn_blocking(move || {
-                event_store.record_health_event(&event_service, from.as_str(), to.as_str(), &reason)
-            })
-            .await;
-            if !matches!(written, Ok(Ok(()))) {
-                tracing::error!(service = %name, "cannot record a health event in the audit store");
+            if let Err(error) = store
+                .record_health_event(&name, from.as_str(), to.as_str(), &reason)
+                .await
+            {
+                tracing::error!(service = %name, %error, "cannot record a health event in the audit store");
             }
         }
         metrics::gauge!(names::SERVICE_UP, "service" => name.clone()).set(

@@ -27,7 +27,8 @@ use crate::metrics as names;
 use crate::resilience::journal;
 use crate::scenario::{Agent, Scenario};
 use crate::store::{
-    NewSession, ServiceCallRecord, SessionStatus, Store, StoreError, ToolCallRecord, TurnRecord,
+    NewSession, ServiceCallRecord, SessionStatus, StoreError, StoreHandle, ToolCallRecord,
+    TurnRecord,
 };
 use protocol::parse_tool_requests;
 
@@ -40,8 +41,6 @@ pub const OUTBOX_BATCH: usize = 64;
 pub enum HeistError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("store worker failed: {0}")]
-    Worker(String),
 }
 
 /// What one run should do.
@@ -92,7 +91,7 @@ pub struct HeistRunner {
     config: Arc<Config>,
     scenario: Arc<Scenario>,
     clients: Clients,
-    store: Arc<Store>,
+    store: StoreHandle,
     tokens: TokenCache,
     /// Set to true when the daemon stops: the session ends `interrupted`
     /// before its next turn.
@@ -104,7 +103,7 @@ impl HeistRunner {
         config: Arc<Config>,
         scenario: Arc<Scenario>,
         clients: Clients,
-        store: Arc<Store>,
+        store: StoreHandle,
     ) -> Self {
         Self {
             config,
@@ -128,12 +127,13 @@ impl HeistRunner {
         next_turn: u32,
     ) -> Result<RunReport, HeistError> {
         let reason = format!("heistd stopped before turn {next_turn}");
-        let id = report.session_id.clone();
-        let stored = reason.clone();
-        self.with_store(move |store| {
-            store.finish_session(&id, SessionStatus::Interrupted, Some(&stored))
-        })
-        .await?;
+        self.store
+            .finish_session(
+                &report.session_id,
+                SessionStatus::Interrupted,
+                Some(&reason),
+            )
+            .await?;
         metrics::counter!(names::SESSIONS_TOTAL, "status" => "interrupted").increment(1);
         tracing::warn!(next_turn, "session interrupted");
         report.status = SessionStatus::Interrupted;
@@ -187,18 +187,17 @@ impl HeistRunner {
     /// Creates the session (the audit row that makes the run exist); a
     /// schedule slot that already has a session is refused here.
     pub async fn start(&self, options: &RunOptions) -> Result<String, HeistError> {
-        let scenario_name = self.scenario.name.clone();
-        let options = options.clone();
-        self.with_store(move |store| {
-            store.create_session(&NewSession {
-                scenario: &scenario_name,
+        let session_id = self
+            .store
+            .create_session(NewSession {
+                scenario: self.scenario.name.clone(),
                 seed: options.seed,
                 planned_turns: options.turns,
-                schedule: options.schedule.as_deref(),
-                scheduled_time: options.scheduled_time.as_deref(),
+                schedule: options.schedule.clone(),
+                scheduled_time: options.scheduled_time.clone(),
             })
-        })
-        .await
+            .await?;
+        Ok(session_id)
     }
 
     /// Plays every turn of a session made by [`Self::start`].
@@ -232,10 +231,8 @@ impl HeistRunner {
         session_id: &str,
         observer: Option<&(dyn Fn(&TurnView<'_>) + Sync)>,
     ) -> Result<RunReport, HeistError> {
-        let id = session_id.to_string();
-        let (detail, last_turn) = self
-            .with_store(move |store| Ok((store.session(&id)?, store.last_turn(&id)?)))
-            .await?;
+        let detail = self.store.session(session_id).await?;
+        let last_turn = self.store.last_turn(session_id).await?;
         let seed = detail.session.seed.unwrap_or_default() as u64;
         let turns = detail.session.planned_turns.unwrap_or_default().max(0) as u32;
         let span = tracing::info_span!("session", session_id = %session_id);
@@ -269,8 +266,7 @@ impl HeistRunner {
             memory_pending: 0,
         };
         if first_turn > 1 {
-            let id = session_id.clone();
-            let detail = self.with_store(move |store| store.session(&id)).await?;
+            let detail = self.store.session(&session_id).await?;
             report.failed_turns = detail
                 .messages
                 .iter()
@@ -317,21 +313,15 @@ impl HeistRunner {
                     _ => report.tool_calls_failed += 1,
                 }
             }
-            let committed = record.clone();
-            if let Err(error) = self
-                .with_store(move |store| store.record_turn(&committed))
-                .await
-            {
+            if let Err(error) = self.store.record_turn(record.clone()).await {
                 tracing::error!(turn_id, %error, "cannot commit turn; stopping the session");
                 let reason = format!("turn {turn_id} could not be recorded: {error}");
-                let id = session_id.clone();
                 let _ = self
-                    .with_store(move |store| {
-                        store.finish_session(&id, SessionStatus::Failed, Some(&reason))
-                    })
+                    .store
+                    .finish_session(&session_id, SessionStatus::Failed, Some(&reason))
                     .await;
                 metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
-                return Err(error);
+                return Err(error.into());
             }
             report.turns += 1;
             if let Some(error) = &record.error {
@@ -372,9 +362,8 @@ impl HeistRunner {
         } else {
             (SessionStatus::Completed, None)
         };
-        let id = session_id.clone();
-        let stored_reason = reason.clone();
-        self.with_store(move |store| store.finish_session(&id, status, stored_reason.as_deref()))
+        self.store
+            .finish_session(&session_id, status, reason.as_deref())
             .await?;
         metrics::counter!(names::SESSIONS_TOTAL, "status" => status.as_str()).increment(1);
         tracing::info!(
@@ -598,17 +587,6 @@ impl HeistRunner {
                 duration_ms,
             },
             Err(error) => failed_call(tool, parameter, error.to_string(), duration_ms),
-        }
-    }
-
-    async fn with_store<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, HeistError> {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || work(&store)).await {
-            Ok(outcome) => Ok(outcome?),
-            Err(error) => Err(HeistError::Worker(error.to_string())),
         }
     }
 }

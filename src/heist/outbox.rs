@@ -8,10 +8,7 @@ use crate::clients::{CallError, MemoryWrite};
 impl HeistRunner {
     /// Delivers pending memory writes of a session; returns how many remain.
     pub async fn deliver_outbox(&self, session_id: &str) -> Result<usize, HeistError> {
-        let id = session_id.to_string();
-        let pending = self
-            .with_store(move |store| store.pending_outbox(&id, OUTBOX_BATCH))
-            .await?;
+        let pending = self.store.pending_outbox(session_id, OUTBOX_BATCH).await?;
         let mut remaining = pending.len();
         for entry in pending {
             let delivery = match serde_json::from_str::<MemoryWrite>(&entry.payload) {
@@ -28,8 +25,7 @@ impl HeistRunner {
             };
             match delivery {
                 Ok(()) => {
-                    self.with_store(move |store| store.mark_outbox_delivered(entry.id))
-                        .await?;
+                    self.store.mark_outbox_delivered(entry.id).await?;
                     remaining -= 1;
                 }
                 Err(error) if error.is_permanent() => {
@@ -38,15 +34,13 @@ impl HeistRunner {
                     // not block the writes behind it.
                     let message = error.to_string();
                     tracing::error!(turn_id = entry.turn_id, %message, "memory write abandoned");
-                    self.with_store(move |store| store.mark_outbox_abandoned(entry.id, &message))
-                        .await?;
+                    self.store.mark_outbox_abandoned(entry.id, &message).await?;
                     remaining -= 1;
                 }
                 Err(error) => {
                     let message = error.to_string();
                     tracing::warn!(turn_id = entry.turn_id, %message, "memory write stays in the outbox");
-                    self.with_store(move |store| store.mark_outbox_failed(entry.id, &message))
-                        .await?;
+                    self.store.mark_outbox_failed(entry.id, &message).await?;
                     // The service is down or refusing: keep order, try later.
                     break;
                 }

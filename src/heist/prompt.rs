@@ -11,16 +11,11 @@ use crate::scenario::Agent;
 impl HeistRunner {
     /// The last few successful turns with their tool results, oldest first.
     pub(super) async fn transcript(&self, session_id: &str) -> Result<String, HeistError> {
-        let id = session_id.to_string();
-        let limit = self.config.heist.context_messages;
-        let (messages, tools) = self
-            .with_store(move |store| {
-                let messages = store.recent_messages(&id, limit)?;
-                let first_turn = messages.first().map_or(i64::MAX, |message| message.turn_id);
-                let tools = store.tool_usage_for_turns(&id, first_turn)?;
-                Ok((messages, tools))
-            })
+        let recent = self
+            .store
+            .recent_turns(session_id, self.config.heist.context_messages)
             .await?;
+        let (messages, tools) = (recent.messages, recent.tool_usage);
         let mut transcript = String::new();
         for message in &messages {
             transcript.push_str(&format!(

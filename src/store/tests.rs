@@ -1,5 +1,6 @@
 //! Tests of the audit store against real SQLite files.
 use super::*;
+use crate::config::Synchronous;
 
 fn open() -> (tempfile::TempDir, Store) {
     let directory = tempfile::tempdir().expect("temp dir");
@@ -7,9 +8,9 @@ fn open() -> (tempfile::TempDir, Store) {
     (directory, store)
 }
 
-fn new_session(seed: u64, planned_turns: u32) -> NewSession<'static> {
+fn new_session(seed: u64, planned_turns: u32) -> NewSession {
     NewSession {
-        scenario: "bank",
+        scenario: "bank".into(),
         seed,
         planned_turns,
         schedule: None,
@@ -96,7 +97,8 @@ fn reopening_keeps_data_and_schema_version() {
     };
     let store = Store::open(&path, Synchronous::Full).expect("reopen");
     let detail = store.session(&session_id).expect("detail");
-    assert_eq!(detail.session.status, "completed");
+    assert_eq!(detail.session.status, SessionStatus::Completed);
+    assert_eq!(detail.session.status_text, "completed");
     assert!(detail.session.end_time.is_some());
     let version: i64 = store
         .lock()
@@ -180,11 +182,11 @@ fn pruning_removes_old_ended_sessions_with_all_their_rows() {
 fn a_schedule_slot_runs_once() {
     let (_directory, store) = open();
     let slot = NewSession {
-        scenario: "bank",
+        scenario: "bank".into(),
         seed: 1,
         planned_turns: 1,
-        schedule: Some("nightly"),
-        scheduled_time: Some("2026-11-24T02:00:00+00:00"),
+        schedule: Some("nightly".into()),
+        scheduled_time: Some("2026-11-24T02:00:00+00:00".into()),
     };
     store.create_session(&slot).expect("first");
     assert!(matches!(
@@ -211,7 +213,7 @@ fn a_session_keeps_its_first_ending() {
         .finish_session(&id, SessionStatus::Interrupted, Some("late"))
         .expect("a no-op, not an error");
     let session = store.session(&id).expect("session").session;
-    assert_eq!(session.status, "completed");
+    assert_eq!(session.status, SessionStatus::Completed);
     assert_eq!(session.failure_reason, None);
 }
 
@@ -275,4 +277,75 @@ fn a_second_writer_is_refused_until_the_first_closes() {
     Store::open_configured(&config).expect("free again once the first is gone");
     // Readers (sessions, the test harness) need no lock.
     Store::open(&config.path, Synchronous::Normal).expect("a reader opens beside a writer");
+}
+
+#[test]
+fn an_unknown_status_reads_back_unchanged() {
+    let (_directory, store) = open();
+    store
+        .lock()
+        .execute(
+            "INSERT INTO sessions (session_id, start_time, num_turns, status) VALUES ('heist_foreign', '2025-01-01T12:00:00', 0, 'paused')",
+            [],
+        )
+        .expect("a status heistd never writes");
+    let session = store.session("heist_foreign").expect("readable").session;
+    assert_eq!(session.status, SessionStatus::Unknown);
+    assert_eq!(session.status_text, "paused");
+    let json = serde_json::to_value(&session).expect("serialises");
+    assert_eq!(json["status"], "paused", "the JSON keeps the stored text");
+    let listed = store.list_sessions(10).expect("listed");
+    assert_eq!(listed[0].status_text, "paused");
+    assert!(store
+        .find_sessions(Some(SessionStatus::Active), None, 10)
+        .expect("filtered")
+        .is_empty());
+}
+
+#[test]
+fn a_known_status_serialises_as_before() {
+    let (_directory, store) = open();
+    let id = store.create_session(&new_session(1, 1)).expect("create");
+    let session = store.session(&id).expect("session").session;
+    assert_eq!(session.status, SessionStatus::Active);
+    let json = serde_json::to_string(&session).expect("serialises");
+    assert!(
+        json.contains(r#""num_turns":0,"status":"active","seed":1"#),
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_store_worker_is_a_worker_error() {
+    let (_directory, store) = open();
+    let handle = StoreHandle::from(store);
+    let outcome: Result<(), StoreError> =
+        handle.call(|_store| panic!("the store worker dies")).await;
+    assert!(matches!(outcome, Err(StoreError::Worker(_))), "{outcome:?}");
+    assert!(handle.is_usable().await, "the store outlives a lost worker");
+}
+
+#[tokio::test]
+async fn the_handle_reaches_the_same_store() {
+    let (_directory, store) = open();
+    let handle = StoreHandle::from(store);
+    let id = handle
+        .create_session(new_session(4, 2))
+        .await
+        .expect("create");
+    handle.record_turn(turn(&id, 1)).await.expect("turn");
+    assert_eq!(handle.last_turn(&id).await.expect("last turn"), 1);
+    let recent = handle.recent_turns(&id, 5).await.expect("recent");
+    assert_eq!(recent.messages.len(), 1);
+    assert_eq!(recent.tool_usage.len(), 1);
+    assert!(handle
+        .finish_session(&id, SessionStatus::Completed, None)
+        .await
+        .expect("finish"));
+    let completed = handle
+        .find_sessions(Some(SessionStatus::Completed), None, 10)
+        .await
+        .expect("find");
+    assert_eq!(completed.len(), 1);
+    assert_eq!(handle.pending_outbox_total().await.expect("outbox"), 1);
 }

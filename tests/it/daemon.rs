@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use heistd::config::Synchronous;
 use heistd::services::fault::Fault;
-use heistd::store::Store;
+use heistd::store::{SessionStatus, Store};
 use serde_json::Value;
 use tokio::net::UnixDatagram;
 use tokio::time::Instant;
@@ -415,7 +415,7 @@ async fn sigterm_mid_run_interrupts_the_session_and_exits_0() {
     let status = daemon.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
     let detail = store.session(&session_id).expect("session");
-    assert_eq!(detail.session.status, "interrupted");
+    assert_eq!(detail.session.status, SessionStatus::Interrupted);
     let turns = committed_turns(&store, &session_id);
     assert!(turns.len() < 40);
     assert_eq!(
@@ -452,7 +452,7 @@ async fn kill_9_mid_run_then_restart_resumes_every_turn_exactly_once() {
     assert!(before.len() < 10, "killed mid-run");
     assert_eq!(
         store.session(&session_id).expect("session").session.status,
-        "active"
+        SessionStatus::Active
     );
 
     stack.set_fault("rehearsal", Fault::default());
@@ -462,7 +462,7 @@ async fn kill_9_mid_run_then_restart_resumes_every_turn_exactly_once() {
         "the resumed session completes",
         async || {
             let detail = store.session(&session_id).ok()?;
-            (detail.session.status == "completed").then_some(detail)
+            (detail.session.status == SessionStatus::Completed).then_some(detail)
         },
     )
     .await;
@@ -558,7 +558,7 @@ async fn an_every_schedule_fires_each_slot_once() {
         "three scheduled runs",
         async || {
             let sessions = store
-                .find_sessions(Some("completed"), Some("fast"), 100)
+                .find_sessions(Some(SessionStatus::Completed), Some("fast"), 100)
                 .ok()?;
             (sessions.len() >= 3).then_some(sessions)
         },
@@ -617,7 +617,7 @@ async fn a_turn_still_running_when_the_grace_period_ends_is_cut_and_its_session_
     let status = daemon.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
     let session = store.session(&session_id).expect("session").session;
-    assert_eq!(session.status, "interrupted");
+    assert_eq!(session.status, SessionStatus::Interrupted);
     assert!(
         session
             .failure_reason
@@ -665,7 +665,7 @@ async fn recovery_resumes_heistds_sessions_and_interrupts_ones_it_cannot_replay(
         "heistd's session resumed to completion",
         async || {
             let detail = store.session(&own).ok()?;
-            (detail.session.status == "completed").then_some(detail)
+            (detail.session.status == SessionStatus::Completed).then_some(detail)
         },
     )
     .await;
@@ -682,11 +682,11 @@ async fn recovery_resumes_heistds_sessions_and_interrupts_ones_it_cannot_replay(
         "the prototype's session ended",
         async || {
             let session = store.session("heist_20250101_120000").ok()?.session;
-            (session.status != "active").then_some(session)
+            (session.status != SessionStatus::Active).then_some(session)
         },
     )
     .await;
-    assert_eq!(prototype.status, "interrupted");
+    assert_eq!(prototype.status, SessionStatus::Interrupted);
     assert!(
         prototype
             .failure_reason

@@ -58,7 +58,7 @@ async fn a_full_heist_lands_in_all_three_tables_and_in_memory() {
     let (report, detail) = run(&stack, 12, 42).await;
 
     assert_eq!(report.status, SessionStatus::Completed);
-    assert_eq!(detail.session.status, "completed");
+    assert_eq!(detail.session.status, SessionStatus::Completed);
     assert_eq!(detail.session.num_turns, 12);
     assert!(detail.session.end_time.is_some());
     let turn_ids: Vec<i64> = detail
@@ -240,7 +240,7 @@ async fn an_llm_outage_fails_turns_without_feeding_errors_back_and_fails_the_ses
 
     assert_eq!(report.status, SessionStatus::Failed);
     assert_eq!(report.failed_turns, 4);
-    assert_eq!(detail.session.status, "failed");
+    assert_eq!(detail.session.status, SessionStatus::Failed);
     let reason = detail.session.failure_reason.as_deref().unwrap_or_default();
     assert!(reason.contains("4 of 4 turns failed"), "{reason}");
     // The first turn saw the 503s; then the stack stopped calling a model
@@ -341,7 +341,7 @@ async fn a_full_store_stops_the_run_cleanly_and_memory_never_gets_ahead_of_it() 
 
     let sessions = stack.store.list_sessions(10).expect("sessions");
     let session = &sessions[0];
-    assert_eq!(session.status, "failed");
+    assert_eq!(session.status, SessionStatus::Failed);
     let reason = session.failure_reason.as_deref().unwrap_or_default();
     assert!(
         reason.contains("could not be recorded") && reason.contains("full"),

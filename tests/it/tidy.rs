@@ -184,9 +184,15 @@ fn long_functions() -> Vec<(String, String, usize)> {
             .unwrap_or(lines.len());
         for (start, line) in lines[..code_end].iter().enumerate() {
             let trimmed = line.trim_start();
-            let signature = ["fn ", "pub fn ", "async fn ", "pub async fn ", "pub(crate) fn "]
-                .iter()
-                .any(|prefix| trimmed.starts_with(prefix));
+            let signature = [
+                "fn ",
+                "pub fn ",
+                "async fn ",
+                "pub async fn ",
+                "pub(crate) fn ",
+            ]
+            .iter()
+            .any(|prefix| trimmed.starts_with(prefix));
             if !signature || line.trim_end().ends_with(';') {
                 continue;
             }

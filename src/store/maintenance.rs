@@ -1,0 +1,184 @@
+//! Keeping the store fit: opening it (WAL, pragmas, the writer's lock
+//! file, migrations from `schema`), capping its size, pruning old sessions,
+//! compacting, and the readiness check. It reads and writes no session's
+//! contents except to delete whole sessions when pruning.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection};
+
+use super::{schema, timestamp, Store, StoreError, SCHEMA_VERSION};
+use crate::config::Synchronous;
+
+impl Store {
+    /// Opens (creating if needed) the store, sets WAL mode and migrates.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let connection = Connection::open(path).map_err(open_error)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        let synchronous = match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        connection
+            .pragma_update(None, "synchronous", synchronous)
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_error)?;
+        migrate(&connection)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            _writer_lock: None,
+            connection: Mutex::new(connection),
+        })
+    }
+
+    /// Opens the store as `[store]` configures it, size cap included, as
+    /// its one writing process: a second writer is refused with a clear
+    /// error rather than fighting over SQLite's write lock.
+    pub fn open_configured(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
+        let lock_path = lock_path(&config.path);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StoreError::LockFile {
+                path: lock_path.display().to_string(),
+                source,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::InUse {
+                path: config.path.display().to_string(),
+            });
+        }
+        let mut store = Self::open(&config.path, config.synchronous)?;
+        store._writer_lock = Some(lock);
+        if config.max_size_mb > 0 {
+            let cap = config.max_size_mb.saturating_mul(1024 * 1024);
+            let granted = store.limit_size(cap)?;
+            // SQLite never shrinks below the current size: a database
+            // already over the cap would fail every write.
+            if granted > cap {
+                return Err(StoreError::OverSizeCap {
+                    size_mb: granted.div_ceil(1024 * 1024),
+                    cap_mb: config.max_size_mb,
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Caps the database at about `max_bytes` (SQLite's `max_page_count`);
+    /// a write past it fails with "database or disk is full", which is
+    /// handled like a real full disk. Returns the cap in bytes.
+    pub fn limit_size(&self, max_bytes: u64) -> Result<u64, StoreError> {
+        let connection = self.lock();
+        let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let pages = (max_bytes / page_size.max(1) as u64).max(1);
+        let granted: i64 =
+            connection.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |row| {
+                row.get(0)
+            })?;
+        Ok(granted as u64 * page_size as u64)
+    }
+
+    /// Whether the database answers a trivial query (for `/readyz`).
+    pub fn is_usable(&self) -> bool {
+        self.lock()
+            .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+            .is_ok()
+    }
+
+    /// Deletes up to `batch` sessions that ended before `cutoff`, with all
+    /// their rows, in one transaction; returns how many went.
+    pub fn prune_sessions_before(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<usize, StoreError> {
+        let mut connection = self.lock();
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let ids: Vec<String> = {
+            let mut statement = transaction.prepare_cached(
+                "SELECT session_id FROM sessions WHERE status != 'active' AND end_time IS NOT NULL AND end_time < ?1
+                 ORDER BY end_time LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![timestamp(cutoff), batch], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            for table in [
+                "service_calls",
+                "outbox",
+                "tool_usage",
+                "messages",
+                "sessions",
+            ] {
+                transaction.execute(
+                    &format!("DELETE FROM {table} WHERE session_id = ?1"),
+                    params![id],
+                )?;
+            }
+        }
+        transaction.commit()?;
+        Ok(ids.len())
+    }
+
+    /// Hands free pages back and folds the WAL into the database, a little
+    /// at a time, so maintenance never stalls a turn for long.
+    pub fn compact(&self, pages: u32) -> Result<(), StoreError> {
+        let connection = self.lock();
+        connection.execute_batch(&format!("PRAGMA incremental_vacuum({pages});"))?;
+        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+/// `heistd.db` → `heistd.db.lock`, beside the database.
+fn lock_path(database: &Path) -> PathBuf {
+    let mut name = database
+        .file_name()
+        .map(|name| name.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    database.with_file_name(name)
+}
+
+fn migrate(connection: &Connection) -> Result<(), StoreError> {
+    let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == 0 {
+        // Only settable before the first table exists: lets retention give
+        // pages back with `incremental_vacuum` instead of a full VACUUM.
+        connection.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
+        schema::adopt_prototype_tables(connection)?;
+    }
+    for (index, migration) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = index as i64 + 1;
+        connection.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {migration} PRAGMA user_version = {version}; COMMIT;"
+        ))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The memory outbox: writes a committed turn owes the memory service,
+//! read oldest first and marked delivered, failed (kept for a retry) or
+//! abandoned (refused for good). Entries are only ever added by
+//! `record_turn`, in the turn's transaction; this file never adds one.
+
+use rusqlite::params;
+
+use super::{timestamp, OutboxEntry, Store, StoreError};
+
+impl Store {
+    /// Memory writes not yet delivered, oldest first.
+    pub fn pending_outbox(
+        &self,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT id, session_id, turn_id, payload, attempts FROM outbox
+             WHERE session_id = ?1 AND delivered_at IS NULL AND abandoned_at IS NULL ORDER BY id LIMIT ?2",
+        )?;
+        let rows = statement
+            .query_map(params![session_id, limit as i64], |row| {
+                Ok(OutboxEntry {
+                    id: row.get(0)?,
+                    session_id: row.get(1)?,
+                    turn_id: row.get(2)?,
+                    payload: row.get(3)?,
+                    attempts: row.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn mark_outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+            params![id, timestamp(chrono::Utc::now())],
+        )?;
+        Ok(())
+    }
+
+    /// Sets aside a write the memory service will never accept.
+    pub fn mark_outbox_abandoned(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, abandoned_at = ?3 WHERE id = ?1",
+            params![id, error, timestamp(chrono::Utc::now())],
+        )?;
+        Ok(())
+    }
+
+    pub fn mark_outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+            params![id, error],
+        )?;
+        Ok(())
+    }
+
+    /// Sessions with memory writes still to deliver (any status).
+    pub fn sessions_with_pending_outbox(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT DISTINCT session_id FROM outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL LIMIT ?1",
+        )?;
+        let rows = statement
+            .query_map(params![limit as i64], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// A session's memory writes: (delivered, all), abandoned ones included
+    /// in `all`.
+    pub fn outbox_counts(&self, session_id: &str) -> Result<(u64, u64), StoreError> {
+        let counts = self.lock().query_row(
+            "SELECT COUNT(delivered_at), COUNT(*) FROM outbox WHERE session_id = ?1",
+            params![session_id],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+        )?;
+        Ok((counts.0.max(0) as u64, counts.1.max(0) as u64))
+    }
+
+    /// Memory writes waiting for delivery, across all sessions.
+    pub fn pending_outbox_total(&self) -> Result<u64, StoreError> {
+        let count: i64 = self.lock().query_row(
+            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(count.max(0) as u64)
+    }
+}

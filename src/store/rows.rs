@@ -1,0 +1,263 @@
+//! What goes into the audit store and what comes out of it: the records a
+//! caller writes (`NewSession`, `TurnRecord`) and the rows a read returns.
+//! The rows' serde derives are the admin API's and `sessions export`'s JSON
+//! format, so a field renamed or reordered here changes those outputs. This
+//! file holds no SQL beyond the column lists its row readers expect.
+
+use serde::Serialize;
+
+/// How a session ended, or that it has not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Active,
+    Completed,
+    Failed,
+    Interrupted,
+    /// A status text heistd never writes, read from a database another
+    /// program wrote; the text itself is kept in [`SessionRow::status_text`].
+    /// Reading must not fail on it: such a database is adopted, not refused.
+    Unknown,
+}
+
+impl SessionStatus {
+    /// The statuses heistd writes, in the order it lists them.
+    pub const KNOWN: [SessionStatus; 4] = [
+        Self::Active,
+        Self::Completed,
+        Self::Failed,
+        Self::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The status a stored text names; [`Self::Unknown`] for any other text.
+    pub fn from_text(text: &str) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|known| known.as_str() == text)
+            .unwrap_or(Self::Unknown)
+    }
+}
+
+impl std::fmt::Display for SessionStatus {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.pad(self.as_str())
+    }
+}
+
+/// A session to create. Owned, so it can cross to the store's blocking
+/// thread (and, one day, to another backend) without borrowing the caller.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub scenario: String,
+    pub seed: u64,
+    pub planned_turns: u32,
+    /// The schedule that started the run and the slot it was for; together
+    /// they identify a run, so a slot is never run twice.
+    pub schedule: Option<String>,
+    pub scheduled_time: Option<String>,
+}
+
+/// One turn as it is committed: its message and tool calls together.
+#[derive(Debug, Clone)]
+pub struct TurnRecord {
+    pub session_id: String,
+    pub turn_id: u32,
+    pub agent_name: String,
+    pub agent_role: String,
+    /// The agent's reply; empty when the model call failed.
+    pub message: String,
+    /// Why the turn has no message; the text is never fed back to the model.
+    pub error: Option<String>,
+    pub tool_calls: Vec<ToolCallRecord>,
+    /// The memory-service write for this turn, delivered after the commit.
+    pub memory_payload: Option<String>,
+    /// Calls of this turn that failed or were retried.
+    pub service_calls: Vec<ServiceCallRecord>,
+}
+
+/// A call that failed or needed retries, kept so "why was turn 7 slow?"
+/// is one query.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceCallRecord {
+    pub service: String,
+    pub operation: String,
+    pub attempts: u32,
+    /// The resilience stack's outcome label. Text, not a type: that
+    /// vocabulary belongs to `resilience`, which sits beside the store and
+    /// is not imported by it.
+    pub outcome: String,
+    pub last_error: Option<String>,
+    pub duration_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallRecord {
+    pub tool_name: String,
+    pub tool_params: String,
+    pub tool_result: String,
+    pub success: bool,
+    pub error: Option<String>,
+    pub duration_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub start_time: String,
+    pub end_time: Option<String>,
+    pub num_turns: i64,
+    /// The `status` column exactly as stored. The JSON shows this text, so
+    /// a status another program wrote reads back unchanged.
+    #[serde(rename = "status")]
+    pub status_text: String,
+    /// `status_text` typed; [`SessionStatus::Unknown`] for a text heistd
+    /// never writes.
+    #[serde(skip)]
+    pub status: SessionStatus,
+    pub seed: Option<i64>,
+    pub scenario: Option<String>,
+    pub planned_turns: Option<i64>,
+    pub failure_reason: Option<String>,
+    pub schedule: Option<String>,
+    pub scheduled_time: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageRow {
+    pub id: i64,
+    pub session_id: String,
+    pub turn_id: i64,
+    pub agent_name: String,
+    pub agent_role: String,
+    pub message: String,
+    pub timestamp: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolUsageRow {
+    pub id: i64,
+    pub session_id: String,
+    pub turn_id: i64,
+    pub agent_name: String,
+    pub tool_name: String,
+    pub tool_params: String,
+    pub tool_result: String,
+    pub timestamp: String,
+    pub success: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionDetail {
+    pub session: SessionRow,
+    pub messages: Vec<MessageRow>,
+    pub tool_usage: Vec<ToolUsageRow>,
+    pub service_calls: Vec<ServiceCallRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceCallRow {
+    pub turn_id: i64,
+    #[serde(flatten)]
+    pub call: ServiceCallRecord,
+    pub timestamp: String,
+}
+
+/// The context a turn's prompt is built from: the last successful turns,
+/// oldest first, and the tool calls those turns made.
+#[derive(Debug, Clone)]
+pub struct RecentTurns {
+    pub messages: Vec<MessageRow>,
+    pub tool_usage: Vec<ToolUsageRow>,
+}
+
+/// A memory write waiting for (re)delivery.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub session_id: String,
+    pub turn_id: i64,
+    pub payload: String,
+    pub attempts: i64,
+}
+
+/// A service's health changed (written by the health checker).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HealthEvent {
+    pub timestamp: String,
+    pub service: String,
+    /// The health states as `health` names them. Text, not a type: the
+    /// checker sits above the store, which must not import it.
+    pub from_state: String,
+    pub to_state: String,
+    pub reason: String,
+}
+
+/// The columns `message_row` reads, in its order.
+pub(super) const MESSAGE_COLUMNS: &str =
+    "SELECT id, session_id, turn_id, agent_name, agent_role, message, timestamp, error FROM messages";
+
+/// The columns `tool_usage_row` reads, in its order.
+pub(super) const TOOL_USAGE_COLUMNS: &str =
+    "SELECT id, session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error FROM tool_usage";
+
+/// The columns `session_row` reads, in its order.
+pub(super) const SESSION_COLUMNS: &str =
+    "SELECT session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason, schedule, scheduled_time FROM sessions";
+
+pub(super) fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+    let status_text: String = row.get(4)?;
+    Ok(SessionRow {
+        session_id: row.get(0)?,
+        start_time: row.get(1)?,
+        end_time: row.get(2)?,
+        num_turns: row.get(3)?,
+        status: SessionStatus::from_text(&status_text),
+        status_text,
+        seed: row.get(5)?,
+        scenario: row.get(6)?,
+        planned_turns: row.get(7)?,
+        failure_reason: row.get(8)?,
+        schedule: row.get(9)?,
+        scheduled_time: row.get(10)?,
+    })
+}
+
+pub(super) fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        id: row.get(0)?,
+        session_id: row.get(1)?,
+        turn_id: row.get(2)?,
+        agent_name: row.get(3)?,
+        agent_role: row.get(4)?,
+        message: row.get(5)?,
+        timestamp: row.get(6)?,
+        error: row.get(7)?,
+    })
+}
+
+pub(super) fn tool_usage_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ToolUsageRow> {
+    Ok(ToolUsageRow {
+        id: row.get(0)?,
+        session_id: row.get(1)?,
+        turn_id: row.get(2)?,
+        agent_name: row.get(3)?,
+        tool_name: row.get(4)?,
+        tool_params: row.get(5)?,
+        tool_result: row.get(6)?,
+        timestamp: row.get(7)?,
+        success: row.get(8)?,
+        error: row.get(9)?,
+    })
+}

@@ -1,0 +1,150 @@
+//! Turns: committing one (message, tool calls, service calls and the
+//! memory outbox entry in one transaction) and reading back what the next
+//! prompt needs. It never creates or ends a session.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::rows::{message_row, tool_usage_row, MESSAGE_COLUMNS, TOOL_USAGE_COLUMNS};
+use super::{timestamp, MessageRow, RecentTurns, Store, StoreError, ToolUsageRow, TurnRecord};
+
+impl Store {
+    /// Commits a turn's message, tool calls and outbox entry in one
+    /// transaction, and counts it in the session's `num_turns`.
+    pub fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // A turn that finishes after its session was ended (the daemon's
+        // grace period ran out mid-turn) is not recorded.
+        let status: Option<String> = transaction
+            .query_row(
+                "SELECT status FROM sessions WHERE session_id = ?1",
+                params![turn.session_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match status.as_deref() {
+            Some("active") => {}
+            Some(status) => {
+                return Err(StoreError::SessionEnded {
+                    session_id: turn.session_id.clone(),
+                    status: status.to_string(),
+                })
+            }
+            None => return Err(StoreError::SessionNotFound(turn.session_id.clone())),
+        }
+        let now = timestamp(chrono::Utc::now());
+        transaction.execute(
+            "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error],
+        )?;
+        {
+            let mut insert_tool = transaction.prepare_cached(
+                "INSERT INTO tool_usage (session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error, duration_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for call in &turn.tool_calls {
+                insert_tool.execute(params![
+                    turn.session_id,
+                    turn.turn_id,
+                    turn.agent_name,
+                    call.tool_name,
+                    call.tool_params,
+                    call.tool_result,
+                    now,
+                    call.success,
+                    call.error,
+                    call.duration_ms
+                ])?;
+            }
+        }
+        {
+            let mut insert_call = transaction.prepare_cached(
+                "INSERT INTO service_calls (session_id, turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for call in &turn.service_calls {
+                insert_call.execute(params![
+                    turn.session_id,
+                    turn.turn_id,
+                    call.service,
+                    call.operation,
+                    call.attempts,
+                    call.outcome,
+                    call.last_error,
+                    call.duration_ms,
+                    now
+                ])?;
+            }
+        }
+        if let Some(payload) = &turn.memory_payload {
+            transaction.execute(
+                "INSERT INTO outbox (session_id, turn_id, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![turn.session_id, turn.turn_id, payload, now],
+            )?;
+        }
+        transaction.execute(
+            "UPDATE sessions SET num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = ?1) WHERE session_id = ?1",
+            params![turn.session_id],
+        )?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// The last `limit` turns that produced a message, oldest first, with
+    /// their tool results; failed turns are left out so an error text is
+    /// never fed back to the model as if an agent had said it.
+    pub fn recent_messages(
+        &self,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            &format!("{MESSAGE_COLUMNS} WHERE session_id = ?1 AND error IS NULL ORDER BY turn_id DESC LIMIT ?2"),
+        )?;
+        let mut rows: Vec<MessageRow> = statement
+            .query_map(params![session_id, limit as i64], message_row)?
+            .collect::<Result<_, _>>()?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    pub fn tool_usage_for_turns(
+        &self,
+        session_id: &str,
+        first_turn: i64,
+    ) -> Result<Vec<ToolUsageRow>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(&format!(
+            "{TOOL_USAGE_COLUMNS} WHERE session_id = ?1 AND turn_id >= ?2 ORDER BY id"
+        ))?;
+        let rows = statement
+            .query_map(params![session_id, first_turn], tool_usage_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// [`Self::recent_messages`] and the tool calls of those turns: what a
+    /// prompt is built from, read in one trip to the store.
+    pub fn recent_turns(&self, session_id: &str, limit: usize) -> Result<RecentTurns, StoreError> {
+        let messages = self.recent_messages(session_id, limit)?;
+        let first_turn = messages.first().map_or(i64::MAX, |message| message.turn_id);
+        let tool_usage = self.tool_usage_for_turns(session_id, first_turn)?;
+        Ok(RecentTurns {
+            messages,
+            tool_usage,
+        })
+    }
+
+    /// The highest committed turn of a session (0 when none).
+    pub fn last_turn(&self, session_id: &str) -> Result<u32, StoreError> {
+        let turn: i64 = self.lock().query_row(
+            "SELECT COALESCE(MAX(turn_id), 0) FROM messages WHERE session_id = ?1",
+            params![session_id],
+            |row| row.get(0),
+        )?;
+        Ok(turn.max(0) as u32)
+    }
+}
