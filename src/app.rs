@@ -455,5 +455,9 @@ async fn last_slots(
 }
 
 fn admin_token(config: &Config) -> Option<String> {
-    config::secret_from_environment(&config.daemon.admin_token_env)
+    config
+        .daemon
+        .admin_token
+        .as_ref()
+        .map(|token| token.expose().to_string())
 }

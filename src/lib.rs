@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - [`wire`]: what crosses the wire: tools, companions, paths, headers and
+//!   the `[TOOL:name:parameter]` notation; imports nothing from the crate.
 //! - [`config`]: the TOML file and `HEISTD_*` environment, validated once.
 //! - [`scenario`]: agents, documents, shift data and the rehearsal script.
 //! - [`store`]: the SQLite audit trail, the only place with SQL for it.
@@ -31,3 +33,4 @@ pub mod scenario;
 pub mod scheduler;
 pub mod services;
 pub mod store;
+pub mod wire;

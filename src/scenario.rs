@@ -12,8 +12,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-/// Every tool service the scenario may grant, by wire name.
-pub const TOOL_NAMES: [&str; 3] = ["calculator", "file_reader", "database_query"];
+use crate::wire::{tool_scope, Tool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -193,11 +192,7 @@ impl Scenario {
             {
                 return Err(format!("agent `{}` is defined twice", agent.name));
             }
-            if let Some(tool) = agent
-                .tools
-                .iter()
-                .find(|tool| !TOOL_NAMES.contains(&tool.as_str()))
-            {
+            if let Some(tool) = agent.tools.iter().find(|tool| Tool::parse(tool).is_none()) {
                 return Err(format!("agent `{}` has unknown tool `{tool}`", agent.name));
             }
         }
@@ -214,11 +209,6 @@ impl Scenario {
         }
         Ok(())
     }
-}
-
-/// The scope a tool service demands of a bearer token.
-pub fn tool_scope(tool: &str) -> String {
-    format!("{tool}:use")
 }
 
 #[cfg(test)]

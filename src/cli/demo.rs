@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{print_turn, summary, CliError, LocalStack};
-use crate::config;
+use crate::config::{self, Fault};
 use crate::heist::{self, RunOptions, RunReport, TurnView};
-use crate::services::{self, fault::Fault};
 use crate::store::StoreHandle;
+use crate::wire::{Companion, REHEARSAL_MODEL_ID};
 
 pub struct DemoOptions {
     pub turns: Option<u32>,
@@ -48,7 +48,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         // A short wait in open, so the memory breaker lets the outbox
         // through within the demo rather than ten seconds later.
         base.services.memory.policy.breaker.wait_in_open_ms = 1_000;
-        // A wider window for the model: a fifth of requests failing should
+        // A wider window for the model: a quarter of requests failing should
         // show retries at work, not open the breaker on a short unlucky run
         // (turns then fail in microseconds until it half-opens).
         base.llm.policy.breaker.window_size = 20;
@@ -64,7 +64,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         Some((url, model)) => format!("{model} at {url}"),
         None => format!(
             "{} (the rehearsal model: scripted replies, no language model)",
-            services::rehearsal::MODEL_ID
+            REHEARSAL_MODEL_ID
         ),
     };
     println!(
@@ -77,13 +77,13 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     }
     if options.chaos {
         println!(
-            "chaos: the model answers 503 to a fifth of requests, the calculator 500 to a third, and the \
+            "chaos: the model answers 503 to a quarter of requests, the calculator 500 to a third, and the \
              memory service is down from turn {OUTAGE_FIRST_TURN} to turn {OUTAGE_LAST_TURN}: watch retries, \
              failures and the outbox catching up"
         );
         set_fault(
             &stack,
-            "rehearsal",
+            Companion::Rehearsal,
             Fault {
                 error_rate: 0.25,
                 error_status: 503,
@@ -92,7 +92,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         );
         set_fault(
             &stack,
-            "calculator",
+            Companion::Calculator,
             Fault {
                 error_rate: 0.33,
                 error_status: 500,
@@ -108,7 +108,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
                 println!("   !! the memory service goes down\n");
                 set_fault(
                     &stack,
-                    "memory",
+                    Companion::Memory,
                     Fault {
                         refuse: true,
                         ..Fault::default()
@@ -116,7 +116,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
                 );
             } else if view.record.turn_id == OUTAGE_LAST_TURN {
                 println!("   !! the memory service is back\n");
-                set_fault(&stack, "memory", Fault::default());
+                set_fault(&stack, Companion::Memory, Fault::default());
             }
         }
     };
@@ -125,7 +125,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         .await?;
     if options.chaos {
         // A run shorter than the outage must not leave memory down.
-        set_fault(&stack, "memory", Fault::default());
+        set_fault(&stack, Companion::Memory, Fault::default());
     }
     if report.memory_pending > 0 {
         // The memory breaker may still be open after the outage: give it a
@@ -162,8 +162,8 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     super::completed(report)
 }
 
-fn set_fault(stack: &LocalStack, service: &str, fault: Fault) {
-    if let Some(running) = stack.companions.get(service) {
+fn set_fault(stack: &LocalStack, companion: Companion, fault: Fault) {
+    if let Some(running) = stack.companions.get(companion.name()) {
         running.fault.set(fault);
     }
 }

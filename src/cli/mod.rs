@@ -24,6 +24,7 @@ use crate::heist::{self, HeistError, HeistRunner, RunOptions, RunReport, TurnVie
 use crate::scenario::{Scenario, ScenarioError};
 use crate::services::{self, token::SigningKey, CompanionContext, Companions, ServiceError};
 use crate::store::{SessionDetail, Store, StoreError, StoreHandle};
+use crate::wire::{Companion, COMPANION_NAMES, REHEARSAL_MODEL_ID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -130,30 +131,30 @@ impl LocalStack {
         let context = CompanionContext {
             scenario: scenario.clone(),
             signing_key: SigningKey::random(),
-            config: Arc::new(base.clone()),
+            settings: Arc::new(base.companions_settings()),
         };
         let companions = services::start(
-            &services::COMPANION_NAMES,
+            &COMPANION_NAMES,
             &context,
             "127.0.0.1",
             &BTreeMap::new(),
             true,
         )
         .await?;
-        let url = |name: &str| companions.url(name).unwrap_or_default();
-        base.services.oauth.base_url = url("oauth");
-        base.services.memory.base_url = url("memory");
-        base.services.calculator.base_url = url("calculator");
-        base.services.file_reader.base_url = url("file_reader");
-        base.services.database_query.base_url = url("database_query");
+        let url = |companion: Companion| companions.url(companion.name()).unwrap_or_default();
+        base.services.oauth.base_url = url(Companion::OAuth);
+        base.services.memory.base_url = url(Companion::Memory);
+        base.services.calculator.base_url = url(Companion::Calculator);
+        base.services.file_reader.base_url = url(Companion::FileReader);
+        base.services.database_query.base_url = url(Companion::DatabaseQuery);
         match llm {
             Some((base_url, model)) => {
                 base.llm.base_url = base_url;
                 base.llm.model = model;
             }
             None => {
-                base.llm.base_url = url("rehearsal");
-                base.llm.model = services::rehearsal::MODEL_ID.into();
+                base.llm.base_url = url(Companion::Rehearsal);
+                base.llm.model = REHEARSAL_MODEL_ID.into();
             }
         }
         Ok(Self {
@@ -275,12 +276,12 @@ pub async fn services(
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     let all = names.is_empty() || names.iter().any(|name| name == "all");
     let chosen: Vec<&str> = if all {
-        services::COMPANION_NAMES.to_vec()
+        COMPANION_NAMES.to_vec()
     } else {
         names.iter().map(String::as_str).collect()
     };
-    let signing_key = match config::secret_from_environment(&config.oauth.signing_key_env) {
-        Some(key) => SigningKey::from_bytes(key.into_bytes())
+    let signing_key = match &config.oauth.signing_key {
+        Some(key) => SigningKey::from_bytes(key.expose().as_bytes().to_vec())
             .map_err(|error| CliError::Usage(format!("{}: {error}", config.oauth.signing_key_env)))?,
         None if all => SigningKey::random(),
         None => {
@@ -296,7 +297,7 @@ pub async fn services(
     let context = CompanionContext {
         scenario,
         signing_key,
-        config: Arc::new(config),
+        settings: Arc::new(config.companions_settings()),
     };
     let companions = services::start(&chosen, &context, &host, &ports, fault_injection).await?;
     for service in &companions.services {

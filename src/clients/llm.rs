@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{CallError, ServiceClient};
-use crate::config::LlmConfig;
+use crate::config::{LlmConfig, Secret};
 use crate::resilience::Policy;
+use crate::wire::CHAT_COMPLETIONS_PATH;
 
 #[derive(Clone)]
 pub struct LlmClient {
@@ -13,7 +14,7 @@ pub struct LlmClient {
     temperature: f64,
     max_tokens: u32,
     /// Read from the environment variable the config names, never the file.
-    api_key: Option<String>,
+    api_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,7 +81,7 @@ impl LlmClient {
             model: config.model.clone(),
             temperature: config.temperature,
             max_tokens: config.max_tokens,
-            api_key: crate::config::secret_from_environment(&config.api_key_env),
+            api_key: config.api_key.clone(),
         }
     }
 
@@ -108,11 +109,11 @@ impl LlmClient {
         let headers: Vec<(&str, String)> = self
             .api_key
             .iter()
-            .map(|key| ("authorization", format!("Bearer {key}")))
+            .map(|key| ("authorization", format!("Bearer {}", key.expose())))
             .collect();
         let reply: ChatReply = self
             .service
-            .post_json("/chat/completions", &body, &headers)
+            .post_json(CHAT_COMPLETIONS_PATH, &body, &headers)
             .await?;
         let message = reply
             .choices

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{CallError, ServiceClient};
+use crate::wire::{COMPRESSED_MEMORY_PATH, IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH};
 
 #[derive(Clone)]
 pub struct MemoryClient {
@@ -36,12 +37,9 @@ impl MemoryClient {
         let _: serde_json::Value = self
             .service
             .post_json(
-                "/tools/store_memory",
+                STORE_MEMORY_PATH,
                 write,
-                &[(
-                    crate::services::memory::IDEMPOTENCY_HEADER,
-                    idempotency_key.to_string(),
-                )],
+                &[(IDEMPOTENCY_KEY_HEADER, idempotency_key.to_string())],
             )
             .await?;
         Ok(())
@@ -62,7 +60,7 @@ impl MemoryClient {
         });
         let reply: CompressedReply = self
             .service
-            .post_json("/tools/get_compressed_memory", &body, &[])
+            .post_json(COMPRESSED_MEMORY_PATH, &body, &[])
             .await?;
         Ok(reply
             .summary

@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{CallError, ServiceClient};
+use crate::wire::TOKEN_PATH;
 
 /// A token is renewed this long before it expires, so a call never starts
 /// with a token that dies in flight.
@@ -54,7 +55,7 @@ impl OAuthClient {
             "client_secret": client_secret,
             "scope": scopes.join(" "),
         });
-        let reply: TokenReply = self.service.post_json("/token", &body, &[]).await?;
+        let reply: TokenReply = self.service.post_json(TOKEN_PATH, &body, &[]).await?;
         let lifetime = Duration::from_secs(reply.expires_in.unwrap_or(3600));
         Ok(AccessToken {
             value: reply.access_token,

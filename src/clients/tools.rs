@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::{CallError, ServiceClient};
+use crate::wire::Tool;
 
 #[derive(Clone)]
 pub struct ToolClient {
@@ -46,31 +47,25 @@ impl ToolClient {
         parameter: &str,
         token: &str,
     ) -> Result<String, CallError> {
-        let (service, path, body) = match tool {
-            "calculator" => (
-                &self.calculator,
-                "/tools/calculator",
-                serde_json::json!({ "expression": parameter }),
-            ),
-            "file_reader" => (
-                &self.file_reader,
-                "/tools/read_file",
-                serde_json::json!({ "filename": parameter }),
-            ),
-            "database_query" => (
-                &self.database_query,
-                "/tools/query_db",
-                serde_json::json!({ "query": parameter }),
-            ),
-            other => {
-                return Err(CallError::Refused {
-                    service: other.to_string(),
-                    message: format!("unknown tool `{other}`"),
-                })
-            }
+        let Some(known) = Tool::parse(tool) else {
+            return Err(CallError::Refused {
+                service: tool.to_string(),
+                message: format!("unknown tool `{tool}`"),
+            });
         };
+        let service = match known {
+            Tool::Calculator => &self.calculator,
+            Tool::FileReader => &self.file_reader,
+            Tool::DatabaseQuery => &self.database_query,
+        };
+        let mut body = serde_json::Map::new();
+        body.insert(known.parameter_field().into(), parameter.into());
         let reply: ToolReply = service
-            .post_json(path, &body, &[("authorization", format!("Bearer {token}"))])
+            .post_json(
+                known.path(),
+                &body,
+                &[("authorization", format!("Bearer {token}"))],
+            )
             .await?;
         if !reply.success {
             return Err(CallError::Refused {

@@ -1,12 +1,12 @@
 //! The daemon's own settings: the admin API, the session cap, shutdown and
-//! crash recovery, retention, each service's periodic health check, and the
-//! `[[schedule]]` entries that start heists.
+//! crash recovery, retention, and each service's periodic health check.
+//! (The `[[schedule]]` entries that start heists are `config::schedule`'s.)
 //!
-//! This is only configuration; `daemon`, `health` and `scheduler` act on it.
-
-use std::path::PathBuf;
+//! This is only configuration; `daemon` and `health` act on it.
 
 use serde::{Deserialize, Serialize};
+
+use super::Secret;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +16,9 @@ pub struct DaemonConfig {
     /// The environment variable holding the bearer token that
     /// `POST /api/v1/runs` demands. Unset: starting runs over the API is off.
     pub admin_token_env: String,
+    /// That variable's value, read once at load; never written out.
+    #[serde(skip)]
+    pub admin_token: Option<Secret>,
     /// Heists running at once, across all schedules and API requests.
     pub max_concurrent_sessions: u32,
     /// On SIGTERM, in-flight turns get this long to finish.
@@ -71,60 +74,12 @@ pub struct RetentionConfig {
     pub interval_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleConfig {
-    /// Identifies the schedule; with a scheduled time it identifies a run.
-    pub name: String,
-    /// A cron expression (5 or 6 fields); exclusive with `every`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cron: Option<String>,
-    /// An IANA time zone for `cron`, e.g. `Europe/London`; default UTC.
-    #[serde(default = "default_timezone")]
-    pub timezone: String,
-    /// A fixed interval such as `30m`, `1h30m`, `45s`; exclusive with `cron`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub every: Option<String>,
-    #[serde(default = "default_schedule_turns")]
-    pub turns: u32,
-    /// A scenario directory for this schedule's heists; default the config's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scenario: Option<PathBuf>,
-    #[serde(default)]
-    pub overlap: Overlap,
-    /// A random delay up to this before each run starts.
-    #[serde(default)]
-    pub jitter_ms: u64,
-    /// After downtime: `skip` missed slots, or `run_once` for all of them.
-    #[serde(default)]
-    pub missed: Missed,
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-}
-
-/// When the previous run of the same schedule is still going.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Overlap {
-    #[default]
-    Skip,
-    Queue,
-    Allow,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Missed {
-    #[default]
-    Skip,
-    RunOnce,
-}
-
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             admin_address: "127.0.0.1:9750".into(),
             admin_token_env: "HEISTD_ADMIN_TOKEN".into(),
+            admin_token: None,
             max_concurrent_sessions: 2,
             shutdown_grace_ms: 30_000,
             recovery: Recovery::Resume,
@@ -221,40 +176,4 @@ impl RetentionConfig {
         }
         Ok(())
     }
-}
-
-/// Checks every schedule; the key names the entry by index (`schedule[2].cron`).
-pub fn validate_schedules(schedules: &[ScheduleConfig]) -> Result<(), (String, String)> {
-    for (index, schedule) in schedules.iter().enumerate() {
-        let key = |field: &str| format!("schedule[{index}].{field}");
-        if schedule.name.trim().is_empty() {
-            return Err((key("name"), "must not be empty".into()));
-        }
-        if schedules[..index]
-            .iter()
-            .any(|other| other.name == schedule.name)
-        {
-            return Err((
-                key("name"),
-                format!("`{}` is used by another schedule", schedule.name),
-            ));
-        }
-        if schedule.turns == 0 {
-            return Err((key("turns"), "must be at least 1".into()));
-        }
-        crate::scheduler::validate(schedule).map_err(|(field, message)| (key(field), message))?;
-    }
-    Ok(())
-}
-
-fn default_timezone() -> String {
-    "UTC".into()
-}
-
-fn default_schedule_turns() -> u32 {
-    12
-}
-
-fn default_true() -> bool {
-    true
 }

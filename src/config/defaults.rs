@@ -37,6 +37,7 @@ impl Default for LlmConfig {
             temperature: default_temperature(),
             max_tokens: default_max_tokens(),
             api_key_env: default_api_key_env(),
+            api_key: None,
             timeout_ms: default_llm_timeout_ms(),
             tool_calling: ToolCalling::Text,
             policy: PolicyConfig::language_model(),
@@ -62,6 +63,7 @@ impl Default for OAuthConfig {
         Self {
             clients: default_oauth_clients(),
             signing_key_env: default_signing_key_env(),
+            signing_key: None,
             token_ttl_seconds: default_token_ttl_seconds(),
         }
     }
@@ -98,7 +100,7 @@ pub(super) fn default_llm_url() -> String {
     "http://127.0.0.1:8006/v1".into()
 }
 pub(super) fn default_llm_model() -> String {
-    crate::services::rehearsal::MODEL_ID.into()
+    crate::wire::REHEARSAL_MODEL_ID.into()
 }
 pub(super) fn default_temperature() -> f64 {
     0.7
@@ -149,15 +151,15 @@ pub(super) fn default_companion_host() -> String {
 }
 pub(super) fn default_companion_ports() -> BTreeMap<String, u16> {
     [
-        ("oauth", 8001),
-        ("calculator", 8002),
-        ("file_reader", 8003),
-        ("database_query", 8004),
-        ("memory", 8005),
-        ("rehearsal", 8006),
+        (Companion::OAuth, 8001),
+        (Companion::Calculator, 8002),
+        (Companion::FileReader, 8003),
+        (Companion::DatabaseQuery, 8004),
+        (Companion::Memory, 8005),
+        (Companion::Rehearsal, 8006),
     ]
     .into_iter()
-    .map(|(name, port)| (name.to_string(), port))
+    .map(|(companion, port)| (companion.name().to_string(), port))
     .collect()
 }
 
@@ -166,7 +168,7 @@ pub(super) fn default_companion_ports() -> BTreeMap<String, u16> {
 pub(super) fn default_oauth_clients() -> Vec<OAuthClient> {
     let client = |id: &str, scopes: &[&str]| OAuthClient {
         client_id: id.into(),
-        client_secret: format!("{id}-rehearsal-secret"),
+        client_secret: Secret::new(format!("{id}-rehearsal-secret")),
         scopes: scopes.iter().map(|scope| scope.to_string()).collect(),
     };
     vec![

@@ -3,24 +3,31 @@
 //! out a typed [`Config`]. Layers, lowest first: built-in defaults (serde
 //! field defaults), the file, the environment.
 //!
-//! It must not reach the network or open the store; everything that needs a
-//! setting receives it from here, explicitly. Secrets (client secrets, the
-//! token signing key, the LLM API key) are never printed: [`Config::redacted_toml`]
+//! It must not reach the network or open the store, and it imports nothing
+//! from the crate but `wire`; everything that needs a setting receives it
+//! from here, explicitly. Secrets (client secrets, the admin token, the
+//! token signing key, the LLM API key) are resolved once, at load, into
+//! [`Secret`]s that never print themselves; [`Config::redacted_toml`]
 //! replaces them.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod companions;
 mod daemon;
 mod defaults;
 mod policy;
-pub use daemon::{
-    DaemonConfig, HealthCheckConfig, Missed, Overlap, Recovery, RetentionConfig, ScheduleConfig,
-};
+mod schedule;
+mod secrets;
+pub use companions::{CompanionsConfig, CompanionsSettings, Fault};
+pub use daemon::{DaemonConfig, HealthCheckConfig, Recovery, RetentionConfig};
 use defaults::*;
 pub use policy::{BreakerConfig, PolicyConfig, WindowKind};
+pub use schedule::{Missed, Overlap, ScheduleConfig, ScheduleFields, Trigger, TriggerError};
+pub use secrets::{Secret, REDACTED};
+
+use crate::wire::Companion;
 
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "HEISTD_";
@@ -30,11 +37,11 @@ pub const ENV_SEPARATOR: &str = "__";
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/heistd/heistd.toml";
 /// The companion services every heist needs, in the order they are checked.
 pub const SERVICE_NAMES: [&str; 5] = [
-    "oauth",
-    "memory",
-    "calculator",
-    "file_reader",
-    "database_query",
+    Companion::OAuth.name(),
+    Companion::Memory.name(),
+    Companion::Calculator.name(),
+    Companion::FileReader.name(),
+    Companion::DatabaseQuery.name(),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +151,9 @@ pub struct LlmConfig {
     /// itself never lives in the file.
     #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
+    /// That variable's value, read once at load; never written out.
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
     /// Per-attempt timeout: a local model may need a minute for a reply.
     #[serde(default = "default_llm_timeout_ms")]
     pub timeout_ms: u64,
@@ -208,6 +218,9 @@ pub struct OAuthConfig {
     /// right when all companions run in one process (`services all`, `demo`).
     #[serde(default = "default_signing_key_env")]
     pub signing_key_env: String,
+    /// That variable's value, read once at load; never written out.
+    #[serde(skip)]
+    pub signing_key: Option<Secret>,
     #[serde(default = "default_token_ttl_seconds")]
     pub token_ttl_seconds: u64,
 }
@@ -216,41 +229,24 @@ pub struct OAuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct OAuthClient {
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: Secret,
     /// Scopes this client may be granted; asking for more is `invalid_scope`.
     pub scopes: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompanionsConfig {
-    #[serde(default = "default_companion_host")]
-    pub host: String,
-    #[serde(default = "default_companion_ports")]
-    pub ports: BTreeMap<String, u16>,
-    /// Enables `POST /fault` on every companion service (tests and demos).
-    #[serde(default)]
-    pub fault_injection: bool,
-    /// Seeds the rehearsal model when a request carries no seed.
-    #[serde(default)]
-    pub rehearsal_seed: u64,
-    /// Faults each companion starts with (`[companions.faults.memory]`
-    /// `latency_ms = 200`, ...), the same settings `POST /fault` takes.
-    #[serde(default)]
-    pub faults: BTreeMap<String, crate::services::fault::Fault>,
 }
 
 impl ServicesConfig {
     /// The configured services by name, in [`SERVICE_NAMES`] order.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &ServiceConfig)> {
         [
-            ("oauth", &self.oauth),
-            ("memory", &self.memory),
-            ("calculator", &self.calculator),
-            ("file_reader", &self.file_reader),
-            ("database_query", &self.database_query),
+            &self.oauth,
+            &self.memory,
+            &self.calculator,
+            &self.file_reader,
+            &self.database_query,
         ]
         .into_iter()
+        .enumerate()
+        .map(|(index, service)| (SERVICE_NAMES[index], service))
     }
 }
 
@@ -274,7 +270,7 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         for client in &mut shown.oauth.clients {
-            client.client_secret = REDACTED.to_string();
+            client.client_secret = Secret::new(REDACTED);
         }
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|error| format!("# cannot render config: {error}\n"))
@@ -299,11 +295,23 @@ impl Config {
             .clients
             .iter()
             .find(|client| client.client_id == client_id)
-            .map(|client| client.client_secret.as_str())
+            .map(|client| client.client_secret.expose())
+    }
+
+    /// What the companions are given of the config.
+    pub fn companions_settings(&self) -> CompanionsSettings {
+        CompanionsSettings::from_config(self)
+    }
+
+    /// Reads the secrets whose variables the config names.
+    fn resolve_secrets(&mut self, environment: &[(String, String)]) {
+        self.daemon.admin_token =
+            secrets::from_environment(environment, &self.daemon.admin_token_env);
+        self.llm.api_key = secrets::from_environment(environment, &self.llm.api_key_env);
+        self.oauth.signing_key =
+            secrets::from_environment(environment, &self.oauth.signing_key_env);
     }
 }
-
-const REDACTED: &str = "<redacted>";
 
 /// Loads the config: defaults, then `path` (if given; a given file must
 /// exist), then the `HEISTD_*__*` variables among `environment`.
@@ -317,92 +325,141 @@ pub fn load(
     path: Option<&Path>,
     environment: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let file_origin = path.map(|path| path.display().to_string());
+    let environment: Vec<(String, String)> = environment.into_iter().collect();
     let mut merged =
         toml::Value::try_from(Config::builtin()).unwrap_or(toml::Value::Table(Default::default()));
     if let Some(path) = path {
-        if !path.is_file() {
-            return Err(ConfigError::FileNotFound {
-                path: path.display().to_string(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Syntax {
-            path: path.display().to_string(),
-            message: error.to_string(),
-        })?;
-        let file: toml::Table = toml::from_str(&text).map_err(|error| ConfigError::Syntax {
-            path: path.display().to_string(),
-            message: error.to_string(),
-        })?;
-        merge(&mut merged, toml::Value::Table(file));
+        merge(&mut merged, toml::Value::Table(read_file(path)?));
     }
+    let origins = Origins {
+        file: path.map(|path| path.display().to_string()),
+        environment_keys: apply_environment(&mut merged, &environment),
+    };
+    let mut config: Config = serde_path_to_error::deserialize(merged)
+        .map_err(|error| deserialize_error(&error, &origins))?;
+    validate(&config).map_err(|(key, message)| ConfigError::InvalidValue {
+        origin: origins.of(&key),
+        key,
+        message,
+    })?;
+    config.resolve_secrets(&environment);
+    Ok(config)
+}
+
+/// Where each value came from, so an error can name the file or variable.
+struct Origins {
+    /// The config file, if one was given.
+    file: Option<String>,
+    /// (key, variable) for every override, in the order applied.
+    environment_keys: Vec<(String, String)>,
+}
+
+impl Origins {
+    /// The variable that set `key` (or a table holding it, or a key inside
+    /// it), else the file, else the defaults. Keys are compared segment by
+    /// segment: `llm.timeout` does not hold `llm.timeout_ms`.
+    fn of(&self, key: &str) -> String {
+        let from_environment = self.environment_keys.iter().find(|(environment_key, _)| {
+            is_same_or_below(key, environment_key) || is_same_or_below(environment_key, key)
+        });
+        match from_environment {
+            Some((_, name)) => format!("environment variable {name}"),
+            None => self
+                .file
+                .clone()
+                .unwrap_or_else(|| "built-in defaults".into()),
+        }
+    }
+}
+
+/// Whether `key` is `ancestor` or a key inside it (`a.b` or `a[0]` in `a`).
+fn is_same_or_below(key: &str, ancestor: &str) -> bool {
+    match key.strip_prefix(ancestor) {
+        Some(rest) => rest.is_empty() || rest.starts_with('.') || rest.starts_with('['),
+        None => false,
+    }
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    if !path.is_file() {
+        return Err(ConfigError::FileNotFound {
+            path: path.display().to_string(),
+        });
+    }
+    let syntax = |message: String| ConfigError::Syntax {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|error| syntax(error.to_string()))?;
+    toml::from_str(&text).map_err(|error| syntax(error.to_string()))
+}
+
+/// Overlays the `HEISTD_*__*` variables on `merged`; returns (key,
+/// variable) for each one applied.
+fn apply_environment(
+    merged: &mut toml::Value,
+    environment: &[(String, String)],
+) -> Vec<(String, String)> {
     let mut environment_keys = Vec::new();
     for (name, value) in environment {
-        let Some(key) = environment_key(&name) else {
+        let Some(key) = environment_key(name) else {
             continue;
         };
         let path: Vec<&str> = key.split('.').collect();
-        let typed = typed_like(lookup(&merged, &path), &value);
-        let mut overlay = typed;
+        let mut overlay = typed_like(lookup(merged, &path), value);
         for segment in path.iter().rev() {
             let mut table = toml::Table::new();
             table.insert(segment.to_string(), overlay);
             overlay = toml::Value::Table(table);
         }
-        merge(&mut merged, overlay);
-        environment_keys.push((key, name));
+        merge(merged, overlay);
+        environment_keys.push((key, name.clone()));
     }
-    let origin_of = |key: &str| -> String {
-        let from_environment = environment_keys.iter().find(|(environment_key, _)| {
-            key.starts_with(environment_key.as_str()) || environment_key.starts_with(key)
-        });
-        match from_environment {
-            Some((_, name)) => format!("environment variable {name}"),
-            None => file_origin
-                .clone()
-                .unwrap_or_else(|| "built-in defaults".into()),
-        }
-    };
-    let config: Config = match serde_path_to_error::deserialize(merged) {
-        Ok(config) => config,
-        Err(error) => {
-            let key = error.path().to_string();
-            // toml appends its own "in `key`" line; the key is ours to say.
-            let message = error
-                .inner()
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            if let Some(field) = unknown_field_name(&message) {
-                let full_key = if key == "." || key.is_empty() {
-                    field
-                } else if key == field || key.ends_with(&format!(".{field}")) {
-                    key
-                } else {
-                    format!("{key}.{field}")
-                };
-                let origin = origin_of(&full_key);
-                return Err(ConfigError::UnknownKey {
-                    key: full_key,
-                    origin,
-                });
-            }
-            let origin = origin_of(&key);
-            return Err(ConfigError::InvalidValue {
-                key,
-                origin,
-                message,
-            });
-        }
-    };
-    validate(&config).map_err(|(key, message)| ConfigError::InvalidValue {
-        origin: origin_of(&key),
+    environment_keys
+}
+
+/// A deserialisation error as a [`ConfigError`] that names the full key.
+fn deserialize_error(
+    error: &serde_path_to_error::Error<toml::de::Error>,
+    origins: &Origins,
+) -> ConfigError {
+    let key = error.path().to_string();
+    // toml appends its own "in `key`" line; the key is ours to say.
+    let message = error
+        .inner()
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if let Some(field) = unknown_field_name(&message) {
+        let full_key = if key == "." || key.is_empty() {
+            field
+        } else if key == field || key.ends_with(&format!(".{field}")) {
+            key
+        } else {
+            format!("{key}.{field}")
+        };
+        return ConfigError::UnknownKey {
+            origin: origins.of(&full_key),
+            key: full_key,
+        };
+    }
+    // A `[[schedule]]` whose trigger does not parse fails as a whole entry
+    // (`schedule[0]`); the field at fault comes with the message.
+    if let Some((field, why)) = schedule::trigger_error_parts(&message) {
+        let full_key = format!("{key}.{field}");
+        return ConfigError::InvalidValue {
+            origin: origins.of(&full_key),
+            key: full_key,
+            message: why.to_string(),
+        };
+    }
+    ConfigError::InvalidValue {
+        origin: origins.of(&key),
         key,
         message,
-    })?;
-    Ok(config)
+    }
 }
 
 /// Overlays `top` on `base`: tables merge key by key, anything else
@@ -481,16 +538,6 @@ pub fn systemd_environment() -> SystemdEnvironment {
     }
 }
 
-/// Reads a secret from the environment variable a config key names.
-pub fn secret_from_environment(variable: &str) -> Option<String> {
-    if variable.is_empty() {
-        return None;
-    }
-    std::env::var(variable)
-        .ok()
-        .filter(|value| !value.is_empty())
-}
-
 fn environment_key(name: &str) -> Option<String> {
     let rest = name.strip_prefix(ENV_PREFIX)?;
     if !rest.contains(ENV_SEPARATOR) {
@@ -524,7 +571,7 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     config.llm.health.validate("llm.health")?;
     config.daemon.validate()?;
     config.retention.validate()?;
-    daemon::validate_schedules(&config.schedule)?;
+    schedule::validate_schedules(&config.schedule)?;
     if config.llm.timeout_ms == 0 {
         return fail("llm.timeout_ms", "must be at least 1");
     }
@@ -547,7 +594,7 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
                 "must not be empty".into(),
             ));
         }
-        if client.client_secret.len() < 8 {
+        if client.client_secret.expose().len() < 8 {
             return Err((
                 format!("oauth.clients[{index}].client_secret"),
                 "must be at least 8 characters".into(),
@@ -557,34 +604,7 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     if config.oauth.token_ttl_seconds < 60 {
         return fail("oauth.token_ttl_seconds", "must be at least 60");
     }
-    for (name, fault) in &config.companions.faults {
-        if !crate::services::COMPANION_NAMES.contains(&name.as_str()) {
-            return Err((
-                format!("companions.faults.{name}"),
-                "unknown service".into(),
-            ));
-        }
-        if let Err(message) = fault.validate() {
-            return Err((format!("companions.faults.{name}"), message));
-        }
-        if fault.refuse {
-            return Err((
-                format!("companions.faults.{name}.refuse"),
-                "a service that refuses from the start refuses `DELETE /fault` too; leave it out of `heistd services` instead".into(),
-            ));
-        }
-    }
-    for name in config.companions.ports.keys() {
-        if !crate::services::COMPANION_NAMES.contains(&name.as_str()) {
-            return Err((
-                format!("companions.ports.{name}"),
-                format!(
-                    "unknown service; expected one of {}",
-                    crate::services::COMPANION_NAMES.join(", ")
-                ),
-            ));
-        }
-    }
+    config.companions.validate()?;
     Ok(())
 }
 

@@ -177,3 +177,185 @@ fn https_without_tls_is_refused_with_the_fix() {
         "{error}"
     );
 }
+
+#[test]
+fn a_bad_trigger_names_its_key_and_says_why() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[[schedule]]\nname = \"nightly\"\ncron = \"61 * * * *\"\n",
+            "schedule[0].cron",
+            "`61 * * * *`: ",
+        ),
+        (
+            "[[schedule]]\nname = \"a\"\nevery = \"1h\"\n[[schedule]]\nname = \"b\"\nevery = \"10x\"\n",
+            "schedule[1].every",
+            "`10x`: unknown unit `x`; use d, h, m, s or ms",
+        ),
+        (
+            "[[schedule]]\nname = \"nightly\"\ncron = \"0 2 * * *\"\ntimezone = \"Europe/Atlantis\"\n",
+            "schedule[0].timezone",
+            "`Europe/Atlantis` is not an IANA time zone such as `Europe/London` or `UTC`",
+        ),
+        (
+            "[[schedule]]\nname = \"nightly\"\n",
+            "schedule[0].cron",
+            "set one of `cron` or `every`",
+        ),
+    ];
+    for (contents, key, message) in cases {
+        let file = write(contents);
+        let error = load(Some(file.path()), Vec::new()).expect_err(contents);
+        let ConfigError::InvalidValue {
+            key: got_key,
+            origin,
+            message: got_message,
+        } = &error
+        else {
+            panic!("{contents:?}: {error}");
+        };
+        assert_eq!(got_key, key, "{error}");
+        assert_eq!(origin, &file.path().display().to_string(), "{error}");
+        assert!(got_message.starts_with(message), "{error}");
+        assert!(!got_message.contains("invalid trigger field"), "{error}");
+    }
+}
+
+#[test]
+fn a_schedule_holds_its_parsed_trigger_and_shows_it_as_written() {
+    let file = write("[[schedule]]\nname = \"half\"\nevery = \"90m\"\n");
+    let config = load(Some(file.path()), Vec::new()).expect("valid");
+    assert_eq!(config.schedule[0].trigger().describe(), "every 1h30m");
+    assert!(
+        config.redacted_toml().contains("every = \"90m\""),
+        "{}",
+        config.redacted_toml()
+    );
+}
+
+#[test]
+fn an_error_is_blamed_on_the_variable_that_set_that_key_only() {
+    /// (variable, value) pairs.
+    type Variables<'a> = &'a [(&'a str, &'a str)];
+    // (variables, file, key at fault, origin named)
+    let cases: &[(Variables, &str, &str, &str)] = &[
+        (
+            &[("HEISTD_HEIST__TURNS", "0")],
+            "",
+            "heist.turns",
+            "HEISTD_HEIST__TURNS",
+        ),
+        // `window` is a prefix of `window_size` as text, not as a key.
+        (
+            &[("HEISTD_LLM__POLICY__BREAKER__WINDOW", "time")],
+            "[llm.policy.breaker]\nwindow_size = 0\n",
+            "llm.policy.breaker.window_size",
+            "file",
+        ),
+        (
+            &[("HEISTD_LLM__POLICY__BREAKER__WINDOW_SIZE", "0")],
+            "",
+            "llm.policy.breaker.window_size",
+            "HEISTD_LLM__POLICY__BREAKER__WINDOW_SIZE",
+        ),
+        // An override of `llm.timeout` (no such key) is its own error,
+        // blamed on its variable; `llm.timeout_ms` from the file is not.
+        (
+            &[("HEISTD_LLM__TIMEOUT", "5")],
+            "[llm]\ntimeout_ms = 0\n",
+            "llm.timeout",
+            "HEISTD_LLM__TIMEOUT",
+        ),
+        // A variable that sets a key inside the table at fault is blamed.
+        (
+            &[("HEISTD_COMPANIONS__FAULTS__VAULT__HANG", "true")],
+            "",
+            "companions.faults.vault",
+            "HEISTD_COMPANIONS__FAULTS__VAULT__HANG",
+        ),
+    ];
+    for (variables, contents, key, origin) in cases {
+        let file = write(contents);
+        let environment = variables
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()));
+        let error = load(Some(file.path()), environment)
+            .expect_err(key)
+            .to_string();
+        let origin = if *origin == "file" {
+            file.path().display().to_string()
+        } else {
+            format!("environment variable {origin}")
+        };
+        assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
+        assert!(
+            error.contains(&origin),
+            "{key}: `{error}` should name {origin}"
+        );
+    }
+    assert!(!is_same_or_below("llm.timeout_ms", "llm.timeout"));
+    assert!(!is_same_or_below("llm.timeout", "llm.timeout_ms"));
+    assert!(is_same_or_below("llm.policy.breaker", "llm.policy"));
+    assert!(is_same_or_below(
+        "oauth.clients[0].client_secret",
+        "oauth.clients"
+    ));
+    assert!(is_same_or_below("llm.timeout_ms", "llm.timeout_ms"));
+}
+
+#[test]
+fn secrets_are_read_once_from_the_named_variables_and_never_shown() {
+    let environment = vec![
+        (
+            "HEISTD_ADMIN_TOKEN".to_string(),
+            "admin-token-value".to_string(),
+        ),
+        ("MY_LLM_KEY".to_string(), "llm-key-value".to_string()),
+        (
+            "HEISTD_LLM__API_KEY_ENV".to_string(),
+            "MY_LLM_KEY".to_string(),
+        ),
+        (
+            "HEISTD_OAUTH_SIGNING_KEY".to_string(),
+            "signing-key-value-of-32-bytes-or-more".to_string(),
+        ),
+    ];
+    let config = load(None, environment).expect("valid");
+    let exposed =
+        |secret: &Option<Secret>| secret.as_ref().map(|secret| secret.expose().to_string());
+    assert_eq!(
+        exposed(&config.daemon.admin_token).as_deref(),
+        Some("admin-token-value")
+    );
+    assert_eq!(
+        exposed(&config.llm.api_key).as_deref(),
+        Some("llm-key-value")
+    );
+    assert_eq!(
+        exposed(&config.oauth.signing_key).as_deref(),
+        Some("signing-key-value-of-32-bytes-or-more")
+    );
+    let debug = format!("{config:?}");
+    let shown = config.redacted_toml();
+    for value in [
+        "admin-token-value",
+        "llm-key-value",
+        "signing-key-value",
+        "rehearsal-secret",
+    ] {
+        assert!(!debug.contains(value), "Debug shows {value}");
+        assert!(!shown.contains(value), "redacted_toml shows {value}");
+    }
+    assert_eq!(
+        shown,
+        load(None, Vec::new())
+            .expect("valid")
+            .redacted_toml()
+            .replace(
+                "api_key_env = \"HEISTD_LLM_API_KEY\"",
+                "api_key_env = \"MY_LLM_KEY\""
+            ),
+        "resolved secrets are not part of the file's shape"
+    );
+    let without = load(None, Vec::new()).expect("valid");
+    assert!(without.daemon.admin_token.is_none() && without.llm.api_key.is_none());
+}

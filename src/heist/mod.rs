@@ -30,7 +30,7 @@ use crate::store::{
     NewSession, ServiceCallRecord, SessionStatus, StoreError, StoreHandle, ToolCallRecord,
     TurnRecord,
 };
-use protocol::parse_tool_requests;
+use crate::wire::{parse_tool_requests, ToolRequest};
 
 /// Tool results longer than this are cut when carried into later prompts.
 pub const CONTEXT_RESULT_CHARS: usize = 400;
@@ -442,7 +442,7 @@ impl HeistRunner {
         let mut message = reply.content.trim().to_string();
         let mut requests = parse_tool_requests(&message);
         for (tool, parameter) in &reply.tool_calls {
-            let request = protocol::ToolRequest {
+            let request = ToolRequest {
                 tool: tool.clone(),
                 parameter: parameter.clone(),
             };
@@ -621,7 +621,7 @@ fn failed_call(tool: &str, parameter: &str, error: String, duration_ms: f64) -> 
 
 /// Tool names come from model output; only known ones become label values.
 fn tool_label(tool: &str) -> &'static str {
-    crate::scenario::TOOL_NAMES
+    crate::wire::TOOL_NAMES
         .iter()
         .copied()
         .find(|known| *known == tool)

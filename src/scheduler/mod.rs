@@ -1,7 +1,7 @@
 //! The scheduler owns deciding when each `[[schedule]]` entry's runs are due:
-//! it reads cron expressions (in the schedule's IANA time zone) and fixed
-//! periods, sleeps until each slot with tokio time, and applies the overlap,
-//! jitter and missed-run policies. A slot is a `DateTime<Utc>` that, with the
+//! it evaluates the entry's trigger (parsed by `config`: a cron expression in
+//! the schedule's IANA time zone, or a fixed period), sleeps until each slot
+//! with tokio time, and applies the overlap, jitter and missed-run policies. A slot is a `DateTime<Utc>` that, with the
 //! schedule's name, identifies a run.
 //!
 //! It must not start heists itself: it hands each slot to a [`Launcher`],
@@ -19,13 +19,8 @@ use chrono::{DateTime, Utc};
 
 pub use self::clock::Clock;
 pub use self::runner::{Launcher, Scheduler};
-pub use self::trigger::Trigger;
-use crate::config::{Missed, ScheduleConfig};
-
-/// Checks a schedule's trigger; the error is (field, why).
-pub fn validate(schedule: &ScheduleConfig) -> Result<(), (&'static str, String)> {
-    Trigger::parse(schedule).map(|_| ())
-}
+pub use self::trigger::Slots;
+use crate::config::{Missed, Trigger};
 
 /// The slot to run at start for the slots missed while heistd was stopped:
 /// with `run_once` and a previous slot, the latest slot in `(last_slot, now]`

@@ -12,7 +12,7 @@ use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{missed_slot, Clock, Trigger};
+use super::{missed_slot, Clock, Slots as _};
 use crate::config::{Overlap, ScheduleConfig};
 use crate::metrics::SCHEDULE_RUNS_TOTAL;
 
@@ -35,7 +35,7 @@ pub struct Scheduler {
     /// Per schedule name, kept across `replace` so that a reloaded schedule
     /// neither repeats a slot nor overlaps a run its old task launched.
     states: Arc<Mutex<HashMap<String, ScheduleState>>>,
-    schedules: Vec<ScheduleEntry>,
+    schedules: Vec<ScheduleConfig>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -70,19 +70,15 @@ impl Scheduler {
         let states = lock(&self.states);
         self.schedules
             .iter()
-            .map(|entry| {
-                let describe = match &entry.trigger {
-                    Ok(trigger) => trigger.describe(),
-                    Err(why) => format!("invalid: {why}"),
-                };
+            .map(|schedule| {
                 let next_slot = states
-                    .get(&entry.config.name)
+                    .get(&schedule.name)
                     .and_then(|state| state.next_slot)
-                    .filter(|_| entry.config.enabled && entry.trigger.is_ok());
+                    .filter(|_| schedule.enabled);
                 (
-                    entry.config.name.clone(),
-                    describe,
-                    entry.config.enabled,
+                    schedule.name.clone(),
+                    schedule.trigger().describe(),
+                    schedule.enabled,
                     next_slot,
                 )
             })
@@ -123,35 +119,19 @@ impl Scheduler {
         for state in states.values_mut() {
             state.next_slot = None;
         }
-        self.schedules = schedules
-            .into_iter()
-            .map(|config| {
-                let trigger = Trigger::parse(&config)
-                    .map_err(|(field, why)| format!("schedule {}: {field}: {why}", config.name));
-                ScheduleEntry { config, trigger }
-            })
-            .collect();
-        for entry in &self.schedules {
-            let trigger = match (&entry.trigger, entry.config.enabled) {
-                (Err(why), _) => {
-                    // Config validation rejects this before we get here.
-                    tracing::error!(schedule = %entry.config.name, "not started: {why}");
-                    continue;
-                }
-                (Ok(_), false) => continue,
-                (Ok(trigger), true) => trigger.clone(),
-            };
+        self.schedules = schedules;
+        for config in self.schedules.iter().filter(|config| config.enabled) {
+            let trigger = config.trigger();
             let state = states
-                .entry(entry.config.name.clone())
+                .entry(config.name.clone())
                 .or_insert_with(|| ScheduleState::new(None));
-            let missed = missed_slot(&trigger, state.last_slot, now, entry.config.missed);
+            let missed = missed_slot(trigger, state.last_slot, now, config.missed);
             // What the task will do first, so that `next_runs` is right before
             // the task is first polled.
             state.next_slot =
                 missed.or_else(|| trigger.next_after(now.max(state.last_slot.unwrap_or(now))));
             let task = ScheduleTask {
-                config: entry.config.clone(),
-                trigger,
+                config: config.clone(),
                 clock: self.clock,
                 launcher: Arc::clone(&self.launcher),
                 states: Arc::clone(&self.states),
@@ -159,7 +139,7 @@ impl Scheduler {
                 last_slot: state.last_slot,
                 rng: StdRng::from_os_rng(),
             };
-            tracing::info!(schedule = %entry.config.name, trigger = %task.trigger.describe(), "schedule started");
+            tracing::info!(schedule = %config.name, trigger = %trigger.describe(), "schedule started");
             self.tasks.push(tokio::spawn(task.run(missed)));
         }
     }
@@ -175,12 +155,6 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         self.abort_tasks();
     }
-}
-
-struct ScheduleEntry {
-    config: ScheduleConfig,
-    /// An error only if validation was bypassed; shown by `next_runs`.
-    trigger: Result<Trigger, String>,
 }
 
 struct ScheduleState {
@@ -207,7 +181,6 @@ impl ScheduleState {
 
 struct ScheduleTask {
     config: ScheduleConfig,
-    trigger: Trigger,
     clock: Clock,
     launcher: Arc<dyn Launcher>,
     states: Arc<Mutex<HashMap<String, ScheduleState>>>,
@@ -232,7 +205,7 @@ impl ScheduleTask {
                 None => {
                     let now = self.clock.now();
                     let after = self.last_slot.map_or(now, |last| now.max(last));
-                    let Some(slot) = self.trigger.next_after(after) else {
+                    let Some(slot) = self.config.trigger().next_after(after) else {
                         tracing::warn!(schedule = %self.config.name, "the trigger has no more slots");
                         self.set_next_slot(None);
                         if let Some(slot) = queued.take() {

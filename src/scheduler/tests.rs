@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::config::{Missed, Overlap, ScheduleConfig};
+use crate::config::{Missed, Overlap, ScheduleConfig, ScheduleFields, Trigger};
 
 fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
@@ -18,8 +18,8 @@ fn at(text: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-fn every(name: &str, period: &str) -> ScheduleConfig {
-    ScheduleConfig {
+fn every(name: &str, period: &str) -> ScheduleFields {
+    ScheduleFields {
         name: name.into(),
         cron: None,
         timezone: "UTC".into(),
@@ -33,8 +33,8 @@ fn every(name: &str, period: &str) -> ScheduleConfig {
     }
 }
 
-fn cron(name: &str, expression: &str, timezone: &str) -> ScheduleConfig {
-    ScheduleConfig {
+fn cron(name: &str, expression: &str, timezone: &str) -> ScheduleFields {
+    ScheduleFields {
         cron: Some(expression.into()),
         every: None,
         timezone: timezone.into(),
@@ -42,7 +42,7 @@ fn cron(name: &str, expression: &str, timezone: &str) -> ScheduleConfig {
     }
 }
 
-fn trigger(schedule: &ScheduleConfig) -> Trigger {
+fn trigger(schedule: &ScheduleFields) -> Trigger {
     Trigger::parse(schedule).expect("a valid trigger")
 }
 
@@ -101,93 +101,30 @@ impl Launcher for RecordingLauncher {
 
 const ORIGIN: &str = "2026-01-01T00:00:05+00:00";
 
+/// The schedules as `config` hands them over: triggers parsed.
+fn parsed(schedules: Vec<ScheduleFields>) -> Vec<ScheduleConfig> {
+    schedules
+        .into_iter()
+        .map(|fields| ScheduleConfig::try_from(fields).expect("a valid trigger"))
+        .collect()
+}
+
 fn start(
-    schedules: Vec<ScheduleConfig>,
+    schedules: Vec<ScheduleFields>,
     last_slots: HashMap<String, DateTime<Utc>>,
     launcher: &Arc<RecordingLauncher>,
 ) -> Scheduler {
     let launcher: Arc<dyn Launcher> = launcher.clone();
-    Scheduler::spawn(schedules, last_slots, Clock::new(at(ORIGIN)), launcher)
+    Scheduler::spawn(
+        parsed(schedules),
+        last_slots,
+        Clock::new(at(ORIGIN)),
+        launcher,
+    )
 }
 
 async fn advance(seconds: u64) {
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-}
-
-#[test]
-fn validate_rejects_bad_triggers_naming_the_field() {
-    let both = ScheduleConfig {
-        cron: Some("* * * * *".into()),
-        ..every("both", "10s")
-    };
-    let neither = ScheduleConfig {
-        every: None,
-        ..every("neither", "10s")
-    };
-    let cases: Vec<(ScheduleConfig, &str, &str)> = vec![
-        (both, "cron", "not both"),
-        (neither, "cron", "set one of"),
-        (cron("c", "61 * * * *", "UTC"), "cron", "`61 * * * *`"),
-        (cron("c", "* * *", "UTC"), "cron", "Invalid pattern"),
-        (
-            cron("c", "0 0 0 * * * 2030", "UTC"),
-            "cron",
-            "`0 0 0 * * * 2030`",
-        ),
-        (cron("c", "", "UTC"), "cron", "empty"),
-        (
-            cron("c", "0 2 * * *", "Europe/Atlantis"),
-            "timezone",
-            "Europe/Atlantis",
-        ),
-        (cron("c", "0 2 * * *", "BST+1"), "timezone", "not an IANA"),
-        (every("e", ""), "every", "is empty"),
-        (every("e", "0s"), "every", "longer than zero"),
-        (every("e", "0h0m"), "every", "longer than zero"),
-        (every("e", "10"), "every", "needs a unit"),
-        (every("e", "10x"), "every", "unknown unit `x`"),
-        (every("e", "1.5h"), "every", "unknown unit `.`"),
-        (every("e", " 10s"), "every", "expected a number"),
-        (every("e", "-10s"), "every", "expected a number"),
-        (every("e", "30m1h"), "every", "largest to smallest"),
-        (every("e", "1m1m"), "every", "largest to smallest"),
-        (every("e", "99999999999999999999s"), "every", "too large"),
-        (every("e", "999999999999999d"), "every", "too long"),
-    ];
-    for (schedule, field, message) in cases {
-        let label = format!("{:?} / {:?}", schedule.cron, schedule.every);
-        let (got_field, got_message) =
-            validate(&schedule).expect_err(&format!("{label} should be rejected"));
-        assert_eq!(got_field, field, "{label}: {got_message}");
-        assert!(
-            got_message.contains(message),
-            "{label}: `{got_message}` should mention `{message}`"
-        );
-    }
-}
-
-#[test]
-fn validate_accepts_good_triggers_and_describe_reads_like_the_config() {
-    let cases = [
-        (every("e", "30m"), "every 30m"),
-        (every("e", "1h30m"), "every 1h30m"),
-        (every("e", "45s"), "every 45s"),
-        (every("e", "2d"), "every 2d"),
-        (every("e", "500ms"), "every 500ms"),
-        (every("e", "90m"), "every 1h30m"),
-        (
-            cron("c", "0 2 * * *", "Europe/London"),
-            "cron \"0 2 * * *\" Europe/London",
-        ),
-        (
-            cron("c", "*/5 * * * * *", "UTC"),
-            "cron \"*/5 * * * * *\" UTC",
-        ),
-    ];
-    for (schedule, described) in cases {
-        assert_eq!(validate(&schedule), Ok(()));
-        assert_eq!(trigger(&schedule).describe(), described);
-    }
 }
 
 #[test]
@@ -444,7 +381,7 @@ async fn overlap_skip_skips_slots_while_a_run_is_going() {
 #[tokio::test(start_paused = true)]
 async fn overlap_queue_runs_back_to_back_with_at_most_one_waiting() {
     let launcher = RecordingLauncher::new(Duration::from_secs(25));
-    let schedule = ScheduleConfig {
+    let schedule = ScheduleFields {
         overlap: Overlap::Queue,
         ..every("queued", "10s")
     };
@@ -467,7 +404,7 @@ async fn overlap_queue_runs_back_to_back_with_at_most_one_waiting() {
 #[tokio::test(start_paused = true)]
 async fn overlap_allow_launches_every_slot() {
     let launcher = RecordingLauncher::new(Duration::from_secs(25));
-    let schedule = ScheduleConfig {
+    let schedule = ScheduleFields {
         overlap: Overlap::Allow,
         ..every("eager", "10s")
     };
@@ -480,7 +417,7 @@ async fn overlap_allow_launches_every_slot() {
 #[tokio::test(start_paused = true)]
 async fn jitter_delays_the_start_but_not_the_slot() {
     let launcher = RecordingLauncher::new(Duration::from_secs(1));
-    let schedule = ScheduleConfig {
+    let schedule = ScheduleFields {
         jitter_ms: 3_000,
         ..every("jittery", "10s")
     };
@@ -497,7 +434,7 @@ async fn missed_run_once_launches_one_slot_at_start_and_skip_none() {
         ("catch_up".to_string(), at("2025-12-31T23:00:00Z")),
         ("let_go".to_string(), at("2025-12-31T23:00:00Z")),
     ]);
-    let catch_up = ScheduleConfig {
+    let catch_up = ScheduleFields {
         missed: Missed::RunOnce,
         ..every("catch_up", "1m")
     };
@@ -537,11 +474,11 @@ async fn replace_stops_the_old_tasks_and_keeps_last_slots_and_runs() {
     advance(10).await; // 00:00:15: the :10 run is going until :25
     assert_eq!(launcher.slots(), ["2026-01-01T00:00:10+00:00"]);
 
-    let slower = ScheduleConfig {
+    let slower = ScheduleFields {
         missed: Missed::RunOnce,
         ..every("tick", "20s")
     };
-    scheduler.replace(vec![slower, every("other", "1h")]);
+    scheduler.replace(parsed(vec![slower, every("other", "1h")]));
     let next_runs = scheduler.next_runs();
     assert_eq!(
         next_runs[0],
@@ -570,7 +507,7 @@ async fn replace_stops_the_old_tasks_and_keeps_last_slots_and_runs() {
 #[tokio::test(start_paused = true)]
 async fn disabled_schedules_are_listed_but_never_run() {
     let launcher = RecordingLauncher::new(Duration::from_secs(1));
-    let disabled = ScheduleConfig {
+    let disabled = ScheduleFields {
         enabled: false,
         ..every("off", "10s")
     };
@@ -591,7 +528,7 @@ async fn cron_schedule_fires_on_wall_clock_slots() {
         cron("nightly", "0 2 * * *", "Europe/London"),
     ];
     let _scheduler = Scheduler::spawn(
-        schedules,
+        parsed(schedules),
         HashMap::new(),
         Clock::new(at("2026-07-01T00:00:02Z")),
         launcher.clone(),

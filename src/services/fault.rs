@@ -1,7 +1,8 @@
 //! Fault injection for companion services: added latency, a rate of error
 //! replies (with a status and optional `Retry-After`), hanging, and refusing
-//! connections. Set at start or at run time with `POST /fault`, so tests and
-//! the demo can show the resilience stack at work against a real socket.
+//! connections. Set at start (the config's [`Fault`] settings) or at run time
+//! with `POST /fault`, so tests and the demo can show the resilience stack at
+//! work against a real socket.
 //!
 //! It must not change a service's behaviour while no fault is set.
 
@@ -15,58 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
 use super::{error_response, JsonBody};
-
-/// One fault setting; all fields default to "no fault".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Fault {
-    /// Added before every request is handled.
-    #[serde(default)]
-    pub latency_ms: u64,
-    /// Fraction (0..=1) of requests answered with `error_status`.
-    #[serde(default)]
-    pub error_rate: f64,
-    #[serde(default = "default_error_status")]
-    pub error_status: u16,
-    /// Sent as `Retry-After` with injected errors.
-    #[serde(default)]
-    pub retry_after_seconds: Option<u64>,
-    /// Requests never get an answer.
-    #[serde(default)]
-    pub hang: bool,
-    /// New connections are closed at once, like a service that is down.
-    #[serde(default)]
-    pub refuse: bool,
-    /// The next N requests get `error_status`, whatever `error_rate` says;
-    /// counts down to 0. Deterministic, for tests of retries.
-    #[serde(default)]
-    pub fail_next: u32,
-    /// Injected errors replace the reply *after* the request was handled,
-    /// like a reply lost on the way back: the write happened, the caller
-    /// does not know it.
-    #[serde(default)]
-    pub after_handling: bool,
-    /// Seeds the draws of `error_rate`, so a sequence of requests meets the
-    /// same errors every time; random when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-}
-
-impl Fault {
-    /// Checks the values a caller may get wrong; the error says which.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.error_rate) {
-            return Err("error_rate must be between 0 and 1".into());
-        }
-        if StatusCode::from_u16(self.error_status).is_err() {
-            return Err("error_status is not an HTTP status".into());
-        }
-        Ok(())
-    }
-}
+use crate::config::Fault;
+use crate::wire::FAULT_PATH;
 
 #[derive(Debug, Default)]
 pub struct FaultSwitch {
@@ -150,7 +103,7 @@ pub fn wrap(router: Router, switch: Arc<FaultSwitch>, control: bool) -> Router {
     }
     let control_routes = Router::new()
         .route(
-            "/fault",
+            FAULT_PATH,
             get(show_fault).post(set_fault).delete(clear_fault),
         )
         .with_state(switch);
@@ -300,8 +253,4 @@ async fn set_fault(
 async fn clear_fault(State(switch): State<Arc<FaultSwitch>>) -> Json<Fault> {
     switch.clear();
     Json(Fault::default())
-}
-
-fn default_error_status() -> u16 {
-    503
 }

@@ -20,11 +20,12 @@ use serde::{Deserialize, Serialize};
 use super::token::SigningKey;
 use super::tools::authorize;
 use super::{error_response, health_body, JsonBody};
+use crate::wire::{
+    Companion, COMPRESSED_MEMORY_PATH, HEALTH_PATH, IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH,
+};
 
 /// The scope that may `DELETE /clear`.
 pub const ADMIN_SCOPE: &str = "memory:admin";
-/// The header whose value makes a retried write count once.
-pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Idempotency keys remembered at most: retries come within seconds, so
 /// the newest 100,000 writes are plenty to recognise one.
 pub const MAX_REMEMBERED_KEYS: usize = 100_000;
@@ -91,12 +92,15 @@ impl MemoryState {
 
 pub fn router(state: MemoryState) -> Router {
     Router::new()
-        .route("/tools/store_memory", post(store_memory))
-        .route("/tools/get_compressed_memory", post(get_compressed_memory))
+        .route(STORE_MEMORY_PATH, post(store_memory))
+        .route(COMPRESSED_MEMORY_PATH, post(get_compressed_memory))
         .route("/sessions/{session_id}/memories", get(list_memories))
         .route("/stats", get(stats))
         .route("/clear", delete(clear))
-        .route("/health", get(|| async { health_body("memory") }))
+        .route(
+            HEALTH_PATH,
+            get(|| async { health_body(Companion::Memory.name()) }),
+        )
         .with_state(state)
 }
 
@@ -168,7 +172,7 @@ async fn store_memory(
         );
     }
     let idempotency_key = headers
-        .get(IDEMPOTENCY_HEADER)
+        .get(IDEMPOTENCY_KEY_HEADER)
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
     let mut memories = state.lock();

@@ -4,8 +4,11 @@
 //! module starts them on listeners (ephemeral loopback ports in tests and the
 //! demo), wraps every one in fault injection, and stops them on request.
 //!
-//! They speak the prototype's wire API (DESIGN.md). They must not touch the
-//! audit store: they are the outside world as heistd sees it.
+//! They speak the prototype's wire API (DESIGN.md), spelt in `wire`, and are
+//! given only their slice of the config ([`CompanionsSettings`]). They must
+//! not touch the audit store, nor use anything of heistd's but `wire`,
+//! `metrics`, `config` and `scenario`: they are the outside world as heistd
+//! sees it.
 
 pub mod calculator;
 pub mod database;
@@ -28,20 +31,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::CompanionsSettings;
 use crate::scenario::Scenario;
+use crate::wire::{Companion, COMPANION_NAMES, OPENAI_PREFIX};
 use fault::FaultSwitch;
 use token::SigningKey;
-
-/// Every companion, by the name `heistd services NAME` and the config use.
-pub const COMPANION_NAMES: [&str; 6] = [
-    "oauth",
-    "memory",
-    "calculator",
-    "file_reader",
-    "database_query",
-    "rehearsal",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -63,7 +57,8 @@ pub struct CompanionContext {
     pub scenario: Arc<Scenario>,
     /// Shared by OAuth (signs) and the tool and memory services (verify).
     pub signing_key: SigningKey,
-    pub config: Arc<Config>,
+    /// The companions' slice of the config.
+    pub settings: Arc<CompanionsSettings>,
 }
 
 /// A companion listening on its address.
@@ -101,8 +96,8 @@ impl Companions {
     /// Base URL of a running companion; the rehearsal model's includes `/v1`.
     pub fn url(&self, name: &str) -> Option<String> {
         let service = self.get(name)?;
-        Some(if name == "rehearsal" {
-            format!("{}/v1", service.base_url())
+        Some(if name == Companion::Rehearsal.name() {
+            format!("{}{OPENAI_PREFIX}", service.base_url())
         } else {
             service.base_url()
         })
@@ -129,12 +124,10 @@ pub async fn start(
     let (stop, stopped) = watch::channel(false);
     let mut services = Vec::new();
     for name in names {
-        let name = COMPANION_NAMES
-            .iter()
-            .copied()
-            .find(|known| known == name)
-            .ok_or_else(|| ServiceError::UnknownService(name.to_string()))?;
-        let router = router(name, context)?;
+        let companion =
+            Companion::parse(name).ok_or_else(|| ServiceError::UnknownService(name.to_string()))?;
+        let name = companion.name();
+        let router = router(companion, context)?;
         let port = ports.get(name).copied().unwrap_or(0);
         let address = format!("{host}:{port}");
         let listener = tokio::net::TcpListener::bind(&address)
@@ -150,7 +143,7 @@ pub async fn start(
             source,
         })?;
         let switch = Arc::new(FaultSwitch::default());
-        if let Some(fault) = context.config.companions.faults.get(name) {
+        if let Some(fault) = context.settings.faults.get(name) {
             tracing::warn!(service = name, ?fault, "starting with an injected fault");
             switch.set(fault.clone());
         }
@@ -184,24 +177,22 @@ pub async fn start(
 }
 
 /// The router of one companion, without fault injection.
-pub fn router(name: &str, context: &CompanionContext) -> Result<Router, ServiceError> {
-    Ok(match name {
-        "oauth" => oauth::router(oauth::OAuthState::new(context)),
-        "memory" => memory::router(memory::MemoryState::new(context.signing_key.clone())),
-        "calculator" => tools::calculator_router(context.signing_key.clone()),
-        "file_reader" => {
-            tools::file_reader_router(context.signing_key.clone(), context.scenario.clone())
-        }
-        "database_query" => {
+pub fn router(companion: Companion, context: &CompanionContext) -> Result<Router, ServiceError> {
+    let key = context.signing_key.clone();
+    Ok(match companion {
+        Companion::OAuth => oauth::router(oauth::OAuthState::new(&context.settings.oauth, key)),
+        Companion::Memory => memory::router(memory::MemoryState::new(key)),
+        Companion::Calculator => tools::calculator_router(key),
+        Companion::FileReader => tools::file_reader_router(key, context.scenario.clone()),
+        Companion::DatabaseQuery => {
             let database = database::ShiftDatabase::build(&context.scenario.shifts_sql)
                 .map_err(ServiceError::Database)?;
-            tools::database_query_router(context.signing_key.clone(), Arc::new(database))
+            tools::database_query_router(key, Arc::new(database))
         }
-        "rehearsal" => rehearsal::router(rehearsal::RehearsalState::new(
+        Companion::Rehearsal => rehearsal::router(rehearsal::RehearsalState::new(
             context.scenario.clone(),
-            context.config.companions.rehearsal_seed,
+            context.settings.rehearsal_seed,
         )),
-        other => return Err(ServiceError::UnknownService(other.to_string())),
     })
 }
 

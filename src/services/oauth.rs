@@ -18,8 +18,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::token::{unix_now, Claims, SigningKey, ISSUER};
-use super::{health_body, CompanionContext, JsonBody};
-use crate::config::OAuthClient;
+use super::{health_body, JsonBody};
+use crate::config::{OAuthClient, OAuthConfig};
+use crate::wire::{Companion, HEALTH_PATH, TOKEN_PATH};
 
 #[derive(Clone)]
 pub struct OAuthState {
@@ -38,19 +39,23 @@ pub struct TokenRequest {
 }
 
 impl OAuthState {
-    pub fn new(context: &CompanionContext) -> Self {
+    /// The clients and token lifetime of `oauth`; tokens signed with `key`.
+    pub fn new(oauth: &OAuthConfig, key: SigningKey) -> Self {
         Self {
-            clients: Arc::new(context.config.oauth.clients.clone()),
-            key: context.signing_key.clone(),
-            token_ttl_seconds: context.config.oauth.token_ttl_seconds as i64,
+            clients: Arc::new(oauth.clients.clone()),
+            key,
+            token_ttl_seconds: oauth.token_ttl_seconds as i64,
         }
     }
 }
 
 pub fn router(state: OAuthState) -> Router {
     Router::new()
-        .route("/token", post(issue_token))
-        .route("/health", get(|| async { health_body("oauth") }))
+        .route(TOKEN_PATH, post(issue_token))
+        .route(
+            HEALTH_PATH,
+            get(|| async { health_body(Companion::OAuth.name()) }),
+        )
         .with_state(state)
 }
 
@@ -69,7 +74,7 @@ async fn issue_token(
     // tell an unknown client from a wrong secret.
     let presented = Sha256::digest(request.client_secret.as_bytes());
     let client = state.clients.iter().find(|client| {
-        let expected = Sha256::digest(client.client_secret.as_bytes());
+        let expected = Sha256::digest(client.client_secret.expose().as_bytes());
         let same_secret = expected
             .iter()
             .zip(presented.iter())

@@ -20,9 +20,10 @@ use serde::Deserialize;
 
 use super::{error_response, health_body, JsonBody};
 use crate::scenario::Scenario;
-
-/// The model id the rehearsal endpoint reports and accepts.
-pub const MODEL_ID: &str = "heistd-rehearsal";
+use crate::wire::{
+    parse_tool_requests, Companion, CHAT_COMPLETIONS_PATH, HEALTH_PATH, MODELS_PATH, OPENAI_PREFIX,
+    REHEARSAL_MODEL_ID,
+};
 
 #[derive(Clone)]
 pub struct RehearsalState {
@@ -119,9 +120,15 @@ impl RehearsalState {
 
 pub fn router(state: RehearsalState) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
-        .route("/health", get(|| async { health_body("rehearsal") }))
+        .route(
+            &format!("{OPENAI_PREFIX}{CHAT_COMPLETIONS_PATH}"),
+            post(chat_completions),
+        )
+        .route(&format!("{OPENAI_PREFIX}{MODELS_PATH}"), get(models))
+        .route(
+            HEALTH_PATH,
+            get(|| async { health_body(Companion::Rehearsal.name()) }),
+        )
         .with_state(state)
 }
 
@@ -130,10 +137,10 @@ async fn chat_completions(
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Response {
     if let Some(model) = &request.model {
-        if model != MODEL_ID {
+        if model != REHEARSAL_MODEL_ID {
             return error_response(
                 StatusCode::NOT_FOUND,
-                format!("model `{model}` not found; this endpoint serves `{MODEL_ID}`"),
+                format!("model `{model}` not found; this endpoint serves `{REHEARSAL_MODEL_ID}`"),
             );
         }
     }
@@ -172,7 +179,7 @@ async fn chat_completions(
         "id": format!("rehearsal-{}", request.seed.unwrap_or(state.default_seed)),
         "object": "chat.completion",
         "created": chrono::Utc::now().timestamp(),
-        "model": MODEL_ID,
+        "model": REHEARSAL_MODEL_ID,
         "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason }],
         "usage": {
             "prompt_tokens": prompt_tokens,
@@ -187,18 +194,14 @@ async fn chat_completions(
 /// of the text and into OpenAI `tool_calls`, as a function-calling model
 /// would answer.
 fn split_native(content: &str, offered: &[&str]) -> (String, Vec<serde_json::Value>) {
-    let requests = crate::heist::protocol::parse_tool_requests(content);
+    let requests = parse_tool_requests(content);
     let mut text = content.to_string();
     let mut calls = Vec::new();
     for (index, request) in requests.iter().enumerate() {
         if !offered.contains(&request.tool.as_str()) {
             continue;
         }
-        text = text.replacen(
-            &format!("[TOOL:{}:{}]", request.tool, request.parameter),
-            "",
-            1,
-        );
+        text = text.replacen(&request.notation(), "", 1);
         calls.push(serde_json::json!({
             "id": format!("call_{index}"),
             "type": "function",
@@ -215,7 +218,7 @@ async fn models() -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "object": "list",
         "data": [{
-            "id": MODEL_ID,
+            "id": REHEARSAL_MODEL_ID,
             "object": "model",
             "owned_by": "heistd",
             "description": "rehearsal model: scripted, seeded replies from the scenario; no language model behind it",
@@ -239,7 +242,7 @@ mod tests {
 
     fn request(agent: &str, turn: u64, seed: u64) -> ChatRequest {
         ChatRequest {
-            model: Some(MODEL_ID.into()),
+            model: Some(REHEARSAL_MODEL_ID.into()),
             messages: vec![
                 ChatMessage {
                     role: "system".into(),

@@ -21,7 +21,8 @@ use serde::Deserialize;
 use super::database::ShiftDatabase;
 use super::token::{unix_now, Claims, SigningKey};
 use super::{calculator, error_response, health_body, JsonBody};
-use crate::scenario::{tool_scope, Scenario};
+use crate::scenario::Scenario;
+use crate::wire::{Tool, HEALTH_PATH};
 
 /// File names longer than this are refused before any lookup.
 pub const MAX_FILENAME_LENGTH: usize = 128;
@@ -45,46 +46,49 @@ struct QueryRequest {
 
 pub fn calculator_router(key: SigningKey) -> Router {
     guarded(
-        Router::new().route("/tools/calculator", post(calculate)),
+        Router::new().route(Tool::Calculator.path(), post(calculate)),
         key,
-        "calculator",
+        Tool::Calculator,
     )
 }
 
 pub fn file_reader_router(key: SigningKey, scenario: Arc<Scenario>) -> Router {
     guarded(
         Router::new()
-            .route("/tools/read_file", post(read_file))
+            .route(Tool::FileReader.path(), post(read_file))
             .with_state(scenario),
         key,
-        "file_reader",
+        Tool::FileReader,
     )
 }
 
 pub fn database_query_router(key: SigningKey, database: Arc<ShiftDatabase>) -> Router {
     guarded(
         Router::new()
-            .route("/tools/query_db", post(query_db))
+            .route(Tool::DatabaseQuery.path(), post(query_db))
             .with_state(database),
         key,
-        "database_query",
+        Tool::DatabaseQuery,
     )
 }
 
 /// Puts the tool's route behind the token check, which runs before the
 /// body is read (so nobody learns the request format without a token), and
 /// adds the open `/health`.
-fn guarded(tool_routes: Router, key: SigningKey, tool: &'static str) -> Router {
+fn guarded(tool_routes: Router, key: SigningKey, tool: Tool) -> Router {
     let requirement = Arc::new(Requirement {
         key,
-        scope: tool_scope(tool),
+        scope: tool.scope(),
     });
     tool_routes
         .route_layer(axum::middleware::from_fn_with_state(
             requirement,
             require_scope,
         ))
-        .route("/health", get(move || async move { health_body(tool) }))
+        .route(
+            HEALTH_PATH,
+            get(move || async move { health_body(tool.name()) }),
+        )
 }
 
 struct Requirement {

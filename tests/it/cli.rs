@@ -286,7 +286,7 @@ fn the_chaos_demo_rides_out_its_faults() {
 fn services_run_in_their_own_process_for_the_prototypes_client() {
     use std::io::BufRead;
     let directory = tempfile::tempdir().expect("temp dir");
-    let ports = heistd::services::COMPANION_NAMES
+    let ports = heistd::wire::COMPANION_NAMES
         .map(|name| format!("{name} = 0"))
         .join("\n");
     std::fs::write(

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use heistd::config::Fault;
 use heistd::config::Synchronous;
-use heistd::services::fault::Fault;
 use heistd::store::{SessionStatus, Store};
 use serde_json::Value;
 use tokio::net::UnixDatagram;

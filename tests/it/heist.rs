@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use heistd::config::Fault;
 use heistd::heist::{RunOptions, RunReport};
-use heistd::services::fault::Fault;
 use heistd::store::{SessionDetail, SessionStatus};
 
 use crate::support::{http, TestStack};
@@ -41,7 +41,7 @@ fn assert_every_tool_succeeded(detail: &SessionDetail) {
         .filter(|tool| tool.success)
         .map(|tool| tool.tool_name.as_str())
         .collect();
-    assert_eq!(succeeded, BTreeSet::from(heistd::scenario::TOOL_NAMES));
+    assert_eq!(succeeded, BTreeSet::from(heistd::wire::TOOL_NAMES));
 }
 
 fn fault(refuse: bool, error_rate: f64) -> Fault {
@@ -79,7 +79,7 @@ async fn a_full_heist_lands_in_all_three_tables_and_in_memory() {
 
     // Every tool request in a message has its row, and every tool succeeded at least once.
     for message in &detail.messages {
-        let requested = heistd::heist::protocol::parse_tool_requests(&message.message).len();
+        let requested = heistd::wire::parse_tool_requests(&message.message).len();
         let recorded = detail
             .tool_usage
             .iter()
@@ -435,7 +435,7 @@ async fn native_tool_calling_runs_the_same_heist_and_records_it_the_same_way() {
     for message in &detail.messages {
         // Native calls are written into the message in the prototype's
         // notation, one per call, so the trail reads the same as text mode.
-        let written = heistd::heist::protocol::parse_tool_requests(&message.message).len();
+        let written = heistd::wire::parse_tool_requests(&message.message).len();
         let recorded = detail
             .tool_usage
             .iter()

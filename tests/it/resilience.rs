@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use heistd::clients::{CallError, MemoryClient, MemoryWrite, ServiceClient};
+use heistd::config::Fault;
 use heistd::config::PolicyConfig;
 use heistd::heist::RunOptions;
 use heistd::resilience::{BreakerState, Policy};
-use heistd::services::fault::Fault;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 

@@ -45,7 +45,7 @@ impl TestStack {
     }
 
     /// Sets a fault on one companion (cleared with `Fault::default()`).
-    pub fn set_fault(&self, service: &str, fault: heistd::services::fault::Fault) {
+    pub fn set_fault(&self, service: &str, fault: heistd::config::Fault) {
         self.stack
             .companions
             .get(service)

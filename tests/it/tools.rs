@@ -379,7 +379,7 @@ async fn faults_can_be_set_at_start_from_the_config() {
     let mut config = support::base_config();
     config.companions.faults.insert(
         "calculator".into(),
-        heistd::services::fault::Fault {
+        heistd::config::Fault {
             fail_next: 1,
             error_status: 418,
             ..Default::default()

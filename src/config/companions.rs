@@ -1,0 +1,144 @@
+//! The companion services' settings: where they listen, whether `POST /fault`
+//! is on, the faults they start with (`[companions.faults.<name>]`, the same
+//! [`Fault`] that `POST /fault` takes) and the rehearsal model's seed; and
+//! [`CompanionsSettings`], the slice of the whole config the companions are
+//! given.
+//!
+//! This is only configuration: `services` reads it and injects the faults.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Config, OAuthConfig};
+use crate::wire::COMPANION_NAMES;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompanionsConfig {
+    #[serde(default = "super::defaults::default_companion_host")]
+    pub host: String,
+    #[serde(default = "super::defaults::default_companion_ports")]
+    pub ports: BTreeMap<String, u16>,
+    /// Enables `POST /fault` on every companion service (tests and demos).
+    #[serde(default)]
+    pub fault_injection: bool,
+    /// Seeds the rehearsal model when a request carries no seed.
+    #[serde(default)]
+    pub rehearsal_seed: u64,
+    /// Faults each companion starts with (`[companions.faults.memory]`
+    /// `latency_ms = 200`, ...), the same settings `POST /fault` takes.
+    #[serde(default)]
+    pub faults: BTreeMap<String, Fault>,
+}
+
+/// One fault setting; all fields default to "no fault".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Added before every request is handled.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Fraction (0..=1) of requests answered with `error_status`.
+    #[serde(default)]
+    pub error_rate: f64,
+    #[serde(default = "default_error_status")]
+    pub error_status: u16,
+    /// Sent as `Retry-After` with injected errors.
+    #[serde(default)]
+    pub retry_after_seconds: Option<u64>,
+    /// Requests never get an answer.
+    #[serde(default)]
+    pub hang: bool,
+    /// New connections are closed at once, like a service that is down.
+    #[serde(default)]
+    pub refuse: bool,
+    /// The next N requests get `error_status`, whatever `error_rate` says;
+    /// counts down to 0. Deterministic, for tests of retries.
+    #[serde(default)]
+    pub fail_next: u32,
+    /// Injected errors replace the reply *after* the request was handled,
+    /// like a reply lost on the way back: the write happened, the caller
+    /// does not know it.
+    #[serde(default)]
+    pub after_handling: bool,
+    /// Seeds the draws of `error_rate`, so a sequence of requests meets the
+    /// same errors every time; random when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// What the companions need of the config, and nothing more: a companion
+/// must not depend on the daemon's, the store's or the LLM's settings.
+#[derive(Debug, Clone)]
+pub struct CompanionsSettings {
+    /// The OAuth service's clients, their secrets and scopes, and the
+    /// lifetime of the tokens it issues.
+    pub oauth: OAuthConfig,
+    /// The fault each named companion starts with.
+    pub faults: BTreeMap<String, Fault>,
+    /// Seeds the rehearsal model when a request carries no seed.
+    pub rehearsal_seed: u64,
+}
+
+impl CompanionsSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            oauth: config.oauth.clone(),
+            faults: config.companions.faults.clone(),
+            rehearsal_seed: config.companions.rehearsal_seed,
+        }
+    }
+}
+
+impl Fault {
+    /// Checks the values a caller may get wrong; the error says which.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err("error_rate must be between 0 and 1".into());
+        }
+        if reqwest::StatusCode::from_u16(self.error_status).is_err() {
+            return Err("error_status is not an HTTP status".into());
+        }
+        Ok(())
+    }
+}
+
+impl CompanionsConfig {
+    /// Checks the faults and ports; the error is (key, why).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for (name, fault) in &self.faults {
+            if !COMPANION_NAMES.contains(&name.as_str()) {
+                return Err((
+                    format!("companions.faults.{name}"),
+                    "unknown service".into(),
+                ));
+            }
+            if let Err(message) = fault.validate() {
+                return Err((format!("companions.faults.{name}"), message));
+            }
+            if fault.refuse {
+                return Err((
+                    format!("companions.faults.{name}.refuse"),
+                    "a service that refuses from the start refuses `DELETE /fault` too; leave it out of `heistd services` instead".into(),
+                ));
+            }
+        }
+        for name in self.ports.keys() {
+            if !COMPANION_NAMES.contains(&name.as_str()) {
+                return Err((
+                    format!("companions.ports.{name}"),
+                    format!(
+                        "unknown service; expected one of {}",
+                        COMPANION_NAMES.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_error_status() -> u16 {
+    503
+}
