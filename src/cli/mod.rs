@@ -16,7 +16,7 @@ pub use demo::{demo, DemoOptions};
 
 use tokio::sync::watch;
 
-use crate::clients::{Clients, StatsSnapshot};
+use crate::clients::{ClientBuildError, Clients, StatsSnapshot};
 use crate::config::{self, Config, ConfigError};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions, RunReport, TurnView};
 use crate::scenario::{Scenario, ScenarioError};
@@ -37,6 +37,8 @@ pub enum CliError {
     Heist(#[from] HeistError),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
+    #[error(transparent)]
+    Clients(#[from] ClientBuildError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -62,7 +64,7 @@ impl CliError {
                 | StoreError::SessionNotFound(_)
                 | StoreError::OverSizeCap { .. },
             ) => 1,
-            Self::Store(_) | Self::Service(_) | Self::Heist(_) => 2,
+            Self::Store(_) | Self::Service(_) | Self::Heist(_) | Self::Clients(_) => 2,
             Self::Daemon(
                 crate::daemon::DaemonError::Config(_) | crate::daemon::DaemonError::Scenario(_),
             ) => 1,
@@ -155,13 +157,13 @@ impl LocalStack {
     }
 
     /// A runner over this stack writing to `store`.
-    pub fn runner(&self, store: Arc<Store>) -> HeistRunner {
-        HeistRunner::new(
+    pub fn runner(&self, store: Arc<Store>) -> Result<HeistRunner, CliError> {
+        Ok(HeistRunner::new(
             self.config.clone(),
             self.scenario.clone(),
-            Clients::from_config(&self.config),
+            Clients::from_config(&self.config)?,
             store,
-        )
+        ))
     }
 }
 
@@ -174,7 +176,7 @@ pub async fn run(
 ) -> Result<RunReport, CliError> {
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     let store = Arc::new(Store::open_configured(&config.store)?);
-    let clients = Clients::from_config(&config);
+    let clients = Clients::from_config(&config)?;
     let turns = turns.unwrap_or(config.heist.turns);
     let seed = seed
         .or(config.heist.seed)
@@ -203,7 +205,7 @@ pub(crate) fn completed(report: RunReport) -> Result<RunReport, CliError> {
 
 /// `heistd check`: every configured service's health once.
 pub async fn check(config: &Config) -> Result<(), CliError> {
-    let clients = Clients::from_config(config);
+    let clients = Clients::from_config(config)?;
     let reports = crate::health::check_all(&clients).await;
     // A fresh process has no breaker history: the running daemon's breakers
     // are the ones that matter, so ask it when it answers.

@@ -23,7 +23,7 @@ pub use state::{
     DaemonState, Readiness, RunCommand, RunRequest, RunningSession, ScheduleStatus, StartRunError,
 };
 
-use crate::clients::Clients;
+use crate::clients::{ClientBuildError, Clients};
 use crate::config::{self, Config, ConfigError, ScheduleConfig, SystemdEnvironment};
 use crate::health::{checker, HealthBoard};
 use crate::scenario::{Scenario, ScenarioError};
@@ -43,6 +43,8 @@ pub enum DaemonError {
     Scenario(#[from] ScenarioError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Clients(#[from] ClientBuildError),
     #[error("admin API cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -83,7 +85,7 @@ pub async fn run(
             .await
             .map_err(|error| StoreError::Worker(error.to_string()))??,
     );
-    let clients = Clients::from_config(&config);
+    let clients = Clients::from_config(&config)?;
     // `stop` ends runs (between turns), schedules and checks; `finished`
     // ends the admin API and the watchdog, which must outlive the drain.
     let (stop_sender, stop) = watch::channel(false);
@@ -344,10 +346,11 @@ async fn apply_reload(
         tracing::warn!("store.path changes at the next restart");
     }
     let new = Arc::new(new);
+    let clients = Clients::from_config(&new).map_err(|error| error.to_string())?;
     runs.replace_context(RunContext {
         config: new.clone(),
         scenario: Arc::new(scenario),
-        clients: Clients::from_config(&new),
+        clients,
     });
     scheduler.replace(new.schedule.clone());
     state.set_config(new.clone(), admin_token(&new));
