@@ -9,7 +9,7 @@
 //! (Finagle's budget buckets the same way). It only counts; it never waits.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -49,33 +49,36 @@ impl RetryBudget {
 
     /// Counts a call (its first attempt).
     pub fn record_call(&self) {
-        self.with_current_bucket(|_, bucket| bucket.calls += 1);
+        if let Some(current) = self.buckets_now().back_mut() {
+            current.calls += 1;
+        }
     }
 
     /// Takes one retry from the budget if there is one left.
     pub fn try_retry(&self) -> bool {
-        self.with_current_bucket(|buckets, bucket| {
-            let (calls, retries) = totals(buckets);
-            let calls = calls + bucket.calls;
-            let retries = retries + bucket.retries;
-            let allowed = self.reserve + self.ratio * calls as f64;
-            if (retries as f64) + 1.0 > allowed {
-                return false;
-            }
-            bucket.retries += 1;
-            true
-        })
+        let mut buckets = self.buckets_now();
+        let (calls, retries) = buckets.iter().fold((0, 0), |(calls, retries), bucket| {
+            (calls + bucket.calls, retries + bucket.retries)
+        });
+        let allowed = self.reserve + self.ratio * calls as f64;
+        if (retries as f64) + 1.0 > allowed {
+            return false;
+        }
+        if let Some(current) = buckets.back_mut() {
+            current.retries += 1;
+        }
+        true
     }
 
-    /// Drops the buckets that left the window, then runs `work` on the
-    /// older buckets still in it and the current one.
-    fn with_current_bucket<T>(&self, work: impl FnOnce(&VecDeque<Bucket>, &mut Bucket) -> T) -> T {
-        let number = (Instant::now().duration_since(self.started).as_nanos()
-            / BUCKET_SPAN.as_nanos()) as u64;
+    /// The buckets still in the window, the current one last.
+    fn buckets_now(&self) -> MutexGuard<'_, VecDeque<Bucket>> {
         let mut buckets = self
             .buckets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Read the clock under the lock, so bucket numbers only grow.
+        let number = (Instant::now().duration_since(self.started).as_nanos()
+            / BUCKET_SPAN.as_nanos()) as u64;
         while buckets
             .front()
             .is_some_and(|oldest| oldest.number + BUCKETS as u64 <= number)
@@ -89,12 +92,7 @@ impl RetryBudget {
                 retries: 0,
             });
         }
-        let mut current = buckets
-            .pop_back()
-            .expect("the current bucket was just pushed");
-        let output = work(&buckets, &mut current);
-        buckets.push_back(current);
-        output
+        buckets
     }
 
     #[cfg(test)]
@@ -104,13 +102,6 @@ impl RetryBudget {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .len()
     }
-}
-
-/// Calls and retries over `buckets`.
-fn totals(buckets: &VecDeque<Bucket>) -> (u64, u64) {
-    buckets.iter().fold((0, 0), |(calls, retries), bucket| {
-        (calls + bucket.calls, retries + bucket.retries)
-    })
 }
 
 #[cfg(test)]
