@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let stack = LocalStack::start(config::load(None, Vec::new())?, None).await?;
         let base_url = stack.companions.url("calculator").unwrap_or_default();
-        let http = heistd::clients::http_client();
+        let http = heistd::clients::http_client()?;
         let guarded = ServiceClient::new(
             "calculator",
             &base_url,

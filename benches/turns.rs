@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
                 .path()
                 .join(format!("bench-{turns}-{synchronous:?}.db"));
             let store = Arc::new(Store::open(&path, synchronous)?);
-            let runner = stack.runner(store);
+            let runner = stack.runner(store)?;
             let samples = Mutex::new(Vec::with_capacity(turns as usize));
             let observer =
                 |view: &TurnView<'_>| samples.lock().expect("samples").push(view.elapsed_ms);

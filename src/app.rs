@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::clients::Clients;
+use crate::clients::{ClientBuildError, Clients};
 use crate::config::{self, Config, ConfigError, ScheduleConfig, SystemdEnvironment};
 use crate::daemon::notify::{self, Notifier};
 use crate::daemon::runs::{RunContext, Runs, ScheduledRuns};
@@ -44,6 +44,8 @@ pub enum AppError {
     Scenario(#[from] ScenarioError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Clients(#[from] ClientBuildError),
     #[error("admin API cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -112,7 +114,7 @@ impl App {
         ));
         let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
         let store = StoreHandle::open_configured(&config.store).await?;
-        let clients = Clients::from_config(&config);
+        let clients = Clients::from_config(&config)?;
         let (stop_sender, stop) = watch::channel(false);
         let (finish_sender, finished) = watch::channel(false);
         let health = Arc::new(HealthBoard::default());
@@ -309,7 +311,7 @@ impl Parts {
         self.runs.replace_context(RunContext {
             config: new.clone(),
             scenario: Arc::new(scenario),
-            clients: Clients::from_config(&new),
+            clients: Clients::from_config(&new).map_err(|error| error.to_string())?,
         });
         scheduler.replace(new.schedule.clone());
         self.state.set_config(new.clone(), admin_token(&new));

@@ -57,7 +57,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     }
     let stack = LocalStack::start(base, options.llm.clone()).await?;
     let store = StoreHandle::open_configured(&stack.config.store).await?;
-    let runner = stack.runner(store.clone()).with_stop(options.stop.clone());
+    let runner = stack.runner(store.clone())?.with_stop(options.stop.clone());
     let turns = options.turns.unwrap_or(stack.config.heist.turns);
     let seed = options.seed.unwrap_or_else(heist::random_seed);
     let model = match &options.llm {

@@ -18,7 +18,7 @@ pub use demo::{demo, DemoOptions};
 use tokio::sync::watch;
 
 use crate::app::{App, AppError, DaemonOptions};
-use crate::clients::{Clients, StatsSnapshot};
+use crate::clients::{ClientBuildError, Clients, StatsSnapshot};
 use crate::config::{self, Config, ConfigError};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions, RunReport, TurnView};
 use crate::scenario::{Scenario, ScenarioError};
@@ -42,6 +42,8 @@ pub enum CliError {
     Daemon(#[from] AppError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(String),
+    #[error(transparent)]
+    Clients(#[from] ClientBuildError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -67,7 +69,7 @@ impl CliError {
                 | StoreError::SessionNotFound(_)
                 | StoreError::OverSizeCap { .. },
             ) => 1,
-            Self::Store(_) | Self::Service(_) | Self::Heist(_) => 2,
+            Self::Store(_) | Self::Service(_) | Self::Heist(_) | Self::Clients(_) => 2,
             Self::Daemon(AppError::Config(_) | AppError::Scenario(_)) => 1,
             Self::Daemon(_) | Self::Runtime(_) => 2,
         }
@@ -165,13 +167,13 @@ impl LocalStack {
     }
 
     /// A runner over this stack writing to `store`.
-    pub fn runner(&self, store: impl Into<StoreHandle>) -> HeistRunner {
-        HeistRunner::new(
+    pub fn runner(&self, store: impl Into<StoreHandle>) -> Result<HeistRunner, CliError> {
+        Ok(HeistRunner::new(
             self.config.clone(),
             self.scenario.clone(),
-            Clients::from_config(&self.config),
+            Clients::from_config(&self.config)?,
             store.into(),
-        )
+        ))
     }
 }
 
@@ -198,7 +200,7 @@ pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<Run
     let (turns, seed) = (args.turns, args.seed);
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     let store = StoreHandle::open_configured(&config.store).await?;
-    let clients = Clients::from_config(&config);
+    let clients = Clients::from_config(&config)?;
     let turns = turns.unwrap_or(config.heist.turns);
     let seed = seed
         .or(config.heist.seed)
@@ -227,7 +229,7 @@ pub(crate) fn completed(report: RunReport) -> Result<RunReport, CliError> {
 
 /// `heistd check`: every configured service's health once.
 pub async fn check(config: &Config) -> Result<(), CliError> {
-    let clients = Clients::from_config(config);
+    let clients = Clients::from_config(config)?;
     let reports = crate::health::check_all(&clients).await;
     // A fresh process has no breaker history: the running daemon's breakers
     // are the ones that matter, so ask it when it answers.

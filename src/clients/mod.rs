@@ -3,6 +3,12 @@
 //! inside the resilience stack, classifies failures into [`CallError`] and
 //! records metrics and per-service statistics.
 //!
+//! `CallError` speaks resilience's vocabulary: it implements
+//! [`Classify`] (transient or not, `Retry-After`, the attempt's metric
+//! label), and the stack's own outcomes ([`GuardError`]: timeout, open
+//! breaker, full bulkhead, exhausted budget) become its matching variants,
+//! so callers branch on one error type.
+//!
 //! Clients know the wire formats; they must not decide on retries (that is
 //! `resilience`) nor write to the store.
 
@@ -25,7 +31,7 @@ pub use oauth::{AccessToken, OAuthClient, TokenCache};
 pub use tools::ToolClient;
 
 use crate::config::{Config, ServiceConfig};
-use crate::resilience::{BreakerState, Guard, Policy};
+use crate::resilience::{BreakerState, Classify, Guard, GuardError, Policy};
 
 /// Why a call to a service failed, precise enough for retry decisions.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -45,6 +51,8 @@ pub enum CallError {
     Decode { service: String, message: String },
     #[error("{service}: {message}")]
     Refused { service: String, message: String },
+    // The stack's own refusals, converted from resilience's `GuardError`
+    // (as is its `Timeout`), so callers branch on this one type.
     #[error("{service}: circuit breaker is open; call not attempted")]
     CircuitOpen { service: String },
     #[error("{service}: too many calls in flight; call not attempted")]
@@ -53,9 +61,31 @@ pub enum CallError {
     BudgetExhausted { service: String, last: String },
 }
 
-impl CallError {
-    /// The metric label for one attempt's failure.
-    pub fn outcome(&self) -> &'static str {
+/// The shared HTTP client could not be built (e.g. no TLS backend).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client: {message}")]
+pub struct ClientBuildError {
+    message: String,
+}
+
+impl Classify for CallError {
+    /// Never true of the stack's own rejections.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Timeout { .. } | Self::Connect { .. } => true,
+            Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn label(&self) -> &'static str {
         match self {
             Self::Timeout { .. } => "timeout",
             Self::Connect { .. } => "connect_error",
@@ -69,27 +99,26 @@ impl CallError {
         }
     }
 
-    /// The metric label for a whole call that ended in this error.
-    pub fn call_outcome(&self) -> &'static str {
-        match self {
-            Self::Timeout { .. } => "timeout",
-            Self::CircuitOpen { .. } => "rejected_open",
-            Self::BulkheadFull { .. } => "rejected_bulkhead",
-            Self::BudgetExhausted { .. } => "rejected_budget",
-            _ => "error",
+    fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
+}
+
+impl From<GuardError<CallError>> for CallError {
+    fn from(error: GuardError<CallError>) -> Self {
+        match error {
+            GuardError::Service(error) => error,
+            GuardError::Timeout { service, after } => Self::Timeout { service, after },
+            GuardError::CircuitOpen { service } => Self::CircuitOpen { service },
+            GuardError::BulkheadFull { service } => Self::BulkheadFull { service },
+            GuardError::BudgetExhausted { service, last } => {
+                Self::BudgetExhausted { service, last }
+            }
         }
     }
+}
 
-    /// Worth trying again: the service may answer differently next time.
-    /// Never true of the stack's own rejections.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Timeout { .. } | Self::Connect { .. } => true,
-            Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
-            _ => false,
-        }
-    }
-
+impl CallError {
     /// The service judged the request itself unacceptable (400, 413, 422),
     /// or it could not be built: sending it again can never succeed. A 401,
     /// 403 or 404 is not permanent: it says the setup is wrong (a bad URL or
@@ -99,14 +128,6 @@ impl CallError {
             Self::Status { status, .. } => matches!(status, 400 | 413 | 422),
             Self::Refused { .. } => true,
             _ => false,
-        }
-    }
-
-    /// The server's `Retry-After`, when it sent one.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Status { retry_after, .. } => *retry_after,
-            _ => None,
         }
     }
 }
@@ -210,6 +231,12 @@ impl ServiceClient {
         self.guard.breaker_state()
     }
 
+    /// How long until this service's open breaker lets a probe through;
+    /// `None` when it is not open. See [`Guard::open_remaining`].
+    pub fn breaker_open_remaining(&self) -> Option<Duration> {
+        self.guard.open_remaining()
+    }
+
     /// Holds this service's breaker open while it is seen down.
     pub fn force_breaker_open(&self, forced: bool) {
         self.guard.force_open(forced);
@@ -272,7 +299,7 @@ impl ServiceClient {
             .await;
         self.stats
             .record(summary.duration.as_secs_f64(), outcome.is_ok());
-        outcome
+        outcome.map_err(CallError::from)
     }
 }
 
@@ -302,12 +329,12 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn from_config(config: &Config) -> Self {
-        let http = http_client();
+    pub fn from_config(config: &Config) -> Result<Self, ClientBuildError> {
+        let http = http_client()?;
         let service = |name: &str, service: &ServiceConfig| {
             ServiceClient::from_config(name, service, http.clone())
         };
-        Self {
+        Ok(Self {
             oauth: OAuthClient::new(service("oauth", &config.services.oauth)),
             memory: MemoryClient::new(service("memory", &config.services.memory)),
             tools: ToolClient::new(
@@ -316,7 +343,7 @@ impl Clients {
                 service("database_query", &config.services.database_query),
             ),
             llm: LlmClient::from_config(&config.llm, http),
-        }
+        })
     }
 
     /// The companion services' clients (every one but the model's).
@@ -335,13 +362,17 @@ impl Clients {
     }
 }
 
-/// One connection pool shared by every client.
-pub fn http_client() -> reqwest::Client {
+/// One connection pool shared by every client. Fails where reqwest cannot
+/// set up its TLS backend or resolver, where `reqwest::Client::new()` would
+/// panic.
+pub fn http_client() -> Result<reqwest::Client, ClientBuildError> {
     reqwest::Client::builder()
         .user_agent(concat!("heistd/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(30))
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .map_err(|error| ClientBuildError {
+            message: error_chain(&error),
+        })
 }
 
 fn classify_send_error(service: &str, error: &reqwest::Error) -> CallError {
@@ -359,12 +390,7 @@ fn classify_send_error(service: &str, error: &reqwest::Error) -> CallError {
             after: Duration::ZERO,
         };
     }
-    if error.is_connect() || error.is_request() {
-        return CallError::Connect {
-            service: service.into(),
-            message,
-        };
-    }
+    // Connect, request and body errors alike: the service may answer next time.
     CallError::Connect {
         service: service.into(),
         message,
@@ -428,4 +454,86 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stacks_outcomes_become_the_matching_call_errors() {
+        let service = || "svc".to_string();
+        let cases: [(GuardError<CallError>, &str); 5] = [
+            (
+                GuardError::Service(CallError::Status {
+                    service: service(),
+                    status: 401,
+                    message: "unauthorized".into(),
+                    retry_after: None,
+                }),
+                "svc: HTTP 401: unauthorized",
+            ),
+            (
+                GuardError::Timeout {
+                    service: service(),
+                    after: Duration::from_millis(1500),
+                },
+                "svc: no answer within 1500 ms",
+            ),
+            (
+                GuardError::CircuitOpen { service: service() },
+                "svc: circuit breaker is open; call not attempted",
+            ),
+            (
+                GuardError::BulkheadFull { service: service() },
+                "svc: too many calls in flight; call not attempted",
+            ),
+            (
+                GuardError::BudgetExhausted {
+                    service: service(),
+                    last: "svc: HTTP 503: busy".into(),
+                },
+                "svc: retry budget exhausted; last error: svc: HTTP 503: busy",
+            ),
+        ];
+        for (guard_error, text) in cases {
+            assert_eq!(guard_error.to_string(), text);
+            let label = guard_error.label();
+            let call_error = CallError::from(guard_error);
+            assert_eq!(call_error.to_string(), text, "same text after conversion");
+            assert_eq!(call_error.label(), label, "same attempt label");
+        }
+        let open = CallError::from(GuardError::CircuitOpen { service: service() });
+        assert!(matches!(open, CallError::CircuitOpen { .. }));
+    }
+
+    #[test]
+    fn call_errors_classify_as_before() {
+        let status = |status: u16| CallError::Status {
+            service: "svc".into(),
+            status,
+            message: "x".into(),
+            retry_after: None,
+        };
+        for (code, transient, label) in [
+            (404, false, "client_error"),
+            (408, true, "client_error"),
+            (429, true, "client_error"),
+            (500, true, "server_error"),
+            (503, true, "server_error"),
+        ] {
+            assert_eq!(status(code).is_transient(), transient, "HTTP {code}");
+            assert_eq!(status(code).label(), label, "HTTP {code}");
+        }
+        let timeout = CallError::Timeout {
+            service: "svc".into(),
+            after: Duration::ZERO,
+        };
+        assert!(timeout.is_transient() && timeout.is_timeout());
+        let refused = CallError::Refused {
+            service: "svc".into(),
+            message: "bad url".into(),
+        };
+        assert!(!refused.is_transient() && refused.label() == "refused");
+    }
 }

@@ -296,7 +296,7 @@ impl HeistRunner {
                     service: entry.service,
                     operation: entry.operation,
                     attempts: entry.summary.attempts,
-                    outcome: entry.summary.outcome.to_string(),
+                    outcome: entry.summary.outcome.as_str().to_string(),
                     last_error: entry.summary.last_error,
                     duration_ms: entry.summary.duration.as_secs_f64() * 1000.0,
                 })

@@ -103,6 +103,22 @@ impl CircuitBreaker {
         self.lock().state
     }
 
+    /// How long until the open breaker lets its half-open probes through,
+    /// or `None` when it is not open (or disabled). Zero when the wait is
+    /// over and the next call will be a probe. Held open by a health
+    /// checker, it has no set end: the configured open period is returned,
+    /// the longest a breaker that opened itself would stay open.
+    pub fn open_remaining(&self) -> Option<Duration> {
+        let inner = self.lock();
+        if inner.state != BreakerState::Open {
+            return None;
+        }
+        if inner.forced_open {
+            return Some(Duration::from_millis(self.config.wait_in_open_ms));
+        }
+        Some(inner.open_until.saturating_duration_since(Instant::now()))
+    }
+
     /// Leave to call, or `None` when the breaker rejects (open, or
     /// half-open with every probe permit out).
     pub fn try_acquire(&self) -> Option<Permit<'_>> {

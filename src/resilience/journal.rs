@@ -33,7 +33,7 @@ pub async fn scope<T>(work: impl Future<Output = T>) -> (T, Vec<JournalEntry>) {
 
 /// Notes a call if it failed or needed more than one attempt.
 pub(super) fn note(service: &str, operation: &str, summary: &CallSummary) {
-    if summary.outcome == "success" && summary.attempts <= 1 {
+    if summary.outcome.is_success() && summary.attempts <= 1 {
         return;
     }
     let _ = JOURNAL.try_with(|journal| {

@@ -7,8 +7,11 @@
 //! Only this module decides whether to try again and how long to wait. A
 //! call rejected by an open breaker, an exhausted budget or a full bulkhead
 //! is not retried and never reaches the network. It knows nothing of wire
-//! formats: the caller's attempt closure makes the request and classifies
-//! the failure as a [`CallError`].
+//! formats: the caller's attempt closure makes the request and returns its
+//! own error, which tells the stack what it needs through [`Classify`]. The
+//! stack's own outcomes (a timeout, an open breaker, a full bulkhead, an
+//! exhausted budget) are [`GuardError`]s, and a whole call's outcome is a
+//! [`CallOutcome`]. It imports nothing from the modules that call it.
 //!
 //! Written here on `tokio::time` rather than taken from `failsafe`,
 //! `backoff` or `reqwest-retry`: `backoff` is unmaintained (RUSTSEC-2025-0012),
@@ -20,6 +23,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod budget;
 pub mod journal;
+mod outcome;
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -30,11 +34,11 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::clients::CallError;
 use crate::config::PolicyConfig;
 use crate::metrics as names;
 pub use breaker::{BreakerState, CircuitBreaker};
 use budget::RetryBudget;
+pub use outcome::{CallOutcome, Classify, GuardError};
 
 /// How calls to one service are guarded, in durations.
 #[derive(Debug, Clone)]
@@ -60,7 +64,7 @@ pub struct Guard {
 #[derive(Debug, Clone)]
 pub struct CallSummary {
     pub attempts: u32,
-    pub outcome: &'static str,
+    pub outcome: CallOutcome,
     pub last_error: Option<String>,
     pub duration: Duration,
 }
@@ -108,6 +112,11 @@ impl Guard {
         self.breaker.state()
     }
 
+    /// See [`CircuitBreaker::open_remaining`].
+    pub fn open_remaining(&self) -> Option<Duration> {
+        self.breaker.open_remaining()
+    }
+
     /// See [`CircuitBreaker::force_open`].
     pub fn force_open(&self, forced: bool) {
         self.breaker.force_open(forced);
@@ -120,14 +129,15 @@ impl Guard {
     /// Runs one logical call named `operation` (for the audit trail):
     /// `attempt` is called once per attempt and must make a fresh request
     /// each time.
-    pub async fn call<T, F, Fut>(
+    pub async fn call<T, E, F, Fut>(
         &self,
         operation: &str,
         mut attempt: F,
-    ) -> (Result<T, CallError>, CallSummary)
+    ) -> (Result<T, GuardError<E>>, CallSummary)
     where
+        E: Classify,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, CallError>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let started = Instant::now();
         let deadline = started + self.policy.deadline();
@@ -153,7 +163,7 @@ impl Guard {
             }
             if !self.budget.try_retry() {
                 metrics::counter!(names::RETRY_BUDGET_EXHAUSTED_TOTAL, "service" => self.service.clone()).increment(1);
-                break Err(CallError::BudgetExhausted {
+                break Err(GuardError::BudgetExhausted {
                     service: self.service.clone(),
                     last: error.to_string(),
                 });
@@ -165,10 +175,7 @@ impl Guard {
         };
         let summary = CallSummary {
             attempts,
-            outcome: match &result {
-                Ok(_) => "success",
-                Err(error) => error.call_outcome(),
-            },
+            outcome: CallOutcome::of(&result),
             last_error: result.as_ref().err().map(ToString::to_string),
             duration: started.elapsed(),
         };
@@ -177,17 +184,22 @@ impl Guard {
         (result, summary)
     }
 
-    async fn attempt_once<T, F, Fut>(&self, attempt: &mut F, deadline: Instant) -> AttemptOutcome<T>
+    async fn attempt_once<T, E, F, Fut>(
+        &self,
+        attempt: &mut F,
+        deadline: Instant,
+    ) -> AttemptOutcome<T, E>
     where
+        E: Classify,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, CallError>>,
+        Fut: Future<Output = Result<T, E>>,
     {
-        let rejected = |error: CallError| AttemptOutcome {
+        let rejected = |error: GuardError<E>| AttemptOutcome {
             result: Err(error),
             reached_network: false,
         };
         let Some(permit) = self.breaker.try_acquire() else {
-            return rejected(CallError::CircuitOpen {
+            return rejected(GuardError::CircuitOpen {
                 service: self.service.clone(),
             });
         };
@@ -198,7 +210,7 @@ impl Guard {
             // The permit is dropped unrecorded: a full bulkhead says nothing
             // about the service's health.
             _ => {
-                return rejected(CallError::BulkheadFull {
+                return rejected(GuardError::BulkheadFull {
                     service: self.service.clone(),
                 })
             }
@@ -210,10 +222,10 @@ impl Guard {
         let attempt_started = Instant::now();
         let mut cut_by_deadline = false;
         let result = match tokio::time::timeout(limit, attempt()).await {
-            Ok(result) => result,
+            Ok(result) => result.map_err(GuardError::Service),
             Err(_) => {
                 cut_by_deadline = limit < self.policy.attempt_timeout;
-                Err(CallError::Timeout {
+                Err(GuardError::Timeout {
                     service: self.service.clone(),
                     after: limit,
                 })
@@ -229,12 +241,12 @@ impl Guard {
             // threshold, it was a slow call all the same, and counts.)
             drop(permit);
         } else {
-            let failed = result.as_ref().err().is_some_and(CallError::is_transient);
+            let failed = result.as_ref().err().is_some_and(Classify::is_transient);
             permit.record(failed, elapsed);
         }
         let label = match &result {
-            Ok(_) => "success",
-            Err(error) => error.outcome(),
+            Ok(_) => CallOutcome::Success.as_str(),
+            Err(error) => error.label(),
         };
         metrics::counter!(names::SERVICE_ATTEMPTS_TOTAL, "service" => self.service.clone(), "outcome" => label).increment(1);
         metrics::histogram!(names::SERVICE_ATTEMPT_DURATION_SECONDS, "service" => self.service.clone()).record(elapsed.as_secs_f64());
@@ -244,7 +256,7 @@ impl Guard {
         }
     }
 
-    fn delay_before_retry(&self, error: &CallError, attempts_made: u32) -> Duration {
+    fn delay_before_retry(&self, error: &impl Classify, attempts_made: u32) -> Duration {
         let config = &self.policy.config;
         if let Some(retry_after) = error.retry_after() {
             return retry_after.min(Duration::from_millis(config.retry_after_cap_ms));
@@ -263,10 +275,10 @@ impl Guard {
 
     fn export(&self, summary: &CallSummary) {
         let service = self.service.clone();
-        metrics::counter!(names::SERVICE_REQUESTS_TOTAL, "service" => service.clone(), "outcome" => summary.outcome).increment(1);
+        metrics::counter!(names::SERVICE_REQUESTS_TOTAL, "service" => service.clone(), "outcome" => summary.outcome.as_str()).increment(1);
         metrics::histogram!(names::SERVICE_REQUEST_DURATION_SECONDS, "service" => service.clone())
             .record(summary.duration.as_secs_f64());
-        let kind = match (summary.outcome == "success", summary.attempts > 1) {
+        let kind = match (summary.outcome.is_success(), summary.attempts > 1) {
             (true, false) => "successful_without_retry",
             (true, true) => "successful_with_retry",
             (false, false) => "failed_without_retry",
@@ -276,8 +288,8 @@ impl Guard {
     }
 }
 
-struct AttemptOutcome<T> {
-    result: Result<T, CallError>,
+struct AttemptOutcome<T, E> {
+    result: Result<T, GuardError<E>>,
     /// False when the stack itself refused (breaker, bulkhead).
     reached_network: bool,
 }

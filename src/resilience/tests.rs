@@ -1,5 +1,6 @@
 //! The composed stack under paused tokio time, with attempts that are
-//! closures (no network): what is retried, when, and what is refused.
+//! closures (no network) failing with [`TestError`]: what is retried, when,
+//! and what is refused.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,20 +21,68 @@ fn policy(configure: impl FnOnce(&mut PolicyConfig)) -> Policy {
     }
 }
 
-fn status(code: u16, retry_after: Option<Duration>) -> CallError {
-    CallError::Status {
-        service: "svc".into(),
-        status: code,
-        message: "x".into(),
-        retry_after,
+/// A service's error as a caller would classify it: the stack sees it only
+/// through [`Classify`].
+#[derive(Debug, Clone, PartialEq)]
+enum TestError {
+    Status {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
+    Connect,
+    Decode,
+}
+
+impl std::fmt::Display for TestError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Status { code, .. } => write!(formatter, "svc: HTTP {code}"),
+            Self::Connect => formatter.write_str("svc: cannot connect"),
+            Self::Decode => formatter.write_str("svc: unreadable reply"),
+        }
     }
+}
+
+impl Classify for TestError {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Status { code, .. } => *code == 408 || *code == 429 || *code >= 500,
+            Self::Connect => true,
+            Self::Decode => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Status { code, .. } if *code >= 500 => "server_error",
+            Self::Status { .. } => "client_error",
+            Self::Connect => "connect_error",
+            Self::Decode => "decode_error",
+        }
+    }
+}
+
+fn status(code: u16, retry_after: Option<Duration>) -> TestError {
+    TestError::Status { code, retry_after }
+}
+
+/// An attempt that never answers, for timeouts and cancellation.
+fn hanging() -> std::future::Pending<Result<(), TestError>> {
+    std::future::pending()
 }
 
 /// An attempt closure that fails with `error` every time and counts calls.
 fn failing(
     counter: &Arc<AtomicU32>,
-    error: CallError,
-) -> impl FnMut() -> std::future::Ready<Result<(), CallError>> + '_ {
+    error: TestError,
+) -> impl FnMut() -> std::future::Ready<Result<(), TestError>> + '_ {
     move || {
         counter.fetch_add(1, Ordering::SeqCst);
         std::future::ready(Err(error.clone()))
@@ -48,17 +97,15 @@ async fn client_errors_are_never_retried() {
         let (result, summary) = guard
             .call("op", failing(&counter, status(code, None)))
             .await;
-        assert!(matches!(result, Err(CallError::Status { status, .. }) if status == code));
+        assert!(
+            matches!(result, Err(GuardError::Service(TestError::Status { code: status, .. })) if status == code)
+        );
         assert_eq!(counter.load(Ordering::SeqCst), 1, "HTTP {code}");
         assert_eq!(summary.attempts, 1);
     }
     let guard = Guard::new("svc", policy(|_| {}));
     let counter = Arc::new(AtomicU32::new(0));
-    let decode = CallError::Decode {
-        service: "svc".into(),
-        message: "bad json".into(),
-    };
-    let _ = guard.call("op", failing(&counter, decode)).await;
+    let _ = guard.call("op", failing(&counter, TestError::Decode)).await;
     assert_eq!(
         counter.load(Ordering::SeqCst),
         1,
@@ -179,10 +226,8 @@ async fn nothing_is_retried_past_the_deadline() {
         },
     );
     let started = Instant::now();
-    let (result, summary) = guard
-        .call("op", std::future::pending::<Result<(), CallError>>)
-        .await;
-    assert!(matches!(result, Err(CallError::Timeout { .. })));
+    let (result, summary) = guard.call("op", hanging).await;
+    assert!(matches!(result, Err(GuardError::Timeout { .. })));
     assert_eq!(started.elapsed(), Duration::from_millis(1_500));
     assert_eq!(summary.attempts, 1);
 }
@@ -205,14 +250,14 @@ async fn an_open_breaker_rejects_without_attempting_and_is_not_retried() {
     let before = counter.load(Ordering::SeqCst);
     let started = Instant::now();
     let (result, summary) = guard.call("op", failing(&counter, status(500, None))).await;
-    assert!(matches!(result, Err(CallError::CircuitOpen { .. })));
+    assert!(matches!(result, Err(GuardError::CircuitOpen { .. })));
     assert_eq!(
         counter.load(Ordering::SeqCst),
         before,
         "no attempt was made"
     );
     assert_eq!(summary.attempts, 0);
-    assert_eq!(summary.outcome, "rejected_open");
+    assert_eq!(summary.outcome, CallOutcome::RejectedOpen);
     assert_eq!(started.elapsed(), Duration::ZERO, "no backoff either");
 }
 
@@ -229,10 +274,8 @@ async fn timeouts_count_as_breaker_failures() {
         },
     );
     for _ in 0..2 {
-        let (result, _) = guard
-            .call("op", std::future::pending::<Result<(), CallError>>)
-            .await;
-        assert!(matches!(result, Err(CallError::Timeout { .. })));
+        let (result, _) = guard.call("op", hanging).await;
+        assert!(matches!(result, Err(GuardError::Timeout { .. })));
     }
     assert_eq!(guard.breaker_state(), BreakerState::Open);
 }
@@ -255,18 +298,9 @@ async fn the_budget_bounds_attempts_under_a_total_outage() {
     let mut exhausted = 0;
     for _ in 0..1000 {
         let (result, _) = guard
-            .call(
-                "op",
-                failing(
-                    &counter,
-                    CallError::Connect {
-                        service: "svc".into(),
-                        message: "refused".into(),
-                    },
-                ),
-            )
+            .call("op", failing(&counter, TestError::Connect))
             .await;
-        if matches!(result, Err(CallError::BudgetExhausted { .. })) {
+        if matches!(result, Err(GuardError::BudgetExhausted { .. })) {
             exhausted += 1;
         }
     }
@@ -291,20 +325,16 @@ async fn a_full_bulkhead_rejects_after_its_queue_wait() {
         },
     ));
     let holder = guard.clone();
-    let hanging = tokio::spawn(async move {
-        holder
-            .call("op", std::future::pending::<Result<(), CallError>>)
-            .await
-    });
+    let holding = tokio::spawn(async move { holder.call("op", hanging).await });
     tokio::task::yield_now().await;
     let started = Instant::now();
     let counter = Arc::new(AtomicU32::new(0));
     let (result, summary) = guard.call("op", failing(&counter, status(500, None))).await;
-    assert!(matches!(result, Err(CallError::BulkheadFull { .. })));
+    assert!(matches!(result, Err(GuardError::BulkheadFull { .. })));
     assert_eq!(started.elapsed(), Duration::from_millis(100));
     assert_eq!(counter.load(Ordering::SeqCst), 0);
-    assert_eq!(summary.outcome, "rejected_bulkhead");
-    hanging.abort();
+    assert_eq!(summary.outcome, CallOutcome::RejectedBulkhead);
+    holding.abort();
 }
 
 #[tokio::test(start_paused = true)]
@@ -323,14 +353,11 @@ async fn a_cancelled_half_open_call_frees_its_probe() {
     assert_eq!(guard.breaker_state(), BreakerState::Open);
     tokio::time::advance(Duration::from_secs(1)).await;
     // The probe's caller gives up before the service answers.
-    let cancelled = tokio::time::timeout(
-        Duration::from_millis(10),
-        guard.call("op", std::future::pending::<Result<(), CallError>>),
-    )
-    .await;
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(10), guard.call("op", hanging)).await;
     assert!(cancelled.is_err());
     let (result, _) = guard
-        .call("op", || std::future::ready(Ok::<_, CallError>(())))
+        .call("op", || std::future::ready(Ok::<_, TestError>(())))
         .await;
     assert!(result.is_ok(), "the freed permit admitted a new probe");
     assert_eq!(guard.breaker_state(), BreakerState::Closed);
@@ -354,11 +381,9 @@ async fn an_attempt_cut_short_by_the_deadline_is_not_held_against_the_service() 
             })
         },
     );
-    let (result, summary) = guard
-        .call("op", std::future::pending::<Result<(), CallError>>)
-        .await;
+    let (result, summary) = guard.call("op", hanging).await;
     assert!(
-        matches!(result, Err(CallError::Timeout { after, .. }) if after == Duration::from_millis(500))
+        matches!(result, Err(GuardError::Timeout { after, .. }) if after == Duration::from_millis(500))
     );
     assert_eq!(summary.attempts, 2);
     assert_eq!(
@@ -366,12 +391,73 @@ async fn an_attempt_cut_short_by_the_deadline_is_not_held_against_the_service() 
         BreakerState::Closed,
         "only the first, full-length timeout counted"
     );
-    let (_, _) = guard
-        .call("op", std::future::pending::<Result<(), CallError>>)
-        .await;
+    let (_, _) = guard.call("op", hanging).await;
     assert_eq!(
         guard.breaker_state(),
         BreakerState::Open,
         "a second full-length timeout makes two failures"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_call_outcome_keeps_its_label() {
+    let guard = Guard::new(
+        "svc",
+        Policy {
+            attempt_timeout: Duration::from_millis(100),
+            ..policy(|config| {
+                config.max_attempts = 1;
+                config.breaker.enabled = false;
+            })
+        },
+    );
+    let (_, success) = guard
+        .call("op", || std::future::ready(Ok::<_, TestError>(())))
+        .await;
+    let counter = Arc::new(AtomicU32::new(0));
+    let (_, error) = guard.call("op", failing(&counter, status(503, None))).await;
+    let (result, timeout) = guard.call("op", hanging).await;
+    let labels = [success.outcome, error.outcome, timeout.outcome].map(CallOutcome::as_str);
+    assert_eq!(labels, ["success", "error", "timeout"]);
+    assert_eq!(
+        result.expect_err("timed out").to_string(),
+        "svc: no answer within 100 ms"
+    );
+    assert_eq!(
+        [
+            CallOutcome::RejectedOpen,
+            CallOutcome::RejectedBulkhead,
+            CallOutcome::RejectedBudget
+        ]
+        .map(CallOutcome::as_str),
+        ["rejected_open", "rejected_bulkhead", "rejected_budget"]
+    );
+}
+
+#[test]
+fn the_stack_classifies_its_own_errors() {
+    let service = GuardError::Service(status(429, Some(Duration::from_secs(2))));
+    assert!(service.is_transient());
+    assert_eq!(service.retry_after(), Some(Duration::from_secs(2)));
+    assert_eq!(service.label(), "client_error");
+    assert_eq!(
+        service.to_string(),
+        "svc: HTTP 429",
+        "the service's own text"
+    );
+    let timeout = GuardError::<TestError>::Timeout {
+        service: "svc".into(),
+        after: Duration::from_millis(250),
+    };
+    assert!(timeout.is_transient() && timeout.is_timeout());
+    assert_eq!(timeout.label(), "timeout");
+    let budget = GuardError::<TestError>::BudgetExhausted {
+        service: "svc".into(),
+        last: "svc: HTTP 503".into(),
+    };
+    assert!(!budget.is_transient(), "a refusal is never retried");
+    assert_eq!(
+        budget.to_string(),
+        "svc: retry budget exhausted; last error: svc: HTTP 503"
     );
 }

@@ -115,8 +115,19 @@ async fn issue_token(
         iat: now,
         exp: now + state.token_ttl_seconds,
     };
+    let access_token = match state.key.sign(&claims) {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::error!(client_id = %client.client_id, %error, "token not issued: signing failed");
+            return oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the token could not be signed",
+            );
+        }
+    };
     let body = serde_json::json!({
-        "access_token": state.key.sign(&claims),
+        "access_token": access_token,
         "token_type": "bearer",
         "scope": scope,
         "expires_in": state.token_ttl_seconds,

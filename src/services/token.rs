@@ -35,6 +35,10 @@ pub enum TokenError {
     WrongIssuer,
     #[error("signing key must be at least {MIN_KEY_BYTES} bytes")]
     KeyTooShort,
+    #[error("token claims cannot be encoded: {0}")]
+    Unencodable(String),
+    #[error("signing key is not usable for HMAC-SHA256")]
+    KeyUnusable,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,13 +82,16 @@ impl SigningKey {
         Self(Arc::new(bytes))
     }
 
-    pub fn sign(&self, claims: &Claims) -> String {
+    /// A signed token carrying `claims`. Fails rather than sign anything
+    /// but the claims themselves.
+    pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        // Serialising a struct of strings and integers cannot fail.
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let claims_json = serde_json::to_vec(claims)
+            .map_err(|error| TokenError::Unencodable(error.to_string()))?;
+        let payload = URL_SAFE_NO_PAD.encode(claims_json);
         let signing_input = format!("{header}.{payload}");
-        let signature = URL_SAFE_NO_PAD.encode(self.mac(&signing_input).finalize().into_bytes());
-        format!("{signing_input}.{signature}")
+        let signature = URL_SAFE_NO_PAD.encode(self.mac(&signing_input)?.finalize().into_bytes());
+        Ok(format!("{signing_input}.{signature}"))
     }
 
     /// Checks signature, algorithm, issuer and expiry against `now` (Unix seconds).
@@ -103,7 +110,7 @@ impl SigningKey {
             .decode(signature)
             .map_err(|_| TokenError::Malformed)?;
         let signing_input_length = token.len() - token.rsplit('.').next().map_or(0, str::len) - 1;
-        self.mac(&token[..signing_input_length])
+        self.mac(&token[..signing_input_length])?
             .verify_slice(&signature)
             .map_err(|_| TokenError::BadSignature)?;
         let claims: Claims = decode_json(payload)?;
@@ -116,12 +123,13 @@ impl SigningKey {
         Ok(claims)
     }
 
-    fn mac(&self, input: &str) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length, so this cannot fail.
+    fn mac(&self, input: &str) -> Result<Hmac<Sha256>, TokenError> {
+        // HMAC takes keys of any length today; should that ever change, the
+        // key is refused rather than the process stopped.
         let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).map_err(|_| TokenError::KeyUnusable)?;
         mac.update(input.as_bytes());
-        mac
+        Ok(mac)
     }
 }
 
@@ -154,7 +162,7 @@ mod tests {
     #[test]
     fn round_trip_and_rejections() {
         let key = SigningKey::random();
-        let token = key.sign(&claims(100));
+        let token = key.sign(&claims(100)).expect("signed");
         let verified = key.verify(&token, 50).expect("valid");
         assert!(verified.has_scope("calculator:use") && !verified.has_scope("file_reader:use"));
         assert_eq!(key.verify(&token, 100), Err(TokenError::Expired));

@@ -652,7 +652,10 @@ async fn recovery_resumes_heistds_sessions_and_interrupts_ones_it_cannot_replay(
     // process died.
     let own = {
         let store = Store::open(&database, Synchronous::Normal).expect("adopt");
-        let runner = stack.stack.runner(std::sync::Arc::new(store));
+        let runner = stack
+            .stack
+            .runner(std::sync::Arc::new(store))
+            .expect("runner");
         let options = heistd::heist::RunOptions::new(4, 9);
         runner.start(&options).await.expect("session")
     };

@@ -9,7 +9,7 @@ use heistd::store::{SessionDetail, SessionStatus};
 use crate::support::{http, TestStack};
 
 async fn run(stack: &TestStack, turns: u32, seed: u64) -> (RunReport, SessionDetail) {
-    let runner = stack.stack.runner(stack.store.clone());
+    let runner = stack.stack.runner(stack.store.clone()).expect("runner");
     let report = runner
         .run(RunOptions::new(turns, seed), None)
         .await
@@ -185,7 +185,7 @@ async fn a_memory_outage_loses_nothing_the_outbox_delivers_later() {
     let stack = TestStack::start_with(config).await;
     let memory = stack.stack.companions.get("memory").expect("memory");
     memory.fault.set(fault(true, 0.0));
-    let runner = stack.stack.runner(stack.store.clone());
+    let runner = stack.stack.runner(stack.store.clone()).expect("runner");
     let report = runner
         .run(RunOptions::new(6, 3), None)
         .await
@@ -334,7 +334,7 @@ async fn a_full_store_stops_the_run_cleanly_and_memory_never_gets_ahead_of_it() 
         .store
         .limit_size(size + 24 * 1024)
         .expect("cap the store");
-    let runner = stack.stack.runner(stack.store.clone());
+    let runner = stack.stack.runner(stack.store.clone()).expect("runner");
     let outcome = runner.run(RunOptions::new(40, 8), None).await;
     let error = outcome.expect_err("the store fills up").to_string();
     assert!(error.contains("full"), "{error}");
@@ -372,7 +372,7 @@ async fn a_memory_write_refused_for_good_is_set_aside_and_the_rest_are_delivered
     use heistd::clients::MemoryWrite;
     use heistd::store::TurnRecord;
     let stack = TestStack::start().await;
-    let runner = stack.stack.runner(stack.store.clone());
+    let runner = stack.stack.runner(stack.store.clone()).expect("runner");
     let session_id = runner.start(&RunOptions::new(2, 1)).await.expect("session");
     for (turn_id, message) in [
         (1u32, "x".repeat(100 * 1024)),

@@ -239,7 +239,7 @@ async fn failed_and_retried_calls_land_in_the_audit_trail() {
             ..Fault::default()
         },
     );
-    let runner = stack.stack.runner(stack.store.clone());
+    let runner = stack.stack.runner(stack.store.clone()).expect("runner");
     let report = runner
         .run(RunOptions::new(12, 42), None)
         .await

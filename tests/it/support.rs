@@ -70,6 +70,7 @@ pub fn token(key: &SigningKey, scope: &str, ttl_seconds: i64) -> String {
         iat: now - 10,
         exp: now + ttl_seconds,
     })
+    .expect("a test token is signed")
 }
 
 pub fn http() -> reqwest::Client {

@@ -247,3 +247,30 @@ async fn a_forced_open_breaker_rejects_until_released() {
         "health still holds a disabled breaker open"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn open_remaining_counts_down_to_the_half_open_probe() {
+    let breaker = CircuitBreaker::new("test", config());
+    assert_eq!(breaker.open_remaining(), None, "closed");
+    open_it(&breaker);
+    assert_eq!(breaker.open_remaining(), Some(Duration::from_secs(1)));
+    tokio::time::advance(Duration::from_millis(400)).await;
+    assert_eq!(breaker.open_remaining(), Some(Duration::from_millis(600)));
+    tokio::time::advance(Duration::from_millis(600)).await;
+    assert_eq!(
+        breaker.open_remaining(),
+        Some(Duration::ZERO),
+        "the wait is over; the next call is a probe"
+    );
+    let _probe = breaker.try_acquire().expect("a probe is admitted");
+    assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    assert_eq!(breaker.open_remaining(), None, "half-open");
+
+    let forced = CircuitBreaker::new("test", config());
+    forced.force_open(true);
+    assert_eq!(
+        forced.open_remaining(),
+        Some(Duration::from_secs(1)),
+        "held open: one configured open period"
+    );
+}
