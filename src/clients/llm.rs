@@ -73,7 +73,7 @@ impl LlmClient {
     pub fn from_config(config: &LlmConfig, http: reqwest::Client) -> Self {
         Self {
             service: ServiceClient::new(
-                "llm",
+                crate::config::LLM_SERVICE,
                 &config.base_url,
                 Policy::new(config.timeout_ms, config.policy.clone()),
                 http,

@@ -35,6 +35,9 @@ pub const ENV_PREFIX: &str = "HEISTD_";
 pub const ENV_SEPARATOR: &str = "__";
 /// Where a packaged daemon looks for its config when no `--config` is given.
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/heistd/heistd.toml";
+/// The model server's name as a service: its metric label, its health
+/// checker's name, and the `[llm]` section's client.
+pub const LLM_SERVICE: &str = "llm";
 /// The companion services every heist needs, in the order they are checked.
 pub const SERVICE_NAMES: [&str; 5] = [
     Companion::OAuth.name(),
@@ -279,7 +282,7 @@ impl Config {
     /// A service's health-check settings by its client name (`llm` is the
     /// model server; an unknown name gets the quick defaults).
     pub fn health_check(&self, service: &str) -> HealthCheckConfig {
-        if service == "llm" {
+        if service == LLM_SERVICE {
             return self.llm.health.clone();
         }
         self.services
