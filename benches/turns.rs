@@ -7,12 +7,13 @@
 //! for 100 and 1000 turns with durable commits, 1000 with `NORMAL` for
 //! comparison, and the process's peak RSS.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use heistd::cli::LocalStack;
 use heistd::config::{self, Synchronous};
 use heistd::heist::{RunOptions, TurnView};
 use heistd::store::Store;
+use parking_lot::Mutex;
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -39,8 +40,7 @@ fn main() -> anyhow::Result<()> {
             let store = Arc::new(Store::open(&path, synchronous)?);
             let runner = stack.runner(store)?;
             let samples = Mutex::new(Vec::with_capacity(turns as usize));
-            let observer =
-                |view: &TurnView<'_>| samples.lock().expect("samples").push(view.elapsed_ms);
+            let observer = |view: &TurnView<'_>| samples.lock().push(view.elapsed_ms);
             let started = tokio::time::Instant::now();
             let report = runner
                 .run(RunOptions::new(turns, 1), Some(&observer))
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
                 "{} turns failed",
                 report.failed_turns
             );
-            let mut samples = samples.into_inner().expect("samples");
+            let mut samples = samples.into_inner();
             samples.sort_by(f64::total_cmp);
             let at =
                 |fraction: f64| samples[((samples.len() - 1) as f64 * fraction).round() as usize];

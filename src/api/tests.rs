@@ -2,11 +2,12 @@
 //! a temporary directory, requests sent with `oneshot` (no socket), and a
 //! small task standing in for the daemon's dispatcher of run requests.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -50,7 +51,7 @@ impl TestDaemon {
         // Stands in for the daemon's dispatcher: records and answers.
         tokio::spawn(async move {
             while let Some((request, reply)) = received_commands.recv().await {
-                recorded.lock().expect("not poisoned").push(request);
+                recorded.lock().push(request);
                 let _ = reply.send(answer.clone());
             }
         });
@@ -443,7 +444,7 @@ async fn runs_demand_the_admin_bearer_token() {
         }
     }
     // Only the two accepted requests reached the dispatcher.
-    assert_eq!(daemon.run_requests.lock().expect("not poisoned").len(), 2);
+    assert_eq!(daemon.run_requests.lock().len(), 2);
 }
 
 #[tokio::test]
@@ -458,7 +459,7 @@ async fn runs_are_refused_when_no_admin_token_is_configured() {
             "{message}"
         );
     }
-    assert!(daemon.run_requests.lock().expect("not poisoned").is_empty());
+    assert!(daemon.run_requests.lock().is_empty());
 }
 
 #[tokio::test]
@@ -476,7 +477,7 @@ async fn runs_pass_turns_and_seed_to_the_daemon() {
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{body:?}");
         assert_eq!(reply.json()["session_id"], "heist_test_1");
     }
-    let received = daemon.run_requests.lock().expect("not poisoned").clone();
+    let received = daemon.run_requests.lock().clone();
     assert_eq!(
         received,
         [
@@ -513,7 +514,7 @@ async fn runs_refuse_bad_bodies_with_json_400() {
         let message = reply.error_message(StatusCode::BAD_REQUEST);
         assert!(message.contains(mentioned), "{body}: {message}");
     }
-    assert!(daemon.run_requests.lock().expect("not poisoned").is_empty());
+    assert!(daemon.run_requests.lock().is_empty());
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{print_turn, summary, CliError, LocalStack};
 use crate::config::{self, Fault};
-use crate::heist::{self, RunOptions, RunReport, TurnView};
+use crate::heist::{self, HeistRunner, RunOptions, RunReport, TurnView};
 use crate::store::StoreHandle;
 use crate::wire::{Companion, REHEARSAL_MODEL_ID};
 
@@ -42,6 +42,47 @@ const OUTAGE_FIRST_TURN: u32 = 4;
 const OUTAGE_LAST_TURN: u32 = 6;
 
 pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
+    let base = demo_config(&options)?;
+    let stack = LocalStack::start(base, options.llm.clone()).await?;
+    let store = StoreHandle::open_configured(&stack.config.store).await?;
+    let runner = stack.runner(store.clone())?.with_stop(options.stop.clone());
+    let turns = options.turns.unwrap_or(stack.config.heist.turns);
+    let seed = options.seed.unwrap_or_else(heist::random_seed);
+    print_banner(&stack, &options, turns, seed);
+    if options.chaos {
+        start_chaos(&stack);
+    }
+    println!();
+    let observer = |view: &TurnView<'_>| {
+        print_turn(view);
+        if options.chaos {
+            stage_memory_outage(&stack, view.record.turn_id);
+        }
+    };
+    let mut report = runner
+        .run(RunOptions::new(turns, seed), Some(&observer))
+        .await?;
+    if options.chaos {
+        // A run shorter than the outage must not leave memory down.
+        set_fault(&stack, Companion::Memory, Fault::default());
+    }
+    if report.memory_pending > 0 {
+        report.memory_pending = deliver_what_memory_missed(&runner, &report.session_id).await?;
+    }
+    if options.chaos {
+        if let Ok((delivered, all)) = store.outbox_counts(&report.session_id).await {
+            println!("outbox: {delivered} of {all} memory writes delivered to the memory service despite the outage\n");
+        }
+    }
+    println!("{}", summary(&report, runner.clients(), store.path()));
+    print_service_calls(&store, &report.session_id).await?;
+    stack.companions.shutdown().await;
+    super::completed(report)
+}
+
+/// The config from the environment, writing to `--db`; with `--chaos`,
+/// breakers tuned so the demo shows them recovering within the run.
+fn demo_config(options: &DemoOptions) -> Result<config::Config, CliError> {
     let mut base = config::load(None, config::process_environment())?;
     base.store.path = options.db.clone();
     if options.chaos {
@@ -55,11 +96,10 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         base.llm.policy.breaker.minimum_calls = 10;
         base.llm.policy.breaker.wait_in_open_ms = 1_000;
     }
-    let stack = LocalStack::start(base, options.llm.clone()).await?;
-    let store = StoreHandle::open_configured(&stack.config.store).await?;
-    let runner = stack.runner(store.clone())?.with_stop(options.stop.clone());
-    let turns = options.turns.unwrap_or(stack.config.heist.turns);
-    let seed = options.seed.unwrap_or_else(heist::random_seed);
+    Ok(base)
+}
+
+fn print_banner(stack: &LocalStack, options: &DemoOptions, turns: u32, seed: u64) {
     let model = match &options.llm {
         Some((url, model)) => format!("{model} at {url}"),
         None => format!(
@@ -75,76 +115,77 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     for service in &stack.companions.services {
         println!("  {:<15} {}", service.name, service.base_url());
     }
-    if options.chaos {
-        println!(
-            "chaos: the model answers 503 to a quarter of requests, the calculator 500 to a third, and the \
-             memory service is down from turn {OUTAGE_FIRST_TURN} to turn {OUTAGE_LAST_TURN}: watch retries, \
-             failures and the outbox catching up"
-        );
+}
+
+/// Says what `--chaos` does, and makes the model and the calculator fail
+/// part of the time for the whole run.
+fn start_chaos(stack: &LocalStack) {
+    println!(
+        "chaos: the model answers 503 to a quarter of requests, the calculator 500 to a third, and the \
+         memory service is down from turn {OUTAGE_FIRST_TURN} to turn {OUTAGE_LAST_TURN}: watch retries, \
+         failures and the outbox catching up"
+    );
+    set_fault(
+        stack,
+        Companion::Rehearsal,
+        Fault {
+            error_rate: 0.25,
+            error_status: 503,
+            ..Fault::default()
+        },
+    );
+    set_fault(
+        stack,
+        Companion::Calculator,
+        Fault {
+            error_rate: 0.33,
+            error_status: 500,
+            ..Fault::default()
+        },
+    );
+}
+
+/// Called after each turn: takes the memory service down before
+/// [`OUTAGE_FIRST_TURN`] and brings it back after [`OUTAGE_LAST_TURN`].
+fn stage_memory_outage(stack: &LocalStack, finished_turn: u32) {
+    if finished_turn + 1 == OUTAGE_FIRST_TURN {
+        println!("   !! the memory service goes down\n");
         set_fault(
-            &stack,
-            Companion::Rehearsal,
+            stack,
+            Companion::Memory,
             Fault {
-                error_rate: 0.25,
-                error_status: 503,
+                refuse: true,
                 ..Fault::default()
             },
         );
-        set_fault(
-            &stack,
-            Companion::Calculator,
-            Fault {
-                error_rate: 0.33,
-                error_status: 500,
-                ..Fault::default()
-            },
-        );
+    } else if finished_turn == OUTAGE_LAST_TURN {
+        println!("   !! the memory service is back\n");
+        set_fault(stack, Companion::Memory, Fault::default());
     }
-    println!();
-    let observer = |view: &TurnView<'_>| {
-        print_turn(view);
-        if options.chaos {
-            if view.record.turn_id + 1 == OUTAGE_FIRST_TURN {
-                println!("   !! the memory service goes down\n");
-                set_fault(
-                    &stack,
-                    Companion::Memory,
-                    Fault {
-                        refuse: true,
-                        ..Fault::default()
-                    },
-                );
-            } else if view.record.turn_id == OUTAGE_LAST_TURN {
-                println!("   !! the memory service is back\n");
-                set_fault(&stack, Companion::Memory, Fault::default());
-            }
-        }
-    };
-    let mut report = runner
-        .run(RunOptions::new(turns, seed), Some(&observer))
-        .await?;
-    if options.chaos {
-        // A run shorter than the outage must not leave memory down.
-        set_fault(&stack, Companion::Memory, Fault::default());
-    }
-    if report.memory_pending > 0 {
-        // The memory breaker may still be open after the outage: give it a
-        // few seconds, then the outbox delivers what memory missed.
-        for _ in 0..10 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            report.memory_pending = runner.deliver_outbox(&report.session_id).await?;
-            if report.memory_pending == 0 {
-                break;
-            }
+}
+
+/// Delivers the session's pending memory writes; returns how many are
+/// still pending.
+async fn deliver_what_memory_missed(
+    runner: &HeistRunner,
+    session_id: &str,
+) -> Result<usize, CliError> {
+    // The memory breaker may still be open after the outage: give it a
+    // few seconds, then the outbox delivers what memory missed.
+    let mut pending = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pending = runner.deliver_outbox(session_id).await?;
+        if pending == 0 {
+            break;
         }
     }
-    if options.chaos {
-        if let Ok((delivered, all)) = store.outbox_counts(&report.session_id).await {
-            println!("outbox: {delivered} of {all} memory writes delivered to the memory service despite the outage\n");
-        }
-    }
-    println!("{}", summary(&report, runner.clients(), store.path()));
-    let detail = store.session(&report.session_id).await?;
+    Ok(pending)
+}
+
+/// Points at the `service_calls` rows, when calls failed or were retried.
+async fn print_service_calls(store: &StoreHandle, session_id: &str) -> Result<(), CliError> {
+    let detail = store.session(session_id).await?;
     if !detail.service_calls.is_empty() {
         let retried = detail
             .service_calls
@@ -155,11 +196,10 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
             "  {} calls failed or needed retries ({retried} retried); each is a row in service_calls:\n  \
              SELECT turn_id, service, operation, attempts, outcome, last_error FROM service_calls WHERE session_id = '{}'",
             detail.service_calls.len(),
-            report.session_id
+            session_id
         );
     }
-    stack.companions.shutdown().await;
-    super::completed(report)
+    Ok(())
 }
 
 fn set_fault(stack: &LocalStack, companion: Companion, fault: Fault) {

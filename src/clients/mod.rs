@@ -19,9 +19,10 @@ mod tools;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -158,10 +159,7 @@ impl ServiceStats {
         if !ok {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
-        let mut recent = self
-            .recent_seconds
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut recent = self.recent_seconds.lock();
         if recent.len() == RECENT_SAMPLES {
             recent.pop_front();
         }
@@ -169,13 +167,7 @@ impl ServiceStats {
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
-        let mut samples: Vec<f64> = self
-            .recent_seconds
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .copied()
-            .collect();
+        let mut samples: Vec<f64> = self.recent_seconds.lock().iter().copied().collect();
         samples.sort_by(f64::total_cmp);
         let percentile = |fraction: f64| {
             if samples.is_empty() {

@@ -4,10 +4,11 @@
 //! sharing the current clients (so breakers and budgets are per service,
 //! not per run) and the daemon's stop signal.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use parking_lot::RwLock;
 use tokio::sync::{watch, MutexGuard, Notify};
 use tokio::task::JoinHandle;
 
@@ -58,17 +59,11 @@ impl Runs {
     }
 
     pub fn context(&self) -> Arc<RunContext> {
-        self.context
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.context.read().clone()
     }
 
     pub fn replace_context(&self, context: RunContext) {
-        *self
-            .context
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(context);
+        *self.context.write() = Arc::new(context);
     }
 
     /// `POST /api/v1/runs`: start now, or refuse at capacity.

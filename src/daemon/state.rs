@@ -4,11 +4,12 @@
 //! they publish.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -110,24 +111,24 @@ impl DaemonState {
     }
 
     pub fn config(&self) -> Arc<Config> {
-        read(&self.config).clone()
+        self.config.read().clone()
     }
 
     pub fn set_config(&self, config: Arc<Config>, admin_token: Option<String>) {
-        *write(&self.config) = config;
-        *write(&self.admin_token) = admin_token;
+        *self.config.write() = config;
+        *self.admin_token.write() = admin_token;
     }
 
     pub fn admin_token(&self) -> Option<String> {
-        read(&self.admin_token).clone()
+        self.admin_token.read().clone()
     }
 
     pub fn schedules(&self) -> Vec<ScheduleStatus> {
-        read(&self.schedules).clone()
+        self.schedules.read().clone()
     }
 
     pub fn set_schedules(&self, schedules: Vec<ScheduleStatus>) {
-        *write(&self.schedules) = schedules;
+        *self.schedules.write() = schedules;
     }
 
     pub fn running_sessions(&self) -> Vec<RunningSession> {
@@ -185,7 +186,7 @@ impl Registry {
         session: RunningSession,
         spawn: impl FnOnce() -> JoinHandle<()>,
     ) -> JoinHandle<()> {
-        let mut entries = lock(&self.entries);
+        let mut entries = self.entries.lock();
         let handle = spawn();
         entries.insert(
             session.session_id.clone(),
@@ -198,45 +199,30 @@ impl Registry {
     }
 
     pub fn remove(&self, session_id: &str) {
-        lock(&self.entries).remove(session_id);
+        self.entries.lock().remove(session_id);
     }
 
     pub fn sessions(&self) -> Vec<RunningSession> {
-        lock(&self.entries)
+        self.entries
+            .lock()
             .values()
             .map(|run| run.session.clone())
             .collect()
     }
 
     pub fn count(&self) -> usize {
-        lock(&self.entries).len()
+        self.entries.lock().len()
     }
 
     pub fn session_ids(&self) -> Vec<String> {
-        lock(&self.entries).keys().cloned().collect()
+        self.entries.lock().keys().cloned().collect()
     }
 
     /// Takes every run out, with the handle to abort its task.
     pub fn drain(&self) -> Vec<(String, AbortHandle)> {
-        std::mem::take(&mut *lock(&self.entries))
+        std::mem::take(&mut *self.entries.lock())
             .into_iter()
             .map(|(session_id, run)| (session_id, run.task))
             .collect()
     }
-}
-
-// Poisoning cannot leave these half-written: every write is one assignment.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

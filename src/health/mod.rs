@@ -9,9 +9,9 @@
 pub mod checker;
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
+use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -168,27 +168,15 @@ pub struct HealthBoard {
 
 impl HealthBoard {
     pub fn snapshot(&self) -> Vec<ServiceHealth> {
-        self.services
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.services.read().values().cloned().collect()
     }
 
     pub fn get(&self, service: &str) -> Option<ServiceHealth> {
-        self.services
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(service)
-            .cloned()
+        self.services.read().get(service).cloned()
     }
 
     pub fn publish(&self, health: ServiceHealth) {
-        self.services
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(health.service.clone(), health);
+        self.services.write().insert(health.service.clone(), health);
     }
 
     /// Required services that are not known to be up.

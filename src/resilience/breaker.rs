@@ -9,9 +9,9 @@
 //! It only decides and records; it never makes or times a call.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::config::{BreakerConfig, WindowKind};
@@ -100,7 +100,7 @@ impl CircuitBreaker {
     }
 
     pub fn state(&self) -> BreakerState {
-        self.lock().state
+        self.inner.lock().state
     }
 
     /// How long until the open breaker lets its half-open probes through,
@@ -109,7 +109,7 @@ impl CircuitBreaker {
     /// checker, it has no set end: the configured open period is returned,
     /// the longest a breaker that opened itself would stay open.
     pub fn open_remaining(&self) -> Option<Duration> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         if inner.state != BreakerState::Open {
             return None;
         }
@@ -122,7 +122,7 @@ impl CircuitBreaker {
     /// Leave to call, or `None` when the breaker rejects (open, or
     /// half-open with every probe permit out).
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if inner.forced_open {
             return None;
         }
@@ -156,7 +156,7 @@ impl CircuitBreaker {
     /// Holds the breaker open (`true`) while a health checker sees the
     /// service down, and closes it again (`false`) when it is seen up.
     pub fn force_open(&self, forced: bool) {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if inner.forced_open == forced {
             return;
         }
@@ -179,7 +179,7 @@ impl CircuitBreaker {
         if !self.config.enabled {
             return;
         }
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if generation != inner.generation {
             return;
         }
@@ -209,7 +209,7 @@ impl CircuitBreaker {
     }
 
     fn release(&self, generation: u64) {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if generation == inner.generation && inner.state == BreakerState::HalfOpen {
             inner.probes_issued = inner.probes_issued.saturating_sub(1);
         }
@@ -269,12 +269,6 @@ impl CircuitBreaker {
             let value = if state == current { 1.0 } else { 0.0 };
             metrics::gauge!(names::BREAKER_STATE, "service" => self.service.clone(), "state" => state.as_str()).set(value);
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -9,9 +9,9 @@
 //! (Finagle's budget buckets the same way). It only counts; it never waits.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 /// How many buckets make up the window.
@@ -72,10 +72,7 @@ impl RetryBudget {
 
     /// The buckets still in the window, the current one last.
     fn buckets_now(&self) -> MutexGuard<'_, VecDeque<Bucket>> {
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = self.buckets.lock();
         // Read the clock under the lock, so bucket numbers only grow.
         let number = (Instant::now().duration_since(self.started).as_nanos()
             / BUCKET_SPAN.as_nanos()) as u64;
@@ -97,10 +94,7 @@ impl RetryBudget {
 
     #[cfg(test)]
     fn buckets_in_use(&self) -> usize {
-        self.buckets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+        self.buckets.lock().len()
     }
 }
 

@@ -26,9 +26,9 @@ pub mod journal;
 mod outcome;
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::Semaphore;
@@ -261,10 +261,7 @@ impl Guard {
         if let Some(retry_after) = error.retry_after() {
             return retry_after.min(Duration::from_millis(config.retry_after_cap_ms));
         }
-        let mut random = self
-            .random
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut random = self.random.lock();
         backoff::full_jitter(
             Duration::from_millis(config.backoff_base_ms),
             Duration::from_millis(config.backoff_cap_ms),

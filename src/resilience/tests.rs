@@ -3,9 +3,10 @@
 //! and what is refused.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::*;
@@ -126,13 +127,13 @@ async fn transient_failures_are_retried_with_full_jitter_delays() {
     let times = Mutex::new(Vec::new());
     let (result, summary) = guard
         .call("op", || {
-            times.lock().expect("times").push(Instant::now());
+            times.lock().push(Instant::now());
             std::future::ready(Err::<(), _>(status(503, None)))
         })
         .await;
     assert!(result.is_err());
     assert_eq!(summary.attempts, 5);
-    let times = times.into_inner().expect("times");
+    let times = times.into_inner();
     let bounds = [100, 200, 300, 300];
     for (index, pair) in times.windows(2).enumerate() {
         let delay = pair[1] - pair[0];
@@ -153,11 +154,11 @@ async fn transient_failures_are_retried_with_full_jitter_delays() {
     let repeat = Mutex::new(Vec::new());
     let _ = again
         .call("op", || {
-            repeat.lock().expect("times").push(Instant::now());
+            repeat.lock().push(Instant::now());
             std::future::ready(Err::<(), _>(status(503, None)))
         })
         .await;
-    let repeat = repeat.into_inner().expect("times");
+    let repeat = repeat.into_inner();
     let gaps = |times: &[Instant]| {
         times
             .windows(2)
@@ -184,11 +185,11 @@ async fn retry_after_overrides_the_backoff_and_is_capped() {
         let times = Mutex::new(Vec::new());
         let _ = guard
             .call("op", || {
-                times.lock().expect("times").push(Instant::now());
+                times.lock().push(Instant::now());
                 std::future::ready(Err::<(), _>(status(429, Some(retry_after))))
             })
             .await;
-        let times = times.into_inner().expect("times");
+        let times = times.into_inner();
         assert_eq!(times.len(), 2);
         assert_eq!(times[1] - times[0], expected, "Retry-After {retry_after:?}");
     }

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::watch;
@@ -67,7 +68,7 @@ impl Scheduler {
     /// For the status API: name, trigger, enabled, and the next slot (none
     /// when disabled or when the trigger never fires again).
     pub fn next_runs(&self) -> Vec<(String, String, bool, Option<DateTime<Utc>>)> {
-        let states = lock(&self.states);
+        let states = self.states.lock();
         self.schedules
             .iter()
             .map(|schedule| {
@@ -108,14 +109,15 @@ impl Scheduler {
 
     #[cfg(test)]
     pub(crate) fn skipped_slots(&self, name: &str) -> u64 {
-        lock(&self.states)
+        self.states
+            .lock()
             .get(name)
             .map_or(0, |state| state.skipped_slots)
     }
 
     fn start(&mut self, schedules: Vec<ScheduleConfig>) {
         let now = self.clock.now();
-        let mut states = lock(&self.states);
+        let mut states = self.states.lock();
         for state in states.values_mut() {
             state.next_slot = None;
         }
@@ -277,7 +279,7 @@ impl ScheduleTask {
 
     fn skip(&self, slot: DateTime<Utc>, why: &str) {
         self.record_last_slot(slot);
-        if let Some(state) = lock(&self.states).get_mut(&self.config.name) {
+        if let Some(state) = self.states.lock().get_mut(&self.config.name) {
             state.skipped_slots += 1;
         }
         tracing::info!(schedule = %self.config.name, slot = %slot.to_rfc3339(), "skipping a slot: {why}");
@@ -296,14 +298,14 @@ impl ScheduleTask {
     }
 
     fn record_last_slot(&self, slot: DateTime<Utc>) {
-        let mut states = lock(&self.states);
+        let mut states = self.states.lock();
         if let Some(state) = states.get_mut(&self.config.name) {
             state.last_slot = state.last_slot.max(Some(slot));
         }
     }
 
     fn set_next_slot(&self, next_slot: Option<DateTime<Utc>>) {
-        let mut states = lock(&self.states);
+        let mut states = self.states.lock();
         if let Some(state) = states.get_mut(&self.config.name) {
             state.next_slot = next_slot;
         }
@@ -331,9 +333,4 @@ async fn wait_until_idle(mut runs_in_flight: watch::Receiver<usize>) {
     // The sender lives in the scheduler's state, so this only fails if the
     // scheduler is gone, and then there is nothing left to wait for.
     let _ = runs_in_flight.wait_for(|count| *count == 0).await;
-}
-
-/// The state is plain data, so a panic elsewhere cannot leave it broken.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 
 use super::*;
 use crate::config::{Missed, Overlap, ScheduleConfig, ScheduleFields, Trigger};
@@ -74,7 +75,7 @@ impl RecordingLauncher {
     }
 
     fn launches(&self) -> Vec<(String, DateTime<Utc>)> {
-        self.launches.lock().unwrap().clone()
+        self.launches.lock().clone()
     }
 
     fn slots(&self) -> Vec<String> {
@@ -93,7 +94,6 @@ impl Launcher for RecordingLauncher {
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         self.launches
             .lock()
-            .unwrap()
             .push((schedule.name.clone(), scheduled_time));
         Box::pin(tokio::time::sleep(self.run_length))
     }

@@ -6,9 +6,9 @@
 //!
 //! It must not be able to write or read anything but the shift data.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rand::Rng;
 use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
@@ -76,10 +76,7 @@ impl ShiftDatabase {
         if first_word != "SELECT" && first_word != "WITH" {
             return Err(QueryError::NotReadOnly);
         }
-        let connection = self
-            .reader
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let connection = self.reader.lock();
         let deadline = Deadline::start();
         connection.progress_handler(10_000, Some(move || deadline.passed()));
         let outcome = run(&connection, sql);

@@ -7,7 +7,7 @@
 //! It must not change a service's behaviour while no fault is set.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -15,6 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use parking_lot::Mutex;
 use rand::Rng;
 
 use super::{error_response, JsonBody};
@@ -36,16 +37,10 @@ pub struct FaultSwitch {
 impl FaultSwitch {
     pub fn set(&self, fault: Fault) {
         self.refusing.store(fault.refuse, Ordering::SeqCst);
-        *self
-            .draws
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = fault
+        *self.draws.lock() = fault
             .seed
             .map(<rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64);
-        *self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = fault;
+        *self.current.lock() = fault;
     }
 
     pub fn clear(&self) {
@@ -54,12 +49,7 @@ impl FaultSwitch {
 
     /// A number in [0, 1) for `error_rate`: seeded when the fault says so.
     fn draw(&self) -> f64 {
-        match self
-            .draws
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .as_mut()
-        {
+        match self.draws.lock().as_mut() {
             Some(seeded) => seeded.random::<f64>(),
             None => rand::rng().random::<f64>(),
         }
@@ -71,10 +61,7 @@ impl FaultSwitch {
 
     /// The fault for one request, counting `fail_next` down.
     fn take(&self) -> (Fault, bool) {
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = self.current.lock();
         let forced = current.fail_next > 0;
         if forced {
             current.fail_next -= 1;
@@ -83,10 +70,7 @@ impl FaultSwitch {
     }
 
     pub fn get(&self) -> Fault {
-        self.current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.current.lock().clone()
     }
 }
 

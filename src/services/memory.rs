@@ -8,13 +8,14 @@
 //! It must not let anyone without a `memory:admin` token clear it.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::token::SigningKey;
@@ -81,12 +82,6 @@ impl MemoryState {
             inner: Arc::new(Mutex::new(Memories::default())),
             key,
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Memories> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -175,7 +170,7 @@ async fn store_memory(
         .get(IDEMPOTENCY_KEY_HEADER)
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
-    let mut memories = state.lock();
+    let mut memories = state.inner.lock();
     if let Some(key) = &idempotency_key {
         let remembered = (request.game_session_id.clone(), key.clone());
         if !memories.seen_keys.insert(remembered.clone()) {
@@ -207,7 +202,7 @@ async fn get_compressed_memory(
     State(state): State<MemoryState>,
     JsonBody(request): JsonBody<CompressedRequest>,
 ) -> Response {
-    let memories = state.lock();
+    let memories = state.inner.lock();
     let entries = memories
         .by_session_agent
         .get(&(request.game_session_id.clone(), request.agent_id.clone()))
@@ -233,7 +228,7 @@ async fn list_memories(
     State(state): State<MemoryState>,
     Path(session_id): Path<String>,
 ) -> Json<serde_json::Value> {
-    let memories = state.lock();
+    let memories = state.inner.lock();
     let mut entries: Vec<&MemoryEntry> = memories
         .by_session_agent
         .iter()
@@ -247,7 +242,7 @@ async fn list_memories(
 }
 
 async fn stats(State(state): State<MemoryState>) -> Json<serde_json::Value> {
-    let memories = state.lock();
+    let memories = state.inner.lock();
     let sessions: HashSet<&String> = memories
         .by_session_agent
         .keys()
@@ -280,7 +275,7 @@ async fn clear(
     if let Err(refusal) = authorize(&headers, &state.key, ADMIN_SCOPE) {
         return refusal.into_response();
     }
-    let mut memories = state.lock();
+    let mut memories = state.inner.lock();
     let before: usize = memories.by_session_agent.values().map(Vec::len).sum();
     match &query.game_session_id {
         Some(session_id) => {

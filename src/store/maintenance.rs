@@ -4,8 +4,8 @@
 //! contents except to delete whole sessions when pruning.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use rusqlite::{params, Connection};
 
 use super::{schema, timestamp, Store, StoreError, SCHEMA_VERSION};

@@ -23,8 +23,8 @@
 //! The synchronous `Store` remains for the `sessions` subcommand and tests.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 
+use parking_lot::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 mod handle;
@@ -97,11 +97,9 @@ pub struct Store {
 
 impl Store {
     fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a half-done transaction
-        // committed (rusqlite rolls back on drop), so a poisoned lock is safe.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // The lock does not poison: a panic while holding it cannot leave a
+        // half-done transaction committed (rusqlite rolls back on drop).
+        self.connection.lock()
     }
 }
 

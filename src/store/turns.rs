@@ -2,7 +2,7 @@
 //! memory outbox entry in one transaction) and reading back what the next
 //! prompt needs. It never creates or ends a session.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{message_row, tool_usage_row, MESSAGE_COLUMNS, TOOL_USAGE_COLUMNS};
 use super::{timestamp, MessageRow, RecentTurns, Store, StoreError, ToolUsageRow, TurnRecord};
@@ -16,68 +16,15 @@ impl Store {
             connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // A turn that finishes after its session was ended (the daemon's
         // grace period ran out mid-turn) is not recorded.
-        let status: Option<String> = transaction
-            .query_row(
-                "SELECT status FROM sessions WHERE session_id = ?1",
-                params![turn.session_id],
-                |row| row.get(0),
-            )
-            .optional()?;
-        match status.as_deref() {
-            Some("active") => {}
-            Some(status) => {
-                return Err(StoreError::SessionEnded {
-                    session_id: turn.session_id.clone(),
-                    status: status.to_string(),
-                })
-            }
-            None => return Err(StoreError::SessionNotFound(turn.session_id.clone())),
-        }
+        ensure_session_active(&transaction, &turn.session_id)?;
         let now = timestamp(chrono::Utc::now());
         transaction.execute(
             "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error],
         )?;
-        {
-            let mut insert_tool = transaction.prepare_cached(
-                "INSERT INTO tool_usage (session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error, duration_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for call in &turn.tool_calls {
-                insert_tool.execute(params![
-                    turn.session_id,
-                    turn.turn_id,
-                    turn.agent_name,
-                    call.tool_name,
-                    call.tool_params,
-                    call.tool_result,
-                    now,
-                    call.success,
-                    call.error,
-                    call.duration_ms
-                ])?;
-            }
-        }
-        {
-            let mut insert_call = transaction.prepare_cached(
-                "INSERT INTO service_calls (session_id, turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            for call in &turn.service_calls {
-                insert_call.execute(params![
-                    turn.session_id,
-                    turn.turn_id,
-                    call.service,
-                    call.operation,
-                    call.attempts,
-                    call.outcome,
-                    call.last_error,
-                    call.duration_ms,
-                    now
-                ])?;
-            }
-        }
+        insert_tool_calls(&transaction, turn, &now)?;
+        insert_service_calls(&transaction, turn, &now)?;
         if let Some(payload) = &turn.memory_payload {
             transaction.execute(
                 "INSERT INTO outbox (session_id, turn_id, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -147,4 +94,76 @@ impl Store {
         )?;
         Ok(turn.max(0) as u32)
     }
+}
+
+/// Refuses a turn for a session that is missing or no longer `active`.
+fn ensure_session_active(connection: &Connection, session_id: &str) -> Result<(), StoreError> {
+    let status: Option<String> = connection
+        .query_row(
+            "SELECT status FROM sessions WHERE session_id = ?1",
+            params![session_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match status.as_deref() {
+        Some("active") => Ok(()),
+        Some(status) => Err(StoreError::SessionEnded {
+            session_id: session_id.to_string(),
+            status: status.to_string(),
+        }),
+        None => Err(StoreError::SessionNotFound(session_id.to_string())),
+    }
+}
+
+/// One `tool_usage` row per tool call of the turn, stamped `now`.
+fn insert_tool_calls(
+    connection: &Connection,
+    turn: &TurnRecord,
+    now: &str,
+) -> Result<(), StoreError> {
+    let mut insert_tool = connection.prepare_cached(
+        "INSERT INTO tool_usage (session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error, duration_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for call in &turn.tool_calls {
+        insert_tool.execute(params![
+            turn.session_id,
+            turn.turn_id,
+            turn.agent_name,
+            call.tool_name,
+            call.tool_params,
+            call.tool_result,
+            now,
+            call.success,
+            call.error,
+            call.duration_ms
+        ])?;
+    }
+    Ok(())
+}
+
+/// One `service_calls` row per journaled call of the turn, stamped `now`.
+fn insert_service_calls(
+    connection: &Connection,
+    turn: &TurnRecord,
+    now: &str,
+) -> Result<(), StoreError> {
+    let mut insert_call = connection.prepare_cached(
+        "INSERT INTO service_calls (session_id, turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for call in &turn.service_calls {
+        insert_call.execute(params![
+            turn.session_id,
+            turn.turn_id,
+            call.service,
+            call.operation,
+            call.attempts,
+            call.outcome,
+            call.last_error,
+            call.duration_ms,
+            now
+        ])?;
+    }
+    Ok(())
 }

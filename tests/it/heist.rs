@@ -228,14 +228,29 @@ async fn an_llm_outage_fails_turns_without_feeding_errors_back_and_fails_the_ses
     config.llm.policy.breaker.wait_in_open_ms = 500;
     let stack = TestStack::start_with(config).await;
     stack.set_fault("rehearsal", fault(false, 1.0));
-    let started = tokio::time::Instant::now();
     let (report, detail) = run(&stack, 4, 1).await;
-    // Once the model's breaker opened (during turn 2), the session waited
-    // out its open period before each later turn instead of burning them.
-    assert!(
-        started.elapsed() >= std::time::Duration::from_millis(1_000),
-        "{:?}",
-        started.elapsed()
+    // The model's breaker opens on its fifth failed attempt (turn 1 makes
+    // three, turn 2 two). An open breaker lets a half-open probe through
+    // only once its open period has passed, so turns 3 and 4 each reaching
+    // the model once proves the session waited that period out before each
+    // of them; burnt at once, they would have been refused unsent.
+    let model_attempts: Vec<(i64, u32)> = detail
+        .service_calls
+        .iter()
+        .filter(|row| row.call.service == "llm")
+        .map(|row| (row.turn_id, row.call.attempts))
+        .collect();
+    assert_eq!(model_attempts, [(1, 3), (2, 2), (3, 1), (4, 1)]);
+    assert_eq!(
+        stack
+            .stack
+            .companions
+            .get("rehearsal")
+            .expect("the rehearsal model runs")
+            .fault
+            .requests_seen(),
+        7,
+        "the model saw the five failures that opened its breaker, then one probe per turn"
     );
 
     assert_eq!(report.status, SessionStatus::Failed);

@@ -1,6 +1,7 @@
 //! The resilience stack against real loopback services with injected
 //! faults. Time here is real (sockets do not run on paused time), so waits
-//! are kept to a few hundred milliseconds; the exact timing rules are
+//! are kept to a few hundred milliseconds, and a longer wait is paused and
+//! advanced only while nothing is on the wire; the exact timing rules are
 //! proven under paused time in `src/resilience/tests.rs`.
 
 use std::time::Duration;
@@ -66,6 +67,18 @@ async fn wait_until(condition: impl Fn() -> bool) {
     }
 }
 
+/// Lets the runtime run whatever is ready, sockets included, until
+/// `condition` holds or a thousand rounds have passed. Unlike a sleep,
+/// a yield never moves paused time on: only an idle runtime does.
+async fn run_ready_tasks_until(condition: impl Fn() -> bool) {
+    for _ in 0..1_000 {
+        if condition() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 fn seen(stack: &TestStack, service: &str) -> u64 {
     stack
         .stack
@@ -119,13 +132,25 @@ async fn an_open_breaker_sends_nothing_to_the_server() {
     );
 }
 
+/// The server asks for an hour; the test proves the client waits that hour
+/// without spending it: time is paused only while nothing is on the wire
+/// (the client is asleep before its retry), moved on, and resumed before
+/// the retry's real request.
 #[tokio::test]
 async fn a_429_with_retry_after_is_retried_after_that_delay() {
+    const RETRY_AFTER: Duration = Duration::from_secs(3_600);
+    let handle = heistd::metrics::install();
     let stack = TestStack::start().await;
+    let name = "retry_after_probe";
     let (client, headers) = calculator(
         &stack,
-        "calculator",
-        policy(2_000, |config| config.max_attempts = 2),
+        name,
+        policy(2_000, |config| {
+            config.max_attempts = 2;
+            // Neither the cap nor the deadline may cut the hour short.
+            config.retry_after_cap_ms = 2 * RETRY_AFTER.as_millis() as u64;
+            config.deadline_ms = 2 * RETRY_AFTER.as_millis() as u64;
+        }),
     );
     set(
         &stack,
@@ -133,18 +158,35 @@ async fn a_429_with_retry_after_is_retried_after_that_delay() {
         Fault {
             fail_next: 1,
             error_status: 429,
-            retry_after_seconds: Some(1),
+            retry_after_seconds: Some(RETRY_AFTER.as_secs()),
             ..Fault::default()
         },
     );
-    let started = Instant::now();
-    let reply = add(&client, &headers).await.expect("the retry succeeds");
+    let call = tokio::spawn(async move { add(&client, &headers).await });
+    // The retry counter moves in the same poll that starts the client's
+    // sleep, so once it reads 1 the wait has begun and nothing is in flight.
+    let retried = format!("heistd_service_retries_total{{service=\"{name}\"}} 1");
+    wait_until(|| handle.render().contains(&retried)).await;
+    assert_eq!(seen(&stack, "calculator"), 1);
+
+    tokio::time::pause();
+    // A minute short of the hour (slack for the moments between the sleep
+    // starting and the pause): the backoff alone (10-20 ms) would have
+    // retried long ago, and a retry would have had every chance to finish.
+    tokio::time::advance(RETRY_AFTER - Duration::from_secs(60)).await;
+    run_ready_tasks_until(|| call.is_finished() || seen(&stack, "calculator") > 1).await;
+    assert!(!call.is_finished(), "retried before the Retry-After hour");
+    assert_eq!(seen(&stack, "calculator"), 1, "no retry reached the server");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    // The retry's request runs on real time: paused time would jump to
+    // the attempt timeout whenever the runtime waits on the socket.
+    tokio::time::resume();
+
+    let reply = call
+        .await
+        .expect("the call task")
+        .expect("the retry succeeds");
     assert_eq!(reply["result"], "2");
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "waited {:?}, not the Retry-After second",
-        started.elapsed()
-    );
     assert_eq!(seen(&stack, "calculator"), 2);
 }
 
