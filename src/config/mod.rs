@@ -84,8 +84,10 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
-    /// Heists the daemon starts on its own (`[[schedule]]` entries).
-    #[serde(default)]
+    /// Heists the daemon starts on its own (`[[schedule]]` entries). Read
+    /// by `load` after the rest, entry by entry, so that a trigger that
+    /// does not parse is named by its key (`schedule[2].cron`).
+    #[serde(default, skip_deserializing)]
     pub schedule: Vec<ScheduleConfig>,
 }
 
@@ -338,8 +340,13 @@ pub fn load(
         file: path.map(|path| path.display().to_string()),
         environment_keys: apply_environment(&mut merged, &environment),
     };
+    let schedules = match &mut merged {
+        toml::Value::Table(table) => table.remove("schedule"),
+        _ => None,
+    };
     let mut config: Config = serde_path_to_error::deserialize(merged)
-        .map_err(|error| deserialize_error(&error, &origins))?;
+        .map_err(|error| deserialize_error(&error, "", &origins))?;
+    config.schedule = read_schedules(schedules, &origins)?;
     validate(&config).map_err(|(key, message)| ConfigError::InvalidValue {
         origin: origins.of(&key),
         key,
@@ -421,12 +428,58 @@ fn apply_environment(
     environment_keys
 }
 
-/// A deserialisation error as a [`ConfigError`] that names the full key.
+/// The `[[schedule]]` entries, each deserialised and its trigger parsed; an
+/// error names the entry (`schedule[2]`) and the field at fault.
+fn read_schedules(
+    schedules: Option<toml::Value>,
+    origins: &Origins,
+) -> Result<Vec<ScheduleConfig>, ConfigError> {
+    let entries = match schedules {
+        None => return Ok(Vec::new()),
+        Some(toml::Value::Array(entries)) => entries,
+        Some(other) => {
+            return Err(ConfigError::InvalidValue {
+                origin: origins.of("schedule"),
+                key: "schedule".into(),
+                message: format!(
+                    "must be an array of tables (`[[schedule]]`), not a {}",
+                    other.type_str()
+                ),
+            })
+        }
+    };
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let prefix = format!("schedule[{index}]");
+            let fields: ScheduleFields = serde_path_to_error::deserialize(entry)
+                .map_err(|error| deserialize_error(&error, &prefix, origins))?;
+            ScheduleConfig::try_from(fields).map_err(|error| {
+                let key = format!("{prefix}.{}", error.field);
+                ConfigError::InvalidValue {
+                    origin: origins.of(&key),
+                    key,
+                    message: error.message,
+                }
+            })
+        })
+        .collect()
+}
+
+/// A deserialisation error as a [`ConfigError`] that names the full key;
+/// `prefix` is where the deserialised value sits (`schedule[2]`), or empty.
 fn deserialize_error(
     error: &serde_path_to_error::Error<toml::de::Error>,
+    prefix: &str,
     origins: &Origins,
 ) -> ConfigError {
-    let key = error.path().to_string();
+    let path = error.path().to_string();
+    let key = match (prefix.is_empty(), path.as_str()) {
+        (true, _) => path,
+        (false, "." | "") => prefix.to_string(),
+        (false, _) => format!("{prefix}.{path}"),
+    };
     // toml appends its own "in `key`" line; the key is ours to say.
     let message = error
         .inner()
@@ -446,16 +499,6 @@ fn deserialize_error(
         return ConfigError::UnknownKey {
             origin: origins.of(&full_key),
             key: full_key,
-        };
-    }
-    // A `[[schedule]]` whose trigger does not parse fails as a whole entry
-    // (`schedule[0]`); the field at fault comes with the message.
-    if let Some((field, why)) = schedule::trigger_error_parts(&message) {
-        let full_key = format!("{key}.{field}");
-        return ConfigError::InvalidValue {
-            origin: origins.of(&full_key),
-            key: full_key,
-            message: why.to_string(),
         };
     }
     ConfigError::InvalidValue {

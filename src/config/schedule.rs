@@ -14,10 +14,12 @@ use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use serde::{Deserialize, Serialize};
 
-/// One `[[schedule]]` entry, its trigger parsed. It is read and written as
-/// [`ScheduleFields`], so `config check` shows the trigger as written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "ScheduleFields", into = "ScheduleFields")]
+/// One `[[schedule]]` entry, its trigger parsed. It is read as
+/// [`ScheduleFields`] (see `config::load`, which parses each entry's trigger
+/// after the rest of the config) and written as them, so `config check`
+/// shows the trigger as written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(into = "ScheduleFields")]
 pub struct ScheduleConfig {
     /// Identifies the schedule; with a scheduled time it identifies a run.
     pub name: String,
@@ -190,22 +192,10 @@ impl Trigger {
     }
 }
 
-/// Serde carries only text: the field goes first behind a mark, so that
-/// `load` can name the key (`schedule[0].cron`) and show the message as it
-/// was.
 impl std::fmt::Display for TriggerError {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            formatter,
-            "{TRIGGER_ERROR_MARK}{}: {}",
-            self.field, self.message
-        )
+        write!(formatter, "{}: {}", self.field, self.message)
     }
-}
-
-/// The field and message of a [`TriggerError`] that came through serde.
-pub(super) fn trigger_error_parts(text: &str) -> Option<(&str, &str)> {
-    text.strip_prefix(TRIGGER_ERROR_MARK)?.split_once(": ")
 }
 
 /// Checks what one entry cannot see: names, and turns; the key names the
@@ -231,8 +221,6 @@ pub fn validate_schedules(schedules: &[ScheduleConfig]) -> Result<(), (String, S
     }
     Ok(())
 }
-
-const TRIGGER_ERROR_MARK: &str = "invalid trigger field ";
 
 /// The trigger's fields as the file wrote them (`90m` stays `90m`).
 #[derive(Debug, Clone, PartialEq)]
