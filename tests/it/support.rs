@@ -98,7 +98,11 @@ pub fn promtool(test: &str) -> Option<&'static str> {
         "{test}: promtool is required here (HEISTD_REQUIRE_PROMTOOL=1 or CI=true) but not on PATH; \
          install Debian's `prometheus` package (.ci/run does)"
     );
-    eprintln!(
+    // Written to stderr directly, not with `eprintln!`, which the test
+    // harness captures: the note must show in a plain `cargo test`.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIPPED {test}: promtool is not on PATH (install Debian's `prometheus` package to run it; \
          .ci/run does and makes it required)"
     );

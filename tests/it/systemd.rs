@@ -142,7 +142,13 @@ fn the_readme_install_steps_put_everything_where_the_units_and_the_config_expect
             .expect("heistd runs")
     };
     let check = heistd(&["config", "check", "--quiet", "--config", config]);
-    assert!(check.status.success() && check.stdout.is_empty() && check.stderr.is_empty());
+    assert!(
+        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
+        "config check --quiet: {:?}\n{}{}",
+        check.status,
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     // The store is in the StateDirectory, where the daemon writes.
     let sessions = heistd(&["sessions", "--config", config, "list"]);
     let machine_has_a_store = Path::new("/var/lib/heistd/heistd.db").exists();
