@@ -113,7 +113,6 @@ impl App {
             systemd.watchdog_pid.as_deref(),
         ));
         let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
-        telemetry::create_known_series(&config, &scenario);
         let store = StoreHandle::open_configured(&config.store).await?;
         let clients = Clients::from_config(&config)?;
         let (stop_sender, stop) = watch::channel(false);
@@ -128,6 +127,8 @@ impl App {
             run_commands,
             admin_token(&config),
         ));
+        // After `DaemonState::new` has installed the recorder.
+        telemetry::create_known_series(&config, &scenario);
         let runs = Runs::new(
             state.clone(),
             store.clone(),
