@@ -27,7 +27,7 @@ use crate::config::{self, Config, ConfigError, ScheduleConfig, SystemdEnvironmen
 use crate::daemon::notify::{self, Notifier};
 use crate::daemon::runs::{RunContext, Runs, ScheduledRuns};
 use crate::daemon::state::{DaemonState, RunCommand, ScheduleStatus, StartRunError};
-use crate::daemon::{outbox, retention};
+use crate::daemon::{outbox, retention, telemetry};
 use crate::health::{checker, HealthBoard, HealthState};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::scheduler::{Clock, Scheduler};
@@ -127,6 +127,8 @@ impl App {
             run_commands,
             admin_token(&config),
         ));
+        // After `DaemonState::new` has installed the recorder.
+        telemetry::create_known_series(&config, &scenario);
         let runs = Runs::new(
             state.clone(),
             store.clone(),
@@ -199,9 +201,13 @@ impl Parts {
                 "sessions left active by a crash"
             );
         }
+        let last_slots = last_slots(&self.store, &config.schedule).await;
+        for (schedule, slot) in &last_slots {
+            telemetry::record_schedule_slots(schedule, Some(*slot), None);
+        }
         let scheduler = Scheduler::spawn(
             config.schedule.clone(),
-            last_slots(&self.store, &config.schedule).await,
+            last_slots,
             Clock::system(),
             Arc::new(ScheduledRuns(self.runs.clone())),
         );
@@ -264,7 +270,11 @@ impl Parts {
     async fn reload(&self, tasks: &mut Tasks) {
         self.notifier.reloading();
         let previous_clients = self.runs.context().clients.clone();
-        match self.apply_reload(&mut tasks.scheduler).await {
+        let outcome = self.apply_reload(&mut tasks.scheduler).await;
+        self.state
+            .record_reload(outcome.as_ref().map(|_| ()).map_err(Clone::clone));
+        telemetry::record_reload(&self.state);
+        match outcome {
             Ok(config) => {
                 // Awaited, so no old checker can hold a breaker open after
                 // the release below.
@@ -308,6 +318,7 @@ impl Parts {
             tracing::warn!("store.path changes at the next restart");
         }
         let new = Arc::new(new);
+        telemetry::create_known_series(&new, &scenario);
         self.runs.replace_context(RunContext {
             config: new.clone(),
             scenario: Arc::new(scenario),
@@ -375,11 +386,14 @@ impl Parts {
             scheduler
                 .next_runs()
                 .into_iter()
-                .map(|(name, trigger, enabled, next_run)| ScheduleStatus {
-                    name,
-                    trigger,
-                    enabled,
-                    next_run,
+                .map(|(name, trigger, enabled, next_run)| {
+                    telemetry::record_schedule_slots(&name, None, next_run);
+                    ScheduleStatus {
+                        name,
+                        trigger,
+                        enabled,
+                        next_run,
+                    }
                 })
                 .collect(),
         );

@@ -43,6 +43,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
             print!("{}", cli::sessions(db, config.as_deref(), action)?)
         }
         Command::Config { action } => print!("{}", cli::config(action)?),
+        Command::Reload(args) => print!("{}", cli::reload(args).await?),
     }
     Ok(())
 }

@@ -1,10 +1,13 @@
-//! Metric names, buckets and the Prometheus recorder. Every metric heistd
-//! exports is named here, with its unit in the name and bounded labels
-//! (`service` is a configured service name, never a URL), so the README's
-//! catalogue has one source.
+//! Metric names, their help text, the label values known in advance,
+//! buckets and the Prometheus recorder. Every metric heistd exports is named
+//! here, with its unit in the name and bounded labels (`service` is a
+//! configured service name, never a URL), so the README's catalogue has one
+//! source, and [`describe`] gives every family the HELP line `promtool
+//! check metrics` asks for.
 //!
 //! It must not hold application state; other modules record through the
-//! `metrics` macros with these names.
+//! `metrics` macros with these names, and the daemon creates the series it
+//! knows at start (see `daemon::telemetry`) with the label values below.
 
 use std::sync::OnceLock;
 
@@ -30,6 +33,7 @@ pub const SESSIONS_TOTAL: &str = "heistd_sessions_total";
 pub const TURNS_TOTAL: &str = "heistd_turns_total";
 pub const TURN_DURATION_SECONDS: &str = "heistd_turn_duration_seconds";
 pub const TOOL_CALLS_TOTAL: &str = "heistd_tool_calls_total";
+/// The health checker's thresholded state; written by the checker only.
 pub const SERVICE_UP: &str = "heistd_service_up";
 pub const HEALTH_CHECK_DURATION_SECONDS: &str = "heistd_health_check_duration_seconds";
 /// Periodic checks by result (`up`, `down`).
@@ -38,22 +42,140 @@ pub const HEALTH_CHECKS_TOTAL: &str = "heistd_health_checks_total";
 pub const HEALTH_TRANSITIONS_TOTAL: &str = "heistd_health_transitions_total";
 /// Heists running now.
 pub const SESSIONS_RUNNING: &str = "heistd_sessions_running";
-/// Scheduled slots by outcome (`launched`, `skipped_overlap`, ...).
+/// Scheduled slots by outcome (`launched`, `skipped_overlap`).
 pub const SCHEDULE_RUNS_TOTAL: &str = "heistd_schedule_runs_total";
+/// The slot a schedule last handled (launched or skipped), Unix seconds.
+pub const SCHEDULE_LAST_RUN_TIMESTAMP_SECONDS: &str = "heistd_schedule_last_run_timestamp_seconds";
+/// The slot a schedule waits for next, Unix seconds; in the past when the
+/// schedule has stopped firing.
+pub const SCHEDULE_NEXT_RUN_TIMESTAMP_SECONDS: &str = "heistd_schedule_next_run_timestamp_seconds";
 /// Audit rows pruned by retention (sessions).
 pub const RETENTION_PRUNED_SESSIONS_TOTAL: &str = "heistd_retention_pruned_sessions_total";
 pub const MEMORY_OUTBOX_PENDING: &str = "heistd_memory_outbox_pending";
+/// Age of the oldest memory write still waiting, 0 when none waits.
+pub const MEMORY_OUTBOX_OLDEST_PENDING_AGE_SECONDS: &str =
+    "heistd_memory_outbox_oldest_pending_age_seconds";
+/// Memory writes set aside for good (data the memory service never got).
+pub const MEMORY_OUTBOX_ABANDONED: &str = "heistd_memory_outbox_abandoned";
+pub const STORE_SIZE_BYTES: &str = "heistd_store_size_bytes";
+pub const STORE_WAL_SIZE_BYTES: &str = "heistd_store_wal_size_bytes";
+/// 1 when `/readyz` would answer 200.
+pub const READY: &str = "heistd_ready";
+/// Reloads by outcome (`applied`, `refused`).
+pub const CONFIG_RELOADS_TOTAL: &str = "heistd_config_reloads_total";
+/// 1 unless the last reload was refused.
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "heistd_config_last_reload_successful";
+/// The applied config's generation, the number `heistd reload` waits on.
+pub const CONFIG_GENERATION: &str = "heistd_config_generation";
+/// Always 1; the labels carry the version and commit.
+pub const BUILD_INFO: &str = "heistd_build_info";
+// The process collector's conventional names (as every Prometheus client
+// library exports them), so standard dashboards and alerts find them.
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+/// The limit beside the count, as the Go and Python clients export it, so
+/// an alert can compare the two.
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 
-/// Latency buckets from 1 ms to two minutes: tools answer in milliseconds,
-/// an LLM in tens of seconds.
-pub const DURATION_BUCKETS_SECONDS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0,
+/// Label values known before the first event, so their series can start at
+/// 0 and `rate()` sees the first increment. Each list is the whole set the
+/// recording code writes for that label.
+pub mod labels {
+    pub const REQUEST_OUTCOMES: [&str; 6] = [
+        "success",
+        "error",
+        "timeout",
+        "rejected_open",
+        "rejected_budget",
+        "rejected_bulkhead",
+    ];
+    pub const ATTEMPT_OUTCOMES: [&str; 7] = [
+        "success",
+        "timeout",
+        "connect_error",
+        "server_error",
+        "client_error",
+        "decode_error",
+        "refused",
+    ];
+    pub const RETRY_KINDS: [&str; 4] = [
+        "successful_without_retry",
+        "successful_with_retry",
+        "failed_without_retry",
+        "failed_with_retry",
+    ];
+    pub const HEALTH_OUTCOMES: [&str; 2] = ["up", "down"];
+    pub const SESSION_STATUSES: [&str; 3] = ["completed", "failed", "interrupted"];
+    pub const TURN_OUTCOMES: [&str; 2] = ["ok", "failed"];
+    pub const TOOL_CALL_OUTCOMES: [&str; 3] = ["success", "failure", "refused"];
+    pub const SCHEDULE_OUTCOMES: [&str; 2] = ["launched", "skipped_overlap"];
+    pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "refused"];
+}
+
+/// Every family with its type and help text: what [`describe`] announces
+/// and what the tests hold the README and the exporter to.
+pub const FAMILIES: [(&str, Kind, &str); 37] = [
+    (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
+    (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
+    (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
+    (SERVICE_ATTEMPT_DURATION_SECONDS, Kind::Histogram, "Latency of one attempt."),
+    (SERVICE_RETRIES_TOTAL, Kind::Counter, "Retries sent (attempts after the first)."),
+    (SERVICE_CALLS_BY_RETRY_TOTAL, Kind::Counter, "Logical calls by whether they succeeded and whether they needed retries."),
+    (RETRY_BUDGET_EXHAUSTED_TOTAL, Kind::Counter, "Retries refused by the retry budget."),
+    (BREAKER_STATE, Kind::Gauge, "Circuit breaker state: 1 for the current state, 0 for the others."),
+    (BREAKER_TRANSITIONS_TOTAL, Kind::Counter, "Circuit breaker transitions."),
+    (HEALTH_CHECK_DURATION_SECONDS, Kind::Histogram, "Health probe latency."),
+    (SERVICE_UP, Kind::Gauge, "1 while the health checker holds the service up (after its thresholds), else 0."),
+    (HEALTH_CHECKS_TOTAL, Kind::Counter, "Periodic health checks, by result."),
+    (HEALTH_TRANSITIONS_TOTAL, Kind::Counter, "Health state changes, by the state entered."),
+    (SESSIONS_TOTAL, Kind::Counter, "Finished sessions, by status."),
+    (SESSIONS_RUNNING, Kind::Gauge, "Heists running now."),
+    (SCHEDULE_RUNS_TOTAL, Kind::Counter, "Scheduled slots, by outcome."),
+    (SCHEDULE_LAST_RUN_TIMESTAMP_SECONDS, Kind::Gauge, "The slot a schedule last handled (launched or skipped), in Unix seconds; 0 before the first."),
+    (SCHEDULE_NEXT_RUN_TIMESTAMP_SECONDS, Kind::Gauge, "The slot a schedule waits for next, in Unix seconds; 0 when disabled."),
+    (RETENTION_PRUNED_SESSIONS_TOTAL, Kind::Counter, "Sessions deleted by retention."),
+    (TURNS_TOTAL, Kind::Counter, "Turns, by agent and outcome."),
+    (TURN_DURATION_SECONDS, Kind::Histogram, "Turn latency."),
+    (TOOL_CALLS_TOTAL, Kind::Counter, "Tool calls, by tool and outcome."),
+    (MEMORY_OUTBOX_PENDING, Kind::Gauge, "Memory writes waiting for delivery."),
+    (MEMORY_OUTBOX_OLDEST_PENDING_AGE_SECONDS, Kind::Gauge, "Age of the oldest memory write waiting for delivery; 0 when none waits."),
+    (MEMORY_OUTBOX_ABANDONED, Kind::Gauge, "Memory writes the memory service refused for good (never delivered)."),
+    (STORE_SIZE_BYTES, Kind::Gauge, "Size of the audit database file."),
+    (STORE_WAL_SIZE_BYTES, Kind::Gauge, "Size of the audit database's write-ahead log."),
+    (READY, Kind::Gauge, "1 when the store answers and every required service is up (/readyz answers 200)."),
+    (CONFIG_RELOADS_TOTAL, Kind::Counter, "Config reloads (SIGHUP), by outcome."),
+    (CONFIG_LAST_RELOAD_SUCCESSFUL, Kind::Gauge, "0 when the last config reload was refused, else 1."),
+    (BUILD_INFO, Kind::Gauge, "Always 1; the version and commit of the running binary are its labels."),
+    (PROCESS_CPU_SECONDS_TOTAL, Kind::Counter, "User and system CPU time spent, in seconds."),
+    (PROCESS_RESIDENT_MEMORY_BYTES, Kind::Gauge, "Resident memory size."),
+    (PROCESS_OPEN_FDS, Kind::Gauge, "Open file descriptors."),
+    (PROCESS_START_TIME_SECONDS, Kind::Gauge, "Start time of the process since the Unix epoch, in seconds."),
+    (PROCESS_MAX_FDS, Kind::Gauge, "Maximum number of open file descriptors."),
+    (CONFIG_GENERATION, Kind::Gauge, "The applied config's generation: 1 at start, one more per applied reload."),
+];
+
+/// What kind of family a name is, for [`describe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Latency buckets from 0.25 ms to four minutes without a wide gap: the
+/// calculator answers in well under a millisecond, probes time out at
+/// 2–5 s, and a model call may take minutes.
+pub const DURATION_BUCKETS_SECONDS: [f64; 21] = [
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5,
+    10.0, 15.0, 30.0, 60.0, 120.0, 240.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process-wide recorder once and returns its handle; later
-/// calls return the same handle.
+/// Installs the process-wide recorder once, announces every family's help
+/// text and returns its handle; later calls return the same handle.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -68,7 +190,27 @@ pub fn install() -> PrometheusHandle {
             // Fails only if another recorder is installed (a test harness);
             // the handle still renders what this recorder would have seen.
             let _ = metrics::set_global_recorder(recorder);
+            describe();
             handle
         })
         .clone()
+}
+
+/// Gives every family in [`FAMILIES`] its HELP text.
+pub fn describe() {
+    for (name, kind, help) in FAMILIES {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
+/// Sets `heistd_build_info` (version and, when the build knew it, the git
+/// commit) once.
+pub fn record_build_info() {
+    let commit = option_env!("HEISTD_GIT_COMMIT").unwrap_or("unknown");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => commit)
+        .set(1.0);
 }

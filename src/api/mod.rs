@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::daemon::state::{
-    DaemonState, Readiness, RunRequest, RunningSession, ScheduleStatus, StartRunError,
+    ConfigStatus, DaemonState, Readiness, RunRequest, RunningSession, ScheduleStatus, StartRunError,
 };
 use crate::health::ServiceHealth;
 use crate::store::{SessionDetail, SessionRow, SessionStatus, StoreError};
@@ -82,7 +82,6 @@ pub enum ApiError {
     },
 }
 
-/// The admin API's routes over the daemon's shared state.
 /// Each service's breaker state as a running daemon reports it in
 /// `GET /api/v1/status`, if one answers at `address` within a moment (for
 /// `heistd check`; this module owns the status shape it reads).
@@ -113,6 +112,28 @@ pub async fn breaker_states(address: &str) -> Option<std::collections::BTreeMap<
     )
 }
 
+/// The running daemon's pid and config status from `GET /api/v1/status`
+/// at `address` (for `heistd reload`, which signals that pid and waits for
+/// the reload count to move). The error says why the daemon could not be
+/// read.
+pub async fn config_status(address: &str) -> Result<(u32, ConfigStatus), String> {
+    #[derive(Deserialize)]
+    struct Wanted {
+        pid: u32,
+        config: ConfigStatus,
+    }
+    let url = format!("http://{address}/api/v1/status");
+    let unreachable = |error: reqwest::Error| format!("no heistd answers at {url}: {error}");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .map_err(unreachable)?;
+    let response = client.get(&url).send().await.map_err(unreachable)?;
+    let wanted: Wanted = response.json().await.map_err(unreachable)?;
+    Ok((wanted.pid, wanted.config))
+}
+
+/// The admin API's routes over the daemon's shared state.
 pub fn router(state: Arc<DaemonState>) -> Router {
     Router::new()
         .route("/healthz", get(liveness))
@@ -218,6 +239,8 @@ struct Liveness {
 #[derive(Debug, Serialize)]
 struct DaemonStatus {
     version: &'static str,
+    /// The daemon's process id, which `heistd reload` signals.
+    pid: u32,
     started_at: DateTime<Utc>,
     uptime_seconds: u64,
     /// Each service's health and circuit breaker state.
@@ -225,6 +248,9 @@ struct DaemonStatus {
     schedules: Vec<ScheduleStatus>,
     running_sessions: Vec<RunningSession>,
     max_concurrent_sessions: u32,
+    /// The applied config's generation and the last reload's outcome,
+    /// which `heistd reload` waits on.
+    config: ConfigStatus,
 }
 
 #[derive(Debug, Serialize)]
@@ -278,6 +304,7 @@ async fn readiness(State(state): State<Arc<DaemonState>>) -> (StatusCode, Json<R
 }
 
 async fn prometheus_metrics(State(state): State<Arc<DaemonState>>) -> Response {
+    crate::daemon::telemetry::refresh_scrape_gauges(&state).await;
     (
         [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
         state.metrics.render(),
@@ -288,12 +315,14 @@ async fn prometheus_metrics(State(state): State<Arc<DaemonState>>) -> Response {
 async fn daemon_status(State(state): State<Arc<DaemonState>>) -> Json<DaemonStatus> {
     Json(DaemonStatus {
         version: state.version,
+        pid: std::process::id(),
         started_at: state.started_at,
         uptime_seconds: state.uptime().as_secs(),
         services: state.health.snapshot(),
         schedules: state.schedules(),
         running_sessions: state.running_sessions(),
         max_concurrent_sessions: state.config().daemon.max_concurrent_sessions,
+        config: state.config_status(),
     })
 }
 

@@ -41,6 +41,11 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Reload a running daemon's config and wait for the outcome: sends
+    /// SIGHUP, then exits 0 once the new config is applied, or 1 with the
+    /// daemon's reason (the key at fault) when it refused it and kept the
+    /// old one. What systemd's ExecReload= runs.
+    Reload(ReloadArgs),
     /// Run one heist on a built-in stack: every companion service in-process
     /// on loopback ports, the rehearsal model unless --llm-url is given.
     Demo(DemoArgs),
@@ -102,7 +107,34 @@ pub enum ConfigAction {
         /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print nothing when the config is valid, only errors (for
+        /// systemd's ExecStartPre=, which would log the whole config at
+        /// every start).
+        #[arg(long, short)]
+        quiet: bool,
     },
+    /// Print every key with its built-in default, as TOML (secrets redacted).
+    Defaults,
+}
+
+// `heistd reload`'s options (the variant's doc is its help).
+#[derive(Args)]
+pub struct ReloadArgs {
+    /// The daemon's process id (systemd: `--pid $MAINPID`); default: the
+    /// pid the daemon reports in GET /api/v1/status.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// The config file, read only for `daemon.admin_address`, where the
+    /// daemon is asked how the reload went; default /etc/heistd/heistd.toml
+    /// if it exists.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The daemon's admin API address; overrides the config's.
+    #[arg(long)]
+    pub admin_address: Option<String>,
+    /// How long to wait for the daemon's answer.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_seconds: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

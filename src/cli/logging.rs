@@ -5,7 +5,7 @@
 use super::args::{Command, LogFormat};
 
 /// Installs the global subscriber. `filter` is `--log` / `RUST_LOG`; without
-/// one, commands a person reads (demo, sessions, config, check) log
+/// one, commands a person reads (demo, sessions, config, check, reload) log
 /// warnings only and the services log `info`.
 pub fn init(filter: Option<&str>, format: LogFormat, command: &Command) {
     let quiet = matches!(
@@ -14,6 +14,7 @@ pub fn init(filter: Option<&str>, format: LogFormat, command: &Command) {
             | Command::Sessions { .. }
             | Command::Config { .. }
             | Command::Check { .. }
+            | Command::Reload { .. }
     );
     let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))

@@ -13,7 +13,9 @@ use std::sync::Arc;
 pub mod args;
 mod demo;
 pub mod logging;
+mod reload;
 pub use demo::{demo, DemoOptions};
+pub use reload::reload;
 
 use tokio::sync::watch;
 
@@ -48,6 +50,12 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     Unhealthy(String),
+    /// The daemon could not be signalled or did not answer in time.
+    #[error("{0}")]
+    ReloadFailed(String),
+    /// The daemon refused the new config and kept the running one.
+    #[error("reload refused, still running the previous config: {0}")]
+    ReloadRefused(String),
     #[error("session {session_id} ended {status}: {reason}")]
     NotCompleted {
         session_id: String,
@@ -62,7 +70,8 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) | Self::Scenario(_) | Self::Usage(_) => 1,
-            Self::Unhealthy(_) => 1,
+            Self::Unhealthy(_) | Self::ReloadRefused(_) => 1,
+            Self::ReloadFailed(_) => 2,
             Self::NotCompleted { .. } => 3,
             Self::Store(
                 StoreError::InUse { .. }
@@ -90,7 +99,14 @@ pub fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), Con
 /// `heistd config ...`.
 pub fn config(action: args::ConfigAction) -> Result<String, CliError> {
     match action {
-        args::ConfigAction::Check { config } => config_check(config.as_deref()),
+        args::ConfigAction::Check { config, quiet } => {
+            let report = config_check(config.as_deref())?;
+            Ok(if quiet { String::new() } else { report })
+        }
+        args::ConfigAction::Defaults => Ok(format!(
+            "# heistd's built-in defaults (secrets redacted); a config file sets only what differs\n{}",
+            Config::builtin().redacted_toml()
+        )),
     }
 }
 

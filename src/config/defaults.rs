@@ -1,5 +1,6 @@
-//! The built-in defaults: the lowest layer of the config, and what every
-//! key in `config/heistd.toml` shows (a test checks the two agree).
+//! The built-in defaults: the lowest layer of the config, what `heistd
+//! config defaults` prints, and what every key in `config/heistd.toml`
+//! shows but `store.path` (tests check both).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

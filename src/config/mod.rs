@@ -356,6 +356,29 @@ pub fn load(
     Ok(config)
 }
 
+/// Where a running daemon's admin API most likely listens: the file's
+/// `daemon.admin_address`, overridden by `HEISTD_DAEMON__ADMIN_ADDRESS`,
+/// else the default. Read leniently, ignoring every other key, because
+/// `heistd reload` must reach the daemon to hear it refuse an invalid file.
+pub fn admin_address_hint(
+    path: Option<&Path>,
+    environment: impl IntoIterator<Item = (String, String)>,
+) -> String {
+    let variable = format!("{ENV_PREFIX}DAEMON{ENV_SEPARATOR}ADMIN_ADDRESS");
+    if let Some((_, value)) = environment.into_iter().find(|(name, _)| *name == variable) {
+        return value;
+    }
+    path.and_then(|path| read_file(path).ok())
+        .and_then(|table| {
+            table
+                .get("daemon")?
+                .get("admin_address")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| Config::builtin().daemon.admin_address)
+}
+
 /// Where each value came from, so an error can name the file or variable.
 struct Origins {
     /// The config file, if one was given.

@@ -159,9 +159,23 @@ fn redacted_output_hides_secrets() {
 }
 
 #[test]
-fn the_example_file_shows_exactly_the_defaults() {
+fn the_install_config_is_the_defaults_with_the_store_under_var_lib_and_no_secret() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/heistd.toml");
     let loaded = load(Some(&example), Vec::new()).expect("the example is valid");
+    let mut expected = Config::builtin();
+    expected.store.path = "/var/lib/heistd/heistd.db".into();
+    assert_eq!(loaded.redacted_toml(), expected.redacted_toml());
+    let text = std::fs::read_to_string(&example).expect("read");
+    assert!(
+        !text.contains("client_secret") && !text.contains("rehearsal-secret"),
+        "the install config ships no secret"
+    );
+}
+
+#[test]
+fn the_printed_defaults_load_back_as_the_defaults() {
+    let file = write(&Config::builtin().redacted_toml());
+    let loaded = load(Some(file.path()), Vec::new()).expect("the defaults are valid");
     assert_eq!(loaded.redacted_toml(), Config::builtin().redacted_toml());
 }
 

@@ -2,7 +2,8 @@
 //! tracks, drains and recovers runs under the global cap), `state` (what
 //! the admin API reads, and the registry of running sessions), `outbox`
 //! (memory writes left behind by ended sessions), `notify` (sd_notify by
-//! hand) and `retention`.
+//! hand), `retention` and `telemetry` (the series a fresh daemon shows, and
+//! the gauges read at each scrape).
 //!
 //! Nothing here wires the daemon together (that is `app`), serves HTTP
 //! (that is `api`) or installs signal handlers.
@@ -12,7 +13,9 @@ pub mod outbox;
 pub mod retention;
 pub mod runs;
 pub mod state;
+pub mod telemetry;
 
 pub use state::{
-    DaemonState, Readiness, RunCommand, RunRequest, RunningSession, ScheduleStatus, StartRunError,
+    ConfigStatus, DaemonState, Readiness, RunCommand, RunRequest, RunningSession, ScheduleStatus,
+    StartRunError,
 };

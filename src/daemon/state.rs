@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
@@ -58,6 +58,22 @@ pub enum StartRunError {
 /// A run request with the channel its answer (the session id) goes back on.
 pub type RunCommand = (RunRequest, oneshot::Sender<Result<String, StartRunError>>);
 
+/// Which config the daemon runs and how its last reload went, so that
+/// `heistd reload` (systemd's `ExecReload=`) can wait for the outcome of
+/// the SIGHUP it sent and fail when the config was refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigStatus {
+    /// 1 at start, one more per applied reload.
+    pub generation: u64,
+    /// Reloads attempted, applied or refused: the number a waiting
+    /// `heistd reload` watches move.
+    pub reloads: u64,
+    pub last_reload_at: Option<DateTime<Utc>>,
+    /// Why the last reload was refused, naming the key at fault; `None`
+    /// once one is applied.
+    pub last_reload_error: Option<String>,
+}
+
 /// Why `/readyz` says what it says.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Readiness {
@@ -80,6 +96,7 @@ pub struct DaemonState {
     run_commands: mpsc::Sender<RunCommand>,
     /// The bearer token `POST /api/v1/runs` demands; `None` turns it off.
     admin_token: RwLock<Option<String>>,
+    config_status: RwLock<ConfigStatus>,
 }
 
 impl DaemonState {
@@ -103,6 +120,12 @@ impl DaemonState {
             registry: Registry::default(),
             run_commands,
             admin_token: RwLock::new(admin_token),
+            config_status: RwLock::new(ConfigStatus {
+                generation: 1,
+                reloads: 0,
+                last_reload_at: None,
+                last_reload_error: None,
+            }),
         }
     }
 
@@ -117,6 +140,25 @@ impl DaemonState {
     pub fn set_config(&self, config: Arc<Config>, admin_token: Option<String>) {
         *self.config.write() = config;
         *self.admin_token.write() = admin_token;
+    }
+
+    pub fn config_status(&self) -> ConfigStatus {
+        self.config_status.read().clone()
+    }
+
+    /// Records a reload's outcome: `Ok` when the new config was applied
+    /// (through [`DaemonState::set_config`]), the reason when refused.
+    pub fn record_reload(&self, outcome: Result<(), String>) {
+        let mut status = self.config_status.write();
+        status.reloads += 1;
+        status.last_reload_at = Some(Utc::now());
+        match outcome {
+            Ok(()) => {
+                status.generation += 1;
+                status.last_reload_error = None;
+            }
+            Err(error) => status.last_reload_error = Some(error),
+        }
     }
 
     pub fn admin_token(&self) -> Option<String> {

@@ -122,6 +122,7 @@ pub async fn watch_service(
         }
     }
     board.publish(health_of(&service, &tracker, &config, since, None, None));
+    create_series(&name, tracker.state);
     loop {
         let report = probe(&service, kind, Duration::from_millis(config.timeout_ms)).await;
         let error = (!report.up).then(|| report.detail.clone());
@@ -148,13 +149,7 @@ pub async fn watch_service(
                 tracing::error!(service = %name, %error, "cannot record a health event in the audit store");
             }
         }
-        metrics::gauge!(names::SERVICE_UP, "service" => name.clone()).set(
-            if tracker.state == HealthState::Up {
-                1.0
-            } else {
-                0.0
-            },
-        );
+        export_up(&name, tracker.state);
         board.publish(health_of(
             &service,
             &tracker,
@@ -195,6 +190,27 @@ fn health_of(
         required: config.required,
         breaker: service.breaker_state().as_str().to_string(),
     }
+}
+
+/// The only writer of `heistd_service_up`: the thresholded state, not one
+/// probe's result.
+fn export_up(service: &str, state: HealthState) {
+    let up = if state == HealthState::Up { 1.0 } else { 0.0 };
+    metrics::gauge!(names::SERVICE_UP, "service" => service.to_string()).set(up);
+}
+
+/// The service's health series exist before the first check, so the first
+/// transition shows in `increase()` and the dashboard lists the service.
+fn create_series(service: &str, state: HealthState) {
+    export_up(service, state);
+    for outcome in names::labels::HEALTH_OUTCOMES {
+        metrics::counter!(names::HEALTH_CHECKS_TOTAL, "service" => service.to_string(), "outcome" => outcome)
+            .increment(0);
+        metrics::counter!(names::HEALTH_TRANSITIONS_TOTAL, "service" => service.to_string(), "to" => outcome)
+            .increment(0);
+    }
+    let _ =
+        metrics::histogram!(names::HEALTH_CHECK_DURATION_SECONDS, "service" => service.to_string());
 }
 
 #[cfg(test)]

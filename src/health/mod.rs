@@ -78,17 +78,14 @@ pub async fn probe(
     let outcome: Result<serde_json::Value, CallError> =
         service.probe_json_within(path, limit).await;
     let seconds = started.elapsed().as_secs_f64();
+    // The probe's raw result goes to the check metrics only; `service_up`
+    // has one writer, the checker's thresholded state.
     metrics::histogram!(names::HEALTH_CHECK_DURATION_SECONDS, "service" => service.name.clone())
         .record(seconds);
     let (up, detail) = match outcome {
         Ok(body) => judge(kind, &body),
         Err(error) => (false, error.to_string()),
     };
-    metrics::gauge!(names::SERVICE_UP, "service" => service.name.clone()).set(if up {
-        1.0
-    } else {
-        0.0
-    });
     HealthReport {
         service: service.name.clone(),
         base_url: service.base_url.clone(),

@@ -89,12 +89,7 @@ impl Guard {
             Some(seed) => ChaCha8Rng::seed_from_u64(seed),
             None => ChaCha8Rng::from_os_rng(),
         };
-        // Series that only count rare events exist from the start, so a
-        // dashboard shows 0 rather than "no data".
-        metrics::counter!(names::SERVICE_RETRIES_TOTAL, "service" => service.to_string())
-            .increment(0);
-        metrics::counter!(names::RETRY_BUDGET_EXHAUSTED_TOTAL, "service" => service.to_string())
-            .increment(0);
+        create_series(service);
         Self {
             service: service.to_string(),
             breaker: CircuitBreaker::new(service, policy.config.breaker.clone()),
@@ -283,6 +278,31 @@ impl Guard {
         };
         metrics::counter!(names::SERVICE_CALLS_BY_RETRY_TOTAL, "service" => service, "kind" => kind).increment(1);
     }
+}
+
+/// Every series of a service's calls exists from the start at 0, so a
+/// dashboard shows 0 rather than "no data" and `rate()` sees the first
+/// event of each outcome.
+fn create_series(service: &str) {
+    use names::labels;
+    let service = || service.to_string();
+    metrics::counter!(names::SERVICE_RETRIES_TOTAL, "service" => service()).increment(0);
+    metrics::counter!(names::RETRY_BUDGET_EXHAUSTED_TOTAL, "service" => service()).increment(0);
+    for outcome in labels::REQUEST_OUTCOMES {
+        metrics::counter!(names::SERVICE_REQUESTS_TOTAL, "service" => service(), "outcome" => outcome)
+            .increment(0);
+    }
+    for outcome in labels::ATTEMPT_OUTCOMES {
+        metrics::counter!(names::SERVICE_ATTEMPTS_TOTAL, "service" => service(), "outcome" => outcome)
+            .increment(0);
+    }
+    for kind in labels::RETRY_KINDS {
+        metrics::counter!(names::SERVICE_CALLS_BY_RETRY_TOTAL, "service" => service(), "kind" => kind)
+            .increment(0);
+    }
+    // Registering a histogram makes it render, every bucket at 0.
+    let _ = metrics::histogram!(names::SERVICE_REQUEST_DURATION_SECONDS, "service" => service());
+    let _ = metrics::histogram!(names::SERVICE_ATTEMPT_DURATION_SECONDS, "service" => service());
 }
 
 struct AttemptOutcome<T, E> {

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::{missed_slot, Clock, Slots as _};
 use crate::config::{Overlap, ScheduleConfig};
-use crate::metrics::SCHEDULE_RUNS_TOTAL;
+use crate::metrics::{SCHEDULE_LAST_RUN_TIMESTAMP_SECONDS, SCHEDULE_RUNS_TOTAL};
 
 /// Starts a heist for a schedule's slot. The daemon implements it: it records
 /// the schedule and slot, and enforces the global cap on running heists.
@@ -302,6 +302,10 @@ impl ScheduleTask {
         if let Some(state) = states.get_mut(&self.config.name) {
             state.last_slot = state.last_slot.max(Some(slot));
         }
+        // For the "schedule stopped firing" alert: the age of the last
+        // slot handled, launched or skipped.
+        metrics::gauge!(SCHEDULE_LAST_RUN_TIMESTAMP_SECONDS, "schedule" => self.config.name.clone())
+            .set(slot.timestamp_millis() as f64 / 1000.0);
     }
 
     fn set_next_slot(&self, next_slot: Option<DateTime<Utc>>) {

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{
-    HealthEvent, NewSession, OutboxEntry, RecentTurns, SessionDetail, SessionRow, SessionStatus,
-    Store, StoreError, TurnRecord,
+    HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns, SessionDetail, SessionRow,
+    SessionStatus, Store, StoreError, TurnRecord,
 };
 use crate::config::StoreConfig;
 
@@ -155,6 +155,10 @@ impl StoreHandle {
 
     pub async fn pending_outbox_total(&self) -> Result<u64, StoreError> {
         self.call(|store| store.pending_outbox_total()).await
+    }
+
+    pub async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
+        self.call(|store| store.outbox_summary()).await
     }
 
     // Health events.

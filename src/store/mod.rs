@@ -38,9 +38,9 @@ mod turns;
 
 pub use handle::StoreHandle;
 pub use rows::{
-    HealthEvent, MessageRow, NewSession, OutboxEntry, RecentTurns, ServiceCallRecord,
-    ServiceCallRow, SessionDetail, SessionRow, SessionStatus, ToolCallRecord, ToolUsageRow,
-    TurnRecord,
+    HealthEvent, MessageRow, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
+    ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus, ToolCallRecord,
+    ToolUsageRow, TurnRecord,
 };
 
 /// Bumped with every migration appended to [`MIGRATIONS`].

@@ -5,7 +5,7 @@
 
 use rusqlite::params;
 
-use super::{timestamp, OutboxEntry, Store, StoreError};
+use super::{timestamp, OutboxEntry, OutboxSummary, Store, StoreError};
 
 impl Store {
     /// Memory writes not yet delivered, oldest first.
@@ -89,5 +89,26 @@ impl Store {
             |row| row.get(0),
         )?;
         Ok(count.max(0) as u64)
+    }
+
+    /// The outbox as the daemon's gauges show it: writes waiting, when the
+    /// oldest of them was created, and writes set aside for good.
+    pub fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT COUNT(*) FILTER (WHERE delivered_at IS NULL AND abandoned_at IS NULL),
+                        MIN(created_at) FILTER (WHERE delivered_at IS NULL AND abandoned_at IS NULL),
+                        COUNT(abandoned_at)
+                 FROM outbox",
+                [],
+                |row| {
+                    Ok(OutboxSummary {
+                        pending: row.get::<_, i64>(0)?.max(0) as u64,
+                        oldest_pending_created_at: row.get(1)?,
+                        abandoned: row.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                },
+            )
+            .map_err(StoreError::from)
     }
 }

@@ -192,6 +192,17 @@ pub struct OutboxEntry {
     pub attempts: i64,
 }
 
+/// The whole outbox in three numbers, for the daemon's gauges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxSummary {
+    /// Writes waiting for delivery.
+    pub pending: u64,
+    /// `created_at` of the oldest waiting write, as stored.
+    pub oldest_pending_created_at: Option<String>,
+    /// Writes the memory service refused for good: data it never got.
+    pub abandoned: u64,
+}
+
 /// A service's health changed (written by the health checker).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HealthEvent {

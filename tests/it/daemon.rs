@@ -699,3 +699,5 @@ async fn recovery_resumes_heistds_sessions_and_interrupts_ones_it_cannot_replay(
         "{prototype:?}"
     );
 }
+
+mod ops;

@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod daemon;
 mod heist;
+mod ops;
 mod resilience;
 mod support;
 mod systemd;

@@ -76,3 +76,61 @@ pub fn token(key: &SigningKey, scope: &str, ttl_seconds: i64) -> String {
 pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
+
+/// `promtool` (Debian's `prometheus` package), when the tests that check
+/// alert rules and `/metrics` with it should run. Without it they are
+/// skipped with a note on standard error, so a newcomer's plain `cargo
+/// test` passes; where it is required (`.ci/run` sets
+/// `HEISTD_REQUIRE_PROMTOOL=1`, and any `CI=true` machine) a missing
+/// promtool fails the test instead.
+pub fn promtool(test: &str) -> Option<&'static str> {
+    let found = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if found {
+        return Some("promtool");
+    }
+    let required = std::env::var("HEISTD_REQUIRE_PROMTOOL").is_ok_and(|value| value == "1")
+        || std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+    assert!(
+        !required,
+        "{test}: promtool is required here (HEISTD_REQUIRE_PROMTOOL=1 or CI=true) but not on PATH; \
+         install Debian's `prometheus` package (.ci/run does)"
+    );
+    // Written to stderr directly, not with `eprintln!`, which the test
+    // harness captures: the note must show in a plain `cargo test`.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: promtool is not on PATH (install Debian's `prometheus` package to run it; \
+         .ci/run does and makes it required)"
+    );
+    None
+}
+
+/// Runs `promtool check metrics` on an exposition and returns what it said
+/// when it found anything (a lint warning or an error).
+pub fn promtool_check_metrics(promtool: &str, exposition: &str) -> Option<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write the exposition");
+    let output = child.wait_with_output().expect("promtool ends");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (!output.status.success() || !said.trim().is_empty()).then_some(said)
+}

@@ -1,6 +1,8 @@
 //! The shipped systemd units, checked by systemd's own tools: `verify`
 //! must print nothing and `security --offline=yes` must rate each unit 2.5
 //! or better (OK). `/usr/bin/heistd` is pointed at the binary under test.
+//! The README's install steps are run against a temporary root and held to
+//! the units and the install config.
 
 use std::path::Path;
 use std::process::Command;
@@ -55,4 +57,105 @@ fn units_verify_cleanly_and_rate_ok_for_exposure() {
             copy.display()
         );
     }
+}
+
+/// The README's install steps, run against a temporary root: every file
+/// they name exists and lands where the units look for it, the installed
+/// config passes the units' quiet `ExecStartPre` check, and an operator's
+/// `heistd sessions list` on it looks where the daemon writes.
+#[test]
+fn the_readme_install_steps_put_everything_where_the_units_and_the_config_expect_it() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(manifest.join("README.md")).expect("README");
+    let block = readme
+        .split("Installing it under systemd")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the install block");
+    let root = tempfile::tempdir().expect("temp root");
+    let root_path = root.path().to_str().expect("utf-8");
+    for directory in ["usr/bin", "etc/systemd/system"] {
+        std::fs::create_dir_all(root.path().join(directory)).expect("mkdir");
+    }
+    let steps: Vec<String> = block
+        .lines()
+        .flat_map(|line| line.split("&&"))
+        .map(|step| step.split('#').next().unwrap_or_default().trim())
+        .filter_map(|step| step.strip_prefix("sudo install "))
+        .map(|arguments| {
+            // Owners need the `heistd` user, which the test does not create.
+            let arguments = arguments
+                .replace("-o root -g heistd ", "")
+                .replace("target/release/heistd", env!("CARGO_BIN_EXE_heistd"));
+            let rooted = ["/etc/", "/usr/"].iter().fold(arguments, |text, prefix| {
+                text.replace(&format!(" {prefix}"), &format!(" {root_path}{prefix}"))
+            });
+            format!("install {rooted}")
+        })
+        .collect();
+    assert!(steps.len() >= 6, "{steps:?}");
+    for step in &steps {
+        let output = Command::new("sh")
+            .args(["-c", step])
+            .current_dir(manifest)
+            .output()
+            .expect("sh runs");
+        assert!(
+            output.status.success(),
+            "{step}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let installed = |path: &str| root.path().join(path);
+    for path in [
+        "usr/bin/heistd",
+        "etc/heistd/heistd.toml",
+        "etc/heistd/heistd.env",
+        "usr/share/doc/heistd/dashboards/heistd.json",
+        "usr/share/doc/heistd/dashboards/alerts.yml",
+        "etc/systemd/system/heistd.service",
+        "etc/systemd/system/heistd-services.service",
+    ] {
+        assert!(installed(path).is_file(), "{path} not installed");
+    }
+    let unit =
+        std::fs::read_to_string(installed("etc/systemd/system/heistd.service")).expect("unit");
+    let documentation = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("Documentation=file://"))
+        .expect("Documentation=");
+    assert!(
+        installed(documentation.trim_start_matches('/')).is_file(),
+        "Documentation={documentation} is not installed"
+    );
+    assert!(unit.contains("StateDirectory=heistd\n") && !unit.contains("HEISTD_STORE__PATH"));
+    assert!(unit.contains("ExecReload=/usr/bin/heistd reload --pid $MAINPID"));
+
+    let config = installed("etc/heistd/heistd.toml");
+    let config = config.to_str().expect("utf-8");
+    let heistd = |arguments: &[&str]| {
+        Command::new(installed("usr/bin/heistd"))
+            .args(arguments)
+            .env_remove("HEISTD_STORE__PATH")
+            .output()
+            .expect("heistd runs")
+    };
+    let check = heistd(&["config", "check", "--quiet", "--config", config]);
+    assert!(
+        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
+        "config check --quiet: {:?}\n{}{}",
+        check.status,
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // The store is in the StateDirectory, where the daemon writes.
+    let sessions = heistd(&["sessions", "--config", config, "list"]);
+    let machine_has_a_store = Path::new("/var/lib/heistd/heistd.db").exists();
+    assert!(
+        machine_has_a_store
+            || String::from_utf8_lossy(&sessions.stderr).contains("/var/lib/heistd/heistd.db"),
+        "{}",
+        String::from_utf8_lossy(&sessions.stderr)
+    );
 }
