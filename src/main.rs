@@ -10,12 +10,14 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::logging::init(cli.log.as_deref(), cli.log_format, &cli.command);
-    heistd::metrics::install();
-    let outcome = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| CliError::Runtime(error.to_string()))
+    let outcome = cli::logging::init(cli.log.as_deref(), cli.log_format, &cli.command)
+        .map(|()| heistd::metrics::install())
+        .and_then(|_| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build();
+            runtime.map_err(|error| CliError::Runtime(error.to_string()))
+        })
         .and_then(|runtime| runtime.block_on(execute(cli.command)));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,7 +32,7 @@ pub const DEFAULT_SESSION_LIMIT: usize = 50;
 /// The largest `limit` accepted, so one request cannot read the whole trail.
 pub const MAX_SESSION_LIMIT: usize = 1000;
 /// The most turns `POST /api/v1/runs` may ask for.
-pub const MAX_RUN_TURNS: u32 = 1000;
+pub const MAX_RUN_TURNS: u32 = crate::config::MAX_TURNS;
 /// A run request is a few dozen bytes; anything much larger is a mistake.
 pub const MAX_RUN_BODY_BYTES: usize = 16 * 1024;
 /// The Prometheus text exposition format.

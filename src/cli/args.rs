@@ -68,10 +68,10 @@ pub enum Command {
     /// Read the audit store.
     Sessions {
         /// The audit database; default: the config's store.path.
-        #[arg(long)]
+        #[arg(long, global = true)]
         db: Option<PathBuf>,
         /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
-        #[arg(long)]
+        #[arg(long, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: SessionsAction,
@@ -146,8 +146,8 @@ pub enum Format {
 // `heistd demo`'s options (the variant's doc is its help).
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Turns in the heist (default: [heist] turns, 12).
-    #[arg(long)]
+    /// Turns in the heist, 1 to 1000 (default: [heist] turns, 12).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_TURNS)))]
     pub turns: Option<u32>,
     /// The SQLite audit database to write.
     #[arg(long, default_value = "heistd-demo.db")]
@@ -173,8 +173,8 @@ pub struct RunArgs {
     /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Turns in the heist (default: [heist] turns, 12).
-    #[arg(long)]
+    /// Turns in the heist, 1 to 1000 (default: [heist] turns, 12).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_TURNS)))]
     pub turns: Option<u32>,
     /// Fixes the agent order (and the rehearsal transcript); random when unset.
     #[arg(long)]

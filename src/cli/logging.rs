@@ -3,11 +3,12 @@
 //! It only installs the subscriber; it decides nothing else.
 
 use super::args::{Command, LogFormat};
+use super::CliError;
 
 /// Installs the global subscriber. `filter` is `--log` / `RUST_LOG`; without
 /// one, commands a person reads (demo, sessions, config, check, reload) log
 /// warnings only and the services log `info`.
-pub fn init(filter: Option<&str>, format: LogFormat, command: &Command) {
+pub fn init(filter: Option<&str>, format: LogFormat, command: &Command) -> Result<(), CliError> {
     let quiet = matches!(
         command,
         Command::Demo { .. }
@@ -17,8 +18,14 @@ pub fn init(filter: Option<&str>, format: LogFormat, command: &Command) {
             | Command::Reload { .. }
     );
     let default = if quiet { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = filter.unwrap_or(default);
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map_err(|error| {
+            CliError::Usage(format!(
+                "invalid log filter `{filter}` (--log or RUST_LOG): {error}; e.g. `info` or `heistd=debug`"
+            ))
+        })?;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -32,4 +39,5 @@ pub fn init(filter: Option<&str>, format: LogFormat, command: &Command) {
             .with_span_list(true)
             .init(),
     }
+    Ok(())
 }

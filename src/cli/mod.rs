@@ -73,15 +73,23 @@ impl CliError {
             Self::Unhealthy(_) | Self::ReloadRefused(_) => 1,
             Self::ReloadFailed(_) => 2,
             Self::NotCompleted { .. } => 3,
-            Self::Store(
-                StoreError::InUse { .. }
-                | StoreError::SessionNotFound(_)
-                | StoreError::OverSizeCap { .. },
-            ) => 1,
-            Self::Store(_) | Self::Service(_) | Self::Heist(_) | Self::Clients(_) => 2,
+            Self::Store(error) | Self::Daemon(AppError::Store(error)) => store_exit_code(error),
+            Self::Service(_) | Self::Heist(_) | Self::Clients(_) => 2,
             Self::Daemon(AppError::Config(_) | AppError::Scenario(_)) => 1,
             Self::Daemon(_) | Self::Runtime(_) => 2,
         }
+    }
+}
+
+/// One code for a store error whichever command met it: 1 for what the
+/// user can fix (the store is in use, a session that does not exist, the
+/// size cap), 2 for the store failing.
+fn store_exit_code(error: &StoreError) -> u8 {
+    match error {
+        StoreError::InUse { .. }
+        | StoreError::SessionNotFound(_)
+        | StoreError::OverSizeCap { .. } => 1,
+        _ => 2,
     }
 }
 
@@ -298,6 +306,13 @@ pub async fn services(
     } else {
         names.iter().map(String::as_str).collect()
     };
+    // Named before anything else is checked: a typo is the likelier fault.
+    if let Some(unknown) = chosen.iter().find(|name| Companion::parse(name).is_none()) {
+        return Err(CliError::Usage(format!(
+            "unknown service `{unknown}` (known: all, {})",
+            COMPANION_NAMES.join(", ")
+        )));
+    }
     let signing_key = match &config.oauth.signing_key {
         Some(key) => SigningKey::from_bytes(key.expose().as_bytes().to_vec())
             .map_err(|error| CliError::Usage(format!("{}: {error}", config.oauth.signing_key_env)))?,
@@ -318,6 +333,7 @@ pub async fn services(
         settings: Arc::new(config.companions_settings()),
     };
     let companions = services::start(&chosen, &context, &host, &ports, fault_injection).await?;
+    // The one line a person reads per companion (its log line is debug).
     for service in &companions.services {
         println!("{:<15} listening on {}", service.name, service.base_url());
     }

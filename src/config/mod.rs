@@ -35,6 +35,9 @@ pub const ENV_PREFIX: &str = "HEISTD_";
 pub const ENV_SEPARATOR: &str = "__";
 /// Where a packaged daemon looks for its config when no `--config` is given.
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/heistd/heistd.toml";
+/// One rule for a heist's length everywhere: the config, schedules, the
+/// command line and `POST /api/v1/runs` all take 1 to this many turns.
+pub const MAX_TURNS: u32 = 1000;
 /// The model server's name as a service: its metric label, its health
 /// checker's name, and the `[llm]` section's client.
 pub const LLM_SERVICE: &str = "llm";
@@ -623,8 +626,11 @@ fn unknown_field_name(message: &str) -> Option<String> {
 
 fn validate(config: &Config) -> Result<(), (String, String)> {
     let fail = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
-    if config.heist.turns == 0 {
-        return fail("heist.turns", "must be at least 1");
+    if !(1..=MAX_TURNS).contains(&config.heist.turns) {
+        return Err((
+            "heist.turns".into(),
+            format!("must be from 1 to {MAX_TURNS}"),
+        ));
     }
     if config.heist.context_messages > 100 {
         return fail("heist.context_messages", "must be at most 100");

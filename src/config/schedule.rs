@@ -215,8 +215,11 @@ pub fn validate_schedules(schedules: &[ScheduleConfig]) -> Result<(), (String, S
                 format!("`{}` is used by another schedule", schedule.name),
             ));
         }
-        if schedule.turns == 0 {
-            return Err((key("turns"), "must be at least 1".into()));
+        if !(1..=super::MAX_TURNS).contains(&schedule.turns) {
+            return Err((
+                key("turns"),
+                format!("must be from 1 to {}", super::MAX_TURNS),
+            ));
         }
     }
     Ok(())

@@ -216,7 +216,8 @@ impl HeistRunner {
         } else {
             "ok"
         };
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Whole microseconds: more digits are noise in logs and output.
+        let elapsed_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
         metrics::counter!(names::TURNS_TOTAL, "agent" => agent.name.clone(), "outcome" => outcome)
             .increment(1);
         metrics::histogram!(names::TURN_DURATION_SECONDS).record(elapsed_ms / 1000.0);

@@ -83,7 +83,9 @@ pub fn wrap(router: Router, switch: Arc<FaultSwitch>, control: bool) -> Router {
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(switch.clone(), inject));
     if !control {
-        return faulty;
+        // Said plainly, so a test harness pointed at a production companion
+        // learns why its faults do nothing.
+        return faulty.route(FAULT_PATH, axum::routing::any(fault_injection_off));
     }
     let control_routes = Router::new()
         .route(
@@ -92,6 +94,13 @@ pub fn wrap(router: Router, switch: Arc<FaultSwitch>, control: bool) -> Router {
         )
         .with_state(switch);
     faulty.merge(control_routes)
+}
+
+async fn fault_injection_off() -> Response {
+    error_response(
+        StatusCode::FORBIDDEN,
+        "fault injection is off; set companions.fault_injection = true to enable /fault",
+    )
 }
 
 /// A listener that drops new connections while `refuse` is set.
@@ -237,4 +246,33 @@ async fn set_fault(
 async fn clear_fault(State(switch): State<Arc<FaultSwitch>>) -> Json<Fault> {
     switch.clear();
     Json(Fault::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_fault_route_says_how_to_turn_injection_on_when_it_is_off() {
+        for method in ["GET", "POST", "DELETE"] {
+            let router = wrap(Router::new(), Arc::new(FaultSwitch::default()), false);
+            let request = Request::builder()
+                .method(method)
+                .uri(FAULT_PATH)
+                .body(Body::empty())
+                .expect("request");
+            let response = router.oneshot(request).await.expect("answers");
+            assert_eq!(response.status(), StatusCode::FORBIDDEN, "{method}");
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .expect("body");
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(error.contains("companions.fault_injection"), "{body}");
+        }
+    }
 }

@@ -161,7 +161,7 @@ pub async fn start(
                 tracing::error!(service = name, %error, "companion service stopped");
             }
         });
-        tracing::info!(service = name, address = %bound, "companion service listening");
+        tracing::debug!(service = name, address = %bound, "companion service listening");
         services.push(RunningService {
             name,
             address: bound,

@@ -389,3 +389,46 @@ fn a_heist_that_fails_exits_3_after_its_summary() {
         text(&output.stderr)
     );
 }
+
+/// The newcomer's rough edges: each input gets the exit code and the words
+/// that say what to do, before anything runs.
+#[test]
+fn cli_edges_get_clear_refusals() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        directory.path().join("long.toml"),
+        "[heist]\nturns = 5000\n",
+    )
+    .expect("write");
+    let cases: &[(&[&str], i32, &str)] = &[
+        // One rule for turns: 1 to 1000, on the command line and in config.
+        (&["demo", "--turns", "0"], 2, "1..=1000"),
+        (&["run", "--turns", "5000"], 2, "1..=1000"),
+        (
+            &["config", "check", "--config", "long.toml"],
+            1,
+            "heist.turns",
+        ),
+        (&["services", "bogus"], 1, "unknown service `bogus`"),
+        (
+            &["--log", "nonsense=bogus,,", "config", "check"],
+            1,
+            "invalid log filter",
+        ),
+        // `--db` after the subcommand names the file it looked for.
+        (
+            &["sessions", "list", "--db", "nowhere.db"],
+            1,
+            "no audit database at nowhere.db",
+        ),
+    ];
+    for (arguments, code, words) in cases {
+        let output = heistd(arguments, directory.path());
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(*code), "{arguments:?}: {stderr}");
+        assert!(
+            stderr.contains(words),
+            "{arguments:?}: `{stderr}` lacks `{words}`"
+        );
+    }
+}
