@@ -102,6 +102,10 @@ impl Classify for CallError {
     fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
     }
+
+    fn is_backpressure(&self) -> bool {
+        matches!(self, Self::Status { status: 429, .. })
+    }
 }
 
 impl From<GuardError<CallError>> for CallError {
