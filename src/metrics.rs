@@ -43,6 +43,12 @@ pub const SCHEDULE_RUNS_TOTAL: &str = "heistd_schedule_runs_total";
 /// Audit rows pruned by retention (sessions).
 pub const RETENTION_PRUNED_SESSIONS_TOTAL: &str = "heistd_retention_pruned_sessions_total";
 pub const MEMORY_OUTBOX_PENDING: &str = "heistd_memory_outbox_pending";
+/// Model replies the server cut at `max_tokens` (`finish_reason: length`).
+pub const MODEL_REPLIES_TRUNCATED_TOTAL: &str = "heistd_model_replies_truncated_total";
+/// Prompts trimmed to fit the model's context window.
+pub const MODEL_PROMPTS_TRIMMED_TOTAL: &str = "heistd_model_prompts_trimmed_total";
+/// Time sessions spent paused while the model was unavailable.
+pub const MODEL_OUTAGE_PAUSE_SECONDS_TOTAL: &str = "heistd_model_outage_pause_seconds_total";
 
 /// Latency buckets from 1 ms to two minutes: tools answer in milliseconds,
 /// an LLM in tens of seconds.

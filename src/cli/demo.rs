@@ -45,60 +45,20 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     let mut base = config::load(None, config::process_environment())?;
     base.store.path = options.db.clone();
     if options.chaos {
-        // A short wait in open, so the memory breaker lets the outbox
-        // through within the demo rather than ten seconds later.
-        base.services.memory.policy.breaker.wait_in_open_ms = 1_000;
-        // A wider window for the model: a quarter of requests failing should
-        // show retries at work, not open the breaker on a short unlucky run
-        // (turns then fail in microseconds until it half-opens).
-        base.llm.policy.breaker.window_size = 20;
-        base.llm.policy.breaker.minimum_calls = 10;
-        base.llm.policy.breaker.wait_in_open_ms = 1_000;
+        chaos_settings(&mut base);
     }
     let stack = LocalStack::start(base, options.llm.clone()).await?;
     let store = StoreHandle::open_configured(&stack.config.store).await?;
-    let runner = stack.runner(store.clone())?.with_stop(options.stop.clone());
+    let runner = stack
+        .runner(store.clone())?
+        .with_stop(options.stop.clone())
+        .with_notices(std::sync::Arc::new(super::print_notice));
+    super::preflight(&runner.clients().llm).await?;
     let turns = options.turns.unwrap_or(stack.config.heist.turns);
     let seed = options.seed.unwrap_or_else(heist::random_seed);
-    let model = match &options.llm {
-        Some((url, model)) => format!("{model} at {url}"),
-        None => format!(
-            "{} (the rehearsal model: scripted replies, no language model)",
-            REHEARSAL_MODEL_ID
-        ),
-    };
-    println!(
-        "heistd demo: {} — {turns} turns, seed {seed}",
-        stack.scenario.title
-    );
-    println!("model: {model}");
-    for service in &stack.companions.services {
-        println!("  {:<15} {}", service.name, service.base_url());
-    }
+    print_header(&stack, &options, turns, seed);
     if options.chaos {
-        println!(
-            "chaos: the model answers 503 to a quarter of requests, the calculator 500 to a third, and the \
-             memory service is down from turn {OUTAGE_FIRST_TURN} to turn {OUTAGE_LAST_TURN}: watch retries, \
-             failures and the outbox catching up"
-        );
-        set_fault(
-            &stack,
-            Companion::Rehearsal,
-            Fault {
-                error_rate: 0.25,
-                error_status: 503,
-                ..Fault::default()
-            },
-        );
-        set_fault(
-            &stack,
-            Companion::Calculator,
-            Fault {
-                error_rate: 0.33,
-                error_status: 500,
-                ..Fault::default()
-            },
-        );
+        start_chaos(&stack);
     }
     println!();
     let observer = |view: &TurnView<'_>| {
@@ -127,17 +87,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         // A run shorter than the outage must not leave memory down.
         set_fault(&stack, Companion::Memory, Fault::default());
     }
-    if report.memory_pending > 0 {
-        // The memory breaker may still be open after the outage: give it a
-        // few seconds, then the outbox delivers what memory missed.
-        for _ in 0..10 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            report.memory_pending = runner.deliver_outbox(&report.session_id).await?;
-            if report.memory_pending == 0 {
-                break;
-            }
-        }
-    }
+    report.memory_pending = deliver_the_rest(&runner, &report).await?;
     if options.chaos {
         if let Ok((delivered, all)) = store.outbox_counts(&report.session_id).await {
             println!("outbox: {delivered} of {all} memory writes delivered to the memory service despite the outage\n");
@@ -160,6 +110,86 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     }
     stack.companions.shutdown().await;
     super::completed(report)
+}
+
+/// The chaos run's settings: short breaker waits, so the demo shows
+/// recovery within its turns.
+fn chaos_settings(base: &mut config::Config) {
+    // A short wait in open, so the memory breaker lets the outbox
+    // through within the demo rather than ten seconds later.
+    base.services.memory.policy.breaker.wait_in_open_ms = 1_000;
+    // A wider window for the model: a quarter of requests failing should
+    // show retries at work, not open the breaker on a short unlucky run
+    // (turns then fail in microseconds until it half-opens).
+    base.llm.policy.breaker.window_size = 20;
+    base.llm.policy.breaker.minimum_calls = 10;
+    base.llm.policy.breaker.wait_in_open_ms = 1_000;
+}
+
+/// What the demo runs against: the scenario, the model, the companions.
+fn print_header(stack: &LocalStack, options: &DemoOptions, turns: u32, seed: u64) {
+    let model = match &options.llm {
+        Some((url, model)) => format!("{model} at {url}"),
+        None => format!(
+            "{} (the rehearsal model: scripted replies, no language model)",
+            REHEARSAL_MODEL_ID
+        ),
+    };
+    println!(
+        "heistd demo: {} — {turns} turns, seed {seed}",
+        stack.scenario.title
+    );
+    println!("model: {model}");
+    for service in &stack.companions.services {
+        println!("  {:<15} {}", service.name, service.base_url());
+    }
+}
+
+/// Gives memory writes still pending after the run a few seconds: the
+/// memory breaker may still be open after the outage, then the outbox
+/// delivers what memory missed. Returns what is still pending.
+async fn deliver_the_rest(
+    runner: &crate::heist::HeistRunner,
+    report: &RunReport,
+) -> Result<usize, CliError> {
+    let mut pending = report.memory_pending;
+    if pending > 0 {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            pending = runner.deliver_outbox(&report.session_id).await?;
+            if pending == 0 {
+                break;
+            }
+        }
+    }
+    Ok(pending)
+}
+
+/// Announces and injects the chaos faults: model and calculator errors.
+fn start_chaos(stack: &LocalStack) {
+    println!(
+        "chaos: the model answers 503 to a quarter of requests, the calculator 500 to a third, and the \
+         memory service is down from turn {OUTAGE_FIRST_TURN} to turn {OUTAGE_LAST_TURN}: watch retries, \
+         failures and the outbox catching up"
+    );
+    set_fault(
+        stack,
+        Companion::Rehearsal,
+        Fault {
+            error_rate: 0.25,
+            error_status: 503,
+            ..Fault::default()
+        },
+    );
+    set_fault(
+        stack,
+        Companion::Calculator,
+        Fault {
+            error_rate: 0.33,
+            error_status: 500,
+            ..Fault::default()
+        },
+    );
 }
 
 fn set_fault(stack: &LocalStack, companion: Companion, fault: Fault) {
