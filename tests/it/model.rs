@@ -249,3 +249,51 @@ async fn a_hung_model_opens_its_breaker_after_three_timeouts_and_the_session_end
     let reason = detail.session.failure_reason.as_deref().unwrap_or_default();
     assert!(reason.contains("no answer within 200 ms"), "{reason}");
 }
+
+#[tokio::test]
+async fn a_busy_one_slot_model_is_never_marked_down_by_the_health_checker() {
+    use heistd::clients::{ChatMessage, Clients};
+    use heistd::health::{checker, HealthBoard, Probe};
+
+    let double = ModelDouble::start(Behaviour {
+        generation: Duration::from_millis(1_200),
+        ..Behaviour::default()
+    })
+    .await;
+    let mut config = base_config();
+    config.llm.base_url = double.url.clone();
+    config.llm.model = MODEL.into();
+    let clients = Clients::from_config(&config).expect("clients");
+    let stack = TestStack::start().await;
+    // Probes every 200 ms that give up after 300 ms: without passive health
+    // two in a row during one generation would mark the model down.
+    let mut health = config.llm.health.clone();
+    health.interval_ms = 200;
+    health.timeout_ms = 300;
+    health.jitter_ms = 0;
+    health.unhealthy_threshold = 2;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(checker::watch_service(
+        clients.llm.service.clone(),
+        Probe::ModelList,
+        health,
+        Arc::new(HealthBoard::default()),
+        stack.store.clone(),
+        shutdown,
+    ));
+    let messages = [ChatMessage {
+        role: "user",
+        content: "Turn 1 of 1.".into(),
+    }];
+    for _ in 0..3 {
+        clients.llm.chat(&messages, 1, &[]).await.expect("answers");
+    }
+    stop.send(true).expect("stop");
+    watcher.await.expect("checker ends");
+    let events = stack.store.health_events(Some("llm")).expect("events");
+    assert!(
+        events.iter().all(|event| event.to_state != "down"),
+        "{events:?}"
+    );
+    assert_eq!(clients.llm.service.breaker_state().as_str(), "closed");
+}
