@@ -78,6 +78,12 @@ pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
 /// The limit beside the count, as the Go and Python clients export it, so
 /// an alert can compare the two.
 pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// Model replies the server cut at `max_tokens` (`finish_reason: length`).
+pub const MODEL_REPLIES_TRUNCATED_TOTAL: &str = "heistd_model_replies_truncated_total";
+/// Prompts trimmed to fit the model's context window.
+pub const MODEL_PROMPTS_TRIMMED_TOTAL: &str = "heistd_model_prompts_trimmed_total";
+/// Time sessions spent paused while the model was unavailable.
+pub const MODEL_OUTAGE_PAUSE_SECONDS_TOTAL: &str = "heistd_model_outage_pause_seconds_total";
 
 /// Label values known before the first event, so their series can start at
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
@@ -116,7 +122,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 37] = [
+pub const FAMILIES: [(&str, Kind, &str); 40] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -154,6 +160,9 @@ pub const FAMILIES: [(&str, Kind, &str); 37] = [
     (PROCESS_START_TIME_SECONDS, Kind::Gauge, "Start time of the process since the Unix epoch, in seconds."),
     (PROCESS_MAX_FDS, Kind::Gauge, "Maximum number of open file descriptors."),
     (CONFIG_GENERATION, Kind::Gauge, "The applied config's generation: 1 at start, one more per applied reload."),
+    (MODEL_REPLIES_TRUNCATED_TOTAL, Kind::Counter, "Model replies the server cut at max_tokens (finish_reason length)."),
+    (MODEL_PROMPTS_TRIMMED_TOTAL, Kind::Counter, "Prompts trimmed to fit the model's context window."),
+    (MODEL_OUTAGE_PAUSE_SECONDS_TOTAL, Kind::Counter, "Seconds sessions spent paused while the model was unavailable."),
 ];
 
 /// What kind of family a name is, for [`describe`].

@@ -45,7 +45,11 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     let base = demo_config(&options)?;
     let stack = LocalStack::start(base, options.llm.clone()).await?;
     let store = StoreHandle::open_configured(&stack.config.store).await?;
-    let runner = stack.runner(store.clone())?.with_stop(options.stop.clone());
+    let runner = stack
+        .runner(store.clone())?
+        .with_stop(options.stop.clone())
+        .with_notices(std::sync::Arc::new(super::print_notice));
+    super::preflight(&runner.clients().llm).await?;
     let turns = options.turns.unwrap_or(stack.config.heist.turns);
     let seed = options.seed.unwrap_or_else(heist::random_seed);
     print_banner(&stack, &options, turns, seed);
@@ -86,15 +90,7 @@ fn demo_config(options: &DemoOptions) -> Result<config::Config, CliError> {
     let mut base = config::load(None, config::process_environment())?;
     base.store.path = options.db.clone();
     if options.chaos {
-        // A short wait in open, so the memory breaker lets the outbox
-        // through within the demo rather than ten seconds later.
-        base.services.memory.policy.breaker.wait_in_open_ms = 1_000;
-        // A wider window for the model: a quarter of requests failing should
-        // show retries at work, not open the breaker on a short unlucky run
-        // (turns then fail in microseconds until it half-opens).
-        base.llm.policy.breaker.window_size = 20;
-        base.llm.policy.breaker.minimum_calls = 10;
-        base.llm.policy.breaker.wait_in_open_ms = 1_000;
+        chaos_settings(&mut base);
     }
     Ok(base)
 }
@@ -200,6 +196,20 @@ async fn print_service_calls(store: &StoreHandle, session_id: &str) -> Result<()
         );
     }
     Ok(())
+}
+
+/// The chaos run's settings: short breaker waits, so the demo shows
+/// recovery within its turns.
+fn chaos_settings(base: &mut config::Config) {
+    // A short wait in open, so the memory breaker lets the outbox
+    // through within the demo rather than ten seconds later.
+    base.services.memory.policy.breaker.wait_in_open_ms = 1_000;
+    // A wider window for the model: a quarter of requests failing should
+    // show retries at work, not open the breaker on a short unlucky run
+    // (turns then fail in microseconds until it half-opens).
+    base.llm.policy.breaker.window_size = 20;
+    base.llm.policy.breaker.minimum_calls = 10;
+    base.llm.policy.breaker.wait_in_open_ms = 1_000;
 }
 
 fn set_fault(stack: &LocalStack, companion: Companion, fault: Fault) {

@@ -229,8 +229,10 @@ pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<Run
     let seed = seed
         .or(config.heist.seed)
         .unwrap_or_else(heist::random_seed);
-    let runner =
-        HeistRunner::new(Arc::new(config), scenario, clients, store.clone()).with_stop(stop);
+    preflight(&clients.llm).await?;
+    let runner = HeistRunner::new(Arc::new(config), scenario, clients, store.clone())
+        .with_stop(stop)
+        .with_notices(Arc::new(print_notice));
     let report = runner
         .run(RunOptions::new(turns, seed), Some(&print_turn))
         .await?;
@@ -284,11 +286,51 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
         .filter(|report| !report.up)
         .map(|report| report.service.as_str())
         .collect();
-    if down.is_empty() {
-        Ok(())
-    } else {
-        Err(CliError::Unhealthy(format!("down: {}", down.join(", "))))
+    let model_problem = check_model(&clients.llm, config).await;
+    match (down.is_empty(), model_problem) {
+        (true, None) => Ok(()),
+        (true, Some(problem)) => Err(CliError::Unhealthy(problem)),
+        (false, problem) => Err(CliError::Unhealthy(format!(
+            "down: {}{}",
+            down.join(", "),
+            problem
+                .map(|problem| format!("; {problem}"))
+                .unwrap_or_default()
+        ))),
     }
+}
+
+/// The model server's side of `heistd check`: the models it offers (the
+/// configured one must be among them), and, for native tool calling,
+/// whether the model really returns tool calls. Returns what is wrong.
+async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option<String> {
+    let models = match llm.list_models().await {
+        Ok(models) => models,
+        Err(error) => return Some(format!("llm: {error}{}", base_url_hint(&error))),
+    };
+    println!("llm models offered: {}", models.join(", "));
+    if !models.iter().any(|model| model == llm.model()) {
+        return Some(format!(
+            "llm: the configured model `{}` is not among the models the server offers ({})",
+            llm.model(),
+            models.join(", ")
+        ));
+    }
+    if config.llm.tool_calling == config::ToolCalling::Native {
+        let probe = crate::clients::ToolSpec {
+            name: "calculator".into(),
+            description: "an arithmetic expression".into(),
+        };
+        match llm.supports_native_tools(&probe).await {
+            Ok(true) => println!("llm native tool calling: supported"),
+            Ok(false) => println!(
+                "llm native tool calling: NOT supported by {}; heist sessions use the text protocol",
+                llm.model()
+            ),
+            Err(error) => println!("llm native tool calling: cannot tell ({error})"),
+        }
+    }
+    None
 }
 
 /// `heistd services`: run companions, on the config at `path`, until
@@ -457,6 +499,54 @@ pub fn export_markdown(detail: &SessionDetail) -> String {
         }
     }
     output
+}
+
+/// Checks the model endpoint before the first turn: a server that cannot
+/// be reached, does not answer, or answers 404 fails the command within
+/// seconds, naming the URL; a 5xx is left to the session's outage handling
+/// (it may be starting up); a model it does not list is a warning.
+pub(crate) async fn preflight(llm: &crate::clients::LlmClient) -> Result<(), CliError> {
+    let url = &llm.service.base_url;
+    match llm.list_models().await {
+        Ok(models) if models.iter().any(|model| model == llm.model()) => Ok(()),
+        Ok(models) => {
+            eprintln!(
+                "warning: the model server at {url} does not list `{}` (it lists: {}); trying it anyway",
+                llm.model(),
+                models.join(", ")
+            );
+            Ok(())
+        }
+        Err(crate::clients::CallError::Status { status, .. }) if status >= 500 => Ok(()),
+        Err(error) => Err(CliError::Unhealthy(format!(
+            "the model server at {url} cannot be used: {error}{}",
+            base_url_hint(&error)
+        ))),
+    }
+}
+
+/// "does it end in /v1?" for a 404 from an OpenAI-compatible base URL.
+pub(crate) fn base_url_hint(error: &crate::clients::CallError) -> &'static str {
+    match error {
+        crate::clients::CallError::Status { status: 404, .. } => {
+            " (the base URL answers 404: does it end in /v1?)"
+        }
+        _ => "",
+    }
+}
+
+/// Prints a run's notices: a pause as one countdown line rewritten in
+/// place, the rest as their own lines.
+pub(crate) fn print_notice(notice: &heist::RunNotice) {
+    use std::io::Write;
+    match notice {
+        heist::RunNotice::ModelPaused { .. } => {
+            print!("\r   .. {notice}\x1b[K");
+            let _ = std::io::stdout().flush();
+        }
+        heist::RunNotice::ModelBack { .. } => println!("\r   .. {notice}\x1b[K\n"),
+        heist::RunNotice::TextToolsFallback { .. } => println!("warning: {notice}\n"),
+    }
 }
 
 pub(crate) fn print_turn(view: &TurnView<'_>) {

@@ -1,11 +1,32 @@
-//! The OpenAI-compatible chat-completions client.
+//! The OpenAI-compatible chat-completions client, and what it learns about
+//! the model it talks to: its context window (configured, or read from the
+//! server's "maximum context length is N tokens" error or its model list),
+//! how many characters make a token (calibrated from each reply's
+//! `usage.prompt_tokens`), and whether it really returns native
+//! `tool_calls`. That knowledge is shared by clones of the client, so it is
+//! learned once per model per process.
+//!
+//! It knows the wire format; it must not decide what to trim or whether a
+//! session waits (that is `heist`), nor retry (that is `resilience`).
+
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
 use super::{CallError, ServiceClient};
 use crate::config::{LlmConfig, Secret};
 use crate::resilience::Policy;
-use crate::wire::CHAT_COMPLETIONS_PATH;
+use crate::wire::{CHAT_COMPLETIONS_PATH, MODELS_PATH};
+
+/// Characters per token before any reply has said better: English prose
+/// runs about 4; a little less keeps the first estimate on the safe side.
+const INITIAL_CHARS_PER_TOKEN: f64 = 3.5;
+/// Tokens a chat template adds around each message (role markers).
+const TOKENS_PER_MESSAGE: usize = 8;
+/// The native tool-calling check asks for this few tokens.
+const CHECK_MAX_TOKENS: u32 = 64;
 
 #[derive(Clone)]
 pub struct LlmClient {
@@ -15,6 +36,20 @@ pub struct LlmClient {
     max_tokens: u32,
     /// Read from the environment variable the config names, never the file.
     api_key: Option<Secret>,
+    knowledge: Arc<Mutex<ModelKnowledge>>,
+}
+
+/// What has been learned about the model, shared by the client's clones.
+#[derive(Debug, Clone)]
+struct ModelKnowledge {
+    /// The context window in tokens: configured, learned, or unknown.
+    context_tokens: Option<u32>,
+    /// True when `context_tokens` came from the config: never overwritten.
+    configured: bool,
+    chars_per_token: f64,
+    /// Whether the model returns `tool_calls` when forced to; unknown
+    /// until checked.
+    native_tools: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,18 +61,30 @@ pub struct ChatMessage {
 #[derive(Deserialize)]
 struct ChatReply {
     choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: Option<u32>,
+    #[serde(default)]
+    completion_tokens: Option<u32>,
 }
 
 #[derive(Deserialize)]
 struct Choice {
     message: ReplyMessage,
+    #[serde(default)]
+    finish_reason: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct ReplyMessage {
     #[serde(default)]
     content: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     tool_calls: Vec<NativeToolCall>,
 }
 
@@ -61,12 +108,32 @@ pub struct ToolSpec {
     pub description: String,
 }
 
-/// What the model said, and the tools it asked for natively.
+/// What the model said, the tools it asked for natively, and what the
+/// server reported about the reply.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelReply {
     pub content: String,
     /// (tool name, parameter), in the order asked.
     pub tool_calls: Vec<(String, String)>,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    /// `length` means the server cut the reply at `max_tokens`.
+    pub finish_reason: Option<String>,
+}
+
+/// One request to the model.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatRequest<'a> {
+    pub messages: &'a [ChatMessage],
+    pub seed: u64,
+    pub tools: &'a [ToolSpec],
+    pub max_tokens: u32,
+}
+
+impl ModelReply {
+    pub fn was_cut_short(&self) -> bool {
+        self.finish_reason.as_deref() == Some("length")
+    }
 }
 
 impl LlmClient {
@@ -82,30 +149,164 @@ impl LlmClient {
             temperature: config.temperature,
             max_tokens: config.max_tokens,
             api_key: config.api_key.clone(),
+            knowledge: Arc::new(Mutex::new(ModelKnowledge {
+                context_tokens: (config.context_tokens > 0).then_some(config.context_tokens),
+                configured: config.context_tokens > 0,
+                chars_per_token: INITIAL_CHARS_PER_TOKEN,
+                native_tools: None,
+            })),
         }
     }
 
-    /// One completion. With `tools`, the model may answer with native tool
-    /// calls (OpenAI function calling), each taking one string `parameter`.
-    /// A reply with neither text nor tool calls is an error: it must not be
-    /// recorded as something an agent said.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The configured `max_tokens`: what a reply may use when it fits.
+    pub fn max_tokens(&self) -> u32 {
+        self.max_tokens
+    }
+
+    /// One completion with the configured `max_tokens`. With `tools`, the
+    /// model may answer with native tool calls (OpenAI function calling),
+    /// each taking one string `parameter`. A reply with neither text nor
+    /// tool calls is an error: it must not be recorded as something an
+    /// agent said.
     pub async fn chat(
         &self,
         messages: &[ChatMessage],
         seed: u64,
         tools: &[ToolSpec],
     ) -> Result<ModelReply, CallError> {
-        let mut body = serde_json::json!({
-            "model": self.model,
-            "messages": messages,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "seed": seed,
-        });
-        if !tools.is_empty() {
-            body["tools"] = tools.iter().map(function_schema).collect();
+        self.complete(ChatRequest {
+            messages,
+            seed,
+            tools,
+            max_tokens: self.max_tokens,
+        })
+        .await
+    }
+
+    /// One completion as asked. A context-length error teaches the client
+    /// the window it names; a reply with `usage` calibrates the estimate.
+    pub async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, CallError> {
+        let mut body = self.body(&request);
+        if !request.tools.is_empty() {
             body["tool_choice"] = "auto".into();
         }
+        let reply = self.send(&body).await;
+        match &reply {
+            Ok(reply) => {
+                if let Some(tokens) = reply.prompt_tokens {
+                    self.calibrate(prompt_chars(request.messages, request.tools), tokens);
+                }
+            }
+            Err(error) => {
+                if let Some(window) = error.context_window() {
+                    self.learn_context_tokens(window);
+                    if let Some(tokens) = error.prompt_tokens_counted() {
+                        self.calibrate(prompt_chars(request.messages, request.tools), tokens);
+                    }
+                }
+            }
+        }
+        let reply = reply?;
+        if reply.content.trim().is_empty() && reply.tool_calls.is_empty() {
+            return Err(CallError::Decode {
+                service: self.service.name.clone(),
+                message: "the model returned an empty reply".into(),
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Whether the model really returns native `tool_calls`: asked once
+    /// (a tiny request whose `tool_choice` forces `tool`), then remembered.
+    /// A server whose chat format ignores `tools` answers in text.
+    pub async fn supports_native_tools(&self, tool: &ToolSpec) -> Result<bool, CallError> {
+        if let Some(known) = self.lock().native_tools {
+            return Ok(known);
+        }
+        let messages = [ChatMessage {
+            role: "user",
+            content: format!("Call the {} tool now.", tool.name),
+        }];
+        let tools = std::slice::from_ref(tool);
+        let mut body = self.body(&ChatRequest {
+            messages: &messages,
+            seed: 0,
+            tools,
+            max_tokens: CHECK_MAX_TOKENS,
+        });
+        body["tool_choice"] =
+            serde_json::json!({"type": "function", "function": {"name": tool.name}});
+        let supported = match self.send(&body).await {
+            Ok(reply) => !reply.tool_calls.is_empty(),
+            // Refusing `tools` or a forced `tool_choice` outright is an answer too.
+            Err(CallError::Status { status, .. }) if (400..500).contains(&status) => false,
+            Err(error) => return Err(error),
+        };
+        self.lock().native_tools = Some(supported);
+        Ok(supported)
+    }
+
+    /// The context window in tokens, when configured or learned.
+    pub fn context_tokens(&self) -> Option<u32> {
+        self.lock().context_tokens
+    }
+
+    /// Estimated tokens of a prompt, from its characters and the ratio the
+    /// server's `usage` has taught.
+    pub fn estimate_tokens(&self, messages: &[ChatMessage], tools: &[ToolSpec]) -> u32 {
+        let ratio = self.lock().chars_per_token;
+        (prompt_chars(messages, tools) as f64 / ratio).ceil() as u32
+            + (messages.len() * TOKENS_PER_MESSAGE) as u32
+    }
+
+    /// Takes the window a server named (its context-length error, its model
+    /// list), unless the config set one.
+    pub fn learn_context_tokens(&self, window: u32) {
+        let mut knowledge = self.lock();
+        if !knowledge.configured && window > 0 && knowledge.context_tokens != Some(window) {
+            tracing::info!(model = %self.model, context_tokens = window, "learned the model's context window");
+            knowledge.context_tokens = Some(window);
+        }
+    }
+
+    /// The ids of the models the server lists (`GET /models`), past the
+    /// breaker; a context window in the listing of our model is learned.
+    pub async fn list_models(&self) -> Result<Vec<String>, CallError> {
+        let body: serde_json::Value = self.service.probe_json(MODELS_PATH).await?;
+        let entries = body["data"].as_array().cloned().unwrap_or_default();
+        let ids = entries
+            .iter()
+            .filter_map(|entry| entry["id"].as_str().map(str::to_string))
+            .collect();
+        if let Some(window) = entries
+            .iter()
+            .find(|entry| entry["id"].as_str() == Some(self.model.as_str()))
+            .and_then(listed_context_window)
+        {
+            self.learn_context_tokens(window);
+        }
+        Ok(ids)
+    }
+
+    fn body(&self, request: &ChatRequest<'_>) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "model": self.model,
+            "messages": request.messages,
+            "temperature": self.temperature,
+            "max_tokens": request.max_tokens,
+            "seed": request.seed,
+        });
+        if !request.tools.is_empty() {
+            body["tools"] = request.tools.iter().map(function_schema).collect();
+        }
+        body
+    }
+
+    async fn send(&self, body: &serde_json::Value) -> Result<ModelReply, CallError> {
         let headers: Vec<(&str, String)> = self
             .api_key
             .iter()
@@ -113,32 +314,127 @@ impl LlmClient {
             .collect();
         let reply: ChatReply = self
             .service
-            .post_json(CHAT_COMPLETIONS_PATH, &body, &headers)
+            .post_json(CHAT_COMPLETIONS_PATH, body, &headers)
             .await?;
-        let message = reply
-            .choices
-            .into_iter()
-            .next()
-            .map(|choice| choice.message);
-        let (content, calls) = match message {
-            Some(message) => (message.content.unwrap_or_default(), message.tool_calls),
+        Ok(reply.into_model_reply())
+    }
+
+    /// Moves the characters-per-token ratio toward what the server counted,
+    /// halfway each time, so one odd reply cannot swing it far.
+    fn calibrate(&self, chars: usize, prompt_tokens: u32) {
+        if prompt_tokens == 0 || chars == 0 {
+            return;
+        }
+        let mut knowledge = self.lock();
+        let observed = chars as f64 / f64::from(prompt_tokens);
+        knowledge.chars_per_token = ((knowledge.chars_per_token + observed) / 2.0).clamp(1.0, 8.0);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ModelKnowledge> {
+        self.knowledge.lock()
+    }
+}
+
+impl ChatReply {
+    fn into_model_reply(self) -> ModelReply {
+        let usage = self.usage;
+        let choice = self.choices.into_iter().next();
+        let finish_reason = choice
+            .as_ref()
+            .and_then(|choice| choice.finish_reason.clone());
+        let (content, calls) = match choice {
+            Some(choice) => (
+                choice.message.content.unwrap_or_default(),
+                choice.message.tool_calls,
+            ),
             None => (String::new(), Vec::new()),
         };
-        let tool_calls: Vec<(String, String)> = calls
-            .into_iter()
-            .map(|call| (call.function.name, parameter_of(&call.function.arguments)))
-            .collect();
-        if content.trim().is_empty() && tool_calls.is_empty() {
-            return Err(CallError::Decode {
-                service: self.service.name.clone(),
-                message: "the model returned an empty reply".into(),
-            });
-        }
-        Ok(ModelReply {
+        ModelReply {
             content,
-            tool_calls,
-        })
+            tool_calls: calls
+                .into_iter()
+                .map(|call| (call.function.name, parameter_of(&call.function.arguments)))
+                .collect(),
+            prompt_tokens: usage.as_ref().and_then(|usage| usage.prompt_tokens),
+            completion_tokens: usage.as_ref().and_then(|usage| usage.completion_tokens),
+            finish_reason,
+        }
     }
+}
+
+impl CallError {
+    /// The window a context-length error names: OpenAI, vLLM and
+    /// llama.cpp's server say "maximum context length is N tokens".
+    pub fn context_window(&self) -> Option<u32> {
+        match self {
+            Self::Status {
+                status: 400,
+                message,
+                ..
+            } => context_window_in(message),
+            _ => None,
+        }
+    }
+}
+
+impl CallError {
+    /// The prompt's size a context-length error reports ("(2595 in the
+    /// messages, 400 in the completion)"), when it does.
+    fn prompt_tokens_counted(&self) -> Option<u32> {
+        let Self::Status { message, .. } = self else {
+            return None;
+        };
+        let end = message.find(" in the messages")?;
+        let start = message[..end].rfind('(')? + 1;
+        message[start..end].trim().parse().ok()
+    }
+}
+
+/// N in "... maximum context length is N tokens ...".
+pub fn context_window_in(message: &str) -> Option<u32> {
+    const MARKER: &str = "maximum context length is ";
+    let start = message.to_ascii_lowercase().find(MARKER)? + MARKER.len();
+    let digits: String = message[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// A context window in one `/models` entry, in the fields servers use:
+/// vLLM `max_model_len`, LM Studio `max_context_length`, llama.cpp
+/// `meta.n_ctx_train`, others `context_length`.
+fn listed_context_window(entry: &serde_json::Value) -> Option<u32> {
+    [
+        &entry["max_model_len"],
+        &entry["max_context_length"],
+        &entry["context_length"],
+        &entry["meta"]["n_ctx"],
+        &entry["meta"]["n_ctx_train"],
+    ]
+    .into_iter()
+    .find_map(|value| value.as_u64())
+    .and_then(|window| u32::try_from(window).ok())
+}
+
+/// The characters a prompt sends: its messages and its tool schemas.
+fn prompt_chars(messages: &[ChatMessage], tools: &[ToolSpec]) -> usize {
+    let text: usize = messages
+        .iter()
+        .map(|message| message.content.chars().count())
+        .sum();
+    let schemas: usize = tools
+        .iter()
+        .map(|tool| function_schema(tool).to_string().len())
+        .sum();
+    text + schemas
+}
+
+/// `tool_calls: null` (some servers write it) reads as no calls.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<NativeToolCall>, D::Error> {
+    Ok(Option::<Vec<NativeToolCall>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The OpenAI function schema of one of our tools: one string parameter.
@@ -169,4 +465,52 @@ fn parameter_of(arguments: &str) -> String {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| arguments.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_read_from_the_servers_context_length_error() {
+        let openai = "This model's maximum context length is 2048 tokens. However, you requested 2995 tokens (2595 in the messages, 400 in the completion).";
+        assert_eq!(context_window_in(openai), Some(2048));
+        assert_eq!(
+            context_window_in("Maximum context length is 700 tokens"),
+            Some(700)
+        );
+        assert_eq!(context_window_in("bad request"), None);
+        let error = CallError::Status {
+            service: "llm".into(),
+            status: 400,
+            message: openai.into(),
+            retry_after: None,
+        };
+        assert_eq!(error.context_window(), Some(2048));
+        assert_eq!(error.prompt_tokens_counted(), Some(2595));
+    }
+
+    #[test]
+    fn usage_finish_reason_and_null_tool_calls_are_read() {
+        let body = r#"{"choices":[{"message":{"content":"functions.calculator: 2+2","tool_calls":null},"finish_reason":"length"}],"usage":{"prompt_tokens":12,"completion_tokens":5}}"#;
+        let reply: ChatReply = serde_json::from_str(body).expect("parses");
+        let reply = reply.into_model_reply();
+        assert!(reply.tool_calls.is_empty());
+        assert!(reply.was_cut_short());
+        assert_eq!(
+            (reply.prompt_tokens, reply.completion_tokens),
+            (Some(12), Some(5))
+        );
+    }
+
+    #[test]
+    fn a_listed_window_is_found_in_each_servers_field() {
+        for entry in [
+            serde_json::json!({"id": "m", "max_model_len": 4096}),
+            serde_json::json!({"id": "m", "max_context_length": 4096}),
+            serde_json::json!({"id": "m", "meta": {"n_ctx_train": 4096}}),
+        ] {
+            assert_eq!(listed_context_window(&entry), Some(4096), "{entry}");
+        }
+    }
 }

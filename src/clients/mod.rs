@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use llm::{ChatMessage, LlmClient, ModelReply, ToolSpec};
+pub use llm::{context_window_in, ChatMessage, ChatRequest, LlmClient, ModelReply, ToolSpec};
 pub use memory::{MemoryClient, MemoryWrite};
 pub use oauth::{AccessToken, OAuthClient, TokenCache};
 pub use tools::ToolClient;
@@ -103,6 +103,10 @@ impl Classify for CallError {
     fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
     }
+
+    fn is_backpressure(&self) -> bool {
+        matches!(self, Self::Status { status: 429, .. })
+    }
 }
 
 impl From<GuardError<CallError>> for CallError {
@@ -120,6 +124,29 @@ impl From<GuardError<CallError>> for CallError {
 }
 
 impl CallError {
+    /// The service is unavailable rather than the request wrong: it could
+    /// not be reached, did not answer in time, failed on its side (5xx),
+    /// pushed back (408, 429), or the stack would not call it (an open
+    /// breaker, a full bulkhead, an exhausted budget). Waiting may help;
+    /// changing the request will not.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Timeout { .. }
+            | Self::Connect { .. }
+            | Self::CircuitOpen { .. }
+            | Self::BulkheadFull { .. }
+            | Self::BudgetExhausted { .. } => true,
+            Self::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
+            Self::Decode { .. } | Self::Refused { .. } => false,
+        }
+    }
+
+    /// The stack refused the call without making it: it says nothing new
+    /// about the service, so it never replaces a real error in a report.
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, Self::CircuitOpen { .. } | Self::BulkheadFull { .. })
+    }
+
     /// The service judged the request itself unacceptable (400, 413, 422),
     /// or it could not be built: sending it again can never succeed. A 401,
     /// 403 or 404 is not permanent: it says the setup is wrong (a bad URL or
@@ -140,6 +167,11 @@ pub struct ServiceStats {
     pub failures: AtomicU64,
     /// The most recent call durations in seconds (bounded).
     recent_seconds: Mutex<VecDeque<f64>>,
+    /// Calls under way now: a one-slot model server answers nothing else
+    /// (not even `/models`) while it generates.
+    in_flight: AtomicU64,
+    /// When a call last succeeded: passive health for the checker.
+    last_success: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// A summary of [`ServiceStats`] at one moment.
@@ -154,7 +186,22 @@ pub struct StatsSnapshot {
 const RECENT_SAMPLES: usize = 4096;
 
 impl ServiceStats {
+    /// Whether a call succeeded within `window` of now.
+    pub fn answered_within(&self, window: Duration) -> bool {
+        self.last_success
+            .lock()
+            .is_some_and(|at| at.elapsed() <= window)
+    }
+
+    /// Whether a call is under way now.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
     fn record(&self, seconds: f64, ok: bool) {
+        if ok {
+            *self.last_success.lock() = Some(tokio::time::Instant::now());
+        }
         self.calls.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.failures.fetch_add(1, Ordering::Relaxed);
@@ -229,6 +276,11 @@ impl ServiceClient {
         self.guard.open_remaining()
     }
 
+    /// The service was seen answering: an open breaker half-opens now.
+    pub fn half_open_breaker(&self) {
+        self.guard.half_open_now();
+    }
+
     /// Holds this service's breaker open while it is seen down.
     pub fn force_breaker_open(&self, forced: bool) {
         self.guard.force_open(forced);
@@ -285,6 +337,9 @@ impl ServiceClient {
         operation: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<R, CallError> {
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Counted down on drop, so a cancelled call is not in flight forever.
+        let _in_flight = InFlight(&self.stats);
         let (outcome, summary) = self
             .guard
             .call(operation, || exchange(&self.name, build()))
@@ -292,6 +347,15 @@ impl ServiceClient {
         self.stats
             .record(summary.duration.as_secs_f64(), outcome.is_ok());
         outcome.map_err(CallError::from)
+    }
+}
+
+/// One call in flight, counted down when dropped.
+struct InFlight<'a>(&'a ServiceStats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

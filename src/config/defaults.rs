@@ -26,6 +26,7 @@ impl Default for HeistConfig {
             context_messages: default_context_messages(),
             max_tool_calls_per_turn: default_max_tool_calls(),
             memory_max_tokens: default_memory_max_tokens(),
+            max_model_outage_ms: default_max_model_outage_ms(),
         }
     }
 }
@@ -41,6 +42,8 @@ impl Default for LlmConfig {
             api_key: None,
             timeout_ms: default_llm_timeout_ms(),
             tool_calling: ToolCalling::Text,
+            context_tokens: 0,
+            min_completion_tokens: default_min_completion_tokens(),
             policy: PolicyConfig::language_model(),
             health: HealthCheckConfig::language_model(),
         }
@@ -96,6 +99,12 @@ pub(super) fn default_max_tool_calls() -> usize {
 }
 pub(super) fn default_memory_max_tokens() -> u32 {
     300
+}
+pub(super) fn default_max_model_outage_ms() -> u64 {
+    300_000
+}
+pub(super) fn default_min_completion_tokens() -> u32 {
+    64
 }
 pub(super) fn default_llm_url() -> String {
     "http://127.0.0.1:8006/v1".into()

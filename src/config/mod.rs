@@ -141,6 +141,11 @@ pub struct HeistConfig {
     /// The token budget asked of the memory service's compressed summary.
     #[serde(default = "default_memory_max_tokens")]
     pub memory_max_tokens: u32,
+    /// How long a session waits for an unavailable model (refused
+    /// connections, timeouts, 5xx, an open breaker) before it ends
+    /// `failed` with the last real error; turns are not spent meanwhile.
+    #[serde(default = "default_max_model_outage_ms")]
+    pub max_model_outage_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +175,14 @@ pub struct LlmConfig {
     /// `native` (OpenAI function calling, for models that support it).
     #[serde(default)]
     pub tool_calling: ToolCalling,
+    /// The model's context window in tokens; 0 learns it from the server
+    /// (its context-length error, or its model list).
+    #[serde(default)]
+    pub context_tokens: u32,
+    /// A prompt that does not fit is trimmed, and as a last step the reply's
+    /// `max_tokens` is lowered, but not below this.
+    #[serde(default = "default_min_completion_tokens")]
+    pub min_completion_tokens: u32,
     #[serde(default = "PolicyConfig::language_model")]
     pub policy: PolicyConfig,
     #[serde(default = "HealthCheckConfig::language_model")]
@@ -640,6 +653,14 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     }
     if config.llm.max_tokens == 0 {
         return fail("llm.max_tokens", "must be at least 1");
+    }
+    if config.llm.min_completion_tokens == 0
+        || config.llm.min_completion_tokens > config.llm.max_tokens
+    {
+        return fail(
+            "llm.min_completion_tokens",
+            "must be at least 1 and at most llm.max_tokens",
+        );
     }
     check_url("llm.base_url", &config.llm.base_url)?;
     config.llm.policy.validate("llm.policy")?;

@@ -50,6 +50,10 @@ pub struct BreakerConfig {
     pub wait_in_open_ms: u64,
     /// Probe calls let through when half-open; all must succeed to close.
     pub half_open_permits: u32,
+    /// Opens after this many failed calls in a row, whatever the window
+    /// holds (a hung service is cut off after N timeouts, not after
+    /// `minimum_calls`); 0 turns this trip off.
+    pub consecutive_failures: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +86,7 @@ impl PolicyConfig {
                 slow_call_rate_threshold: 1.0,
                 wait_in_open_ms: 10_000,
                 half_open_permits: 2,
+                consecutive_failures: 5,
             },
         }
     }
@@ -108,6 +113,7 @@ impl PolicyConfig {
                 slow_call_rate_threshold: 1.0,
                 wait_in_open_ms: 30_000,
                 half_open_permits: 1,
+                consecutive_failures: 3,
             },
         }
     }

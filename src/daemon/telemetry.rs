@@ -27,6 +27,13 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
         metrics::counter!(names::SESSIONS_TOTAL, "status" => status).increment(0);
     }
     metrics::gauge!(names::SESSIONS_RUNNING).increment(0.0);
+    for model_counter in [
+        names::MODEL_REPLIES_TRUNCATED_TOTAL,
+        names::MODEL_PROMPTS_TRIMMED_TOTAL,
+        names::MODEL_OUTAGE_PAUSE_SECONDS_TOTAL,
+    ] {
+        metrics::counter!(model_counter).increment(0);
+    }
     for agent in &scenario.agents {
         for outcome in labels::TURN_OUTCOMES {
             metrics::counter!(names::TURNS_TOTAL, "agent" => agent.name.clone(), "outcome" => outcome)

@@ -5,7 +5,10 @@
 //! Transitions are logged, written to the audit store's `health_events`,
 //! exported as metrics and, when configured, hold the service's circuit
 //! breaker open while it is down. Checks run beside heist turns and never
-//! block them.
+//! block them. A failed probe of a service that answered a call within the
+//! last interval, or was busy with one throughout, does not count: a
+//! one-slot model server is busy, not down, so its breaker is never forced
+//! open while it answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,7 +127,7 @@ pub async fn watch_service(
     board.publish(health_of(&service, &tracker, &config, since, None, None));
     create_series(&name, tracker.state);
     loop {
-        let report = probe(&service, kind, Duration::from_millis(config.timeout_ms)).await;
+        let report = probe_with_passive_health(&service, kind, &config).await;
         let error = (!report.up).then(|| report.detail.clone());
         metrics::counter!(names::HEALTH_CHECKS_TOTAL, "service" => name.clone(), "outcome" => if report.up { "up" } else { "down" })
             .increment(1);
@@ -169,6 +172,31 @@ pub async fn watch_service(
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
+}
+
+/// One probe, corrected by passive health (Envoy's outlier detection): a
+/// service that just answered a call, or was busy with one throughout (a
+/// one-slot model server answers `/models` only when its slot is free), is
+/// up, whatever a late probe says.
+async fn probe_with_passive_health(
+    service: &ServiceClient,
+    kind: Probe,
+    config: &HealthCheckConfig,
+) -> super::HealthReport {
+    let busy_before = service.stats.busy();
+    let mut report = probe(service, kind, Duration::from_millis(config.timeout_ms)).await;
+    if !report.up && answered_lately(service, busy_before, config) {
+        report.up = true;
+        report.detail = format!("busy or answering calls (probe: {})", report.detail);
+    }
+    report
+}
+
+/// The service completed a call within the last probe interval, or a call
+/// to it was under way through the probe.
+fn answered_lately(service: &ServiceClient, busy_before: bool, config: &HealthCheckConfig) -> bool {
+    let window = Duration::from_millis(config.interval_ms + config.timeout_ms);
+    service.stats.answered_within(window) || (busy_before && service.stats.busy())
 }
 
 fn health_of(

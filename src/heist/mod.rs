@@ -6,15 +6,18 @@
 //! transaction, and then delivers the outbox to the memory service.
 //!
 //! The pieces: `session` (the loop over turns, its ending, interruption and
-//! the pause while the model's breaker is open), `turn` (one turn: gather
+//! the pause while the model is unavailable, in `outage`), `turn` (one turn: gather
 //! context, ask the model, run the tools, build the record), `tools` (the
 //! tool policy: quota, the agent's tools, the token, and [`ToolOutcome`]),
 //! `prompt`, `outbox` and `protocol`.
 //!
 //! A failing service degrades a turn (the error is recorded in its message or
 //! tool row) and the run goes on; only a store that cannot commit stops it,
-//! because then nothing more could be recorded truthfully.
+//! because then nothing more could be recorded truthfully. An unavailable
+//! model is different: no turn could say anything, so the session pauses
+//! (up to `heist.max_model_outage_ms`) and plays the same turn again.
 
+mod outage;
 mod outbox;
 mod prompt;
 pub mod protocol;
@@ -93,6 +96,54 @@ pub struct TurnView<'a> {
 /// Watches each finished turn (the CLI prints it).
 pub type TurnObserver<'a> = Option<&'a (dyn Fn(&TurnView<'_>) + Sync)>;
 
+/// Something a person watching a run should know between turns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunNotice {
+    /// The model is unavailable: the session waits before `turn_id`, at
+    /// most `remaining` more, probing it once a second.
+    ModelPaused {
+        turn_id: u32,
+        remaining: std::time::Duration,
+        last_error: String,
+    },
+    /// The model answered again after `paused`; `turn_id` is played now.
+    ModelBack {
+        turn_id: u32,
+        paused: std::time::Duration,
+    },
+    /// Native tool calling was configured, but the model does not return
+    /// tool calls: this session uses the text protocol.
+    TextToolsFallback { model: String },
+}
+
+impl std::fmt::Display for RunNotice {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ModelPaused {
+                turn_id,
+                remaining,
+                last_error,
+            } => write!(
+                formatter,
+                "model unavailable before turn {turn_id} ({last_error}); waiting, giving up in {} s",
+                remaining.as_secs()
+            ),
+            Self::ModelBack { turn_id, paused } => write!(
+                formatter,
+                "the model is back after {:.1} s; playing turn {turn_id}",
+                paused.as_secs_f64()
+            ),
+            Self::TextToolsFallback { model } => write!(
+                formatter,
+                "native tool calling is not supported by {model}; using the text protocol"
+            ),
+        }
+    }
+}
+
+/// Receives a run's notices (the CLI prints them; the daemon logs them).
+pub type NoticeSink = Arc<dyn Fn(&RunNotice) + Send + Sync>;
+
 pub struct HeistRunner {
     config: Arc<Config>,
     scenario: Arc<Scenario>,
@@ -102,6 +153,8 @@ pub struct HeistRunner {
     /// Set to true when the daemon stops: the session ends `interrupted`
     /// before its next turn.
     stop: Option<watch::Receiver<bool>>,
+    /// Told of pauses and fallbacks, besides the log.
+    notices: Option<NoticeSink>,
 }
 
 impl HeistRunner {
@@ -118,7 +171,14 @@ impl HeistRunner {
             store,
             tokens: TokenCache::default(),
             stop: None,
+            notices: None,
         }
+    }
+
+    /// Tells `notices` of pauses and fallbacks as they happen.
+    pub fn with_notices(mut self, notices: NoticeSink) -> Self {
+        self.notices = Some(notices);
+        self
     }
 
     /// Stops sessions between turns once `stop` becomes true.

@@ -1,19 +1,28 @@
 //! The session loop: starting a session, playing its turns in the seeded
 //! agent order (or resuming after a crash from the last committed turn),
-//! committing each turn, pausing while the model's breaker is open, and
-//! recording how the session ended. It owns no turn logic (that is `turn`)
+//! committing each turn, pausing while the model is unavailable (`outage`)
+//! and playing that turn again, and recording how the session ended. It owns no turn logic (that is `turn`)
 //! and no tool policy (that is `tools`).
 
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::outage::{Outage, Waited};
 use super::tools::ToolTally;
-use super::turn::PlayedTurn;
+use super::turn::{PlayedTurn, SessionTurn, TurnResult};
 use super::{HeistError, HeistRunner, RunOptions, RunReport, TurnObserver, TurnView};
 use crate::metrics as names;
 use crate::resilience::journal;
 use crate::scenario::Agent;
 use crate::store::{NewSession, ServiceCallRecord, SessionStatus};
+
+/// How one turn ended for the session loop.
+enum Committed {
+    /// Committed; the turn's error, if it failed.
+    Recorded(Option<String>),
+    /// Nothing committed: the model was unavailable.
+    ModelUnavailable(crate::clients::CallError),
+}
 
 /// Where a session's loop starts: its id, seed and plan, and the first
 /// turn to play (1, or the one after the last committed after a crash).
@@ -107,34 +116,57 @@ impl HeistRunner {
         .await
     }
 
-    /// Plays the turns of `plan` and ends the session.
+    /// Plays the turns of `plan` and ends the session. A turn the model
+    /// was unavailable for is played again after the model is back; an
+    /// outage longer than `heist.max_model_outage_ms` ends the session.
     async fn play_session(
         &self,
         plan: Plan,
         observer: TurnObserver<'_>,
     ) -> Result<RunReport, HeistError> {
         let mut report = self.report_so_far(&plan).await?;
+        let native = self.session_uses_native_tools().await;
         let mut last_error = None;
-        for (index, agent_index) in Self::agent_order(&self.scenario, plan.seed, plan.turns)
-            .into_iter()
-            .enumerate()
-            .skip(plan.first_turn as usize - 1)
-        {
+        let order = Self::agent_order(&self.scenario, plan.seed, plan.turns);
+        let mut index = plan.first_turn as usize - 1;
+        let mut outage: Option<Outage> = None;
+        while index < order.len() {
             let turn_id = index as u32 + 1;
             if self.stop.as_ref().is_some_and(|stop| *stop.borrow()) {
                 return self.interrupt(report, turn_id).await;
             }
-            let agent = &self.scenario.agents[agent_index];
-            let record_error = self
-                .play_and_commit(&plan, turn_id, agent, &mut report, observer)
-                .await?;
-            if record_error.is_some() {
-                last_error = record_error;
+            let agent = &self.scenario.agents[order[index]];
+            let turn = SessionTurn {
+                session_id: &plan.session_id,
+                turn_id,
+                total_turns: plan.turns,
+                seed: plan.seed,
+                native,
+            };
+            let error = match self
+                .play_and_commit(&turn, agent, &mut report, observer)
+                .await?
+            {
+                Committed::Recorded(error) => error,
+                Committed::ModelUnavailable(error) => {
+                    let current = outage.get_or_insert_with(Outage::start);
+                    current.saw(&error);
+                    match self.wait_for_the_model(turn_id, current).await {
+                        Waited::Back => continue,
+                        Waited::Stopped => return self.interrupt(report, turn_id).await,
+                        Waited::GaveUp => {
+                            let reason = current.failure_reason(turn_id);
+                            return self.end_failed(report, reason).await;
+                        }
+                    }
+                }
+            };
+            outage = None;
+            if error.is_some() {
+                last_error = error;
             }
             report.memory_pending = self.deliver_outbox(&plan.session_id).await?;
-            if turn_id < plan.turns {
-                self.pause_while_the_model_is_unavailable(turn_id).await;
-            }
+            index += 1;
         }
         self.finish(report, last_error).await
     }
@@ -165,22 +197,26 @@ impl HeistRunner {
     }
 
     /// Plays one turn, commits it with the calls it made, and shows it.
-    /// Returns the turn's error, if it failed. A turn that cannot be
-    /// committed ends the session `failed` (if the store still can).
+    /// Returns the turn's error, if it failed, or that the model was
+    /// unavailable (nothing recorded). A turn that cannot be committed
+    /// ends the session `failed` (if the store still can).
     async fn play_and_commit(
         &self,
-        plan: &Plan,
-        turn_id: u32,
+        turn: &SessionTurn<'_>,
         agent: &Agent,
         report: &mut RunReport,
         observer: TurnObserver<'_>,
-    ) -> Result<Option<String>, HeistError> {
+    ) -> Result<Committed, HeistError> {
+        let (session_id, turn_id) = (turn.session_id, turn.turn_id);
         let started = Instant::now();
         let turn_span = tracing::info_span!("turn", turn_id, agent = %agent.name);
-        let (played, journal) =
-            journal::scope(self.play_turn(&plan.session_id, turn_id, plan.turns, agent, plan.seed))
-                .instrument(turn_span.clone())
-                .await;
+        let (played, journal) = journal::scope(self.play_turn(turn, agent))
+            .instrument(turn_span.clone())
+            .await;
+        let played = match played {
+            TurnResult::Played(played) => played,
+            TurnResult::ModelUnavailable(error) => return Ok(Committed::ModelUnavailable(error)),
+        };
         let PlayedTurn { mut record, tools } = played;
         record.service_calls = journal
             .into_iter()
@@ -199,7 +235,7 @@ impl HeistRunner {
             let reason = format!("turn {turn_id} could not be recorded: {error}");
             if let Err(finish_error) = self
                 .store
-                .finish_session(&plan.session_id, SessionStatus::Failed, Some(&reason))
+                .finish_session(session_id, SessionStatus::Failed, Some(&reason))
                 .await
             {
                 tracing::error!(%finish_error, "cannot record that the session failed either");
@@ -232,11 +268,11 @@ impl HeistRunner {
         if let Some(observer) = observer {
             observer(&TurnView {
                 record: &record,
-                total_turns: plan.turns,
+                total_turns: turn.total_turns,
                 elapsed_ms,
             });
         }
-        Ok(record.error)
+        Ok(Committed::Recorded(record.error))
     }
 
     /// Records how the session ended: `failed` with a reason when more
@@ -272,6 +308,23 @@ impl HeistRunner {
         Ok(report)
     }
 
+    /// Ends the session `failed` for `reason` (the model stayed
+    /// unavailable).
+    async fn end_failed(
+        &self,
+        mut report: RunReport,
+        reason: String,
+    ) -> Result<RunReport, HeistError> {
+        self.store
+            .finish_session(&report.session_id, SessionStatus::Failed, Some(&reason))
+            .await?;
+        metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
+        tracing::error!(%reason, "session ended");
+        report.status = SessionStatus::Failed;
+        report.failure_reason = Some(reason);
+        Ok(report)
+    }
+
     /// Ends the session `interrupted` before `next_turn`: the daemon is
     /// stopping.
     async fn interrupt(
@@ -292,31 +345,6 @@ impl HeistRunner {
         report.status = SessionStatus::Interrupted;
         report.failure_reason = Some(reason);
         Ok(report)
-    }
-
-    /// With the model's breaker open, every turn would fail in microseconds
-    /// and the session would burn its turns in a blink: the session waits
-    /// until the breaker half-opens (the resilience layer knows when), or
-    /// until told to stop, and the next turn is its half-open probe.
-    async fn pause_while_the_model_is_unavailable(&self, turn_id: u32) {
-        let Some(pause) = self.clients.llm.service.breaker_open_remaining() else {
-            return;
-        };
-        tracing::warn!(
-            turn_id,
-            pause_ms = pause.as_millis() as u64,
-            "the model's breaker is open; the session waits before its next turn"
-        );
-        let mut stop = self.stop.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = async {
-                match stop.as_mut() {
-                    Some(stop) => { let _ = stop.wait_for(|stop| *stop).await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
-        }
     }
 }
 

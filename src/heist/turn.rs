@@ -5,13 +5,25 @@
 //! session commits. It never writes to the store and never decides how the
 //! session goes on.
 
-use super::tools::ToolTally;
+use super::prompt::PromptParts;
+use super::tools::{ToolTally, REFUSED_PREFIX};
 use super::{protocol, HeistRunner};
-use crate::clients::{AccessToken, CallError, MemoryWrite, ModelReply, ToolSpec};
-use crate::config::ToolCalling;
+use crate::clients::{AccessToken, CallError, ChatRequest, MemoryWrite, ModelReply, ToolSpec};
+use crate::metrics as names;
 use crate::scenario::Agent;
-use crate::store::TurnRecord;
+use crate::store::{ToolCallRecord, TurnRecord};
 use crate::wire::{parse_tool_requests, ToolRequest};
+
+/// Which turn of which session is played, and how.
+pub(super) struct SessionTurn<'a> {
+    pub session_id: &'a str,
+    pub turn_id: u32,
+    pub total_turns: u32,
+    pub seed: u64,
+    /// Tools are offered as native functions this session (configured, and
+    /// the model passed the check).
+    pub native: bool,
+}
 
 /// The memory service's summary quotes this many of the agent's latest
 /// memories word for word (the prototype's `recent_count`).
@@ -27,18 +39,26 @@ pub(super) struct PlayedTurn {
     pub tools: ToolTally,
 }
 
+/// How playing a turn ended.
+pub(super) enum TurnResult {
+    Played(PlayedTurn),
+    /// The model could not be reached (or the stack would not call it):
+    /// nothing is recorded, and the session waits, then plays it again.
+    ModelUnavailable(CallError),
+}
+
+/// The model's answer to a turn, or why there is none.
+enum Asked {
+    Replied { reply: ModelReply, trimmed: bool },
+    Failed(String),
+    Unavailable(CallError),
+}
+
 impl HeistRunner {
-    pub(super) async fn play_turn(
-        &self,
-        session_id: &str,
-        turn_id: u32,
-        total_turns: u32,
-        agent: &Agent,
-        seed: u64,
-    ) -> PlayedTurn {
+    pub(super) async fn play_turn(&self, session: &SessionTurn<'_>, agent: &Agent) -> TurnResult {
         let mut record = TurnRecord {
-            session_id: session_id.to_string(),
-            turn_id,
+            session_id: session.session_id.to_string(),
+            turn_id: session.turn_id,
             agent_name: agent.name.clone(),
             agent_role: agent.role.clone(),
             message: String::new(),
@@ -46,60 +66,101 @@ impl HeistRunner {
             tool_calls: Vec::new(),
             memory_payload: None,
             service_calls: Vec::new(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            finish_reason: None,
+            trimmed: false,
         };
         let token = self.token_for(agent).await;
-        let reply = match self
-            .ask_model(session_id, turn_id, total_turns, agent, seed)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(error) => {
+        let (reply, trimmed) = match self.ask_model(session, agent).await {
+            Asked::Replied { reply, trimmed } => (reply, trimmed),
+            Asked::Unavailable(error) => return TurnResult::ModelUnavailable(error),
+            Asked::Failed(error) => {
                 record.error = Some(error);
-                return PlayedTurn {
+                return TurnResult::Played(PlayedTurn {
                     record,
                     tools: ToolTally::default(),
-                };
+                });
             }
         };
+        note_reply(&mut record, &reply, trimmed);
         let (message, requests) = requests_in(&reply);
-        let (calls, tools) = self.run_requests(agent, requests, &token).await;
+        let (mut calls, mut tools) = self.run_requests(agent, requests, &token).await;
+        if session.native {
+            if let Some(malformed) = malformed_native_request(&reply) {
+                tools.refused += 1;
+                calls.push(malformed);
+            }
+        }
         record.tool_calls = calls;
         let write = MemoryWrite {
             agent_id: agent.name.clone(),
-            turn_id: turn_id as i64,
+            turn_id: session.turn_id as i64,
             message: message.clone(),
-            game_session_id: session_id.to_string(),
+            game_session_id: session.session_id.to_string(),
         };
         record.memory_payload = serde_json::to_string(&write).ok();
         record.message = message;
-        PlayedTurn { record, tools }
+        TurnResult::Played(PlayedTurn { record, tools })
     }
 
-    /// Builds the prompt from the agent's memory and the transcript and
-    /// asks the model. The error is the turn's recorded error.
-    async fn ask_model(
-        &self,
-        session_id: &str,
-        turn_id: u32,
-        total_turns: u32,
-        agent: &Agent,
-        seed: u64,
-    ) -> Result<ModelReply, String> {
-        let memory = self.compressed_memory(session_id, turn_id, agent).await;
-        let transcript = self
-            .transcript(session_id)
-            .await
-            .map_err(|error| format!("cannot read the transcript: {error}"))?;
-        let messages = self.prompt(agent, &memory, &transcript, turn_id, total_turns);
-        let native_tools = self.native_tools(agent);
-        self.clients
-            .llm
-            .chat(&messages, seed & MODEL_SEED_MASK, &native_tools)
-            .await
-            .map_err(|error| {
-                tracing::warn!(turn_id, agent = %agent.name, %error, "LLM call failed; turn recorded as failed");
-                error.to_string()
-            })
+    /// Builds a prompt that fits from the agent's memory and the transcript
+    /// and asks the model; a context-length error teaches the client the
+    /// window, and the turn asks once more, trimmed.
+    async fn ask_model(&self, session: &SessionTurn<'_>, agent: &Agent) -> Asked {
+        let memory = self
+            .compressed_memory(session.session_id, session.turn_id, agent)
+            .await;
+        let transcript = match self.transcript(session.session_id).await {
+            Ok(transcript) => transcript,
+            Err(error) => return Asked::Failed(format!("cannot read the transcript: {error}")),
+        };
+        let parts = PromptParts {
+            memory,
+            transcript,
+            turn_id: session.turn_id,
+            total_turns: session.total_turns,
+            native: session.native,
+        };
+        let native_tools = self.native_tools(agent, session.native);
+        let mut last_error = None;
+        for _ in 0..2 {
+            let fitted = match self.fit(agent, parts.clone(), &native_tools) {
+                Ok(fitted) => fitted,
+                Err(error) => return Asked::Failed(error),
+            };
+            let request = ChatRequest {
+                messages: &fitted.messages,
+                seed: session.seed & MODEL_SEED_MASK,
+                tools: &native_tools,
+                max_tokens: fitted.max_tokens,
+            };
+            match self.clients.llm.complete(request).await {
+                Ok(reply) => {
+                    return Asked::Replied {
+                        reply,
+                        trimmed: fitted.trimmed,
+                    }
+                }
+                Err(error) if error.context_window().is_some() => {
+                    tracing::warn!(turn_id = session.turn_id, %error, "the prompt did not fit the model's context; trimming it");
+                    last_error = Some(error);
+                }
+                Err(error) if error.is_outage() => return Asked::Unavailable(error),
+                Err(error) => {
+                    tracing::warn!(turn_id = session.turn_id, agent = %agent.name, %error, "LLM call failed; turn recorded as failed");
+                    return Asked::Failed(error.to_string());
+                }
+            }
+        }
+        let error = last_error
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        Asked::Failed(format!(
+            "{error} (trimmed to llm.context_tokens = {} and still too long: lower heist.context_messages, \
+             heist.memory_max_tokens or llm.max_tokens)",
+            self.clients.llm.context_tokens().unwrap_or_default()
+        ))
     }
 
     /// The agent's compressed memory; without it the turn goes on.
@@ -120,10 +181,10 @@ impl HeistRunner {
         })
     }
 
-    /// The agent's tools as native function specs, when the config asks
-    /// for native tool calling; none otherwise.
-    fn native_tools(&self, agent: &Agent) -> Vec<ToolSpec> {
-        if self.config.llm.tool_calling != ToolCalling::Native {
+    /// The agent's tools as native function specs, when the session uses
+    /// native tool calling; none otherwise.
+    pub(super) fn native_tools(&self, agent: &Agent, native: bool) -> Vec<ToolSpec> {
+        if !native {
             return Vec::new();
         }
         let documents: Vec<&str> = self.scenario.documents.keys().map(String::as_str).collect();
@@ -153,6 +214,64 @@ impl HeistRunner {
         }
         token
     }
+}
+
+/// Copies what the server said about the reply into the record; a reply
+/// cut at `max_tokens` is logged and counted.
+fn note_reply(record: &mut TurnRecord, reply: &ModelReply, trimmed: bool) {
+    record.prompt_tokens = reply.prompt_tokens;
+    record.completion_tokens = reply.completion_tokens;
+    record.finish_reason = reply.finish_reason.clone();
+    record.trimmed = trimmed;
+    if trimmed {
+        metrics::counter!(names::MODEL_PROMPTS_TRIMMED_TOTAL).increment(1);
+    }
+    if reply.was_cut_short() {
+        tracing::warn!(
+            turn_id = record.turn_id,
+            completion_tokens = reply.completion_tokens,
+            "the model's reply was cut at max_tokens (finish_reason: length)"
+        );
+        metrics::counter!(names::MODEL_REPLIES_TRUNCATED_TOTAL).increment(1);
+    }
+}
+
+/// In native mode, a reply that writes `functions.NAME: ...` as text (some
+/// chat templates do) asked for a tool in a way that cannot be run: it is
+/// recorded as a refused, malformed request, and the text stays the message.
+fn malformed_native_request(reply: &ModelReply) -> Option<ToolCallRecord> {
+    if !reply.tool_calls.is_empty() {
+        return None;
+    }
+    let start = reply.content.find("functions.")?;
+    let rest = &reply.content[start + "functions.".len()..];
+    let name: String = rest
+        .chars()
+        .take_while(|character| character.is_alphanumeric() || *character == '_')
+        .collect();
+    let after = rest[name.len()..].trim_start();
+    if name.is_empty() || !after.starts_with(':') {
+        return None;
+    }
+    let parameter = after[1..]
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    metrics::counter!(names::TOOL_CALLS_TOTAL, "tool" => "unknown", "outcome" => "refused")
+        .increment(1);
+    Some(ToolCallRecord {
+        tool_name: name.clone(),
+        tool_params: parameter,
+        tool_result: String::new(),
+        success: false,
+        error: Some(format!(
+            "{REFUSED_PREFIX}malformed native tool request: the model wrote `functions.{name}:` \
+             as text instead of a tool call"
+        )),
+        duration_ms: 0.0,
+    })
 }
 
 /// The reply's message and every tool it asks for. Native calls are written
@@ -192,6 +311,7 @@ mod tests {
                 ("calculator".into(), "2+2".into()),
                 ("file_reader".into(), "vault_specs.txt".into()),
             ],
+            ..ModelReply::default()
         };
         let (message, requests) = requests_in(&reply);
         assert_eq!(
@@ -200,5 +320,29 @@ mod tests {
         );
         assert_eq!(requests.len(), 2);
         assert_eq!(requests[1].tool, "file_reader");
+    }
+
+    #[test]
+    fn functions_name_text_is_a_refused_malformed_request() {
+        let reply = ModelReply {
+            content: "Let me check.\nfunctions.file_reader: vault_specs.txt".into(),
+            ..ModelReply::default()
+        };
+        let row = malformed_native_request(&reply).expect("recognised");
+        assert_eq!(
+            (row.tool_name.as_str(), row.tool_params.as_str()),
+            ("file_reader", "vault_specs.txt")
+        );
+        assert!(!row.success);
+        assert!(row
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("refused: malformed"));
+        let plain = ModelReply {
+            content: "The functions. of a vault: many".into(),
+            ..ModelReply::default()
+        };
+        assert!(malformed_native_request(&plain).is_none());
     }
 }

@@ -6,6 +6,12 @@
 //! succeed and re-opens on the first failure. A probe whose caller is
 //! cancelled gives its permit back.
 //!
+//! Besides the rate, a run of `consecutive_failures` failed calls opens it
+//! at once (Envoy's outlier detection, failsafe-go's count threshold), so a
+//! hung service is cut off after N timeouts instead of waiting for
+//! `minimum_calls`. Backpressure (a 429) is not a fault: [`Verdict`]
+//! decides what an attempt says, and a 429 counts neither way.
+//!
 //! It only decides and records; it never makes or times a call.
 
 use std::collections::VecDeque;
@@ -14,6 +20,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::Classify;
 use crate::config::{BreakerConfig, WindowKind};
 use crate::metrics as names;
 
@@ -32,6 +39,30 @@ impl BreakerState {
             Self::Closed => "closed",
             Self::Open => "open",
             Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// What one attempt says about the service's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It answered, or failed in a way that is not its fault (a 4xx).
+    Healthy,
+    /// A transient failure: a timeout, a refused connection, a 5xx.
+    Failed,
+    /// The service asked us to slow down (429): it is alive and protecting
+    /// itself, so the attempt counts neither for nor against it; the retry
+    /// honours its `Retry-After`.
+    Backpressure,
+}
+
+impl Verdict {
+    /// The verdict on an attempt that ended with `error` (`None`: success).
+    pub fn of(error: Option<&impl Classify>) -> Self {
+        match error {
+            Some(error) if error.is_backpressure() => Self::Backpressure,
+            Some(error) if error.is_transient() => Self::Failed,
+            _ => Self::Healthy,
         }
     }
 }
@@ -63,6 +94,8 @@ struct Inner {
     /// Held open from outside (the health checker saw the service down),
     /// whatever the window says, until released.
     forced_open: bool,
+    /// Failed calls in a row while closed; any healthy call resets it.
+    consecutive_failures: u32,
 }
 
 struct Sample {
@@ -84,6 +117,7 @@ impl CircuitBreaker {
                 probes_issued: 0,
                 probes_succeeded: 0,
                 forced_open: false,
+                consecutive_failures: 0,
             }),
         };
         breaker.export_state(BreakerState::Closed);
@@ -175,6 +209,19 @@ impl CircuitBreaker {
         }
     }
 
+    /// Someone saw the service answer again (a session's own probe while it
+    /// waits out an outage): an open breaker half-opens now, so the next
+    /// call is its probe, instead of rejecting for the rest of its wait. A
+    /// hold by the health checker is released too: the service answered.
+    pub fn half_open_now(&self) {
+        let mut inner = self.inner.lock();
+        if inner.state != BreakerState::Open {
+            return;
+        }
+        inner.forced_open = false;
+        self.transition(&mut inner, BreakerState::HalfOpen);
+    }
+
     fn record(&self, generation: u64, failed: bool, duration: Duration) {
         if !self.config.enabled {
             return;
@@ -192,6 +239,11 @@ impl CircuitBreaker {
                     failed,
                     slow,
                 });
+                inner.consecutive_failures = if failed {
+                    inner.consecutive_failures + 1
+                } else {
+                    0
+                };
                 self.trim(&mut inner, now);
                 if self.should_open(&inner) {
                     self.open(&mut inner, now);
@@ -236,6 +288,10 @@ impl CircuitBreaker {
     }
 
     fn should_open(&self, inner: &Inner) -> bool {
+        let limit = self.config.consecutive_failures;
+        if limit > 0 && inner.consecutive_failures >= limit {
+            return true;
+        }
         let calls = inner.window.len();
         if calls < self.config.minimum_calls as usize {
             return false;
@@ -256,6 +312,7 @@ impl CircuitBreaker {
         inner.state = to;
         inner.generation += 1;
         inner.window.clear();
+        inner.consecutive_failures = 0;
         inner.probes_issued = 0;
         inner.probes_succeeded = 0;
         tracing::warn!(service = %self.service, from = from.as_str(), to = to.as_str(), "circuit breaker");
@@ -277,6 +334,16 @@ impl Permit<'_> {
     pub fn record(mut self, failed: bool, duration: Duration) {
         self.recorded = true;
         self.breaker.record(self.generation, failed, duration);
+    }
+
+    /// Records what the attempt said: backpressure gives the permit back
+    /// unrecorded (a half-open probe that got a 429 has proved nothing).
+    pub fn judge(self, verdict: Verdict, duration: Duration) {
+        match verdict {
+            Verdict::Healthy => self.record(false, duration),
+            Verdict::Failed => self.record(true, duration),
+            Verdict::Backpressure => drop(self),
+        }
     }
 }
 

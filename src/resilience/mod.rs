@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::config::PolicyConfig;
 use crate::metrics as names;
-pub use breaker::{BreakerState, CircuitBreaker};
+pub use breaker::{BreakerState, CircuitBreaker, Verdict};
 use budget::RetryBudget;
 pub use outcome::{CallOutcome, Classify, GuardError};
 
@@ -112,6 +112,11 @@ impl Guard {
         self.breaker.open_remaining()
     }
 
+    /// See [`CircuitBreaker::half_open_now`].
+    pub fn half_open_now(&self) {
+        self.breaker.half_open_now();
+    }
+
     /// See [`CircuitBreaker::force_open`].
     pub fn force_open(&self, forced: bool) {
         self.breaker.force_open(forced);
@@ -137,6 +142,11 @@ impl Guard {
         let started = Instant::now();
         let deadline = started + self.policy.deadline();
         let mut attempts = 0u32;
+        // The last error a real attempt got. When a retry is then refused by
+        // the stack (the breaker opened on the attempts before it), that
+        // refusal says nothing new: the call ends with the real error, so
+        // `last_error` agrees with `attempts`.
+        let mut last_real_error: Option<GuardError<E>> = None;
         self.budget.record_call();
         let result = loop {
             let outcome = self.attempt_once(&mut attempt, deadline).await;
@@ -145,7 +155,10 @@ impl Guard {
                 Ok(value) => break Ok(value),
                 Err(error) => error,
             };
-            if !error.is_transient() || !outcome.reached_network {
+            if !outcome.reached_network {
+                break Err(last_real_error.take().unwrap_or(error));
+            }
+            if !error.is_transient() {
                 break Err(error);
             }
             if attempts >= self.policy.config.max_attempts {
@@ -166,6 +179,7 @@ impl Guard {
             metrics::counter!(names::SERVICE_RETRIES_TOTAL, "service" => self.service.clone())
                 .increment(1);
             tracing::debug!(service = %self.service, attempt = attempts, ?delay, %error, "retrying");
+            last_real_error = Some(error);
             tokio::time::sleep(delay).await;
         };
         let summary = CallSummary {
@@ -236,8 +250,7 @@ impl Guard {
             // threshold, it was a slow call all the same, and counts.)
             drop(permit);
         } else {
-            let failed = result.as_ref().err().is_some_and(Classify::is_transient);
-            permit.record(failed, elapsed);
+            permit.judge(breaker::Verdict::of(result.as_ref().err()), elapsed);
         }
         let label = match &result {
             Ok(_) => CallOutcome::Success.as_str(),

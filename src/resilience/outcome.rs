@@ -28,6 +28,12 @@ pub trait Classify: std::fmt::Display {
     fn is_timeout(&self) -> bool {
         false
     }
+
+    /// The service asked us to slow down (HTTP 429): worth retrying after
+    /// its `Retry-After`, but not a fault that should open its breaker.
+    fn is_backpressure(&self) -> bool {
+        false
+    }
 }
 
 /// Why a guarded call failed: the service's own error, or the stack's.
@@ -92,6 +98,13 @@ impl<E: Classify> Classify for GuardError<E> {
         match self {
             Self::Service(error) => error.is_timeout(),
             Self::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    fn is_backpressure(&self) -> bool {
+        match self {
+            Self::Service(error) => error.is_backpressure(),
             _ => false,
         }
     }

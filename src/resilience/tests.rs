@@ -60,6 +60,10 @@ impl Classify for TestError {
         }
     }
 
+    fn is_backpressure(&self) -> bool {
+        matches!(self, Self::Status { code: 429, .. })
+    }
+
     fn label(&self) -> &'static str {
         match self {
             Self::Status { code, .. } if *code >= 500 => "server_error",
@@ -461,4 +465,78 @@ fn the_stack_classifies_its_own_errors() {
         budget.to_string(),
         "svc: retry budget exhausted; last error: svc: HTTP 503"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_that_opens_mid_call_leaves_the_real_error_as_the_calls_error() {
+    let guard = Guard::new(
+        "svc",
+        policy(|config| {
+            config.max_attempts = 5;
+            config.breaker.consecutive_failures = 2;
+        }),
+    );
+    let counter = Arc::new(AtomicU32::new(0));
+    let (result, summary) = guard
+        .call("op", failing(&counter, TestError::Connect))
+        .await;
+    assert_eq!(guard.breaker_state(), BreakerState::Open);
+    assert_eq!(
+        counter.load(Ordering::SeqCst),
+        2,
+        "the third attempt was refused"
+    );
+    assert_eq!(summary.attempts, 2);
+    assert!(
+        matches!(result, Err(GuardError::Service(TestError::Connect))),
+        "{result:?}"
+    );
+    assert_eq!(summary.last_error.as_deref(), Some("svc: cannot connect"));
+    assert_eq!(summary.outcome, CallOutcome::Error);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_service_opens_the_breaker_after_n_timeouts() {
+    let guard = Guard::new(
+        "svc",
+        policy(|config| {
+            config.max_attempts = 1;
+            config.breaker.consecutive_failures = 3;
+            config.breaker.minimum_calls = 10;
+        }),
+    );
+    for _ in 0..3 {
+        let (result, _) = guard.call("op", hanging).await;
+        assert!(matches!(result, Err(GuardError::Timeout { .. })));
+    }
+    assert_eq!(guard.breaker_state(), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_429_is_retried_after_retry_after_but_never_opens_the_breaker() {
+    let guard = Guard::new(
+        "svc",
+        policy(|config| {
+            config.max_attempts = 2;
+            config.retry_budget_min_per_second = 100.0;
+        }),
+    );
+    for _ in 0..20 {
+        let started = Instant::now();
+        let counter = Arc::new(AtomicU32::new(0));
+        let (result, summary) = guard
+            .call(
+                "op",
+                failing(&counter, status(429, Some(Duration::from_millis(700)))),
+            )
+            .await;
+        assert!(result.is_err());
+        assert_eq!(summary.attempts, 2, "a 429 is retried");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(700),
+            "after Retry-After"
+        );
+    }
+    assert_eq!(guard.breaker_state(), BreakerState::Closed);
 }

@@ -42,6 +42,10 @@ pub struct ChatRequest {
     /// `tool_calls` instead of `[TOOL:...]` in the text.
     #[serde(default)]
     pub tools: Vec<serde_json::Value>,
+    /// `{"type": "function", "function": {"name": ...}}` forces that call
+    /// (how heistd checks that a model supports native tool calling).
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +147,23 @@ async fn chat_completions(
                 format!("model `{model}` not found; this endpoint serves `{REHEARSAL_MODEL_ID}`"),
             );
         }
+    }
+    if let Some(forced) = request
+        .tool_choice
+        .as_ref()
+        .and_then(|choice| choice["function"]["name"].as_str())
+    {
+        let call = serde_json::json!({
+            "id": "call_0",
+            "type": "function",
+            "function": { "name": forced, "arguments": "{\"parameter\": \"\"}" },
+        });
+        return Json(serde_json::json!({
+            "object": "chat.completion",
+            "model": REHEARSAL_MODEL_ID,
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": null, "tool_calls": [call] }, "finish_reason": "tool_calls" }],
+        }))
+        .into_response();
     }
     let content = match state.reply(&request) {
         Ok(content) => content,
@@ -255,6 +276,7 @@ mod tests {
             ],
             seed: Some(seed),
             tools: Vec::new(),
+            tool_choice: None,
         }
     }
 

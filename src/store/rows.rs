@@ -83,6 +83,14 @@ pub struct TurnRecord {
     pub memory_payload: Option<String>,
     /// Calls of this turn that failed or were retried.
     pub service_calls: Vec<ServiceCallRecord>,
+    /// The model server's token counts for this reply (`usage`), when it
+    /// gave them.
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    /// Why the model stopped (`stop`, `tool_calls`; `length`: cut short).
+    pub finish_reason: Option<String>,
+    /// The prompt was trimmed to fit the model's context window.
+    pub trimmed: bool,
 }
 
 /// A call that failed or needed retries, kept so "why was turn 7 slow?"
@@ -142,6 +150,10 @@ pub struct MessageRow {
     pub message: String,
     pub timestamp: String,
     pub error: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub finish_reason: Option<String>,
+    pub trimmed: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -217,7 +229,7 @@ pub struct HealthEvent {
 
 /// The columns `message_row` reads, in its order.
 pub(super) const MESSAGE_COLUMNS: &str =
-    "SELECT id, session_id, turn_id, agent_name, agent_role, message, timestamp, error FROM messages";
+    "SELECT id, session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed FROM messages";
 
 /// The columns `tool_usage_row` reads, in its order.
 pub(super) const TOOL_USAGE_COLUMNS: &str =
@@ -255,6 +267,10 @@ pub(super) fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRo
         message: row.get(5)?,
         timestamp: row.get(6)?,
         error: row.get(7)?,
+        prompt_tokens: row.get(8)?,
+        completion_tokens: row.get(9)?,
+        finish_reason: row.get(10)?,
+        trimmed: row.get(11)?,
     })
 }
 

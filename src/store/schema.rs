@@ -34,7 +34,7 @@ pub(super) fn adopt_prototype_tables(connection: &Connection) -> rusqlite::Resul
 }
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-pub(super) const MIGRATIONS: [&str; 4] = [
+pub(super) const MIGRATIONS: [&str; 5] = [
     r#"
     CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY,
@@ -116,5 +116,14 @@ pub(super) const MIGRATIONS: [&str; 4] = [
 "#,
     r#"
     ALTER TABLE outbox ADD COLUMN abandoned_at TEXT;
+"#,
+    // What the model server said about each reply: its token counts (from
+    // `usage`), why it stopped (`length` means cut short), and whether
+    // heistd trimmed the prompt to fit the model's context window.
+    r#"
+    ALTER TABLE messages ADD COLUMN prompt_tokens INTEGER;
+    ALTER TABLE messages ADD COLUMN completion_tokens INTEGER;
+    ALTER TABLE messages ADD COLUMN finish_reason TEXT;
+    ALTER TABLE messages ADD COLUMN trimmed INTEGER NOT NULL DEFAULT 0;
 "#,
 ];

@@ -43,6 +43,10 @@ fn turn(session_id: &str, turn_id: u32) -> TurnRecord {
             last_error: None,
             duration_ms: 120.0,
         }],
+        prompt_tokens: Some(120),
+        completion_tokens: Some(30),
+        finish_reason: Some("stop".into()),
+        trimmed: false,
     }
 }
 
@@ -348,4 +352,25 @@ async fn the_handle_reaches_the_same_store() {
         .expect("find");
     assert_eq!(completed.len(), 1);
     assert_eq!(handle.pending_outbox_total().await.expect("outbox"), 1);
+}
+
+#[test]
+fn a_messages_token_counts_finish_reason_and_trim_flag_read_back() {
+    let (_directory, store) = open();
+    let session_id = store.create_session(&new_session(1, 3)).expect("create");
+    store.record_turn(&turn(&session_id, 1)).expect("turn 1");
+    let mut cut = turn(&session_id, 2);
+    cut.prompt_tokens = None;
+    cut.completion_tokens = None;
+    cut.finish_reason = Some("length".into());
+    cut.trimmed = true;
+    store.record_turn(&cut).expect("turn 2");
+    let messages = store.session(&session_id).expect("session").messages;
+    assert_eq!(messages[0].prompt_tokens, Some(120));
+    assert_eq!(messages[0].completion_tokens, Some(30));
+    assert_eq!(messages[0].finish_reason.as_deref(), Some("stop"));
+    assert!(!messages[0].trimmed);
+    assert_eq!(messages[1].prompt_tokens, None);
+    assert_eq!(messages[1].finish_reason.as_deref(), Some("length"));
+    assert!(messages[1].trimmed);
 }

@@ -10,6 +10,7 @@ use super::{timestamp, MessageRow, RecentTurns, Store, StoreError, ToolUsageRow,
 impl Store {
     /// Commits a turn's message, tool calls and outbox entry in one
     /// transaction, and counts it in the session's `num_turns`.
+    // Long because one transaction writes every table a turn touches, in order.
     pub fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
         let mut connection = self.lock();
         let transaction =
@@ -19,9 +20,9 @@ impl Store {
         ensure_session_active(&transaction, &turn.session_id)?;
         let now = timestamp(chrono::Utc::now());
         transaction.execute(
-            "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error],
+            "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error, turn.prompt_tokens, turn.completion_tokens, turn.finish_reason, turn.trimmed],
         )?;
         insert_tool_calls(&transaction, turn, &now)?;
         insert_service_calls(&transaction, turn, &now)?;

@@ -354,8 +354,9 @@ fn services_run_in_their_own_process_for_the_prototypes_client() {
 }
 
 #[test]
-fn a_heist_that_fails_exits_3_after_its_summary() {
+fn a_model_url_nothing_answers_fails_the_demo_within_seconds_naming_the_url() {
     let directory = tempfile::tempdir().expect("temp dir");
+    let started = tokio::time::Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_heistd"))
         .args([
             "demo",
@@ -368,25 +369,19 @@ fn a_heist_that_fails_exits_3_after_its_summary() {
             "--llm-model",
             "nothing",
         ])
-        .env("HEISTD_LLM__POLICY__BREAKER__WAIT_IN_OPEN_MS", "50")
         .current_dir(directory.path())
         .output()
         .expect("heistd runs");
-    let stdout = text(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(3),
-        "{stdout}\n{}",
-        text(&output.stderr)
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
     );
     assert!(
-        stdout.contains(" failed") && stdout.contains("2 of 2 turns failed"),
-        "{stdout}"
-    );
-    assert!(
-        text(&output.stderr).contains("ended failed"),
-        "{}",
-        text(&output.stderr)
+        stderr.contains("http://127.0.0.1:9/v1") && stderr.contains("cannot connect"),
+        "{stderr}"
     );
 }
 

@@ -219,80 +219,41 @@ async fn a_memory_outage_loses_nothing_the_outbox_delivers_later() {
 }
 
 #[tokio::test]
-async fn an_llm_outage_fails_turns_without_feeding_errors_back_and_fails_the_session() {
+async fn an_llm_outage_pauses_the_session_and_fails_it_with_the_real_error_not_the_breaker() {
     let mut config = crate::support::base_config();
-    // Backoff far shorter than the breaker's open period, so no retry
-    // sleeps through it (which would make the retry a half-open probe).
     config.llm.policy.backoff_base_ms = 10;
     config.llm.policy.backoff_cap_ms = 20;
     config.llm.policy.breaker.wait_in_open_ms = 500;
+    config.heist.max_model_outage_ms = 1_500;
     let stack = TestStack::start_with(config).await;
     stack.set_fault("rehearsal", fault(false, 1.0));
     let (report, detail) = run(&stack, 4, 1).await;
-    // The model's breaker opens on its fifth failed attempt (turn 1 makes
-    // three, turn 2 two). An open breaker lets a half-open probe through
-    // only once its open period has passed, so turns 3 and 4 each reaching
-    // the model once proves the session waited that period out before each
-    // of them; burnt at once, they would have been refused unsent.
-    let model_attempts: Vec<(i64, u32)> = detail
-        .service_calls
-        .iter()
-        .filter(|row| row.call.service == "llm")
-        .map(|row| (row.turn_id, row.call.attempts))
-        .collect();
-    assert_eq!(model_attempts, [(1, 3), (2, 2), (3, 1), (4, 1)]);
-    assert_eq!(
+    // The session waited out the outage limit instead of burning its turns:
+    // past the first call's three failed attempts, the model saw the
+    // session's own probes (once a second while it waits, past the breaker).
+    assert!(
         stack
             .stack
             .companions
             .get("rehearsal")
             .expect("the rehearsal model runs")
             .fault
-            .requests_seen(),
-        7,
-        "the model saw the five failures that opened its breaker, then one probe per turn"
+            .requests_seen()
+            >= 4,
+        "the session probed the model while it waited"
     );
-
     assert_eq!(report.status, SessionStatus::Failed);
-    assert_eq!(report.failed_turns, 4);
-    assert_eq!(detail.session.status, SessionStatus::Failed);
+    assert_eq!(report.turns, 0, "no turn is recorded for an outage");
+    assert!(detail.messages.is_empty());
     let reason = detail.session.failure_reason.as_deref().unwrap_or_default();
-    assert!(reason.contains("4 of 4 turns failed"), "{reason}");
-    // The first turn saw the 503s; then the stack stopped calling a model
-    // that kept failing: the breaker opened, and the retry budget ran out.
-    let first = detail.messages[0].error.as_deref().unwrap_or_default();
-    assert!(first.contains("HTTP 503"), "{first}");
-    let errors: Vec<&str> = detail
-        .messages
-        .iter()
-        .filter_map(|message| message.error.as_deref())
-        .collect();
     assert!(
-        errors
-            .iter()
-            .any(|error| error.contains("circuit breaker is open")),
-        "{errors:?}"
+        reason.contains("HTTP 503") && !reason.contains("circuit breaker"),
+        "{reason}"
     );
-    let last = errors[3];
-    assert!(
-        last.contains("circuit breaker is open") || last.contains("retry budget exhausted"),
-        "{last}"
-    );
-    for message in &detail.messages {
-        assert!(
-            message.message.is_empty(),
-            "an error is never stored as what an agent said"
-        );
-        assert!(message
-            .error
-            .as_deref()
-            .unwrap_or_default()
-            .starts_with("llm:"));
-    }
     assert!(detail.tool_usage.is_empty());
     assert!(
         memories(&stack, &report.session_id).await.is_empty(),
-        "failed turns are not remembered"
+        "nothing is remembered of an outage"
     );
 }
 
@@ -302,6 +263,7 @@ async fn a_hung_llm_is_cut_at_its_timeout() {
     config.llm.timeout_ms = 300;
     config.llm.policy.max_attempts = 1;
     config.llm.policy.breaker.enabled = false;
+    config.heist.max_model_outage_ms = 1_000;
     let stack = TestStack::start_with(config).await;
     stack.set_fault(
         "rehearsal",
@@ -311,11 +273,10 @@ async fn a_hung_llm_is_cut_at_its_timeout() {
         },
     );
     let (report, detail) = run(&stack, 2, 1).await;
-    assert_eq!(report.failed_turns, 2);
-    for message in &detail.messages {
-        let error = message.error.as_deref().unwrap_or_default();
-        assert!(error.contains("no answer within 300 ms"), "{error}");
-    }
+    assert_eq!(report.status, SessionStatus::Failed);
+    assert!(detail.messages.is_empty());
+    let reason = detail.session.failure_reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("no answer within 300 ms"), "{reason}");
 }
 
 #[tokio::test]
@@ -409,6 +370,10 @@ async fn a_memory_write_refused_for_good_is_set_aside_and_the_rest_are_delivered
             tool_calls: Vec::new(),
             memory_payload: Some(serde_json::to_string(&write).expect("json")),
             service_calls: Vec::new(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            finish_reason: None,
+            trimmed: false,
         };
         stack.store.record_turn(&record).expect("commit");
     }

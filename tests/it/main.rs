@@ -5,6 +5,8 @@ mod auth;
 mod cli;
 mod daemon;
 mod heist;
+mod model;
+mod model_double;
 mod ops;
 mod resilience;
 mod support;

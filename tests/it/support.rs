@@ -25,7 +25,13 @@ impl TestStack {
     }
 
     pub async fn start_with(config: Config) -> Self {
-        let stack = LocalStack::start(config, None)
+        Self::start_with_model(config, None).await
+    }
+
+    /// The companions, with the heist talking to the model server at
+    /// `model` (base URL, model name) instead of the rehearsal model.
+    pub async fn start_with_model(config: Config, model: Option<(String, String)>) -> Self {
+        let stack = LocalStack::start(config, model)
             .await
             .expect("companions start");
         let directory = tempfile::tempdir().expect("temp dir");

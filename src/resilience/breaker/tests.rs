@@ -18,6 +18,7 @@ fn config() -> BreakerConfig {
         slow_call_rate_threshold: 1.0,
         wait_in_open_ms: 1_000,
         half_open_permits: 2,
+        consecutive_failures: 0,
     }
 }
 
@@ -272,5 +273,111 @@ async fn open_remaining_counts_down_to_the_half_open_probe() {
         forced.open_remaining(),
         Some(Duration::from_secs(1)),
         "held open: one configured open period"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn n_failures_in_a_row_open_it_before_the_minimum_and_a_success_resets_the_count() {
+    let breaker = CircuitBreaker::new(
+        "test",
+        BreakerConfig {
+            consecutive_failures: 3,
+            minimum_calls: 10,
+            ..config()
+        },
+    );
+    for failed in [true, true, false, true, true] {
+        call(&breaker, failed, FAST);
+    }
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "two in a row, a success, two in a row"
+    );
+    call(&breaker, true, FAST);
+    assert_eq!(breaker.state(), BreakerState::Open, "three in a row");
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    for _ in 0..2 {
+        call(&breaker, false, FAST);
+    }
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    call(&breaker, true, FAST);
+    call(&breaker, true, FAST);
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "the count starts again after closing"
+    );
+
+    let off = CircuitBreaker::new(
+        "test",
+        BreakerConfig {
+            minimum_calls: 10,
+            ..config()
+        },
+    );
+    for _ in 0..9 {
+        call(&off, true, FAST);
+    }
+    assert_eq!(off.state(), BreakerState::Closed, "0 turns the trip off");
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_counts_neither_way_and_gives_a_probe_permit_back() {
+    let breaker = CircuitBreaker::new(
+        "test",
+        BreakerConfig {
+            consecutive_failures: 3,
+            ..config()
+        },
+    );
+    for _ in 0..20 {
+        breaker
+            .try_acquire()
+            .expect("admitted")
+            .judge(Verdict::Backpressure, FAST);
+    }
+    assert_eq!(breaker.state(), BreakerState::Closed, "429s never open it");
+    for _ in 0..3 {
+        call(&breaker, true, FAST);
+    }
+    assert_eq!(breaker.state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    let probe = breaker.try_acquire().expect("probe");
+    probe.judge(Verdict::Backpressure, FAST);
+    assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    for _ in 0..2 {
+        breaker
+            .try_acquire()
+            .expect("the 429 gave its permit back")
+            .judge(Verdict::Healthy, FAST);
+    }
+    assert_eq!(breaker.state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_now_ends_the_wait_and_releases_a_hold() {
+    let breaker = CircuitBreaker::new("test", config());
+    open_it(&breaker);
+    assert!(breaker.try_acquire().is_none());
+    breaker.half_open_now();
+    assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    assert!(
+        breaker.try_acquire().is_some(),
+        "the next call is the probe"
+    );
+
+    let held = CircuitBreaker::new("test", config());
+    held.force_open(true);
+    held.half_open_now();
+    assert_eq!(held.state(), BreakerState::HalfOpen);
+    assert!(held.try_acquire().is_some());
+
+    let closed = CircuitBreaker::new("test", config());
+    closed.half_open_now();
+    assert_eq!(
+        closed.state(),
+        BreakerState::Closed,
+        "only an open breaker moves"
     );
 }

@@ -1,0 +1,190 @@
+//! What a session does when the model is unavailable (refused connections,
+//! timeouts, 5xx or 429 after retries, an open breaker): it does not record
+//! the turn; it waits, probing the model itself (`GET /models`, once a
+//! second, past the breaker), and when the model answers it half-opens the
+//! breaker so the same turn is played at once, instead of waiting out
+//! `wait_in_open_ms`. The wait is bounded by `heist.max_model_outage_ms`;
+//! past it the session ends `failed` with the last real error, never "breaker
+//! open". Also here: the once-per-model check that native tool calling
+//! really works, which decides the session's tool protocol.
+//!
+//! It decides only whether the session waits; retries and the breaker
+//! itself are `resilience`'s.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{HeistRunner, RunNotice};
+use crate::clients::CallError;
+use crate::config::ToolCalling;
+use crate::metrics as names;
+use crate::wire::MODELS_PATH;
+
+/// The session probes a model it is waiting for this often.
+pub(super) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One stretch of model unavailability within a session.
+pub(super) struct Outage {
+    started: Instant,
+    /// The last error a real attempt got; a refusal by the stack (open
+    /// breaker, full bulkhead) never replaces it.
+    last_error: Option<String>,
+}
+
+/// How a wait for the model ended.
+pub(super) enum Waited {
+    /// It answered: play the turn again.
+    Back,
+    /// `heist.max_model_outage_ms` passed.
+    GaveUp,
+    /// The session was told to stop.
+    Stopped,
+}
+
+impl Outage {
+    pub fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            last_error: None,
+        }
+    }
+
+    /// Notes a failed turn's error.
+    pub fn saw(&mut self, error: &CallError) {
+        if !error.is_rejection() || self.last_error.is_none() {
+            self.last_error = Some(error.to_string());
+        }
+    }
+
+    pub fn last_error(&self) -> &str {
+        self.last_error.as_deref().unwrap_or("unknown")
+    }
+
+    /// The session's failure reason when the outage outlasted the limit.
+    pub fn failure_reason(&self, turn_id: u32) -> String {
+        format!(
+            "the model was unavailable for {:.0} s before turn {turn_id} (heist.max_model_outage_ms); last error: {}",
+            self.started.elapsed().as_secs_f64(),
+            self.last_error()
+        )
+    }
+}
+
+impl HeistRunner {
+    /// Waits until the model answers a probe (then half-opens its breaker),
+    /// until its breaker lets a probe call through by itself, until the
+    /// outage has lasted `heist.max_model_outage_ms`, or until told to stop.
+    pub(super) async fn wait_for_the_model(&self, turn_id: u32, outage: &Outage) -> Waited {
+        let limit = outage.started + Duration::from_millis(self.config.heist.max_model_outage_ms);
+        let paused = Instant::now();
+        tracing::warn!(
+            turn_id,
+            last_error = outage.last_error(),
+            "the model is unavailable; the session waits"
+        );
+        let waited = loop {
+            let now = Instant::now();
+            if now >= limit {
+                break Waited::GaveUp;
+            }
+            self.notify(&RunNotice::ModelPaused {
+                turn_id,
+                remaining: limit - now,
+                last_error: outage.last_error().to_string(),
+            });
+            if !self
+                .sleep_unless_stopped(PROBE_INTERVAL.min(limit - now))
+                .await
+            {
+                break Waited::Stopped;
+            }
+            if self.model_answers().await {
+                self.clients.llm.service.half_open_breaker();
+                break Waited::Back;
+            }
+            if self.clients.llm.service.breaker_open_remaining() == Some(Duration::ZERO) {
+                break Waited::Back;
+            }
+        };
+        let paused = paused.elapsed();
+        metrics::counter!(names::MODEL_OUTAGE_PAUSE_SECONDS_TOTAL).increment(paused.as_secs());
+        if matches!(waited, Waited::Back) {
+            tracing::info!(
+                turn_id,
+                paused_ms = paused.as_millis() as u64,
+                "the model is back"
+            );
+            self.notify(&RunNotice::ModelBack { turn_id, paused });
+        }
+        waited
+    }
+
+    /// Whether the session plays with native tool calling: configured, and
+    /// the model really returns `tool_calls` (checked once per model). A
+    /// model that cannot say (unavailable now) is given the benefit of the
+    /// doubt; the check runs again next session.
+    pub(super) async fn session_uses_native_tools(&self) -> bool {
+        if self.config.llm.tool_calling != ToolCalling::Native {
+            return false;
+        }
+        let Some(agent) = self
+            .scenario
+            .agents
+            .iter()
+            .find(|agent| !agent.tools.is_empty())
+        else {
+            return true;
+        };
+        let Some(tool) = self.native_tools(agent, true).into_iter().next() else {
+            return true;
+        };
+        match self.clients.llm.supports_native_tools(&tool).await {
+            Ok(true) => true,
+            Ok(false) => {
+                let notice = RunNotice::TextToolsFallback {
+                    model: self.clients.llm.model().to_string(),
+                };
+                tracing::warn!("{notice}");
+                self.notify(&notice);
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot check native tool calling now; trying it");
+                true
+            }
+        }
+    }
+
+    /// One probe of the model, past its breaker. Any HTTP answer but a 5xx
+    /// means the server is up (a 404 on `/models` still answered).
+    async fn model_answers(&self) -> bool {
+        let probe: Result<serde_json::Value, CallError> =
+            self.clients.llm.service.probe_json(MODELS_PATH).await;
+        match probe {
+            Ok(_) => true,
+            Err(CallError::Status { status, .. }) => status < 500,
+            Err(_) => false,
+        }
+    }
+
+    /// Sleeps `pause`; false when told to stop first.
+    async fn sleep_unless_stopped(&self, pause: Duration) -> bool {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = async {
+                match stop.as_mut() {
+                    Some(stop) => { let _ = stop.wait_for(|stop| *stop).await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => false,
+        }
+    }
+
+    fn notify(&self, notice: &RunNotice) {
+        if let Some(notices) = &self.notices {
+            notices(notice);
+        }
+    }
+}
