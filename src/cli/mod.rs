@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod args;
+#[macro_use]
+pub mod output;
 mod demo;
 pub mod logging;
 pub use demo::{demo, DemoOptions};
@@ -210,7 +212,7 @@ pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<Run
     let report = runner
         .run(RunOptions::new(turns, seed), Some(&print_turn))
         .await?;
-    println!("{}", summary(&report, runner.clients(), store.path()));
+    out!("{}", summary(&report, runner.clients(), store.path()));
     completed(report)
 }
 
@@ -235,11 +237,11 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
     // are the ones that matter, so ask it when it answers.
     let daemon_breakers = crate::api::breaker_states(&config.daemon.admin_address).await;
     match &daemon_breakers {
-        Some(_) => println!(
+        Some(_) => out!(
             "breakers: as the daemon at {} sees them",
             config.daemon.admin_address
         ),
-        None => println!(
+        None => out!(
             "breakers: no daemon answers at {}; shown as this check sees them",
             config.daemon.admin_address
         ),
@@ -250,9 +252,14 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
             .as_ref()
             .and_then(|breakers| breakers.get(&report.service))
             .map_or(report.breaker, String::as_str);
-        println!(
+        out!(
             "{:<15} {:<5} {:>8.1} ms  breaker {:<9}  {}  {}",
-            report.service, state, report.latency_ms, breaker, report.base_url, report.detail
+            report.service,
+            state,
+            report.latency_ms,
+            breaker,
+            report.base_url,
+            report.detail
         );
     }
     let down: Vec<&str> = reports
@@ -303,7 +310,7 @@ pub async fn services(
     };
     let companions = services::start(&chosen, &context, &host, &ports, fault_injection).await?;
     for service in &companions.services {
-        println!("{:<15} listening on {}", service.name, service.base_url());
+        out!("{:<15} listening on {}", service.name, service.base_url());
     }
     shutdown.await;
     companions.shutdown().await;
@@ -328,7 +335,7 @@ pub fn sessions(
             path.display()
         )));
     }
-    let store = Store::open(&path, config::Synchronous::Normal)?;
+    let store = Store::open_read_only(&path)?;
     Ok(match action {
         SessionsAction::List { limit } => sessions_list(&store, limit)?,
         SessionsAction::Show { session_id } => export_markdown(&store.session(&session_id)?),
@@ -429,15 +436,19 @@ pub fn export_markdown(detail: &SessionDetail) -> String {
 
 pub(crate) fn print_turn(view: &TurnView<'_>) {
     let record = view.record;
-    println!(
+    out!(
         "[{:>2}/{}] {} ({}) — {:.1} ms",
-        record.turn_id, view.total_turns, record.agent_name, record.agent_role, view.elapsed_ms
+        record.turn_id,
+        view.total_turns,
+        record.agent_name,
+        record.agent_role,
+        view.elapsed_ms
     );
     match &record.error {
-        Some(error) => println!("   turn failed: {error}"),
+        Some(error) => out!("   turn failed: {error}"),
         None => {
             for line in record.message.trim().lines() {
-                println!("   {line}");
+                out!("   {line}");
             }
         }
     }
@@ -447,9 +458,9 @@ pub(crate) fn print_turn(view: &TurnView<'_>) {
         } else {
             format!("FAILED: {}", call.error.as_deref().unwrap_or(""))
         };
-        println!("   -> {}({}) {outcome}", call.tool_name, call.tool_params);
+        out!("   -> {}({}) {outcome}", call.tool_name, call.tool_params);
     }
-    println!();
+    out!();
 }
 
 pub(crate) fn summary(report: &RunReport, clients: &Clients, database: &Path) -> String {

@@ -13,7 +13,7 @@ use super::{HeistError, HeistRunner, RunOptions, RunReport, TurnObserver, TurnVi
 use crate::metrics as names;
 use crate::resilience::journal;
 use crate::scenario::Agent;
-use crate::store::{NewSession, ServiceCallRecord, SessionStatus};
+use crate::store::{NewSession, SessionStatus};
 
 /// Where a session's loop starts: its id, seed and plan, and the first
 /// turn to play (1, or the one after the last committed after a crash).
@@ -182,17 +182,7 @@ impl HeistRunner {
                 .instrument(turn_span.clone())
                 .await;
         let PlayedTurn { mut record, tools } = played;
-        record.service_calls = journal
-            .into_iter()
-            .map(|entry| ServiceCallRecord {
-                service: entry.service,
-                operation: entry.operation,
-                attempts: entry.summary.attempts,
-                outcome: entry.summary.outcome.as_str().to_string(),
-                last_error: entry.summary.last_error,
-                duration_ms: entry.summary.duration.as_secs_f64() * 1000.0,
-            })
-            .collect();
+        record.service_calls = super::outbox::service_call_records(journal);
         tools.add_to(report);
         if let Err(error) = self.store.record_turn(record.clone()).await {
             tracing::error!(turn_id, %error, "cannot commit turn; stopping the session");

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{
-    HealthEvent, NewSession, OutboxEntry, RecentTurns, SessionDetail, SessionRow, SessionStatus,
-    Store, StoreError, TurnRecord,
+    HealthEvent, NewSession, OutboxEntry, RecentTurns, ServiceCallRecord, SessionDetail,
+    SessionRow, SessionStatus, Store, StoreError, TurnRecord,
 };
 use crate::config::StoreConfig;
 
@@ -131,6 +131,17 @@ impl StoreHandle {
     pub async fn mark_outbox_abandoned(&self, id: i64, error: &str) -> Result<(), StoreError> {
         let error = error.to_string();
         self.call(move |store| store.mark_outbox_abandoned(id, &error))
+            .await
+    }
+
+    pub async fn record_service_calls(
+        &self,
+        session_id: &str,
+        turn_id: u32,
+        calls: Vec<ServiceCallRecord>,
+    ) -> Result<(), StoreError> {
+        let id = session_id.to_string();
+        self.call(move |store| store.record_service_calls(&id, turn_id, &calls))
             .await
     }
 

@@ -27,10 +27,12 @@ use std::path::PathBuf;
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
+mod collisions;
 mod handle;
 mod health;
 mod maintenance;
 mod outbox;
+mod reader;
 mod rows;
 mod schema;
 mod sessions;

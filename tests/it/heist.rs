@@ -216,6 +216,53 @@ async fn a_memory_outage_loses_nothing_the_outbox_delivers_later() {
         0
     );
     assert_eq!(memories(&stack, &report.session_id).await.len(), 6);
+    // The failed deliveries are in the audit trail, under the turn whose
+    // write they carried: after each turn the outbox tried its oldest
+    // write, turn 1's, and kept the order.
+    let detail = stack.store.session(&report.session_id).expect("detail");
+    let failed_deliveries: Vec<i64> = detail
+        .service_calls
+        .iter()
+        .filter(|row| {
+            row.call.service == "memory"
+                && row.call.operation.contains("store")
+                && row.call.outcome != "success"
+        })
+        .map(|row| row.turn_id)
+        .collect();
+    assert_eq!(failed_deliveries, [1; 6], "{:?}", detail.service_calls);
+}
+
+#[tokio::test]
+async fn a_memory_write_that_needed_a_retry_is_in_service_calls() {
+    let stack = TestStack::start().await;
+    let runner = stack.stack.runner(stack.store.clone()).expect("runner");
+    let session_id = runner.start(&RunOptions::new(1, 5)).await.expect("session");
+    // The observer runs once the turn is committed, before its memory
+    // write is delivered: the next memory request is the write.
+    let fail_the_write = |_: &heistd::heist::TurnView<'_>| {
+        stack.set_fault(
+            "memory",
+            Fault {
+                fail_next: 1,
+                error_status: 503,
+                ..Fault::default()
+            },
+        )
+    };
+    runner
+        .play(&session_id, &RunOptions::new(1, 5), Some(&fail_the_write))
+        .await
+        .expect("run");
+    let detail = stack.store.session(&session_id).expect("detail");
+    let delivery = detail
+        .service_calls
+        .iter()
+        .find(|row| row.call.service == "memory" && row.call.operation.contains("store"))
+        .unwrap_or_else(|| panic!("the retried write is recorded: {:?}", detail.service_calls));
+    assert_eq!(delivery.turn_id, 1);
+    assert!(delivery.call.attempts > 1, "{delivery:?}");
+    assert_eq!(memories(&stack, &session_id).await.len(), 1);
 }
 
 #[tokio::test]
