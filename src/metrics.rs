@@ -43,6 +43,10 @@ pub const SCHEDULE_RUNS_TOTAL: &str = "heistd_schedule_runs_total";
 /// Audit rows pruned by retention (sessions).
 pub const RETENTION_PRUNED_SESSIONS_TOTAL: &str = "heistd_retention_pruned_sessions_total";
 pub const MEMORY_OUTBOX_PENDING: &str = "heistd_memory_outbox_pending";
+/// 1 while the audit store cannot take writes (full, read-only, deleted).
+pub const STORE_UNAVAILABLE: &str = "heistd_store_unavailable";
+/// Sessions that paused for a store outage, by how the pause ended.
+pub const STORE_PAUSES_TOTAL: &str = "heistd_store_pauses_total";
 
 /// Latency buckets from 1 ms to two minutes: tools answer in milliseconds,
 /// an LLM in tens of seconds.

@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod retention;
 pub mod runs;
 pub mod state;
+pub mod store_watch;
 
 pub use state::{
     DaemonState, Readiness, RunCommand, RunRequest, RunningSession, ScheduleStatus, StartRunError,

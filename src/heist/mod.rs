@@ -15,6 +15,7 @@
 //! tool row) and the run goes on; only a store that cannot commit stops it,
 //! because then nothing more could be recorded truthfully.
 
+mod outage;
 mod outbox;
 mod prompt;
 pub mod protocol;

@@ -166,7 +166,7 @@ impl HeistRunner {
 
     /// Plays one turn, commits it with the calls it made, and shows it.
     /// Returns the turn's error, if it failed. A turn that cannot be
-    /// committed ends the session `failed` (if the store still can).
+    /// committed pauses the session (the store outage rule, `outage`).
     async fn play_and_commit(
         &self,
         plan: &Plan,
@@ -184,18 +184,14 @@ impl HeistRunner {
         let PlayedTurn { mut record, tools } = played;
         record.service_calls = super::outbox::service_call_records(journal);
         tools.add_to(report);
-        if let Err(error) = self.store.record_turn(record.clone()).await {
-            tracing::error!(turn_id, %error, "cannot commit turn; stopping the session");
-            let reason = format!("turn {turn_id} could not be recorded: {error}");
-            if let Err(finish_error) = self
-                .store
-                .finish_session(&plan.session_id, SessionStatus::Failed, Some(&reason))
-                .await
-            {
-                tracing::error!(%finish_error, "cannot record that the session failed either");
-            }
-            metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
-            return Err(error.into());
+        let what = format!("turn {turn_id}");
+        if let Err(error) = self
+            .through_store_outage(&what, || self.store.record_turn(record.clone()))
+            .await
+        {
+            return Err(self
+                .end_after_store_outage(&plan.session_id, &what, error)
+                .await);
         }
         report.turns += 1;
         if record.error.is_some() {
@@ -246,9 +242,17 @@ impl HeistRunner {
         } else {
             (SessionStatus::Completed, None)
         };
-        self.store
-            .finish_session(&report.session_id, status, reason.as_deref())
-            .await?;
+        let ending = self
+            .through_store_outage("the session's end", || {
+                self.store
+                    .finish_session(&report.session_id, status, reason.as_deref())
+            })
+            .await;
+        if let Err(error) = ending {
+            return Err(self
+                .end_after_store_outage(&report.session_id, "the session's end", error)
+                .await);
+        }
         metrics::counter!(names::SESSIONS_TOTAL, "status" => status.as_str()).increment(1);
         tracing::info!(
             status = status.as_str(),
@@ -269,6 +273,8 @@ impl HeistRunner {
         next_turn: u32,
     ) -> Result<RunReport, HeistError> {
         let reason = format!("heistd stopped before turn {next_turn}");
+        // No pause here: heistd is stopping. Not recorded, the session is
+        // resumed by crash recovery at the next start.
         self.store
             .finish_session(
                 &report.session_id,

@@ -41,6 +41,13 @@ impl Store {
         Ok(Self {
             path: path.to_path_buf(),
             _writer_lock: None,
+            identity: Some(super::identity::FileIdentity::of(path).map_err(|error| {
+                StoreError::Unavailable {
+                    path: path.display().to_string(),
+                    reason: error.to_string(),
+                }
+            })?),
+            size_cap: None,
             connection: Mutex::new(connection),
         })
     }
@@ -77,6 +84,12 @@ impl Store {
                     cap_mb: config.max_size_mb,
                 });
             }
+            // The WAL counts too: keep it well under the cap once it has
+            // been checkpointed.
+            store
+                .lock()
+                .pragma_update(None, "journal_size_limit", (cap / 8) as i64)?;
+            store.size_cap = Some(cap);
         }
         Ok(store)
     }

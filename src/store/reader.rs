@@ -54,6 +54,8 @@ impl Store {
         Ok(Self {
             path: path.to_path_buf(),
             _writer_lock: None,
+            identity: None,
+            size_cap: None,
             connection: Mutex::new(connection),
         })
     }

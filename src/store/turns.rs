@@ -14,6 +14,8 @@ impl Store {
     /// Commits a turn's message, tool calls and outbox entry in one
     /// transaction, and counts it in the session's `num_turns`.
     pub fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
+        // Never commit into a deleted or replaced file.
+        self.check_identity()?;
         let mut connection = self.lock();
         let transaction =
             connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
