@@ -5,6 +5,9 @@
 //!
 //! Run: `cargo bench --bench resilience` (release build).
 
+// A bench prints its report to the terminal that ran it.
+#![allow(clippy::disallowed_macros)]
+
 use std::time::Duration;
 
 use heistd::cli::LocalStack;

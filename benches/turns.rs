@@ -7,6 +7,9 @@
 //! for 100 and 1000 turns with durable commits, 1000 with `NORMAL` for
 //! comparison, and the process's peak RSS.
 
+// A bench prints its report to the terminal that ran it.
+#![allow(clippy::disallowed_macros)]
+
 use std::sync::Arc;
 
 use heistd::cli::LocalStack;

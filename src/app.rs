@@ -27,7 +27,7 @@ use crate::config::{self, Config, ConfigError, ScheduleConfig, SystemdEnvironmen
 use crate::daemon::notify::{self, Notifier};
 use crate::daemon::runs::{RunContext, Runs, ScheduledRuns};
 use crate::daemon::state::{DaemonState, RunCommand, ScheduleStatus, StartRunError};
-use crate::daemon::{outbox, retention, telemetry};
+use crate::daemon::{outbox, retention, store_watch, telemetry};
 use crate::health::{checker, HealthBoard, HealthState};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::scheduler::{Clock, Scheduler};
@@ -114,6 +114,9 @@ impl App {
         ));
         let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
         let store = StoreHandle::open_configured(&config.store).await?;
+        // A store that cannot be written (read-only file or directory, a
+        // full disk) stops the daemon here, before READY, with exit 2.
+        store.probe_write().await?;
         let clients = Clients::from_config(&config)?;
         let (stop_sender, stop) = watch::channel(false);
         let (finish_sender, finished) = watch::channel(false);
@@ -211,6 +214,11 @@ impl Parts {
             Clock::system(),
             Arc::new(ScheduledRuns(self.runs.clone())),
         );
+        // Ends by itself on stop; nothing waits for it.
+        tokio::spawn(store_watch::watch_store(
+            self.store.clone(),
+            self.stop.clone(),
+        ));
         Ok(Tasks {
             api,
             health,

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("heistd: {error}");
+            cli::output::write_stderr(format_args!("heistd: {error}\n"));
             ExitCode::from(error.exit_code())
         }
     }
@@ -42,10 +42,10 @@ async fn execute(command: Command) -> Result<(), CliError> {
             cli::services(config.as_deref(), &names, shutdown_signal()?).await?
         }
         Command::Sessions { db, config, action } => {
-            print!("{}", cli::sessions(db, config.as_deref(), action)?)
+            cli::output::print(&cli::sessions(db, config.as_deref(), action)?)
         }
-        Command::Config { action } => print!("{}", cli::config(action)?),
-        Command::Reload(args) => print!("{}", cli::reload(args).await?),
+        Command::Config { action } => cli::output::print(&cli::config(action)?),
+        Command::Reload(args) => cli::output::print(&cli::reload(args).await?),
     }
     Ok(())
 }
@@ -77,7 +77,7 @@ fn stop_on_interrupt() -> Result<tokio::sync::watch::Receiver<bool>, CliError> {
     let first = shutdown_signal()?;
     tokio::spawn(async move {
         first.await;
-        eprintln!("heistd: stopping after this turn (the session will be marked interrupted); again to quit now");
+        cli::output::write_stderr(format_args!("heistd: stopping after this turn (the session will be marked interrupted); again to quit now\n"));
         // An error means the heist has already ended: nothing to stop.
         let _ = stop.send(true);
         // Listening anew: only a signal after the first one quits at once.

@@ -84,6 +84,10 @@ pub const MODEL_REPLIES_TRUNCATED_TOTAL: &str = "heistd_model_replies_truncated_
 pub const MODEL_PROMPTS_TRIMMED_TOTAL: &str = "heistd_model_prompts_trimmed_total";
 /// Time sessions spent paused while the model was unavailable.
 pub const MODEL_OUTAGE_PAUSE_SECONDS_TOTAL: &str = "heistd_model_outage_pause_seconds_total";
+/// 1 while the audit store cannot take writes (full, read-only, deleted).
+pub const STORE_UNAVAILABLE: &str = "heistd_store_unavailable";
+/// Sessions that paused for a store outage, by how the pause ended.
+pub const STORE_PAUSES_TOTAL: &str = "heistd_store_pauses_total";
 
 /// Label values known before the first event, so their series can start at
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
@@ -118,11 +122,12 @@ pub mod labels {
     pub const TOOL_CALL_OUTCOMES: [&str; 3] = ["success", "failure", "refused"];
     pub const SCHEDULE_OUTCOMES: [&str; 2] = ["launched", "skipped_overlap"];
     pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "refused"];
+    pub const STORE_PAUSE_OUTCOMES: [&str; 2] = ["resumed", "gave_up"];
 }
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 40] = [
+pub const FAMILIES: [(&str, Kind, &str); 42] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -163,6 +168,8 @@ pub const FAMILIES: [(&str, Kind, &str); 40] = [
     (MODEL_REPLIES_TRUNCATED_TOTAL, Kind::Counter, "Model replies the server cut at max_tokens (finish_reason length)."),
     (MODEL_PROMPTS_TRIMMED_TOTAL, Kind::Counter, "Prompts trimmed to fit the model's context window."),
     (MODEL_OUTAGE_PAUSE_SECONDS_TOTAL, Kind::Counter, "Seconds sessions spent paused while the model was unavailable."),
+    (STORE_UNAVAILABLE, Kind::Gauge, "1 while the audit store cannot take writes (full, read-only, deleted), else 0."),
+    (STORE_PAUSES_TOTAL, Kind::Counter, "Sessions that paused for a store outage, by how the pause ended."),
 ];
 
 /// What kind of family a name is, for [`describe`].

@@ -74,6 +74,9 @@ pub enum ApiError {
     /// 503: heistd is stopping and starts nothing new.
     #[error("heistd is shutting down and starts no new runs")]
     ShuttingDown,
+    /// 503: the audit store cannot take a run (full, read-only, deleted).
+    #[error("the audit store cannot take new runs: {0}")]
+    StoreUnavailable(String),
     /// 500: something on our side; the detail goes to the log, not the client.
     #[error("{public_message}; the daemon's log has the reason")]
     Internal {
@@ -161,7 +164,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::AtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -213,6 +216,7 @@ impl From<StartRunError> for ApiError {
         match error {
             StartRunError::AtCapacity { running } => Self::AtCapacity { running },
             StartRunError::ShuttingDown => Self::ShuttingDown,
+            StartRunError::StoreUnavailable(reason) => Self::StoreUnavailable(reason),
             StartRunError::Failed(reason) => Self::Internal {
                 public_message: "cannot start the session",
                 detail: reason,

@@ -54,13 +54,15 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     let seed = options.seed.unwrap_or_else(heist::random_seed);
     print_banner(&stack, &options, turns, seed);
     if options.chaos {
-        start_chaos(&stack);
+        start_chaos(&stack, seed);
     }
-    println!();
+    out!();
     let observer = |view: &TurnView<'_>| {
         print_turn(view);
         if options.chaos {
-            stage_memory_outage(&stack, view.record.turn_id);
+            let finished_turn = view.record.turn_id;
+            stage_memory_outage(&stack, finished_turn);
+            set_chaos_for_turn(&stack, seed, finished_turn + 1);
         }
     };
     let mut report = runner
@@ -75,10 +77,10 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     }
     if options.chaos {
         if let Ok((delivered, all)) = store.outbox_counts(&report.session_id).await {
-            println!("outbox: {delivered} of {all} memory writes delivered to the memory service despite the outage\n");
+            out!("outbox: {delivered} of {all} memory writes delivered to the memory service despite the outage\n");
         }
     }
-    println!("{}", summary(&report, runner.clients(), store.path()));
+    out!("{}", summary(&report, runner.clients(), store.path()));
     print_service_calls(&store, &report.session_id).await?;
     stack.companions.shutdown().await;
     super::completed(report)
@@ -103,30 +105,44 @@ fn print_banner(stack: &LocalStack, options: &DemoOptions, turns: u32, seed: u64
             REHEARSAL_MODEL_ID
         ),
     };
-    println!(
+    out!(
         "heistd demo: {} — {turns} turns, seed {seed}",
         stack.scenario.title
     );
-    println!("model: {model}");
+    out!("model: {model}");
     for service in &stack.companions.services {
-        println!("  {:<15} {}", service.name, service.base_url());
+        out!("  {:<15} {}", service.name, service.base_url());
     }
 }
 
 /// Says what `--chaos` does, and makes the model and the calculator fail
-/// part of the time for the whole run.
-fn start_chaos(stack: &LocalStack) {
-    println!(
+/// part of the time for the whole run, starting with turn 1.
+fn start_chaos(stack: &LocalStack, seed: u64) {
+    out!(
         "chaos: the model answers 503 to a quarter of requests, the calculator 500 to a third, and the \
          memory service is down from turn {OUTAGE_FIRST_TURN} to turn {OUTAGE_LAST_TURN}: watch retries, \
          failures and the outbox catching up"
     );
+    set_chaos_for_turn(stack, seed, 1);
+}
+
+/// The model's and the calculator's faults for one turn, set before it
+/// starts: each is seeded from the heist's seed and the turn, so the k-th
+/// call of a turn meets the same fault in every run with this seed, however
+/// long the calls before it took (faults follow the seed, the turn and the
+/// call index, never timing). Only retry counts may differ between runs,
+/// where timing decides whether a retry is allowed at all.
+fn set_chaos_for_turn(stack: &LocalStack, seed: u64, turn: u32) {
+    let turn_seed = |service: u64| {
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ (u64::from(turn) << 8) ^ service
+    };
     set_fault(
         stack,
         Companion::Rehearsal,
         Fault {
             error_rate: 0.25,
             error_status: 503,
+            seed: Some(turn_seed(1)),
             ..Fault::default()
         },
     );
@@ -136,6 +152,7 @@ fn start_chaos(stack: &LocalStack) {
         Fault {
             error_rate: 0.33,
             error_status: 500,
+            seed: Some(turn_seed(2)),
             ..Fault::default()
         },
     );
@@ -145,7 +162,7 @@ fn start_chaos(stack: &LocalStack) {
 /// [`OUTAGE_FIRST_TURN`] and brings it back after [`OUTAGE_LAST_TURN`].
 fn stage_memory_outage(stack: &LocalStack, finished_turn: u32) {
     if finished_turn + 1 == OUTAGE_FIRST_TURN {
-        println!("   !! the memory service goes down\n");
+        out!("   !! the memory service goes down\n");
         set_fault(
             stack,
             Companion::Memory,
@@ -155,7 +172,7 @@ fn stage_memory_outage(stack: &LocalStack, finished_turn: u32) {
             },
         );
     } else if finished_turn == OUTAGE_LAST_TURN {
-        println!("   !! the memory service is back\n");
+        out!("   !! the memory service is back\n");
         set_fault(stack, Companion::Memory, Fault::default());
     }
 }
@@ -188,7 +205,7 @@ async fn print_service_calls(store: &StoreHandle, session_id: &str) -> Result<()
             .iter()
             .filter(|row| row.call.attempts > 1)
             .count();
-        println!(
+        out!(
             "  {} calls failed or needed retries ({retried} retried); each is a row in service_calls:\n  \
              SELECT turn_id, service, operation, attempts, outcome, last_error FROM service_calls WHERE session_id = '{}'",
             detail.service_calls.len(),

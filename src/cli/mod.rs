@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod args;
+#[macro_use]
+pub mod output;
 mod demo;
 pub mod logging;
 mod reload;
@@ -236,7 +238,7 @@ pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<Run
     let report = runner
         .run(RunOptions::new(turns, seed), Some(&print_turn))
         .await?;
-    println!("{}", summary(&report, runner.clients(), store.path()));
+    out!("{}", summary(&report, runner.clients(), store.path()));
     completed(report)
 }
 
@@ -261,11 +263,11 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
     // are the ones that matter, so ask it when it answers.
     let daemon_breakers = crate::api::breaker_states(&config.daemon.admin_address).await;
     match &daemon_breakers {
-        Some(_) => println!(
+        Some(_) => out!(
             "breakers: as the daemon at {} sees them",
             config.daemon.admin_address
         ),
-        None => println!(
+        None => out!(
             "breakers: no daemon answers at {}; shown as this check sees them",
             config.daemon.admin_address
         ),
@@ -276,9 +278,14 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
             .as_ref()
             .and_then(|breakers| breakers.get(&report.service))
             .map_or(report.breaker, String::as_str);
-        println!(
+        out!(
             "{:<15} {:<5} {:>8.1} ms  breaker {:<9}  {}  {}",
-            report.service, state, report.latency_ms, breaker, report.base_url, report.detail
+            report.service,
+            state,
+            report.latency_ms,
+            breaker,
+            report.base_url,
+            report.detail
         );
     }
     let down: Vec<&str> = reports
@@ -308,7 +315,7 @@ async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option
         Ok(models) => models,
         Err(error) => return Some(format!("llm: {error}{}", base_url_hint(&error))),
     };
-    println!("llm models offered: {}", models.join(", "));
+    out!("llm models offered: {}", models.join(", "));
     if !models.iter().any(|model| model == llm.model()) {
         return Some(format!(
             "llm: the configured model `{}` is not among the models the server offers ({})",
@@ -322,12 +329,12 @@ async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option
             description: "an arithmetic expression".into(),
         };
         match llm.supports_native_tools(&probe).await {
-            Ok(true) => println!("llm native tool calling: supported"),
-            Ok(false) => println!(
+            Ok(true) => out!("llm native tool calling: supported"),
+            Ok(false) => out!(
                 "llm native tool calling: NOT supported by {}; heist sessions use the text protocol",
                 llm.model()
             ),
-            Err(error) => println!("llm native tool calling: cannot tell ({error})"),
+            Err(error) => out!("llm native tool calling: cannot tell ({error})"),
         }
     }
     None
@@ -377,7 +384,7 @@ pub async fn services(
     let companions = services::start(&chosen, &context, &host, &ports, fault_injection).await?;
     // The one line a person reads per companion (its log line is debug).
     for service in &companions.services {
-        println!("{:<15} listening on {}", service.name, service.base_url());
+        out!("{:<15} listening on {}", service.name, service.base_url());
     }
     shutdown.await;
     companions.shutdown().await;
@@ -402,7 +409,7 @@ pub fn sessions(
             path.display()
         )));
     }
-    let store = Store::open(&path, config::Synchronous::Normal)?;
+    let store = Store::open_read_only(&path)?;
     Ok(match action {
         SessionsAction::List { limit } => sessions_list(&store, limit)?,
         SessionsAction::Show { session_id } => export_markdown(&store.session(&session_id)?),
@@ -510,11 +517,11 @@ pub(crate) async fn preflight(llm: &crate::clients::LlmClient) -> Result<(), Cli
     match llm.list_models().await {
         Ok(models) if models.iter().any(|model| model == llm.model()) => Ok(()),
         Ok(models) => {
-            eprintln!(
-                "warning: the model server at {url} does not list `{}` (it lists: {}); trying it anyway",
+            output::write_stderr(format_args!(
+                "warning: the model server at {url} does not list `{}` (it lists: {}); trying it anyway\n",
                 llm.model(),
                 models.join(", ")
-            );
+            ));
             Ok(())
         }
         Err(crate::clients::CallError::Status { status, .. }) if status >= 500 => Ok(()),
@@ -538,28 +545,30 @@ pub(crate) fn base_url_hint(error: &crate::clients::CallError) -> &'static str {
 /// Prints a run's notices: a pause as one countdown line rewritten in
 /// place, the rest as their own lines.
 pub(crate) fn print_notice(notice: &heist::RunNotice) {
-    use std::io::Write;
     match notice {
         heist::RunNotice::ModelPaused { .. } => {
-            print!("\r   .. {notice}\x1b[K");
-            let _ = std::io::stdout().flush();
+            output::write_stdout(format_args!("\r   .. {notice}\x1b[K"))
         }
-        heist::RunNotice::ModelBack { .. } => println!("\r   .. {notice}\x1b[K\n"),
-        heist::RunNotice::TextToolsFallback { .. } => println!("warning: {notice}\n"),
+        heist::RunNotice::ModelBack { .. } => out!("\r   .. {notice}\x1b[K\n"),
+        heist::RunNotice::TextToolsFallback { .. } => out!("warning: {notice}\n"),
     }
 }
 
 pub(crate) fn print_turn(view: &TurnView<'_>) {
     let record = view.record;
-    println!(
+    out!(
         "[{:>2}/{}] {} ({}) — {:.1} ms",
-        record.turn_id, view.total_turns, record.agent_name, record.agent_role, view.elapsed_ms
+        record.turn_id,
+        view.total_turns,
+        record.agent_name,
+        record.agent_role,
+        view.elapsed_ms
     );
     match &record.error {
-        Some(error) => println!("   turn failed: {error}"),
+        Some(error) => out!("   turn failed: {error}"),
         None => {
             for line in record.message.trim().lines() {
-                println!("   {line}");
+                out!("   {line}");
             }
         }
     }
@@ -569,9 +578,9 @@ pub(crate) fn print_turn(view: &TurnView<'_>) {
         } else {
             format!("FAILED: {}", call.error.as_deref().unwrap_or(""))
         };
-        println!("   -> {}({}) {outcome}", call.tool_name, call.tool_params);
+        out!("   -> {}({}) {outcome}", call.tool_name, call.tool_params);
     }
-    println!();
+    out!();
 }
 
 pub(crate) fn summary(report: &RunReport, clients: &Clients, database: &Path) -> String {

@@ -13,6 +13,7 @@ impl Default for StoreConfig {
             path: default_store_path(),
             synchronous: Synchronous::Full,
             max_size_mb: 0,
+            max_outage_ms: default_max_outage_ms(),
         }
     }
 }

@@ -104,10 +104,20 @@ pub struct StoreConfig {
     /// survives a crash of the process, and is faster on slow disks.
     #[serde(default)]
     pub synchronous: Synchronous,
-    /// Caps the database's size (0: no cap). A full store fails the turn
-    /// that cannot be recorded, cleanly, like a full disk does.
+    /// Caps the database's size, its write-ahead log included (0: no
+    /// cap). At the cap new runs are refused before any service call, and
+    /// a commit that does not fit is a store outage, like a full disk.
     #[serde(default)]
     pub max_size_mb: u64,
+    /// How long a session waits, paused, for an unusable store (full,
+    /// read-only, deleted) before it ends `failed`, or is left for crash
+    /// recovery when even that cannot be recorded.
+    #[serde(default = "default_max_outage_ms")]
+    pub max_outage_ms: u64,
+}
+
+fn default_max_outage_ms() -> u64 {
+    300_000
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

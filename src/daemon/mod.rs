@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod retention;
 pub mod runs;
 pub mod state;
+pub mod store_watch;
 pub mod telemetry;
 
 pub use state::{

@@ -291,11 +291,20 @@ impl Runs {
         if *self.stop.borrow() {
             return Err(StartRunError::ShuttingDown);
         }
-        let runner = self.runner(&context);
-        let session_id = runner
-            .start(&options)
+        // The store outage rule: no run starts while the store cannot take
+        // its turns, so none makes a service call it could not record.
+        self.state
+            .store
+            .readiness()
             .await
-            .map_err(|error| StartRunError::Failed(error.to_string()))?;
+            .map_err(StartRunError::StoreUnavailable)?;
+        let runner = self.runner(&context);
+        let session_id = runner.start(&options).await.map_err(|error| match error {
+            HeistError::Store(error) if error.is_outage() => {
+                StartRunError::StoreUnavailable(error.to_string())
+            }
+            error => StartRunError::Failed(error.to_string()),
+        })?;
         let running = RunningSession {
             session_id: session_id.clone(),
             schedule: options.schedule.clone(),

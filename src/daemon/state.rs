@@ -51,6 +51,8 @@ pub enum StartRunError {
     AtCapacity { running: usize },
     #[error("heistd is shutting down")]
     ShuttingDown,
+    #[error("the audit store cannot take new runs: {0}")]
+    StoreUnavailable(String),
     #[error("cannot start the session: {0}")]
     Failed(String),
 }
@@ -79,6 +81,9 @@ pub struct ConfigStatus {
 pub struct Readiness {
     pub ready: bool,
     pub store_open: bool,
+    /// Why the store cannot take writes, while it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_problem: Option<String>,
     /// Required services the health checker has marked down (or not yet up).
     pub services_not_up: Vec<String>,
 }
@@ -188,10 +193,12 @@ impl DaemonState {
 
     pub async fn readiness(&self) -> Readiness {
         let services_not_up = self.health.required_not_up();
-        let store_open = self.store.is_usable().await;
+        let store_problem = self.store.readiness().await.err();
+        let store_open = store_problem.is_none();
         Readiness {
             ready: services_not_up.is_empty() && store_open,
             store_open,
+            store_problem,
             services_not_up,
         }
     }

@@ -27,6 +27,10 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
         metrics::counter!(names::SESSIONS_TOTAL, "status" => status).increment(0);
     }
     metrics::gauge!(names::SESSIONS_RUNNING).increment(0.0);
+    metrics::gauge!(names::STORE_UNAVAILABLE).increment(0.0);
+    for outcome in labels::STORE_PAUSE_OUTCOMES {
+        metrics::counter!(names::STORE_PAUSES_TOTAL, "outcome" => outcome).increment(0);
+    }
     for model_counter in [
         names::MODEL_REPLIES_TRUNCATED_TOTAL,
         names::MODEL_PROMPTS_TRIMMED_TOTAL,

@@ -22,6 +22,7 @@ mod outbox;
 mod prompt;
 pub mod protocol;
 mod session;
+mod store_outage;
 mod tools;
 mod turn;
 
@@ -189,6 +190,20 @@ impl HeistRunner {
 
     pub fn clients(&self) -> &Clients {
         &self.clients
+    }
+
+    /// Sleeps `pause`; false when told to stop first.
+    pub(super) async fn sleep_unless_stopped(&self, pause: std::time::Duration) -> bool {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = async {
+                match stop.as_mut() {
+                    Some(stop) => { let _ = stop.wait_for(|stop| *stop).await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => false,
+        }
     }
 
     /// The agent order of a session: planner first, then seeded random

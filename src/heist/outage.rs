@@ -168,20 +168,6 @@ impl HeistRunner {
         }
     }
 
-    /// Sleeps `pause`; false when told to stop first.
-    async fn sleep_unless_stopped(&self, pause: Duration) -> bool {
-        let mut stop = self.stop.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => true,
-            _ = async {
-                match stop.as_mut() {
-                    Some(stop) => { let _ = stop.wait_for(|stop| *stop).await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => false,
-        }
-    }
-
     fn notify(&self, notice: &RunNotice) {
         if let Some(notices) = &self.notices {
             notices(notice);

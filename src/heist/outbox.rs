@@ -1,9 +1,13 @@
 //! Delivering a session's memory outbox: the writes a turn committed,
 //! sent in order with an idempotency key, kept for later when the memory
-//! service is down, and set aside when it refuses one for good.
+//! service is down, and set aside when it refuses one for good. Deliveries
+//! that were retried or failed are recorded in `service_calls` under the
+//! turn whose write they carried.
 
 use super::{HeistError, HeistRunner, OUTBOX_BATCH};
 use crate::clients::{CallError, MemoryWrite};
+use crate::resilience::journal::{self, JournalEntry};
+use crate::store::{OutboxEntry, ServiceCallRecord};
 
 impl HeistRunner {
     /// Delivers pending memory writes of a session; returns how many remain.
@@ -11,18 +15,15 @@ impl HeistRunner {
         let pending = self.store.pending_outbox(session_id, OUTBOX_BATCH).await?;
         let mut remaining = pending.len();
         for entry in pending {
-            let delivery = match serde_json::from_str::<MemoryWrite>(&entry.payload) {
-                Ok(write) => {
-                    self.clients
-                        .memory
-                        .store(&write, &format!("{}:{}", entry.session_id, entry.turn_id))
-                        .await
-                }
-                Err(error) => Err(CallError::Decode {
-                    service: "memory".into(),
-                    message: error.to_string(),
-                }),
-            };
+            let (delivery, journal) = journal::scope(self.deliver_one(&entry)).await;
+            // A delivery that was retried or failed is a row in
+            // `service_calls` under its turn, like the turn's own calls.
+            let calls = service_call_records(journal);
+            if !calls.is_empty() {
+                self.store
+                    .record_service_calls(&entry.session_id, entry.turn_id as u32, calls)
+                    .await?;
+            }
             match delivery {
                 Ok(()) => {
                     self.store.mark_outbox_delivered(entry.id).await?;
@@ -48,4 +49,35 @@ impl HeistRunner {
         }
         Ok(remaining)
     }
+
+    /// Sends one outbox entry with its idempotency key, `session:turn`.
+    async fn deliver_one(&self, entry: &OutboxEntry) -> Result<(), CallError> {
+        match serde_json::from_str::<MemoryWrite>(&entry.payload) {
+            Ok(write) => {
+                self.clients
+                    .memory
+                    .store(&write, &format!("{}:{}", entry.session_id, entry.turn_id))
+                    .await
+            }
+            Err(error) => Err(CallError::Decode {
+                service: "memory".into(),
+                message: error.to_string(),
+            }),
+        }
+    }
+}
+
+/// The journaled calls as `service_calls` records.
+pub(super) fn service_call_records(journal: Vec<JournalEntry>) -> Vec<ServiceCallRecord> {
+    journal
+        .into_iter()
+        .map(|entry| ServiceCallRecord {
+            service: entry.service,
+            operation: entry.operation,
+            attempts: entry.summary.attempts,
+            outcome: entry.summary.outcome.as_str().to_string(),
+            last_error: entry.summary.last_error,
+            duration_ms: entry.summary.duration.as_secs_f64() * 1000.0,
+        })
+        .collect()
 }

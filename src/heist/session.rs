@@ -14,7 +14,7 @@ use super::{HeistError, HeistRunner, RunOptions, RunReport, TurnObserver, TurnVi
 use crate::metrics as names;
 use crate::resilience::journal;
 use crate::scenario::Agent;
-use crate::store::{NewSession, ServiceCallRecord, SessionStatus};
+use crate::store::{NewSession, SessionStatus};
 
 /// How one turn ended for the session loop.
 enum Committed {
@@ -199,7 +199,7 @@ impl HeistRunner {
     /// Plays one turn, commits it with the calls it made, and shows it.
     /// Returns the turn's error, if it failed, or that the model was
     /// unavailable (nothing recorded). A turn that cannot be committed
-    /// ends the session `failed` (if the store still can).
+    /// pauses the session (the store outage rule, `store_outage`).
     async fn play_and_commit(
         &self,
         turn: &SessionTurn<'_>,
@@ -218,30 +218,14 @@ impl HeistRunner {
             TurnResult::ModelUnavailable(error) => return Ok(Committed::ModelUnavailable(error)),
         };
         let PlayedTurn { mut record, tools } = played;
-        record.service_calls = journal
-            .into_iter()
-            .map(|entry| ServiceCallRecord {
-                service: entry.service,
-                operation: entry.operation,
-                attempts: entry.summary.attempts,
-                outcome: entry.summary.outcome.as_str().to_string(),
-                last_error: entry.summary.last_error,
-                duration_ms: entry.summary.duration.as_secs_f64() * 1000.0,
-            })
-            .collect();
+        record.service_calls = super::outbox::service_call_records(journal);
         tools.add_to(report);
-        if let Err(error) = self.store.record_turn(record.clone()).await {
-            tracing::error!(turn_id, %error, "cannot commit turn; stopping the session");
-            let reason = format!("turn {turn_id} could not be recorded: {error}");
-            if let Err(finish_error) = self
-                .store
-                .finish_session(session_id, SessionStatus::Failed, Some(&reason))
-                .await
-            {
-                tracing::error!(%finish_error, "cannot record that the session failed either");
-            }
-            metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
-            return Err(error.into());
+        let what = format!("turn {turn_id}");
+        if let Err(error) = self
+            .through_store_outage(&what, || self.store.record_turn(record.clone()))
+            .await
+        {
+            return Err(self.end_after_store_outage(session_id, &what, error).await);
         }
         report.turns += 1;
         if record.error.is_some() {
@@ -293,9 +277,17 @@ impl HeistRunner {
         } else {
             (SessionStatus::Completed, None)
         };
-        self.store
-            .finish_session(&report.session_id, status, reason.as_deref())
-            .await?;
+        let ending = self
+            .through_store_outage("the session's end", || {
+                self.store
+                    .finish_session(&report.session_id, status, reason.as_deref())
+            })
+            .await;
+        if let Err(error) = ending {
+            return Err(self
+                .end_after_store_outage(&report.session_id, "the session's end", error)
+                .await);
+        }
         metrics::counter!(names::SESSIONS_TOTAL, "status" => status.as_str()).increment(1);
         tracing::info!(
             status = status.as_str(),
@@ -333,6 +325,8 @@ impl HeistRunner {
         next_turn: u32,
     ) -> Result<RunReport, HeistError> {
         let reason = format!("heistd stopped before turn {next_turn}");
+        // No pause here: heistd is stopping. Not recorded, the session is
+        // resumed by crash recovery at the next start.
         self.store
             .finish_session(
                 &report.session_id,

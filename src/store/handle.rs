@@ -8,9 +8,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::outage::StoreOutage;
 use super::{
-    HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns, SessionDetail, SessionRow,
-    SessionStatus, Store, StoreError, TurnRecord,
+    HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns, ServiceCallRecord,
+    SessionDetail, SessionRow, SessionStatus, Store, StoreError, TurnRecord,
 };
 use crate::config::StoreConfig;
 
@@ -19,6 +20,8 @@ use crate::config::StoreConfig;
 #[derive(Clone)]
 pub struct StoreHandle {
     store: Arc<Store>,
+    /// Shared by every clone: the store outage rule's state.
+    outage: Arc<StoreOutage>,
 }
 
 // The components that take a store (`HeistRunner` aside) accept
@@ -32,7 +35,10 @@ impl From<Store> for StoreHandle {
 
 impl From<Arc<Store>> for StoreHandle {
     fn from(store: Arc<Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            outage: Arc::default(),
+        }
     }
 }
 
@@ -51,7 +57,9 @@ impl StoreHandle {
     // Sessions.
 
     pub async fn create_session(&self, new: NewSession) -> Result<String, StoreError> {
-        self.call(move |store| store.create_session(&new)).await
+        let outcome = self.call(move |store| store.create_session(&new)).await;
+        self.outage.note(&outcome);
+        outcome
     }
 
     pub async fn finish_session(
@@ -61,8 +69,11 @@ impl StoreHandle {
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
         let (id, reason) = (session_id.to_string(), reason.map(str::to_string));
-        self.call(move |store| store.finish_session(&id, status, reason.as_deref()))
-            .await
+        let outcome = self
+            .call(move |store| store.finish_session(&id, status, reason.as_deref()))
+            .await;
+        self.outage.note(&outcome);
+        outcome
     }
 
     pub async fn find_sessions(
@@ -94,7 +105,9 @@ impl StoreHandle {
     // Turns.
 
     pub async fn record_turn(&self, turn: TurnRecord) -> Result<(), StoreError> {
-        self.call(move |store| store.record_turn(&turn)).await
+        let outcome = self.call(move |store| store.record_turn(&turn)).await;
+        self.outage.note(&outcome);
+        outcome
     }
 
     pub async fn recent_turns(
@@ -131,6 +144,17 @@ impl StoreHandle {
     pub async fn mark_outbox_abandoned(&self, id: i64, error: &str) -> Result<(), StoreError> {
         let error = error.to_string();
         self.call(move |store| store.mark_outbox_abandoned(id, &error))
+            .await
+    }
+
+    pub async fn record_service_calls(
+        &self,
+        session_id: &str,
+        turn_id: u32,
+        calls: Vec<ServiceCallRecord>,
+    ) -> Result<(), StoreError> {
+        let id = session_id.to_string();
+        self.call(move |store| store.record_service_calls(&id, turn_id, &calls))
             .await
     }
 
@@ -188,6 +212,32 @@ impl StoreHandle {
     }
 
     // Maintenance.
+
+    /// Whether the store can take a run now: `Err` with the reason when
+    /// it cannot (a deleted or replaced file, the size cap, or an outage
+    /// that a write probe shows is not over). `/readyz` and run admission
+    /// ask this; a successful probe ends the outage.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let in_outage = self.outage.reason().is_some();
+        let outcome = self
+            .call(move |store| {
+                store.check_identity()?;
+                store.check_size_cap()?;
+                if in_outage {
+                    store.probe_write()?;
+                }
+                Ok(())
+            })
+            .await;
+        self.outage.note(&outcome);
+        outcome.map_err(|error| error.to_string())
+    }
+
+    /// A small real write, at start: a store that cannot be written stops
+    /// the daemon before it says READY.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        self.call(|store| store.probe_write()).await
+    }
 
     /// Whether the database answers a trivial query; a lost worker counts
     /// as not usable.

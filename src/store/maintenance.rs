@@ -22,9 +22,6 @@ impl Store {
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_error)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_error)?;
         let synchronous = match synchronous {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
@@ -36,9 +33,21 @@ impl Store {
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(open_error)?;
         migrate(&connection)?;
+        // Only once the migration succeeded: a database that cannot be
+        // adopted is left in the journal mode it came with.
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
         Ok(Self {
             path: path.to_path_buf(),
             _writer_lock: None,
+            identity: Some(super::identity::FileIdentity::of(path).map_err(|error| {
+                StoreError::Unavailable {
+                    path: path.display().to_string(),
+                    reason: error.to_string(),
+                }
+            })?),
+            size_cap: None,
             connection: Mutex::new(connection),
         })
     }
@@ -75,6 +84,12 @@ impl Store {
                     cap_mb: config.max_size_mb,
                 });
             }
+            // The WAL counts too: keep it well under the cap once it has
+            // been checkpointed.
+            store
+                .lock()
+                .pragma_update(None, "journal_size_limit", (cap / 8) as i64)?;
+            store.size_cap = Some(cap);
         }
         Ok(store)
     }
@@ -160,7 +175,7 @@ fn lock_path(database: &Path) -> PathBuf {
     database.with_file_name(name)
 }
 
-fn migrate(connection: &Connection) -> Result<(), StoreError> {
+pub(super) fn migrate(connection: &Connection) -> Result<(), StoreError> {
     let found: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {
@@ -172,7 +187,21 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
         // Only settable before the first table exists: lets retention give
         // pages back with `incremental_vacuum` instead of a full VACUUM.
         connection.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
-        schema::adopt_prototype_tables(connection)?;
+        connection.execute_batch("BEGIN IMMEDIATE;")?;
+        let adopted = schema::adopt_prototype_tables(connection)
+            .and_then(|()| super::collisions::split_same_second_collisions(connection));
+        match adopted {
+            Ok(report) => {
+                connection.execute_batch("COMMIT;")?;
+                for sentence in report {
+                    tracing::warn!(path = %connection.path().unwrap_or_default(), "adopting a prototype database: {sentence}");
+                }
+            }
+            Err(error) => {
+                connection.execute_batch("ROLLBACK;")?;
+                return Err(error.into());
+            }
+        }
     }
     for (index, migration) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = index as i64 + 1;

@@ -27,10 +27,14 @@ use std::path::PathBuf;
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
+mod collisions;
 mod handle;
 mod health;
+mod identity;
 mod maintenance;
+mod outage;
 mod outbox;
+mod reader;
 mod rows;
 mod schema;
 mod sessions;
@@ -74,6 +78,8 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("audit store {path} is unusable: {reason}")]
+    Unavailable { path: String, reason: String },
     #[error("audit store worker failed: {0}")]
     Worker(String),
     #[error("audit store: schedule {schedule} already ran for {scheduled_time}")]
@@ -93,6 +99,30 @@ pub struct Store {
     /// the store is open, so two never write one store: a session found
     /// `active` then really was left by a process that died.
     _writer_lock: Option<std::fs::File>,
+    /// The file as opened, so a deleted or replaced database is noticed
+    /// before a commit goes into it (none for read-only stores).
+    identity: Option<identity::FileIdentity>,
+    /// `store.max_size_mb` in bytes, counted with the WAL.
+    size_cap: Option<u64>,
+}
+
+impl StoreError {
+    /// Whether this is the store being unusable (full, read-only, deleted,
+    /// failing I/O) rather than a request it refuses: an outage is waited
+    /// out by pausing, a refusal is not.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Sqlite(error) => !matches!(
+                error.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::ConstraintViolation)
+            ),
+            Self::Open { .. }
+            | Self::Unavailable { .. }
+            | Self::OverSizeCap { .. }
+            | Self::Worker(_) => true,
+            _ => false,
+        }
+    }
 }
 
 impl Store {

@@ -5,7 +5,7 @@
 
 use rusqlite::params;
 
-use super::{timestamp, OutboxEntry, OutboxSummary, Store, StoreError};
+use super::{timestamp, OutboxEntry, OutboxSummary, ServiceCallRecord, Store, StoreError};
 
 impl Store {
     /// Memory writes not yet delivered, oldest first.
@@ -48,6 +48,21 @@ impl Store {
             params![id, error, timestamp(chrono::Utc::now())],
         )?;
         Ok(())
+    }
+
+    /// Records the calls that delivering turn `turn_id`'s memory write
+    /// retried or failed, beside the turn's own calls in `service_calls`.
+    pub fn record_service_calls(
+        &self,
+        session_id: &str,
+        turn_id: u32,
+        calls: &[ServiceCallRecord],
+    ) -> Result<(), StoreError> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let now = timestamp(chrono::Utc::now());
+        super::turns::insert_service_calls(&self.lock(), session_id, turn_id, calls, &now)
     }
 
     pub fn mark_outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {

@@ -270,7 +270,8 @@ pub(super) fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRo
         prompt_tokens: row.get(8)?,
         completion_tokens: row.get(9)?,
         finish_reason: row.get(10)?,
-        trimmed: row.get(11)?,
+        // NULL where an older schema has no such column (read as it is).
+        trimmed: row.get::<_, Option<bool>>(11)?.unwrap_or(false),
     })
 }
 

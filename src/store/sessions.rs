@@ -17,6 +17,10 @@ impl Store {
     /// Starts a session with a fresh id `heist_YYYYMMDD_HHMMSS_<suffix>`,
     /// unique even when many start in the same second.
     pub fn create_session(&self, new: &NewSession) -> Result<String, StoreError> {
+        // A run is refused here, before it makes any service call, when the
+        // store could not take its turns.
+        self.check_identity()?;
+        self.check_size_cap()?;
         let connection = self.lock();
         let now = chrono::Utc::now();
         loop {
@@ -61,6 +65,7 @@ impl Store {
         status: SessionStatus,
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
+        self.check_identity()?;
         let connection = self.lock();
         let changed = connection.execute(
             "UPDATE sessions SET status = ?2, end_time = ?3, failure_reason = ?4,

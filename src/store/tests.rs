@@ -267,6 +267,7 @@ fn a_second_writer_is_refused_until_the_first_closes() {
         path: directory.path().join("audit.db"),
         synchronous: Synchronous::Normal,
         max_size_mb: 0,
+        max_outage_ms: 1_000,
     };
     let first = Store::open_configured(&config).expect("first writer");
     let error = Store::open_configured(&config)

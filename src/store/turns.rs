@@ -5,13 +5,18 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{message_row, tool_usage_row, MESSAGE_COLUMNS, TOOL_USAGE_COLUMNS};
-use super::{timestamp, MessageRow, RecentTurns, Store, StoreError, ToolUsageRow, TurnRecord};
+use super::{
+    timestamp, MessageRow, RecentTurns, ServiceCallRecord, Store, StoreError, ToolUsageRow,
+    TurnRecord,
+};
 
 impl Store {
     /// Commits a turn's message, tool calls and outbox entry in one
     /// transaction, and counts it in the session's `num_turns`.
     // Long because one transaction writes every table a turn touches, in order.
     pub fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
+        // Never commit into a deleted or replaced file.
+        self.check_identity()?;
         let mut connection = self.lock();
         let transaction =
             connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -25,7 +30,13 @@ impl Store {
             params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error, turn.prompt_tokens, turn.completion_tokens, turn.finish_reason, turn.trimmed],
         )?;
         insert_tool_calls(&transaction, turn, &now)?;
-        insert_service_calls(&transaction, turn, &now)?;
+        insert_service_calls(
+            &transaction,
+            &turn.session_id,
+            turn.turn_id,
+            &turn.service_calls,
+            &now,
+        )?;
         if let Some(payload) = &turn.memory_payload {
             transaction.execute(
                 "INSERT INTO outbox (session_id, turn_id, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -143,20 +154,22 @@ fn insert_tool_calls(
     Ok(())
 }
 
-/// One `service_calls` row per journaled call of the turn, stamped `now`.
-fn insert_service_calls(
+/// One `service_calls` row per journaled call of a turn, stamped `now`.
+pub(super) fn insert_service_calls(
     connection: &Connection,
-    turn: &TurnRecord,
+    session_id: &str,
+    turn_id: u32,
+    calls: &[ServiceCallRecord],
     now: &str,
 ) -> Result<(), StoreError> {
     let mut insert_call = connection.prepare_cached(
         "INSERT INTO service_calls (session_id, turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    for call in &turn.service_calls {
+    for call in calls {
         insert_call.execute(params![
-            turn.session_id,
-            turn.turn_id,
+            session_id,
+            turn_id,
             call.service,
             call.operation,
             call.attempts,

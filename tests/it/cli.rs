@@ -427,3 +427,248 @@ fn cli_edges_get_clear_refusals() {
         );
     }
 }
+
+/// The config of an in-process stack as a file a separate `heistd run`
+/// reads: every service at the stack's loopback address.
+fn stack_config_file(stack: &heistd::cli::LocalStack, directory: &Path, db: &str) -> String {
+    let config = &stack.config;
+    let services = [
+        ("oauth", &config.services.oauth.base_url),
+        ("memory", &config.services.memory.base_url),
+        ("calculator", &config.services.calculator.base_url),
+        ("file_reader", &config.services.file_reader.base_url),
+        ("database_query", &config.services.database_query.base_url),
+    ]
+    .map(|(name, url)| format!("[services.{name}]\nbase_url = \"{url}\"\n"))
+    .join("\n");
+    let text = format!(
+        "[store]\npath = \"{db}\"\n\n[llm]\nbase_url = \"{}\"\nmodel = \"{}\"\n\n{services}",
+        config.llm.base_url, config.llm.model
+    );
+    std::fs::write(directory.join("run.toml"), text).expect("config written");
+    "run.toml".to_string()
+}
+
+/// `heistd run --turns 6 | head -1`: the reader goes after one line; the
+/// heist goes on to its end, is recorded, and nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_stops_the_printing_not_the_heist() {
+    use std::io::BufRead;
+    let stack = heistd::cli::LocalStack::start(super::support::base_config(), None)
+        .await
+        .expect("companions start");
+    let directory = tempfile::tempdir().expect("temp dir");
+    let config = stack_config_file(&stack, directory.path(), "run.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_heistd"))
+        .args(["run", "--config", &config, "--turns", "6", "--seed", "3"])
+        .current_dir(directory.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("heistd run starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let first = std::io::BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("one line")
+        .expect("utf-8");
+    assert!(first.contains("[ 1/6]"), "{first}");
+    // The reader has gone: `head -1` exits here.
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("heistd run ends within a minute")
+    .expect("join")
+    .expect("wait");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let store = heistd::store::Store::open(
+        &directory.path().join("run.db"),
+        heistd::config::Synchronous::Normal,
+    )
+    .expect("store opens");
+    let sessions = store.list_sessions(10).expect("sessions");
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].status_text, "completed");
+    assert_eq!(sessions[0].num_turns, 6);
+    stack.companions.shutdown().await;
+}
+
+/// A database as the prototype wrote it; with `collide`, two runs started
+/// in the same second share its session id and turn ids.
+fn prototype_database(path: &Path, collide: bool) {
+    let prototype = rusqlite::Connection::open(path).expect("open");
+    prototype
+        .execute_batch(
+            "CREATE TABLE sessions (session_id TEXT PRIMARY KEY, start_time TEXT, end_time TEXT, num_turns INTEGER, status TEXT);
+             CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT, turn_id INTEGER, agent_name TEXT,
+                 agent_role TEXT, message TEXT, timestamp TEXT);
+             CREATE TABLE tool_usage (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT, turn_id INTEGER, agent_name TEXT,
+                 tool_name TEXT, tool_params TEXT, tool_result TEXT, timestamp TEXT, success BOOLEAN);
+             INSERT INTO sessions VALUES ('heist_20250101_120000', '2025-01-01T12:00:00', '2025-01-01T12:05:00', 2, 'completed');
+             INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp) VALUES
+                 ('heist_20250101_120000', 1, 'planner', 'Mastermind', 'first run, turn 1', '2025-01-01T12:00:01.000000'),
+                 ('heist_20250101_120000', 2, 'hacker', 'Hacker', 'first run, turn 2', '2025-01-01T12:00:03.000000');
+             INSERT INTO tool_usage (session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success) VALUES
+                 ('heist_20250101_120000', 2, 'hacker', 'calculator', '1+1', '2', '2025-01-01T12:00:03.100000', 1);",
+        )
+        .expect("prototype schema");
+    if collide {
+        prototype
+            .execute_batch(
+                "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp) VALUES
+                     ('heist_20250101_120000', 1, 'planner', 'Mastermind', 'second run, turn 1', '2025-01-01T12:00:01.500000'),
+                     ('heist_20250101_120000', 2, 'safecracker', 'Safecracker', 'second run, turn 2', '2025-01-01T12:00:04.000000');
+                 INSERT INTO tool_usage (session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success) VALUES
+                     ('heist_20250101_120000', 2, 'safecracker', 'calculator', '2+2', '4', '2025-01-01T12:00:04.100000', 1);",
+            )
+            .expect("colliding run");
+    }
+}
+
+#[test]
+fn reading_a_prototype_database_changes_no_byte_of_it() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("prototype.db");
+    prototype_database(&path, true);
+    let before = std::fs::read(&path).expect("read");
+    for arguments in [
+        &["sessions", "--db", "prototype.db", "list"][..],
+        &[
+            "sessions",
+            "--db",
+            "prototype.db",
+            "show",
+            "heist_20250101_120000",
+        ],
+        &[
+            "sessions",
+            "--db",
+            "prototype.db",
+            "export",
+            "heist_20250101_120000",
+            "--format",
+            "json",
+        ],
+    ] {
+        let output = heistd(arguments, directory.path());
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{arguments:?}: {}",
+            text(&output.stderr)
+        );
+        assert!(
+            text(&output.stdout).contains("heist_20250101_120000"),
+            "{}",
+            text(&output.stdout)
+        );
+    }
+    assert_eq!(std::fs::read(&path).expect("read"), before, "byte for byte");
+    let files: Vec<_> = std::fs::read_dir(directory.path())
+        .expect("list")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert_eq!(files, ["prototype.db"], "no WAL, no lock file");
+}
+
+#[test]
+fn a_prototype_database_with_a_same_second_collision_is_adopted_by_splitting_it() {
+    use heistd::store::Store;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("prototype.db");
+    prototype_database(&path, true);
+    let store = Store::open(&path, heistd::config::Synchronous::Normal).expect("adopted");
+    let mut sessions: Vec<(String, i64)> = store
+        .list_sessions(10)
+        .expect("list")
+        .into_iter()
+        .map(|session| (session.session_id, session.num_turns))
+        .collect();
+    sessions.sort();
+    assert_eq!(
+        sessions,
+        [
+            ("heist_20250101_120000".to_string(), 2),
+            ("heist_20250101_120000_split2".to_string(), 2)
+        ]
+    );
+    let second = store
+        .session("heist_20250101_120000_split2")
+        .expect("second run");
+    assert_eq!(second.messages[0].message, "second run, turn 1");
+    assert_eq!(second.tool_usage.len(), 1);
+    assert_eq!(second.tool_usage[0].tool_params, "2+2");
+    let first = store.session("heist_20250101_120000").expect("first run");
+    assert_eq!(first.tool_usage[0].tool_params, "1+1");
+    drop(store);
+    let output = heistd(
+        &["sessions", "--db", "prototype.db", "list"],
+        directory.path(),
+    );
+    assert!(
+        text(&output.stdout).contains("heist_20250101_120000_split2"),
+        "{}",
+        text(&output.stdout)
+    );
+}
+
+/// Each turn of the one session in `db` as it ended: agent, failed or not,
+/// the reply, and each tool call with its success.
+fn turn_outcomes(db: &Path) -> Vec<String> {
+    let store = heistd::store::Store::open_read_only(db).expect("store");
+    let session = &store.list_sessions(1).expect("sessions")[0];
+    let detail = store.session(&session.session_id).expect("detail");
+    detail
+        .messages
+        .iter()
+        .map(|message| {
+            let tools: Vec<String> = detail
+                .tool_usage
+                .iter()
+                .filter(|tool| tool.turn_id == message.turn_id)
+                .map(|tool| format!("{}({})={}", tool.tool_name, tool.tool_params, tool.success))
+                .collect();
+            format!(
+                "{} {} failed={} {:?} {tools:?}",
+                message.turn_id,
+                message.agent_name,
+                message.error.is_some(),
+                message.message
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_chaos_demo_replays_with_its_seed() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut outcomes = Vec::new();
+    for db in ["first.db", "second.db"] {
+        let demo = heistd(
+            &[
+                "demo", "--chaos", "--turns", "10", "--seed", "7", "--db", db,
+            ],
+            directory.path(),
+        );
+        assert!(
+            matches!(demo.status.code(), Some(0 | 3)),
+            "{}",
+            text(&demo.stderr)
+        );
+        outcomes.push(turn_outcomes(&directory.path().join(db)));
+    }
+    assert_eq!(outcomes[0].len(), 10);
+    assert!(
+        outcomes[0]
+            .iter()
+            .any(|turn| turn.contains("failed=true") || turn.contains("=false")),
+        "chaos injected something: {:#?}",
+        outcomes[0]
+    );
+    assert_eq!(outcomes[0], outcomes[1]);
+}

@@ -700,4 +700,135 @@ async fn recovery_resumes_heistds_sessions_and_interrupts_ones_it_cannot_replay(
     );
 }
 
+/// The store deleted under a running session: `/readyz` says so within
+/// 5 s, new runs are refused with 503, the session pauses instead of
+/// completing into the unlinked file, and the error is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_store_makes_the_daemon_unready_and_pauses_its_sessions() {
+    let stack = TestStack::start().await;
+    stack.set_fault(
+        "rehearsal",
+        Fault {
+            latency_ms: 100,
+            ..Fault::default()
+        },
+    );
+    let daemon = Daemon::start(&stack, "").await;
+    let session_id = daemon.start_run(30).await;
+    let database = daemon.directory.path().join("audit.db");
+    eventually(Duration::from_secs(10), "a turn committed", async || {
+        let store = Store::open_read_only(&database).ok()?;
+        (!committed_turns(&store, &session_id).is_empty()).then_some(())
+    })
+    .await;
+    std::fs::remove_file(&database).expect("delete the store");
+    let deleted_at = Instant::now();
+    let readiness = eventually(Duration::from_secs(5), "/readyz 503", async || {
+        let (status, body) = daemon.get("/readyz").await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(deleted_at.elapsed() < Duration::from_secs(5));
+    assert!(
+        readiness["store_problem"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deleted"),
+        "{readiness}"
+    );
+    let refused = support::http()
+        .post(format!("{}/api/v1/runs", daemon.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "turns": 2 }))
+        .send()
+        .await
+        .expect("runs answers");
+    assert_eq!(refused.status().as_u16(), 503);
+    let body: Value = refused.json().await.expect("json error");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("store"),
+        "{body}"
+    );
+    eventually(Duration::from_secs(10), "the session paused", async || {
+        daemon.log().contains("the session pauses").then_some(())
+    })
+    .await;
+    // What the daemon still reads from its unlinked file: the session was
+    // never ended into it.
+    let (_, detail) = daemon.get(&format!("/api/v1/sessions/{session_id}")).await;
+    assert_eq!(detail["session"]["status"], "active", "{detail}");
+    assert!(
+        daemon.log().contains("the audit store cannot take writes"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped. Needs root
+/// (the tests run as root in CI); `None` when it cannot be mounted.
+struct Tmpfs {
+    path: PathBuf,
+    _directory: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Self> {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("mnt");
+        std::fs::create_dir(&path).expect("mount point");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|status| status.success());
+        mounted.then_some(Self {
+            path,
+            _directory: directory,
+        })
+    }
+
+    fn remount_read_only(&self) {
+        let status = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.path)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "remount read-only");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+/// A store that cannot be written at start stops the daemon before READY,
+/// with exit code 2, the path and the reason.
+#[tokio::test]
+async fn a_read_only_store_at_start_exits_2_before_ready() {
+    let Some(tmpfs) = Tmpfs::mount("4m") else {
+        // Skipped where tmpfs cannot be mounted (not root); CI runs as root.
+        return;
+    };
+    let stack = TestStack::start().await;
+    let database = tmpfs.path.join("audit.db");
+    drop(Store::open(&database, Synchronous::Normal).expect("create"));
+    tmpfs.remount_read_only();
+    let directory = tempfile::tempdir().expect("temp dir");
+    let config_path = directory.path().join("heistd.toml");
+    std::fs::write(&config_path, config_text(&stack, &tmpfs.path, "")).expect("config");
+    let output = Command::new(env!("CARGO_BIN_EXE_heistd"))
+        .args(["daemon", "--config", config_path.to_str().expect("utf-8")])
+        .env("HEISTD_DAEMON__ADMIN_ADDRESS", "127.0.0.1:0")
+        .env("HEISTD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("NOTIFY_SOCKET", directory.path().join("none.sock"))
+        .output()
+        .expect("daemon runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("audit.db"), "{stderr}");
+    assert!(!stderr.contains("READY"), "{stderr}");
+}
+
 mod ops;

@@ -216,6 +216,53 @@ async fn a_memory_outage_loses_nothing_the_outbox_delivers_later() {
         0
     );
     assert_eq!(memories(&stack, &report.session_id).await.len(), 6);
+    // The failed deliveries are in the audit trail, under the turn whose
+    // write they carried: after each turn the outbox tried its oldest
+    // write, turn 1's, and kept the order.
+    let detail = stack.store.session(&report.session_id).expect("detail");
+    let failed_deliveries: Vec<i64> = detail
+        .service_calls
+        .iter()
+        .filter(|row| {
+            row.call.service == "memory"
+                && row.call.operation.contains("store")
+                && row.call.outcome != "success"
+        })
+        .map(|row| row.turn_id)
+        .collect();
+    assert_eq!(failed_deliveries, [1; 6], "{:?}", detail.service_calls);
+}
+
+#[tokio::test]
+async fn a_memory_write_that_needed_a_retry_is_in_service_calls() {
+    let stack = TestStack::start().await;
+    let runner = stack.stack.runner(stack.store.clone()).expect("runner");
+    let session_id = runner.start(&RunOptions::new(1, 5)).await.expect("session");
+    // The observer runs once the turn is committed, before its memory
+    // write is delivered: the next memory request is the write.
+    let fail_the_write = |_: &heistd::heist::TurnView<'_>| {
+        stack.set_fault(
+            "memory",
+            Fault {
+                fail_next: 1,
+                error_status: 503,
+                ..Fault::default()
+            },
+        )
+    };
+    runner
+        .play(&session_id, &RunOptions::new(1, 5), Some(&fail_the_write))
+        .await
+        .expect("run");
+    let detail = stack.store.session(&session_id).expect("detail");
+    let delivery = detail
+        .service_calls
+        .iter()
+        .find(|row| row.call.service == "memory" && row.call.operation.contains("store"))
+        .unwrap_or_else(|| panic!("the retried write is recorded: {:?}", detail.service_calls));
+    assert_eq!(delivery.turn_id, 1);
+    assert!(delivery.call.attempts > 1, "{delivery:?}");
+    assert_eq!(memories(&stack, &session_id).await.len(), 1);
 }
 
 #[tokio::test]
@@ -301,7 +348,10 @@ async fn an_oauth_outage_fails_tool_calls_not_the_run() {
 
 #[tokio::test]
 async fn a_full_store_stops_the_run_cleanly_and_memory_never_gets_ahead_of_it() {
-    let stack = TestStack::start().await;
+    // The session pauses for the outage, then gives up and ends failed.
+    let mut config = crate::support::base_config();
+    config.store.max_outage_ms = 300;
+    let stack = TestStack::start_with(config).await;
     // Room for the schema and a few turns, not forty.
     let size = std::fs::metadata(stack.store.path())
         .map(|metadata| metadata.len())
@@ -491,4 +541,84 @@ async fn a_token_the_tools_reject_is_replaced_at_the_agents_next_turn() {
         .fault
         .requests_seen();
     assert_eq!(token_requests, agents.len() as u64 + 1);
+}
+
+/// The store outage rule: a full store pauses the session where it is;
+/// once there is room again it goes on and completes, every turn once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_pauses_the_session_which_completes_once_there_is_room() {
+    let stack = TestStack::start().await;
+    let size = std::fs::metadata(stack.store.path())
+        .map(|metadata| metadata.len())
+        .unwrap_or(0);
+    stack
+        .store
+        .limit_size(size + 24 * 1024)
+        .expect("cap the store");
+    let runner = stack.stack.runner(stack.store.clone()).expect("runner");
+    let session_id = runner
+        .start(&RunOptions::new(30, 8))
+        .await
+        .expect("session");
+    let playing = {
+        let session_id = session_id.clone();
+        tokio::spawn(async move {
+            runner
+                .play(&session_id, &RunOptions::new(30, 8), None)
+                .await
+        })
+    };
+    // Paused: the committed turns stop growing short of 30 while it waits.
+    let limit = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut last = Vec::new();
+    loop {
+        let committed = stack
+            .store
+            .session(&session_id)
+            .expect("detail")
+            .messages
+            .len();
+        last.push(committed);
+        if last.len() > 10
+            && last[last.len() - 10..]
+                .iter()
+                .all(|&count| count == committed)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < limit,
+            "never paused: {last:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let paused_at = *last.last().expect("counted");
+    assert!(paused_at < 30 && !playing.is_finished(), "{paused_at}");
+    assert_eq!(
+        stack
+            .store
+            .session(&session_id)
+            .expect("detail")
+            .session
+            .status,
+        SessionStatus::Active
+    );
+    stack
+        .store
+        .limit_size(64 * 1024 * 1024)
+        .expect("room again");
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), playing)
+        .await
+        .expect("resumes within a minute")
+        .expect("join")
+        .expect("completes");
+    assert_eq!(report.status, SessionStatus::Completed);
+    let detail = stack.store.session(&session_id).expect("detail");
+    let turns: Vec<i64> = detail
+        .messages
+        .iter()
+        .map(|message| message.turn_id)
+        .collect();
+    assert_eq!(turns, (1..=30).collect::<Vec<_>>());
+    assert_eq!(memories(&stack, &session_id).await.len(), 30);
 }
