@@ -207,6 +207,7 @@ impl HeistRunner {
             metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
             return Err(error.into());
         }
+        self.remember_committed_turn(&record);
         report.turns += 1;
         if record.error.is_some() {
             report.failed_turns += 1;
