@@ -151,6 +151,9 @@ pub struct HeistRunner {
     clients: Clients,
     store: StoreHandle,
     tokens: TokenCache,
+    /// The recent transcript of the session being played, kept so a turn
+    /// does not read it back from the store.
+    transcript_cache: parking_lot::Mutex<Option<prompt::TranscriptCache>>,
     /// Set to true when the daemon stops: the session ends `interrupted`
     /// before its next turn.
     stop: Option<watch::Receiver<bool>>,
@@ -171,6 +174,7 @@ impl HeistRunner {
             clients,
             store,
             tokens: TokenCache::default(),
+            transcript_cache: parking_lot::Mutex::new(None),
             stop: None,
             notices: None,
         }

@@ -9,10 +9,56 @@
 //! lowers `max_tokens` to `llm.min_completion_tokens`. It builds text; it
 //! never calls the model.
 
+use std::collections::VecDeque;
+
 use super::{HeistError, HeistRunner, CONTEXT_RESULT_CHARS};
 use crate::clients::{ChatMessage, LlmClient, ToolSpec};
 use crate::heist::protocol::tool_instructions;
 use crate::scenario::Agent;
+use crate::store::TurnRecord;
+
+/// The session's recent transcript as the runner keeps it between turns.
+#[derive(Debug)]
+pub(super) struct TranscriptCache {
+    session_id: String,
+    entries: VecDeque<TranscriptEntry>,
+}
+
+/// A tool call as an earlier turn's transcript shows it.
+struct ToolShown<'a> {
+    name: &'a str,
+    success: bool,
+    result: &'a str,
+    error: Option<&'a str>,
+}
+
+/// One earlier turn as the transcript shows it, from the store's rows or
+/// from the record just committed (the same text either way).
+fn transcript_entry<'a>(
+    agent_name: &str,
+    agent_role: &str,
+    turn_id: i64,
+    message: &str,
+    tools: impl Iterator<Item = ToolShown<'a>>,
+) -> TranscriptEntry {
+    TranscriptEntry {
+        line: format!(
+            "{agent_name} ({agent_role}), turn {turn_id}: {}",
+            message.trim()
+        ),
+        results: tools
+            .map(|tool| {
+                let shown = if tool.success {
+                    tool.result
+                } else {
+                    tool.error.unwrap_or("failed")
+                };
+                let cut: String = shown.chars().take(CONTEXT_RESULT_CHARS).collect();
+                format!("[{} result: {}]", tool.name, cut.replace('\n', " "))
+            })
+            .collect(),
+    }
+}
 
 /// One earlier turn as the prompt shows it: its line, and its tool results.
 #[derive(Debug, Clone)]
@@ -41,42 +87,84 @@ pub(super) struct FittedPrompt {
 }
 
 impl HeistRunner {
-    /// The last few successful turns with their tool results, oldest first.
+    /// The last few successful turns with their tool results, oldest first:
+    /// from the store on a session's first turn (and on resume), then from
+    /// the runner's cache, which each commit extends. The store stays the
+    /// source of truth; the cache only saves reading it back every turn.
     pub(super) async fn transcript(
         &self,
         session_id: &str,
     ) -> Result<Vec<TranscriptEntry>, HeistError> {
+        if let Some(cache) = self.transcript_cache.lock().as_ref() {
+            if cache.session_id == session_id {
+                return Ok(cache.entries.iter().cloned().collect());
+            }
+        }
         let recent = self
             .store
             .recent_turns(session_id, self.config.heist.context_messages)
             .await?;
-        let (messages, tools) = (recent.messages, recent.tool_usage);
-        let entries = messages
+        let entries: VecDeque<TranscriptEntry> = recent
+            .messages
             .iter()
-            .map(|message| TranscriptEntry {
-                line: format!(
-                    "{} ({}), turn {}: {}",
-                    message.agent_name,
-                    message.agent_role,
-                    message.turn_id,
-                    message.message.trim()
-                ),
-                results: tools
+            .map(|message| {
+                let tools = recent
+                    .tool_usage
                     .iter()
                     .filter(|tool| tool.turn_id == message.turn_id)
-                    .map(|tool| {
-                        let shown = if tool.success {
-                            tool.tool_result.as_str()
-                        } else {
-                            tool.error.as_deref().unwrap_or("failed")
-                        };
-                        let cut: String = shown.chars().take(CONTEXT_RESULT_CHARS).collect();
-                        format!("[{} result: {}]", tool.tool_name, cut.replace('\n', " "))
-                    })
-                    .collect(),
+                    .map(|tool| ToolShown {
+                        name: &tool.tool_name,
+                        success: tool.success,
+                        result: &tool.tool_result,
+                        error: tool.error.as_deref(),
+                    });
+                transcript_entry(
+                    &message.agent_name,
+                    &message.agent_role,
+                    message.turn_id,
+                    &message.message,
+                    tools,
+                )
             })
             .collect();
-        Ok(entries)
+        let transcript = entries.iter().cloned().collect();
+        *self.transcript_cache.lock() = Some(TranscriptCache {
+            session_id: session_id.to_string(),
+            entries,
+        });
+        Ok(transcript)
+    }
+
+    /// Adds a committed turn to the cached transcript, as the store would
+    /// return it: failed turns are left out, and only the last
+    /// `context_messages` turns are kept.
+    pub(super) fn remember_committed_turn(&self, record: &TurnRecord) {
+        let mut cache = self.transcript_cache.lock();
+        let Some(cache) = cache
+            .as_mut()
+            .filter(|cache| cache.session_id == record.session_id)
+        else {
+            return;
+        };
+        if record.error.is_some() {
+            return;
+        }
+        let tools = record.tool_calls.iter().map(|call| ToolShown {
+            name: &call.tool_name,
+            success: call.success,
+            result: &call.tool_result,
+            error: call.error.as_deref(),
+        });
+        cache.entries.push_back(transcript_entry(
+            &record.agent_name,
+            &record.agent_role,
+            i64::from(record.turn_id),
+            &record.message,
+            tools,
+        ));
+        while cache.entries.len() > self.config.heist.context_messages {
+            cache.entries.pop_front();
+        }
     }
 
     pub(super) fn prompt(&self, agent: &Agent, parts: &PromptParts) -> Vec<ChatMessage> {

@@ -227,6 +227,7 @@ impl HeistRunner {
         {
             return Err(self.end_after_store_outage(session_id, &what, error).await);
         }
+        self.remember_committed_turn(&record);
         report.turns += 1;
         if record.error.is_some() {
             report.failed_turns += 1;

@@ -11,6 +11,9 @@ use rusqlite::{params, Connection};
 use super::{schema, timestamp, Store, StoreError, SCHEMA_VERSION};
 use crate::config::Synchronous;
 
+/// Statements kept prepared per connection; more than the store has.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
 impl Store {
     /// Opens (creating if needed) the store, sets WAL mode and migrates.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
@@ -38,6 +41,9 @@ impl Store {
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(open_error)?;
+        // Room for every statement the store caches (rusqlite keeps 16), so
+        // a turn's statements are never evicted and parsed again.
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         Ok(Self {
             path: path.to_path_buf(),
             _writer_lock: None,

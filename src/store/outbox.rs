@@ -34,8 +34,9 @@ impl Store {
     }
 
     pub fn mark_outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
-        self.lock().execute(
+        self.lock().prepare_cached(
             "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+        )?.execute(
             params![id, timestamp(chrono::Utc::now())],
         )?;
         Ok(())
@@ -43,8 +44,9 @@ impl Store {
 
     /// Sets aside a write the memory service will never accept.
     pub fn mark_outbox_abandoned(&self, id: i64, error: &str) -> Result<(), StoreError> {
-        self.lock().execute(
+        self.lock().prepare_cached(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, abandoned_at = ?3 WHERE id = ?1",
+        )?.execute(
             params![id, error, timestamp(chrono::Utc::now())],
         )?;
         Ok(())
@@ -66,10 +68,11 @@ impl Store {
     }
 
     pub fn mark_outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
-        self.lock().execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
-            params![id, error],
-        )?;
+        self.lock()
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, error])?;
         Ok(())
     }
 

@@ -24,10 +24,13 @@ impl Store {
         // grace period ran out mid-turn) is not recorded.
         ensure_session_active(&transaction, &turn.session_id)?;
         let now = timestamp(chrono::Utc::now());
-        transaction.execute(
+        // Every statement of a turn's commit is prepared once per connection
+        // (`prepare_cached`): parsing SQL was a fifth of the daemon's
+        // instructions per turn under load (BENCHMARKS.md).
+        transaction.prepare_cached(
             "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error, turn.prompt_tokens, turn.completion_tokens, turn.finish_reason, turn.trimmed],
+        )?.execute(params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error, turn.prompt_tokens, turn.completion_tokens, turn.finish_reason, turn.trimmed],
         )?;
         insert_tool_calls(&transaction, turn, &now)?;
         insert_service_calls(
@@ -38,15 +41,17 @@ impl Store {
             &now,
         )?;
         if let Some(payload) = &turn.memory_payload {
-            transaction.execute(
-                "INSERT INTO outbox (session_id, turn_id, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![turn.session_id, turn.turn_id, payload, now],
-            )?;
+            transaction
+                .prepare_cached(
+                    "INSERT INTO outbox (session_id, turn_id, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![turn.session_id, turn.turn_id, payload, now])?;
         }
-        transaction.execute(
-            "UPDATE sessions SET num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = ?1) WHERE session_id = ?1",
-            params![turn.session_id],
-        )?;
+        transaction
+            .prepare_cached(
+                "UPDATE sessions SET num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = ?1) WHERE session_id = ?1",
+            )?
+            .execute(params![turn.session_id])?;
         transaction.commit()?;
         Ok(())
     }
@@ -111,11 +116,8 @@ impl Store {
 /// Refuses a turn for a session that is missing or no longer `active`.
 fn ensure_session_active(connection: &Connection, session_id: &str) -> Result<(), StoreError> {
     let status: Option<String> = connection
-        .query_row(
-            "SELECT status FROM sessions WHERE session_id = ?1",
-            params![session_id],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT status FROM sessions WHERE session_id = ?1")?
+        .query_row(params![session_id], |row| row.get(0))
         .optional()?;
     match status.as_deref() {
         Some("active") => Ok(()),
