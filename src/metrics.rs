@@ -43,6 +43,8 @@ pub const SCHEDULE_RUNS_TOTAL: &str = "heistd_schedule_runs_total";
 /// Audit rows pruned by retention (sessions).
 pub const RETENTION_PRUNED_SESSIONS_TOTAL: &str = "heistd_retention_pruned_sessions_total";
 pub const MEMORY_OUTBOX_PENDING: &str = "heistd_memory_outbox_pending";
+/// Connections closed at once because a listener was at `max_connections`.
+pub const HTTP_CONNECTIONS_SHED: &str = "heistd_http_connections_shed_total";
 
 /// Latency buckets from 1 ms to two minutes: tools answer in milliseconds,
 /// an LLM in tens of seconds.

@@ -77,6 +77,8 @@ impl Default for CompanionsConfig {
             fault_injection: false,
             rehearsal_seed: 0,
             faults: BTreeMap::new(),
+            database_query: DatabaseToolConfig::default(),
+            memory: MemoryServiceConfig::default(),
         }
     }
 }

@@ -17,12 +17,16 @@ use serde::{Deserialize, Serialize};
 mod companions;
 mod daemon;
 mod defaults;
+mod http;
 mod policy;
 mod schedule;
 mod secrets;
-pub use companions::{CompanionsConfig, CompanionsSettings, Fault};
+pub use companions::{
+    CompanionsConfig, CompanionsSettings, DatabaseToolConfig, Fault, MemoryServiceConfig,
+};
 pub use daemon::{DaemonConfig, HealthCheckConfig, Recovery, RetentionConfig};
 use defaults::*;
+pub use http::HttpConfig;
 pub use policy::{BreakerConfig, PolicyConfig, WindowKind};
 pub use schedule::{Missed, Overlap, ScheduleConfig, ScheduleFields, Trigger, TriggerError};
 pub use secrets::{Secret, REDACTED};
@@ -81,6 +85,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Limits of every HTTP listener: the companions and the admin API.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Heists the daemon starts on its own (`[[schedule]]` entries).
     #[serde(default)]
     pub schedule: Vec<ScheduleConfig>,
@@ -262,6 +269,7 @@ impl Config {
             companions: CompanionsConfig::default(),
             daemon: DaemonConfig::default(),
             retention: RetentionConfig::default(),
+            http: HttpConfig::default(),
             schedule: Vec::new(),
         }
     }
@@ -605,6 +613,7 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         return fail("oauth.token_ttl_seconds", "must be at least 60");
     }
     config.companions.validate()?;
+    config.http.validate()?;
     Ok(())
 }
 

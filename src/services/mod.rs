@@ -150,16 +150,12 @@ pub async fn start(
         let app = fault::wrap(router, switch.clone(), fault_injection);
         let listener = fault::FaultyListener::new(listener, switch.clone());
         let mut stopped = stopped.clone();
+        let limits = context.settings.http.limits();
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(service = name, %error, "companion service stopped");
-            }
+            crate::http::serve(listener, app, limits, name, shutdown).await;
         });
         tracing::info!(service = name, address = %bound, "companion service listening");
         services.push(RunningService {
@@ -185,8 +181,11 @@ pub fn router(companion: Companion, context: &CompanionContext) -> Result<Router
         Companion::Calculator => tools::calculator_router(key),
         Companion::FileReader => tools::file_reader_router(key, context.scenario.clone()),
         Companion::DatabaseQuery => {
-            let database = database::ShiftDatabase::build(&context.scenario.shifts_sql)
-                .map_err(ServiceError::Database)?;
+            let database = database::ShiftDatabase::build(
+                &context.scenario.shifts_sql,
+                &context.settings.database_query,
+            )
+            .map_err(ServiceError::Database)?;
             tools::database_query_router(key, Arc::new(database))
         }
         Companion::Rehearsal => rehearsal::router(rehearsal::RehearsalState::new(

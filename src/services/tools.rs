@@ -172,7 +172,7 @@ async fn read_file(
     JsonBody(request): JsonBody<ReadFileRequest>,
 ) -> Response {
     let filename = request.filename.trim();
-    if filename.is_empty() || filename.len() > MAX_FILENAME_LENGTH {
+    if filename.is_empty() || filename.chars().count() > MAX_FILENAME_LENGTH {
         return error_response(
             StatusCode::BAD_REQUEST,
             format!("filename must be 1 to {MAX_FILENAME_LENGTH} characters"),
@@ -201,16 +201,17 @@ async fn query_db(
     State(database): State<Arc<ShiftDatabase>>,
     JsonBody(request): JsonBody<QueryRequest>,
 ) -> Response {
-    if request.query.len() > MAX_QUERY_LENGTH {
+    if request.query.chars().count() > MAX_QUERY_LENGTH {
         return error_response(
             StatusCode::BAD_REQUEST,
             format!("query is over {MAX_QUERY_LENGTH} characters"),
         );
     }
-    let outcome = tokio::task::spawn_blocking(move || database.query(&request.query)).await;
-    match outcome {
-        Ok(Ok(rows)) => success(rows),
-        Ok(Err(error)) => error_response(StatusCode::BAD_REQUEST, error.to_string()),
-        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "query worker failed"),
+    match database.query_bounded(request.query).await {
+        Ok(rows) => success(rows),
+        Err(error) => error_response(
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            error.to_string(),
+        ),
     }
 }
