@@ -131,6 +131,15 @@ impl IntoResponse for AuthError {
 
 /// Checks the bearer token and its scope.
 pub fn authorize(headers: &HeaderMap, key: &SigningKey, scope: &str) -> Result<Claims, AuthError> {
+    let claims = authenticate(headers, key)?;
+    if !claims.has_scope(scope) {
+        return Err(AuthError::Forbidden(format!("token lacks scope `{scope}`")));
+    }
+    Ok(claims)
+}
+
+/// Checks the bearer token (signature, issuer, expiry), whatever its scopes.
+pub fn authenticate(headers: &HeaderMap, key: &SigningKey) -> Result<Claims, AuthError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(AuthError::Unauthenticated("missing bearer token".into()));
     };
@@ -147,13 +156,8 @@ pub fn authorize(headers: &HeaderMap, key: &SigningKey, scope: &str) -> Result<C
         .ok_or_else(|| {
             AuthError::Unauthenticated("authorization header is not a bearer token".into())
         })?;
-    let claims = key
-        .verify(token.trim(), unix_now())
-        .map_err(|error| AuthError::Unauthenticated(error.to_string()))?;
-    if !claims.has_scope(scope) {
-        return Err(AuthError::Forbidden(format!("token lacks scope `{scope}`")));
-    }
-    Ok(claims)
+    key.verify(token.trim(), unix_now())
+        .map_err(|error| AuthError::Unauthenticated(error.to_string()))
 }
 
 fn success(result: serde_json::Value) -> Response {
