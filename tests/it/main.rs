@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod daemon;
 mod heist;
+mod properties;
 mod resilience;
 mod support;
 mod systemd;
