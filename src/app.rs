@@ -440,16 +440,12 @@ async fn serve_api(
     state: Arc<DaemonState>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let limits = state.config().http.limits();
     let router = crate::api::router(state);
     let stopped = async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(stopped)
-        .await
-    {
-        tracing::error!(%error, "admin API stopped");
-    }
+    crate::http::serve(listener, router, limits, "admin", stopped).await;
 }
 
 /// The last slot each schedule ran for, so a restart neither repeats nor

@@ -5,6 +5,8 @@
 //!
 //! - [`wire`]: what crosses the wire: tools, companions, paths, headers and
 //!   the `[TOOL:name:parameter]` notation; imports nothing from the crate.
+//! - [`http`]: the one HTTP server loop (timeouts, connection cap) and the
+//!   open-files limit.
 //! - [`config`]: the TOML file and `HEISTD_*` environment, validated once.
 //! - [`scenario`]: agents, documents, shift data and the rehearsal script.
 //! - [`store`]: the SQLite audit trail, the only place with SQL for it.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod heist;
+pub mod http;
 pub mod metrics;
 pub mod resilience;
 pub mod scenario;

@@ -88,6 +88,8 @@ pub const MODEL_OUTAGE_PAUSE_SECONDS_TOTAL: &str = "heistd_model_outage_pause_se
 pub const STORE_UNAVAILABLE: &str = "heistd_store_unavailable";
 /// Sessions that paused for a store outage, by how the pause ended.
 pub const STORE_PAUSES_TOTAL: &str = "heistd_store_pauses_total";
+/// Connections closed at once because a listener was at `max_connections`.
+pub const HTTP_CONNECTIONS_SHED: &str = "heistd_http_connections_shed_total";
 
 /// Label values known before the first event, so their series can start at
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
@@ -127,7 +129,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 42] = [
+pub const FAMILIES: [(&str, Kind, &str); 43] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -170,6 +172,7 @@ pub const FAMILIES: [(&str, Kind, &str); 42] = [
     (MODEL_OUTAGE_PAUSE_SECONDS_TOTAL, Kind::Counter, "Seconds sessions spent paused while the model was unavailable."),
     (STORE_UNAVAILABLE, Kind::Gauge, "1 while the audit store cannot take writes (full, read-only, deleted), else 0."),
     (STORE_PAUSES_TOTAL, Kind::Counter, "Sessions that paused for a store outage, by how the pause ended."),
+    (HTTP_CONNECTIONS_SHED, Kind::Counter, "Connections closed at once because a listener was at max_connections."),
 ];
 
 /// What kind of family a name is, for [`describe`].

@@ -4,8 +4,35 @@
 //! Each of these is spelt once, here, so the clients that send a request and
 //! the services that answer it cannot drift apart.
 //!
+//! Text that came over the wire is logged through [`loggable`], which
+//! escapes control characters and truncates, so a client cannot forge log
+//! lines or flood the log.
+//!
 //! It is the bottom of the crate: it must import nothing from it, and it
-//! holds no behaviour beyond naming and parsing what is on the wire.
+//! holds no behaviour beyond naming, parsing and escaping what is on the wire.
+
+/// Characters of a value that came over the wire that a log line keeps.
+pub const LOG_VALUE_MAX_CHARS: usize = 256;
+
+/// A value that came over the wire, safe to put in a log field: control
+/// characters (newlines, escape codes) are escaped as `\n`, `\u{1b}`, and
+/// anything past [`LOG_VALUE_MAX_CHARS`] characters is cut, saying so.
+pub fn loggable(value: &str) -> String {
+    let mut shown = String::new();
+    for (kept, character) in value.chars().enumerate() {
+        if kept == LOG_VALUE_MAX_CHARS {
+            let rest = value.chars().count() - kept;
+            shown.push_str(&format!("...({rest} more characters)"));
+            break;
+        }
+        if character.is_control() || character == '\\' {
+            shown.extend(character.escape_default());
+        } else {
+            shown.push(character);
+        }
+    }
+    shown
+}
 
 /// A tool an agent may be granted. One tool is one service, named like it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -206,6 +233,25 @@ pub fn parse_tool_requests(reply: &str) -> Vec<ToolRequest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_values_cannot_forge_lines_or_flood() {
+        let forged = "mole\n2025-01-01T00:00:00Z INFO token issued client_id=operator scope=memory:admin\u{1b}[2J";
+        let shown = loggable(forged);
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{1b}'),
+            "{shown}"
+        );
+        assert!(
+            shown.starts_with("mole\\n2025") && shown.contains("\\u{1b}[2J"),
+            "{shown}"
+        );
+        let flood = "x".repeat(2_000_000);
+        let shown = loggable(&flood);
+        assert!(shown.len() < 400, "{}", shown.len());
+        assert!(shown.ends_with("...(1999744 more characters)"), "{shown}");
+        assert_eq!(loggable("planner"), "planner");
+    }
 
     #[test]
     fn parses_requests_in_order_and_ignores_malformed_ones() {

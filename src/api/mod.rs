@@ -138,13 +138,22 @@ pub async fn config_status(address: &str) -> Result<(u32, ConfigStatus), String>
 
 /// The admin API's routes over the daemon's shared state.
 pub fn router(state: Arc<DaemonState>) -> Router {
+    // Reads behind the admin token when `daemon.read_requires_token` says
+    // so (by default: when the API listens beyond loopback); the probes
+    // and /metrics stay open for load balancers and Prometheus.
+    let reads = Router::new()
+        .route("/api/v1/status", get(daemon_status))
+        .route("/api/v1/sessions", get(list_sessions))
+        .route("/api/v1/sessions/{session_id}", get(session_detail))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_read_token,
+        ));
     Router::new()
         .route("/healthz", get(liveness))
         .route("/readyz", get(readiness))
         .route("/metrics", get(prometheus_metrics))
-        .route("/api/v1/status", get(daemon_status))
-        .route("/api/v1/sessions", get(list_sessions))
-        .route("/api/v1/sessions/{session_id}", get(session_detail))
+        .merge(reads)
         .route(
             "/api/v1/runs",
             post(start_run).layer(DefaultBodyLimit::max(MAX_RUN_BODY_BYTES)),
@@ -376,6 +385,19 @@ async fn start_run(
     Ok((StatusCode::ACCEPTED, Json(RunAccepted { session_id })))
 }
 
+async fn require_read_token(
+    State(state): State<Arc<DaemonState>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.config().daemon.reads_need_token() {
+        if let Err(refusal) = authorize_run(&state, request.headers()) {
+            return refusal.into_response();
+        }
+    }
+    next.run(request).await
+}
+
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {method} {}", uri.path()))
 }
@@ -475,10 +497,16 @@ fn tokens_match(presented: &str, expected: &str) -> bool {
 }
 
 /// An empty body means "all defaults", so `curl -X POST` is enough. The
-/// content type is not checked: the body is JSON or nothing.
+/// content type is not checked: the body is a JSON object or nothing (an
+/// array would otherwise be read field by field: `[1,2]` as turns 1, seed 2).
 fn parse_run_body(body: &[u8]) -> Result<RunRequest, ApiError> {
-    let run_body: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
+    let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
+    let run_body: RunBody = if first.is_none() {
         RunBody::default()
+    } else if first != Some(&b'{') {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object such as {\"turns\": 12, \"seed\": 7}".into(),
+        ));
     } else {
         serde_json::from_slice(body)
             .map_err(|error| ApiError::BadRequest(format!("invalid JSON body: {error}")))?

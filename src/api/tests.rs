@@ -507,7 +507,9 @@ async fn runs_refuse_bad_bodies_with_json_400() {
         (r#"{"turns": -3}"#, "invalid JSON"),
         (r#"{"turns": "five"}"#, "invalid JSON"),
         (r#"{"turn": 5}"#, "turn"),
-        ("[]", "invalid JSON"),
+        ("[]", "JSON object"),
+        ("[1, 2]", "JSON object"),
+        ("7", "JSON object"),
     ];
     for (body, mentioned) in cases {
         let reply = daemon.post_run(Some(&authorization), body).await;

@@ -137,8 +137,16 @@ pub fn config_check(path: Option<&Path>) -> Result<String, CliError> {
     } else {
         format!("overridden by {}", overrides.join(", "))
     };
+    let warnings: String = config
+        .warnings()
+        .iter()
+        .map(|warning| format!("# WARNING: {warning}\n"))
+        .collect();
+    for warning in config.warnings() {
+        output::write_stderr(format_args!("heistd: warning: {warning}\n"));
+    }
     Ok(format!(
-        "# config OK: {source}; {overrides}\n{}",
+        "# config OK: {source}; {overrides}\n{warnings}{}",
         config.redacted_toml()
     ))
 }
@@ -211,6 +219,8 @@ pub async fn daemon(
     reload: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), CliError> {
     let (config, config_path) = load_config(path)?;
+    // The admin API's connections, the store, the clients' pool and logs.
+    crate::http::raise_open_files_limit(config.http.max_connections as u64 + 256);
     let options = DaemonOptions {
         config,
         config_path,
@@ -373,6 +383,8 @@ pub async fn services(
             )))
         }
     };
+    refuse_builtin_secrets_off_loopback(&config)?;
+    crate::http::raise_open_files_limit((config.http.max_connections * chosen.len()) as u64 + 256);
     let fault_injection = config.companions.fault_injection;
     let host = config.companions.host.clone();
     let ports = config.companions.ports.clone();
@@ -389,6 +401,22 @@ pub async fn services(
     shutdown.await;
     companions.shutdown().await;
     Ok(())
+}
+
+/// Like Redis's protected mode: companions that anyone on the network can
+/// reach must not accept the secrets printed in heistd's source.
+fn refuse_builtin_secrets_off_loopback(config: &Config) -> Result<(), CliError> {
+    let builtin = config.builtin_secrets_in_use();
+    if builtin.is_empty() || config::is_loopback_address(&config.companions.host) {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "refusing to serve on {} with the built-in rehearsal secrets of {}: anyone who can reach the port could get tokens. \
+         Give each of these clients its own secret (client_secret_file, e.g. a systemd credential, or client_secret_env) in [[oauth.clients]], \
+         or listen on loopback (companions.host = \"127.0.0.1\")",
+        config.companions.host,
+        builtin.join(", ")
+    )))
 }
 
 /// `heistd sessions ...`: reads the audit store at `--db`, else at the

@@ -144,7 +144,8 @@ impl LlmClient {
                 &config.base_url,
                 Policy::new(config.timeout_ms, config.policy.clone()),
                 http,
-            ),
+            )
+            .with_max_reply_bytes(config.max_reply_bytes),
             model: config.model.clone(),
             temperature: config.temperature,
             max_tokens: config.max_tokens,

@@ -1,13 +1,27 @@
-//! The memory-service client.
+//! The memory-service client. heistd reads and writes every agent's
+//! memories as a client of its own (`oauth.memory_client_id`, which needs
+//! `memory:admin`), with a token it fetches from OAuth and keeps until
+//! shortly before it expires.
 
 use serde::{Deserialize, Serialize};
 
-use super::{CallError, ServiceClient};
+use super::{CallError, OAuthClient, ServiceClient, TokenCache};
 use crate::wire::{COMPRESSED_MEMORY_PATH, IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH};
 
 #[derive(Clone)]
 pub struct MemoryClient {
     pub service: ServiceClient,
+    /// Who heistd is to the memory service; none: calls carry no token
+    /// (a memory service that asks for none, such as the prototype's).
+    credentials: Option<MemoryCredentials>,
+}
+
+#[derive(Clone)]
+struct MemoryCredentials {
+    oauth: OAuthClient,
+    client_id: String,
+    client_secret: String,
+    tokens: TokenCache,
 }
 
 /// One `store_memory` body; the outbox keeps it as JSON until delivered.
@@ -29,20 +43,67 @@ struct CompressedReply {
 
 impl MemoryClient {
     pub fn new(service: ServiceClient) -> Self {
-        Self { service }
+        Self {
+            service,
+            credentials: None,
+        }
+    }
+
+    /// Calls carry a bearer token of `client_id`, fetched from `oauth`.
+    pub fn with_credentials(
+        mut self,
+        oauth: OAuthClient,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Self {
+        self.credentials = Some(MemoryCredentials {
+            oauth,
+            client_id: client_id.to_string(),
+            client_secret: client_secret.to_string(),
+            tokens: TokenCache::default(),
+        });
+        self
+    }
+
+    /// The `Authorization` header for the next call, if heistd has credentials.
+    async fn authorization(&self) -> Result<Vec<(&'static str, String)>, CallError> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(Vec::new());
+        };
+        let token = credentials
+            .tokens
+            .get(
+                &credentials.oauth,
+                &credentials.client_id,
+                &credentials.client_secret,
+                &[],
+            )
+            .await?;
+        Ok(vec![("authorization", format!("Bearer {}", token.value))])
+    }
+
+    /// A 401 means the token is no longer good (a restarted service with
+    /// a new key): forget it so the next call fetches another.
+    async fn forget_token_after(&self, error: &CallError) {
+        if let (Some(credentials), CallError::Status { status: 401, .. }) =
+            (&self.credentials, error)
+        {
+            credentials.tokens.evict(&credentials.client_id).await;
+        }
     }
 
     /// Stores one turn; `idempotency_key` makes a retried write count once.
     pub async fn store(&self, write: &MemoryWrite, idempotency_key: &str) -> Result<(), CallError> {
-        let _: serde_json::Value = self
+        let mut headers = self.authorization().await?;
+        headers.push((IDEMPOTENCY_KEY_HEADER, idempotency_key.to_string()));
+        let stored: Result<serde_json::Value, CallError> = self
             .service
-            .post_json(
-                STORE_MEMORY_PATH,
-                write,
-                &[(IDEMPOTENCY_KEY_HEADER, idempotency_key.to_string())],
-            )
-            .await?;
-        Ok(())
+            .post_json(STORE_MEMORY_PATH, write, &headers)
+            .await;
+        if let Err(error) = &stored {
+            self.forget_token_after(error).await;
+        }
+        stored.map(|_| ())
     }
 
     pub async fn compressed(
@@ -58,10 +119,15 @@ impl MemoryClient {
             "max_tokens": max_tokens,
             "recent_count": recent_count,
         });
-        let reply: CompressedReply = self
+        let headers = self.authorization().await?;
+        let reply: Result<CompressedReply, CallError> = self
             .service
-            .post_json(COMPRESSED_MEMORY_PATH, &body, &[])
-            .await?;
+            .post_json(COMPRESSED_MEMORY_PATH, &body, &headers)
+            .await;
+        if let Err(error) = &reply {
+            self.forget_token_after(error).await;
+        }
+        let reply = reply?;
         Ok(reply
             .summary
             .or(reply.compressed_summary)

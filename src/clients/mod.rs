@@ -244,7 +244,12 @@ pub struct ServiceClient {
     http: reqwest::Client,
     guard: Arc<Guard>,
     pub stats: Arc<ServiceStats>,
+    /// A reply body larger than this is refused rather than read.
+    max_reply_bytes: usize,
 }
+
+/// Reply bodies are capped at this unless the config says otherwise.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 1024 * 1024;
 
 impl ServiceClient {
     pub fn new(name: &str, base_url: &str, policy: Policy, http: reqwest::Client) -> Self {
@@ -254,7 +259,14 @@ impl ServiceClient {
             http,
             guard: Arc::new(Guard::new(name, policy)),
             stats: Arc::new(ServiceStats::default()),
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
+    }
+
+    /// Replies larger than `bytes` are refused with a decode error.
+    pub fn with_max_reply_bytes(mut self, bytes: usize) -> Self {
+        self.max_reply_bytes = bytes;
+        self
     }
 
     pub fn from_config(name: &str, service: &ServiceConfig, http: reqwest::Client) -> Self {
@@ -264,6 +276,7 @@ impl ServiceClient {
             Policy::new(service.timeout_ms, service.policy.clone()),
             http,
         )
+        .with_max_reply_bytes(service.max_reply_bytes)
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -323,7 +336,8 @@ impl ServiceClient {
         limit: Duration,
     ) -> Result<R, CallError> {
         let request = self.http.get(format!("{}{path}", self.base_url));
-        match tokio::time::timeout(limit, exchange(&self.name, request)).await {
+        match tokio::time::timeout(limit, exchange(&self.name, request, self.max_reply_bytes)).await
+        {
             Ok(result) => result,
             Err(_) => Err(CallError::Timeout {
                 service: self.name.clone(),
@@ -342,7 +356,9 @@ impl ServiceClient {
         let _in_flight = InFlight(&self.stats);
         let (outcome, summary) = self
             .guard
-            .call(operation, || exchange(&self.name, build()))
+            .call(operation, || {
+                exchange(&self.name, build(), self.max_reply_bytes)
+            })
             .await;
         self.stats
             .record(summary.duration.as_secs_f64(), outcome.is_ok());
@@ -367,12 +383,13 @@ fn operation_name(path: &str) -> &str {
 async fn exchange<R: DeserializeOwned>(
     service: &str,
     request: reqwest::RequestBuilder,
+    max_reply_bytes: usize,
 ) -> Result<R, CallError> {
     let response = request
         .send()
         .await
         .map_err(|error| classify_send_error(service, &error))?;
-    read_reply(service, response).await
+    read_reply(service, response, max_reply_bytes).await
 }
 
 /// Every client a heist needs, built once from the config.
@@ -390,9 +407,15 @@ impl Clients {
         let service = |name: &str, service: &ServiceConfig| {
             ServiceClient::from_config(name, service, http.clone())
         };
+        let oauth = OAuthClient::new(service("oauth", &config.services.oauth));
+        let mut memory = MemoryClient::new(service("memory", &config.services.memory));
+        let own_id = &config.oauth.memory_client_id;
+        if let Some(secret) = config.client_secret(own_id) {
+            memory = memory.with_credentials(oauth.clone(), own_id, secret);
+        }
         Ok(Self {
-            oauth: OAuthClient::new(service("oauth", &config.services.oauth)),
-            memory: MemoryClient::new(service("memory", &config.services.memory)),
+            oauth,
+            memory,
             tools: ToolClient::new(
                 service("calculator", &config.services.calculator),
                 service("file_reader", &config.services.file_reader),
@@ -456,6 +479,7 @@ fn classify_send_error(service: &str, error: &reqwest::Error) -> CallError {
 async fn read_reply<R: DeserializeOwned>(
     service: &str,
     response: reqwest::Response,
+    max_reply_bytes: usize,
 ) -> Result<R, CallError> {
     let status = response.status();
     let retry_after = response
@@ -463,16 +487,17 @@ async fn read_reply<R: DeserializeOwned>(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| crate::resilience::backoff::parse_retry_after(value, chrono::Utc::now()));
-    let bytes = response.bytes().await.map_err(|error| CallError::Connect {
-        service: service.into(),
-        message: error_chain(&error),
-    })?;
+    let bytes = read_capped(service, response, max_reply_bytes).await?;
     if !status.is_success() {
         return Err(CallError::Status {
             service: service.into(),
             status: status.as_u16(),
-            message: error_message(&bytes)
-                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string()),
+            // The service's own words end up in logs and the audit trail:
+            // escaped and cut, so they cannot forge lines or flood either.
+            message: crate::wire::loggable(
+                &error_message(&bytes)
+                    .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string()),
+            ),
             retry_after,
         });
     }
@@ -480,6 +505,37 @@ async fn read_reply<R: DeserializeOwned>(
         service: service.into(),
         message: error.to_string(),
     })
+}
+
+/// The body, refused as soon as it is known to be over `max_bytes` (by
+/// `Content-Length`, or while it streams in), so a hostile or broken server
+/// cannot make heistd hold an arbitrarily large reply.
+async fn read_capped(
+    service: &str,
+    mut response: reqwest::Response,
+    max_bytes: usize,
+) -> Result<Vec<u8>, CallError> {
+    let too_large = || CallError::Decode {
+        service: service.into(),
+        message: format!("reply is over the {max_bytes}-byte limit (max_reply_bytes)"),
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > max_bytes as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| CallError::Connect {
+        service: service.into(),
+        message: error_chain(&error),
+    })? {
+        if body.len() + chunk.len() > max_bytes {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The human message inside a JSON error body, in the shapes our services

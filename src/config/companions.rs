@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Config, OAuthConfig};
+use super::{Config, HttpConfig, OAuthConfig};
 use crate::wire::COMPANION_NAMES;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +30,99 @@ pub struct CompanionsConfig {
     /// `latency_ms = 200`, ...), the same settings `POST /fault` takes.
     #[serde(default)]
     pub faults: BTreeMap<String, Fault>,
+    /// The database query tool's bounds (`[companions.database_query]`).
+    #[serde(default)]
+    pub database_query: DatabaseToolConfig,
+    /// The memory service's quotas and retention (`[companions.memory]`).
+    #[serde(default)]
+    pub memory: MemoryServiceConfig,
+}
+
+/// Bounds on the database query tool, so one query cannot take the
+/// process's memory, outrun its time limit or queue the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseToolConfig {
+    /// The largest value (string or blob) SQLite may build
+    /// (`SQLITE_LIMIT_LENGTH`): `printf`, `randomblob`, `zeroblob` and
+    /// `hex` beyond it fail at once.
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// A reply larger than this (as JSON) is refused with 413.
+    #[serde(default = "default_max_reply_bytes")]
+    pub max_reply_bytes: usize,
+    /// A query still running after this is interrupted from outside.
+    #[serde(default = "default_time_limit_ms")]
+    pub time_limit_ms: u64,
+    /// Read-only connections, and so queries running at once.
+    #[serde(default = "default_max_concurrent_queries")]
+    pub max_concurrent_queries: usize,
+}
+
+/// Bounds on the memory service, which keeps everything in the process's memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryServiceConfig {
+    /// Entries one session may hold; past it, writes get 413 `quota_exceeded`.
+    #[serde(default = "default_max_entries_per_session")]
+    pub max_entries_per_session: usize,
+    /// Message bytes one session may hold; past it, 413 `quota_exceeded`.
+    #[serde(default = "default_max_bytes_per_session")]
+    pub max_bytes_per_session: usize,
+    /// Message bytes the whole service may hold; past it, 507 (transient:
+    /// retention or `DELETE /clear` frees room, so a retry may succeed).
+    #[serde(default = "default_memory_max_bytes")]
+    pub max_bytes: usize,
+    /// A session's memories are dropped this long after its last write.
+    #[serde(default = "default_retention_hours")]
+    pub retention_hours: u64,
+}
+
+impl Default for DatabaseToolConfig {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: default_max_value_bytes(),
+            max_reply_bytes: default_max_reply_bytes(),
+            time_limit_ms: default_time_limit_ms(),
+            max_concurrent_queries: default_max_concurrent_queries(),
+        }
+    }
+}
+
+impl Default for MemoryServiceConfig {
+    fn default() -> Self {
+        Self {
+            max_entries_per_session: default_max_entries_per_session(),
+            max_bytes_per_session: default_max_bytes_per_session(),
+            max_bytes: default_memory_max_bytes(),
+            retention_hours: default_retention_hours(),
+        }
+    }
+}
+
+fn default_max_value_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_reply_bytes() -> usize {
+    256 * 1024
+}
+fn default_time_limit_ms() -> u64 {
+    2_000
+}
+fn default_max_concurrent_queries() -> usize {
+    16
+}
+fn default_max_entries_per_session() -> usize {
+    10_000
+}
+fn default_max_bytes_per_session() -> usize {
+    8 * 1024 * 1024
+}
+fn default_memory_max_bytes() -> usize {
+    256 * 1024 * 1024
+}
+fn default_retention_hours() -> u64 {
+    168
 }
 
 /// One fault setting; all fields default to "no fault".
@@ -79,6 +172,12 @@ pub struct CompanionsSettings {
     pub faults: BTreeMap<String, Fault>,
     /// Seeds the rehearsal model when a request carries no seed.
     pub rehearsal_seed: u64,
+    /// The database query tool's bounds.
+    pub database_query: DatabaseToolConfig,
+    /// The memory service's quotas and retention.
+    pub memory: MemoryServiceConfig,
+    /// Timeouts and the connection cap of every companion's listener.
+    pub http: HttpConfig,
 }
 
 impl CompanionsSettings {
@@ -87,6 +186,9 @@ impl CompanionsSettings {
             oauth: config.oauth.clone(),
             faults: config.companions.faults.clone(),
             rehearsal_seed: config.companions.rehearsal_seed,
+            database_query: config.companions.database_query.clone(),
+            memory: config.companions.memory.clone(),
+            http: config.http.clone(),
         }
     }
 }
@@ -123,6 +225,41 @@ impl CompanionsConfig {
                     "a service that refuses from the start refuses `DELETE /fault` too; leave it out of `heistd services` instead".into(),
                 ));
             }
+        }
+        let database = &self.database_query;
+        let positive = [
+            (
+                "database_query.max_value_bytes",
+                database.max_value_bytes as u64,
+            ),
+            (
+                "database_query.max_reply_bytes",
+                database.max_reply_bytes as u64,
+            ),
+            ("database_query.time_limit_ms", database.time_limit_ms),
+            (
+                "database_query.max_concurrent_queries",
+                database.max_concurrent_queries as u64,
+            ),
+            (
+                "memory.max_entries_per_session",
+                self.memory.max_entries_per_session as u64,
+            ),
+            (
+                "memory.max_bytes_per_session",
+                self.memory.max_bytes_per_session as u64,
+            ),
+            ("memory.max_bytes", self.memory.max_bytes as u64),
+            ("memory.retention_hours", self.memory.retention_hours),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err((format!("companions.{key}"), "must be at least 1".into()));
+        }
+        if database.max_value_bytes > i32::MAX as usize {
+            return Err((
+                "companions.database_query.max_value_bytes".into(),
+                format!("must be at most {}", i32::MAX),
+            ));
         }
         for name in self.ports.keys() {
             if !COMPANION_NAMES.contains(&name.as_str()) {

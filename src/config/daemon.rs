@@ -4,6 +4,8 @@
 //!
 //! This is only configuration; `daemon` and `health` act on it.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use super::Secret;
@@ -16,9 +18,18 @@ pub struct DaemonConfig {
     /// The environment variable holding the bearer token that
     /// `POST /api/v1/runs` demands. Unset: starting runs over the API is off.
     pub admin_token_env: String,
-    /// That variable's value, read once at load; never written out.
+    /// A file holding the admin token (wins over `admin_token_env`); a
+    /// relative path names a systemd credential in `$CREDENTIALS_DIRECTORY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The token, read once at load; never written out.
     #[serde(skip)]
     pub admin_token: Option<Secret>,
+    /// The sessions and status endpoints need the admin token too; unset:
+    /// true exactly when `admin_address` is not on loopback. `/healthz`,
+    /// `/readyz` and `/metrics` stay open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_requires_token: Option<bool>,
     /// Heists running at once, across all schedules and API requests.
     pub max_concurrent_sessions: u32,
     /// On SIGTERM, in-flight turns get this long to finish.
@@ -79,11 +90,22 @@ impl Default for DaemonConfig {
         Self {
             admin_address: "127.0.0.1:9750".into(),
             admin_token_env: "HEISTD_ADMIN_TOKEN".into(),
+            admin_token_file: None,
             admin_token: None,
+            read_requires_token: None,
             max_concurrent_sessions: 2,
             shutdown_grace_ms: 30_000,
             recovery: Recovery::Resume,
         }
+    }
+}
+
+impl DaemonConfig {
+    /// Whether reads (sessions, status) need the admin token: as set, else
+    /// when the admin API listens beyond loopback.
+    pub fn reads_need_token(&self) -> bool {
+        self.read_requires_token
+            .unwrap_or_else(|| !super::secrets::is_loopback_address(&self.admin_address))
     }
 }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use super::secrets::BUILTIN_SECRET_SUFFIX;
 use super::*;
 
 impl Default for StoreConfig {
@@ -40,7 +41,9 @@ impl Default for LlmConfig {
             temperature: default_temperature(),
             max_tokens: default_max_tokens(),
             api_key_env: default_api_key_env(),
+            api_key_file: None,
             api_key: None,
+            max_reply_bytes: default_llm_max_reply_bytes(),
             timeout_ms: default_llm_timeout_ms(),
             tool_calling: ToolCalling::Text,
             context_tokens: 0,
@@ -68,8 +71,10 @@ impl Default for OAuthConfig {
         Self {
             clients: default_oauth_clients(),
             signing_key_env: default_signing_key_env(),
+            signing_key_file: None,
             signing_key: None,
             token_ttl_seconds: default_token_ttl_seconds(),
+            memory_client_id: default_memory_client_id(),
         }
     }
 }
@@ -82,6 +87,8 @@ impl Default for CompanionsConfig {
             fault_injection: false,
             rehearsal_seed: 0,
             faults: BTreeMap::new(),
+            database_query: DatabaseToolConfig::default(),
+            memory: MemoryServiceConfig::default(),
         }
     }
 }
@@ -125,6 +132,12 @@ pub(super) fn default_api_key_env() -> String {
 pub(super) fn default_llm_timeout_ms() -> u64 {
     120_000
 }
+pub(super) fn default_llm_max_reply_bytes() -> usize {
+    4 * 1024 * 1024
+}
+pub(super) fn default_service_max_reply_bytes() -> usize {
+    1024 * 1024
+}
 pub(super) fn default_service_timeout_ms() -> u64 {
     5_000
 }
@@ -132,6 +145,7 @@ pub(super) fn service_on(port: u16) -> ServiceConfig {
     ServiceConfig {
         base_url: format!("http://127.0.0.1:{port}"),
         timeout_ms: default_service_timeout_ms(),
+        max_reply_bytes: default_service_max_reply_bytes(),
         policy: PolicyConfig::quick_service(),
         health: HealthCheckConfig::quick_service(),
     }
@@ -157,6 +171,9 @@ pub(super) fn default_signing_key_env() -> String {
 pub(super) fn default_token_ttl_seconds() -> u64 {
     3600
 }
+pub(super) fn default_memory_client_id() -> String {
+    "heistd".into()
+}
 pub(super) fn default_companion_host() -> String {
     "127.0.0.1".into()
 }
@@ -179,17 +196,51 @@ pub(super) fn default_companion_ports() -> BTreeMap<String, u16> {
 pub(super) fn default_oauth_clients() -> Vec<OAuthClient> {
     let client = |id: &str, scopes: &[&str]| OAuthClient {
         client_id: id.into(),
-        client_secret: Secret::new(format!("{id}-rehearsal-secret")),
+        client_secret: Secret::new(format!("{id}{BUILTIN_SECRET_SUFFIX}")),
+        client_secret_env: None,
+        client_secret_file: None,
         scopes: scopes.iter().map(|scope| scope.to_string()).collect(),
     };
     vec![
         client(
             "planner",
-            &["file_reader:use", "calculator:use", "database_query:use"],
+            &[
+                "file_reader:use",
+                "calculator:use",
+                "database_query:use",
+                "memory:write",
+                "memory:read",
+            ],
         ),
-        client("hacker", &["database_query:use", "calculator:use"]),
-        client("safecracker", &["calculator:use", "file_reader:use"]),
-        client("mole", &["file_reader:use", "database_query:use"]),
+        client(
+            "hacker",
+            &[
+                "database_query:use",
+                "calculator:use",
+                "memory:write",
+                "memory:read",
+            ],
+        ),
+        client(
+            "safecracker",
+            &[
+                "calculator:use",
+                "file_reader:use",
+                "memory:write",
+                "memory:read",
+            ],
+        ),
+        client(
+            "mole",
+            &[
+                "file_reader:use",
+                "database_query:use",
+                "memory:write",
+                "memory:read",
+            ],
+        ),
         client("operator", &["memory:admin"]),
+        // heistd's own deliveries to the memory service (the outbox).
+        client("heistd", &["memory:admin"]),
     ]
 }

@@ -17,15 +17,19 @@ use serde::{Deserialize, Serialize};
 mod companions;
 mod daemon;
 mod defaults;
+mod http;
 mod policy;
 mod schedule;
 mod secrets;
-pub use companions::{CompanionsConfig, CompanionsSettings, Fault};
+pub use companions::{
+    CompanionsConfig, CompanionsSettings, DatabaseToolConfig, Fault, MemoryServiceConfig,
+};
 pub use daemon::{DaemonConfig, HealthCheckConfig, Recovery, RetentionConfig};
 use defaults::*;
+pub use http::HttpConfig;
 pub use policy::{BreakerConfig, PolicyConfig, WindowKind};
 pub use schedule::{Missed, Overlap, ScheduleConfig, ScheduleFields, Trigger, TriggerError};
-pub use secrets::{Secret, REDACTED};
+pub use secrets::{is_loopback_address, Secret, CREDENTIALS_DIRECTORY, REDACTED};
 
 use crate::wire::Companion;
 
@@ -87,6 +91,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Limits of every HTTP listener: the companions and the admin API.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Heists the daemon starts on its own (`[[schedule]]` entries). Read
     /// by `load` after the rest, entry by entry, so that a trigger that
     /// does not parse is named by its key (`schedule[2].cron`).
@@ -174,9 +181,16 @@ pub struct LlmConfig {
     /// itself never lives in the file.
     #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
-    /// That variable's value, read once at load; never written out.
+    /// A file holding the API key (wins over `api_key_env`); a relative
+    /// path names a systemd credential in `$CREDENTIALS_DIRECTORY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    /// The key, read once at load; never written out.
     #[serde(skip)]
     pub api_key: Option<Secret>,
+    /// A reply body larger than this is refused, not read into memory.
+    #[serde(default = "default_llm_max_reply_bytes")]
+    pub max_reply_bytes: usize,
     /// Per-attempt timeout: a local model may need a minute for a reply.
     #[serde(default = "default_llm_timeout_ms")]
     pub timeout_ms: u64,
@@ -229,6 +243,9 @@ pub struct ServiceConfig {
     /// Per-attempt timeout for calls to this service.
     #[serde(default = "default_service_timeout_ms")]
     pub timeout_ms: u64,
+    /// A reply body larger than this is refused, not read into memory.
+    #[serde(default = "default_service_max_reply_bytes")]
+    pub max_reply_bytes: usize,
     /// Deadline, retries, budget, breaker and bulkhead.
     #[serde(default = "PolicyConfig::quick_service")]
     pub policy: PolicyConfig,
@@ -249,18 +266,37 @@ pub struct OAuthConfig {
     /// right when all companions run in one process (`services all`, `demo`).
     #[serde(default = "default_signing_key_env")]
     pub signing_key_env: String,
-    /// That variable's value, read once at load; never written out.
+    /// A file holding the signing key (wins over `signing_key_env`); a
+    /// relative path names a systemd credential in `$CREDENTIALS_DIRECTORY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<PathBuf>,
+    /// The key, read once at load; never written out.
     #[serde(skip)]
     pub signing_key: Option<Secret>,
+    /// Token lifetime, 60 to 86400 seconds.
     #[serde(default = "default_token_ttl_seconds")]
     pub token_ttl_seconds: u64,
+    /// The client heistd itself is to the memory service (its outbox
+    /// deliveries and memory reads); it needs `memory:admin`. When no
+    /// client of that id is configured, memory calls carry no token.
+    #[serde(default = "default_memory_client_id")]
+    pub memory_client_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuthClient {
     pub client_id: String,
+    /// The secret itself; better from `client_secret_env` or
+    /// `client_secret_file`, so the config file holds none.
+    #[serde(default, skip_serializing_if = "is_unset")]
     pub client_secret: Secret,
+    /// An environment variable holding the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_env: Option<String>,
+    /// A file holding the secret; relative: a systemd credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
     /// Scopes this client may be granted; asking for more is `invalid_scope`.
     pub scopes: Vec<String>,
 }
@@ -293,8 +329,45 @@ impl Config {
             companions: CompanionsConfig::default(),
             daemon: DaemonConfig::default(),
             retention: RetentionConfig::default(),
+            http: HttpConfig::default(),
             schedule: Vec::new(),
         }
+    }
+
+    /// The clients whose secret is the built-in rehearsal one, which
+    /// anyone who has read the source knows.
+    pub fn builtin_secrets_in_use(&self) -> Vec<String> {
+        self.oauth
+            .clients
+            .iter()
+            .filter(|client| {
+                client.client_secret.expose()
+                    == format!("{}{}", client.client_id, secrets::BUILTIN_SECRET_SUFFIX)
+            })
+            .map(|client| client.client_id.clone())
+            .collect()
+    }
+
+    /// Warnings `config check` prints: settings that work but are unsafe.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let builtin = self.builtin_secrets_in_use();
+        if !builtin.is_empty() {
+            warnings.push(format!(
+                "clients {} use the built-in rehearsal secrets, which anyone can read in heistd's source; \
+                 give each a client_secret_file (or client_secret_env) before the companions listen beyond loopback",
+                builtin.join(", ")
+            ));
+        }
+        if !secrets::is_loopback_address(&self.daemon.admin_address)
+            && !self.daemon.reads_need_token()
+        {
+            warnings.push(format!(
+                "daemon.admin_address {} is not loopback and daemon.read_requires_token is false: anyone who reaches it reads the sessions",
+                self.daemon.admin_address
+            ));
+        }
+        warnings
     }
 
     /// The resolved config as TOML with every secret replaced.
@@ -334,13 +407,62 @@ impl Config {
         CompanionsSettings::from_config(self)
     }
 
-    /// Reads the secrets whose variables the config names.
-    fn resolve_secrets(&mut self, environment: &[(String, String)]) {
-        self.daemon.admin_token =
-            secrets::from_environment(environment, &self.daemon.admin_token_env);
-        self.llm.api_key = secrets::from_environment(environment, &self.llm.api_key_env);
-        self.oauth.signing_key =
-            secrets::from_environment(environment, &self.oauth.signing_key_env);
+    /// Reads the secrets from the variables and files the config names;
+    /// the error is (key, why).
+    fn resolve_secrets(
+        &mut self,
+        environment: &[(String, String)],
+    ) -> Result<(), (String, String)> {
+        fn at(key: &'static str) -> impl Fn(String) -> (String, String) {
+            move |message| (key.to_string(), message)
+        }
+        self.daemon.admin_token = secrets::resolve(
+            environment,
+            &self.daemon.admin_token_env,
+            self.daemon.admin_token_file.as_deref(),
+        )
+        .map_err(at("daemon.admin_token_file"))?;
+        self.llm.api_key = secrets::resolve(
+            environment,
+            &self.llm.api_key_env,
+            self.llm.api_key_file.as_deref(),
+        )
+        .map_err(at("llm.api_key_file"))?;
+        self.oauth.signing_key = secrets::resolve(
+            environment,
+            &self.oauth.signing_key_env,
+            self.oauth.signing_key_file.as_deref(),
+        )
+        .map_err(at("oauth.signing_key_file"))?;
+        for (index, client) in self.oauth.clients.iter_mut().enumerate() {
+            let key = format!("oauth.clients[{index}]");
+            let sources = [
+                !client.client_secret.expose().is_empty(),
+                client.client_secret_env.is_some(),
+                client.client_secret_file.is_some(),
+            ];
+            if sources.iter().filter(|given| **given).count() != 1 {
+                return Err((
+                    key,
+                    "give exactly one of client_secret, client_secret_env, client_secret_file"
+                        .into(),
+                ));
+            }
+            if client.client_secret_env.is_none() && client.client_secret_file.is_none() {
+                continue;
+            }
+            let variable = client.client_secret_env.clone().unwrap_or_default();
+            let resolved =
+                secrets::resolve(environment, &variable, client.client_secret_file.as_deref())
+                    .map_err(|message| (format!("{key}.client_secret_file"), message))?;
+            client.client_secret = resolved.ok_or_else(|| {
+                (
+                    format!("{key}.client_secret_env"),
+                    format!("variable {variable} is not set"),
+                )
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -373,12 +495,13 @@ pub fn load(
     let mut config: Config = serde_path_to_error::deserialize(merged)
         .map_err(|error| deserialize_error(&error, "", &origins))?;
     config.schedule = read_schedules(schedules, &origins)?;
-    validate(&config).map_err(|(key, message)| ConfigError::InvalidValue {
+    let invalid = |(key, message): (String, String)| ConfigError::InvalidValue {
         origin: origins.of(&key),
         key,
         message,
-    })?;
-    config.resolve_secrets(&environment);
+    };
+    config.resolve_secrets(&environment).map_err(invalid)?;
+    validate(&config).map_err(invalid)?;
     Ok(config)
 }
 
@@ -678,6 +801,9 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     config.daemon.validate()?;
     config.retention.validate()?;
     schedule::validate_schedules(&config.schedule)?;
+    if config.llm.max_reply_bytes == 0 {
+        return fail("llm.max_reply_bytes", "must be at least 1");
+    }
     if config.llm.timeout_ms == 0 {
         return fail("llm.timeout_ms", "must be at least 1");
     }
@@ -686,6 +812,12 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         service
             .policy
             .validate(&format!("services.{name}.policy"))?;
+        if service.max_reply_bytes == 0 {
+            return Err((
+                format!("services.{name}.max_reply_bytes"),
+                "must be at least 1".into(),
+            ));
+        }
         if service.timeout_ms == 0 {
             return Err((
                 format!("services.{name}.timeout_ms"),
@@ -707,11 +839,18 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
             ));
         }
     }
-    if config.oauth.token_ttl_seconds < 60 {
-        return fail("oauth.token_ttl_seconds", "must be at least 60");
+    if !(60..=86_400).contains(&config.oauth.token_ttl_seconds) {
+        return fail("oauth.token_ttl_seconds", "must be between 60 and 86400");
     }
     config.companions.validate()?;
+    config.http.validate()?;
     Ok(())
+}
+
+/// Client secrets given in no form are skipped when serialising, so the
+/// merged layers do not invent an empty one.
+fn is_unset(secret: &Secret) -> bool {
+    secret.expose().is_empty()
 }
 
 fn check_url(key: &str, value: &str) -> Result<(), (String, String)> {

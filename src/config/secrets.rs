@@ -1,20 +1,29 @@
 //! Secrets: a value that never shows itself. The admin token, the LLM API
-//! key and the token signing key are read once, at load, from the
-//! environment variables the config names; client secrets come from the
-//! file. All of them are a [`Secret`], whose `Debug` and `Display` print
-//! `<redacted>`, so a config logged with `{:?}` or an error that formats one
-//! cannot leak it.
+//! key, the token signing key and each client secret are read once, at
+//! load, from the environment variable (`*_env`) or the file (`*_file`) the
+//! config names; a relative `*_file` is a systemd credential, read from
+//! `$CREDENTIALS_DIRECTORY` (`LoadCredential=`). Client secrets may also be
+//! written in the file, and the built-in rehearsal ones are recognised so
+//! they can be warned about and refused off loopback. All of them are a
+//! [`Secret`], whose `Debug` and `Display` print `<redacted>`, so a config
+//! logged with `{:?}` or an error that formats one cannot leak it.
 //!
 //! It must not decide what a secret is for; the component that needs one
 //! asks for its value with [`Secret::expose`], at the point of use.
+
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What every secret shows instead of its value.
 pub const REDACTED: &str = "<redacted>";
+/// systemd's variable naming the directory of a unit's credentials.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+/// The built-in client secrets are `<client_id>` followed by this.
+pub const BUILTIN_SECRET_SUFFIX: &str = "-rehearsal-secret";
 
 /// A value that must not be printed.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
@@ -71,9 +80,107 @@ pub(super) fn from_environment(environment: &[(String, String)], variable: &str)
         .map(|value| Secret::new(value.clone()))
 }
 
+/// A secret from `file` (if given) or else the variable `variable`. A
+/// relative `file` is looked up in `$CREDENTIALS_DIRECTORY`; one trailing
+/// newline is dropped. The error says what could not be read, never the value.
+pub(super) fn resolve(
+    environment: &[(String, String)],
+    variable: &str,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, String> {
+    let Some(file) = file else {
+        return Ok(from_environment(environment, variable));
+    };
+    let path = credential_path(environment, file)?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let value = text
+        .strip_suffix('\n')
+        .map(|rest| rest.strip_suffix('\r').unwrap_or(rest))
+        .unwrap_or(&text);
+    if value.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Some(Secret::new(value)))
+}
+
+fn credential_path(environment: &[(String, String)], file: &Path) -> Result<PathBuf, String> {
+    if file.is_absolute() {
+        return Ok(file.to_path_buf());
+    }
+    match from_environment(environment, CREDENTIALS_DIRECTORY) {
+        Some(directory) => Ok(Path::new(directory.expose()).join(file)),
+        None => Err(format!(
+            "`{}` is relative, so it names a systemd credential, but ${CREDENTIALS_DIRECTORY} is not set (use LoadCredential= or an absolute path)",
+            file.display()
+        )),
+    }
+}
+
+/// Whether `address` (`host:port` or a bare host) is on loopback; a host
+/// name other than `localhost` is not.
+pub fn is_loopback_address(address: &str) -> bool {
+    if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let host = match address.parse::<std::net::SocketAddr>() {
+        Ok(socket) => return socket.ip().is_loopback(),
+        Err(_) => address
+            .rsplit_once(':')
+            .map_or(address, |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']'),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_come_from_files_and_credentials() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        std::fs::write(directory.path().join("admin"), "from-a-file\n").expect("write");
+        let environment = vec![(
+            CREDENTIALS_DIRECTORY.to_string(),
+            directory.path().display().to_string(),
+        )];
+        let relative = resolve(&environment, "UNSET", Some(Path::new("admin"))).expect("read");
+        assert_eq!(relative.as_ref().map(Secret::expose), Some("from-a-file"));
+        let absolute = directory.path().join("admin");
+        let read = resolve(&[], "UNSET", Some(&absolute)).expect("read");
+        assert_eq!(read.as_ref().map(Secret::expose), Some("from-a-file"));
+        let error = resolve(&[], "UNSET", Some(Path::new("admin"))).expect_err("no directory");
+        assert!(error.contains(CREDENTIALS_DIRECTORY), "{error}");
+        let missing = resolve(&[], "UNSET", Some(Path::new("/nonexistent/secret")));
+        assert!(missing.is_err());
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        for address in [
+            "127.0.0.1:9750",
+            "127.0.0.1",
+            "[::1]:80",
+            "localhost:1",
+            "::1",
+        ] {
+            assert!(is_loopback_address(address), "{address}");
+        }
+        for address in [
+            "0.0.0.0:9750",
+            "0.0.0.0",
+            "10.0.0.1:80",
+            "example.com:80",
+            "[::]:80",
+        ] {
+            assert!(!is_loopback_address(address), "{address}");
+        }
+    }
 
     #[test]
     fn a_secret_never_formats_its_value() {

@@ -28,6 +28,7 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
     }
     metrics::gauge!(names::SESSIONS_RUNNING).increment(0.0);
     metrics::gauge!(names::STORE_UNAVAILABLE).increment(0.0);
+    metrics::counter!(names::HTTP_CONNECTIONS_SHED, "listener" => "admin").increment(0);
     for outcome in labels::STORE_PAUSE_OUTCOMES {
         metrics::counter!(names::STORE_PAUSES_TOTAL, "outcome" => outcome).increment(0);
     }

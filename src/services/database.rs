@@ -1,11 +1,18 @@
 //! The shift database behind the database query tool: the scenario's SQL
-//! loaded into a private in-memory SQLite database, served through a
-//! read-only connection that also refuses anything but a single `SELECT`
-//! (or `WITH ... SELECT`), cannot attach other files, returns at most
-//! [`MAX_ROWS`] rows and is interrupted after [`TIME_LIMIT`].
+//! loaded into a private in-memory SQLite database, served through a small
+//! pool of read-only connections that refuse anything but a single `SELECT`
+//! (or `WITH ... SELECT`), cannot attach other files, cap every value
+//! (`SQLITE_LIMIT_LENGTH`, so `printf`, `randomblob` and `zeroblob` cannot
+//! build huge strings), return at most [`MAX_ROWS`] rows and a bounded
+//! number of bytes, and are interrupted from outside when the time limit
+//! passes (a timer calls `sqlite3_interrupt`, so one expensive function call
+//! cannot outrun it the way it outruns the progress callback).
 //!
-//! It must not be able to write or read anything but the shift data.
+//! It must not be able to write or read anything but the shift data, and a
+//! query must not be able to hold the process's memory or the other
+//! queries hostage.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -13,9 +20,11 @@ use rand::Rng;
 use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
+
+use crate::config::DatabaseToolConfig;
 
 pub const MAX_ROWS: usize = 100;
-pub const TIME_LIMIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum QueryError {
@@ -23,47 +32,122 @@ pub enum QueryError {
     Empty,
     #[error("only read-only SELECT queries are allowed")]
     NotReadOnly,
-    #[error("query took longer than {} s and was stopped", TIME_LIMIT.as_secs())]
-    TooSlow,
+    #[error("query took longer than {} ms and was stopped", .0.as_millis())]
+    TooSlow(Duration),
+    #[error("the reply would be over {0} bytes; select fewer rows or shorter columns")]
+    ReplyTooLarge(usize),
+    #[error("every reader is busy; try again")]
+    Busy,
     #[error("SQL error: {0}")]
     Sql(String),
+}
+
+impl QueryError {
+    /// The HTTP status the tool answers with: the caller's query is at
+    /// fault (4xx) except when the readers are all busy (503).
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Busy => 503,
+            Self::ReplyTooLarge(_) => 413,
+            _ => 400,
+        }
+    }
 }
 
 pub struct ShiftDatabase {
     /// Holds the in-memory database alive; never used after loading.
     _owner: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    /// Where readers are opened from (a private shared-cache URI).
+    uri: String,
+    /// Idle read-only connections; one per query in flight is taken out.
+    idle: Mutex<Vec<Connection>>,
+    /// Queries in flight at most (the pool's size), so slow queries cannot
+    /// pile up blocking threads.
+    permits: Semaphore,
+    limits: DatabaseToolConfig,
 }
 
 impl ShiftDatabase {
-    /// Loads `shifts_sql` into a fresh private database and opens the reader.
-    pub fn build(shifts_sql: &str) -> Result<Self, String> {
+    /// Loads `shifts_sql` into a fresh private database and opens the first reader.
+    pub fn build(shifts_sql: &str, limits: &DatabaseToolConfig) -> Result<Self, String> {
         let name: u64 = rand::rng().random();
         let uri = format!("file:heistd-shifts-{name:016x}?mode=memory&cache=shared");
-        let flags = OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let owner = Connection::open_with_flags(
             &uri,
-            flags | OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE,
         )
         .map_err(|error| error.to_string())?;
         owner
             .execute_batch(shifts_sql)
             .map_err(|error| format!("loading the scenario's shifts.sql: {error}"))?;
-        let reader = Connection::open_with_flags(&uri, flags | OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|error| error.to_string())?;
-        reader
-            .pragma_update(None, "query_only", "ON")
-            .map_err(|error| error.to_string())?;
-        // No ATTACH: a query may only see the shift data.
-        let _ = reader.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0);
-        Ok(Self {
+        let database = Self {
             _owner: Mutex::new(owner),
-            reader: Mutex::new(reader),
-        })
+            uri,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(limits.max_concurrent_queries.max(1)),
+            limits: limits.clone(),
+        };
+        let first = database.open_reader().map_err(|error| error.to_string())?;
+        database.give_back(first);
+        Ok(database)
     }
 
-    /// Runs one read-only query; rows come back as JSON objects.
+    /// Runs one read-only query on a pooled reader with the time limit
+    /// enforced from outside: when it passes, the query is interrupted.
+    /// Waits for a free reader no longer than the time limit.
+    pub async fn query_bounded(
+        self: &Arc<Self>,
+        sql: String,
+    ) -> Result<serde_json::Value, QueryError> {
+        let time_limit = self.time_limit();
+        let _permit = tokio::time::timeout(time_limit, self.permits.acquire())
+            .await
+            .map_err(|_| QueryError::Busy)?
+            .map_err(|_| QueryError::Busy)?;
+        let connection = self.take()?;
+        let interrupt = connection.get_interrupt_handle();
+        let database = self.clone();
+        let mut worker = tokio::task::spawn_blocking(move || {
+            let outcome = database.query_on(&connection, &sql);
+            (connection, outcome)
+        });
+        let joined = match tokio::time::timeout(time_limit, &mut worker).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                // The worker still owns the connection, so the interrupt can
+                // only reach this query, never the next one on the reader.
+                interrupt.interrupt();
+                worker.await
+            }
+        };
+        let (connection, outcome) =
+            joined.map_err(|_| QueryError::Sql("query worker failed".into()))?;
+        self.give_back(connection);
+        outcome
+    }
+
+    /// Runs one read-only query on the calling thread (tests and tools
+    /// that are already on a blocking thread); the progress callback's
+    /// deadline is its only time limit.
     pub fn query(&self, sql: &str) -> Result<serde_json::Value, QueryError> {
+        let connection = self.take()?;
+        let outcome = self.query_on(&connection, sql);
+        self.give_back(connection);
+        outcome
+    }
+
+    fn time_limit(&self) -> Duration {
+        Duration::from_millis(self.limits.time_limit_ms)
+    }
+
+    fn query_on(
+        &self,
+        connection: &Connection,
+        sql: &str,
+    ) -> Result<serde_json::Value, QueryError> {
         let sql = sql.trim().trim_end_matches(';').trim();
         if sql.is_empty() {
             return Err(QueryError::Empty);
@@ -76,21 +160,67 @@ impl ShiftDatabase {
         if first_word != "SELECT" && first_word != "WITH" {
             return Err(QueryError::NotReadOnly);
         }
-        let connection = self.reader.lock();
-        let deadline = Deadline::start();
+        // The progress callback stops long loops of cheap steps; the outer
+        // interrupt stops one expensive step.
+        let deadline = Deadline::start(self.time_limit());
         connection.progress_handler(10_000, Some(move || deadline.passed()));
-        let outcome = run(&connection, sql);
+        let outcome = run(
+            connection,
+            sql,
+            self.time_limit(),
+            self.limits.max_reply_bytes,
+        );
         connection.progress_handler(0, None::<fn() -> bool>);
         outcome
     }
+
+    fn open_reader(&self) -> Result<Connection, rusqlite::Error> {
+        let reader = Connection::open_with_flags(
+            &self.uri,
+            OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        reader.pragma_update(None, "query_only", "ON")?;
+        // No ATTACH: a query may only see the shift data.
+        reader.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+        // No value (string or blob) larger than this can be built.
+        let max_value = i32::try_from(self.limits.max_value_bytes).unwrap_or(i32::MAX);
+        reader.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_value)?;
+        reader.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
+        Ok(reader)
+    }
+
+    /// An idle reader, or a new one when all are in use.
+    fn take(&self) -> Result<Connection, QueryError> {
+        let idle = self.idle.lock().pop();
+        match idle {
+            Some(connection) => Ok(connection),
+            None => self
+                .open_reader()
+                .map_err(|error| QueryError::Sql(error.to_string())),
+        }
+    }
+
+    fn give_back(&self, connection: Connection) {
+        let mut idle = self.idle.lock();
+        if idle.len() < self.limits.max_concurrent_queries {
+            idle.push(connection);
+        }
+    }
 }
 
-fn run(connection: &Connection, sql: &str) -> Result<serde_json::Value, QueryError> {
+fn run(
+    connection: &Connection,
+    sql: &str,
+    time_limit: Duration,
+    max_reply_bytes: usize,
+) -> Result<serde_json::Value, QueryError> {
     let to_error = |error: rusqlite::Error| match error {
         rusqlite::Error::SqliteFailure(failure, _)
             if failure.code == rusqlite::ErrorCode::OperationInterrupted =>
         {
-            QueryError::TooSlow
+            QueryError::TooSlow(time_limit)
         }
         other => QueryError::Sql(other.to_string()),
     };
@@ -105,6 +235,8 @@ fn run(connection: &Connection, sql: &str) -> Result<serde_json::Value, QueryErr
         .collect();
     let mut rows = statement.query([]).map_err(to_error)?;
     let mut output = Vec::new();
+    // The reply's size as JSON, roughly: values, column names and quotes.
+    let mut reply_bytes = 2;
     while let Some(row) = rows.next().map_err(to_error)? {
         if output.len() == MAX_ROWS {
             break;
@@ -122,11 +254,24 @@ fn run(connection: &Connection, sql: &str) -> Result<serde_json::Value, QueryErr
                     serde_json::Value::String(format!("<{} bytes>", blob.len()))
                 }
             };
+            reply_bytes += column.len() + json_size(&value) + 6;
+            if reply_bytes > max_reply_bytes {
+                return Err(QueryError::ReplyTooLarge(max_reply_bytes));
+            }
             object.insert(column.clone(), value);
         }
         output.push(serde_json::Value::Object(object));
     }
     Ok(serde_json::Value::Array(output))
+}
+
+/// About how many bytes `value` takes as JSON, without rendering it.
+fn json_size(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::String(text) => text.len() + 2,
+        serde_json::Value::Null => 4,
+        _ => 24,
+    }
 }
 
 /// Wall-clock deadline for SQLite's progress callback, which runs on a
@@ -137,8 +282,8 @@ struct Deadline(std::time::Instant);
 
 impl Deadline {
     #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
-    fn start() -> Self {
-        Self(std::time::Instant::now() + TIME_LIMIT)
+    fn start(limit: Duration) -> Self {
+        Self(std::time::Instant::now() + limit)
     }
 
     #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -152,7 +297,11 @@ mod tests {
     use super::*;
 
     fn database() -> ShiftDatabase {
-        ShiftDatabase::build(&crate::scenario::Scenario::embedded().shifts_sql).expect("loads")
+        ShiftDatabase::build(
+            &crate::scenario::Scenario::embedded().shifts_sql,
+            &DatabaseToolConfig::default(),
+        )
+        .expect("loads")
     }
 
     #[test]
@@ -216,6 +365,69 @@ mod tests {
             .expect("select");
         assert_eq!(many.as_array().map(Vec::len), Some(MAX_ROWS));
         let endless = database.query("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n");
-        assert_eq!(endless, Err(QueryError::TooSlow));
+        assert!(
+            matches!(endless, Err(QueryError::TooSlow(_))),
+            "{endless:?}"
+        );
+    }
+
+    #[test]
+    fn huge_values_and_replies_are_refused() {
+        let database = database();
+        for sql in [
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100) SELECT printf('%.*c', 20000000, 'x') FROM n",
+            "SELECT length(hex(randomblob(100000000)))",
+            "SELECT zeroblob(100000000)",
+        ] {
+            // SQLite answers NULL or "string or blob too big": either way
+            // nothing large is built.
+            match database.query(sql) {
+                Err(QueryError::Sql(message)) => assert!(message.contains("too big"), "{sql}: {message}"),
+                Ok(rows) => assert!(
+                    rows.as_array().is_some_and(|rows| rows.iter().all(|row| row.as_object().is_some_and(|row| row.values().all(serde_json::Value::is_null)))),
+                    "{sql}: {rows}"
+                ),
+                Err(other) => panic!("{sql}: {other}"),
+            }
+        }
+        let wide = database.query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100) SELECT printf('%.*c', 500000, 'x') FROM n",
+        );
+        assert_eq!(wide, Err(QueryError::ReplyTooLarge(256 * 1024)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expensive_call_is_interrupted_and_does_not_queue_the_others() {
+        let limits = DatabaseToolConfig {
+            time_limit_ms: 300,
+            ..DatabaseToolConfig::default()
+        };
+        let database = Arc::new(
+            ShiftDatabase::build(&crate::scenario::Scenario::embedded().shifts_sql, &limits)
+                .expect("loads"),
+        );
+        let slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 40) SELECT sum(length(hex(randomblob(400000)))) FROM n, n AS m, n AS k";
+        let runaways: Vec<_> = (0..4)
+            .map(|_| {
+                let database = database.clone();
+                tokio::spawn(async move { database.query_bounded(slow.to_string()).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let quick = tokio::time::timeout(
+            Duration::from_millis(250),
+            database.query_bounded("SELECT 1 AS one".into()),
+        )
+        .await
+        .expect("SELECT 1 is not queued behind the slow ones")
+        .expect("answers");
+        assert_eq!(quick[0]["one"], 1);
+        for runaway in runaways {
+            let outcome = runaway.await.expect("joined");
+            assert!(
+                matches!(outcome, Err(QueryError::TooSlow(_))),
+                "{outcome:?}"
+            );
+        }
     }
 }

@@ -150,16 +150,12 @@ pub async fn start(
         let app = fault::wrap(router, switch.clone(), fault_injection);
         let listener = fault::FaultyListener::new(listener, switch.clone());
         let mut stopped = stopped.clone();
+        let limits = context.settings.http.limits();
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(service = name, %error, "companion service stopped");
-            }
+            crate::http::serve(listener, app, limits, name, shutdown).await;
         });
         tracing::debug!(service = name, address = %bound, "companion service listening");
         services.push(RunningService {
@@ -181,12 +177,18 @@ pub fn router(companion: Companion, context: &CompanionContext) -> Result<Router
     let key = context.signing_key.clone();
     Ok(match companion {
         Companion::OAuth => oauth::router(oauth::OAuthState::new(&context.settings.oauth, key)),
-        Companion::Memory => memory::router(memory::MemoryState::new(key)),
+        Companion::Memory => memory::router(memory::MemoryState::new(
+            key,
+            context.settings.memory.clone(),
+        )),
         Companion::Calculator => tools::calculator_router(key),
         Companion::FileReader => tools::file_reader_router(key, context.scenario.clone()),
         Companion::DatabaseQuery => {
-            let database = database::ShiftDatabase::build(&context.scenario.shifts_sql)
-                .map_err(ServiceError::Database)?;
+            let database = database::ShiftDatabase::build(
+                &context.scenario.shifts_sql,
+                &context.settings.database_query,
+            )
+            .map_err(ServiceError::Database)?;
             tools::database_query_router(key, Arc::new(database))
         }
         Companion::Rehearsal => rehearsal::router(rehearsal::RehearsalState::new(
@@ -203,17 +205,33 @@ pub fn error_response(status: StatusCode, message: impl Into<String>) -> Respons
     (status, Json(body)).into_response()
 }
 
-/// `Json<T>` whose rejections are JSON error bodies rather than plain text.
+/// `Json<T>` whose rejections are JSON error bodies rather than plain text,
+/// and which takes only a JSON object: serde would otherwise read an array
+/// field by field, in declaration order.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(error_response(rejection.status(), rejection.body_text())),
+        let value = match Json::<serde_json::Value>::from_request(request, state).await {
+            Ok(Json(value)) => value,
+            Err(rejection) => {
+                return Err(error_response(rejection.status(), rejection.body_text()))
+            }
+        };
+        if !value.is_object() {
+            return Err(error_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the body must be a JSON object",
+            ));
         }
+        serde_json::from_value(value).map(Self).map_err(|error| {
+            error_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("Failed to deserialize the JSON body into the target type: {error}"),
+            )
+        })
     }
 }
 

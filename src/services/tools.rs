@@ -131,6 +131,15 @@ impl IntoResponse for AuthError {
 
 /// Checks the bearer token and its scope.
 pub fn authorize(headers: &HeaderMap, key: &SigningKey, scope: &str) -> Result<Claims, AuthError> {
+    let claims = authenticate(headers, key)?;
+    if !claims.has_scope(scope) {
+        return Err(AuthError::Forbidden(format!("token lacks scope `{scope}`")));
+    }
+    Ok(claims)
+}
+
+/// Checks the bearer token (signature, issuer, expiry), whatever its scopes.
+pub fn authenticate(headers: &HeaderMap, key: &SigningKey) -> Result<Claims, AuthError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(AuthError::Unauthenticated("missing bearer token".into()));
     };
@@ -147,13 +156,8 @@ pub fn authorize(headers: &HeaderMap, key: &SigningKey, scope: &str) -> Result<C
         .ok_or_else(|| {
             AuthError::Unauthenticated("authorization header is not a bearer token".into())
         })?;
-    let claims = key
-        .verify(token.trim(), unix_now())
-        .map_err(|error| AuthError::Unauthenticated(error.to_string()))?;
-    if !claims.has_scope(scope) {
-        return Err(AuthError::Forbidden(format!("token lacks scope `{scope}`")));
-    }
-    Ok(claims)
+    key.verify(token.trim(), unix_now())
+        .map_err(|error| AuthError::Unauthenticated(error.to_string()))
 }
 
 fn success(result: serde_json::Value) -> Response {
@@ -172,7 +176,7 @@ async fn read_file(
     JsonBody(request): JsonBody<ReadFileRequest>,
 ) -> Response {
     let filename = request.filename.trim();
-    if filename.is_empty() || filename.len() > MAX_FILENAME_LENGTH {
+    if filename.is_empty() || filename.chars().count() > MAX_FILENAME_LENGTH {
         return error_response(
             StatusCode::BAD_REQUEST,
             format!("filename must be 1 to {MAX_FILENAME_LENGTH} characters"),
@@ -201,16 +205,17 @@ async fn query_db(
     State(database): State<Arc<ShiftDatabase>>,
     JsonBody(request): JsonBody<QueryRequest>,
 ) -> Response {
-    if request.query.len() > MAX_QUERY_LENGTH {
+    if request.query.chars().count() > MAX_QUERY_LENGTH {
         return error_response(
             StatusCode::BAD_REQUEST,
             format!("query is over {MAX_QUERY_LENGTH} characters"),
         );
     }
-    let outcome = tokio::task::spawn_blocking(move || database.query(&request.query)).await;
-    match outcome {
-        Ok(Ok(rows)) => success(rows),
-        Ok(Err(error)) => error_response(StatusCode::BAD_REQUEST, error.to_string()),
-        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "query worker failed"),
+    match database.query_bounded(request.query).await {
+        Ok(rows) => success(rows),
+        Err(error) => error_response(
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            error.to_string(),
+        ),
     }
 }

@@ -8,6 +8,7 @@ Exits 0 when every check passes; prints what failed otherwise.
 
 import json
 import sys
+import urllib.error
 import urllib.request
 
 
@@ -19,6 +20,14 @@ def call(method, url, body=None, token=None):
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+def status_of(method, url, body=None, token=None):
+    """The HTTP status of a call that may be refused, and its JSON body."""
+    try:
+        return 200, call(method, url, body, token)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
 
 
 def main():
@@ -38,7 +47,7 @@ def main():
         "grant_type": "client_credentials",
         "client_id": "planner",
         "client_secret": "planner-rehearsal-secret",
-        "scope": "calculator:use file_reader:use database_query:use",
+        "scope": "calculator:use file_reader:use database_query:use memory:write memory:read",
     })
     check(grant.get("token_type") == "bearer", f"token_type: {grant}")
     token = grant["access_token"]
@@ -55,17 +64,37 @@ def main():
     rows = call("POST", f"{database}/tools/query_db", {"query": "SELECT name FROM guards LIMIT 2"}, token)
     check(rows.get("success") is True and len(rows.get("result") or []) == 2, f"query_db: {rows}")
 
-    stored = call("POST", f"{memory}/tools/store_memory", {
+    memory_write = {
         "agent_id": "planner", "turn_id": 1, "message": "We go at dawn. Bring coffee.",
         "game_session_id": "heist_prototype_check",
-    })
+    }
+    # The prototype's orchestrator calls memory without a token: refused now.
+    status, refused = status_of("POST", f"{memory}/tools/store_memory", memory_write)
+    check(status == 401, f"store_memory without a token: {status} {refused}")
+    status, refused = status_of("GET", f"{memory}/stats")
+    check(status == 401, f"stats without a token: {status} {refused}")
+
+    # With the agent's own token (memory:write, memory:read) it works, for
+    # the agent's own memories only.
+    stored = call("POST", f"{memory}/tools/store_memory", memory_write, token)
     check(stored.get("status") == "success", f"store_memory: {stored}")
     compressed = call("POST", f"{memory}/tools/get_compressed_memory", {
         "agent_id": "planner", "game_session_id": "heist_prototype_check", "max_tokens": 200, "recent_count": 3,
-    })
+    }, token)
     check("We go at dawn" in (compressed.get("compressed_summary") or ""), f"compressed_summary: {compressed}")
     check(compressed.get("memories_count") == 1, f"memories_count: {compressed}")
-    stats = call("GET", f"{memory}/stats")
+    status, refused = status_of("POST", f"{memory}/tools/get_compressed_memory", {
+        "agent_id": "mole", "game_session_id": "heist_prototype_check",
+    }, token)
+    check(status == 403, f"another agent's memories: {status} {refused}")
+    status, refused = status_of("GET", f"{memory}/stats", token=token)
+    check(status == 403, f"stats with an agent's token: {status} {refused}")
+    operator = call("POST", f"{oauth}/token", {
+        "grant_type": "client_credentials",
+        "client_id": "operator",
+        "client_secret": "operator-rehearsal-secret",
+    })["access_token"]
+    stats = call("GET", f"{memory}/stats", token=operator)
     check(stats.get("total_memories", 0) >= 1, f"stats: {stats}")
 
     models = call("GET", f"{llm}/models")

@@ -225,16 +225,18 @@ fn memory_entry(session: &str, turn_id: i64, message: &str) -> Value {
 async fn only_memory_admins_may_clear_memory() {
     let stack = TestStack::start().await;
     let memory = stack.url("memory");
+    let admin = support::memory_admin_token(&stack);
     let entry = memory_entry("clear-me", 1, "The vault opens at nine.");
     assert_eq!(
-        post(format!("{memory}/tools/store_memory"), None, &entry)
+        post(format!("{memory}/tools/store_memory"), Some(&admin), &entry)
             .await
             .status,
         200
     );
     let total = || {
         let stats = support::http().get(format!("{memory}/stats"));
-        async move { send(stats, None).await.body["total_memories"].clone() }
+        let admin = admin.clone();
+        async move { send(stats, Some(&admin)).await.body["total_memories"].clone() }
     };
     assert_eq!(total().await, json!(1));
 
@@ -283,14 +285,19 @@ async fn only_memory_admins_may_clear_memory() {
 async fn an_idempotency_key_makes_a_retried_write_count_once() {
     let stack = TestStack::start().await;
     let memory = stack.url("memory");
+    let admin = support::memory_admin_token(&stack);
     let store = |key: &str, entry: &Value| {
         let request = support::http().post(format!("{memory}/tools/store_memory"));
-        send(request.header("Idempotency-Key", key).json(entry), None)
+        send(
+            request.header("Idempotency-Key", key).json(entry),
+            Some(&admin),
+        )
     };
     let listed = |session: &str| {
         let url = format!("{memory}/sessions/{session}/memories");
+        let admin = admin.clone();
         async move {
-            send(support::http().get(url), None).await.body["memories"]
+            send(support::http().get(url), Some(&admin)).await.body["memories"]
                 .as_array()
                 .expect("memories")
                 .len()
@@ -332,11 +339,12 @@ async fn an_idempotency_key_makes_a_retried_write_count_once() {
 async fn compressed_memory_answers_under_both_names() {
     let stack = TestStack::start().await;
     let memory = stack.url("memory");
+    let admin = support::memory_admin_token(&stack);
     for turn_id in 1..=5 {
         let message = format!("Point {turn_id} about the vault. Then a long tail nobody needs.");
         let entry = memory_entry("compressed", turn_id, &message);
         assert_eq!(
-            post(format!("{memory}/tools/store_memory"), None, &entry)
+            post(format!("{memory}/tools/store_memory"), Some(&admin), &entry)
                 .await
                 .status,
             200
@@ -344,7 +352,8 @@ async fn compressed_memory_answers_under_both_names() {
     }
     let compressed = |request: Value| {
         let url = format!("{memory}/tools/get_compressed_memory");
-        async move { post(url, None, &request).await }
+        let admin = admin.clone();
+        async move { post(url, Some(&admin), &request).await }
     };
     let reply = compressed(
         json!({ "agent_id": "mole", "game_session_id": "compressed", "recent_count": 2 }),

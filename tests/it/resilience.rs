@@ -228,7 +228,14 @@ async fn a_retried_memory_write_is_stored_once() {
         policy(2_000, |config| config.max_attempts = 3),
         support::http(),
     );
-    let memory = MemoryClient::new(service);
+    let oauth = heistd::clients::OAuthClient::new(ServiceClient::new(
+        "oauth",
+        &stack.url("oauth"),
+        policy(2_000, |_| {}),
+        support::http(),
+    ));
+    let memory =
+        MemoryClient::new(service).with_credentials(oauth, "heistd", "heistd-rehearsal-secret");
     // The first attempt is stored, but its reply is lost: the client retries.
     set(
         &stack,
@@ -260,6 +267,7 @@ async fn a_retried_memory_write_is_stored_once() {
             "{}/sessions/heist_once/memories",
             stack.url("memory")
         ))
+        .bearer_auth(support::memory_admin_token(&stack))
         .send()
         .await
         .expect("answers")

@@ -79,6 +79,12 @@ pub fn token(key: &SigningKey, scope: &str, ttl_seconds: i64) -> String {
     .expect("a test token is signed")
 }
 
+/// A `memory:admin` token for `stack`'s memory service, as heistd's own
+/// client holds.
+pub fn memory_admin_token(stack: &TestStack) -> String {
+    token(&stack.signing_key(), "memory:admin", 300)
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }

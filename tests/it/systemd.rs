@@ -142,8 +142,14 @@ fn the_readme_install_steps_put_everything_where_the_units_and_the_config_expect
             .expect("heistd runs")
     };
     let check = heistd(&["config", "check", "--quiet", "--config", config]);
+    // Quiet prints errors and warnings only: the installed config has no
+    // client secrets yet, and says so until the operator gives them.
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    let only_warnings = stderr
+        .lines()
+        .all(|line| line.starts_with("heistd: warning:"));
     assert!(
-        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
+        check.status.success() && check.stdout.is_empty() && only_warnings,
         "config check --quiet: {:?}\n{}{}",
         check.status,
         String::from_utf8_lossy(&check.stdout),

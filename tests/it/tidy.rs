@@ -75,6 +75,7 @@ fn only_config_reads_the_environment() {
 /// beside the stack and may use only [`COMPANION_MAY_USE`].
 const LAYERS: &[&[&str]] = &[
     &["wire", "metrics"],
+    &["http"],
     &["config"],
     &["scenario", "store", "resilience"],
     &["clients"],
@@ -85,7 +86,7 @@ const LAYERS: &[&[&str]] = &[
     &["app"],
     &["cli"],
 ];
-const COMPANION_MAY_USE: &[&str] = &["wire", "metrics", "config", "scenario"];
+const COMPANION_MAY_USE: &[&str] = &["wire", "metrics", "http", "config", "scenario"];
 /// Only these may start the companions (the in-process stack of `demo`).
 const MAY_USE_COMPANIONS: &[&str] = &["cli"];
 
