@@ -113,7 +113,7 @@ impl App {
             systemd.watchdog_pid.as_deref(),
         ));
         let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
-        let store = StoreHandle::open_configured(&config.store).await?;
+        let store = StoreHandle::open_configured(&config.store, &config.cluster).await?;
         let clients = Clients::from_config(&config)?;
         let (stop_sender, stop) = watch::channel(false);
         let (finish_sender, finished) = watch::channel(false);

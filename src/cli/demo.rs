@@ -56,7 +56,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         base.llm.policy.breaker.wait_in_open_ms = 1_000;
     }
     let stack = LocalStack::start(base, options.llm.clone()).await?;
-    let store = StoreHandle::open_configured(&stack.config.store).await?;
+    let store = StoreHandle::open_configured(&stack.config.store, &stack.config.cluster).await?;
     let runner = stack.runner(store.clone())?.with_stop(options.stop.clone());
     let turns = options.turns.unwrap_or(stack.config.heist.turns);
     let seed = options.seed.unwrap_or_else(heist::random_seed);

@@ -199,7 +199,7 @@ pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<Run
     let (config, _) = load_config(args.config.as_deref())?;
     let (turns, seed) = (args.turns, args.seed);
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
-    let store = StoreHandle::open_configured(&config.store).await?;
+    let store = StoreHandle::open_configured(&config.store, &config.cluster).await?;
     let clients = Clients::from_config(&config)?;
     let turns = turns.unwrap_or(config.heist.turns);
     let seed = seed

@@ -12,6 +12,12 @@ impl Default for StoreConfig {
             path: default_store_path(),
             synchronous: Synchronous::Full,
             max_size_mb: 0,
+            backend: StoreBackend::Sqlite,
+            url: String::new(),
+            password_env: String::new(),
+            password_file: None,
+            pool_size: default_pool_size(),
+            password: None,
         }
     }
 }
@@ -79,6 +85,10 @@ impl Default for CompanionsConfig {
             faults: BTreeMap::new(),
         }
     }
+}
+
+pub(super) fn default_pool_size() -> u32 {
+    8
 }
 
 pub(super) fn default_store_path() -> PathBuf {

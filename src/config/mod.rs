@@ -14,12 +14,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod companions;
 mod daemon;
 mod defaults;
 mod policy;
 mod schedule;
 mod secrets;
+pub use cluster::{ClusterConfig, StoreBackend};
 pub use companions::{CompanionsConfig, CompanionsSettings, Fault};
 pub use daemon::{DaemonConfig, HealthCheckConfig, Recovery, RetentionConfig};
 use defaults::*;
@@ -81,6 +83,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Several daemons on one PostgreSQL store.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// Heists the daemon starts on its own (`[[schedule]]` entries).
     #[serde(default)]
     pub schedule: Vec<ScheduleConfig>,
@@ -89,6 +94,10 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `sqlite` (one file, one node) or `postgres` (shared by several
+    /// daemons).
+    #[serde(default)]
+    pub backend: StoreBackend,
     /// The SQLite audit database; created with its schema on first open.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
@@ -100,6 +109,23 @@ pub struct StoreConfig {
     /// that cannot be recorded, cleanly, like a full disk does.
     #[serde(default)]
     pub max_size_mb: u64,
+    /// The PostgreSQL server and database (`postgres://user@host:port/db`),
+    /// without a password.
+    #[serde(default)]
+    pub url: String,
+    /// The variable holding the PostgreSQL password (empty: none).
+    #[serde(default)]
+    pub password_env: String,
+    /// A file holding the PostgreSQL password; relative to
+    /// `$CREDENTIALS_DIRECTORY` when systemd provides credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Connections the PostgreSQL store keeps open.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Resolved at load from `password_env` or `password_file`.
+    #[serde(skip)]
+    pub password: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +281,7 @@ impl Config {
     pub fn builtin() -> Self {
         Self {
             store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
             heist: HeistConfig::default(),
             llm: LlmConfig::default(),
             services: ServicesConfig::default(),
@@ -343,6 +370,14 @@ pub fn load(
         message,
     })?;
     config.resolve_secrets(&environment);
+    config
+        .store
+        .resolve_password(&environment)
+        .map_err(|(key, message)| ConfigError::InvalidValue {
+            origin: origins.of(&key),
+            key,
+            message,
+        })?;
     Ok(config)
 }
 
@@ -571,6 +606,8 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     config.llm.health.validate("llm.health")?;
     config.daemon.validate()?;
     config.retention.validate()?;
+    config.store.validate()?;
+    config.cluster.validate()?;
     schedule::validate_schedules(&config.schedule)?;
     if config.llm.timeout_ms == 0 {
         return fail("llm.timeout_ms", "must be at least 1");
