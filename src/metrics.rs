@@ -43,6 +43,15 @@ pub const SCHEDULE_RUNS_TOTAL: &str = "heistd_schedule_runs_total";
 /// Audit rows pruned by retention (sessions).
 pub const RETENTION_PRUNED_SESSIONS_TOTAL: &str = "heistd_retention_pruned_sessions_total";
 pub const MEMORY_OUTBOX_PENDING: &str = "heistd_memory_outbox_pending";
+/// Nodes that heartbeat within a lease period (1 on SQLite: this one).
+pub const CLUSTER_NODES_ALIVE: &str = "heistd_cluster_nodes_alive";
+/// Sessions this node took over from a node whose lease ran out.
+pub const CLUSTER_TAKEOVERS_TOTAL: &str = "heistd_cluster_takeovers_total";
+/// Heartbeats that failed, or found a session's lease gone.
+pub const CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL: &str =
+    "heistd_cluster_lease_renewal_failures_total";
+/// Turn commits refused because another node owns the session now.
+pub const CLUSTER_FENCED_WRITES_TOTAL: &str = "heistd_cluster_fenced_writes_total";
 
 /// Latency buckets from 1 ms to two minutes: tools answer in milliseconds,
 /// an LLM in tens of seconds.

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod cluster;
 mod daemon;
 mod heist;
 mod postgres;
