@@ -43,6 +43,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
             print!("{}", cli::sessions(db, config.as_deref(), action)?)
         }
         Command::Config { action } => print!("{}", cli::config(action)?),
+        Command::Store { action } => print!("{}", cli::store(action).await?),
     }
     Ok(())
 }

@@ -376,6 +376,15 @@ impl StoreHandle {
         }
     }
 
+    /// The PostgreSQL backend, for the store's own cross-backend work
+    /// (`store migrate`).
+    pub(super) fn postgres(&self) -> Option<&Arc<PgStore>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(store) => Some(store),
+        }
+    }
+
     /// Runs `work` on the blocking pool with this handle's SQLite store.
     /// Only the store module uses it, so every caller outside goes through
     /// a typed method that both backends implement.
@@ -396,7 +405,7 @@ impl StoreHandle {
 }
 
 /// The one place a lost blocking task becomes [`StoreError::Worker`].
-async fn blocking<T, Work>(work: Work) -> Result<T, StoreError>
+pub(super) async fn blocking<T, Work>(work: Work) -> Result<T, StoreError>
 where
     T: Send + 'static,
     Work: FnOnce() -> Result<T, StoreError> + Send + 'static,

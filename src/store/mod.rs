@@ -30,6 +30,7 @@ use rusqlite::Connection;
 mod handle;
 mod health;
 mod maintenance;
+mod migrate;
 mod outbox;
 mod postgres;
 mod rows;
@@ -38,6 +39,7 @@ mod sessions;
 mod turns;
 
 pub use handle::StoreHandle;
+pub use migrate::MigrationReport;
 pub use postgres::{HeartbeatReport, NodeRow};
 pub use rows::{
     HealthEvent, MessageRow, NewSession, OutboxEntry, RecentTurns, ServiceCallRecord,

@@ -244,3 +244,106 @@ async fn a_node_paused_past_its_lease_writes_nothing_when_it_wakes() {
     );
     assert!(node_b.log().contains("taking the session over"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_migrate_copies_a_sqlite_trail_once_with_a_count_check() {
+    let Some(database) = TestDatabase::create("store_migrate").await else {
+        return;
+    };
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("audit.db");
+    {
+        let store =
+            heistd::store::Store::open(&path, heistd::config::Synchronous::Normal).expect("open");
+        for index in 0..300u32 {
+            let id = store
+                .create_session(&heistd::store::NewSession {
+                    scenario: "bank".into(),
+                    seed: u64::from(index),
+                    planned_turns: 2,
+                    schedule: (index % 3 == 0).then(|| "nightly".to_string()),
+                    scheduled_time: (index % 3 == 0)
+                        .then(|| format!("2026-01-01T00:{:02}:{:02}Z", index / 60, index % 60)),
+                })
+                .expect("create");
+            for turn_id in 1..=2 {
+                store
+                    .record_turn(&heistd::store::TurnRecord {
+                        session_id: id.clone(),
+                        turn_id,
+                        agent_name: "planner".into(),
+                        agent_role: "Planner".into(),
+                        message: format!("turn {turn_id}"),
+                        error: None,
+                        tool_calls: vec![heistd::store::ToolCallRecord {
+                            tool_name: "calculator".into(),
+                            tool_params: "2*3".into(),
+                            tool_result: "6".into(),
+                            success: true,
+                            error: None,
+                            duration_ms: 2.5,
+                        }],
+                        memory_payload: Some("{}".into()),
+                        service_calls: Vec::new(),
+                    })
+                    .expect("turn");
+            }
+            if index % 10 != 0 {
+                store
+                    .finish_session(&id, SessionStatus::Completed, None)
+                    .expect("finish");
+            }
+        }
+        store
+            .record_health_event("memory", "up", "down", "probe failed")
+            .expect("event");
+    }
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_heistd"))
+            .args(["store", "migrate", "--to", &database.url, "--from"])
+            .arg(&path)
+            .env("HEISTD_STORE__PATH", &path)
+            .output()
+            .expect("heistd runs")
+    };
+    let first = migrate();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        stdout.contains("300 copied, 0 already there; 1 health events copied"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("count check: equal"), "{stdout}");
+    let second = migrate();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("0 copied, 300 already there; 0 health events copied"),
+        "{stdout}"
+    );
+    let store = observer(&database).await;
+    assert_eq!(store.list_sessions(1000).await.expect("list").len(), 300);
+    let active = store
+        .find_sessions(Some(SessionStatus::Active), None, 1000)
+        .await
+        .expect("active");
+    assert_eq!(
+        active.len(),
+        30,
+        "active sessions stay active, to be resumed"
+    );
+    let detail = store.session(&active[0].session_id).await.expect("detail");
+    assert_eq!(detail.messages.len(), 2);
+    assert_eq!(detail.tool_usage.len(), 2);
+    assert_eq!(
+        store
+            .outbox_counts(&active[0].session_id)
+            .await
+            .expect("outbox"),
+        (0, 2)
+    );
+}

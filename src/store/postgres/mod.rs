@@ -22,6 +22,7 @@ use super::StoreError;
 use crate::config::{ClusterConfig, StoreConfig};
 
 mod cluster;
+mod copy;
 mod rows;
 mod schema;
 mod sessions;

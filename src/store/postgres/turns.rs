@@ -16,31 +16,7 @@ impl PgStore {
     pub async fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
-        let row = transaction
-            .query_opt(
-                "SELECT status, owner_node, lease_epoch FROM sessions WHERE session_id = $1 FOR UPDATE",
-                &[&turn.session_id],
-            )
-            .await?
-            .ok_or_else(|| StoreError::SessionNotFound(turn.session_id.clone()))?;
-        let (status, owner, epoch): (String, Option<String>, i64) =
-            (row.get(0), row.get(1), row.get(2));
-        if status != "active" {
-            self.forget(&turn.session_id);
-            return Err(StoreError::SessionEnded {
-                session_id: turn.session_id.clone(),
-                status,
-            });
-        }
-        let held = self.held_epoch(&turn.session_id);
-        if owner.as_deref() != Some(self.node_id.as_str()) || held != Some(epoch) {
-            self.forget(&turn.session_id);
-            return Err(StoreError::Fenced {
-                session_id: turn.session_id.clone(),
-                owner: owner.unwrap_or_else(|| "nobody".into()),
-                epoch,
-            });
-        }
+        self.fence(&transaction, &turn.session_id).await?;
         let now = timestamp(chrono::Utc::now());
         let turn_id = turn.turn_id as i64;
         transaction
@@ -50,55 +26,7 @@ impl PgStore {
                 &[&turn.session_id, &turn_id, &turn.agent_name, &turn.agent_role, &turn.message, &now, &turn.error],
             )
             .await?;
-        let insert_tool = transaction
-            .prepare_cached(
-                "INSERT INTO tool_usage (session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error, duration_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .await?;
-        for call in &turn.tool_calls {
-            transaction
-                .execute(
-                    &insert_tool,
-                    &[
-                        &turn.session_id,
-                        &turn_id,
-                        &turn.agent_name,
-                        &call.tool_name,
-                        &call.tool_params,
-                        &call.tool_result,
-                        &now,
-                        &call.success,
-                        &call.error,
-                        &call.duration_ms,
-                    ],
-                )
-                .await?;
-        }
-        let insert_call = transaction
-            .prepare_cached(
-                "INSERT INTO service_calls (session_id, turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .await?;
-        for call in &turn.service_calls {
-            transaction
-                .execute(
-                    &insert_call,
-                    &[
-                        &turn.session_id,
-                        &turn_id,
-                        &call.service,
-                        &call.operation,
-                        &(call.attempts as i64),
-                        &call.outcome,
-                        &call.last_error,
-                        &call.duration_ms,
-                        &now,
-                    ],
-                )
-                .await?;
-        }
+        insert_calls(&transaction, turn, &now).await?;
         if let Some(payload) = &turn.memory_payload {
             transaction
                 .execute(
@@ -116,6 +44,42 @@ impl PgStore {
             )
             .await?;
         transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Locks the session row and checks that it is active and this node
+    /// still owns it under the epoch it holds; otherwise the session is no
+    /// longer held here and the write is refused.
+    async fn fence(
+        &self,
+        transaction: &deadpool_postgres::Transaction<'_>,
+        session_id: &str,
+    ) -> Result<(), StoreError> {
+        let row = transaction
+            .query_opt(
+                "SELECT status, owner_node, lease_epoch FROM sessions WHERE session_id = $1 FOR UPDATE",
+                &[&session_id],
+            )
+            .await?
+            .ok_or_else(|| StoreError::SessionNotFound(session_id.to_string()))?;
+        let (status, owner, epoch): (String, Option<String>, i64) =
+            (row.get(0), row.get(1), row.get(2));
+        if status != "active" {
+            self.forget(session_id);
+            return Err(StoreError::SessionEnded {
+                session_id: session_id.to_string(),
+                status,
+            });
+        }
+        let held = self.held_epoch(session_id);
+        if owner.as_deref() != Some(self.node_id.as_str()) || held != Some(epoch) {
+            self.forget(session_id);
+            return Err(StoreError::Fenced {
+                session_id: session_id.to_string(),
+                owner: owner.unwrap_or_else(|| "nobody".into()),
+                epoch,
+            });
+        }
         Ok(())
     }
 
@@ -281,6 +245,65 @@ impl PgStore {
             .await?;
         Ok(rows.iter().map(health_event).collect())
     }
+}
+
+/// A turn's tool calls and service calls, inside its transaction.
+async fn insert_calls(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    turn: &TurnRecord,
+    now: &str,
+) -> Result<(), StoreError> {
+    let turn_id = turn.turn_id as i64;
+    let insert_tool = transaction
+        .prepare_cached(
+            "INSERT INTO tool_usage (session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error, duration_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .await?;
+    for call in &turn.tool_calls {
+        transaction
+            .execute(
+                &insert_tool,
+                &[
+                    &turn.session_id,
+                    &turn_id,
+                    &turn.agent_name,
+                    &call.tool_name,
+                    &call.tool_params,
+                    &call.tool_result,
+                    &now,
+                    &call.success,
+                    &call.error,
+                    &call.duration_ms,
+                ],
+            )
+            .await?;
+    }
+    let insert_call = transaction
+        .prepare_cached(
+            "INSERT INTO service_calls (session_id, turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .await?;
+    for call in &turn.service_calls {
+        transaction
+            .execute(
+                &insert_call,
+                &[
+                    &turn.session_id,
+                    &turn_id,
+                    &call.service,
+                    &call.operation,
+                    &(call.attempts as i64),
+                    &call.outcome,
+                    &call.last_error,
+                    &call.duration_ms,
+                    &now,
+                ],
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// How an outbox delivery attempt ended.
