@@ -27,7 +27,7 @@ use crate::config::{self, Config, ConfigError, ScheduleConfig, SystemdEnvironmen
 use crate::daemon::notify::{self, Notifier};
 use crate::daemon::runs::{RunContext, Runs, ScheduledRuns};
 use crate::daemon::state::{DaemonState, RunCommand, ScheduleStatus, StartRunError};
-use crate::daemon::{outbox, retention, store_watch, telemetry};
+use crate::daemon::{cluster, outbox, retention, store_watch, telemetry};
 use crate::health::{checker, HealthBoard, HealthState};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::scheduler::{Clock, Scheduler};
@@ -94,6 +94,8 @@ struct Tasks {
     scheduler: Scheduler,
     retention: JoinHandle<()>,
     outbox: JoinHandle<()>,
+    /// Heartbeats and takeovers on a shared store; ends after the drain.
+    cluster: JoinHandle<()>,
     watchdog: JoinHandle<()>,
 }
 
@@ -113,7 +115,7 @@ impl App {
             systemd.watchdog_pid.as_deref(),
         ));
         let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
-        let store = StoreHandle::open_configured(&config.store).await?;
+        let store = StoreHandle::open_configured(&config.store, &config.cluster).await?;
         // A store that cannot be written (read-only file or directory, a
         // full disk) stops the daemon here, before READY, with exit 2.
         store.probe_write().await?;
@@ -228,6 +230,13 @@ impl Parts {
                 self.runs.clone(),
                 self.store.clone(),
                 self.stop.clone(),
+            )),
+            cluster: tokio::spawn(cluster::run(
+                self.runs.clone(),
+                self.store.clone(),
+                config.cluster.clone(),
+                self.stop.clone(),
+                self.finished.clone(),
             )),
             watchdog: tokio::spawn(notify::run_watchdog(
                 self.notifier.clone(),
@@ -363,7 +372,11 @@ impl Parts {
             tracing::error!(%error, "retention task failed");
         }
         let _ = self.finish_sender.send(true);
-        for (name, task) in [("admin API", tasks.api), ("watchdog", tasks.watchdog)] {
+        for (name, task) in [
+            ("admin API", tasks.api),
+            ("cluster", tasks.cluster),
+            ("watchdog", tasks.watchdog),
+        ] {
             if let Err(error) = task.await {
                 tracing::error!(%error, task = name, "task failed while stopping");
             }

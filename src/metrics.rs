@@ -90,6 +90,15 @@ pub const STORE_UNAVAILABLE: &str = "heistd_store_unavailable";
 pub const STORE_PAUSES_TOTAL: &str = "heistd_store_pauses_total";
 /// Connections closed at once because a listener was at `max_connections`.
 pub const HTTP_CONNECTIONS_SHED: &str = "heistd_http_connections_shed_total";
+/// Nodes that heartbeat within a lease period (1 on SQLite: this one).
+pub const CLUSTER_NODES_ALIVE: &str = "heistd_cluster_nodes_alive";
+/// Sessions this node took over from a node whose lease ran out.
+pub const CLUSTER_TAKEOVERS_TOTAL: &str = "heistd_cluster_takeovers_total";
+/// Heartbeats that failed, or found a session's lease gone.
+pub const CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL: &str =
+    "heistd_cluster_lease_renewal_failures_total";
+/// Turn commits refused because another node owns the session now.
+pub const CLUSTER_FENCED_WRITES_TOTAL: &str = "heistd_cluster_fenced_writes_total";
 
 /// Label values known before the first event, so their series can start at
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
@@ -129,7 +138,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 43] = [
+pub const FAMILIES: [(&str, Kind, &str); 47] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -173,6 +182,10 @@ pub const FAMILIES: [(&str, Kind, &str); 43] = [
     (STORE_UNAVAILABLE, Kind::Gauge, "1 while the audit store cannot take writes (full, read-only, deleted), else 0."),
     (STORE_PAUSES_TOTAL, Kind::Counter, "Sessions that paused for a store outage, by how the pause ended."),
     (HTTP_CONNECTIONS_SHED, Kind::Counter, "Connections closed at once because a listener was at max_connections."),
+    (CLUSTER_NODES_ALIVE, Kind::Gauge, "Nodes that heartbeat within a lease period (1 on SQLite: this one)."),
+    (CLUSTER_TAKEOVERS_TOTAL, Kind::Counter, "Sessions this node took over from a node whose lease ran out."),
+    (CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL, Kind::Counter, "Heartbeats that failed, or found a session's lease gone."),
+    (CLUSTER_FENCED_WRITES_TOTAL, Kind::Counter, "Turn commits refused because another node owns the session now."),
 ];
 
 /// What kind of family a name is, for [`describe`].

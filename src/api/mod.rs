@@ -25,7 +25,7 @@ use crate::daemon::state::{
     ConfigStatus, DaemonState, Readiness, RunRequest, RunningSession, ScheduleStatus, StartRunError,
 };
 use crate::health::ServiceHealth;
-use crate::store::{SessionDetail, SessionRow, SessionStatus, StoreError};
+use crate::store::{NodeRow, SessionDetail, SessionRow, SessionStatus, StoreError};
 
 /// `GET /api/v1/sessions` returns this many sessions when no `limit` is given.
 pub const DEFAULT_SESSION_LIMIT: usize = 50;
@@ -264,6 +264,26 @@ struct DaemonStatus {
     /// The applied config's generation and the last reload's outcome,
     /// which `heistd reload` waits on.
     config: ConfigStatus,
+    /// The nodes sharing the store and who plays what (one node, no
+    /// owners, on SQLite).
+    cluster: ClusterStatus,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterStatus {
+    backend: &'static str,
+    /// This daemon's node id; null on SQLite.
+    node_id: Option<String>,
+    nodes: Vec<NodeRow>,
+    /// Every active session and the node that holds its lease.
+    session_owners: Vec<SessionOwner>,
+    max_concurrent_sessions: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionOwner {
+    session_id: String,
+    owner_node: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -336,7 +356,33 @@ async fn daemon_status(State(state): State<Arc<DaemonState>>) -> Json<DaemonStat
         running_sessions: state.running_sessions(),
         max_concurrent_sessions: state.config().daemon.max_concurrent_sessions,
         config: state.config_status(),
+        cluster: cluster_status(&state).await,
     })
+}
+
+/// What the store says about the cluster; a store that cannot answer
+/// shows no nodes rather than failing the whole status.
+async fn cluster_status(state: &DaemonState) -> ClusterStatus {
+    let config = state.config();
+    let nodes = state.store.nodes().await.unwrap_or_default();
+    let session_owners = state
+        .store
+        .session_owners()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(session_id, owner_node)| SessionOwner {
+            session_id,
+            owner_node,
+        })
+        .collect();
+    ClusterStatus {
+        backend: config.store.backend.as_str(),
+        node_id: state.store.node_id().map(str::to_string),
+        nodes,
+        session_owners,
+        max_concurrent_sessions: config.cluster.max_concurrent_sessions,
+    }
 }
 
 async fn list_sessions(

@@ -81,6 +81,29 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Work with the audit store itself.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StoreAction {
+    /// Copy a SQLite audit trail into PostgreSQL (idempotent; ends with a
+    /// count check). The password comes from the config's
+    /// store.password_env / store.password_file.
+    Migrate {
+        /// The PostgreSQL store, e.g. postgres://heistd@db:5432/heistd?sslmode=disable
+        #[arg(long)]
+        to: String,
+        /// The SQLite database to copy; default: the config's store.path.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -235,7 +235,7 @@ pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<Run
     let (config, _) = load_config(args.config.as_deref())?;
     let (turns, seed) = (args.turns, args.seed);
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
-    let store = StoreHandle::open_configured(&config.store).await?;
+    let store = StoreHandle::open_configured(&config.store, &config.cluster).await?;
     let clients = Clients::from_config(&config)?;
     let turns = turns.unwrap_or(config.heist.turns);
     let seed = seed
@@ -450,6 +450,59 @@ pub fn sessions(
             format: Format::Md,
         } => export_markdown(&store.session(&session_id)?),
     })
+}
+
+/// `heistd store ...`.
+pub async fn store(action: args::StoreAction) -> Result<String, CliError> {
+    let args::StoreAction::Migrate { to, from, config } = action;
+    let (config, _) = load_config(config.as_deref())?;
+    let target = config::StoreConfig {
+        backend: config::StoreBackend::Postgres,
+        url: to,
+        ..config.store.clone()
+    };
+    target
+        .validate()
+        .map_err(|(_, message)| CliError::Usage(format!("--to: {message}")))?;
+    let source_config = config::StoreConfig {
+        backend: config::StoreBackend::Sqlite,
+        path: from.unwrap_or_else(|| config.store.path.clone()),
+        max_size_mb: 0,
+        ..config.store.clone()
+    };
+    if !source_config.path.is_file() {
+        return Err(CliError::Usage(format!(
+            "no audit database at {}",
+            source_config.path.display()
+        )));
+    }
+    // As a writer: refused while a daemon still writes the source.
+    let source = Arc::new(Store::open_configured(&source_config)?);
+    let handle = StoreHandle::open_configured(&target, &config.cluster).await?;
+    let report = handle.import_sqlite(source).await;
+    // The copy registered a node; it is not one that will heartbeat.
+    let _ = handle.stop_node().await;
+    let report = report?;
+    let mut text = format!(
+        "{} sessions in {}: {} copied, {} already there; {} health events copied\n",
+        report.sessions_in_source,
+        source_config.path.display(),
+        report.sessions_copied,
+        report.sessions_already_there,
+        report.health_events_copied
+    );
+    for (table, source, target) in &report.counts {
+        text.push_str(&format!(
+            "{table:<14} sqlite {source:>8}  postgres {target:>8}\n"
+        ));
+    }
+    if !report.counts_match() {
+        return Err(CliError::Unhealthy(format!(
+            "{text}count check failed: the stores differ"
+        )));
+    }
+    text.push_str("count check: equal\n");
+    Ok(text)
 }
 
 /// `heistd sessions list`.

@@ -15,6 +15,12 @@ impl Default for StoreConfig {
             synchronous: Synchronous::Full,
             max_size_mb: 0,
             max_outage_ms: default_max_outage_ms(),
+            backend: StoreBackend::Sqlite,
+            url: String::new(),
+            password_env: String::new(),
+            password_file: None,
+            pool_size: default_pool_size(),
+            password: None,
         }
     }
 }
@@ -91,6 +97,10 @@ impl Default for CompanionsConfig {
             memory: MemoryServiceConfig::default(),
         }
     }
+}
+
+pub(super) fn default_pool_size() -> u32 {
+    8
 }
 
 pub(super) fn default_store_path() -> PathBuf {

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod companions;
 mod daemon;
 mod defaults;
@@ -21,6 +22,7 @@ mod http;
 mod policy;
 mod schedule;
 mod secrets;
+pub use cluster::{ClusterConfig, StoreBackend};
 pub use companions::{
     CompanionsConfig, CompanionsSettings, DatabaseToolConfig, Fault, MemoryServiceConfig,
 };
@@ -91,6 +93,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Several daemons on one PostgreSQL store.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// Limits of every HTTP listener: the companions and the admin API.
     #[serde(default)]
     pub http: HttpConfig,
@@ -104,6 +109,10 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `sqlite` (one file, one node) or `postgres` (shared by several
+    /// daemons).
+    #[serde(default)]
+    pub backend: StoreBackend,
     /// The SQLite audit database; created with its schema on first open.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
@@ -121,6 +130,23 @@ pub struct StoreConfig {
     /// recovery when even that cannot be recorded.
     #[serde(default = "default_max_outage_ms")]
     pub max_outage_ms: u64,
+    /// The PostgreSQL server and database (`postgres://user@host:port/db`),
+    /// without a password.
+    #[serde(default)]
+    pub url: String,
+    /// The variable holding the PostgreSQL password (empty: none).
+    #[serde(default)]
+    pub password_env: String,
+    /// A file holding the PostgreSQL password; relative to
+    /// `$CREDENTIALS_DIRECTORY` when systemd provides credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Connections the PostgreSQL store keeps open.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Resolved at load from `password_env` or `password_file`.
+    #[serde(skip)]
+    pub password: Option<Secret>,
 }
 
 fn default_max_outage_ms() -> u64 {
@@ -322,6 +348,7 @@ impl Config {
     pub fn builtin() -> Self {
         Self {
             store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
             heist: HeistConfig::default(),
             llm: LlmConfig::default(),
             services: ServicesConfig::default(),
@@ -501,6 +528,10 @@ pub fn load(
         message,
     };
     config.resolve_secrets(&environment).map_err(invalid)?;
+    config
+        .store
+        .resolve_password(&environment)
+        .map_err(invalid)?;
     validate(&config).map_err(invalid)?;
     Ok(config)
 }
@@ -800,6 +831,8 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     config.llm.health.validate("llm.health")?;
     config.daemon.validate()?;
     config.retention.validate()?;
+    config.store.validate()?;
+    config.cluster.validate()?;
     schedule::validate_schedules(&config.schedule)?;
     if config.llm.max_reply_bytes == 0 {
         return fail("llm.max_reply_bytes", "must be at least 1");

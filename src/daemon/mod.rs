@@ -2,12 +2,14 @@
 //! tracks, drains and recovers runs under the global cap), `state` (what
 //! the admin API reads, and the registry of running sessions), `outbox`
 //! (memory writes left behind by ended sessions), `notify` (sd_notify by
-//! hand), `retention` and `telemetry` (the series a fresh daemon shows, and
-//! the gauges read at each scrape).
+//! hand), `retention`, `telemetry` (the series a fresh daemon shows, and
+//! the gauges read at each scrape) and `cluster` (heartbeats and takeover
+//! when several daemons share a PostgreSQL store).
 //!
 //! Nothing here wires the daemon together (that is `app`), serves HTTP
 //! (that is `api`) or installs signal handlers.
 
+pub mod cluster;
 pub mod notify;
 pub mod outbox;
 pub mod retention;

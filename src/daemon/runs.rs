@@ -87,6 +87,7 @@ impl Runs {
         self.spawn_run(context, options)
             .await
             .map(|(session_id, _)| session_id)
+            .map_err(StartRunError::from)
     }
 
     /// A schedule's slot: waits for capacity, then runs; resolves when the
@@ -124,19 +125,49 @@ impl Runs {
             Ok((_, handle)) => {
                 let _ = handle.await;
             }
+            // Another node claimed this slot first: expected with several
+            // daemons, and not worth a warning.
+            Err(SpawnError::Start(HeistError::Store(StoreError::DuplicateRun { .. }))) => {
+                tracing::debug!(schedule = %schedule.name, slot = %slot.to_rfc3339(), "slot already claimed by another node")
+            }
             Err(error) => {
+                let error = StartRunError::from(error);
                 tracing::warn!(schedule = %schedule.name, slot = %slot.to_rfc3339(), %error, "scheduled run not started")
             }
         }
     }
 
-    /// Crash recovery: sessions left `active` are resumed (each waiting for
-    /// capacity like any run) or marked interrupted. Returns how many.
+    /// Crash recovery: sessions left `active` with nobody playing them are
+    /// resumed (each waiting for capacity like any run) or marked
+    /// interrupted. On SQLite that is every active session; on a shared
+    /// store, those whose lease ran out, as many as there is room for (the
+    /// cluster task takes the rest over as room frees). Returns how many.
     pub async fn recover(self: &Arc<Self>, recovery: Recovery) -> Result<usize, StoreError> {
-        let active = self
-            .store
-            .find_sessions(Some(SessionStatus::Active), None, 10_000)
-            .await?;
+        let limit = if self.store.is_shared() {
+            self.free_capacity()
+        } else {
+            10_000
+        };
+        let active = self.store.claim_orphaned_sessions(limit).await?;
+        let count = active.len();
+        self.handle_orphans(active, recovery).await;
+        Ok(count)
+    }
+
+    /// Sessions taken over from a node that stopped heartbeating: handled
+    /// as crash recovery handles sessions left active.
+    pub async fn take_over(self: &Arc<Self>, sessions: Vec<SessionRow>) {
+        let recovery = self.context().config.daemon.recovery;
+        self.handle_orphans(sessions, recovery).await;
+    }
+
+    /// Runs that could start now under this node's cap.
+    pub fn free_capacity(&self) -> usize {
+        (self.context().config.daemon.max_concurrent_sessions as usize)
+            .saturating_sub(self.state.running_count())
+    }
+
+    async fn handle_orphans(self: &Arc<Self>, active: Vec<SessionRow>, recovery: Recovery) {
         for session in &active {
             match recovery {
                 Recovery::Interrupt => {
@@ -155,7 +186,6 @@ impl Runs {
                 }
             }
         }
-        Ok(active.len())
     }
 
     /// Waits for every run to end, up to `grace`; then aborts the rest and
@@ -205,6 +235,8 @@ impl Runs {
             return;
         };
         let Some(admission) = self.admit().await else {
+            // Stopping: let another node (or the next start) resume it.
+            self.store.release(&session.session_id);
             return;
         };
         tracing::warn!(session_id = %session.session_id, turns = session.num_turns, "left active by a crash: resuming");
@@ -287,9 +319,9 @@ impl Runs {
         self: &Arc<Self>,
         context: Arc<RunContext>,
         options: RunOptions,
-    ) -> Result<(String, JoinHandle<()>), StartRunError> {
+    ) -> Result<(String, JoinHandle<()>), SpawnError> {
         if *self.stop.borrow() {
-            return Err(StartRunError::ShuttingDown);
+            return Err(SpawnError::ShuttingDown);
         }
         // The store outage rule: no run starts while the store cannot take
         // its turns, so none makes a service call it could not record.
@@ -297,14 +329,9 @@ impl Runs {
             .store
             .readiness()
             .await
-            .map_err(StartRunError::StoreUnavailable)?;
+            .map_err(SpawnError::StoreUnavailable)?;
         let runner = self.runner(&context);
-        let session_id = runner.start(&options).await.map_err(|error| match error {
-            HeistError::Store(error) if error.is_outage() => {
-                StartRunError::StoreUnavailable(error.to_string())
-            }
-            error => StartRunError::Failed(error.to_string()),
-        })?;
+        let session_id = runner.start(&options).await.map_err(SpawnError::Start)?;
         let running = RunningSession {
             session_id: session_id.clone(),
             schedule: options.schedule.clone(),
@@ -346,6 +373,12 @@ impl Runs {
         match outcome {
             Ok(report) => {
                 tracing::info!(%session_id, status = report.status.as_str(), turns = report.turns, "run ended")
+            }
+            Err(HeistError::Store(StoreError::Fenced { owner, epoch, .. })) => {
+                // The lease ran out here (a pause, a partition) and another
+                // node resumed the session: it is theirs to finish.
+                metrics::counter!(names::CLUSTER_FENCED_WRITES_TOTAL).increment(1);
+                tracing::warn!(%session_id, %owner, epoch, "fenced: another node took the session over while this one was not renewing its lease; stopped here, nothing written");
             }
             Err(error) => {
                 tracing::error!(%session_id, %error, "run stopped by an error");
@@ -416,6 +449,33 @@ impl Launcher for ScheduledRuns {
     }
 }
 
+/// Why a run did not start, before it becomes the API's [`StartRunError`]:
+/// a scheduled slot must tell "another node has it" from a failure.
+enum SpawnError {
+    ShuttingDown,
+    /// The store cannot take writes now (the store outage rule).
+    StoreUnavailable(String),
+    Start(HeistError),
+}
+
+impl From<SpawnError> for StartRunError {
+    fn from(error: SpawnError) -> Self {
+        match error {
+            SpawnError::ShuttingDown => Self::ShuttingDown,
+            SpawnError::StoreUnavailable(reason) => Self::StoreUnavailable(reason),
+            SpawnError::Start(HeistError::Store(error)) if error.is_outage() => {
+                Self::StoreUnavailable(error.to_string())
+            }
+            SpawnError::Start(HeistError::Store(StoreError::ClusterFull { running })) => {
+                Self::AtCapacity {
+                    running: running as usize,
+                }
+            }
+            SpawnError::Start(error) => Self::Failed(error.to_string()),
+        }
+    }
+}
+
 /// Unregisters a run when its task ends or unwinds.
 struct Registration {
     runs: Arc<Runs>,
@@ -426,6 +486,9 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let runs = &self.runs;
         runs.state.registry().remove(&self.session_id);
+        // Its lease is no longer renewed: if the session is still active
+        // (its task died), another node, or this one, may resume it later.
+        runs.store.release(&self.session_id);
         metrics::gauge!(names::SESSIONS_RUNNING).set(runs.state.running_count() as f64);
         runs.capacity_freed.notify_waiters();
     }

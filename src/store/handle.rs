@@ -1,27 +1,38 @@
 //! The one door to the store from async code: a cloneable [`StoreHandle`]
-//! whose typed methods run the synchronous SQLite work on tokio's blocking
-//! pool, so no caller blocks the runtime or writes its own
-//! `spawn_blocking`, and a lost worker (a panic, a runtime shutting down)
-//! becomes [`StoreError::Worker`] here and nowhere else. It adds no SQL and
-//! no policy: each method is one `Store` call, or a few read together.
+//! whose typed methods reach either backend. On SQLite each runs the
+//! synchronous `Store` work on tokio's blocking pool, so no caller blocks
+//! the runtime or writes its own `spawn_blocking`, and a lost worker (a
+//! panic, a runtime shutting down) becomes [`StoreError::Worker`] here and
+//! nowhere else. On PostgreSQL each is the async `PgStore` method of the
+//! same name. It adds no SQL and no policy: callers never learn which
+//! backend they have, except through the cluster methods, which are no-ops
+//! (or "this one node") on SQLite: one SQLite process always owns every
+//! session.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use super::outage::StoreOutage;
+use super::postgres::{HeartbeatReport, NodeRow, OutboxMark, PgStore};
 use super::{
     HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns, ServiceCallRecord,
     SessionDetail, SessionRow, SessionStatus, Store, StoreError, TurnRecord,
 };
-use crate::config::StoreConfig;
+use crate::config::{ClusterConfig, StoreBackend, StoreConfig};
 
 /// Shared access to the audit store for async code. Cloning is cheap (an
-/// `Arc`); every clone reaches the same connection.
+/// `Arc`); every clone reaches the same connection or pool.
 #[derive(Clone)]
 pub struct StoreHandle {
-    store: Arc<Store>,
+    backend: Backend,
     /// Shared by every clone: the store outage rule's state.
     outage: Arc<StoreOutage>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Store>),
+    Postgres(Arc<PgStore>),
 }
 
 // The components that take a store (`HeistRunner` aside) accept
@@ -36,32 +47,70 @@ impl From<Store> for StoreHandle {
 impl From<Arc<Store>> for StoreHandle {
     fn from(store: Arc<Store>) -> Self {
         Self {
-            store,
+            backend: Backend::Sqlite(store),
             outage: Arc::default(),
         }
     }
 }
 
+/// Runs `$sqlite` (a closure over `&Store`) on the blocking pool, or
+/// `$postgres` (an expression over `store: &PgStore`) on PostgreSQL.
+macro_rules! dispatch {
+    ($handle:expr, |$sqlite_store:ident| $sqlite:expr, |$pg_store:ident| $postgres:expr) => {
+        match &$handle.backend {
+            Backend::Sqlite(store) => {
+                let store = store.clone();
+                blocking(move || {
+                    let $sqlite_store: &Store = &store;
+                    $sqlite
+                })
+                .await
+            }
+            Backend::Postgres($pg_store) => $postgres.await,
+        }
+    };
+}
+
 impl StoreHandle {
-    /// [`Store::open_configured`] off the runtime: opening may migrate.
-    pub async fn open_configured(config: &StoreConfig) -> Result<Self, StoreError> {
-        let config = config.clone();
-        let store = blocking(move || Store::open_configured(&config)).await?;
-        Ok(Self::from(store))
+    /// Opens the store `[store]` configures: SQLite as its one writing
+    /// process (off the runtime: opening may migrate), or PostgreSQL as a
+    /// node of the cluster `[cluster]` configures.
+    pub async fn open_configured(
+        config: &StoreConfig,
+        cluster: &ClusterConfig,
+    ) -> Result<Self, StoreError> {
+        match config.backend {
+            StoreBackend::Sqlite => {
+                let config = config.clone();
+                let store = blocking(move || Store::open_configured(&config)).await?;
+                Ok(Self::from(store))
+            }
+            StoreBackend::Postgres => Ok(Self {
+                backend: Backend::Postgres(Arc::new(PgStore::open(config, cluster).await?)),
+                outage: Arc::default(),
+            }),
+        }
     }
 
+    /// The SQLite file, or the PostgreSQL URL without its password.
     pub fn path(&self) -> &Path {
-        self.store.path()
+        match &self.backend {
+            Backend::Sqlite(store) => store.path(),
+            Backend::Postgres(store) => store.display(),
+        }
     }
 
     // Sessions.
 
     pub async fn create_session(&self, new: NewSession) -> Result<String, StoreError> {
-        let outcome = self.call(move |store| store.create_session(&new)).await;
+        let outcome = dispatch!(self, |store| store.create_session(&new), |store| store
+            .create_session(&new));
         self.outage.note(&outcome);
         outcome
     }
 
+    /// Ends an `active` session; `false` when it had already ended (or, on
+    /// PostgreSQL, belongs to another live node).
     pub async fn finish_session(
         &self,
         session_id: &str,
@@ -69,9 +118,11 @@ impl StoreHandle {
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
         let (id, reason) = (session_id.to_string(), reason.map(str::to_string));
-        let outcome = self
-            .call(move |store| store.finish_session(&id, status, reason.as_deref()))
-            .await;
+        let outcome = dispatch!(
+            self,
+            |store| store.finish_session(&id, status, reason.as_deref()),
+            |store| store.finish_session(&id, status, reason.as_deref())
+        );
         self.outage.note(&outcome);
         outcome
     }
@@ -83,29 +134,38 @@ impl StoreHandle {
         limit: usize,
     ) -> Result<Vec<SessionRow>, StoreError> {
         let schedule = schedule.map(str::to_string);
-        self.call(move |store| store.find_sessions(status, schedule.as_deref(), limit))
-            .await
+        dispatch!(
+            self,
+            |store| store.find_sessions(status, schedule.as_deref(), limit),
+            |store| store.find_sessions(status, schedule.as_deref(), limit)
+        )
     }
 
     pub async fn list_sessions(&self, limit: usize) -> Result<Vec<SessionRow>, StoreError> {
-        self.call(move |store| store.list_sessions(limit)).await
+        self.find_sessions(None, None, limit).await
     }
 
     pub async fn session(&self, session_id: &str) -> Result<SessionDetail, StoreError> {
         let id = session_id.to_string();
-        self.call(move |store| store.session(&id)).await
+        dispatch!(self, |store| store.session(&id), |store| store.session(&id))
     }
 
     pub async fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError> {
         let schedule = schedule.to_string();
-        self.call(move |store| store.last_scheduled_time(&schedule))
-            .await
+        dispatch!(
+            self,
+            |store| store.last_scheduled_time(&schedule),
+            |store| store.last_scheduled_time(&schedule)
+        )
     }
 
     // Turns.
 
+    /// Commits a turn; on PostgreSQL fenced on this node's lease, so a
+    /// session taken over elsewhere fails with [`StoreError::Fenced`].
     pub async fn record_turn(&self, turn: TurnRecord) -> Result<(), StoreError> {
-        let outcome = self.call(move |store| store.record_turn(&turn)).await;
+        let outcome = dispatch!(self, |store| store.record_turn(&turn), |store| store
+            .record_turn(&turn));
         self.outage.note(&outcome);
         outcome
     }
@@ -116,12 +176,14 @@ impl StoreHandle {
         limit: usize,
     ) -> Result<RecentTurns, StoreError> {
         let id = session_id.to_string();
-        self.call(move |store| store.recent_turns(&id, limit)).await
+        dispatch!(self, |store| store.recent_turns(&id, limit), |store| store
+            .recent_turns(&id, limit))
     }
 
     pub async fn last_turn(&self, session_id: &str) -> Result<u32, StoreError> {
         let id = session_id.to_string();
-        self.call(move |store| store.last_turn(&id)).await
+        dispatch!(self, |store| store.last_turn(&id), |store| store
+            .last_turn(&id))
     }
 
     // The memory outbox.
@@ -132,19 +194,23 @@ impl StoreHandle {
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         let id = session_id.to_string();
-        self.call(move |store| store.pending_outbox(&id, limit))
-            .await
+        dispatch!(self, |store| store.pending_outbox(&id, limit), |store| {
+            store.pending_outbox(&id, limit)
+        })
     }
 
     pub async fn mark_outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
-        self.call(move |store| store.mark_outbox_delivered(id))
-            .await
+        dispatch!(self, |store| store.mark_outbox_delivered(id), |store| store
+            .mark_outbox(id, OutboxMark::Delivered, None))
     }
 
     pub async fn mark_outbox_abandoned(&self, id: i64, error: &str) -> Result<(), StoreError> {
         let error = error.to_string();
-        self.call(move |store| store.mark_outbox_abandoned(id, &error))
-            .await
+        dispatch!(
+            self,
+            |store| store.mark_outbox_abandoned(id, &error),
+            |store| store.mark_outbox(id, OutboxMark::Abandoned, Some(&error))
+        )
     }
 
     pub async fn record_service_calls(
@@ -154,35 +220,47 @@ impl StoreHandle {
         calls: Vec<ServiceCallRecord>,
     ) -> Result<(), StoreError> {
         let id = session_id.to_string();
-        self.call(move |store| store.record_service_calls(&id, turn_id, &calls))
-            .await
+        dispatch!(
+            self,
+            |store| store.record_service_calls(&id, turn_id, &calls),
+            |store| store.record_service_calls(&id, turn_id, &calls)
+        )
     }
 
     pub async fn mark_outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
         let error = error.to_string();
-        self.call(move |store| store.mark_outbox_failed(id, &error))
-            .await
+        dispatch!(
+            self,
+            |store| store.mark_outbox_failed(id, &error),
+            |store| store.mark_outbox(id, OutboxMark::Failed, Some(&error))
+        )
     }
 
     pub async fn sessions_with_pending_outbox(
         &self,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        self.call(move |store| store.sessions_with_pending_outbox(limit))
-            .await
+        dispatch!(
+            self,
+            |store| store.sessions_with_pending_outbox(limit),
+            |store| store.sessions_with_pending_outbox(limit)
+        )
     }
 
     pub async fn outbox_counts(&self, session_id: &str) -> Result<(u64, u64), StoreError> {
         let id = session_id.to_string();
-        self.call(move |store| store.outbox_counts(&id)).await
+        dispatch!(self, |store| store.outbox_counts(&id), |store| store
+            .outbox_counts(&id))
     }
 
     pub async fn pending_outbox_total(&self) -> Result<u64, StoreError> {
-        self.call(|store| store.pending_outbox_total()).await
+        dispatch!(self, |store| store.pending_outbox_total(), |store| store
+            .pending_outbox_total())
     }
 
     pub async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
-        self.call(|store| store.outbox_summary()).await
+        dispatch!(self, |store| store.outbox_summary(), |store| store
+            .outbox_summary())
     }
 
     // Health events.
@@ -194,12 +272,13 @@ impl StoreHandle {
         to_state: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let texts = [service, from_state, to_state, reason].map(str::to_string);
-        self.call(move |store| {
-            let [service, from_state, to_state, reason] = &texts;
-            store.record_health_event(service, from_state, to_state, reason)
-        })
-        .await
+        let [service, from_state, to_state, reason] =
+            [service, from_state, to_state, reason].map(str::to_string);
+        dispatch!(
+            self,
+            |store| store.record_health_event(&service, &from_state, &to_state, &reason),
+            |store| store.record_health_event(&service, &from_state, &to_state, &reason)
+        )
     }
 
     pub async fn health_events(
@@ -207,8 +286,11 @@ impl StoreHandle {
         service: Option<&str>,
     ) -> Result<Vec<HealthEvent>, StoreError> {
         let service = service.map(str::to_string);
-        self.call(move |store| store.health_events(service.as_deref()))
-            .await
+        dispatch!(
+            self,
+            |store| store.health_events(service.as_deref()),
+            |store| store.health_events(service.as_deref())
+        )
     }
 
     // Maintenance.
@@ -219,16 +301,18 @@ impl StoreHandle {
     /// ask this; a successful probe ends the outage.
     pub async fn readiness(&self) -> Result<(), String> {
         let in_outage = self.outage.reason().is_some();
-        let outcome = self
-            .call(move |store| {
+        let outcome = dispatch!(
+            self,
+            |store| {
                 store.check_identity()?;
                 store.check_size_cap()?;
                 if in_outage {
                     store.probe_write()?;
                 }
                 Ok(())
-            })
-            .await;
+            },
+            |store| store.probe()
+        );
         self.outage.note(&outcome);
         outcome.map_err(|error| error.to_string())
     }
@@ -236,45 +320,150 @@ impl StoreHandle {
     /// A small real write, at start: a store that cannot be written stops
     /// the daemon before it says READY.
     pub async fn probe_write(&self) -> Result<(), StoreError> {
-        self.call(|store| store.probe_write()).await
+        dispatch!(self, |store| store.probe_write(), |store| store.probe())
     }
 
     /// Whether the database answers a trivial query; a lost worker counts
     /// as not usable.
     pub async fn is_usable(&self) -> bool {
-        self.call(|store| Ok(store.is_usable()))
-            .await
-            .unwrap_or(false)
+        let usable: Result<bool, StoreError> =
+            dispatch!(self, |store| Ok(store.is_usable()), |store| async {
+                Ok(store.is_usable().await)
+            });
+        usable.unwrap_or(false)
     }
 
+    /// Deletes up to `batch` sessions that ended before `cutoff`. On
+    /// PostgreSQL one node prunes at a time; the others prune nothing.
     pub async fn prune_sessions_before(
         &self,
         cutoff: chrono::DateTime<chrono::Utc>,
         batch: u32,
     ) -> Result<usize, StoreError> {
-        self.call(move |store| store.prune_sessions_before(cutoff, batch))
-            .await
+        dispatch!(
+            self,
+            |store| store.prune_sessions_before(cutoff, batch),
+            |store| store.prune_sessions_before(cutoff, batch)
+        )
     }
 
+    /// Gives free pages back on SQLite; PostgreSQL's autovacuum does that
+    /// on its own, so there it does nothing.
     pub async fn compact(&self, pages: u32) -> Result<(), StoreError> {
-        self.call(move |store| store.compact(pages)).await
+        dispatch!(self, |store| store.compact(pages), |_store| async {
+            Ok(())
+        })
     }
 
-    /// Runs `work` on the blocking pool with this handle's store. Only the
-    /// store module uses it, so every caller outside goes through a typed
-    /// method that a second backend could implement too.
+    // The cluster. SQLite is one node that owns every session.
+
+    /// Whether several daemons may share this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// This node's id in the cluster; `None` on SQLite.
+    pub fn node_id(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(store) => Some(store.node_id()),
+        }
+    }
+
+    /// Says this node is alive and renews its sessions' leases.
+    pub async fn heartbeat(&self) -> Result<HeartbeatReport, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(HeartbeatReport::default()),
+            Backend::Postgres(store) => store.heartbeat().await,
+        }
+    }
+
+    /// Sessions left `active` with nobody playing them, now this node's to
+    /// resume: on SQLite every active session (call once, at start, before
+    /// anything runs); on PostgreSQL those whose lease ran out, each taken
+    /// over under a new lease epoch.
+    pub async fn claim_orphaned_sessions(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => {
+                self.find_sessions(Some(SessionStatus::Active), None, limit)
+                    .await
+            }
+            Backend::Postgres(store) => store.claim_expired_sessions(limit).await,
+        }
+    }
+
+    /// This node no longer plays `session_id` (its task ended): its lease is
+    /// no longer renewed, so another node may take it over once it runs
+    /// out. Nothing on SQLite.
+    pub fn release(&self, session_id: &str) {
+        if let Backend::Postgres(store) = &self.backend {
+            store.forget(session_id);
+        }
+    }
+
+    /// Every node known to the store; empty on SQLite.
+    pub async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(store) => store.nodes().await,
+        }
+    }
+
+    /// (session id, owner node) of every active session; owners are `None`
+    /// on SQLite.
+    pub async fn session_owners(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(self
+                .find_sessions(Some(SessionStatus::Active), None, 1000)
+                .await?
+                .into_iter()
+                .map(|session| (session.session_id, None))
+                .collect()),
+            Backend::Postgres(store) => store.session_owners().await,
+        }
+    }
+
+    /// Marks this node stopped (a clean shutdown).
+    pub async fn stop_node(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(store) => store.stop_node().await,
+        }
+    }
+
+    /// The PostgreSQL backend, for the store's own cross-backend work
+    /// (`store migrate`).
+    pub(super) fn postgres(&self) -> Option<&Arc<PgStore>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(store) => Some(store),
+        }
+    }
+
+    /// Runs `work` on the blocking pool with this handle's SQLite store.
+    /// Only the store module uses it, so every caller outside goes through
+    /// a typed method that both backends implement.
+    #[cfg(test)]
     pub(super) async fn call<T, Work>(&self, work: Work) -> Result<T, StoreError>
     where
         T: Send + 'static,
         Work: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
-        let store = self.store.clone();
-        blocking(move || work(&store)).await
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                let store = store.clone();
+                blocking(move || work(&store)).await
+            }
+            Backend::Postgres(_) => Err(StoreError::Worker("not a SQLite store".into())),
+        }
     }
 }
 
 /// The one place a lost blocking task becomes [`StoreError::Worker`].
-async fn blocking<T, Work>(work: Work) -> Result<T, StoreError>
+pub(super) async fn blocking<T, Work>(work: Work) -> Result<T, StoreError>
 where
     T: Send + 'static,
     Work: FnOnce() -> Result<T, StoreError> + Send + 'static,

@@ -13,14 +13,14 @@
 //! which runs each call on the blocking pool and maps a lost worker to
 //! [`StoreError::Worker`] in one place.
 //!
-//! A second backend (PostgreSQL, so several daemons can share schedules)
-//! is meant to come in behind the handle, not behind a trait on `Store`:
-//! the handle's typed async methods are the store's surface (owned
-//! arguments, rows out, no `rusqlite` type and no closure over a
-//! connection), and an async driver would implement them directly rather
-//! than through `spawn_blocking`. The generic `StoreHandle::call` stays
-//! private to this module so that surface cannot grow by the back door.
-//! The synchronous `Store` remains for the `sessions` subcommand and tests.
+//! The second backend, PostgreSQL (`postgres`, so several daemons can
+//! share schedules and take over each other's sessions), comes in behind
+//! the handle, not behind a trait on `Store`: the handle's typed async
+//! methods are the store's surface (owned arguments, rows out, no driver
+//! type and no closure over a connection), and dispatch to either backend.
+//! The generic `StoreHandle::call` stays private to this module so that
+//! surface cannot grow by the back door. The synchronous `Store` remains
+//! for the `sessions` subcommand and tests.
 
 use std::path::PathBuf;
 
@@ -32,8 +32,10 @@ mod handle;
 mod health;
 mod identity;
 mod maintenance;
+mod migrate;
 mod outage;
 mod outbox;
+mod postgres;
 mod reader;
 mod rows;
 mod schema;
@@ -41,6 +43,8 @@ mod sessions;
 mod turns;
 
 pub use handle::StoreHandle;
+pub use migrate::MigrationReport;
+pub use postgres::{HeartbeatReport, NodeRow};
 pub use rows::{
     HealthEvent, MessageRow, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
     ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus, ToolCallRecord,
@@ -87,6 +91,25 @@ pub enum StoreError {
         schedule: String,
         scheduled_time: String,
     },
+    #[error("audit store {url}: {source}")]
+    Connect {
+        url: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("audit store: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("audit store: no connection: {0}")]
+    Pool(String),
+    /// Another node took the session over (its lease ran out here): this
+    /// node must stop playing it and write nothing more for it.
+    #[error("audit store: session {session_id} is now owned by {owner} (lease epoch {epoch}); this node stops playing it")]
+    Fenced {
+        session_id: String,
+        owner: String,
+        epoch: i64,
+    },
+    #[error("audit store: {running} sessions are running across the cluster, cluster.max_concurrent_sessions")]
+    ClusterFull { running: u64 },
 }
 
 /// The audit store's connection and the lock that makes its process the
@@ -131,6 +154,13 @@ impl Store {
         // half-done transaction committed (rusqlite rolls back on drop).
         self.connection.lock()
     }
+}
+
+/// A fresh session id `heist_YYYYMMDD_HHMMSS_<suffix>`; the random suffix
+/// keeps ids unique when many start in the same second.
+pub(crate) fn new_session_id(now: chrono::DateTime<chrono::Utc>) -> String {
+    let suffix: u32 = rand::Rng::random(&mut rand::rng());
+    format!("heist_{}_{suffix:08x}", now.format("%Y%m%d_%H%M%S"))
 }
 
 /// RFC 3339 in UTC with microseconds, like the prototype's `isoformat()`.

@@ -2,15 +2,14 @@
 //! it once, and reading sessions back (lists, filters, the full detail with
 //! messages, tool usage and service calls). It never writes a turn.
 
-use rand::Rng;
 use rusqlite::{params, OptionalExtension};
 
 use super::rows::{
     message_row, session_row, tool_usage_row, MESSAGE_COLUMNS, SESSION_COLUMNS, TOOL_USAGE_COLUMNS,
 };
 use super::{
-    timestamp, NewSession, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow,
-    SessionStatus, Store, StoreError,
+    new_session_id, timestamp, NewSession, ServiceCallRecord, ServiceCallRow, SessionDetail,
+    SessionRow, SessionStatus, Store, StoreError,
 };
 
 impl Store {
@@ -24,8 +23,7 @@ impl Store {
         let connection = self.lock();
         let now = chrono::Utc::now();
         loop {
-            let suffix: u32 = rand::rng().random();
-            let session_id = format!("heist_{}_{suffix:08x}", now.format("%Y%m%d_%H%M%S"));
+            let session_id = new_session_id(now);
             let inserted = connection.execute(
                 "INSERT INTO sessions (session_id, start_time, num_turns, status, seed, scenario, planned_turns, schedule, scheduled_time)
                  VALUES (?1, ?2, 0, 'active', ?3, ?4, ?5, ?6, ?7)

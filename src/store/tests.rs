@@ -268,6 +268,7 @@ fn a_second_writer_is_refused_until_the_first_closes() {
         synchronous: Synchronous::Normal,
         max_size_mb: 0,
         max_outage_ms: 1_000,
+        ..crate::config::StoreConfig::default()
     };
     let first = Store::open_configured(&config).expect("first writer");
     let error = Store::open_configured(&config)

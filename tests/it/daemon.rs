@@ -18,7 +18,7 @@ use crate::support::{self, TestStack};
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     admin: String,
     /// Everything the daemon sent to NOTIFY_SOCKET, read as it arrives
@@ -30,13 +30,19 @@ struct Daemon {
 
 /// A config for a daemon using `stack`'s companions, plus `extra` TOML.
 fn config_text(stack: &TestStack, directory: &Path, extra: &str) -> String {
-    // The admin address comes from HEISTD_DAEMON__ADMIN_ADDRESS (port 0: the
-    // daemon takes a free port and says which in STATUS=), so `extra` may
-    // hold a [daemon] table of its own.
-    let mut text = format!(
+    let store = format!(
         "[store]\npath = \"{}\"\n",
         directory.join("audit.db").display()
     );
+    store + &services_text(stack, extra)
+}
+
+/// The companions' and the model's URLs, plus `extra` TOML (no `[store]`).
+pub(crate) fn services_text(stack: &TestStack, extra: &str) -> String {
+    // The admin address comes from HEISTD_DAEMON__ADMIN_ADDRESS (port 0: the
+    // daemon takes a free port and says which in STATUS=), so `extra` may
+    // hold a [daemon] table of its own.
+    let mut text = String::new();
     for service in heistd::config::SERVICE_NAMES {
         text.push_str(&format!(
             "[services.{service}]\nbase_url = \"{}\"\n[services.{service}.health]\ninterval_ms = 100\njitter_ms = 0\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
@@ -66,6 +72,14 @@ impl Daemon {
         let config_path = directory.path().join("heistd.toml");
         std::fs::write(&config_path, config_text(stack, directory.path(), extra))
             .expect("write config");
+        Self::spawn_in(directory, config_path).await
+    }
+
+    /// A daemon on `config` as it is (a `[store]` of its own included).
+    pub(crate) async fn start_with_config(config: &str) -> Self {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let config_path = directory.path().join("heistd.toml");
+        std::fs::write(&config_path, config).expect("write config");
         Self::spawn_in(directory, config_path).await
     }
 
@@ -167,7 +181,7 @@ impl Daemon {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.directory.path().join("daemon.log")).unwrap_or_default()
     }
 
@@ -176,19 +190,21 @@ impl Daemon {
             .expect("store opens")
     }
 
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         use nix::sys::signal::{kill, Signal};
         let signal = match name {
             "TERM" => Signal::SIGTERM,
             "HUP" => Signal::SIGHUP,
             "KILL" => Signal::SIGKILL,
+            "STOP" => Signal::SIGSTOP,
+            "CONT" => Signal::SIGCONT,
             other => panic!("no signal {other} in these tests"),
         };
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
         kill(pid, signal).expect("signal sent");
     }
 
-    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let limit = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -203,7 +219,7 @@ impl Daemon {
         }
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let response = support::http()
             .get(format!("{}{path}", self.admin))
             .send()
@@ -213,7 +229,7 @@ impl Daemon {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn start_run(&self, turns: u32) -> String {
+    pub(crate) async fn start_run(&self, turns: u32) -> String {
         let response = support::http()
             .post(format!("{}/api/v1/runs", self.admin))
             .bearer_auth(ADMIN_TOKEN)
@@ -235,7 +251,7 @@ impl Drop for Daemon {
 }
 
 /// Polls `condition` every 20 ms for up to `within`.
-async fn eventually<T>(
+pub(crate) async fn eventually<T>(
     within: Duration,
     what: &str,
     mut condition: impl AsyncFnMut() -> Option<T>,

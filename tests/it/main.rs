@@ -4,13 +4,16 @@
 mod attacks;
 mod auth;
 mod cli;
+mod cluster;
 mod daemon;
 mod heist;
 mod model;
 mod model_double;
 mod ops;
+mod postgres;
 mod properties;
 mod resilience;
+mod store_contract;
 mod support;
 mod systemd;
 mod tidy;

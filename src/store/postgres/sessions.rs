@@ -1,0 +1,200 @@
+//! Sessions on PostgreSQL: creating one (leased to this node from the
+//! start, under the cluster cap), ending it once and only by its lease
+//! holder, and the reads. It never writes a turn.
+
+use super::rows::{
+    message_row, service_call_row, session_row, tool_usage_row, MESSAGE_COLUMNS, SESSION_COLUMNS,
+    TOOL_USAGE_COLUMNS,
+};
+use super::{is_unique_violation, PgStore, LOCK_CLUSTER_CAP};
+use crate::store::{
+    new_session_id, timestamp, NewSession, SessionDetail, SessionRow, SessionStatus, StoreError,
+};
+
+impl PgStore {
+    /// Creates a session leased to this node (epoch 1). A schedule slot
+    /// that already has a session is [`StoreError::DuplicateRun`]; with
+    /// `cluster.max_concurrent_sessions` reached, [`StoreError::ClusterFull`].
+    pub async fn create_session(&self, new: &NewSession) -> Result<String, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        if self.cluster_cap > 0 {
+            transaction
+                .execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_CLUSTER_CAP])
+                .await?;
+            let running: i64 = transaction
+                .query_one(
+                    "SELECT COUNT(*) FROM sessions WHERE status = 'active' AND lease_expires_at > now()",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if running >= self.cluster_cap {
+                return Err(StoreError::ClusterFull {
+                    running: running as u64,
+                });
+            }
+        }
+        let now = chrono::Utc::now();
+        loop {
+            let session_id = new_session_id(now);
+            let inserted = transaction
+                .execute(
+                    "INSERT INTO sessions (session_id, start_time, num_turns, status, seed, scenario, planned_turns,
+                         schedule, scheduled_time, owner_node, lease_epoch, lease_expires_at)
+                     VALUES ($1, $2, 0, 'active', $3, $4, $5, $6, $7, $8, 1, now() + make_interval(secs => $9::float8 / 1000.0))
+                     ON CONFLICT (session_id) DO NOTHING",
+                    &[
+                        &session_id,
+                        &timestamp(now),
+                        &(new.seed as i64),
+                        &new.scenario,
+                        &(new.planned_turns as i64),
+                        &new.schedule,
+                        &new.scheduled_time,
+                        &self.node_id,
+                        &(self.lease_ms as f64),
+                    ],
+                )
+                .await;
+            match inserted {
+                Ok(1) => {
+                    transaction.commit().await?;
+                    self.hold(&session_id, 1);
+                    return Ok(session_id);
+                }
+                Ok(_) => continue,
+                Err(error) if is_unique_violation(&error) => {
+                    return Err(StoreError::DuplicateRun {
+                        schedule: new.schedule.clone().unwrap_or_default(),
+                        scheduled_time: new.scheduled_time.clone().unwrap_or_default(),
+                    })
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Ends an `active` session; `false` when it had already ended or is
+    /// another live node's. A session held here is ended only under the
+    /// epoch held (fencing); one not held only when no live node holds it.
+    pub async fn finish_session(
+        &self,
+        session_id: &str,
+        status: SessionStatus,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let epoch = self.held_epoch(session_id).unwrap_or(-1);
+        let changed = client
+            .execute(
+                "UPDATE sessions SET status = $2, end_time = $3, failure_reason = $4,
+                     num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = $1),
+                     lease_expires_at = NULL
+                 WHERE session_id = $1 AND status = 'active'
+                   AND (($6::bigint >= 0 AND owner_node = $5 AND lease_epoch = $6)
+                     OR ($6::bigint < 0 AND (owner_node IS NULL OR owner_node = $5
+                                     OR lease_expires_at IS NULL OR lease_expires_at < now())))",
+                &[
+                    &session_id,
+                    &status.as_str(),
+                    &timestamp(chrono::Utc::now()),
+                    &reason,
+                    &self.node_id,
+                    &epoch,
+                ],
+            )
+            .await?;
+        if changed > 0 {
+            self.forget(session_id);
+            return Ok(true);
+        }
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM sessions WHERE session_id = $1",
+                &[&session_id],
+            )
+            .await?
+            .is_some();
+        if !exists {
+            return Err(StoreError::SessionNotFound(session_id.to_string()));
+        }
+        Ok(false)
+    }
+
+    /// Sessions newest first, optionally only those with `status` and/or
+    /// started by `schedule`.
+    pub async fn find_sessions(
+        &self,
+        status: Option<SessionStatus>,
+        schedule: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions
+                     WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR schedule = $2)
+                     ORDER BY start_time DESC, session_id DESC LIMIT $3"
+                ),
+                &[
+                    &status.map(SessionStatus::as_str),
+                    &schedule,
+                    &(limit as i64),
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(session_row).collect())
+    }
+
+    /// A session with everything recorded for it.
+    pub async fn session(&self, session_id: &str) -> Result<SessionDetail, StoreError> {
+        let client = self.client().await?;
+        let session = client
+            .query_opt(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1"),
+                &[&session_id],
+            )
+            .await?
+            .map(|row| session_row(&row))
+            .ok_or_else(|| StoreError::SessionNotFound(session_id.to_string()))?;
+        let messages = client
+            .query(
+                &format!("{MESSAGE_COLUMNS} WHERE session_id = $1 ORDER BY turn_id"),
+                &[&session_id],
+            )
+            .await?;
+        let tool_usage = client
+            .query(
+                &format!("{TOOL_USAGE_COLUMNS} WHERE session_id = $1 ORDER BY id"),
+                &[&session_id],
+            )
+            .await?;
+        let service_calls = client
+            .query(
+                "SELECT turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp
+                 FROM service_calls WHERE session_id = $1 ORDER BY id",
+                &[&session_id],
+            )
+            .await?;
+        Ok(SessionDetail {
+            session,
+            messages: messages.iter().map(message_row).collect(),
+            tool_usage: tool_usage.iter().map(tool_usage_row).collect(),
+            service_calls: service_calls.iter().map(service_call_row).collect(),
+        })
+    }
+
+    /// The latest slot a schedule has a session for (RFC 3339), if any.
+    pub async fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT MAX(scheduled_time) FROM sessions WHERE schedule = $1",
+                &[&schedule],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+}

@@ -1,0 +1,353 @@
+//! Several `heistd daemon` processes on one PostgreSQL database, as an
+//! operator runs them: each scheduled slot runs once across the nodes, a
+//! node killed with SIGKILL has its sessions taken over and finished from
+//! the last committed turn, and a node paused past its lease (SIGSTOP)
+//! writes nothing when it wakes. The companions run in this test process;
+//! leases are short so each test takes seconds.
+
+use std::time::Duration;
+
+use heistd::config::Fault;
+use heistd::store::{SessionDetail, SessionStatus, StoreHandle};
+use tokio::time::Instant;
+
+use crate::daemon::{eventually, services_text, Daemon};
+use crate::postgres::TestDatabase;
+use crate::support::TestStack;
+
+const LEASE_MS: u64 = 1_500;
+const HEARTBEAT_MS: u64 = 250;
+
+/// A node's config: the shared database, a short lease, plus `extra`.
+fn node_config(stack: &TestStack, database: &TestDatabase, node: &str, extra: &str) -> String {
+    let cluster = format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 4\n[cluster]\nnode_id = \"{node}\"\nheartbeat_ms = {HEARTBEAT_MS}\nlease_ms = {LEASE_MS}\n",
+        database.url
+    );
+    cluster + &services_text(stack, extra)
+}
+
+/// The test's own view of the database (a node of its own that plays nothing).
+async fn observer(database: &TestDatabase) -> StoreHandle {
+    StoreHandle::open_configured(
+        &database.store_config(),
+        &TestDatabase::cluster_config("observer", LEASE_MS),
+    )
+    .await
+    .expect("the test reads the database")
+}
+
+fn turn_ids(detail: &SessionDetail) -> Vec<i64> {
+    detail
+        .messages
+        .iter()
+        .map(|message| message.turn_id)
+        .collect()
+}
+
+async fn committed(store: &StoreHandle, session_id: &str) -> usize {
+    store
+        .session(session_id)
+        .await
+        .map(|detail| detail.messages.len())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_run_each_scheduled_slot_once() {
+    let Some(database) = TestDatabase::create("three_nodes_run_each_scheduled_slot_once").await
+    else {
+        return;
+    };
+    let stack = TestStack::start().await;
+    let schedule = "[[schedule]]\nname = \"fast\"\nevery = \"1s\"\nturns = 2\n";
+    let mut nodes = Vec::new();
+    for node in ["node-1", "node-2", "node-3"] {
+        nodes
+            .push(Daemon::start_with_config(&node_config(&stack, &database, node, schedule)).await);
+    }
+    let store = observer(&database).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let sessions = store
+        .find_sessions(None, Some("fast"), 1000)
+        .await
+        .expect("sessions");
+    let logs: String = nodes.iter().map(Daemon::log).collect();
+    assert!(
+        sessions.len() >= 6,
+        "{} sessions; logs:\n{logs}",
+        sessions.len()
+    );
+    let mut slots: Vec<chrono::DateTime<chrono::FixedOffset>> = sessions
+        .iter()
+        .map(|session| {
+            chrono::DateTime::parse_from_rfc3339(session.scheduled_time.as_deref().expect("slot"))
+                .expect("RFC 3339")
+        })
+        .collect();
+    slots.sort();
+    // Every slot from the first to the last, one second apart: none
+    // skipped, none doubled.
+    assert!(
+        slots
+            .windows(2)
+            .all(|pair| pair[1] - pair[0] == chrono::Duration::seconds(1)),
+        "{slots:?}"
+    );
+    // Every session not still in flight completed, with both its turns.
+    let settled = chrono::Utc::now() - chrono::Duration::seconds(3);
+    for session in &sessions {
+        let slot =
+            chrono::DateTime::parse_from_rfc3339(session.scheduled_time.as_deref().expect("slot"))
+                .expect("RFC 3339");
+        if slot < settled {
+            assert_eq!(session.status, SessionStatus::Completed, "{session:?}");
+            assert_eq!(session.num_turns, 2, "{session:?}");
+        }
+    }
+    assert!(!logs.contains("scheduled run not started"), "{logs}");
+    assert!(!logs.contains("fenced"), "{logs}");
+    let (status, body) = nodes[0].get("/api/v1/status").await;
+    assert_eq!(status, 200);
+    let listed = body["cluster"]["nodes"].as_array().map_or(0, Vec::len);
+    assert!(listed >= 3, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_sessions_are_taken_over_without_losing_or_doubling_a_turn() {
+    let Some(database) = TestDatabase::create("kill_9_takeover").await else {
+        return;
+    };
+    let stack = TestStack::start().await;
+    stack.set_fault(
+        "rehearsal",
+        Fault {
+            latency_ms: 150,
+            ..Fault::default()
+        },
+    );
+    let mut node_a = Daemon::start_with_config(&node_config(&stack, &database, "node-a", "")).await;
+    let node_b = Daemon::start_with_config(&node_config(&stack, &database, "node-b", "")).await;
+    let store = observer(&database).await;
+    let sessions = [node_a.start_run(8).await, node_a.start_run(8).await];
+    for session_id in &sessions {
+        eventually(Duration::from_secs(10), "two turns committed", async || {
+            (committed(&store, session_id).await >= 2).then_some(())
+        })
+        .await;
+    }
+    node_a.signal("KILL");
+    node_a.wait_exit(Duration::from_secs(10)).await;
+    let killed_at = Instant::now();
+    let before: Vec<usize> = futures_counts(&store, &sessions).await;
+    assert!(before.iter().all(|turns| *turns < 8), "killed mid-run");
+    // Resumed within a lease and a heartbeat (plus a turn's time to show).
+    for (session_id, before) in sessions.iter().zip(&before) {
+        eventually(
+            Duration::from_secs(10),
+            "a turn committed after the kill",
+            async || (committed(&store, session_id).await > *before).then_some(()),
+        )
+        .await;
+    }
+    let resumed_within = killed_at.elapsed();
+    assert!(
+        resumed_within < Duration::from_millis(LEASE_MS + HEARTBEAT_MS + 1_500),
+        "resumed after {resumed_within:?}"
+    );
+    for session_id in &sessions {
+        let detail = eventually(
+            Duration::from_secs(15),
+            "the session completes",
+            async || {
+                let detail = store.session(session_id).await.ok()?;
+                (detail.session.status == SessionStatus::Completed).then_some(detail)
+            },
+        )
+        .await;
+        assert_eq!(
+            turn_ids(&detail),
+            (1..=8).collect::<Vec<_>>(),
+            "{}",
+            node_b.log()
+        );
+        assert_eq!(detail.session.num_turns, 8);
+        // The memory service is given every turn (the outbox drains).
+        let (delivered, all) =
+            eventually(Duration::from_secs(10), "memory caught up", async || {
+                let counts = store.outbox_counts(session_id).await.ok()?;
+                (counts.0 == counts.1).then_some(counts)
+            })
+            .await;
+        assert_eq!((delivered, all), (8, 8));
+    }
+    assert!(
+        node_b.log().contains("taking the session over"),
+        "{}",
+        node_b.log()
+    );
+}
+
+async fn futures_counts(store: &StoreHandle, sessions: &[String]) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for session_id in sessions {
+        counts.push(committed(store, session_id).await);
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_writes_nothing_when_it_wakes() {
+    let Some(database) = TestDatabase::create("sigstop_fencing").await else {
+        return;
+    };
+    let stack = TestStack::start().await;
+    stack.set_fault(
+        "rehearsal",
+        Fault {
+            latency_ms: 150,
+            ..Fault::default()
+        },
+    );
+    let node_a = Daemon::start_with_config(&node_config(&stack, &database, "node-a", "")).await;
+    let node_b = Daemon::start_with_config(&node_config(&stack, &database, "node-b", "")).await;
+    let store = observer(&database).await;
+    let session_id = node_a.start_run(8).await;
+    eventually(Duration::from_secs(10), "two turns committed", async || {
+        (committed(&store, &session_id).await >= 2).then_some(())
+    })
+    .await;
+    node_a.signal("STOP");
+    let completed = eventually(
+        Duration::from_secs(20),
+        "node b finishes the session",
+        async || {
+            let detail = store.session(&session_id).await.ok()?;
+            (detail.session.status == SessionStatus::Completed).then_some(detail)
+        },
+    )
+    .await;
+    node_a.signal("CONT");
+    // Time for the woken node to try its in-flight turn and heartbeat.
+    tokio::time::sleep(Duration::from_millis(LEASE_MS)).await;
+    let after = store.session(&session_id).await.expect("session");
+    assert_eq!(turn_ids(&after), (1..=8).collect::<Vec<_>>());
+    assert_eq!(after.messages.len(), completed.messages.len());
+    assert_eq!(after.tool_usage.len(), completed.tool_usage.len());
+    assert_eq!(after.service_calls.len(), completed.service_calls.len());
+    assert_eq!(after.session.end_time, completed.session.end_time);
+    assert_eq!(after.session.status_text, "completed");
+    let log = node_a.log();
+    assert!(
+        log.contains("lease lost") || log.contains("fenced"),
+        "the woken node says why it stopped:\n{log}"
+    );
+    assert!(node_b.log().contains("taking the session over"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_migrate_copies_a_sqlite_trail_once_with_a_count_check() {
+    let Some(database) = TestDatabase::create("store_migrate").await else {
+        return;
+    };
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("audit.db");
+    {
+        let store =
+            heistd::store::Store::open(&path, heistd::config::Synchronous::Normal).expect("open");
+        for index in 0..300u32 {
+            let id = store
+                .create_session(&heistd::store::NewSession {
+                    scenario: "bank".into(),
+                    seed: u64::from(index),
+                    planned_turns: 2,
+                    schedule: (index % 3 == 0).then(|| "nightly".to_string()),
+                    scheduled_time: (index % 3 == 0)
+                        .then(|| format!("2026-01-01T00:{:02}:{:02}Z", index / 60, index % 60)),
+                })
+                .expect("create");
+            for turn_id in 1..=2 {
+                store
+                    .record_turn(&heistd::store::TurnRecord {
+                        session_id: id.clone(),
+                        turn_id,
+                        agent_name: "planner".into(),
+                        agent_role: "Planner".into(),
+                        message: format!("turn {turn_id}"),
+                        error: None,
+                        tool_calls: vec![heistd::store::ToolCallRecord {
+                            tool_name: "calculator".into(),
+                            tool_params: "2*3".into(),
+                            tool_result: "6".into(),
+                            success: true,
+                            error: None,
+                            duration_ms: 2.5,
+                        }],
+                        memory_payload: Some("{}".into()),
+                        service_calls: Vec::new(),
+                        prompt_tokens: None,
+                        completion_tokens: None,
+                        finish_reason: None,
+                        trimmed: false,
+                    })
+                    .expect("turn");
+            }
+            if index % 10 != 0 {
+                store
+                    .finish_session(&id, SessionStatus::Completed, None)
+                    .expect("finish");
+            }
+        }
+        store
+            .record_health_event("memory", "up", "down", "probe failed")
+            .expect("event");
+    }
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_heistd"))
+            .args(["store", "migrate", "--to", &database.url, "--from"])
+            .arg(&path)
+            .env("HEISTD_STORE__PATH", &path)
+            .output()
+            .expect("heistd runs")
+    };
+    let first = migrate();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        stdout.contains("300 copied, 0 already there; 1 health events copied"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("count check: equal"), "{stdout}");
+    let second = migrate();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("0 copied, 300 already there; 0 health events copied"),
+        "{stdout}"
+    );
+    let store = observer(&database).await;
+    assert_eq!(store.list_sessions(1000).await.expect("list").len(), 300);
+    let active = store
+        .find_sessions(Some(SessionStatus::Active), None, 1000)
+        .await
+        .expect("active");
+    assert_eq!(
+        active.len(),
+        30,
+        "active sessions stay active, to be resumed"
+    );
+    let detail = store.session(&active[0].session_id).await.expect("detail");
+    assert_eq!(detail.messages.len(), 2);
+    assert_eq!(detail.tool_usage.len(), 2);
+    assert_eq!(
+        store
+            .outbox_counts(&active[0].session_id)
+            .await
+            .expect("outbox"),
+        (0, 2)
+    );
+}

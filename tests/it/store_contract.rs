@@ -1,0 +1,596 @@
+//! The store's contract: one suite of behaviours, written once against
+//! `StoreHandle`, run unchanged on SQLite (a file in a temporary
+//! directory) and on PostgreSQL (a fresh database per test). A backend
+//! that passes it can stand behind the handle. Lease and fencing tests,
+//! which need two nodes on one database, follow for PostgreSQL alone.
+
+use std::time::Duration;
+
+use heistd::config::Synchronous;
+use heistd::store::{
+    NewSession, ServiceCallRecord, SessionStatus, Store, StoreError, StoreHandle, ToolCallRecord,
+    TurnRecord,
+};
+
+use crate::postgres::TestDatabase;
+
+/// The lease PostgreSQL fixtures use, short so lease tests are quick.
+const LEASE_MS: u64 = 400;
+
+/// A store under test and what keeps it alive.
+struct Fixture {
+    handle: StoreHandle,
+    _directory: Option<tempfile::TempDir>,
+    database: Option<TestDatabase>,
+}
+
+impl Fixture {
+    fn sqlite() -> Self {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store =
+            Store::open(&directory.path().join("audit.db"), Synchronous::Normal).expect("open");
+        Self {
+            handle: StoreHandle::from(store),
+            _directory: Some(directory),
+            database: None,
+        }
+    }
+
+    async fn postgres(test: &str) -> Option<Self> {
+        let database = TestDatabase::create(test).await?;
+        let handle = StoreHandle::open_configured(
+            &database.store_config(),
+            &TestDatabase::cluster_config("node-a", LEASE_MS),
+        )
+        .await
+        .expect("open the PostgreSQL store");
+        Some(Self {
+            handle,
+            _directory: None,
+            database: Some(database),
+        })
+    }
+
+    /// A second node on the same PostgreSQL database.
+    async fn another_node(&self, node_id: &str) -> StoreHandle {
+        let database = self.database.as_ref().expect("a PostgreSQL fixture");
+        StoreHandle::open_configured(
+            &database.store_config(),
+            &TestDatabase::cluster_config(node_id, LEASE_MS),
+        )
+        .await
+        .expect("open a second node")
+    }
+}
+
+fn new_session(seed: u64, planned_turns: u32) -> NewSession {
+    NewSession {
+        scenario: "bank".into(),
+        seed,
+        planned_turns,
+        schedule: None,
+        scheduled_time: None,
+    }
+}
+
+fn turn(session_id: &str, turn_id: u32) -> TurnRecord {
+    TurnRecord {
+        session_id: session_id.into(),
+        turn_id,
+        agent_name: "hacker".into(),
+        agent_role: "Hacker".into(),
+        message: format!("message {turn_id}"),
+        error: None,
+        prompt_tokens: Some(100 + turn_id),
+        completion_tokens: Some(20),
+        finish_reason: Some("stop".into()),
+        trimmed: turn_id.is_multiple_of(2),
+        tool_calls: vec![ToolCallRecord {
+            tool_name: "calculator".into(),
+            tool_params: "1+1".into(),
+            tool_result: "2".into(),
+            success: true,
+            error: None,
+            duration_ms: 1.0,
+        }],
+        memory_payload: Some(format!("{{\"turn\":{turn_id}}}")),
+        service_calls: vec![ServiceCallRecord {
+            service: "calculator".into(),
+            operation: "tools/calculator".into(),
+            attempts: 2,
+            outcome: "success".into(),
+            last_error: None,
+            duration_ms: 120.0,
+        }],
+    }
+}
+
+/// Instantiates each named contract test once per backend.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fixture = super::Fixture::sqlite();
+                    super::$name(&fixture.handle).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(fixture) = super::Fixture::postgres(stringify!($name)).await else {
+                        return;
+                    };
+                    super::$name(&fixture.handle).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    sessions_are_created_listed_and_ended_once,
+    a_turn_commits_whole_or_not_at_all,
+    no_turn_is_recorded_after_the_session_ended,
+    failed_turns_are_not_context,
+    the_outbox_is_delivered_failed_or_abandoned,
+    a_schedule_slot_runs_once,
+    health_events_read_back_in_order,
+    pruning_deletes_old_ended_sessions_whole,
+    a_released_session_is_claimed_once_its_lease_is_over,
+);
+
+async fn sessions_are_created_listed_and_ended_once(store: &StoreHandle) {
+    let first = store
+        .create_session(new_session(7, 3))
+        .await
+        .expect("create");
+    let second = store
+        .create_session(new_session(8, 2))
+        .await
+        .expect("create");
+    assert_ne!(first, second);
+    assert!(first.starts_with("heist_"), "{first}");
+    let listed = store.list_sessions(10).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    let detail = store.session(&first).await.expect("detail");
+    assert_eq!(detail.session.status, SessionStatus::Active);
+    assert_eq!(detail.session.seed, Some(7));
+    assert_eq!(detail.session.planned_turns, Some(3));
+    assert_eq!(detail.session.scenario.as_deref(), Some("bank"));
+    assert!(store
+        .finish_session(&first, SessionStatus::Completed, None)
+        .await
+        .expect("finish"));
+    assert!(
+        !store
+            .finish_session(&first, SessionStatus::Interrupted, Some("late"))
+            .await
+            .expect("second finish"),
+        "the first ending sticks"
+    );
+    let detail = store.session(&first).await.expect("detail");
+    assert_eq!(detail.session.status_text, "completed");
+    assert!(detail.session.end_time.is_some());
+    let active = store
+        .find_sessions(Some(SessionStatus::Active), None, 10)
+        .await
+        .expect("find");
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].session_id, second);
+    assert!(matches!(
+        store.session("heist_missing").await,
+        Err(StoreError::SessionNotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .finish_session("heist_missing", SessionStatus::Failed, None)
+            .await,
+        Err(StoreError::SessionNotFound(_))
+    ));
+}
+
+async fn a_turn_commits_whole_or_not_at_all(store: &StoreHandle) {
+    let id = store
+        .create_session(new_session(1, 3))
+        .await
+        .expect("create");
+    store.record_turn(turn(&id, 1)).await.expect("first");
+    assert!(store.record_turn(turn(&id, 1)).await.is_err());
+    let detail = store.session(&id).await.expect("detail");
+    assert_eq!(detail.messages.len(), 1);
+    assert_eq!(detail.tool_usage.len(), 1);
+    assert_eq!(detail.service_calls.len(), 1);
+    assert_eq!(detail.service_calls[0].call.attempts, 2);
+    assert_eq!(detail.session.num_turns, 1);
+    assert_eq!(
+        store.pending_outbox(&id, 10).await.expect("outbox").len(),
+        1
+    );
+    assert_eq!(store.last_turn(&id).await.expect("last"), 1);
+    store.record_turn(turn(&id, 2)).await.expect("second");
+    assert_eq!(store.last_turn(&id).await.expect("last"), 2);
+    // What the model server said of each reply reads back on both backends.
+    let messages = store.session(&id).await.expect("detail").messages;
+    let usage: Vec<_> = messages
+        .iter()
+        .map(|message| {
+            let reason = message.finish_reason.as_deref();
+            (
+                message.prompt_tokens,
+                message.completion_tokens,
+                reason,
+                message.trimmed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        usage,
+        [
+            (Some(101), Some(20), Some("stop"), false),
+            (Some(102), Some(20), Some("stop"), true)
+        ]
+    );
+    let json = serde_json::to_value(store.session(&id).await.expect("detail")).expect("json");
+    assert_eq!(json["messages"][1]["message"], "message 2");
+    assert_eq!(json["tool_usage"][0]["success"], true);
+}
+
+async fn no_turn_is_recorded_after_the_session_ended(store: &StoreHandle) {
+    let id = store
+        .create_session(new_session(1, 3))
+        .await
+        .expect("create");
+    store
+        .finish_session(&id, SessionStatus::Interrupted, Some("stopped"))
+        .await
+        .expect("finish");
+    let refused = store.record_turn(turn(&id, 1)).await;
+    assert!(
+        matches!(refused, Err(StoreError::SessionEnded { .. })),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        store.record_turn(turn("heist_missing", 1)).await,
+        Err(StoreError::SessionNotFound(_))
+    ));
+}
+
+async fn failed_turns_are_not_context(store: &StoreHandle) {
+    let id = store
+        .create_session(new_session(1, 3))
+        .await
+        .expect("create");
+    store.record_turn(turn(&id, 1)).await.expect("turn 1");
+    let mut failed = turn(&id, 2);
+    failed.message = String::new();
+    failed.error = Some("llm: timed out".into());
+    failed.tool_calls.clear();
+    store.record_turn(failed).await.expect("turn 2");
+    store.record_turn(turn(&id, 3)).await.expect("turn 3");
+    let recent = store.recent_turns(&id, 5).await.expect("recent");
+    let turns: Vec<i64> = recent.messages.iter().map(|m| m.turn_id).collect();
+    assert_eq!(turns, vec![1, 3]);
+    assert_eq!(recent.tool_usage.len(), 2);
+    let recent = store.recent_turns(&id, 1).await.expect("recent");
+    assert_eq!(recent.messages.len(), 1);
+    assert_eq!(recent.messages[0].turn_id, 3);
+    assert_eq!(recent.tool_usage.len(), 1, "only the tool calls of turn 3");
+}
+
+async fn the_outbox_is_delivered_failed_or_abandoned(store: &StoreHandle) {
+    let id = store
+        .create_session(new_session(1, 3))
+        .await
+        .expect("create");
+    for turn_id in 1..=3 {
+        store.record_turn(turn(&id, turn_id)).await.expect("turn");
+    }
+    assert_eq!(store.pending_outbox_total().await.expect("total"), 3);
+    assert_eq!(
+        store
+            .sessions_with_pending_outbox(10)
+            .await
+            .expect("sessions"),
+        vec![id.clone()]
+    );
+    let pending = store.pending_outbox(&id, 10).await.expect("pending");
+    let turns: Vec<i64> = pending.iter().map(|entry| entry.turn_id).collect();
+    assert_eq!(turns, vec![1, 2, 3], "oldest first");
+    store
+        .mark_outbox_failed(pending[0].id, "memory down")
+        .await
+        .expect("failed");
+    let retried = store.pending_outbox(&id, 1).await.expect("pending");
+    assert_eq!(retried[0].id, pending[0].id, "a failed write stays first");
+    assert_eq!(retried[0].attempts, 1);
+    store
+        .mark_outbox_delivered(pending[0].id)
+        .await
+        .expect("delivered");
+    store
+        .mark_outbox_abandoned(pending[1].id, "refused")
+        .await
+        .expect("abandoned");
+    assert_eq!(store.outbox_counts(&id).await.expect("counts"), (1, 3));
+    assert_eq!(store.pending_outbox_total().await.expect("total"), 1);
+    store
+        .mark_outbox_delivered(pending[2].id)
+        .await
+        .expect("delivered");
+    assert!(store
+        .sessions_with_pending_outbox(10)
+        .await
+        .expect("sessions")
+        .is_empty());
+}
+
+async fn a_schedule_slot_runs_once(store: &StoreHandle) {
+    assert_eq!(
+        store.last_scheduled_time("nightly").await.expect("last"),
+        None
+    );
+    let slot = |time: &str| NewSession {
+        schedule: Some("nightly".into()),
+        scheduled_time: Some(time.into()),
+        ..new_session(1, 2)
+    };
+    store
+        .create_session(slot("2026-01-01T02:00:00+00:00"))
+        .await
+        .expect("first");
+    let again = store
+        .create_session(slot("2026-01-01T02:00:00+00:00"))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::DuplicateRun { .. })),
+        "{again:?}"
+    );
+    store
+        .create_session(slot("2026-01-02T02:00:00+00:00"))
+        .await
+        .expect("next slot");
+    assert_eq!(
+        store.last_scheduled_time("nightly").await.expect("last"),
+        Some("2026-01-02T02:00:00+00:00".into())
+    );
+    let of_schedule = store
+        .find_sessions(None, Some("nightly"), 10)
+        .await
+        .expect("find");
+    assert_eq!(of_schedule.len(), 2);
+}
+
+async fn health_events_read_back_in_order(store: &StoreHandle) {
+    store
+        .record_health_event("memory", "up", "down", "3 failed probes")
+        .await
+        .expect("event");
+    store
+        .record_health_event("llm", "unknown", "up", "probe ok")
+        .await
+        .expect("event");
+    store
+        .record_health_event("memory", "down", "up", "probe ok")
+        .await
+        .expect("event");
+    let all = store.health_events(None).await.expect("all");
+    assert_eq!(all.len(), 3);
+    let memory = store.health_events(Some("memory")).await.expect("memory");
+    let states: Vec<&str> = memory.iter().map(|e| e.to_state.as_str()).collect();
+    assert_eq!(states, vec!["down", "up"]);
+}
+
+async fn pruning_deletes_old_ended_sessions_whole(store: &StoreHandle) {
+    let old = store
+        .create_session(new_session(1, 2))
+        .await
+        .expect("create");
+    store.record_turn(turn(&old, 1)).await.expect("turn");
+    store
+        .finish_session(&old, SessionStatus::Completed, None)
+        .await
+        .expect("finish");
+    let running = store
+        .create_session(new_session(2, 2))
+        .await
+        .expect("create");
+    store.record_turn(turn(&running, 1)).await.expect("turn");
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(
+        store
+            .prune_sessions_before(future, 10)
+            .await
+            .expect("prune"),
+        1
+    );
+    assert!(matches!(
+        store.session(&old).await,
+        Err(StoreError::SessionNotFound(_))
+    ));
+    assert_eq!(store.outbox_counts(&old).await.expect("counts"), (0, 0));
+    assert_eq!(store.list_sessions(10).await.expect("list").len(), 1);
+    store.compact(10).await.expect("compact");
+    assert!(store.is_usable().await);
+}
+
+async fn a_released_session_is_claimed_once_its_lease_is_over(store: &StoreHandle) {
+    let id = store
+        .create_session(new_session(3, 4))
+        .await
+        .expect("create");
+    store.record_turn(turn(&id, 1)).await.expect("turn");
+    store.release(&id);
+    tokio::time::sleep(Duration::from_millis(LEASE_MS + 200)).await;
+    let claimed = store.claim_orphaned_sessions(10).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].session_id, id);
+    assert_eq!(claimed[0].num_turns, 1);
+    store
+        .record_turn(turn(&id, 2))
+        .await
+        .expect("the claimant writes");
+    assert!(store
+        .finish_session(&id, SessionStatus::Completed, None)
+        .await
+        .expect("finish"));
+}
+
+// PostgreSQL alone: several nodes on one database.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_is_fenced() {
+    let Some(fixture) = Fixture::postgres("a_node_paused_past_its_lease_is_fenced").await else {
+        return;
+    };
+    let (node_a, node_b) = (&fixture.handle, fixture.another_node("node-b").await);
+    let id = node_a
+        .create_session(new_session(5, 4))
+        .await
+        .expect("create");
+    node_a.record_turn(turn(&id, 1)).await.expect("turn 1");
+    assert!(
+        node_b
+            .claim_orphaned_sessions(10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a live lease is not taken"
+    );
+    // Node A stops heartbeating (paused): its lease runs out.
+    tokio::time::sleep(Duration::from_millis(LEASE_MS + 200)).await;
+    let claimed = node_b.claim_orphaned_sessions(10).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let fenced = node_a.record_turn(turn(&id, 2)).await;
+    assert!(
+        matches!(&fenced, Err(StoreError::Fenced { owner, .. }) if owner == "node-b"),
+        "{fenced:?}"
+    );
+    assert!(
+        !node_a
+            .finish_session(&id, SessionStatus::Failed, Some("fenced"))
+            .await
+            .expect("finish"),
+        "the fenced node cannot end the session either"
+    );
+    assert_eq!(node_a.heartbeat().await.expect("heartbeat").renewed, 0);
+    node_b
+        .record_turn(turn(&id, 2))
+        .await
+        .expect("the new owner writes");
+    let detail = node_b.session(&id).await.expect("detail");
+    assert_eq!(detail.messages.len(), 2);
+    assert_eq!(detail.session.status, SessionStatus::Active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_lease() {
+    let Some(fixture) = Fixture::postgres("heartbeats_keep_a_lease").await else {
+        return;
+    };
+    let (node_a, node_b) = (&fixture.handle, fixture.another_node("node-b").await);
+    let id = node_a
+        .create_session(new_session(5, 4))
+        .await
+        .expect("create");
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(LEASE_MS / 4)).await;
+        let report = node_a.heartbeat().await.expect("heartbeat");
+        assert_eq!(report.renewed, 1);
+        assert!(node_b
+            .claim_orphaned_sessions(10)
+            .await
+            .expect("claim")
+            .is_empty());
+        node_b.heartbeat().await.expect("node b heartbeat");
+    }
+    node_a
+        .record_turn(turn(&id, 1))
+        .await
+        .expect("still the owner");
+    let nodes = node_b.nodes().await.expect("nodes");
+    let ids: Vec<&str> = nodes.iter().map(|node| node.node_id.as_str()).collect();
+    assert!(
+        ids.contains(&"node-a") && ids.contains(&"node-b"),
+        "{ids:?}"
+    );
+    assert!(nodes.iter().all(|node| node.alive));
+    let owners = node_b.session_owners().await.expect("owners");
+    assert_eq!(owners, vec![(id, Some("node-a".to_string()))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_migrate_once() {
+    let Some(database) = TestDatabase::create("nodes_starting_together_migrate_once").await else {
+        return;
+    };
+    let opens = (0..4).map(|index| {
+        let store = database.store_config();
+        async move {
+            StoreHandle::open_configured(
+                &store,
+                &TestDatabase::cluster_config(&format!("node-{index}"), LEASE_MS),
+            )
+            .await
+        }
+    });
+    for opened in futures_join_all(opens).await {
+        let handle = opened.expect("every node opens");
+        assert!(handle.is_usable().await);
+    }
+}
+
+/// Runs the futures concurrently (no `futures` crate for one join).
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::new();
+    for task in tasks {
+        outputs.push(task.await.expect("task"));
+    }
+    outputs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_cap_holds_across_nodes() {
+    let Some(database) = TestDatabase::create("the_cluster_cap_holds_across_nodes").await else {
+        return;
+    };
+    let mut cluster = TestDatabase::cluster_config("node-a", 5_000);
+    cluster.max_concurrent_sessions = 2;
+    let node_a = StoreHandle::open_configured(&database.store_config(), &cluster)
+        .await
+        .expect("open");
+    cluster.node_id = "node-b".into();
+    let node_b = StoreHandle::open_configured(&database.store_config(), &cluster)
+        .await
+        .expect("open");
+    node_a
+        .create_session(new_session(1, 2))
+        .await
+        .expect("first");
+    let second = node_b
+        .create_session(new_session(2, 2))
+        .await
+        .expect("second");
+    let third = node_a.create_session(new_session(3, 2)).await;
+    assert!(
+        matches!(third, Err(StoreError::ClusterFull { running: 2 })),
+        "{third:?}"
+    );
+    node_b
+        .finish_session(&second, SessionStatus::Completed, None)
+        .await
+        .expect("finish");
+    node_a
+        .create_session(new_session(3, 2))
+        .await
+        .expect("room again");
+}
