@@ -54,7 +54,7 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     let seed = options.seed.unwrap_or_else(heist::random_seed);
     print_banner(&stack, &options, turns, seed);
     if options.chaos {
-        start_chaos(&stack, seed);
+        start_chaos(&stack, seed, options.llm.is_some());
     }
     out!();
     let observer = |view: &TurnView<'_>| {
@@ -117,11 +117,18 @@ fn print_banner(stack: &LocalStack, options: &DemoOptions, turns: u32, seed: u64
 
 /// Says what `--chaos` does, and makes the model and the calculator fail
 /// part of the time for the whole run, starting with turn 1.
-fn start_chaos(stack: &LocalStack, seed: u64) {
+fn start_chaos(stack: &LocalStack, seed: u64, external_model: bool) {
+    // Faults are injected into heistd's own companions: a model given with
+    // --llm-url is not one of them, so it is left alone and the line says so.
+    let model = if external_model {
+        "the model at --llm-url is left alone (heistd injects faults only into its own services)"
+    } else {
+        "the model answers 503 to a quarter of requests"
+    };
     out!(
-        "chaos: the model answers 503 to a quarter of requests, the calculator 500 to a third, and the \
-         memory service is down from turn {OUTAGE_FIRST_TURN} to turn {OUTAGE_LAST_TURN}: watch retries, \
-         failures and the outbox catching up"
+        "chaos: {model}, the calculator answers 500 to a third, and the memory service is down \
+         from turn {OUTAGE_FIRST_TURN} to turn {OUTAGE_LAST_TURN}: watch retries, failures and the \
+         outbox catching up"
     );
     set_chaos_for_turn(stack, seed, 1);
 }

@@ -672,3 +672,45 @@ fn the_chaos_demo_replays_with_its_seed() {
     );
     assert_eq!(outcomes[0], outcomes[1]);
 }
+
+/// `--chaos` with the user's own model injects nothing into it, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_with_an_external_model_says_the_model_is_left_alone() {
+    let model = crate::model_double::ModelDouble::start(Default::default()).await;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (url, path) = (model.url.clone(), directory.path().to_path_buf());
+    // On a blocking thread: the double answers on this runtime meanwhile.
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_heistd"))
+            .args([
+                "demo",
+                "--chaos",
+                "--turns",
+                "1",
+                "--seed",
+                "3",
+                "--db",
+                "chaos.db",
+                "--llm-url",
+                &url,
+                "--llm-model",
+                "double",
+            ])
+            .current_dir(path)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("heistd runs")
+    })
+    .await
+    .expect("joined");
+    let stdout = text(&output.stdout);
+    let chaos = stdout
+        .lines()
+        .find(|line| line.starts_with("chaos:"))
+        .unwrap_or_default();
+    assert!(
+        chaos.contains("left alone") && !chaos.contains("503"),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+}
