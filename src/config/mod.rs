@@ -20,6 +20,7 @@ mod daemon;
 mod defaults;
 mod http;
 mod policy;
+mod problems;
 mod schedule;
 mod secrets;
 pub use cluster::{ClusterConfig, StoreBackend};
@@ -62,14 +63,25 @@ pub enum ConfigError {
     FileNotFound { path: String },
     #[error("config file {path}: {message}")]
     Syntax { path: String, message: String },
-    #[error("unknown key `{key}` in {origin}")]
-    UnknownKey { key: String, origin: String },
+    #[error(
+        "unknown key `{key}` in {origin}{}",
+        problems::suggestion_text(suggestion)
+    )]
+    UnknownKey {
+        key: String,
+        origin: String,
+        /// The known key that was probably meant.
+        suggestion: Option<String>,
+    },
     #[error("key `{key}` in {origin}: {message}")]
     InvalidValue {
         key: String,
         origin: String,
         message: String,
     },
+    /// Every problem one read found, each on its own line.
+    #[error("{count} problems in the config:{problems}")]
+    Several { count: usize, problems: String },
 }
 
 /// The whole resolved configuration. Deliberately has no `Default`: a config
@@ -519,8 +531,7 @@ pub fn load(
         toml::Value::Table(table) => table.remove("schedule"),
         _ => None,
     };
-    let mut config: Config = serde_path_to_error::deserialize(merged)
-        .map_err(|error| deserialize_error(&error, "", &origins))?;
+    let mut config = read_every_problem(merged, &origins)?;
     config.schedule = read_schedules(schedules, &origins)?;
     let invalid = |(key, message): (String, String)| ConfigError::InvalidValue {
         origin: origins.of(&key),
@@ -534,6 +545,28 @@ pub fn load(
         .map_err(invalid)?;
     validate(&config).map_err(invalid)?;
     Ok(config)
+}
+
+/// Deserialises the merged layers; on errors, reads again past each one
+/// (`problems`), so the error lists every key at fault, not the first.
+fn read_every_problem(merged: toml::Value, origins: &Origins) -> Result<Config, ConfigError> {
+    let defaults =
+        toml::Value::try_from(Config::builtin()).unwrap_or(toml::Value::Table(Default::default()));
+    let mut current = merged;
+    let mut found = Vec::new();
+    loop {
+        let error = match serde_path_to_error::deserialize::<_, Config>(current.clone()) {
+            Ok(config) if found.is_empty() => return Ok(config),
+            Ok(_) => break,
+            Err(error) => deserialize_error(&error, "", origins),
+        };
+        let can_go_on = problems::step_past(&mut current, &defaults, &error);
+        found.push(error);
+        if !can_go_on || !problems::room_for_more(&found) {
+            break;
+        }
+    }
+    Err(problems::combined(found))
 }
 
 /// Where a running daemon's admin API most likely listens: the file's
@@ -699,9 +732,17 @@ fn deserialize_error(
         } else {
             format!("{key}.{field}")
         };
+        let suggestion =
+            problems::did_you_mean(full_key.rsplit('.').next().unwrap_or_default(), &message).map(
+                |field| match full_key.rsplit_once('.') {
+                    Some((table, _)) => format!("{table}.{field}"),
+                    None => field,
+                },
+            );
         return ConfigError::UnknownKey {
             origin: origins.of(&full_key),
             key: full_key,
+            suggestion,
         };
     }
     ConfigError::InvalidValue {

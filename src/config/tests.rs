@@ -381,3 +381,31 @@ fn secrets_are_read_once_from_the_named_variables_and_never_shown() {
     let without = load(None, Vec::new()).expect("valid");
     assert!(without.daemon.admin_token.is_none() && without.llm.api_key.is_none());
 }
+
+#[test]
+fn every_problem_is_reported_at_once_and_a_misspelt_key_gets_a_suggestion() {
+    let file = write("[llm]\nbase_ur = \"x\"\nmodle = \"y\"\n[heist]\nturns = \"many\"\n");
+    let error = load(Some(file.path()), Vec::new())
+        .expect_err("three problems")
+        .to_string();
+    assert!(error.starts_with("3 problems in the config:"), "{error}");
+    for expected in [
+        "key `heist.turns`",
+        "unknown key `llm.base_ur`",
+        "did you mean `llm.base_url`?",
+        "did you mean `llm.model`?",
+    ] {
+        assert!(
+            error.contains(expected),
+            "`{expected}` missing from: {error}"
+        );
+    }
+    let one = write("[llm]\nflavour = 1\n");
+    let error = load(Some(one.path()), Vec::new())
+        .expect_err("unknown")
+        .to_string();
+    assert!(
+        error.contains("unknown key `llm.flavour`") && !error.contains("did you mean"),
+        "{error}"
+    );
+}
