@@ -44,6 +44,7 @@ const OUTAGE_LAST_TURN: u32 = 6;
 pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     let base = demo_config(&options)?;
     let stack = LocalStack::start(base, options.llm.clone()).await?;
+    super::sqlite_only(&stack.config, "heistd demo")?;
     let store = StoreHandle::open_configured(&stack.config.store, &stack.config.cluster).await?;
     let runner = stack
         .runner(store.clone())?

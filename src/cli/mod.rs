@@ -235,6 +235,7 @@ pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<Run
     let (config, _) = load_config(args.config.as_deref())?;
     let (turns, seed) = (args.turns, args.seed);
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
+    sqlite_only(&config, "heistd run")?;
     let store = StoreHandle::open_configured(&config.store, &config.cluster).await?;
     let clients = Clients::from_config(&config)?;
     let turns = turns.unwrap_or(config.heist.turns);
@@ -429,7 +430,11 @@ pub fn sessions(
     use args::{Format, SessionsAction};
     let path = match db {
         Some(path) => path,
-        None => load_config(config)?.0.store.path,
+        None => {
+            let (config, _) = load_config(config)?;
+            sqlite_only(&config, "heistd sessions")?;
+            config.store.path
+        }
     };
     if !path.is_file() {
         return Err(CliError::Usage(format!(
@@ -503,6 +508,20 @@ pub async fn store(action: args::StoreAction) -> Result<String, CliError> {
     }
     text.push_str("count check: equal\n");
     Ok(text)
+}
+
+/// `run`, `demo` and `sessions` work on a SQLite file: a one-shot run keeps
+/// no lease heartbeat (so a daemon would take its session over mid-run),
+/// and the readers open the file read-only. With PostgreSQL, heists start
+/// on a daemon and sessions are read through its admin API.
+pub(crate) fn sqlite_only(config: &Config, command: &str) -> Result<(), CliError> {
+    if config.store.backend == config::StoreBackend::Sqlite {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "{command} works on a SQLite store; with store.backend = \"postgres\", start heists on a \
+         daemon (POST /api/v1/runs) and read sessions with GET /api/v1/sessions"
+    )))
 }
 
 /// `heistd sessions list`.

@@ -6,11 +6,9 @@
 //!
 //! It validates and resolves; it must not connect to anything.
 
-use std::path::{Path, PathBuf};
-
 use serde::{Deserialize, Serialize};
 
-use super::secrets::{self, Secret};
+use super::secrets;
 use super::StoreConfig;
 
 /// Where the audit trail lives.
@@ -128,47 +126,40 @@ impl StoreConfig {
         Ok(())
     }
 
-    /// Reads the PostgreSQL password: the variable `password_env` names,
-    /// else `password_file` (relative to `$CREDENTIALS_DIRECTORY` when
-    /// systemd passes credentials). None when neither is set.
+    /// Reads the PostgreSQL password as every other secret is read
+    /// (`config::secrets`): `password_file` wins (relative: a systemd
+    /// credential), else the variable `password_env` names, which must then
+    /// be set. Only the PostgreSQL backend has one.
     pub(super) fn resolve_password(
         &mut self,
         environment: &[(String, String)],
     ) -> Result<(), (String, String)> {
-        self.password = secrets::from_environment(environment, &self.password_env);
-        if self.password.is_some() {
+        if self.backend != StoreBackend::Postgres {
             return Ok(());
         }
-        let Some(file) = &self.password_file else {
+        if self.password_env.is_empty() && self.password_file.is_none() {
             return Ok(());
+        }
+        let key = if self.password_file.is_some() {
+            "store.password_file"
+        } else {
+            "store.password_env"
         };
-        let credentials = environment
-            .iter()
-            .rev()
-            .find(|(name, _)| name == "CREDENTIALS_DIRECTORY")
-            .map(|(_, value)| PathBuf::from(value));
-        let path = match credentials {
-            Some(directory) if file.is_relative() => directory.join(file),
-            _ => file.clone(),
-        };
-        self.password = Some(read_password(&path)?);
-        Ok(())
-    }
-}
-
-fn read_password(path: &Path) -> Result<Secret, (String, String)> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        (
-            "store.password_file".to_string(),
-            format!("cannot read {}: {error}", path.display()),
+        let resolved = secrets::resolve(
+            environment,
+            &self.password_env,
+            self.password_file.as_deref(),
         )
-    })?;
-    let password = text.trim_end_matches(['\n', '\r']);
-    if password.is_empty() {
-        return Err((
-            "store.password_file".to_string(),
-            format!("{} is empty", path.display()),
-        ));
+        .map_err(|message| (key.to_string(), message))?;
+        match resolved {
+            Some(password) => {
+                self.password = Some(password);
+                Ok(())
+            }
+            None => Err((
+                key.to_string(),
+                format!("variable {} is not set", self.password_env),
+            )),
+        }
     }
-    Ok(Secret::new(password))
 }

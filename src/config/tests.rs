@@ -409,3 +409,35 @@ fn every_problem_is_reported_at_once_and_a_misspelt_key_gets_a_suggestion() {
         "{error}"
     );
 }
+
+#[test]
+fn the_postgres_password_is_read_like_every_other_secret() {
+    let base = "[store]\nbackend = \"postgres\"\nurl = \"postgres://heistd@127.0.0.1/heistd\"\n";
+    let unset = write(&format!(
+        "{base}password_env = \"HEISTD_TEST_PG_PASSWORD\"\n"
+    ));
+    let error = load(Some(unset.path()), Vec::new())
+        .expect_err("unset")
+        .to_string();
+    assert!(
+        error.contains("store.password_env") && error.contains("not set"),
+        "{error}"
+    );
+    let set = vec![(
+        "HEISTD_TEST_PG_PASSWORD".to_string(),
+        "hunter22".to_string(),
+    )];
+    let loaded = load(Some(unset.path()), set).expect("set");
+    assert_eq!(
+        loaded.store.password.as_ref().map(Secret::expose),
+        Some("hunter22")
+    );
+    let relative = write(&format!("{base}password_file = \"pg-password\"\n"));
+    let error = load(Some(relative.path()), Vec::new())
+        .expect_err("no credentials")
+        .to_string();
+    assert!(
+        error.contains("store.password_file") && error.contains("CREDENTIALS_DIRECTORY"),
+        "{error}"
+    );
+}

@@ -50,6 +50,24 @@ impl HeistRunner {
         Ok(remaining)
     }
 
+    /// Delivery on a session's own path: a store error while delivering is
+    /// logged, not fatal to the session. The writes stay in the outbox and
+    /// delivery is idempotent, so the next turn or the background deliverer
+    /// sends them; `pending` (the last count) stands meanwhile.
+    pub(super) async fn deliver_outbox_in_passing(
+        &self,
+        session_id: &str,
+        pending: usize,
+    ) -> usize {
+        match self.deliver_outbox(session_id).await {
+            Ok(remaining) => remaining,
+            Err(error) => {
+                tracing::warn!(%error, "memory delivery paused: the store failed; the writes stay in the outbox");
+                pending
+            }
+        }
+    }
+
     /// Sends one outbox entry with its idempotency key, `session:turn`.
     async fn deliver_one(&self, entry: &OutboxEntry) -> Result<(), CallError> {
         match serde_json::from_str::<MemoryWrite>(&entry.payload) {

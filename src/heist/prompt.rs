@@ -135,6 +135,11 @@ impl HeistRunner {
         Ok(transcript)
     }
 
+    /// Drops the cached transcript: the next turn reads it from the store.
+    pub(super) fn forget_transcript(&self) {
+        *self.transcript_cache.lock() = None;
+    }
+
     /// Adds a committed turn to the cached transcript, as the store would
     /// return it: failed turns are left out, and only the last
     /// `context_messages` turns are kept.

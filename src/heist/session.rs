@@ -103,7 +103,9 @@ impl HeistRunner {
         let span = tracing::info_span!("session", session_id = %session_id);
         async move {
             tracing::info!(seed, turns, last_turn, "resuming session");
-            self.deliver_outbox(session_id).await?;
+            self.deliver_outbox_in_passing(session_id, 0).await;
+            // What the crashed run had read is not this run's to trust.
+            self.forget_transcript();
             let plan = Plan {
                 session_id: session_id.to_string(),
                 seed,
@@ -165,7 +167,9 @@ impl HeistRunner {
             if error.is_some() {
                 last_error = error;
             }
-            report.memory_pending = self.deliver_outbox(&plan.session_id).await?;
+            report.memory_pending = self
+                .deliver_outbox_in_passing(&plan.session_id, report.memory_pending)
+                .await;
             index += 1;
         }
         self.finish(report, last_error).await

@@ -79,16 +79,27 @@ impl HeistRunner {
         what: &str,
         error: StoreError,
     ) -> HeistError {
+        // Another node owns the session now, or it has already ended: this
+        // run writes nothing more (fencing), not even its failure.
+        if matches!(
+            error,
+            StoreError::Fenced { .. } | StoreError::SessionEnded { .. }
+        ) {
+            tracing::warn!(%error, "{what} not recorded; this run stops and writes nothing more");
+            return error.into();
+        }
         let reason = format!("{what} could not be recorded: {error}");
         match self
             .store
             .finish_session(session_id, SessionStatus::Failed, Some(&reason))
             .await
         {
-            Ok(_) => {
+            Ok(true) => {
                 metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
                 tracing::error!(%reason, "session failed: the store outage lasted too long");
             }
+            // Its first ending stuck (another path ended it first).
+            Ok(false) => tracing::warn!(%reason, "the session had already ended"),
             Err(finish_error) => tracing::error!(
                 %reason, %finish_error,
                 "cannot record the session's end either; it is left for crash recovery at the next start"

@@ -142,8 +142,36 @@ impl StoreError {
             Self::Open { .. }
             | Self::Unavailable { .. }
             | Self::OverSizeCap { .. }
-            | Self::Worker(_) => true,
+            | Self::Worker(_)
+            | Self::Connect { .. }
+            | Self::Pool(_) => true,
+            Self::Postgres(error) => postgres_outage(error),
             _ => false,
+        }
+    }
+}
+
+/// A PostgreSQL error that says the server is unusable now (gone, starting,
+/// shutting down, out of resources, or a read-only standby after a
+/// failover), not that it refuses this request: a closed connection has no
+/// SQLSTATE; classes 08 (connection), 53 (resources) and 57 (operator
+/// intervention, e.g. admin shutdown) and 25006 (read-only transaction) are
+/// outages; a constraint violation or a fenced lease is not.
+fn postgres_outage(error: &tokio_postgres::Error) -> bool {
+    match error.code() {
+        // No SQLSTATE: the connection closed or its socket failed (a
+        // client-side conversion error has none either, and is no outage).
+        None => {
+            error.is_closed()
+                || std::error::Error::source(error)
+                    .is_some_and(|cause| cause.is::<std::io::Error>())
+        }
+        Some(state) => {
+            let code = state.code();
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code == "25006"
         }
     }
 }

@@ -714,3 +714,29 @@ async fn chaos_with_an_external_model_says_the_model_is_left_alone() {
         text(&output.stderr)
     );
 }
+
+/// One-shot runs and the readers work on SQLite; with PostgreSQL they name
+/// the daemon's API instead of racing its leases.
+#[test]
+fn run_demo_and_sessions_on_postgres_point_at_the_daemon() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    for arguments in [
+        &["run", "--turns", "1"][..],
+        &["demo", "--turns", "1"][..],
+        &["sessions", "list"][..],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_heistd"))
+            .args(arguments)
+            .current_dir(directory.path())
+            .env("HEISTD_STORE__BACKEND", "postgres")
+            .env("HEISTD_STORE__URL", "postgres://heistd@127.0.0.1:1/none")
+            .output()
+            .expect("heistd runs");
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{arguments:?}: {stderr}");
+        assert!(
+            stderr.contains("works on a SQLite store") && stderr.contains("/api/v1/"),
+            "{arguments:?}: {stderr}"
+        );
+    }
+}

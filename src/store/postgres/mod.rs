@@ -140,11 +140,19 @@ impl PgStore {
         self.held.lock()
     }
 
-    /// The store outage rule's probe: a round trip to the server (one that
-    /// went away, or a pool that cannot connect, fails it).
+    /// The store outage rule's probe: a round trip to the server that
+    /// writes (one that went away, a pool that cannot connect, or a
+    /// read-only server fails it).
     pub async fn probe(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client.simple_query("SELECT 1").await?;
+        // A write that changes nothing: it needs a writable primary, so a
+        // read-only standby after a failover fails it (SQLSTATE 25006).
+        client
+            .execute(
+                "UPDATE nodes SET last_heartbeat = last_heartbeat WHERE node_id = $1",
+                &[&self.node_id],
+            )
+            .await?;
         Ok(())
     }
 
