@@ -543,7 +543,10 @@ pub fn load(
         .store
         .resolve_password(&environment)
         .map_err(invalid)?;
-    validate(&config).map_err(invalid)?;
+    let problems: Vec<ConfigError> = validate(&config).into_iter().map(invalid).collect();
+    if !problems.is_empty() {
+        return Err(problems::combined(problems));
+    }
     Ok(config)
 }
 
@@ -842,7 +845,39 @@ fn unknown_field_name(message: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
-fn validate(config: &Config) -> Result<(), (String, String)> {
+/// A check of one part of the config: the key at fault and why.
+type Check = fn(&Config) -> Result<(), (String, String)>;
+
+/// Every part's check, so one load reports each part's problem at once.
+const CHECKS: [Check; 12] = [
+    validate_heist,
+    validate_llm,
+    |config| config.llm.policy.validate("llm.policy"),
+    |config| config.llm.health.validate("llm.health"),
+    |config| config.daemon.validate(),
+    |config| config.retention.validate(),
+    |config| config.store.validate(),
+    |config| config.cluster.validate(),
+    |config| schedule::validate_schedules(&config.schedule),
+    validate_services,
+    validate_oauth,
+    |config| {
+        config
+            .companions
+            .validate()
+            .and_then(|()| config.http.validate())
+    },
+];
+
+/// The first problem of each part of the config (none: valid).
+fn validate(config: &Config) -> Vec<(String, String)> {
+    CHECKS
+        .iter()
+        .filter_map(|check| check(config).err())
+        .collect()
+}
+
+fn validate_heist(config: &Config) -> Result<(), (String, String)> {
     let fail = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
     if !(1..=MAX_TURNS).contains(&config.heist.turns) {
         return Err((
@@ -853,6 +888,11 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     if config.heist.context_messages > 100 {
         return fail("heist.context_messages", "must be at most 100");
     }
+    Ok(())
+}
+
+fn validate_llm(config: &Config) -> Result<(), (String, String)> {
+    let fail = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
     if !(0.0..=2.0).contains(&config.llm.temperature) {
         return fail("llm.temperature", "must be between 0 and 2");
     }
@@ -868,19 +908,16 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         );
     }
     check_url("llm.base_url", &config.llm.base_url)?;
-    config.llm.policy.validate("llm.policy")?;
-    config.llm.health.validate("llm.health")?;
-    config.daemon.validate()?;
-    config.retention.validate()?;
-    config.store.validate()?;
-    config.cluster.validate()?;
-    schedule::validate_schedules(&config.schedule)?;
     if config.llm.max_reply_bytes == 0 {
         return fail("llm.max_reply_bytes", "must be at least 1");
     }
     if config.llm.timeout_ms == 0 {
         return fail("llm.timeout_ms", "must be at least 1");
     }
+    Ok(())
+}
+
+fn validate_services(config: &Config) -> Result<(), (String, String)> {
     for (name, service) in config.services.iter() {
         check_url(&format!("services.{name}.base_url"), &service.base_url)?;
         service
@@ -899,6 +936,10 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
             ));
         }
     }
+    Ok(())
+}
+
+fn validate_oauth(config: &Config) -> Result<(), (String, String)> {
     for (index, client) in config.oauth.clients.iter().enumerate() {
         if client.client_id.is_empty() {
             return Err((
@@ -914,10 +955,11 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
         }
     }
     if !(60..=86_400).contains(&config.oauth.token_ttl_seconds) {
-        return fail("oauth.token_ttl_seconds", "must be between 60 and 86400");
+        return Err((
+            "oauth.token_ttl_seconds".into(),
+            "must be between 60 and 86400".into(),
+        ));
     }
-    config.companions.validate()?;
-    config.http.validate()?;
     Ok(())
 }
 

@@ -441,3 +441,19 @@ fn the_postgres_password_is_read_like_every_other_secret() {
         "{error}"
     );
 }
+
+#[test]
+fn each_invalid_part_is_reported_in_one_load() {
+    let file =
+        write("[heist]\nturns = 0\n[llm]\ntemperature = 9.0\n[oauth]\ntoken_ttl_seconds = 5\n");
+    let error = load(Some(file.path()), Vec::new())
+        .expect_err("invalid")
+        .to_string();
+    assert!(error.starts_with("3 problems in the config:"), "{error}");
+    for key in ["heist.turns", "llm.temperature", "oauth.token_ttl_seconds"] {
+        assert!(
+            error.contains(&format!("key `{key}`")),
+            "{key} missing from: {error}"
+        );
+    }
+}
