@@ -351,3 +351,60 @@ async fn store_migrate_copies_a_sqlite_trail_once_with_a_count_check() {
         (0, 2)
     );
 }
+
+/// PostgreSQL restarted under a running session: its commits fail as an
+/// outage, the session pauses instead of failing, and once the server is
+/// back it completes with every turn exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_postgres_pauses_the_session_which_then_completes_once() {
+    let Some(server) = crate::postgres::ThrowawayServer::start("postgres_restart") else {
+        return;
+    };
+    let stack = TestStack::start().await;
+    stack.set_fault(
+        "rehearsal",
+        Fault {
+            latency_ms: 100,
+            ..Fault::default()
+        },
+    );
+    let config = format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 4\nmax_outage_ms = 30000\n[cluster]\nnode_id = \"only\"\n",
+        server.url()
+    ) + &services_text(&stack, "");
+    let node = Daemon::start_with_config(&config).await;
+    let mut observed = crate::postgres::TestDatabase::store_config_for(&server.url());
+    observed.pool_size = 1;
+    let store = StoreHandle::open_configured(
+        &observed,
+        &crate::postgres::TestDatabase::cluster_config("observer", 15_000),
+    )
+    .await
+    .expect("the test reads the database");
+    let session_id = node.start_run(12).await;
+    eventually(Duration::from_secs(10), "two turns committed", async || {
+        (committed(&store, &session_id).await >= 2).then_some(())
+    })
+    .await;
+    server.restart();
+    let detail = eventually(
+        Duration::from_secs(30),
+        "the session completes",
+        async || {
+            let detail = store.session(&session_id).await.ok()?;
+            (detail.session.status == SessionStatus::Completed).then_some(detail)
+        },
+    )
+    .await;
+    assert_eq!(
+        turn_ids(&detail),
+        (1..=12).collect::<Vec<_>>(),
+        "{}",
+        node.log()
+    );
+    assert!(
+        node.log().contains("pauses") || node.log().contains("paused"),
+        "the session paused through the restart: {}",
+        node.log()
+    );
+}

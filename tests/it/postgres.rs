@@ -57,9 +57,14 @@ impl TestDatabase {
 
     /// A `[store]` for this database.
     pub fn store_config(&self) -> StoreConfig {
+        Self::store_config_for(&self.url)
+    }
+
+    /// A `[store]` for the database at `url`.
+    pub fn store_config_for(url: &str) -> StoreConfig {
         StoreConfig {
             backend: StoreBackend::Postgres,
-            url: self.url.clone(),
+            url: url.to_string(),
             pool_size: 4,
             ..StoreConfig::default()
         }
@@ -101,4 +106,135 @@ impl Drop for TestDatabase {
             let _ = writeln!(std::io::stderr(), "cannot drop test database: {error}");
         }
     }
+}
+
+/// Where Debian installs PostgreSQL's server programs.
+const SERVER_PROGRAMS: &str = "/usr/lib/postgresql";
+
+/// A PostgreSQL server of the test's own, for tests that restart it (the
+/// machine's server is shared by every test): Debian's `initdb` and
+/// `pg_ctl`, run as the `postgres` user, on a free loopback port, its data
+/// and socket in a temporary directory. Stopped on drop.
+pub struct ThrowawayServer {
+    directory: tempfile::TempDir,
+    programs: std::path::PathBuf,
+    port: u16,
+}
+
+impl ThrowawayServer {
+    /// A running server, or `None` (after saying why) where PostgreSQL's
+    /// server programs are not installed, outside CI.
+    pub fn start(test: &str) -> Option<Self> {
+        let Some(programs) = server_programs() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{test}: CI=true but PostgreSQL's server programs are missing (.ci/run installs them)"
+            );
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: no PostgreSQL server programs under {SERVER_PROGRAMS}"
+            );
+            return None;
+        };
+        let directory = tempfile::tempdir().expect("temp dir");
+        let uid = run_as_postgres("id", &["-u"])
+            .trim()
+            .parse()
+            .expect("postgres uid");
+        std::os::unix::fs::chown(directory.path(), Some(uid), None).expect("chown to postgres");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let server = Self {
+            directory,
+            programs,
+            port,
+        };
+        let data = server.data();
+        run_as_postgres(
+            &server.program("initdb"),
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        );
+        server.pg_ctl(&["start", "-w"]);
+        Some(server)
+    }
+
+    /// The server's `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast: sessions are cut) and starts it again.
+    pub fn restart(&self) {
+        self.pg_ctl(&["restart", "-w", "-m", "fast"]);
+    }
+
+    fn data(&self) -> String {
+        self.directory.path().join("data").display().to_string()
+    }
+
+    fn program(&self, name: &str) -> String {
+        self.programs.join(name).display().to_string()
+    }
+
+    fn pg_ctl(&self, action: &[&str]) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.directory.path().display()
+        );
+        let log = self
+            .directory
+            .path()
+            .join("server.log")
+            .display()
+            .to_string();
+        let data = self.data();
+        let mut arguments = vec!["-D", &data, "-o", &options, "-l", &log];
+        arguments.extend_from_slice(action);
+        run_as_postgres(&self.program("pg_ctl"), &arguments);
+    }
+}
+
+impl Drop for ThrowawayServer {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", &self.program("pg_ctl"), "-D", &data])
+            .args(["stop", "-m", "immediate"])
+            .output();
+    }
+}
+
+/// The newest installed server's `bin` directory.
+fn server_programs() -> Option<std::path::PathBuf> {
+    let mut versions: Vec<u32> = std::fs::read_dir(SERVER_PROGRAMS)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    let bin = std::path::Path::new(SERVER_PROGRAMS)
+        .join(versions.last()?.to_string())
+        .join("bin");
+    bin.join("initdb").is_file().then_some(bin)
+}
+
+/// Runs a program as `postgres` (PostgreSQL refuses to run as root) and
+/// returns its output; a failure fails the test with what it said.
+fn run_as_postgres(program: &str, arguments: &[&str]) -> String {
+    let output = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", program])
+        .args(arguments)
+        .output()
+        .expect("runuser runs");
+    assert!(
+        output.status.success(),
+        "{program} {arguments:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
