@@ -108,7 +108,7 @@ impl HeistRunner {
             }
         };
         let paused = paused.elapsed();
-        metrics::counter!(names::MODEL_OUTAGE_PAUSE_SECONDS_TOTAL).increment(paused.as_secs());
+        count_pause(paused);
         if matches!(waited, Waited::Back) {
             tracing::info!(
                 turn_id,
@@ -172,5 +172,23 @@ impl HeistRunner {
         if let Some(notices) = &self.notices {
             notices(notice);
         }
+    }
+}
+
+/// Milliseconds of model-outage pauses not yet counted as a whole second:
+/// the counter is in whole seconds, and short pauses must add up rather
+/// than be cut to nothing.
+static PAUSE_MS_NOT_COUNTED: parking_lot::Mutex<u64> = parking_lot::Mutex::new(0);
+
+fn count_pause(paused: Duration) {
+    let whole_seconds = {
+        let mut not_counted = PAUSE_MS_NOT_COUNTED.lock();
+        *not_counted += paused.as_millis() as u64;
+        let whole_seconds = *not_counted / 1000;
+        *not_counted %= 1000;
+        whole_seconds
+    };
+    if whole_seconds > 0 {
+        metrics::counter!(names::MODEL_OUTAGE_PAUSE_SECONDS_TOTAL).increment(whole_seconds);
     }
 }

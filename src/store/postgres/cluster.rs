@@ -81,7 +81,24 @@ impl PgStore {
             .iter()
             .map(|row| row.get(0))
             .collect();
-        let lost: Vec<String> = ids.into_iter().filter(|id| !renewed.contains(id)).collect();
+        let unrenewed: Vec<String> = ids.into_iter().filter(|id| !renewed.contains(id)).collect();
+        // Not renewed is lost while the session is still active, or when
+        // another node owns it now (it took it over, maybe finished it); one
+        // this node ended between the snapshot and the update just finished.
+        let lost: Vec<String> = if unrenewed.is_empty() {
+            Vec::new()
+        } else {
+            client
+                .query(
+                    "SELECT session_id FROM sessions WHERE session_id = ANY($1)
+                       AND (status = 'active' OR owner_node IS DISTINCT FROM $2)",
+                    &[&unrenewed, &self.node_id],
+                )
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect()
+        };
         Ok(HeartbeatReport {
             renewed: renewed.len(),
             lost,
