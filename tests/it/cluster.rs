@@ -228,8 +228,17 @@ async fn a_node_paused_past_its_lease_writes_nothing_when_it_wakes() {
     )
     .await;
     node_a.signal("CONT");
-    // Time for the woken node to try its in-flight turn and heartbeat.
-    tokio::time::sleep(Duration::from_millis(LEASE_MS)).await;
+    // The woken node notices (its heartbeat or its fenced commit says so);
+    // only then is the store checked for anything it wrote.
+    eventually(
+        Duration::from_secs(10),
+        "the woken node says why it stops",
+        async || {
+            let log = node_a.log();
+            (log.contains("lease lost") || log.contains("fenced")).then_some(())
+        },
+    )
+    .await;
     let after = store.session(&session_id).await.expect("session");
     assert_eq!(turn_ids(&after), (1..=8).collect::<Vec<_>>());
     assert_eq!(after.messages.len(), completed.messages.len());
@@ -237,11 +246,6 @@ async fn a_node_paused_past_its_lease_writes_nothing_when_it_wakes() {
     assert_eq!(after.service_calls.len(), completed.service_calls.len());
     assert_eq!(after.session.end_time, completed.session.end_time);
     assert_eq!(after.session.status_text, "completed");
-    let log = node_a.log();
-    assert!(
-        log.contains("lease lost") || log.contains("fenced"),
-        "the woken node says why it stopped:\n{log}"
-    );
     assert!(node_b.log().contains("taking the session over"));
 }
 
