@@ -297,8 +297,9 @@ fn services_run_in_their_own_process_for_the_prototypes_client() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_heistd"))
         .args(["services", "all", "--config", "services.toml"])
         .current_dir(directory.path())
+        .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(directory.path().join("services.err")).expect("log file"))
         .spawn()
         .expect("services start");
     let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -339,6 +340,10 @@ fn services_run_in_their_own_process_for_the_prototypes_client() {
     );
     signal.expect("SIGTERM sent");
     assert_eq!(status.code(), Some(0));
+    // One line per companion: stdout says where it listens, the log does
+    // not say it again.
+    let log = std::fs::read_to_string(directory.path().join("services.err")).expect("log");
+    assert!(!log.contains("listening"), "{log}");
 
     // Companions in separate processes must share a token key.
     let alone = heistd(
@@ -736,6 +741,40 @@ fn run_demo_and_sessions_on_postgres_point_at_the_daemon() {
         assert_eq!(output.status.code(), Some(1), "{arguments:?}: {stderr}");
         assert!(
             stderr.contains("works on a SQLite store") && stderr.contains("/api/v1/"),
+            "{arguments:?}: {stderr}"
+        );
+    }
+}
+
+/// A store in use by another heistd is the same user error (exit 1) from
+/// every command that writes it, the daemon included.
+#[test]
+fn a_store_in_use_exits_1_from_the_daemon_as_from_run() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let database = directory.path().join("busy.db");
+    std::fs::write(
+        directory.path().join("busy.toml"),
+        format!(
+            "[store]\npath = \"{}\"\n[daemon]\nadmin_address = \"127.0.0.1:0\"\n",
+            database.display()
+        ),
+    )
+    .expect("config");
+    let mut store_config = heistd::config::load(None, Vec::new())
+        .expect("defaults")
+        .store;
+    store_config.path = database.clone();
+    let _writer =
+        heistd::store::Store::open_configured(&store_config).expect("the test holds the store");
+    for arguments in [
+        &["daemon", "--config", "busy.toml"][..],
+        &["run", "--turns", "1", "--config", "busy.toml"][..],
+    ] {
+        let output = heistd(arguments, directory.path());
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{arguments:?}: {stderr}");
+        assert!(
+            stderr.contains("in use by another heistd"),
             "{arguments:?}: {stderr}"
         );
     }

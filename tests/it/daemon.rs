@@ -495,6 +495,26 @@ async fn kill_9_mid_run_then_restart_resumes_every_turn_exactly_once() {
     );
     assert_eq!(&turns[..before.len()], &before[..]);
     assert!(daemon.log().contains("resuming"));
+    // Durations in the log are whole microseconds, not float noise.
+    let durations: Vec<String> = daemon
+        .log()
+        .lines()
+        .filter(|line| line.contains("turn recorded"))
+        .filter_map(|line| {
+            Some(
+                line.split("elapsed_ms=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert!(!durations.is_empty(), "{}", daemon.log());
+    for value in &durations {
+        let decimals = value.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "elapsed_ms={value}");
+    }
 }
 
 #[tokio::test]
