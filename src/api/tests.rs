@@ -587,3 +587,116 @@ async fn unknown_routes_and_methods_answer_json() {
     let reply = daemon.get("/api/v1/runs").await;
     reply.error_message(StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// The daemon's state with its config changed by `change` (as a reload
+/// would apply it), keeping the admin token.
+fn reconfigured(daemon: &TestDaemon, change: impl FnOnce(&mut crate::config::Config)) {
+    let mut config = (*daemon.state.config()).clone();
+    change(&mut config);
+    daemon
+        .state
+        .set_config(Arc::new(config), Some(ADMIN_TOKEN.to_string()));
+}
+
+/// GET `uri` with `authorization` as the `Authorization` header, if any.
+async fn get_with(daemon: &TestDaemon, uri: &str, authorization: Option<&str>) -> Reply {
+    let mut request = Request::get(uri);
+    if let Some(authorization) = authorization {
+        request = request.header(header::AUTHORIZATION, authorization);
+    }
+    send(
+        daemon.router(),
+        request.body(Body::empty()).expect("request"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn reads_need_the_admin_token_when_read_requires_token_is_on() {
+    let daemon = TestDaemon::accepting();
+    reconfigured(&daemon, |config| {
+        config.daemon.read_requires_token = Some(true)
+    });
+    let session_id = daemon.create_session(None, None);
+    let reads = [
+        "/api/v1/status".to_string(),
+        "/api/v1/sessions".to_string(),
+        format!("/api/v1/sessions/{session_id}"),
+    ];
+    let authorization = format!("Bearer {ADMIN_TOKEN}");
+    for uri in &reads {
+        let reply = get_with(&daemon, uri, None).await;
+        let message = reply.error_message(StatusCode::UNAUTHORIZED);
+        assert!(message.contains("Authorization"), "{uri}: {message}");
+        assert_eq!(
+            reply
+                .headers
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..]),
+            "{uri}"
+        );
+        let reply = get_with(&daemon, uri, Some("Bearer not-the-token")).await;
+        reply.error_message(StatusCode::FORBIDDEN);
+        let reply = get_with(&daemon, uri, Some(&authorization)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}: {:?}", reply.json());
+    }
+    // The probes and the metrics stay open for load balancers and Prometheus.
+    for uri in ["/healthz", "/readyz", "/metrics"] {
+        let reply = get_with(&daemon, uri, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri} without a token");
+    }
+}
+
+#[tokio::test]
+async fn reads_are_open_when_read_requires_token_is_off() {
+    let daemon = TestDaemon::accepting();
+    reconfigured(&daemon, |config| {
+        // Even beyond loopback, an explicit `false` wins.
+        config.daemon.admin_address = "0.0.0.0:9750".into();
+        config.daemon.read_requires_token = Some(false);
+    });
+    let session_id = daemon.create_session(None, None);
+    for uri in [
+        "/api/v1/status".to_string(),
+        "/api/v1/sessions".to_string(),
+        format!("/api/v1/sessions/{session_id}"),
+    ] {
+        let reply = get_with(&daemon, &uri, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}: {:?}", reply.json());
+    }
+}
+
+#[tokio::test]
+async fn read_requires_token_defaults_to_whether_the_admin_address_is_loopback() {
+    // (admin_address, reads need the token?)
+    let cases = [
+        ("127.0.0.1:9750", false),
+        ("[::1]:9750", false),
+        ("localhost:9750", false),
+        ("0.0.0.0:9750", true),
+        ("192.0.2.10:9750", true),
+    ];
+    for (address, expected) in cases {
+        let daemon = TestDaemon::accepting();
+        reconfigured(&daemon, |config| {
+            config.daemon.admin_address = address.into();
+            config.daemon.read_requires_token = None;
+        });
+        assert_eq!(
+            daemon.state.config().daemon.reads_need_token(),
+            expected,
+            "{address}"
+        );
+        let reply = get_with(&daemon, "/api/v1/sessions", None).await;
+        let expected_status = if expected {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(reply.status, expected_status, "{address}");
+    }
+    // And the default config (loopback) keeps reads open.
+    let config = crate::config::load(None, Vec::new()).expect("default config loads");
+    assert!(!config.daemon.reads_need_token());
+}

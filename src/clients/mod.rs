@@ -15,6 +15,8 @@
 mod llm;
 mod memory;
 mod oauth;
+#[cfg(test)]
+mod reply_cap_tests;
 mod tools;
 
 use std::collections::VecDeque;

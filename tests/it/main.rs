@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod daemon;
 mod heist;
+mod hostile_process;
 mod model;
 mod model_double;
 mod ops;

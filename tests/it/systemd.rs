@@ -4,7 +4,7 @@
 //! The README's install steps are run against a temporary root and held to
 //! the units and the install config.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[test]
@@ -82,7 +82,11 @@ fn the_readme_install_steps_put_everything_where_the_units_and_the_config_expect
         .lines()
         .flat_map(|line| line.split("&&"))
         .map(|step| step.split('#').next().unwrap_or_default().trim())
-        .filter_map(|step| step.strip_prefix("sudo install "))
+        .filter_map(|step| {
+            // `install` steps, and the loop that makes the credentials.
+            step.strip_prefix("sudo install ")
+                .or_else(|| step.starts_with("for ").then_some(step))
+        })
         .map(|arguments| {
             // Owners need the `heistd` user, which the test does not create.
             let arguments = arguments
@@ -91,7 +95,10 @@ fn the_readme_install_steps_put_everything_where_the_units_and_the_config_expect
             let rooted = ["/etc/", "/usr/"].iter().fold(arguments, |text, prefix| {
                 text.replace(&format!(" {prefix}"), &format!(" {root_path}{prefix}"))
             });
-            format!("install {rooted}")
+            match rooted.strip_prefix("for ") {
+                Some(_) => rooted.replace("sudo install ", "install "),
+                None => format!("install {rooted}"),
+            }
         })
         .collect();
     assert!(steps.len() >= 6, "{steps:?}");
@@ -130,6 +137,7 @@ fn the_readme_install_steps_put_everything_where_the_units_and_the_config_expect
         "Documentation={documentation} is not installed"
     );
     assert!(unit.contains("StateDirectory=heistd\n") && !unit.contains("HEISTD_STORE__PATH"));
+    credentials_are_installed_for_every_load_credential(&installed);
     assert!(unit.contains("ExecReload=/usr/bin/heistd reload --pid $MAINPID"));
 
     let config = installed("etc/heistd/heistd.toml");
@@ -164,4 +172,72 @@ fn the_readme_install_steps_put_everything_where_the_units_and_the_config_expect
         "{}",
         String::from_utf8_lossy(&sessions.stderr)
     );
+}
+
+/// Every active `LoadCredential=` of both units names a file the install
+/// steps made: root-only (0600 in a 0700 directory), not empty, and each
+/// different. The example config's `*_file` names are loaded by a unit.
+fn credentials_are_installed_for_every_load_credential(installed: &dyn Fn(&str) -> PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&installed("etc/heistd/credentials")), 0o700);
+    let mut loaded = std::collections::BTreeMap::new();
+    for unit in ["heistd.service", "heistd-services.service"] {
+        let text = std::fs::read_to_string(installed(&format!("etc/systemd/system/{unit}")))
+            .expect("unit");
+        let credentials: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("LoadCredential="))
+            .map(|value| {
+                let (name, path) = value.split_once(':').expect("name:path");
+                (name.to_string(), path.to_string())
+            })
+            .collect();
+        assert!(credentials.len() >= 2, "{unit} loads no credentials");
+        for (name, path) in credentials {
+            assert_eq!(path, format!("/etc/heistd/credentials/{name}"), "{unit}");
+            let file = installed(path.trim_start_matches('/'));
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+            let secret = std::fs::read_to_string(&file).expect("credential");
+            assert!(secret.trim().len() >= 32, "{name} is too short a secret");
+            loaded.insert(name, secret);
+        }
+    }
+    let distinct: std::collections::BTreeSet<&String> = loaded.values().collect();
+    assert_eq!(
+        distinct.len(),
+        loaded.len(),
+        "each credential its own secret"
+    );
+    // The services unit loads every client's secret, the daemon the admin
+    // token; both the signing key.
+    for name in [
+        "oauth-signing-key",
+        "admin-token",
+        "heistd",
+        "planner",
+        "operator",
+    ] {
+        assert!(loaded.contains_key(name), "no unit loads {name}");
+    }
+    let example = std::fs::read_to_string(installed("etc/heistd/heistd.toml")).expect("config");
+    for line in example.lines().filter(|line| line.contains("_file = \"")) {
+        let name = line
+            .split("_file = \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a name");
+        if !name.starts_with('/') && name != "llm-api-key" {
+            assert!(
+                loaded.contains_key(name),
+                "`{line}` names no loaded credential"
+            );
+        }
+    }
 }
