@@ -148,6 +148,9 @@ async fn a_memory_service_restarted_empty_is_refilled_from_the_store() {
     .await;
     memory.kill().expect("kill -9");
     let _ = memory.wait();
+    let store = Store::open(&store_path, Synchronous::Normal).expect("store");
+    let status = store.session(&sessions[1]).expect("session").session.status;
+    assert_eq!(status, SessionStatus::Active, "killed mid-run");
     let mut memory = memory_process(directory.path(), port);
     let second = eventually(Duration::from_secs(20), "memory back", async || {
         instance_id(&memory_url).await
@@ -158,7 +161,6 @@ async fn a_memory_service_restarted_empty_is_refilled_from_the_store() {
         "a service that starts empty is a new instance"
     );
 
-    let store = Store::open(&store_path, Synchronous::Normal).expect("store");
     eventually(Duration::from_secs(60), "both heists end", async || {
         sessions
             .iter()
@@ -186,6 +188,7 @@ async fn a_memory_service_restarted_empty_is_refilled_from_the_store() {
     .await;
     let log = daemon.log();
     assert!(log.contains("the memory service restarted empty"), "{log}");
+    assert!(log.contains("delivering them again"), "{log}");
     let _ = memory.kill();
     let _ = memory.wait();
 }
