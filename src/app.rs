@@ -1,8 +1,8 @@
 //! Wires the long-running daemon (`heistd daemon`): [`App::build`] opens the
 //! store, builds the clients, the shared state and the run registry, and
 //! binds the admin API; [`App::run`] starts the tasks (admin API, health
-//! checks, crash recovery, scheduler, retention, outbox deliverer,
-//! watchdog), serves reloads and run requests, and stops them in order.
+//! checks, crash recovery, scheduler, retention, outbox deliverer, memory
+//! reconciliation, watchdog), serves reloads and run requests, and stops them in order.
 //!
 //! This is the one place that knows every part of the daemon. It holds no
 //! behaviour of its own beyond that order: each part lives in its module
@@ -27,7 +27,7 @@ use crate::config::{self, Config, ConfigError, ScheduleConfig, SystemdEnvironmen
 use crate::daemon::notify::{self, Notifier};
 use crate::daemon::runs::{RunContext, Runs, ScheduledRuns};
 use crate::daemon::state::{DaemonState, RunCommand, ScheduleStatus, StartRunError};
-use crate::daemon::{cluster, outbox, retention, store_watch, telemetry};
+use crate::daemon::{cluster, outbox, reconcile, retention, store_watch, telemetry};
 use crate::health::{checker, HealthBoard, HealthState};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::scheduler::{Clock, Scheduler};
@@ -216,6 +216,12 @@ impl Parts {
             Clock::system(),
             Arc::new(ScheduledRuns(self.runs.clone())),
         );
+        // Ends by itself on stop; nothing waits for it.
+        tokio::spawn(reconcile::run(
+            self.runs.clone(),
+            self.store.clone(),
+            self.stop.clone(),
+        ));
         // Ends by itself on stop; nothing waits for it.
         tokio::spawn(store_watch::watch_store(
             self.store.clone(),

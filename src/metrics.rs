@@ -57,6 +57,14 @@ pub const MEMORY_OUTBOX_OLDEST_PENDING_AGE_SECONDS: &str =
     "heistd_memory_outbox_oldest_pending_age_seconds";
 /// Memory writes set aside for good (data the memory service never got).
 pub const MEMORY_OUTBOX_ABANDONED: &str = "heistd_memory_outbox_abandoned";
+/// Reconciliation passes by outcome: `exact` (every count matched),
+/// `redelivered` (some session was short), `error` (a count could not be read).
+pub const MEMORY_RECONCILE_RUNS_TOTAL: &str = "heistd_memory_reconcile_runs_total";
+/// Memory writes marked for delivery again because the memory service no
+/// longer held them.
+pub const MEMORY_RECONCILE_REDELIVERED_TOTAL: &str = "heistd_memory_reconcile_redelivered_total";
+/// New memory service instance ids seen (it started empty).
+pub const MEMORY_INSTANCE_CHANGES_TOTAL: &str = "heistd_memory_instance_changes_total";
 pub const STORE_SIZE_BYTES: &str = "heistd_store_size_bytes";
 pub const STORE_WAL_SIZE_BYTES: &str = "heistd_store_wal_size_bytes";
 /// 1 when `/readyz` would answer 200.
@@ -138,7 +146,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 47] = [
+pub const FAMILIES: [(&str, Kind, &str); 50] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -164,6 +172,9 @@ pub const FAMILIES: [(&str, Kind, &str); 47] = [
     (MEMORY_OUTBOX_PENDING, Kind::Gauge, "Memory writes waiting for delivery."),
     (MEMORY_OUTBOX_OLDEST_PENDING_AGE_SECONDS, Kind::Gauge, "Age of the oldest memory write waiting for delivery; 0 when none waits."),
     (MEMORY_OUTBOX_ABANDONED, Kind::Gauge, "Memory writes the memory service refused for good (never delivered)."),
+    (MEMORY_RECONCILE_RUNS_TOTAL, Kind::Counter, "Reconciliations of the memory service with the store, by outcome (exact, redelivered, error)."),
+    (MEMORY_RECONCILE_REDELIVERED_TOTAL, Kind::Counter, "Memory writes delivered again because the memory service no longer held them."),
+    (MEMORY_INSTANCE_CHANGES_TOTAL, Kind::Counter, "New memory service instance ids seen (the service started empty)."),
     (STORE_SIZE_BYTES, Kind::Gauge, "Size of the audit database file."),
     (STORE_WAL_SIZE_BYTES, Kind::Gauge, "Size of the audit database's write-ahead log."),
     (READY, Kind::Gauge, "1 when the store answers and every required service is up (/readyz answers 200)."),

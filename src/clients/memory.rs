@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{CallError, OAuthClient, ServiceClient, TokenCache};
-use crate::wire::{COMPRESSED_MEMORY_PATH, IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH};
+use crate::wire::{COMPRESSED_MEMORY_PATH, HEALTH_PATH, IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH};
 
 #[derive(Clone)]
 pub struct MemoryClient {
@@ -31,6 +31,17 @@ pub struct MemoryWrite {
     pub turn_id: i64,
     pub message: String,
     pub game_session_id: String,
+}
+
+#[derive(Deserialize)]
+struct HealthReply {
+    #[serde(default)]
+    instance_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CountReply {
+    count: u64,
 }
 
 #[derive(Deserialize)]
@@ -132,5 +143,26 @@ impl MemoryClient {
             .summary
             .or(reply.compressed_summary)
             .unwrap_or_default())
+    }
+
+    /// The service's instance id from `GET /health` (it changes whenever
+    /// the service starts empty); None from a service that reports none.
+    pub async fn instance_id(&self) -> Result<Option<String>, CallError> {
+        let reply: HealthReply = self.service.probe_json(HEALTH_PATH).await?;
+        Ok(reply.instance_id)
+    }
+
+    /// How many writes the service holds for `session_id` (`memory:admin`).
+    pub async fn session_count(&self, session_id: &str) -> Result<u64, CallError> {
+        let headers = self.authorization().await?;
+        let path = format!("/sessions/{session_id}/count");
+        let reply: Result<CountReply, CallError> = self
+            .service
+            .get_json_as("sessions/count", &path, &headers)
+            .await;
+        if let Err(error) = &reply {
+            self.forget_token_after(error).await;
+        }
+        Ok(reply?.count)
     }
 }

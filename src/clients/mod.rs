@@ -324,6 +324,25 @@ impl ServiceClient {
             .await
     }
 
+    /// A `GET` with headers, named `operation` in metrics and the journal
+    /// (a path carrying an id would make a label per id).
+    pub async fn get_json_as<R: DeserializeOwned>(
+        &self,
+        operation: &str,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<R, CallError> {
+        let url = format!("{}{path}", self.base_url);
+        let build = || {
+            let mut request = self.http.get(&url);
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            request
+        };
+        self.send(operation, build).await
+    }
+
     /// One `GET` with only a short timeout: no retry, no breaker. A health
     /// probe must see the service as it is, and must not move the breaker.
     pub async fn probe_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {

@@ -59,7 +59,7 @@ pub struct DatabaseToolConfig {
     pub max_concurrent_queries: usize,
 }
 
-/// Bounds on the memory service, which keeps everything in the process's memory.
+/// Bounds on the memory service, and the file it persists to (if any).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryServiceConfig {
@@ -76,6 +76,10 @@ pub struct MemoryServiceConfig {
     /// A session's memories are dropped this long after its last write.
     #[serde(default = "default_retention_hours")]
     pub retention_hours: u64,
+    /// The memory service's own SQLite file; every accepted write goes
+    /// through to it and is loaded back at start. None: RAM only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
 }
 
 impl Default for DatabaseToolConfig {
@@ -96,6 +100,7 @@ impl Default for MemoryServiceConfig {
             max_bytes_per_session: default_max_bytes_per_session(),
             max_bytes: default_memory_max_bytes(),
             retention_hours: default_retention_hours(),
+            path: None,
         }
     }
 }

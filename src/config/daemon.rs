@@ -1,5 +1,5 @@
 //! The daemon's own settings: the admin API, the session cap, shutdown and
-//! crash recovery, retention, and each service's periodic health check.
+//! crash recovery, retention, the outbox's reconciliation, and each service's periodic health check.
 //! (The `[[schedule]]` entries that start heists are `config::schedule`'s.)
 //!
 //! This is only configuration; `daemon` and `health` act on it.
@@ -106,6 +106,46 @@ impl DaemonConfig {
     pub fn reads_need_token(&self) -> bool {
         self.read_requires_token
             .unwrap_or_else(|| !super::secrets::is_loopback_address(&self.admin_address))
+    }
+}
+
+/// The memory outbox's reconciliation (`[outbox]`): how often heistd
+/// compares the memory service's counts with the writes the store says
+/// were delivered, and how far back it looks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Counts are compared this often, and at once when the memory
+    /// service reports a new instance id (it restarted empty).
+    pub reconcile_interval_ms: u64,
+    /// Sessions still running, or ended within this many hours, are compared.
+    pub reconcile_window_hours: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            reconcile_interval_ms: 60_000,
+            reconcile_window_hours: 24,
+        }
+    }
+}
+
+impl OutboxConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.reconcile_interval_ms < 100 {
+            return Err((
+                "outbox.reconcile_interval_ms".into(),
+                "must be at least 100".into(),
+            ));
+        }
+        if self.reconcile_window_hours == 0 {
+            return Err((
+                "outbox.reconcile_window_hours".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

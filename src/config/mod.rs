@@ -27,7 +27,7 @@ pub use cluster::{ClusterConfig, StoreBackend};
 pub use companions::{
     CompanionsConfig, CompanionsSettings, DatabaseToolConfig, Fault, MemoryServiceConfig,
 };
-pub use daemon::{DaemonConfig, HealthCheckConfig, Recovery, RetentionConfig};
+pub use daemon::{DaemonConfig, HealthCheckConfig, OutboxConfig, Recovery, RetentionConfig};
 use defaults::*;
 pub use http::HttpConfig;
 pub use policy::{BreakerConfig, PolicyConfig, WindowKind};
@@ -105,6 +105,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Reconciling the memory service with the store's outbox.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
     /// Several daemons on one PostgreSQL store.
     #[serde(default)]
     pub cluster: ClusterConfig,
@@ -368,6 +371,7 @@ impl Config {
             companions: CompanionsConfig::default(),
             daemon: DaemonConfig::default(),
             retention: RetentionConfig::default(),
+            outbox: OutboxConfig::default(),
             http: HttpConfig::default(),
             schedule: Vec::new(),
         }
@@ -849,13 +853,14 @@ fn unknown_field_name(message: &str) -> Option<String> {
 type Check = fn(&Config) -> Result<(), (String, String)>;
 
 /// Every part's check, so one load reports each part's problem at once.
-const CHECKS: [Check; 12] = [
+const CHECKS: [Check; 13] = [
     validate_heist,
     validate_llm,
     |config| config.llm.policy.validate("llm.policy"),
     |config| config.llm.health.validate("llm.health"),
     |config| config.daemon.validate(),
     |config| config.retention.validate(),
+    |config| config.outbox.validate(),
     |config| config.store.validate(),
     |config| config.cluster.validate(),
     |config| schedule::validate_schedules(&config.schedule),

@@ -457,3 +457,27 @@ fn each_invalid_part_is_reported_in_one_load() {
         );
     }
 }
+
+#[test]
+fn the_outbox_reconciliation_has_defaults_and_bounds() {
+    let defaults = load(None, Vec::new()).expect("defaults");
+    assert_eq!(defaults.outbox.reconcile_interval_ms, 60_000);
+    assert_eq!(defaults.outbox.reconcile_window_hours, 24);
+    assert_eq!(defaults.companions.memory.path, None);
+    for (text, key) in [
+        (
+            "[outbox]\nreconcile_interval_ms = 0\n",
+            "outbox.reconcile_interval_ms",
+        ),
+        (
+            "[outbox]\nreconcile_window_hours = 0\n",
+            "outbox.reconcile_window_hours",
+        ),
+    ] {
+        let file = write(text);
+        let error = load(Some(file.path()), Vec::new())
+            .expect_err(key)
+            .to_string();
+        assert!(error.contains(key), "{error}");
+    }
+}

@@ -1,7 +1,8 @@
 //! The daemon's parts below its admin API: `runs` (the one door that admits,
 //! tracks, drains and recovers runs under the global cap), `state` (what
 //! the admin API reads, and the registry of running sessions), `outbox`
-//! (memory writes left behind by ended sessions), `notify` (sd_notify by
+//! (memory writes left behind by ended sessions), `reconcile` (the memory
+//! service's counts against the store's delivered writes), `notify` (sd_notify by
 //! hand), `retention`, `telemetry` (the series a fresh daemon shows, and
 //! the gauges read at each scrape) and `cluster` (heartbeats and takeover
 //! when several daemons share a PostgreSQL store).
@@ -12,6 +13,7 @@
 pub mod cluster;
 pub mod notify;
 pub mod outbox;
+pub mod reconcile;
 pub mod retention;
 pub mod runs;
 pub mod state;

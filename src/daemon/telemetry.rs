@@ -69,6 +69,11 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
         metrics::counter!(names::CONFIG_RELOADS_TOTAL, "outcome" => outcome).increment(0);
     }
     metrics::counter!(names::RETENTION_PRUNED_SESSIONS_TOTAL).increment(0);
+    for outcome in ["exact", "redelivered", "error"] {
+        metrics::counter!(names::MEMORY_RECONCILE_RUNS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    metrics::counter!(names::MEMORY_RECONCILE_REDELIVERED_TOTAL).increment(0);
+    metrics::counter!(names::MEMORY_INSTANCE_CHANGES_TOTAL).increment(0);
 }
 
 /// Records a reload's outcome in the metrics (the admin API's copy is

@@ -12,6 +12,14 @@
 //! `memory:admin`. It is bounded: per session in entries and bytes (413
 //! `quota_exceeded`, permanent), in total bytes (507, transient), and in
 //! time (a session's memories go `retention_hours` after its last write).
+//!
+//! With `companions.memory.path` set, every accepted write is written
+//! through to the service's own SQLite file ([`super::memory_file`]) before
+//! it is acknowledged, and loaded back at start; without it (the default
+//! for `demo` and the tests) everything is in RAM. `GET /health` reports an
+//! `instance_id` that changes whenever the service starts empty, and
+//! `GET /sessions/{id}/count` (`memory:admin`) a session's count, so heistd
+//! can tell what a restart lost and deliver it again.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -26,6 +34,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::memory_file::{new_instance_id, MemoryFile, StoredWrite};
 use super::token::{Claims, SigningKey};
 use super::tools::{authenticate, authorize, AuthError};
 use super::{error_response, health_body, JsonBody};
@@ -56,6 +65,8 @@ pub struct MemoryState {
     inner: Arc<Mutex<Memories>>,
     key: SigningKey,
     limits: MemoryServiceConfig,
+    /// Changes whenever the service starts empty (kept in its file).
+    instance_id: Arc<str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,32 +115,127 @@ struct Memories {
     /// [`MAX_REMEMBERED_KEYS`] and a long-running service stays bounded.
     key_order: VecDeque<(String, String)>,
     last_prune: Instant,
+    /// The file every accepted write goes through to, when persisted.
+    file: Option<MemoryFile>,
 }
 
 impl MemoryState {
+    /// A service that keeps everything in RAM, with a new instance id.
     pub fn new(key: SigningKey, limits: MemoryServiceConfig) -> Self {
+        Self::with(key, limits, Memories::empty(None), new_instance_id())
+    }
+
+    /// The service `limits` configures: in RAM, or persisted in
+    /// `limits.path` (created if missing) with what it held loaded back.
+    pub fn open(key: SigningKey, limits: MemoryServiceConfig) -> Result<Self, String> {
+        let Some(path) = limits.path.clone() else {
+            return Ok(Self::new(key, limits));
+        };
+        let (file, instance_id, writes) =
+            MemoryFile::open(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let memories = load(file, writes, retention_of(&limits));
+        tracing::info!(path = %path.display(), entries = memories.total_entries(), %instance_id, "memory service loaded its file");
+        Ok(Self::with(key, limits, memories, instance_id))
+    }
+
+    fn with(
+        key: SigningKey,
+        limits: MemoryServiceConfig,
+        memories: Memories,
+        instance_id: String,
+    ) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(Memories {
-                sessions: BTreeMap::new(),
-                total_bytes: 0,
-                seen_keys: HashSet::new(),
-                key_order: VecDeque::new(),
-                last_prune: Instant::now(),
-            })),
+            inner: Arc::new(Mutex::new(memories)),
             key,
             limits,
+            instance_id: instance_id.into(),
         }
+    }
+
+    /// Changes whenever the service starts empty.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
     }
 }
 
+/// Holds `writes` again, dropping the sessions whose last write is past
+/// `retention` (from the file too), as the running service would have.
+fn load(file: MemoryFile, writes: Vec<StoredWrite>, retention: Duration) -> Memories {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let now = Instant::now();
+    let mut last_written: BTreeMap<String, i64> = BTreeMap::new();
+    let mut memories = Memories::empty(Some(file));
+    for write in writes {
+        let last = last_written.entry(write.session_id.clone()).or_default();
+        *last = (*last).max(write.written_at_ms);
+        let age = Duration::from_millis(now_ms.saturating_sub(write.written_at_ms).max(0) as u64);
+        memories.add(write, now.checked_sub(age).unwrap_or(now));
+    }
+    for (session_id, last) in last_written {
+        let age = Duration::from_millis(now_ms.saturating_sub(last).max(0) as u64);
+        if age >= retention {
+            memories.forget(&session_id);
+        }
+    }
+    memories
+}
+
+fn retention_of(limits: &MemoryServiceConfig) -> Duration {
+    Duration::from_secs(limits.retention_hours.saturating_mul(3600))
+}
+
 impl Memories {
-    /// Forgets one session: its memories and its idempotency keys.
+    fn empty(file: Option<MemoryFile>) -> Self {
+        Self {
+            sessions: BTreeMap::new(),
+            total_bytes: 0,
+            seen_keys: HashSet::new(),
+            key_order: VecDeque::new(),
+            last_prune: Instant::now(),
+            file,
+        }
+    }
+
+    /// Holds one accepted write (already checked and, when persisted,
+    /// already in the file); returns the agent's count in its session.
+    fn add(&mut self, write: StoredWrite, at: Instant) -> usize {
+        if let Some(key) = write.idempotency_key {
+            remember_key(self, (write.session_id.clone(), key));
+        }
+        let bytes = write.message.len();
+        self.total_bytes += bytes;
+        let session = self
+            .sessions
+            .entry(write.session_id)
+            .or_insert_with(|| SessionMemories {
+                by_agent: BTreeMap::new(),
+                entries: 0,
+                bytes: 0,
+                last_write: at,
+            });
+        session.entries += 1;
+        session.bytes += bytes;
+        session.last_write = session.last_write.max(at);
+        let entries = session.by_agent.entry(write.agent_id.clone()).or_default();
+        entries.push(MemoryEntry {
+            agent_id: write.agent_id,
+            turn_id: write.turn_id,
+            message: write.message,
+        });
+        entries.len()
+    }
+
+    /// Forgets one session: its memories and its idempotency keys, in the
+    /// file too when persisted.
     fn forget(&mut self, session_id: &str) {
         if let Some(session) = self.sessions.remove(session_id) {
             self.total_bytes -= session.bytes;
         }
         self.seen_keys.retain(|(session, _)| session != session_id);
         self.key_order.retain(|(session, _)| session != session_id);
+        if let Some(Err(error)) = self.file.as_ref().map(|file| file.forget(session_id)) {
+            tracing::error!(%session_id, %error, "cannot forget a session in the memory file");
+        }
     }
 
     /// Drops sessions whose last write is older than `retention`.
@@ -159,12 +265,10 @@ pub fn router(state: MemoryState) -> Router {
         .route(STORE_MEMORY_PATH, post(store_memory))
         .route(COMPRESSED_MEMORY_PATH, post(get_compressed_memory))
         .route("/sessions/{session_id}/memories", get(list_memories))
+        .route("/sessions/{session_id}/count", get(count_memories))
         .route("/stats", get(stats))
         .route("/clear", delete(clear))
-        .route(
-            HEALTH_PATH,
-            get(|| async { health_body(Companion::Memory.name()) }),
-        )
+        .route(HEALTH_PATH, get(health))
         .with_state(state)
 }
 
@@ -263,10 +367,7 @@ async fn store_memory(
         .map(str::to_string);
     let mut memories = state.inner.lock();
     let now = Instant::now();
-    memories.prune(
-        now,
-        Duration::from_secs(state.limits.retention_hours.saturating_mul(3600)),
-    );
+    memories.prune(now, retention_of(&state.limits));
     if let Some(key) = &idempotency_key {
         if memories
             .seen_keys
@@ -279,33 +380,24 @@ async fn store_memory(
     if let Some(refusal) = check_quota(&memories, &state.limits, &request) {
         return refusal;
     }
-    if let Some(key) = idempotency_key {
-        remember_key(&mut memories, (request.game_session_id.clone(), key));
-    }
-    let bytes = request.message.len();
-    memories.total_bytes += bytes;
-    let session = memories
-        .sessions
-        .entry(request.game_session_id)
-        .or_insert_with(|| SessionMemories {
-            by_agent: BTreeMap::new(),
-            entries: 0,
-            bytes: 0,
-            last_write: now,
-        });
-    session.entries += 1;
-    session.bytes += bytes;
-    session.last_write = now;
-    let entries = session
-        .by_agent
-        .entry(request.agent_id.clone())
-        .or_default();
-    entries.push(MemoryEntry {
+    let write = StoredWrite {
+        session_id: request.game_session_id,
         agent_id: request.agent_id,
         turn_id: request.turn_id,
         message: request.message,
-    });
-    let count = entries.len();
+        idempotency_key,
+        written_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    // Written through before it is acknowledged: a write the file did not
+    // take is not held at all, and the caller retries it.
+    if let Some(Err(error)) = memories.file.as_ref().map(|file| file.insert(&write)) {
+        tracing::error!(%error, "cannot write a memory to the memory file");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the memory service cannot write its file",
+        );
+    }
+    let count = memories.add(write, now);
     Json(serde_json::json!({ "status": "success", "duplicate": false, "memories_count": count }))
         .into_response()
 }
@@ -440,6 +532,33 @@ async fn list_memories(
     .into_response()
 }
 
+/// `GET /health`: the common body plus the instance id.
+async fn health(State(state): State<MemoryState>) -> Json<serde_json::Value> {
+    let Json(mut body) = health_body(Companion::Memory.name());
+    body["instance_id"] = serde_json::Value::from(state.instance_id());
+    Json(body)
+}
+
+/// `GET /sessions/{id}/count` (`memory:admin`): what heistd's
+/// reconciliation compares with the store's delivered writes.
+async fn count_memories(
+    State(state): State<MemoryState>,
+    headers: HeaderMap,
+    Path(session_id): Path<String>,
+) -> Response {
+    if let Err(refusal) = authorize(&headers, &state.key, ADMIN_SCOPE) {
+        return refusal.into_response();
+    }
+    let count = state
+        .inner
+        .lock()
+        .sessions
+        .get(&session_id)
+        .map_or(0, |session| session.entries);
+    Json(serde_json::json!({ "status": "success", "game_session_id": session_id, "count": count }))
+        .into_response()
+}
+
 async fn stats(State(state): State<MemoryState>, headers: HeaderMap) -> Response {
     if let Err(refusal) = authorize(&headers, &state.key, ADMIN_SCOPE) {
         return refusal.into_response();
@@ -482,6 +601,9 @@ async fn clear(
             memories.total_bytes = 0;
             memories.seen_keys.clear();
             memories.key_order.clear();
+            if let Some(Err(error)) = memories.file.as_ref().map(MemoryFile::clear) {
+                tracing::error!(%error, "cannot clear the memory file");
+            }
         }
     }
     let after = memories.total_entries();
@@ -514,7 +636,101 @@ fn default_recent_count() -> usize {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::super::token::{unix_now, ISSUER};
     use super::*;
+
+    fn admin(key: &SigningKey) -> String {
+        let now = unix_now();
+        let claims = Claims {
+            iss: ISSUER.into(),
+            sub: "heistd".into(),
+            scope: ADMIN_SCOPE.into(),
+            iat: now - 10,
+            exp: now + 300,
+        };
+        format!("Bearer {}", key.sign(&claims).expect("signed"))
+    }
+
+    async fn call(state: &MemoryState, request: Request<Body>) -> serde_json::Value {
+        let response = router(state.clone())
+            .oneshot(request)
+            .await
+            .expect("answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        serde_json::from_slice(&body).expect("JSON")
+    }
+
+    async fn store(state: &MemoryState, key: &SigningKey, turn_id: i64) -> serde_json::Value {
+        let body = serde_json::json!({
+            "agent_id": "mole", "turn_id": turn_id, "message": "In.", "game_session_id": "s1",
+        });
+        let request = Request::post(STORE_MEMORY_PATH)
+            .header("authorization", admin(key))
+            .header("content-type", "application/json")
+            .header(IDEMPOTENCY_KEY_HEADER, format!("s1:{turn_id}"))
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        call(state, request).await
+    }
+
+    async fn count(state: &MemoryState, key: &SigningKey) -> u64 {
+        let request = Request::get("/sessions/s1/count")
+            .header("authorization", admin(key))
+            .body(Body::empty())
+            .expect("request");
+        call(state, request).await["count"].as_u64().expect("count")
+    }
+
+    async fn instance(state: &MemoryState) -> String {
+        let request = Request::get(HEALTH_PATH)
+            .body(Body::empty())
+            .expect("request");
+        let body = call(state, request).await;
+        assert_eq!(body["status"], "healthy");
+        body["instance_id"]
+            .as_str()
+            .expect("instance_id")
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_restart_on_the_same_file_keeps_memories_keys_and_instance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SigningKey::random();
+        let limits = MemoryServiceConfig {
+            path: Some(dir.path().join("memory.db")),
+            ..MemoryServiceConfig::default()
+        };
+        let first = MemoryState::open(key.clone(), limits.clone()).expect("open");
+        store(&first, &key, 1).await;
+        store(&first, &key, 2).await;
+        let id = instance(&first).await;
+        drop(first);
+        let second = MemoryState::open(key.clone(), limits).expect("reopen");
+        assert_eq!(instance(&second).await, id);
+        assert_eq!(count(&second, &key).await, 2);
+        // The idempotency keys came back too: a retried write counts once.
+        assert_eq!(store(&second, &key, 2).await["duplicate"], true);
+        assert_eq!(count(&second, &key).await, 2);
+    }
+
+    #[tokio::test]
+    async fn in_memory_services_start_empty_with_a_new_instance() {
+        let key = SigningKey::random();
+        let first = MemoryState::new(key.clone(), MemoryServiceConfig::default());
+        store(&first, &key, 1).await;
+        assert_eq!(count(&first, &key).await, 1);
+        let second = MemoryState::new(key.clone(), MemoryServiceConfig::default());
+        assert_eq!(count(&second, &key).await, 0);
+        assert_ne!(instance(&first).await, instance(&second).await);
+    }
 
     fn entries(count: i64) -> Vec<MemoryEntry> {
         (1..=count)

@@ -14,6 +14,7 @@ pub mod calculator;
 pub mod database;
 pub mod fault;
 pub mod memory;
+pub mod memory_file;
 pub mod oauth;
 pub mod rehearsal;
 pub mod token;
@@ -49,6 +50,8 @@ pub enum ServiceError {
     },
     #[error("shift database: {0}")]
     Database(String),
+    #[error("memory file (companions.memory.path): {0}")]
+    MemoryFile(String),
 }
 
 /// What every companion may need, built once per process.
@@ -177,10 +180,10 @@ pub fn router(companion: Companion, context: &CompanionContext) -> Result<Router
     let key = context.signing_key.clone();
     Ok(match companion {
         Companion::OAuth => oauth::router(oauth::OAuthState::new(&context.settings.oauth, key)),
-        Companion::Memory => memory::router(memory::MemoryState::new(
-            key,
-            context.settings.memory.clone(),
-        )),
+        Companion::Memory => memory::router(
+            memory::MemoryState::open(key, context.settings.memory.clone())
+                .map_err(ServiceError::MemoryFile)?,
+        ),
         Companion::Calculator => tools::calculator_router(key),
         Companion::FileReader => tools::file_reader_router(key, context.scenario.clone()),
         Companion::DatabaseQuery => {

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use super::outage::StoreOutage;
 use super::postgres::{HeartbeatReport, NodeRow, OutboxMark, PgStore};
 use super::{
-    HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns, ServiceCallRecord,
-    SessionDetail, SessionRow, SessionStatus, Store, StoreError, TurnRecord,
+    DeliveredCount, HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, Store, StoreError, TurnRecord,
 };
 use crate::config::{ClusterConfig, StoreBackend, StoreConfig};
 
@@ -251,6 +251,29 @@ impl StoreHandle {
         let id = session_id.to_string();
         dispatch!(self, |store| store.outbox_counts(&id), |store| store
             .outbox_counts(&id))
+    }
+
+    /// Sessions running or ended since `ended_since` whose last delivered
+    /// write is no older than `delivered_since`, with delivered counts.
+    pub async fn delivered_counts(
+        &self,
+        ended_since: chrono::DateTime<chrono::Utc>,
+        delivered_since: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeliveredCount>, StoreError> {
+        dispatch!(
+            self,
+            |store| store.delivered_counts(ended_since, delivered_since, limit),
+            |store| store.delivered_counts(ended_since, delivered_since, limit)
+        )
+    }
+
+    /// Marks a session's delivered writes undelivered again; returns how many.
+    pub async fn mark_outbox_undelivered(&self, session_id: &str) -> Result<u64, StoreError> {
+        let id = session_id.to_string();
+        dispatch!(self, |store| store.mark_outbox_undelivered(&id), |store| {
+            store.mark_outbox_undelivered(&id)
+        })
     }
 
     pub async fn pending_outbox_total(&self) -> Result<u64, StoreError> {

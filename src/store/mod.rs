@@ -46,7 +46,7 @@ pub use handle::StoreHandle;
 pub use migrate::MigrationReport;
 pub use postgres::{HeartbeatReport, NodeRow};
 pub use rows::{
-    HealthEvent, MessageRow, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
+    DeliveredCount, HealthEvent, MessageRow, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
     ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus, ToolCallRecord,
     ToolUsageRow, TurnRecord,
 };

@@ -5,7 +5,9 @@
 
 use rusqlite::params;
 
-use super::{timestamp, OutboxEntry, OutboxSummary, ServiceCallRecord, Store, StoreError};
+use super::{
+    timestamp, DeliveredCount, OutboxEntry, OutboxSummary, ServiceCallRecord, Store, StoreError,
+};
 
 impl Store {
     /// Memory writes not yet delivered, oldest first.
@@ -128,5 +130,52 @@ impl Store {
                 },
             )
             .map_err(StoreError::from)
+    }
+
+    /// Sessions still running or ended since `ended_since` whose last
+    /// delivered write is no older than `delivered_since` (the memory
+    /// service's retention), with their delivered writes counted.
+    pub fn delivered_counts(
+        &self,
+        ended_since: chrono::DateTime<chrono::Utc>,
+        delivered_since: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeliveredCount>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT o.session_id, COUNT(o.delivered_at)
+             FROM outbox o JOIN sessions s ON s.session_id = o.session_id
+             WHERE (s.status = 'active' OR s.end_time >= ?1)
+             GROUP BY o.session_id
+             HAVING MAX(o.delivered_at) >= ?2
+             ORDER BY o.session_id LIMIT ?3",
+        )?;
+        let rows = statement
+            .query_map(
+                params![
+                    timestamp(ended_since),
+                    timestamp(delivered_since),
+                    limit as i64
+                ],
+                |row| {
+                    Ok(DeliveredCount {
+                        session_id: row.get(0)?,
+                        delivered: row.get::<_, i64>(1)?.max(0) as u64,
+                    })
+                },
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Marks a session's delivered writes undelivered again, so the normal
+    /// delivery sends them once more with their idempotency keys (the
+    /// memory service lost them). Abandoned writes stay set aside.
+    /// Returns how many were marked.
+    pub fn mark_outbox_undelivered(&self, session_id: &str) -> Result<u64, StoreError> {
+        let changed = self.lock().prepare_cached(
+            "UPDATE outbox SET delivered_at = NULL WHERE session_id = ?1 AND delivered_at IS NOT NULL AND abandoned_at IS NULL",
+        )?.execute(params![session_id])?;
+        Ok(changed as u64)
     }
 }

@@ -215,6 +215,14 @@ pub struct OutboxSummary {
     pub abandoned: u64,
 }
 
+/// A session the memory service should hold writes of, and how many the
+/// store says it delivered (abandoned ones are not counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredCount {
+    pub session_id: String,
+    pub delivered: u64,
+}
+
 /// A service's health changed (written by the health checker).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HealthEvent {

@@ -867,4 +867,5 @@ async fn a_read_only_store_at_start_exits_2_before_ready() {
     assert!(!stderr.contains("READY"), "{stderr}");
 }
 
+mod memory_restart;
 mod ops;

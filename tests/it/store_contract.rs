@@ -137,6 +137,7 @@ contract!(
     no_turn_is_recorded_after_the_session_ended,
     failed_turns_are_not_context,
     the_outbox_is_delivered_failed_or_abandoned,
+    delivered_writes_are_counted_and_marked_undelivered_again,
     a_schedule_slot_runs_once,
     health_events_read_back_in_order,
     pruning_deletes_old_ended_sessions_whole,
@@ -326,6 +327,62 @@ async fn the_outbox_is_delivered_failed_or_abandoned(store: &StoreHandle) {
         .await
         .expect("sessions")
         .is_empty());
+}
+
+async fn delivered_writes_are_counted_and_marked_undelivered_again(store: &StoreHandle) {
+    let now = chrono::Utc::now();
+    let hour = chrono::Duration::hours(1);
+    let id = store
+        .create_session(new_session(1, 3))
+        .await
+        .expect("create");
+    for turn_id in 1..=3 {
+        store.record_turn(turn(&id, turn_id)).await.expect("turn");
+    }
+    let pending = store.pending_outbox(&id, 10).await.expect("pending");
+    // Nothing delivered yet: nothing the memory service should hold.
+    let counts = store.delivered_counts(now - hour, now - hour, 10).await;
+    assert!(counts.expect("counts").is_empty());
+    store
+        .mark_outbox_delivered(pending[0].id)
+        .await
+        .expect("delivered");
+    store
+        .mark_outbox_delivered(pending[1].id)
+        .await
+        .expect("delivered");
+    store
+        .mark_outbox_abandoned(pending[2].id, "quota")
+        .await
+        .expect("abandoned");
+    let counts = store
+        .delivered_counts(now - hour, now - hour, 10)
+        .await
+        .expect("counts");
+    assert_eq!(counts.len(), 1);
+    assert_eq!(
+        (counts[0].session_id.as_str(), counts[0].delivered),
+        (id.as_str(), 2)
+    );
+    // Past the memory service's retention: not expected to be held.
+    let later = now + hour;
+    let counts = store.delivered_counts(now - hour, later, 10).await;
+    assert!(counts.expect("counts").is_empty());
+    // An ended session counts within the window, not before it.
+    store
+        .finish_session(&id, SessionStatus::Completed, None)
+        .await
+        .expect("finish");
+    let counts = store.delivered_counts(now - hour, now - hour, 10).await;
+    assert_eq!(counts.expect("counts").len(), 1);
+    let counts = store.delivered_counts(later, now - hour, 10).await;
+    assert!(counts.expect("counts").is_empty());
+    // Marked undelivered: the delivered ones come back, the abandoned one does not.
+    assert_eq!(store.mark_outbox_undelivered(&id).await.expect("mark"), 2);
+    let again = store.pending_outbox(&id, 10).await.expect("pending");
+    let turns: Vec<i64> = again.iter().map(|entry| entry.turn_id).collect();
+    assert_eq!(turns, vec![1, 2]);
+    assert_eq!(store.outbox_counts(&id).await.expect("counts"), (0, 3));
 }
 
 async fn a_schedule_slot_runs_once(store: &StoreHandle) {

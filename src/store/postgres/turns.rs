@@ -9,8 +9,8 @@ use super::rows::{
 };
 use super::PgStore;
 use crate::store::{
-    timestamp, HealthEvent, OutboxEntry, OutboxSummary, RecentTurns, ServiceCallRecord, StoreError,
-    TurnRecord,
+    timestamp, DeliveredCount, HealthEvent, OutboxEntry, OutboxSummary, RecentTurns,
+    ServiceCallRecord, StoreError, TurnRecord,
 };
 
 impl PgStore {
@@ -188,6 +188,53 @@ impl PgStore {
             )
             .await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Sessions still running or ended since `ended_since` whose last
+    /// delivered write is no older than `delivered_since`, with their
+    /// delivered writes counted.
+    pub async fn delivered_counts(
+        &self,
+        ended_since: chrono::DateTime<chrono::Utc>,
+        delivered_since: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeliveredCount>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT o.session_id, COUNT(o.delivered_at)
+             FROM outbox o JOIN sessions s ON s.session_id = o.session_id
+             WHERE (s.status = 'active' OR s.end_time >= $1)
+             GROUP BY o.session_id
+             HAVING MAX(o.delivered_at) >= $2
+             ORDER BY o.session_id LIMIT $3",
+                &[
+                    &timestamp(ended_since),
+                    &timestamp(delivered_since),
+                    &(limit as i64),
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| DeliveredCount {
+                session_id: row.get(0),
+                delivered: row.get::<_, i64>(1).max(0) as u64,
+            })
+            .collect())
+    }
+
+    /// Marks a session's delivered writes undelivered again (abandoned
+    /// ones stay set aside); returns how many.
+    pub async fn mark_outbox_undelivered(&self, session_id: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE outbox SET delivered_at = NULL WHERE session_id = $1 AND delivered_at IS NOT NULL AND abandoned_at IS NULL",
+                &[&session_id],
+            )
+            .await?;
+        Ok(changed)
     }
 
     /// A session's memory writes: (delivered, all).
