@@ -721,6 +721,37 @@ mod tests {
         assert_eq!(count(&second, &key).await, 2);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn memories_go_retention_hours_after_the_sessions_last_write() {
+        let key = SigningKey::random();
+        let limits = MemoryServiceConfig {
+            retention_hours: 1,
+            ..MemoryServiceConfig::default()
+        };
+        let state = MemoryState::new(key.clone(), limits);
+        let write_elsewhere = |turn_id: i64| {
+            let body = serde_json::json!({
+                "agent_id": "mole", "turn_id": turn_id, "message": "Out.", "game_session_id": "s2",
+            });
+            Request::post(STORE_MEMORY_PATH)
+                .header("authorization", admin(&key))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .expect("request")
+        };
+        store(&state, &key, 1).await;
+        tokio::time::advance(Duration::from_secs(40 * 60)).await;
+        store(&state, &key, 2).await;
+        // 70 minutes after the first write, 30 after the last: kept.
+        tokio::time::advance(Duration::from_secs(30 * 60)).await;
+        call(&state, write_elsewhere(1)).await;
+        assert_eq!(count(&state, &key).await, 2);
+        // An hour and more after its last write: gone, the other session kept.
+        tokio::time::advance(Duration::from_secs(31 * 60)).await;
+        call(&state, write_elsewhere(2)).await;
+        assert_eq!(count(&state, &key).await, 0);
+    }
+
     #[tokio::test]
     async fn in_memory_services_start_empty_with_a_new_instance() {
         let key = SigningKey::random();
