@@ -1,5 +1,4 @@
-//! The `heistd` command line: parse, set up logging, dispatch to
-//! `heistd::cli` (and `heistd::app` for the daemon), and own the signals.
+//! The `heistd` binary: parse, set up logs, dispatch to `heistd::cli`, and own the signals.
 
 use std::process::ExitCode;
 
@@ -39,7 +38,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
         Command::Run(args) => drop(cli::run(args, stop_on_interrupt()?).await?),
         Command::Check { config } => cli::check(&cli::load_config(config.as_deref())?.0).await?,
         Command::Services { names, config } => {
-            cli::services(config.as_deref(), &names, shutdown_signal()?).await?
+            cli::services(config, &names, shutdown_signal()?).await?
         }
         Command::Sessions { db, config, action } => {
             cli::output::print(&cli::sessions(db, config.as_deref(), action)?)
@@ -59,10 +58,8 @@ fn listen(kind: SignalKind) -> Result<Signal, CliError> {
 /// at once, not when the future is first polled: a signal that comes early
 /// must stop heistd gracefully, not kill it.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {
-    let (mut interrupt, mut terminate) = (
-        listen(SignalKind::interrupt())?,
-        listen(SignalKind::terminate())?,
-    );
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    let mut terminate = listen(SignalKind::terminate())?;
     Ok(async move {
         tokio::select! {
             _ = interrupt.recv() => {}
@@ -79,9 +76,9 @@ fn stop_on_interrupt() -> Result<tokio::sync::watch::Receiver<bool>, CliError> {
     tokio::spawn(async move {
         first.await;
         cli::output::write_stderr(format_args!("heistd: stopping after this turn (the session will be marked interrupted); again to quit now\n"));
-        // An error means the heist has already ended: nothing to stop.
+        // An error means the heist has already ended: nothing to stop. Then
+        // listening anew: only a signal after the first one quits at once.
         let _ = stop.send(true);
-        // Listening anew: only a signal after the first one quits at once.
         if let Ok(second) = shutdown_signal() {
             second.await;
             std::process::exit(130);

@@ -354,11 +354,11 @@ async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option
 /// `heistd services`: run companions, on the config at `path`, until
 /// `shutdown` resolves.
 pub async fn services(
-    path: Option<&Path>,
+    path: Option<PathBuf>,
     names: &[String],
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
-    let (config, _) = load_config(path)?;
+    let (config, _) = load_config(path.as_deref())?;
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     let all = names.is_empty() || names.iter().any(|name| name == "all");
     let chosen: Vec<&str> = if all {

@@ -241,3 +241,14 @@ fn no_function_is_over_80_lines_without_a_reason() {
          why in a `// Long because ...` comment above: {long:#?}"
     );
 }
+
+#[test]
+fn main_rs_only_parses_logs_dispatches_and_owns_signals() {
+    let main = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/main.rs"))
+        .expect("readable");
+    let lines = main.lines().count();
+    assert!(
+        lines < 100,
+        "src/main.rs has {lines} lines; what it does beyond parse, logs, dispatch and signals belongs in cli or app"
+    );
+}
