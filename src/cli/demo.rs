@@ -46,6 +46,8 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
     let stack = LocalStack::start(base, options.llm.clone()).await?;
     super::sqlite_only(&stack.config, "heistd demo")?;
     let store = StoreHandle::open_configured(&stack.config.store, &stack.config.cluster).await?;
+    // A store that cannot be written fails here, before any service call.
+    store.probe_write().await?;
     let runner = stack
         .runner(store.clone())?
         .with_stop(options.stop.clone())

@@ -237,6 +237,8 @@ pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<Run
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     sqlite_only(&config, "heistd run")?;
     let store = StoreHandle::open_configured(&config.store, &config.cluster).await?;
+    // A store that cannot be written fails here, before any service call.
+    store.probe_write().await?;
     let clients = Clients::from_config(&config)?;
     let turns = turns.unwrap_or(config.heist.turns);
     let seed = seed

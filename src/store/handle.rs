@@ -27,6 +27,10 @@ pub struct StoreHandle {
     backend: Backend,
     /// Shared by every clone: the store outage rule's state.
     outage: Arc<StoreOutage>,
+    /// A read-only connection beside the SQLite writer, for the session
+    /// reads (the admin API's among them): a reader cannot write, migrate
+    /// or change the journal mode, whatever it is asked.
+    reader: Option<Arc<Store>>,
 }
 
 #[derive(Clone)]
@@ -49,6 +53,7 @@ impl From<Arc<Store>> for StoreHandle {
         Self {
             backend: Backend::Sqlite(store),
             outage: Arc::default(),
+            reader: None,
         }
     }
 }
@@ -82,12 +87,20 @@ impl StoreHandle {
         match config.backend {
             StoreBackend::Sqlite => {
                 let config = config.clone();
-                let store = blocking(move || Store::open_configured(&config)).await?;
-                Ok(Self::from(store))
+                let (store, reader) = blocking(move || {
+                    let store = Store::open_configured(&config)?;
+                    let reader = Store::open_read_only(&config.path)?;
+                    Ok((store, reader))
+                })
+                .await?;
+                let mut handle = Self::from(store);
+                handle.reader = Some(Arc::new(reader));
+                Ok(handle)
             }
             StoreBackend::Postgres => Ok(Self {
                 backend: Backend::Postgres(Arc::new(PgStore::open(config, cluster).await?)),
                 outage: Arc::default(),
+                reader: None,
             }),
         }
     }
@@ -134,6 +147,10 @@ impl StoreHandle {
         limit: usize,
     ) -> Result<Vec<SessionRow>, StoreError> {
         let schedule = schedule.map(str::to_string);
+        if let Some(reader) = self.reader.clone() {
+            return blocking(move || reader.find_sessions(status, schedule.as_deref(), limit))
+                .await;
+        }
         dispatch!(
             self,
             |store| store.find_sessions(status, schedule.as_deref(), limit),
@@ -147,7 +164,27 @@ impl StoreHandle {
 
     pub async fn session(&self, session_id: &str) -> Result<SessionDetail, StoreError> {
         let id = session_id.to_string();
+        if let Some(reader) = self.reader.clone() {
+            return blocking(move || reader.session(&id)).await;
+        }
         dispatch!(self, |store| store.session(&id), |store| store.session(&id))
+    }
+
+    /// Whether the session reads go through a connection that refuses
+    /// writes (for tests of that promise).
+    #[cfg(test)]
+    pub(super) async fn reads_refuse_writes(&self) -> bool {
+        match self.reader.clone() {
+            Some(reader) => blocking(move || {
+                Ok(reader
+                    .lock()
+                    .execute_batch("CREATE TABLE written_by_a_reader (x)")
+                    .is_err())
+            })
+            .await
+            .unwrap_or(false),
+            None => false,
+        }
     }
 
     pub async fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError> {

@@ -376,3 +376,30 @@ fn a_messages_token_counts_finish_reason_and_trim_flag_read_back() {
     assert_eq!(messages[1].finish_reason.as_deref(), Some("length"));
     assert!(messages[1].trimmed);
 }
+
+#[tokio::test]
+async fn a_configured_handle_reads_sessions_through_a_connection_that_cannot_write() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let config = crate::config::StoreConfig {
+        path: directory.path().join("audit.db"),
+        synchronous: Synchronous::Normal,
+        ..crate::config::StoreConfig::default()
+    };
+    let handle = StoreHandle::open_configured(&config, &crate::config::ClusterConfig::default())
+        .await
+        .expect("open");
+    assert!(handle.reads_refuse_writes().await);
+    let id = handle
+        .create_session(new_session(4, 2))
+        .await
+        .expect("create");
+    handle.record_turn(turn(&id, 1)).await.expect("turn");
+    // The reader sees what the writer committed, at once.
+    let detail = handle.session(&id).await.expect("detail");
+    assert_eq!(detail.messages.len(), 1);
+    let active = handle
+        .find_sessions(Some(SessionStatus::Active), None, 10)
+        .await
+        .expect("find");
+    assert_eq!(active.len(), 1);
+}

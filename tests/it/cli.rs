@@ -779,3 +779,44 @@ fn a_store_in_use_exits_1_from_the_daemon_as_from_run() {
         );
     }
 }
+
+/// A store that cannot be written stops `heistd run` before any service
+/// call, with exit 2 (a store failure): SQLite would otherwise open a file
+/// on a read-only file system read-only, silently, and fail at turn 1.
+#[test]
+fn run_on_a_store_that_cannot_be_written_exits_2_before_any_call() {
+    let Some(tmpfs) = crate::daemon::Tmpfs::mount("4m") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root and must mount a tmpfs"
+        );
+        return;
+    };
+    let database = tmpfs.path.join("audit.db");
+    let mut store_config = heistd::config::load(None, Vec::new())
+        .expect("defaults")
+        .store;
+    store_config.path = database.clone();
+    drop(heistd::store::Store::open_configured(&store_config).expect("created"));
+    tmpfs.remount_read_only();
+    let directory = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        directory.path().join("ro.toml"),
+        format!(
+            "[store]\npath = \"{}\"\n[llm]\nbase_url = \"http://127.0.0.1:9/v1\"\n",
+            database.display()
+        ),
+    )
+    .expect("config");
+    let output = heistd(
+        &["run", "--turns", "1", "--config", "ro.toml"],
+        directory.path(),
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("audit store"), "{stderr}");
+    assert!(
+        !stderr.contains("cannot connect"),
+        "no service was called: {stderr}"
+    );
+}

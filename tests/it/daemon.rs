@@ -802,13 +802,13 @@ async fn a_deleted_store_makes_the_daemon_unready_and_pauses_its_sessions() {
 
 /// A small tmpfs mounted for one test, unmounted when dropped. Needs root
 /// (the tests run as root in CI); `None` when it cannot be mounted.
-struct Tmpfs {
-    path: PathBuf,
+pub(crate) struct Tmpfs {
+    pub(crate) path: PathBuf,
     _directory: tempfile::TempDir,
 }
 
 impl Tmpfs {
-    fn mount(size: &str) -> Option<Self> {
+    pub(crate) fn mount(size: &str) -> Option<Self> {
         let directory = tempfile::tempdir().expect("temp dir");
         let path = directory.path().join("mnt");
         std::fs::create_dir(&path).expect("mount point");
@@ -823,7 +823,7 @@ impl Tmpfs {
         })
     }
 
-    fn remount_read_only(&self) {
+    pub(crate) fn remount_read_only(&self) {
         let status = Command::new("mount")
             .args(["-o", "remount,ro"])
             .arg(&self.path)
@@ -869,3 +869,110 @@ async fn a_read_only_store_at_start_exits_2_before_ready() {
 
 mod memory_restart;
 mod ops;
+
+/// The disk under the store fills (a 2 MiB tmpfs and a file that takes the
+/// rest): `/readyz` and new runs answer 503, the running session pauses
+/// instead of failing, and once there is room again it completes, with the
+/// metrics agreeing with the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_makes_the_daemon_unready_and_its_session_waits_for_room() {
+    let Some(tmpfs) = Tmpfs::mount("2m") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root and must mount a tmpfs"
+        );
+        return;
+    };
+    let stack = TestStack::start().await;
+    stack.set_fault(
+        "rehearsal",
+        Fault {
+            latency_ms: 50,
+            ..Fault::default()
+        },
+    );
+    let database = tmpfs.path.join("audit.db");
+    let config = format!(
+        "[store]\npath = \"{}\"\nmax_outage_ms = 60000\n",
+        database.display()
+    ) + &services_text(&stack, "");
+    let daemon = Daemon::start_with_config(&config).await;
+    let session_id = daemon.start_run(20).await;
+    eventually(Duration::from_secs(10), "two turns committed", async || {
+        let store = Store::open_read_only(&database).ok()?;
+        (committed_turns(&store, &session_id).len() >= 2).then_some(())
+    })
+    .await;
+    let filler = tmpfs.path.join("filler");
+    fill_the_disk(&filler);
+    let (status, readiness) = eventually(Duration::from_secs(10), "/readyz 503", async || {
+        let (status, body) = daemon.get("/readyz").await;
+        (status == 503).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 503, "{readiness}");
+    assert!(readiness["store_problem"].is_string(), "{readiness}");
+    let refused = support::http()
+        .post(format!("{}/api/v1/runs", daemon.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "turns": 2 }))
+        .send()
+        .await
+        .expect("runs answers");
+    assert_eq!(refused.status().as_u16(), 503);
+    let (_, detail) = daemon.get(&format!("/api/v1/sessions/{session_id}")).await;
+    assert_eq!(detail["session"]["status"], "active", "paused, not failed");
+
+    std::fs::remove_file(&filler).expect("room again");
+    eventually(
+        Duration::from_secs(30),
+        "the session completes",
+        async || {
+            let (_, detail) = daemon.get(&format!("/api/v1/sessions/{session_id}")).await;
+            (detail["session"]["status"] == "completed").then_some(())
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "/readyz 200 again", async || {
+        (daemon.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let store = Store::open_read_only(&database).expect("store");
+    assert_eq!(
+        committed_turns(&store, &session_id),
+        (1..=20).collect::<Vec<_>>()
+    );
+    // The metrics count what the store recorded: one completed session.
+    let metrics = support::http()
+        .get(format!("{}/metrics", daemon.admin))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let completed = metrics
+        .lines()
+        .find(|line| line.starts_with("heistd_sessions_total{status=\"completed\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .unwrap_or_default();
+    assert_eq!(completed, "1", "{metrics}");
+}
+
+/// Writes zeros to `path` until the file system says it is full.
+fn fill_the_disk(path: &Path) {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).expect("filler");
+    let block = vec![0u8; 64 * 1024];
+    while file
+        .write_all(&block)
+        .and_then(|()| file.sync_all())
+        .is_ok()
+    {}
+    // The last partial block: what is left, byte by byte in small writes.
+    while file
+        .write_all(&block[..512])
+        .and_then(|()| file.sync_all())
+        .is_ok()
+    {}
+}
