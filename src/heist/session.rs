@@ -288,12 +288,19 @@ impl HeistRunner {
                     .finish_session(&report.session_id, status, reason.as_deref())
             })
             .await;
-        if let Err(error) = ending {
-            return Err(self
-                .end_after_store_outage(&report.session_id, "the session's end", error)
-                .await);
+        let ended_now = match ending {
+            Ok(ended_now) => ended_now,
+            Err(error) => {
+                return Err(self
+                    .end_after_store_outage(&report.session_id, "the session's end", error)
+                    .await)
+            }
+        };
+        // Metrics count what the store recorded: a session another path
+        // ended first (a drain, a takeover) keeps that first ending.
+        if ended_now {
+            metrics::counter!(names::SESSIONS_TOTAL, "status" => status.as_str()).increment(1);
         }
-        metrics::counter!(names::SESSIONS_TOTAL, "status" => status.as_str()).increment(1);
         tracing::info!(
             status = status.as_str(),
             turns = report.turns,
@@ -312,10 +319,13 @@ impl HeistRunner {
         mut report: RunReport,
         reason: String,
     ) -> Result<RunReport, HeistError> {
-        self.store
+        if self
+            .store
             .finish_session(&report.session_id, SessionStatus::Failed, Some(&reason))
-            .await?;
-        metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
+            .await?
+        {
+            metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
+        }
         tracing::error!(%reason, "session ended");
         report.status = SessionStatus::Failed;
         report.failure_reason = Some(reason);
@@ -332,14 +342,17 @@ impl HeistRunner {
         let reason = format!("heistd stopped before turn {next_turn}");
         // No pause here: heistd is stopping. Not recorded, the session is
         // resumed by crash recovery at the next start.
-        self.store
+        if self
+            .store
             .finish_session(
                 &report.session_id,
                 SessionStatus::Interrupted,
                 Some(&reason),
             )
-            .await?;
-        metrics::counter!(names::SESSIONS_TOTAL, "status" => "interrupted").increment(1);
+            .await?
+        {
+            metrics::counter!(names::SESSIONS_TOTAL, "status" => "interrupted").increment(1);
+        }
         tracing::warn!(next_turn, "session interrupted");
         report.status = SessionStatus::Interrupted;
         report.failure_reason = Some(reason);
