@@ -543,11 +543,13 @@ pub fn load(
         message,
     };
     config.resolve_secrets(&environment).map_err(invalid)?;
-    config
-        .store
-        .resolve_password(&environment)
-        .map_err(invalid)?;
-    let problems: Vec<ConfigError> = validate(&config).into_iter().map(invalid).collect();
+    // The store password is reported beside the other problems, not alone.
+    let password = config.store.resolve_password(&environment).err();
+    let problems: Vec<ConfigError> = password
+        .into_iter()
+        .chain(validate(&config))
+        .map(invalid)
+        .collect();
     if !problems.is_empty() {
         return Err(problems::combined(problems));
     }

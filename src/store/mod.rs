@@ -155,7 +155,7 @@ impl StoreError {
 /// shutting down, out of resources, or a read-only standby after a
 /// failover), not that it refuses this request: a closed connection has no
 /// SQLSTATE; classes 08 (connection), 53 (resources) and 57 (operator
-/// intervention, e.g. admin shutdown) and 25006 (read-only transaction) are
+/// intervention: 57P*, e.g. admin shutdown, not a cancelled query) and 25006 (read-only transaction) are
 /// outages; a constraint violation or a fenced lease is not.
 fn postgres_outage(error: &tokio_postgres::Error) -> bool {
     match error.code() {
@@ -170,7 +170,7 @@ fn postgres_outage(error: &tokio_postgres::Error) -> bool {
             let code = state.code();
             code.starts_with("08")
                 || code.starts_with("53")
-                || code.starts_with("57")
+                || code.starts_with("57P")
                 || code == "25006"
         }
     }

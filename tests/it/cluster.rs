@@ -407,7 +407,8 @@ async fn a_restarted_postgres_pauses_the_session_which_then_completes_once() {
         node.log()
     );
     assert!(
-        node.log().contains("pauses") || node.log().contains("paused"),
+        node.log()
+            .contains("cannot commit; the session pauses until the store is back"),
         "the session paused through the restart: {}",
         node.log()
     );

@@ -251,7 +251,7 @@ async fn the_printf_query_leaves_the_companions_rss_under_150_mb() {
             .expect("answered");
         let body = reply.bytes().await.expect("body");
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );

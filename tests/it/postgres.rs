@@ -125,15 +125,17 @@ impl ThrowawayServer {
     /// A running server, or `None` (after saying why) where PostgreSQL's
     /// server programs are not installed, outside CI.
     pub fn start(test: &str) -> Option<Self> {
-        let Some(programs) = server_programs() else {
+        // PostgreSQL runs as `postgres`, which only root can switch to.
+        let root = run_command("id", &["-u"]).trim() == "0";
+        let Some(programs) = server_programs().filter(|_| root) else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: CI=true but PostgreSQL's server programs are missing (.ci/run installs them)"
+                "{test}: CI=true but PostgreSQL's server programs are missing or this is not root (.ci/run installs them and runs as root)"
             );
             use std::io::Write as _;
             let _ = writeln!(
                 std::io::stderr(),
-                "SKIPPED {test}: no PostgreSQL server programs under {SERVER_PROGRAMS}"
+                "SKIPPED {test}: needs root and PostgreSQL's server programs under {SERVER_PROGRAMS}"
             );
             return None;
         };
@@ -220,6 +222,15 @@ fn server_programs() -> Option<std::path::PathBuf> {
         .join(versions.last()?.to_string())
         .join("bin");
     bin.join("initdb").is_file().then_some(bin)
+}
+
+/// Runs a program and returns what it printed (empty when it cannot run).
+fn run_command(program: &str, arguments: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(arguments)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// Runs a program as `postgres` (PostgreSQL refuses to run as root) and

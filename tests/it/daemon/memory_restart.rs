@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use heistd::config::{Fault, Synchronous};
+use heistd::config::Fault;
 use heistd::scenario::Scenario;
 use heistd::services::token::SigningKey;
 use heistd::services::{self, CompanionContext, Companions};
@@ -148,7 +148,7 @@ async fn a_memory_service_restarted_empty_is_refilled_from_the_store() {
     .await;
     memory.kill().expect("kill -9");
     let _ = memory.wait();
-    let store = Store::open(&store_path, Synchronous::Normal).expect("store");
+    let store = Store::open_read_only(&store_path).expect("store");
     let status = store.session(&sessions[1]).expect("session").session.status;
     assert_eq!(status, SessionStatus::Active, "killed mid-run");
     let mut memory = memory_process(directory.path(), port);
