@@ -96,7 +96,7 @@ pub enum StoreError {
         url: String,
         source: tokio_postgres::Error,
     },
-    #[error("audit store: {0}")]
+    #[error("audit store: {}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("audit store: no connection: {0}")]
     Pool(String),
@@ -149,6 +149,22 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+/// What the server said (its message and SQLSTATE), or the client's error
+/// with its causes: tokio-postgres's own text is only "db error".
+fn postgres_message(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 /// A PostgreSQL error that says the server is unusable now (gone, starting,

@@ -413,3 +413,26 @@ async fn a_restarted_postgres_pauses_the_session_which_then_completes_once() {
         node.log()
     );
 }
+
+/// A server that answers but refuses the set-up (here: no such database)
+/// is no outage to wait out: the error says so at once.
+#[tokio::test]
+async fn a_refused_setup_is_an_error_not_an_outage() {
+    let Some(database) = TestDatabase::create("refused_setup").await else {
+        return;
+    };
+    let mut url = reqwest::Url::parse(&database.url).expect("url");
+    url.set_path("heistd_no_such_database");
+    let error = StoreHandle::open_configured(
+        &TestDatabase::store_config_for(url.as_str()),
+        &TestDatabase::cluster_config("nowhere", LEASE_MS),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(!error.is_outage(), "{error}");
+    assert!(
+        error.to_string().contains("heistd_no_such_database"),
+        "{error}"
+    );
+}

@@ -115,10 +115,13 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|error| StoreError::Pool(error.to_string()))
+        self.pool.get().await.map_err(|error| match error {
+            // The server's own answer (a refused password, a missing
+            // database) is classified like any PostgreSQL error: not an
+            // outage to wait out, but a set-up to fix.
+            deadpool_postgres::PoolError::Backend(error) => StoreError::Postgres(error),
+            other => StoreError::Pool(other.to_string()),
+        })
     }
 
     fn held_epoch(&self, session_id: &str) -> Option<i64> {
