@@ -781,8 +781,9 @@ fn a_store_in_use_exits_1_from_the_daemon_as_from_run() {
 }
 
 /// A store that cannot be written stops `heistd run` before any service
-/// call, with exit 2 (a store failure): SQLite would otherwise open a file
-/// on a read-only file system read-only, silently, and fail at turn 1.
+/// call, with exit 2 (a store failure). On a read-only file system the
+/// writer's lock file already refuses it; the write probe after opening
+/// covers stores that open but cannot commit.
 #[test]
 fn run_on_a_store_that_cannot_be_written_exits_2_before_any_call() {
     let Some(tmpfs) = crate::daemon::Tmpfs::mount("4m") else {
