@@ -521,7 +521,7 @@ pub fn load(
     path: Option<&Path>,
     environment: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let environment: Vec<(String, String)> = environment.into_iter().collect();
+    let environment = secrets::with_credentials_beside(environment.into_iter().collect(), path);
     let mut merged =
         toml::Value::try_from(Config::builtin()).unwrap_or(toml::Value::Table(Default::default()));
     if let Some(path) = path {

@@ -2,7 +2,9 @@
 //! key, the token signing key and each client secret are read once, at
 //! load, from the environment variable (`*_env`) or the file (`*_file`) the
 //! config names; a relative `*_file` is a systemd credential, read from
-//! `$CREDENTIALS_DIRECTORY` (`LoadCredential=`). Client secrets may also be
+//! `$CREDENTIALS_DIRECTORY` (`LoadCredential=`), or outside systemd from the
+//! `credentials` folder beside the config file, where the units take them
+//! from (so `sudo heistd config check` reads what the service reads). Client secrets may also be
 //! written in the file, and the built-in rehearsal ones are recognised so
 //! they can be warned about and refused off loopback. All of them are a
 //! [`Secret`], whose `Debug` and `Display` print `<redacted>`, so a config
@@ -104,6 +106,33 @@ pub(super) fn resolve(
     Ok(Some(Secret::new(value)))
 }
 
+/// `environment` with `$CREDENTIALS_DIRECTORY` pointing at the
+/// `credentials` folder beside `config_file` when systemd did not set it and
+/// that folder exists: `/etc/heistd/credentials` is both where the units'
+/// `LoadCredential=` lines read from and what an operator's `sudo heistd
+/// ...` then reads, so both see the same secrets.
+pub(super) fn with_credentials_beside(
+    mut environment: Vec<(String, String)>,
+    config_file: Option<&Path>,
+) -> Vec<(String, String)> {
+    if from_environment(&environment, CREDENTIALS_DIRECTORY).is_some() {
+        return environment;
+    }
+    let Some(directory) = config_file
+        .and_then(Path::parent)
+        .map(|parent| parent.join("credentials"))
+    else {
+        return environment;
+    };
+    if directory.is_dir() {
+        environment.push((
+            CREDENTIALS_DIRECTORY.to_string(),
+            directory.display().to_string(),
+        ));
+    }
+    environment
+}
+
 fn credential_path(environment: &[(String, String)], file: &Path) -> Result<PathBuf, String> {
     if file.is_absolute() {
         return Ok(file.to_path_buf());
@@ -111,7 +140,7 @@ fn credential_path(environment: &[(String, String)], file: &Path) -> Result<Path
     match from_environment(environment, CREDENTIALS_DIRECTORY) {
         Some(directory) => Ok(Path::new(directory.expose()).join(file)),
         None => Err(format!(
-            "`{}` is relative, so it names a systemd credential, but ${CREDENTIALS_DIRECTORY} is not set (use LoadCredential= or an absolute path)",
+            "`{}` is relative, so it names a systemd credential, but ${CREDENTIALS_DIRECTORY} is not set and there is no `credentials` folder beside the config file (use LoadCredential=, that folder or an absolute path)",
             file.display()
         )),
     }
@@ -158,6 +187,26 @@ mod tests {
         assert!(error.contains(CREDENTIALS_DIRECTORY), "{error}");
         let missing = resolve(&[], "UNSET", Some(Path::new("/nonexistent/secret")));
         assert!(missing.is_err());
+    }
+
+    #[test]
+    fn outside_systemd_credentials_are_read_beside_the_config_file() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let config_file = directory.path().join("heistd.toml");
+        let no_folder = with_credentials_beside(Vec::new(), Some(&config_file));
+        assert!(resolve(&no_folder, "UNSET", Some(Path::new("admin"))).is_err());
+        std::fs::create_dir(directory.path().join("credentials")).expect("mkdir");
+        std::fs::write(directory.path().join("credentials/admin"), "beside\n").expect("write");
+        let beside = with_credentials_beside(Vec::new(), Some(&config_file));
+        let read = resolve(&beside, "UNSET", Some(Path::new("admin"))).expect("read");
+        assert_eq!(read.as_ref().map(Secret::expose), Some("beside"));
+        // systemd's own directory wins.
+        let systemd = vec![(
+            CREDENTIALS_DIRECTORY.to_string(),
+            "/run/credentials/x".to_string(),
+        )];
+        let kept = with_credentials_beside(systemd.clone(), Some(&config_file));
+        assert_eq!(kept, systemd);
     }
 
     #[test]

@@ -161,19 +161,68 @@ fn redacted_output_hides_secrets() {
 #[test]
 fn the_install_config_is_the_defaults_with_the_store_under_var_lib_and_no_secret() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/heistd.toml");
-    let loaded = load(Some(&example), Vec::new()).expect("the example is valid");
+    // The credentials the README's install steps make, as systemd hands them over.
+    let credentials = tempfile::tempdir().expect("temp dir");
+    let names = [
+        "admin-token",
+        "oauth-signing-key",
+        "planner",
+        "hacker",
+        "safecracker",
+        "mole",
+        "operator",
+        "heistd",
+    ];
+    for name in names {
+        std::fs::write(
+            credentials.path().join(name),
+            format!("{name}-0123456789abcdef0123456789\n"),
+        )
+        .expect("write");
+    }
+    let environment = vec![(
+        "CREDENTIALS_DIRECTORY".to_string(),
+        credentials.path().display().to_string(),
+    )];
+    let loaded = load(Some(&example), environment).expect("the example is valid");
     let mut expected = Config::builtin();
     expected.store.path = "/var/lib/heistd/heistd.db".into();
+    expected.daemon.admin_token_file = Some("admin-token".into());
+    expected.daemon.admin_token = Some(Secret::new("admin-token-0123456789abcdef0123456789"));
+    expected.oauth.signing_key_file = Some("oauth-signing-key".into());
+    expected.oauth.signing_key = Some(Secret::new("oauth-signing-key-0123456789abcdef0123456789"));
+    for client in &mut expected.oauth.clients {
+        client.client_secret_file = Some(client.client_id.clone().into());
+        client.client_secret =
+            Secret::new(format!("{}-0123456789abcdef0123456789", client.client_id));
+    }
     assert_eq!(loaded.redacted_toml(), expected.redacted_toml());
+    assert_eq!(loaded.daemon.admin_token, expected.daemon.admin_token);
+    assert_eq!(loaded.oauth.signing_key, expected.oauth.signing_key);
+    let secrets = |config: &Config| -> Vec<(String, String)> {
+        config
+            .oauth
+            .clients
+            .iter()
+            .map(|client| {
+                (
+                    client.client_id.clone(),
+                    client.client_secret.expose().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(secrets(&loaded), secrets(&expected));
+    assert!(loaded.warnings().is_empty(), "{:?}", loaded.warnings());
     let text = std::fs::read_to_string(&example).expect("read");
-    // Commented examples may show where a secret goes (a file or a
-    // variable); no line that is read sets one.
+    // Secrets are named by file (a credential) or variable; no line that
+    // is read sets one itself.
     let settings = text
         .lines()
         .filter(|line| !line.trim_start().starts_with('#'));
     for line in settings {
         assert!(
-            !line.contains("client_secret") && !line.contains("rehearsal-secret"),
+            !line.trim_start().starts_with("client_secret =") && !line.contains("rehearsal-secret"),
             "the install config ships no secret: {line}"
         );
     }

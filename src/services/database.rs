@@ -3,7 +3,8 @@
 //! pool of read-only connections that refuse anything but a single `SELECT`
 //! (or `WITH ... SELECT`), cannot attach other files, cap every value
 //! (`SQLITE_LIMIT_LENGTH`, so `printf`, `randomblob` and `zeroblob` cannot
-//! build huge strings), return at most [`MAX_ROWS`] rows and a bounded
+//! build huge strings, and a query that tries is refused, not answered with
+//! NULLs), return at most [`MAX_ROWS`] rows and a bounded
 //! number of bytes, and are interrupted from outside when the time limit
 //! passes (a timer calls `sqlite3_interrupt`, so one expensive function call
 //! cannot outrun it the way it outruns the progress callback).
@@ -17,8 +18,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::Rng;
+use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::limits::Limit;
-use rusqlite::types::ValueRef;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
@@ -36,6 +38,8 @@ pub enum QueryError {
     TooSlow(Duration),
     #[error("the reply would be over {0} bytes; select fewer rows or shorter columns")]
     ReplyTooLarge(usize),
+    #[error("a value would be over {0} bytes (companions.database_query.max_value_bytes); build shorter strings")]
+    ValueTooLarge(usize),
     #[error("every reader is busy; try again")]
     Busy,
     #[error("SQL error: {0}")]
@@ -48,7 +52,7 @@ impl QueryError {
     pub fn status(&self) -> u16 {
         match self {
             Self::Busy => 503,
-            Self::ReplyTooLarge(_) => 413,
+            Self::ReplyTooLarge(_) | Self::ValueTooLarge(_) => 413,
             _ => 400,
         }
     }
@@ -164,12 +168,7 @@ impl ShiftDatabase {
         // interrupt stops one expensive step.
         let deadline = Deadline::start(self.time_limit());
         connection.progress_handler(10_000, Some(move || deadline.passed()));
-        let outcome = run(
-            connection,
-            sql,
-            self.time_limit(),
-            self.limits.max_reply_bytes,
-        );
+        let outcome = run(connection, sql, self.time_limit(), &self.limits);
         connection.progress_handler(0, None::<fn() -> bool>);
         outcome
     }
@@ -188,6 +187,7 @@ impl ShiftDatabase {
         let max_value = i32::try_from(self.limits.max_value_bytes).unwrap_or(i32::MAX);
         reader.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_value)?;
         reader.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
+        install_bounded_printf(&reader, max_value)?;
         Ok(reader)
     }
 
@@ -210,17 +210,74 @@ impl ShiftDatabase {
     }
 }
 
+/// SQLite's own `printf()` (and its alias `format()`) answers NULL, not an
+/// error, when its result would pass `SQLITE_LIMIT_LENGTH`: a query asking
+/// for a 20 MB string gets rows of NULL and never learns why. These
+/// replacements run the built-in on a private in-memory connection with the
+/// same limit, and turn that NULL (for a format that is not NULL) into the
+/// "too big" error every other function gives.
+fn install_bounded_printf(reader: &Connection, max_value: i32) -> rusqlite::Result<()> {
+    let formatter = Connection::open_in_memory()?;
+    formatter.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_value)?;
+    let formatter = Arc::new(Mutex::new(formatter));
+    for name in ["printf", "format"] {
+        let formatter = formatter.clone();
+        reader.create_scalar_function(
+            name,
+            -1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            move |context| bounded_printf(&formatter.lock(), name, context),
+        )?;
+    }
+    Ok(())
+}
+
+fn bounded_printf(
+    formatter: &Connection,
+    name: &str,
+    context: &Context<'_>,
+) -> rusqlite::Result<Value> {
+    if context.is_empty() {
+        return Ok(Value::Null);
+    }
+    let placeholders: Vec<String> = (1..=context.len())
+        .map(|index| format!("?{index}"))
+        .collect();
+    let mut statement =
+        formatter.prepare_cached(&format!("SELECT {name}({})", placeholders.join(", ")))?;
+    let arguments = (0..context.len())
+        .map(|index| context.get::<Value>(index))
+        .collect::<rusqlite::Result<Vec<Value>>>()?;
+    let result: Value =
+        statement.query_row(rusqlite::params_from_iter(arguments), |row| row.get(0))?;
+    if result == Value::Null && context.get_raw(0) != ValueRef::Null {
+        // No message: SQLite's sqlite3_result_error() would turn the code
+        // into a plain SQLITE_ERROR.
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG),
+            None,
+        ));
+    }
+    Ok(result)
+}
+
 fn run(
     connection: &Connection,
     sql: &str,
     time_limit: Duration,
-    max_reply_bytes: usize,
+    limits: &DatabaseToolConfig,
 ) -> Result<serde_json::Value, QueryError> {
+    let max_reply_bytes = limits.max_reply_bytes;
     let to_error = |error: rusqlite::Error| match error {
         rusqlite::Error::SqliteFailure(failure, _)
             if failure.code == rusqlite::ErrorCode::OperationInterrupted =>
         {
             QueryError::TooSlow(time_limit)
+        }
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.code == rusqlite::ErrorCode::TooBig =>
+        {
+            QueryError::ValueTooLarge(limits.max_value_bytes)
         }
         other => QueryError::Sql(other.to_string()),
     };
@@ -379,17 +436,20 @@ mod tests {
             "SELECT length(hex(randomblob(100000000)))",
             "SELECT zeroblob(100000000)",
         ] {
-            // SQLite answers NULL or "string or blob too big": either way
-            // nothing large is built.
-            match database.query(sql) {
-                Err(QueryError::Sql(message)) => assert!(message.contains("too big"), "{sql}: {message}"),
-                Ok(rows) => assert!(
-                    rows.as_array().is_some_and(|rows| rows.iter().all(|row| row.as_object().is_some_and(|row| row.values().all(serde_json::Value::is_null)))),
-                    "{sql}: {rows}"
-                ),
-                Err(other) => panic!("{sql}: {other}"),
-            }
+            // Refused, not answered with NULLs: nothing large is built.
+            assert_eq!(
+                database.query(sql),
+                Err(QueryError::ValueTooLarge(1024 * 1024)),
+                "{sql}"
+            );
         }
+        // Small results and a NULL format still work as SQLite's own printf.
+        assert_eq!(
+            database.query(
+                "SELECT printf('%d-%s', 7, 'x') AS a, format('%5.1f', 2.5) AS b, printf(NULL) AS c"
+            ),
+            Ok(serde_json::json!([{"a": "7-x", "b": "  2.5", "c": null}]))
+        );
         let wide = database.query(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100) SELECT printf('%.*c', 500000, 'x') FROM n",
         );

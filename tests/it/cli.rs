@@ -59,14 +59,33 @@ fn config_check_names_the_key_and_file_and_exits_1() {
 
 #[test]
 fn config_check_prints_the_resolved_config_without_secrets() {
+    // The install config as installed: /etc/heistd/heistd.toml with the
+    // README's credentials folder beside it, read outside systemd.
     let directory = tempfile::tempdir().expect("temp dir");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/heistd.toml");
+    let installed = directory.path().join("heistd.toml");
+    std::fs::copy(&example, &installed).expect("copy");
+    std::fs::create_dir(directory.path().join("credentials")).expect("mkdir");
+    let names = [
+        "admin-token",
+        "oauth-signing-key",
+        "planner",
+        "hacker",
+        "safecracker",
+        "mole",
+        "operator",
+        "heistd",
+    ];
+    for name in names {
+        let secret = format!("{name}-secret-that-must-not-show-0123456789");
+        std::fs::write(directory.path().join("credentials").join(name), secret).expect("write");
+    }
     let output = heistd(
         &[
             "config",
             "check",
             "--config",
-            example.to_str().expect("utf-8"),
+            installed.to_str().expect("utf-8"),
         ],
         directory.path(),
     );
@@ -77,8 +96,33 @@ fn config_check_prints_the_resolved_config_without_secrets() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("<redacted>") && !stdout.contains("rehearsal-secret"),
+        stdout.contains("<redacted>")
+            && !stdout.contains("rehearsal-secret")
+            && !stdout.contains("must-not-show"),
         "{stdout}"
+    );
+    // Every client has its own secret: no built-in secret to warn about.
+    assert!(
+        !text(&output.stderr).contains("warning"),
+        "{}",
+        text(&output.stderr)
+    );
+    // Without the folder (and outside systemd) the first credential is named.
+    std::fs::remove_dir_all(directory.path().join("credentials")).expect("rm");
+    let missing = heistd(
+        &[
+            "config",
+            "check",
+            "--config",
+            installed.to_str().expect("utf-8"),
+        ],
+        directory.path(),
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing.stderr).contains("CREDENTIALS_DIRECTORY"),
+        "{}",
+        text(&missing.stderr)
     );
 }
 

@@ -249,15 +249,22 @@ async fn the_printf_query_leaves_the_companions_rss_under_150_mb() {
             .send()
             .await
             .expect("answered");
+        let status = reply.status();
         let body = reply.bytes().await.expect("body");
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );
-        // SQLITE_LIMIT_LENGTH makes each 20 MB value NULL: a small reply.
-        assert!(body.len() < 64 * 1024, "a {}-byte reply", body.len());
-        let _: Value = serde_json::from_slice(&body).expect("JSON");
+        // SQLITE_LIMIT_LENGTH stops each 20 MB value at 1 MiB: refused.
+        assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+        let error: Value = serde_json::from_slice(&body).expect("JSON");
+        assert!(
+            error["error"]
+                .as_str()
+                .is_some_and(|text| text.contains("max_value_bytes")),
+            "{error}"
+        );
     }
     let (rss_kb, peak_kb) = services.memory_kb();
     assert!(
