@@ -13,6 +13,7 @@ impl Default for StoreConfig {
         Self {
             path: default_store_path(),
             synchronous: Synchronous::Full,
+            group_commit: default_group_commit(),
             max_size_mb: 0,
             max_outage_ms: default_max_outage_ms(),
             backend: StoreBackend::Sqlite,

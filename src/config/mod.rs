@@ -135,6 +135,12 @@ pub struct StoreConfig {
     /// survives a crash of the process, and is faster on slow disks.
     #[serde(default)]
     pub synchronous: Synchronous,
+    /// SQLite: turns of several sessions that are ready while a commit is
+    /// in flight share the next transaction (one fsync); each session still
+    /// goes on only once its turn is durable. `false`: one transaction per
+    /// turn.
+    #[serde(default = "default_group_commit")]
+    pub group_commit: bool,
     /// Caps the database's size, its write-ahead log included (0: no
     /// cap). At the cap new runs are refused before any service call, and
     /// a commit that does not fit is a store outage, like a full disk.
@@ -162,6 +168,10 @@ pub struct StoreConfig {
     /// Resolved at load from `password_env` or `password_file`.
     #[serde(skip)]
     pub password: Option<Secret>,
+}
+
+fn default_group_commit() -> bool {
+    true
 }
 
 fn default_max_outage_ms() -> u64 {

@@ -201,7 +201,7 @@ impl StoreHandle {
     /// Commits a turn; on PostgreSQL fenced on this node's lease, so a
     /// session taken over elsewhere fails with [`StoreError::Fenced`].
     pub async fn record_turn(&self, turn: TurnRecord) -> Result<(), StoreError> {
-        let outcome = dispatch!(self, |store| store.record_turn(&turn), |store| store
+        let outcome = dispatch!(self, |store| store.commit_turn(turn), |store| store
             .record_turn(&turn));
         self.outage.note(&outcome);
         outcome

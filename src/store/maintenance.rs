@@ -54,6 +54,7 @@ impl Store {
                 }
             })?),
             size_cap: None,
+            commits: Default::default(),
             connection: Mutex::new(connection),
         })
     }
@@ -79,6 +80,7 @@ impl Store {
         }
         let mut store = Self::open(&config.path, config.synchronous)?;
         store._writer_lock = Some(lock);
+        store.commits.enabled = config.group_commit;
         if config.max_size_mb > 0 {
             let cap = config.max_size_mb.saturating_mul(1024 * 1024);
             let granted = store.limit_size(cap)?;

@@ -28,6 +28,7 @@ use parking_lot::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 mod collisions;
+mod group_commit;
 mod handle;
 mod health;
 mod identity;
@@ -127,6 +128,8 @@ pub struct Store {
     identity: Option<identity::FileIdentity>,
     /// `store.max_size_mb` in bytes, counted with the WAL.
     size_cap: Option<u64>,
+    /// Turns waiting for the next commit (`group_commit`).
+    commits: group_commit::CommitQueue,
 }
 
 impl StoreError {

@@ -56,6 +56,7 @@ impl Store {
             _writer_lock: None,
             identity: None,
             size_cap: None,
+            commits: Default::default(),
             connection: Mutex::new(connection),
         })
     }

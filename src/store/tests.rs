@@ -403,3 +403,126 @@ async fn a_configured_handle_reads_sessions_through_a_connection_that_cannot_wri
         .expect("find");
     assert_eq!(active.len(), 1);
 }
+
+#[test]
+fn a_commit_batch_is_one_transaction_and_a_refused_turn_fails_alone() {
+    use super::group_commit::{write_batch, Pending};
+    let (_directory, store) = open();
+    let active = store.create_session(&new_session(1, 5)).expect("session");
+    let ended = store.create_session(&new_session(2, 5)).expect("session");
+    store
+        .finish_session(&ended, SessionStatus::Completed, None)
+        .expect("end");
+    let batch: Vec<Pending> = [
+        turn(&active, 1),
+        turn(&ended, 1),
+        turn(&active, 2),
+        // A duplicate of turn 1: refused by the unique key.
+        turn(&active, 1),
+        turn(&active, 3),
+    ]
+    .into_iter()
+    .map(|turn| Pending {
+        turn,
+        outcome: Default::default(),
+    })
+    .collect();
+    let outcomes = write_batch(&mut store.lock(), &batch);
+    let failed: Vec<bool> = outcomes.iter().map(Result::is_err).collect();
+    assert_eq!(failed, [false, true, false, true, false], "{outcomes:?}");
+    assert!(matches!(outcomes[1], Err(StoreError::SessionEnded { .. })));
+    let detail = store.session(&active).expect("detail");
+    assert_eq!(detail.session.num_turns, 3);
+    let turns: Vec<u32> = detail
+        .messages
+        .iter()
+        .map(|message| message.turn_id as u32)
+        .collect();
+    assert_eq!(turns, [1, 2, 3]);
+    assert_eq!(detail.tool_usage.len(), 3);
+    assert_eq!(store.last_turn(&ended).expect("turns"), 0);
+}
+
+#[test]
+fn turns_queued_behind_a_commit_share_the_next_transaction() {
+    assert_eq!(queue_eight_turns_behind_a_commit(true), (1, 8));
+    // store.group_commit = false: one transaction per turn.
+    assert_eq!(queue_eight_turns_behind_a_commit(false), (8, 8));
+}
+
+/// Holds the connection as a commit in flight would, queues one turn of
+/// each of eight sessions behind it, lets go, and returns the store's
+/// (transactions, turns) once all eight are committed.
+fn queue_eight_turns_behind_a_commit(group_commit: bool) -> (u64, u64) {
+    let (_directory, mut store) = open();
+    store.commits.enabled = group_commit;
+    let store = std::sync::Arc::new(store);
+    let sessions: Vec<String> = (0..8)
+        .map(|seed| {
+            store
+                .create_session(&new_session(seed, 1))
+                .expect("session")
+        })
+        .collect();
+    let connection = store.lock();
+    let threads: Vec<_> = sessions
+        .iter()
+        .cloned()
+        .map(|session| {
+            let store = store.clone();
+            std::thread::spawn(move || store.record_turn(&turn(&session, 1)))
+        })
+        .collect();
+    if group_commit {
+        while store.commits.pending.lock().len() < sessions.len() {
+            std::thread::yield_now();
+        }
+    }
+    drop(connection);
+    for thread in threads {
+        thread.join().expect("thread").expect("committed");
+    }
+    for session in &sessions {
+        assert_eq!(store.last_turn(session).expect("turns"), 1);
+    }
+    store.commit_counts()
+}
+
+#[test]
+fn concurrent_sessions_commit_every_turn_exactly_once() {
+    let (_directory, store) = open();
+    let store = std::sync::Arc::new(store);
+    let sessions: Vec<String> = (0..16)
+        .map(|seed| {
+            store
+                .create_session(&new_session(seed, 20))
+                .expect("session")
+        })
+        .collect();
+    let threads: Vec<_> = sessions
+        .iter()
+        .cloned()
+        .map(|session| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for turn_id in 1..=20 {
+                    store.record_turn(&turn(&session, turn_id)).expect("commit");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("thread");
+    }
+    for session in &sessions {
+        let detail = store.session(session).expect("detail");
+        let turns: Vec<i64> = detail
+            .messages
+            .iter()
+            .map(|message| message.turn_id)
+            .collect();
+        assert_eq!(turns, (1..=20).collect::<Vec<i64>>());
+        assert_eq!(detail.session.num_turns, 20);
+    }
+    assert_eq!(store.commit_counts().1, 16 * 20);
+}

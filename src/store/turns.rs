@@ -12,48 +12,11 @@ use super::{
 
 impl Store {
     /// Commits a turn's message, tool calls and outbox entry in one
-    /// transaction, and counts it in the session's `num_turns`.
-    // Long because one transaction writes every table a turn touches, in order.
+    /// transaction, and counts it in the session's `num_turns`; returns once
+    /// that transaction is durable. Turns of other sessions that arrive
+    /// meanwhile share it (`group_commit`).
     pub fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
-        // Never commit into a deleted or replaced file.
-        self.check_identity()?;
-        let mut connection = self.lock();
-        let transaction =
-            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // A turn that finishes after its session was ended (the daemon's
-        // grace period ran out mid-turn) is not recorded.
-        ensure_session_active(&transaction, &turn.session_id)?;
-        let now = timestamp(chrono::Utc::now());
-        // Every statement of a turn's commit is prepared once per connection
-        // (`prepare_cached`): parsing SQL was a fifth of the daemon's
-        // instructions per turn under load (BENCHMARKS.md).
-        transaction.prepare_cached(
-            "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?.execute(params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error, turn.prompt_tokens, turn.completion_tokens, turn.finish_reason, turn.trimmed],
-        )?;
-        insert_tool_calls(&transaction, turn, &now)?;
-        insert_service_calls(
-            &transaction,
-            &turn.session_id,
-            turn.turn_id,
-            &turn.service_calls,
-            &now,
-        )?;
-        if let Some(payload) = &turn.memory_payload {
-            transaction
-                .prepare_cached(
-                    "INSERT INTO outbox (session_id, turn_id, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![turn.session_id, turn.turn_id, payload, now])?;
-        }
-        transaction
-            .prepare_cached(
-                "UPDATE sessions SET num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = ?1) WHERE session_id = ?1",
-            )?
-            .execute(params![turn.session_id])?;
-        transaction.commit()?;
-        Ok(())
+        self.commit_turn(turn.clone())
     }
 
     /// The last `limit` turns that produced a message, oldest first, with
@@ -111,6 +74,44 @@ impl Store {
         )?;
         Ok(turn.max(0) as u32)
     }
+}
+
+/// Writes a turn's rows (message, tool calls, service calls, outbox entry)
+/// and its session's `num_turns` inside the caller's transaction.
+pub(super) fn insert_turn(connection: &Connection, turn: &TurnRecord) -> Result<(), StoreError> {
+    // A turn that finishes after its session was ended (the daemon's
+    // grace period ran out mid-turn) is not recorded.
+    ensure_session_active(connection, &turn.session_id)?;
+    let now = timestamp(chrono::Utc::now());
+    // Every statement of a turn's commit is prepared once per connection
+    // (`prepare_cached`): parsing SQL was a fifth of the daemon's
+    // instructions per turn under load (BENCHMARKS.md).
+    connection.prepare_cached(
+        "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?.execute(params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error, turn.prompt_tokens, turn.completion_tokens, turn.finish_reason, turn.trimmed],
+    )?;
+    insert_tool_calls(connection, turn, &now)?;
+    insert_service_calls(
+        connection,
+        &turn.session_id,
+        turn.turn_id,
+        &turn.service_calls,
+        &now,
+    )?;
+    if let Some(payload) = &turn.memory_payload {
+        connection
+            .prepare_cached(
+                "INSERT INTO outbox (session_id, turn_id, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![turn.session_id, turn.turn_id, payload, now])?;
+    }
+    connection
+        .prepare_cached(
+            "UPDATE sessions SET num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = ?1) WHERE session_id = ?1",
+        )?
+        .execute(params![turn.session_id])?;
+    Ok(())
 }
 
 /// Refuses a turn for a session that is missing or no longer `active`.
