@@ -590,7 +590,9 @@ async fn floor_setup(
     let secret = config
         .client_secret(FLOOR_AGENT)
         .context("the planner's secret")?;
-    let scopes: Vec<String> = Tool::ALL.iter().map(|tool| tool.scope()).collect();
+    // Every tool, and memory:write for the turn's memory (its own agent_id).
+    let mut scopes: Vec<String> = Tool::ALL.iter().map(|tool| tool.scope()).collect();
+    scopes.push("memory:write".into());
     let http = reqwest::Client::new();
     let token: Value = http
         .post(format!("{}{}", urls["oauth"], wire::TOKEN_PATH))
@@ -657,6 +659,7 @@ async fn floor_session(floor: &Floor, session_id: &str, turns: u32, seed: u64) -
                 wire::IDEMPOTENCY_KEY_HEADER,
                 format!("{session_id}:{turn_id}"),
             )
+            .bearer_auth(&floor.token)
             .json(&payload)
             .send()
             .await?
