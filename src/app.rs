@@ -222,6 +222,15 @@ impl Parts {
             self.store.clone(),
             self.stop.clone(),
         ));
+        if self.store.is_shared() {
+            // Ends by itself on stop; nothing waits for it. Requests still
+            // queued then stay in the store for the other nodes.
+            tokio::spawn(
+                self.runs
+                    .clone()
+                    .claim_queued_until_stopped(Duration::from_millis(config.cluster.heartbeat_ms)),
+            );
+        }
         // Ends by itself on stop; nothing waits for it.
         tokio::spawn(store_watch::watch_store(
             self.store.clone(),

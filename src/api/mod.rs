@@ -71,6 +71,10 @@ pub enum ApiError {
     /// again once a running session ends, which is what 429 means.
     #[error("{running} sessions are running, the configured maximum; try again when one ends")]
     AtCapacity { running: usize },
+    /// 429: the cluster's run queue is full; try again once nodes have
+    /// taken some of it.
+    #[error("the run queue holds {queued} requests waiting for a node, the limit daemon.max_queued_runs = {max_queued}; try again when it drains")]
+    QueueFull { queued: u64, max_queued: u32 },
     /// 503: heistd is stopping and starts nothing new.
     #[error("heistd is shutting down and starts no new runs")]
     ShuttingDown,
@@ -172,7 +176,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::AtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::AtCapacity { .. } | Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ShuttingDown | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -224,6 +228,9 @@ impl From<StartRunError> for ApiError {
     fn from(error: StartRunError) -> Self {
         match error {
             StartRunError::AtCapacity { running } => Self::AtCapacity { running },
+            StartRunError::QueueFull { queued, max_queued } => {
+                Self::QueueFull { queued, max_queued }
+            }
             StartRunError::ShuttingDown => Self::ShuttingDown,
             StartRunError::StoreUnavailable(reason) => Self::StoreUnavailable(reason),
             StartRunError::Failed(reason) => Self::Internal {
@@ -278,6 +285,9 @@ struct ClusterStatus {
     /// Every active session and the node that holds its lease.
     session_owners: Vec<SessionOwner>,
     max_concurrent_sessions: u32,
+    /// Run requests waiting in the cluster's run queue (always 0 on
+    /// SQLite, which has none).
+    queued_runs: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -382,6 +392,7 @@ async fn cluster_status(state: &DaemonState) -> ClusterStatus {
         nodes,
         session_owners,
         max_concurrent_sessions: config.cluster.max_concurrent_sessions,
+        queued_runs: state.store.queued_runs().await.unwrap_or_default(),
     }
 }
 

@@ -549,6 +549,13 @@ async fn runs_map_the_daemons_refusals_to_statuses() {
             StartRunError::AtCapacity { running: 2 },
             StatusCode::TOO_MANY_REQUESTS,
         ),
+        (
+            StartRunError::QueueFull {
+                queued: 100,
+                max_queued: 100,
+            },
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
         (StartRunError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
         (
             StartRunError::Failed("disk I/O error at /var/lib/heistd/audit.db".into()),
