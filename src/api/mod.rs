@@ -288,6 +288,20 @@ struct ClusterStatus {
     /// Run requests waiting in the cluster's run queue (always 0 on
     /// SQLite, which has none).
     queued_runs: u64,
+    /// Each configured schedule as the whole cluster sees it: the last
+    /// slot any node claimed (from the store) and the next slot due.
+    schedules: Vec<ClusterSchedule>,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterSchedule {
+    name: String,
+    enabled: bool,
+    /// The latest slot a session was created for, by any node.
+    last_slot: Option<DateTime<Utc>>,
+    /// The first slot after now and after `last_slot`; null when disabled
+    /// or when the trigger never fires again.
+    next_slot: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -393,7 +407,42 @@ async fn cluster_status(state: &DaemonState) -> ClusterStatus {
         session_owners,
         max_concurrent_sessions: config.cluster.max_concurrent_sessions,
         queued_runs: state.store.queued_runs().await.unwrap_or_default(),
+        schedules: cluster_schedules(state, &config).await,
     }
+}
+
+/// Every schedule's next slot from its trigger and the last slot claimed
+/// in the store, so each node shows the same (a node's own scheduler may
+/// be waiting out jitter, or not running the schedule at all).
+async fn cluster_schedules(
+    state: &DaemonState,
+    config: &crate::config::Config,
+) -> Vec<ClusterSchedule> {
+    use crate::scheduler::Slots as _;
+    let now = Utc::now();
+    let mut schedules = Vec::with_capacity(config.schedule.len());
+    for schedule in &config.schedule {
+        let last_slot = state
+            .store
+            .last_scheduled_time(&schedule.name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+            .map(|slot| slot.with_timezone(&Utc));
+        let after = last_slot.map_or(now, |last| last.max(now));
+        let next_slot = schedule
+            .enabled
+            .then(|| schedule.trigger().next_after(after))
+            .flatten();
+        schedules.push(ClusterSchedule {
+            name: schedule.name.clone(),
+            enabled: schedule.enabled,
+            last_slot,
+            next_slot,
+        });
+    }
+    schedules
 }
 
 async fn list_sessions(

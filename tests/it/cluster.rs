@@ -123,6 +123,20 @@ async fn three_nodes_run_each_scheduled_slot_once() {
     assert_eq!(status, 200);
     let listed = body["cluster"]["nodes"].as_array().map_or(0, Vec::len);
     assert!(listed >= 3, "{body}");
+    // Every node shows the schedule's slots as the cluster has them: the
+    // last slot any node claimed, and the next one after it.
+    for node in &nodes {
+        let (_, body) = node.get("/api/v1/status").await;
+        let schedule = &body["cluster"]["schedules"][0];
+        assert_eq!(schedule["name"], "fast", "{body}");
+        let slot = |key: &str| {
+            chrono::DateTime::parse_from_rfc3339(schedule[key].as_str().expect(key))
+                .expect("RFC 3339")
+        };
+        let (last, next) = (slot("last_slot"), slot("next_slot"));
+        assert!(last >= *slots.last().expect("slots"), "{body}");
+        assert!(next > last && next.timestamp_subsec_millis() == 0, "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
