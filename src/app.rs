@@ -2,7 +2,8 @@
 //! store, builds the clients, the shared state and the run registry, and
 //! binds the admin API; [`App::run`] starts the tasks (admin API, health
 //! checks, crash recovery, scheduler, retention, outbox deliverer, memory
-//! reconciliation, watchdog), serves reloads and run requests, and stops them in order.
+//! reconciliation, the run-queue claimer on a shared store, watchdog),
+//! serves reloads and run requests, and stops them in order.
 //!
 //! This is the one place that knows every part of the daemon. It holds no
 //! behaviour of its own beyond that order: each part lives in its module
