@@ -10,7 +10,14 @@
 //!
 //! Run: `cargo bench --bench load`; options after `--` (or as variables):
 //! `--sessions 1,10,100` (`LOAD_SESSIONS`), `--turns 50` (`LOAD_TURNS`),
-//! `--synchronous full|normal` (`LOAD_SYNCHRONOUS`). The daemon's turn
+//! `--synchronous full|normal` (`LOAD_SYNCHRONOUS`), `--store
+//! postgres://user@host/db` (`LOAD_STORE`; default `sqlite`) and `--nodes
+//! 3` (`LOAD_NODES`, PostgreSQL only; default 1). With PostgreSQL each N
+//! gets a fresh database (`CREATE DATABASE` on the server the URL names,
+//! dropped afterwards) and `nodes` daemons on it, each with room for N /
+//! nodes sessions; the runs are posted to the nodes in turn and go
+//! through the cluster's run queue. The floor stays the SQLite one. The
+//! daemon's CPU is then the nodes' sum and its RSS the largest node's. The daemon's turn
 //! times come from its own audit trail (each turn's commit timestamp
 //! minus the previous one's), its CPU from `/proc/PID/stat` and its peak
 //! RSS from `VmHWM`; a fresh daemon and database serve each N. The last
@@ -53,6 +60,11 @@ struct Options {
     sessions: Vec<u32>,
     turns: u32,
     synchronous: String,
+    /// `None`: SQLite (the default); else the PostgreSQL server's URL, on
+    /// which each N gets a database of its own.
+    postgres: Option<String>,
+    /// Daemons sharing the PostgreSQL database.
+    nodes: u32,
 }
 
 /// Per-turn times and throughput of one side (daemon or floor).
@@ -89,6 +101,12 @@ async fn run(options: Options) -> Result<()> {
         binary.display(),
         load_average()
     );
+    if let Some(url) = &options.postgres {
+        println!(
+            "store: PostgreSQL at {url}, {} node(s); a fresh database per N",
+            options.nodes
+        );
+    }
     let mut summaries = Vec::new();
     for &sessions in &options.sessions {
         let floor = floor_run(&urls, directory.path(), sessions, &options).await?;
@@ -118,6 +136,8 @@ fn options() -> Result<Options> {
     let mut sessions = std::env::var("LOAD_SESSIONS").unwrap_or_else(|_| "1,10,100".into());
     let mut turns = std::env::var("LOAD_TURNS").unwrap_or_else(|_| "50".into());
     let mut synchronous = std::env::var("LOAD_SYNCHRONOUS").unwrap_or_else(|_| "full".into());
+    let mut store = std::env::var("LOAD_STORE").unwrap_or_else(|_| "sqlite".into());
+    let mut nodes = std::env::var("LOAD_NODES").unwrap_or_else(|_| "1".into());
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
         let target = match argument.as_str() {
@@ -126,7 +146,9 @@ fn options() -> Result<Options> {
             "--sessions" => &mut sessions,
             "--turns" => &mut turns,
             "--synchronous" => &mut synchronous,
-            other => bail!("unknown option {other}; use --sessions 1,10,100 --turns 50 --synchronous full|normal"),
+            "--store" => &mut store,
+            "--nodes" => &mut nodes,
+            other => bail!("unknown option {other}; use --sessions 1,10,100 --turns 50 --synchronous full|normal --store sqlite|postgres://... --nodes 1"),
         };
         *target = arguments
             .next()
@@ -151,10 +173,25 @@ fn options() -> Result<Options> {
         synchronous == "full" || synchronous == "normal",
         "--synchronous: full or normal"
     );
+    let postgres = match store.as_str() {
+        "sqlite" => None,
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Some(url.to_string())
+        }
+        other => bail!("--store: sqlite or a postgres:// URL, not {other}"),
+    };
+    let nodes: u32 = nodes.parse().context("--nodes: a number")?;
+    ensure!(nodes > 0, "--nodes: at least 1");
+    ensure!(
+        nodes == 1 || postgres.is_some(),
+        "--nodes: several nodes need --store postgres://..."
+    );
     Ok(Options {
         sessions,
         turns,
         synchronous,
+        postgres,
+        nodes,
     })
 }
 
@@ -241,18 +278,10 @@ fn start_companions(binary: &Path, directory: &Path) -> Result<Companions> {
     Ok(Companions { process, urls })
 }
 
-/// The daemon's config: the companions' URLs, the store, and room for all
-/// N sessions at once; everything else as built in.
-fn daemon_config(
-    urls: &BTreeMap<String, String>,
-    database: &Path,
-    sessions: u32,
-    synchronous: &str,
-) -> String {
-    let mut text = format!(
-        "[store]\npath = \"{}\"\nsynchronous = \"{synchronous}\"\n[daemon]\nmax_concurrent_sessions = {sessions}\n",
-        database.display()
-    );
+/// The daemon's config: the companions' URLs, the store (`store` is its
+/// TOML), and room for `sessions` at once; everything else as built in.
+fn daemon_config(urls: &BTreeMap<String, String>, store: &str, sessions: u32) -> String {
+    let mut text = format!("{store}[daemon]\nmax_concurrent_sessions = {sessions}\n");
     for service in heistd::config::SERVICE_NAMES {
         text.push_str(&format!(
             "[services.{service}]\nbase_url = \"{}\"\n",
@@ -330,30 +359,138 @@ async fn daemon_run(
 ) -> Result<DaemonMeasured> {
     let directory = root.join(format!("daemon-{sessions}"));
     std::fs::create_dir_all(&directory)?;
-    let database = directory.join("audit.db");
-    let config = daemon_config(urls, &database, sessions, &options.synchronous);
-    let (mut daemon, admin) =
-        tokio::task::block_in_place(|| start_daemon(binary, &directory, &config))?;
+    let trail = match &options.postgres {
+        None => Trail::Sqlite(directory.join("audit.db")),
+        Some(server) => Trail::Postgres(Box::new(PgDatabase::create(server).await?)),
+    };
+    let per_node = sessions.div_ceil(options.nodes);
+    let mut daemons = Vec::new();
+    for node in 0..options.nodes {
+        let node_directory = if options.nodes == 1 {
+            directory.clone()
+        } else {
+            directory.join(format!("node-{node}"))
+        };
+        std::fs::create_dir_all(&node_directory)?;
+        let config = daemon_config(
+            urls,
+            &trail.store_toml(&options.synchronous, node),
+            per_node,
+        );
+        daemons.push(tokio::task::block_in_place(|| {
+            start_daemon(binary, &node_directory, &config)
+        })?);
+    }
     let http = reqwest::Client::new();
-    wait_until_ready(&http, &admin).await?;
-    let cpu_before = cpu_ms(daemon.pid())?;
+    for (_, admin) in &daemons {
+        wait_until_ready(&http, admin).await?;
+    }
+    let pids: Vec<u32> = daemons.iter().map(|(daemon, _)| daemon.pid()).collect();
+    let cpu_before = cpu_ms_of(&pids)?;
     let companions_before = cpu_ms(companions.process.pid())?;
     let started_at = Utc::now();
     for session in 0..sessions {
-        start_run(&http, &admin, options.turns, u64::from(session) + 1).await?;
+        let (_, admin) = &daemons[(session % options.nodes) as usize];
+        start_run(&http, admin, options.turns, u64::from(session) + 1).await?;
     }
-    wait_until_done(&database).await?;
-    let cpu_ms_used = cpu_ms(daemon.pid())? - cpu_before;
+    wait_until_done(&trail).await?;
+    let cpu_ms_used = cpu_ms_of(&pids)? - cpu_before;
     let companions_cpu_ms = cpu_ms(companions.process.pid())? - companions_before;
-    let peak_rss_mb = peak_rss_mb(daemon.pid())?;
-    daemon.stop();
-    let measured = turn_times(&database, started_at, sessions * options.turns)?;
+    let mut peak_rss_mb: f64 = 0.0;
+    for pid in &pids {
+        peak_rss_mb = peak_rss_mb.max(self::peak_rss_mb(*pid)?);
+    }
+    for (daemon, _) in &mut daemons {
+        daemon.stop();
+    }
+    let measured = turn_times(&trail, started_at, sessions * options.turns).await?;
+    if let Trail::Postgres(database) = trail {
+        database.drop_database().await?;
+    }
     Ok(DaemonMeasured {
         measured,
         peak_rss_mb,
         cpu_ms: cpu_ms_used,
         companions_cpu_ms,
     })
+}
+
+/// Where the daemons' audit trail is, to read the turn times back.
+enum Trail {
+    Sqlite(PathBuf),
+    Postgres(Box<PgDatabase>),
+}
+
+impl Trail {
+    /// The `[store]` (and, with PostgreSQL, `[cluster]`) of node `node`.
+    fn store_toml(&self, synchronous: &str, node: u32) -> String {
+        match self {
+            Trail::Sqlite(database) => format!(
+                "[store]\npath = \"{}\"\nsynchronous = \"{synchronous}\"\n",
+                database.display()
+            ),
+            Trail::Postgres(database) => format!(
+                "[store]\nbackend = \"postgres\"\nurl = \"{}\"\n[cluster]\nnode_id = \"load-{node}\"\n",
+                database.url
+            ),
+        }
+    }
+}
+
+/// A database made for one N on the PostgreSQL server, dropped after it.
+struct PgDatabase {
+    server: String,
+    name: String,
+    url: String,
+    client: tokio_postgres::Client,
+}
+
+impl PgDatabase {
+    async fn create(server: &str) -> Result<Self> {
+        let suffix: u64 = rand::Rng::random(&mut rand::rng());
+        let name = format!("heistd_load_{suffix:016x}");
+        pg_connect(server)
+            .await?
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("CREATE DATABASE on {server}"))?;
+        let mut url = reqwest::Url::parse(server).context("--store: a URL")?;
+        url.set_path(&name);
+        let url = url.to_string();
+        let client = pg_connect(&url).await?;
+        Ok(Self {
+            server: server.to_string(),
+            name,
+            url,
+            client,
+        })
+    }
+
+    async fn drop_database(self) -> Result<()> {
+        drop(self.client);
+        pg_connect(&self.server)
+            .await?
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .context("DROP DATABASE")?;
+        Ok(())
+    }
+}
+
+async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connect to {url}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Summed CPU of several processes, in milliseconds.
+fn cpu_ms_of(pids: &[u32]) -> Result<f64> {
+    pids.iter().map(|pid| cpu_ms(*pid)).sum()
 }
 
 /// Readiness is the daemon's own judgement that its services are up.
@@ -389,16 +526,25 @@ async fn start_run(http: &reqwest::Client, admin: &str, turns: u32, seed: u64) -
 }
 
 /// Polls the audit store (read-only, beside the daemon's writer) until no
-/// session is active.
-async fn wait_until_done(database: &Path) -> Result<()> {
-    let connection = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+/// session is active (or, with PostgreSQL, queued).
+async fn wait_until_done(trail: &Trail) -> Result<()> {
+    const UNFINISHED: &str = "SELECT COUNT(*) FROM sessions WHERE status IN ('active', 'queued')";
+    let connection = match trail {
+        Trail::Sqlite(database) => Some(Connection::open_with_flags(
+            database,
+            OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?),
+        Trail::Postgres(_) => None,
+    };
     let limit = Instant::now() + RUN_LIMIT;
     loop {
-        let active: i64 = connection.query_row(
-            "SELECT COUNT(*) FROM sessions WHERE status = 'active'",
-            [],
-            |row| row.get(0),
-        )?;
+        let active: i64 = match (&connection, trail) {
+            (Some(connection), _) => connection.query_row(UNFINISHED, [], |row| row.get(0))?,
+            (None, Trail::Postgres(database)) => {
+                database.client.query_one(UNFINISHED, &[]).await?.get(0)
+            }
+            (None, Trail::Sqlite(_)) => unreachable!("SQLite has its connection"),
+        };
         if active == 0 {
             return Ok(());
         }
@@ -413,27 +559,46 @@ async fn wait_until_done(database: &Path) -> Result<()> {
 /// Each turn's time is its commit's timestamp minus the previous turn's
 /// (the session's start for turn 1); the wall time runs from just before
 /// the first `POST /api/v1/runs` to the last session's end.
-fn turn_times(database: &Path, started_at: DateTime<Utc>, expected: u32) -> Result<Measured> {
-    let connection = Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let unfinished: i64 = connection.query_row(
-        "SELECT COUNT(*) FROM sessions WHERE status != 'completed'",
-        [],
-        |row| row.get(0),
-    )?;
-    ensure!(unfinished == 0, "{unfinished} sessions did not complete");
-    let failed: i64 = connection.query_row(
-        "SELECT COUNT(*) FROM messages WHERE error IS NOT NULL",
-        [],
-        |row| row.get(0),
-    )?;
-    ensure!(failed == 0, "{failed} turns failed");
-    let mut statement = connection.prepare(
+async fn turn_times(trail: &Trail, started_at: DateTime<Utc>, expected: u32) -> Result<Measured> {
+    const UNFINISHED: &str = "SELECT COUNT(*) FROM sessions WHERE status != 'completed'";
+    const FAILED: &str = "SELECT COUNT(*) FROM messages WHERE error IS NOT NULL";
+    const TURNS: &str =
         "SELECT s.start_time, m.timestamp FROM messages m JOIN sessions s USING (session_id)
-         ORDER BY m.session_id, m.turn_id",
-    )?;
-    let rows: Vec<(String, String)> = statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+         ORDER BY m.session_id, m.turn_id";
+    const ENDED: &str = "SELECT MAX(end_time) FROM sessions";
+    let (unfinished, failed, rows, ended): (i64, i64, Vec<(String, String)>, String) = match trail {
+        Trail::Sqlite(database) => {
+            let connection =
+                Connection::open_with_flags(database, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let mut statement = connection.prepare(TURNS)?;
+            let rows = statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            (
+                connection.query_row(UNFINISHED, [], |row| row.get(0))?,
+                connection.query_row(FAILED, [], |row| row.get(0))?,
+                rows,
+                connection.query_row(ENDED, [], |row| row.get(0))?,
+            )
+        }
+        Trail::Postgres(database) => {
+            let client = &database.client;
+            let rows = client
+                .query(TURNS, &[])
+                .await?
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect();
+            (
+                client.query_one(UNFINISHED, &[]).await?.get(0),
+                client.query_one(FAILED, &[]).await?.get(0),
+                rows,
+                client.query_one(ENDED, &[]).await?.get(0),
+            )
+        }
+    };
+    ensure!(unfinished == 0, "{unfinished} sessions did not complete");
+    ensure!(failed == 0, "{failed} turns failed");
     ensure!(
         rows.len() == expected as usize,
         "{} turns committed, {expected} expected",
@@ -450,8 +615,6 @@ fn turn_times(database: &Path, started_at: DateTime<Utc>, expected: u32) -> Resu
         samples_ms.push((committed - since).as_seconds_f64() * 1000.0);
         previous = Some((start_time, committed));
     }
-    let ended: String =
-        connection.query_row("SELECT MAX(end_time) FROM sessions", [], |row| row.get(0))?;
     let wall_seconds = (parse_time(&ended)? - started_at).as_seconds_f64();
     Ok(Measured {
         samples_ms,
@@ -590,9 +753,10 @@ async fn floor_setup(
     let secret = config
         .client_secret(FLOOR_AGENT)
         .context("the planner's secret")?;
-    // Every tool, and memory:write for the turn's memory (its own agent_id).
+    // The tools' scopes and memory's, as the scenario grants the planner:
+    // the memory service refuses a token without them.
     let mut scopes: Vec<String> = Tool::ALL.iter().map(|tool| tool.scope()).collect();
-    scopes.push("memory:write".into());
+    scopes.extend(["memory:read".to_string(), "memory:write".to_string()]);
     let http = reqwest::Client::new();
     let token: Value = http
         .post(format!("{}{}", urls["oauth"], wire::TOKEN_PATH))

@@ -2,7 +2,8 @@
 //! store, builds the clients, the shared state and the run registry, and
 //! binds the admin API; [`App::run`] starts the tasks (admin API, health
 //! checks, crash recovery, scheduler, retention, outbox deliverer, memory
-//! reconciliation, watchdog), serves reloads and run requests, and stops them in order.
+//! reconciliation, the run-queue claimer on a shared store, watchdog),
+//! serves reloads and run requests, and stops them in order.
 //!
 //! This is the one place that knows every part of the daemon. It holds no
 //! behaviour of its own beyond that order: each part lives in its module
@@ -222,6 +223,15 @@ impl Parts {
             self.store.clone(),
             self.stop.clone(),
         ));
+        if self.store.is_shared() {
+            // Ends by itself on stop; nothing waits for it. Requests still
+            // queued then stay in the store for the other nodes.
+            tokio::spawn(
+                self.runs
+                    .clone()
+                    .claim_queued_until_stopped(Duration::from_millis(config.cluster.heartbeat_ms)),
+            );
+        }
         // Ends by itself on stop; nothing waits for it.
         tokio::spawn(store_watch::watch_store(
             self.store.clone(),

@@ -71,6 +71,10 @@ pub enum ApiError {
     /// again once a running session ends, which is what 429 means.
     #[error("{running} sessions are running, the configured maximum; try again when one ends")]
     AtCapacity { running: usize },
+    /// 429: the cluster's run queue is full; try again once nodes have
+    /// taken some of it.
+    #[error("the run queue holds {queued} requests waiting for a node, the limit daemon.max_queued_runs = {max_queued}; try again when it drains")]
+    QueueFull { queued: u64, max_queued: u32 },
     /// 503: heistd is stopping and starts nothing new.
     #[error("heistd is shutting down and starts no new runs")]
     ShuttingDown,
@@ -172,7 +176,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::AtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::AtCapacity { .. } | Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ShuttingDown | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -224,6 +228,9 @@ impl From<StartRunError> for ApiError {
     fn from(error: StartRunError) -> Self {
         match error {
             StartRunError::AtCapacity { running } => Self::AtCapacity { running },
+            StartRunError::QueueFull { queued, max_queued } => {
+                Self::QueueFull { queued, max_queued }
+            }
             StartRunError::ShuttingDown => Self::ShuttingDown,
             StartRunError::StoreUnavailable(reason) => Self::StoreUnavailable(reason),
             StartRunError::Failed(reason) => Self::Internal {
@@ -278,6 +285,23 @@ struct ClusterStatus {
     /// Every active session and the node that holds its lease.
     session_owners: Vec<SessionOwner>,
     max_concurrent_sessions: u32,
+    /// Run requests waiting in the cluster's run queue (always 0 on
+    /// SQLite, which has none).
+    queued_runs: u64,
+    /// Each configured schedule as the whole cluster sees it: the last
+    /// slot any node claimed (from the store) and the next slot due.
+    schedules: Vec<ClusterSchedule>,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterSchedule {
+    name: String,
+    enabled: bool,
+    /// The latest slot a session was created for, by any node.
+    last_slot: Option<DateTime<Utc>>,
+    /// The first slot after now and after `last_slot`; null when disabled
+    /// or when the trigger never fires again.
+    next_slot: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -382,7 +406,43 @@ async fn cluster_status(state: &DaemonState) -> ClusterStatus {
         nodes,
         session_owners,
         max_concurrent_sessions: config.cluster.max_concurrent_sessions,
+        queued_runs: state.store.queued_runs().await.unwrap_or_default(),
+        schedules: cluster_schedules(state, &config).await,
     }
+}
+
+/// Every schedule's next slot from its trigger and the last slot claimed
+/// in the store, so each node shows the same (a node's own scheduler may
+/// be waiting out jitter, or not running the schedule at all).
+async fn cluster_schedules(
+    state: &DaemonState,
+    config: &crate::config::Config,
+) -> Vec<ClusterSchedule> {
+    use crate::scheduler::Slots as _;
+    let now = Utc::now();
+    let mut schedules = Vec::with_capacity(config.schedule.len());
+    for schedule in &config.schedule {
+        let last_slot = state
+            .store
+            .last_scheduled_time(&schedule.name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+            .map(|slot| slot.with_timezone(&Utc));
+        let after = last_slot.map_or(now, |last| last.max(now));
+        let next_slot = schedule
+            .enabled
+            .then(|| schedule.trigger().next_after(after))
+            .flatten();
+        schedules.push(ClusterSchedule {
+            name: schedule.name.clone(),
+            enabled: schedule.enabled,
+            last_slot,
+            next_slot,
+        });
+    }
+    schedules
 }
 
 async fn list_sessions(

@@ -549,6 +549,13 @@ async fn runs_map_the_daemons_refusals_to_statuses() {
             StartRunError::AtCapacity { running: 2 },
             StatusCode::TOO_MANY_REQUESTS,
         ),
+        (
+            StartRunError::QueueFull {
+                queued: 100,
+                max_queued: 100,
+            },
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
         (StartRunError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
         (
             StartRunError::Failed("disk I/O error at /var/lib/heistd/audit.db".into()),
@@ -699,4 +706,40 @@ async fn read_requires_token_defaults_to_whether_the_admin_address_is_loopback()
     // And the default config (loopback) keeps reads open.
     let config = crate::config::load(None, Vec::new()).expect("default config loads");
     assert!(!config.daemon.reads_need_token());
+}
+
+#[tokio::test]
+async fn status_shows_each_schedules_last_and_next_slot_from_the_store() {
+    let daemon = TestDaemon::accepting();
+    let schedule = |text: &str| {
+        let fields: crate::config::ScheduleFields = toml::from_str(text).expect("fields");
+        crate::config::ScheduleConfig::try_from(fields).expect("a valid trigger")
+    };
+    reconfigured(&daemon, |config| {
+        config.schedule = vec![
+            schedule("name = \"hourly\"\nevery = \"1h\"\n"),
+            schedule("name = \"off\"\nevery = \"1h\"\nenabled = false\n"),
+        ]
+    });
+    daemon.create_session(Some("hourly"), Some("2026-01-01T05:00:00+00:00"));
+    let body = daemon.get("/api/v1/status").await.json();
+    let schedules = body["cluster"]["schedules"].as_array().expect("schedules");
+    assert_eq!(schedules.len(), 2, "{body}");
+    assert_eq!(schedules[0]["name"], "hourly");
+    assert_eq!(schedules[0]["last_slot"], "2026-01-01T05:00:00Z");
+    let next: chrono::DateTime<chrono::Utc> = schedules[0]["next_slot"]
+        .as_str()
+        .expect("a next slot")
+        .parse()
+        .expect("RFC 3339");
+    let now = chrono::Utc::now();
+    assert!(
+        next > now && next - now <= chrono::Duration::hours(1),
+        "{next}"
+    );
+    assert_eq!(next.timestamp() % 3600, 0, "slots fall on the hour");
+    assert_eq!(schedules[1]["enabled"], false);
+    assert!(schedules[1]["last_slot"].is_null());
+    assert!(schedules[1]["next_slot"].is_null());
+    assert_eq!(body["cluster"]["queued_runs"], 0);
 }

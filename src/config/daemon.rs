@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Secret;
 
+/// The largest `daemon.max_queued_runs`: a queue is for bursts, not a
+/// backlog of days.
+pub const MAX_QUEUED_RUNS: u32 = 100_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
@@ -32,6 +36,11 @@ pub struct DaemonConfig {
     pub read_requires_token: Option<bool>,
     /// Heists running at once, across all schedules and API requests.
     pub max_concurrent_sessions: u32,
+    /// With a shared store (PostgreSQL), run requests waiting in the
+    /// cluster's run queue for a node with room; `POST /api/v1/runs`
+    /// answers 429 once the queue holds this many. Unused on SQLite, where
+    /// a run starts at once or is refused at the session cap.
+    pub max_queued_runs: u32,
     /// On SIGTERM, in-flight turns get this long to finish.
     pub shutdown_grace_ms: u64,
     /// What to do at start with sessions a crash left `active`.
@@ -94,6 +103,7 @@ impl Default for DaemonConfig {
             admin_token: None,
             read_requires_token: None,
             max_concurrent_sessions: 2,
+            max_queued_runs: 100,
             shutdown_grace_ms: 30_000,
             recovery: Recovery::Resume,
         }
@@ -216,6 +226,12 @@ impl DaemonConfig {
             return Err((
                 "daemon.max_concurrent_sessions".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if !(1..=MAX_QUEUED_RUNS).contains(&self.max_queued_runs) {
+            return Err((
+                "daemon.max_queued_runs".into(),
+                format!("must be between 1 and {MAX_QUEUED_RUNS}"),
             ));
         }
         Ok(())

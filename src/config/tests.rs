@@ -530,3 +530,22 @@ fn the_outbox_reconciliation_has_defaults_and_bounds() {
         assert!(error.contains(key), "{error}");
     }
 }
+
+#[test]
+fn the_run_queue_limit_has_a_default_and_bounds() {
+    let defaults = load(None, Vec::new()).expect("defaults");
+    assert_eq!(defaults.daemon.max_queued_runs, 100);
+    for text in [
+        "[daemon]\nmax_queued_runs = 0\n",
+        "[daemon]\nmax_queued_runs = 100001\n",
+    ] {
+        let file = write(text);
+        let error = load(Some(file.path()), Vec::new())
+            .expect_err(text)
+            .to_string();
+        assert!(error.contains("daemon.max_queued_runs"), "{error}");
+    }
+    let file = write("[daemon]\nmax_queued_runs = 5\n");
+    let config = load(Some(file.path()), Vec::new()).expect("valid");
+    assert_eq!(config.daemon.max_queued_runs, 5);
+}

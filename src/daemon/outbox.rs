@@ -34,8 +34,11 @@ pub async fn deliver_left_behind(
 }
 
 /// One pass: every session with pending writes and no task of its own.
+/// With several nodes, each claims a batch of sessions no other node is
+/// delivering or playing (the store's `claim_outbox_sessions`), so the
+/// nodes alive share the backlog and never send the same write at once.
 pub async fn deliver_once(runs: &Arc<Runs>, store: &StoreHandle) {
-    let sessions = match store.sessions_with_pending_outbox(SESSIONS_PER_PASS).await {
+    let sessions = match store.claim_outbox_sessions(SESSIONS_PER_PASS).await {
         Ok(sessions) => sessions,
         Err(error) => {
             tracing::error!(%error, "cannot list pending memory writes");
@@ -43,10 +46,18 @@ pub async fn deliver_once(runs: &Arc<Runs>, store: &StoreHandle) {
         }
     };
     let running = runs.running_session_ids();
+    let mut delivered_sessions = 0;
     for session_id in sessions.into_iter().filter(|id| !running.contains(id)) {
-        if let Err(error) = runs.deliver_outbox(&session_id).await {
-            tracing::warn!(%session_id, %error, "outbox delivery failed");
+        match runs.deliver_outbox(&session_id).await {
+            Ok(_) => delivered_sessions += 1,
+            Err(error) => tracing::warn!(%session_id, %error, "outbox delivery failed"),
         }
+    }
+    if delivered_sessions > 0 {
+        tracing::info!(
+            sessions = delivered_sessions,
+            "outbox pass: memory writes left behind sent (or kept for later)"
+        );
     }
     // Counted here, every pass, rather than after every turn's delivery:
     // a gauge read every scrape need not cost each turn a query.

@@ -1,6 +1,8 @@
 //! Starting, tracking and stopping the daemon's heists: the one place that
 //! admits runs under the global session cap, for API requests, schedules
-//! and crash recovery alike. Every run is a task with its own `HeistRunner`
+//! and crash recovery alike, and (on a shared store) the one place that
+//! queues API requests in the cluster's run queue and claims them when
+//! this node has room. Every run is a task with its own `HeistRunner`
 //! sharing the current clients (so breakers and budgets are per service,
 //! not per run) and the daemon's stop signal.
 
@@ -21,6 +23,8 @@ use crate::scenario::Scenario;
 use crate::scheduler::Launcher;
 use crate::store::{SessionRow, SessionStatus, StoreError, StoreHandle};
 
+mod queue;
+
 /// What a new run is built from; replaced as a whole on reload, so a
 /// running session keeps the context it started with.
 pub struct RunContext {
@@ -39,6 +43,9 @@ pub struct Runs {
     admission: tokio::sync::Mutex<()>,
     /// Woken whenever a run ends, for runs waiting for capacity.
     capacity_freed: Notify,
+    /// Woken when this node queues a run request (a shared store), so it
+    /// claims it at once when it has room rather than at the next poll.
+    queued_here: Notify,
 }
 
 impl Runs {
@@ -55,6 +62,7 @@ impl Runs {
             stop,
             admission: tokio::sync::Mutex::new(()),
             capacity_freed: Notify::new(),
+            queued_here: Notify::new(),
         })
     }
 
@@ -66,7 +74,9 @@ impl Runs {
         *self.context.write() = Arc::new(context);
     }
 
-    /// `POST /api/v1/runs`: start now, or refuse at capacity.
+    /// `POST /api/v1/runs`: start now, or refuse at capacity. On a shared
+    /// store the request goes into the cluster's run queue instead, for
+    /// whichever node has room (this one first, if it has).
     pub async fn start_requested(
         self: &Arc<Self>,
         request: RunRequest,
@@ -79,6 +89,9 @@ impl Runs {
                 .or(context.config.heist.seed)
                 .unwrap_or_else(heist::random_seed),
         );
+        if self.store.is_shared() {
+            return self.enqueue(&context, options).await;
+        }
         let _admission = self.admission.lock().await;
         let running = self.state.running_count();
         if running >= context.config.daemon.max_concurrent_sessions as usize {

@@ -49,6 +49,9 @@ pub struct RunRequest {
 pub enum StartRunError {
     #[error("{running} sessions are running, the configured maximum")]
     AtCapacity { running: usize },
+    /// The cluster's run queue is full (a shared store only).
+    #[error("the run queue holds {queued} requests waiting for a node, daemon.max_queued_runs = {max_queued}")]
+    QueueFull { queued: u64, max_queued: u32 },
     #[error("heistd is shutting down")]
     ShuttingDown,
     #[error("the audit store cannot take new runs: {0}")]

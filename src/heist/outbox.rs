@@ -11,8 +11,23 @@ use crate::store::{OutboxEntry, ServiceCallRecord};
 
 impl HeistRunner {
     /// Delivers pending memory writes of a session; returns how many remain.
+    /// The writes are claimed first, so with several nodes only one
+    /// delivers them at a time (another node delivering them now leaves
+    /// this one nothing to send), and the claim is given up afterwards.
     pub async fn deliver_outbox(&self, session_id: &str) -> Result<usize, HeistError> {
-        let pending = self.store.pending_outbox(session_id, OUTBOX_BATCH).await?;
+        let pending = self.store.claim_outbox(session_id, OUTBOX_BATCH).await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let delivered = self.deliver_claimed(pending).await;
+        let released = self.store.release_outbox(session_id).await;
+        let remaining = delivered?;
+        released?;
+        Ok(remaining)
+    }
+
+    /// Sends claimed writes in order; stops at the first that must wait.
+    async fn deliver_claimed(&self, pending: Vec<OutboxEntry>) -> Result<usize, HeistError> {
         let mut remaining = pending.len();
         for entry in pending {
             let (delivery, journal) = journal::scope(self.deliver_one(&entry)).await;

@@ -486,6 +486,85 @@ impl StoreHandle {
         }
     }
 
+    // The cluster's run queue. SQLite has none: one process runs what it
+    // admits, or answers "at capacity" (429), so nothing is ever queued.
+
+    /// Queues a run request for whichever node has room; its session shows
+    /// status `queued` until one claims it. [`StoreError::QueueFull`] with
+    /// `max_queued` requests waiting; [`StoreError::NotShared`] on SQLite,
+    /// where the daemon starts runs at once instead.
+    pub async fn enqueue_run(
+        &self,
+        new: NewSession,
+        max_queued: u32,
+    ) -> Result<String, StoreError> {
+        let outcome = match &self.backend {
+            Backend::Sqlite(_) => Err(StoreError::NotShared("the run queue")),
+            Backend::Postgres(store) => store.enqueue_run(&new, max_queued).await,
+        };
+        self.outage.note(&outcome);
+        outcome
+    }
+
+    /// Claims up to `limit` queued runs of `scenario` for this node to play
+    /// (each now `active` and leased here); none on SQLite, which queues
+    /// nothing.
+    pub async fn claim_queued_runs(
+        &self,
+        scenario: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(store) => store.claim_queued_runs(scenario, limit).await,
+        }
+    }
+
+    /// Run requests waiting for a node; 0 on SQLite.
+    pub async fn queued_runs(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(0),
+            Backend::Postgres(store) => store.queued_runs().await,
+        }
+    }
+
+    // Claiming outbox deliveries. On SQLite the one process delivers every
+    // session's writes, so a claim is the plain read and nothing is held.
+
+    /// Sessions with memory writes to deliver that are now this node's to
+    /// deliver: on PostgreSQL claimed (`FOR UPDATE SKIP LOCKED`) among those
+    /// no other live node is delivering or playing; on SQLite every session
+    /// with pending writes.
+    pub async fn claim_outbox_sessions(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => self.sessions_with_pending_outbox(limit).await,
+            Backend::Postgres(store) => store.claim_outbox_sessions(limit).await,
+        }
+    }
+
+    /// A session's first `limit` pending memory writes, claimed for this
+    /// node to deliver; empty when another live node is delivering them.
+    /// Call [`StoreHandle::release_outbox`] when done.
+    pub async fn claim_outbox(
+        &self,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => self.pending_outbox(session_id, limit).await,
+            Backend::Postgres(store) => store.claim_outbox(session_id, limit).await,
+        }
+    }
+
+    /// Gives up this node's claim on a session's outbox (nothing to give up
+    /// on SQLite).
+    pub async fn release_outbox(&self, session_id: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(store) => store.release_outbox(session_id).await,
+        }
+    }
+
     /// Marks this node stopped (a clean shutdown).
     pub async fn stop_node(&self) -> Result<(), StoreError> {
         match &self.backend {

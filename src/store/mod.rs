@@ -111,6 +111,13 @@ pub enum StoreError {
     },
     #[error("audit store: {running} sessions are running across the cluster, cluster.max_concurrent_sessions")]
     ClusterFull { running: u64 },
+    /// The cluster's run queue holds `max_queued` requests already.
+    #[error("the run queue holds {queued} requests waiting for a node, daemon.max_queued_runs = {max_queued}")]
+    QueueFull { queued: u64, max_queued: u32 },
+    /// Asked of a store that one process owns (SQLite) what only a store
+    /// several daemons share can do.
+    #[error("audit store: {0} needs a store several daemons share (store.backend = \"postgres\")")]
+    NotShared(&'static str),
 }
 
 /// The audit store's connection and the lock that makes its process the

@@ -10,6 +10,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatus {
+    /// A run request waiting in the cluster's run queue for a node with
+    /// room (PostgreSQL only; nothing has been played yet).
+    Queued,
     Active,
     Completed,
     Failed,
@@ -22,7 +25,8 @@ pub enum SessionStatus {
 
 impl SessionStatus {
     /// The statuses heistd writes, in the order it lists them.
-    pub const KNOWN: [SessionStatus; 4] = [
+    pub const KNOWN: [SessionStatus; 5] = [
+        Self::Queued,
         Self::Active,
         Self::Completed,
         Self::Failed,
@@ -31,6 +35,7 @@ impl SessionStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Queued => "queued",
             Self::Active => "active",
             Self::Completed => "completed",
             Self::Failed => "failed",

@@ -27,6 +27,18 @@ fn node_config(stack: &TestStack, database: &TestDatabase, node: &str, extra: &s
     cluster + &services_text(stack, extra)
 }
 
+/// Every model reply takes `latency_ms`, so runs are in flight long
+/// enough to be seen, killed or queued behind.
+fn slow_model(stack: &TestStack, latency_ms: u64) {
+    stack.set_fault(
+        "rehearsal",
+        Fault {
+            latency_ms,
+            ..Fault::default()
+        },
+    );
+}
+
 /// The test's own view of the database (a node of its own that plays nothing).
 async fn observer(database: &TestDatabase) -> StoreHandle {
     StoreHandle::open_configured(
@@ -111,6 +123,20 @@ async fn three_nodes_run_each_scheduled_slot_once() {
     assert_eq!(status, 200);
     let listed = body["cluster"]["nodes"].as_array().map_or(0, Vec::len);
     assert!(listed >= 3, "{body}");
+    // Every node shows the schedule's slots as the cluster has them: the
+    // last slot any node claimed, and the next one after it.
+    for node in &nodes {
+        let (_, body) = node.get("/api/v1/status").await;
+        let schedule = &body["cluster"]["schedules"][0];
+        assert_eq!(schedule["name"], "fast", "{body}");
+        let slot = |key: &str| {
+            chrono::DateTime::parse_from_rfc3339(schedule[key].as_str().expect(key))
+                .expect("RFC 3339")
+        };
+        let (last, next) = (slot("last_slot"), slot("next_slot"));
+        assert!(last >= *slots.last().expect("slots"), "{body}");
+        assert!(next > last && next.timestamp_subsec_millis() == 0, "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,13 +145,7 @@ async fn a_killed_nodes_sessions_are_taken_over_without_losing_or_doubling_a_tur
         return;
     };
     let stack = TestStack::start().await;
-    stack.set_fault(
-        "rehearsal",
-        Fault {
-            latency_ms: 150,
-            ..Fault::default()
-        },
-    );
+    slow_model(&stack, 150);
     let mut node_a = Daemon::start_with_config(&node_config(&stack, &database, "node-a", "")).await;
     let node_b = Daemon::start_with_config(&node_config(&stack, &database, "node-b", "")).await;
     let store = observer(&database).await;
@@ -202,13 +222,7 @@ async fn a_node_paused_past_its_lease_writes_nothing_when_it_wakes() {
         return;
     };
     let stack = TestStack::start().await;
-    stack.set_fault(
-        "rehearsal",
-        Fault {
-            latency_ms: 150,
-            ..Fault::default()
-        },
-    );
+    slow_model(&stack, 150);
     let node_a = Daemon::start_with_config(&node_config(&stack, &database, "node-a", "")).await;
     let node_b = Daemon::start_with_config(&node_config(&stack, &database, "node-b", "")).await;
     let store = observer(&database).await;
@@ -365,13 +379,7 @@ async fn a_restarted_postgres_pauses_the_session_which_then_completes_once() {
         return;
     };
     let stack = TestStack::start().await;
-    stack.set_fault(
-        "rehearsal",
-        Fault {
-            latency_ms: 100,
-            ..Fault::default()
-        },
-    );
+    slow_model(&stack, 100);
     let config = format!(
         "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 4\nmax_outage_ms = 30000\n[cluster]\nnode_id = \"only\"\n",
         server.url()
@@ -435,4 +443,231 @@ async fn a_refused_setup_is_an_error_not_an_outage() {
         error.to_string().contains("heistd_no_such_database"),
         "{error}"
     );
+}
+
+/// A plain connection to the test's database, for what only SQL shows
+/// (lease epochs, outbox attempts).
+async fn sql(database: &TestDatabase) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// Runs posted to one node that has room for one at a time wait in the
+/// cluster's run queue and are played by whichever node has room: each
+/// exactly once (lease epoch 1, every turn once), and not all on the node
+/// that took the requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_posted_to_a_full_node_are_played_by_the_others_once() {
+    let Some(database) = TestDatabase::create("run_queue_spreads_runs").await else {
+        return;
+    };
+    let stack = TestStack::start().await;
+    slow_model(&stack, 100);
+    let one_at_a_time = "[daemon]\nmax_concurrent_sessions = 1\n";
+    let node_1 =
+        Daemon::start_with_config(&node_config(&stack, &database, "node-1", one_at_a_time)).await;
+    let node_2 = Daemon::start_with_config(&node_config(&stack, &database, "node-2", "")).await;
+    let node_3 = Daemon::start_with_config(&node_config(&stack, &database, "node-3", "")).await;
+    let store = observer(&database).await;
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(node_1.start_run(4).await);
+    }
+    let (status, body) = node_1
+        .get(&format!("/api/v1/sessions/{}", sessions[7]))
+        .await;
+    assert_eq!(status, 200, "a queued run is visible at once: {body}");
+    for session_id in &sessions {
+        let detail = eventually(
+            Duration::from_secs(60),
+            "every posted run completes",
+            async || {
+                let detail = store.session(session_id).await.ok()?;
+                (detail.session.status == SessionStatus::Completed).then_some(detail)
+            },
+        )
+        .await;
+        assert_eq!(turn_ids(&detail), vec![1, 2, 3, 4], "{session_id}");
+    }
+    let rows = sql(&database)
+        .await
+        .query(
+            "SELECT owner_node, lease_epoch FROM sessions WHERE session_id = ANY($1)",
+            &[&sessions],
+        )
+        .await
+        .expect("owners");
+    let owners: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    let epochs: Vec<i64> = rows.iter().map(|row| row.get(1)).collect();
+    assert_eq!(rows.len(), 8);
+    assert!(
+        epochs.iter().all(|epoch| *epoch == 1),
+        "each run played by one node, never taken over: {epochs:?}"
+    );
+    assert!(
+        owners.iter().any(|owner| owner != "node-1"),
+        "the other nodes took some of node-1's requests: {owners:?}"
+    );
+    assert_eq!(store.queued_runs().await.expect("queued"), 0);
+    let logs = [&node_1, &node_2, &node_3]
+        .iter()
+        .map(|node| node.log())
+        .collect::<String>();
+    assert!(!logs.contains("fenced"), "{logs}");
+}
+
+/// A full run queue refuses with 429 and a JSON error naming the key; a
+/// run request waiting in it shows as a session with status `queued`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_run_queue_answers_429_naming_daemon_max_queued_runs() {
+    let Some(database) = TestDatabase::create("run_queue_full").await else {
+        return;
+    };
+    let stack = TestStack::start().await;
+    slow_model(&stack, 300);
+    let small = "[daemon]\nmax_concurrent_sessions = 1\nmax_queued_runs = 2\n";
+    let node = Daemon::start_with_config(&node_config(&stack, &database, "only", small)).await;
+    let mut accepted = Vec::new();
+    let mut refusal = None;
+    for _ in 0..6 {
+        let (status, body) = node.post_run(10).await;
+        match status {
+            202 => {
+                assert!(refusal.is_none(), "nothing frees within a 3 s run");
+                accepted.push(body["session_id"].as_str().expect("id").to_string());
+            }
+            429 => refusal = Some(body),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    let refusal = refusal.expect("a full queue refuses");
+    let error = refusal["error"].as_str().expect("a JSON error");
+    assert!(error.contains("daemon.max_queued_runs"), "{error}");
+    // One claimed at once (or not yet) and two waiting: two or three.
+    assert!((2..=3).contains(&accepted.len()), "{accepted:?}");
+    let last = accepted.last().expect("accepted");
+    let (status, body) = node.get(&format!("/api/v1/sessions/{last}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["session"]["status"], "queued", "{body}");
+    let (_, status) = node.get("/api/v1/status").await;
+    assert_eq!(status["cluster"]["queued_runs"], 2, "{status}");
+}
+
+/// Memory writes left behind by ended sessions are delivered by the nodes
+/// alive, which claim them in batches: every write delivered exactly once
+/// (one attempt each, so no two nodes sent the same one), and the memory
+/// service holds what the store says it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_drain_the_outbox_each_write_once() {
+    let Some(database) = TestDatabase::create("outbox_two_nodes").await else {
+        return;
+    };
+    let stack = TestStack::start().await;
+    let store = observer(&database).await;
+    let mut sessions = Vec::new();
+    for seed in 0..150u64 {
+        let id = store
+            .create_session(heistd::store::NewSession {
+                scenario: "bank".into(),
+                seed,
+                planned_turns: 2,
+                schedule: None,
+                scheduled_time: None,
+            })
+            .await
+            .expect("create");
+        for turn_id in 1..=2 {
+            store
+                .record_turn(left_behind_turn(&id, turn_id))
+                .await
+                .expect("turn");
+        }
+        store
+            .finish_session(&id, SessionStatus::Completed, None)
+            .await
+            .expect("finish");
+        sessions.push(id);
+    }
+    assert_eq!(store.pending_outbox_total().await.expect("pending"), 300);
+    // Slow enough that one node's pass is still sending when the other's
+    // begins, so both take part.
+    stack.set_fault(
+        "memory",
+        Fault {
+            latency_ms: 15,
+            ..Fault::default()
+        },
+    );
+    let node_a = Daemon::start_with_config(&node_config(&stack, &database, "node-a", "")).await;
+    let node_b = Daemon::start_with_config(&node_config(&stack, &database, "node-b", "")).await;
+    eventually(Duration::from_secs(60), "the outbox drains", async || {
+        (store.pending_outbox_total().await.ok()? == 0).then_some(())
+    })
+    .await;
+    let attempts = sql(&database)
+        .await
+        .query(
+            "SELECT attempts, COUNT(*) FROM outbox GROUP BY attempts",
+            &[],
+        )
+        .await
+        .expect("attempts");
+    let attempts: Vec<(i64, i64)> = attempts
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(attempts, vec![(1, 300)], "each write sent once");
+    let token = crate::support::memory_admin_token(&stack);
+    for session_id in &sessions {
+        let count: serde_json::Value = crate::support::http()
+            .get(format!(
+                "{}/sessions/{session_id}/count",
+                stack.url("memory")
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("memory answers")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(count["count"], 2, "{session_id}: {count}");
+    }
+    for node in [&node_a, &node_b] {
+        assert!(
+            node.log().contains("outbox pass"),
+            "both nodes drained: {}",
+            node.log()
+        );
+    }
+}
+
+/// A committed turn whose memory write was never delivered.
+fn left_behind_turn(session_id: &str, turn_id: u32) -> heistd::store::TurnRecord {
+    heistd::store::TurnRecord {
+        session_id: session_id.into(),
+        turn_id,
+        agent_name: "planner".into(),
+        agent_role: "Planner".into(),
+        message: format!("turn {turn_id}"),
+        error: None,
+        tool_calls: Vec::new(),
+        memory_payload: Some(
+            serde_json::json!({
+                "agent_id": "planner",
+                "turn_id": turn_id,
+                "message": format!("turn {turn_id}"),
+                "game_session_id": session_id,
+            })
+            .to_string(),
+        ),
+        service_calls: Vec::new(),
+        prompt_tokens: None,
+        completion_tokens: None,
+        finish_reason: None,
+        trimmed: false,
+    }
 }

@@ -230,6 +230,13 @@ impl Daemon {
     }
 
     pub(crate) async fn start_run(&self, turns: u32) -> String {
+        let (status, body) = self.post_run(turns).await;
+        assert_eq!(status, 202, "{body}");
+        body["session_id"].as_str().expect("session id").to_string()
+    }
+
+    /// `POST /api/v1/runs` with the admin token: the status and the body.
+    pub(crate) async fn post_run(&self, turns: u32) -> (u16, Value) {
         let response = support::http()
             .post(format!("{}/api/v1/runs", self.admin))
             .bearer_auth(ADMIN_TOKEN)
@@ -237,9 +244,8 @@ impl Daemon {
             .send()
             .await
             .expect("runs answers");
-        assert_eq!(response.status().as_u16(), 202);
-        let body: Value = response.json().await.expect("json");
-        body["session_id"].as_str().expect("session id").to_string()
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 }
 

@@ -142,6 +142,8 @@ contract!(
     health_events_read_back_in_order,
     pruning_deletes_old_ended_sessions_whole,
     a_released_session_is_claimed_once_its_lease_is_over,
+    the_outbox_is_claimed_for_delivery_and_released,
+    run_requests_queue_only_on_a_shared_store,
 );
 
 async fn sessions_are_created_listed_and_ended_once(store: &StoreHandle) {
@@ -496,7 +498,254 @@ async fn a_released_session_is_claimed_once_its_lease_is_over(store: &StoreHandl
         .expect("finish"));
 }
 
+async fn the_outbox_is_claimed_for_delivery_and_released(store: &StoreHandle) {
+    let id = store
+        .create_session(new_session(4, 2))
+        .await
+        .expect("create");
+    for turn_id in 1..=2 {
+        store.record_turn(turn(&id, turn_id)).await.expect("turn");
+    }
+    store
+        .finish_session(&id, SessionStatus::Completed, None)
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.claim_outbox_sessions(10).await.expect("claim"),
+        vec![id.clone()]
+    );
+    let claimed = store.claim_outbox(&id, 10).await.expect("claim");
+    let turns: Vec<i64> = claimed.iter().map(|entry| entry.turn_id).collect();
+    assert_eq!(turns, vec![1, 2], "oldest first");
+    store
+        .mark_outbox_delivered(claimed[0].id)
+        .await
+        .expect("delivered");
+    store.release_outbox(&id).await.expect("release");
+    let rest = store.claim_outbox(&id, 10).await.expect("claim again");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].id, claimed[1].id);
+    store
+        .mark_outbox_delivered(rest[0].id)
+        .await
+        .expect("delivered");
+    store.release_outbox(&id).await.expect("release");
+    assert!(store.claim_outbox(&id, 10).await.expect("claim").is_empty());
+    assert!(store
+        .claim_outbox_sessions(10)
+        .await
+        .expect("claim")
+        .is_empty());
+}
+
+/// A shared store queues run requests for any node to claim; SQLite, one
+/// process that starts its runs at once, has no queue and says so.
+async fn run_requests_queue_only_on_a_shared_store(store: &StoreHandle) {
+    assert_eq!(store.queued_runs().await.expect("queued"), 0);
+    assert!(store
+        .claim_queued_runs("bank", 5)
+        .await
+        .expect("claim")
+        .is_empty());
+    let queued = store.enqueue_run(new_session(9, 3), 10).await;
+    if !store.is_shared() {
+        assert!(
+            matches!(queued, Err(StoreError::NotShared(_))),
+            "{queued:?}"
+        );
+        return;
+    }
+    let id = queued.expect("queued");
+    let detail = store
+        .session(&id)
+        .await
+        .expect("a queued session is visible");
+    assert_eq!(detail.session.status, SessionStatus::Queued);
+    assert_eq!(detail.session.status_text, "queued");
+    assert_eq!(detail.session.planned_turns, Some(3));
+    let listed = store
+        .find_sessions(Some(SessionStatus::Queued), None, 10)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(store.queued_runs().await.expect("queued"), 1);
+    assert!(
+        store
+            .claim_queued_runs("another-scenario", 5)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a node claims only runs of a scenario it has"
+    );
+    let claimed = store.claim_queued_runs("bank", 5).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].session_id, id);
+    assert_eq!(claimed[0].status, SessionStatus::Active);
+    assert_eq!(store.queued_runs().await.expect("queued"), 0);
+    store
+        .record_turn(turn(&id, 1))
+        .await
+        .expect("the claimant plays it");
+    assert!(store
+        .finish_session(&id, SessionStatus::Completed, None)
+        .await
+        .expect("finish"));
+}
+
 // PostgreSQL alone: several nodes on one database.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_runs_are_claimed_once_across_nodes_within_the_caps() {
+    let Some(fixture) = Fixture::postgres("queued_runs_are_claimed_once_across_nodes").await else {
+        return;
+    };
+    let (node_a, node_b) = (&fixture.handle, fixture.another_node("node-b").await);
+    let mut queued = Vec::new();
+    for seed in 0..6 {
+        queued.push(
+            node_a
+                .enqueue_run(new_session(seed, 2), 6)
+                .await
+                .expect("queued"),
+        );
+    }
+    let full = node_b.enqueue_run(new_session(7, 2), 6).await;
+    assert!(
+        matches!(
+            full,
+            Err(StoreError::QueueFull {
+                queued: 6,
+                max_queued: 6
+            })
+        ),
+        "{full:?}"
+    );
+    assert!(
+        full.unwrap_err()
+            .to_string()
+            .contains("daemon.max_queued_runs"),
+        "the refusal names the key"
+    );
+    let first = node_b.claim_queued_runs("bank", 2).await.expect("claim");
+    assert_eq!(first.len(), 2, "no more than the room asked for");
+    // Both nodes claim the rest at once: each request goes to one of them.
+    let (from_a, from_b) = tokio::join!(
+        node_a.claim_queued_runs("bank", 10),
+        node_b.claim_queued_runs("bank", 10)
+    );
+    let mut claimed: Vec<String> = first
+        .iter()
+        .chain(from_a.expect("a claims").iter())
+        .chain(from_b.expect("b claims").iter())
+        .map(|session| session.session_id.clone())
+        .collect();
+    claimed.sort();
+    queued.sort();
+    assert_eq!(claimed, queued, "every request claimed exactly once");
+    assert_eq!(node_a.queued_runs().await.expect("queued"), 0);
+    let owners = node_a.session_owners().await.expect("owners");
+    assert_eq!(owners.len(), 6);
+    assert!(
+        owners
+            .iter()
+            .all(|(_, owner)| owner.as_deref() == Some("node-a")
+                || owner.as_deref() == Some("node-b"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_runs_are_claimed_within_the_cluster_cap() {
+    let Some(database) = TestDatabase::create("queued_runs_within_the_cluster_cap").await else {
+        return;
+    };
+    let mut cluster = TestDatabase::cluster_config("node-a", 5_000);
+    cluster.max_concurrent_sessions = 2;
+    let node = StoreHandle::open_configured(&database.store_config(), &cluster)
+        .await
+        .expect("open");
+    node.create_session(new_session(1, 2))
+        .await
+        .expect("running");
+    for seed in 0..3 {
+        node.enqueue_run(new_session(seed, 2), 10)
+            .await
+            .expect("queued");
+    }
+    let claimed = node.claim_queued_runs("bank", 5).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "one place left under the cluster cap");
+    assert_eq!(node.queued_runs().await.expect("queued"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_at_a_time_delivers_a_sessions_outbox() {
+    let Some(fixture) = Fixture::postgres("one_node_at_a_time_delivers_an_outbox").await else {
+        return;
+    };
+    let (node_a, node_b) = (&fixture.handle, fixture.another_node("node-b").await);
+    let playing = node_a
+        .create_session(new_session(1, 2))
+        .await
+        .expect("create");
+    node_a.record_turn(turn(&playing, 1)).await.expect("turn");
+    assert!(
+        node_b
+            .claim_outbox_sessions(10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a session another node plays delivers its own writes"
+    );
+    let ended = node_a
+        .create_session(new_session(2, 2))
+        .await
+        .expect("create");
+    node_a.record_turn(turn(&ended, 1)).await.expect("turn");
+    node_a
+        .finish_session(&ended, SessionStatus::Completed, None)
+        .await
+        .expect("finish");
+    // Renewed, so only the ended session is anybody's to claim.
+    node_a.heartbeat().await.expect("heartbeat");
+    let (batch_a, batch_b) = tokio::join!(
+        node_a.claim_outbox_sessions(10),
+        node_b.claim_outbox_sessions(10)
+    );
+    let (batch_a, batch_b) = (batch_a.expect("a"), batch_b.expect("b"));
+    assert_eq!(
+        batch_a.len() + batch_b.len(),
+        1,
+        "one node claims the ended session: {batch_a:?} {batch_b:?}"
+    );
+    let (holder, other) = if batch_a.is_empty() {
+        (&node_b, node_a)
+    } else {
+        (node_a, &node_b)
+    };
+    assert_eq!(
+        holder.claim_outbox(&ended, 10).await.expect("claim").len(),
+        1
+    );
+    assert!(
+        other
+            .claim_outbox(&ended, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "the other node leaves writes a live node is delivering"
+    );
+    holder.release_outbox(&ended).await.expect("release");
+    assert_eq!(
+        other.claim_outbox(&ended, 10).await.expect("claim").len(),
+        1
+    );
+    // A claimant that stops heartbeating loses its claim with its lease.
+    tokio::time::sleep(Duration::from_millis(LEASE_MS + 200)).await;
+    holder.heartbeat().await.expect("the holder is alive");
+    assert_eq!(
+        holder.claim_outbox(&ended, 10).await.expect("claim").len(),
+        1
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_lease_is_fenced() {

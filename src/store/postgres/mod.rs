@@ -22,6 +22,7 @@ use crate::config::{ClusterConfig, StoreConfig};
 
 mod cluster;
 mod copy;
+mod queue;
 mod rows;
 mod schema;
 mod sessions;
@@ -53,6 +54,7 @@ pub struct PgStore {
 pub(super) const LOCK_MIGRATIONS: i64 = 0x6865_6973_7401;
 pub(super) const LOCK_CLUSTER_CAP: i64 = 0x6865_6973_7402;
 pub(super) const LOCK_RETENTION: i64 = 0x6865_6973_7403;
+pub(super) const LOCK_RUN_QUEUE: i64 = 0x6865_6973_7404;
 
 impl PgStore {
     /// Connects, migrates (once across nodes starting together) and

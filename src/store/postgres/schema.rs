@@ -9,7 +9,7 @@
 use super::{StoreError, LOCK_MIGRATIONS};
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
     CREATE TABLE sessions (
         session_id TEXT PRIMARY KEY,
@@ -105,6 +105,20 @@ const MIGRATIONS: [&str; 2] = [
     ALTER TABLE messages ADD COLUMN completion_tokens BIGINT;
     ALTER TABLE messages ADD COLUMN finish_reason TEXT;
     ALTER TABLE messages ADD COLUMN trimmed BOOLEAN NOT NULL DEFAULT FALSE;
+"#,
+    // The cluster's run queue: a run request accepted by any node is a
+    // session with status 'queued' plus a row here until a node with room
+    // claims it. And which node is delivering a session's memory outbox
+    // now (`outbox_node`, void once that node stops heartbeating), so two
+    // nodes never deliver the same writes at once.
+    r#"
+    CREATE TABLE run_queue (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(session_id),
+        requested_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        requested_by TEXT NOT NULL
+    );
+    CREATE INDEX run_queue_requested_at ON run_queue(requested_at);
+    ALTER TABLE sessions ADD COLUMN outbox_node TEXT;
 "#,
 ];
 

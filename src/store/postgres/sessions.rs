@@ -6,7 +6,7 @@ use super::rows::{
     message_row, service_call_row, session_row, tool_usage_row, MESSAGE_COLUMNS, SESSION_COLUMNS,
     TOOL_USAGE_COLUMNS,
 };
-use super::{is_unique_violation, PgStore, LOCK_CLUSTER_CAP};
+use super::{is_unique_violation, PgStore};
 use crate::store::{
     new_session_id, timestamp, NewSession, SessionDetail, SessionRow, SessionStatus, StoreError,
 };
@@ -18,22 +18,11 @@ impl PgStore {
     pub async fn create_session(&self, new: &NewSession) -> Result<String, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
-        if self.cluster_cap > 0 {
-            transaction
-                .execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_CLUSTER_CAP])
-                .await?;
-            let running: i64 = transaction
-                .query_one(
-                    "SELECT COUNT(*) FROM sessions WHERE status = 'active' AND lease_expires_at > now()",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if running >= self.cluster_cap {
-                return Err(StoreError::ClusterFull {
-                    running: running as u64,
-                });
-            }
+        let room = self.cluster_room(&transaction).await?;
+        if room <= 0 {
+            return Err(StoreError::ClusterFull {
+                running: (self.cluster_cap - room).max(0) as u64,
+            });
         }
         let now = chrono::Utc::now();
         loop {
