@@ -314,6 +314,23 @@ impl LlmClient {
         Ok(supported)
     }
 
+    /// One tiny chat (one short user message, `max_tokens` 1), as a turn
+    /// would send it (streaming when configured), through the stack: does
+    /// the chat endpoint answer for this model? What it says is not judged.
+    pub async fn preflight_chat(&self) -> Result<(), CallError> {
+        let messages = [ChatMessage {
+            role: "user",
+            content: "Say OK.".into(),
+        }];
+        let body = self.body(&ChatRequest {
+            messages: &messages,
+            seed: 0,
+            tools: &[],
+            max_tokens: 1,
+        });
+        self.send(&body).await.map(drop)
+    }
+
     /// The context window in tokens, when configured or learned.
     pub fn context_tokens(&self) -> Option<u32> {
         self.lock().context_tokens

@@ -72,8 +72,17 @@ impl RehearsalState {
         }
     }
 
-    /// The scripted reply for a conversation, or why there is none.
+    /// The scripted reply for a conversation, or why there is none. A
+    /// conversation without a system prompt is a client checking the
+    /// endpoint (heistd's preflight): it gets a one-word answer.
     pub fn reply(&self, request: &ChatRequest) -> Result<String, String> {
+        if !request
+            .messages
+            .iter()
+            .any(|message| message.role == "system")
+        {
+            return Ok("OK".into());
+        }
         let system = request
             .messages
             .iter()
@@ -411,6 +420,13 @@ mod tests {
             .collect();
         assert_eq!(tools_used.len(), 3, "{tools_used:?}");
         assert!(state.reply(&request("nobody", 1, 1)).is_err());
+        let mut check = request("hacker", 1, 1);
+        check.messages.remove(0);
+        assert_eq!(
+            state.reply(&check).as_deref(),
+            Ok("OK"),
+            "no system prompt: an endpoint check"
+        );
     }
 
     /// The body of a streamed answer to `request`, and its content type.
