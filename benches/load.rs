@@ -590,7 +590,10 @@ async fn floor_setup(
     let secret = config
         .client_secret(FLOOR_AGENT)
         .context("the planner's secret")?;
-    let scopes: Vec<String> = Tool::ALL.iter().map(|tool| tool.scope()).collect();
+    // The tools' scopes, and the memory write scope for its own memories
+    // (the memory service checks it since memory is authenticated).
+    let mut scopes: Vec<String> = Tool::ALL.iter().map(|tool| tool.scope()).collect();
+    scopes.push(heistd::services::memory::WRITE_SCOPE.to_string());
     let http = reqwest::Client::new();
     let token: Value = http
         .post(format!("{}{}", urls["oauth"], wire::TOKEN_PATH))

@@ -62,6 +62,7 @@ pub(super) async fn read_events<E: DeserializeOwned>(
         for payload in data.drain(..) {
             let payload = payload.trim();
             if payload == DONE {
+                finish(&mut response).await;
                 return Ok(events);
             }
             if payload.is_empty() {
@@ -78,6 +79,17 @@ pub(super) async fn read_events<E: DeserializeOwned>(
             })?;
             events.push(event);
         }
+    }
+}
+
+/// Reads the body's end when it has already come, so the connection goes
+/// back to the pool; a server that keeps it open after `[DONE]` is not
+/// waited for (the connection is closed instead).
+async fn finish(response: &mut reqwest::Response) {
+    tokio::select! {
+        biased;
+        _ = response.chunk() => {}
+        () = std::future::ready(()) => {}
     }
 }
 

@@ -268,15 +268,20 @@ impl Guard {
         };
         drop(slot);
         let elapsed = attempt_started.elapsed();
+        // A streamed reply is as slow as its wait for the first piece: a
+        // long reply that keeps coming is not a slow service.
+        let latency = progress
+            .first_piece_after(attempt_started)
+            .unwrap_or(elapsed);
         let slow =
-            elapsed > Duration::from_millis(self.policy.config.breaker.slow_call_duration_ms);
+            latency > Duration::from_millis(self.policy.config.breaker.slow_call_duration_ms);
         if cut_by_deadline && !slow {
             // Our deadline, not the service, ended this attempt early: it
             // says nothing about the service's health. (Cut after the slow
             // threshold, it was a slow call all the same, and counts.)
             drop(permit);
         } else {
-            permit.judge(breaker::Verdict::of(result.as_ref().err()), elapsed);
+            permit.judge(breaker::Verdict::of(result.as_ref().err()), latency);
         }
         let label = match &result {
             Ok(_) => CallOutcome::Success.as_str(),

@@ -26,6 +26,7 @@ pub struct Progress {
 
 #[derive(Debug, Default)]
 struct Shared {
+    first_piece_at: Mutex<Option<Instant>>,
     last_piece: Mutex<Option<Instant>>,
     /// Told of the first piece, which may bring the cut nearer (an idle
     /// timeout shorter than the wait for the first piece); later pieces
@@ -55,16 +56,21 @@ impl Progress {
     /// A piece of the reply arrived now.
     pub fn mark(&self) {
         if self.idle.is_some() {
-            let first = self
-                .shared
-                .last_piece
-                .lock()
-                .replace(Instant::now())
-                .is_none();
+            let now = Instant::now();
+            let first = self.shared.last_piece.lock().replace(now).is_none();
             if first {
+                *self.shared.first_piece_at.lock() = Some(now);
                 self.shared.first_piece.notify_one();
             }
         }
+    }
+
+    /// How long after `started` the first piece came, if one did.
+    pub(super) fn first_piece_after(&self, started: Instant) -> Option<Duration> {
+        self.shared
+            .first_piece_at
+            .lock()
+            .map(|at| at.saturating_duration_since(started))
     }
 
     /// When the attempt is cut if nothing more arrives, and why.

@@ -591,3 +591,39 @@ async fn a_streaming_attempt_is_judged_by_its_gaps_not_by_the_attempt_timeout() 
         matches!(result, Err(GuardError::Timeout { after, .. }) if after == Duration::from_secs(1))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_is_as_slow_as_its_first_piece_for_the_breaker() {
+    let guard = Guard::new(
+        "svc",
+        policy(|config| {
+            config.max_attempts = 1;
+            config.breaker.minimum_calls = 2;
+            config.breaker.window_size = 2;
+            config.breaker.slow_call_duration_ms = 300;
+            config.breaker.slow_call_rate_threshold = 1.0;
+        }),
+    );
+    let idle = Some(Duration::from_millis(700));
+    // Each reply takes 5 s, its first piece 200 ms: not slow.
+    for _ in 0..3 {
+        let (result, summary) = guard
+            .call_streaming("op", idle, |progress| {
+                streaming(progress, Duration::from_millis(200), 25, false)
+            })
+            .await;
+        assert!(result.is_ok());
+        assert_eq!(summary.duration, Duration::from_secs(5));
+    }
+    assert_eq!(guard.breaker_state(), BreakerState::Closed);
+    // First pieces after 500 ms are slow: two of two open the breaker.
+    for _ in 0..2 {
+        let (result, _) = guard
+            .call_streaming("op", idle, |progress| {
+                streaming(progress, Duration::from_millis(500), 2, false)
+            })
+            .await;
+        assert!(result.is_ok());
+    }
+    assert_eq!(guard.breaker_state(), BreakerState::Open);
+}
