@@ -656,6 +656,7 @@ async fn floor_session(floor: &Floor, session_id: &str, turns: u32, seed: u64) -
                 floor.urls["memory"],
                 wire::STORE_MEMORY_PATH
             ))
+            .bearer_auth(&floor.token)
             .header(
                 wire::IDEMPOTENCY_KEY_HEADER,
                 format!("{session_id}:{turn_id}"),
