@@ -652,7 +652,7 @@ pub(crate) async fn preflight(llm: &crate::clients::LlmClient) -> Result<(), Cli
         Ok(Err(error)) if left_to_the_session(&error) => Ok(()),
         Ok(Err(error)) => Err(unusable(&error)),
         Err(_) => Err(CliError::Unhealthy(format!(
-            "the model server at {url} cannot be used: a 1-token chat got no answer within {} s (llm.timeout_ms)",
+            "the model server at {url} cannot be used: a 1-token chat got no answer within {} s",
             PREFLIGHT_CHAT_LIMIT.as_secs()
         ))),
     }

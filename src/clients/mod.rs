@@ -324,14 +324,22 @@ impl ServiceClient {
         headers: &[(&str, String)],
     ) -> Result<R, CallError> {
         let url = format!("{}{path}", self.base_url);
-        let build = || {
-            let mut request = self.http.post(&url).json(body);
-            for (name, value) in headers {
-                request = request.header(*name, value);
-            }
-            request
-        };
+        let build = || self.post_request(&url, body, headers);
         self.send(operation_name(path), build).await
+    }
+
+    /// A fresh `POST` of `body` with `headers`, for each attempt.
+    fn post_request<B: Serialize + ?Sized>(
+        &self,
+        url: &str,
+        body: &B,
+        headers: &[(&str, String)],
+    ) -> reqwest::RequestBuilder {
+        let mut request = self.http.post(url).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request
     }
 
     /// A `POST` whose reply may stream as server-sent events, each event's
@@ -353,13 +361,7 @@ impl ServiceClient {
         W: DeserializeOwned,
     {
         let url = format!("{}{path}", self.base_url);
-        let build = || {
-            let mut request = self.http.post(&url).json(body);
-            for (name, value) in headers {
-                request = request.header(*name, value);
-            }
-            request
-        };
+        let build = || self.post_request(&url, body, headers);
         self.guarded(operation_name(path), Some(idle), |progress| {
             exchange_streaming(&self.name, build(), self.max_reply_bytes, progress)
         })
