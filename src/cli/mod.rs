@@ -329,6 +329,18 @@ async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option
         Err(error) => return Some(format!("llm: {error}{}", base_url_hint(&error))),
     };
     out!("llm models offered: {}", models.join(", "));
+    if config.llm.stream {
+        out!(
+            "llm replies: streamed (first piece within {} ms, gaps under {} ms; llm.stream = false turns it off)",
+            config.llm.timeout_ms,
+            config.llm.idle_timeout_ms
+        );
+    } else {
+        out!(
+            "llm replies: whole (llm.stream = false; each attempt within {} ms)",
+            config.llm.timeout_ms
+        );
+    }
     if !models.iter().any(|model| model == llm.model()) {
         return Some(format!(
             "llm: the configured model `{}` is not among the models the server offers ({})",
@@ -610,29 +622,58 @@ pub fn export_markdown(detail: &SessionDetail) -> String {
     output
 }
 
-/// Checks the model endpoint before the first turn: a server that cannot
-/// be reached, does not answer, or answers 404 fails the command within
-/// seconds, naming the URL; a 5xx is left to the session's outage handling
-/// (it may be starting up); a model it does not list is a warning.
+/// Checks the model endpoint before the first turn, with `/models` and
+/// one tiny chat: a server that cannot be reached, does not answer, or
+/// answers 404 (or refuses the chat: a bad key, a broken stream) fails the
+/// command within seconds, naming the URL; a 5xx or a 429 is left to the
+/// session's outage handling (it may be starting up); a model it does not
+/// list is a warning.
 pub(crate) async fn preflight(llm: &crate::clients::LlmClient) -> Result<(), CliError> {
     let url = &llm.service.base_url;
-    match llm.list_models().await {
-        Ok(models) if models.iter().any(|model| model == llm.model()) => Ok(()),
-        Ok(models) => {
-            output::write_stderr(format_args!(
-                "warning: the model server at {url} does not list `{}` (it lists: {}); trying it anyway\n",
-                llm.model(),
-                models.join(", ")
-            ));
-            Ok(())
-        }
-        Err(crate::clients::CallError::Status { status, .. }) if status >= 500 => Ok(()),
-        Err(error) => Err(CliError::Unhealthy(format!(
+    let unusable = |error: &crate::clients::CallError| {
+        CliError::Unhealthy(format!(
             "the model server at {url} cannot be used: {error}{}",
-            base_url_hint(&error)
+            base_url_hint(error)
+        ))
+    };
+    match llm.list_models().await {
+        Ok(models) if models.iter().any(|model| model == llm.model()) => {}
+        Ok(models) => output::write_stderr(format_args!(
+            "warning: the model server at {url} does not list `{}` (it lists: {}); trying it anyway\n",
+            llm.model(),
+            models.join(", ")
+        )),
+        Err(crate::clients::CallError::Status { status, .. }) if status >= 500 => return Ok(()),
+        Err(error) => return Err(unusable(&error)),
+    }
+    let chat = tokio::time::timeout(PREFLIGHT_CHAT_LIMIT, llm.preflight_chat()).await;
+    match chat {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) if left_to_the_session(&error) => Ok(()),
+        Ok(Err(error)) => Err(unusable(&error)),
+        Err(_) => Err(CliError::Unhealthy(format!(
+            "the model server at {url} cannot be used: a 1-token chat got no answer within {} s",
+            PREFLIGHT_CHAT_LIMIT.as_secs()
         ))),
     }
 }
+
+/// A preflight chat error the session's outage handling is for: the
+/// server is there but unavailable for now (5xx, 429, an open breaker).
+/// A refused connection or no answer fails the command instead.
+fn left_to_the_session(error: &crate::clients::CallError) -> bool {
+    use crate::clients::CallError;
+    error.is_outage()
+        && !matches!(
+            error,
+            CallError::Connect { .. } | CallError::Timeout { .. } | CallError::Stalled { .. }
+        )
+}
+
+/// The preflight's tiny chat gets this long at most, whatever
+/// `llm.timeout_ms`: a server that loads the model on first use may need a
+/// while, one that needs longer is not going to play a turn.
+const PREFLIGHT_CHAT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// "does it end in /v1?" for a 404 from an OpenAI-compatible base URL.
 pub(crate) fn base_url_hint(error: &crate::clients::CallError) -> &'static str {

@@ -6,16 +6,23 @@
 //! `tool_calls`. That knowledge is shared by clones of the client, so it is
 //! learned once per model per process.
 //!
+//! Replies stream by default (`stream: true`, server-sent events): the
+//! content, `tool_calls` and `usage` pieces are put together here into the
+//! reply the non-streaming path reads, so nothing downstream can tell the
+//! two apart. A server that answers a streaming request with plain JSON is
+//! read as it is.
+//!
 //! It knows the wire format; it must not decide what to trim or whether a
 //! session waits (that is `heist`), nor retry (that is `resilience`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use super::{CallError, ServiceClient};
+use super::{CallError, ServiceClient, Streamed};
 use crate::config::{LlmConfig, Secret};
 use crate::resilience::Policy;
 use crate::wire::{CHAT_COMPLETIONS_PATH, MODELS_PATH};
@@ -36,6 +43,11 @@ pub struct LlmClient {
     max_tokens: u32,
     /// Read from the environment variable the config names, never the file.
     api_key: Option<Secret>,
+    /// Ask for server-sent events (`llm.stream`): a slow model is judged by
+    /// the gaps between its pieces, not by how long the whole reply takes.
+    stream: bool,
+    /// The longest gap between a streamed reply's pieces (`llm.idle_timeout_ms`).
+    idle_timeout: Duration,
     knowledge: Arc<Mutex<ModelKnowledge>>,
 }
 
@@ -91,6 +103,55 @@ struct ReplyMessage {
 #[derive(Deserialize)]
 struct NativeToolCall {
     function: NativeFunction,
+}
+
+/// One event of a streamed reply (`chat.completion.chunk`).
+#[derive(Deserialize)]
+struct ChatChunk {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    /// In the last event only, when `stream_options.include_usage` was
+    /// asked (some servers send `null` in the others).
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    delta: Option<Delta>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    tool_calls: Vec<ToolCallDelta>,
+}
+
+/// A piece of one native tool call: the call's `index`, and pieces of its
+/// name and arguments, concatenated in order.
+#[derive(Deserialize)]
+struct ToolCallDelta {
+    /// Missing on servers that send each call whole: a piece with a name
+    /// then starts a new call.
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    function: Option<FunctionDelta>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +211,8 @@ impl LlmClient {
             temperature: config.temperature,
             max_tokens: config.max_tokens,
             api_key: config.api_key.clone(),
+            stream: config.stream,
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
             knowledge: Arc::new(Mutex::new(ModelKnowledge {
                 context_tokens: (config.context_tokens > 0).then_some(config.context_tokens),
                 configured: config.context_tokens > 0,
@@ -251,6 +314,23 @@ impl LlmClient {
         Ok(supported)
     }
 
+    /// One tiny chat (one short user message, `max_tokens` 1), as a turn
+    /// would send it (streaming when configured), through the stack: does
+    /// the chat endpoint answer for this model? What it says is not judged.
+    pub async fn preflight_chat(&self) -> Result<(), CallError> {
+        let messages = [ChatMessage {
+            role: "user",
+            content: "Say OK.".into(),
+        }];
+        let body = self.body(&ChatRequest {
+            messages: &messages,
+            seed: 0,
+            tools: &[],
+            max_tokens: 1,
+        });
+        self.send(&body).await.map(drop)
+    }
+
     /// The context window in tokens, when configured or learned.
     pub fn context_tokens(&self) -> Option<u32> {
         self.lock().context_tokens
@@ -304,6 +384,11 @@ impl LlmClient {
         if !request.tools.is_empty() {
             body["tools"] = request.tools.iter().map(function_schema).collect();
         }
+        if self.stream {
+            body["stream"] = true.into();
+            // OpenAI sends `usage` in a last event only when asked.
+            body["stream_options"] = serde_json::json!({"include_usage": true});
+        }
         body
     }
 
@@ -313,11 +398,26 @@ impl LlmClient {
             .iter()
             .map(|key| ("authorization", format!("Bearer {}", key.expose())))
             .collect();
-        let reply: ChatReply = self
+        if !self.stream {
+            let reply: ChatReply = self
+                .service
+                .post_json(CHAT_COMPLETIONS_PATH, body, &headers)
+                .await?;
+            return Ok(reply.into_model_reply());
+        }
+        let reply = self
             .service
-            .post_json(CHAT_COMPLETIONS_PATH, body, &headers)
+            .post_streaming::<_, ChatChunk, ChatReply>(
+                CHAT_COMPLETIONS_PATH,
+                body,
+                &headers,
+                self.idle_timeout,
+            )
             .await?;
-        Ok(reply.into_model_reply())
+        Ok(match reply {
+            Streamed::Events(chunks) => ChatReply::assemble(chunks).into_model_reply(),
+            Streamed::Whole(reply) => reply.into_model_reply(),
+        })
     }
 
     /// Moves the characters-per-token ratio toward what the server counted,
@@ -337,6 +437,46 @@ impl LlmClient {
 }
 
 impl ChatReply {
+    /// The reply a streamed one adds up to, as the server would have sent
+    /// it whole: the first choice's content and `finish_reason`, its tool
+    /// calls' name and argument pieces joined per call, the last `usage`.
+    fn assemble(chunks: Vec<ChatChunk>) -> Self {
+        let mut content: Option<String> = None;
+        let mut finish_reason = None;
+        let mut usage = None;
+        // (the server's index, name, arguments) in the order calls began.
+        let mut calls: Vec<(Option<usize>, String, String)> = Vec::new();
+        for chunk in chunks {
+            usage = chunk.usage.or(usage);
+            for choice in chunk.choices.into_iter().filter(|choice| choice.index == 0) {
+                finish_reason = choice.finish_reason.or(finish_reason);
+                let Some(delta) = choice.delta else { continue };
+                if let Some(piece) = delta.content {
+                    content.get_or_insert_with(String::new).push_str(&piece);
+                }
+                for piece in delta.tool_calls {
+                    add_tool_call_piece(&mut calls, piece);
+                }
+            }
+        }
+        let tool_calls = calls
+            .into_iter()
+            .map(|(_, name, arguments)| NativeToolCall {
+                function: NativeFunction { name, arguments },
+            })
+            .collect();
+        Self {
+            choices: vec![Choice {
+                message: ReplyMessage {
+                    content,
+                    tool_calls,
+                },
+                finish_reason,
+            }],
+            usage,
+        }
+    }
+
     fn into_model_reply(self) -> ModelReply {
         let usage = self.usage;
         let choice = self.choices.into_iter().next();
@@ -431,11 +571,32 @@ fn prompt_chars(messages: &[ChatMessage], tools: &[ToolSpec]) -> usize {
     text + schemas
 }
 
+/// Adds a streamed piece to the call it belongs to: the one with its
+/// index; without an index, a new call when it names one, else the last.
+fn add_tool_call_piece(calls: &mut Vec<(Option<usize>, String, String)>, piece: ToolCallDelta) {
+    let (name, arguments) = piece
+        .function
+        .map(|function| (function.name, function.arguments))
+        .unwrap_or_default();
+    let existing = match piece.index {
+        Some(index) => calls.iter().position(|call| call.0 == Some(index)),
+        None if name.is_some() => None,
+        None => calls.len().checked_sub(1),
+    };
+    let position = existing.unwrap_or_else(|| {
+        calls.push((piece.index, String::new(), String::new()));
+        calls.len() - 1
+    });
+    let call = &mut calls[position];
+    call.1.push_str(&name.unwrap_or_default());
+    call.2.push_str(&arguments.unwrap_or_default());
+}
+
 /// `tool_calls: null` (some servers write it) reads as no calls.
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     deserializer: D,
-) -> Result<Vec<NativeToolCall>, D::Error> {
-    Ok(Option::<Vec<NativeToolCall>>::deserialize(deserializer)?.unwrap_or_default())
+) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The OpenAI function schema of one of our tools: one string parameter.
@@ -501,6 +662,66 @@ mod tests {
         assert_eq!(
             (reply.prompt_tokens, reply.completion_tokens),
             (Some(12), Some(5))
+        );
+    }
+
+    fn chunks(events: &[&str]) -> Vec<ChatChunk> {
+        events
+            .iter()
+            .map(|event| serde_json::from_str(event).expect("chunk parses"))
+            .collect()
+    }
+
+    #[test]
+    fn streamed_pieces_add_up_to_the_whole_reply() {
+        let streamed = chunks(&[
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"Count"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"ing."}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"calcu","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"b","type":"function","function":{"name":"file_reader","arguments":"{\"parameter\":"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":"lator","arguments":"{\"parameter\": \"2+"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"2\"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":" \"plan.txt\"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":30,"completion_tokens":9}}"#,
+        ]);
+        let reply = ChatReply::assemble(streamed).into_model_reply();
+        assert_eq!(
+            reply,
+            ModelReply {
+                content: "Counting.".into(),
+                tool_calls: vec![
+                    ("calculator".into(), "2+2".into()),
+                    ("file_reader".into(), "plan.txt".into()),
+                ],
+                prompt_tokens: Some(30),
+                completion_tokens: Some(9),
+                finish_reason: Some("tool_calls".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn calls_without_an_index_each_start_with_a_name_and_missing_usage_is_unknown() {
+        let streamed = chunks(&[
+            r#"{"choices":[{"delta":{"tool_calls":[{"function":{"name":"calculator","arguments":"{\"parameter\":\"1+1\"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"function":{"name":"calculator","arguments":"{\"parameter\":"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"\"3*3\"}"}}]},"finish_reason":"stop"}]}"#,
+        ]);
+        let reply = ChatReply::assemble(streamed).into_model_reply();
+        assert_eq!(
+            reply.tool_calls,
+            [
+                ("calculator".to_string(), "1+1".to_string()),
+                ("calculator".to_string(), "3*3".to_string())
+            ]
+        );
+        assert_eq!(reply.content, "");
+        assert_eq!((reply.prompt_tokens, reply.completion_tokens), (None, None));
+        assert_eq!(
+            ChatReply::assemble(Vec::new()).into_model_reply(),
+            ModelReply::default()
         );
     }
 

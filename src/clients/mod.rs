@@ -17,6 +17,7 @@ mod memory;
 mod oauth;
 #[cfg(test)]
 mod reply_cap_tests;
+mod sse;
 mod tools;
 
 use std::collections::VecDeque;
@@ -34,13 +35,17 @@ pub use oauth::{AccessToken, OAuthClient, TokenCache};
 pub use tools::ToolClient;
 
 use crate::config::{Config, ServiceConfig};
-use crate::resilience::{BreakerState, Classify, Guard, GuardError, Policy};
+use crate::resilience::{BreakerState, Classify, Guard, GuardError, Policy, Progress};
 
 /// Why a call to a service failed, precise enough for retry decisions.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     #[error("{service}: no answer within {} ms", after.as_millis())]
     Timeout { service: String, after: Duration },
+    /// A streamed reply started, then nothing came for the idle timeout
+    /// (resilience's cut, like `Timeout`).
+    #[error("{service}: the reply stopped coming: nothing for {} ms", idle.as_millis())]
+    Stalled { service: String, idle: Duration },
     #[error("{service}: cannot connect: {message}")]
     Connect { service: String, message: String },
     #[error("{service}: HTTP {status}: {message}")]
@@ -75,7 +80,7 @@ impl Classify for CallError {
     /// Never true of the stack's own rejections.
     fn is_transient(&self) -> bool {
         match self {
-            Self::Timeout { .. } | Self::Connect { .. } => true,
+            Self::Timeout { .. } | Self::Stalled { .. } | Self::Connect { .. } => true,
             Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
             _ => false,
         }
@@ -90,7 +95,7 @@ impl Classify for CallError {
 
     fn label(&self) -> &'static str {
         match self {
-            Self::Timeout { .. } => "timeout",
+            Self::Timeout { .. } | Self::Stalled { .. } => "timeout",
             Self::Connect { .. } => "connect_error",
             Self::Status { status, .. } if *status >= 500 => "server_error",
             Self::Status { .. } => "client_error",
@@ -103,7 +108,7 @@ impl Classify for CallError {
     }
 
     fn is_timeout(&self) -> bool {
-        matches!(self, Self::Timeout { .. })
+        matches!(self, Self::Timeout { .. } | Self::Stalled { .. })
     }
 
     fn is_backpressure(&self) -> bool {
@@ -116,6 +121,7 @@ impl From<GuardError<CallError>> for CallError {
         match error {
             GuardError::Service(error) => error,
             GuardError::Timeout { service, after } => Self::Timeout { service, after },
+            GuardError::Stalled { service, idle } => Self::Stalled { service, idle },
             GuardError::CircuitOpen { service } => Self::CircuitOpen { service },
             GuardError::BulkheadFull { service } => Self::BulkheadFull { service },
             GuardError::BudgetExhausted { service, last } => {
@@ -134,6 +140,7 @@ impl CallError {
     pub fn is_outage(&self) -> bool {
         match self {
             Self::Timeout { .. }
+            | Self::Stalled { .. }
             | Self::Connect { .. }
             | Self::CircuitOpen { .. }
             | Self::BulkheadFull { .. }
@@ -160,6 +167,15 @@ impl CallError {
             _ => false,
         }
     }
+}
+
+/// How a request that asked for a stream was answered.
+#[derive(Debug)]
+pub enum Streamed<E, W> {
+    /// Server-sent events: each `data:` payload before `data: [DONE]`.
+    Events(Vec<E>),
+    /// A plain JSON body: the server did not stream, which is allowed.
+    Whole(W),
 }
 
 /// Counts and recent latencies of one service's calls, for summaries.
@@ -308,14 +324,48 @@ impl ServiceClient {
         headers: &[(&str, String)],
     ) -> Result<R, CallError> {
         let url = format!("{}{path}", self.base_url);
-        let build = || {
-            let mut request = self.http.post(&url).json(body);
-            for (name, value) in headers {
-                request = request.header(*name, value);
-            }
-            request
-        };
+        let build = || self.post_request(&url, body, headers);
         self.send(operation_name(path), build).await
+    }
+
+    /// A fresh `POST` of `body` with `headers`, for each attempt.
+    fn post_request<B: Serialize + ?Sized>(
+        &self,
+        url: &str,
+        body: &B,
+        headers: &[(&str, String)],
+    ) -> reqwest::RequestBuilder {
+        let mut request = self.http.post(url).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request
+    }
+
+    /// A `POST` whose reply may stream as server-sent events, each event's
+    /// data a JSON `E`, ended by `data: [DONE]`; a plain JSON answer is a
+    /// `W`. Each piece that arrives tells the stack the reply is still
+    /// coming: the per-attempt timeout caps the wait for the first, and
+    /// `idle` the gaps after it (see [`Guard::call_streaming`]). A cut or
+    /// cancelled attempt drops its response, closing the connection.
+    pub async fn post_streaming<B, E, W>(
+        &self,
+        path: &str,
+        body: &B,
+        headers: &[(&str, String)],
+        idle: Duration,
+    ) -> Result<Streamed<E, W>, CallError>
+    where
+        B: Serialize + ?Sized,
+        E: DeserializeOwned,
+        W: DeserializeOwned,
+    {
+        let url = format!("{}{path}", self.base_url);
+        let build = || self.post_request(&url, body, headers);
+        self.guarded(operation_name(path), Some(idle), |progress| {
+            exchange_streaming(&self.name, build(), self.max_reply_bytes, progress)
+        })
+        .await
     }
 
     pub async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {
@@ -357,8 +407,8 @@ impl ServiceClient {
         limit: Duration,
     ) -> Result<R, CallError> {
         let request = self.http.get(format!("{}{path}", self.base_url));
-        match tokio::time::timeout(limit, exchange(&self.name, request, self.max_reply_bytes)).await
-        {
+        let reply = exchange(&self.name, request, self.max_reply_bytes, None);
+        match tokio::time::timeout(limit, reply).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Timeout {
                 service: self.name.clone(),
@@ -372,15 +422,26 @@ impl ServiceClient {
         operation: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<R, CallError> {
+        self.guarded(operation, None, |_| {
+            exchange(&self.name, build(), self.max_reply_bytes, None)
+        })
+        .await
+    }
+
+    /// One call through the stack, counted in flight and in the stats.
+    async fn guarded<T, Fut>(
+        &self,
+        operation: &str,
+        idle: Option<Duration>,
+        attempt: impl FnMut(Progress) -> Fut,
+    ) -> Result<T, CallError>
+    where
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         // Counted down on drop, so a cancelled call is not in flight forever.
         let _in_flight = InFlight(&self.stats);
-        let (outcome, summary) = self
-            .guard
-            .call(operation, || {
-                exchange(&self.name, build(), self.max_reply_bytes)
-            })
-            .await;
+        let (outcome, summary) = self.guard.call_streaming(operation, idle, attempt).await;
         self.stats
             .record(summary.duration.as_secs_f64(), outcome.is_ok());
         outcome.map_err(CallError::from)
@@ -405,12 +466,40 @@ async fn exchange<R: DeserializeOwned>(
     service: &str,
     request: reqwest::RequestBuilder,
     max_reply_bytes: usize,
+    progress: Option<&Progress>,
 ) -> Result<R, CallError> {
     let response = request
         .send()
         .await
         .map_err(|error| classify_send_error(service, &error))?;
-    read_reply(service, response, max_reply_bytes).await
+    read_reply(service, response, max_reply_bytes, progress).await
+}
+
+/// One attempt of [`ServiceClient::post_streaming`]: an error status or a
+/// body that is not an event stream is read whole, as [`exchange`] does.
+async fn exchange_streaming<E: DeserializeOwned, W: DeserializeOwned>(
+    service: &str,
+    request: reqwest::RequestBuilder,
+    max_reply_bytes: usize,
+    progress: Progress,
+) -> Result<Streamed<E, W>, CallError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|error| classify_send_error(service, &error))?;
+    let is_event_stream = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("text/event-stream"));
+    if !response.status().is_success() || !is_event_stream {
+        return read_reply(service, response, max_reply_bytes, Some(&progress))
+            .await
+            .map(Streamed::Whole);
+    }
+    sse::read_events(service, response, max_reply_bytes, &progress)
+        .await
+        .map(Streamed::Events)
 }
 
 /// Every client a heist needs, built once from the config.
@@ -501,6 +590,7 @@ async fn read_reply<R: DeserializeOwned>(
     service: &str,
     response: reqwest::Response,
     max_reply_bytes: usize,
+    progress: Option<&Progress>,
 ) -> Result<R, CallError> {
     let status = response.status();
     let retry_after = response
@@ -508,7 +598,7 @@ async fn read_reply<R: DeserializeOwned>(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| crate::resilience::backoff::parse_retry_after(value, chrono::Utc::now()));
-    let bytes = read_capped(service, response, max_reply_bytes).await?;
+    let bytes = read_capped(service, response, max_reply_bytes, progress).await?;
     if !status.is_success() {
         return Err(CallError::Status {
             service: service.into(),
@@ -535,11 +625,9 @@ async fn read_capped(
     service: &str,
     mut response: reqwest::Response,
     max_bytes: usize,
+    progress: Option<&Progress>,
 ) -> Result<Vec<u8>, CallError> {
-    let too_large = || CallError::Decode {
-        service: service.into(),
-        message: format!("reply is over the {max_bytes}-byte limit (max_reply_bytes)"),
-    };
+    let too_large = || too_large(service, max_bytes);
     if response
         .content_length()
         .is_some_and(|length| length > max_bytes as u64)
@@ -551,12 +639,22 @@ async fn read_capped(
         service: service.into(),
         message: error_chain(&error),
     })? {
+        if let Some(progress) = progress {
+            progress.mark();
+        }
         if body.len() + chunk.len() > max_bytes {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+fn too_large(service: &str, max_bytes: usize) -> CallError {
+    CallError::Decode {
+        service: service.into(),
+        message: format!("reply is over the {max_bytes}-byte limit (max_reply_bytes)"),
+    }
 }
 
 /// The human message inside a JSON error body, in the shapes our services

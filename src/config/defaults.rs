@@ -52,6 +52,8 @@ impl Default for LlmConfig {
             api_key: None,
             max_reply_bytes: default_llm_max_reply_bytes(),
             timeout_ms: default_llm_timeout_ms(),
+            stream: true,
+            idle_timeout_ms: default_llm_idle_timeout_ms(),
             tool_calling: ToolCalling::Text,
             context_tokens: 0,
             min_completion_tokens: default_min_completion_tokens(),
@@ -142,6 +144,12 @@ pub(super) fn default_api_key_env() -> String {
 }
 pub(super) fn default_llm_timeout_ms() -> u64 {
     120_000
+}
+pub(super) fn default_true() -> bool {
+    true
+}
+pub(super) fn default_llm_idle_timeout_ms() -> u64 {
+    30_000
 }
 pub(super) fn default_llm_max_reply_bytes() -> usize {
     4 * 1024 * 1024

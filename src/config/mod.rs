@@ -243,8 +243,18 @@ pub struct LlmConfig {
     #[serde(default = "default_llm_max_reply_bytes")]
     pub max_reply_bytes: usize,
     /// Per-attempt timeout: a local model may need a minute for a reply.
+    /// Streaming, it caps the wait for the reply's first piece only.
     #[serde(default = "default_llm_timeout_ms")]
     pub timeout_ms: u64,
+    /// Ask for the reply as server-sent events (`stream: true`), so a slow
+    /// model that keeps producing is not cut at `timeout_ms`; false for a
+    /// server that streams badly.
+    #[serde(default = "default_true")]
+    pub stream: bool,
+    /// Streaming, the longest gap between a reply's pieces before the
+    /// attempt is cut: a model that stops producing is cut this soon.
+    #[serde(default = "default_llm_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// How agents ask for tools: `text` (the prototype's
     /// `[TOOL:name:parameter]` in the reply, which any model can do) or
     /// `native` (OpenAI function calling, for models that support it).
@@ -930,6 +940,9 @@ fn validate_llm(config: &Config) -> Result<(), (String, String)> {
     }
     if config.llm.timeout_ms == 0 {
         return fail("llm.timeout_ms", "must be at least 1");
+    }
+    if config.llm.idle_timeout_ms == 0 {
+        return fail("llm.idle_timeout_ms", "must be at least 1");
     }
     Ok(())
 }

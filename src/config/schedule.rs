@@ -63,7 +63,7 @@ pub struct ScheduleFields {
     pub jitter_ms: u64,
     #[serde(default)]
     pub missed: Missed,
-    #[serde(default = "default_true")]
+    #[serde(default = "super::defaults::default_true")]
     pub enabled: bool,
 }
 
@@ -319,10 +319,6 @@ fn default_timezone() -> String {
 
 fn default_schedule_turns() -> u32 {
     12
-}
-
-fn default_true() -> bool {
-    true
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod breaker;
 pub mod budget;
 pub mod journal;
 mod outcome;
+mod progress;
 
 use std::future::Future;
 use std::time::Duration;
@@ -39,6 +40,8 @@ use crate::metrics as names;
 pub use breaker::{BreakerState, CircuitBreaker, Verdict};
 use budget::RetryBudget;
 pub use outcome::{CallOutcome, Classify, GuardError};
+pub use progress::Progress;
+use progress::{run_timed, Cut};
 
 /// How calls to one service are guarded, in durations.
 #[derive(Debug, Clone)]
@@ -139,6 +142,25 @@ impl Guard {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.call_streaming(operation, None, |_| attempt()).await
+    }
+
+    /// [`Self::call`] for an attempt whose reply streams in: it marks its
+    /// [`Progress`] as pieces arrive, and with an `idle` timeout the
+    /// per-attempt timeout then caps only the wait for the first piece;
+    /// after it the attempt is cut when nothing has come for `idle`. The
+    /// call's deadline caps the whole either way.
+    pub async fn call_streaming<T, E, F, Fut>(
+        &self,
+        operation: &str,
+        idle: Option<Duration>,
+        mut attempt: F,
+    ) -> (Result<T, GuardError<E>>, CallSummary)
+    where
+        E: Classify,
+        F: FnMut(Progress) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let started = Instant::now();
         let deadline = started + self.policy.deadline();
         let mut attempts = 0u32;
@@ -149,7 +171,7 @@ impl Guard {
         let mut last_real_error: Option<GuardError<E>> = None;
         self.budget.record_call();
         let result = loop {
-            let outcome = self.attempt_once(&mut attempt, deadline).await;
+            let outcome = self.attempt_once(&mut attempt, idle, deadline).await;
             attempts += u32::from(outcome.reached_network);
             let error = match outcome.result {
                 Ok(value) => break Ok(value),
@@ -196,11 +218,12 @@ impl Guard {
     async fn attempt_once<T, E, F, Fut>(
         &self,
         attempt: &mut F,
+        idle: Option<Duration>,
         deadline: Instant,
     ) -> AttemptOutcome<T, E>
     where
         E: Classify,
-        F: FnMut() -> Fut,
+        F: FnMut(Progress) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
         let rejected = |error: GuardError<E>| AttemptOutcome {
@@ -229,28 +252,36 @@ impl Guard {
             .attempt_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
         let attempt_started = Instant::now();
-        let mut cut_by_deadline = false;
-        let result = match tokio::time::timeout(limit, attempt()).await {
-            Ok(result) => result.map_err(GuardError::Service),
-            Err(_) => {
-                cut_by_deadline = limit < self.policy.attempt_timeout;
-                Err(GuardError::Timeout {
-                    service: self.service.clone(),
-                    after: limit,
-                })
+        let progress = Progress::new(idle);
+        let timed = run_timed(
+            attempt(progress.clone()),
+            &progress,
+            attempt_started + limit,
+            deadline,
+        );
+        let (result, cut_by_deadline) = match timed.await {
+            Ok(result) => (result.map_err(GuardError::Service), false),
+            Err(cut) => {
+                let (error, cut_by_deadline) = self.cut_error(cut, limit, attempt_started);
+                (Err(error), cut_by_deadline)
             }
         };
         drop(slot);
         let elapsed = attempt_started.elapsed();
+        // A streamed reply is as slow as its wait for the first piece: a
+        // long reply that keeps coming is not a slow service.
+        let latency = progress
+            .first_piece_after(attempt_started)
+            .unwrap_or(elapsed);
         let slow =
-            elapsed > Duration::from_millis(self.policy.config.breaker.slow_call_duration_ms);
+            latency > Duration::from_millis(self.policy.config.breaker.slow_call_duration_ms);
         if cut_by_deadline && !slow {
             // Our deadline, not the service, ended this attempt early: it
             // says nothing about the service's health. (Cut after the slow
             // threshold, it was a slow call all the same, and counts.)
             drop(permit);
         } else {
-            permit.judge(breaker::Verdict::of(result.as_ref().err()), elapsed);
+            permit.judge(breaker::Verdict::of(result.as_ref().err()), latency);
         }
         let label = match &result {
             Ok(_) => CallOutcome::Success.as_str(),
@@ -261,6 +292,34 @@ impl Guard {
         AttemptOutcome {
             result,
             reached_network: true,
+        }
+    }
+
+    /// The error of an attempt that was cut, and whether our deadline
+    /// rather than the service's slowness cut it.
+    fn cut_error<E>(
+        &self,
+        cut: Cut,
+        limit: Duration,
+        attempt_started: Instant,
+    ) -> (GuardError<E>, bool) {
+        let service = self.service.clone();
+        match cut {
+            Cut::NoAnswer => (
+                GuardError::Timeout {
+                    service,
+                    after: limit,
+                },
+                limit < self.policy.attempt_timeout,
+            ),
+            Cut::Stalled(idle) => (GuardError::Stalled { service, idle }, false),
+            Cut::Deadline => (
+                GuardError::Timeout {
+                    service,
+                    after: attempt_started.elapsed(),
+                },
+                true,
+            ),
         }
     }
 

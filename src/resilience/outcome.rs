@@ -44,6 +44,9 @@ pub enum GuardError<E> {
     Service(E),
     #[error("{service}: no answer within {} ms", after.as_millis())]
     Timeout { service: String, after: Duration },
+    /// A streamed reply started, then nothing came for the idle timeout.
+    #[error("{service}: the reply stopped coming: nothing for {} ms", idle.as_millis())]
+    Stalled { service: String, idle: Duration },
     #[error("{service}: circuit breaker is open; call not attempted")]
     CircuitOpen { service: String },
     #[error("{service}: too many calls in flight; call not attempted")]
@@ -68,7 +71,7 @@ impl<E: Classify> Classify for GuardError<E> {
     fn is_transient(&self) -> bool {
         match self {
             Self::Service(error) => error.is_transient(),
-            Self::Timeout { .. } => true,
+            Self::Timeout { .. } | Self::Stalled { .. } => true,
             // The stack's own refusals: trying again at once would only be
             // refused again.
             Self::CircuitOpen { .. } | Self::BulkheadFull { .. } | Self::BudgetExhausted { .. } => {
@@ -87,7 +90,7 @@ impl<E: Classify> Classify for GuardError<E> {
     fn label(&self) -> &'static str {
         match self {
             Self::Service(error) => error.label(),
-            Self::Timeout { .. } => "timeout",
+            Self::Timeout { .. } | Self::Stalled { .. } => "timeout",
             Self::CircuitOpen { .. } => CallOutcome::RejectedOpen.as_str(),
             Self::BulkheadFull { .. } => CallOutcome::RejectedBulkhead.as_str(),
             Self::BudgetExhausted { .. } => CallOutcome::RejectedBudget.as_str(),
@@ -97,7 +100,7 @@ impl<E: Classify> Classify for GuardError<E> {
     fn is_timeout(&self) -> bool {
         match self {
             Self::Service(error) => error.is_timeout(),
-            Self::Timeout { .. } => true,
+            Self::Timeout { .. } | Self::Stalled { .. } => true,
             _ => false,
         }
     }

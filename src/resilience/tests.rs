@@ -540,3 +540,90 @@ async fn http_429_is_retried_after_retry_after_but_never_opens_the_breaker() {
     }
     assert_eq!(guard.breaker_state(), BreakerState::Closed);
 }
+
+/// An attempt whose reply streams in: `pieces` pieces `every` apart, then
+/// the end, or nothing more when it `stalls`.
+async fn streaming(
+    progress: Progress,
+    every: Duration,
+    pieces: u32,
+    stalls: bool,
+) -> Result<u32, TestError> {
+    for _ in 0..pieces {
+        tokio::time::sleep(every).await;
+        progress.mark();
+    }
+    if stalls {
+        std::future::pending::<()>().await;
+    }
+    Ok(pieces)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_attempt_is_judged_by_its_gaps_not_by_the_attempt_timeout() {
+    // The attempt timeout is 1 s; a steady 5 s stream completes.
+    let guard = Guard::new("svc", policy(|config| config.max_attempts = 1));
+    let idle = Some(Duration::from_millis(700));
+    let every = Duration::from_millis(500);
+    let (result, summary) = guard
+        .call_streaming("op", idle, |progress| streaming(progress, every, 10, false))
+        .await;
+    assert_eq!(result.ok(), Some(10));
+    assert_eq!(summary.duration, Duration::from_secs(5));
+
+    // One that stops is cut 700 ms after its last piece, as a timeout.
+    let (result, summary) = guard
+        .call_streaming("op", idle, |progress| streaming(progress, every, 3, true))
+        .await;
+    let error = result.expect_err("stalled");
+    assert!(
+        matches!(error, GuardError::Stalled { idle, .. } if idle == Duration::from_millis(700))
+    );
+    assert!(error.is_timeout() && error.is_transient());
+    assert_eq!(summary.outcome, CallOutcome::Timeout);
+    assert_eq!(summary.duration, Duration::from_millis(2_200));
+
+    // Without an idle timeout, the attempt timeout caps the whole.
+    let (result, _) = guard
+        .call_streaming("op", None, |progress| streaming(progress, every, 10, false))
+        .await;
+    assert!(
+        matches!(result, Err(GuardError::Timeout { after, .. }) if after == Duration::from_secs(1))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_is_as_slow_as_its_first_piece_for_the_breaker() {
+    let guard = Guard::new(
+        "svc",
+        policy(|config| {
+            config.max_attempts = 1;
+            config.breaker.minimum_calls = 2;
+            config.breaker.window_size = 2;
+            config.breaker.slow_call_duration_ms = 300;
+            config.breaker.slow_call_rate_threshold = 1.0;
+        }),
+    );
+    let idle = Some(Duration::from_millis(700));
+    // Each reply takes 5 s, its first piece 200 ms: not slow.
+    for _ in 0..3 {
+        let (result, summary) = guard
+            .call_streaming("op", idle, |progress| {
+                streaming(progress, Duration::from_millis(200), 25, false)
+            })
+            .await;
+        assert!(result.is_ok());
+        assert_eq!(summary.duration, Duration::from_secs(5));
+    }
+    assert_eq!(guard.breaker_state(), BreakerState::Closed);
+    // First pieces after 500 ms are slow: two of two open the breaker.
+    for _ in 0..2 {
+        let (result, _) = guard
+            .call_streaming("op", idle, |progress| {
+                streaming(progress, Duration::from_millis(500), 2, false)
+            })
+            .await;
+        assert!(result.is_ok());
+    }
+    assert_eq!(guard.breaker_state(), BreakerState::Open);
+}

@@ -5,7 +5,10 @@
 //! hacker"), the turn number from the last user message ("Turn 7 of 12"),
 //! and steps through the scripted lines deterministically from the request's `seed`.
 //! Each agent rotates through its tools turn by turn, so a 12-turn run asks
-//! for every tool.
+//! for every tool. Asked to stream (`stream: true`), it answers in
+//! server-sent events as OpenAI does: the content in a few pieces, each
+//! tool call's arguments in pieces, `usage` in a last event when
+//! `stream_options.include_usage` asks for it, then `data: [DONE]`.
 //!
 //! It must never pretend to be a real model: `/v1/models` says what it is.
 
@@ -46,6 +49,12 @@ pub struct ChatRequest {
     /// (how heistd checks that a model supports native tool calling).
     #[serde(default)]
     pub tool_choice: Option<serde_json::Value>,
+    /// Answer in server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// `{"include_usage": true}` asks for `usage` in a last event.
+    #[serde(default)]
+    pub stream_options: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,8 +72,17 @@ impl RehearsalState {
         }
     }
 
-    /// The scripted reply for a conversation, or why there is none.
+    /// The scripted reply for a conversation, or why there is none. A
+    /// conversation without a system prompt is a client checking the
+    /// endpoint (heistd's preflight): it gets a one-word answer.
     pub fn reply(&self, request: &ChatRequest) -> Result<String, String> {
+        if !request
+            .messages
+            .iter()
+            .any(|message| message.role == "system")
+        {
+            return Ok("OK".into());
+        }
         let system = request
             .messages
             .iter()
@@ -158,12 +176,9 @@ async fn chat_completions(
             "type": "function",
             "function": { "name": forced, "arguments": "{\"parameter\": \"\"}" },
         });
-        return Json(serde_json::json!({
-            "object": "chat.completion",
-            "model": REHEARSAL_MODEL_ID,
-            "choices": [{ "index": 0, "message": { "role": "assistant", "content": null, "tool_calls": [call] }, "finish_reason": "tool_calls" }],
-        }))
-        .into_response();
+        let message =
+            serde_json::json!({ "role": "assistant", "content": null, "tool_calls": [call] });
+        return answer(&request, &state, message, None);
     }
     let content = match state.reply(&request) {
         Ok(content) => content,
@@ -191,24 +206,126 @@ async fn chat_completions(
     if !tool_calls.is_empty() {
         message["tool_calls"] = serde_json::Value::Array(tool_calls);
     }
+    let usage = serde_json::json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    answer(&request, &state, message, Some(usage))
+}
+
+/// The reply `message` as one `chat.completion`, or streamed as
+/// `chat.completion.chunk` events when the request asked for a stream.
+fn answer(
+    request: &ChatRequest,
+    state: &RehearsalState,
+    message: serde_json::Value,
+    usage: Option<serde_json::Value>,
+) -> Response {
     let finish_reason = if message.get("tool_calls").is_some() {
         "tool_calls"
     } else {
         "stop"
     };
-    Json(serde_json::json!({
-        "id": format!("rehearsal-{}", request.seed.unwrap_or(state.default_seed)),
+    let id = format!("rehearsal-{}", request.seed.unwrap_or(state.default_seed));
+    if request.stream {
+        let include_usage = request
+            .stream_options
+            .as_ref()
+            .is_some_and(|options| options["include_usage"] == true);
+        let usage = usage.filter(|_| include_usage);
+        return event_stream(&id, &message, finish_reason, usage);
+    }
+    let mut reply = serde_json::json!({
+        "id": id,
         "object": "chat.completion",
         "created": chrono::Utc::now().timestamp(),
         "model": REHEARSAL_MODEL_ID,
         "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }))
-    .into_response()
+    });
+    if let Some(usage) = usage {
+        reply["usage"] = usage;
+    }
+    Json(reply).into_response()
+}
+
+/// A whole reply as the server-sent events a streaming server would send.
+fn event_stream(
+    id: &str,
+    message: &serde_json::Value,
+    finish_reason: &str,
+    usage: Option<serde_json::Value>,
+) -> Response {
+    let chunk = |choices: serde_json::Value| {
+        serde_json::json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "model": REHEARSAL_MODEL_ID,
+            "choices": choices,
+        })
+    };
+    let delta = |delta: serde_json::Value| {
+        chunk(serde_json::json!([{ "index": 0, "delta": delta, "finish_reason": null }]))
+    };
+    let mut events = vec![delta(
+        serde_json::json!({ "role": "assistant", "content": "" }),
+    )];
+    let content = message["content"].as_str().unwrap_or_default();
+    for piece in pieces(content, 3) {
+        events.push(delta(serde_json::json!({ "content": piece })));
+    }
+    let calls = message["tool_calls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (index, call) in calls.iter().enumerate() {
+        events.push(delta(serde_json::json!({ "tool_calls": [{
+            "index": index, "id": call["id"], "type": "function",
+            "function": { "name": call["function"]["name"], "arguments": "" },
+        }] })));
+        let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
+        for piece in pieces(arguments, 2) {
+            events.push(delta(serde_json::json!({ "tool_calls": [{
+                "index": index, "function": { "arguments": piece },
+            }] })));
+        }
+    }
+    events.push(chunk(
+        serde_json::json!([{ "index": 0, "delta": {}, "finish_reason": finish_reason }]),
+    ));
+    if let Some(usage) = usage {
+        let mut last = chunk(serde_json::json!([]));
+        last["usage"] = usage;
+        events.push(last);
+    }
+    let mut body: String = events
+        .iter()
+        .map(|event| format!("data: {event}\n\n"))
+        .collect();
+    body.push_str("data: [DONE]\n\n");
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+        body,
+    )
+        .into_response()
+}
+
+/// `text` in at most `count` pieces of about equal length, cut between
+/// characters; no pieces for empty text.
+fn pieces(text: &str, count: usize) -> Vec<&str> {
+    let size = text.len().div_ceil(count.max(1)).max(1);
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = size.min(rest.len());
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let (piece, tail) = rest.split_at(cut);
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces
 }
 
 /// Moves the script's `[TOOL:name:parameter]` requests for offered tools out
@@ -277,6 +394,8 @@ mod tests {
             seed: Some(seed),
             tools: Vec::new(),
             tool_choice: None,
+            stream: false,
+            stream_options: None,
         }
     }
 
@@ -301,6 +420,86 @@ mod tests {
             .collect();
         assert_eq!(tools_used.len(), 3, "{tools_used:?}");
         assert!(state.reply(&request("nobody", 1, 1)).is_err());
+        let mut check = request("hacker", 1, 1);
+        check.messages.remove(0);
+        assert_eq!(
+            state.reply(&check).as_deref(),
+            Ok("OK"),
+            "no system prompt: an endpoint check"
+        );
+    }
+
+    /// The body of a streamed answer to `request`, and its content type.
+    async fn streamed(request: serde_json::Value) -> (String, String) {
+        use tower::ServiceExt;
+        let router = router(RehearsalState::new(Arc::new(Scenario::embedded()), 0));
+        let request = axum::http::Request::post(format!("{OPENAI_PREFIX}{CHAT_COMPLETIONS_PATH}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(request.to_string()))
+            .expect("request");
+        let response = router.oneshot(request).await.expect("answers");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (
+            String::from_utf8(body.to_vec()).expect("utf-8"),
+            content_type,
+        )
+    }
+
+    #[tokio::test]
+    async fn asked_to_stream_it_sends_pieces_usage_when_asked_and_done() {
+        let messages = serde_json::json!([
+            {"role": "system", "content": "You are the hacker, of course."},
+            {"role": "user", "content": "Turn 1 of 12."},
+        ]);
+        let calculator =
+            serde_json::json!({"type": "function", "function": {"name": "calculator"}});
+        let (body, content_type) = streamed(serde_json::json!({
+            "messages": messages, "seed": 1, "stream": true,
+            "stream_options": {"include_usage": true},
+            "tools": [calculator.clone(), {"type": "function", "function": {"name": "file_reader"}}, {"type": "function", "function": {"name": "database_query"}}],
+        }))
+        .await;
+        assert_eq!(content_type, "text/event-stream");
+        let events: Vec<&str> = body
+            .split("\n\n")
+            .filter(|event| !event.is_empty())
+            .map(|event| event.strip_prefix("data: ").expect("data events only"))
+            .collect();
+        assert_eq!(events.last(), Some(&"[DONE]"));
+        let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+            .iter()
+            .map(|event| serde_json::from_str(event).expect("json"))
+            .collect();
+        let content: String = chunks
+            .iter()
+            .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        let arguments: String = chunks
+            .iter()
+            .filter_map(|chunk| {
+                chunk["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
+            .collect();
+        let pieces = chunks
+            .iter()
+            .filter(|chunk| chunk["choices"][0]["delta"]["tool_calls"].is_array())
+            .count();
+        assert!(!content.is_empty() && pieces >= 2, "{body}");
+        assert!(arguments.starts_with("{\"parameter\""), "{arguments}");
+        assert!(chunks.last().expect("chunks")["usage"]["prompt_tokens"].is_u64());
+
+        let (plain, _) =
+            streamed(serde_json::json!({"messages": messages, "seed": 1, "stream": true})).await;
+        assert!(
+            !plain.contains("usage") && plain.ends_with("data: [DONE]\n\n"),
+            "{plain}"
+        );
     }
 
     #[test]

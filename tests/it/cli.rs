@@ -865,3 +865,55 @@ fn run_on_a_store_that_cannot_be_written_exits_2_before_any_call() {
         "no service was called: {stderr}"
     );
 }
+
+/// Ollama-like: the server lists its models, but a chat for one it does not
+/// have answers 404. The preflight's tiny chat finds it before any turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_the_server_does_not_have_fails_the_demo_within_seconds_naming_the_url() {
+    let model = crate::model_double::ModelDouble::start(crate::model_double::Behaviour {
+        unknown_model_404: true,
+        ..Default::default()
+    })
+    .await;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (url, path) = (model.url.clone(), directory.path().to_path_buf());
+    let started = tokio::time::Instant::now();
+    // On a blocking thread: the double answers on this runtime meanwhile.
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_heistd"))
+            .args([
+                "demo",
+                "--turns",
+                "2",
+                "--db",
+                "missing.db",
+                "--llm-url",
+                &url,
+                "--llm-model",
+                "not-pulled",
+            ])
+            .current_dir(path)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("heistd runs")
+    })
+    .await
+    .expect("joined");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains(&model.url) && stderr.contains("HTTP 404") && stderr.contains("not-pulled"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("does not list `not-pulled`"),
+        "a warning first: {stderr}"
+    );
+    assert_eq!(model.chat_calls(), 0, "no turn was played");
+    assert_eq!(model.last_request()["max_tokens"], 1);
+}

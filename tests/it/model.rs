@@ -13,7 +13,7 @@ use heistd::config::{Config, ToolCalling};
 use heistd::heist::{RunNotice, RunOptions, RunReport};
 use heistd::store::{SessionDetail, SessionStatus};
 
-use crate::model_double::{Behaviour, ModelDouble, MODEL};
+use crate::model_double::{Behaviour, ModelDouble, StreamFlaw, MODEL};
 use crate::support::{base_config, TestStack};
 
 async fn stack_for(double: &ModelDouble, config: Config) -> TestStack {
@@ -298,4 +298,221 @@ async fn a_busy_one_slot_model_is_never_marked_down_by_the_health_checker() {
         "{events:?}"
     );
     assert_eq!(clients.llm.service.breaker_state().as_str(), "closed");
+}
+
+/// A client of the double alone, for tests of one call.
+fn llm_client(
+    double: &ModelDouble,
+    configure: impl FnOnce(&mut Config),
+) -> heistd::clients::LlmClient {
+    let mut config = base_config();
+    config.llm.base_url = double.url.clone();
+    config.llm.model = MODEL.into();
+    configure(&mut config);
+    heistd::clients::Clients::from_config(&config)
+        .expect("clients")
+        .llm
+}
+
+fn one_message() -> [heistd::clients::ChatMessage; 1] {
+    [heistd::clients::ChatMessage {
+        role: "user",
+        content: "Turn 1 of 1.".into(),
+    }]
+}
+
+/// Polls `condition` every 10 ms until it holds or `within` passes.
+async fn eventually(within: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
+#[tokio::test]
+async fn streamed_replies_are_stored_exactly_as_whole_ones() {
+    let mut sessions = Vec::new();
+    for stream in [true, false] {
+        let double = ModelDouble::start(Behaviour {
+            content_pieces: 5,
+            ..Behaviour::default()
+        })
+        .await;
+        let mut config = base_config();
+        config.llm.tool_calling = ToolCalling::Native;
+        config.llm.stream = stream;
+        let stack = stack_for(&double, config).await;
+        let (report, detail, _) = run(&stack, 4, 2).await;
+        assert_eq!(report.status, SessionStatus::Completed);
+        let asked = double.last_request();
+        if stream {
+            assert!(double.stream_requests() >= 4);
+            assert_eq!(asked["stream_options"]["include_usage"], true);
+        } else {
+            assert_eq!(double.stream_requests(), 0);
+            assert!(asked.get("stream").is_none(), "{asked}");
+        }
+        sessions.push(detail);
+    }
+    let (streamed, whole) = (&sessions[0], &sessions[1]);
+    let row = |message: &heistd::store::MessageRow| {
+        (
+            message.message.clone(),
+            message.prompt_tokens,
+            message.completion_tokens,
+            message.finish_reason.clone(),
+        )
+    };
+    assert_eq!(
+        streamed.messages.iter().map(row).collect::<Vec<_>>(),
+        whole.messages.iter().map(row).collect::<Vec<_>>()
+    );
+    let tool = |tool: &heistd::store::ToolUsageRow| {
+        (
+            tool.tool_name.clone(),
+            tool.tool_params.clone(),
+            tool.success,
+        )
+    };
+    assert!(
+        !streamed.tool_usage.is_empty(),
+        "native calls came in pieces"
+    );
+    assert_eq!(
+        streamed.tool_usage.iter().map(tool).collect::<Vec<_>>(),
+        whole.tool_usage.iter().map(tool).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_is_cut_after_the_idle_timeout_and_its_connection_closed() {
+    let double = ModelDouble::start(Behaviour {
+        stall_after: Some(2),
+        ..Behaviour::default()
+    })
+    .await;
+    let llm = llm_client(&double, |config| {
+        config.llm.timeout_ms = 10_000;
+        config.llm.idle_timeout_ms = 300;
+        config.llm.policy.max_attempts = 1;
+    });
+    let started = tokio::time::Instant::now();
+    let error = llm
+        .chat(&one_message(), 1, &[])
+        .await
+        .expect_err("the stream stalled");
+    let elapsed = started.elapsed();
+    assert!(
+        error.to_string().contains("nothing for 300 ms") && error.is_outage(),
+        "{error}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
+        "cut {elapsed:?} after the start, not at timeout_ms"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || double.abandoned_streams() == 1).await,
+        "the double saw the connection closed"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_stream_outlasts_timeout_ms_and_completes() {
+    let double = ModelDouble::start(Behaviour {
+        event_interval: Duration::from_millis(100),
+        content_pieces: 10,
+        ..Behaviour::default()
+    })
+    .await;
+    let llm = llm_client(&double, |config| {
+        config.llm.timeout_ms = 400;
+        config.llm.idle_timeout_ms = 1_000;
+        config.llm.policy.max_attempts = 1;
+    });
+    let started = tokio::time::Instant::now();
+    let reply = llm.chat(&one_message(), 1, &[]).await.expect("completes");
+    assert!(
+        started.elapsed() > Duration::from_millis(1_000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        reply.content,
+        "I will count the guards. [TOOL:calculator:2+2]"
+    );
+    assert_eq!(reply.completion_tokens, Some(12));
+    assert_eq!(double.abandoned_streams(), 0);
+}
+
+#[tokio::test]
+async fn a_cancelled_call_closes_its_stream() {
+    let double = ModelDouble::start(Behaviour {
+        stall_after: Some(1),
+        ..Behaviour::default()
+    })
+    .await;
+    let llm = llm_client(&double, |_| {});
+    let messages = one_message();
+    let call = llm.chat(&messages, 1, &[]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), call)
+            .await
+            .is_err(),
+        "still waiting on the stalled stream"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || double.abandoned_streams() == 1).await,
+        "dropping the call closed the connection"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_json_answer_to_a_stream_request_is_accepted() {
+    let double = ModelDouble::start(Behaviour {
+        plain_json: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let llm = llm_client(&double, |_| {});
+    let reply = llm.chat(&one_message(), 1, &[]).await.expect("accepted");
+    assert_eq!(double.stream_requests(), 1);
+    assert_eq!(
+        (reply.prompt_tokens, reply.finish_reason.as_deref()),
+        (Some(3), Some("stop"))
+    );
+}
+
+#[tokio::test]
+async fn a_broken_or_oversized_stream_is_an_error_that_says_what_broke() {
+    for (flaw, max_reply_bytes, expected) in [
+        (StreamFlaw::NoDone, 1 << 20, "ended without `data: [DONE]`"),
+        (
+            StreamFlaw::Malformed,
+            1 << 20,
+            "event 2 of the reply stream is not the JSON expected",
+        ),
+        (
+            StreamFlaw::None,
+            400,
+            "over the 400-byte limit (max_reply_bytes)",
+        ),
+    ] {
+        let double = ModelDouble::start(Behaviour {
+            flaw,
+            content_pieces: 20,
+            ..Behaviour::default()
+        })
+        .await;
+        let llm = llm_client(&double, |config| {
+            config.llm.max_reply_bytes = max_reply_bytes
+        });
+        let error = llm.chat(&one_message(), 1, &[]).await.expect_err("broken");
+        assert!(error.to_string().contains(expected), "{flaw:?}: {error}");
+        assert!(!error.is_outage(), "{flaw:?}: {error}");
+        assert_eq!(double.chat_calls(), 1, "{flaw:?}: not retried");
+    }
 }

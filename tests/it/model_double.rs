@@ -5,14 +5,21 @@
 //! format that may ignore `tools` or write `functions.NAME:` as text,
 //! replies cut at `max_tokens` (`finish_reason: "length"`), `usage` counted
 //! at four characters a token, and outages (every request answers 500).
-//! An axum server on 127.0.0.1:0.
+//! Asked to stream, it answers in server-sent events as they do (content
+//! and tool-call arguments in pieces, `usage` last when asked, then
+//! `data: [DONE]`), and can stream slowly, stall, break the stream, or
+//! answer plain JSON instead; it counts streams whose client went away
+//! before the end. An axum server on 127.0.0.1:0.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use parking_lot::Mutex;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -37,15 +44,47 @@ pub struct Behaviour {
     pub generation: Duration,
     /// Answers every request 500 (an outage).
     pub down: bool,
+    /// Like Ollama for a model it has not pulled: chat answers 404 for any
+    /// model but [`MODEL`].
+    pub unknown_model_404: bool,
+    /// Answers a streaming request with a plain JSON completion.
+    pub plain_json: bool,
+    /// Streaming, the gap before each event (after `generation`).
+    pub event_interval: Duration,
+    /// Streaming, the content comes in this many pieces (at least 1).
+    pub content_pieces: usize,
+    /// Streaming, sends this many events, then nothing more, holding the
+    /// connection open.
+    pub stall_after: Option<usize>,
+    /// Streaming, how the stream is broken, if it is.
+    pub flaw: StreamFlaw,
+}
+
+/// A stream that is not what OpenAI sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamFlaw {
+    #[default]
+    None,
+    /// Ends without `data: [DONE]`.
+    NoDone,
+    /// Its second event is not JSON.
+    Malformed,
 }
 
 #[derive(Default)]
 struct Shared {
     behaviour: Mutex<Behaviour>,
-    /// The one slot: `/v1/models` and chat calls wait for it.
-    slot: tokio::sync::Mutex<()>,
+    /// The one slot: `/v1/models` and chat calls wait for it; a stream
+    /// holds it until its last event.
+    slot: Arc<tokio::sync::Mutex<()>>,
     chat_calls: AtomicU32,
     oversized: AtomicU32,
+    /// Chat requests that asked to stream.
+    stream_requests: AtomicU32,
+    /// Streams whose client closed the connection before their end.
+    abandoned_streams: AtomicU32,
+    /// The last chat request's body.
+    last_request: Mutex<serde_json::Value>,
 }
 
 pub struct ModelDouble {
@@ -87,6 +126,20 @@ impl ModelDouble {
     pub fn oversized(&self) -> u32 {
         self.shared.oversized.load(Ordering::SeqCst)
     }
+
+    pub fn stream_requests(&self) -> u32 {
+        self.shared.stream_requests.load(Ordering::SeqCst)
+    }
+
+    /// Streams the client closed before their end (it gave up, or was
+    /// cut): the server could stop generating.
+    pub fn abandoned_streams(&self) -> u32 {
+        self.shared.abandoned_streams.load(Ordering::SeqCst)
+    }
+
+    pub fn last_request(&self) -> serde_json::Value {
+        self.shared.last_request.lock().clone()
+    }
 }
 
 fn behaviour(shared: &Shared) -> Behaviour {
@@ -107,6 +160,7 @@ async fn chat(
     Json(request): Json<serde_json::Value>,
 ) -> Response {
     let behaviour = behaviour(&shared);
+    *shared.last_request.lock() = request.clone();
     if behaviour.down {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -114,9 +168,26 @@ async fn chat(
         )
             .into_response();
     }
-    let _slot = shared.slot.lock().await;
+    if behaviour.unknown_model_404 && request["model"] != MODEL {
+        let message = format!(
+            "model \"{}\" not found, try pulling it first",
+            request["model"]
+        );
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": {"message": message, "type": "api_error"}})),
+        )
+            .into_response();
+    }
+    let streaming = request["stream"] == true && !behaviour.plain_json;
+    if request["stream"] == true {
+        shared.stream_requests.fetch_add(1, Ordering::SeqCst);
+    }
+    let slot = shared.slot.clone().lock_owned().await;
     shared.chat_calls.fetch_add(1, Ordering::SeqCst);
-    tokio::time::sleep(behaviour.generation).await;
+    if !streaming {
+        tokio::time::sleep(behaviour.generation).await;
+    }
     let prompt_chars: usize = request["messages"]
         .as_array()
         .into_iter()
@@ -151,13 +222,141 @@ async fn chat(
     } else {
         "stop"
     };
+    let usage = serde_json::json!({"prompt_tokens": prompt_tokens, "completion_tokens": 12, "total_tokens": prompt_tokens + 12});
+    if streaming {
+        let include_usage = request["stream_options"]["include_usage"] == true;
+        let events = events(
+            &behaviour,
+            &content,
+            &tool_calls,
+            finish_reason,
+            include_usage.then_some(usage),
+        );
+        return stream(&shared, &behaviour, events, slot);
+    }
     Json(serde_json::json!({
         "object": "chat.completion",
         "model": MODEL,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "tool_calls": tool_calls}, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 12, "total_tokens": prompt_tokens + 12},
+        "usage": usage,
     }))
     .into_response()
+}
+
+/// The reply as the `data:` payloads of a stream, `[DONE]` last.
+fn events(
+    behaviour: &Behaviour,
+    content: &str,
+    tool_calls: &serde_json::Value,
+    finish_reason: &str,
+    usage: Option<serde_json::Value>,
+) -> Vec<String> {
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        serde_json::json!({"object": "chat.completion.chunk", "model": MODEL, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}).to_string()
+    };
+    let mut events = vec![chunk(serde_json::json!({"role": "assistant"}), None)];
+    let characters: Vec<char> = content.chars().collect();
+    let size = characters
+        .len()
+        .div_ceil(behaviour.content_pieces.max(1))
+        .max(1);
+    for piece in characters.chunks(size) {
+        let piece: String = piece.iter().collect();
+        events.push(chunk(serde_json::json!({"content": piece}), None));
+    }
+    for (index, call) in tool_calls.as_array().into_iter().flatten().enumerate() {
+        let name = &call["function"]["name"];
+        events.push(chunk(serde_json::json!({"tool_calls": [{"index": index, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}}]}), None));
+        let arguments: Vec<char> = call["function"]["arguments"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .collect();
+        for piece in arguments.chunks(arguments.len().div_ceil(3).max(1)) {
+            let piece: String = piece.iter().collect();
+            events.push(chunk(serde_json::json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}), None));
+        }
+    }
+    events.push(chunk(serde_json::json!({}), Some(finish_reason)));
+    if let Some(usage) = usage {
+        events.push(serde_json::json!({"object": "chat.completion.chunk", "model": MODEL, "choices": [], "usage": usage}).to_string());
+    }
+    match behaviour.flaw {
+        StreamFlaw::None => events.push("[DONE]".into()),
+        StreamFlaw::NoDone => {}
+        StreamFlaw::Malformed => events[1] = "{\"choices\": [{\"delta\": ".into(),
+    }
+    events
+}
+
+/// Sends `events` as server-sent events, after `generation` and each
+/// `event_interval` apart, holding the one `slot` until the end; stalls
+/// after `stall_after` events.
+fn stream(
+    shared: &Arc<Shared>,
+    behaviour: &Behaviour,
+    events: Vec<String>,
+    slot: tokio::sync::OwnedMutexGuard<()>,
+) -> Response {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let behaviour = behaviour.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        tokio::time::sleep(behaviour.generation).await;
+        for (sent, event) in events.into_iter().enumerate() {
+            if behaviour.stall_after == Some(sent) {
+                sender.closed().await;
+                return;
+            }
+            tokio::time::sleep(behaviour.event_interval).await;
+            let frame = Bytes::from(format!("data: {event}\n\n"));
+            if sender.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = EventBody {
+        receiver,
+        ended: false,
+        shared: shared.clone(),
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+        Body::new(body),
+    )
+        .into_response()
+}
+
+/// A response body fed by the producer task; dropped before its end, the
+/// client went away.
+struct EventBody {
+    receiver: tokio::sync::mpsc::Receiver<Bytes>,
+    ended: bool,
+    shared: Arc<Shared>,
+}
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let polled = self.receiver.poll_recv(context);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled.map(|frame| frame.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
+
+impl Drop for EventBody {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.shared.abandoned_streams.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The reply's content and `tool_calls` (null when none).
