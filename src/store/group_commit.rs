@@ -41,6 +41,14 @@ impl Store {
     pub fn commit_turn(&self, turn: TurnRecord) -> Result<(), StoreError> {
         // Never commit into a deleted or replaced file.
         self.check_identity()?;
+        if self.sync_lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable {
+                path: self.path.display().to_string(),
+                reason:
+                    "synchronous = FULL could not be restored after an outbox mark; restart heistd"
+                        .into(),
+            });
+        }
         if !self.commits.enabled {
             let outcome = write_alone(&mut self.lock(), &turn);
             self.commits.count(std::slice::from_ref(&outcome));

@@ -55,6 +55,8 @@ impl Store {
             })?),
             size_cap: None,
             commits: Default::default(),
+            full_sync: synchronous == "FULL",
+            sync_lost: Default::default(),
             connection: Mutex::new(connection),
         })
     }

@@ -137,6 +137,11 @@ pub struct Store {
     size_cap: Option<u64>,
     /// Turns waiting for the next commit (`group_commit`).
     commits: group_commit::CommitQueue,
+    /// `synchronous = full`: outbox marks then relax it for themselves.
+    full_sync: bool,
+    /// Set if `synchronous = FULL` could not be restored after a mark:
+    /// turns are then refused rather than committed without an fsync.
+    sync_lost: std::sync::atomic::AtomicBool,
 }
 
 impl StoreError {

@@ -36,22 +36,22 @@ impl Store {
     }
 
     pub fn mark_outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
-        self.lock().prepare_cached(
-            "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-        )?.execute(
-            params![id, timestamp(chrono::Utc::now())],
-        )?;
-        Ok(())
+        self.without_fsync(|connection| {
+            connection.prepare_cached(
+                "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+            )?.execute(params![id, timestamp(chrono::Utc::now())])?;
+            Ok(())
+        })
     }
 
     /// Sets aside a write the memory service will never accept.
     pub fn mark_outbox_abandoned(&self, id: i64, error: &str) -> Result<(), StoreError> {
-        self.lock().prepare_cached(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, abandoned_at = ?3 WHERE id = ?1",
-        )?.execute(
-            params![id, error, timestamp(chrono::Utc::now())],
-        )?;
-        Ok(())
+        self.without_fsync(|connection| {
+            connection.prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, abandoned_at = ?3 WHERE id = ?1",
+            )?.execute(params![id, error, timestamp(chrono::Utc::now())])?;
+            Ok(())
+        })
     }
 
     /// Records the calls that delivering turn `turn_id`'s memory write
@@ -70,12 +70,46 @@ impl Store {
     }
 
     pub fn mark_outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
-        self.lock()
-            .prepare_cached(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
-            )?
-            .execute(params![id, error])?;
-        Ok(())
+        self.without_fsync(|connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+                )?
+                .execute(params![id, error])?;
+            Ok(())
+        })
+    }
+
+    /// Runs one outbox mark with `synchronous = NORMAL` when the store is
+    /// `FULL`: a mark is not fsynced on its own but by the next commit that
+    /// is (WAL frames are synced in order), and it survives a crash of the
+    /// process either way. A mark lost to power loss only means the write
+    /// is delivered again with its idempotency key, which the memory
+    /// service stores once; so a turn needs one fsync, not two, and the
+    /// marks do not hold the store's connection through one.
+    fn without_fsync(
+        &self,
+        mark: impl FnOnce(&rusqlite::Connection) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let connection = self.lock();
+        if !self.full_sync {
+            return mark(&connection);
+        }
+        connection
+            .prepare_cached("PRAGMA synchronous = NORMAL")?
+            .execute([])?;
+        let outcome = mark(&connection);
+        // The level turns need is restored before the connection is let go;
+        // if even that failed, no turn may commit on it.
+        if let Err(error) = connection
+            .prepare_cached("PRAGMA synchronous = FULL")
+            .and_then(|mut statement| statement.execute([]))
+        {
+            self.sync_lost
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(error.into());
+        }
+        outcome
     }
 
     /// Sessions with memory writes still to deliver (any status).

@@ -57,6 +57,8 @@ impl Store {
             identity: None,
             size_cap: None,
             commits: Default::default(),
+            full_sync: false,
+            sync_lost: Default::default(),
             connection: Mutex::new(connection),
         })
     }

@@ -526,3 +526,38 @@ fn concurrent_sessions_commit_every_turn_exactly_once() {
     }
     assert_eq!(store.commit_counts().1, 16 * 20);
 }
+
+#[test]
+fn outbox_marks_leave_the_store_at_the_synchronous_level_turns_need() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&directory.path().join("audit.db"), Synchronous::Full).expect("open");
+    let session = store.create_session(&new_session(1, 3)).expect("session");
+    store.record_turn(&turn(&session, 1)).expect("turn 1");
+    store.record_turn(&turn(&session, 2)).expect("turn 2");
+    let pending = store.pending_outbox(&session, 10).expect("outbox");
+    store
+        .mark_outbox_delivered(pending[0].id)
+        .expect("delivered");
+    store
+        .mark_outbox_failed(pending[1].id, "down")
+        .expect("failed");
+    let level: i64 = store
+        .lock()
+        .query_row("PRAGMA synchronous", [], |row| row.get(0))
+        .expect("pragma");
+    assert_eq!(level, 2, "FULL again after the marks");
+    assert_eq!(store.pending_outbox(&session, 10).expect("outbox").len(), 1);
+    store
+        .record_turn(&turn(&session, 3))
+        .expect("turn 3 commits");
+    let (_normal_directory, normal) = open();
+    let normal_session = normal.create_session(&new_session(2, 1)).expect("session");
+    normal.record_turn(&turn(&normal_session, 1)).expect("turn");
+    let entry = normal.pending_outbox(&normal_session, 1).expect("outbox")[0].id;
+    normal.mark_outbox_delivered(entry).expect("delivered");
+    let level: i64 = normal
+        .lock()
+        .query_row("PRAGMA synchronous", [], |row| row.get(0))
+        .expect("pragma");
+    assert_eq!(level, 1, "a NORMAL store stays NORMAL");
+}
