@@ -176,6 +176,9 @@ pub const FAULT_PATH: &str = "/fault";
 pub const OPENAI_PREFIX: &str = "/v1";
 /// Chat completions, below an OpenAI-compatible base URL.
 pub const CHAT_COMPLETIONS_PATH: &str = "/chat/completions";
+/// The one user message of heistd's preflight chat (`max_tokens` 1), which
+/// the rehearsal model recognises and answers "OK".
+pub const PREFLIGHT_PROMPT: &str = "Say OK.";
 /// The model list, below an OpenAI-compatible base URL.
 pub const MODELS_PATH: &str = "/models";
 

@@ -646,14 +646,17 @@ pub(crate) async fn preflight(llm: &crate::clients::LlmClient) -> Result<(), Cli
         Err(crate::clients::CallError::Status { status, .. }) if status >= 500 => return Ok(()),
         Err(error) => return Err(unusable(&error)),
     }
-    let chat = tokio::time::timeout(PREFLIGHT_CHAT_LIMIT, llm.preflight_chat()).await;
+    // As long as a turn would wait for its first piece, and not less than
+    // the minimum: a server may load the model on first use.
+    let limit = PREFLIGHT_CHAT_MINIMUM.max(llm.first_piece_timeout());
+    let chat = tokio::time::timeout(limit, llm.preflight_chat()).await;
     match chat {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) if left_to_the_session(&error) => Ok(()),
         Ok(Err(error)) => Err(unusable(&error)),
         Err(_) => Err(CliError::Unhealthy(format!(
-            "the model server at {url} cannot be used: a 1-token chat got no answer within {} s",
-            PREFLIGHT_CHAT_LIMIT.as_secs()
+            "the model server at {url} cannot be used: a 1-token chat got no answer within {} s (llm.timeout_ms)",
+            limit.as_secs()
         ))),
     }
 }
@@ -670,10 +673,10 @@ fn left_to_the_session(error: &crate::clients::CallError) -> bool {
         )
 }
 
-/// The preflight's tiny chat gets this long at most, whatever
-/// `llm.timeout_ms`: a server that loads the model on first use may need a
-/// while, one that needs longer is not going to play a turn.
-const PREFLIGHT_CHAT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The preflight's tiny chat gets `llm.timeout_ms` (a turn's wait for its
+/// first piece), and at least this long: a server that loads the model on
+/// first use may need a while.
+const PREFLIGHT_CHAT_MINIMUM: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// "does it end in /v1?" for a 404 from an OpenAI-compatible base URL.
 pub(crate) fn base_url_hint(error: &crate::clients::CallError) -> &'static str {

@@ -48,6 +48,8 @@ pub struct LlmClient {
     stream: bool,
     /// The longest gap between a streamed reply's pieces (`llm.idle_timeout_ms`).
     idle_timeout: Duration,
+    /// The longest wait for a reply's first piece (`llm.timeout_ms`).
+    first_piece_timeout: Duration,
     knowledge: Arc<Mutex<ModelKnowledge>>,
 }
 
@@ -142,8 +144,21 @@ struct ToolCallDelta {
     /// then starts a new call.
     #[serde(default)]
     index: Option<usize>,
+    /// Sent with a call's first piece; Ollama sends every call whole with
+    /// index 0, so a new id (or a second name) at the same index is a new
+    /// call, not more of the last one.
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     function: Option<FunctionDelta>,
+}
+
+/// A native tool call being put together from streamed pieces.
+struct PartialCall {
+    index: Option<usize>,
+    id: Option<String>,
+    name: String,
+    arguments: String,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +228,7 @@ impl LlmClient {
             api_key: config.api_key.clone(),
             stream: config.stream,
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            first_piece_timeout: Duration::from_millis(config.timeout_ms),
             knowledge: Arc::new(Mutex::new(ModelKnowledge {
                 context_tokens: (config.context_tokens > 0).then_some(config.context_tokens),
                 configured: config.context_tokens > 0,
@@ -220,6 +236,11 @@ impl LlmClient {
                 native_tools: None,
             })),
         }
+    }
+
+    /// How long a turn waits for a reply's first piece (`llm.timeout_ms`).
+    pub fn first_piece_timeout(&self) -> Duration {
+        self.first_piece_timeout
     }
 
     pub fn model(&self) -> &str {
@@ -320,7 +341,7 @@ impl LlmClient {
     pub async fn preflight_chat(&self) -> Result<(), CallError> {
         let messages = [ChatMessage {
             role: "user",
-            content: "Say OK.".into(),
+            content: crate::wire::PREFLIGHT_PROMPT.into(),
         }];
         let body = self.body(&ChatRequest {
             messages: &messages,
@@ -444,8 +465,8 @@ impl ChatReply {
         let mut content: Option<String> = None;
         let mut finish_reason = None;
         let mut usage = None;
-        // (the server's index, name, arguments) in the order calls began.
-        let mut calls: Vec<(Option<usize>, String, String)> = Vec::new();
+        // In the order the calls began.
+        let mut calls: Vec<PartialCall> = Vec::new();
         for chunk in chunks {
             usage = chunk.usage.or(usage);
             for choice in chunk.choices.into_iter().filter(|choice| choice.index == 0) {
@@ -461,8 +482,11 @@ impl ChatReply {
         }
         let tool_calls = calls
             .into_iter()
-            .map(|(_, name, arguments)| NativeToolCall {
-                function: NativeFunction { name, arguments },
+            .map(|call| NativeToolCall {
+                function: NativeFunction {
+                    name: call.name,
+                    arguments: call.arguments,
+                },
             })
             .collect();
         Self {
@@ -571,25 +595,46 @@ fn prompt_chars(messages: &[ChatMessage], tools: &[ToolSpec]) -> usize {
     text + schemas
 }
 
-/// Adds a streamed piece to the call it belongs to: the one with its
-/// index; without an index, a new call when it names one, else the last.
-fn add_tool_call_piece(calls: &mut Vec<(Option<usize>, String, String)>, piece: ToolCallDelta) {
+/// Adds a streamed piece to the call it belongs to: the last one with its
+/// index (without an index, the last one), unless the piece starts a call
+/// of its own: it brings an id other than that call's, or a name when that
+/// call is already whole (OpenAI sends a call's id and name once, in its
+/// first piece; Ollama sends each call whole, all at index 0).
+fn add_tool_call_piece(calls: &mut Vec<PartialCall>, piece: ToolCallDelta) {
     let (name, arguments) = piece
         .function
         .map(|function| (function.name, function.arguments))
         .unwrap_or_default();
-    let existing = match piece.index {
-        Some(index) => calls.iter().position(|call| call.0 == Some(index)),
-        None if name.is_some() => None,
-        None => calls.len().checked_sub(1),
+    let joins = |call: &PartialCall| {
+        let other_id = matches!((&piece.id, &call.id), (Some(new), Some(old)) if new != old);
+        // A name piece after a call whose arguments are already whole JSON
+        // (a name split over pieces comes before any argument).
+        let second_name = name.is_some()
+            && piece.id.is_none()
+            && !call.name.is_empty()
+            && serde_json::from_str::<serde::de::IgnoredAny>(&call.arguments).is_ok();
+        !other_id && !second_name
     };
+    let existing = match piece.index {
+        Some(index) => calls.iter().rposition(|call| call.index == Some(index)),
+        None => calls.len().checked_sub(1),
+    }
+    .filter(|position| joins(&calls[*position]));
     let position = existing.unwrap_or_else(|| {
-        calls.push((piece.index, String::new(), String::new()));
+        calls.push(PartialCall {
+            index: piece.index,
+            id: None,
+            name: String::new(),
+            arguments: String::new(),
+        });
         calls.len() - 1
     });
     let call = &mut calls[position];
-    call.1.push_str(&name.unwrap_or_default());
-    call.2.push_str(&arguments.unwrap_or_default());
+    if call.id.is_none() {
+        call.id = piece.id;
+    }
+    call.name.push_str(&name.unwrap_or_default());
+    call.arguments.push_str(&arguments.unwrap_or_default());
 }
 
 /// `tool_calls: null` (some servers write it) reads as no calls.
@@ -722,6 +767,39 @@ mod tests {
         assert_eq!(
             ChatReply::assemble(Vec::new()).into_model_reply(),
             ModelReply::default()
+        );
+    }
+
+    #[test]
+    fn whole_calls_that_share_index_0_stay_separate_as_ollama_sends_them() {
+        let two = |second_id: Option<&str>| {
+            let id = second_id.map_or(String::new(), |id| format!(r#""id":"{id}","#));
+            chunks(&[
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_a","function":{"name":"calculator","arguments":"{\"parameter\":\"1+1\"}"}}]}}]}"#,
+                &format!(
+                    r#"{{"choices":[{{"delta":{{"tool_calls":[{{"index":0,{id}"function":{{"name":"calculator","arguments":"{{\"parameter\":\"3*3\"}}"}}}}]}},"finish_reason":"tool_calls"}}]}}"#
+                ),
+            ])
+        };
+        let expected = [
+            ("calculator".to_string(), "1+1".to_string()),
+            ("calculator".to_string(), "3*3".to_string()),
+        ];
+        // With its own id, and (some servers) with a name but no id.
+        for second_id in [Some("call_b"), None] {
+            let reply = ChatReply::assemble(two(second_id)).into_model_reply();
+            assert_eq!(reply.tool_calls, expected, "{second_id:?}");
+        }
+        // OpenAI's way: id and name once, then argument pieces, same index.
+        let openai = chunks(&[
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_a","function":{"name":"calculator","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"parameter\":"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"2*2\"}"}}]},"finish_reason":"tool_calls"}]}"#,
+        ]);
+        let reply = ChatReply::assemble(openai).into_model_reply();
+        assert_eq!(
+            reply.tool_calls,
+            [("calculator".to_string(), "2*2".to_string())]
         );
     }
 

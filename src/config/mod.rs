@@ -944,6 +944,17 @@ fn validate_llm(config: &Config) -> Result<(), (String, String)> {
     if config.llm.idle_timeout_ms == 0 {
         return fail("llm.idle_timeout_ms", "must be at least 1");
     }
+    // At or past the call's deadline the idle cut could never fire, and a
+    // stalled stream would hold the call for the whole deadline.
+    if config.llm.stream && config.llm.idle_timeout_ms >= config.llm.policy.deadline_ms {
+        return Err((
+            "llm.idle_timeout_ms".into(),
+            format!(
+                "must be below llm.policy.deadline_ms ({} ms), or a stalled stream is only cut at the deadline",
+                config.llm.policy.deadline_ms
+            ),
+        ));
+    }
     Ok(())
 }
 

@@ -68,6 +68,7 @@ fn bad_config_names_the_key_and_the_file() {
         ),
         ("[llm]\ntemperature = 7.0\n", "llm.temperature"),
         ("[llm]\nidle_timeout_ms = 0\n", "llm.idle_timeout_ms"),
+        ("[llm]\nidle_timeout_ms = 240000\n", "llm.idle_timeout_ms"),
         ("[llm]\nstream = \"yes\"\n", "llm.stream"),
         (
             "[llm.policy.breaker]\nhalf_open_permits = 0\n",

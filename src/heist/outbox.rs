@@ -14,7 +14,12 @@ impl HeistRunner {
     /// The writes are claimed first, so with several nodes only one
     /// delivers them at a time (another node delivering them now leaves
     /// this one nothing to send), and the claim is given up afterwards.
+    /// Within this process, one task at a time delivers a session's writes:
+    /// another finds nothing to do.
     pub async fn deliver_outbox(&self, session_id: &str) -> Result<usize, HeistError> {
+        let Some(_delivering) = self.store.begin_delivery(session_id) else {
+            return Ok(0);
+        };
         let pending = self.store.claim_outbox(session_id, OUTBOX_BATCH).await?;
         if pending.is_empty() {
             return Ok(0);

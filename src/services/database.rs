@@ -245,11 +245,20 @@ fn bounded_printf(
         .collect();
     let mut statement =
         formatter.prepare_cached(&format!("SELECT {name}({})", placeholders.join(", ")))?;
+    // Bound as they came (blobs, and text that is not UTF-8, included) and
+    // read back raw: converting either through `Value` would panic on
+    // bytes that are not UTF-8.
     let arguments = (0..context.len())
-        .map(|index| context.get::<Value>(index))
-        .collect::<rusqlite::Result<Vec<Value>>>()?;
-    let result: Value =
-        statement.query_row(rusqlite::params_from_iter(arguments), |row| row.get(0))?;
+        .map(|index| rusqlite::types::ToSqlOutput::Borrowed(context.get_raw(index)));
+    let result = statement.query_row(rusqlite::params_from_iter(arguments), |row| {
+        Ok(match row.get_ref(0)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(integer) => Value::Integer(integer),
+            ValueRef::Real(real) => Value::Real(real),
+            ValueRef::Text(text) => Value::Text(String::from_utf8_lossy(text).into_owned()),
+            ValueRef::Blob(blob) => Value::Blob(blob.to_vec()),
+        })
+    })?;
     if result == Value::Null && context.get_raw(0) != ValueRef::Null {
         // No message: SQLite's sqlite3_result_error() would turn the code
         // into a plain SQLITE_ERROR.
@@ -442,6 +451,17 @@ mod tests {
                 Err(QueryError::ValueTooLarge(1024 * 1024)),
                 "{sql}"
             );
+        }
+        // Blobs and text that is not UTF-8 are formatted, not a panic.
+        for sql in [
+            "SELECT printf('%s', x'ff') AS a",
+            "SELECT printf(x'ff') AS a",
+            "SELECT format(CAST(x'c3' AS TEXT)) AS a",
+        ] {
+            let rows = database
+                .query(sql)
+                .unwrap_or_else(|error| panic!("{sql}: {error}"));
+            assert_eq!(rows, serde_json::json!([{"a": "\u{fffd}"}]), "{sql}");
         }
         // Small results and a NULL format still work as SQLite's own printf.
         assert_eq!(

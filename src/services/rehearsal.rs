@@ -49,6 +49,8 @@ pub struct ChatRequest {
     /// (how heistd checks that a model supports native tool calling).
     #[serde(default)]
     pub tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
     /// Answer in server-sent events.
     #[serde(default)]
     pub stream: bool,
@@ -72,15 +74,14 @@ impl RehearsalState {
         }
     }
 
-    /// The scripted reply for a conversation, or why there is none. A
-    /// conversation without a system prompt is a client checking the
-    /// endpoint (heistd's preflight): it gets a one-word answer.
+    /// The scripted reply for a conversation, or why there is none.
+    /// heistd's preflight (its one-message, one-token chat) gets "OK";
+    /// anything else must name a scenario agent in its system prompt.
     pub fn reply(&self, request: &ChatRequest) -> Result<String, String> {
-        if !request
-            .messages
-            .iter()
-            .any(|message| message.role == "system")
-        {
+        let preflight = request.max_tokens == Some(1)
+            && matches!(request.messages.as_slice(), [only] if only.role == "user"
+                && only.content.as_deref() == Some(crate::wire::PREFLIGHT_PROMPT));
+        if preflight {
             return Ok("OK".into());
         }
         let system = request
@@ -394,6 +395,7 @@ mod tests {
             seed: Some(seed),
             tools: Vec::new(),
             tool_choice: None,
+            max_tokens: None,
             stream: false,
             stream_options: None,
         }
@@ -422,10 +424,19 @@ mod tests {
         assert!(state.reply(&request("nobody", 1, 1)).is_err());
         let mut check = request("hacker", 1, 1);
         check.messages.remove(0);
+        assert!(
+            state.reply(&check).is_err(),
+            "no system prompt is not enough to be the preflight"
+        );
+        let preflight: ChatRequest = serde_json::from_value(serde_json::json!({
+            "messages": [{"role": "user", "content": crate::wire::PREFLIGHT_PROMPT}],
+            "max_tokens": 1
+        }))
+        .expect("request");
         assert_eq!(
-            state.reply(&check).as_deref(),
+            state.reply(&preflight).as_deref(),
             Ok("OK"),
-            "no system prompt: an endpoint check"
+            "the preflight"
         );
     }
 

@@ -31,6 +31,25 @@ pub struct StoreHandle {
     /// reads (the admin API's among them): a reader cannot write, migrate
     /// or change the journal mode, whatever it is asked.
     reader: Option<Arc<Store>>,
+    /// Sessions whose outbox a task of this process is delivering now
+    /// (shared by every clone). The store's claim belongs to the node, so
+    /// without this two tasks of one node (the session, reconciliation, the
+    /// background pass) could send the same writes and one could give up
+    /// the claim while the other still sends.
+    delivering: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Held while this process delivers a session's outbox; see
+/// [`StoreHandle::begin_delivery`].
+pub struct DeliveryGuard {
+    delivering: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
+    session_id: String,
+}
+
+impl Drop for DeliveryGuard {
+    fn drop(&mut self) {
+        self.delivering.lock().remove(&self.session_id);
+    }
 }
 
 #[derive(Clone)]
@@ -54,6 +73,7 @@ impl From<Arc<Store>> for StoreHandle {
             backend: Backend::Sqlite(store),
             outage: Arc::default(),
             reader: None,
+            delivering: Arc::default(),
         }
     }
 }
@@ -101,8 +121,22 @@ impl StoreHandle {
                 backend: Backend::Postgres(Arc::new(PgStore::open(config, cluster).await?)),
                 outage: Arc::default(),
                 reader: None,
+                delivering: Arc::default(),
             }),
         }
+    }
+
+    /// This process's right to deliver a session's outbox now, or `None`
+    /// while another of its tasks is delivering it (that task sends the
+    /// writes; the caller has nothing to do).
+    pub fn begin_delivery(&self, session_id: &str) -> Option<DeliveryGuard> {
+        self.delivering
+            .lock()
+            .insert(session_id.to_string())
+            .then(|| DeliveryGuard {
+                delivering: self.delivering.clone(),
+                session_id: session_id.to_string(),
+            })
     }
 
     /// The SQLite file, or the PostgreSQL URL without its password.

@@ -43,7 +43,7 @@ mod schema;
 mod sessions;
 mod turns;
 
-pub use handle::StoreHandle;
+pub use handle::{DeliveryGuard, StoreHandle};
 pub use migrate::MigrationReport;
 pub use postgres::{HeartbeatReport, NodeRow};
 pub use rows::{

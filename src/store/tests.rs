@@ -561,3 +561,19 @@ fn outbox_marks_leave_the_store_at_the_synchronous_level_turns_need() {
         .expect("pragma");
     assert_eq!(level, 1, "a NORMAL store stays NORMAL");
 }
+
+#[test]
+fn one_task_of_a_process_delivers_a_sessions_outbox_at_a_time() {
+    let (_directory, store) = open();
+    let handle = StoreHandle::from(store);
+    let clone = handle.clone();
+    let first = handle.begin_delivery("s1").expect("free");
+    assert!(
+        clone.begin_delivery("s1").is_none(),
+        "a clone sees it taken"
+    );
+    let other = clone.begin_delivery("s2");
+    assert!(other.is_some(), "another session is free");
+    drop(first);
+    assert!(clone.begin_delivery("s1").is_some(), "free again once done");
+}
