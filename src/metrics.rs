@@ -100,6 +100,8 @@ pub const STORE_PAUSES_TOTAL: &str = "heistd_store_pauses_total";
 pub const HTTP_CONNECTIONS_SHED: &str = "heistd_http_connections_shed_total";
 /// Nodes that heartbeat within a lease period (1 on SQLite: this one).
 pub const CLUSTER_NODES_ALIVE: &str = "heistd_cluster_nodes_alive";
+/// Nodes that stopped heartbeating without a clean stop, in the last hour.
+pub const CLUSTER_NODES_LOST: &str = "heistd_cluster_nodes_lost";
 /// Sessions this node took over from a node whose lease ran out.
 pub const CLUSTER_TAKEOVERS_TOTAL: &str = "heistd_cluster_takeovers_total";
 /// Heartbeats that failed, or found a session's lease gone.
@@ -146,7 +148,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 50] = [
+pub const FAMILIES: [(&str, Kind, &str); 51] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -194,6 +196,7 @@ pub const FAMILIES: [(&str, Kind, &str); 50] = [
     (STORE_PAUSES_TOTAL, Kind::Counter, "Sessions that paused for a store outage, by how the pause ended."),
     (HTTP_CONNECTIONS_SHED, Kind::Counter, "Connections closed at once because a listener was at max_connections."),
     (CLUSTER_NODES_ALIVE, Kind::Gauge, "Nodes that heartbeat within a lease period (1 on SQLite: this one)."),
+    (CLUSTER_NODES_LOST, Kind::Gauge, "Nodes whose heartbeat stopped without a clean stop within the last hour (0 on SQLite)."),
     (CLUSTER_TAKEOVERS_TOTAL, Kind::Counter, "Sessions this node took over from a node whose lease ran out."),
     (CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL, Kind::Counter, "Heartbeats that failed, or found a session's lease gone."),
     (CLUSTER_FENCED_WRITES_TOTAL, Kind::Counter, "Turn commits refused because another node owns the session now."),

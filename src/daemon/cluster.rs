@@ -67,6 +67,8 @@ pub async fn beat_once(runs: &Arc<Runs>, store: &StoreHandle, take_over: bool) {
     if let Ok(nodes) = store.nodes().await {
         let alive = nodes.iter().filter(|node| node.alive).count();
         metrics::gauge!(names::CLUSTER_NODES_ALIVE).set(alive as f64);
+        let lost = nodes.iter().filter(|node| node.lost).count();
+        metrics::gauge!(names::CLUSTER_NODES_LOST).set(lost as f64);
     }
     let room = runs.free_capacity();
     if !take_over || room == 0 {
@@ -88,6 +90,7 @@ pub async fn beat_once(runs: &Arc<Runs>, store: &StoreHandle, take_over: bool) {
 /// Every daemon exposes the cluster metrics; a SQLite one is one node.
 fn publish_zeros(store: &StoreHandle) {
     metrics::gauge!(names::CLUSTER_NODES_ALIVE).set(1.0);
+    metrics::gauge!(names::CLUSTER_NODES_LOST).set(0.0);
     for counter in [
         names::CLUSTER_TAKEOVERS_TOTAL,
         names::CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL,

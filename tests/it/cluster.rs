@@ -41,12 +41,16 @@ fn slow_model(stack: &TestStack, latency_ms: u64) {
 
 /// The test's own view of the database (a node of its own that plays nothing).
 async fn observer(database: &TestDatabase) -> StoreHandle {
-    StoreHandle::open_configured(
+    let store = StoreHandle::open_configured(
         &database.store_config(),
         &TestDatabase::cluster_config("observer", LEASE_MS),
     )
     .await
-    .expect("the test reads the database")
+    .expect("the test reads the database");
+    // Opening registers a node; the observer only reads, so it leaves the
+    // cluster at once, cleanly (it is neither alive nor lost).
+    store.stop_node().await.expect("stopped");
+    store
 }
 
 fn turn_ids(detail: &SessionDetail) -> Vec<i64> {
@@ -206,6 +210,41 @@ async fn a_killed_nodes_sessions_are_taken_over_without_losing_or_doubling_a_tur
         "{}",
         node_b.log()
     );
+    // The killed node counts as lost (HeistdClusterNodeLost); a node
+    // stopped on purpose does not.
+    let mut node_c = Daemon::start_with_config(&node_config(&stack, &database, "node-c", "")).await;
+    node_c.signal("TERM");
+    node_c.wait_exit(Duration::from_secs(10)).await;
+    let status = eventually(
+        Duration::from_secs(10),
+        "node a lost, node c stopped",
+        async || {
+            let metrics = node_b.get_text("/metrics").await;
+            let (_, status) = node_b.get("/api/v1/status").await;
+            let nodes = status["cluster"]["nodes"].as_array()?.clone();
+            let lost = |id: &str| {
+                nodes
+                    .iter()
+                    .find(|node| node["node_id"] == id)
+                    .map(|node| node["lost"].clone())
+            };
+            let settled =
+                lost("node-a") == Some(true.into()) && lost("node-c") == Some(false.into());
+            (settled
+                && metrics
+                    .lines()
+                    .any(|line| line == "heistd_cluster_nodes_lost 1"))
+            .then_some(status)
+        },
+    )
+    .await;
+    let alive = status["cluster"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|node| node["alive"] == true)
+        .count();
+    assert_eq!(alive, 1, "{status}");
 }
 
 async fn futures_counts(store: &StoreHandle, sessions: &[String]) -> Vec<usize> {

@@ -229,6 +229,18 @@ impl Daemon {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A plain-text answer of the admin API (`/metrics`).
+    pub(crate) async fn get_text(&self, path: &str) -> String {
+        support::http()
+            .get(format!("{}{path}", self.admin))
+            .send()
+            .await
+            .expect("admin API answers")
+            .text()
+            .await
+            .expect("text")
+    }
+
     pub(crate) async fn start_run(&self, turns: u32) -> String {
         let (status, body) = self.post_run(turns).await;
         assert_eq!(status, 202, "{body}");

@@ -24,6 +24,10 @@ pub struct NodeRow {
     /// Whether it heartbeat within the last lease period and has not
     /// stopped.
     pub alive: bool,
+    /// Whether it stopped heartbeating without a clean stop (a crash, a
+    /// kill, a partition) within the last hour; a node stopped on purpose
+    /// is never lost, and one lost longer ago has been dealt with.
+    pub lost: bool,
 }
 
 /// What one heartbeat found.
@@ -155,7 +159,9 @@ impl PgStore {
         let rows = client
             .query(
                 "SELECT node_id, host, pid, started_at, last_heartbeat,
-                        stopped_at IS NULL AND last_heartbeat > now() - make_interval(secs => $1::float8 / 1000.0)
+                        stopped_at IS NULL AND last_heartbeat > now() - make_interval(secs => $1::float8 / 1000.0),
+                        stopped_at IS NULL AND last_heartbeat <= now() - make_interval(secs => $1::float8 / 1000.0)
+                            AND last_heartbeat > now() - interval '1 hour'
                  FROM nodes ORDER BY last_heartbeat DESC, node_id LIMIT 100",
                 &[&(self.lease_ms as f64)],
             )
@@ -169,6 +175,7 @@ impl PgStore {
                 started_at: timestamp(row.get::<_, DateTime<Utc>>(3)),
                 last_heartbeat: timestamp(row.get::<_, DateTime<Utc>>(4)),
                 alive: row.get(5),
+                lost: row.get(6),
             })
             .collect())
     }
