@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection};
 
 use super::{schema, timestamp, Store, StoreError, SCHEMA_VERSION};
@@ -34,6 +35,13 @@ impl Store {
             .map_err(open_error)?;
         connection
             .pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_error)?;
+        // One plan per statement whatever is bound: without it SQLite
+        // re-prepared the outbox read on every call (it compares the bound
+        // session id against the partial index `outbox_pending`), a tenth
+        // of the daemon's instructions per turn (BENCHMARKS.md).
+        connection
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(open_error)?;
         migrate(&connection)?;
         // Only once the migration succeeded: a database that cannot be
