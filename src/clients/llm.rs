@@ -197,6 +197,26 @@ pub struct ModelReply {
     pub finish_reason: Option<String>,
 }
 
+/// A chat request as it goes on the wire, borrowed from the prompt and
+/// serialised straight from it: building a `serde_json::Value` first copied
+/// the whole prompt on every turn (BENCHMARKS.md).
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    temperature: f64,
+    max_tokens: u32,
+    seed: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<serde_json::Value>,
+}
+
 /// One request to the model.
 #[derive(Debug, Clone, Copy)]
 pub struct ChatRequest<'a> {
@@ -277,7 +297,7 @@ impl LlmClient {
     pub async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, CallError> {
         let mut body = self.body(&request);
         if !request.tools.is_empty() {
-            body["tool_choice"] = "auto".into();
+            body.tool_choice = Some("auto".into());
         }
         let reply = self.send(&body).await;
         match &reply {
@@ -323,8 +343,8 @@ impl LlmClient {
             tools,
             max_tokens: CHECK_MAX_TOKENS,
         });
-        body["tool_choice"] =
-            serde_json::json!({"type": "function", "function": {"name": tool.name}});
+        body.tool_choice =
+            Some(serde_json::json!({"type": "function", "function": {"name": tool.name}}));
         let supported = match self.send(&body).await {
             Ok(reply) => !reply.tool_calls.is_empty(),
             // Refusing `tools` or a forced `tool_choice` outright is an answer too.
@@ -394,26 +414,24 @@ impl LlmClient {
         Ok(ids)
     }
 
-    fn body(&self, request: &ChatRequest<'_>) -> serde_json::Value {
-        let mut body = serde_json::json!({
-            "model": self.model,
-            "messages": request.messages,
-            "temperature": self.temperature,
-            "max_tokens": request.max_tokens,
-            "seed": request.seed,
-        });
-        if !request.tools.is_empty() {
-            body["tools"] = request.tools.iter().map(function_schema).collect();
-        }
-        if self.stream {
-            body["stream"] = true.into();
+    fn body<'a>(&'a self, request: &ChatRequest<'a>) -> ChatBody<'a> {
+        ChatBody {
+            model: &self.model,
+            messages: request.messages,
+            temperature: self.temperature,
+            max_tokens: request.max_tokens,
+            seed: request.seed,
+            tools: request.tools.iter().map(function_schema).collect(),
+            tool_choice: None,
+            stream: self.stream,
             // OpenAI sends `usage` in a last event only when asked.
-            body["stream_options"] = serde_json::json!({"include_usage": true});
+            stream_options: self
+                .stream
+                .then(|| serde_json::json!({"include_usage": true})),
         }
-        body
     }
 
-    async fn send(&self, body: &serde_json::Value) -> Result<ModelReply, CallError> {
+    async fn send(&self, body: &ChatBody<'_>) -> Result<ModelReply, CallError> {
         let headers: Vec<(&str, String)> = self
             .api_key
             .iter()
@@ -768,6 +786,42 @@ mod tests {
             ChatReply::assemble(Vec::new()).into_model_reply(),
             ModelReply::default()
         );
+    }
+
+    #[test]
+    fn the_chat_body_carries_only_what_applies() {
+        let messages = [ChatMessage {
+            role: "user",
+            content: "a \"quoted\" line\n".into(),
+        }];
+        let plain = ChatBody {
+            model: "m",
+            messages: &messages,
+            temperature: 0.5,
+            max_tokens: 7,
+            seed: 3,
+            tools: Vec::new(),
+            tool_choice: None,
+            stream: false,
+            stream_options: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&plain).expect("json"),
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "a \"quoted\" line\n"}],
+                               "temperature": 0.5, "max_tokens": 7, "seed": 3})
+        );
+        let streamed = ChatBody {
+            tools: vec![serde_json::json!({"type": "function"})],
+            tool_choice: Some("auto".into()),
+            stream: true,
+            stream_options: Some(serde_json::json!({"include_usage": true})),
+            ..plain
+        };
+        let value = serde_json::to_value(&streamed).expect("json");
+        assert_eq!(value["stream"], true);
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        assert_eq!(value["tool_choice"], "auto");
+        assert_eq!(value["tools"].as_array().map(Vec::len), Some(1));
     }
 
     #[test]
