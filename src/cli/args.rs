@@ -130,13 +130,14 @@ pub enum ConfigAction {
         /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Print nothing when the config is valid, only errors (for
-        /// systemd's ExecStartPre=, which would log the whole config at
-        /// every start).
+        /// Print nothing when the config is valid, only errors and
+        /// warnings (for systemd's ExecStartPre=, which would log the whole
+        /// config at every start).
         #[arg(long, short)]
         quiet: bool,
     },
-    /// Print every key with its built-in default, as TOML (secrets redacted).
+    /// Print every key with its built-in default, as TOML (the built-in
+    /// clients left out: no [[oauth.clients]] means them).
     Defaults,
 }
 

@@ -326,7 +326,7 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
 async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option<String> {
     let models = match llm.list_models().await {
         Ok(models) => models,
-        Err(error) => return Some(format!("llm: {error}{}", base_url_hint(&error))),
+        Err(error) => return Some(format!("{error}{}", base_url_hint(&error))),
     };
     out!("llm models offered: {}", models.join(", "));
     if config.llm.stream {
@@ -681,6 +681,15 @@ const PREFLIGHT_CHAT_MINIMUM: std::time::Duration = std::time::Duration::from_se
 /// "does it end in /v1?" for a 404 from an OpenAI-compatible base URL.
 pub(crate) fn base_url_hint(error: &crate::clients::CallError) -> &'static str {
     match error {
+        // The server found the path but not the model (Ollama, vLLM and
+        // the rehearsal model say "model ... not found"): the name is wrong.
+        crate::clients::CallError::Status {
+            status: 404,
+            message,
+            ..
+        } if message.to_ascii_lowercase().contains("model") => {
+            " (the server does not have that model: check llm.model against `heistd check`'s list)"
+        }
         crate::clients::CallError::Status { status: 404, .. } => {
             " (the base URL answers 404: does it end in /v1?)"
         }

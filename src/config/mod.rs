@@ -320,7 +320,10 @@ pub struct ServiceConfig {
 pub struct OAuthConfig {
     /// The clients the OAuth service knows, and the secrets the heist runner
     /// presents for each agent (an agent's client id is its name).
-    #[serde(default = "default_oauth_clients")]
+    #[serde(
+        default = "default_oauth_clients",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub clients: Vec<OAuthClient>,
     /// The environment variable holding the HS256 signing key shared by the
     /// OAuth and tool services. Unset: a random key per process, which is
@@ -437,10 +440,33 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         for client in &mut shown.oauth.clients {
-            client.client_secret = Secret::new(REDACTED);
+            // A secret read from a file or a variable shows where it comes
+            // from; one written in the file shows as REDACTED, which a
+            // config made from this output is refused for.
+            let from_elsewhere =
+                client.client_secret_file.is_some() || client.client_secret_env.is_some();
+            client.client_secret = if from_elsewhere {
+                Secret::default()
+            } else {
+                Secret::new(REDACTED)
+            };
         }
-        toml::to_string_pretty(&shown)
-            .unwrap_or_else(|error| format!("# cannot render config: {error}\n"))
+        // The built-in clients are what no [[oauth.clients]] means: leave
+        // them out, so the output loads back as the same config.
+        let builtin_only = !self.oauth.clients.is_empty()
+            && self.builtin_secrets_in_use().len() == self.oauth.clients.len();
+        if builtin_only {
+            shown.oauth.clients.clear();
+        }
+        let mut text = toml::to_string_pretty(&shown)
+            .unwrap_or_else(|error| format!("# cannot render config: {error}\n"));
+        if builtin_only {
+            text.push_str(
+                "\n# [[oauth.clients]]: none listed, so the built-in rehearsal clients (their secrets are in\n\
+                 # heistd's source); list your own, each with client_secret_file or client_secret_env.\n",
+            );
+        }
+        text
     }
 
     /// A service's health-check settings by its client name (`llm` is the
@@ -471,62 +497,70 @@ impl Config {
     }
 
     /// Reads the secrets from the variables and files the config names;
-    /// the error is (key, why).
-    fn resolve_secrets(
-        &mut self,
-        environment: &[(String, String)],
-    ) -> Result<(), (String, String)> {
-        fn at(key: &'static str) -> impl Fn(String) -> (String, String) {
-            move |message| (key.to_string(), message)
-        }
-        self.daemon.admin_token = secrets::resolve(
-            environment,
+    /// returns every one that could not be read, as (key, why).
+    fn resolve_secrets(&mut self, environment: &[(String, String)]) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut read = |key: &str, variable: &str, file: Option<&Path>| {
+            secrets::resolve(environment, variable, file)
+                .map_err(|message| problems.push((key.to_string(), message)))
+                .ok()
+                .flatten()
+        };
+        self.daemon.admin_token = read(
+            "daemon.admin_token_file",
             &self.daemon.admin_token_env,
             self.daemon.admin_token_file.as_deref(),
-        )
-        .map_err(at("daemon.admin_token_file"))?;
-        self.llm.api_key = secrets::resolve(
-            environment,
+        );
+        self.llm.api_key = read(
+            "llm.api_key_file",
             &self.llm.api_key_env,
             self.llm.api_key_file.as_deref(),
-        )
-        .map_err(at("llm.api_key_file"))?;
-        self.oauth.signing_key = secrets::resolve(
-            environment,
+        );
+        self.oauth.signing_key = read(
+            "oauth.signing_key_file",
             &self.oauth.signing_key_env,
             self.oauth.signing_key_file.as_deref(),
-        )
-        .map_err(at("oauth.signing_key_file"))?;
+        );
         for (index, client) in self.oauth.clients.iter_mut().enumerate() {
-            let key = format!("oauth.clients[{index}]");
-            let sources = [
-                !client.client_secret.expose().is_empty(),
-                client.client_secret_env.is_some(),
-                client.client_secret_file.is_some(),
-            ];
-            if sources.iter().filter(|given| **given).count() != 1 {
-                return Err((
-                    key,
-                    "give exactly one of client_secret, client_secret_env, client_secret_file"
-                        .into(),
-                ));
+            if let Err(problem) = resolve_client_secret(environment, index, client) {
+                problems.push(problem);
             }
-            if client.client_secret_env.is_none() && client.client_secret_file.is_none() {
-                continue;
-            }
-            let variable = client.client_secret_env.clone().unwrap_or_default();
-            let resolved =
-                secrets::resolve(environment, &variable, client.client_secret_file.as_deref())
-                    .map_err(|message| (format!("{key}.client_secret_file"), message))?;
-            client.client_secret = resolved.ok_or_else(|| {
-                (
-                    format!("{key}.client_secret_env"),
-                    format!("variable {variable} is not set"),
-                )
-            })?;
         }
-        Ok(())
+        problems
     }
+}
+
+/// A client's secret from exactly one of its three sources.
+fn resolve_client_secret(
+    environment: &[(String, String)],
+    index: usize,
+    client: &mut OAuthClient,
+) -> Result<(), (String, String)> {
+    let key = format!("oauth.clients[{index}]");
+    let sources = [
+        !client.client_secret.expose().is_empty(),
+        client.client_secret_env.is_some(),
+        client.client_secret_file.is_some(),
+    ];
+    if sources.iter().filter(|given| **given).count() != 1 {
+        return Err((
+            key,
+            "give exactly one of client_secret, client_secret_env, client_secret_file".into(),
+        ));
+    }
+    if client.client_secret_env.is_none() && client.client_secret_file.is_none() {
+        return Ok(());
+    }
+    let variable = client.client_secret_env.clone().unwrap_or_default();
+    let resolved = secrets::resolve(environment, &variable, client.client_secret_file.as_deref())
+        .map_err(|message| (format!("{key}.client_secret_file"), message))?;
+    client.client_secret = resolved.ok_or_else(|| {
+        (
+            format!("{key}.client_secret_env"),
+            format!("variable {variable} is not set"),
+        )
+    })?;
+    Ok(())
 }
 
 /// Loads the config: defaults, then `path` (if given; a given file must
@@ -562,12 +596,26 @@ pub fn load(
         key,
         message,
     };
-    config.resolve_secrets(&environment).map_err(invalid)?;
-    // The store password is reported beside the other problems, not alone.
+    // Unreadable secrets and the store password are reported beside the
+    // other problems, all at once, not one per try.
+    let secrets = config.resolve_secrets(&environment);
     let password = config.store.resolve_password(&environment).err();
-    let problems: Vec<ConfigError> = password
+    // A client whose secret could not be read is not also "too short".
+    let unread = |key: &str| {
+        secrets.iter().any(|(failed, _)| {
+            failed
+                .split_once("].")
+                .is_some_and(|(client, _)| key.starts_with(client))
+        })
+    };
+    let checks: Vec<(String, String)> = validate(&config)
         .into_iter()
-        .chain(validate(&config))
+        .filter(|(key, _)| !unread(key))
+        .collect();
+    let problems: Vec<ConfigError> = secrets
+        .into_iter()
+        .chain(password)
+        .chain(checks)
         .map(invalid)
         .collect();
     if !problems.is_empty() {
@@ -986,6 +1034,17 @@ fn validate_oauth(config: &Config) -> Result<(), (String, String)> {
             return Err((
                 format!("oauth.clients[{index}].client_id"),
                 "must not be empty".into(),
+            ));
+        }
+        // `config defaults` and `config check` print every secret as this;
+        // a file made from their output must not use it as the secret.
+        if client.client_secret.expose() == secrets::REDACTED {
+            return Err((
+                format!("oauth.clients[{index}].client_secret"),
+                format!(
+                    "is `{}`, as `config defaults` prints it, not a secret: give client_secret_file or client_secret_env (or leave [[oauth.clients]] out to use the built-in rehearsal clients)",
+                    secrets::REDACTED
+                ),
             ));
         }
         if client.client_secret.expose().len() < 8 {

@@ -158,7 +158,17 @@ fn redacted_output_hides_secrets() {
     let config = load(None, Vec::new()).expect("valid");
     let shown = config.redacted_toml();
     assert!(!shown.contains("rehearsal-secret"), "{shown}");
-    assert!(shown.contains(REDACTED));
+    // The built-in clients are what no [[oauth.clients]] means.
+    assert!(!shown.contains("\n[[oauth.clients]]"), "{shown}");
+    let file = write(
+        "[[oauth.clients]]\nclient_id = \"planner\"\nclient_secret = \"an-inline-secret-0123\"\nscopes = [\"calculator:use\"]\n",
+    );
+    let inline = load(Some(file.path()), Vec::new()).expect("valid");
+    let shown = inline.redacted_toml();
+    assert!(
+        shown.contains(REDACTED) && !shown.contains("an-inline-secret"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -230,6 +240,39 @@ fn the_install_config_is_the_defaults_with_the_store_under_var_lib_and_no_secret
         );
     }
     assert!(!text.contains("rehearsal-secret"));
+}
+
+#[test]
+fn a_redacted_secret_copied_from_printed_output_is_refused() {
+    let file = write(
+        "[[oauth.clients]]\nclient_id = \"planner\"\nclient_secret = \"<redacted>\"\nscopes = [\"calculator:use\"]\n",
+    );
+    let error = load(Some(file.path()), Vec::new())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("oauth.clients[0].client_secret") && error.contains("client_secret_file"),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_unreadable_secret_is_named_at_once() {
+    let file = write(
+        "[daemon]\nadmin_token_file = \"/nonexistent/admin\"\n[oauth]\nsigning_key_file = \"/nonexistent/key\"\n\
+         [[oauth.clients]]\nclient_id = \"planner\"\nclient_secret_file = \"/nonexistent/planner\"\nscopes = [\"calculator:use\"]\n",
+    );
+    let error = load(Some(file.path()), Vec::new())
+        .expect_err("refused")
+        .to_string();
+    for key in [
+        "daemon.admin_token_file",
+        "oauth.signing_key_file",
+        "oauth.clients[0].client_secret_file",
+    ] {
+        assert!(error.contains(key), "{key} missing from: {error}");
+    }
+    assert!(!error.contains("at least 8 characters"), "{error}");
 }
 
 #[test]

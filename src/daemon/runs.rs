@@ -135,7 +135,10 @@ impl Runs {
         let started = self.spawn_run(context, options).await;
         drop(admission);
         match started {
-            Ok((_, handle)) => {
+            Ok((session_id, handle)) => {
+                tracing::info!(schedule = %schedule.name, slot = %slot.to_rfc3339(), %session_id, "launched a scheduled run");
+                metrics::counter!(names::SCHEDULE_RUNS_TOTAL, "schedule" => schedule.name.clone(), "outcome" => "launched")
+                    .increment(1);
                 let _ = handle.await;
             }
             // Another node claimed this slot first: expected with several

@@ -264,9 +264,10 @@ impl ScheduleTask {
 
     fn launch(&self, slot: DateTime<Utc>) {
         self.record_last_slot(slot);
-        tracing::info!(schedule = %self.config.name, slot = %slot.to_rfc3339(), "launching a scheduled run");
-        metrics::counter!(SCHEDULE_RUNS_TOTAL, "schedule" => self.config.name.clone(), "outcome" => "launched")
-            .increment(1);
+        // Counted `launched` (and logged) by the launcher once the run has
+        // really started: with several daemons every node reaches this for
+        // each slot, and only the one whose session the store takes runs it.
+        tracing::debug!(schedule = %self.config.name, slot = %slot.to_rfc3339(), "slot due: starting a run");
         let in_flight = RunInFlight::start(Arc::clone(&self.runs_in_flight));
         let run = self.launcher.launch(&self.config, slot);
         // Its own task, so that stopping this schedule task (reload,

@@ -96,7 +96,7 @@ fn config_check_prints_the_resolved_config_without_secrets() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("<redacted>")
+        stdout.contains("client_secret_file = \"planner\"")
             && !stdout.contains("rehearsal-secret")
             && !stdout.contains("must-not-show"),
         "{stdout}"
@@ -908,6 +908,11 @@ async fn a_model_the_server_does_not_have_fails_the_demo_within_seconds_naming_t
     );
     assert!(
         stderr.contains(&model.url) && stderr.contains("HTTP 404") && stderr.contains("not-pulled"),
+        "{stderr}"
+    );
+    // The URL is right (it ends in /v1); the model name is what is wrong.
+    assert!(
+        stderr.contains("does not have that model") && !stderr.contains("does it end in /v1"),
         "{stderr}"
     );
     assert!(

@@ -123,6 +123,38 @@ async fn three_nodes_run_each_scheduled_slot_once() {
     }
     assert!(!logs.contains("scheduled run not started"), "{logs}");
     assert!(!logs.contains("fenced"), "{logs}");
+    // Each slot is counted `launched` once, by the node that ran it; the
+    // nodes that lost it to another count nothing.
+    let count = |sessions: Vec<heistd::store::SessionRow>| sessions.len();
+    let before = count(
+        store
+            .find_sessions(None, Some("fast"), 1000)
+            .await
+            .expect("sessions"),
+    );
+    let mut launched = 0;
+    for node in &nodes {
+        let metrics = node.get_text("/metrics").await;
+        launched += metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with("heistd_schedule_runs_total{")
+                    && line.contains("outcome=\"launched\"")
+                    && line.contains("schedule=\"fast\"")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as usize;
+    }
+    let after = count(
+        store
+            .find_sessions(None, Some("fast"), 1000)
+            .await
+            .expect("sessions"),
+    );
+    assert!(
+        launched <= after && launched + nodes.len() >= before,
+        "launched {launched}, sessions {before}..{after}"
+    );
     let (status, body) = nodes[0].get("/api/v1/status").await;
     assert_eq!(status, 200);
     let listed = body["cluster"]["nodes"].as_array().map_or(0, Vec::len);
