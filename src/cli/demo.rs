@@ -108,8 +108,9 @@ fn print_banner(stack: &LocalStack, options: &DemoOptions, turns: u32, seed: u64
             REHEARSAL_MODEL_ID
         ),
     };
+    let plural = if turns == 1 { "" } else { "s" };
     out!(
-        "heistd demo: {} — {turns} turns, seed {seed}",
+        "heistd demo: {} — {turns} turn{plural}, seed {seed}",
         stack.scenario.title
     );
     out!("model: {model}");
