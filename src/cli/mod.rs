@@ -387,10 +387,14 @@ pub async fn services(
             COMPANION_NAMES.join(", ")
         )));
     }
+    // Only the rehearsal model checks no token: alone, it needs no shared key.
+    let verifies_tokens = chosen
+        .iter()
+        .any(|name| *name != Companion::Rehearsal.name());
     let signing_key = match &config.oauth.signing_key {
         Some(key) => SigningKey::from_bytes(key.expose().as_bytes().to_vec())
             .map_err(|error| CliError::Usage(format!("{}: {error}", config.oauth.signing_key_env)))?,
-        None if all => SigningKey::random(),
+        None if all || !verifies_tokens => SigningKey::random(),
         None => {
             return Err(CliError::Usage(format!(
                 "companions in separate processes must share a token key: set {} (32+ bytes), or run `heistd services all`",
@@ -398,7 +402,10 @@ pub async fn services(
             )))
         }
     };
-    refuse_builtin_secrets_off_loopback(&config)?;
+    // Client secrets are checked by the OAuth service only.
+    if chosen.contains(&Companion::OAuth.name()) {
+        refuse_builtin_secrets_off_loopback(&config)?;
+    }
     crate::http::raise_open_files_limit((config.http.max_connections * chosen.len()) as u64 + 256);
     let fault_injection = config.companions.fault_injection;
     let host = config.companions.host.clone();

@@ -400,6 +400,31 @@ fn services_run_in_their_own_process_for_the_prototypes_client() {
         "{}",
         text(&alone.stderr)
     );
+    // The rehearsal model checks no token, so alone it needs no key, and
+    // off loopback no client secrets either (only the OAuth service has
+    // them).
+    let mut model = Command::new(env!("CARGO_BIN_EXE_heistd"))
+        .args(["services", "rehearsal", "--config", "services.toml"])
+        .current_dir(directory.path())
+        .env_remove("RUST_LOG")
+        .env_remove("HEISTD_OAUTH_SIGNING_KEY")
+        .env("HEISTD_COMPANIONS__HOST", "0.0.0.0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the model starts");
+    let first = std::io::BufReader::new(model.stdout.take().expect("stdout"))
+        .lines()
+        .next()
+        .map(|line| line.expect("utf-8"));
+    model.kill().expect("killed");
+    model.wait().expect("reaped");
+    assert!(
+        first
+            .as_deref()
+            .is_some_and(|line| line.starts_with("rehearsal") && line.contains("listening")),
+        "{first:?}"
+    );
 }
 
 #[test]
