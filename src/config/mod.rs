@@ -604,8 +604,8 @@ pub fn load(
     let unread = |key: &str| {
         secrets.iter().any(|(failed, _)| {
             failed
-                .split_once("].")
-                .is_some_and(|(client, _)| key.starts_with(client))
+                .find(']')
+                .is_some_and(|end| key.starts_with(&failed[..=end]))
         })
     };
     let checks: Vec<(String, String)> = validate(&config)

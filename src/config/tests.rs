@@ -273,6 +273,13 @@ fn every_unreadable_secret_is_named_at_once() {
         assert!(error.contains(key), "{key} missing from: {error}");
     }
     assert!(!error.contains("at least 8 characters"), "{error}");
+    // A client with no secret at all is told to give one, once.
+    let file = write("[[oauth.clients]]\nclient_id = \"planner\"\nscopes = [\"calculator:use\"]\n");
+    let error = load(Some(file.path()), Vec::new())
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("give exactly one of"), "{error}");
+    assert!(!error.contains("at least 8 characters"), "{error}");
 }
 
 #[test]
