@@ -129,47 +129,57 @@ pub struct SseParser {
 
 impl SseParser {
     /// Reads `bytes` and appends the data of each event they complete.
-    pub fn feed(&mut self, bytes: &[u8], events: &mut Vec<String>) {
-        for &byte in bytes {
-            let after_cr = std::mem::replace(&mut self.after_cr, false);
-            match byte {
-                b'\n' if after_cr => {}
-                b'\n' => self.end_line(events),
-                b'\r' => {
-                    self.after_cr = true;
+    /// Whole runs between line ends are copied at once, and the line and
+    /// data buffers keep their room from one line to the next.
+    pub fn feed(&mut self, mut bytes: &[u8], events: &mut Vec<String>) {
+        while let Some((&first, rest)) = bytes.split_first() {
+            // An LF right after a CR (perhaps at the end of the last chunk)
+            // ends no second line.
+            if std::mem::replace(&mut self.after_cr, false) && first == b'\n' {
+                bytes = rest;
+                continue;
+            }
+            match bytes.iter().position(|&byte| byte == b'\n' || byte == b'\r') {
+                Some(end) => {
+                    self.line.extend_from_slice(&bytes[..end]);
+                    self.after_cr = bytes[end] == b'\r';
                     self.end_line(events);
+                    bytes = &bytes[end + 1..];
                 }
-                _ => self.line.push(byte),
+                None => {
+                    self.line.extend_from_slice(bytes);
+                    return;
+                }
             }
         }
     }
 
     fn end_line(&mut self, events: &mut Vec<String>) {
-        let line = std::mem::take(&mut self.line);
-        if line.is_empty() {
+        if self.line.is_empty() {
             if std::mem::take(&mut self.has_data) {
-                let data = std::mem::take(&mut self.data);
-                events.push(String::from_utf8_lossy(&data).into_owned());
+                events.push(String::from_utf8_lossy(&self.data).into_owned());
+                self.data.clear();
             }
             return;
         }
-        if line[0] == b':' {
-            return;
-        }
-        let (field, value) = match line.iter().position(|&byte| byte == b':') {
-            Some(colon) => {
-                let value = &line[colon + 1..];
-                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+        let line = &self.line;
+        if line[0] != b':' {
+            let (field, value) = match line.iter().position(|&byte| byte == b':') {
+                Some(colon) => {
+                    let value = &line[colon + 1..];
+                    (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+                }
+                None => (&line[..], &[][..]),
+            };
+            if field == b"data" {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
             }
-            None => (&line[..], &[][..]),
-        };
-        if field == b"data" {
-            if self.has_data {
-                self.data.push(b'\n');
-            }
-            self.data.extend_from_slice(value);
-            self.has_data = true;
         }
+        self.line.clear();
     }
 }
 
