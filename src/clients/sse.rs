@@ -139,7 +139,10 @@ impl SseParser {
                 bytes = rest;
                 continue;
             }
-            match bytes.iter().position(|&byte| byte == b'\n' || byte == b'\r') {
+            match bytes
+                .iter()
+                .position(|&byte| byte == b'\n' || byte == b'\r')
+            {
                 Some(end) => {
                     self.line.extend_from_slice(&bytes[..end]);
                     self.after_cr = bytes[end] == b'\r';
