@@ -209,10 +209,9 @@ impl PgStore {
         let client = self.client().await?;
         // One statement: the UPDATE waits for the session row, then sees
         // any claim committed meanwhile, so two claimants never both win.
-        let rows = client
-            .query(
-                &format!(
-                    "WITH claim AS (
+        let claim = client
+            .prepare_cached(&format!(
+                "WITH claim AS (
                          UPDATE sessions s SET outbox_node = $2
                          WHERE s.session_id = $1
                            AND (s.outbox_node IS NULL OR s.outbox_node = $2 OR NOT {})
@@ -223,8 +222,12 @@ impl PgStore {
                      FROM outbox o JOIN claim c ON c.session_id = o.session_id
                      WHERE o.delivered_at IS NULL AND o.abandoned_at IS NULL
                      ORDER BY o.id LIMIT $4",
-                    node_alive("s.outbox_node", "$3")
-                ),
+                node_alive("s.outbox_node", "$3")
+            ))
+            .await?;
+        let rows = client
+            .query(
+                &claim,
                 &[
                     &session_id,
                     &self.node_id,
@@ -239,11 +242,13 @@ impl PgStore {
     /// This node is done delivering a session's outbox for now.
     pub async fn release_outbox(&self, session_id: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
-            .execute(
+        let release = client
+            .prepare_cached(
                 "UPDATE sessions SET outbox_node = NULL WHERE session_id = $1 AND outbox_node = $2",
-                &[&session_id, &self.node_id],
             )
+            .await?;
+        client
+            .execute(&release, &[&session_id, &self.node_id])
             .await?;
         Ok(())
     }

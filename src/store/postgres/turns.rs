@@ -22,29 +22,53 @@ impl PgStore {
         self.fence(&transaction, &turn.session_id).await?;
         let now = timestamp(chrono::Utc::now());
         let turn_id = turn.turn_id as i64;
-        transaction
-            .execute(
+        // Every statement of a turn's commit is prepared once per connection
+        // (`prepare_cached`): a plain string is parsed by the server on
+        // every call, one more round trip each.
+        let insert_message = transaction
+            .prepare_cached(
                 "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                &[&turn.session_id, &turn_id, &turn.agent_name, &turn.agent_role, &turn.message, &now, &turn.error, &turn.prompt_tokens.map(i64::from), &turn.completion_tokens.map(i64::from), &turn.finish_reason, &turn.trimmed],
+            )
+            .await?;
+        transaction
+            .execute(
+                &insert_message,
+                &[
+                    &turn.session_id,
+                    &turn_id,
+                    &turn.agent_name,
+                    &turn.agent_role,
+                    &turn.message,
+                    &now,
+                    &turn.error,
+                    &turn.prompt_tokens.map(i64::from),
+                    &turn.completion_tokens.map(i64::from),
+                    &turn.finish_reason,
+                    &turn.trimmed,
+                ],
             )
             .await?;
         insert_calls(&transaction, turn, &now).await?;
         if let Some(payload) = &turn.memory_payload {
-            transaction
-                .execute(
+            let insert_outbox = transaction
+                .prepare_cached(
                     "INSERT INTO outbox (session_id, turn_id, payload, created_at) VALUES ($1, $2, $3, $4)",
-                    &[&turn.session_id, &turn_id, payload, &now],
                 )
                 .await?;
+            transaction
+                .execute(&insert_outbox, &[&turn.session_id, &turn_id, payload, &now])
+                .await?;
         }
-        transaction
-            .execute(
+        let count_turns = transaction
+            .prepare_cached(
                 "UPDATE sessions SET num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = $1),
                      lease_expires_at = now() + make_interval(secs => $2::float8 / 1000.0)
                  WHERE session_id = $1",
-                &[&turn.session_id, &(self.lease_ms as f64)],
             )
+            .await?;
+        transaction
+            .execute(&count_turns, &[&turn.session_id, &(self.lease_ms as f64)])
             .await?;
         transaction.commit().await?;
         Ok(())
@@ -58,11 +82,13 @@ impl PgStore {
         transaction: &deadpool_postgres::Transaction<'_>,
         session_id: &str,
     ) -> Result<(), StoreError> {
-        let row = transaction
-            .query_opt(
+        let lock = transaction
+            .prepare_cached(
                 "SELECT status, owner_node, lease_epoch FROM sessions WHERE session_id = $1 FOR UPDATE",
-                &[&session_id],
             )
+            .await?;
+        let row = transaction
+            .query_opt(&lock, &[&session_id])
             .await?
             .ok_or_else(|| StoreError::SessionNotFound(session_id.to_string()))?;
         let (status, owner, epoch): (String, Option<String>, i64) =
@@ -171,7 +197,8 @@ impl PgStore {
                 "UPDATE outbox SET attempts = attempts + 1, last_error = $3 WHERE id = $1 AND $2::text IS NOT NULL"
             }
         };
-        client.execute(sql, &[&id, &now, &error]).await?;
+        let mark = client.prepare_cached(sql).await?;
+        client.execute(&mark, &[&id, &now, &error]).await?;
         Ok(())
     }
 
@@ -329,18 +356,37 @@ async fn insert_calls(
             )
             .await?;
     }
-    let insert_call = transaction
+    insert_service_calls(
+        transaction,
+        &turn.session_id,
+        turn_id,
+        &turn.service_calls,
+        now,
+    )
+    .await
+}
+
+/// `service_calls` rows for one turn, inside the caller's transaction: a
+/// turn's own calls, or those of delivering its memory write.
+async fn insert_service_calls(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    session_id: &str,
+    turn_id: i64,
+    calls: &[ServiceCallRecord],
+    now: &str,
+) -> Result<(), StoreError> {
+    let insert = transaction
         .prepare_cached(
             "INSERT INTO service_calls (session_id, turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .await?;
-    for call in &turn.service_calls {
+    for call in calls {
         transaction
             .execute(
-                &insert_call,
+                &insert,
                 &[
-                    &turn.session_id,
+                    &session_id,
                     &turn_id,
                     &call.service,
                     &call.operation,
@@ -380,30 +426,7 @@ impl PgStore {
         let turn_id = i64::from(turn_id);
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
-        let insert = transaction
-            .prepare_cached(
-                "INSERT INTO service_calls (session_id, turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .await?;
-        for call in calls {
-            transaction
-                .execute(
-                    &insert,
-                    &[
-                        &session_id,
-                        &turn_id,
-                        &call.service,
-                        &call.operation,
-                        &(call.attempts as i64),
-                        &call.outcome,
-                        &call.last_error,
-                        &call.duration_ms,
-                        &now,
-                    ],
-                )
-                .await?;
-        }
+        insert_service_calls(&transaction, session_id, turn_id, calls, &now).await?;
         transaction.commit().await?;
         Ok(())
     }
