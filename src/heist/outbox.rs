@@ -17,10 +17,23 @@ impl HeistRunner {
     /// Within this process, one task at a time delivers a session's writes:
     /// another finds nothing to do.
     pub async fn deliver_outbox(&self, session_id: &str) -> Result<usize, HeistError> {
+        self.deliver_owed(session_id, None).await
+    }
+
+    /// [`Self::deliver_outbox`], given the writes a turn's commit read back
+    /// (`Some`, SQLite: no claim to make) or to claim them (`None`).
+    async fn deliver_owed(
+        &self,
+        session_id: &str,
+        owed: Option<Vec<OutboxEntry>>,
+    ) -> Result<usize, HeistError> {
         let Some(_delivering) = self.store.begin_delivery(session_id) else {
             return Ok(0);
         };
-        let pending = self.store.claim_outbox(session_id, OUTBOX_BATCH).await?;
+        let pending = match owed {
+            Some(owed) => owed,
+            None => self.store.claim_outbox(session_id, OUTBOX_BATCH).await?,
+        };
         if pending.is_empty() {
             return Ok(0);
         }
@@ -73,13 +86,15 @@ impl HeistRunner {
     /// Delivery on a session's own path: a store error while delivering is
     /// logged, not fatal to the session. The writes stay in the outbox and
     /// delivery is idempotent, so the next turn or the background deliverer
-    /// sends them; `pending` (the last count) stands meanwhile.
+    /// sends them; `pending` (the last count) stands meanwhile. `owed`: the
+    /// writes the turn's commit read back, if it did.
     pub(super) async fn deliver_outbox_in_passing(
         &self,
         session_id: &str,
         pending: usize,
+        owed: Option<Vec<OutboxEntry>>,
     ) -> usize {
-        match self.deliver_outbox(session_id).await {
+        match self.deliver_owed(session_id, owed).await {
             Ok(remaining) => remaining,
             Err(error) => {
                 tracing::warn!(%error, "memory delivery paused: the store failed; the writes stay in the outbox");

@@ -10,16 +10,17 @@ use tracing::Instrument;
 use super::outage::{Outage, Waited};
 use super::tools::ToolTally;
 use super::turn::{PlayedTurn, SessionTurn, TurnResult};
-use super::{HeistError, HeistRunner, RunOptions, RunReport, TurnObserver, TurnView};
+use super::{HeistError, HeistRunner, RunOptions, RunReport, TurnObserver, TurnView, OUTBOX_BATCH};
 use crate::metrics as names;
 use crate::resilience::journal;
 use crate::scenario::Agent;
-use crate::store::{NewSession, SessionStatus};
+use crate::store::{NewSession, OutboxEntry, SessionStatus};
 
 /// How one turn ended for the session loop.
 enum Committed {
-    /// Committed; the turn's error, if it failed.
-    Recorded(Option<String>),
+    /// Committed; the turn's error, if it failed, and the session's memory
+    /// writes the commit read back for delivery (`None`: claim them).
+    Recorded(Option<String>, Option<Vec<OutboxEntry>>),
     /// Nothing committed: the model was unavailable.
     ModelUnavailable(crate::clients::CallError),
 }
@@ -103,7 +104,7 @@ impl HeistRunner {
         let span = tracing::info_span!("session", session_id = %session_id);
         async move {
             tracing::info!(seed, turns, last_turn, "resuming session");
-            self.deliver_outbox_in_passing(session_id, 0).await;
+            self.deliver_outbox_in_passing(session_id, 0, None).await;
             // What the crashed run had read is not this run's to trust.
             self.forget_transcript();
             let plan = Plan {
@@ -145,11 +146,11 @@ impl HeistRunner {
                 seed: plan.seed,
                 native,
             };
-            let error = match self
+            let (error, owed) = match self
                 .play_and_commit(&turn, agent, &mut report, observer)
                 .await?
             {
-                Committed::Recorded(error) => error,
+                Committed::Recorded(error, owed) => (error, owed),
                 Committed::ModelUnavailable(error) => {
                     let current = outage.get_or_insert_with(Outage::start);
                     current.saw(&error);
@@ -168,7 +169,7 @@ impl HeistRunner {
                 last_error = error;
             }
             report.memory_pending = self
-                .deliver_outbox_in_passing(&plan.session_id, report.memory_pending)
+                .deliver_outbox_in_passing(&plan.session_id, report.memory_pending, owed)
                 .await;
             index += 1;
         }
@@ -225,12 +226,15 @@ impl HeistRunner {
         record.service_calls = super::outbox::service_call_records(journal);
         tools.add_to(report);
         let what = format!("turn {turn_id}");
-        if let Err(error) = self
-            .through_store_outage(&what, || self.store.record_turn(record.clone()))
+        let owed = match self
+            .through_store_outage(&what, || {
+                self.store.record_turn_owing(record.clone(), OUTBOX_BATCH)
+            })
             .await
         {
-            return Err(self.end_after_store_outage(session_id, &what, error).await);
-        }
+            Ok(owed) => owed,
+            Err(error) => return Err(self.end_after_store_outage(session_id, &what, error).await),
+        };
         self.remember_committed_turn(&record);
         report.turns += 1;
         if record.error.is_some() {
@@ -261,7 +265,7 @@ impl HeistRunner {
                 elapsed_ms,
             });
         }
-        Ok(Committed::Recorded(record.error))
+        Ok(Committed::Recorded(record.error, owed))
     }
 
     /// Records how the session ended: `failed` with a reason when more

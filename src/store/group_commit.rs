@@ -8,6 +8,12 @@
 //! fails as a whole (a full disk, I/O) is tried again turn by turn, so every
 //! caller gets its own error and an outage is still seen as one.
 //!
+//!
+//! The same transaction writes the outbox marks queued since the last one
+//! (`Store::queue_delivered`), and reads back each committed turn's session
+//! outbox (what its caller delivers next), so a turn's store work under
+//! load is one trip to the connection, not three.
+//!
 //! It must not change what a turn writes: that is `turns::insert_turn`.
 
 use std::sync::Arc;
@@ -16,7 +22,11 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::turns::insert_turn;
-use super::{Store, StoreError, TurnRecord};
+use super::{OutboxEntry, Store, StoreError, TurnRecord};
+
+/// A committed turn's outcome: its session's first pending memory writes,
+/// read in the turn's transaction (none read when the caller asked none).
+pub(super) type Committed = Result<Vec<OutboxEntry>, StoreError>;
 
 /// Turns waiting for the next transaction, with the slot each caller
 /// waits on for its outcome.
@@ -24,6 +34,8 @@ pub(super) struct CommitQueue {
     /// `store.group_commit`; off, each turn is its own transaction.
     pub(super) enabled: bool,
     pub(super) pending: Mutex<Vec<Pending>>,
+    /// Outbox writes delivered whose mark is not written yet: (id, when).
+    pub(super) delivered: Mutex<Vec<(i64, String)>>,
     /// Transactions that committed turns; with `turns`, how well turns are
     /// grouped (read by tests and the load benchmark's notes).
     transactions: std::sync::atomic::AtomicU64,
@@ -32,14 +44,55 @@ pub(super) struct CommitQueue {
 
 pub(super) struct Pending {
     pub(super) turn: TurnRecord,
-    pub(super) outcome: Arc<Mutex<Option<Result<(), StoreError>>>>,
+    /// How many of the session's pending memory writes to read back.
+    pub(super) owed: usize,
+    pub(super) outcome: Arc<Mutex<Option<Committed>>>,
 }
 
 impl Store {
     /// Queues `turn`, then either finds it already committed by the caller
     /// that held the connection before, or commits everything queued.
-    pub fn commit_turn(&self, turn: TurnRecord) -> Result<(), StoreError> {
-        // Never commit into a deleted or replaced file.
+    /// Returns the first `owed` pending memory writes of the turn's session
+    /// as the transaction left them.
+    pub fn commit_turn(&self, turn: TurnRecord, owed: usize) -> Committed {
+        if !self.commits.enabled {
+            let mut connection = self.connection.lock();
+            let outcome = self
+                .ready_to_commit()
+                .and_then(|()| write_alone(&mut connection, &turn, owed, self.take_marks()));
+            self.commits.count(std::slice::from_ref(&outcome));
+            return outcome;
+        }
+        let outcome = Arc::new(Mutex::new(None));
+        self.commits.pending.lock().push(Pending {
+            turn,
+            owed,
+            outcome: outcome.clone(),
+        });
+        // Not `lock()`: the queued marks go into this transaction.
+        let mut connection = self.connection.lock();
+        // A caller that held the connection before took this turn with its
+        // batch, and set the outcome before letting go of the connection.
+        if let Some(done) = outcome.lock().take() {
+            return done;
+        }
+        let batch = std::mem::take(&mut *self.commits.pending.lock());
+        let outcomes = match self.ready_to_commit() {
+            Ok(()) => write_batch(&mut connection, &batch, self.take_marks()),
+            Err(error) => batch.iter().map(|_| Err(same_refusal(&error))).collect(),
+        };
+        self.commits.count(&outcomes);
+        for (pending, result) in batch.into_iter().zip(outcomes) {
+            *pending.outcome.lock() = Some(result);
+        }
+        let done = outcome.lock().take();
+        done.unwrap_or_else(|| Err(StoreError::Worker("turn lost from its commit batch".into())))
+    }
+
+    /// Whether a commit may go into the file: never into a deleted or
+    /// replaced one, nor without the fsync `synchronous = FULL` promises.
+    /// Checked once per transaction, by the caller that writes it.
+    fn ready_to_commit(&self) -> Result<(), StoreError> {
         self.check_identity()?;
         if self.sync_lost.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Unavailable {
@@ -49,30 +102,12 @@ impl Store {
                         .into(),
             });
         }
-        if !self.commits.enabled {
-            let outcome = write_alone(&mut self.lock(), &turn);
-            self.commits.count(std::slice::from_ref(&outcome));
-            return outcome;
-        }
-        let outcome = Arc::new(Mutex::new(None));
-        self.commits.pending.lock().push(Pending {
-            turn,
-            outcome: outcome.clone(),
-        });
-        let mut connection = self.lock();
-        // A caller that held the connection before took this turn with its
-        // batch, and set the outcome before letting go of the connection.
-        if let Some(done) = outcome.lock().take() {
-            return done;
-        }
-        let batch = std::mem::take(&mut *self.commits.pending.lock());
-        let outcomes = write_batch(&mut connection, &batch);
-        self.commits.count(&outcomes);
-        for (pending, result) in batch.into_iter().zip(outcomes) {
-            *pending.outcome.lock() = Some(result);
-        }
-        let done = outcome.lock().take();
-        done.unwrap_or_else(|| Err(StoreError::Worker("turn lost from its commit batch".into())))
+        Ok(())
+    }
+
+    /// The delivered marks queued so far, for the caller to write.
+    pub(super) fn take_marks(&self) -> Vec<(i64, String)> {
+        std::mem::take(&mut *self.commits.delivered.lock())
     }
 
     /// (transactions, turns) committed so far by [`Self::commit_turn`].
@@ -90,6 +125,7 @@ impl Default for CommitQueue {
         Self {
             enabled: true,
             pending: Mutex::default(),
+            delivered: Mutex::default(),
             transactions: Default::default(),
             turns: Default::default(),
         }
@@ -97,7 +133,7 @@ impl Default for CommitQueue {
 }
 
 impl CommitQueue {
-    fn count(&self, outcomes: &[Result<(), StoreError>]) {
+    fn count(&self, outcomes: &[Committed]) {
         use std::sync::atomic::Ordering::Relaxed;
         let committed = outcomes.iter().filter(|outcome| outcome.is_ok()).count() as u64;
         if committed > 0 {
@@ -108,28 +144,44 @@ impl CommitQueue {
 }
 
 /// One transaction for the whole batch, each turn inside its own savepoint;
-/// if the transaction itself fails, each turn alone.
+/// if the transaction itself fails, each turn alone. `marks` are written
+/// first, in the same transaction.
 pub(super) fn write_batch(
     connection: &mut Connection,
     batch: &[Pending],
-) -> Vec<Result<(), StoreError>> {
+    marks: Vec<(i64, String)>,
+) -> Vec<Committed> {
     if batch.len() == 1 {
-        return vec![write_alone(connection, &batch[0].turn)];
+        return vec![write_alone(
+            connection,
+            &batch[0].turn,
+            batch[0].owed,
+            marks,
+        )];
     }
-    match write_together(connection, batch) {
+    match write_together(connection, batch, &marks) {
         Ok(outcomes) => outcomes,
+        // The marks are lost with the failed transaction: their writes are
+        // sent again under their idempotency keys, which store them once.
         Err(_) => batch
             .iter()
-            .map(|pending| write_alone(connection, &pending.turn))
+            .map(|pending| write_alone(connection, &pending.turn, pending.owed, Vec::new()))
             .collect(),
     }
 }
 
-fn write_alone(connection: &mut Connection, turn: &TurnRecord) -> Result<(), StoreError> {
+fn write_alone(
+    connection: &mut Connection,
+    turn: &TurnRecord,
+    owed: usize,
+    marks: Vec<(i64, String)>,
+) -> Committed {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    write_marks(&transaction, &marks);
     insert_turn(&transaction, turn)?;
+    let entries = super::outbox::pending_entries(&transaction, &turn.session_id, owed)?;
     transaction.commit()?;
-    Ok(())
+    Ok(entries)
 }
 
 /// The batch in one transaction. A turn's own refusal rolls back to its
@@ -138,8 +190,10 @@ fn write_alone(connection: &mut Connection, turn: &TurnRecord) -> Result<(), Sto
 fn write_together(
     connection: &mut Connection,
     batch: &[Pending],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    marks: &[(i64, String)],
+) -> Result<Vec<Committed>, StoreError> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    write_marks(&transaction, marks);
     let mut outcomes = Vec::with_capacity(batch.len());
     for pending in batch {
         // Statements, not rusqlite's `Savepoint`, so they are prepared once.
@@ -159,6 +213,43 @@ fn write_together(
             Err(outage) => return Err(outage),
         }
     }
+    // Read after every turn of the batch is in: two turns of one session
+    // never share a batch (a session waits for its turn's commit), so each
+    // read sees its own turn's write and nothing it could miss.
+    let mut committed = Vec::with_capacity(batch.len());
+    for (pending, outcome) in batch.iter().zip(outcomes) {
+        committed.push(match outcome {
+            Ok(()) => Ok(super::outbox::pending_entries(
+                &transaction,
+                &pending.turn.session_id,
+                pending.owed,
+            )?),
+            Err(error) => Err(error),
+        });
+    }
     transaction.commit()?;
-    Ok(outcomes)
+    Ok(committed)
+}
+
+/// Another copy of [`Store::ready_to_commit`]'s refusal, one per caller of
+/// the batch (it is always `Unavailable`, an outage each caller waits out).
+fn same_refusal(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Unavailable { path, reason } => StoreError::Unavailable {
+            path: path.clone(),
+            reason: reason.clone(),
+        },
+        other => StoreError::Worker(other.to_string()),
+    }
+}
+
+/// Writes delivered marks inside the caller's transaction. A mark that
+/// cannot be written is only logged: its write stays pending and is sent
+/// again under its idempotency key.
+pub(super) fn write_marks(connection: &Connection, marks: &[(i64, String)]) {
+    for (id, at) in marks {
+        if let Err(error) = super::outbox::mark_delivered(connection, *id, at) {
+            tracing::warn!(%error, outbox_id = id, "a delivered memory write stays marked pending; it will be sent again");
+        }
+    }
 }

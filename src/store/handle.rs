@@ -235,8 +235,25 @@ impl StoreHandle {
     /// Commits a turn; on PostgreSQL fenced on this node's lease, so a
     /// session taken over elsewhere fails with [`StoreError::Fenced`].
     pub async fn record_turn(&self, turn: TurnRecord) -> Result<(), StoreError> {
-        let outcome = dispatch!(self, |store| store.commit_turn(turn), |store| store
-            .record_turn(&turn));
+        self.record_turn_owing(turn, 0).await.map(drop)
+    }
+
+    /// [`Self::record_turn`], and the session's first `limit` pending memory
+    /// writes as the commit left them, when this node may deliver them
+    /// without claiming (SQLite: read in the turn's own transaction, so
+    /// delivery needs no trip of its own). `None`: claim them with
+    /// [`Self::claim_outbox`] (PostgreSQL, where another node may be
+    /// delivering them).
+    pub async fn record_turn_owing(
+        &self,
+        turn: TurnRecord,
+        limit: usize,
+    ) -> Result<Option<Vec<OutboxEntry>>, StoreError> {
+        let outcome = dispatch!(
+            self,
+            |store| store.commit_turn(turn, limit).map(Some),
+            |store| async { store.record_turn(&turn).await.map(|()| None) }
+        );
         self.outage.note(&outcome);
         outcome
     }
@@ -270,9 +287,26 @@ impl StoreHandle {
         })
     }
 
+    /// Marks a write delivered. On SQLite the mark is queued and written
+    /// by the connection's next transaction (`Store::queue_delivered`):
+    /// under load, the commit in flight or the session's next one; on an
+    /// idle connection, now.
     pub async fn mark_outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
-        dispatch!(self, |store| store.mark_outbox_delivered(id), |store| store
-            .mark_outbox(id, OutboxMark::Delivered, None))
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                store.queue_delivered(id);
+                if store.connection_busy() {
+                    return Ok(());
+                }
+                let store = store.clone();
+                blocking(move || {
+                    store.flush_delivered();
+                    Ok(())
+                })
+                .await
+            }
+            Backend::Postgres(store) => store.mark_outbox(id, OutboxMark::Delivered, None).await,
+        }
     }
 
     pub async fn mark_outbox_abandoned(&self, id: i64, error: &str) -> Result<(), StoreError> {

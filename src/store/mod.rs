@@ -208,10 +208,22 @@ fn postgres_outage(error: &tokio_postgres::Error) -> bool {
 }
 
 impl Store {
+    /// The connection, with the delivered marks queued so far written
+    /// first, so what is read or written next sees them.
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // The lock does not poison: a panic while holding it cannot leave a
         // half-done transaction committed (rusqlite rolls back on drop).
-        self.connection.lock()
+        let connection = self.connection.lock();
+        self.write_queued_marks(&connection);
+        connection
+    }
+}
+
+impl Drop for Store {
+    /// A clean close writes the marks still queued, so a restart does not
+    /// send their writes again.
+    fn drop(&mut self) {
+        self.flush_delivered();
     }
 }
 

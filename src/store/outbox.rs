@@ -16,32 +16,54 @@ impl Store {
         session_id: &str,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let connection = self.lock();
-        let mut statement = connection.prepare_cached(
-            "SELECT id, session_id, turn_id, payload, attempts FROM outbox
-             WHERE session_id = ?1 AND delivered_at IS NULL AND abandoned_at IS NULL ORDER BY id LIMIT ?2",
-        )?;
-        let rows = statement
-            .query_map(params![session_id, limit as i64], |row| {
-                Ok(OutboxEntry {
-                    id: row.get(0)?,
-                    session_id: row.get(1)?,
-                    turn_id: row.get(2)?,
-                    payload: row.get(3)?,
-                    attempts: row.get(4)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        pending_entries(&self.lock(), session_id, limit)
     }
 
     pub fn mark_outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
-        self.without_fsync(|connection| {
-            connection.prepare_cached(
-                "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-            )?.execute(params![id, timestamp(chrono::Utc::now())])?;
+        let now = timestamp(chrono::Utc::now());
+        self.without_fsync(|connection| mark_delivered(connection, id, &now))
+    }
+
+    /// Notes that write `id` was delivered, to be written by the next
+    /// transaction on the connection: a turn's commit (inside it, free) or
+    /// any other use of the store (first thing, see `Store::lock`). Under
+    /// load the mark so rides with another session's commit instead of
+    /// taking the connection and a transaction of its own. A mark lost to a
+    /// crash only means its write is sent again under its idempotency key,
+    /// as with a mark lost to power loss (`without_fsync`).
+    pub fn queue_delivered(&self, id: i64) {
+        let now = timestamp(chrono::Utc::now());
+        self.commits.delivered.lock().push((id, now));
+    }
+
+    /// Writes the queued delivered marks now, if a transaction on the
+    /// connection has not taken them already.
+    pub fn flush_delivered(&self) {
+        drop(self.lock());
+    }
+
+    /// Whether the connection is in use now; its user then writes the
+    /// queued marks (a commit) or the next user does (any other call).
+    pub(super) fn connection_busy(&self) -> bool {
+        self.connection.is_locked()
+    }
+
+    /// Writes queued delivered marks on `connection`, which the caller
+    /// holds, relaxing `synchronous` for them like every mark.
+    pub(super) fn write_queued_marks(&self, connection: &rusqlite::Connection) {
+        let marks = self.take_marks();
+        if marks.is_empty() {
+            return;
+        }
+        let outcome = self.relaxed(connection, |connection| {
+            let transaction = connection.unchecked_transaction()?;
+            super::group_commit::write_marks(&transaction, &marks);
+            transaction.commit()?;
             Ok(())
-        })
+        });
+        if let Err(error) = outcome {
+            tracing::warn!(%error, marks = marks.len(), "delivered memory writes stay marked pending; they will be sent again");
+        }
     }
 
     /// Sets aside a write the memory service will never accept.
@@ -91,14 +113,22 @@ impl Store {
         &self,
         mark: impl FnOnce(&rusqlite::Connection) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let connection = self.lock();
+        self.relaxed(&self.lock(), mark)
+    }
+
+    /// [`Self::without_fsync`] on a connection the caller holds.
+    fn relaxed(
+        &self,
+        connection: &rusqlite::Connection,
+        mark: impl FnOnce(&rusqlite::Connection) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         if !self.full_sync {
-            return mark(&connection);
+            return mark(connection);
         }
         connection
             .prepare_cached("PRAGMA synchronous = NORMAL")?
             .execute([])?;
-        let outcome = mark(&connection);
+        let outcome = mark(connection);
         // The level turns need is restored before the connection is let go;
         // if even that failed, no turn may commit on it.
         if let Err(error) = connection
@@ -212,4 +242,46 @@ impl Store {
         )?.execute(params![session_id])?;
         Ok(changed as u64)
     }
+}
+
+/// A session's first `limit` pending memory writes, oldest first, on a
+/// connection (or transaction) the caller holds.
+pub(super) fn pending_entries(
+    connection: &rusqlite::Connection,
+    session_id: &str,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut statement = connection.prepare_cached(
+        "SELECT id, session_id, turn_id, payload, attempts FROM outbox
+         WHERE session_id = ?1 AND delivered_at IS NULL AND abandoned_at IS NULL ORDER BY id LIMIT ?2",
+    )?;
+    let rows = statement
+        .query_map(params![session_id, limit as i64], |row| {
+            Ok(OutboxEntry {
+                id: row.get(0)?,
+                session_id: row.get(1)?,
+                turn_id: row.get(2)?,
+                payload: row.get(3)?,
+                attempts: row.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Marks write `id` delivered at `at` on a connection the caller holds.
+pub(super) fn mark_delivered(
+    connection: &rusqlite::Connection,
+    id: i64,
+    at: &str,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+        )?
+        .execute(params![id, at])?;
+    Ok(())
 }

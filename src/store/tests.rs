@@ -424,10 +424,11 @@ fn a_commit_batch_is_one_transaction_and_a_refused_turn_fails_alone() {
     .into_iter()
     .map(|turn| Pending {
         turn,
+        owed: 0,
         outcome: Default::default(),
     })
     .collect();
-    let outcomes = write_batch(&mut store.lock(), &batch);
+    let outcomes = write_batch(&mut store.lock(), &batch, Vec::new());
     let failed: Vec<bool> = outcomes.iter().map(Result::is_err).collect();
     assert_eq!(failed, [false, true, false, true, false], "{outcomes:?}");
     assert!(matches!(outcomes[1], Err(StoreError::SessionEnded { .. })));
@@ -441,6 +442,60 @@ fn a_commit_batch_is_one_transaction_and_a_refused_turn_fails_alone() {
     assert_eq!(turns, [1, 2, 3]);
     assert_eq!(detail.tool_usage.len(), 3);
     assert_eq!(store.last_turn(&ended).expect("turns"), 0);
+}
+
+#[test]
+fn a_commit_reads_back_its_sessions_pending_writes_and_writes_the_queued_marks() {
+    let (_directory, store) = open();
+    let session = store.create_session(&new_session(1, 5)).expect("session");
+    let first = store.commit_turn(turn(&session, 1), 64).expect("turn 1");
+    assert_eq!(
+        first.iter().map(|entry| entry.turn_id).collect::<Vec<_>>(),
+        [1]
+    );
+    store.queue_delivered(first[0].id);
+    let transactions = store.commit_counts().0;
+    // Turn 2's transaction writes turn 1's mark before reading back.
+    let second = store.commit_turn(turn(&session, 2), 64).expect("turn 2");
+    assert_eq!(
+        second.iter().map(|entry| entry.turn_id).collect::<Vec<_>>(),
+        [2]
+    );
+    assert_eq!(store.commit_counts().0, transactions + 1);
+    assert!(store.take_marks().is_empty());
+    assert_eq!(store.outbox_counts(&session).expect("counts"), (1, 2));
+    // Asked for none, a commit reads none back.
+    assert!(store
+        .commit_turn(turn(&session, 3), 0)
+        .expect("turn 3")
+        .is_empty());
+}
+
+#[test]
+fn a_mark_queued_while_the_connection_is_busy_is_written_by_its_next_use() {
+    let (_directory, store) = open();
+    let session = store.create_session(&new_session(1, 5)).expect("session");
+    let owed = store.commit_turn(turn(&session, 1), 64).expect("turn");
+    let connection = store.connection.lock();
+    store.queue_delivered(owed[0].id);
+    assert!(store.connection_busy());
+    drop(connection);
+    // The next use of the connection writes it before it reads.
+    assert!(store.pending_outbox(&session, 64).expect("read").is_empty());
+    assert!(store.take_marks().is_empty());
+}
+
+#[test]
+fn a_clean_close_writes_the_marks_still_queued() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("audit.db");
+    let store = Store::open(&path, Synchronous::Full).expect("open");
+    let session = store.create_session(&new_session(1, 5)).expect("session");
+    let owed = store.commit_turn(turn(&session, 1), 64).expect("turn");
+    store.queue_delivered(owed[0].id);
+    drop(store);
+    let store = Store::open(&path, Synchronous::Full).expect("reopen");
+    assert_eq!(store.outbox_counts(&session).expect("counts"), (1, 1));
 }
 
 #[test]

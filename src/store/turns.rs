@@ -16,7 +16,7 @@ impl Store {
     /// that transaction is durable. Turns of other sessions that arrive
     /// meanwhile share it (`group_commit`).
     pub fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
-        self.commit_turn(turn.clone())
+        self.commit_turn(turn.clone(), 0).map(drop)
     }
 
     /// The last `limit` turns that produced a message, oldest first, with
