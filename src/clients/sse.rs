@@ -160,7 +160,12 @@ impl SseParser {
     fn end_line(&mut self, events: &mut Vec<String>) {
         if self.line.is_empty() {
             if std::mem::take(&mut self.has_data) {
-                events.push(String::from_utf8_lossy(&self.data).into_owned());
+                // `from_utf8` checks ASCII a word at a time; the lossy
+                // walk, a byte at a time, is for a stream that is not UTF-8.
+                events.push(match std::str::from_utf8(&self.data) {
+                    Ok(text) => text.to_owned(),
+                    Err(_) => String::from_utf8_lossy(&self.data).into_owned(),
+                });
                 self.data.clear();
             }
             return;
