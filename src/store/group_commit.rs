@@ -36,6 +36,9 @@ pub(super) struct CommitQueue {
     pub(super) pending: Mutex<Vec<Pending>>,
     /// Outbox writes delivered whose mark is not written yet: (id, when).
     pub(super) delivered: Mutex<Vec<(i64, String)>>,
+    /// A blocking task is committing what async callers queue
+    /// (`Store::drain_commits`); at most one at a time.
+    pub(super) draining: std::sync::atomic::AtomicBool,
     /// Transactions that committed turns; with `turns`, how well turns are
     /// grouped (read by tests and the load benchmark's notes).
     transactions: std::sync::atomic::AtomicU64,
@@ -46,7 +49,32 @@ pub(super) struct Pending {
     pub(super) turn: TurnRecord,
     /// How many of the session's pending memory writes to read back.
     pub(super) owed: usize,
-    pub(super) outcome: Arc<Mutex<Option<Committed>>>,
+    pub(super) outcome: Reply,
+}
+
+/// Where a queued turn's outcome goes: a slot its thread reads once it
+/// holds the connection (`Store::commit_turn`), or the channel an async
+/// caller awaits (`Store::queue_turn`), which holds no thread meanwhile.
+pub(super) enum Reply {
+    Slot(Arc<Mutex<Option<Committed>>>),
+    Channel(tokio::sync::oneshot::Sender<Committed>),
+}
+
+impl Reply {
+    fn send(self, outcome: Committed) {
+        match self {
+            Reply::Slot(slot) => *slot.lock() = Some(outcome),
+            // A caller that stopped waiting (its task was aborted) does not
+            // undo the commit; there is nobody left to tell.
+            Reply::Channel(sender) => drop(sender.send(outcome)),
+        }
+    }
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Reply::Slot(Arc::default())
+    }
 }
 
 impl Store {
@@ -67,7 +95,7 @@ impl Store {
         self.commits.pending.lock().push(Pending {
             turn,
             owed,
-            outcome: outcome.clone(),
+            outcome: Reply::Slot(outcome.clone()),
         });
         // Not `lock()`: the queued marks go into this transaction.
         let mut connection = self.connection.lock();
@@ -76,17 +104,83 @@ impl Store {
         if let Some(done) = outcome.lock().take() {
             return done;
         }
+        self.commit_queued(&mut connection);
+        let done = outcome.lock().take();
+        done.unwrap_or_else(|| Err(StoreError::Worker("turn lost from its commit batch".into())))
+    }
+
+    /// Queues `turn` for the blocking task that commits what async callers
+    /// queue (`drain_commits`); the receiver gets what
+    /// [`Self::commit_turn`] would have returned. Returns whether the caller
+    /// must start that task (none is running). Unlike `commit_turn`, a
+    /// caller waiting here holds no thread: with a hundred sessions the
+    /// blocking pool had a hundred threads parked on the connection.
+    pub(super) fn queue_turn(
+        &self,
+        turn: TurnRecord,
+        owed: usize,
+    ) -> (tokio::sync::oneshot::Receiver<Committed>, bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.commits.pending.lock().push(Pending {
+            turn,
+            owed,
+            outcome: Reply::Channel(sender),
+        });
+        let start = !self.commits.draining.swap(true, SeqCst);
+        (receiver, start)
+    }
+
+    /// Commits queued turns, batch after batch, until none is queued; the
+    /// one task [`Self::queue_turn`] asked to start. A turn queued while it
+    /// stops is taken by it or by the task the next caller starts.
+    pub(super) fn drain_commits(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        /// Lets the next caller start a task, even if this one panics.
+        struct Draining<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Draining<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, SeqCst);
+            }
+        }
+        loop {
+            {
+                let _draining = Draining(&self.commits.draining);
+                while self.commit_queued(&mut self.connection.lock()) {}
+            }
+            // Queued after the last batch was taken, by a caller that saw
+            // this task still running: take it up again, unless a new task
+            // has.
+            if self.commits.pending.lock().is_empty() || self.commits.draining.swap(true, SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// Commits everything queued in one transaction on `connection` and
+    /// hands each caller its outcome; false when nothing was queued (the
+    /// marks queued meanwhile are then written on their own).
+    fn commit_queued(&self, connection: &mut Connection) -> bool {
         let batch = std::mem::take(&mut *self.commits.pending.lock());
+        if batch.is_empty() {
+            // Marks queued while the last batch was being written.
+            self.write_queued_marks(connection);
+            return false;
+        }
         let outcomes = match self.ready_to_commit() {
-            Ok(()) => write_batch(&mut connection, &batch, self.take_marks()),
+            Ok(()) => write_batch(connection, &batch, self.take_marks()),
             Err(error) => batch.iter().map(|_| Err(same_refusal(&error))).collect(),
         };
         self.commits.count(&outcomes);
         for (pending, result) in batch.into_iter().zip(outcomes) {
-            *pending.outcome.lock() = Some(result);
+            pending.outcome.send(result);
         }
-        let done = outcome.lock().take();
-        done.unwrap_or_else(|| Err(StoreError::Worker("turn lost from its commit batch".into())))
+        true
+    }
+
+    /// `store.group_commit`.
+    pub(super) fn groups_commits(&self) -> bool {
+        self.commits.enabled
     }
 
     /// Whether a commit may go into the file: never into a deleted or
@@ -126,6 +220,7 @@ impl Default for CommitQueue {
             enabled: true,
             pending: Mutex::default(),
             delivered: Mutex::default(),
+            draining: Default::default(),
             transactions: Default::default(),
             turns: Default::default(),
         }

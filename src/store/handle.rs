@@ -249,11 +249,25 @@ impl StoreHandle {
         turn: TurnRecord,
         limit: usize,
     ) -> Result<Option<Vec<OutboxEntry>>, StoreError> {
-        let outcome = dispatch!(
-            self,
-            |store| store.commit_turn(turn, limit).map(Some),
-            |store| async { store.record_turn(&turn).await.map(|()| None) }
-        );
+        let outcome = match &self.backend {
+            Backend::Sqlite(store) if store.groups_commits() => {
+                let (committed, start) = store.queue_turn(turn, limit);
+                if start {
+                    let store = store.clone();
+                    // Not awaited: the task outlives this caller if it must.
+                    drop(tokio::task::spawn_blocking(move || store.drain_commits()));
+                }
+                match committed.await {
+                    Ok(outcome) => outcome.map(Some),
+                    Err(_) => Err(StoreError::Worker("the commit task stopped".into())),
+                }
+            }
+            _ => dispatch!(
+                self,
+                |store| store.commit_turn(turn, limit).map(Some),
+                |store| async { store.record_turn(&turn).await.map(|()| None) }
+            ),
+        };
         self.outage.note(&outcome);
         outcome
     }

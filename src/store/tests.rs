@@ -543,6 +543,83 @@ fn queue_eight_turns_behind_a_commit(group_commit: bool) -> (u64, u64) {
     store.commit_counts()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_callers_share_transactions_without_a_thread_each_and_each_gets_its_outcome() {
+    let (_directory, store) = open();
+    let store = std::sync::Arc::new(store);
+    let ended = store.create_session(&new_session(99, 5)).expect("session");
+    store
+        .finish_session(&ended, SessionStatus::Completed, None)
+        .expect("end");
+    let sessions: Vec<String> = (0..16)
+        .map(|seed| {
+            store
+                .create_session(&new_session(seed, 10))
+                .expect("session")
+        })
+        .collect();
+    let handle = StoreHandle::from(store.clone());
+    // Held as a commit in flight would: the first turns queue behind it.
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let _connection = store.connection.lock();
+            locked.send(()).expect("send");
+            released.recv().expect("released");
+        })
+    };
+    is_locked.recv().expect("the connection is held");
+    let tasks: Vec<_> = sessions
+        .iter()
+        .cloned()
+        .map(|session| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let mut owed = Vec::new();
+                for turn_id in 1..=10 {
+                    owed = handle
+                        .record_turn_owing(turn(&session, turn_id), 64)
+                        .await
+                        .expect("commit")
+                        .expect("SQLite reads the outbox back");
+                }
+                owed.len()
+            })
+        })
+        .collect();
+    while store.commits.pending.lock().len() < sessions.len() {
+        tokio::task::yield_now().await;
+    }
+    release.send(()).expect("release");
+    holder.join().expect("holder");
+    for task in tasks {
+        // Each session's ten writes, all pending, read back by its last commit.
+        assert_eq!(task.await.expect("task"), 10);
+    }
+    let refused = handle.record_turn_owing(turn(&ended, 1), 64).await;
+    assert!(
+        matches!(refused, Err(StoreError::SessionEnded { .. })),
+        "{refused:?}"
+    );
+    for session in &sessions {
+        assert_eq!(store.last_turn(session).expect("turns"), 10);
+    }
+    let (transactions, turns) = store.commit_counts();
+    assert_eq!(turns, 160);
+    assert!(transactions < turns, "{transactions} transactions");
+    // The commit task lets go once the queue is empty, so the next caller
+    // starts one.
+    while store
+        .commits
+        .draining
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[test]
 fn concurrent_sessions_commit_every_turn_exactly_once() {
     let (_directory, store) = open();
