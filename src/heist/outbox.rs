@@ -30,6 +30,7 @@ impl HeistRunner {
         let Some(_delivering) = self.store.begin_delivery(session_id) else {
             return Ok(0);
         };
+        let owed_by_commit = owed.is_some();
         let pending = match owed {
             Some(owed) => owed,
             None => self.store.claim_outbox(session_id, OUTBOX_BATCH).await?,
@@ -37,7 +38,14 @@ impl HeistRunner {
         if pending.is_empty() {
             return Ok(0);
         }
-        let delivered = self.deliver_claimed(pending).await;
+        // After a turn's commit, the session's next commit (or its end)
+        // writes the marks; any other delivery writes them now.
+        let marks = if owed_by_commit {
+            Marks::WithNextCommit
+        } else {
+            Marks::Now
+        };
+        let delivered = self.deliver_claimed(pending, marks).await;
         let released = self.store.release_outbox(session_id).await;
         let remaining = delivered?;
         released?;
@@ -45,7 +53,11 @@ impl HeistRunner {
     }
 
     /// Sends claimed writes in order; stops at the first that must wait.
-    async fn deliver_claimed(&self, pending: Vec<OutboxEntry>) -> Result<usize, HeistError> {
+    async fn deliver_claimed(
+        &self,
+        pending: Vec<OutboxEntry>,
+        marks: Marks,
+    ) -> Result<usize, HeistError> {
         let mut remaining = pending.len();
         for entry in pending {
             let (delivery, journal) = journal::scope(self.deliver_one(&entry)).await;
@@ -59,7 +71,12 @@ impl HeistRunner {
             }
             match delivery {
                 Ok(()) => {
-                    self.store.mark_outbox_delivered(entry.id).await?;
+                    match marks {
+                        Marks::Now => self.store.mark_outbox_delivered(entry.id).await?,
+                        Marks::WithNextCommit => {
+                            self.store.mark_outbox_delivered_later(entry.id).await?
+                        }
+                    }
                     remaining -= 1;
                 }
                 Err(error) if error.is_permanent() => {
@@ -118,6 +135,18 @@ impl HeistRunner {
             }),
         }
     }
+}
+
+/// When a delivered write's mark is written.
+#[derive(Clone, Copy)]
+enum Marks {
+    /// Before the delivery returns (SQLite: now, or by the commit in
+    /// flight).
+    Now,
+    /// By the session's next commit or its end, which follow at once:
+    /// one transaction fewer per turn, and a mark lost to a crash only
+    /// sends its write again under its idempotency key.
+    WithNextCommit,
 }
 
 /// The journaled calls as `service_calls` records.

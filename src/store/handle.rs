@@ -323,6 +323,22 @@ impl StoreHandle {
         }
     }
 
+    /// Marks a write delivered by the connection's next use: on SQLite,
+    /// for a session whose next commit (or end) follows at once and writes
+    /// the mark inside its own transaction. A clean close writes marks
+    /// still queued; a crash loses them, and their writes are sent again
+    /// under their idempotency keys. On PostgreSQL, as
+    /// [`Self::mark_outbox_delivered`].
+    pub async fn mark_outbox_delivered_later(&self, id: i64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                store.queue_delivered(id);
+                Ok(())
+            }
+            Backend::Postgres(_) => self.mark_outbox_delivered(id).await,
+        }
+    }
+
     pub async fn mark_outbox_abandoned(&self, id: i64, error: &str) -> Result<(), StoreError> {
         let error = error.to_string();
         dispatch!(

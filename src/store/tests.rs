@@ -620,6 +620,50 @@ async fn async_callers_share_transactions_without_a_thread_each_and_each_gets_it
     }
 }
 
+#[tokio::test]
+async fn a_mark_left_for_later_is_written_by_the_sessions_next_commit_or_its_end() {
+    let (_directory, store) = open();
+    let store = std::sync::Arc::new(store);
+    let handle = StoreHandle::from(store.clone());
+    let session = store.create_session(&new_session(1, 2)).expect("session");
+    let owed = handle
+        .record_turn_owing(turn(&session, 1), 64)
+        .await
+        .expect("turn 1")
+        .expect("read back");
+    handle
+        .mark_outbox_delivered_later(owed[0].id)
+        .await
+        .expect("mark");
+    assert_eq!(
+        store.commits.delivered.lock().len(),
+        1,
+        "queued, not written"
+    );
+    let transactions = store.commit_counts().0;
+    let owed = handle
+        .record_turn_owing(turn(&session, 2), 64)
+        .await
+        .expect("turn 2")
+        .expect("read back");
+    // Turn 1's mark went into turn 2's transaction, before the read.
+    assert_eq!(store.commit_counts().0, transactions + 1);
+    assert_eq!(
+        owed.iter().map(|entry| entry.turn_id).collect::<Vec<_>>(),
+        [2]
+    );
+    handle
+        .mark_outbox_delivered_later(owed[0].id)
+        .await
+        .expect("mark");
+    handle
+        .finish_session(&session, SessionStatus::Completed, None)
+        .await
+        .expect("end");
+    assert!(store.commits.delivered.lock().is_empty());
+    assert_eq!(store.outbox_counts(&session).expect("counts"), (2, 2));
+}
+
 #[test]
 fn concurrent_sessions_commit_every_turn_exactly_once() {
     let (_directory, store) = open();
