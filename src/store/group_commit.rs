@@ -84,10 +84,11 @@ impl Store {
     /// as the transaction left them.
     pub fn commit_turn(&self, turn: TurnRecord, owed: usize) -> Committed {
         if !self.commits.enabled {
-            let mut connection = self.connection.lock();
+            // `lock()` writes the queued marks first, on their own.
+            let mut connection = self.lock();
             let outcome = self
                 .ready_to_commit()
-                .and_then(|()| write_alone(&mut connection, &turn, owed, self.take_marks()));
+                .and_then(|()| write_alone(&mut connection, &turn, owed));
             self.commits.count(std::slice::from_ref(&outcome));
             return outcome;
         }
@@ -136,16 +137,21 @@ impl Store {
     /// stops is taken by it or by the task the next caller starts.
     pub(super) fn drain_commits(&self) {
         use std::sync::atomic::Ordering::SeqCst;
-        /// Lets the next caller start a task, even if this one panics.
-        struct Draining<'a>(&'a std::sync::atomic::AtomicBool);
+        /// Lets the next caller start a task, even if this one panics;
+        /// a panic also fails the turns queued meanwhile (their callers
+        /// saw this task running and started none), so none waits forever.
+        struct Draining<'a>(&'a CommitQueue);
         impl Drop for Draining<'_> {
             fn drop(&mut self) {
-                self.0.store(false, SeqCst);
+                if std::thread::panicking() {
+                    drop(std::mem::take(&mut *self.0.pending.lock()));
+                }
+                self.0.draining.store(false, SeqCst);
             }
         }
         loop {
             {
-                let _draining = Draining(&self.commits.draining);
+                let _draining = Draining(&self.commits);
                 while self.commit_queued(&mut self.connection.lock()) {}
             }
             // Queued after the last batch was taken, by a caller that saw
@@ -167,10 +173,19 @@ impl Store {
             self.write_queued_marks(connection);
             return false;
         }
+        let marks = self.take_marks();
         let outcomes = match self.ready_to_commit() {
-            Ok(()) => write_batch(connection, &batch, self.take_marks()),
-            Err(error) => batch.iter().map(|_| Err(same_refusal(&error))).collect(),
+            Ok(()) => write_batch(connection, &batch, &marks),
+            Err(error) => Batch {
+                outcomes: batch.iter().map(|_| Err(same_refusal(&error))).collect(),
+                marks_written: false,
+            },
         };
+        // Marks a failed transaction took with it wait for the next one.
+        if !outcomes.marks_written {
+            self.requeue_marks(marks);
+        }
+        let outcomes = outcomes.outcomes;
         self.commits.count(&outcomes);
         for (pending, result) in batch.into_iter().zip(outcomes) {
             pending.outcome.send(result);
@@ -204,7 +219,15 @@ impl Store {
         std::mem::take(&mut *self.commits.delivered.lock())
     }
 
-    /// (transactions, turns) committed so far by [`Self::commit_turn`].
+    /// Puts back marks a transaction could not write, for the next one.
+    pub(super) fn requeue_marks(&self, marks: Vec<(i64, String)>) {
+        if !marks.is_empty() {
+            self.commits.delivered.lock().extend(marks);
+        }
+    }
+
+    /// (transactions, turns) committed so far, by [`Self::commit_turn`] and
+    /// the commit task.
     pub fn commit_counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (
@@ -238,41 +261,47 @@ impl CommitQueue {
     }
 }
 
+/// What [`write_batch`] did: each turn's outcome, and whether the marks
+/// were written (false: the caller queues them again).
+pub(super) struct Batch {
+    pub(super) outcomes: Vec<Committed>,
+    pub(super) marks_written: bool,
+}
+
 /// One transaction for the whole batch, each turn inside its own savepoint;
 /// if the transaction itself fails, each turn alone. `marks` are written
 /// first, in the same transaction.
 pub(super) fn write_batch(
     connection: &mut Connection,
     batch: &[Pending],
-    marks: Vec<(i64, String)>,
-) -> Vec<Committed> {
-    if batch.len() == 1 {
-        return vec![write_alone(
-            connection,
-            &batch[0].turn,
-            batch[0].owed,
-            marks,
-        )];
+    marks: &[(i64, String)],
+) -> Batch {
+    // Without marks, a lone turn needs no savepoint: its refusal rolls back
+    // nothing else.
+    if batch.len() == 1 && marks.is_empty() {
+        let only = &batch[0];
+        return Batch {
+            outcomes: vec![write_alone(connection, &only.turn, only.owed)],
+            marks_written: true,
+        };
     }
-    match write_together(connection, batch, &marks) {
-        Ok(outcomes) => outcomes,
-        // The marks are lost with the failed transaction: their writes are
-        // sent again under their idempotency keys, which store them once.
-        Err(_) => batch
-            .iter()
-            .map(|pending| write_alone(connection, &pending.turn, pending.owed, Vec::new()))
-            .collect(),
+    match write_together(connection, batch, marks) {
+        Ok(outcomes) => Batch {
+            outcomes,
+            marks_written: true,
+        },
+        Err(_) => Batch {
+            outcomes: batch
+                .iter()
+                .map(|pending| write_alone(connection, &pending.turn, pending.owed))
+                .collect(),
+            marks_written: false,
+        },
     }
 }
 
-fn write_alone(
-    connection: &mut Connection,
-    turn: &TurnRecord,
-    owed: usize,
-    marks: Vec<(i64, String)>,
-) -> Committed {
+fn write_alone(connection: &mut Connection, turn: &TurnRecord, owed: usize) -> Committed {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    write_marks(&transaction, &marks);
     insert_turn(&transaction, turn)?;
     let entries = super::outbox::pending_entries(&transaction, &turn.session_id, owed)?;
     transaction.commit()?;
@@ -288,7 +317,9 @@ fn write_together(
     marks: &[(i64, String)],
 ) -> Result<Vec<Committed>, StoreError> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    write_marks(&transaction, marks);
+    // A mark that fails means the store is failing: the whole transaction
+    // fails with it (SQLite may have rolled it back already).
+    write_marks(&transaction, marks)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for pending in batch {
         // Statements, not rusqlite's `Savepoint`, so they are prepared once.
@@ -338,13 +369,13 @@ fn same_refusal(error: &StoreError) -> StoreError {
     }
 }
 
-/// Writes delivered marks inside the caller's transaction. A mark that
-/// cannot be written is only logged: its write stays pending and is sent
-/// again under its idempotency key.
-pub(super) fn write_marks(connection: &Connection, marks: &[(i64, String)]) {
+/// Writes delivered marks inside the caller's transaction.
+pub(super) fn write_marks(
+    connection: &Connection,
+    marks: &[(i64, String)],
+) -> Result<(), StoreError> {
     for (id, at) in marks {
-        if let Err(error) = super::outbox::mark_delivered(connection, *id, at) {
-            tracing::warn!(%error, outbox_id = id, "a delivered memory write stays marked pending; it will be sent again");
-        }
+        super::outbox::mark_delivered(connection, *id, at)?;
     }
+    Ok(())
 }

@@ -49,20 +49,26 @@ impl Store {
     }
 
     /// Writes queued delivered marks on `connection`, which the caller
-    /// holds, relaxing `synchronous` for them like every mark.
+    /// holds, relaxing `synchronous` for them like every mark. Marks it
+    /// cannot write (the store failing, a transaction left open) stay
+    /// queued for the next use of the connection.
     pub(super) fn write_queued_marks(&self, connection: &rusqlite::Connection) {
+        if !connection.is_autocommit() {
+            return;
+        }
         let marks = self.take_marks();
         if marks.is_empty() {
             return;
         }
         let outcome = self.relaxed(connection, |connection| {
             let transaction = connection.unchecked_transaction()?;
-            super::group_commit::write_marks(&transaction, &marks);
+            super::group_commit::write_marks(&transaction, &marks)?;
             transaction.commit()?;
             Ok(())
         });
         if let Err(error) = outcome {
-            tracing::warn!(%error, marks = marks.len(), "delivered memory writes stay marked pending; they will be sent again");
+            tracing::debug!(%error, marks = marks.len(), "delivered marks stay queued");
+            self.requeue_marks(marks);
         }
     }
 

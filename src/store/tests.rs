@@ -428,7 +428,7 @@ fn a_commit_batch_is_one_transaction_and_a_refused_turn_fails_alone() {
         outcome: Default::default(),
     })
     .collect();
-    let outcomes = write_batch(&mut store.lock(), &batch, Vec::new());
+    let outcomes = write_batch(&mut store.lock(), &batch, &[]).outcomes;
     let failed: Vec<bool> = outcomes.iter().map(Result::is_err).collect();
     assert_eq!(failed, [false, true, false, true, false], "{outcomes:?}");
     assert!(matches!(outcomes[1], Err(StoreError::SessionEnded { .. })));
@@ -544,7 +544,7 @@ fn queue_eight_turns_behind_a_commit(group_commit: bool) -> (u64, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_callers_share_transactions_without_a_thread_each_and_each_gets_its_outcome() {
+async fn async_callers_share_transactions_and_each_gets_its_outcome() {
     let (_directory, store) = open();
     let store = std::sync::Arc::new(store);
     let ended = store.create_session(&new_session(99, 5)).expect("session");
@@ -589,9 +589,7 @@ async fn async_callers_share_transactions_without_a_thread_each_and_each_gets_it
             })
         })
         .collect();
-    while store.commits.pending.lock().len() < sessions.len() {
-        tokio::task::yield_now().await;
-    }
+    queued_within_a_minute(|| store.commits.pending.lock().len() == sessions.len()).await;
     release.send(()).expect("release");
     holder.join().expect("holder");
     for task in tasks {
@@ -611,13 +609,39 @@ async fn async_callers_share_transactions_without_a_thread_each_and_each_gets_it
     assert!(transactions < turns, "{transactions} transactions");
     // The commit task lets go once the queue is empty, so the next caller
     // starts one.
-    while store
+    queued_within_a_minute(|| !commit_task_running(&store)).await;
+}
+
+fn commit_task_running(store: &Store) -> bool {
+    store
         .commits
         .draining
         .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        tokio::task::yield_now().await;
-    }
+}
+
+/// Yields until `done` holds; a test fails rather than hangs if it never
+/// does.
+async fn queued_within_a_minute(mut done: impl FnMut() -> bool) {
+    let wait = async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), wait)
+        .await
+        .expect("the condition never held");
+}
+
+#[test]
+fn marks_queued_before_a_refused_turn_are_still_written() {
+    let (_directory, store) = open();
+    let session = store.create_session(&new_session(1, 5)).expect("session");
+    let owed = store.commit_turn(turn(&session, 1), 64).expect("turn 1");
+    store.queue_delivered(owed[0].id);
+    // A duplicate of turn 1: refused, in a transaction that carries the mark.
+    let refused = store.commit_turn(turn(&session, 1), 64);
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(store.outbox_counts(&session).expect("counts"), (1, 1));
 }
 
 #[tokio::test]
@@ -631,6 +655,9 @@ async fn a_mark_left_for_later_is_written_by_the_sessions_next_commit_or_its_end
         .await
         .expect("turn 1")
         .expect("read back");
+    // The commit task may make one more pass (which writes marks) after
+    // answering; the mark is queued once it has let go.
+    queued_within_a_minute(|| !commit_task_running(&store)).await;
     handle
         .mark_outbox_delivered_later(owed[0].id)
         .await
