@@ -319,7 +319,7 @@ fn write_together(
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // A mark that fails means the store is failing: the whole transaction
     // fails with it (SQLite may have rolled it back already).
-    write_marks(&transaction, marks)?;
+    super::outbox::write_marks(&transaction, marks)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     for pending in batch {
         // Statements, not rusqlite's `Savepoint`, so they are prepared once.
@@ -367,15 +367,4 @@ fn same_refusal(error: &StoreError) -> StoreError {
         },
         other => StoreError::Worker(other.to_string()),
     }
-}
-
-/// Writes delivered marks inside the caller's transaction.
-pub(super) fn write_marks(
-    connection: &Connection,
-    marks: &[(i64, String)],
-) -> Result<(), StoreError> {
-    for (id, at) in marks {
-        super::outbox::mark_delivered(connection, *id, at)?;
-    }
-    Ok(())
 }

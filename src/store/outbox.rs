@@ -62,7 +62,7 @@ impl Store {
         }
         let outcome = self.relaxed(connection, |connection| {
             let transaction = connection.unchecked_transaction()?;
-            super::group_commit::write_marks(&transaction, &marks)?;
+            write_marks(&transaction, &marks)?;
             transaction.commit()?;
             Ok(())
         });
@@ -289,5 +289,16 @@ pub(super) fn mark_delivered(
             "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
         )?
         .execute(params![id, at])?;
+    Ok(())
+}
+
+/// Writes delivered marks inside the caller's transaction.
+pub(super) fn write_marks(
+    connection: &rusqlite::Connection,
+    marks: &[(i64, String)],
+) -> Result<(), StoreError> {
+    for (id, at) in marks {
+        mark_delivered(connection, *id, at)?;
+    }
     Ok(())
 }
