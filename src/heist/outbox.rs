@@ -30,7 +30,13 @@ impl HeistRunner {
         let Some(_delivering) = self.store.begin_delivery(session_id) else {
             return Ok(0);
         };
-        let owed_by_commit = owed.is_some();
+        // After a turn's commit, the session's next commit (or its end)
+        // writes the marks; any other delivery writes them now.
+        let marks = if owed.is_some() {
+            Marks::WithNextCommit
+        } else {
+            Marks::Now
+        };
         let pending = match owed {
             Some(owed) => owed,
             None => self.store.claim_outbox(session_id, OUTBOX_BATCH).await?,
@@ -38,13 +44,6 @@ impl HeistRunner {
         if pending.is_empty() {
             return Ok(0);
         }
-        // After a turn's commit, the session's next commit (or its end)
-        // writes the marks; any other delivery writes them now.
-        let marks = if owed_by_commit {
-            Marks::WithNextCommit
-        } else {
-            Marks::Now
-        };
         let delivered = self.deliver_claimed(pending, marks).await;
         let released = self.store.release_outbox(session_id).await;
         let remaining = delivered?;
@@ -140,8 +139,8 @@ impl HeistRunner {
 /// When a delivered write's mark is written.
 #[derive(Clone, Copy)]
 enum Marks {
-    /// Before the delivery returns (SQLite: now, or by the commit in
-    /// flight).
+    /// Before the delivery returns (SQLite: now on an idle connection,
+    /// else by the connection's next use).
     Now,
     /// By the session's next commit or its end, which follow at once:
     /// one transaction fewer per turn, and a mark lost to a crash only

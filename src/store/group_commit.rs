@@ -8,7 +8,6 @@
 //! fails as a whole (a full disk, I/O) is tried again turn by turn, so every
 //! caller gets its own error and an outage is still seen as one.
 //!
-//!
 //! The same transaction writes the outbox marks queued since the last one
 //! (`Store::queue_delivered`), and reads back each committed turn's session
 //! outbox (what its caller delivers next), so a turn's store work under
@@ -68,12 +67,6 @@ impl Reply {
             // undo the commit; there is nobody left to tell.
             Reply::Channel(sender) => drop(sender.send(outcome)),
         }
-    }
-}
-
-impl Default for Reply {
-    fn default() -> Self {
-        Reply::Slot(Arc::default())
     }
 }
 

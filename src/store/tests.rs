@@ -425,7 +425,7 @@ fn a_commit_batch_is_one_transaction_and_a_refused_turn_fails_alone() {
     .map(|turn| Pending {
         turn,
         owed: 0,
-        outcome: Default::default(),
+        outcome: super::group_commit::Reply::Slot(Default::default()),
     })
     .collect();
     let outcomes = write_batch(&mut store.lock(), &batch, &[]).outcomes;
