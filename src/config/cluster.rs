@@ -88,9 +88,19 @@ impl ClusterConfig {
     }
 }
 
+/// `store.commit_delay_ms` at most: past this a delay is a stall.
+const MAX_COMMIT_DELAY_MS: u64 = 100;
+
 impl StoreConfig {
-    /// Checks the PostgreSQL settings when that backend is chosen.
+    /// Checks the commit delay, and the PostgreSQL settings when that
+    /// backend is chosen.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.commit_delay_ms > MAX_COMMIT_DELAY_MS {
+            return Err((
+                "store.commit_delay_ms".into(),
+                format!("must be at most {MAX_COMMIT_DELAY_MS} (a commit waits that long for other sessions' turns; a few ms is enough)"),
+            ));
+        }
         if self.backend != StoreBackend::Postgres {
             return Ok(());
         }

@@ -14,6 +14,7 @@ impl Default for StoreConfig {
             path: default_store_path(),
             synchronous: Synchronous::Full,
             group_commit: default_group_commit(),
+            commit_delay_ms: default_commit_delay_ms(),
             max_size_mb: 0,
             max_outage_ms: default_max_outage_ms(),
             backend: StoreBackend::Sqlite,

@@ -141,6 +141,12 @@ pub struct StoreConfig {
     /// turn.
     #[serde(default = "default_group_commit")]
     pub group_commit: bool,
+    /// SQLite, with `group_commit`: how long a commit may wait for the
+    /// turns of other sessions in play, so that one transaction (one
+    /// fsync) holds more of them; it goes at once when every session in
+    /// play has a turn queued, or only one plays. 0: never waits.
+    #[serde(default = "default_commit_delay_ms")]
+    pub commit_delay_ms: u64,
     /// Caps the database's size, its write-ahead log included (0: no
     /// cap). At the cap new runs are refused before any service call, and
     /// a commit that does not fit is a store outage, like a full disk.
@@ -172,6 +178,10 @@ pub struct StoreConfig {
 
 fn default_group_commit() -> bool {
     true
+}
+
+fn default_commit_delay_ms() -> u64 {
+    2
 }
 
 fn default_max_outage_ms() -> u64 {

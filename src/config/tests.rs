@@ -113,6 +113,7 @@ fn bad_config_names_the_key_and_the_file() {
         ),
         ("[heist]\nturns = \"5\"\n", "heist.turns"),
         ("[store\npath = 1\n", "store"),
+        ("[store]\ncommit_delay_ms = 5000\n", "store.commit_delay_ms"),
         (
             "[[oauth.clients]]\nclient_id = \"a\"\nclient_secret = \"short\"\nscopes = []\n",
             "oauth.clients[0].client_secret",

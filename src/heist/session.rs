@@ -127,6 +127,9 @@ impl HeistRunner {
         plan: Plan,
         observer: TurnObserver<'_>,
     ) -> Result<RunReport, HeistError> {
+        // Counted while it plays: under load, a commit waits a moment for
+        // this session's turn too (`store.commit_delay_ms`).
+        let _in_play = self.store.in_play();
         let mut report = self.report_so_far(&plan).await?;
         let native = self.session_uses_native_tools().await;
         let mut last_error = None;

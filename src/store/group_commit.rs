@@ -13,9 +13,19 @@
 //! outbox (what its caller delivers next), so a turn's store work under
 //! load is one trip to the connection, not three.
 //!
+//! Under load a batch also waits a moment for more turns
+//! (`store.commit_delay_ms`, PostgreSQL's `commit_delay`): a transaction
+//! costs an fsync, a WAL header and the pages every turn shares whatever
+//! it holds, so fewer, larger batches cost less CPU per turn. It waits only
+//! while sessions in play (`Store::in_play`) have no turn queued, so a
+//! lone session, or a batch that already holds every session's turn,
+//! goes at once.
+//!
 //! It must not change what a turn writes: that is `turns::insert_turn`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, TransactionBehavior};
@@ -35,9 +45,16 @@ pub(super) struct CommitQueue {
     pub(super) pending: Mutex<Vec<Pending>>,
     /// Outbox writes delivered whose mark is not written yet: (id, when).
     pub(super) delivered: Mutex<Vec<(i64, String)>>,
-    /// A blocking task is committing what async callers queue
+    /// A task is committing what async callers queue
     /// (`Store::drain_commits`); at most one at a time.
     pub(super) draining: std::sync::atomic::AtomicBool,
+    /// `store.commit_delay_ms`: how long a batch may wait for the turns of
+    /// other sessions in play (zero: it never waits).
+    pub(super) delay: Duration,
+    /// Sessions playing turns on this store ([`Store::in_play`]).
+    in_play: AtomicUsize,
+    /// Told when the queue holds as many turns as sessions are in play.
+    every_session_queued: tokio::sync::Notify,
     /// Transactions that committed turns; with `turns`, how well turns are
     /// grouped (read by tests and the load benchmark's notes).
     transactions: std::sync::atomic::AtomicU64,
@@ -116,41 +133,80 @@ impl Store {
     ) -> (tokio::sync::oneshot::Receiver<Committed>, bool) {
         use std::sync::atomic::Ordering::SeqCst;
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.commits.pending.lock().push(Pending {
-            turn,
-            owed,
-            outcome: Reply::Channel(sender),
-        });
+        let queued = {
+            let mut pending = self.commits.pending.lock();
+            pending.push(Pending {
+                turn,
+                owed,
+                outcome: Reply::Channel(sender),
+            });
+            pending.len()
+        };
+        if queued >= self.commits.in_play.load(Ordering::SeqCst) {
+            self.commits.every_session_queued.notify_one();
+        }
         let start = !self.commits.draining.swap(true, SeqCst);
         (receiver, start)
     }
 
+    /// Counts a session as playing turns on this store until the guard
+    /// is dropped: a batch waits for its turn (`store.commit_delay_ms`)
+    /// only while some session in play has none queued.
+    pub fn in_play(self: &Arc<Self>) -> InPlay {
+        self.commits.in_play.fetch_add(1, Ordering::SeqCst);
+        InPlay(self.clone())
+    }
+
     /// Commits queued turns, batch after batch, until none is queued; the
-    /// one task [`Self::queue_turn`] asked to start. A turn queued while it
-    /// stops is taken by it or by the task the next caller starts.
-    pub(super) fn drain_commits(&self) {
+    /// one task [`Self::queue_turn`] asked to start. Each batch is first
+    /// gathered (`gather`), then written on a blocking thread. A turn
+    /// queued while the task stops is taken by it or by the task the next
+    /// caller starts. A panic while writing fails the turns queued
+    /// meanwhile (their callers saw this task running and started none),
+    /// so none waits forever, and lets the next caller start a task.
+    pub(super) async fn drain_commits(self: Arc<Self>) {
         use std::sync::atomic::Ordering::SeqCst;
-        /// Lets the next caller start a task, even if this one panics;
-        /// a panic also fails the turns queued meanwhile (their callers
-        /// saw this task running and started none), so none waits forever.
-        struct Draining<'a>(&'a CommitQueue);
-        impl Drop for Draining<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    drop(std::mem::take(&mut *self.0.pending.lock()));
+        loop {
+            self.gather().await;
+            let store = self.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                store.commit_queued(&mut store.connection.lock())
+            })
+            .await;
+            if written.is_err() {
+                drop(std::mem::take(&mut *self.commits.pending.lock()));
+                self.commits.draining.store(false, SeqCst);
+                return;
+            }
+            if self.commits.pending.lock().is_empty() {
+                self.commits.draining.store(false, SeqCst);
+                // Queued after the last batch was taken, by a caller that
+                // saw this task still running: take it up again, unless a
+                // new task has.
+                if self.commits.pending.lock().is_empty()
+                    || self.commits.draining.swap(true, SeqCst)
+                {
+                    return;
                 }
-                self.0.draining.store(false, SeqCst);
             }
         }
+    }
+
+    /// Waits, up to `store.commit_delay_ms`, until the queue holds a turn
+    /// of every session in play; at once when it does already (one session,
+    /// or none counted) or when the delay is zero.
+    async fn gather(&self) {
+        if self.commits.delay.is_zero() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.commits.delay;
         loop {
-            {
-                let _draining = Draining(&self.commits);
-                while self.commit_queued(&mut self.connection.lock()) {}
+            let in_play = self.commits.in_play.load(Ordering::SeqCst);
+            if self.commits.pending.lock().len() >= in_play {
+                return;
             }
-            // Queued after the last batch was taken, by a caller that saw
-            // this task still running: take it up again, unless a new task
-            // has.
-            if self.commits.pending.lock().is_empty() || self.commits.draining.swap(true, SeqCst) {
+            let told = self.commits.every_session_queued.notified();
+            if tokio::time::timeout_at(deadline, told).await.is_err() {
                 return;
             }
         }
@@ -237,6 +293,9 @@ impl Default for CommitQueue {
             pending: Mutex::default(),
             delivered: Mutex::default(),
             draining: Default::default(),
+            delay: Duration::ZERO,
+            in_play: Default::default(),
+            every_session_queued: Default::default(),
             transactions: Default::default(),
             turns: Default::default(),
         }
@@ -251,6 +310,18 @@ impl CommitQueue {
             self.transactions.fetch_add(1, Relaxed);
             self.turns.fetch_add(committed, Relaxed);
         }
+    }
+}
+
+/// A session in play on a store ([`Store::in_play`]); counted out when
+/// dropped, however its session ends.
+pub struct InPlay(Arc<Store>);
+
+impl Drop for InPlay {
+    fn drop(&mut self) {
+        self.0.commits.in_play.fetch_sub(1, Ordering::SeqCst);
+        // One session fewer may be all the batch waits for.
+        self.0.commits.every_session_queued.notify_one();
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::outage::StoreOutage;
 use super::postgres::{HeartbeatReport, NodeRow, OutboxMark, PgStore};
 use super::{
-    DeliveredCount, HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
+    DeliveredCount, HealthEvent, InPlay, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
     ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, Store, StoreError, TurnRecord,
 };
 use crate::config::{ClusterConfig, StoreBackend, StoreConfig};
@@ -253,9 +253,8 @@ impl StoreHandle {
             Backend::Sqlite(store) if store.groups_commits() => {
                 let (committed, start) = store.queue_turn(turn, limit);
                 if start {
-                    let store = store.clone();
                     // Not awaited: the task outlives this caller if it must.
-                    drop(tokio::task::spawn_blocking(move || store.drain_commits()));
+                    drop(tokio::spawn(store.clone().drain_commits()));
                 }
                 match committed.await {
                     Ok(outcome) => outcome.map(Some),
@@ -270,6 +269,16 @@ impl StoreHandle {
         };
         self.outage.note(&outcome);
         outcome
+    }
+
+    /// Counts a session as playing turns until the guard is dropped, so
+    /// that a commit under load waits for its turn (SQLite's group commit,
+    /// `store.commit_delay_ms`); nothing on PostgreSQL.
+    pub fn in_play(&self) -> Option<InPlay> {
+        match &self.backend {
+            Backend::Sqlite(store) => Some(store.in_play()),
+            Backend::Postgres(_) => None,
+        }
     }
 
     pub async fn recent_turns(

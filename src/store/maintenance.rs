@@ -36,6 +36,12 @@ impl Store {
         connection
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(open_error)?;
+        // Each turn's savepoint journal (group commit) stays in memory; with
+        // temporary files on disk SQLite spilled it to a new file in
+        // /var/tmp per transaction, more writes than the WAL itself.
+        connection
+            .pragma_update(None, "temp_store", "MEMORY")
+            .map_err(open_error)?;
         // One plan per statement whatever is bound: without it SQLite
         // re-prepared the outbox read on every call (it compares the bound
         // session id against the partial index `outbox_pending`), a tenth
@@ -91,6 +97,7 @@ impl Store {
         let mut store = Self::open(&config.path, config.synchronous)?;
         store._writer_lock = Some(lock);
         store.commits.enabled = config.group_commit;
+        store.commits.delay = std::time::Duration::from_millis(config.commit_delay_ms);
         if config.max_size_mb > 0 {
             let cap = config.max_size_mb.saturating_mul(1024 * 1024);
             let granted = store.limit_size(cap)?;

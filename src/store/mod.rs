@@ -43,6 +43,7 @@ mod schema;
 mod sessions;
 mod turns;
 
+pub use group_commit::InPlay;
 pub use handle::{DeliveryGuard, StoreHandle};
 pub use migrate::MigrationReport;
 pub use postgres::{HeartbeatReport, NodeRow};
@@ -239,5 +240,7 @@ pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> String {
     time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
+#[cfg(test)]
+mod commit_delay_tests;
 #[cfg(test)]
 mod tests;

@@ -2,13 +2,13 @@
 use super::*;
 use crate::config::Synchronous;
 
-fn open() -> (tempfile::TempDir, Store) {
+pub(super) fn open() -> (tempfile::TempDir, Store) {
     let directory = tempfile::tempdir().expect("temp dir");
     let store = Store::open(&directory.path().join("audit.db"), Synchronous::Normal).expect("open");
     (directory, store)
 }
 
-fn new_session(seed: u64, planned_turns: u32) -> NewSession {
+pub(super) fn new_session(seed: u64, planned_turns: u32) -> NewSession {
     NewSession {
         scenario: "bank".into(),
         seed,
@@ -18,7 +18,7 @@ fn new_session(seed: u64, planned_turns: u32) -> NewSession {
     }
 }
 
-fn turn(session_id: &str, turn_id: u32) -> TurnRecord {
+pub(super) fn turn(session_id: &str, turn_id: u32) -> TurnRecord {
     TurnRecord {
         session_id: session_id.into(),
         turn_id,
