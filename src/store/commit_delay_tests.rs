@@ -40,16 +40,26 @@ fn commit_first_turn(store: &Arc<Store>, session: &str) -> tokio::task::JoinHand
     })
 }
 
+/// Starts committing turn 1 of `session`, and checks it is still waiting
+/// a fifth of [`DELAY`] later, nothing committed.
+async fn still_waiting_after_a_fifth(
+    store: &Arc<Store>,
+    session: &str,
+) -> tokio::task::JoinHandle<Instant> {
+    let first = commit_first_turn(store, session);
+    tokio::time::sleep(DELAY / 5).await;
+    assert!(!first.is_finished(), "committed without waiting");
+    assert_eq!(store.commit_counts(), (0, 0));
+    first
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_batch_waits_for_the_other_session_in_play_and_goes_when_its_turn_comes() {
     let (_directory, store, sessions) = store_with_sessions(2, DELAY);
     let _first_in_play = store.in_play();
     let _second_in_play = store.in_play();
     let started = Instant::now();
-    let first = commit_first_turn(&store, &sessions[0]);
-    tokio::time::sleep(DELAY / 5).await;
-    assert!(!first.is_finished(), "committed without waiting");
-    assert_eq!(store.commit_counts(), (0, 0));
+    let first = still_waiting_after_a_fifth(&store, &sessions[0]).await;
     let second = commit_first_turn(&store, &sessions[1]);
     let (first, second) = (first.await.expect("first"), second.await.expect("second"));
     // Both in one transaction, as soon as the second was queued.
@@ -89,9 +99,7 @@ async fn a_session_leaving_play_lets_the_batch_go() {
     let _staying = store.in_play();
     let leaving = store.in_play();
     let started = Instant::now();
-    let first = commit_first_turn(&store, &sessions[0]);
-    tokio::time::sleep(DELAY / 5).await;
-    assert!(!first.is_finished(), "committed without waiting");
+    let first = still_waiting_after_a_fifth(&store, &sessions[0]).await;
     drop(leaving);
     let committed = first.await.expect("task");
     assert_eq!(committed - started, DELAY / 5);

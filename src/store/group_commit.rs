@@ -166,11 +166,24 @@ impl Store {
     /// so none waits forever, and lets the next caller start a task.
     pub(super) async fn drain_commits(self: Arc<Self>) {
         use std::sync::atomic::Ordering::SeqCst;
+        // This pass is made only for marks left after a batch: at most one
+        // after each batch, so a store that fails them does not keep this
+        // task spinning.
+        let mut marks_pass = false;
         loop {
-            self.gather().await;
+            if !marks_pass {
+                self.gather().await;
+            }
             let store = self.clone();
             let written = tokio::task::spawn_blocking(move || {
-                store.commit_queued(&mut store.connection.lock())
+                let mut connection = store.connection.lock();
+                store.commit_queued(&mut connection);
+                // Marks queued while the batch was written, by callers that
+                // found the connection busy: written before letting go, as
+                // the next trip to the connection may be a while off.
+                if store.commits.pending.lock().is_empty() {
+                    store.write_queued_marks(&connection);
+                }
             })
             .await;
             if written.is_err() {
@@ -178,7 +191,16 @@ impl Store {
                 self.commits.draining.store(false, SeqCst);
                 return;
             }
-            if self.commits.pending.lock().is_empty() {
+            if !self.commits.pending.lock().is_empty() {
+                marks_pass = false;
+            } else {
+                // A mark queued after that pass took the queue, by a caller
+                // that found the connection still held: it was left to this
+                // task, which looks only now that the connection is free.
+                if !marks_pass && !self.commits.delivered.lock().is_empty() {
+                    marks_pass = true;
+                    continue;
+                }
                 self.commits.draining.store(false, SeqCst);
                 // Queued after the last batch was taken, by a caller that
                 // saw this task still running: take it up again, unless a
@@ -188,6 +210,7 @@ impl Store {
                 {
                     return;
                 }
+                marks_pass = false;
             }
         }
     }

@@ -36,12 +36,6 @@ impl Store {
         connection
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(open_error)?;
-        // Each turn's savepoint journal (group commit) stays in memory; with
-        // temporary files on disk SQLite spilled it to a new file in
-        // /var/tmp per transaction, more writes than the WAL itself.
-        connection
-            .pragma_update(None, "temp_store", "MEMORY")
-            .map_err(open_error)?;
         // One plan per statement whatever is bound: without it SQLite
         // re-prepared the outbox read on every call (it compares the bound
         // session id against the partial index `outbox_pending`), a tenth
@@ -54,6 +48,15 @@ impl Store {
         // adopted is left in the journal mode it came with.
         connection
             .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        // Each turn's savepoint journal (group commit) stays in memory; with
+        // temporary files on disk SQLite spilled it to a new file in
+        // /var/tmp per transaction, more writes than the WAL itself. Set
+        // after the migrations, whose index builds over an adopted
+        // database may sort more than belongs in RAM; what sorts now (the
+        // reconciliation's per-session counts) is bounded by its window.
+        connection
+            .pragma_update(None, "temp_store", "MEMORY")
             .map_err(open_error)?;
         // Room for every statement the store caches (rusqlite keeps 16), so
         // a turn's statements are never evicted and parsed again.
