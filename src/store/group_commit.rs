@@ -176,14 +176,7 @@ impl Store {
             }
             let store = self.clone();
             let written = tokio::task::spawn_blocking(move || {
-                let mut connection = store.connection.lock();
-                store.commit_queued(&mut connection);
-                // Marks queued while the batch was written, by callers that
-                // found the connection busy: written before letting go, as
-                // the next trip to the connection may be a while off.
-                if store.commits.pending.lock().is_empty() {
-                    store.write_queued_marks(&connection);
-                }
+                store.commit_queued(&mut store.connection.lock())
             })
             .await;
             if written.is_err() {
@@ -236,15 +229,22 @@ impl Store {
     }
 
     /// Commits everything queued in one transaction on `connection` and
-    /// hands each caller its outcome; false when nothing was queued (the
-    /// marks queued meanwhile are then written on their own).
-    fn commit_queued(&self, connection: &mut Connection) -> bool {
+    /// hands each caller its outcome; then, unless another batch waits to
+    /// carry them, writes the marks queued meanwhile by callers that found
+    /// the connection busy, as the next trip to it may be a while off.
+    fn commit_queued(&self, connection: &mut Connection) {
         let batch = std::mem::take(&mut *self.commits.pending.lock());
-        if batch.is_empty() {
-            // Marks queued while the last batch was being written.
-            self.write_queued_marks(connection);
-            return false;
+        if !batch.is_empty() {
+            self.write_batch_and_answer(connection, batch);
         }
+        if self.commits.pending.lock().is_empty() {
+            self.write_queued_marks(connection);
+        }
+    }
+
+    /// [`Self::commit_queued`]'s batch: written with the queued marks, each
+    /// caller answered.
+    fn write_batch_and_answer(&self, connection: &mut Connection, batch: Vec<Pending>) {
         let marks = self.take_marks();
         let outcomes = match self.ready_to_commit() {
             Ok(()) => write_batch(connection, &batch, &marks),
@@ -262,7 +262,6 @@ impl Store {
         for (pending, result) in batch.into_iter().zip(outcomes) {
             pending.outcome.send(result);
         }
-        true
     }
 
     /// `store.group_commit`.
