@@ -1,6 +1,7 @@
 //! What an operator installs beside the binary, held to the code: the
 //! alert rules (checked and unit-tested by `promtool`, each with a test
-//! and a runbook entry in the README), the README's metric catalogue, and
+//! and a runbook entry in docs/alerts.md), the metric catalogue in
+//! docs/metrics.md, and
 //! the Grafana dashboard's queries. Tests that need `promtool` say they
 //! were skipped when it is missing, unless CI requires it.
 
@@ -65,8 +66,8 @@ fn every_alert_has_a_firing_unit_test_and_a_runbook_entry() {
     let alerts = alerts();
     assert!(alerts.len() >= 10, "{alerts:?}");
     let tests = read("dashboards/alerts.test.yml");
-    let readme = read("README.md");
-    let headings: BTreeSet<String> = readme
+    let runbooks = read("docs/alerts.md");
+    let headings: BTreeSet<String> = runbooks
         .lines()
         .filter_map(|line| line.strip_prefix("### "))
         .map(|heading| heading.trim().to_lowercase())
@@ -78,23 +79,18 @@ fn every_alert_has_a_firing_unit_test_and_a_runbook_entry() {
         assert!(fires, "{name}: no test in alerts.test.yml where it fires");
         assert!(
             headings.contains(&anchor),
-            "{name}: README has no `### ` heading for its runbook anchor #{anchor}"
+            "{name}: docs/alerts.md has no `### ` heading for its runbook anchor #{anchor}"
         );
         assert!(
-            readme.contains(&format!("`{name}`")),
-            "{name}: the README's runbook does not name it"
+            runbooks.contains(&format!("`{name}`")),
+            "{name}: the runbook in docs/alerts.md does not name it"
         );
     }
 }
 
 #[test]
-fn the_readme_lists_every_metric_family_and_no_other() {
-    let readme = read("README.md");
-    let section = readme
-        .split("\n## Metrics\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n## ").next())
-        .expect("a Metrics section");
+fn the_metrics_reference_lists_every_metric_family_and_no_other() {
+    let section = read("docs/metrics.md");
     let listed: BTreeSet<&str> = section
         .lines()
         .filter_map(|line| line.strip_prefix("| `"))
@@ -104,7 +100,7 @@ fn the_readme_lists_every_metric_family_and_no_other() {
         .iter()
         .map(|(name, _, _)| *name)
         .collect();
-    assert_eq!(listed, known, "README's metric table vs metrics::FAMILIES");
+    assert_eq!(listed, known, "docs/metrics.md's metric table vs metrics::FAMILIES");
 }
 
 #[test]
