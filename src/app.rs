@@ -322,7 +322,7 @@ impl Parts {
                 // Sessions still running on the previous clients must not
                 // keep breakers that no checker will release.
                 for service in previous_clients.all() {
-                    service.force_breaker_open(false);
+                    service.release_breaker_hold();
                 }
                 tasks.health = self.spawn_health_checks(&config);
                 tasks.retention.abort();

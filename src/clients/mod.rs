@@ -322,8 +322,13 @@ impl ServiceClient {
     }
 
     /// Holds this service's breaker open while it is seen down.
-    pub fn force_breaker_open(&self, forced: bool) {
-        self.guard.force_open(forced);
+    pub fn hold_breaker_open(&self) {
+        self.guard.hold_open();
+    }
+
+    /// Ends the hold once the service is seen up: the breaker closes.
+    pub fn release_breaker_hold(&self) {
+        self.guard.release_hold();
     }
 
     pub async fn post_json<B: Serialize + ?Sized, R: DeserializeOwned>(

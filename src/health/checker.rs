@@ -121,7 +121,7 @@ pub async fn watch_service(
         tracker.consecutive_successes = previous.consecutive_successes;
         since = previous.since.unwrap_or(since);
         if config.breaker_follows_health && previous.state == HealthState::Down {
-            service.force_breaker_open(true);
+            service.hold_breaker_open();
         }
     }
     board.publish(health_of(&service, &tracker, &config, since, None, None));
@@ -143,7 +143,11 @@ pub async fn watch_service(
             }
             metrics::counter!(names::HEALTH_TRANSITIONS_TOTAL, "service" => name.clone(), "to" => to.as_str()).increment(1);
             if config.breaker_follows_health {
-                service.force_breaker_open(to == HealthState::Down);
+                if to == HealthState::Down {
+                    service.hold_breaker_open();
+                } else {
+                    service.release_breaker_hold();
+                }
             }
             if let Err(error) = store
                 .record_health_event(&name, from.as_str(), to.as_str(), &reason)

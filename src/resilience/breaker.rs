@@ -93,7 +93,7 @@ struct Inner {
     probes_succeeded: u32,
     /// Held open from outside (the health checker saw the service down),
     /// whatever the window says, until released.
-    forced_open: bool,
+    held_open: bool,
     /// Failed calls in a row while closed; any healthy call resets it.
     consecutive_failures: u32,
 }
@@ -116,7 +116,7 @@ impl CircuitBreaker {
                 open_until: Instant::now(),
                 probes_issued: 0,
                 probes_succeeded: 0,
-                forced_open: false,
+                held_open: false,
                 consecutive_failures: 0,
             }),
         };
@@ -147,7 +147,7 @@ impl CircuitBreaker {
         if inner.state != BreakerState::Open {
             return None;
         }
-        if inner.forced_open {
+        if inner.held_open {
             return Some(Duration::from_millis(self.config.wait_in_open_ms));
         }
         Some(inner.open_until.saturating_duration_since(Instant::now()))
@@ -157,7 +157,7 @@ impl CircuitBreaker {
     /// half-open with every probe permit out).
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
         let mut inner = self.inner.lock();
-        if inner.forced_open {
+        if inner.held_open {
             return None;
         }
         if !self.config.enabled {
@@ -187,15 +187,27 @@ impl CircuitBreaker {
         })
     }
 
-    /// Holds the breaker open (`true`) while a health checker sees the
-    /// service down, and closes it again (`false`) when it is seen up.
-    pub fn force_open(&self, forced: bool) {
+    /// Holds the breaker open while a health checker sees the service
+    /// down: it rejects every call and never lapses into half-open until
+    /// [`Self::release_hold`].
+    pub fn hold_open(&self) {
+        self.set_held(true);
+    }
+
+    /// Ends a hold: the health checker sees the service up again, so the
+    /// breaker closes at once (no half-open probe: the checker's probes
+    /// were that). Nothing happens when no hold is in place.
+    pub fn release_hold(&self) {
+        self.set_held(false);
+    }
+
+    fn set_held(&self, held: bool) {
         let mut inner = self.inner.lock();
-        if inner.forced_open == forced {
+        if inner.held_open == held {
             return;
         }
-        inner.forced_open = forced;
-        let target = if forced {
+        inner.held_open = held;
+        let target = if held {
             BreakerState::Open
         } else {
             BreakerState::Closed
@@ -203,8 +215,8 @@ impl CircuitBreaker {
         if inner.state != target {
             self.transition(&mut inner, target);
         }
-        if forced {
-            // Never lapses into half-open while forced; released explicitly.
+        if held {
+            // Never lapses into half-open while held; released explicitly.
             inner.open_until = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         }
     }
@@ -218,7 +230,7 @@ impl CircuitBreaker {
         if inner.state != BreakerState::Open {
             return;
         }
-        inner.forced_open = false;
+        inner.held_open = false;
         self.transition(&mut inner, BreakerState::HalfOpen);
     }
 

@@ -120,9 +120,14 @@ impl Guard {
         self.breaker.half_open_now();
     }
 
-    /// See [`CircuitBreaker::force_open`].
-    pub fn force_open(&self, forced: bool) {
-        self.breaker.force_open(forced);
+    /// See [`CircuitBreaker::hold_open`].
+    pub fn hold_open(&self) {
+        self.breaker.hold_open();
+    }
+
+    /// See [`CircuitBreaker::release_hold`].
+    pub fn release_hold(&self) {
+        self.breaker.release_hold();
     }
 
     pub fn policy(&self) -> &Policy {

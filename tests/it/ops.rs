@@ -100,7 +100,10 @@ fn the_metrics_reference_lists_every_metric_family_and_no_other() {
         .iter()
         .map(|(name, _, _)| *name)
         .collect();
-    assert_eq!(listed, known, "docs/metrics.md's metric table vs metrics::FAMILIES");
+    assert_eq!(
+        listed, known,
+        "docs/metrics.md's metric table vs metrics::FAMILIES"
+    );
 }
 
 #[test]

@@ -62,6 +62,21 @@ fn only_the_store_and_the_database_tool_use_sqlite() {
 }
 
 #[test]
+fn only_the_store_speaks_postgresql() {
+    for (name, text) in sources() {
+        if name.starts_with("store/") {
+            continue;
+        }
+        for client in ["tokio_postgres", "deadpool"] {
+            assert!(
+                !text.contains(client),
+                "src/{name} uses {client}; PostgreSQL belongs in store::postgres"
+            );
+        }
+    }
+}
+
+#[test]
 fn only_config_reads_the_environment() {
     for (name, text) in sources() {
         if name.starts_with("config/") {
@@ -175,61 +190,182 @@ fn the_layering_check_sees_an_upward_import() {
 /// Functions longer than this need a comment saying why (`// Long because`).
 const MAX_FUNCTION_LINES: usize = 80;
 
+/// The lines of a file outside its `#[cfg(test)]` items: each such item (a
+/// `mod tests { ... }`, a test-only function or `use`) is left out, and the
+/// scan goes on after it, so code below a test module is still checked.
+fn production_lines(text: &str) -> Vec<(usize, &str)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut kept = Vec::new();
+    let mut index = 0;
+    while index < lines.len() {
+        if lines[index].trim() != "#[cfg(test)]" {
+            kept.push((index, lines[index]));
+            index += 1;
+            continue;
+        }
+        // The item the attribute covers: to its `;` on one line, or to the
+        // closing brace at its own indentation.
+        let mut item = index + 1;
+        while item < lines.len() && lines[item].trim_start().starts_with("#[") {
+            item += 1;
+        }
+        let Some(first) = lines.get(item) else { break };
+        let trimmed = first.trim_start();
+        let indent = &first[..first.len() - trimmed.len()];
+        index = if first.trim_end().ends_with(';')
+            || !first.contains('{') && trimmed.starts_with("use ")
+        {
+            let ends = lines[item..]
+                .iter()
+                .position(|line| line.trim_end().ends_with(';'))
+                .unwrap_or(0);
+            item + ends + 1
+        } else if first.trim_end().ends_with('}') && first.contains('{') {
+            item + 1
+        } else {
+            let closing = format!("{indent}}}");
+            lines[item..]
+                .iter()
+                .position(|line| line.trim_end() == closing)
+                .map_or(lines.len(), |end| item + end + 1)
+        };
+    }
+    kept
+}
+
+/// Whether a line starts a function: any visibility (`pub`, `pub(crate)`,
+/// `pub(super)`, `pub(in path)`) and any qualifiers (`const`, `async`,
+/// `unsafe`, `extern "C"`) before `fn `.
+fn starts_a_function(line: &str) -> bool {
+    let mut rest = line.trim_start();
+    if let Some(after) = rest.strip_prefix("pub") {
+        rest = match after.strip_prefix('(') {
+            Some(scope) => match scope.split_once(')') {
+                Some((_, after_scope)) => after_scope,
+                None => return false,
+            },
+            None => after,
+        }
+        .trim_start();
+    }
+    loop {
+        let before = rest;
+        for qualifier in ["const ", "async ", "unsafe ", "default "] {
+            rest = rest.strip_prefix(qualifier).unwrap_or(rest).trim_start();
+        }
+        if let Some(after) = rest.strip_prefix("extern ") {
+            rest = after.trim_start();
+            if rest.starts_with('"') {
+                rest = rest[1..]
+                    .split_once('"')
+                    .map_or("", |(_, after)| after)
+                    .trim_start();
+            }
+        }
+        if rest == before {
+            break;
+        }
+    }
+    rest.starts_with("fn ")
+}
+
+/// Whether a source file is test code as a whole (a sibling `tests.rs`, a
+/// `*_tests.rs`, or a file under a `tests/` folder).
+fn is_test_file(name: &str) -> bool {
+    name.ends_with("tests.rs") || name.split('/').any(|part| part == "tests")
+}
+
 /// (file, function, lines) for every function over the limit outside tests.
 fn long_functions() -> Vec<(String, String, usize)> {
     let mut long = Vec::new();
     for (name, text) in sources() {
-        if name.ends_with("tests.rs") {
+        if is_test_file(&name) {
             continue;
         }
-        let lines: Vec<&str> = text.lines().collect();
-        let code_end = lines
+        long.extend(
+            long_functions_in(&text)
+                .into_iter()
+                .map(|(function, length)| (name.clone(), function, length)),
+        );
+    }
+    long
+}
+
+/// (function, lines) for every function over the limit in one file's
+/// production lines that has no `// Long because` above it.
+fn long_functions_in(text: &str) -> Vec<(String, usize)> {
+    let all: Vec<&str> = text.lines().collect();
+    let production = production_lines(text);
+    let mut long = Vec::new();
+    for (position, &(start, line)) in production.iter().enumerate() {
+        if !starts_a_function(line) || line.trim_end().ends_with(';') {
+            continue;
+        }
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let closing = format!("{indent}}}");
+        let Some(end) = production[position..]
             .iter()
-            .position(|line| line.trim() == "#[cfg(test)]")
-            .unwrap_or(lines.len());
-        for (start, line) in lines[..code_end].iter().enumerate() {
-            let trimmed = line.trim_start();
-            let signature = [
-                "fn ",
-                "pub fn ",
-                "async fn ",
-                "pub async fn ",
-                "pub(crate) fn ",
-            ]
+            .find(|(_, candidate)| candidate.trim_end() == closing)
+            .map(|(end, _)| *end)
+        else {
+            continue;
+        };
+        let length = end - start + 1;
+        let explained = all[..start]
             .iter()
-            .any(|prefix| trimmed.starts_with(prefix));
-            if !signature || line.trim_end().ends_with(';') {
-                continue;
-            }
-            let indent = &line[..line.len() - trimmed.len()];
-            let closing = format!("{indent}}}");
-            let Some(length) = lines[start..code_end]
-                .iter()
-                .position(|candidate| candidate.trim_end() == closing)
-            else {
-                continue;
-            };
-            let explained = lines[..start]
-                .iter()
-                .rev()
-                .take_while(|above| {
-                    let above = above.trim_start();
-                    above.starts_with("//") || above.starts_with("#[")
-                })
-                .any(|above| above.contains("Long because"));
-            if length + 1 > MAX_FUNCTION_LINES && !explained {
-                let function: String = trimmed
-                    .split("fn ")
-                    .nth(1)
-                    .unwrap_or_default()
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                long.push((name.clone(), function, length + 1));
-            }
+            .rev()
+            .take_while(|above| {
+                let above = above.trim_start();
+                above.starts_with("//") || above.starts_with("#[")
+            })
+            .any(|above| above.contains("Long because"));
+        if length > MAX_FUNCTION_LINES && !explained {
+            let function: String = trimmed
+                .split("fn ")
+                .nth(1)
+                .unwrap_or_default()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            long.push((function, length));
         }
     }
     long
+}
+
+#[test]
+fn the_long_function_check_sees_every_signature_and_code_after_tests() {
+    for signature in [
+        "fn f() {",
+        "pub fn f() {",
+        "pub(crate) async fn f() {",
+        "pub(super) fn f() {",
+        "pub(in crate::store) const fn f() {",
+        "pub const unsafe fn f() {",
+        "async fn f() {",
+        "    pub(crate) fn method(&self) {",
+    ] {
+        assert!(starts_a_function(signature), "{signature}");
+    }
+    for not_one in [
+        "let fn_name = 1;",
+        "// fn f() {",
+        "pub struct Fn;",
+        "pub(crate) use x::fn_y;",
+    ] {
+        assert!(!starts_a_function(not_one), "{not_one}");
+    }
+    let body = "    x();\n".repeat(MAX_FUNCTION_LINES);
+    let text = format!(
+        "#[cfg(test)]\nmod tests {{\n    fn short() {{}}\n}}\n\npub(super) async fn after_tests() {{\n{body}}}\n"
+    );
+    assert_eq!(
+        long_functions_in(&text),
+        [("after_tests".to_string(), MAX_FUNCTION_LINES + 2)]
+    );
+    let test_only = format!("#[cfg(test)]\nfn in_a_test() {{\n{body}}}\n");
+    assert!(long_functions_in(&test_only).is_empty());
 }
 
 #[test]

@@ -223,16 +223,16 @@ async fn a_disabled_breaker_never_rejects() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_forced_open_breaker_rejects_until_released() {
+async fn a_held_open_breaker_rejects_until_released() {
     let breaker = CircuitBreaker::new("test", config());
-    breaker.force_open(true);
+    breaker.hold_open();
     assert_eq!(breaker.state(), BreakerState::Open);
     tokio::time::advance(Duration::from_secs(3600)).await;
     assert!(
         breaker.try_acquire().is_none(),
         "no half-open probes while forced"
     );
-    breaker.force_open(false);
+    breaker.release_hold();
     assert_eq!(breaker.state(), BreakerState::Closed);
     assert!(breaker.try_acquire().is_some());
     let disabled = CircuitBreaker::new(
@@ -242,7 +242,7 @@ async fn a_forced_open_breaker_rejects_until_released() {
             ..config()
         },
     );
-    disabled.force_open(true);
+    disabled.hold_open();
     assert!(
         disabled.try_acquire().is_none(),
         "health still holds a disabled breaker open"
@@ -268,7 +268,7 @@ async fn open_remaining_counts_down_to_the_half_open_probe() {
     assert_eq!(breaker.open_remaining(), None, "half-open");
 
     let forced = CircuitBreaker::new("test", config());
-    forced.force_open(true);
+    forced.hold_open();
     assert_eq!(
         forced.open_remaining(),
         Some(Duration::from_secs(1)),
@@ -368,7 +368,7 @@ async fn half_open_now_ends_the_wait_and_releases_a_hold() {
     );
 
     let held = CircuitBreaker::new("test", config());
-    held.force_open(true);
+    held.hold_open();
     held.half_open_now();
     assert_eq!(held.state(), BreakerState::HalfOpen);
     assert!(held.try_acquire().is_some());
