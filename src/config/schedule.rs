@@ -42,8 +42,9 @@ pub struct ScheduleConfig {
 }
 
 /// `[[schedule]]`: a heist the daemon starts on its own, on a cron
-/// expression in a time zone or every fixed period. This is the entry as
-/// the file spells it, before its trigger is parsed;
+/// expression in a time zone or every fixed period.
+///
+/// This is the entry as the file spells it, before its trigger is parsed;
 /// [`ScheduleConfig::try_from`] parses it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +72,8 @@ pub struct ScheduleFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scenario: Option<PathBuf>,
     /// When the previous run of this schedule is still going at a slot:
-    /// `skip` the slot, `queue` it to start when that run ends, or `allow`
+    /// `skip` the slot, `queue` it to start when that run ends (one slot
+    /// waits at most; a slot finding one waiting is skipped), or `allow`
     /// both to run.
     #[serde(default)]
     pub overlap: Overlap,
@@ -79,8 +81,8 @@ pub struct ScheduleFields {
     /// on the same slot do not all start at once.
     #[serde(default)]
     pub jitter_ms: u64,
-    /// After downtime: `skip` the slots missed, or `run_once` for all of
-    /// them together.
+    /// After downtime: `skip` the slots missed, or `run_once`: one run, at
+    /// start, for the latest of them.
     #[serde(default)]
     pub missed: Missed,
     /// `false` keeps the schedule in the file (and the status API) but
