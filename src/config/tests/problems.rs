@@ -2,73 +2,75 @@
 
 use super::*;
 
+/// (a config file, the key its error must name).
+const BAD_FILES: &[(&str, &str)] = &[
+    ("[llm]\ntempreature = 0.5\n", "llm.tempreature"),
+    ("[heist]\nturns = \"many\"\n", "heist.turns"),
+    (
+        "[services.memory]\nbase_url = \"http://x\"\ntimeout_ms = -5\n",
+        "services.memory.timeout_ms",
+    ),
+    (
+        "[services.calculator]\nbase_url = \"ftp://x\"\n",
+        "services.calculator.base_url",
+    ),
+    ("[llm]\ntemperature = 7.0\n", "llm.temperature"),
+    ("[llm]\nidle_timeout_ms = 0\n", "llm.idle_timeout_ms"),
+    ("[llm]\nidle_timeout_ms = 240000\n", "llm.idle_timeout_ms"),
+    ("[llm]\nstream = \"yes\"\n", "llm.stream"),
+    (
+        "[llm.policy.breaker]\nhalf_open_permits = 0\n",
+        "llm.policy.breaker.half_open_permits",
+    ),
+    (
+        "[services.memory.policy]\nretry_budget_ratio = 1.5\n",
+        "services.memory.policy.retry_budget_ratio",
+    ),
+    (
+        "[services.oauth.policy]\nmax_attempts = 0\n",
+        "services.oauth.policy.max_attempts",
+    ),
+    (
+        "[services.tools]\nbase_url = \"http://x\"\n",
+        "services.tools",
+    ),
+    (
+        "[llm.policy.breaker]\nwindow = \"sliding\"\n",
+        "llm.policy.breaker.window",
+    ),
+    (
+        "[companions.faults.calculator]\nerror_rate = 3.0\n",
+        "companions.faults.calculator",
+    ),
+    (
+        "[companions.faults.vault]\nhang = true\n",
+        "companions.faults.vault",
+    ),
+    (
+        "[companions.faults.memory]\nlatency = 5\n",
+        "companions.faults.memory.latency",
+    ),
+    (
+        "[companions.faults.memory]\nrefuse = true\n",
+        "companions.faults.memory.refuse",
+    ),
+    ("surprise = 1\n", "surprise"),
+    (
+        "[services.file_reader]\ntimeout_ms = true\n",
+        "services.file_reader.timeout_ms",
+    ),
+    ("[heist]\nturns = \"5\"\n", "heist.turns"),
+    ("[store\npath = 1\n", "store"),
+    ("[store]\ncommit_delay_ms = 5000\n", "store.commit_delay_ms"),
+    (
+        "[[oauth.clients]]\nclient_id = \"a\"\nclient_secret = \"short\"\nscopes = []\n",
+        "oauth.clients[0].client_secret",
+    ),
+];
+
 #[test]
 fn bad_config_names_the_key_and_the_file() {
-    let cases: &[(&str, &str)] = &[
-        ("[llm]\ntempreature = 0.5\n", "llm.tempreature"),
-        ("[heist]\nturns = \"many\"\n", "heist.turns"),
-        (
-            "[services.memory]\nbase_url = \"http://x\"\ntimeout_ms = -5\n",
-            "services.memory.timeout_ms",
-        ),
-        (
-            "[services.calculator]\nbase_url = \"ftp://x\"\n",
-            "services.calculator.base_url",
-        ),
-        ("[llm]\ntemperature = 7.0\n", "llm.temperature"),
-        ("[llm]\nidle_timeout_ms = 0\n", "llm.idle_timeout_ms"),
-        ("[llm]\nidle_timeout_ms = 240000\n", "llm.idle_timeout_ms"),
-        ("[llm]\nstream = \"yes\"\n", "llm.stream"),
-        (
-            "[llm.policy.breaker]\nhalf_open_permits = 0\n",
-            "llm.policy.breaker.half_open_permits",
-        ),
-        (
-            "[services.memory.policy]\nretry_budget_ratio = 1.5\n",
-            "services.memory.policy.retry_budget_ratio",
-        ),
-        (
-            "[services.oauth.policy]\nmax_attempts = 0\n",
-            "services.oauth.policy.max_attempts",
-        ),
-        (
-            "[services.tools]\nbase_url = \"http://x\"\n",
-            "services.tools",
-        ),
-        (
-            "[llm.policy.breaker]\nwindow = \"sliding\"\n",
-            "llm.policy.breaker.window",
-        ),
-        (
-            "[companions.faults.calculator]\nerror_rate = 3.0\n",
-            "companions.faults.calculator",
-        ),
-        (
-            "[companions.faults.vault]\nhang = true\n",
-            "companions.faults.vault",
-        ),
-        (
-            "[companions.faults.memory]\nlatency = 5\n",
-            "companions.faults.memory.latency",
-        ),
-        (
-            "[companions.faults.memory]\nrefuse = true\n",
-            "companions.faults.memory.refuse",
-        ),
-        ("surprise = 1\n", "surprise"),
-        (
-            "[services.file_reader]\ntimeout_ms = true\n",
-            "services.file_reader.timeout_ms",
-        ),
-        ("[heist]\nturns = \"5\"\n", "heist.turns"),
-        ("[store\npath = 1\n", "store"),
-        ("[store]\ncommit_delay_ms = 5000\n", "store.commit_delay_ms"),
-        (
-            "[[oauth.clients]]\nclient_id = \"a\"\nclient_secret = \"short\"\nscopes = []\n",
-            "oauth.clients[0].client_secret",
-        ),
-    ];
-    for (contents, key) in cases {
+    for (contents, key) in BAD_FILES {
         let file = write(contents);
         let error = load(Some(file.path()), Vec::new())
             .expect_err(contents)

@@ -251,16 +251,42 @@ fn walk(
             sections.push((struct_name.to_string(), vec![place.clone()]));
         }
     }
-    let join = |field: &str| {
-        if place.path.is_empty() {
-            field.to_string()
-        } else {
-            format!("{}.{field}", place.path)
+    for field in &parsed.fields {
+        if field.doc.is_empty() {
+            undocumented.push(join(&place.path, &field.name));
         }
-    };
-    let value_of = |value: &Option<toml::Value>, field: &str| {
-        value.as_ref().and_then(|value| value.get(field)).cloned()
-    };
+    }
+    if let Some((table, named)) = one_table_per_name(parsed, &place, structs) {
+        walk(structs, &table, named, sections, undocumented);
+        return;
+    }
+    for field in &parsed.fields {
+        if let Some((name, inner)) = inner_place(field, &place, structs) {
+            walk(structs, &name, inner, sections, undocumented);
+        }
+    }
+}
+
+/// `path.field`, or `field` at the top.
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+fn value_of(value: &Option<toml::Value>, field: &str) -> Option<toml::Value> {
+    value.as_ref().and_then(|value| value.get(field)).cloned()
+}
+
+/// A struct whose fields are all tables of one struct (`ServicesConfig`):
+/// that struct and its place as `<name>`, with a default per name.
+fn one_table_per_name(
+    parsed: &StructDoc,
+    place: &Place,
+    structs: &BTreeMap<String, StructDoc>,
+) -> Option<(String, Place)> {
     let tables: Vec<String> = parsed
         .fields
         .iter()
@@ -269,68 +295,70 @@ fn walk(
             _ => None,
         })
         .collect();
-    let one_table_per_name = tables.len() == parsed.fields.len()
+    let one = tables.len() == parsed.fields.len()
         && tables.len() > 1
         && tables.iter().all(|name| *name == tables[0]);
-    for field in &parsed.fields {
-        if field.doc.is_empty() {
-            undocumented.push(join(&field.name));
+    if !one {
+        return None;
+    }
+    let defaults = parsed
+        .fields
+        .iter()
+        .flat_map(|field| {
+            place
+                .defaults
+                .iter()
+                .map(|(_, value)| (field.name.clone(), value_of(value, &field.name)))
+        })
+        .collect();
+    let named = Place {
+        path: join(&place.path, "<name>"),
+        defaults,
+        entry: place.entry,
+    };
+    Some((tables[0].clone(), named))
+}
+
+/// The struct a field holds and the place it is at; none for a value.
+fn inner_place(
+    field: &FieldDoc,
+    place: &Place,
+    structs: &BTreeMap<String, StructDoc>,
+) -> Option<(String, Place)> {
+    let path = join(&place.path, &field.name);
+    let inner = match shape_of(&field.type_name, structs) {
+        Shape::Value => return None,
+        Shape::Table(name) => {
+            let defaults = place
+                .defaults
+                .iter()
+                .map(|(label, value)| (label.clone(), value_of(value, &field.name)))
+                .collect();
+            let inner = Place {
+                path,
+                defaults,
+                entry: place.entry,
+            };
+            (name, inner)
         }
-    }
-    if one_table_per_name {
-        let defaults = parsed
-            .fields
-            .iter()
-            .flat_map(|field| {
-                place
-                    .defaults
-                    .iter()
-                    .map(|(_, value)| (field.name.clone(), value_of(value, &field.name)))
-            })
-            .collect();
-        let named = Place {
-            path: join("<name>"),
-            defaults,
-            entry: place.entry,
-        };
-        walk(structs, &tables[0], named, sections, undocumented);
-        return;
-    }
-    for field in &parsed.fields {
-        let (name, inner) = match shape_of(&field.type_name, structs) {
-            Shape::Value => continue,
-            Shape::Table(name) => {
-                let defaults = place
-                    .defaults
-                    .iter()
-                    .map(|(label, value)| (label.clone(), value_of(value, &field.name)))
-                    .collect();
-                let inner = Place {
-                    path: join(&field.name),
-                    defaults,
-                    entry: place.entry,
-                };
-                (name, inner)
-            }
-            Shape::ArrayOfTables(name) => {
-                let inner = Place {
-                    path: format!("{}[n]", join(&field.name)),
-                    defaults: vec![(String::new(), Some(fresh_entry(&name)))],
-                    entry: true,
-                };
-                (name, inner)
-            }
-            Shape::TablePerName(name) => {
-                let inner = Place {
-                    path: join(&format!("{}.<name>", field.name)),
-                    defaults: vec![(String::new(), Some(fresh_entry(&name)))],
-                    entry: true,
-                };
-                (name, inner)
-            }
-        };
-        walk(structs, &name, inner, sections, undocumented);
-    }
+        Shape::ArrayOfTables(name) => {
+            let inner = Place {
+                path: format!("{path}[n]"),
+                defaults: vec![(String::new(), Some(fresh_entry(&name)))],
+                entry: true,
+            };
+            (name, inner)
+        }
+        Shape::TablePerName(name) => {
+            let inner = Place {
+                path: format!("{path}.<name>"),
+                defaults: vec![(String::new(), Some(fresh_entry(&name)))],
+                entry: true,
+            };
+            (name, inner)
+        }
+    };
+    Some(inner)
 }
 
 fn render(sections: &[(String, Vec<Place>)]) -> String {
