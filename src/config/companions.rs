@@ -11,14 +11,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Config, HttpConfig, OAuthConfig};
-use crate::wire::COMPANION_NAMES;
+use crate::wire::{Companion, COMPANION_NAMES};
 
+/// `[companions]`: the companion services as `heistd services` runs them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompanionsConfig {
-    #[serde(default = "super::defaults::default_companion_host")]
+    /// The address `heistd services` listens on.
+    #[serde(default = "default_companion_host")]
     pub host: String,
-    #[serde(default = "super::defaults::default_companion_ports")]
+    /// The port of each companion by name (the rehearsal model included).
+    #[serde(default = "default_companion_ports")]
     pub ports: BTreeMap<String, u16>,
     /// Enables `POST /fault` on every companion service (tests and demos).
     #[serde(default)]
@@ -26,8 +29,9 @@ pub struct CompanionsConfig {
     /// Seeds the rehearsal model when a request carries no seed.
     #[serde(default)]
     pub rehearsal_seed: u64,
-    /// Faults each companion starts with (`[companions.faults.memory]`
-    /// `latency_ms = 200`, ...), the same settings `POST /fault` takes.
+    /// Faults each companion starts with, by name (`[companions.faults.memory]`
+    /// `latency_ms = 200`, ...), the same settings `POST /fault` takes; none
+    /// by default.
     #[serde(default)]
     pub faults: BTreeMap<String, Fault>,
     /// The database query tool's bounds (`[companions.database_query]`).
@@ -38,32 +42,37 @@ pub struct CompanionsConfig {
     pub memory: MemoryServiceConfig,
 }
 
-/// Bounds on the database query tool, so one query cannot take the
-/// process's memory, outrun its time limit or queue the others.
+/// `[companions.database_query]`: bounds on the database query tool, so one
+/// query cannot take the process's memory, outrun its time limit or queue
+/// the others.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseToolConfig {
     /// The largest value (string or blob) SQLite may build
-    /// (`SQLITE_LIMIT_LENGTH`): `printf`, `randomblob`, `zeroblob` and
-    /// `hex` beyond it fail at once.
+    /// (`SQLITE_LIMIT_LENGTH`): a query that tries (`printf`, `randomblob`,
+    /// `zeroblob`, `hex`, ...) is refused with 413.
     #[serde(default = "default_max_value_bytes")]
     pub max_value_bytes: usize,
     /// A reply larger than this (as JSON) is refused with 413.
     #[serde(default = "default_max_reply_bytes")]
     pub max_reply_bytes: usize,
-    /// A query still running after this is interrupted from outside.
+    /// A query still running after this is interrupted from outside
+    /// (`sqlite3_interrupt` on a timer).
     #[serde(default = "default_time_limit_ms")]
     pub time_limit_ms: u64,
-    /// Read-only connections, and so queries running at once.
+    /// Read-only connections in the pool, and so queries running at once; a
+    /// query waits for one at most `time_limit_ms` (then 503).
     #[serde(default = "default_max_concurrent_queries")]
     pub max_concurrent_queries: usize,
 }
 
-/// Bounds on the memory service, and the file it persists to (if any).
+/// `[companions.memory]`: bounds on the memory service, and the file it
+/// persists to (if any).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryServiceConfig {
-    /// Entries one session may hold; past it, writes get 413 `quota_exceeded`.
+    /// Entries one session may hold; past it, writes get 413
+    /// `quota_exceeded` (the outbox sets the write aside).
     #[serde(default = "default_max_entries_per_session")]
     pub max_entries_per_session: usize,
     /// Message bytes one session may hold; past it, 413 `quota_exceeded`.
@@ -77,7 +86,8 @@ pub struct MemoryServiceConfig {
     #[serde(default = "default_retention_hours")]
     pub retention_hours: u64,
     /// The memory service's own SQLite file; every accepted write goes
-    /// through to it and is loaded back at start. None: RAM only.
+    /// through to it and is loaded back at start, and the instance id is
+    /// kept in it. Unset: RAM only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<std::path::PathBuf>,
 }
@@ -105,6 +115,24 @@ impl Default for MemoryServiceConfig {
     }
 }
 
+fn default_companion_host() -> String {
+    "127.0.0.1".into()
+}
+
+fn default_companion_ports() -> BTreeMap<String, u16> {
+    [
+        (Companion::OAuth, 8001),
+        (Companion::Calculator, 8002),
+        (Companion::FileReader, 8003),
+        (Companion::DatabaseQuery, 8004),
+        (Companion::Memory, 8005),
+        (Companion::Rehearsal, 8006),
+    ]
+    .into_iter()
+    .map(|(companion, port)| (companion.name().to_string(), port))
+    .collect()
+}
+
 fn default_max_value_bytes() -> usize {
     1024 * 1024
 }
@@ -130,7 +158,8 @@ fn default_retention_hours() -> u64 {
     168
 }
 
-/// One fault setting; all fields default to "no fault".
+/// `[companions.faults.<name>]`: one fault setting, as `POST /fault` takes
+/// it; all fields default to "no fault".
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
@@ -140,6 +169,7 @@ pub struct Fault {
     /// Fraction (0..=1) of requests answered with `error_status`.
     #[serde(default)]
     pub error_rate: f64,
+    /// The HTTP status of injected errors.
     #[serde(default = "default_error_status")]
     pub error_status: u16,
     /// Sent as `Retry-After` with injected errors.
@@ -194,6 +224,20 @@ impl CompanionsSettings {
             database_query: config.companions.database_query.clone(),
             memory: config.companions.memory.clone(),
             http: config.http.clone(),
+        }
+    }
+}
+
+impl Default for CompanionsConfig {
+    fn default() -> Self {
+        Self {
+            host: default_companion_host(),
+            ports: default_companion_ports(),
+            fault_injection: false,
+            rehearsal_seed: 0,
+            faults: BTreeMap::new(),
+            database_query: DatabaseToolConfig::default(),
+            memory: MemoryServiceConfig::default(),
         }
     }
 }

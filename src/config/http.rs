@@ -10,10 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::ServeLimits;
 
+/// `[http]`: the limits of every listener (the companions and the admin
+/// API).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// A request's headers must arrive within this; a slowloris is cut.
+    /// A request's headers must arrive within this, so a slowloris is cut;
+    /// also the longest a kept-alive connection waits for its next request.
     #[serde(default = "default_header_timeout_ms")]
     pub header_timeout_ms: u64,
     /// A handler that has not answered within this gets 503.
@@ -22,7 +25,8 @@ pub struct HttpConfig {
     /// A connection on which no byte moves for this long is closed.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
-    /// Open connections per listener; beyond it new ones are closed at once.
+    /// Open connections per listener (at most 65536); beyond it new ones
+    /// are closed at once (`heistd_http_connections_shed_total`).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
 }

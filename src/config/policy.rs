@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `[llm.policy]`, `[services.<name>.policy]`: how calls to one service
+/// are made: deadline, retries, retry budget and bulkhead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
@@ -17,34 +19,43 @@ pub struct PolicyConfig {
     pub max_attempts: u32,
     /// Full-jitter backoff: attempt n waits random(0, min(cap, base * 2^n)).
     pub backoff_base_ms: u64,
+    /// The longest backoff wait, whatever the attempt.
     pub backoff_cap_ms: u64,
     /// A server's `Retry-After` is honoured up to this.
     pub retry_after_cap_ms: u64,
-    /// Retries may be at most this fraction of recent calls...
+    /// Retries may be at most this fraction of recent calls (0..=1), plus
+    /// `retry_budget_min_per_second`.
     pub retry_budget_ratio: f64,
-    /// ...plus this many per second (over a 10 s window), so a quiet
-    /// service can still be retried.
+    /// Retries allowed per second beyond `retry_budget_ratio` (over a 10 s
+    /// window), so a quiet service can still be retried.
     pub retry_budget_min_per_second: f64,
     /// Bulkhead: calls in flight at once; more wait up to `max_queue_wait_ms`.
     pub max_concurrent: u32,
+    /// How long a call waits for room in the bulkhead before it fails.
     pub max_queue_wait_ms: u64,
+    /// The circuit breaker of this service's calls.
     pub breaker: BreakerConfig,
 }
 
+/// `[llm.policy.breaker]`, `[services.<name>.policy.breaker]`: the circuit
+/// breaker that stops calling a failing service for a while.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
+    /// `false`: the breaker never opens.
     pub enabled: bool,
     /// `count`: the last `window_size` calls; `time`: the last `window_size` seconds.
     pub window: WindowKind,
+    /// The window's length, in calls or in seconds (see `window`).
     pub window_size: u32,
     /// The breaker cannot open before the window holds this many calls.
     pub minimum_calls: u32,
     /// Opens when failures / calls in the window reach this (0..=1).
     pub failure_rate_threshold: f64,
-    /// A call slower than this counts as slow...
+    /// A call slower than this counts as slow (see
+    /// `slow_call_rate_threshold`).
     pub slow_call_duration_ms: u64,
-    /// ...and the breaker opens when slow / calls reaches this (0..=1).
+    /// Opens when slow calls / calls in the window reach this (0..=1).
     pub slow_call_rate_threshold: f64,
     /// How long an open breaker rejects before it lets probes through.
     pub wait_in_open_ms: u64,

@@ -2,7 +2,10 @@
 //! entry's trigger (a cron expression in an IANA time zone, or a fixed
 //! period aligned to the Unix epoch) is parsed once, as the config loads,
 //! so a [`ScheduleConfig`] always holds a [`Trigger`] that works and a bad
-//! one is a config error naming its key (`schedule[2].cron`).
+//! one is a config error naming its key (`schedule[2].cron`); a cron number
+//! out of range names its field and the field's range, which the cron
+//! parser does not. Every entry is checked, so one load reports every bad
+//! entry.
 //!
 //! This is only configuration: `scheduler` works out when the slots fall.
 
@@ -38,32 +41,53 @@ pub struct ScheduleConfig {
     written: WrittenTrigger,
 }
 
-/// A `[[schedule]]` entry as the file spells it, before its trigger is
-/// parsed; [`ScheduleConfig::try_from`] parses it.
+/// `[[schedule]]`: a heist the daemon starts on its own, on a cron
+/// expression in a time zone or every fixed period.
+///
+/// This is the entry as the file spells it, before its trigger is parsed;
+/// [`ScheduleConfig::try_from`] parses it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleFields {
+    /// Identifies the schedule, unique among them; with a slot's time it
+    /// identifies a run, so a slot is run once even across restarts.
     pub name: String,
-    /// A cron expression (5 or 6 fields); exclusive with `every`.
+    /// A cron expression: five fields (minute, hour, day of month, month,
+    /// day of week) or six (a second first); exclusive with `every`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
-    /// An IANA time zone for `cron`, e.g. `Europe/London`; default UTC.
+    /// The IANA time zone whose wall clock `cron` follows, e.g.
+    /// `Europe/London`.
     #[serde(default = "default_timezone")]
     pub timezone: String,
-    /// A fixed interval such as `30m`, `1h30m`, `45s`; exclusive with `cron`.
+    /// A fixed period such as `30m`, `1h30m`, `45s`, `2d` or `500ms`,
+    /// aligned to the Unix epoch; exclusive with `cron`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<String>,
+    /// Turns in each of this schedule's heists, 1 to 1000.
     #[serde(default = "default_schedule_turns")]
     pub turns: u32,
+    /// A scenario directory for this schedule's heists; unset: the one
+    /// `heist.scenario` names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scenario: Option<PathBuf>,
+    /// When the previous run of this schedule is still going at a slot:
+    /// `skip` the slot, `queue` it to start when that run ends (one slot
+    /// waits at most; a slot finding one waiting is skipped), or `allow`
+    /// both to run.
     #[serde(default)]
     pub overlap: Overlap,
+    /// Each run starts after a random delay of up to this, so schedules
+    /// on the same slot do not all start at once.
     #[serde(default)]
     pub jitter_ms: u64,
+    /// After downtime: `skip` the slots missed, or `run_once`: one run, at
+    /// start, for the latest of them.
     #[serde(default)]
     pub missed: Missed,
-    #[serde(default = "super::defaults::default_true")]
+    /// `false` keeps the schedule in the file (and the status API) but
+    /// starts nothing.
+    #[serde(default = "default_enabled")]
     pub enabled: bool,
 }
 
@@ -173,7 +197,10 @@ impl Trigger {
                 };
                 match cron_parser().parse(expression) {
                     Ok(cron) => Ok(Trigger::Cron { cron, timezone }),
-                    Err(error) => fail("cron", format!("`{expression}`: {error}")),
+                    Err(error) => {
+                        let why = out_of_range_field(expression).unwrap_or(error.to_string());
+                        fail("cron", format!("`{expression}`: {why}"))
+                    }
                 }
             }
             (None, Some(every)) => match parse_every(every) {
@@ -198,31 +225,39 @@ impl std::fmt::Display for TriggerError {
     }
 }
 
-/// Checks what one entry cannot see: names, and turns; the key names the
-/// entry by index (`schedule[2].name`).
-pub fn validate_schedules(schedules: &[ScheduleConfig]) -> Result<(), (String, String)> {
-    for (index, schedule) in schedules.iter().enumerate() {
-        let key = |field: &str| format!("schedule[{index}].{field}");
-        if schedule.name.trim().is_empty() {
-            return Err((key("name"), "must not be empty".into()));
-        }
-        if schedules[..index]
-            .iter()
-            .any(|other| other.name == schedule.name)
-        {
-            return Err((
-                key("name"),
-                format!("`{}` is used by another schedule", schedule.name),
-            ));
-        }
-        if !(1..=super::MAX_TURNS).contains(&schedule.turns) {
-            return Err((
-                key("turns"),
-                format!("must be from 1 to {}", super::MAX_TURNS),
-            ));
+/// Checks entry `index` of the `[[schedule]]` list: its name (not empty,
+/// not one of `earlier_names`), its turns and its trigger. Returns the
+/// parsed entry, or every problem as (key, why), the key naming the entry
+/// by index (`schedule[2].name`).
+pub(super) fn check_entry(
+    index: usize,
+    fields: ScheduleFields,
+    earlier_names: &[String],
+) -> Result<ScheduleConfig, Vec<(String, String)>> {
+    let key = |field: &str| format!("schedule[{index}].{field}");
+    let mut problems = Vec::new();
+    if fields.name.trim().is_empty() {
+        problems.push((key("name"), "must not be empty".into()));
+    } else if earlier_names.contains(&fields.name) {
+        problems.push((
+            key("name"),
+            format!("`{}` is used by another schedule", fields.name),
+        ));
+    }
+    if !(1..=super::MAX_TURNS).contains(&fields.turns) {
+        problems.push((
+            key("turns"),
+            format!("must be from 1 to {}", super::MAX_TURNS),
+        ));
+    }
+    match ScheduleConfig::try_from(fields) {
+        Ok(schedule) if problems.is_empty() => Ok(schedule),
+        Ok(_) => Err(problems),
+        Err(error) => {
+            problems.push((key(error.field), error.message));
+            Err(problems)
         }
     }
-    Ok(())
 }
 
 /// The trigger's fields as the file wrote them (`90m` stays `90m`).
@@ -240,6 +275,51 @@ fn cron_parser() -> CronParser {
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
         .build()
+}
+
+/// Each cron field's name and range, in the order written; a five-field
+/// expression starts at the minute.
+const CRON_FIELDS: [(&str, u64, u64); 6] = [
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+];
+
+/// The first number of `expression` outside its field's range, as "field 2
+/// (hour) is 25, must be 0-23"; none when every number is in range (the
+/// parser's own message then says what is wrong). Only a number's value
+/// is checked: a step (`/5`) and an nth weekday (`#2`) are left to the
+/// parser.
+fn out_of_range_field(expression: &str) -> Option<String> {
+    let fields: Vec<&str> = expression.split_whitespace().collect();
+    let named = match fields.len() {
+        5 => &CRON_FIELDS[1..],
+        6 => &CRON_FIELDS[..],
+        _ => return None,
+    };
+    for (position, (text, (name, low, high))) in fields.iter().zip(named).enumerate() {
+        for part in text.split(',') {
+            let values = part.split(['/', '#']).next().unwrap_or_default();
+            let numbers = values
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|number| !number.is_empty());
+            for number in numbers {
+                if !number
+                    .parse::<u64>()
+                    .is_ok_and(|value| (*low..=*high).contains(&value))
+                {
+                    return Some(format!(
+                        "field {} ({name}) is {number}, must be {low}-{high}",
+                        position + 1
+                    ));
+                }
+            }
+        }
+    }
+    None
 }
 
 const UNITS: [(&str, u64); 5] = [
@@ -319,6 +399,10 @@ fn default_timezone() -> String {
 
 fn default_schedule_turns() -> u32 {
     12
+}
+
+fn default_enabled() -> bool {
+    true
 }
 
 #[cfg(test)]

@@ -11,36 +11,13 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
 use super::*;
+use crate::config::test_kit::{cron, every};
 use crate::config::{Missed, Overlap, ScheduleConfig, ScheduleFields, Trigger};
 
 fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
         .expect("a test time")
         .with_timezone(&Utc)
-}
-
-fn every(name: &str, period: &str) -> ScheduleFields {
-    ScheduleFields {
-        name: name.into(),
-        cron: None,
-        timezone: "UTC".into(),
-        every: Some(period.into()),
-        turns: 3,
-        scenario: None,
-        overlap: Overlap::Skip,
-        jitter_ms: 0,
-        missed: Missed::Skip,
-        enabled: true,
-    }
-}
-
-fn cron(name: &str, expression: &str, timezone: &str) -> ScheduleFields {
-    ScheduleFields {
-        cron: Some(expression.into()),
-        every: None,
-        timezone: timezone.into(),
-        ..every(name, "1s")
-    }
 }
 
 fn trigger(schedule: &ScheduleFields) -> Trigger {

@@ -2,30 +2,7 @@
 //! one describes itself the way the config wrote it.
 
 use super::*;
-
-fn every(name: &str, period: &str) -> ScheduleFields {
-    ScheduleFields {
-        name: name.into(),
-        cron: None,
-        timezone: "UTC".into(),
-        every: Some(period.into()),
-        turns: 3,
-        scenario: None,
-        overlap: Overlap::Skip,
-        jitter_ms: 0,
-        missed: Missed::Skip,
-        enabled: true,
-    }
-}
-
-fn cron(name: &str, expression: &str, timezone: &str) -> ScheduleFields {
-    ScheduleFields {
-        cron: Some(expression.into()),
-        every: None,
-        timezone: timezone.into(),
-        ..every(name, "1s")
-    }
-}
+use crate::config::test_kit::{cron, every};
 
 #[test]
 fn parse_rejects_bad_triggers_naming_the_field() {
