@@ -4,7 +4,7 @@
 //! guesser gets 429; junk client ids from many 127/8 source addresses (client
 //! sockets bound to them) do not reset the per-client limit on `hacker`;
 //! wrong admin tokens get 429 past the limit while the right one works; and
-//! the logs of `heistd services oauth` and `heistd daemon` hold summary
+//! the logs of `heistd services all` and `heistd daemon` hold summary
 //! lines, not one line per refusal.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -150,7 +150,7 @@ async fn junk_client_ids_from_many_addresses_do_not_reset_the_limit_on_hacker() 
     assert_eq!(reply.status(), 200, "hacker's own secret is refused");
 }
 
-/// `heistd services oauth` in its own process, its log (stderr) in a file.
+/// `heistd services all` in its own process, its log (stderr) in a file.
 struct OAuthProcess {
     child: Child,
     url: String,
@@ -162,30 +162,36 @@ impl OAuthProcess {
     fn start() -> Self {
         use std::io::BufRead;
         let directory = tempfile::tempdir().expect("temp dir");
+        let ports = heistd::wire::COMPANION_NAMES
+            .map(|name| format!("{name} = 0"))
+            .join("\n");
         std::fs::write(
             directory.path().join("services.toml"),
-            "[companions.ports]\noauth = 0\n",
+            format!("[companions.ports]\n{ports}\n"),
         )
         .expect("config");
         let log = directory.path().join("services.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_heistd"))
-            .args(["services", "oauth", "--config", "services.toml"])
+            .args(["services", "all", "--config", "services.toml"])
             .current_dir(directory.path())
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("services start");
-        let stdout = child.stdout.take().expect("stdout");
-        let url = std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                let words: Vec<&str> = line.split_whitespace().collect();
-                (words.len() >= 4 && words[1] == "listening" && words[2] == "on")
-                    .then(|| words[3].to_string())
-            })
-            .expect("oauth says where it listens");
+        // Every companion's line is read, so none is written to a closed pipe.
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut listening = std::collections::BTreeMap::new();
+        let mut lines = stdout.lines();
+        while listening.len() < heistd::wire::COMPANION_NAMES.len() {
+            let line = lines.next().expect("a line per service").expect("utf-8");
+            if let [name, "listening", "on", url, ..] =
+                line.split_whitespace().collect::<Vec<_>>()[..]
+            {
+                listening.insert(name.to_string(), url.to_string());
+            }
+        }
+        let url = listening.remove("oauth").expect("oauth listens");
         Self {
             child,
             url,
