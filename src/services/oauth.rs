@@ -274,3 +274,56 @@ fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn ask(router: &Router, from: [u8; 4], client_id: &str, secret: &str) -> StatusCode {
+        let body = serde_json::json!({
+            "grant_type": "client_credentials", "client_id": client_id, "client_secret": secret,
+        });
+        let mut request = Request::post(TOKEN_PATH)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((from, 40_000))));
+        router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("answered")
+            .status()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clients_failures_across_sources_get_429_until_the_window_ends_and_its_secret_always_works(
+    ) {
+        let config = crate::config::load(None, Vec::new()).expect("defaults");
+        let router = router(OAuthState::new(&config.oauth, SigningKey::random()));
+        let secret = config.client_secret("hacker").expect("hacker").to_string();
+        // One failure from each of ten addresses: no address is over its
+        // limit, the client is at its.
+        for source in 1..=10 {
+            assert_eq!(
+                ask(&router, [127, 0, 0, source], "hacker", "wrong").await,
+                401
+            );
+        }
+        assert_eq!(
+            ask(&router, [127, 0, 1, 1], "hacker", "wrong").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(ask(&router, [127, 0, 1, 1], "hacker", &secret).await, 200);
+        // An unknown id counts only against its address.
+        assert_eq!(ask(&router, [127, 0, 1, 2], "nobody", "wrong").await, 401);
+        tokio::time::advance(FAILURE_WINDOW).await;
+        assert_eq!(ask(&router, [127, 0, 1, 3], "hacker", "wrong").await, 401);
+    }
+}
