@@ -7,7 +7,10 @@
 //!
 //! It sits on the lowest layer beside `wire`: it knows axum routers, hyper
 //! and sockets, and nothing of heistd's services or config; callers hand it
-//! [`ServeLimits`].
+//! [`ServeLimits`]. `limiter` holds what the listeners that check a secret
+//! share: bounded failure tables and per-source refusal summaries.
+
+pub mod limiter;
 
 use std::convert::Infallible;
 use std::future::Future;

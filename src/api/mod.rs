@@ -6,7 +6,10 @@
 //! useful message and no internals.
 //!
 //! It only reads what `DaemonState` publishes and asks it to start runs; it
-//! must not run heists or health checks itself, nor hold state of its own.
+//! must not run heists or health checks itself, nor hold state of its own
+//! beyond `guard`'s counts of wrong admin tokens, which only shape refusals.
+
+mod guard;
 
 use std::sync::Arc;
 
@@ -26,6 +29,7 @@ use crate::daemon::state::{
 };
 use crate::health::ServiceHealth;
 use crate::store::{NodeRow, SessionDetail, SessionRow, SessionStatus, StoreError};
+use guard::AdminGuard;
 
 /// `GET /api/v1/sessions` returns this many sessions when no `limit` is given.
 pub const DEFAULT_SESSION_LIMIT: usize = 50;
@@ -52,6 +56,10 @@ pub enum ApiError {
     /// 403: a bearer token that is not the admin token.
     #[error("the bearer token is not the admin token")]
     WrongToken,
+    /// 429 with `Retry-After`: a wrong token from an address that sent too
+    /// many; the right token is still accepted from it.
+    #[error("the bearer token is not the admin token, and too many wrong ones came from this address; try again in {retry_after_seconds} s")]
+    TooManyWrongTokens { retry_after_seconds: u64 },
     /// 403: no admin token is configured, so nobody may start runs.
     #[error(
         "starting runs over the admin API is disabled; set the environment variable \
@@ -164,6 +172,7 @@ pub fn router(state: Arc<DaemonState>) -> Router {
         )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(AdminGuard::new()))
         .with_state(state)
 }
 
@@ -176,7 +185,9 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::AtCapacity { .. } | Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::AtCapacity { .. } | Self::QueueFull { .. } | Self::TooManyWrongTokens { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::ShuttingDown | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -201,6 +212,14 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::TooManyWrongTokens {
+            retry_after_seconds,
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
         }
         response
     }
@@ -477,7 +496,7 @@ async fn start_run(
     State(state): State<Arc<DaemonState>>,
     request: Request,
 ) -> Result<(StatusCode, Json<RunAccepted>), ApiError> {
-    authorize_run(&state, request.headers())?;
+    authorize_run(&state, &request)?;
     let body = Bytes::from_request(request, &())
         .await
         .map_err(|rejection| match rejection.status() {
@@ -497,7 +516,7 @@ async fn require_read_token(
     next: axum::middleware::Next,
 ) -> Response {
     if state.config().daemon.reads_need_token() {
-        if let Err(refusal) = authorize_run(&state, request.headers()) {
+        if let Err(refusal) = authorize_run(&state, &request) {
             return refusal.into_response();
         }
     }
@@ -555,19 +574,24 @@ fn parse_session_limit(limit: Option<&str>) -> Result<usize, ApiError> {
 }
 
 /// The admin token must be configured and presented as `Bearer <token>`
-/// (scheme case-insensitive, RFC 7235).
-fn authorize_run(state: &DaemonState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// (scheme case-insensitive, RFC 7235). The right token is always
+/// accepted; the guard only decides how a wrong one is answered and logged.
+fn authorize_run(state: &DaemonState, request: &Request) -> Result<(), ApiError> {
     let Some(admin_token) = state.admin_token() else {
         return Err(ApiError::RunsDisabled {
             token_variable: state.config().daemon.admin_token_env.clone(),
         });
     };
-    let presented = bearer_token(headers)?;
+    let presented = bearer_token(request.headers())?;
     if tokens_match(presented, &admin_token) {
-        Ok(())
-    } else {
-        tracing::warn!("admin API refused a run request with a wrong bearer token");
-        Err(ApiError::WrongToken)
+        return Ok(());
+    }
+    match request.extensions().get::<Arc<AdminGuard>>() {
+        Some(guard) => Err(guard.wrong_token(guard::peer_of(request))),
+        None => {
+            tracing::warn!("admin API refused a request: wrong bearer token");
+            Err(ApiError::WrongToken)
+        }
     }
 }
 

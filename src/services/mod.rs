@@ -177,7 +177,11 @@ pub async fn start(
 
 /// The router of one companion, without fault injection.
 pub fn router(companion: Companion, context: &CompanionContext) -> Result<Router, ServiceError> {
-    let key = context.signing_key.clone();
+    // Verifiers refuse tokens that live longer than OAuth issues them for.
+    let key = context
+        .signing_key
+        .clone()
+        .with_max_lifetime(context.settings.oauth.token_ttl_seconds);
     Ok(match companion {
         Companion::OAuth => oauth::router(oauth::OAuthState::new(&context.settings.oauth, key)),
         Companion::Memory => memory::router(

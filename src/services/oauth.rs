@@ -3,15 +3,26 @@
 //! a signed, expiring token. Errors follow RFC 6749 (`invalid_client`,
 //! `invalid_scope`, ...) as JSON.
 //!
-//! Guessing is slowed down: failed attempts are counted per client id and
-//! per source address, and past [`MAX_FAILURES`] in [`FAILURE_WINDOW`] the
-//! next attempts get 429 with `Retry-After` until the window ends. Secrets
-//! are compared in constant time.
+//! Guessing (issue 20): a correct secret always gets its token, whatever
+//! anyone else has failed, from wherever: the secret is checked first (in
+//! constant time) and the limits only decide how a *failure* is answered.
+//! Failures are counted per source address (an IPv6 /64) and per client id,
+//! in two tables: the sources' holds at most [`MAX_TRACKED_SOURCES`] and
+//! evicts one-off junk before sources over their limit; the clients' holds
+//! the configured client ids and nothing else, so no flood of unknown ids
+//! can reset a client's count (an unknown id counts against its source
+//! only). Past [`MAX_FAILURES`] in [`FAILURE_WINDOW`] for its source or its
+//! client, a failure is answered 429 with `Retry-After` instead of 401: the
+//! guesser is slowed, per source and per client across sources, and the
+//! client that knows its secret never is. Secrets read from files or
+//! credentials are high-entropy, so a lockout would buy nothing but a
+//! denial of service. Refusals are logged once per source per interval in
+//! full, and summarised after (`http::limiter::RefusalLog`).
 //!
 //! It must not grant a scope a client is not allowed, nor reveal whether a
 //! client id exists.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -31,15 +42,18 @@ use tokio::time::Instant;
 use super::token::{unix_now, Claims, SigningKey, ISSUER};
 use super::{health_body, JsonBody};
 use crate::config::{OAuthClient, OAuthConfig};
+use crate::http::limiter::{source_of, FailureWindows, RefusalLog, REFUSAL_SUMMARY_INTERVAL};
 use crate::wire::{loggable, Companion, HEALTH_PATH, TOKEN_PATH};
 
-/// Failed attempts allowed per client id, and per source address, in one window.
+/// Failed attempts answered 401 per source address, and per configured
+/// client id across sources, in one window; the next ones get 429.
 pub const MAX_FAILURES: u32 = 10;
 /// The window failed attempts are counted in.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Counters kept at most; past it the expired ones go, and if none has
-/// expired the table starts afresh, so a flood of ids cannot grow it.
-const MAX_TRACKED: usize = 10_000;
+/// Source addresses whose failures are counted at most. Past it the
+/// expired windows go, then the sources with the fewest failures: junk
+/// from many addresses evicts junk (`http::limiter::FailureWindows`).
+pub const MAX_TRACKED_SOURCES: usize = 10_000;
 
 #[derive(Clone)]
 pub struct OAuthState {
@@ -47,37 +61,38 @@ pub struct OAuthState {
     key: SigningKey,
     token_ttl_seconds: i64,
     failures: Arc<Mutex<Failures>>,
+    refusals: Arc<RefusalLog>,
 }
 
-/// Failed attempts by key (`client:<id>` or `address:<ip>`), with the
-/// start of each key's window.
-#[derive(Default)]
+/// Failed attempts, kept apart per source and per client so that neither
+/// table's churn can reset the other's counts.
 struct Failures {
-    counts: HashMap<String, (Instant, u32)>,
+    by_source: FailureWindows<IpAddr>,
+    /// Only the configured client ids: fixed, cannot be flushed.
+    by_client: FailureWindows<String>,
 }
 
 impl Failures {
-    /// How long `key` must wait, if it is over its limit now.
-    fn blocked_for(&self, key: &str, now: Instant) -> Option<Duration> {
-        let (started, count) = self.counts.get(key)?;
-        let elapsed = now.duration_since(*started);
-        (*count >= MAX_FAILURES && elapsed < FAILURE_WINDOW).then(|| FAILURE_WINDOW - elapsed)
+    /// Counts a failure; when its source or its client is over the limit,
+    /// how long until the later of their windows ends.
+    fn record(
+        &mut self,
+        source: Option<IpAddr>,
+        client_id: &str,
+        now: Instant,
+    ) -> Option<Duration> {
+        let by_source = source.and_then(|source| self.by_source.record(&source, now));
+        let by_client = self.by_client.record(client_id, now);
+        by_source.max(by_client)
     }
+}
 
-    fn record(&mut self, key: String, now: Instant) {
-        if self.counts.len() >= MAX_TRACKED && !self.counts.contains_key(&key) {
-            self.counts
-                .retain(|_, (started, _)| now.duration_since(*started) < FAILURE_WINDOW);
-            if self.counts.len() >= MAX_TRACKED {
-                self.counts.clear();
-            }
-        }
-        let entry = self.counts.entry(key).or_insert((now, 0));
-        if now.duration_since(entry.0) >= FAILURE_WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-    }
+/// Why a token request was refused.
+enum Refusal {
+    UnsupportedGrant,
+    WrongSecret,
+    ScopeNotAllowed(String),
+    SigningFailed,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,11 +107,18 @@ pub struct TokenRequest {
 impl OAuthState {
     /// The clients and token lifetime of `oauth`; tokens signed with `key`.
     pub fn new(oauth: &OAuthConfig, key: SigningKey) -> Self {
+        let client_ids = oauth.clients.iter().map(|client| client.client_id.clone());
+        let refusals = RefusalLog::new("token refused", REFUSAL_SUMMARY_INTERVAL);
+        RefusalLog::spawn_flusher(&refusals);
         Self {
             clients: Arc::new(oauth.clients.clone()),
             key,
             token_ttl_seconds: i64::try_from(oauth.token_ttl_seconds).unwrap_or(86_400),
-            failures: Arc::new(Mutex::new(Failures::default())),
+            failures: Arc::new(Mutex::new(Failures {
+                by_source: FailureWindows::new(MAX_FAILURES, FAILURE_WINDOW, MAX_TRACKED_SOURCES),
+                by_client: FailureWindows::for_keys(client_ids, MAX_FAILURES, FAILURE_WINDOW),
+            })),
+            refusals,
         }
     }
 }
@@ -111,42 +133,66 @@ pub fn router(state: OAuthState) -> Router {
         .with_state(state)
 }
 
-/// The keys a request's failures count against: its client id (cut, so a
-/// huge id costs no more than a short one) and its source address.
-fn failure_keys(client_id: &str, peer: Option<IpAddr>) -> Vec<String> {
-    let mut keys = vec![format!("client:{}", loggable(client_id))];
-    if let Some(address) = peer {
-        keys.push(format!("address:{address}"));
-    }
-    keys
-}
-
 async fn issue_token(
     State(state): State<OAuthState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     JsonBody(request): JsonBody<TokenRequest>,
 ) -> Response {
-    let keys = failure_keys(
-        &request.client_id,
-        peer.map(|Extension(ConnectInfo(address))| address.ip()),
-    );
-    let now = Instant::now();
-    let blocked = {
-        let failures = state.failures.lock();
-        keys.iter()
-            .filter_map(|key| failures.blocked_for(key, now))
-            .max()
+    let refusal = match grant(&state, &request) {
+        Ok(granted) => return granted,
+        Err(refusal) => refusal,
     };
-    if let Some(wait) = blocked {
-        tracing::warn!(client_id = %loggable(&request.client_id), "token refused: too many failed attempts");
-        return too_many_attempts(wait);
-    }
-    let response = grant(&state, request);
-    if response.status() == StatusCode::UNAUTHORIZED {
-        let mut failures = state.failures.lock();
-        for key in keys {
-            failures.record(key, now);
+    let source = peer.map(|Extension(ConnectInfo(address))| source_of(address.ip()));
+    let now = Instant::now();
+    let (reason, response) = match refusal {
+        Refusal::UnsupportedGrant => (
+            "unsupported grant type",
+            oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only client_credentials is supported",
+            ),
+        ),
+        Refusal::WrongSecret => {
+            let over_limit = state
+                .failures
+                .lock()
+                .record(source, &request.client_id, now);
+            match over_limit {
+                Some(wait) => ("too many failed attempts", too_many_attempts(wait)),
+                None => (
+                    "unknown client or wrong secret",
+                    oauth_error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_client",
+                        "unknown client or wrong secret",
+                    ),
+                ),
+            }
         }
+        Refusal::ScopeNotAllowed(refused) => (
+            "scope not allowed",
+            oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                &format!(
+                    "scope `{}` is not allowed for this client",
+                    loggable(&refused)
+                ),
+            ),
+        ),
+        Refusal::SigningFailed => {
+            // Not the client's doing: always logged, never summarised.
+            return oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the token could not be signed",
+            );
+        }
+    };
+    if state.refusals.refused(source, reason, now) {
+        let source = source.map_or_else(|| "unknown".to_string(), |source| source.to_string());
+        tracing::warn!(client_id = %loggable(&request.client_id), %source, "token refused: {reason}");
     }
     response
 }
@@ -165,13 +211,10 @@ fn too_many_attempts(wait: Duration) -> Response {
 }
 
 /// Checks the grant, the client's secret and the scopes; signs the token.
-fn grant(state: &OAuthState, request: TokenRequest) -> Response {
+/// Nothing but the request decides: the limits only shape a refusal.
+fn grant(state: &OAuthState, request: &TokenRequest) -> Result<Response, Refusal> {
     if request.grant_type != "client_credentials" {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "only client_credentials is supported",
-        );
+        return Err(Refusal::UnsupportedGrant);
     }
     // Compare digests of every client's secret so the time taken does not
     // tell an unknown client from a wrong secret.
@@ -186,12 +229,7 @@ fn grant(state: &OAuthState, request: TokenRequest) -> Response {
         same_secret & (client.client_id == request.client_id)
     });
     let Some(client) = client else {
-        tracing::warn!(client_id = %loggable(&request.client_id), "token refused: unknown client or wrong secret");
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "unknown client or wrong secret",
-        );
+        return Err(Refusal::WrongSecret);
     };
     let allowed: BTreeSet<&str> = client.scopes.iter().map(String::as_str).collect();
     // Granted in the order asked, each once.
@@ -202,15 +240,7 @@ fn grant(state: &OAuthState, request: TokenRequest) -> Response {
     let mut seen = BTreeSet::new();
     requested.retain(|scope| seen.insert(*scope));
     if let Some(refused) = requested.iter().find(|scope| !allowed.contains(*scope)) {
-        tracing::warn!(client_id = %loggable(&client.client_id), scope = %loggable(refused), "token refused: scope not allowed");
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
-            &format!(
-                "scope `{}` is not allowed for this client",
-                loggable(refused)
-            ),
-        );
+        return Err(Refusal::ScopeNotAllowed((*refused).to_string()));
     }
     let scope = requested.join(" ");
     let now = unix_now();
@@ -225,11 +255,7 @@ fn grant(state: &OAuthState, request: TokenRequest) -> Response {
         Ok(token) => token,
         Err(error) => {
             tracing::error!(client_id = %client.client_id, %error, "token not issued: signing failed");
-            return oauth_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "the token could not be signed",
-            );
+            return Err(Refusal::SigningFailed);
         }
     };
     let body = serde_json::json!({
@@ -238,7 +264,7 @@ fn grant(state: &OAuthState, request: TokenRequest) -> Response {
         "scope": scope,
         "expires_in": state.token_ttl_seconds,
     });
-    Json(body).into_response()
+    Ok(Json(body).into_response())
 }
 
 fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
@@ -247,4 +273,57 @@ fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
         Json(serde_json::json!({ "error": code, "error_description": description })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn ask(router: &Router, from: [u8; 4], client_id: &str, secret: &str) -> StatusCode {
+        let body = serde_json::json!({
+            "grant_type": "client_credentials", "client_id": client_id, "client_secret": secret,
+        });
+        let mut request = Request::post(TOKEN_PATH)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((from, 40_000))));
+        router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("answered")
+            .status()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clients_failures_across_sources_get_429_until_the_window_ends_and_its_secret_always_works(
+    ) {
+        let config = crate::config::load(None, Vec::new()).expect("defaults");
+        let router = router(OAuthState::new(&config.oauth, SigningKey::random()));
+        let secret = config.client_secret("hacker").expect("hacker").to_string();
+        // One failure from each of ten addresses: no address is over its
+        // limit, the client is at its.
+        for source in 1..=10 {
+            assert_eq!(
+                ask(&router, [127, 0, 0, source], "hacker", "wrong").await,
+                401
+            );
+        }
+        assert_eq!(
+            ask(&router, [127, 0, 1, 1], "hacker", "wrong").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(ask(&router, [127, 0, 1, 1], "hacker", &secret).await, 200);
+        // An unknown id counts only against its address.
+        assert_eq!(ask(&router, [127, 0, 1, 2], "nobody", "wrong").await, 401);
+        tokio::time::advance(FAILURE_WINDOW).await;
+        assert_eq!(ask(&router, [127, 0, 1, 3], "hacker", "wrong").await, 401);
+    }
 }

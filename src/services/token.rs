@@ -6,6 +6,11 @@
 //! current releases make every user pick a crypto backend that brings RSA and
 //! elliptic-curve crates we would never call: we need one algorithm, and
 //! refusing every other `alg` (notably `none`) is the whole of the policy.
+//!
+//! Beside the signature, a token must look like one this service issued:
+//! not issued more than [`CLOCK_LEEWAY_SECONDS`] in the future, and not
+//! living longer than the configured lifetime plus that leeway. Only a
+//! leaked key could sign any other, and then these bound what it buys.
 
 use std::sync::Arc;
 
@@ -20,6 +25,13 @@ use sha2::Sha256;
 pub const ISSUER: &str = "heistd-oauth";
 /// Shorter keys are refused: HS256 wants at least its hash size.
 pub const MIN_KEY_BYTES: usize = 32;
+/// Clocks may disagree by this much: an `iat` this far ahead, or a
+/// lifetime this much over the configured one, is still accepted.
+pub const CLOCK_LEEWAY_SECONDS: i64 = 60;
+/// The longest lifetime a key accepts unless told the configured one
+/// ([`SigningKey::with_max_lifetime`]): the largest `oauth.token_ttl_seconds`
+/// the config accepts.
+pub const LONGEST_TOKEN_TTL_SECONDS: i64 = 86_400;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TokenError {
@@ -31,6 +43,10 @@ pub enum TokenError {
     BadSignature,
     #[error("token has expired")]
     Expired,
+    #[error("token is issued in the future")]
+    IssuedInTheFuture,
+    #[error("token lives longer than this service issues tokens for")]
+    LifetimeTooLong,
     #[error("token was not issued by {ISSUER}")]
     WrongIssuer,
     #[error("signing key must be at least {MIN_KEY_BYTES} bytes")]
@@ -53,7 +69,13 @@ pub struct Claims {
 }
 
 #[derive(Clone)]
-pub struct SigningKey(Arc<Vec<u8>>);
+pub struct SigningKey {
+    bytes: Arc<Vec<u8>>,
+    /// The longest `exp - iat` a token may carry (plus the leeway): the
+    /// configured token lifetime, so a token minted with a leaked key for
+    /// a year is refused.
+    max_lifetime_seconds: i64,
+}
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,14 +94,27 @@ impl SigningKey {
         if bytes.len() < MIN_KEY_BYTES {
             return Err(TokenError::KeyTooShort);
         }
-        Ok(Self(Arc::new(bytes)))
+        Ok(Self {
+            bytes: Arc::new(bytes),
+            max_lifetime_seconds: LONGEST_TOKEN_TTL_SECONDS,
+        })
+    }
+
+    /// The same key, accepting tokens that live at most `seconds` (plus
+    /// the leeway): the configured `oauth.token_ttl_seconds`.
+    pub fn with_max_lifetime(mut self, seconds: u64) -> Self {
+        self.max_lifetime_seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
+        self
     }
 
     /// A fresh random key, for companions that all live in one process.
     pub fn random() -> Self {
         let mut bytes = vec![0u8; MIN_KEY_BYTES];
         rand::rng().fill_bytes(&mut bytes);
-        Self(Arc::new(bytes))
+        Self {
+            bytes: Arc::new(bytes),
+            max_lifetime_seconds: LONGEST_TOKEN_TTL_SECONDS,
+        }
     }
 
     /// A signed token carrying `claims`. Fails rather than sign anything
@@ -94,7 +129,8 @@ impl SigningKey {
         Ok(format!("{signing_input}.{signature}"))
     }
 
-    /// Checks signature, algorithm, issuer and expiry against `now` (Unix seconds).
+    /// Checks signature, algorithm, issuer, expiry, issue time and lifetime
+    /// against `now` (Unix seconds).
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
@@ -120,14 +156,27 @@ impl SigningKey {
         if claims.exp <= now {
             return Err(TokenError::Expired);
         }
+        if claims.iat > now.saturating_add(CLOCK_LEEWAY_SECONDS) {
+            return Err(TokenError::IssuedInTheFuture);
+        }
+        let longest = self
+            .max_lifetime_seconds
+            .saturating_add(CLOCK_LEEWAY_SECONDS);
+        if claims
+            .exp
+            .checked_sub(claims.iat)
+            .is_none_or(|lifetime| lifetime > longest)
+        {
+            return Err(TokenError::LifetimeTooLong);
+        }
         Ok(claims)
     }
 
     fn mac(&self, input: &str) -> Result<Hmac<Sha256>, TokenError> {
         // HMAC takes keys of any length today; should that ever change, the
         // key is refused rather than the process stopped.
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).map_err(|_| TokenError::KeyUnusable)?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.bytes)
+            .map_err(|_| TokenError::KeyUnusable)?;
         mac.update(input.as_bytes());
         Ok(mac)
     }
@@ -194,6 +243,72 @@ mod tests {
         assert_eq!(
             SigningKey::from_bytes(vec![1; 8]).map(|_| ()),
             Err(TokenError::KeyTooShort)
+        );
+    }
+
+    fn issued(iat: i64, exp: i64) -> Claims {
+        Claims {
+            iat,
+            exp,
+            ..claims(exp)
+        }
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused_beyond_the_leeway() {
+        let key = SigningKey::random().with_max_lifetime(3_600);
+        let now = 1_000_000;
+        let verify =
+            |iat: i64| key.verify(&key.sign(&issued(iat, iat + 600)).expect("signed"), now);
+        assert!(verify(now).is_ok());
+        assert!(
+            verify(now + CLOCK_LEEWAY_SECONDS).is_ok(),
+            "within the leeway"
+        );
+        assert_eq!(
+            verify(now + CLOCK_LEEWAY_SECONDS + 1),
+            Err(TokenError::IssuedInTheFuture)
+        );
+        assert_eq!(verify(now + 86_400), Err(TokenError::IssuedInTheFuture));
+    }
+
+    #[test]
+    fn a_token_living_longer_than_the_configured_ttl_is_refused_beyond_the_leeway() {
+        let key = SigningKey::random().with_max_lifetime(3_600);
+        let now = 1_000_000;
+        let verify = |lifetime: i64| {
+            key.verify(
+                &key.sign(&issued(now - 10, now - 10 + lifetime))
+                    .expect("signed"),
+                now,
+            )
+        };
+        assert!(verify(3_600).is_ok());
+        assert!(
+            verify(3_600 + CLOCK_LEEWAY_SECONDS).is_ok(),
+            "within the leeway"
+        );
+        assert_eq!(
+            verify(3_600 + CLOCK_LEEWAY_SECONDS + 1),
+            Err(TokenError::LifetimeTooLong)
+        );
+        assert_eq!(verify(365 * 86_400), Err(TokenError::LifetimeTooLong));
+        // No overflow to slip through: an `iat` far in the past.
+        let ancient = key.sign(&issued(i64::MIN, now + 10)).expect("signed");
+        assert_eq!(key.verify(&ancient, now), Err(TokenError::LifetimeTooLong));
+        // A key not told the configured lifetime takes the longest the
+        // config allows, no more.
+        let unconfigured = SigningKey::random();
+        let day = unconfigured
+            .sign(&issued(now, now + 86_400))
+            .expect("signed");
+        assert!(unconfigured.verify(&day, now).is_ok());
+        let year = unconfigured
+            .sign(&issued(now, now + 365 * 86_400))
+            .expect("signed");
+        assert_eq!(
+            unconfigured.verify(&year, now),
+            Err(TokenError::LifetimeTooLong)
         );
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::support::{self, TestStack};
 
-const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub(crate) const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub(crate) struct Daemon {
     child: Child,
@@ -179,6 +179,11 @@ impl Daemon {
                 return seen;
             }
         }
+    }
+
+    /// The admin API's base URL (`http://127.0.0.1:PORT`).
+    pub(crate) fn admin_url(&self) -> &str {
+        &self.admin
     }
 
     pub(crate) fn log(&self) -> String {
