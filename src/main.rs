@@ -34,8 +34,8 @@ async fn execute(command: Command) -> Result<(), CliError> {
             cli::daemon(config.as_deref(), shutdown, reload).await?
         }
         // The report has been printed; only the exit code is left.
-        Command::Demo(args) => drop(cli::demo(DemoOptions::new(args, stop_on_interrupt()?)).await?),
-        Command::Run(args) => drop(cli::run(args, stop_on_interrupt()?).await?),
+        Command::Demo(args) => drop(cli::demo(DemoOptions::new(args, interrupts()?)).await?),
+        Command::Run(args) => drop(cli::run(args, interrupts()?).await?),
         Command::Check { config } => cli::check(&cli::load_config(config.as_deref())?.0).await?,
         Command::Services { names, config } => {
             cli::services(config, &names, shutdown_signal()?).await?
@@ -69,22 +69,33 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> 
 }
 
 /// For one-shot heists: the first Ctrl-C or SIGTERM ends the heist after
-/// its current turn (session `interrupted`); a second one quits at once.
-fn stop_on_interrupt() -> Result<tokio::sync::watch::Receiver<bool>, CliError> {
+/// its current turn (session `interrupted`); a second one quits at once,
+/// the command marking its session `interrupted` on the way out.
+fn interrupts() -> Result<cli::Interrupts, CliError> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (quit, quitting) = tokio::sync::watch::channel(false);
     let first = shutdown_signal()?;
     tokio::spawn(async move {
         first.await;
+        // Listening anew before saying so: only a signal after the first
+        // one quits at once, and one sent on reading the line is heard.
+        let second = shutdown_signal();
         cli::output::write_stderr(format_args!("heistd: stopping after this turn (the session will be marked interrupted); again to quit now\n"));
-        // An error means the heist has already ended: nothing to stop. Then
-        // listening anew: only a signal after the first one quits at once.
+        // An error means the heist has already ended: nothing to stop.
         let _ = stop.send(true);
-        if let Ok(second) = shutdown_signal() {
+        if let Ok(second) = second {
             second.await;
+            let _ = quit.send(true);
+            // The command marks its session and exits; this is for one
+            // that has not within a moment.
+            tokio::time::sleep(cli::QUIT_WITHIN).await;
             std::process::exit(130);
         }
     });
-    Ok(stopped)
+    Ok(cli::Interrupts {
+        stop: stopped,
+        quit: quitting,
+    })
 }
 
 /// One reload request per SIGHUP. Registered at once, before the daemon can

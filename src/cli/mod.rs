@@ -15,8 +15,10 @@ pub mod args;
 pub mod output;
 mod demo;
 pub mod logging;
+mod quit;
 mod reload;
 pub use demo::{demo, DemoOptions};
+pub use quit::{Interrupts, QUIT_WITHIN};
 pub use reload::reload;
 
 use tokio::sync::watch;
@@ -58,6 +60,9 @@ pub enum CliError {
     /// The daemon refused the new config and kept the running one.
     #[error("reload refused, still running the previous config: {0}")]
     ReloadRefused(String),
+    /// A second Ctrl-C: what became of the session in play.
+    #[error("{0}")]
+    Quit(String),
     #[error("session {session_id} ended {status}: {reason}")]
     NotCompleted {
         session_id: String,
@@ -75,6 +80,8 @@ impl CliError {
             Self::Unhealthy(_) | Self::ReloadRefused(_) => 1,
             Self::ReloadFailed(_) => 2,
             Self::NotCompleted { .. } => 3,
+            // As a shell reports a process ended by SIGINT.
+            Self::Quit(_) => 130,
             Self::Store(error) | Self::Daemon(AppError::Store(error)) => store_exit_code(error),
             Self::Service(_) | Self::Heist(_) | Self::Clients(_) => 2,
             Self::Daemon(AppError::Config(_) | AppError::Scenario(_)) => 1,
@@ -98,12 +105,18 @@ fn store_exit_code(error: &StoreError) -> u8 {
 /// Loads the config from `--config`, else `/etc/heistd/heistd.toml` if it
 /// exists, else built-in defaults; environment overrides apply to all three.
 pub fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
-    let chosen = path.map(Path::to_path_buf).or_else(|| {
-        let system = PathBuf::from(config::SYSTEM_CONFIG_PATH);
-        system.is_file().then_some(system)
-    });
+    let chosen = config_file(path);
     let loaded = config::load(chosen.as_deref(), config::process_environment())?;
     Ok((loaded, chosen))
+}
+
+/// The config file a command reads: `--config`, else
+/// `/etc/heistd/heistd.toml` if it exists, else none (built-in defaults).
+fn config_file(path: Option<&Path>) -> Option<PathBuf> {
+    path.map(Path::to_path_buf).or_else(|| {
+        let system = PathBuf::from(config::SYSTEM_CONFIG_PATH);
+        system.is_file().then_some(system)
+    })
 }
 
 /// `heistd config ...`.
@@ -231,14 +244,40 @@ pub async fn daemon(
 }
 
 /// `heistd run`: one heist against the configured services.
-pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<RunReport, CliError> {
-    let (config, _) = load_config(args.config.as_deref())?;
-    let (turns, seed) = (args.turns, args.seed);
+pub async fn run(args: args::RunArgs, interrupts: Interrupts) -> Result<RunReport, CliError> {
+    let in_play = quit::InPlay::default();
+    quit::unless_quit(&in_play, interrupts.quit, async {
+        run_until_quit(args, interrupts.stop, &in_play).await
+    })
+    .await
+}
+
+async fn run_until_quit(
+    args: args::RunArgs,
+    stop: watch::Receiver<bool>,
+    in_play: &quit::InPlay,
+) -> Result<RunReport, CliError> {
+    let (mut config, _) = load_config(args.config.as_deref())?;
+    let args::HeistArgs {
+        turns,
+        seed,
+        db,
+        llm_url,
+        llm_model,
+    } = args.heist;
+    if let Some(db) = db {
+        config.store.path = db;
+    }
+    if let Some((base_url, model)) = llm_url.zip(llm_model) {
+        config.llm.base_url = base_url;
+        config.llm.model = model;
+    }
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     sqlite_only(&config, "heistd run")?;
     let store = StoreHandle::open_configured(&config.store, &config.cluster).await?;
     // A store that cannot be written fails here, before any service call.
     store.probe_write().await?;
+    quit::end_stale_sessions(&store, "heistd run").await?;
     let clients = Clients::from_config(&config)?;
     let turns = turns.unwrap_or(config.heist.turns);
     let seed = seed
@@ -248,8 +287,11 @@ pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<Run
     let runner = HeistRunner::new(Arc::new(config), scenario, clients, store.clone())
         .with_stop(stop)
         .with_notices(Arc::new(print_notice));
+    let options = RunOptions::new(turns, seed);
+    let session_id = runner.start(&options).await?;
+    in_play.started(&store, &session_id);
     let report = runner
-        .run(RunOptions::new(turns, seed), Some(&print_turn))
+        .play(&session_id, &options, Some(&print_turn))
         .await?;
     out!("{}", summary(&report, runner.clients(), store.path()));
     completed(report)
@@ -442,7 +484,8 @@ fn refuse_builtin_secrets_off_loopback(config: &Config) -> Result<(), CliError> 
 }
 
 /// `heistd sessions ...`: reads the audit store at `--db`, else at the
-/// config's `store.path`; a missing file is an error, never created.
+/// config's `store.path` (see [`database_to_read`]); a missing file is an
+/// error, never created.
 pub fn sessions(
     db: Option<PathBuf>,
     config: Option<&Path>,
@@ -451,11 +494,7 @@ pub fn sessions(
     use args::{Format, SessionsAction};
     let path = match db {
         Some(path) => path,
-        None => {
-            let (config, _) = load_config(config)?;
-            sqlite_only(&config, "heistd sessions")?;
-            config.store.path
-        }
+        None => database_to_read(config)?,
     };
     if !path.is_file() {
         return Err(CliError::Usage(format!(
@@ -476,6 +515,36 @@ pub fn sessions(
             format: Format::Md,
         } => export_markdown(&store.session(&session_id)?),
     })
+}
+
+/// The database `sessions` reads without `--db`: the config's
+/// `store.path`, the config read without its secrets (reading the store
+/// needs none). When that file does not exist but the demo's does, here
+/// in the working directory, the demo's is read (and said so), or, with a
+/// `--config` that names the store meant, the demo's is named in the error.
+fn database_to_read(config_path: Option<&Path>) -> Result<PathBuf, CliError> {
+    let chosen = config_file(config_path);
+    let config = config::load_without_secrets(chosen.as_deref(), config::process_environment())?;
+    sqlite_only(&config, "heistd sessions")?;
+    let configured = config.store.path;
+    let demo = Path::new(args::DEMO_DATABASE);
+    if configured.is_file() || !demo.is_file() {
+        return Ok(configured);
+    }
+    if config_path.is_some() {
+        return Err(CliError::Usage(format!(
+            "no audit database at {} (store.path); `heistd demo` wrote {}: heistd sessions --db {} list",
+            configured.display(),
+            demo.display(),
+            demo.display()
+        )));
+    }
+    output::write_stderr(format_args!(
+        "heistd: no audit database at {} (store.path): reading the demo's, {} (--db names another)\n",
+        configured.display(),
+        demo.display()
+    ));
+    Ok(demo.to_path_buf())
 }
 
 /// `heistd store ...`.

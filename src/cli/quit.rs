@@ -1,0 +1,127 @@
+//! What Ctrl-C asks of a one-shot heist (`run`, `demo`): the first ends it
+//! after its turn (the runner watches `stop`), the second quits at once,
+//! and the session it was playing is marked `interrupted` on the way out.
+//! A session that could not be marked (the process was killed, or the
+//! store did not answer in time) is found by the next `run` or `demo` on
+//! that store ([`end_stale_sessions`]): on SQLite each holds the store's
+//! lock, so no one else is playing a session still `active`.
+//!
+//! `main` owns the signals and passes them here as [`Interrupts`].
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{output, CliError};
+use crate::store::{SessionStatus, StoreHandle};
+
+/// What `main` heard: each becomes true once.
+pub struct Interrupts {
+    /// The first Ctrl-C or SIGTERM: end the heist after its turn.
+    pub stop: watch::Receiver<bool>,
+    /// The second: quit now.
+    pub quit: watch::Receiver<bool>,
+}
+
+/// How long a quitting command may take to mark its session and exit;
+/// after it `main` exits all the same (code 130).
+pub const QUIT_WITHIN: Duration = Duration::from_secs(5);
+
+/// The part of [`QUIT_WITHIN`] the mark may take: a store that does not
+/// answer by then leaves the session to the next run.
+const MARK_WITHIN: Duration = Duration::from_secs(3);
+
+/// The session a command is playing, once it has started one, for the
+/// quit to mark.
+#[derive(Default)]
+pub(crate) struct InPlay(OnceLock<(StoreHandle, String)>);
+
+impl InPlay {
+    pub(crate) fn started(&self, store: &StoreHandle, session_id: &str) {
+        let _ = self.0.set((store.clone(), session_id.to_string()));
+    }
+}
+
+/// Runs `body` to its end, unless a quit comes first: then `body` is
+/// dropped where it is (a turn in flight is cut), the session it started
+/// is marked `interrupted`, and the command fails with exit code 130.
+pub(crate) async fn unless_quit<T>(
+    in_play: &InPlay,
+    mut quit: watch::Receiver<bool>,
+    body: impl Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    let requested = async move {
+        // A sender gone without a quit (no signals here): never.
+        if quit.wait_for(|quit| *quit).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        outcome = body => outcome,
+        () = requested => Err(CliError::Quit(mark_interrupted(in_play).await)),
+    }
+}
+
+/// Marks the session in play `interrupted`; says what became of it.
+async fn mark_interrupted(in_play: &InPlay) -> String {
+    let Some((store, session_id)) = in_play.0.get() else {
+        return "quit before any session started".to_string();
+    };
+    let reason = "quit at once by a second Ctrl-C or SIGTERM, mid-turn";
+    let marked = tokio::time::timeout(
+        MARK_WITHIN,
+        store.finish_session(session_id, SessionStatus::Interrupted, Some(reason)),
+    )
+    .await;
+    match marked {
+        Ok(Ok(true)) => format!("quit at once: session {session_id} marked interrupted"),
+        Ok(Ok(false)) => format!("quit at once: session {session_id} had already ended"),
+        Ok(Err(error)) => left_to_the_next_run(session_id, &error.to_string()),
+        Err(_) => left_to_the_next_run(
+            session_id,
+            &format!(
+                "the store did not answer within {} s",
+                MARK_WITHIN.as_secs()
+            ),
+        ),
+    }
+}
+
+fn left_to_the_next_run(session_id: &str, why: &str) -> String {
+    format!(
+        "quit at once: session {session_id} could not be marked interrupted ({why}); \
+         the next `heistd run` or `heistd demo` on this store marks it"
+    )
+}
+
+/// Marks `interrupted` every session a one-shot run left `active` (it was
+/// killed, or quit without its mark landing), saying so on stderr. Call
+/// with the SQLite store open (its lock held): nobody else plays them.
+/// Scheduled sessions are left alone: only a daemon starts them, and its
+/// crash recovery resumes them.
+pub(crate) async fn end_stale_sessions(store: &StoreHandle, command: &str) -> Result<(), CliError> {
+    let active = store
+        .find_sessions(Some(SessionStatus::Active), None, STALE_LIMIT)
+        .await?;
+    let reason = format!(
+        "left active by a heistd that quit without ending it; found by `{command}` at start"
+    );
+    for session in active.iter().filter(|session| session.schedule.is_none()) {
+        let id = &session.session_id;
+        if store
+            .finish_session(id, SessionStatus::Interrupted, Some(&reason))
+            .await?
+        {
+            output::write_stderr(format_args!(
+                "heistd: session {id} was left active by a heistd that quit without ending it: marked interrupted\n"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// More than a store could have been left with by hand: each is one run
+/// killed or quit mid-turn.
+const STALE_LIMIT: usize = 10_000;
