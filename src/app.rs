@@ -54,15 +54,6 @@ pub enum AppError {
     },
 }
 
-/// The store a config names, for the first log line: the SQLite file, or
-/// the PostgreSQL URL (which validation keeps free of a password).
-fn store_named(store: &crate::config::StoreConfig) -> String {
-    match store.backend {
-        crate::config::StoreBackend::Sqlite => store.path.display().to_string(),
-        crate::config::StoreBackend::Postgres => store.url.clone(),
-    }
-}
-
 /// Everything the daemon starts from.
 pub struct DaemonOptions {
     pub config: Config,
@@ -118,16 +109,6 @@ impl App {
             config_path,
             systemd,
         } = options;
-        // The first line: which file and which store, before either is
-        // used (a wrong one is the likeliest surprise).
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            config = %config_path
-                .as_deref()
-                .map_or("built-in defaults".into(), |path| path.display().to_string()),
-            store = %store_named(&config.store),
-            "heistd starting"
-        );
         let config = Arc::new(config);
         let notifier = Arc::new(Notifier::from_values(
             systemd.notify_socket.as_deref(),

@@ -232,6 +232,16 @@ pub async fn daemon(
     reload: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), CliError> {
     let (config, config_path) = load_config(path)?;
+    // The first line: which file and which store, before either is used (a
+    // wrong one is the likeliest surprise).
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config_path
+            .as_deref()
+            .map_or("built-in defaults".into(), |path| path.display().to_string()),
+        store = %store_named(&config.store),
+        "heistd starting"
+    );
     // The admin API's connections, the store, the clients' pool and logs.
     crate::http::raise_open_files_limit(config.http.max_connections as u64 + 256);
     let options = DaemonOptions {
@@ -241,6 +251,15 @@ pub async fn daemon(
     };
     App::build(options).await?.run(shutdown, reload).await?;
     Ok(())
+}
+
+/// The store a config names: the SQLite file, or the PostgreSQL URL (which
+/// validation keeps free of a password).
+fn store_named(store: &config::StoreConfig) -> String {
+    match store.backend {
+        config::StoreBackend::Sqlite => store.path.display().to_string(),
+        config::StoreBackend::Postgres => store.url.clone(),
+    }
 }
 
 /// `heistd run`: one heist against the configured services.
