@@ -12,10 +12,7 @@ fn main() -> ExitCode {
     let outcome = cli::logging::init(cli.log.as_deref(), cli.log_format, &cli.command)
         .map(|()| heistd::metrics::install())
         .and_then(|_| {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build();
-            runtime.map_err(|error| CliError::Runtime(error.to_string()))
+            tokio::runtime::Runtime::new().map_err(|error| CliError::Runtime(error.to_string()))
         })
         .and_then(|runtime| runtime.block_on(execute(cli.command)));
     match outcome {
@@ -68,34 +65,26 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> 
     })
 }
 
-/// For one-shot heists: the first Ctrl-C or SIGTERM ends the heist after
-/// its current turn (session `interrupted`); a second one quits at once,
-/// the command marking its session `interrupted` on the way out.
+/// One-shot heists: the first Ctrl-C or SIGTERM ends the heist after its turn;
+/// a second quits at once, its session marked `interrupted` on the way out.
 fn interrupts() -> Result<cli::Interrupts, CliError> {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (quit, quitting) = tokio::sync::watch::channel(false);
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let (quit_sender, quit) = tokio::sync::watch::channel(false);
     let first = shutdown_signal()?;
     tokio::spawn(async move {
         first.await;
-        // Listening anew before saying so: only a signal after the first
-        // one quits at once, and one sent on reading the line is heard.
+        // Listening anew first: a signal sent on reading the line is heard.
         let second = shutdown_signal();
         cli::output::write_stderr(format_args!("heistd: stopping after this turn (the session will be marked interrupted); again to quit now\n"));
-        // An error means the heist has already ended: nothing to stop.
-        let _ = stop.send(true);
+        let _ = stop_sender.send(true);
         if let Ok(second) = second {
             second.await;
-            let _ = quit.send(true);
-            // The command marks its session and exits; this is for one
-            // that has not within a moment.
+            let _ = quit_sender.send(true);
             tokio::time::sleep(cli::QUIT_WITHIN).await;
             std::process::exit(130);
         }
     });
-    Ok(cli::Interrupts {
-        stop: stopped,
-        quit: quitting,
-    })
+    Ok(cli::Interrupts { stop, quit })
 }
 
 /// One reload request per SIGHUP. Registered at once, before the daemon can
