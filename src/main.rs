@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use heistd::cli::args::{Cli, Command};
-use heistd::cli::{self, CliError, DemoOptions};
+use heistd::cli::{self, CliError, DemoOptions, Interrupts};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 fn main() -> ExitCode {
@@ -14,7 +14,14 @@ fn main() -> ExitCode {
         .and_then(|_| {
             tokio::runtime::Runtime::new().map_err(|error| CliError::Runtime(error.to_string()))
         })
-        .and_then(|runtime| runtime.block_on(execute(cli.command)));
+        .and_then(|runtime| {
+            let outcome = runtime.block_on(execute(cli.command));
+            // A store call that a quit at once cut loose must not hold the exit.
+            if matches!(outcome, Err(CliError::Quit(_))) {
+                runtime.shutdown_timeout(cli::QUIT_WITHIN);
+            }
+            outcome
+        });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -31,8 +38,11 @@ async fn execute(command: Command) -> Result<(), CliError> {
             cli::daemon(config.as_deref(), shutdown, reload).await?
         }
         // The report has been printed; only the exit code is left.
-        Command::Demo(args) => drop(cli::demo(DemoOptions::new(args, interrupts()?)).await?),
-        Command::Run(args) => drop(cli::run(args, interrupts()?).await?),
+        Command::Demo(args) => {
+            let interrupts = Interrupts::listen(shutdown_signal)?;
+            drop(cli::demo(DemoOptions::new(args, interrupts)).await?)
+        }
+        Command::Run(args) => drop(cli::run(args, Interrupts::listen(shutdown_signal)?).await?),
         Command::Check { config } => cli::check(&cli::load_config(config.as_deref())?.0).await?,
         Command::Services { names, config } => {
             cli::services(config, &names, shutdown_signal()?).await?
@@ -63,28 +73,6 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> 
             _ = terminate.recv() => {}
         }
     })
-}
-
-/// One-shot heists: the first Ctrl-C or SIGTERM ends the heist after its turn;
-/// a second quits at once, its session marked `interrupted` on the way out.
-fn interrupts() -> Result<cli::Interrupts, CliError> {
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let (quit_sender, quit) = tokio::sync::watch::channel(false);
-    let first = shutdown_signal()?;
-    tokio::spawn(async move {
-        first.await;
-        // Listening anew first: a signal sent on reading the line is heard.
-        let second = shutdown_signal();
-        cli::output::write_stderr(format_args!("heistd: stopping after this turn (the session will be marked interrupted); again to quit now\n"));
-        let _ = stop_sender.send(true);
-        if let Ok(second) = second {
-            second.await;
-            let _ = quit_sender.send(true);
-            tokio::time::sleep(cli::QUIT_WITHIN).await;
-            std::process::exit(130);
-        }
-    });
-    Ok(cli::Interrupts { stop, quit })
 }
 
 /// One reload request per SIGHUP. Registered at once, before the daemon can

@@ -6,7 +6,7 @@
 //! that store ([`end_stale_sessions`]): on SQLite each holds the store's
 //! lock, so no one else is playing a session still `active`.
 //!
-//! `main` owns the signals and passes them here as [`Interrupts`].
+//! `main` owns the signals: [`Interrupts::listen`] is given its listener.
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -23,6 +23,41 @@ pub struct Interrupts {
     pub stop: watch::Receiver<bool>,
     /// The second: quit now.
     pub quit: watch::Receiver<bool>,
+}
+
+impl Interrupts {
+    /// The first signal `listen` hears sets `stop`; the second sets `quit`,
+    /// and if the command has not ended within [`QUIT_WITHIN`] the process
+    /// exits all the same (130). `listen` is `main`'s: it installs the
+    /// handlers at once and resolves on the next SIGINT or SIGTERM.
+    pub fn listen<F>(
+        listen: impl Fn() -> Result<F, CliError> + Send + 'static,
+    ) -> Result<Self, CliError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop_sender, stop) = watch::channel(false);
+        let (quit_sender, quit) = watch::channel(false);
+        let first = listen()?;
+        tokio::spawn(async move {
+            first.await;
+            // Listening anew before saying so: a signal sent on reading
+            // the line is heard, and only one after the first quits.
+            let second = listen();
+            output::write_stderr(format_args!(
+                "heistd: stopping after this turn (the session will be marked interrupted); again to quit now\n"
+            ));
+            // An error: the heist has already ended, nothing to stop.
+            let _ = stop_sender.send(true);
+            if let Ok(second) = second {
+                second.await;
+                let _ = quit_sender.send(true);
+                tokio::time::sleep(QUIT_WITHIN).await;
+                std::process::exit(130);
+            }
+        });
+        Ok(Self { stop, quit })
+    }
 }
 
 /// How long a quitting command may take to mark its session and exit;
@@ -69,7 +104,7 @@ async fn mark_interrupted(in_play: &InPlay) -> String {
     let Some((store, session_id)) = in_play.0.get() else {
         return "quit before any session started".to_string();
     };
-    let reason = "quit at once by a second Ctrl-C or SIGTERM, mid-turn";
+    let reason = "quit at once by a second Ctrl-C or SIGTERM";
     let marked = tokio::time::timeout(
         MARK_WITHIN,
         store.finish_session(session_id, SessionStatus::Interrupted, Some(reason)),
@@ -96,11 +131,12 @@ fn left_to_the_next_run(session_id: &str, why: &str) -> String {
     )
 }
 
-/// Marks `interrupted` every session a one-shot run left `active` (it was
-/// killed, or quit without its mark landing), saying so on stderr. Call
-/// with the SQLite store open (its lock held): nobody else plays them.
-/// Scheduled sessions are left alone: only a daemon starts them, and its
-/// crash recovery resumes them.
+/// Marks `interrupted` every unscheduled session left `active`, saying so
+/// on stderr: a `run` or `demo` that was killed, or quit without its mark
+/// landing (or a daemon's API-started run, if a daemon died and this
+/// command came before its restart). Call with the SQLite store open (its
+/// lock held): nobody else plays them. Scheduled sessions are left alone:
+/// only a daemon starts them, and its crash recovery resumes them.
 pub(crate) async fn end_stale_sessions(store: &StoreHandle, command: &str) -> Result<(), CliError> {
     let active = store
         .find_sessions(Some(SessionStatus::Active), None, STALE_LIMIT)
