@@ -161,3 +161,103 @@ pub(crate) async fn end_stale_sessions(store: &StoreHandle, command: &str) -> Re
 /// More than a store could have been left with by hand: each is one run
 /// killed or quit mid-turn.
 const STALE_LIMIT: usize = 10_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::NewSession;
+
+    async fn open_store(directory: &tempfile::TempDir) -> StoreHandle {
+        let config = Config::builtin();
+        let store = crate::config::StoreConfig {
+            path: directory.path().join("audit.db"),
+            ..config.store.clone()
+        };
+        StoreHandle::open_configured(&store, &config.cluster)
+            .await
+            .expect("store opens")
+    }
+
+    async fn create(store: &StoreHandle, schedule: Option<&str>) -> String {
+        store
+            .create_session(NewSession {
+                scenario: "bank".into(),
+                seed: 1,
+                planned_turns: 3,
+                schedule: schedule.map(str::to_string),
+                scheduled_time: schedule.map(|_| "2026-01-01T00:00:00Z".to_string()),
+            })
+            .await
+            .expect("session created")
+    }
+
+    async fn status_of(store: &StoreHandle, session_id: &str) -> (String, Option<String>) {
+        let session = store.session(session_id).await.expect("session").session;
+        (session.status_text, session.failure_reason)
+    }
+
+    #[tokio::test]
+    async fn stale_sessions_are_interrupted_and_scheduled_ones_left_to_the_daemon() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = open_store(&directory).await;
+        let left = create(&store, None).await;
+        let scheduled = create(&store, Some("nightly")).await;
+        let ended = create(&store, None).await;
+        store
+            .finish_session(&ended, SessionStatus::Completed, None)
+            .await
+            .expect("finished");
+
+        end_stale_sessions(&store, "heistd run")
+            .await
+            .expect("swept");
+
+        let (status, reason) = status_of(&store, &left).await;
+        assert_eq!(status, "interrupted");
+        assert!(reason.is_some_and(|reason| reason.contains("heistd run")));
+        assert_eq!(status_of(&store, &scheduled).await.0, "active");
+        assert_eq!(status_of(&store, &ended).await.0, "completed");
+    }
+
+    #[tokio::test]
+    async fn a_quit_cuts_the_body_and_marks_its_session_interrupted() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = open_store(&directory).await;
+        let (quit_sender, quit) = watch::channel(false);
+        let in_play = InPlay::default();
+        let body = async {
+            let session_id = create(&store, None).await;
+            in_play.started(&store, &session_id);
+            quit_sender.send(true).expect("sent");
+            // A turn that never ends: only the quit can end the body.
+            std::future::pending::<Result<String, CliError>>().await
+        };
+        let outcome = unless_quit(&in_play, quit, body).await;
+        let Err(CliError::Quit(message)) = outcome else {
+            panic!("not a quit: {outcome:?}");
+        };
+        assert!(message.contains("marked interrupted"), "{message}");
+        assert_eq!(CliError::Quit(message).exit_code(), 130);
+        let session_id = &in_play.0.get().expect("started").1;
+        assert_eq!(status_of(&store, session_id).await.0, "interrupted");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_is_not_cut_and_a_quit_before_any_session_says_so() {
+        let (_quit_sender, quit) = watch::channel(false);
+        let ended = unless_quit(&InPlay::default(), quit, async { Ok(7) }).await;
+        assert!(matches!(ended, Ok(7)));
+        let (_quit_sender, quit) = watch::channel(true);
+        let quit_early = unless_quit(
+            &InPlay::default(),
+            quit,
+            std::future::pending::<Result<(), _>>(),
+        )
+        .await;
+        assert!(
+            matches!(&quit_early, Err(CliError::Quit(message)) if message.contains("before any session")),
+            "{quit_early:?}"
+        );
+    }
+}
