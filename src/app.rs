@@ -125,14 +125,17 @@ impl App {
         let (finish_sender, finished) = watch::channel(false);
         let health = Arc::new(HealthBoard::default());
         let (run_commands, run_requests) = mpsc::channel::<RunCommand>(16);
-        let state = Arc::new(DaemonState::new(
-            config.clone(),
-            store.clone(),
-            health.clone(),
-            crate::metrics::install(),
-            run_commands,
-            admin_token(&config),
-        ));
+        let state = Arc::new(
+            DaemonState::new(
+                config.clone(),
+                store.clone(),
+                health.clone(),
+                crate::metrics::install(),
+                run_commands,
+                admin_token(&config),
+            )
+            .with_config_path(config_path.clone()),
+        );
         // After `DaemonState::new` has installed the recorder.
         telemetry::create_known_series(&config, &scenario);
         let runs = Runs::new(

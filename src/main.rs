@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use heistd::cli::args::{Cli, Command};
-use heistd::cli::{self, CliError, DemoOptions};
+use heistd::cli::{self, CliError, DemoOptions, Interrupts};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 fn main() -> ExitCode {
@@ -12,12 +12,16 @@ fn main() -> ExitCode {
     let outcome = cli::logging::init(cli.log.as_deref(), cli.log_format, &cli.command)
         .map(|()| heistd::metrics::install())
         .and_then(|_| {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build();
-            runtime.map_err(|error| CliError::Runtime(error.to_string()))
+            tokio::runtime::Runtime::new().map_err(|error| CliError::Runtime(error.to_string()))
         })
-        .and_then(|runtime| runtime.block_on(execute(cli.command)));
+        .and_then(|runtime| {
+            let outcome = runtime.block_on(execute(cli.command));
+            // A store call that a quit at once cut loose must not hold the exit.
+            if matches!(outcome, Err(CliError::Quit(_))) {
+                runtime.shutdown_timeout(cli::QUIT_WITHIN);
+            }
+            outcome
+        });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -34,8 +38,11 @@ async fn execute(command: Command) -> Result<(), CliError> {
             cli::daemon(config.as_deref(), shutdown, reload).await?
         }
         // The report has been printed; only the exit code is left.
-        Command::Demo(args) => drop(cli::demo(DemoOptions::new(args, stop_on_interrupt()?)).await?),
-        Command::Run(args) => drop(cli::run(args, stop_on_interrupt()?).await?),
+        Command::Demo(args) => {
+            let interrupts = Interrupts::listen(shutdown_signal)?;
+            drop(cli::demo(DemoOptions::new(args, interrupts)).await?)
+        }
+        Command::Run(args) => drop(cli::run(args, Interrupts::listen(shutdown_signal)?).await?),
         Command::Check { config } => cli::check(&cli::load_config(config.as_deref())?.0).await?,
         Command::Services { names, config } => {
             cli::services(config, &names, shutdown_signal()?).await?
@@ -66,25 +73,6 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> 
             _ = terminate.recv() => {}
         }
     })
-}
-
-/// For one-shot heists: the first Ctrl-C or SIGTERM ends the heist after
-/// its current turn (session `interrupted`); a second one quits at once.
-fn stop_on_interrupt() -> Result<tokio::sync::watch::Receiver<bool>, CliError> {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let first = shutdown_signal()?;
-    tokio::spawn(async move {
-        first.await;
-        cli::output::write_stderr(format_args!("heistd: stopping after this turn (the session will be marked interrupted); again to quit now\n"));
-        // An error means the heist has already ended: nothing to stop. Then
-        // listening anew: only a signal after the first one quits at once.
-        let _ = stop.send(true);
-        if let Ok(second) = shutdown_signal() {
-            second.await;
-            std::process::exit(130);
-        }
-    });
-    Ok(stopped)
 }
 
 /// One reload request per SIGHUP. Registered at once, before the daemon can

@@ -282,6 +282,12 @@ struct DaemonStatus {
     pid: u32,
     started_at: DateTime<Utc>,
     uptime_seconds: u64,
+    /// The config file the daemon reads (again on reload); null: built-in
+    /// defaults and the environment only.
+    config_path: Option<String>,
+    /// The audit store: the SQLite file, or the PostgreSQL URL without its
+    /// password.
+    store: String,
     /// Each service's health and circuit breaker state.
     services: Vec<ServiceHealth>,
     schedules: Vec<ScheduleStatus>,
@@ -394,6 +400,8 @@ async fn daemon_status(State(state): State<Arc<DaemonState>>) -> Json<DaemonStat
         pid: std::process::id(),
         started_at: state.started_at,
         uptime_seconds: state.uptime().as_secs(),
+        config_path: state.config_path().map(|path| path.display().to_string()),
+        store: state.store.path().display().to_string(),
         services: state.health.snapshot(),
         schedules: state.schedules(),
         running_sessions: state.running_sessions(),

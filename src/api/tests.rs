@@ -266,6 +266,14 @@ async fn status_shows_version_services_schedules_running_sessions_and_capacity()
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     assert!(body["started_at"].is_string());
     assert!(body["uptime_seconds"].is_u64());
+    // Started without a config file: null, and the SQLite file it writes.
+    assert!(body["config_path"].is_null(), "{body}");
+    assert!(
+        body["store"]
+            .as_str()
+            .is_some_and(|store| store.ends_with("audit.db")),
+        "{body}"
+    );
     assert_eq!(
         body["max_concurrent_sessions"],
         daemon.state.config().daemon.max_concurrent_sessions

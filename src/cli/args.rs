@@ -167,24 +167,17 @@ pub enum Format {
     Md,
 }
 
+/// The database `heistd demo` writes unless `--db` says otherwise: its own
+/// file, so a demo never mixes into a real audit trail. `heistd sessions`
+/// reads it when the configured store does not exist (a newcomer's first
+/// `sessions list` after `demo`).
+pub const DEMO_DATABASE: &str = "heistd-demo.db";
+
 // `heistd demo`'s options (the variant's doc is its help).
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Turns in the heist, 1 to 1000 (default: [heist] turns, 12).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_TURNS)))]
-    pub turns: Option<u32>,
-    /// The SQLite audit database to write.
-    #[arg(long, default_value = "heistd-demo.db")]
-    pub db: PathBuf,
-    /// Fixes the agent order (and the rehearsal transcript); random when unset.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// An OpenAI-compatible base URL, e.g. http://127.0.0.1:1234/v1 (LM Studio).
-    #[arg(long, requires = "llm_model")]
-    pub llm_url: Option<String>,
-    /// The model name that server expects.
-    #[arg(long, requires = "llm_url")]
-    pub llm_model: Option<String>,
+    #[command(flatten)]
+    pub heist: HeistArgs,
     /// Inject faults (model and calculator errors, a memory outage) to
     /// watch retries, breakers and the outbox at work.
     #[arg(long)]
@@ -197,10 +190,31 @@ pub struct RunArgs {
     /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub heist: HeistArgs,
+}
+
+/// The options `run` and `demo` share, spelt once so they mean the same in
+/// both.
+#[derive(Args)]
+pub struct HeistArgs {
     /// Turns in the heist, 1 to 1000 (default: [heist] turns, 12).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_TURNS)))]
     pub turns: Option<u32>,
-    /// Fixes the agent order (and the rehearsal transcript); random when unset.
+    /// Fixes the agent order (and the rehearsal transcript); default:
+    /// [heist] seed for `run`, else random.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The SQLite audit database to write; default: heistd-demo.db for
+    /// `demo`, the config's store.path for `run`.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// An OpenAI-compatible base URL, e.g. http://127.0.0.1:1234/v1 (LM
+    /// Studio); default: `demo`'s rehearsal model, the config's
+    /// llm.base_url for `run`.
+    #[arg(long, requires = "llm_model")]
+    pub llm_url: Option<String>,
+    /// The model name that server expects (with --llm-url).
+    #[arg(long, requires = "llm_url")]
+    pub llm_model: Option<String>,
 }

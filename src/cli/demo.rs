@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::quit::{self, InPlay, Interrupts};
 use super::{print_turn, summary, CliError, LocalStack};
 use crate::config::{self, Fault};
+use crate::health::{self, Probe};
 use crate::heist::{self, HeistRunner, RunOptions, RunReport, TurnView};
 use crate::store::StoreHandle;
 use crate::wire::{Companion, REHEARSAL_MODEL_ID};
@@ -18,20 +20,24 @@ pub struct DemoOptions {
     pub llm: Option<(String, String)>,
     /// Inject faults so the resilience stack has something to do.
     pub chaos: bool,
-    /// Becomes true on Ctrl-C: the heist ends `interrupted` after its turn.
-    pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Ctrl-C: the first ends the heist `interrupted` after its turn, the
+    /// second quits at once.
+    pub interrupts: Interrupts,
 }
 
 impl DemoOptions {
-    /// The command line's options, and the stop signal `main` listens for.
-    pub fn new(args: super::args::DemoArgs, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+    /// The command line's options, and the signals `main` listens for.
+    pub fn new(args: super::args::DemoArgs, interrupts: Interrupts) -> Self {
+        let heist = args.heist;
         Self {
-            turns: args.turns,
-            db: args.db,
-            seed: args.seed,
-            llm: args.llm_url.zip(args.llm_model),
+            turns: heist.turns,
+            db: heist
+                .db
+                .unwrap_or_else(|| PathBuf::from(super::args::DEMO_DATABASE)),
+            seed: heist.seed,
+            llm: heist.llm_url.zip(heist.llm_model),
             chaos: args.chaos,
-            stop,
+            interrupts,
         }
     }
 }
@@ -42,20 +48,27 @@ const OUTAGE_FIRST_TURN: u32 = 4;
 const OUTAGE_LAST_TURN: u32 = 6;
 
 pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
-    let base = demo_config(&options)?;
+    let in_play = InPlay::default();
+    let quit = options.interrupts.quit.clone();
+    quit::unless_quit(&in_play, quit, demo_until_quit(&options, &in_play)).await
+}
+
+async fn demo_until_quit(options: &DemoOptions, in_play: &InPlay) -> Result<RunReport, CliError> {
+    let base = demo_config(options)?;
     let stack = LocalStack::start(base, options.llm.clone()).await?;
     super::sqlite_only(&stack.config, "heistd demo")?;
     let store = StoreHandle::open_configured(&stack.config.store, &stack.config.cluster).await?;
     // A store that cannot be written fails here, before any service call.
     store.probe_write().await?;
+    quit::end_stale_sessions(&store, "heistd demo").await?;
     let runner = stack
         .runner(store.clone())?
-        .with_stop(options.stop.clone())
+        .with_stop(options.interrupts.stop.clone())
         .with_notices(std::sync::Arc::new(super::print_notice));
     super::preflight(&runner.clients().llm).await?;
     let turns = options.turns.unwrap_or(stack.config.heist.turns);
     let seed = options.seed.unwrap_or_else(heist::random_seed);
-    print_banner(&stack, &options, turns, seed);
+    print_banner(&stack, options, turns, seed);
     if options.chaos {
         start_chaos(&stack, seed, options.llm.is_some());
     }
@@ -64,12 +77,15 @@ pub async fn demo(options: DemoOptions) -> Result<RunReport, CliError> {
         print_turn(view);
         if options.chaos {
             let finished_turn = view.record.turn_id;
-            stage_memory_outage(&stack, finished_turn);
+            stage_memory_outage(&stack, &runner, finished_turn);
             set_chaos_for_turn(&stack, seed, finished_turn + 1);
         }
     };
+    let run_options = RunOptions::new(turns, seed);
+    let session_id = runner.start(&run_options).await?;
+    in_play.started(&store, &session_id);
     let mut report = runner
-        .run(RunOptions::new(turns, seed), Some(&observer))
+        .play(&session_id, &run_options, Some(&observer))
         .await?;
     if options.chaos {
         // A run shorter than the outage must not leave memory down.
@@ -170,8 +186,9 @@ fn set_chaos_for_turn(stack: &LocalStack, seed: u64, turn: u32) {
 }
 
 /// Called after each turn: takes the memory service down before
-/// [`OUTAGE_FIRST_TURN`] and brings it back after [`OUTAGE_LAST_TURN`].
-fn stage_memory_outage(stack: &LocalStack, finished_turn: u32) {
+/// [`OUTAGE_FIRST_TURN`] and brings it back after [`OUTAGE_LAST_TURN`],
+/// where a health check sees it up (see [`memory_seen_back`]).
+fn stage_memory_outage(stack: &LocalStack, runner: &HeistRunner, finished_turn: u32) {
     if finished_turn + 1 == OUTAGE_FIRST_TURN {
         out!("   !! the memory service goes down\n");
         set_fault(
@@ -183,8 +200,41 @@ fn stage_memory_outage(stack: &LocalStack, finished_turn: u32) {
             },
         );
     } else if finished_turn == OUTAGE_LAST_TURN {
-        out!("   !! the memory service is back\n");
         set_fault(stack, Companion::Memory, Fault::default());
+        out!(
+            "   !! the memory service is back\n{}\n",
+            memory_seen_back(runner)
+        );
+    }
+}
+
+/// What a daemon's health checker does when a service answers again: its
+/// breaker, open since the outage, lets calls through again. The demo has
+/// no checker and its turns take milliseconds, far less than the breaker's
+/// wait in open, so it probes the memory service's health once itself and,
+/// seeing it up, half-opens the breaker: the next memory calls (the
+/// outbox's writes, the next turn's read) are its probes, and close it.
+/// Returns the line that says so.
+fn memory_seen_back(runner: &HeistRunner) -> String {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let memory = &runner.clients().memory.service;
+    let handle = Handle::current();
+    // The observer that calls this is synchronous; only a multi-thread
+    // runtime (main's) can wait for the probe on this thread.
+    if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+        memory.half_open_breaker();
+        return "   !! its breaker half-opens: the next memory calls are its probes".into();
+    }
+    let probe = health::probe(memory, Probe::Health, crate::clients::PROBE_TIMEOUT);
+    let report = tokio::task::block_in_place(|| handle.block_on(probe));
+    if report.up {
+        memory.half_open_breaker();
+        "   !! a health check sees it up: its breaker half-opens, and the next memory calls are its probes".into()
+    } else {
+        format!(
+            "   !! a health check does not see it up yet ({}): its breaker waits out its open time",
+            report.detail
+        )
     }
 }
 
@@ -229,8 +279,9 @@ async fn print_service_calls(store: &StoreHandle, session_id: &str) -> Result<()
 /// The chaos run's settings: short breaker waits, so the demo shows
 /// recovery within its turns.
 fn chaos_settings(base: &mut config::Config) {
-    // A short wait in open, so the memory breaker lets the outbox
-    // through within the demo rather than ten seconds later.
+    // A short wait in open: a breaker that opens again (its probe met the
+    // outage) lets the outbox through within a second of the demo's end
+    // rather than ten seconds later.
     base.services.memory.policy.breaker.wait_in_open_ms = 1_000;
     // A wider window for the model: a quarter of requests failing should
     // show retries at work, not open the breaker on a short unlucky run

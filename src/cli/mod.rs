@@ -2,11 +2,12 @@
 //! these; they print for people and return errors that carry an exit code.
 //! [`LocalStack`] (every companion in-process on ephemeral loopback ports,
 //! and a config pointing at them) serves `demo`, the tests and the bench.
+//! `run` and the readers (`sessions`) have files of their own, and `quit`
+//! is what a second Ctrl-C does to a one-shot heist.
 //!
 //! It must not hold business logic of its own: it wires and presents.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,19 +16,24 @@ pub mod args;
 pub mod output;
 mod demo;
 pub mod logging;
+mod quit;
 mod reload;
+mod run;
+mod sessions;
 pub use demo::{demo, DemoOptions};
+pub use quit::{Interrupts, QUIT_WITHIN};
 pub use reload::reload;
-
-use tokio::sync::watch;
+pub use run::run;
+pub(crate) use run::{base_url_hint, completed, preflight, print_notice, print_turn, summary};
+pub use sessions::{export_json, export_markdown, sessions, sessions_list};
 
 use crate::app::{App, AppError, DaemonOptions};
-use crate::clients::{ClientBuildError, Clients, StatsSnapshot};
+use crate::clients::{ClientBuildError, Clients};
 use crate::config::{self, Config, ConfigError};
-use crate::heist::{self, HeistError, HeistRunner, RunOptions, RunReport, TurnView};
+use crate::heist::{HeistError, HeistRunner};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::services::{self, token::SigningKey, CompanionContext, Companions, ServiceError};
-use crate::store::{SessionDetail, Store, StoreError, StoreHandle};
+use crate::store::{Store, StoreError, StoreHandle};
 use crate::wire::{Companion, COMPANION_NAMES, REHEARSAL_MODEL_ID};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +64,9 @@ pub enum CliError {
     /// The daemon refused the new config and kept the running one.
     #[error("reload refused, still running the previous config: {0}")]
     ReloadRefused(String),
+    /// A second Ctrl-C: what became of the session in play.
+    #[error("{0}")]
+    Quit(String),
     #[error("session {session_id} ended {status}: {reason}")]
     NotCompleted {
         session_id: String,
@@ -75,6 +84,8 @@ impl CliError {
             Self::Unhealthy(_) | Self::ReloadRefused(_) => 1,
             Self::ReloadFailed(_) => 2,
             Self::NotCompleted { .. } => 3,
+            // As a shell reports a process ended by SIGINT.
+            Self::Quit(_) => 130,
             Self::Store(error) | Self::Daemon(AppError::Store(error)) => store_exit_code(error),
             Self::Service(_) | Self::Heist(_) | Self::Clients(_) => 2,
             Self::Daemon(AppError::Config(_) | AppError::Scenario(_)) => 1,
@@ -98,12 +109,18 @@ fn store_exit_code(error: &StoreError) -> u8 {
 /// Loads the config from `--config`, else `/etc/heistd/heistd.toml` if it
 /// exists, else built-in defaults; environment overrides apply to all three.
 pub fn load_config(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
-    let chosen = path.map(Path::to_path_buf).or_else(|| {
-        let system = PathBuf::from(config::SYSTEM_CONFIG_PATH);
-        system.is_file().then_some(system)
-    });
+    let chosen = config_file(path);
     let loaded = config::load(chosen.as_deref(), config::process_environment())?;
     Ok((loaded, chosen))
+}
+
+/// The config file a command reads: `--config`, else
+/// `/etc/heistd/heistd.toml` if it exists, else none (built-in defaults).
+fn config_file(path: Option<&Path>) -> Option<PathBuf> {
+    path.map(Path::to_path_buf).or_else(|| {
+        let system = PathBuf::from(config::SYSTEM_CONFIG_PATH);
+        system.is_file().then_some(system)
+    })
 }
 
 /// `heistd config ...`.
@@ -219,6 +236,16 @@ pub async fn daemon(
     reload: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), CliError> {
     let (config, config_path) = load_config(path)?;
+    // The first line: which file and which store, before either is used (a
+    // wrong one is the likeliest surprise).
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config_path
+            .as_deref()
+            .map_or("built-in defaults".into(), |path| path.display().to_string()),
+        store = %store_named(&config.store),
+        "heistd starting"
+    );
     // The admin API's connections, the store, the clients' pool and logs.
     crate::http::raise_open_files_limit(config.http.max_connections as u64 + 256);
     let options = DaemonOptions {
@@ -230,41 +257,12 @@ pub async fn daemon(
     Ok(())
 }
 
-/// `heistd run`: one heist against the configured services.
-pub async fn run(args: args::RunArgs, stop: watch::Receiver<bool>) -> Result<RunReport, CliError> {
-    let (config, _) = load_config(args.config.as_deref())?;
-    let (turns, seed) = (args.turns, args.seed);
-    let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
-    sqlite_only(&config, "heistd run")?;
-    let store = StoreHandle::open_configured(&config.store, &config.cluster).await?;
-    // A store that cannot be written fails here, before any service call.
-    store.probe_write().await?;
-    let clients = Clients::from_config(&config)?;
-    let turns = turns.unwrap_or(config.heist.turns);
-    let seed = seed
-        .or(config.heist.seed)
-        .unwrap_or_else(heist::random_seed);
-    preflight(&clients.llm).await?;
-    let runner = HeistRunner::new(Arc::new(config), scenario, clients, store.clone())
-        .with_stop(stop)
-        .with_notices(Arc::new(print_notice));
-    let report = runner
-        .run(RunOptions::new(turns, seed), Some(&print_turn))
-        .await?;
-    out!("{}", summary(&report, runner.clients(), store.path()));
-    completed(report)
-}
-
-/// A heist that ran but did not complete is an error for the exit code
-/// (3), after its summary has been printed.
-pub(crate) fn completed(report: RunReport) -> Result<RunReport, CliError> {
-    match report.status {
-        crate::store::SessionStatus::Completed => Ok(report),
-        status => Err(CliError::NotCompleted {
-            session_id: report.session_id.clone(),
-            status: status.as_str(),
-            reason: report.failure_reason.clone().unwrap_or_default(),
-        }),
+/// The store a config names: the SQLite file, or the PostgreSQL URL (which
+/// validation keeps free of a password).
+fn store_named(store: &config::StoreConfig) -> String {
+    match store.backend {
+        config::StoreBackend::Sqlite => store.path.display().to_string(),
+        config::StoreBackend::Postgres => store.url.clone(),
     }
 }
 
@@ -441,43 +439,6 @@ fn refuse_builtin_secrets_off_loopback(config: &Config) -> Result<(), CliError> 
     )))
 }
 
-/// `heistd sessions ...`: reads the audit store at `--db`, else at the
-/// config's `store.path`; a missing file is an error, never created.
-pub fn sessions(
-    db: Option<PathBuf>,
-    config: Option<&Path>,
-    action: args::SessionsAction,
-) -> Result<String, CliError> {
-    use args::{Format, SessionsAction};
-    let path = match db {
-        Some(path) => path,
-        None => {
-            let (config, _) = load_config(config)?;
-            sqlite_only(&config, "heistd sessions")?;
-            config.store.path
-        }
-    };
-    if !path.is_file() {
-        return Err(CliError::Usage(format!(
-            "no audit database at {}",
-            path.display()
-        )));
-    }
-    let store = Store::open_read_only(&path)?;
-    Ok(match action {
-        SessionsAction::List { limit } => sessions_list(&store, limit)?,
-        SessionsAction::Show { session_id } => export_markdown(&store.session(&session_id)?),
-        SessionsAction::Export {
-            session_id,
-            format: Format::Json,
-        } => format!("{}\n", export_json(&store.session(&session_id)?)),
-        SessionsAction::Export {
-            session_id,
-            format: Format::Md,
-        } => export_markdown(&store.session(&session_id)?),
-    })
-}
-
 /// `heistd store ...`.
 pub async fn store(action: args::StoreAction) -> Result<String, CliError> {
     let args::StoreAction::Migrate { to, from, config } = action;
@@ -543,278 +504,4 @@ pub(crate) fn sqlite_only(config: &Config, command: &str) -> Result<(), CliError
         "{command} works on a SQLite store; with store.backend = \"postgres\", start heists on a \
          daemon (POST /api/v1/runs) and read sessions with GET /api/v1/sessions"
     )))
-}
-
-/// `heistd sessions list`.
-pub fn sessions_list(store: &Store, limit: usize) -> Result<String, CliError> {
-    let mut output = format!(
-        "{:<32} {:<11} {:>5}  {:<27} {}\n",
-        "SESSION", "STATUS", "TURNS", "STARTED", "REASON"
-    );
-    for session in store.list_sessions(limit)? {
-        let _ = writeln!(
-            output,
-            "{:<32} {:<11} {:>5}  {:<27} {}",
-            session.session_id,
-            session.status_text,
-            session.num_turns,
-            session.start_time,
-            session.failure_reason.unwrap_or_default()
-        );
-    }
-    Ok(output)
-}
-
-/// `heistd sessions export ID --format json`: the session, its messages and
-/// tool usage, as the prototype's JSON export.
-pub fn export_json(detail: &SessionDetail) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({
-        "session_info": detail.session,
-        "messages": detail.messages,
-        "tool_usage": detail.tool_usage,
-    }))
-    .unwrap_or_default()
-}
-
-/// `heistd sessions show ID` and `export ID --format md`: a Markdown transcript.
-pub fn export_markdown(detail: &SessionDetail) -> String {
-    let session = &detail.session;
-    let mut output = format!("# Heist session {}\n\n", session.session_id);
-    let _ = writeln!(output, "- status: {}", session.status_text);
-    let _ = writeln!(output, "- started: {}", session.start_time);
-    let _ = writeln!(
-        output,
-        "- ended: {}",
-        session.end_time.as_deref().unwrap_or("-")
-    );
-    let _ = writeln!(output, "- turns: {}", session.num_turns);
-    if let Some(seed) = session.seed {
-        let _ = writeln!(output, "- seed: {seed}");
-    }
-    if let Some(reason) = &session.failure_reason {
-        let _ = writeln!(output, "- reason: {reason}");
-    }
-    output.push_str("\n## Conversation\n");
-    for message in &detail.messages {
-        let _ = writeln!(
-            output,
-            "\n### Turn {}: {} ({})\n",
-            message.turn_id, message.agent_name, message.agent_role
-        );
-        match &message.error {
-            Some(error) => {
-                let _ = writeln!(output, "_turn failed: {error}_");
-            }
-            None => {
-                let _ = writeln!(output, "{}", message.message.trim());
-            }
-        }
-        for tool in detail
-            .tool_usage
-            .iter()
-            .filter(|tool| tool.turn_id == message.turn_id)
-        {
-            let outcome = if tool.success {
-                format!("`{}`", first_line(&tool.tool_result, 100))
-            } else {
-                format!("failed: {}", tool.error.as_deref().unwrap_or(""))
-            };
-            let _ = writeln!(
-                output,
-                "\n- tool `{}` (`{}`): {outcome}",
-                tool.tool_name, tool.tool_params
-            );
-        }
-    }
-    output
-}
-
-/// Checks the model endpoint before the first turn, with `/models` and
-/// one tiny chat: a server that cannot be reached, does not answer, or
-/// answers 404 (or refuses the chat: a bad key, a broken stream) fails the
-/// command within seconds, naming the URL; a 5xx or a 429 is left to the
-/// session's outage handling (it may be starting up); a model it does not
-/// list is a warning.
-pub(crate) async fn preflight(llm: &crate::clients::LlmClient) -> Result<(), CliError> {
-    let url = &llm.service.base_url;
-    let unusable = |error: &crate::clients::CallError| {
-        CliError::Unhealthy(format!(
-            "the model server at {url} cannot be used: {error}{}",
-            base_url_hint(error)
-        ))
-    };
-    match llm.list_models().await {
-        Ok(models) if models.iter().any(|model| model == llm.model()) => {}
-        Ok(models) => output::write_stderr(format_args!(
-            "warning: the model server at {url} does not list `{}` (it lists: {}); trying it anyway\n",
-            llm.model(),
-            models.join(", ")
-        )),
-        Err(crate::clients::CallError::Status { status, .. }) if status >= 500 => return Ok(()),
-        Err(error) => return Err(unusable(&error)),
-    }
-    // As long as a turn would wait for its first piece, and not less than
-    // the minimum: a server may load the model on first use.
-    let limit = PREFLIGHT_CHAT_MINIMUM.max(llm.first_piece_timeout());
-    let chat = tokio::time::timeout(limit, llm.preflight_chat()).await;
-    match chat {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) if left_to_the_session(&error) => Ok(()),
-        Ok(Err(error)) => Err(unusable(&error)),
-        Err(_) => Err(CliError::Unhealthy(format!(
-            "the model server at {url} cannot be used: a 1-token chat got no answer within {} s (llm.timeout_ms)",
-            limit.as_secs()
-        ))),
-    }
-}
-
-/// A preflight chat error the session's outage handling is for: the
-/// server is there but unavailable for now (5xx, 429, an open breaker).
-/// A refused connection or no answer fails the command instead.
-fn left_to_the_session(error: &crate::clients::CallError) -> bool {
-    use crate::clients::CallError;
-    error.is_outage()
-        && !matches!(
-            error,
-            CallError::Connect { .. } | CallError::Timeout { .. } | CallError::Stalled { .. }
-        )
-}
-
-/// The preflight's tiny chat gets `llm.timeout_ms` (a turn's wait for its
-/// first piece), and at least this long: a server that loads the model on
-/// first use may need a while.
-const PREFLIGHT_CHAT_MINIMUM: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// "does it end in /v1?" for a 404 from an OpenAI-compatible base URL.
-pub(crate) fn base_url_hint(error: &crate::clients::CallError) -> &'static str {
-    match error {
-        // The server found the path but not the model (Ollama, vLLM and
-        // the rehearsal model say "model ... not found"): the name is wrong.
-        crate::clients::CallError::Status {
-            status: 404,
-            message,
-            ..
-        } if message.to_ascii_lowercase().contains("model") => {
-            " (the server does not have that model: check llm.model against `heistd check`'s list)"
-        }
-        crate::clients::CallError::Status { status: 404, .. } => {
-            " (the base URL answers 404: does it end in /v1?)"
-        }
-        _ => "",
-    }
-}
-
-/// Prints a run's notices: a pause as one countdown line rewritten in
-/// place, the rest as their own lines.
-pub(crate) fn print_notice(notice: &heist::RunNotice) {
-    match notice {
-        heist::RunNotice::ModelPaused { .. } => {
-            output::write_stdout(format_args!("\r   .. {notice}\x1b[K"))
-        }
-        heist::RunNotice::ModelBack { .. } => out!("\r   .. {notice}\x1b[K\n"),
-        heist::RunNotice::TextToolsFallback { .. } => out!("warning: {notice}\n"),
-    }
-}
-
-pub(crate) fn print_turn(view: &TurnView<'_>) {
-    let record = view.record;
-    out!(
-        "[{:>2}/{}] {} ({}) — {:.1} ms",
-        record.turn_id,
-        view.total_turns,
-        record.agent_name,
-        record.agent_role,
-        view.elapsed_ms
-    );
-    match &record.error {
-        Some(error) => out!("   turn failed: {error}"),
-        None => {
-            for line in record.message.trim().lines() {
-                out!("   {line}");
-            }
-        }
-    }
-    for call in &record.tool_calls {
-        let outcome = if call.success {
-            format!("ok: {}", first_line(&call.tool_result, 90))
-        } else {
-            format!("FAILED: {}", call.error.as_deref().unwrap_or(""))
-        };
-        out!("   -> {}({}) {outcome}", call.tool_name, call.tool_params);
-    }
-    out!();
-}
-
-pub(crate) fn summary(report: &RunReport, clients: &Clients, database: &Path) -> String {
-    let mut output = String::new();
-    let _ = writeln!(
-        output,
-        "session {} {}",
-        report.session_id,
-        report.status.as_str()
-    );
-    if let Some(reason) = &report.failure_reason {
-        let _ = writeln!(output, "  reason: {reason}");
-    }
-    let _ = writeln!(
-        output,
-        "  turns: {} ({} failed)",
-        report.turns, report.failed_turns
-    );
-    let _ = writeln!(
-        output,
-        "  tool calls: {} succeeded, {} failed, {} refused",
-        report.tool_calls_succeeded, report.tool_calls_failed, report.tool_calls_refused
-    );
-    if report.memory_pending > 0 {
-        let _ = writeln!(
-            output,
-            "  memory writes waiting in the outbox: {}",
-            report.memory_pending
-        );
-    }
-    let _ = writeln!(
-        output,
-        "\n  {:<15} {:>6} {:>9} {:>9} {:>9}",
-        "service", "calls", "failures", "p50 ms", "p99 ms"
-    );
-    for service in clients.all() {
-        let StatsSnapshot {
-            calls,
-            failures,
-            p50_ms,
-            p99_ms,
-        } = service.stats.snapshot();
-        let _ = writeln!(
-            output,
-            "  {:<15} {calls:>6} {failures:>9} {p50_ms:>9.2} {p99_ms:>9.2}",
-            service.name
-        );
-    }
-    let database = database.display();
-    let _ = writeln!(output, "\n  audit trail: {database}");
-    let _ = writeln!(
-        output,
-        "  read it:     heistd sessions --db {database} show {}",
-        report.session_id
-    );
-    let _ = write!(
-        output,
-        "  or with SQL: sqlite3 {database} \"SELECT turn_id, agent_name, tool_name, success FROM tool_usage WHERE session_id = '{}'\"",
-        report.session_id
-    );
-    output
-}
-
-fn first_line(text: &str, max_chars: usize) -> String {
-    let line = text
-        .lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or_default()
-        .trim();
-    if line.chars().count() > max_chars {
-        format!("{}...", line.chars().take(max_chars).collect::<String>())
-    } else {
-        line.to_string()
-    }
 }

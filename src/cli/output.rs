@@ -53,3 +53,17 @@ macro_rules! out {
         $crate::cli::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
     };
 }
+
+/// The first non-blank line of `text`, cut to `max_chars` with `...`.
+pub(crate) fn first_line(text: &str, max_chars: usize) -> String {
+    let line = text
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or_default()
+        .trim();
+    if line.chars().count() > max_chars {
+        format!("{}...", line.chars().take(max_chars).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}

@@ -25,6 +25,24 @@ pub fn load(
     path: Option<&Path>,
     environment: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
+    load_with(path, environment, true)
+}
+
+/// As [`load`], every key read and checked, but no secret read (each is
+/// left unset): for commands that only read the store (`heistd
+/// sessions`), which a missing credential they never use must not stop.
+pub fn load_without_secrets(
+    path: Option<&Path>,
+    environment: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    load_with(path, environment, false)
+}
+
+fn load_with(
+    path: Option<&Path>,
+    environment: impl IntoIterator<Item = (String, String)>,
+    read_secrets: bool,
+) -> Result<Config, ConfigError> {
     let environment = secrets::with_credentials_beside(environment.into_iter().collect(), path);
     let mut merged =
         toml::Value::try_from(Config::builtin()).unwrap_or(toml::Value::Table(Default::default()));
@@ -56,8 +74,12 @@ pub fn load(
     };
     // Unreadable secrets and the store password are reported beside the
     // other problems, all at once, not one per try.
-    let secrets = config.resolve_secrets(&environment);
-    let password = config.store.resolve_password(&environment).err();
+    let (secrets, password) = if read_secrets {
+        let secrets = config.resolve_secrets(&environment);
+        (secrets, config.store.resolve_password(&environment).err())
+    } else {
+        (Vec::new(), None)
+    };
     // A client whose secret could not be read is not also "too short".
     let unread = |key: &str| {
         secrets.iter().any(|(failed, _)| {
@@ -66,9 +88,11 @@ pub fn load(
                 .is_some_and(|end| key.starts_with(&failed[..=end]))
         })
     };
+    // Unread, a client's secret from a file or variable is empty: not a
+    // problem to report.
     let checks: Vec<(String, String)> = validate(&config)
         .into_iter()
-        .filter(|(key, _)| !unread(key))
+        .filter(|(key, _)| !unread(key) && (read_secrets || !key.ends_with(".client_secret")))
         .collect();
     let problems: Vec<ConfigError> = schedule_problems
         .into_iter()

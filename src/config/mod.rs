@@ -48,7 +48,8 @@ pub use heist::HeistConfig;
 pub use http::HttpConfig;
 pub use llm::{LlmConfig, ToolCalling};
 pub use load::{
-    admin_address_hint, load, process_environment, systemd_environment, SystemdEnvironment,
+    admin_address_hint, load, load_without_secrets, process_environment, systemd_environment,
+    SystemdEnvironment,
 };
 pub use oauth::{OAuthClient, OAuthConfig};
 pub use outbox::OutboxConfig;

@@ -4,6 +4,7 @@
 //! they publish.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,6 +106,9 @@ pub struct DaemonState {
     /// The bearer token `POST /api/v1/runs` demands; `None` turns it off.
     admin_token: RwLock<Option<String>>,
     config_status: RwLock<ConfigStatus>,
+    /// The config file the daemon reads (again on reload), for the status
+    /// to name; `None`: built-in defaults and the environment.
+    config_path: Option<PathBuf>,
 }
 
 impl DaemonState {
@@ -134,7 +138,18 @@ impl DaemonState {
                 last_reload_at: None,
                 last_reload_error: None,
             }),
+            config_path: None,
         }
+    }
+
+    /// Names the config file the daemon was started with.
+    pub fn with_config_path(mut self, path: Option<PathBuf>) -> Self {
+        self.config_path = path;
+        self
+    }
+
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
     }
 
     pub fn uptime(&self) -> Duration {

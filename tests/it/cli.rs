@@ -286,9 +286,11 @@ fn the_chaos_demo_rides_out_its_faults() {
     assert!(demo.status.success(), "{stdout}\n{}", text(&demo.stderr));
     assert!(
         stdout.contains("the memory service goes down")
-            && stdout.contains("the memory service is back"),
+            && stdout.contains("the memory service is back")
+            && stdout.contains("a health check sees it up"),
         "{stdout}"
     );
+    assert_memory_is_back_after_the_outage(&directory.path().join("chaos.db"));
     let outbox = stdout
         .lines()
         .find_map(|line| line.strip_prefix("outbox: "))
@@ -691,6 +693,38 @@ fn a_prototype_database_with_a_same_second_collision_is_adopted_by_splitting_it(
     );
 }
 
+/// The chaos demo's memory outage covers turns 4 to 6; it announces the
+/// service back after turn 6, and the heist must then have it back: no
+/// later turn's memory read failed or met an open breaker, and every
+/// memory write reached the service while the session played, not in the
+/// catch-up after its end.
+fn assert_memory_is_back_after_the_outage(db: &Path) {
+    let connection = rusqlite::Connection::open(db).expect("open");
+    let failed_reads: Vec<(i64, String)> = connection
+        .prepare(
+            "SELECT turn_id, outcome FROM service_calls WHERE service = 'memory' \
+             AND operation LIKE '%get_compressed_memory' AND turn_id > 6",
+        )
+        .expect("prepare")
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert!(
+        failed_reads.is_empty(),
+        "memory reads after the outage failed: {failed_reads:?}"
+    );
+    let late: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM outbox JOIN sessions USING (session_id) \
+             WHERE delivered_at IS NULL OR delivered_at > sessions.end_time",
+            [],
+            |row| row.get(0),
+        )
+        .expect("count");
+    assert_eq!(late, 0, "memory writes delivered only after the session");
+}
+
 /// Each turn of the one session in `db` as it ended: agent, failed or not,
 /// the reply, and each tool call with its success.
 fn turn_outcomes(db: &Path) -> Vec<String> {
@@ -735,6 +769,7 @@ fn the_chaos_demo_replays_with_its_seed() {
             text(&demo.stderr)
         );
         outcomes.push(turn_outcomes(&directory.path().join(db)));
+        assert_memory_is_back_after_the_outage(&directory.path().join(db));
     }
     assert_eq!(outcomes[0].len(), 10);
     assert!(
@@ -946,4 +981,288 @@ async fn a_model_the_server_does_not_have_fails_the_demo_within_seconds_naming_t
     );
     assert_eq!(model.chat_calls(), 0, "no turn was played");
     assert_eq!(model.last_request()["max_tokens"], 1);
+}
+
+/// A newcomer's `heistd demo` then `heistd sessions list`, in a fresh
+/// directory with no flags: the list shows the demo's session (the demo
+/// writes its own file, and `sessions` says it reads that one). A
+/// `--config` whose store does not exist names the demo's file instead;
+/// the install config reads the store without its credentials, which only
+/// other commands use.
+#[test]
+fn sessions_list_after_demo_in_a_fresh_directory_reads_the_demos_file() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let demo = heistd(&["demo", "--turns", "2", "--seed", "5"], directory.path());
+    assert!(demo.status.success(), "{}", text(&demo.stderr));
+    assert!(directory.path().join("heistd-demo.db").is_file());
+
+    let list = heistd(&["sessions", "list"], directory.path());
+    let (stdout, stderr) = (text(&list.stdout), text(&list.stderr));
+    assert!(list.status.success(), "{stderr}");
+    assert!(stdout.contains("completed"), "{stdout}");
+    assert!(stderr.contains("heistd-demo.db"), "{stderr}");
+
+    std::fs::write(
+        directory.path().join("elsewhere.toml"),
+        "[store]\npath = \"elsewhere.db\"\n",
+    )
+    .expect("write");
+    let named = heistd(
+        &["sessions", "--config", "elsewhere.toml", "list"],
+        directory.path(),
+    );
+    let stderr = text(&named.stderr);
+    assert_eq!(named.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("elsewhere.db")
+            && stderr.contains("heistd sessions --db heistd-demo.db list"),
+        "{stderr}"
+    );
+
+    // The install config, no credentials beside it, outside systemd: its
+    // store (here moved to the demo's file) is read all the same.
+    let installed = directory.path().join("heistd.toml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/heistd.toml"),
+        &installed,
+    )
+    .expect("copy");
+    let read = Command::new(env!("CARGO_BIN_EXE_heistd"))
+        .args(["sessions", "--config", "heistd.toml", "list"])
+        .current_dir(directory.path())
+        .env_remove("RUST_LOG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env("HEISTD_STORE__PATH", "heistd-demo.db")
+        .output()
+        .expect("heistd runs");
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    assert!(text(&read.stdout).contains("completed"));
+    // A command that uses the secrets still needs them.
+    let check = heistd(
+        &["config", "check", "--config", "heistd.toml"],
+        directory.path(),
+    );
+    assert_eq!(check.status.code(), Some(1));
+}
+
+/// `run` takes `demo`'s options where they mean the same: `--db` and
+/// `--llm-url`/`--llm-model` override the config's store and model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_takes_the_database_and_model_from_its_options() {
+    let stack = heistd::cli::LocalStack::start(super::support::base_config(), None)
+        .await
+        .expect("companions start");
+    let directory = tempfile::tempdir().expect("temp dir");
+    // The services only: no [store], and a model nothing answers at.
+    stack_config_file(&stack, directory.path(), "config.db");
+    let config = std::fs::read_to_string(directory.path().join("run.toml")).expect("read");
+    let config = config
+        .replace("path = \"config.db\"", "path = \"never.db\"")
+        .replacen(&stack.config.llm.base_url, "http://127.0.0.1:9/v1", 1);
+    std::fs::write(directory.path().join("run.toml"), config).expect("write");
+    let (llm, path) = (stack.config.llm.clone(), directory.path().to_path_buf());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_heistd"))
+            .args([
+                "run",
+                "--config",
+                "run.toml",
+                "--turns",
+                "2",
+                "--seed",
+                "3",
+                "--db",
+                "flag.db",
+                "--llm-url",
+                &llm.base_url,
+                "--llm-model",
+                &llm.model,
+            ])
+            .current_dir(path)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("heistd runs")
+    })
+    .await
+    .expect("joined");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!directory.path().join("never.db").exists());
+    let list = heistd(&["sessions", "--db", "flag.db", "list"], directory.path());
+    assert!(
+        text(&list.stdout).contains("completed"),
+        "{}",
+        text(&list.stdout)
+    );
+    let help = text(&heistd(&["run", "--help"], directory.path()).stdout);
+    for option in ["--db", "--llm-url", "--llm-model", "--turns", "--seed"] {
+        assert!(help.contains(option), "run --help lacks {option}: {help}");
+    }
+    stack.companions.shutdown().await;
+}
+
+/// A model server that answers the preflight's chat and lets every other
+/// chat hang: a heist on it is always mid-turn. Sends a message on each
+/// chat it lets hang.
+async fn hanging_model() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    use axum::routing::{get, post};
+    let (hung, hangs) = tokio::sync::mpsc::unbounded_channel();
+    let router = axum::Router::new()
+        .route(
+            "/v1/models",
+            get(|| async { axum::Json(serde_json::json!({"data": [{"id": "hanging"}]})) }),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(move |axum::Json(request): axum::Json<serde_json::Value>| {
+                let hung = hung.clone();
+                async move {
+                    if request["messages"][0]["content"] != heistd::wire::PREFLIGHT_PROMPT {
+                        let _ = hung.send(());
+                        std::future::pending::<()>().await;
+                    }
+                    axum::Json(serde_json::json!({
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "OK"}}]
+                    }))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (format!("http://{address}/v1"), hangs)
+}
+
+/// `heistd demo` on `db` against `model`, its stderr lines sent as read.
+fn spawn_demo(
+    directory: &Path,
+    db: &str,
+    model: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_heistd"))
+        .args([
+            "demo",
+            "--turns",
+            "3",
+            "--seed",
+            "2",
+            "--db",
+            db,
+            "--llm-url",
+            model,
+            "--llm-model",
+            "hanging",
+        ])
+        .current_dir(directory)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("demo starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (line, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for read in std::io::BufReader::new(stderr).lines() {
+            let Ok(read) = read else { return };
+            if line.send(read).is_err() {
+                return;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// Reads `lines` until one contains `wanted`; all of them, for messages.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, wanted: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(line) => {
+                let found = line.contains(wanted);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(_) => panic!("no `{wanted}` within 30 s: {seen:#?}"),
+        }
+    }
+}
+
+fn send(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    nix::sys::signal::kill(pid, signal).expect("signal sent");
+}
+
+/// (status, failure reason) of each session in `db`, oldest first.
+fn session_statuses(db: &Path) -> Vec<(String, String)> {
+    let connection = rusqlite::Connection::open(db).expect("open");
+    let statuses = connection
+        .prepare("SELECT status, COALESCE(failure_reason, '') FROM sessions ORDER BY rowid")
+        .expect("prepare")
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    statuses
+}
+
+/// Ctrl-C twice mid-turn quits at once and still marks the session
+/// `interrupted` (exit 130); a demo killed mid-turn leaves its session
+/// `active`, and the next demo on that store marks it, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_quits_at_once_and_no_session_stays_active() {
+    use nix::sys::signal::Signal;
+    let (model, mut hangs) = hanging_model().await;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let db = directory.path().join("quit.db");
+
+    // Killed mid-turn: nothing can mark its session.
+    let (mut killed, _lines) = spawn_demo(directory.path(), "quit.db", &model);
+    hangs.recv().await.expect("the first demo is mid-turn");
+    send(&killed, Signal::SIGKILL);
+    tokio::task::block_in_place(|| killed.wait()).expect("reaped");
+    assert_eq!(session_statuses(&db), [("active".into(), String::new())]);
+
+    // The next demo marks it, then is quit at once mid-turn.
+    let (mut quit, lines) = spawn_demo(directory.path(), "quit.db", &model);
+    hangs.recv().await.expect("the second demo is mid-turn");
+    let seen = tokio::task::block_in_place(|| wait_for_line(&lines, "quit without ending it"));
+    assert!(
+        seen.iter().any(|line| line.contains("marked interrupted")),
+        "{seen:#?}"
+    );
+    send(&quit, Signal::SIGINT);
+    tokio::task::block_in_place(|| wait_for_line(&lines, "again to quit now"));
+    send(&quit, Signal::SIGINT);
+    let seen = tokio::task::block_in_place(|| wait_for_line(&lines, "quit at once"));
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || quit.wait()),
+    )
+    .await
+    .expect("exits within 10 s")
+    .expect("joined")
+    .expect("waited");
+    assert_eq!(status.code(), Some(130), "{seen:#?}");
+    assert!(
+        seen.last()
+            .is_some_and(|line| line.contains("marked interrupted")),
+        "{seen:#?}"
+    );
+    let statuses = session_statuses(&db);
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(
+        statuses[0].0 == "interrupted" && statuses[0].1.contains("heistd demo"),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[1].0 == "interrupted" && statuses[1].1.contains("second Ctrl-C"),
+        "{statuses:?}"
+    );
 }

@@ -336,6 +336,22 @@ async fn ready_and_watchdog_over_notify_socket_and_readyz_follows_health() {
     .await;
     assert_eq!(body["services_not_up"], serde_json::json!(["calculator"]));
     let (_, status) = daemon.get("/api/v1/status").await;
+    // Which file and which store: in the status and the first log line.
+    let audit = daemon.directory.path().join("audit.db");
+    let (config_path, store) = (
+        daemon.config_path.display().to_string(),
+        audit.display().to_string(),
+    );
+    assert_eq!(status["config_path"], config_path.as_str());
+    assert_eq!(status["store"], store.as_str());
+    let log = daemon.log();
+    let first = log.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("heistd starting")
+            && first.contains(&format!("config={config_path}"))
+            && first.contains(&format!("store={store}")),
+        "{log}"
+    );
     let calculator = status["services"]
         .as_array()
         .expect("services")
