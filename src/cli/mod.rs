@@ -27,7 +27,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions, RunReport, TurnView};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::services::{self, token::SigningKey, CompanionContext, Companions, ServiceError};
-use crate::store::{SessionDetail, Store, StoreError, StoreHandle};
+use crate::store::{SessionDetail, StoreError, StoreHandle};
 use crate::wire::{Companion, COMPANION_NAMES, REHEARSAL_MODEL_ID};
 
 #[derive(Debug, thiserror::Error)]
@@ -443,7 +443,7 @@ fn refuse_builtin_secrets_off_loopback(config: &Config) -> Result<(), CliError> 
 
 /// `heistd sessions ...`: reads the audit store at `--db`, else at the
 /// config's `store.path`; a missing file is an error, never created.
-pub fn sessions(
+pub async fn sessions(
     db: Option<PathBuf>,
     config: Option<&Path>,
     action: args::SessionsAction,
@@ -463,18 +463,18 @@ pub fn sessions(
             path.display()
         )));
     }
-    let store = Store::open_read_only(&path)?;
+    let store = StoreHandle::open_read_only(&path).await?;
     Ok(match action {
-        SessionsAction::List { limit } => sessions_list(&store, limit)?,
-        SessionsAction::Show { session_id } => export_markdown(&store.session(&session_id)?),
+        SessionsAction::List { limit } => sessions_list(&store, limit).await?,
+        SessionsAction::Show { session_id } => export_markdown(&store.session(&session_id).await?),
         SessionsAction::Export {
             session_id,
             format: Format::Json,
-        } => format!("{}\n", export_json(&store.session(&session_id)?)),
+        } => format!("{}\n", export_json(&store.session(&session_id).await?)),
         SessionsAction::Export {
             session_id,
             format: Format::Md,
-        } => export_markdown(&store.session(&session_id)?),
+        } => export_markdown(&store.session(&session_id).await?),
     })
 }
 
@@ -503,9 +503,9 @@ pub async fn store(action: args::StoreAction) -> Result<String, CliError> {
         )));
     }
     // As a writer: refused while a daemon still writes the source.
-    let source = Arc::new(Store::open_configured(&source_config)?);
+    let source = StoreHandle::open_configured(&source_config, &config.cluster).await?;
     let handle = StoreHandle::open_configured(&target, &config.cluster).await?;
-    let report = handle.import_sqlite(source).await;
+    let report = handle.import_sqlite(&source).await;
     // The copy registered a node; it is not one that will heartbeat.
     let _ = handle.stop_node().await;
     let report = report?;
@@ -546,12 +546,12 @@ pub(crate) fn sqlite_only(config: &Config, command: &str) -> Result<(), CliError
 }
 
 /// `heistd sessions list`.
-pub fn sessions_list(store: &Store, limit: usize) -> Result<String, CliError> {
+pub async fn sessions_list(store: &StoreHandle, limit: usize) -> Result<String, CliError> {
     let mut output = format!(
         "{:<32} {:<11} {:>5}  {:<27} {}\n",
         "SESSION", "STATUS", "TURNS", "STARTED", "REASON"
     );
-    for session in store.list_sessions(limit)? {
+    for session in store.list_sessions(limit).await? {
         let _ = writeln!(
             output,
             "{:<32} {:<11} {:>5}  {:<27} {}",

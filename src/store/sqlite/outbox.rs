@@ -5,8 +5,9 @@
 
 use rusqlite::params;
 
-use super::{
-    timestamp, DeliveredCount, OutboxEntry, OutboxSummary, ServiceCallRecord, Store, StoreError,
+use super::Store;
+use crate::store::{
+    timestamp, DeliveredCount, OutboxEntry, OutboxSummary, ServiceCallRecord, StoreError,
 };
 
 impl Store {
@@ -19,6 +20,7 @@ impl Store {
         pending_entries(&self.lock(), session_id, limit)
     }
 
+    #[cfg(test)]
     pub fn mark_outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
         let now = timestamp(chrono::Utc::now());
         self.without_fsync(|connection| mark_delivered(connection, id, &now))

@@ -5,12 +5,13 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{message_row, tool_usage_row, MESSAGE_COLUMNS, TOOL_USAGE_COLUMNS};
-use super::{
-    timestamp, MessageRow, RecentTurns, ServiceCallRecord, Store, StoreError, ToolUsageRow,
-    TurnRecord,
+use super::Store;
+use crate::store::{
+    timestamp, MessageRow, RecentTurns, ServiceCallRecord, StoreError, ToolUsageRow, TurnRecord,
 };
 
 impl Store {
+    #[cfg(test)]
     /// Commits a turn's message, tool calls and outbox entry in one
     /// transaction, and counts it in the session's `num_turns`; returns once
     /// that transaction is durable. Turns of other sessions that arrive

@@ -4,7 +4,8 @@
 
 use rusqlite::params;
 
-use super::{timestamp, HealthEvent, Store, StoreError};
+use super::Store;
+use crate::store::{timestamp, HealthEvent, StoreError};
 
 impl Store {
     pub fn record_health_event(

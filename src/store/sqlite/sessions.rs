@@ -7,9 +7,10 @@ use rusqlite::{params, OptionalExtension};
 use super::rows::{
     message_row, session_row, tool_usage_row, MESSAGE_COLUMNS, SESSION_COLUMNS, TOOL_USAGE_COLUMNS,
 };
-use super::{
+use super::Store;
+use crate::store::{
     new_session_id, timestamp, NewSession, ServiceCallRecord, ServiceCallRow, SessionDetail,
-    SessionRow, SessionStatus, Store, StoreError,
+    SessionRow, SessionStatus, StoreError,
 };
 
 impl Store {
@@ -92,6 +93,7 @@ impl Store {
         Ok(changed > 0)
     }
 
+    #[cfg(test)]
     pub fn list_sessions(&self, limit: usize) -> Result<Vec<SessionRow>, StoreError> {
         self.find_sessions(None, None, limit)
     }
@@ -106,7 +108,7 @@ impl Store {
     ) -> Result<Vec<SessionRow>, StoreError> {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(&format!(
-            "{SESSION_COLUMNS} WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR schedule = ?2)
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR schedule = ?2)
              ORDER BY start_time DESC, session_id DESC LIMIT ?3"
         ))?;
         let rows = statement
@@ -123,7 +125,7 @@ impl Store {
         let connection = self.lock();
         let session = connection
             .query_row(
-                &format!("{SESSION_COLUMNS} WHERE session_id = ?1"),
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"),
                 params![session_id],
                 session_row,
             )
