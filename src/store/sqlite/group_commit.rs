@@ -57,7 +57,7 @@ pub(super) struct CommitQueue {
     /// Told when the queue holds as many turns as sessions are in play.
     every_session_queued: tokio::sync::Notify,
     /// Transactions that committed turns; with `turns`, how well turns are
-    /// grouped (read by tests and the load benchmark's notes).
+    /// grouped (read by tests).
     transactions: std::sync::atomic::AtomicU64,
     turns: std::sync::atomic::AtomicU64,
 }
@@ -298,9 +298,9 @@ impl Store {
         }
     }
 
-    #[cfg(test)]
     /// (transactions, turns) committed so far, by [`Self::commit_turn`] and
     /// the commit task.
+    #[cfg(test)]
     pub fn commit_counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (

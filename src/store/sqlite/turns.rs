@@ -11,11 +11,11 @@ use crate::store::{
 };
 
 impl Store {
-    #[cfg(test)]
     /// Commits a turn's message, tool calls and outbox entry in one
     /// transaction, and counts it in the session's `num_turns`; returns once
     /// that transaction is durable. Turns of other sessions that arrive
     /// meanwhile share it (`group_commit`).
+    #[cfg(test)]
     pub fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
         self.commit_turn(turn.clone(), 0).map(drop)
     }
