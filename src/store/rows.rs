@@ -285,3 +285,18 @@ pub(crate) const MESSAGE_COLUMNS: &str =
 /// column order.
 pub(crate) const TOOL_USAGE_COLUMNS: &str =
     "SELECT id, session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error FROM tool_usage";
+
+/// The `service_calls` read every backend's service call reader expects,
+/// in its column order.
+pub(crate) const SERVICE_CALL_COLUMNS: &str =
+    "SELECT turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp FROM service_calls";
+
+/// The `outbox` read every backend's outbox entry reader expects, in its
+/// column order.
+pub(crate) const OUTBOX_ENTRY_COLUMNS: &str =
+    "SELECT id, session_id, turn_id, payload, attempts FROM outbox";
+
+/// The `health_events` read every backend's health event reader expects,
+/// in its column order.
+pub(crate) const HEALTH_EVENT_COLUMNS: &str =
+    "SELECT timestamp, service, from_state, to_state, reason FROM health_events";

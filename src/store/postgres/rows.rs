@@ -4,7 +4,10 @@
 
 use tokio_postgres::Row;
 
-pub(super) use crate::store::rows::{MESSAGE_COLUMNS, SESSION_COLUMNS, TOOL_USAGE_COLUMNS};
+pub(super) use crate::store::rows::{
+    HEALTH_EVENT_COLUMNS, MESSAGE_COLUMNS, OUTBOX_ENTRY_COLUMNS, SERVICE_CALL_COLUMNS,
+    SESSION_COLUMNS, TOOL_USAGE_COLUMNS,
+};
 use crate::store::{
     HealthEvent, MessageRow, OutboxEntry, ServiceCallRecord, ServiceCallRow, SessionRow,
     SessionStatus, ToolUsageRow,

@@ -5,6 +5,7 @@
 
 use rusqlite::params;
 
+use super::rows::OUTBOX_ENTRY_COLUMNS;
 use super::Store;
 use crate::store::{
     timestamp, DeliveredCount, OutboxEntry, OutboxSummary, ServiceCallRecord, StoreError,
@@ -262,10 +263,10 @@ pub(super) fn pending_entries(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let mut statement = connection.prepare_cached(
-        "SELECT id, session_id, turn_id, payload, attempts FROM outbox
-         WHERE session_id = ?1 AND delivered_at IS NULL AND abandoned_at IS NULL ORDER BY id LIMIT ?2",
-    )?;
+    let mut statement = connection.prepare_cached(&format!(
+        "{OUTBOX_ENTRY_COLUMNS}
+         WHERE session_id = ?1 AND delivered_at IS NULL AND abandoned_at IS NULL ORDER BY id LIMIT ?2"
+    ))?;
     let rows = statement
         .query_map(params![session_id, limit as i64], |row| {
             Ok(OutboxEntry {

@@ -2,7 +2,10 @@
 //! backend returns, so the admin API's JSON is the same on both). The
 //! column lists they read are the shared ones in `store::rows`.
 
-pub(super) use crate::store::rows::{MESSAGE_COLUMNS, SESSION_COLUMNS, TOOL_USAGE_COLUMNS};
+pub(super) use crate::store::rows::{
+    HEALTH_EVENT_COLUMNS, MESSAGE_COLUMNS, OUTBOX_ENTRY_COLUMNS, SERVICE_CALL_COLUMNS,
+    SESSION_COLUMNS, TOOL_USAGE_COLUMNS,
+};
 use crate::store::{MessageRow, SessionRow, SessionStatus, ToolUsageRow};
 
 pub(super) fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {

@@ -5,7 +5,8 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::rows::{
-    message_row, session_row, tool_usage_row, MESSAGE_COLUMNS, SESSION_COLUMNS, TOOL_USAGE_COLUMNS,
+    message_row, session_row, tool_usage_row, MESSAGE_COLUMNS, SERVICE_CALL_COLUMNS,
+    SESSION_COLUMNS, TOOL_USAGE_COLUMNS,
 };
 use super::Store;
 use crate::store::{
@@ -144,10 +145,9 @@ impl Store {
             .query_map(params![session_id], tool_usage_row)?
             .collect::<Result<_, _>>()?;
         let service_calls = connection
-            .prepare_cached(
-                "SELECT turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp
-                 FROM service_calls WHERE session_id = ?1 ORDER BY id",
-            )?
+            .prepare_cached(&format!(
+                "{SERVICE_CALL_COLUMNS} WHERE session_id = ?1 ORDER BY id"
+            ))?
             .query_map(params![session_id], |row| {
                 Ok(ServiceCallRow {
                     turn_id: row.get(0)?,
