@@ -23,7 +23,7 @@ use crate::store::{
 
 /// The SQLite store as async code reaches it.
 pub(crate) struct SqliteBackend {
-    pub(super) store: Arc<Store>,
+    store: Arc<Store>,
     /// A read-only connection beside the writer, for the session reads (the
     /// admin API's among them): a reader cannot write, migrate or change
     /// the journal mode, whatever it is asked. Only a configured store
