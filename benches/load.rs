@@ -715,7 +715,8 @@ async fn floor_run(
 }
 
 /// The floor's database has heistd's schema (so its indexes are the ones a
-/// turn's rows update), made by `Store::open`; its commits are bare SQL.
+/// turn's rows update), made by `StoreHandle::open_sqlite`; its commits are
+/// bare SQL.
 async fn floor_setup(
     urls: &BTreeMap<String, String>,
     database: &Path,
@@ -728,18 +729,18 @@ async fn floor_setup(
         _ => heistd::config::Synchronous::Full,
     };
     // The sessions' rows, which the turn rows refer to.
-    let store = heistd::store::Store::open(database, level)?;
-    let session_ids = (0..sessions)
-        .map(|session| {
-            store.create_session(&heistd::store::NewSession {
-                scenario: "floor".into(),
-                seed: u64::from(session) + 1,
-                planned_turns: 0,
-                schedule: None,
-                scheduled_time: None,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let store = heistd::store::StoreHandle::open_sqlite(database, level).await?;
+    let mut session_ids = Vec::with_capacity(sessions as usize);
+    for session in 0..sessions {
+        let new = heistd::store::NewSession {
+            scenario: "floor".into(),
+            seed: u64::from(session) + 1,
+            planned_turns: 0,
+            schedule: None,
+            scheduled_time: None,
+        };
+        session_ids.push(store.create_session(new).await?);
+    }
     drop(store);
     let connection = Connection::open(database)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;

@@ -10,12 +10,10 @@
 // A bench prints its report to the terminal that ran it.
 #![allow(clippy::disallowed_macros)]
 
-use std::sync::Arc;
-
 use heistd::cli::LocalStack;
 use heistd::config::{self, Synchronous};
 use heistd::heist::{RunOptions, TurnView};
-use heistd::store::Store;
+use heistd::store::StoreHandle;
 use parking_lot::Mutex;
 
 fn main() -> anyhow::Result<()> {
@@ -40,7 +38,7 @@ fn main() -> anyhow::Result<()> {
             let path = directory
                 .path()
                 .join(format!("bench-{turns}-{synchronous:?}.db"));
-            let store = Arc::new(Store::open(&path, synchronous)?);
+            let store = StoreHandle::open_sqlite(&path, synchronous).await?;
             let runner = stack.runner(store)?;
             let samples = Mutex::new(Vec::with_capacity(turns as usize));
             let observer = |view: &TurnView<'_>| samples.lock().push(view.elapsed_ms);

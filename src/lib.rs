@@ -9,7 +9,8 @@
 //!   open-files limit.
 //! - [`config`]: the TOML file and `HEISTD_*` environment, validated once.
 //! - [`scenario`]: agents, documents, shift data and the rehearsal script.
-//! - [`store`]: the SQLite audit trail, the only place with SQL for it.
+//! - [`store`]: the audit trail (SQLite, or PostgreSQL for several daemons)
+//!   behind one backend trait, the only place with SQL for it.
 //! - [`resilience`]: the stack every outbound call runs in.
 //! - [`clients`]: typed clients for OAuth, memory, tools and the LLM.
 //! - [`heist`]: the turn loop and the `[TOOL:name:parameter]` protocol.

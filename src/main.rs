@@ -48,7 +48,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
             cli::services(config, &names, shutdown_signal()?).await?
         }
         Command::Sessions { db, config, action } => {
-            cli::output::print(&cli::sessions(db, config.as_deref(), action)?)
+            cli::output::print(&cli::sessions(db, config.as_deref(), action).await?)
         }
         Command::Config { action } => cli::output::print(&cli::config(action)?),
         Command::Reload(args) => cli::output::print(&cli::reload(args).await?),

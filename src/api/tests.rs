@@ -18,7 +18,7 @@ use crate::daemon::state::{
     DaemonState, RunCommand, RunRequest, RunningSession, ScheduleStatus, StartRunError,
 };
 use crate::health::{HealthBoard, HealthState, ServiceHealth};
-use crate::store::{NewSession, SessionStatus, Store};
+use crate::store::{NewSession, SessionStatus, StoreHandle};
 
 const ADMIN_TOKEN: &str = "correct-horse-battery-staple";
 
@@ -26,7 +26,7 @@ const ADMIN_TOKEN: &str = "correct-horse-battery-staple";
 struct TestDaemon {
     state: Arc<DaemonState>,
     /// The store behind `state`, for tests to seed and finish sessions in.
-    store: Arc<Store>,
+    store: StoreHandle,
     /// Every run request the stand-in dispatcher received, in order.
     run_requests: Arc<Mutex<Vec<RunRequest>>>,
     /// Keeps the store's directory alive as long as the test.
@@ -35,12 +35,12 @@ struct TestDaemon {
 
 impl TestDaemon {
     /// A daemon whose dispatcher answers every run request with `answer`.
-    fn new(admin_token: Option<&str>, answer: Result<String, StartRunError>) -> Self {
+    async fn new(admin_token: Option<&str>, answer: Result<String, StartRunError>) -> Self {
         let directory = tempfile::tempdir().expect("temporary directory");
-        let store = Arc::new(
-            Store::open(&directory.path().join("audit.db"), Synchronous::Normal)
-                .expect("store opens"),
-        );
+        let store =
+            StoreHandle::open_sqlite(&directory.path().join("audit.db"), Synchronous::Normal)
+                .await
+                .expect("store opens");
         let config = crate::config::load(None, Vec::new()).expect("default config loads");
         let health = Arc::new(HealthBoard::default());
         health.publish(service_health("llm", HealthState::Up, true));
@@ -71,8 +71,8 @@ impl TestDaemon {
         }
     }
 
-    fn accepting() -> Self {
-        Self::new(Some(ADMIN_TOKEN), Ok("heist_test_1".into()))
+    async fn accepting() -> Self {
+        Self::new(Some(ADMIN_TOKEN), Ok("heist_test_1".into())).await
     }
 
     fn router(&self) -> Router {
@@ -94,15 +94,16 @@ impl TestDaemon {
         send(self.router(), request).await
     }
 
-    fn create_session(&self, schedule: Option<&str>, scheduled_time: Option<&str>) -> String {
+    async fn create_session(&self, schedule: Option<&str>, scheduled_time: Option<&str>) -> String {
         self.store
-            .create_session(&NewSession {
+            .create_session(NewSession {
                 scenario: "bank".into(),
                 seed: 7,
                 planned_turns: 3,
                 schedule: schedule.map(str::to_string),
                 scheduled_time: scheduled_time.map(str::to_string),
             })
+            .await
             .expect("session created")
     }
 }
@@ -180,7 +181,7 @@ fn service_health(service: &str, state: HealthState, required: bool) -> ServiceH
 
 #[tokio::test]
 async fn healthz_says_alive() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     let reply = daemon.get("/healthz").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json(), serde_json::json!({ "status": "alive" }));
@@ -197,7 +198,7 @@ async fn readyz_is_503_until_every_required_service_is_up() {
         (HealthState::Down, false, true),
     ];
     for (llm_state, required, expect_ready) in cases {
-        let daemon = TestDaemon::accepting();
+        let daemon = TestDaemon::accepting().await;
         daemon
             .state
             .health
@@ -222,7 +223,7 @@ async fn readyz_is_503_until_every_required_service_is_up() {
 
 #[tokio::test]
 async fn metrics_are_prometheus_text() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     metrics::counter!(crate::metrics::SESSIONS_TOTAL, "status" => "api_test").increment(1);
     let reply = daemon.get("/metrics").await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -242,7 +243,7 @@ async fn metrics_are_prometheus_text() {
 
 #[tokio::test]
 async fn status_shows_version_services_schedules_running_sessions_and_capacity() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     daemon.state.set_schedules(vec![ScheduleStatus {
         name: "nightly".into(),
         trigger: "every 30m".into(),
@@ -298,20 +299,29 @@ async fn status_shows_version_services_schedules_running_sessions_and_capacity()
 
 #[tokio::test]
 async fn sessions_list_filters_by_status_and_schedule() {
-    let daemon = TestDaemon::accepting();
-    let manual_active = daemon.create_session(None, None);
-    let nightly_completed = daemon.create_session(Some("nightly"), Some("2025-01-01T02:00:00Z"));
-    let nightly_failed = daemon.create_session(Some("nightly"), Some("2025-01-02T02:00:00Z"));
-    let hourly_completed = daemon.create_session(Some("hourly"), Some("2025-01-01T03:00:00Z"));
+    let daemon = TestDaemon::accepting().await;
+    let manual_active = daemon.create_session(None, None).await;
+    let nightly_completed = daemon
+        .create_session(Some("nightly"), Some("2025-01-01T02:00:00Z"))
+        .await;
+    let nightly_failed = daemon
+        .create_session(Some("nightly"), Some("2025-01-02T02:00:00Z"))
+        .await;
+    let hourly_completed = daemon
+        .create_session(Some("hourly"), Some("2025-01-01T03:00:00Z"))
+        .await;
     let store = &daemon.store;
     store
         .finish_session(&nightly_completed, SessionStatus::Completed, None)
+        .await
         .expect("finish");
     store
         .finish_session(&nightly_failed, SessionStatus::Failed, Some("LLM down"))
+        .await
         .expect("finish");
     store
         .finish_session(&hourly_completed, SessionStatus::Completed, None)
+        .await
         .expect("finish");
 
     let cases: [(&str, Vec<&String>); 6] = [
@@ -368,7 +378,7 @@ async fn sessions_list_filters_by_status_and_schedule() {
 
 #[tokio::test]
 async fn sessions_list_refuses_bad_query_strings_with_json_400() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     let cases = [
         ("limit=abc", "limit"),
         ("limit=0", "limit"),
@@ -389,8 +399,8 @@ async fn sessions_list_refuses_bad_query_strings_with_json_400() {
 
 #[tokio::test]
 async fn session_detail_returns_the_session_and_404s_an_unknown_id() {
-    let daemon = TestDaemon::accepting();
-    let session_id = daemon.create_session(None, None);
+    let daemon = TestDaemon::accepting().await;
+    let session_id = daemon.create_session(None, None).await;
     let reply = daemon.get(&format!("/api/v1/sessions/{session_id}")).await;
     assert_eq!(reply.status, StatusCode::OK);
     let body = reply.json();
@@ -412,7 +422,7 @@ async fn session_detail_returns_the_session_and_404s_an_unknown_id() {
 
 #[tokio::test]
 async fn runs_demand_the_admin_bearer_token() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     let right = format!("Bearer {ADMIN_TOKEN}");
     let lowercase_scheme = format!("bearer {ADMIN_TOKEN}");
     let basic = format!("Basic {ADMIN_TOKEN}");
@@ -457,7 +467,7 @@ async fn runs_demand_the_admin_bearer_token() {
 
 #[tokio::test]
 async fn runs_are_refused_when_no_admin_token_is_configured() {
-    let daemon = TestDaemon::new(None, Ok("heist_test_1".into()));
+    let daemon = TestDaemon::new(None, Ok("heist_test_1".into())).await;
     for authorization in [None, Some("Bearer anything")] {
         let reply = daemon.post_run(authorization, "").await;
         let message = reply.error_message(StatusCode::FORBIDDEN);
@@ -472,7 +482,7 @@ async fn runs_are_refused_when_no_admin_token_is_configured() {
 
 #[tokio::test]
 async fn runs_pass_turns_and_seed_to_the_daemon() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     let authorization = format!("Bearer {ADMIN_TOKEN}");
     for body in [
         "",
@@ -506,7 +516,7 @@ async fn runs_pass_turns_and_seed_to_the_daemon() {
 
 #[tokio::test]
 async fn runs_refuse_bad_bodies_with_json_400() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     let authorization = format!("Bearer {ADMIN_TOKEN}");
     let cases = [
         ("{not json", "invalid JSON"),
@@ -529,7 +539,7 @@ async fn runs_refuse_bad_bodies_with_json_400() {
 
 #[tokio::test]
 async fn runs_check_the_token_before_the_body() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     let reply = daemon.post_run(None, "{not json").await;
     reply.error_message(StatusCode::UNAUTHORIZED);
     let reply = daemon
@@ -540,7 +550,7 @@ async fn runs_check_the_token_before_the_body() {
 
 #[tokio::test]
 async fn runs_refuse_oversized_bodies() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     let authorization = format!("Bearer {ADMIN_TOKEN}");
     let body = format!(
         r#"{{"turns": 5, "padding": "{}"}}"#,
@@ -572,7 +582,7 @@ async fn runs_map_the_daemons_refusals_to_statuses() {
     ];
     let authorization = format!("Bearer {ADMIN_TOKEN}");
     for (refusal, expected_status) in cases {
-        let daemon = TestDaemon::new(Some(ADMIN_TOKEN), Err(refusal.clone()));
+        let daemon = TestDaemon::new(Some(ADMIN_TOKEN), Err(refusal.clone())).await;
         let reply = daemon
             .post_run(Some(&authorization), r#"{"turns": 3}"#)
             .await;
@@ -584,7 +594,7 @@ async fn runs_map_the_daemons_refusals_to_statuses() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     let reply = daemon.get("/api/v1/nothing-here").await;
     let message = reply.error_message(StatusCode::NOT_FOUND);
     assert!(message.contains("/api/v1/nothing-here"), "{message}");
@@ -628,11 +638,11 @@ async fn get_with(daemon: &TestDaemon, uri: &str, authorization: Option<&str>) -
 
 #[tokio::test]
 async fn reads_need_the_admin_token_when_read_requires_token_is_on() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     reconfigured(&daemon, |config| {
         config.daemon.read_requires_token = Some(true)
     });
-    let session_id = daemon.create_session(None, None);
+    let session_id = daemon.create_session(None, None).await;
     let reads = [
         "/api/v1/status".to_string(),
         "/api/v1/sessions".to_string(),
@@ -665,13 +675,13 @@ async fn reads_need_the_admin_token_when_read_requires_token_is_on() {
 
 #[tokio::test]
 async fn reads_are_open_when_read_requires_token_is_off() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     reconfigured(&daemon, |config| {
         // Even beyond loopback, an explicit `false` wins.
         config.daemon.admin_address = "0.0.0.0:9750".into();
         config.daemon.read_requires_token = Some(false);
     });
-    let session_id = daemon.create_session(None, None);
+    let session_id = daemon.create_session(None, None).await;
     for uri in [
         "/api/v1/status".to_string(),
         "/api/v1/sessions".to_string(),
@@ -693,7 +703,7 @@ async fn read_requires_token_defaults_to_whether_the_admin_address_is_loopback()
         ("192.0.2.10:9750", true),
     ];
     for (address, expected) in cases {
-        let daemon = TestDaemon::accepting();
+        let daemon = TestDaemon::accepting().await;
         reconfigured(&daemon, |config| {
             config.daemon.admin_address = address.into();
             config.daemon.read_requires_token = None;
@@ -718,7 +728,7 @@ async fn read_requires_token_defaults_to_whether_the_admin_address_is_loopback()
 
 #[tokio::test]
 async fn status_shows_each_schedules_last_and_next_slot_from_the_store() {
-    let daemon = TestDaemon::accepting();
+    let daemon = TestDaemon::accepting().await;
     let schedule = |text: &str| {
         let fields: crate::config::ScheduleFields = toml::from_str(text).expect("fields");
         crate::config::ScheduleConfig::try_from(fields).expect("a valid trigger")
@@ -729,7 +739,9 @@ async fn status_shows_each_schedules_last_and_next_slot_from_the_store() {
             schedule("name = \"off\"\nevery = \"1h\"\nenabled = false\n"),
         ]
     });
-    daemon.create_session(Some("hourly"), Some("2026-01-01T05:00:00+00:00"));
+    daemon
+        .create_session(Some("hourly"), Some("2026-01-01T05:00:00+00:00"))
+        .await;
     let body = daemon.get("/api/v1/status").await.json();
     let schedules = body["cluster"]["schedules"].as_array().expect("schedules");
     assert_eq!(schedules.len(), 2, "{body}");

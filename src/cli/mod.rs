@@ -33,7 +33,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::heist::{HeistError, HeistRunner};
 use crate::scenario::{Scenario, ScenarioError};
 use crate::services::{self, token::SigningKey, CompanionContext, Companions, ServiceError};
-use crate::store::{Store, StoreError, StoreHandle};
+use crate::store::{StoreError, StoreHandle};
 use crate::wire::{Companion, COMPANION_NAMES, REHEARSAL_MODEL_ID};
 
 #[derive(Debug, thiserror::Error)]
@@ -464,9 +464,9 @@ pub async fn store(action: args::StoreAction) -> Result<String, CliError> {
         )));
     }
     // As a writer: refused while a daemon still writes the source.
-    let source = Arc::new(Store::open_configured(&source_config)?);
+    let source = StoreHandle::open_configured(&source_config, &config.cluster).await?;
     let handle = StoreHandle::open_configured(&target, &config.cluster).await?;
-    let report = handle.import_sqlite(source).await;
+    let report = handle.import_sqlite(&source).await;
     // The copy registered a node; it is not one that will heartbeat.
     let _ = handle.stop_node().await;
     let report = report?;

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use super::output::{self, first_line};
 use super::{args, config_file, sqlite_only, CliError};
 use crate::config;
-use crate::store::{SessionDetail, Store};
+use crate::store::{SessionDetail, StoreHandle};
 
 /// `heistd sessions ...`: reads the audit store at `--db`, else at the
 /// config's `store.path` (see [`database_to_read`]); a missing file is an
 /// error, never created.
-pub fn sessions(
+pub async fn sessions(
     db: Option<PathBuf>,
     config: Option<&Path>,
     action: args::SessionsAction,
@@ -29,18 +29,18 @@ pub fn sessions(
             path.display()
         )));
     }
-    let store = Store::open_read_only(&path)?;
+    let store = StoreHandle::open_read_only(&path).await?;
     Ok(match action {
-        SessionsAction::List { limit } => sessions_list(&store, limit)?,
-        SessionsAction::Show { session_id } => export_markdown(&store.session(&session_id)?),
+        SessionsAction::List { limit } => sessions_list(&store, limit).await?,
+        SessionsAction::Show { session_id } => export_markdown(&store.session(&session_id).await?),
         SessionsAction::Export {
             session_id,
             format: Format::Json,
-        } => format!("{}\n", export_json(&store.session(&session_id)?)),
+        } => format!("{}\n", export_json(&store.session(&session_id).await?)),
         SessionsAction::Export {
             session_id,
             format: Format::Md,
-        } => export_markdown(&store.session(&session_id)?),
+        } => export_markdown(&store.session(&session_id).await?),
     })
 }
 
@@ -75,12 +75,12 @@ fn database_to_read(config_path: Option<&Path>) -> Result<PathBuf, CliError> {
 }
 
 /// `heistd sessions list`.
-pub fn sessions_list(store: &Store, limit: usize) -> Result<String, CliError> {
+pub async fn sessions_list(store: &StoreHandle, limit: usize) -> Result<String, CliError> {
     let mut output = format!(
         "{:<32} {:<11} {:>5}  {:<27} {}\n",
         "SESSION", "STATUS", "TURNS", "STARTED", "REASON"
     );
-    for session in store.list_sessions(limit)? {
+    for session in store.list_sessions(limit).await? {
         let _ = writeln!(
             output,
             "{:<32} {:<11} {:>5}  {:<27} {}",

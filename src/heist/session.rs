@@ -14,7 +14,7 @@ use super::{HeistError, HeistRunner, RunOptions, RunReport, TurnObserver, TurnVi
 use crate::metrics as names;
 use crate::resilience::journal;
 use crate::scenario::Agent;
-use crate::store::{NewSession, OutboxEntry, SessionStatus};
+use crate::store::{NewSession, OutboxEntry, Owed, SessionStatus};
 
 /// How one turn ended for the session loop.
 enum Committed {
@@ -235,7 +235,8 @@ impl HeistRunner {
             })
             .await
         {
-            Ok(owed) => owed,
+            Ok(Owed::Entries(entries)) => Some(entries),
+            Ok(Owed::ClaimFirst) => None,
             Err(error) => return Err(self.end_after_store_outage(session_id, &what, error).await),
         };
         self.remember_committed_turn(&record);

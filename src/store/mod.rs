@@ -1,60 +1,49 @@
-//! The audit store: the SQLite file that is the source of truth for every
-//! session, message, tool call and memory outbox entry. It keeps the
-//! prototype's `sessions`, `messages` and `tool_usage` tables and column
-//! names so the prototype's SQL still works, and adds columns and tables
-//! under a versioned schema migrated at open.
+//! The audit store: the source of truth for every session, message, tool
+//! call and memory outbox entry, in one of two backends behind one trait.
+//! It keeps the prototype's `sessions`, `messages` and `tool_usage` tables
+//! and column names so the prototype's SQL still works, and adds columns
+//! and tables under a versioned schema migrated at open.
 //!
 //! Only this module contains SQL for the audit trail. It must not call
-//! services. It owns the one connection (one writer) in [`Store`], whose
-//! methods are synchronous and split by concern: `sessions`, `turns`,
-//! `outbox`, `health` (events), `maintenance` (open, size cap, prune,
-//! compact) with the migrations in `schema`, and the records and rows in
-//! `rows`. Async code reaches it only through [`StoreHandle`] (`handle`),
-//! which runs each call on the blocking pool and maps a lost worker to
-//! [`StoreError::Worker`] in one place.
+//! services. Its map:
+//! - `backend`: the [`backend::Backend`] trait, the store's operations
+//!   written once, with single-node defaults for the cluster's;
+//! - `sqlite`: the SQLite backend (one file, one writing process), its
+//!   synchronous `Store` split by concern, run on the blocking pool by
+//!   `SqliteBackend`;
+//! - `postgres`: the PostgreSQL backend (several daemons share one
+//!   database and take over each other's sessions);
+//! - `handle`: [`StoreHandle`], the one door for async code, holding the
+//!   configured backend and the backend-neutral state: the outage rule's
+//!   (`outage`) and the outbox deliveries in progress;
+//! - `rows`: the records written and rows read, and the column lists both
+//!   backends select; `bundle`: what `store migrate` (`migrate`) copies.
 //!
-//! The second backend, PostgreSQL (`postgres`, so several daemons can
-//! share schedules and take over each other's sessions), comes in behind
-//! the handle, not behind a trait on `Store`: the handle's typed async
-//! methods are the store's surface (owned arguments, rows out, no driver
-//! type and no closure over a connection), and dispatch to either backend.
-//! The generic `StoreHandle::call` stays private to this module so that
-//! surface cannot grow by the back door. The synchronous `Store` remains
-//! for the `sessions` subcommand and tests.
+//! A handle's methods are typed (owned arguments, rows out, no driver type
+//! and no closure over a connection), so the surface cannot grow by the
+//! back door.
 
-use std::path::PathBuf;
-
-use parking_lot::{Mutex, MutexGuard};
-use rusqlite::Connection;
-
-mod collisions;
-mod group_commit;
+mod backend;
+mod bundle;
 mod handle;
-mod health;
-mod identity;
-mod maintenance;
 mod migrate;
 mod outage;
-mod outbox;
 mod postgres;
-mod reader;
 mod rows;
-mod schema;
-mod sessions;
-mod turns;
+mod sqlite;
 
-pub use group_commit::InPlay;
+pub use backend::{InPlay, Owed};
 pub use handle::{DeliveryGuard, StoreHandle};
 pub use migrate::MigrationReport;
-pub use postgres::{HeartbeatReport, NodeRow};
 pub use rows::{
-    DeliveredCount, HealthEvent, MessageRow, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
-    ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus, ToolCallRecord,
-    ToolUsageRow, TurnRecord,
+    DeliveredCount, HealthEvent, HeartbeatReport, MessageRow, NewSession, NodeRow, OutboxEntry,
+    OutboxSummary, RecentTurns, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow,
+    SessionStatus, ToolCallRecord, ToolUsageRow, TurnRecord,
 };
 
-/// Bumped with every migration appended to [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = schema::MIGRATIONS.len() as i64;
+/// The SQLite schema's version, bumped with every migration appended to
+/// its `MIGRATIONS`.
+pub const SCHEMA_VERSION: i64 = sqlite::schema::MIGRATIONS.len() as i64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -121,30 +110,6 @@ pub enum StoreError {
     NotShared(&'static str),
 }
 
-/// The audit store's connection and the lock that makes its process the
-/// one writer. Its methods live beside their concern (`sessions`, `turns`,
-/// `outbox`, `health`, `maintenance`); async code uses [`StoreHandle`].
-pub struct Store {
-    path: PathBuf,
-    connection: Mutex<Connection>,
-    /// Held by a writing process (`run`, `demo`, `daemon`) for as long as
-    /// the store is open, so two never write one store: a session found
-    /// `active` then really was left by a process that died.
-    _writer_lock: Option<std::fs::File>,
-    /// The file as opened, so a deleted or replaced database is noticed
-    /// before a commit goes into it (none for read-only stores).
-    identity: Option<identity::FileIdentity>,
-    /// `store.max_size_mb` in bytes, counted with the WAL.
-    size_cap: Option<u64>,
-    /// Turns waiting for the next commit (`group_commit`).
-    commits: group_commit::CommitQueue,
-    /// `synchronous = full`: outbox marks then relax it for themselves.
-    full_sync: bool,
-    /// Set if `synchronous = FULL` could not be restored after a mark:
-    /// turns are then refused rather than committed without an fsync.
-    sync_lost: std::sync::atomic::AtomicBool,
-}
-
 impl StoreError {
     /// Whether this is the store being unusable (full, read-only, deleted,
     /// failing I/O) rather than a request it refuses: an outage is waited
@@ -208,26 +173,6 @@ fn postgres_outage(error: &tokio_postgres::Error) -> bool {
     }
 }
 
-impl Store {
-    /// The connection, with the delivered marks queued so far written
-    /// first, so what is read or written next sees them.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // The lock does not poison: a panic while holding it cannot leave a
-        // half-done transaction committed (rusqlite rolls back on drop).
-        let connection = self.connection.lock();
-        self.write_queued_marks(&connection);
-        connection
-    }
-}
-
-impl Drop for Store {
-    /// A clean close writes the marks still queued, so a restart does not
-    /// send their writes again.
-    fn drop(&mut self) {
-        self.flush_delivered();
-    }
-}
-
 /// A fresh session id `heist_YYYYMMDD_HHMMSS_<suffix>`; the random suffix
 /// keeps ids unique when many start in the same second.
 pub(crate) fn new_session_id(now: chrono::DateTime<chrono::Utc>) -> String {
@@ -239,8 +184,3 @@ pub(crate) fn new_session_id(now: chrono::DateTime<chrono::Utc>) -> String {
 pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> String {
     time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
-
-#[cfg(test)]
-mod commit_delay_tests;
-#[cfg(test)]
-mod tests;

@@ -2,7 +2,8 @@
 //! caller writes (`NewSession`, `TurnRecord`) and the rows a read returns.
 //! The rows' serde derives are the admin API's and `sessions export`'s JSON
 //! format, so a field renamed or reordered here changes those outputs. This
-//! file holds no SQL beyond the column lists its row readers expect.
+//! file holds no SQL beyond the column lists both backends' row readers
+//! expect (`sqlite::rows`, `postgres::rows`).
 
 use serde::Serialize;
 
@@ -60,7 +61,7 @@ impl std::fmt::Display for SessionStatus {
 }
 
 /// A session to create. Owned, so it can cross to the store's blocking
-/// thread (and, one day, to another backend) without borrowing the caller.
+/// thread, or into PostgreSQL's async query, without borrowing the caller.
 #[derive(Debug, Clone)]
 pub struct NewSession {
     pub scenario: String,
@@ -240,65 +241,62 @@ pub struct HealthEvent {
     pub reason: String,
 }
 
-/// The columns `message_row` reads, in its order.
-pub(super) const MESSAGE_COLUMNS: &str =
+// The cluster, as a store several daemons share (PostgreSQL) sees it.
+
+/// A node as the `nodes` table has it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub host: String,
+    pub pid: i64,
+    pub started_at: String,
+    pub last_heartbeat: String,
+    /// Whether it heartbeat within the last lease period and has not
+    /// stopped.
+    pub alive: bool,
+    /// Whether it stopped heartbeating without a clean stop (a crash, a
+    /// kill, a partition) within the last hour; a node stopped on purpose
+    /// is never lost, and one lost longer ago has been dealt with.
+    pub lost: bool,
+}
+
+/// What one heartbeat found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeartbeatReport {
+    /// Sessions held here whose lease was renewed.
+    pub renewed: usize,
+    /// Sessions held here that another node now owns (or that ended): they
+    /// are no longer held, and their next write will be fenced.
+    pub lost: Vec<String>,
+}
+
+/// The `sessions` columns every backend's session reader expects, in
+/// their order (SQLite's `sqlite::rows::session_row`, PostgreSQL's
+/// `postgres::rows::session_row_at`).
+pub(crate) const SESSION_COLUMNS: &str =
+    "session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason, schedule, scheduled_time";
+
+/// The `messages` read every backend's message reader expects, in its
+/// column order.
+pub(crate) const MESSAGE_COLUMNS: &str =
     "SELECT id, session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed FROM messages";
 
-/// The columns `tool_usage_row` reads, in its order.
-pub(super) const TOOL_USAGE_COLUMNS: &str =
+/// The `tool_usage` read every backend's tool usage reader expects, in its
+/// column order.
+pub(crate) const TOOL_USAGE_COLUMNS: &str =
     "SELECT id, session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error FROM tool_usage";
 
-/// The columns `session_row` reads, in its order.
-pub(super) const SESSION_COLUMNS: &str =
-    "SELECT session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason, schedule, scheduled_time FROM sessions";
+/// The `service_calls` read every backend's service call reader expects,
+/// in its column order.
+pub(crate) const SERVICE_CALL_COLUMNS: &str =
+    "SELECT turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp FROM service_calls";
 
-pub(super) fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
-    let status_text: String = row.get(4)?;
-    Ok(SessionRow {
-        session_id: row.get(0)?,
-        start_time: row.get(1)?,
-        end_time: row.get(2)?,
-        num_turns: row.get(3)?,
-        status: SessionStatus::from_text(&status_text),
-        status_text,
-        seed: row.get(5)?,
-        scenario: row.get(6)?,
-        planned_turns: row.get(7)?,
-        failure_reason: row.get(8)?,
-        schedule: row.get(9)?,
-        scheduled_time: row.get(10)?,
-    })
-}
+/// The `outbox` read every backend's outbox entry reader expects, in its
+/// column order.
+pub(crate) const OUTBOX_ENTRY_COLUMNS: &str =
+    "SELECT id, session_id, turn_id, payload, attempts FROM outbox";
 
-pub(super) fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
-    Ok(MessageRow {
-        id: row.get(0)?,
-        session_id: row.get(1)?,
-        turn_id: row.get(2)?,
-        agent_name: row.get(3)?,
-        agent_role: row.get(4)?,
-        message: row.get(5)?,
-        timestamp: row.get(6)?,
-        error: row.get(7)?,
-        prompt_tokens: row.get(8)?,
-        completion_tokens: row.get(9)?,
-        finish_reason: row.get(10)?,
-        // NULL where an older schema has no such column (read as it is).
-        trimmed: row.get::<_, Option<bool>>(11)?.unwrap_or(false),
-    })
-}
-
-pub(super) fn tool_usage_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ToolUsageRow> {
-    Ok(ToolUsageRow {
-        id: row.get(0)?,
-        session_id: row.get(1)?,
-        turn_id: row.get(2)?,
-        agent_name: row.get(3)?,
-        tool_name: row.get(4)?,
-        tool_params: row.get(5)?,
-        tool_result: row.get(6)?,
-        timestamp: row.get(7)?,
-        success: row.get(8)?,
-        error: row.get(9)?,
-    })
-}
+/// The `health_events` read every backend's health event reader expects,
+/// in its column order.
+pub(crate) const HEALTH_EVENT_COLUMNS: &str =
+    "SELECT timestamp, service, from_state, to_state, reason FROM health_events";

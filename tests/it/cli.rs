@@ -3,6 +3,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use heistd::store::StoreHandle;
+
+use crate::support;
+
 fn heistd(arguments: &[&str], directory: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_heistd"))
         .args(arguments)
@@ -307,13 +311,16 @@ fn the_chaos_demo_rides_out_its_faults() {
         stdout.contains("each is a row in service_calls"),
         "the outage's failed calls are in the audit trail:\n{stdout}"
     );
-    let store = heistd::store::Store::open(
-        &directory.path().join("chaos.db"),
-        heistd::config::Synchronous::Normal,
-    )
-    .expect("store");
-    let session = &store.list_sessions(1).expect("sessions")[0];
-    let detail = store.session(&session.session_id).expect("detail");
+    let detail = support::block_on(async {
+        let store = StoreHandle::open_sqlite(
+            &directory.path().join("chaos.db"),
+            heistd::config::Synchronous::Normal,
+        )
+        .await
+        .expect("store");
+        let session = &store.list_sessions(1).await.expect("sessions")[0];
+        store.session(&session.session_id).await.expect("detail")
+    });
     assert!(
         detail
             .service_calls
@@ -562,12 +569,13 @@ async fn a_closed_stdout_stops_the_printing_not_the_heist() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let store = heistd::store::Store::open(
+    let store = StoreHandle::open_sqlite(
         &directory.path().join("run.db"),
         heistd::config::Synchronous::Normal,
     )
+    .await
     .expect("store opens");
-    let sessions = store.list_sessions(10).expect("sessions");
+    let sessions = store.list_sessions(10).await.expect("sessions");
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].status_text, "completed");
     assert_eq!(sessions[0].num_turns, 6);
@@ -654,13 +662,15 @@ fn reading_a_prototype_database_changes_no_byte_of_it() {
 
 #[test]
 fn a_prototype_database_with_a_same_second_collision_is_adopted_by_splitting_it() {
-    use heistd::store::Store;
     let directory = tempfile::tempdir().expect("temp dir");
     let path = directory.path().join("prototype.db");
     prototype_database(&path, true);
-    let store = Store::open(&path, heistd::config::Synchronous::Normal).expect("adopted");
-    let mut sessions: Vec<(String, i64)> = store
-        .list_sessions(10)
+    let store = support::block_on(StoreHandle::open_sqlite(
+        &path,
+        heistd::config::Synchronous::Normal,
+    ))
+    .expect("adopted");
+    let mut sessions: Vec<(String, i64)> = support::block_on(store.list_sessions(10))
         .expect("list")
         .into_iter()
         .map(|session| (session.session_id, session.num_turns))
@@ -673,13 +683,12 @@ fn a_prototype_database_with_a_same_second_collision_is_adopted_by_splitting_it(
             ("heist_20250101_120000_split2".to_string(), 2)
         ]
     );
-    let second = store
-        .session("heist_20250101_120000_split2")
-        .expect("second run");
+    let second =
+        support::block_on(store.session("heist_20250101_120000_split2")).expect("second run");
     assert_eq!(second.messages[0].message, "second run, turn 1");
     assert_eq!(second.tool_usage.len(), 1);
     assert_eq!(second.tool_usage[0].tool_params, "2+2");
-    let first = store.session("heist_20250101_120000").expect("first run");
+    let first = support::block_on(store.session("heist_20250101_120000")).expect("first run");
     assert_eq!(first.tool_usage[0].tool_params, "1+1");
     drop(store);
     let output = heistd(
@@ -728,9 +737,11 @@ fn assert_memory_is_back_after_the_outage(db: &Path) {
 /// Each turn of the one session in `db` as it ended: agent, failed or not,
 /// the reply, and each tool call with its success.
 fn turn_outcomes(db: &Path) -> Vec<String> {
-    let store = heistd::store::Store::open_read_only(db).expect("store");
-    let session = &store.list_sessions(1).expect("sessions")[0];
-    let detail = store.session(&session.session_id).expect("detail");
+    let detail = support::block_on(async {
+        let store = StoreHandle::open_read_only(db).await.expect("store");
+        let session = &store.list_sessions(1).await.expect("sessions")[0];
+        store.session(&session.session_id).await.expect("detail")
+    });
     detail
         .messages
         .iter()
@@ -868,8 +879,11 @@ fn a_store_in_use_exits_1_from_the_daemon_as_from_run() {
         .expect("defaults")
         .store;
     store_config.path = database.clone();
-    let _writer =
-        heistd::store::Store::open_configured(&store_config).expect("the test holds the store");
+    let _writer = support::block_on(StoreHandle::open_configured(
+        &store_config,
+        &heistd::config::ClusterConfig::default(),
+    ))
+    .expect("the test holds the store");
     for arguments in [
         &["daemon", "--config", "busy.toml"][..],
         &["run", "--turns", "1", "--config", "busy.toml"][..],
@@ -902,7 +916,13 @@ fn run_on_a_store_that_cannot_be_written_exits_2_before_any_call() {
         .expect("defaults")
         .store;
     store_config.path = database.clone();
-    drop(heistd::store::Store::open_configured(&store_config).expect("created"));
+    drop(
+        support::block_on(StoreHandle::open_configured(
+            &store_config,
+            &heistd::config::ClusterConfig::default(),
+        ))
+        .expect("created"),
+    );
     tmpfs.remount_read_only();
     let directory = tempfile::tempdir().expect("temp dir");
     std::fs::write(

@@ -343,10 +343,12 @@ async fn store_migrate_copies_a_sqlite_trail_once_with_a_count_check() {
     let path = directory.path().join("audit.db");
     {
         let store =
-            heistd::store::Store::open(&path, heistd::config::Synchronous::Normal).expect("open");
+            heistd::store::StoreHandle::open_sqlite(&path, heistd::config::Synchronous::Normal)
+                .await
+                .expect("open");
         for index in 0..300u32 {
             let id = store
-                .create_session(&heistd::store::NewSession {
+                .create_session(heistd::store::NewSession {
                     scenario: "bank".into(),
                     seed: u64::from(index),
                     planned_turns: 2,
@@ -354,10 +356,11 @@ async fn store_migrate_copies_a_sqlite_trail_once_with_a_count_check() {
                     scheduled_time: (index % 3 == 0)
                         .then(|| format!("2026-01-01T00:{:02}:{:02}Z", index / 60, index % 60)),
                 })
+                .await
                 .expect("create");
             for turn_id in 1..=2 {
                 store
-                    .record_turn(&heistd::store::TurnRecord {
+                    .record_turn(heistd::store::TurnRecord {
                         session_id: id.clone(),
                         turn_id,
                         agent_name: "planner".into(),
@@ -379,16 +382,19 @@ async fn store_migrate_copies_a_sqlite_trail_once_with_a_count_check() {
                         finish_reason: None,
                         trimmed: false,
                     })
+                    .await
                     .expect("turn");
             }
             if index % 10 != 0 {
                 store
                     .finish_session(&id, SessionStatus::Completed, None)
+                    .await
                     .expect("finish");
             }
         }
         store
             .record_health_event("memory", "up", "down", "probe failed")
+            .await
             .expect("event");
     }
     let migrate = || {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use heistd::config::Fault;
 use heistd::config::Synchronous;
-use heistd::store::{SessionStatus, Store};
+use heistd::store::{SessionStatus, StoreHandle};
 use serde_json::Value;
 use tokio::net::UnixDatagram;
 use tokio::time::Instant;
@@ -190,8 +190,9 @@ impl Daemon {
         std::fs::read_to_string(self.directory.path().join("daemon.log")).unwrap_or_default()
     }
 
-    fn store(&self) -> Store {
-        Store::open(&self.directory.path().join("audit.db"), Synchronous::Normal)
+    async fn store(&self) -> StoreHandle {
+        StoreHandle::open_sqlite(&self.directory.path().join("audit.db"), Synchronous::Normal)
+            .await
             .expect("store opens")
     }
 
@@ -292,9 +293,10 @@ pub(crate) async fn eventually<T>(
     }
 }
 
-fn committed_turns(store: &Store, session_id: &str) -> Vec<i64> {
+async fn committed_turns(store: &StoreHandle, session_id: &str) -> Vec<i64> {
     store
         .session(session_id)
+        .await
         .map(|detail| {
             detail
                 .messages
@@ -398,7 +400,9 @@ async fn ready_and_watchdog_over_notify_socket_and_readyz_follows_health() {
     .await;
     let events = daemon
         .store()
+        .await
         .health_events(Some("calculator"))
+        .await
         .expect("events");
     let transitions: Vec<(String, String)> = events
         .iter()
@@ -460,18 +464,18 @@ async fn sigterm_mid_run_interrupts_the_session_and_exits_0() {
     );
     let mut daemon = Daemon::start(&stack, "").await;
     let session_id = daemon.start_run(40).await;
-    let store = daemon.store();
+    let store = daemon.store().await;
     eventually(Duration::from_secs(10), "two turns committed", async || {
-        (committed_turns(&store, &session_id).len() >= 2).then_some(())
+        (committed_turns(&store, &session_id).await.len() >= 2).then_some(())
     })
     .await;
     daemon.signal("TERM");
     daemon.wait_for_notification("STOPPING=1").await;
     let status = daemon.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
-    let detail = store.session(&session_id).expect("session");
+    let detail = store.session(&session_id).await.expect("session");
     assert_eq!(detail.session.status, SessionStatus::Interrupted);
-    let turns = committed_turns(&store, &session_id);
+    let turns = committed_turns(&store, &session_id).await;
     assert!(turns.len() < 40);
     assert_eq!(
         turns,
@@ -493,20 +497,25 @@ async fn kill_9_mid_run_then_restart_resumes_every_turn_exactly_once() {
     );
     let mut daemon = Daemon::start(&stack, "").await;
     let session_id = daemon.start_run(10).await;
-    let store = daemon.store();
+    let store = daemon.store().await;
     eventually(
         Duration::from_secs(10),
         "three turns committed",
-        async || (committed_turns(&store, &session_id).len() >= 3).then_some(()),
+        async || (committed_turns(&store, &session_id).await.len() >= 3).then_some(()),
     )
     .await;
     daemon.signal("KILL");
     // Dead and reaped before we look: nothing can commit after this point.
     daemon.wait_exit(Duration::from_secs(10)).await;
-    let before = committed_turns(&store, &session_id);
+    let before = committed_turns(&store, &session_id).await;
     assert!(before.len() < 10, "killed mid-run");
     assert_eq!(
-        store.session(&session_id).expect("session").session.status,
+        store
+            .session(&session_id)
+            .await
+            .expect("session")
+            .session
+            .status,
         SessionStatus::Active
     );
 
@@ -516,7 +525,7 @@ async fn kill_9_mid_run_then_restart_resumes_every_turn_exactly_once() {
         Duration::from_secs(15),
         "the resumed session completes",
         async || {
-            let detail = store.session(&session_id).ok()?;
+            let detail = store.session(&session_id).await.ok()?;
             (detail.session.status == SessionStatus::Completed).then_some(detail)
         },
     )
@@ -627,13 +636,14 @@ async fn an_every_schedule_fires_each_slot_once() {
         "[[schedule]]\nname = \"fast\"\nevery = \"1s\"\nturns = 2\n",
     )
     .await;
-    let store = daemon.store();
+    let store = daemon.store().await;
     let sessions = eventually(
         Duration::from_secs(10),
         "three scheduled runs",
         async || {
             let sessions = store
                 .find_sessions(Some(SessionStatus::Completed), Some("fast"), 100)
+                .await
                 .ok()?;
             (sessions.len() >= 3).then_some(sessions)
         },
@@ -678,7 +688,7 @@ async fn a_turn_still_running_when_the_grace_period_ends_is_cut_and_its_session_
     );
     let mut daemon = Daemon::start(&stack, "[daemon]\nshutdown_grace_ms = 300\n").await;
     let session_id = daemon.start_run(5).await;
-    let store = daemon.store();
+    let store = daemon.store().await;
     eventually(
         Duration::from_secs(10),
         "the run is under way",
@@ -691,7 +701,7 @@ async fn a_turn_still_running_when_the_grace_period_ends_is_cut_and_its_session_
     daemon.signal("TERM");
     let status = daemon.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
-    let session = store.session(&session_id).expect("session").session;
+    let session = store.session(&session_id).await.expect("session").session;
     assert_eq!(session.status, SessionStatus::Interrupted);
     assert!(
         session
@@ -702,7 +712,7 @@ async fn a_turn_still_running_when_the_grace_period_ends_is_cut_and_its_session_
         "{session:?}"
     );
     assert!(
-        committed_turns(&store, &session_id).is_empty(),
+        committed_turns(&store, &session_id).await.is_empty(),
         "the cut turn left nothing behind"
     );
 }
@@ -726,23 +736,22 @@ async fn recovery_resumes_heistds_sessions_and_interrupts_ones_it_cannot_replay(
     // And one of heistd's own, started but with no turn committed when its
     // process died.
     let own = {
-        let store = Store::open(&database, Synchronous::Normal).expect("adopt");
-        let runner = stack
-            .stack
-            .runner(std::sync::Arc::new(store))
-            .expect("runner");
+        let store = StoreHandle::open_sqlite(&database, Synchronous::Normal)
+            .await
+            .expect("adopt");
+        let runner = stack.stack.runner(store).expect("runner");
         let options = heistd::heist::RunOptions::new(4, 9);
         runner.start(&options).await.expect("session")
     };
     let config_path = directory.path().join("heistd.toml");
     std::fs::write(&config_path, config_text(&stack, directory.path(), "")).expect("config");
     let daemon = Daemon::spawn_in(directory, config_path).await;
-    let store = daemon.store();
+    let store = daemon.store().await;
     let resumed = eventually(
         Duration::from_secs(10),
         "heistd's session resumed to completion",
         async || {
-            let detail = store.session(&own).ok()?;
+            let detail = store.session(&own).await.ok()?;
             (detail.session.status == SessionStatus::Completed).then_some(detail)
         },
     )
@@ -759,7 +768,7 @@ async fn recovery_resumes_heistds_sessions_and_interrupts_ones_it_cannot_replay(
         Duration::from_secs(10),
         "the prototype's session ended",
         async || {
-            let session = store.session("heist_20250101_120000").ok()?.session;
+            let session = store.session("heist_20250101_120000").await.ok()?.session;
             (session.status != SessionStatus::Active).then_some(session)
         },
     )
@@ -792,8 +801,8 @@ async fn a_deleted_store_makes_the_daemon_unready_and_pauses_its_sessions() {
     let session_id = daemon.start_run(30).await;
     let database = daemon.directory.path().join("audit.db");
     eventually(Duration::from_secs(10), "a turn committed", async || {
-        let store = Store::open_read_only(&database).ok()?;
-        (!committed_turns(&store, &session_id).is_empty()).then_some(())
+        let store = StoreHandle::open_read_only(&database).await.ok()?;
+        (!committed_turns(&store, &session_id).await.is_empty()).then_some(())
     })
     .await;
     std::fs::remove_file(&database).expect("delete the store");
@@ -892,7 +901,11 @@ async fn a_read_only_store_at_start_exits_2_before_ready() {
     };
     let stack = TestStack::start().await;
     let database = tmpfs.path.join("audit.db");
-    drop(Store::open(&database, Synchronous::Normal).expect("create"));
+    drop(
+        StoreHandle::open_sqlite(&database, Synchronous::Normal)
+            .await
+            .expect("create"),
+    );
     tmpfs.remount_read_only();
     let directory = tempfile::tempdir().expect("temp dir");
     let config_path = directory.path().join("heistd.toml");
@@ -942,8 +955,8 @@ async fn a_full_disk_makes_the_daemon_unready_and_its_session_waits_for_room() {
     let daemon = Daemon::start_with_config(&config).await;
     let session_id = daemon.start_run(20).await;
     eventually(Duration::from_secs(10), "two turns committed", async || {
-        let store = Store::open_read_only(&database).ok()?;
-        (committed_turns(&store, &session_id).len() >= 2).then_some(())
+        let store = StoreHandle::open_read_only(&database).await.ok()?;
+        (committed_turns(&store, &session_id).await.len() >= 2).then_some(())
     })
     .await;
     let filler = tmpfs.path.join("filler");
@@ -980,9 +993,9 @@ async fn a_full_disk_makes_the_daemon_unready_and_its_session_waits_for_room() {
         (daemon.get("/readyz").await.0 == 200).then_some(())
     })
     .await;
-    let store = Store::open_read_only(&database).expect("store");
+    let store = StoreHandle::open_read_only(&database).await.expect("store");
     assert_eq!(
-        committed_turns(&store, &session_id),
+        committed_turns(&store, &session_id).await,
         (1..=20).collect::<Vec<_>>()
     );
     // The metrics count what the store recorded: one completed session.

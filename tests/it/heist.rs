@@ -17,6 +17,7 @@ async fn run(stack: &TestStack, turns: u32, seed: u64) -> (RunReport, SessionDet
     let detail = stack
         .store
         .session(&report.session_id)
+        .await
         .expect("session is stored");
     (report, detail)
 }
@@ -220,7 +221,11 @@ async fn a_memory_outage_loses_nothing_the_outbox_delivers_later() {
     // The failed deliveries are in the audit trail, under the turn whose
     // write they carried: after each turn the outbox tried its oldest
     // write, turn 1's, and kept the order.
-    let detail = stack.store.session(&report.session_id).expect("detail");
+    let detail = stack
+        .store
+        .session(&report.session_id)
+        .await
+        .expect("detail");
     let failed_deliveries: Vec<i64> = detail
         .service_calls
         .iter()
@@ -255,7 +260,7 @@ async fn a_memory_write_that_needed_a_retry_is_in_service_calls() {
         .play(&session_id, &RunOptions::new(1, 5), Some(&fail_the_write))
         .await
         .expect("run");
-    let detail = stack.store.session(&session_id).expect("detail");
+    let detail = stack.store.session(&session_id).await.expect("detail");
     let delivery = detail
         .service_calls
         .iter()
@@ -360,13 +365,14 @@ async fn a_full_store_stops_the_run_cleanly_and_memory_never_gets_ahead_of_it() 
     stack
         .store
         .limit_size(size + 24 * 1024)
+        .await
         .expect("cap the store");
     let runner = stack.stack.runner(stack.store.clone()).expect("runner");
     let outcome = runner.run(RunOptions::new(40, 8), None).await;
     let error = outcome.expect_err("the store fills up").to_string();
     assert!(error.contains("full"), "{error}");
 
-    let sessions = stack.store.list_sessions(10).expect("sessions");
+    let sessions = stack.store.list_sessions(10).await.expect("sessions");
     let session = &sessions[0];
     assert_eq!(session.status, SessionStatus::Failed);
     let reason = session.failure_reason.as_deref().unwrap_or_default();
@@ -374,7 +380,11 @@ async fn a_full_store_stops_the_run_cleanly_and_memory_never_gets_ahead_of_it() 
         reason.contains("could not be recorded") && reason.contains("full"),
         "{reason}"
     );
-    let detail = stack.store.session(&session.session_id).expect("detail");
+    let detail = stack
+        .store
+        .session(&session.session_id)
+        .await
+        .expect("detail");
     let committed: Vec<i64> = detail
         .messages
         .iter()
@@ -426,7 +436,7 @@ async fn a_memory_write_refused_for_good_is_set_aside_and_the_rest_are_delivered
             finish_reason: None,
             trimmed: false,
         };
-        stack.store.record_turn(&record).expect("commit");
+        stack.store.record_turn(record).await.expect("commit");
     }
     // The memory service answers 413 to the first write: it can never be
     // stored, and must not block the second.
@@ -441,7 +451,11 @@ async fn a_memory_write_refused_for_good_is_set_aside_and_the_rest_are_delivered
         .collect();
     assert_eq!(stored, [2]);
     assert_eq!(
-        stack.store.outbox_counts(&session_id).expect("counts"),
+        stack
+            .store
+            .outbox_counts(&session_id)
+            .await
+            .expect("counts"),
         (1, 2),
         "one delivered, one set aside"
     );
@@ -449,6 +463,7 @@ async fn a_memory_write_refused_for_good_is_set_aside_and_the_rest_are_delivered
         stack
             .store
             .pending_outbox(&session_id, 10)
+            .await
             .expect("pending")
             .len(),
         0
@@ -556,6 +571,7 @@ async fn a_full_store_pauses_the_session_which_completes_once_there_is_room() {
     stack
         .store
         .limit_size(size + 24 * 1024)
+        .await
         .expect("cap the store");
     let runner = stack.stack.runner(stack.store.clone()).expect("runner");
     let session_id = runner
@@ -577,6 +593,7 @@ async fn a_full_store_pauses_the_session_which_completes_once_there_is_room() {
         let committed = stack
             .store
             .session(&session_id)
+            .await
             .expect("detail")
             .messages
             .len();
@@ -600,6 +617,7 @@ async fn a_full_store_pauses_the_session_which_completes_once_there_is_room() {
         stack
             .store
             .session(&session_id)
+            .await
             .expect("detail")
             .session
             .status,
@@ -608,6 +626,7 @@ async fn a_full_store_pauses_the_session_which_completes_once_there_is_room() {
     stack
         .store
         .limit_size(64 * 1024 * 1024)
+        .await
         .expect("room again");
     let report = tokio::time::timeout(std::time::Duration::from_secs(60), playing)
         .await
@@ -615,7 +634,7 @@ async fn a_full_store_pauses_the_session_which_completes_once_there_is_room() {
         .expect("join")
         .expect("completes");
     assert_eq!(report.status, SessionStatus::Completed);
-    let detail = stack.store.session(&session_id).expect("detail");
+    let detail = stack.store.session(&session_id).await.expect("detail");
     let turns: Vec<i64> = detail
         .messages
         .iter()

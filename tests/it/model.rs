@@ -39,7 +39,11 @@ async fn run(
         .run(RunOptions::new(turns, seed), None)
         .await
         .expect("run finishes");
-    let detail = stack.store.session(&report.session_id).expect("stored");
+    let detail = stack
+        .store
+        .session(&report.session_id)
+        .await
+        .expect("stored");
     let notices = notices.lock().clone();
     (report, detail, notices)
 }
@@ -292,7 +296,11 @@ async fn a_busy_one_slot_model_is_never_marked_down_by_the_health_checker() {
     }
     stop.send(true).expect("stop");
     watcher.await.expect("checker ends");
-    let events = stack.store.health_events(Some("llm")).expect("events");
+    let events = stack
+        .store
+        .health_events(Some("llm"))
+        .await
+        .expect("events");
     assert!(
         events.iter().all(|event| event.to_state != "down"),
         "{events:?}"

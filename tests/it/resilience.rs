@@ -294,7 +294,11 @@ async fn failed_and_retried_calls_land_in_the_audit_trail() {
         .run(RunOptions::new(12, 42), None)
         .await
         .expect("run");
-    let detail = stack.store.session(&report.session_id).expect("session");
+    let detail = stack
+        .store
+        .session(&report.session_id)
+        .await
+        .expect("session");
     let calculator_turns: Vec<i64> = detail
         .tool_usage
         .iter()

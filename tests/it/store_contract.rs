@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use heistd::config::Synchronous;
 use heistd::store::{
-    NewSession, ServiceCallRecord, SessionStatus, Store, StoreError, StoreHandle, ToolCallRecord,
+    NewSession, ServiceCallRecord, SessionStatus, StoreError, StoreHandle, ToolCallRecord,
     TurnRecord,
 };
 
@@ -25,12 +25,14 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn sqlite() -> Self {
+    async fn sqlite() -> Self {
         let directory = tempfile::tempdir().expect("temp dir");
-        let store =
-            Store::open(&directory.path().join("audit.db"), Synchronous::Normal).expect("open");
+        let handle =
+            StoreHandle::open_sqlite(&directory.path().join("audit.db"), Synchronous::Normal)
+                .await
+                .expect("open");
         Self {
-            handle: StoreHandle::from(store),
+            handle,
             _directory: Some(directory),
             database: None,
         }
@@ -112,7 +114,7 @@ macro_rules! contract {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let fixture = super::Fixture::sqlite();
+                    let fixture = super::Fixture::sqlite().await;
                     super::$name(&fixture.handle).await;
                 }
             )*

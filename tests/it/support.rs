@@ -1,11 +1,20 @@
 //! Shared helpers: an in-process stack and a scratch audit database.
 
-use std::sync::Arc;
-
 use heistd::cli::LocalStack;
 use heistd::config::{self, Config, Synchronous};
 use heistd::services::token::{unix_now, Claims, SigningKey, ISSUER};
-use heistd::store::Store;
+use heistd::store::StoreHandle;
+
+/// Runs `future` to its end on a runtime of its own: how a synchronous
+/// test (one that runs the `heistd` binary) reads a store through its
+/// async [`StoreHandle`].
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}
 
 /// A config with built-in defaults only (no file, no environment).
 pub fn base_config() -> Config {
@@ -15,7 +24,7 @@ pub fn base_config() -> Config {
 /// Every companion on loopback, a fresh audit database, and their config.
 pub struct TestStack {
     pub stack: LocalStack,
-    pub store: Arc<Store>,
+    pub store: StoreHandle,
     _directory: tempfile::TempDir,
 }
 
@@ -35,10 +44,10 @@ impl TestStack {
             .await
             .expect("companions start");
         let directory = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(
-            Store::open(&directory.path().join("audit.db"), Synchronous::Normal)
-                .expect("store opens"),
-        );
+        let store =
+            StoreHandle::open_sqlite(&directory.path().join("audit.db"), Synchronous::Normal)
+                .await
+                .expect("store opens");
         Self {
             stack,
             store,

@@ -7,38 +7,10 @@
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use serde::Serialize;
 
 use super::rows::{session_row_at, SESSION_COLUMNS};
 use super::{PgStore, LOCK_RETENTION};
-use crate::store::{timestamp, SessionRow, StoreError};
-
-/// A node as the `nodes` table has it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct NodeRow {
-    pub node_id: String,
-    pub host: String,
-    pub pid: i64,
-    pub started_at: String,
-    pub last_heartbeat: String,
-    /// Whether it heartbeat within the last lease period and has not
-    /// stopped.
-    pub alive: bool,
-    /// Whether it stopped heartbeating without a clean stop (a crash, a
-    /// kill, a partition) within the last hour; a node stopped on purpose
-    /// is never lost, and one lost longer ago has been dealt with.
-    pub lost: bool,
-}
-
-/// What one heartbeat found.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct HeartbeatReport {
-    /// Sessions held here whose lease was renewed.
-    pub renewed: usize,
-    /// Sessions held here that another node now owns (or that ended): they
-    /// are no longer held, and their next write will be fenced.
-    pub lost: Vec<String>,
-}
+use crate::store::{timestamp, HeartbeatReport, NodeRow, SessionRow, StoreError};
 
 impl PgStore {
     pub(super) async fn register_node(

@@ -5,7 +5,7 @@
 //! resumed by the first node with room.
 
 use super::PgStore;
-use crate::store::migrate::{SessionBundle, COUNTED_TABLES};
+use crate::store::bundle::{SessionBundle, COUNTED_TABLES};
 use crate::store::{HealthEvent, StoreError};
 
 impl PgStore {

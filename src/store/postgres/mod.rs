@@ -2,9 +2,10 @@
 //! one database: the same tables and column names as the SQLite store (the
 //! prototype's three plus heistd's), plus `nodes` and each session's lease
 //! (`owner_node`, `lease_epoch`, `lease_expires_at`). It implements every
-//! operation of [`super::StoreHandle`] with `tokio-postgres` over a small
-//! `deadpool` pool, and the cluster's own: heartbeats, lease renewal,
-//! takeover of expired leases, and fencing of every session write.
+//! operation of the store's [`super::backend::Backend`] (`backend`, one file
+//! for the trait impl) with `tokio-postgres` over a small `deadpool` pool,
+//! and the cluster's own: heartbeats, lease renewal, takeover of expired
+//! leases, and fencing of every session write.
 //!
 //! Only this module holds PostgreSQL SQL. It must not call services or
 //! decide policy (when to take over, how many to run): `daemon` does.
@@ -20,6 +21,7 @@ use tokio_postgres::NoTls;
 use super::StoreError;
 use crate::config::{ClusterConfig, StoreConfig};
 
+mod backend;
 mod cluster;
 mod copy;
 mod queue;
@@ -28,7 +30,6 @@ mod schema;
 mod sessions;
 mod turns;
 
-pub use cluster::{HeartbeatReport, NodeRow};
 pub use turns::OutboxMark;
 
 /// The PostgreSQL store as one node of a cluster sees it.

@@ -1,22 +1,17 @@
 //! PostgreSQL rows into the store's row types (the same ones the SQLite
-//! backend returns, so the admin API's JSON is the same on both).
+//! backend returns, so the admin API's JSON is the same on both). The
+//! column lists they read are the shared ones in `store::rows`.
 
 use tokio_postgres::Row;
 
+pub(super) use crate::store::rows::{
+    HEALTH_EVENT_COLUMNS, MESSAGE_COLUMNS, OUTBOX_ENTRY_COLUMNS, SERVICE_CALL_COLUMNS,
+    SESSION_COLUMNS, TOOL_USAGE_COLUMNS,
+};
 use crate::store::{
     HealthEvent, MessageRow, OutboxEntry, ServiceCallRecord, ServiceCallRow, SessionRow,
     SessionStatus, ToolUsageRow,
 };
-
-/// The columns [`session_row`] reads, in its order.
-pub(super) const SESSION_COLUMNS: &str =
-    "session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason, schedule, scheduled_time";
-
-pub(super) const MESSAGE_COLUMNS: &str =
-    "SELECT id, session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed FROM messages";
-
-pub(super) const TOOL_USAGE_COLUMNS: &str =
-    "SELECT id, session_id, turn_id, agent_name, tool_name, tool_params, tool_result, timestamp, success, error FROM tool_usage";
 
 pub(super) fn session_row(row: &Row) -> SessionRow {
     session_row_at(row, 0)

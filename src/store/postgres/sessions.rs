@@ -3,8 +3,8 @@
 //! holder, and the reads. It never writes a turn.
 
 use super::rows::{
-    message_row, service_call_row, session_row, tool_usage_row, MESSAGE_COLUMNS, SESSION_COLUMNS,
-    TOOL_USAGE_COLUMNS,
+    message_row, service_call_row, session_row, tool_usage_row, MESSAGE_COLUMNS,
+    SERVICE_CALL_COLUMNS, SESSION_COLUMNS, TOOL_USAGE_COLUMNS,
 };
 use super::{is_unique_violation, PgStore};
 use crate::store::{
@@ -162,8 +162,7 @@ impl PgStore {
             .await?;
         let service_calls = client
             .query(
-                "SELECT turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp
-                 FROM service_calls WHERE session_id = $1 ORDER BY id",
+                &format!("{SERVICE_CALL_COLUMNS} WHERE session_id = $1 ORDER BY id"),
                 &[&session_id],
             )
             .await?;

@@ -5,7 +5,8 @@
 //! took over cannot write a turn. The commit also renews the lease.
 
 use super::rows::{
-    health_event, message_row, outbox_entry, tool_usage_row, MESSAGE_COLUMNS, TOOL_USAGE_COLUMNS,
+    health_event, message_row, outbox_entry, tool_usage_row, HEALTH_EVENT_COLUMNS, MESSAGE_COLUMNS,
+    OUTBOX_ENTRY_COLUMNS, TOOL_USAGE_COLUMNS,
 };
 use super::PgStore;
 use crate::store::{
@@ -168,8 +169,8 @@ impl PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, session_id, turn_id, payload, attempts FROM outbox
-                 WHERE session_id = $1 AND delivered_at IS NULL AND abandoned_at IS NULL ORDER BY id LIMIT $2",
+                &format!("{OUTBOX_ENTRY_COLUMNS}
+                 WHERE session_id = $1 AND delivered_at IS NULL AND abandoned_at IS NULL ORDER BY id LIMIT $2"),
                 &[&session_id, &(limit as i64)],
             )
             .await?;
@@ -315,8 +316,9 @@ impl PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT timestamp, service, from_state, to_state, reason FROM health_events
-                 WHERE ($1::text IS NULL OR service = $1) ORDER BY id",
+                &format!(
+                    "{HEALTH_EVENT_COLUMNS} WHERE ($1::text IS NULL OR service = $1) ORDER BY id"
+                ),
                 &[&service],
             )
             .await?;

@@ -14,7 +14,7 @@ use heistd::config::Fault;
 use heistd::scenario::Scenario;
 use heistd::services::token::SigningKey;
 use heistd::services::{self, CompanionContext, Companions};
-use heistd::store::{SessionStatus, Store};
+use heistd::store::{SessionStatus, StoreHandle};
 
 use super::{eventually, Daemon};
 use crate::support;
@@ -68,8 +68,8 @@ async fn memories(url: &str, key: &SigningKey, session_id: &str) -> Option<Vec<i
     Some(turns)
 }
 
-fn messages(store: &Store, session_id: &str) -> Vec<i64> {
-    let mut turns = super::committed_turns(store, session_id);
+async fn messages(store: &StoreHandle, session_id: &str) -> Vec<i64> {
+    let mut turns = super::committed_turns(store, session_id).await;
     turns.sort_unstable();
     turns
 }
@@ -148,8 +148,15 @@ async fn a_memory_service_restarted_empty_is_refilled_from_the_store() {
     .await;
     memory.kill().expect("kill -9");
     let _ = memory.wait();
-    let store = Store::open_read_only(&store_path).expect("store");
-    let status = store.session(&sessions[1]).expect("session").session.status;
+    let store = StoreHandle::open_read_only(&store_path)
+        .await
+        .expect("store");
+    let status = store
+        .session(&sessions[1])
+        .await
+        .expect("session")
+        .session
+        .status;
     assert_eq!(status, SessionStatus::Active, "killed mid-run");
     let mut memory = memory_process(directory.path(), port);
     let second = eventually(Duration::from_secs(20), "memory back", async || {
@@ -162,14 +169,16 @@ async fn a_memory_service_restarted_empty_is_refilled_from_the_store() {
     );
 
     eventually(Duration::from_secs(60), "both heists end", async || {
-        sessions
-            .iter()
-            .all(|id| {
-                store
-                    .session(id)
-                    .is_ok_and(|detail| detail.session.status != SessionStatus::Active)
-            })
-            .then_some(())
+        for id in &sessions {
+            let ended = store
+                .session(id)
+                .await
+                .is_ok_and(|detail| detail.session.status != SessionStatus::Active);
+            if !ended {
+                return None;
+            }
+        }
+        Some(())
     })
     .await;
     // Within one reconcile interval (and the health checks' few probes
@@ -177,7 +186,7 @@ async fn a_memory_service_restarted_empty_is_refilled_from_the_store() {
     let bound = Duration::from_millis(RECONCILE_MS * 2) + Duration::from_secs(3);
     eventually(bound, "memories equal messages", async || {
         for id in &sessions {
-            let expected = messages(&store, id);
+            let expected = messages(&store, id).await;
             assert_eq!(expected.len(), 12, "{id}: {expected:?}");
             if memories(&memory_url, &key, id).await? != expected {
                 return None;

@@ -163,9 +163,9 @@ async fn a_fresh_daemon_shows_every_family_at_zero_and_promtool_finds_nothing_be
     }
 
     let session_id = daemon.start_run(3).await;
-    let store = daemon.store();
+    let store = daemon.store().await;
     eventually(Duration::from_secs(30), "the heist completes", async || {
-        let detail = store.session(&session_id).ok()?;
+        let detail = store.session(&session_id).await.ok()?;
         (detail.session.status == SessionStatus::Completed).then_some(())
     })
     .await;

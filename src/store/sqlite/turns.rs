@@ -5,9 +5,9 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{message_row, tool_usage_row, MESSAGE_COLUMNS, TOOL_USAGE_COLUMNS};
-use super::{
-    timestamp, MessageRow, RecentTurns, ServiceCallRecord, Store, StoreError, ToolUsageRow,
-    TurnRecord,
+use super::Store;
+use crate::store::{
+    timestamp, MessageRow, RecentTurns, ServiceCallRecord, StoreError, ToolUsageRow, TurnRecord,
 };
 
 impl Store {
@@ -15,6 +15,7 @@ impl Store {
     /// transaction, and counts it in the session's `num_turns`; returns once
     /// that transaction is durable. Turns of other sessions that arrive
     /// meanwhile share it (`group_commit`).
+    #[cfg(test)]
     pub fn record_turn(&self, turn: &TurnRecord) -> Result<(), StoreError> {
         self.commit_turn(turn.clone(), 0).map(drop)
     }

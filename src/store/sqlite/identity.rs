@@ -12,7 +12,8 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::{Store, StoreError};
+use super::Store;
+use crate::store::StoreError;
 
 /// The database file as it was opened: a handle on it, and its device and
 /// inode, to tell a deleted or replaced file from the one we write.

@@ -31,7 +31,8 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::turns::insert_turn;
-use super::{OutboxEntry, Store, StoreError, TurnRecord};
+use super::Store;
+use crate::store::{OutboxEntry, StoreError, TurnRecord};
 
 /// A committed turn's outcome: its session's first pending memory writes,
 /// read in the turn's transaction (none read when the caller asked none).
@@ -56,7 +57,7 @@ pub(super) struct CommitQueue {
     /// Told when the queue holds as many turns as sessions are in play.
     every_session_queued: tokio::sync::Notify,
     /// Transactions that committed turns; with `turns`, how well turns are
-    /// grouped (read by tests and the load benchmark's notes).
+    /// grouped (read by tests).
     transactions: std::sync::atomic::AtomicU64,
     turns: std::sync::atomic::AtomicU64,
 }
@@ -152,9 +153,9 @@ impl Store {
     /// Counts a session as playing turns on this store until the guard
     /// is dropped: a batch waits for its turn (`store.commit_delay_ms`)
     /// only while some session in play has none queued.
-    pub fn in_play(self: &Arc<Self>) -> InPlay {
+    pub fn in_play(self: &Arc<Self>) -> CountedInPlay {
         self.commits.in_play.fetch_add(1, Ordering::SeqCst);
-        InPlay(self.clone())
+        CountedInPlay(self.clone())
     }
 
     /// Commits queued turns, batch after batch, until none is queued; the
@@ -299,6 +300,7 @@ impl Store {
 
     /// (transactions, turns) committed so far, by [`Self::commit_turn`] and
     /// the commit task.
+    #[cfg(test)]
     pub fn commit_counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (
@@ -336,10 +338,11 @@ impl CommitQueue {
 }
 
 /// A session in play on a store ([`Store::in_play`]); counted out when
-/// dropped, however its session ends.
-pub struct InPlay(Arc<Store>);
+/// dropped, however its session ends. The handle hands it out wrapped in
+/// the backend-neutral [`crate::store::InPlay`].
+pub(crate) struct CountedInPlay(Arc<Store>);
 
-impl Drop for InPlay {
+impl Drop for CountedInPlay {
     fn drop(&mut self) {
         self.0.commits.in_play.fetch_sub(1, Ordering::SeqCst);
         // One session fewer may be all the batch waits for.

@@ -9,8 +9,9 @@ use parking_lot::Mutex;
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection};
 
-use super::{schema, timestamp, Store, StoreError, SCHEMA_VERSION};
+use super::{schema, Store};
 use crate::config::Synchronous;
+use crate::store::{timestamp, StoreError, SCHEMA_VERSION};
 
 /// Statements kept prepared per connection; more than the store has.
 const STATEMENT_CACHE_CAPACITY: usize = 64;

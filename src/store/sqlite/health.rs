@@ -4,7 +4,9 @@
 
 use rusqlite::params;
 
-use super::{timestamp, HealthEvent, Store, StoreError};
+use super::rows::HEALTH_EVENT_COLUMNS;
+use super::Store;
+use crate::store::{timestamp, HealthEvent, StoreError};
 
 impl Store {
     pub fn record_health_event(
@@ -24,10 +26,9 @@ impl Store {
     /// Health events oldest first, optionally of one service.
     pub fn health_events(&self, service: Option<&str>) -> Result<Vec<HealthEvent>, StoreError> {
         let connection = self.lock();
-        let mut statement = connection.prepare_cached(
-            "SELECT timestamp, service, from_state, to_state, reason FROM health_events
-             WHERE (?1 IS NULL OR service = ?1) ORDER BY id",
-        )?;
+        let mut statement = connection.prepare_cached(&format!(
+            "{HEALTH_EVENT_COLUMNS} WHERE (?1 IS NULL OR service = ?1) ORDER BY id"
+        ))?;
         let rows = statement
             .query_map(params![service], |row| {
                 Ok(HealthEvent {

@@ -34,7 +34,7 @@ pub(super) fn adopt_prototype_tables(connection: &Connection) -> rusqlite::Resul
 }
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-pub(super) const MIGRATIONS: [&str; 5] = [
+pub(crate) const MIGRATIONS: [&str; 5] = [
     r#"
     CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY,

@@ -5,11 +5,13 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::rows::{
-    message_row, session_row, tool_usage_row, MESSAGE_COLUMNS, SESSION_COLUMNS, TOOL_USAGE_COLUMNS,
+    message_row, session_row, tool_usage_row, MESSAGE_COLUMNS, SERVICE_CALL_COLUMNS,
+    SESSION_COLUMNS, TOOL_USAGE_COLUMNS,
 };
-use super::{
+use super::Store;
+use crate::store::{
     new_session_id, timestamp, NewSession, ServiceCallRecord, ServiceCallRow, SessionDetail,
-    SessionRow, SessionStatus, Store, StoreError,
+    SessionRow, SessionStatus, StoreError,
 };
 
 impl Store {
@@ -92,6 +94,7 @@ impl Store {
         Ok(changed > 0)
     }
 
+    #[cfg(test)]
     pub fn list_sessions(&self, limit: usize) -> Result<Vec<SessionRow>, StoreError> {
         self.find_sessions(None, None, limit)
     }
@@ -106,7 +109,7 @@ impl Store {
     ) -> Result<Vec<SessionRow>, StoreError> {
         let connection = self.lock();
         let mut statement = connection.prepare_cached(&format!(
-            "{SESSION_COLUMNS} WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR schedule = ?2)
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR schedule = ?2)
              ORDER BY start_time DESC, session_id DESC LIMIT ?3"
         ))?;
         let rows = statement
@@ -123,7 +126,7 @@ impl Store {
         let connection = self.lock();
         let session = connection
             .query_row(
-                &format!("{SESSION_COLUMNS} WHERE session_id = ?1"),
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"),
                 params![session_id],
                 session_row,
             )
@@ -142,10 +145,9 @@ impl Store {
             .query_map(params![session_id], tool_usage_row)?
             .collect::<Result<_, _>>()?;
         let service_calls = connection
-            .prepare_cached(
-                "SELECT turn_id, service, operation, attempts, outcome, last_error, duration_ms, timestamp
-                 FROM service_calls WHERE session_id = ?1 ORDER BY id",
-            )?
+            .prepare_cached(&format!(
+                "{SERVICE_CALL_COLUMNS} WHERE session_id = ?1 ORDER BY id"
+            ))?
             .query_map(params![session_id], |row| {
                 Ok(ServiceCallRow {
                     turn_id: row.get(0)?,

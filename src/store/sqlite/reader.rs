@@ -13,7 +13,8 @@ use std::path::Path;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 
-use super::{Store, StoreError, SCHEMA_VERSION};
+use super::Store;
+use crate::store::{StoreError, SCHEMA_VERSION};
 
 /// The tables heistd reads, in the current schema.
 const TABLES: [&str; 6] = [

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::tests::{new_session, open, turn};
-use super::{Store, StoreHandle};
+use super::{new_session, open, turn};
+use crate::store::sqlite::Store;
+use crate::store::StoreHandle;
 
 const DELAY: Duration = Duration::from_millis(50);
 
@@ -29,7 +30,7 @@ fn store_with_sessions(
 
 /// Commits turn 1 of `session` in a task; it answers with when it returned.
 fn commit_first_turn(store: &Arc<Store>, session: &str) -> tokio::task::JoinHandle<Instant> {
-    let handle = StoreHandle::from(store.clone());
+    let handle = StoreHandle::from_sqlite(store.clone());
     let session = session.to_string();
     tokio::spawn(async move {
         handle

@@ -5,8 +5,10 @@
 
 use rusqlite::params;
 
-use super::{
-    timestamp, DeliveredCount, OutboxEntry, OutboxSummary, ServiceCallRecord, Store, StoreError,
+use super::rows::OUTBOX_ENTRY_COLUMNS;
+use super::Store;
+use crate::store::{
+    timestamp, DeliveredCount, OutboxEntry, OutboxSummary, ServiceCallRecord, StoreError,
 };
 
 impl Store {
@@ -19,6 +21,7 @@ impl Store {
         pending_entries(&self.lock(), session_id, limit)
     }
 
+    #[cfg(test)]
     pub fn mark_outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
         let now = timestamp(chrono::Utc::now());
         self.without_fsync(|connection| mark_delivered(connection, id, &now))
@@ -260,10 +263,10 @@ pub(super) fn pending_entries(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let mut statement = connection.prepare_cached(
-        "SELECT id, session_id, turn_id, payload, attempts FROM outbox
-         WHERE session_id = ?1 AND delivered_at IS NULL AND abandoned_at IS NULL ORDER BY id LIMIT ?2",
-    )?;
+    let mut statement = connection.prepare_cached(&format!(
+        "{OUTBOX_ENTRY_COLUMNS}
+         WHERE session_id = ?1 AND delivered_at IS NULL AND abandoned_at IS NULL ORDER BY id LIMIT ?2"
+    ))?;
     let rows = statement
         .query_map(params![session_id, limit as i64], |row| {
             Ok(OutboxEntry {

@@ -1,0 +1,288 @@
+//! The store's one surface, written once: the [`Backend`] trait every
+//! backend implements (`sqlite::SqliteBackend`, `postgres::PgStore`), which
+//! [`super::StoreHandle`] holds as `Arc<dyn Backend>`. Each operation is a
+//! typed async method with rows in and rows out: no driver type, no
+//! closure over a connection.
+//!
+//! The cluster's operations (leases, heartbeats, the run queue, outbox
+//! claims) have single-node defaults here: one process that owns its store
+//! owns every session, delivers every write and queues nothing. A backend
+//! several daemons share (PostgreSQL) overrides them; SQLite implements
+//! none. What differs between backends is said with a type ([`Owed`],
+//! [`InPlay`]), not an `Option` whose `None` means "the other backend".
+//!
+//! It holds no SQL and no state; the outage rule and the delivery set
+//! are the handle's, backend-neutral.
+
+use std::any::Any;
+use std::path::Path;
+
+use async_trait::async_trait;
+
+use super::{
+    DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary,
+    RecentTurns, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError,
+    TurnRecord,
+};
+
+/// What a committed turn leaves its session to deliver next.
+#[derive(Debug)]
+pub enum Owed {
+    /// The session's first pending memory writes as the commit left them,
+    /// this node's to deliver without claiming (SQLite: read in the turn's
+    /// own transaction, so delivery needs no trip of its own).
+    Entries(Vec<OutboxEntry>),
+    /// Claim them first ([`super::StoreHandle::claim_outbox`]): another
+    /// node may be delivering them (PostgreSQL).
+    ClaimFirst,
+}
+
+/// Counts a session as playing turns until dropped, however the session
+/// ends ([`super::StoreHandle::in_play`]). A backend that does not count
+/// (PostgreSQL) hands out one that holds nothing.
+#[must_use = "the session counts as in play only while this is held"]
+pub struct InPlay {
+    /// The backend's own counting guard, dropped with this.
+    _counted: Option<Box<dyn Send + Sync>>,
+}
+
+impl InPlay {
+    /// A guard that counts nothing.
+    pub(crate) fn uncounted() -> Self {
+        Self { _counted: None }
+    }
+
+    /// Wraps a backend's counting guard, which counts the session out when
+    /// dropped.
+    pub(crate) fn counted(guard: impl Send + Sync + 'static) -> Self {
+        Self {
+            _counted: Some(Box::new(guard)),
+        }
+    }
+}
+
+/// One store backend. `async_trait` (dtolnay's) rather than native `async
+/// fn` in traits: the handle holds `Arc<dyn Backend>`, and a native async
+/// trait is not object safe; the crate boxes each future once, which is
+/// what a hand-written `Pin<Box<dyn Future>>` would do, without the noise.
+/// `Any`, so the store's own cross-backend work (`store migrate`) and
+/// tests can reach a backend's concrete type.
+#[async_trait]
+pub(crate) trait Backend: Any + Send + Sync {
+    /// The SQLite file, or the PostgreSQL URL without its password.
+    fn path(&self) -> &Path;
+
+    // Sessions.
+
+    async fn create_session(&self, new: NewSession) -> Result<String, StoreError>;
+
+    /// Ends an `active` session; `false` when it had already ended (or
+    /// belongs to another live node).
+    async fn finish_session(
+        &self,
+        session_id: &str,
+        status: SessionStatus,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
+    async fn find_sessions(
+        &self,
+        status: Option<SessionStatus>,
+        schedule: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SessionRow>, StoreError>;
+
+    async fn session(&self, session_id: &str) -> Result<SessionDetail, StoreError>;
+
+    async fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError>;
+
+    // Turns.
+
+    /// Commits a turn, and says what its session owes the memory service
+    /// next (up to `limit` writes).
+    async fn record_turn(&self, turn: TurnRecord, limit: usize) -> Result<Owed, StoreError>;
+
+    /// Counts a session as playing turns while the guard is held; nothing
+    /// is counted by default.
+    fn in_play(&self) -> InPlay {
+        InPlay::uncounted()
+    }
+
+    async fn recent_turns(&self, session_id: &str, limit: usize)
+        -> Result<RecentTurns, StoreError>;
+
+    async fn last_turn(&self, session_id: &str) -> Result<u32, StoreError>;
+
+    // The memory outbox.
+
+    async fn pending_outbox(
+        &self,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    async fn mark_outbox_delivered(&self, id: i64) -> Result<(), StoreError>;
+
+    /// Marks a write delivered by the connection's next use, where the
+    /// backend can defer it; at once by default.
+    async fn mark_outbox_delivered_later(&self, id: i64) -> Result<(), StoreError> {
+        self.mark_outbox_delivered(id).await
+    }
+
+    async fn mark_outbox_abandoned(&self, id: i64, error: &str) -> Result<(), StoreError>;
+
+    async fn mark_outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError>;
+
+    async fn record_service_calls(
+        &self,
+        session_id: &str,
+        turn_id: u32,
+        calls: Vec<ServiceCallRecord>,
+    ) -> Result<(), StoreError>;
+
+    async fn sessions_with_pending_outbox(&self, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    async fn outbox_counts(&self, session_id: &str) -> Result<(u64, u64), StoreError>;
+
+    async fn delivered_counts(
+        &self,
+        ended_since: chrono::DateTime<chrono::Utc>,
+        delivered_since: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<DeliveredCount>, StoreError>;
+
+    async fn mark_outbox_undelivered(&self, session_id: &str) -> Result<u64, StoreError>;
+
+    async fn pending_outbox_total(&self) -> Result<u64, StoreError>;
+
+    async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError>;
+
+    // Health events.
+
+    async fn record_health_event(
+        &self,
+        service: &str,
+        from_state: &str,
+        to_state: &str,
+        reason: &str,
+    ) -> Result<(), StoreError>;
+
+    async fn health_events(&self, service: Option<&str>) -> Result<Vec<HealthEvent>, StoreError>;
+
+    // Maintenance.
+
+    /// Whether the store can take a run now; `in_outage`: the handle has
+    /// seen it fail, so only a real write shows it is back.
+    async fn readiness(&self, in_outage: bool) -> Result<(), StoreError>;
+
+    /// A small real write.
+    async fn probe_write(&self) -> Result<(), StoreError>;
+
+    /// Whether the database answers a trivial query.
+    async fn is_usable(&self) -> bool;
+
+    async fn prune_sessions_before(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<usize, StoreError>;
+
+    /// Gives free pages back; nothing by default (PostgreSQL's autovacuum
+    /// does it on its own).
+    async fn compact(&self, _pages: u32) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    // The cluster, defaulting to one node that owns every session.
+
+    /// Whether several daemons may share this store.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// This node's id in the cluster; none for a store one process owns.
+    fn node_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// Says this node is alive and renews its sessions' leases: nothing to
+    /// renew for one node.
+    async fn heartbeat(&self) -> Result<HeartbeatReport, StoreError> {
+        Ok(HeartbeatReport::default())
+    }
+
+    /// Sessions left `active` with nobody playing them: for one node,
+    /// every active session (asked once, at start, before anything runs).
+    async fn claim_orphaned_sessions(&self, limit: usize) -> Result<Vec<SessionRow>, StoreError> {
+        self.find_sessions(Some(SessionStatus::Active), None, limit)
+            .await
+    }
+
+    /// This node no longer plays `session_id`; one node holds no lease.
+    fn release(&self, _session_id: &str) {}
+
+    /// Every node known to the store; none for one node.
+    async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// (session id, owner node) of every active session; no owners for one
+    /// node.
+    async fn session_owners(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        Ok(self
+            .find_sessions(Some(SessionStatus::Active), None, 1000)
+            .await?
+            .into_iter()
+            .map(|session| (session.session_id, None))
+            .collect())
+    }
+
+    /// Queues a run request for whichever node has room. One process runs
+    /// what it admits or answers "at capacity", so by default there is no
+    /// queue: [`StoreError::NotShared`].
+    async fn enqueue_run(&self, _new: NewSession, _max_queued: u32) -> Result<String, StoreError> {
+        Err(StoreError::NotShared("the run queue"))
+    }
+
+    /// Claims queued runs of `scenario` for this node; none queue on one
+    /// node.
+    async fn claim_queued_runs(
+        &self,
+        _scenario: &str,
+        _limit: usize,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Run requests waiting for a node; none on one node.
+    async fn queued_runs(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// Sessions with memory writes that are now this node's to deliver:
+    /// for one node, every session with pending writes.
+    async fn claim_outbox_sessions(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.sessions_with_pending_outbox(limit).await
+    }
+
+    /// A session's first `limit` pending writes, claimed for this node: for
+    /// one node, the plain read, and nothing is held.
+    async fn claim_outbox(
+        &self,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.pending_outbox(session_id, limit).await
+    }
+
+    /// Gives up this node's claim on a session's outbox; one node holds
+    /// none.
+    async fn release_outbox(&self, _session_id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Marks this node stopped (a clean shutdown); one node has no row.
+    async fn stop_node(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

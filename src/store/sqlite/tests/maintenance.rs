@@ -1,0 +1,133 @@
+//! Opening, adopting, locking and pruning a store file.
+use super::*;
+
+#[test]
+fn reopening_keeps_data_and_schema_version() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("audit.db");
+    let session_id = {
+        let store = Store::open(&path, Synchronous::Full).expect("open");
+        let id = store.create_session(&new_session(9, 1)).expect("create");
+        store.record_turn(&turn(&id, 1)).expect("turn");
+        store
+            .finish_session(&id, SessionStatus::Completed, None)
+            .expect("finish");
+        id
+    };
+    let store = Store::open(&path, Synchronous::Full).expect("reopen");
+    let detail = store.session(&session_id).expect("detail");
+    assert_eq!(detail.session.status, SessionStatus::Completed);
+    assert_eq!(detail.session.status_text, "completed");
+    assert!(detail.session.end_time.is_some());
+    let version: i64 = store
+        .lock()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
+fn pruning_removes_old_ended_sessions_with_all_their_rows() {
+    let (_directory, store) = open();
+    let new = new_session(1, 1);
+    let old = store.create_session(&new).expect("old");
+    store.record_turn(&turn(&old, 1)).expect("turn");
+    store
+        .finish_session(&old, SessionStatus::Completed, None)
+        .expect("finish");
+    let active = store.create_session(&new).expect("active");
+    store.record_turn(&turn(&active, 1)).expect("turn");
+    let recent = store.create_session(&new).expect("recent");
+    store
+        .finish_session(&recent, SessionStatus::Completed, None)
+        .expect("finish");
+    // Everything ended before "tomorrow" is old; active sessions never are.
+    let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+    assert_eq!(
+        store.prune_sessions_before(tomorrow, 1).expect("prune"),
+        1,
+        "batch of one"
+    );
+    assert_eq!(store.prune_sessions_before(tomorrow, 10).expect("prune"), 1);
+    assert_eq!(store.prune_sessions_before(tomorrow, 10).expect("prune"), 0);
+    store.compact(64).expect("compact");
+    assert!(matches!(
+        store.session(&old),
+        Err(StoreError::SessionNotFound(_))
+    ));
+    assert!(store.session(&active).is_ok(), "an active session is kept");
+    let orphans: i64 = store
+        .lock()
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM messages WHERE session_id = ?1) + (SELECT COUNT(*) FROM tool_usage WHERE session_id = ?1)
+             + (SELECT COUNT(*) FROM outbox WHERE session_id = ?1) + (SELECT COUNT(*) FROM service_calls WHERE session_id = ?1)",
+            [&old],
+            |row| row.get(0),
+        )
+        .expect("count");
+    assert_eq!(orphans, 0);
+}
+
+#[test]
+fn a_prototype_database_is_adopted_and_its_sql_still_works() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("prototype.db");
+    {
+        let prototype = rusqlite::Connection::open(&path).expect("open");
+        prototype
+            .execute_batch(
+                "CREATE TABLE sessions (session_id TEXT PRIMARY KEY, start_time TEXT, end_time TEXT, num_turns INTEGER, status TEXT);
+                 CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT, turn_id INTEGER, agent_name TEXT,
+                     agent_role TEXT, message TEXT, timestamp TEXT);
+                 CREATE TABLE tool_usage (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT, turn_id INTEGER, agent_name TEXT,
+                     tool_name TEXT, tool_params TEXT, tool_result TEXT, timestamp TEXT, success BOOLEAN);
+                 INSERT INTO sessions VALUES ('heist_20250101_120000', '2025-01-01T12:00:00', '2025-01-01T12:05:00', 1, 'completed');
+                 INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp)
+                     VALUES ('heist_20250101_120000', 1, 'planner', 'Mastermind', 'old words', '2025-01-01T12:00:01');",
+            )
+            .expect("prototype schema");
+    }
+    let store = Store::open(&path, Synchronous::Normal).expect("adopts the prototype's tables");
+    let old = store
+        .session("heist_20250101_120000")
+        .expect("old session readable");
+    assert_eq!(old.messages[0].message, "old words");
+    let id = store
+        .create_session(&new_session(3, 1))
+        .expect("new sessions work");
+    store.record_turn(&turn(&id, 1)).expect("and turns");
+    let prototype_sql: i64 = store
+        .lock()
+        .query_row(
+            "SELECT COUNT(*) FROM messages WHERE session_id = ?1",
+            [&id],
+            |row| row.get(0),
+        )
+        .expect("the prototype's query");
+    assert_eq!(prototype_sql, 1);
+}
+
+#[test]
+fn a_second_writer_is_refused_until_the_first_closes() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let config = crate::config::StoreConfig {
+        path: directory.path().join("audit.db"),
+        synchronous: Synchronous::Normal,
+        max_size_mb: 0,
+        max_outage_ms: 1_000,
+        ..crate::config::StoreConfig::default()
+    };
+    let first = Store::open_configured(&config).expect("first writer");
+    let error = Store::open_configured(&config)
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("in use by another heistd") && error.contains("POST /api/v1/runs"),
+        "{error}"
+    );
+    drop(first);
+    Store::open_configured(&config).expect("free again once the first is gone");
+    // Readers (sessions, the test harness) need no lock.
+    Store::open(&config.path, Synchronous::Normal).expect("a reader opens beside a writer");
+}
