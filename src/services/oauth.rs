@@ -18,7 +18,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +37,8 @@ use crate::wire::{loggable, Companion, HEALTH_PATH, TOKEN_PATH};
 pub const MAX_FAILURES: u32 = 10;
 /// The window failed attempts are counted in.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// The longest `/token` request body read: ids, a secret and scopes.
+pub const MAX_TOKEN_REQUEST_BYTES: usize = 8 * 1024;
 /// Counters kept at most; past it the expired ones go, and if none has
 /// expired the table starts afresh, so a flood of ids cannot grow it.
 const MAX_TRACKED: usize = 10_000;
@@ -103,7 +105,12 @@ impl OAuthState {
 
 pub fn router(state: OAuthState) -> Router {
     Router::new()
-        .route(TOKEN_PATH, post(issue_token))
+        // The client's credentials are in the body (RFC 6749 2.3.1), so
+        // it is read before anyone is known: a few KiB at most.
+        .route(
+            TOKEN_PATH,
+            post(issue_token).layer(DefaultBodyLimit::max(MAX_TOKEN_REQUEST_BYTES)),
+        )
         .route(
             HEALTH_PATH,
             get(|| async { health_body(Companion::OAuth.name()) }),

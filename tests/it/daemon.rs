@@ -219,6 +219,11 @@ impl Daemon {
         }
     }
 
+    /// The admin API's base URL (`http://127.0.0.1:PORT`).
+    pub(crate) fn admin_url(&self) -> &str {
+        &self.admin
+    }
+
     pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let response = support::http()
             .get(format!("{}{path}", self.admin))
