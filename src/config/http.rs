@@ -135,3 +135,42 @@ fn default_body_budget_bytes() -> usize {
     // (chats with the model, memory writes) are far smaller.
     32 * 1024 * 1024
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listener_limits_name_the_key_at_fault() {
+        let cases = [
+            (
+                HttpConfig {
+                    max_connections_per_ip: 0,
+                    ..HttpConfig::default()
+                },
+                "http.max_connections_per_ip",
+            ),
+            (
+                HttpConfig {
+                    max_body_bytes: 64 * 1024 * 1024,
+                    ..HttpConfig::default()
+                },
+                "http.max_body_bytes",
+            ),
+            (
+                HttpConfig {
+                    body_budget_bytes: 2 << 30,
+                    max_body_bytes: 1024,
+                    ..HttpConfig::default()
+                },
+                "http.body_budget_bytes",
+            ),
+        ];
+        for (config, key) in cases {
+            assert_eq!(config.validate().map_err(|(key, _)| key), Err(key.into()));
+        }
+        let defaults = HttpConfig::default();
+        assert_eq!(defaults.validate(), Ok(()));
+        assert_eq!(defaults.limits().max_connections_per_ip, 64);
+    }
+}

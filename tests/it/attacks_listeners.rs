@@ -185,9 +185,11 @@ async fn oversized_post(from: IpAddr, to: SocketAddr, path: String) -> u16 {
 async fn a_burst_of_large_bodies_without_a_token_keeps_the_services_small() {
     // The test process holds 1,500 sockets.
     heistd::http::raise_open_files_limit(8192);
-    // Default body limits and budget; a short request timeout, so the
-    // bodies one byte short are answered within the test.
-    let services = Services::start("request_timeout_ms = 2000\nidle_timeout_ms = 5000");
+    // Default body limits and budget; a request timeout short enough for
+    // the bodies one byte short to be answered within the test, long
+    // enough for the burst to arrive whole (before the fix, this burst
+    // peaked well over 400 MB even with a 2 s timeout).
+    let services = Services::start("request_timeout_ms = 5000\nidle_timeout_ms = 10000");
     let (_, before) = services.memory_kb();
     let targets = [
         ("memory", heistd::wire::STORE_MEMORY_PATH.to_string()),
