@@ -104,6 +104,13 @@ fn memory_kb(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// A measured figure, on stderr whether or not the harness captures
+/// output: the issue asks for them.
+fn report(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
 /// 127.0.0.`last`.
 fn source(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
@@ -221,7 +228,9 @@ async fn a_burst_of_large_bodies_without_a_token_keeps_the_services_small() {
         *statuses.entry((service, status)).or_default() += 1;
     }
     let (after, peak) = services.memory_kb();
-    eprintln!("VmHWM before {before} kB, peak {peak} kB, VmRSS after {after} kB; {statuses:?}");
+    report(&format!(
+        "VmHWM before {before} kB, peak {peak} kB, VmRSS after {after} kB; {statuses:?}"
+    ));
     assert!(
         peak < 400 * 1024,
         "VmHWM {peak} kB after the burst (before: {before} kB)"
@@ -314,9 +323,9 @@ async fn a_thousand_idle_connections_from_one_address_leave_health_answering() {
     // The same address, and another one, are answered at once.
     let same = slowest_health(source(1), memory, heistd::wire::HEALTH_PATH, 20).await;
     let other = slowest_health(source(3), memory, heistd::wire::HEALTH_PATH, 20).await;
-    eprintln!(
+    report(&format!(
         "slowest /health under 1,000 idle connections: same address {same:?}, another {other:?}"
-    );
+    ));
     assert!(same < Duration::from_millis(100), "{same:?}");
     assert!(other < Duration::from_millis(100), "{other:?}");
     // The idle address holds no more than its share: the rest were closed.
@@ -351,7 +360,9 @@ async fn the_admin_api_answers_healthz_and_readyz_under_a_thousand_idle_connecti
     let _idle = idle_connections(source(1), admin, 1000).await;
     for path in ["/healthz", "/readyz"] {
         let slowest = slowest_health(source(1), admin, path, 10).await;
-        eprintln!("slowest {path} under 1,000 idle connections: {slowest:?}");
+        report(&format!(
+            "slowest {path} under 1,000 idle connections: {slowest:?}"
+        ));
         assert!(slowest < Duration::from_millis(100), "{path}: {slowest:?}");
     }
 }
