@@ -296,6 +296,25 @@ async fn idle_connections(from: IpAddr, to: SocketAddr, count: usize) -> Vec<Tcp
     idle
 }
 
+/// Waits until the listener has taken in every one of `idle` (all 1,000
+/// are in its accept queue when the client's connect returns): the newest
+/// connection beyond the source's 64 has been closed. Measuring `/health`
+/// before would time the queue, not what one source's share does.
+async fn settled(idle: &mut [TcpStream]) {
+    let newest_closed = idle.len() - 64 - 1;
+    let mut buffer = [0u8; 1];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        idle[newest_closed].read(&mut buffer),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "connection {newest_closed} of {} is still open",
+        idle.len()
+    );
+}
+
 /// The slowest of `probes` health requests from `from`, each answered
 /// (`/readyz` may say 503 while a companion is still being checked).
 async fn slowest_health(from: IpAddr, to: SocketAddr, path: &str, probes: usize) -> Duration {
@@ -318,8 +337,9 @@ async fn a_thousand_idle_connections_from_one_address_leave_health_answering() {
     // header timeout that the idle sockets would otherwise sit out.
     let services = Services::start("");
     let memory = services.address("memory");
-    let idle = idle_connections(source(1), memory, 1000).await;
+    let mut idle = idle_connections(source(1), memory, 1000).await;
     assert_eq!(idle.len(), 1000, "the kernel takes every connection");
+    settled(&mut idle).await;
     // The same address, and another one, are answered at once.
     let same = slowest_health(source(1), memory, heistd::wire::HEALTH_PATH, 20).await;
     let other = slowest_health(source(3), memory, heistd::wire::HEALTH_PATH, 20).await;
@@ -357,7 +377,8 @@ async fn the_admin_api_answers_healthz_and_readyz_under_a_thousand_idle_connecti
         .trim_start_matches("http://")
         .parse()
         .expect("ip:port");
-    let _idle = idle_connections(source(1), admin, 1000).await;
+    let mut idle = idle_connections(source(1), admin, 1000).await;
+    settled(&mut idle).await;
     for path in ["/healthz", "/readyz"] {
         let slowest = slowest_health(source(1), admin, path, 10).await;
         report(&format!(
