@@ -36,6 +36,11 @@ use admission::{Admission, ConnectionState};
 use body::BodyBudget;
 use idle::IdleStream;
 
+/// About the most one connection buffers before a handler sees its bytes
+/// (hyper checks after each read, so up to twice this): a request's
+/// headers must fit (tokens and ids are a few KiB at most).
+const MAX_CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
+
 /// What one listener allows its clients.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeLimits {
@@ -175,6 +180,10 @@ impl Connection {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
+            // What one connection buffers of headers (431 beyond) and of a
+            // body per read: hyper's default, 400 KiB, times 512
+            // connections would be 200 MiB a listener outside any budget.
+            .max_buf_size(MAX_CONNECTION_BUFFER_BYTES)
             .keep_alive(true);
         let connection = builder.serve_connection(io, service);
         tokio::pin!(connection);

@@ -348,6 +348,14 @@ async fn a_thousand_idle_connections_from_one_address_leave_health_answering() {
     ));
     assert!(same < Duration::from_millis(100), "{same:?}");
     assert!(other < Duration::from_millis(100), "{other:?}");
+    // Headers are buffered up to 64 KiB a connection (hyper checks after
+    // a read, so up to twice that), not hyper's default 400 KiB.
+    let long_header = format!(
+        "GET /health HTTP/1.1\r\nHost: heistd\r\nX-Long: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(256 * 1024)
+    );
+    let (status, _) = request_from(source(4), memory, &long_header).await;
+    assert_eq!(status, 431);
     // The idle address holds no more than its share: the rest were closed.
     let mut open = 0;
     for mut stream in idle {
