@@ -4,10 +4,12 @@
 //! connected and silent, part-way through its headers, or kept alive
 //! between requests) of the source that holds too many is closed to make
 //! room, as nginx reuses its idle and keep-alive connections when it runs
-//! out. So a source that opens a thousand idle sockets only ever churns its
+//! out; failing that, the oldest whose request waits for its client to send
+//! more of the body (a slow body holds a connection as surely as silence).
+//! So a source that opens a thousand idle sockets only ever churns its
 //! own, and a probe of `/health` from any address, that one included, is
-//! let in; only when every connection it could replace is busy with a
-//! request is the new one refused.
+//! let in; only when every connection it could replace is being served is
+//! the new one refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -45,6 +47,8 @@ pub(super) struct Admitted {
 pub(super) struct ConnectionState {
     /// A request is being handled: the connection is not replaced then.
     busy: AtomicBool,
+    /// The request in flight waits for its client to send more body.
+    waiting_for_client: AtomicBool,
     /// Signalled when the connection was chosen to make room.
     evicted: Notify,
 }
@@ -90,7 +94,7 @@ impl Admission {
                 .sources
                 .iter()
                 .filter(|(_, connections)| connections.len() > held + 1)
-                .filter(|(_, connections)| connections.values().any(|state| state.is_idle()))
+                .filter(|(_, connections)| connections.values().any(|state| state.replaceable()))
                 .max_by_key(|(_, connections)| connections.len())
                 .map(|(address, _)| *address);
             match victim {
@@ -129,16 +133,21 @@ impl Admission {
 }
 
 impl Table {
-    /// Takes the oldest idle connection of `source` out of the table and
-    /// tells its task to close; false when all of them are busy.
+    /// Takes the oldest idle connection of `source` out of the table (or,
+    /// with none idle, the oldest waiting for its client) and tells its
+    /// task to close; false when every one is being served.
     fn evict_oldest_idle(&mut self, source: IpAddr) -> bool {
         let Some(connections) = self.sources.get_mut(&source) else {
             return false;
         };
-        let Some(id) = connections
-            .iter()
-            .find(|(_, state)| state.is_idle())
-            .map(|(id, _)| *id)
+        let oldest = |wanted: fn(&ConnectionState) -> bool| {
+            connections
+                .iter()
+                .find(|(_, state)| wanted(state))
+                .map(|(id, _)| *id)
+        };
+        let Some(id) = oldest(ConnectionState::is_idle)
+            .or_else(|| oldest(ConnectionState::is_waiting_for_client))
         else {
             return false;
         };
@@ -181,6 +190,21 @@ impl ConnectionState {
         !self.busy.load(Ordering::Acquire)
     }
 
+    fn replaceable(&self) -> bool {
+        self.is_idle() || self.is_waiting_for_client()
+    }
+
+    /// A request is in flight and its body waits for the client: closing
+    /// the connection then cuts only a client too slow to finish.
+    pub(super) fn is_waiting_for_client(&self) -> bool {
+        self.busy.load(Ordering::Acquire) && self.waiting_for_client.load(Ordering::Acquire)
+    }
+
+    /// Said by the request's body as it waits for bytes and gets them.
+    pub(super) fn set_waiting_for_client(&self, waiting: bool) {
+        self.waiting_for_client.store(waiting, Ordering::Release);
+    }
+
     /// Marks a request in flight until the guard is dropped.
     pub(super) fn busy(self: &Arc<Self>) -> BusyGuard {
         self.busy.store(true, Ordering::Release);
@@ -202,6 +226,7 @@ pub(super) struct BusyGuard(Arc<ConnectionState>);
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
+        self.0.waiting_for_client.store(false, Ordering::Release);
         self.0.busy.store(false, Ordering::Release);
     }
 }
@@ -245,6 +270,30 @@ mod tests {
         assert_eq!(admission.admit(address(1)).err(), Some(Refused::SourceFull));
         // Another source is still let in.
         assert!(admission.admit(address(2)).is_ok());
+    }
+
+    #[test]
+    fn a_connection_waiting_for_its_slow_body_is_replaced_after_the_idle_ones() {
+        let admission = Admission::new(10, 2);
+        let (waiting, _) = admission.admit(address(1)).expect("admitted");
+        let (served, _) = admission.admit(address(1)).expect("admitted");
+        let _waiting_busy = waiting.state.busy();
+        waiting.state.set_waiting_for_client(true);
+        let _served_busy = served.state.busy();
+        let (newcomer, replaced) = admission
+            .admit(address(1))
+            .expect("the slow body makes room");
+        assert!(replaced);
+        let _newcomer_busy = newcomer.state.busy();
+        assert_eq!(admission.held(address(1)), (2, 2));
+        // The one being served and the newcomer remain: nothing to replace.
+        assert_eq!(admission.admit(address(1)).err(), Some(Refused::SourceFull));
+        drop(waiting);
+        assert_eq!(
+            admission.held(address(1)),
+            (2, 2),
+            "no place given back twice"
+        );
     }
 
     #[test]

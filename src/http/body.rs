@@ -20,6 +20,8 @@ use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::admission::ConnectionState;
+
 /// One listener's budget for bodies in flight.
 #[derive(Clone)]
 pub(super) struct BodyBudget {
@@ -56,6 +58,9 @@ pub(super) struct BudgetedBody<B> {
     tally: Arc<BodyTally>,
     read: usize,
     length_checked: bool,
+    /// Told while the body waits for its client, so a slow sender's
+    /// connection may be replaced like an idle one.
+    connection: Option<Arc<ConnectionState>>,
 }
 
 impl BodyBudget {
@@ -69,7 +74,12 @@ impl BodyBudget {
     }
 
     /// `body`, counted; the tally says afterwards whether it was refused.
-    pub(super) fn wrap<B>(&self, body: B) -> (BudgetedBody<B>, Arc<BodyTally>) {
+    /// `connection` is told while the body waits for its client.
+    pub(super) fn wrap<B>(
+        &self,
+        body: B,
+        connection: Option<Arc<ConnectionState>>,
+    ) -> (BudgetedBody<B>, Arc<BodyTally>) {
         let tally = Arc::new(BodyTally::default());
         let wrapped = BudgetedBody {
             inner: body,
@@ -77,6 +87,7 @@ impl BodyBudget {
             tally: tally.clone(),
             read: 0,
             length_checked: false,
+            connection,
         };
         (wrapped, tally)
     }
@@ -150,6 +161,14 @@ impl std::fmt::Display for BodyRefused {
 
 impl std::error::Error for BodyRefused {}
 
+impl<B> Drop for BudgetedBody<B> {
+    fn drop(&mut self) {
+        if let Some(connection) = &self.connection {
+            connection.set_waiting_for_client(false);
+        }
+    }
+}
+
 impl<B> BudgetedBody<B> {
     fn refuse(&mut self, why: BodyRefused) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
         self.tally.refuse(why);
@@ -179,7 +198,11 @@ where
                 return this.refuse(too_large);
             }
         }
-        match Pin::new(&mut this.inner).poll_frame(context) {
+        let polled = Pin::new(&mut this.inner).poll_frame(context);
+        if let Some(connection) = &this.connection {
+            connection.set_waiting_for_client(polled.is_pending());
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let bytes = frame.data_ref().map_or(0, Bytes::len);
                 this.read = this.read.saturating_add(bytes);
@@ -214,6 +237,12 @@ mod tests {
         axum::body::Body::from(vec![b'a'; bytes])
     }
 
+    impl BodyBudget {
+        fn wrap_plain<B>(&self, body: B) -> (BudgetedBody<B>, Arc<BodyTally>) {
+            self.wrap(body, None)
+        }
+    }
+
     async fn read(body: BudgetedBody<axum::body::Body>) -> Result<Bytes, axum::Error> {
         axum::body::to_bytes(axum::body::Body::new(body), usize::MAX).await
     }
@@ -221,13 +250,13 @@ mod tests {
     #[tokio::test]
     async fn a_body_holds_its_bytes_until_its_request_is_answered() {
         let budget = BodyBudget::new(1000, 600);
-        let (first, first_tally) = budget.wrap(body(500));
+        let (first, first_tally) = budget.wrap_plain(body(500));
         let collected = read(first).await.expect("within both limits");
         assert_eq!(collected.len(), 500);
         assert_eq!(budget.available(), 500);
         // A second body that would pass the budget is refused, and gives
         // back what it had taken.
-        let (second, second_tally) = budget.wrap(body(600));
+        let (second, second_tally) = budget.wrap_plain(body(600));
         assert!(read(second).await.is_err());
         assert_eq!(second_tally.finish(), Some(BodyRefused::OverBudget));
         assert_eq!(budget.available(), 500);
@@ -238,7 +267,7 @@ mod tests {
     #[tokio::test]
     async fn a_declared_length_over_the_limit_is_refused_before_a_byte_is_counted() {
         let budget = BodyBudget::new(1000, 100);
-        let (long, tally) = budget.wrap(body(101));
+        let (long, tally) = budget.wrap_plain(body(101));
         assert!(read(long).await.is_err());
         assert_eq!(
             tally.finish(),
@@ -252,7 +281,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_never_read_costs_nothing() {
         let budget = BodyBudget::new(1000, 1000);
-        let (unread, tally) = budget.wrap(body(900));
+        let (unread, tally) = budget.wrap_plain(body(900));
         drop(unread);
         assert_eq!(tally.finish(), None);
         assert_eq!(budget.available(), 1000);

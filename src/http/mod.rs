@@ -155,7 +155,7 @@ impl Connection {
                 let busy = connection_state.busy();
                 let (request, tally) = {
                     let (parts, incoming) = request.into_parts();
-                    let (counted, tally) = budget.wrap(incoming);
+                    let (counted, tally) = budget.wrap(incoming, Some(connection_state.clone()));
                     let mut request =
                         hyper::Request::from_parts(parts, axum::body::Body::new(counted));
                     request.extensions_mut().insert(ConnectInfo(peer));
@@ -196,9 +196,10 @@ impl Connection {
             }
             _ = stopping.wait_for(|stop| *stop) => {}
             () = state.evicted() => {
-                // Replaced while idle: close at once. A request that came
-                // in since is finished first.
-                if !state.is_busy() {
+                // Replaced while idle, or while its request waited for a
+                // slow body: close at once. A request being served (one
+                // that came in since, say) is finished first.
+                if !state.is_busy() || state.is_waiting_for_client() {
                     return;
                 }
             }
