@@ -20,7 +20,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::admission::ConnectionState;
+use super::admission::{BusyGuard, ConnectionState};
 
 /// One listener's budget for bodies in flight.
 #[derive(Clone)]
@@ -218,6 +218,39 @@ where
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that keeps its connection marked busy until it is
+/// sent, so a connection streaming a reply is not replaced as idle.
+pub(super) struct HeldWhileSent<B> {
+    inner: B,
+    _busy: BusyGuard,
+}
+
+impl<B> HeldWhileSent<B> {
+    pub(super) fn new(inner: B, busy: BusyGuard) -> Self {
+        Self { inner, _busy: busy }
+    }
+}
+
+impl<B: Body + Unpin> Body for HeldWhileSent<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(context)
     }
 
     fn is_end_stream(&self) -> bool {

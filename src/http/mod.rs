@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use admission::{Admission, ConnectionState};
-use body::BodyBudget;
+use body::{BodyBudget, HeldWhileSent};
 use idle::IdleStream;
 
 /// About the most one connection buffers before a handler sees its bytes
@@ -165,14 +165,17 @@ impl Connection {
                 async move {
                     let outcome =
                         tokio::time::timeout(request_timeout, router.oneshot(request)).await;
-                    drop(busy);
-                    if let Some(refused) = tally.finish() {
-                        return Ok(refused.response());
-                    }
-                    match outcome {
-                        Ok(response) => response,
-                        Err(_) => Ok::<Response, Infallible>(request_timed_out(request_timeout)),
-                    }
+                    let response = match (tally.finish(), outcome) {
+                        (Some(refused), _) => refused.response(),
+                        (None, Ok(Ok(response))) => response,
+                        (None, Ok(Err(never))) => match never {},
+                        (None, Err(_)) => request_timed_out(request_timeout),
+                    };
+                    // Busy until the reply is sent, so a streamed one is
+                    // not cut as idle.
+                    Ok::<Response, Infallible>(
+                        response.map(|body| axum::body::Body::new(HeldWhileSent::new(body, busy))),
+                    )
                 }
             });
         let io = TokioIo::new(IdleStream::new(stream, limits.idle_timeout));
