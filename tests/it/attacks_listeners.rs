@@ -370,6 +370,35 @@ async fn a_thousand_idle_connections_from_one_address_leave_health_answering() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_from_one_address_do_not_hold_its_share_against_health() {
+    heistd::http::raise_open_files_limit(8192);
+    let services = Services::start("");
+    let rehearsal = services.address("rehearsal");
+    let path = format!(
+        "{}{}",
+        heistd::wire::OPENAI_PREFIX,
+        heistd::wire::CHAT_COMPLETIONS_PATH
+    );
+    // The source's whole share, each request dispatched and its handler
+    // waiting for the 990 bytes that never come.
+    let mut slow = Vec::new();
+    for _ in 0..64 {
+        let mut stream = connect_from(source(5), rehearsal).await.expect("connects");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: heistd\r\nContent-Type: application/json\r\n\
+             Content-Length: 1000\r\n\r\n{{\"messages\": "
+        );
+        stream.write_all(head.as_bytes()).await.expect("sent");
+        slow.push(stream);
+    }
+    let slowest = slowest_health(source(5), rehearsal, heistd::wire::HEALTH_PATH, 5).await;
+    report(&format!(
+        "slowest /health with 64 slow bodies from the same address: {slowest:?}"
+    ));
+    assert!(slowest < Duration::from_millis(100), "{slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_answers_healthz_and_readyz_under_a_thousand_idle_connections() {
     heistd::http::raise_open_files_limit(8192);
     let stack = TestStack::start().await;
