@@ -96,7 +96,7 @@ pub const MODEL_OUTAGE_PAUSE_SECONDS_TOTAL: &str = "heistd_model_outage_pause_se
 pub const STORE_UNAVAILABLE: &str = "heistd_store_unavailable";
 /// Sessions that paused for a store outage, by how the pause ended.
 pub const STORE_PAUSES_TOTAL: &str = "heistd_store_pauses_total";
-/// Connections closed at once because a listener was at `max_connections`.
+/// Connections closed because a listener or one source was at its cap.
 pub const HTTP_CONNECTIONS_SHED: &str = "heistd_http_connections_shed_total";
 /// Nodes that heartbeat within a lease period (1 on SQLite: this one).
 pub const CLUSTER_NODES_ALIVE: &str = "heistd_cluster_nodes_alive";
@@ -194,7 +194,7 @@ pub const FAMILIES: [(&str, Kind, &str); 51] = [
     (MODEL_OUTAGE_PAUSE_SECONDS_TOTAL, Kind::Counter, "Seconds sessions spent paused while the model was unavailable."),
     (STORE_UNAVAILABLE, Kind::Gauge, "1 while the audit store cannot take writes (full, read-only, deleted), else 0."),
     (STORE_PAUSES_TOTAL, Kind::Counter, "Sessions that paused for a store outage, by how the pause ended."),
-    (HTTP_CONNECTIONS_SHED, Kind::Counter, "Connections closed at once because a listener was at max_connections."),
+    (HTTP_CONNECTIONS_SHED, Kind::Counter, "Connections closed because a listener was at max_connections or a source at max_connections_per_ip: a new one refused, or an idle one replaced."),
     (CLUSTER_NODES_ALIVE, Kind::Gauge, "Nodes that heartbeat within a lease period (1 on SQLite: this one)."),
     (CLUSTER_NODES_LOST, Kind::Gauge, "Nodes whose heartbeat stopped without a clean stop within the last hour (0 on SQLite)."),
     (CLUSTER_TAKEOVERS_TOTAL, Kind::Counter, "Sessions this node took over from a node whose lease ran out."),

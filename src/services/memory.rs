@@ -261,6 +261,7 @@ impl Memories {
 }
 
 pub fn router(state: MemoryState) -> Router {
+    let key = state.key.clone();
     Router::new()
         .route(STORE_MEMORY_PATH, post(store_memory))
         .route(COMPRESSED_MEMORY_PATH, post(get_compressed_memory))
@@ -268,8 +269,22 @@ pub fn router(state: MemoryState) -> Router {
         .route("/sessions/{session_id}/count", get(count_memories))
         .route("/stats", get(stats))
         .route("/clear", delete(clear))
+        // Every route above needs a token, checked before the body is
+        // read: an anonymous client cannot make the service hold its body.
+        .route_layer(axum::middleware::from_fn_with_state(key, require_token))
         .route(HEALTH_PATH, get(health))
         .with_state(state)
+}
+
+async fn require_token(
+    State(key): State<SigningKey>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authenticate(request.headers(), &key) {
+        Ok(_) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 /// Checks the token before anything else is looked at: `memory:admin`

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -54,6 +54,8 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// expired windows go, then the sources with the fewest failures: junk
 /// from many addresses evicts junk (`http::limiter::FailureWindows`).
 pub const MAX_TRACKED_SOURCES: usize = 10_000;
+/// The longest `/token` request body read: ids, a secret and scopes.
+pub const MAX_TOKEN_REQUEST_BYTES: usize = 8 * 1024;
 
 #[derive(Clone)]
 pub struct OAuthState {
@@ -125,7 +127,12 @@ impl OAuthState {
 
 pub fn router(state: OAuthState) -> Router {
     Router::new()
-        .route(TOKEN_PATH, post(issue_token))
+        // The client's credentials are in the body (RFC 6749 2.3.1), so
+        // it is read before anyone is known: a few KiB at most.
+        .route(
+            TOKEN_PATH,
+            post(issue_token).layer(DefaultBodyLimit::max(MAX_TOKEN_REQUEST_BYTES)),
+        )
         .route(
             HEALTH_PATH,
             get(|| async { health_body(Companion::OAuth.name()) }),
