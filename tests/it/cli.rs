@@ -1014,7 +1014,20 @@ fn sessions_list_after_demo_in_a_fresh_directory_reads_the_demos_file() {
     let directory = tempfile::tempdir().expect("temp dir");
     let demo = heistd(&["demo", "--turns", "2", "--seed", "5"], directory.path());
     assert!(demo.status.success(), "{}", text(&demo.stderr));
-    assert!(directory.path().join("heistd-demo.db").is_file());
+    // A clean exit leaves the database alone: the WAL checkpointed into
+    // it, `-wal`, `-shm` and the lock file gone.
+    let mut left: Vec<String> = std::fs::read_dir(directory.path())
+        .expect("list")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    left.sort();
+    assert_eq!(left, ["heistd-demo.db"], "{}", text(&demo.stderr));
 
     let list = heistd(&["sessions", "list"], directory.path());
     let (stdout, stderr) = (text(&list.stdout), text(&list.stderr));

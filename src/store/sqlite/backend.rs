@@ -23,12 +23,13 @@ use crate::store::{
 
 /// The SQLite store as async code reaches it.
 pub(crate) struct SqliteBackend {
-    store: Arc<Store>,
     /// A read-only connection beside the writer, for the session reads (the
     /// admin API's among them): a reader cannot write, migrate or change
     /// the journal mode, whatever it is asked. Only a configured store
-    /// (a writing process) opens one.
+    /// (a writing process) opens one. Declared first so it closes first:
+    /// the writer, closing last, checkpoints and removes the WAL.
     reader: Option<Arc<Store>>,
+    store: Arc<Store>,
 }
 
 impl SqliteBackend {

@@ -194,6 +194,33 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A writer's clean close: the WAL checkpointed into the database and
+    /// truncated, the connection closed (SQLite then removes `-wal` and
+    /// `-shm`, the last connection to the file being this one: the reader
+    /// beside it closes first), and the lock file removed while it is still
+    /// held, so no other writer can have taken it in between. A crash
+    /// leaves them, which is harmless: the next open replays the WAL, and
+    /// the lock is taken by `flock`, not by the file's existence.
+    pub(super) fn close_cleanly(&mut self) {
+        let connection = self.connection.get_mut();
+        if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(path = %self.path.display(), %error, "the store's WAL could not be checkpointed at close");
+            return;
+        }
+        let Ok(placeholder) = Connection::open_in_memory() else {
+            return;
+        };
+        let connection = std::mem::replace(self.connection.get_mut(), placeholder);
+        if let Err((_, error)) = connection.close() {
+            tracing::warn!(path = %self.path.display(), %error, "the store could not be closed cleanly");
+            return;
+        }
+        let _ = std::fs::remove_file(lock_path(&self.path));
+    }
+}
+
 /// `heistd.db` → `heistd.db.lock`, beside the database.
 fn lock_path(database: &Path) -> PathBuf {
     let mut name = database

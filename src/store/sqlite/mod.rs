@@ -77,9 +77,13 @@ impl Store {
 
 impl Drop for Store {
     /// A clean close writes the marks still queued, so a restart does not
-    /// send their writes again.
+    /// send their writes again; a writer then leaves only the database
+    /// behind (see `close_cleanly`).
     fn drop(&mut self) {
         self.flush_delivered();
+        if self._writer_lock.is_some() {
+            self.close_cleanly();
+        }
     }
 }
 
