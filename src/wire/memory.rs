@@ -82,3 +82,36 @@ fn default_max_tokens() -> usize {
 fn default_recent_count() -> usize {
     DEFAULT_MEMORY_RECENT_COUNT
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_goes_out_under_both_names_and_reads_from_either() {
+        let reply = CompressedMemoryReply {
+            status: "success".into(),
+            agent_id: "planner".into(),
+            game_session_id: "heist_1".into(),
+            summary: CompressedSummary::new("We go at dawn.".into()),
+            memories_count: 1,
+            compressed_count: 0,
+            estimated_tokens: 4,
+        };
+        let json = serde_json::to_value(&reply).expect("json");
+        assert_eq!(json["summary"], "We go at dawn.");
+        assert_eq!(json["compressed_summary"], "We go at dawn.");
+        assert_eq!(json["memories_count"], 1);
+        let prototype: CompressedSummary =
+            serde_json::from_str(r#"{"status": "success", "compressed_summary": "Earlier."}"#)
+                .expect("parses");
+        assert_eq!(prototype.into_text(), "Earlier.");
+        let request: CompressedMemoryRequest =
+            serde_json::from_str(r#"{"agent_id": "planner", "game_session_id": "heist_1"}"#)
+                .expect("parses");
+        assert_eq!(
+            (request.max_tokens, request.recent_count),
+            (DEFAULT_MEMORY_MAX_TOKENS, DEFAULT_MEMORY_RECENT_COUNT)
+        );
+    }
+}
