@@ -9,8 +9,8 @@ use super::{CallError, OAuthClient, ServiceClient, TokenCache};
 /// One `store_memory` body (defined in `wire`, shared with the service).
 pub use crate::wire::MemoryWrite;
 use crate::wire::{
-    CompressedMemoryRequest, CompressedSummary, COMPRESSED_MEMORY_PATH, HEALTH_PATH,
-    IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH,
+    CompressedMemoryRequest, CompressedSummary, SessionCountReply, COMPRESSED_MEMORY_PATH,
+    HEALTH_PATH, IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH,
 };
 
 #[derive(Clone)]
@@ -33,11 +33,6 @@ struct MemoryCredentials {
 struct HealthReply {
     #[serde(default)]
     instance_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CountReply {
-    count: u64,
 }
 
 impl MemoryClient {
@@ -141,7 +136,7 @@ impl MemoryClient {
     pub async fn session_count(&self, session_id: &str) -> Result<u64, CallError> {
         let headers = self.authorization().await?;
         let path = format!("/sessions/{session_id}/count");
-        let reply: Result<CountReply, CallError> = self
+        let reply: Result<SessionCountReply, CallError> = self
             .service
             .get_json_as("sessions/count", &path, &headers)
             .await;

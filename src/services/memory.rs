@@ -41,7 +41,8 @@ use super::{error_response, health_body, JsonBody};
 use crate::config::MemoryServiceConfig;
 use crate::wire::{
     Companion, CompressedMemoryReply, CompressedMemoryRequest, CompressedSummary, MemoryWrite,
-    COMPRESSED_MEMORY_PATH, HEALTH_PATH, IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH,
+    SessionCountReply, COMPRESSED_MEMORY_PATH, HEALTH_PATH, IDEMPOTENCY_KEY_HEADER,
+    STORE_MEMORY_PATH,
 };
 
 /// Reads and writes any agent's memories, lists, counts and clears them.
@@ -537,9 +538,13 @@ async fn count_memories(
         .lock()
         .sessions
         .get(&session_id)
-        .map_or(0, |session| session.entries);
-    Json(serde_json::json!({ "status": "success", "game_session_id": session_id, "count": count }))
-        .into_response()
+        .map_or(0, |session| session.entries) as u64;
+    Json(SessionCountReply {
+        status: "success".into(),
+        game_session_id: session_id,
+        count,
+    })
+    .into_response()
 }
 
 async fn stats(State(state): State<MemoryState>, headers: HeaderMap) -> Response {

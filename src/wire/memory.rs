@@ -60,6 +60,17 @@ pub struct CompressedMemoryReply {
     pub estimated_tokens: usize,
 }
 
+/// `GET /sessions/{id}/count` (heistd's addition, `memory:admin`): how many
+/// writes the service holds for a session. heistd reads only `count`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionCountReply {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub game_session_id: String,
+    pub count: u64,
+}
+
 impl CompressedSummary {
     /// `text` under both names.
     pub fn new(text: String) -> Self {

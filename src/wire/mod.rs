@@ -18,7 +18,10 @@
 pub mod memory;
 pub mod openai;
 
-pub use memory::{CompressedMemoryReply, CompressedMemoryRequest, CompressedSummary, MemoryWrite};
+pub use memory::{
+    CompressedMemoryReply, CompressedMemoryRequest, CompressedSummary, MemoryWrite,
+    SessionCountReply,
+};
 
 /// Characters of a value that came over the wire that a log line keeps.
 pub const LOG_VALUE_MAX_CHARS: usize = 256;
