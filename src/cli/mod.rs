@@ -38,22 +38,16 @@ use crate::wire::{Companion, COMPANION_NAMES, REHEARSAL_MODEL_ID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The config, the scenario, the store, the clients or the daemon
+    /// failed: `AppError` wraps each of those once, for every command.
     #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Scenario(#[from] ScenarioError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    App(#[from] AppError),
     #[error(transparent)]
     Service(#[from] ServiceError),
     #[error(transparent)]
     Heist(#[from] HeistError),
-    #[error(transparent)]
-    Daemon(#[from] AppError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(String),
-    #[error(transparent)]
-    Clients(#[from] ClientBuildError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -80,17 +74,42 @@ impl CliError {
     /// a service or the store failed at run time.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Scenario(_) | Self::Usage(_) => 1,
-            Self::Unhealthy(_) | Self::ReloadRefused(_) => 1,
+            Self::Usage(_) | Self::Unhealthy(_) | Self::ReloadRefused(_) => 1,
             Self::ReloadFailed(_) => 2,
             Self::NotCompleted { .. } => 3,
             // As a shell reports a process ended by SIGINT.
             Self::Quit(_) => 130,
-            Self::Store(error) | Self::Daemon(AppError::Store(error)) => store_exit_code(error),
-            Self::Service(_) | Self::Heist(_) | Self::Clients(_) => 2,
-            Self::Daemon(AppError::Config(_) | AppError::Scenario(_)) => 1,
-            Self::Daemon(_) | Self::Runtime(_) => 2,
+            Self::App(AppError::Store(error)) => store_exit_code(error),
+            Self::App(AppError::Config(_) | AppError::Scenario(_)) => 1,
+            Self::Service(_) | Self::Heist(_) => 2,
+            Self::App(_) | Self::Runtime(_) => 2,
         }
+    }
+}
+
+// The errors `AppError` wraps reach a command through it, so each is
+// wrapped once and `?` works on them in commands as before.
+impl From<ConfigError> for CliError {
+    fn from(error: ConfigError) -> Self {
+        Self::App(error.into())
+    }
+}
+
+impl From<ScenarioError> for CliError {
+    fn from(error: ScenarioError) -> Self {
+        Self::App(error.into())
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(error: StoreError) -> Self {
+        Self::App(error.into())
+    }
+}
+
+impl From<ClientBuildError> for CliError {
+    fn from(error: ClientBuildError) -> Self {
+        Self::App(error.into())
     }
 }
 

@@ -20,11 +20,16 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use serde::{Deserialize, Serialize};
-
 use super::{CallError, ServiceClient, Streamed};
 use crate::config::{LlmConfig, Secret};
 use crate::resilience::Policy;
+/// One prompt message (defined in `wire`, shared with the rehearsal model).
+pub use crate::wire::openai::ChatMessage;
+use crate::wire::openai::{
+    AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
+    FunctionCall, FunctionTool, StreamOptions, ToolArguments, ToolCall, ToolCallDelta, ToolChoice,
+    FUNCTION_TYPE,
+};
 use crate::wire::{CHAT_COMPLETIONS_PATH, MODELS_PATH};
 
 /// Characters per token before any reply has said better: English prose
@@ -66,114 +71,11 @@ struct ModelKnowledge {
     native_tools: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ChatMessage {
-    pub role: &'static str,
-    pub content: String,
-}
-
-#[derive(Deserialize)]
-struct ChatReply {
-    choices: Vec<Choice>,
-    #[serde(default)]
-    usage: Option<Usage>,
-}
-
-#[derive(Deserialize)]
-struct Usage {
-    #[serde(default)]
-    prompt_tokens: Option<u32>,
-    #[serde(default)]
-    completion_tokens: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct Choice {
-    message: ReplyMessage,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ReplyMessage {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
-    tool_calls: Vec<NativeToolCall>,
-}
-
-#[derive(Deserialize)]
-struct NativeToolCall {
-    function: NativeFunction,
-}
-
-/// One event of a streamed reply (`chat.completion.chunk`).
-#[derive(Deserialize)]
-struct ChatChunk {
-    #[serde(default)]
-    choices: Vec<ChunkChoice>,
-    /// In the last event only, when `stream_options.include_usage` was
-    /// asked (some servers send `null` in the others).
-    #[serde(default)]
-    usage: Option<Usage>,
-}
-
-#[derive(Deserialize)]
-struct ChunkChoice {
-    #[serde(default)]
-    index: u32,
-    #[serde(default)]
-    delta: Option<Delta>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Delta {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
-    tool_calls: Vec<ToolCallDelta>,
-}
-
-/// A piece of one native tool call: the call's `index`, and pieces of its
-/// name and arguments, concatenated in order.
-#[derive(Deserialize)]
-struct ToolCallDelta {
-    /// Missing on servers that send each call whole: a piece with a name
-    /// then starts a new call.
-    #[serde(default)]
-    index: Option<usize>,
-    /// Sent with a call's first piece; Ollama sends every call whole with
-    /// index 0, so a new id (or a second name) at the same index is a new
-    /// call, not more of the last one.
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    function: Option<FunctionDelta>,
-}
-
-/// A native tool call being put together from streamed pieces.
+/// What a native tool call is put together from while a reply streams.
 struct PartialCall {
     index: Option<usize>,
     id: Option<String>,
     name: String,
-    arguments: String,
-}
-
-#[derive(Deserialize)]
-struct FunctionDelta {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct NativeFunction {
-    name: String,
-    /// A JSON object as a string, `{"parameter": "..."}` for our tools.
-    #[serde(default)]
     arguments: String,
 }
 
@@ -200,22 +102,7 @@ pub struct ModelReply {
 /// A chat request as it goes on the wire, borrowed from the prompt and
 /// serialised straight from it: building a `serde_json::Value` first copied
 /// the whole prompt on every turn (BENCHMARKS.md).
-#[derive(Serialize)]
-struct ChatBody<'a> {
-    model: &'a str,
-    messages: &'a [ChatMessage],
-    temperature: f64,
-    max_tokens: u32,
-    seed: u64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    tools: Vec<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream_options: Option<serde_json::Value>,
-}
+type ChatBody<'a> = ChatCompletionRequest<'a, &'a [ChatMessage]>;
 
 /// One request to the model.
 #[derive(Debug, Clone, Copy)]
@@ -297,7 +184,7 @@ impl LlmClient {
     pub async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, CallError> {
         let mut body = self.body(&request);
         if !request.tools.is_empty() {
-            body.tool_choice = Some("auto".into());
+            body.tool_choice = Some(ToolChoice::auto());
         }
         let reply = self.send(&body).await;
         match &reply {
@@ -332,10 +219,10 @@ impl LlmClient {
         if let Some(known) = self.lock().native_tools {
             return Ok(known);
         }
-        let messages = [ChatMessage {
-            role: "user",
-            content: format!("Call the {} tool now.", tool.name),
-        }];
+        let messages = [ChatMessage::user(format!(
+            "Call the {} tool now.",
+            tool.name
+        ))];
         let tools = std::slice::from_ref(tool);
         let mut body = self.body(&ChatRequest {
             messages: &messages,
@@ -343,8 +230,7 @@ impl LlmClient {
             tools,
             max_tokens: CHECK_MAX_TOKENS,
         });
-        body.tool_choice =
-            Some(serde_json::json!({"type": "function", "function": {"name": tool.name}}));
+        body.tool_choice = Some(ToolChoice::function(&tool.name));
         let supported = match self.send(&body).await {
             Ok(reply) => !reply.tool_calls.is_empty(),
             // Refusing `tools` or a forced `tool_choice` outright is an answer too.
@@ -359,10 +245,7 @@ impl LlmClient {
     /// would send it (streaming when configured), through the stack: does
     /// the chat endpoint answer for this model? What it says is not judged.
     pub async fn preflight_chat(&self) -> Result<(), CallError> {
-        let messages = [ChatMessage {
-            role: "user",
-            content: crate::wire::PREFLIGHT_PROMPT.into(),
-        }];
+        let messages = [ChatMessage::user(crate::wire::PREFLIGHT_PROMPT.into())];
         let body = self.body(&ChatRequest {
             messages: &messages,
             seed: 0,
@@ -416,18 +299,18 @@ impl LlmClient {
 
     fn body<'a>(&'a self, request: &ChatRequest<'a>) -> ChatBody<'a> {
         ChatBody {
-            model: &self.model,
+            model: Some(self.model.as_str().into()),
             messages: request.messages,
-            temperature: self.temperature,
-            max_tokens: request.max_tokens,
-            seed: request.seed,
+            temperature: Some(self.temperature),
+            max_tokens: Some(request.max_tokens),
+            seed: Some(request.seed),
             tools: request.tools.iter().map(function_schema).collect(),
             tool_choice: None,
             stream: self.stream,
             // OpenAI sends `usage` in a last event only when asked.
-            stream_options: self
-                .stream
-                .then(|| serde_json::json!({"include_usage": true})),
+            stream_options: self.stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
         }
     }
 
@@ -438,15 +321,15 @@ impl LlmClient {
             .map(|key| ("authorization", format!("Bearer {}", key.expose())))
             .collect();
         if !self.stream {
-            let reply: ChatReply = self
+            let reply: ChatCompletion = self
                 .service
                 .post_json(CHAT_COMPLETIONS_PATH, body, &headers)
                 .await?;
-            return Ok(reply.into_model_reply());
+            return Ok(model_reply(reply));
         }
         let reply = self
             .service
-            .post_streaming::<_, ChatChunk, ChatReply>(
+            .post_streaming::<_, ChatCompletionChunk, ChatCompletion>(
                 CHAT_COMPLETIONS_PATH,
                 body,
                 &headers,
@@ -454,8 +337,8 @@ impl LlmClient {
             )
             .await?;
         Ok(match reply {
-            Streamed::Events(chunks) => ChatReply::assemble(chunks).into_model_reply(),
-            Streamed::Whole(reply) => reply.into_model_reply(),
+            Streamed::Events(chunks) => model_reply(assemble(chunks)),
+            Streamed::Whole(reply) => model_reply(reply),
         })
     }
 
@@ -475,73 +358,78 @@ impl LlmClient {
     }
 }
 
-impl ChatReply {
-    /// The reply a streamed one adds up to, as the server would have sent
-    /// it whole: the first choice's content and `finish_reason`, its tool
-    /// calls' name and argument pieces joined per call, the last `usage`.
-    fn assemble(chunks: Vec<ChatChunk>) -> Self {
-        let mut content: Option<String> = None;
-        let mut finish_reason = None;
-        let mut usage = None;
-        // In the order the calls began.
-        let mut calls: Vec<PartialCall> = Vec::new();
-        for chunk in chunks {
-            usage = chunk.usage.or(usage);
-            for choice in chunk.choices.into_iter().filter(|choice| choice.index == 0) {
-                finish_reason = choice.finish_reason.or(finish_reason);
-                let Some(delta) = choice.delta else { continue };
-                if let Some(piece) = delta.content {
-                    content.get_or_insert_with(String::new).push_str(&piece);
-                }
-                for piece in delta.tool_calls {
-                    add_tool_call_piece(&mut calls, piece);
-                }
+/// The reply a streamed one adds up to, as the server would have sent it
+/// whole: the first choice's content and `finish_reason`, its tool calls'
+/// name and argument pieces joined per call, the last `usage`.
+fn assemble(chunks: Vec<ChatCompletionChunk>) -> ChatCompletion {
+    let mut content: Option<String> = None;
+    let mut finish_reason = None;
+    let mut usage = None;
+    // In the order the calls began.
+    let mut calls: Vec<PartialCall> = Vec::new();
+    for chunk in chunks {
+        usage = chunk.usage.or(usage);
+        for choice in chunk.choices.into_iter().filter(|choice| choice.index == 0) {
+            finish_reason = choice.finish_reason.or(finish_reason);
+            let Some(delta) = choice.delta else { continue };
+            if let Some(piece) = delta.content {
+                content.get_or_insert_with(String::new).push_str(&piece);
+            }
+            for piece in delta.tool_calls {
+                add_tool_call_piece(&mut calls, piece);
             }
         }
-        let tool_calls = calls
-            .into_iter()
-            .map(|call| NativeToolCall {
-                function: NativeFunction {
-                    name: call.name,
-                    arguments: call.arguments,
-                },
-            })
-            .collect();
-        Self {
-            choices: vec![Choice {
-                message: ReplyMessage {
-                    content,
-                    tool_calls,
-                },
-                finish_reason,
-            }],
-            usage,
-        }
     }
-
-    fn into_model_reply(self) -> ModelReply {
-        let usage = self.usage;
-        let choice = self.choices.into_iter().next();
-        let finish_reason = choice
-            .as_ref()
-            .and_then(|choice| choice.finish_reason.clone());
-        let (content, calls) = match choice {
-            Some(choice) => (
-                choice.message.content.unwrap_or_default(),
-                choice.message.tool_calls,
-            ),
-            None => (String::new(), Vec::new()),
-        };
-        ModelReply {
-            content,
-            tool_calls: calls
-                .into_iter()
-                .map(|call| (call.function.name, parameter_of(&call.function.arguments)))
-                .collect(),
-            prompt_tokens: usage.as_ref().and_then(|usage| usage.prompt_tokens),
-            completion_tokens: usage.as_ref().and_then(|usage| usage.completion_tokens),
+    let tool_calls = calls
+        .into_iter()
+        .map(|call| ToolCall {
+            id: call.id,
+            kind: Some(FUNCTION_TYPE.into()),
+            function: FunctionCall {
+                name: call.name,
+                arguments: call.arguments,
+            },
+        })
+        .collect();
+    ChatCompletion {
+        choices: vec![Choice {
+            index: 0,
+            message: AssistantMessage {
+                role: None,
+                content,
+                tool_calls,
+            },
             finish_reason,
-        }
+        }],
+        usage,
+        ..ChatCompletion::default()
+    }
+}
+
+/// What heistd keeps of a reply: the first choice's text, its native calls
+/// as (tool, parameter), and what the server counted.
+fn model_reply(reply: ChatCompletion) -> ModelReply {
+    let usage = reply.usage;
+    let choice = reply.choices.into_iter().next();
+    let finish_reason = choice
+        .as_ref()
+        .and_then(|choice| choice.finish_reason.clone());
+    let (content, calls) = match choice {
+        Some(choice) => (
+            choice.message.content.unwrap_or_default(),
+            choice.message.tool_calls,
+        ),
+        None => (String::new(), Vec::new()),
+    };
+    ModelReply {
+        content,
+        tool_calls: calls
+            .into_iter()
+            .map(|call| (call.function.name, parameter_of(&call.function.arguments)))
+            .collect(),
+        prompt_tokens: usage.and_then(|usage| usage.prompt_tokens),
+        completion_tokens: usage.and_then(|usage| usage.completion_tokens),
+        finish_reason,
     }
 }
 
@@ -608,7 +496,11 @@ fn prompt_chars(messages: &[ChatMessage], tools: &[ToolSpec]) -> usize {
         .sum();
     let schemas: usize = tools
         .iter()
-        .map(|tool| function_schema(tool).to_string().len())
+        .map(|tool| {
+            serde_json::to_string(&function_schema(tool))
+                .unwrap_or_default()
+                .len()
+        })
         .sum();
     text + schemas
 }
@@ -655,41 +547,17 @@ fn add_tool_call_piece(calls: &mut Vec<PartialCall>, piece: ToolCallDelta) {
     call.arguments.push_str(&arguments.unwrap_or_default());
 }
 
-/// `tool_calls: null` (some servers write it) reads as no calls.
-fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Vec<T>, D::Error> {
-    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
-}
-
 /// The OpenAI function schema of one of our tools: one string parameter.
-fn function_schema(tool: &ToolSpec) -> serde_json::Value {
-    serde_json::json!({
-        "type": "function",
-        "function": {
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": {
-                "type": "object",
-                "properties": { "parameter": { "type": "string", "description": tool.description } },
-                "required": ["parameter"],
-            },
-        },
-    })
+fn function_schema(tool: &ToolSpec) -> FunctionTool {
+    FunctionTool::one_parameter(&tool.name, &tool.description)
 }
 
 /// The `parameter` of a native call's arguments; arguments that are not
 /// the expected object are passed on as they are, for the tool to judge.
 fn parameter_of(arguments: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(arguments)
-        .ok()
-        .and_then(|value| {
-            value
-                .get("parameter")
-                .and_then(|parameter| parameter.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| arguments.to_string())
+    serde_json::from_str::<ToolArguments>(arguments)
+        .map(|arguments| arguments.parameter)
+        .unwrap_or_else(|_| arguments.to_string())
 }
 
 #[cfg(test)]
@@ -718,8 +586,8 @@ mod tests {
     #[test]
     fn usage_finish_reason_and_null_tool_calls_are_read() {
         let body = r#"{"choices":[{"message":{"content":"functions.calculator: 2+2","tool_calls":null},"finish_reason":"length"}],"usage":{"prompt_tokens":12,"completion_tokens":5}}"#;
-        let reply: ChatReply = serde_json::from_str(body).expect("parses");
-        let reply = reply.into_model_reply();
+        let reply: ChatCompletion = serde_json::from_str(body).expect("parses");
+        let reply = model_reply(reply);
         assert!(reply.tool_calls.is_empty());
         assert!(reply.was_cut_short());
         assert_eq!(
@@ -728,7 +596,7 @@ mod tests {
         );
     }
 
-    fn chunks(events: &[&str]) -> Vec<ChatChunk> {
+    fn chunks(events: &[&str]) -> Vec<ChatCompletionChunk> {
         events
             .iter()
             .map(|event| serde_json::from_str(event).expect("chunk parses"))
@@ -749,7 +617,7 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
             r#"{"choices":[],"usage":{"prompt_tokens":30,"completion_tokens":9}}"#,
         ]);
-        let reply = ChatReply::assemble(streamed).into_model_reply();
+        let reply = model_reply(assemble(streamed));
         assert_eq!(
             reply,
             ModelReply {
@@ -772,7 +640,7 @@ mod tests {
             r#"{"choices":[{"delta":{"tool_calls":[{"function":{"name":"calculator","arguments":"{\"parameter\":"}}]}}]}"#,
             r#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"\"3*3\"}"}}]},"finish_reason":"stop"}]}"#,
         ]);
-        let reply = ChatReply::assemble(streamed).into_model_reply();
+        let reply = model_reply(assemble(streamed));
         assert_eq!(
             reply.tool_calls,
             [
@@ -782,24 +650,18 @@ mod tests {
         );
         assert_eq!(reply.content, "");
         assert_eq!((reply.prompt_tokens, reply.completion_tokens), (None, None));
-        assert_eq!(
-            ChatReply::assemble(Vec::new()).into_model_reply(),
-            ModelReply::default()
-        );
+        assert_eq!(model_reply(assemble(Vec::new())), ModelReply::default());
     }
 
     #[test]
     fn the_chat_body_carries_only_what_applies() {
-        let messages = [ChatMessage {
-            role: "user",
-            content: "a \"quoted\" line\n".into(),
-        }];
+        let messages = [ChatMessage::user("a \"quoted\" line\n".into())];
         let plain = ChatBody {
-            model: "m",
+            model: Some("m".into()),
             messages: &messages,
-            temperature: 0.5,
-            max_tokens: 7,
-            seed: 3,
+            temperature: Some(0.5),
+            max_tokens: Some(7),
+            seed: Some(3),
             tools: Vec::new(),
             tool_choice: None,
             stream: false,
@@ -811,17 +673,26 @@ mod tests {
                                "temperature": 0.5, "max_tokens": 7, "seed": 3})
         );
         let streamed = ChatBody {
-            tools: vec![serde_json::json!({"type": "function"})],
-            tool_choice: Some("auto".into()),
+            tools: vec![FunctionTool::one_parameter("calculator", "arithmetic")],
+            tool_choice: Some(ToolChoice::auto()),
             stream: true,
-            stream_options: Some(serde_json::json!({"include_usage": true})),
+            stream_options: Some(StreamOptions {
+                include_usage: true,
+            }),
             ..plain
         };
         let value = serde_json::to_value(&streamed).expect("json");
         assert_eq!(value["stream"], true);
         assert_eq!(value["stream_options"]["include_usage"], true);
         assert_eq!(value["tool_choice"], "auto");
-        assert_eq!(value["tools"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            value["tools"][0],
+            serde_json::json!({"type": "function", "function": {
+                "name": "calculator", "description": "arithmetic",
+                "parameters": {"type": "object", "required": ["parameter"],
+                    "properties": {"parameter": {"type": "string", "description": "arithmetic"}}},
+            }})
+        );
     }
 
     #[test]
@@ -841,7 +712,7 @@ mod tests {
         ];
         // With its own id, and (some servers) with a name but no id.
         for second_id in [Some("call_b"), None] {
-            let reply = ChatReply::assemble(two(second_id)).into_model_reply();
+            let reply = model_reply(assemble(two(second_id)));
             assert_eq!(reply.tool_calls, expected, "{second_id:?}");
         }
         // OpenAI's way: id and name once, then argument pieces, same index.
@@ -850,7 +721,7 @@ mod tests {
             r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"parameter\":"}}]}}]}"#,
             r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"2*2\"}"}}]},"finish_reason":"tool_calls"}]}"#,
         ]);
-        let reply = ChatReply::assemble(openai).into_model_reply();
+        let reply = model_reply(assemble(openai));
         assert_eq!(
             reply.tool_calls,
             [("calculator".to_string(), "2*2".to_string())]

@@ -3,10 +3,15 @@
 //! `memory:admin`), with a token it fetches from OAuth and keeps until
 //! shortly before it expires.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{CallError, OAuthClient, ServiceClient, TokenCache};
-use crate::wire::{COMPRESSED_MEMORY_PATH, HEALTH_PATH, IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH};
+/// One `store_memory` body (defined in `wire`, shared with the service).
+pub use crate::wire::MemoryWrite;
+use crate::wire::{
+    CompressedMemoryRequest, CompressedSummary, SessionCountReply, COMPRESSED_MEMORY_PATH,
+    HEALTH_PATH, IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH,
+};
 
 #[derive(Clone)]
 pub struct MemoryClient {
@@ -24,32 +29,10 @@ struct MemoryCredentials {
     tokens: TokenCache,
 }
 
-/// One `store_memory` body; the outbox keeps it as JSON until delivered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MemoryWrite {
-    pub agent_id: String,
-    pub turn_id: i64,
-    pub message: String,
-    pub game_session_id: String,
-}
-
 #[derive(Deserialize)]
 struct HealthReply {
     #[serde(default)]
     instance_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CountReply {
-    count: u64,
-}
-
-#[derive(Deserialize)]
-struct CompressedReply {
-    #[serde(default)]
-    summary: Option<String>,
-    #[serde(default)]
-    compressed_summary: Option<String>,
 }
 
 impl MemoryClient {
@@ -124,25 +107,22 @@ impl MemoryClient {
         max_tokens: u32,
         recent_count: u32,
     ) -> Result<String, CallError> {
-        let body = serde_json::json!({
-            "agent_id": agent_id,
-            "game_session_id": session_id,
-            "max_tokens": max_tokens,
-            "recent_count": recent_count,
-        });
+        let body = CompressedMemoryRequest {
+            agent_id: agent_id.to_string(),
+            game_session_id: session_id.to_string(),
+            max_tokens: max_tokens as usize,
+            recent_count: recent_count as usize,
+        };
         let headers = self.authorization().await?;
-        let reply: Result<CompressedReply, CallError> = self
+        // Only the summary is read: the rest of the reply is the service's.
+        let reply: Result<CompressedSummary, CallError> = self
             .service
             .post_json(COMPRESSED_MEMORY_PATH, &body, &headers)
             .await;
         if let Err(error) = &reply {
             self.forget_token_after(error).await;
         }
-        let reply = reply?;
-        Ok(reply
-            .summary
-            .or(reply.compressed_summary)
-            .unwrap_or_default())
+        Ok(reply?.into_text())
     }
 
     /// The service's instance id from `GET /health` (it changes whenever
@@ -156,7 +136,7 @@ impl MemoryClient {
     pub async fn session_count(&self, session_id: &str) -> Result<u64, CallError> {
         let headers = self.authorization().await?;
         let path = format!("/sessions/{session_id}/count");
-        let reply: Result<CountReply, CallError> = self
+        let reply: Result<SessionCountReply, CallError> = self
             .service
             .get_json_as("sessions/count", &path, &headers)
             .await;

@@ -5,11 +5,21 @@
 //! allowed, commits the turn (message, tool calls, memory outbox entry) in one
 //! transaction, and then delivers the outbox to the memory service.
 //!
-//! The pieces: `session` (the loop over turns, its ending, interruption and
-//! the pause while the model is unavailable, in `outage`), `turn` (one turn: gather
-//! context, ask the model, run the tools, build the record), `tools` (the
-//! tool policy: quota, the agent's tools, the token, and [`ToolOutcome`]),
-//! `prompt`, `outbox` and `protocol`.
+//! [`HeistRunner`] is made of parts, each a type with its own fields and
+//! its impl in its own file, so what a part may touch is a type fact:
+//! - `session::SessionLoop` owns the store handle: the loop over turns, the
+//!   session's ending and interruption, the pauses while the model
+//!   (`outage::ModelWatch`) or the store (`store_outage::StoreOutageRule`)
+//!   is unavailable, the transcript it reads and keeps (`transcript`), and
+//!   the delivery of each commit's memory writes (`outbox::Outbox`, the
+//!   other part that calls the store);
+//! - `turn::TurnPlayer` plays one turn and returns its record: clients,
+//!   config, scenario and the agents' tokens, and no store handle;
+//! - `tools::ToolRunner` is the tool policy (quota, the agent's tools, the
+//!   token; each request ends in a [`ToolOutcome`]);
+//! - `prompt::PromptBuilder` builds and fits the prompt, with no I/O;
+//!   `protocol` writes the tool instructions;
+//! - `control::RunControl` is the stop signal and the notice sink.
 //!
 //! A failing service degrades a turn (the error is recorded in its message or
 //! tool row) and the run goes on; only a store that cannot commit stops it,
@@ -17,6 +27,7 @@
 //! model is different: no turn could say anything, so the session pauses
 //! (up to `heist.max_model_outage_ms`) and plays the same turn again.
 
+mod control;
 mod outage;
 mod outbox;
 mod prompt;
@@ -24,6 +35,7 @@ pub mod protocol;
 mod session;
 mod store_outage;
 mod tools;
+mod transcript;
 mod turn;
 
 use std::sync::Arc;
@@ -32,11 +44,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
 
-use crate::clients::{Clients, TokenCache};
+use crate::clients::Clients;
 use crate::config::Config;
 use crate::scenario::Scenario;
 use crate::store::{SessionStatus, StoreError, StoreHandle, TurnRecord};
+use session::SessionLoop;
 pub use tools::ToolOutcome;
+use turn::TurnPlayer;
 
 /// Tool results longer than this are cut when carried into later prompts.
 pub const CONTEXT_RESULT_CHARS: usize = 400;
@@ -145,20 +159,10 @@ impl std::fmt::Display for RunNotice {
 /// Receives a run's notices (the CLI prints them; the daemon logs them).
 pub type NoticeSink = Arc<dyn Fn(&RunNotice) + Send + Sync>;
 
+/// Runs sessions: the public face of the parts (see the module's doc),
+/// which the session loop holds.
 pub struct HeistRunner {
-    config: Arc<Config>,
-    scenario: Arc<Scenario>,
-    clients: Clients,
-    store: StoreHandle,
-    tokens: TokenCache,
-    /// The recent transcript of the session being played, kept so a turn
-    /// does not read it back from the store.
-    transcript_cache: parking_lot::Mutex<Option<prompt::TranscriptCache>>,
-    /// Set to true when the daemon stops: the session ends `interrupted`
-    /// before its next turn.
-    stop: Option<watch::Receiver<bool>>,
-    /// Told of pauses and fallbacks, besides the log.
-    notices: Option<NoticeSink>,
+    session: SessionLoop,
 }
 
 impl HeistRunner {
@@ -168,46 +172,71 @@ impl HeistRunner {
         clients: Clients,
         store: StoreHandle,
     ) -> Self {
+        let player = TurnPlayer::new(config.clone(), scenario.clone(), clients);
         Self {
-            config,
-            scenario,
-            clients,
-            store,
-            tokens: TokenCache::default(),
-            transcript_cache: parking_lot::Mutex::new(None),
-            stop: None,
-            notices: None,
+            session: SessionLoop::new(&config, scenario, player, store),
         }
     }
 
     /// Tells `notices` of pauses and fallbacks as they happen.
     pub fn with_notices(mut self, notices: NoticeSink) -> Self {
-        self.notices = Some(notices);
+        self.session.control.notices = Some(notices);
         self
     }
 
     /// Stops sessions between turns once `stop` becomes true.
     pub fn with_stop(mut self, stop: watch::Receiver<bool>) -> Self {
-        self.stop = Some(stop);
+        self.session.control.stop = Some(stop);
         self
     }
 
     pub fn clients(&self) -> &Clients {
-        &self.clients
+        self.session.player.clients()
     }
 
-    /// Sleeps `pause`; false when told to stop first.
-    pub(super) async fn sleep_unless_stopped(&self, pause: std::time::Duration) -> bool {
-        let mut stop = self.stop.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => true,
-            _ = async {
-                match stop.as_mut() {
-                    Some(stop) => { let _ = stop.wait_for(|stop| *stop).await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => false,
-        }
+    /// Runs one whole session and returns how it went.
+    pub async fn run(
+        &self,
+        options: RunOptions,
+        observer: TurnObserver<'_>,
+    ) -> Result<RunReport, HeistError> {
+        self.session.run(options, observer).await
+    }
+
+    /// Creates the session (the audit row that makes the run exist); a
+    /// schedule slot that already has a session is refused here.
+    pub async fn start(&self, options: &RunOptions) -> Result<String, HeistError> {
+        self.session.start(options).await
+    }
+
+    /// Plays every turn of a session made by [`Self::start`].
+    pub async fn play(
+        &self,
+        session_id: &str,
+        options: &RunOptions,
+        observer: TurnObserver<'_>,
+    ) -> Result<RunReport, HeistError> {
+        self.session.play(session_id, options, observer).await
+    }
+
+    /// Continues a session a crash left `active`: same seed, same agent
+    /// order, from the turn after its last committed one. Memory writes
+    /// still in its outbox are delivered first.
+    pub async fn resume(
+        &self,
+        session_id: &str,
+        observer: TurnObserver<'_>,
+    ) -> Result<RunReport, HeistError> {
+        self.session.resume(session_id, observer).await
+    }
+
+    /// Delivers pending memory writes of a session; returns how many remain.
+    /// The writes are claimed first, so with several nodes only one
+    /// delivers them at a time, and the claim is given up afterwards.
+    /// Within this process, one task at a time delivers a session's writes:
+    /// another finds nothing to do.
+    pub async fn deliver_outbox(&self, session_id: &str) -> Result<usize, HeistError> {
+        self.session.outbox.deliver_outbox(session_id).await
     }
 
     /// The agent order of a session: planner first, then seeded random

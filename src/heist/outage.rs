@@ -8,18 +8,36 @@
 //! open". Also here: the once-per-model check that native tool calling
 //! really works, which decides the session's tool protocol.
 //!
-//! It decides only whether the session waits; retries and the breaker
-//! itself are `resilience`'s.
+//! [`ModelWatch`] holds the LLM client and these settings; the session
+//! loop owns it and asks it to wait. It decides only whether the session
+//! waits; retries and the breaker itself are `resilience`'s, and it never
+//! touches the store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{HeistRunner, RunNotice};
-use crate::clients::CallError;
+use super::control::RunControl;
+use super::prompt::PromptBuilder;
+use super::RunNotice;
+use crate::clients::{CallError, LlmClient};
 use crate::config::ToolCalling;
 use crate::metrics as names;
+use crate::scenario::Scenario;
 use crate::wire::MODELS_PATH;
+
+/// Watches the model for a session: waits out its outages and checks its
+/// native tool calling.
+pub(super) struct ModelWatch {
+    llm: LlmClient,
+    /// The agents whose tools the native check offers.
+    scenario: Arc<Scenario>,
+    /// `llm.tool_calling`: native calling is checked only when configured.
+    tool_calling: ToolCalling,
+    /// `heist.max_model_outage_ms`: how long one outage may pause a session.
+    max_outage: Duration,
+}
 
 /// The session probes a model it is waiting for this often.
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -71,12 +89,31 @@ impl Outage {
     }
 }
 
-impl HeistRunner {
+impl ModelWatch {
+    pub fn new(
+        llm: LlmClient,
+        scenario: Arc<Scenario>,
+        tool_calling: ToolCalling,
+        max_outage: Duration,
+    ) -> Self {
+        Self {
+            llm,
+            scenario,
+            tool_calling,
+            max_outage,
+        }
+    }
+
     /// Waits until the model answers a probe (then half-opens its breaker),
     /// until its breaker lets a probe call through by itself, until the
     /// outage has lasted `heist.max_model_outage_ms`, or until told to stop.
-    pub(super) async fn wait_for_the_model(&self, turn_id: u32, outage: &Outage) -> Waited {
-        let limit = outage.started + Duration::from_millis(self.config.heist.max_model_outage_ms);
+    pub async fn wait_for_the_model(
+        &self,
+        turn_id: u32,
+        outage: &Outage,
+        control: &RunControl,
+    ) -> Waited {
+        let limit = outage.started + self.max_outage;
         let paused = Instant::now();
         tracing::warn!(
             turn_id,
@@ -88,22 +125,22 @@ impl HeistRunner {
             if now >= limit {
                 break Waited::GaveUp;
             }
-            self.notify(&RunNotice::ModelPaused {
+            control.notify(&RunNotice::ModelPaused {
                 turn_id,
                 remaining: limit - now,
                 last_error: outage.last_error().to_string(),
             });
-            if !self
+            if !control
                 .sleep_unless_stopped(PROBE_INTERVAL.min(limit - now))
                 .await
             {
                 break Waited::Stopped;
             }
             if self.model_answers().await {
-                self.clients.llm.service.half_open_breaker();
+                self.llm.service.half_open_breaker();
                 break Waited::Back;
             }
-            if self.clients.llm.service.breaker_open_remaining() == Some(Duration::ZERO) {
+            if self.llm.service.breaker_open_remaining() == Some(Duration::ZERO) {
                 break Waited::Back;
             }
         };
@@ -115,7 +152,7 @@ impl HeistRunner {
                 paused_ms = paused.as_millis() as u64,
                 "the model is back"
             );
-            self.notify(&RunNotice::ModelBack { turn_id, paused });
+            control.notify(&RunNotice::ModelBack { turn_id, paused });
         }
         waited
     }
@@ -124,8 +161,8 @@ impl HeistRunner {
     /// the model really returns `tool_calls` (checked once per model). A
     /// model that cannot say (unavailable now) is given the benefit of the
     /// doubt; the check runs again next session.
-    pub(super) async fn session_uses_native_tools(&self) -> bool {
-        if self.config.llm.tool_calling != ToolCalling::Native {
+    pub async fn session_uses_native_tools(&self, control: &RunControl) -> bool {
+        if self.tool_calling != ToolCalling::Native {
             return false;
         }
         let Some(agent) = self
@@ -136,17 +173,21 @@ impl HeistRunner {
         else {
             return true;
         };
-        let Some(tool) = self.native_tools(agent, true).into_iter().next() else {
+        let prompt = PromptBuilder {
+            scenario: &self.scenario,
+            agent,
+        };
+        let Some(tool) = prompt.native_tools().into_iter().next() else {
             return true;
         };
-        match self.clients.llm.supports_native_tools(&tool).await {
+        match self.llm.supports_native_tools(&tool).await {
             Ok(true) => true,
             Ok(false) => {
                 let notice = RunNotice::TextToolsFallback {
-                    model: self.clients.llm.model().to_string(),
+                    model: self.llm.model().to_string(),
                 };
                 tracing::warn!("{notice}");
-                self.notify(&notice);
+                control.notify(&notice);
                 false
             }
             Err(error) => {
@@ -160,17 +201,11 @@ impl HeistRunner {
     /// means the server is up (a 404 on `/models` still answered).
     async fn model_answers(&self) -> bool {
         let probe: Result<serde_json::Value, CallError> =
-            self.clients.llm.service.probe_json(MODELS_PATH).await;
+            self.llm.service.probe_json(MODELS_PATH).await;
         match probe {
             Ok(_) => true,
             Err(CallError::Status { status, .. }) => status < 500,
             Err(_) => false,
-        }
-    }
-
-    fn notify(&self, notice: &RunNotice) {
-        if let Some(notices) = &self.notices {
-            notices(notice);
         }
     }
 }

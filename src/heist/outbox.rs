@@ -3,13 +3,27 @@
 //! service is down, and set aside when it refuses one for good. Deliveries
 //! that were retried or failed are recorded in `service_calls` under the
 //! turn whose write they carried.
+//!
+//! [`Outbox`] holds a store handle and the memory client. With the session
+//! loop it is one of the two places in `heist` that call the store: what a
+//! turn's commit hands over for delivery ([`Owed`]) is read here only.
 
-use super::{HeistError, HeistRunner, OUTBOX_BATCH};
-use crate::clients::{CallError, MemoryWrite};
+use super::{HeistError, OUTBOX_BATCH};
+use crate::clients::{CallError, MemoryClient, MemoryWrite};
 use crate::resilience::journal::{self, JournalEntry};
-use crate::store::{OutboxEntry, ServiceCallRecord};
+use crate::store::{OutboxEntry, Owed, ServiceCallRecord, StoreHandle};
 
-impl HeistRunner {
+/// Delivers sessions' memory writes from the store's outbox.
+pub(super) struct Outbox {
+    store: StoreHandle,
+    memory: MemoryClient,
+}
+
+impl Outbox {
+    pub fn new(store: StoreHandle, memory: MemoryClient) -> Self {
+        Self { store, memory }
+    }
+
     /// Delivers pending memory writes of a session; returns how many remain.
     /// The writes are claimed first, so with several nodes only one
     /// delivers them at a time (another node delivering them now leaves
@@ -17,29 +31,22 @@ impl HeistRunner {
     /// Within this process, one task at a time delivers a session's writes:
     /// another finds nothing to do.
     pub async fn deliver_outbox(&self, session_id: &str) -> Result<usize, HeistError> {
-        self.deliver_owed(session_id, None).await
+        self.deliver_owed(session_id, Owed::ClaimFirst).await
     }
 
-    /// [`Self::deliver_outbox`], given the writes a turn's commit read back
-    /// (`Some`, SQLite: no claim to make) or to claim them (`None`).
-    async fn deliver_owed(
-        &self,
-        session_id: &str,
-        owed: Option<Vec<OutboxEntry>>,
-    ) -> Result<usize, HeistError> {
+    /// [`Self::deliver_outbox`], given what a turn's commit left to deliver.
+    async fn deliver_owed(&self, session_id: &str, owed: Owed) -> Result<usize, HeistError> {
         let Some(_delivering) = self.store.begin_delivery(session_id) else {
             return Ok(0);
         };
         // After a turn's commit, the session's next commit (or its end)
         // writes the marks; any other delivery writes them now.
-        let marks = if owed.is_some() {
-            Marks::WithNextCommit
-        } else {
-            Marks::Now
-        };
-        let pending = match owed {
-            Some(owed) => owed,
-            None => self.store.claim_outbox(session_id, OUTBOX_BATCH).await?,
+        let (pending, marks) = match owed {
+            Owed::Entries(entries) => (entries, Marks::WithNextCommit),
+            Owed::ClaimFirst => (
+                self.store.claim_outbox(session_id, OUTBOX_BATCH).await?,
+                Marks::Now,
+            ),
         };
         if pending.is_empty() {
             return Ok(0);
@@ -104,12 +111,7 @@ impl HeistRunner {
     /// delivery is idempotent, so the next turn or the background deliverer
     /// sends them; `pending` (the last count) stands meanwhile. `owed`: the
     /// writes the turn's commit read back, if it did.
-    pub(super) async fn deliver_outbox_in_passing(
-        &self,
-        session_id: &str,
-        pending: usize,
-        owed: Option<Vec<OutboxEntry>>,
-    ) -> usize {
+    pub async fn deliver_in_passing(&self, session_id: &str, pending: usize, owed: Owed) -> usize {
         match self.deliver_owed(session_id, owed).await {
             Ok(remaining) => remaining,
             Err(error) => {
@@ -123,8 +125,7 @@ impl HeistRunner {
     async fn deliver_one(&self, entry: &OutboxEntry) -> Result<(), CallError> {
         match serde_json::from_str::<MemoryWrite>(&entry.payload) {
             Ok(write) => {
-                self.clients
-                    .memory
+                self.memory
                     .store(&write, &format!("{}:{}", entry.session_id, entry.turn_id))
                     .await
             }

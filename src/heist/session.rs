@@ -1,26 +1,60 @@
 //! The session loop: starting a session, playing its turns in the seeded
 //! agent order (or resuming after a crash from the last committed turn),
 //! committing each turn, pausing while the model is unavailable (`outage`)
-//! and playing that turn again, and recording how the session ended. It owns no turn logic (that is `turn`)
-//! and no tool policy (that is `tools`).
+//! or the store cannot commit (`store_outage`) and going on after, handing
+//! each commit's memory writes to `outbox`, and recording how the session
+//! ended.
+//!
+//! [`SessionLoop`] owns the store handle: with `outbox` it is the only
+//! part of `heist` that reads or writes the store. It owns no turn logic
+//! (that is `turn`, which has no store handle) and no tool policy (that is
+//! `tools`).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::outage::{Outage, Waited};
-use super::tools::ToolTally;
-use super::turn::{PlayedTurn, SessionTurn, TurnResult};
+use super::control::RunControl;
+use super::outage::{ModelWatch, Outage, Waited};
+use super::outbox::Outbox;
+use super::store_outage::StoreOutageRule;
+use super::transcript::{TranscriptCache, TranscriptEntry};
+use super::turn::{PlayedTurn, SessionTurn, TurnPlayer, TurnResult};
 use super::{HeistError, HeistRunner, RunOptions, RunReport, TurnObserver, TurnView, OUTBOX_BATCH};
+use crate::config::Config;
 use crate::metrics as names;
 use crate::resilience::journal;
-use crate::scenario::Agent;
-use crate::store::{NewSession, OutboxEntry, Owed, SessionStatus};
+use crate::scenario::{Agent, Scenario};
+use crate::store::{NewSession, Owed, SessionStatus, StoreError, StoreHandle, TurnRecord};
+
+/// Plays sessions turn by turn and records them.
+pub(super) struct SessionLoop {
+    /// Plays each turn; it has no store handle, so its record is committed
+    /// here.
+    pub player: TurnPlayer,
+    /// Delivers the memory writes each commit leaves.
+    pub outbox: Outbox,
+    store: StoreHandle,
+    /// Waits out the model's outages and checks its native tool calling.
+    model: ModelWatch,
+    /// Waits out a store that cannot take a commit.
+    store_outage: StoreOutageRule,
+    /// The stop signal and where notices go.
+    pub control: RunControl,
+    /// `heist.context_messages`: the turns the transcript keeps.
+    context_messages: usize,
+    /// The recent transcript of the session being played, kept so a turn
+    /// does not read it back from the store.
+    transcript: parking_lot::Mutex<Option<TranscriptCache>>,
+}
 
 /// How one turn ended for the session loop.
 enum Committed {
     /// Committed; the turn's error, if it failed, and the session's memory
-    /// writes the commit read back for delivery (`None`: claim them).
-    Recorded(Option<String>, Option<Vec<OutboxEntry>>),
+    /// writes the commit left to deliver.
+    Recorded(Option<String>, Owed),
     /// Nothing committed: the model was unavailable.
     ModelUnavailable(crate::clients::CallError),
 }
@@ -34,7 +68,33 @@ struct Plan {
     first_turn: u32,
 }
 
-impl HeistRunner {
+impl SessionLoop {
+    pub fn new(
+        config: &Config,
+        scenario: Arc<Scenario>,
+        player: TurnPlayer,
+        store: StoreHandle,
+    ) -> Self {
+        let model = ModelWatch::new(
+            player.clients().llm.clone(),
+            scenario,
+            config.llm.tool_calling,
+            Duration::from_millis(config.heist.max_model_outage_ms),
+        );
+        Self {
+            outbox: Outbox::new(store.clone(), player.clients().memory.clone()),
+            player,
+            store,
+            model,
+            store_outage: StoreOutageRule {
+                longest: Duration::from_millis(config.store.max_outage_ms),
+            },
+            control: RunControl::default(),
+            context_messages: config.heist.context_messages,
+            transcript: parking_lot::Mutex::new(None),
+        }
+    }
+
     /// Runs one whole session and returns how it went.
     pub async fn run(
         &self,
@@ -51,7 +111,7 @@ impl HeistRunner {
         let session_id = self
             .store
             .create_session(NewSession {
-                scenario: self.scenario.name.clone(),
+                scenario: self.player.scenario().name.clone(),
                 seed: options.seed,
                 planned_turns: options.turns,
                 schedule: options.schedule.clone(),
@@ -104,7 +164,7 @@ impl HeistRunner {
         let span = tracing::info_span!("session", session_id = %session_id);
         async move {
             tracing::info!(seed, turns, last_turn, "resuming session");
-            self.deliver_outbox_in_passing(session_id, 0, None).await;
+            self.outbox.deliver_in_passing(session_id, 0, Owed::ClaimFirst).await;
             // What the crashed run had read is not this run's to trust.
             self.forget_transcript();
             let plan = Plan {
@@ -131,17 +191,18 @@ impl HeistRunner {
         // this session's turn too (`store.commit_delay_ms`).
         let _in_play = self.store.in_play();
         let mut report = self.report_so_far(&plan).await?;
-        let native = self.session_uses_native_tools().await;
+        let native = self.model.session_uses_native_tools(&self.control).await;
         let mut last_error = None;
-        let order = Self::agent_order(&self.scenario, plan.seed, plan.turns);
+        let scenario = self.player.scenario();
+        let order = HeistRunner::agent_order(scenario, plan.seed, plan.turns);
         let mut index = plan.first_turn as usize - 1;
         let mut outage: Option<Outage> = None;
         while index < order.len() {
             let turn_id = index as u32 + 1;
-            if self.stop.as_ref().is_some_and(|stop| *stop.borrow()) {
+            if self.control.stop_requested() {
                 return self.interrupt(report, turn_id).await;
             }
-            let agent = &self.scenario.agents[order[index]];
+            let agent = &scenario.agents[order[index]];
             let turn = SessionTurn {
                 session_id: &plan.session_id,
                 turn_id,
@@ -157,7 +218,11 @@ impl HeistRunner {
                 Committed::ModelUnavailable(error) => {
                     let current = outage.get_or_insert_with(Outage::start);
                     current.saw(&error);
-                    match self.wait_for_the_model(turn_id, current).await {
+                    let waited = self
+                        .model
+                        .wait_for_the_model(turn_id, current, &self.control)
+                        .await;
+                    match waited {
                         Waited::Back => continue,
                         Waited::Stopped => return self.interrupt(report, turn_id).await,
                         Waited::GaveUp => {
@@ -172,7 +237,8 @@ impl HeistRunner {
                 last_error = error;
             }
             report.memory_pending = self
-                .deliver_outbox_in_passing(&plan.session_id, report.memory_pending, owed)
+                .outbox
+                .deliver_in_passing(&plan.session_id, report.memory_pending, owed)
                 .await;
             index += 1;
         }
@@ -218,9 +284,14 @@ impl HeistRunner {
         let (session_id, turn_id) = (turn.session_id, turn.turn_id);
         let started = Instant::now();
         let turn_span = tracing::info_span!("turn", turn_id, agent = %agent.name);
-        let (played, journal) = journal::scope(self.play_turn(turn, agent))
-            .instrument(turn_span.clone())
-            .await;
+        let play = async {
+            let transcript = self
+                .transcript(session_id)
+                .await
+                .map_err(|error| error.to_string());
+            self.player.play_turn(turn, agent, transcript).await
+        };
+        let (played, journal) = journal::scope(play).instrument(turn_span.clone()).await;
         let played = match played {
             TurnResult::Played(played) => played,
             TurnResult::ModelUnavailable(error) => return Ok(Committed::ModelUnavailable(error)),
@@ -230,13 +301,13 @@ impl HeistRunner {
         tools.add_to(report);
         let what = format!("turn {turn_id}");
         let owed = match self
-            .through_store_outage(&what, || {
+            .store_outage
+            .through(&what, &self.control, || {
                 self.store.record_turn_owing(record.clone(), OUTBOX_BATCH)
             })
             .await
         {
-            Ok(Owed::Entries(entries)) => Some(entries),
-            Ok(Owed::ClaimFirst) => None,
+            Ok(owed) => owed,
             Err(error) => return Err(self.end_after_store_outage(session_id, &what, error).await),
         };
         self.remember_committed_turn(&record);
@@ -291,7 +362,8 @@ impl HeistRunner {
             (SessionStatus::Completed, None)
         };
         let ending = self
-            .through_store_outage("the session's end", || {
+            .store_outage
+            .through("the session's end", &self.control, || {
                 self.store
                     .finish_session(&report.session_id, status, reason.as_deref())
             })
@@ -366,13 +438,79 @@ impl HeistRunner {
         report.failure_reason = Some(reason);
         Ok(report)
     }
-}
 
-impl ToolTally {
-    /// Adds this turn's tool calls to the run's counts.
-    fn add_to(&self, report: &mut RunReport) {
-        report.tool_calls_succeeded += self.succeeded;
-        report.tool_calls_failed += self.failed;
-        report.tool_calls_refused += self.refused;
+    /// After a store outage outlasted its limit: ends the session `failed`
+    /// with the cause if the store can record that now, and otherwise
+    /// leaves it `active`, for crash recovery at the next start. Metrics
+    /// count only what the store recorded.
+    async fn end_after_store_outage(
+        &self,
+        session_id: &str,
+        what: &str,
+        error: StoreError,
+    ) -> HeistError {
+        // Another node owns the session now, or it has already ended: this
+        // run writes nothing more (fencing), not even its failure.
+        if matches!(
+            error,
+            StoreError::Fenced { .. } | StoreError::SessionEnded { .. }
+        ) {
+            tracing::warn!(%error, "{what} not recorded; this run stops and writes nothing more");
+            return error.into();
+        }
+        let reason = format!("{what} could not be recorded: {error}");
+        match self
+            .store
+            .finish_session(session_id, SessionStatus::Failed, Some(&reason))
+            .await
+        {
+            Ok(true) => {
+                metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
+                tracing::error!(%reason, "session failed: the store outage lasted too long");
+            }
+            // Its first ending stuck (another path ended it first).
+            Ok(false) => tracing::warn!(%reason, "the session had already ended"),
+            Err(finish_error) => tracing::error!(
+                %reason, %finish_error,
+                "cannot record the session's end either; it is left for crash recovery at the next start"
+            ),
+        }
+        error.into()
+    }
+
+    /// The last few successful turns with their tool results, oldest first:
+    /// from the store on a session's first turn (and on resume), then from
+    /// the cache, which each commit extends. The store stays the source of
+    /// truth; the cache only saves reading it back every turn.
+    async fn transcript(&self, session_id: &str) -> Result<Vec<TranscriptEntry>, HeistError> {
+        if let Some(entries) = self
+            .transcript
+            .lock()
+            .as_ref()
+            .and_then(|cache| cache.entries_of(session_id))
+        {
+            return Ok(entries);
+        }
+        let recent = self
+            .store
+            .recent_turns(session_id, self.context_messages)
+            .await?;
+        let cache = TranscriptCache::from_recent(session_id, &recent);
+        let entries = cache.entries_of(session_id).unwrap_or_default();
+        *self.transcript.lock() = Some(cache);
+        Ok(entries)
+    }
+
+    /// Drops the cached transcript: the next turn reads it from the store.
+    fn forget_transcript(&self) {
+        *self.transcript.lock() = None;
+    }
+
+    /// Adds a committed turn to the cached transcript, if it is that
+    /// session's.
+    fn remember_committed_turn(&self, record: &TurnRecord) {
+        if let Some(cache) = self.transcript.lock().as_mut() {
+            cache.remember(record, self.context_messages);
+        }
     }
 }

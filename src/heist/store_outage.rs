@@ -6,31 +6,40 @@
 //! `active` for crash recovery at the next start. It never skips a turn and
 //! never marks a session ended that the store has not recorded.
 //!
-//! It knows nothing about SQLite: the store says what is an outage
-//! (`StoreError::is_outage`).
+//! [`StoreOutageRule`] only retries the commit it is given; it holds no
+//! store handle. Ending the session after a too-long outage is the session
+//! loop's (`SessionLoop::end_after_store_outage`). It knows nothing about
+//! SQLite: the store says what is an outage (`StoreError::is_outage`).
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{HeistError, HeistRunner};
+use super::control::RunControl;
 use crate::metrics as names;
-use crate::store::{SessionStatus, StoreError};
+use crate::store::StoreError;
 
 /// The first wait after a failed commit; doubled after each further one.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// The longest wait between two tries of a paused commit.
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
 
-impl HeistRunner {
+/// How a session waits out a store that cannot take its commits.
+pub(super) struct StoreOutageRule {
+    /// `store.max_outage_ms`: how long one commit may be retried.
+    pub longest: Duration,
+}
+
+impl StoreOutageRule {
     /// Runs `commit` until it succeeds, pausing through a store outage of
     /// up to `store.max_outage_ms`. A refusal that is not an outage, an
     /// outage that lasts too long, or a stop request ends the wait with
     /// the last error.
-    pub(super) async fn through_store_outage<T, Commit, Attempt>(
+    pub async fn through<T, Commit, Attempt>(
         &self,
         what: &str,
+        control: &RunControl,
         mut commit: Commit,
     ) -> Result<T, StoreError>
     where
@@ -38,7 +47,7 @@ impl HeistRunner {
         Attempt: Future<Output = Result<T, StoreError>>,
     {
         let started = Instant::now();
-        let longest = Duration::from_millis(self.config.store.max_outage_ms);
+        let longest = self.longest;
         let mut wait = FIRST_RETRY;
         let mut paused = false;
         loop {
@@ -55,7 +64,7 @@ impl HeistRunner {
                 Err(error) => error,
             };
             let left = longest.saturating_sub(started.elapsed());
-            if left.is_zero() || self.stop_requested() {
+            if left.is_zero() || control.stop_requested() {
                 metrics::counter!(names::STORE_PAUSES_TOTAL, "outcome" => "gave_up").increment(1);
                 return Err(error);
             }
@@ -64,51 +73,8 @@ impl HeistRunner {
                     "cannot commit; the session pauses until the store is back");
                 paused = true;
             }
-            self.sleep_unless_stopped(wait.min(left)).await;
+            control.sleep_unless_stopped(wait.min(left)).await;
             wait = (wait * 2).min(LONGEST_RETRY);
         }
-    }
-
-    /// After an outage outlasted its limit: ends the session `failed` with
-    /// the cause if the store can record that now, and otherwise leaves it
-    /// `active`, for crash recovery at the next start. Metrics count only
-    /// what the store recorded.
-    pub(super) async fn end_after_store_outage(
-        &self,
-        session_id: &str,
-        what: &str,
-        error: StoreError,
-    ) -> HeistError {
-        // Another node owns the session now, or it has already ended: this
-        // run writes nothing more (fencing), not even its failure.
-        if matches!(
-            error,
-            StoreError::Fenced { .. } | StoreError::SessionEnded { .. }
-        ) {
-            tracing::warn!(%error, "{what} not recorded; this run stops and writes nothing more");
-            return error.into();
-        }
-        let reason = format!("{what} could not be recorded: {error}");
-        match self
-            .store
-            .finish_session(session_id, SessionStatus::Failed, Some(&reason))
-            .await
-        {
-            Ok(true) => {
-                metrics::counter!(names::SESSIONS_TOTAL, "status" => "failed").increment(1);
-                tracing::error!(%reason, "session failed: the store outage lasted too long");
-            }
-            // Its first ending stuck (another path ended it first).
-            Ok(false) => tracing::warn!(%reason, "the session had already ended"),
-            Err(finish_error) => tracing::error!(
-                %reason, %finish_error,
-                "cannot record the session's end either; it is left for crash recovery at the next start"
-            ),
-        }
-        error.into()
-    }
-
-    fn stop_requested(&self) -> bool {
-        self.stop.as_ref().is_some_and(|stop| *stop.borrow())
     }
 }

@@ -4,13 +4,16 @@
 //! sent to the tool service with the agent's bearer token. Each becomes a
 //! [`ToolOutcome`], counted in metrics and recorded as a `tool_usage` row.
 //!
-//! It decides whether a tool may run; how the call is made and retried is
-//! `clients` and `resilience`.
+//! [`ToolRunner`] holds the policy (the quota, the tool client, and the
+//! token cache whose refused tokens it forgets); the agent and its token
+//! come with each turn. It decides whether a tool may run; how the call is
+//! made and retried is `clients` and `resilience`. It never touches the
+//! store: the rows it returns are committed by the session loop.
 
 use tokio::time::Instant;
 
-use super::HeistRunner;
-use crate::clients::{AccessToken, CallError};
+use super::RunReport;
+use crate::clients::{AccessToken, CallError, TokenCache, ToolClient};
 use crate::metrics as names;
 use crate::scenario::Agent;
 use crate::store::ToolCallRecord;
@@ -58,9 +61,35 @@ impl ToolTally {
             ToolOutcome::Refused { .. } => self.refused += 1,
         }
     }
+
+    /// Adds this turn's tool calls to the run's counts.
+    pub fn add_to(&self, report: &mut RunReport) {
+        report.tool_calls_succeeded += self.succeeded;
+        report.tool_calls_failed += self.failed;
+        report.tool_calls_refused += self.refused;
+    }
 }
 
-impl HeistRunner {
+/// Runs a turn's tool requests under the policy.
+pub(super) struct ToolRunner {
+    /// `heist.max_tool_calls_per_turn`: requests past it are refused.
+    quota: usize,
+    /// The tool services, called with the agent's bearer token.
+    tools: ToolClient,
+    /// The turn player's token cache: a token a tool service refuses (401)
+    /// is forgotten here, so the next turn fetches a new one.
+    tokens: TokenCache,
+}
+
+impl ToolRunner {
+    pub fn new(quota: usize, tools: ToolClient, tokens: TokenCache) -> Self {
+        Self {
+            quota,
+            tools,
+            tokens,
+        }
+    }
+
     /// Runs a turn's requests in order under the policy; returns their rows
     /// and how they went.
     pub(super) async fn run_requests(
@@ -89,7 +118,7 @@ impl HeistRunner {
         request: &ToolRequest,
         token: &Result<AccessToken, CallError>,
     ) -> (ToolOutcome, f64) {
-        let quota = self.config.heist.max_tool_calls_per_turn;
+        let quota = self.quota;
         let refused = |reason| (ToolOutcome::Refused { reason }, 0.0);
         if index >= quota {
             return refused(format!("more than {quota} tool calls in one turn"));
@@ -117,7 +146,6 @@ impl HeistRunner {
         token: &AccessToken,
     ) -> ToolOutcome {
         let outcome = self
-            .clients
             .tools
             .call(&request.tool, &request.parameter, &token.value)
             .await;

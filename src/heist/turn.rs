@@ -2,17 +2,39 @@
 //! the recent transcript), ask the model, turn its reply into tool requests
 //! (text and native calls, written into the message in the prototype's
 //! notation), run them under the tool policy, and build the record the
-//! session commits. It never writes to the store and never decides how the
-//! session goes on.
+//! session commits.
+//!
+//! [`TurnPlayer`] holds the clients, the config, the scenario and the
+//! agents' token cache, and no store handle: it cannot write to the store,
+//! and it never decides how the session goes on. The transcript it shows
+//! the model is handed to it by the session loop, which read it.
 
-use super::prompt::PromptParts;
-use super::tools::{ToolTally, REFUSED_PREFIX};
-use super::{protocol, HeistRunner};
-use crate::clients::{AccessToken, CallError, ChatRequest, MemoryWrite, ModelReply, ToolSpec};
+use std::sync::Arc;
+
+use super::prompt::{ModelRoom, PromptBuilder, PromptParts};
+use super::tools::{ToolRunner, ToolTally, REFUSED_PREFIX};
+use super::transcript::TranscriptEntry;
+use crate::clients::{
+    AccessToken, CallError, ChatRequest, Clients, MemoryWrite, ModelReply, TokenCache, ToolSpec,
+};
+use crate::config::Config;
 use crate::metrics as names;
-use crate::scenario::Agent;
+use crate::scenario::{Agent, Scenario};
 use crate::store::{ToolCallRecord, TurnRecord};
 use crate::wire::{parse_tool_requests, ToolRequest};
+
+/// Plays one turn and returns its record; the session loop commits it.
+pub(super) struct TurnPlayer {
+    config: Arc<Config>,
+    scenario: Arc<Scenario>,
+    clients: Clients,
+    /// The agents' OAuth tokens, fetched on first use and kept until
+    /// shortly before they expire (shared with `tools`, which forgets a
+    /// token a tool service refuses).
+    tokens: TokenCache,
+    /// The tool policy the turn's requests run under.
+    tools: ToolRunner,
+}
 
 /// Which turn of which session is played, and how.
 pub(super) struct SessionTurn<'a> {
@@ -54,8 +76,40 @@ enum Asked {
     Unavailable(CallError),
 }
 
-impl HeistRunner {
-    pub(super) async fn play_turn(&self, session: &SessionTurn<'_>, agent: &Agent) -> TurnResult {
+impl TurnPlayer {
+    pub fn new(config: Arc<Config>, scenario: Arc<Scenario>, clients: Clients) -> Self {
+        let tokens = TokenCache::default();
+        let tools = ToolRunner::new(
+            config.heist.max_tool_calls_per_turn,
+            clients.tools.clone(),
+            tokens.clone(),
+        );
+        Self {
+            config,
+            scenario,
+            clients,
+            tokens,
+            tools,
+        }
+    }
+
+    pub fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+
+    /// Plays one turn of `session` for `agent`, showing the model
+    /// `transcript` (or failing the turn with the reason it could not be
+    /// read).
+    pub async fn play_turn(
+        &self,
+        session: &SessionTurn<'_>,
+        agent: &Agent,
+        transcript: Result<Vec<TranscriptEntry>, String>,
+    ) -> TurnResult {
         let mut record = TurnRecord {
             session_id: session.session_id.to_string(),
             turn_id: session.turn_id,
@@ -72,7 +126,7 @@ impl HeistRunner {
             trimmed: false,
         };
         let token = self.token_for(agent).await;
-        let (reply, trimmed) = match self.ask_model(session, agent).await {
+        let (reply, trimmed) = match self.ask_model(session, agent, transcript).await {
             Asked::Replied { reply, trimmed } => (reply, trimmed),
             Asked::Unavailable(error) => return TurnResult::ModelUnavailable(error),
             Asked::Failed(error) => {
@@ -85,7 +139,7 @@ impl HeistRunner {
         };
         note_reply(&mut record, &reply, trimmed);
         let (message, requests) = requests_in(&reply);
-        let (mut calls, mut tools) = self.run_requests(agent, requests, &token).await;
+        let (mut calls, mut tools) = self.tools.run_requests(agent, requests, &token).await;
         if session.native {
             if let Some(malformed) = malformed_native_request(&reply) {
                 tools.refused += 1;
@@ -107,11 +161,16 @@ impl HeistRunner {
     /// Builds a prompt that fits from the agent's memory and the transcript
     /// and asks the model; a context-length error teaches the client the
     /// window, and the turn asks once more, trimmed.
-    async fn ask_model(&self, session: &SessionTurn<'_>, agent: &Agent) -> Asked {
+    async fn ask_model(
+        &self,
+        session: &SessionTurn<'_>,
+        agent: &Agent,
+        transcript: Result<Vec<TranscriptEntry>, String>,
+    ) -> Asked {
         let memory = self
             .compressed_memory(session.session_id, session.turn_id, agent)
             .await;
-        let transcript = match self.transcript(session.session_id).await {
+        let transcript = match transcript {
             Ok(transcript) => transcript,
             Err(error) => return Asked::Failed(format!("cannot read the transcript: {error}")),
         };
@@ -123,9 +182,22 @@ impl HeistRunner {
             native: session.native,
         };
         let native_tools = self.native_tools(agent, session.native);
+        let prompt = PromptBuilder {
+            scenario: &self.scenario,
+            agent,
+        };
+        let llm = &self.clients.llm;
+        let estimate = |messages: &[_], tools: &[_]| llm.estimate_tokens(messages, tools);
         let mut last_error = None;
         for _ in 0..2 {
-            let fitted = match self.fit(agent, parts.clone(), &native_tools) {
+            // Read each time: a context-length error teaches the window.
+            let room = ModelRoom {
+                window: llm.context_tokens(),
+                max_tokens: llm.max_tokens(),
+                min_completion_tokens: self.config.llm.min_completion_tokens,
+                estimate: &estimate,
+            };
+            let fitted = match prompt.fit(parts.clone(), &native_tools, &room) {
                 Ok(fitted) => fitted,
                 Err(error) => return Asked::Failed(error),
             };
@@ -183,19 +255,15 @@ impl HeistRunner {
 
     /// The agent's tools as native function specs, when the session uses
     /// native tool calling; none otherwise.
-    pub(super) fn native_tools(&self, agent: &Agent, native: bool) -> Vec<ToolSpec> {
+    fn native_tools(&self, agent: &Agent, native: bool) -> Vec<ToolSpec> {
         if !native {
             return Vec::new();
         }
-        let documents: Vec<&str> = self.scenario.documents.keys().map(String::as_str).collect();
-        agent
-            .tools
-            .iter()
-            .map(|tool| ToolSpec {
-                name: tool.clone(),
-                description: protocol::describe_tool(tool, &documents),
-            })
-            .collect()
+        PromptBuilder {
+            scenario: &self.scenario,
+            agent,
+        }
+        .native_tools()
     }
 
     async fn token_for(&self, agent: &Agent) -> Result<AccessToken, CallError> {

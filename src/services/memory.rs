@@ -40,7 +40,9 @@ use super::tools::{authenticate, authorize, AuthError};
 use super::{error_response, health_body, JsonBody};
 use crate::config::MemoryServiceConfig;
 use crate::wire::{
-    Companion, COMPRESSED_MEMORY_PATH, HEALTH_PATH, IDEMPOTENCY_KEY_HEADER, STORE_MEMORY_PATH,
+    Companion, CompressedMemoryReply, CompressedMemoryRequest, CompressedSummary, MemoryWrite,
+    SessionCountReply, COMPRESSED_MEMORY_PATH, HEALTH_PATH, IDEMPOTENCY_KEY_HEADER,
+    STORE_MEMORY_PATH,
 };
 
 /// Reads and writes any agent's memories, lists, counts and clears them.
@@ -67,24 +69,6 @@ pub struct MemoryState {
     limits: MemoryServiceConfig,
     /// Changes whenever the service starts empty (kept in its file).
     instance_id: Arc<str>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct StoreRequest {
-    pub agent_id: String,
-    pub turn_id: i64,
-    pub message: String,
-    pub game_session_id: String,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CompressedRequest {
-    pub agent_id: String,
-    pub game_session_id: String,
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: usize,
-    #[serde(default = "default_recent_count")]
-    pub recent_count: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -366,7 +350,7 @@ pub fn compress(
 async fn store_memory(
     State(state): State<MemoryState>,
     headers: HeaderMap,
-    JsonBody(request): JsonBody<StoreRequest>,
+    JsonBody(request): JsonBody<MemoryWrite>,
 ) -> Response {
     if let Err(refusal) =
         authorize_agent(&headers, &state.key, Some(&request.agent_id), WRITE_SCOPE)
@@ -418,7 +402,7 @@ async fn store_memory(
 }
 
 /// Refuses an empty or oversized write before the store is locked.
-fn check_write(request: &StoreRequest) -> Option<Response> {
+fn check_write(request: &MemoryWrite) -> Option<Response> {
     if request.agent_id.is_empty() || request.game_session_id.is_empty() {
         return Some(error_response(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -445,7 +429,7 @@ fn check_write(request: &StoreRequest) -> Option<Response> {
 fn check_quota(
     memories: &Memories,
     limits: &MemoryServiceConfig,
-    request: &StoreRequest,
+    request: &MemoryWrite,
 ) -> Option<Response> {
     let bytes = request.message.len();
     let (entries, held) = memories
@@ -497,7 +481,7 @@ fn remember_key(memories: &mut Memories, remembered: (String, String)) {
 async fn get_compressed_memory(
     State(state): State<MemoryState>,
     headers: HeaderMap,
-    JsonBody(request): JsonBody<CompressedRequest>,
+    JsonBody(request): JsonBody<CompressedMemoryRequest>,
 ) -> Response {
     if let Err(refusal) = authorize_agent(&headers, &state.key, Some(&request.agent_id), READ_SCOPE)
     {
@@ -512,17 +496,17 @@ async fn get_compressed_memory(
         .unwrap_or_default();
     let (summary, compressed_count) = compress(entries, request.max_tokens, request.recent_count);
     let estimated_tokens = summary.len().div_ceil(4);
-    Json(serde_json::json!({
-        "status": "success",
-        "agent_id": request.agent_id,
-        "game_session_id": request.game_session_id,
+    let memories_count = entries.len();
+    Json(CompressedMemoryReply {
+        status: "success".into(),
+        agent_id: request.agent_id,
+        game_session_id: request.game_session_id,
         // The prototype's client reads `compressed_summary`; newer ones `summary`.
-        "summary": summary,
-        "compressed_summary": summary,
-        "memories_count": entries.len(),
-        "compressed_count": compressed_count,
-        "estimated_tokens": estimated_tokens,
-    }))
+        summary: CompressedSummary::new(summary),
+        memories_count,
+        compressed_count,
+        estimated_tokens,
+    })
     .into_response()
 }
 
@@ -569,9 +553,13 @@ async fn count_memories(
         .lock()
         .sessions
         .get(&session_id)
-        .map_or(0, |session| session.entries);
-    Json(serde_json::json!({ "status": "success", "game_session_id": session_id, "count": count }))
-        .into_response()
+        .map_or(0, |session| session.entries) as u64;
+    Json(SessionCountReply {
+        status: "success".into(),
+        game_session_id: session_id,
+        count,
+    })
+    .into_response()
 }
 
 async fn stats(State(state): State<MemoryState>, headers: HeaderMap) -> Response {
@@ -639,14 +627,6 @@ fn first_sentence(message: &str, max_chars: usize) -> String {
             sentence.chars().take(max_chars).collect::<String>()
         )
     }
-}
-
-fn default_max_tokens() -> usize {
-    500
-}
-
-fn default_recent_count() -> usize {
-    3
 }
 
 #[cfg(test)]

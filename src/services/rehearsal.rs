@@ -19,10 +19,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 
 use super::{error_response, health_body, JsonBody};
 use crate::scenario::Scenario;
+use crate::wire::openai::{
+    AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatMessage,
+    Choice, ChunkChoice, Delta, FunctionCall, FunctionDelta, ToolArguments, ToolCall,
+    ToolCallDelta, Usage, FUNCTION_TYPE,
+};
 use crate::wire::{
     parse_tool_requests, Companion, CHAT_COMPLETIONS_PATH, HEALTH_PATH, MODELS_PATH, OPENAI_PREFIX,
     REHEARSAL_MODEL_ID,
@@ -34,37 +38,8 @@ pub struct RehearsalState {
     default_seed: u64,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    #[serde(default)]
-    pub model: Option<String>,
-    pub messages: Vec<ChatMessage>,
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// Native function specs: when present, tool requests come back as
-    /// `tool_calls` instead of `[TOOL:...]` in the text.
-    #[serde(default)]
-    pub tools: Vec<serde_json::Value>,
-    /// `{"type": "function", "function": {"name": ...}}` forces that call
-    /// (how heistd checks that a model supports native tool calling).
-    #[serde(default)]
-    pub tool_choice: Option<serde_json::Value>,
-    #[serde(default)]
-    pub max_tokens: Option<u32>,
-    /// Answer in server-sent events.
-    #[serde(default)]
-    pub stream: bool,
-    /// `{"include_usage": true}` asks for `usage` in a last event.
-    #[serde(default)]
-    pub stream_options: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    #[serde(default)]
-    pub content: Option<String>,
-}
+/// A chat request as the rehearsal model reads it (the shape is `wire`'s).
+pub type ChatRequest = ChatCompletionRequest<'static, Vec<ChatMessage<String>>>;
 
 impl RehearsalState {
     pub fn new(scenario: Arc<Scenario>, default_seed: u64) -> Self {
@@ -80,7 +55,7 @@ impl RehearsalState {
     pub fn reply(&self, request: &ChatRequest) -> Result<String, String> {
         let preflight = request.max_tokens == Some(1)
             && matches!(request.messages.as_slice(), [only] if only.role == "user"
-                && only.content.as_deref() == Some(crate::wire::PREFLIGHT_PROMPT));
+                && only.content == crate::wire::PREFLIGHT_PROMPT);
         if preflight {
             return Ok("OK".into());
         }
@@ -88,7 +63,7 @@ impl RehearsalState {
             .messages
             .iter()
             .filter(|message| message.role == "system")
-            .filter_map(|message| message.content.as_deref())
+            .map(|message| message.content.as_str())
             .collect::<Vec<_>>()
             .join("\n");
         let agent = self
@@ -105,7 +80,7 @@ impl RehearsalState {
             .iter()
             .rev()
             .find(|message| message.role == "user")
-            .and_then(|message| message.content.as_deref());
+            .map(|message| message.content.as_str());
         let turn = last_user.and_then(turn_number).unwrap_or(1);
         let seed = request.seed.unwrap_or(self.default_seed);
         let tool_index = (turn.wrapping_add(seed) % agent.tools.len().max(1) as u64) as usize;
@@ -160,7 +135,7 @@ async fn chat_completions(
     JsonBody(request): JsonBody<ChatRequest>,
 ) -> Response {
     if let Some(model) = &request.model {
-        if model != REHEARSAL_MODEL_ID {
+        if model.as_ref() != REHEARSAL_MODEL_ID {
             return error_response(
                 StatusCode::NOT_FOUND,
                 format!("model `{model}` not found; this endpoint serves `{REHEARSAL_MODEL_ID}`"),
@@ -170,15 +145,13 @@ async fn chat_completions(
     if let Some(forced) = request
         .tool_choice
         .as_ref()
-        .and_then(|choice| choice["function"]["name"].as_str())
+        .and_then(|choice| choice.forced_function())
     {
-        let call = serde_json::json!({
-            "id": "call_0",
-            "type": "function",
-            "function": { "name": forced, "arguments": "{\"parameter\": \"\"}" },
-        });
-        let message =
-            serde_json::json!({ "role": "assistant", "content": null, "tool_calls": [call] });
+        let message = AssistantMessage {
+            role: Some("assistant".into()),
+            content: None,
+            tool_calls: vec![tool_call(0, forced, String::new())],
+        };
         return answer(&request, &state, message, None);
     }
     let content = match state.reply(&request) {
@@ -188,7 +161,7 @@ async fn chat_completions(
     let offered: Vec<&str> = request
         .tools
         .iter()
-        .filter_map(|tool| tool["function"]["name"].as_str())
+        .map(|tool| tool.function.name.as_str())
         .collect();
     let (content, tool_calls) = if offered.is_empty() {
         (content, Vec::new())
@@ -198,20 +171,20 @@ async fn chat_completions(
     let prompt_chars: usize = request
         .messages
         .iter()
-        .filter_map(|message| message.content.as_deref())
-        .map(str::len)
+        .map(|message| message.content.len())
         .sum();
-    let completion_tokens = content.len().div_ceil(4);
-    let prompt_tokens = prompt_chars.div_ceil(4);
-    let mut message = serde_json::json!({ "role": "assistant", "content": content });
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = serde_json::Value::Array(tool_calls);
-    }
-    let usage = serde_json::json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    });
+    let completion_tokens = content.len().div_ceil(4) as u32;
+    let prompt_tokens = prompt_chars.div_ceil(4) as u32;
+    let message = AssistantMessage {
+        role: Some("assistant".into()),
+        content: Some(content),
+        tool_calls,
+    };
+    let usage = Usage {
+        prompt_tokens: Some(prompt_tokens),
+        completion_tokens: Some(completion_tokens),
+        total_tokens: Some(prompt_tokens + completion_tokens),
+    };
     answer(&request, &state, message, Some(usage))
 }
 
@@ -220,88 +193,92 @@ async fn chat_completions(
 fn answer(
     request: &ChatRequest,
     state: &RehearsalState,
-    message: serde_json::Value,
-    usage: Option<serde_json::Value>,
+    message: AssistantMessage,
+    usage: Option<Usage>,
 ) -> Response {
-    let finish_reason = if message.get("tool_calls").is_some() {
-        "tool_calls"
-    } else {
+    let finish_reason = if message.tool_calls.is_empty() {
         "stop"
+    } else {
+        "tool_calls"
     };
     let id = format!("rehearsal-{}", request.seed.unwrap_or(state.default_seed));
     if request.stream {
         let include_usage = request
             .stream_options
-            .as_ref()
-            .is_some_and(|options| options["include_usage"] == true);
+            .is_some_and(|options| options.include_usage);
         let usage = usage.filter(|_| include_usage);
         return event_stream(&id, &message, finish_reason, usage);
     }
-    let mut reply = serde_json::json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": chrono::Utc::now().timestamp(),
-        "model": REHEARSAL_MODEL_ID,
-        "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason }],
-    });
-    if let Some(usage) = usage {
-        reply["usage"] = usage;
-    }
+    let reply = ChatCompletion {
+        id: Some(id),
+        object: Some("chat.completion".into()),
+        created: Some(chrono::Utc::now().timestamp()),
+        model: Some(REHEARSAL_MODEL_ID.into()),
+        choices: vec![Choice {
+            index: 0,
+            message,
+            finish_reason: Some(finish_reason.into()),
+        }],
+        usage,
+    };
     Json(reply).into_response()
 }
 
 /// A whole reply as the server-sent events a streaming server would send.
 fn event_stream(
     id: &str,
-    message: &serde_json::Value,
+    message: &AssistantMessage,
     finish_reason: &str,
-    usage: Option<serde_json::Value>,
+    usage: Option<Usage>,
 ) -> Response {
-    let chunk = |choices: serde_json::Value| {
-        serde_json::json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "model": REHEARSAL_MODEL_ID,
-            "choices": choices,
-        })
+    let chunk = |choices: Vec<ChunkChoice>| ChatCompletionChunk {
+        id: Some(id.to_string()),
+        object: Some("chat.completion.chunk".into()),
+        model: Some(REHEARSAL_MODEL_ID.into()),
+        choices,
+        usage: None,
     };
-    let delta = |delta: serde_json::Value| {
-        chunk(serde_json::json!([{ "index": 0, "delta": delta, "finish_reason": null }]))
+    let delta = |delta: Delta| {
+        chunk(vec![ChunkChoice {
+            index: 0,
+            delta: Some(delta),
+            finish_reason: None,
+        }])
     };
-    let mut events = vec![delta(
-        serde_json::json!({ "role": "assistant", "content": "" }),
-    )];
-    let content = message["content"].as_str().unwrap_or_default();
+    let mut events = vec![delta(Delta {
+        role: Some("assistant".into()),
+        content: Some(String::new()),
+        ..Delta::default()
+    })];
+    let content = message.content.as_deref().unwrap_or_default();
     for piece in pieces(content, 3) {
-        events.push(delta(serde_json::json!({ "content": piece })));
+        events.push(delta(Delta {
+            content: Some(piece.to_string()),
+            ..Delta::default()
+        }));
     }
-    let calls = message["tool_calls"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for (index, call) in calls.iter().enumerate() {
-        events.push(delta(serde_json::json!({ "tool_calls": [{
-            "index": index, "id": call["id"], "type": "function",
-            "function": { "name": call["function"]["name"], "arguments": "" },
-        }] })));
-        let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
-        for piece in pieces(arguments, 2) {
-            events.push(delta(serde_json::json!({ "tool_calls": [{
-                "index": index, "function": { "arguments": piece },
-            }] })));
-        }
+    for (index, call) in message.tool_calls.iter().enumerate() {
+        events.extend(tool_call_pieces(index, call).into_iter().map(delta));
     }
-    events.push(chunk(
-        serde_json::json!([{ "index": 0, "delta": {}, "finish_reason": finish_reason }]),
-    ));
+    events.push(chunk(vec![ChunkChoice {
+        index: 0,
+        delta: Some(Delta::default()),
+        finish_reason: Some(finish_reason.into()),
+    }]));
     if let Some(usage) = usage {
-        let mut last = chunk(serde_json::json!([]));
-        last["usage"] = usage;
-        events.push(last);
+        events.push(ChatCompletionChunk {
+            usage: Some(usage),
+            ..chunk(Vec::new())
+        });
     }
     let mut body: String = events
         .iter()
-        .map(|event| format!("data: {event}\n\n"))
+        .map(|event| {
+            format!(
+                "data: {}\n\n",
+                serde_json::to_string(event).unwrap_or_default()
+            )
+        })
         .collect();
     body.push_str("data: [DONE]\n\n");
     (
@@ -309,6 +286,37 @@ fn event_stream(
         body,
     )
         .into_response()
+}
+
+/// One native call as the deltas that stream it: its id and name first,
+/// then its arguments in pieces.
+fn tool_call_pieces(index: usize, call: &ToolCall) -> Vec<Delta> {
+    let first = ToolCallDelta {
+        index: Some(index),
+        id: call.id.clone(),
+        kind: Some(FUNCTION_TYPE.into()),
+        function: Some(FunctionDelta {
+            name: Some(call.function.name.clone()),
+            arguments: Some(String::new()),
+        }),
+    };
+    let more = pieces(&call.function.arguments, 2)
+        .into_iter()
+        .map(|piece| ToolCallDelta {
+            index: Some(index),
+            function: Some(FunctionDelta {
+                name: None,
+                arguments: Some(piece.to_string()),
+            }),
+            ..ToolCallDelta::default()
+        });
+    std::iter::once(first)
+        .chain(more)
+        .map(|piece| Delta {
+            tool_calls: vec![piece],
+            ..Delta::default()
+        })
+        .collect()
 }
 
 /// `text` in at most `count` pieces of about equal length, cut between
@@ -332,7 +340,7 @@ fn pieces(text: &str, count: usize) -> Vec<&str> {
 /// Moves the script's `[TOOL:name:parameter]` requests for offered tools out
 /// of the text and into OpenAI `tool_calls`, as a function-calling model
 /// would answer.
-fn split_native(content: &str, offered: &[&str]) -> (String, Vec<serde_json::Value>) {
+fn split_native(content: &str, offered: &[&str]) -> (String, Vec<ToolCall>) {
     let requests = parse_tool_requests(content);
     let mut text = content.to_string();
     let mut calls = Vec::new();
@@ -341,16 +349,21 @@ fn split_native(content: &str, offered: &[&str]) -> (String, Vec<serde_json::Val
             continue;
         }
         text = text.replacen(&request.notation(), "", 1);
-        calls.push(serde_json::json!({
-            "id": format!("call_{index}"),
-            "type": "function",
-            "function": {
-                "name": request.tool,
-                "arguments": serde_json::json!({ "parameter": request.parameter }).to_string(),
-            },
-        }));
+        calls.push(tool_call(index, &request.tool, request.parameter.clone()));
     }
     (text.trim().to_string(), calls)
+}
+
+/// A native call of `tool` with its one `parameter`, the `index`th asked.
+fn tool_call(index: usize, tool: &str, parameter: String) -> ToolCall {
+    ToolCall {
+        id: Some(format!("call_{index}")),
+        kind: Some(FUNCTION_TYPE.into()),
+        function: FunctionCall {
+            name: tool.to_string(),
+            arguments: ToolArguments { parameter }.to_json(),
+        },
+    }
 }
 
 async fn models() -> Json<serde_json::Value> {
@@ -385,13 +398,14 @@ mod tests {
             messages: vec![
                 ChatMessage {
                     role: "system".into(),
-                    content: Some(format!("You are the {agent}, of course.")),
+                    content: format!("You are the {agent}, of course."),
                 },
                 ChatMessage {
                     role: "user".into(),
-                    content: Some(format!("Turn {turn} of 12. Your move.")),
+                    content: format!("Turn {turn} of 12. Your move."),
                 },
             ],
+            temperature: None,
             seed: Some(seed),
             tools: Vec::new(),
             tool_choice: None,
@@ -519,10 +533,9 @@ mod tests {
         let (text, calls) = split_native(line, &["database_query", "calculator"]);
         assert_eq!(text, "Checking the rota.");
         assert_eq!(calls.len(), 1);
-        assert_eq!(calls[0]["function"]["name"], "database_query");
+        assert_eq!(calls[0].function.name, "database_query");
         let arguments: serde_json::Value =
-            serde_json::from_str(calls[0]["function"]["arguments"].as_str().expect("string"))
-                .expect("json");
+            serde_json::from_str(&calls[0].function.arguments).expect("json");
         assert_eq!(arguments["parameter"], "SELECT name FROM guards");
         let (kept, none) = split_native(line, &["calculator"]);
         assert_eq!(

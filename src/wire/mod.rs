@@ -8,8 +8,20 @@
 //! escapes control characters and truncates, so a client cannot forge log
 //! lines or flood the log.
 //!
+//! The bodies that both sides of a call spell are here too, as serde
+//! structs: the memory companion's (`memory`) and OpenAI chat completions
+//! (`openai`), which the LLM client sends and the rehearsal model answers.
+//!
 //! It is the bottom of the crate: it must import nothing from it, and it
 //! holds no behaviour beyond naming, parsing and escaping what is on the wire.
+
+pub mod memory;
+pub mod openai;
+
+pub use memory::{
+    CompressedMemoryReply, CompressedMemoryRequest, CompressedSummary, MemoryWrite,
+    SessionCountReply,
+};
 
 /// Characters of a value that came over the wire that a log line keeps.
 pub const LOG_VALUE_MAX_CHARS: usize = 256;

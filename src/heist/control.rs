@@ -1,0 +1,52 @@
+//! What a session is told from outside while it plays: the stop signal
+//! (the daemon is stopping: the session ends `interrupted` before its next
+//! turn, and a pause is cut short) and where its notices go (the CLI prints
+//! them; the daemon logs them). Every waiting part of the runner sleeps
+//! through [`RunControl::sleep_unless_stopped`], so a stop is never missed
+//! in a pause.
+//!
+//! It holds no session state and touches neither the store nor a service.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{NoticeSink, RunNotice};
+
+/// The stop signal and the notice sink of a runner, both optional.
+#[derive(Clone, Default)]
+pub(super) struct RunControl {
+    /// Set to true when the daemon stops: the session ends `interrupted`
+    /// before its next turn.
+    pub stop: Option<watch::Receiver<bool>>,
+    /// Told of pauses and fallbacks, besides the log.
+    pub notices: Option<NoticeSink>,
+}
+
+impl RunControl {
+    /// Whether the session has been told to stop.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.as_ref().is_some_and(|stop| *stop.borrow())
+    }
+
+    /// Sleeps `pause`; false when told to stop first.
+    pub async fn sleep_unless_stopped(&self, pause: Duration) -> bool {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = async {
+                match stop.as_mut() {
+                    Some(stop) => { let _ = stop.wait_for(|stop| *stop).await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => false,
+        }
+    }
+
+    /// Tells the notice sink, if there is one.
+    pub fn notify(&self, notice: &RunNotice) {
+        if let Some(notices) = &self.notices {
+            notices(notice);
+        }
+    }
+}
