@@ -164,7 +164,9 @@ impl SessionLoop {
         let span = tracing::info_span!("session", session_id = %session_id);
         async move {
             tracing::info!(seed, turns, last_turn, "resuming session");
-            self.outbox.deliver_in_passing(session_id, 0, Owed::ClaimFirst).await;
+            self.outbox
+                .deliver_in_passing(session_id, 0, Owed::ClaimFirst)
+                .await;
             // What the crashed run had read is not this run's to trust.
             self.forget_transcript();
             let plan = Plan {

@@ -51,6 +51,9 @@ pub(super) struct ToolTally {
     pub succeeded: u32,
     pub failed: u32,
     pub refused: u32,
+    /// Calls the policy allowed that could not be made because the agent
+    /// had no access token: they make the turn a failed one.
+    pub without_token: u32,
 }
 
 impl ToolTally {
@@ -102,6 +105,9 @@ impl ToolRunner {
         let mut records = Vec::with_capacity(requests.len());
         for (index, request) in requests.into_iter().enumerate() {
             let (outcome, duration_ms) = self.decide_and_run(agent, index, &request, token).await;
+            if token.is_err() && matches!(outcome, ToolOutcome::Failed { .. }) {
+                tally.without_token += 1;
+            }
             metrics::counter!(names::TOOL_CALLS_TOTAL, "tool" => tool_label(&request.tool), "outcome" => outcome.label()).increment(1);
             tally.count(&outcome);
             records.push(record(request, outcome, duration_ms));

@@ -140,6 +140,15 @@ impl TurnPlayer {
         note_reply(&mut record, &reply, trimmed);
         let (message, requests) = requests_in(&reply);
         let (mut calls, mut tools) = self.tools.run_requests(agent, requests, &token).await;
+        // Tools the agent asked for could not run without a token: the
+        // turn did not do what it said, so it fails (a turn that asked for
+        // no tool is not hurt by a missing token).
+        if let (Err(error), true) = (&token, tools.without_token > 0) {
+            record.error = Some(format!(
+                "no access token for {}: {error}; {} tool call(s) could not run",
+                agent.name, tools.without_token
+            ));
+        }
         if session.native {
             if let Some(malformed) = malformed_native_request(&reply) {
                 tools.refused += 1;

@@ -332,12 +332,14 @@ async fn a_hung_llm_is_cut_at_its_timeout() {
     assert!(reason.contains("no answer within 300 ms"), "{reason}");
 }
 
+/// A turn whose tools could not run because no token could be had did not
+/// do what it said: it is a failed turn, and a session made of them is not
+/// `completed`. A turn that asked for no tool is not hurt.
 #[tokio::test]
-async fn an_oauth_outage_fails_tool_calls_not_the_run() {
+async fn an_oauth_outage_fails_the_turns_whose_tools_could_not_run() {
     let stack = TestStack::start().await;
     stack.set_fault("oauth", fault(true, 0.0));
     let (report, detail) = run(&stack, 5, 9).await;
-    assert_eq!(report.status, SessionStatus::Completed);
     assert!(!detail.tool_usage.is_empty());
     for call in &detail.tool_usage {
         assert!(!call.success);
@@ -350,6 +352,26 @@ async fn an_oauth_outage_fails_tool_calls_not_the_run() {
             call.error
         );
     }
+    let turns_with_tools: BTreeSet<i64> =
+        detail.tool_usage.iter().map(|call| call.turn_id).collect();
+    for message in &detail.messages {
+        let error = message.error.as_deref().unwrap_or_default();
+        if turns_with_tools.contains(&message.turn_id) {
+            assert!(
+                error.starts_with(&format!("no access token for {}", message.agent_name)),
+                "turn {}: {error:?}",
+                message.turn_id
+            );
+        } else {
+            assert_eq!(error, "", "turn {} asked for no tool", message.turn_id);
+        }
+    }
+    assert_eq!(report.failed_turns as usize, turns_with_tools.len());
+    assert!(
+        turns_with_tools.len() * 2 > detail.messages.len(),
+        "seed 9 asks for tools in most turns: {turns_with_tools:?}"
+    );
+    assert_eq!(report.status, SessionStatus::Failed, "{report:?}");
 }
 
 #[tokio::test]
