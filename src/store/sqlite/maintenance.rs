@@ -15,6 +15,27 @@ use crate::store::{timestamp, StoreError, SCHEMA_VERSION};
 
 /// Statements kept prepared per connection; more than the store has.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
+/// A new audit trail (and its lock file) is readable by its owner and
+/// group only, whatever the umask: it holds every message and tool result.
+/// SQLite gives its `-wal` and `-shm` files the database's mode.
+pub(crate) const NEW_FILE_MODE: u32 = 0o640;
+
+/// Creates `path` empty with [`NEW_FILE_MODE`] if it does not exist (an
+/// empty file is an empty SQLite database); an existing file keeps its
+/// mode, which is its owner's choice.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(NEW_FILE_MODE)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
 
 impl Store {
     /// Opens (creating if needed) the store, sets WAL mode and migrates.
@@ -23,6 +44,9 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
+        // Should it fail (a missing or read-only folder), SQLite's own open
+        // below fails the same way and its error is the one reported.
+        let _ = create_private(path);
         let connection = Connection::open(path).map_err(open_error)?;
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
@@ -83,11 +107,13 @@ impl Store {
     /// its one writing process: a second writer is refused with a clear
     /// error rather than fighting over SQLite's write lock.
     pub fn open_configured(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let lock_path = lock_path(&config.path);
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(NEW_FILE_MODE)
             .open(&lock_path)
             .map_err(|source| StoreError::LockFile {
                 path: lock_path.display().to_string(),

@@ -131,3 +131,52 @@ fn a_second_writer_is_refused_until_the_first_closes() {
     // Readers (sessions, the test harness) need no lock.
     Store::open(&config.path, Synchronous::Normal).expect("a reader opens beside a writer");
 }
+
+/// The audit trail holds every message and tool result: a new database,
+/// its WAL and its lock file are not readable by other users, whatever
+/// the umask; a clean close leaves only the database.
+#[test]
+fn a_new_store_is_private_and_a_clean_close_leaves_only_the_database() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let config = crate::config::StoreConfig {
+        path: directory.path().join("audit.db"),
+        ..crate::config::StoreConfig::default()
+    };
+    let mode = |name: &str| {
+        std::fs::metadata(directory.path().join(name))
+            .unwrap_or_else(|error| panic!("{name}: {error}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(directory.path())
+            .expect("list")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    {
+        let store = Store::open_configured(&config).expect("open");
+        let id = store.create_session(&new_session(1, 1)).expect("create");
+        store.record_turn(&turn(&id, 1)).expect("turn");
+        for name in ["audit.db", "audit.db-wal", "audit.db-shm", "audit.db.lock"] {
+            assert_eq!(
+                mode(name),
+                super::super::maintenance::NEW_FILE_MODE,
+                "{name}"
+            );
+        }
+    }
+    assert_eq!(listing(), ["audit.db"]);
+    let store = Store::open_configured(&config).expect("reopen");
+    assert_eq!(store.find_sessions(None, None, 10).expect("list").len(), 1);
+}
