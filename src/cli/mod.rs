@@ -15,8 +15,10 @@ pub mod args;
 pub mod output;
 mod demo;
 pub mod logging;
+mod query_worker;
 mod reload;
 pub use demo::{demo, DemoOptions};
+pub use query_worker::query_worker;
 pub use reload::reload;
 
 use tokio::sync::watch;

@@ -51,12 +51,16 @@ pub struct DatabaseToolConfig {
     /// A reply larger than this (as JSON) is refused with 413.
     #[serde(default = "default_max_reply_bytes")]
     pub max_reply_bytes: usize,
-    /// A query still running after this is interrupted from outside.
+    /// A query's wall-clock and CPU time: its worker process is killed
+    /// when it passes.
     #[serde(default = "default_time_limit_ms")]
     pub time_limit_ms: u64,
-    /// Read-only connections, and so queries running at once.
+    /// Worker processes, and so queries running at once.
     #[serde(default = "default_max_concurrent_queries")]
     pub max_concurrent_queries: usize,
+    /// The heistd binary that runs query workers; unset: this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_program: Option<std::path::PathBuf>,
 }
 
 /// Bounds on the memory service, and the file it persists to (if any).
@@ -89,6 +93,7 @@ impl Default for DatabaseToolConfig {
             max_reply_bytes: default_max_reply_bytes(),
             time_limit_ms: default_time_limit_ms(),
             max_concurrent_queries: default_max_concurrent_queries(),
+            worker_program: None,
         }
     }
 }
