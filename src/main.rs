@@ -46,7 +46,6 @@ async fn execute(command: Command) -> Result<(), CliError> {
         Command::Config { action } => cli::output::print(&cli::config(action)?),
         Command::Reload(args) => cli::output::print(&cli::reload(args).await?),
         Command::Store { action } => cli::output::print(&cli::store(action).await?),
-        Command::QueryWorker => cli::query_worker().await?,
     }
     Ok(())
 }

@@ -86,10 +86,6 @@ pub enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
-    /// One database query worker on stdin and stdout; the database tool
-    /// starts these itself.
-    #[command(hide = true)]
-    QueryWorker,
 }
 
 #[derive(Subcommand)]

@@ -18,7 +18,7 @@ pub mod logging;
 mod query_worker;
 mod reload;
 pub use demo::{demo, DemoOptions};
-pub use query_worker::query_worker;
+use query_worker::query_worker;
 pub use reload::reload;
 
 use tokio::sync::watch;
@@ -374,6 +374,10 @@ pub async fn services(
     names: &[String],
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
+    // Not a companion: a database query worker, which one starts (hidden).
+    if names == [services::query_worker::WORKER_SUBCOMMAND] {
+        return query_worker().await;
+    }
     let (config, _) = load_config(path.as_deref())?;
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     let all = names.is_empty() || names.iter().any(|name| name == "all");

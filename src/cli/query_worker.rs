@@ -1,5 +1,5 @@
-//! `heistd query-worker` (hidden from `--help`): the database tool's worker
-//! process, which the services process starts itself
+//! `heistd services query-worker` (not a companion, so not listed): the
+//! database tool's worker process, which the services process starts itself
 //! (`services::query_pool`). It only hands stdin and stdout to
 //! `services::query_worker::serve`; stdout carries the pool's protocol, so
 //! nothing else may print there.

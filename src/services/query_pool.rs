@@ -1,6 +1,6 @@
 //! The database tool's pool of query worker processes: each query runs in a
 //! worker (`services::query_worker`, the heistd binary re-executed as
-//! `heistd query-worker`), and a worker still busy at the time limit is
+//! `heistd services query-worker`), and a worker still busy at the time limit is
 //! killed (SIGKILL) and reaped before the tool answers, then replaced.
 //!
 //! Why processes: SQLite's progress callback and `sqlite3_interrupt` act
@@ -65,6 +65,9 @@ fn cargo_binary_beside(running: &Path) -> Option<PathBuf> {
 /// Idle workers kept warm after a burst (each is a process of some 10-20 MB);
 /// more are started when a burst needs them.
 pub const MAX_IDLE_WORKERS: usize = 4;
+
+/// Set once a worker's refused limits have been logged: once a process.
+static RLIMITS_REFUSED_LOGGED: AtomicBool = AtomicBool::new(false);
 
 pub struct QueryPool {
     /// The heistd binary that runs workers (`companions.database_query.worker_program`).
@@ -263,14 +266,14 @@ struct Worker {
 }
 
 impl Worker {
-    /// Starts `program query-worker` with an empty environment (a worker
+    /// Starts `program services query-worker` with an empty environment (a worker
     /// running hostile SQL holds no secret) and waits for its handshake.
     async fn start(program: &Path, setup_line: &[u8]) -> Result<Self, QueryError> {
         let failed = |what: &str, error: &dyn std::fmt::Display| {
             QueryError::WorkerFailed(format!("{what} {}: {error}", program.display()))
         };
         let mut child = Command::new(program)
-            .arg(WORKER_SUBCOMMAND)
+            .args(["services", WORKER_SUBCOMMAND])
             .env_clear()
             .current_dir("/")
             .stdin(Stdio::piped())
@@ -293,8 +296,16 @@ impl Worker {
             .await
             .map_err(|error| failed("cannot set up", &error))?;
         match worker.read_reply(64 * 1024).await? {
-            WorkerReply::Ready { build } if build == BUILD => Ok(worker),
-            WorkerReply::Ready { build } => Err(failed(
+            WorkerReply::Ready { build, rlimits } if build == BUILD => {
+                if !rlimits && !RLIMITS_REFUSED_LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "database query workers cannot set RLIMIT_CPU (is setrlimit filtered?); \
+                         only the kill at the time limit bounds a query"
+                    );
+                }
+                Ok(worker)
+            }
+            WorkerReply::Ready { build, .. } => Err(failed(
                 "refused a worker of another build",
                 &format!("{build}, not {BUILD}"),
             )),

@@ -1,5 +1,5 @@
-//! The database tool's worker process (`heistd query-worker`, hidden from
-//! `--help`): it holds its own copy of the shift database and answers one
+//! The database tool's worker process (`heistd services query-worker`, not
+//! a companion and not listed): it holds its own copy of the shift database and answers one
 //! query at a time, as JSON lines on stdin and stdout, for the pool in the
 //! services process (`services::query_pool`), which kills it when a query
 //! outlives the time limit.
@@ -13,6 +13,8 @@
 //! used plus the time limit, rounded up to the next second (the kernel
 //! counts whole seconds): a worker whose pool is gone or stalled still dies
 //! of `SIGXCPU` instead of running on. Core dumps are off (`RLIMIT_CORE` 0).
+//! A worker that may not set limits (a seccomp filter) says so in its
+//! handshake; the pool's kill still bounds its queries.
 //!
 //! It must not read the config, the environment or any file: all it knows
 //! comes down the pipe, and all it says goes back up it (logs to stderr).
@@ -27,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::database::{QueryError, ShiftDatabase};
 use crate::config::DatabaseToolConfig;
 
-/// The hidden subcommand that runs a worker.
+/// The name that makes `heistd services` run a worker instead of companions.
 pub const WORKER_SUBCOMMAND: &str = "query-worker";
 
 /// Both ends must be the same build: a worker of another version (an
@@ -53,7 +55,11 @@ pub struct QueryRequest {
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerReply {
-    Ready { build: String },
+    /// `rlimits`: whether the worker could set its own limits.
+    Ready {
+        build: String,
+        rlimits: bool,
+    },
     Rows(serde_json::Value),
     Failed(QueryError),
 }
@@ -88,15 +94,15 @@ pub fn serve(mut input: impl BufRead, mut output: impl Write) -> Result<(), Work
         }
     };
     // A worker killed by SIGXCPU must not leave a core file (or wake
-    // systemd-coredump) per hostile query.
-    if let Err(error) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
-        tracing::warn!(%error, "query worker: cannot turn core dumps off");
-    }
+    // systemd-coredump) per hostile query. If this is refused (a seccomp
+    // filter without setrlimit), so is RLIMIT_CPU: the pool is told once.
+    let rlimits = setrlimit(Resource::RLIMIT_CORE, 0, 0).is_ok();
     let time_limit = Duration::from_millis(setup.limits.time_limit_ms);
     reply(
         &mut output,
         &WorkerReply::Ready {
             build: BUILD.to_string(),
+            rlimits,
         },
     )?;
     loop {
@@ -105,7 +111,9 @@ pub fn serve(mut input: impl BufRead, mut output: impl Write) -> Result<(), Work
             return Ok(());
         }
         let request: QueryRequest = serde_json::from_str(&line)?;
-        limit_cpu(time_limit);
+        if rlimits {
+            limit_cpu(time_limit);
+        }
         let answer = match database.query_within(&request.sql, own_deadline(time_limit)) {
             Ok(rows) => WorkerReply::Rows(rows),
             Err(error) => WorkerReply::Failed(error),
@@ -198,7 +206,8 @@ mod tests {
             replies(&output),
             vec![
                 WorkerReply::Ready {
-                    build: BUILD.into()
+                    build: BUILD.into(),
+                    rlimits: true,
                 },
                 WorkerReply::Rows(serde_json::json!([{"one": 1}])),
                 WorkerReply::Failed(QueryError::NotReadOnly),
