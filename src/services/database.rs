@@ -47,7 +47,7 @@ pub enum QueryError {
     ValueTooLarge(usize),
     #[error("every reader is busy; try again")]
     Busy,
-    #[error("this client already has {0} queries running; wait for one to finish")]
+    #[error("this client already has {0} queries in flight; wait for one to finish")]
     TooManyForClient(usize),
     #[error("the query worker failed: {0}")]
     WorkerFailed(String),
@@ -72,8 +72,9 @@ impl QueryError {
 }
 
 pub struct ShiftDatabase {
-    /// Holds the in-memory database alive; never used after loading.
-    _owner: Mutex<Connection>,
+    /// Holds the in-memory database alive; used after loading only to set
+    /// the process's heap limit.
+    owner: Mutex<Connection>,
     /// The one read-only connection queries run on.
     reader: Mutex<Connection>,
     limits: DatabaseToolConfig,
@@ -97,7 +98,7 @@ impl ShiftDatabase {
             .map_err(|error| format!("loading the scenario's shifts.sql: {error}"))?;
         let reader = open_reader(&uri, limits).map_err(|error| error.to_string())?;
         Ok(Self {
-            _owner: Mutex::new(owner),
+            owner: Mutex::new(owner),
             reader: Mutex::new(reader),
             limits: limits.clone(),
         })
@@ -138,6 +139,18 @@ impl ShiftDatabase {
         let outcome = run(&connection, sql, self.time_limit(), &self.limits);
         connection.progress_handler(0, None::<fn() -> bool>);
         outcome
+    }
+
+    /// Caps the memory SQLite may hold in this whole process (`PRAGMA
+    /// hard_heap_limit`; past it, allocations fail and the query with
+    /// them). Process-wide: only a query worker, whose only SQLite this
+    /// is, may call it.
+    pub fn limit_process_heap(&self, bytes: u64) -> Result<(), String> {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.owner
+            .lock()
+            .pragma_update(None, "hard_heap_limit", bytes)
+            .map_err(|error| error.to_string())
     }
 
     fn time_limit(&self) -> Duration {

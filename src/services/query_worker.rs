@@ -14,7 +14,8 @@
 //! counts whole seconds): a worker whose pool is gone or stalled still dies
 //! of `SIGXCPU` instead of running on. Core dumps are off (`RLIMIT_CORE` 0).
 //! A worker that may not set limits (a seccomp filter) says so in its
-//! handshake; the pool's kill still bounds its queries.
+//! handshake; the pool's kill still bounds its queries. SQLite's heap in a
+//! worker is capped (`hard_heap_limit`), so no query grows it without bound.
 //!
 //! It must not read the config, the environment or any file: all it knows
 //! comes down the pipe, and all it says goes back up it (logs to stderr).
@@ -35,6 +36,10 @@ pub const WORKER_SUBCOMMAND: &str = "query-worker";
 /// Both ends must be the same build: a worker of another version (an
 /// upgraded binary on disk) is refused at its handshake.
 pub const BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), "/query-protocol-1");
+
+/// SQLite's heap in a worker is capped at 32 values of `max_value_bytes`,
+/// and never below this.
+pub const MIN_HEAP_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What a worker needs before its first query.
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,8 +81,27 @@ pub enum WorkerError {
     Setup(String),
 }
 
-/// Serves the pool on `input` and `output` until `input` ends.
-pub fn serve(mut input: impl BufRead, mut output: impl Write) -> Result<(), WorkerError> {
+/// Serves the pool on `input` and `output` until `input` ends, limiting
+/// this process (CPU per query, core dumps, SQLite's heap): only a worker
+/// process may call this.
+pub fn serve(input: impl BufRead, output: impl Write) -> Result<(), WorkerError> {
+    serve_with(input, output, Limits::ThisProcess)
+}
+
+/// Whether `serve_with` may set limits on the process it runs in; a unit
+/// test's process is shared with other tests and must keep its own.
+#[derive(Clone, Copy, PartialEq)]
+enum Limits {
+    ThisProcess,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Untouched,
+}
+
+fn serve_with(
+    mut input: impl BufRead,
+    mut output: impl Write,
+    limits: Limits,
+) -> Result<(), WorkerError> {
     let mut line = String::new();
     if input.read_line(&mut line)? == 0 {
         return Err(WorkerError::NoSetup);
@@ -96,7 +120,17 @@ pub fn serve(mut input: impl BufRead, mut output: impl Write) -> Result<(), Work
     // A worker killed by SIGXCPU must not leave a core file (or wake
     // systemd-coredump) per hostile query. If this is refused (a seccomp
     // filter without setrlimit), so is RLIMIT_CPU: the pool is told once.
-    let rlimits = setrlimit(Resource::RLIMIT_CORE, 0, 0).is_ok();
+    let rlimits = limits == Limits::ThisProcess && setrlimit(Resource::RLIMIT_CORE, 0, 0).is_ok();
+    if limits == Limits::ThisProcess {
+        // SQLite is this process's only user of memory of any size: its
+        // heap is capped, so no query can grow the worker without bound.
+        let heap = (setup.limits.max_value_bytes as u64)
+            .saturating_mul(32)
+            .max(MIN_HEAP_BYTES);
+        if let Err(error) = database.limit_process_heap(heap) {
+            tracing::warn!(%error, "query worker: cannot cap SQLite's heap");
+        }
+    }
     let time_limit = Duration::from_millis(setup.limits.time_limit_ms);
     reply(
         &mut output,
@@ -201,13 +235,13 @@ mod tests {
             input.push('\n');
         }
         let mut output = Vec::new();
-        serve(input.as_bytes(), &mut output).expect("served");
+        serve_with(input.as_bytes(), &mut output, Limits::Untouched).expect("served");
         assert_eq!(
             replies(&output),
             vec![
                 WorkerReply::Ready {
                     build: BUILD.into(),
-                    rlimits: true,
+                    rlimits: false,
                 },
                 WorkerReply::Rows(serde_json::json!([{"one": 1}])),
                 WorkerReply::Failed(QueryError::NotReadOnly),
@@ -219,14 +253,18 @@ mod tests {
     #[test]
     fn bad_shift_sql_is_answered_and_ends_the_worker() {
         let mut output = Vec::new();
-        let outcome = serve(setup_line("CREATE TABLE (").as_bytes(), &mut output);
+        let outcome = serve_with(
+            setup_line("CREATE TABLE (").as_bytes(),
+            &mut output,
+            Limits::Untouched,
+        );
         assert!(matches!(outcome, Err(WorkerError::Setup(_))), "{outcome:?}");
         assert!(matches!(
             replies(&output).as_slice(),
             [WorkerReply::Failed(QueryError::Sql(message))] if message.contains("shifts.sql")
         ));
         assert!(matches!(
-            serve(&b""[..], Vec::new()),
+            serve_with(&b""[..], Vec::new(), Limits::Untouched),
             Err(WorkerError::NoSetup)
         ));
     }
