@@ -364,3 +364,60 @@ impl Worker {
         std::os::unix::process::ExitStatusExt::signal(&status)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool that never starts a worker: built outside a runtime, and
+    /// only admission is asked of it.
+    fn pool(max_concurrent_queries: usize) -> Arc<QueryPool> {
+        let limits = DatabaseToolConfig {
+            max_concurrent_queries,
+            ..DatabaseToolConfig::default()
+        };
+        QueryPool::new(PathBuf::from("/bin/sh"), "", &limits).expect("a pool")
+    }
+
+    #[test]
+    fn one_client_gets_three_quarters_of_the_workers_and_its_places_come_back() {
+        let sizes: Vec<usize> = [1, 2, 4, 16]
+            .into_iter()
+            .map(|workers| pool(workers).per_client_limit())
+            .collect();
+        assert_eq!(sizes, vec![1, 2, 3, 12]);
+
+        let pool = pool(16);
+        let hacker: Vec<_> = (0..12)
+            .map(|_| pool.admit("hacker").expect("within the share"))
+            .collect();
+        assert_eq!(
+            pool.admit("hacker").err(),
+            Some(QueryError::TooManyForClient(12))
+        );
+        assert_eq!(QueryError::TooManyForClient(12).status(), 429);
+        let planner = pool.admit("planner").expect("another client's share");
+        drop(hacker);
+        assert!(
+            pool.admit("hacker").is_ok(),
+            "places come back when dropped"
+        );
+        drop(planner);
+        assert!(
+            pool.per_client.lock().is_empty(),
+            "no entry outlives its queries"
+        );
+    }
+
+    #[test]
+    fn a_missing_worker_program_is_named() {
+        let limits = DatabaseToolConfig::default();
+        let error = QueryPool::new(PathBuf::from("/nonexistent/heistd"), "", &limits)
+            .err()
+            .expect("refused");
+        assert!(
+            error.contains("/nonexistent/heistd") && error.contains("worker_program"),
+            "{error}"
+        );
+    }
+}
