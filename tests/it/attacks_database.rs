@@ -3,8 +3,9 @@
 //! process, whose query workers are its children. SQLite's interrupt acts
 //! only between steps, so `instr` over two long strings used to run for
 //! seconds past the limit, and on after its reply; now its worker is killed
-//! at the limit. Each test measures the CPU time of the whole process tree
-//! (the services process, its reaped children, its live ones) from /proc.
+//! at the limit, and with its request when the client hangs up. Each test
+//! measures the CPU time of the whole process tree (the services process,
+//! its reaped children, its live ones) from /proc.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -276,4 +277,30 @@ async fn sixteen_at_once_are_stopped_and_leave_select_1_answering() {
     );
     let (status, error, _) = query(&url, &hacker, "SELECT 1 AS one").await;
     assert_eq!(status, 200, "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_takes_its_query_with_it() {
+    let services = Services::start();
+    let token = services.token("hacker").await;
+    let (status, _, _) = query(&services.query_url(), &token, "SELECT 1").await;
+    assert_eq!(status, 200);
+    let gave_up = reqwest::Client::new()
+        .post(services.query_url())
+        .bearer_auth(&token)
+        .json(&json!({ "query": INSTR }))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up first: {gave_up:?}");
+    // Left to run, the worker would burn on to the 1,000 ms limit, 700 ms
+    // after the hang-up; killed with its request, it stops at once.
+    let settled = services
+        .cpu_settles(Duration::from_secs(5))
+        .await
+        .expect("the tree's CPU time stops growing");
+    assert!(
+        settled < Duration::from_millis(400),
+        "CPU time still grew {settled:?} after the client hung up"
+    );
 }
