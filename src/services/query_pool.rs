@@ -1,27 +1,31 @@
-//! The database tool's pool of query worker processes: each query runs in a
-//! worker (`services::query_worker`, the heistd binary re-executed as
-//! `heistd services query-worker`), and a worker still busy at the time limit is
-//! killed (SIGKILL) and reaped before the tool answers, then replaced.
+//! The database tool's pool of query worker processes: each query runs in
+//! a worker (`services::query_worker`, the heistd binary re-executed as
+//! `heistd services query-worker`), and a worker still busy at the time
+//! limit is killed (SIGKILL) and reaped before the tool answers, then
+//! replaced.
 //!
-//! Why processes: SQLite's progress callback and `sqlite3_interrupt` act
-//! between steps, never inside one function call, and no list of "slow
-//! inputs" can be shown complete (`instr`, `replace`, `like`, `glob`, `hex`
-//! over values near `SQLITE_LIMIT_LENGTH`, combined across ~150 calls in a
-//! 2,000-character query). A thread cannot be stopped from outside; a
-//! process can. So a query's wall time is bounded by the kill, and its CPU
-//! time with it: a query runs on one thread, which cannot use more CPU than
-//! the wall time it is given. The worker's own `RLIMIT_CPU` is the backstop
-//! for when this pool cannot act (stalled, or gone).
+//! Why processes, not bounded inputs: SQLite's progress callback and
+//! `sqlite3_interrupt` act between steps, never inside one function call,
+//! and no list of slow inputs can be shown complete (`instr`, `replace`,
+//! `like`, `glob`, `hex` over values near `SQLITE_LIMIT_LENGTH`, and ~150
+//! such calls fit in a 2,000-character query). A thread cannot be stopped
+//! from outside; a process can. So a query's wall time is bounded by the
+//! kill, and its CPU time with it: a query runs on one thread, which cannot
+//! use more CPU than the wall time it is given. The worker's own
+//! `RLIMIT_CPU` is the backstop for when this pool cannot act (stalled, or
+//! gone). The cost: a worker is a process of some 20 MB (debug build) that
+//! starts in ~30 ms, and a query crosses a pipe (well under a millisecond).
 //!
 //! Admission, in order: at most three quarters of the pool's workers (at
-//! least one) per client (the token's `sub`), refused at once with 429 beyond it (as
-//! nginx's `limit_conn`), so one client flooding the tool cannot take every
-//! worker from the others; then a free worker, waited for no longer than
-//! the time limit (503 "busy" after it). The time limit runs from admission
-//! and covers starting a worker. Idle workers are kept (at most
-//! [`MAX_IDLE_WORKERS`]) and one spare is started in the background
-//! whenever none is idle, so a query rarely waits for a process to start.
-//! A dropped request (the client went away) kills its worker too.
+//! least one) per client (the token's `sub`), refused at once with 429
+//! beyond it (as nginx's `limit_conn`), so one client flooding the tool
+//! cannot take every worker from the others; then a free worker, waited
+//! for no longer than the time limit (503 "busy" after it). The time limit
+//! runs from then and covers starting a worker if none is warm. Idle
+//! workers are kept (at most [`MAX_IDLE_WORKERS`]) and one spare is started
+//! in the background whenever none is idle, so a query rarely waits for a
+//! process to start. A dropped request (the client went away) kills its
+//! worker too.
 //!
 //! It must not run SQL itself, and no worker may outlive its query's reply.
 

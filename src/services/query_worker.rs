@@ -1,8 +1,8 @@
 //! The database tool's worker process (`heistd services query-worker`, not
-//! a companion and not listed): it holds its own copy of the shift database and answers one
-//! query at a time, as JSON lines on stdin and stdout, for the pool in the
-//! services process (`services::query_pool`), which kills it when a query
-//! outlives the time limit.
+//! a companion and not listed): it holds its own copy of the shift database
+//! and answers one query at a time, as JSON lines on stdin and stdout, for
+//! the pool in the services process (`services::query_pool`), which kills
+//! it when a query outlives the time limit.
 //!
 //! The protocol, one JSON object a line: the pool sends a [`Setup`] (the
 //! shift SQL and the tool's limits); the worker loads it and answers
