@@ -17,11 +17,13 @@ pub mod output;
 mod demo;
 pub mod logging;
 mod quit;
+mod query_worker;
 mod reload;
 mod run;
 mod sessions;
 pub use demo::{demo, DemoOptions};
 pub use quit::{Interrupts, QUIT_WITHIN};
+use query_worker::query_worker;
 pub use reload::reload;
 pub use run::run;
 pub(crate) use run::{base_url_hint, completed, preflight, print_notice, print_turn, summary};
@@ -389,6 +391,10 @@ pub async fn services(
     names: &[String],
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
+    // Not a companion: a database query worker, which one starts (hidden).
+    if names == [services::query_worker::WORKER_SUBCOMMAND] {
+        return query_worker().await;
+    }
     let (config, _) = load_config(path.as_deref())?;
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
     let all = names.is_empty() || names.iter().any(|name| name == "all");

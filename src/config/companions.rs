@@ -56,14 +56,18 @@ pub struct DatabaseToolConfig {
     /// A reply larger than this (as JSON) is refused with 413.
     #[serde(default = "default_max_reply_bytes")]
     pub max_reply_bytes: usize,
-    /// A query still running after this is interrupted from outside
-    /// (`sqlite3_interrupt` on a timer).
+    /// A query's wall-clock and CPU time: its worker process is killed
+    /// when it passes.
     #[serde(default = "default_time_limit_ms")]
     pub time_limit_ms: u64,
-    /// Read-only connections in the pool, and so queries running at once; a
-    /// query waits for one at most `time_limit_ms` (then 503).
+    /// Worker processes, and so queries running at once; one client may
+    /// hold three quarters of them (429 beyond).
     #[serde(default = "default_max_concurrent_queries")]
     pub max_concurrent_queries: usize,
+    /// The heistd binary that runs query workers (`heistd services
+    /// query-worker`); unset: this very binary (`/proc/self/exe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_program: Option<std::path::PathBuf>,
 }
 
 /// `[companions.memory]`: bounds on the memory service, and the file it
@@ -99,6 +103,7 @@ impl Default for DatabaseToolConfig {
             max_reply_bytes: default_max_reply_bytes(),
             time_limit_ms: default_time_limit_ms(),
             max_concurrent_queries: default_max_concurrent_queries(),
+            worker_program: None,
         }
     }
 }

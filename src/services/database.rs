@@ -1,17 +1,20 @@
 //! The shift database behind the database query tool: the scenario's SQL
-//! loaded into a private in-memory SQLite database, served through a small
-//! pool of read-only connections that refuse anything but a single `SELECT`
-//! (or `WITH ... SELECT`), cannot attach other files, cap every value
+//! loaded into a private in-memory SQLite database and queried through a
+//! read-only connection that refuses anything but a single `SELECT` (or
+//! `WITH ... SELECT`), cannot attach other files, caps every value
 //! (`SQLITE_LIMIT_LENGTH`, so `printf`, `randomblob` and `zeroblob` cannot
 //! build huge strings, and a query that tries is refused, not answered with
-//! NULLs), return at most [`MAX_ROWS`] rows and a bounded
-//! number of bytes, and are interrupted from outside when the time limit
-//! passes (a timer calls `sqlite3_interrupt`, so one expensive function call
-//! cannot outrun it the way it outruns the progress callback).
+//! NULLs), returns at most [`MAX_ROWS`] rows and a bounded number of bytes,
+//! and is stopped by SQLite's progress callback when its deadline passes.
 //!
-//! It must not be able to write or read anything but the shift data, and a
-//! query must not be able to hold the process's memory or the other
-//! queries hostage.
+//! This is the engine only. It runs inside a query worker process
+//! (`services::query_worker`), never in the services process: the progress
+//! callback and `sqlite3_interrupt` act between SQLite's steps, so one slow
+//! call (`instr` over two 1 MB strings) outran them by seconds; only killing
+//! the process stops it. `services::query_pool` runs the workers, kills one
+//! at the time limit and answers for it.
+//!
+//! It must not be able to write or read anything but the shift data.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,19 +25,21 @@ use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::limits::Limit;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::Semaphore;
+use serde::{Deserialize, Serialize};
 
 use crate::config::DatabaseToolConfig;
 
 pub const MAX_ROWS: usize = 100;
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+/// Why a query got no rows. It crosses the pipe from a worker to the pool,
+/// hence serde.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Serialize, Deserialize)]
 pub enum QueryError {
     #[error("query is empty")]
     Empty,
     #[error("only read-only SELECT queries are allowed")]
     NotReadOnly,
-    #[error("query took longer than {} ms and was stopped", .0.as_millis())]
+    #[error("query exceeded its time limit of {} ms (companions.database_query.time_limit_ms) and was stopped", .0.as_millis())]
     TooSlow(Duration),
     #[error("the reply would be over {0} bytes; select fewer rows or shorter columns")]
     ReplyTooLarge(usize),
@@ -42,16 +47,24 @@ pub enum QueryError {
     ValueTooLarge(usize),
     #[error("every reader is busy; try again")]
     Busy,
+    #[error("this client already has {0} queries in flight; wait for one to finish")]
+    TooManyForClient(usize),
+    #[error("the query worker failed: {0}")]
+    WorkerFailed(String),
     #[error("SQL error: {0}")]
     Sql(String),
 }
 
 impl QueryError {
     /// The HTTP status the tool answers with: the caller's query is at
-    /// fault (4xx) except when the readers are all busy (503).
+    /// fault (4xx; a query stopped at its time limit is a 400, not a 408,
+    /// which clients retry) except when every reader is busy (503) or the
+    /// worker broke (500).
     pub fn status(&self) -> u16 {
         match self {
             Self::Busy => 503,
+            Self::TooManyForClient(_) => 429,
+            Self::WorkerFailed(_) => 500,
             Self::ReplyTooLarge(_) | Self::ValueTooLarge(_) => 413,
             _ => 400,
         }
@@ -59,20 +72,16 @@ impl QueryError {
 }
 
 pub struct ShiftDatabase {
-    /// Holds the in-memory database alive; never used after loading.
-    _owner: Mutex<Connection>,
-    /// Where readers are opened from (a private shared-cache URI).
-    uri: String,
-    /// Idle read-only connections; one per query in flight is taken out.
-    idle: Mutex<Vec<Connection>>,
-    /// Queries in flight at most (the pool's size), so slow queries cannot
-    /// pile up blocking threads.
-    permits: Semaphore,
+    /// Holds the in-memory database alive; used after loading only to set
+    /// the process's heap limit.
+    owner: Mutex<Connection>,
+    /// The one read-only connection queries run on.
+    reader: Mutex<Connection>,
     limits: DatabaseToolConfig,
 }
 
 impl ShiftDatabase {
-    /// Loads `shifts_sql` into a fresh private database and opens the first reader.
+    /// Loads `shifts_sql` into a fresh private database and opens its reader.
     pub fn build(shifts_sql: &str, limits: &DatabaseToolConfig) -> Result<Self, String> {
         let name: u64 = rand::rng().random();
         let uri = format!("file:heistd-shifts-{name:016x}?mode=memory&cache=shared");
@@ -87,70 +96,28 @@ impl ShiftDatabase {
         owner
             .execute_batch(shifts_sql)
             .map_err(|error| format!("loading the scenario's shifts.sql: {error}"))?;
-        let database = Self {
-            _owner: Mutex::new(owner),
-            uri,
-            idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(limits.max_concurrent_queries.max(1)),
+        let reader = open_reader(&uri, limits).map_err(|error| error.to_string())?;
+        Ok(Self {
+            owner: Mutex::new(owner),
+            reader: Mutex::new(reader),
             limits: limits.clone(),
-        };
-        let first = database.open_reader().map_err(|error| error.to_string())?;
-        database.give_back(first);
-        Ok(database)
+        })
     }
 
-    /// Runs one read-only query on a pooled reader with the time limit
-    /// enforced from outside: when it passes, the query is interrupted.
-    /// Waits for a free reader no longer than the time limit.
-    pub async fn query_bounded(
-        self: &Arc<Self>,
-        sql: String,
-    ) -> Result<serde_json::Value, QueryError> {
-        let time_limit = self.time_limit();
-        let _permit = tokio::time::timeout(time_limit, self.permits.acquire())
-            .await
-            .map_err(|_| QueryError::Busy)?
-            .map_err(|_| QueryError::Busy)?;
-        let connection = self.take()?;
-        let interrupt = connection.get_interrupt_handle();
-        let database = self.clone();
-        let mut worker = tokio::task::spawn_blocking(move || {
-            let outcome = database.query_on(&connection, &sql);
-            (connection, outcome)
-        });
-        let joined = match tokio::time::timeout(time_limit, &mut worker).await {
-            Ok(joined) => joined,
-            Err(_) => {
-                // The worker still owns the connection, so the interrupt can
-                // only reach this query, never the next one on the reader.
-                interrupt.interrupt();
-                worker.await
-            }
-        };
-        let (connection, outcome) =
-            joined.map_err(|_| QueryError::Sql("query worker failed".into()))?;
-        self.give_back(connection);
-        outcome
-    }
-
-    /// Runs one read-only query on the calling thread (tests and tools
-    /// that are already on a blocking thread); the progress callback's
-    /// deadline is its only time limit.
+    /// Runs one read-only query on the calling thread, stopped by the
+    /// progress callback at the time limit.
     pub fn query(&self, sql: &str) -> Result<serde_json::Value, QueryError> {
-        let connection = self.take()?;
-        let outcome = self.query_on(&connection, sql);
-        self.give_back(connection);
-        outcome
+        self.query_within(sql, self.time_limit())
     }
 
-    fn time_limit(&self) -> Duration {
-        Duration::from_millis(self.limits.time_limit_ms)
-    }
-
-    fn query_on(
+    /// Runs one read-only query, stopped by the progress callback after
+    /// `deadline` (a query worker gives itself a little less than the time
+    /// limit, so a runaway loop is answered by the worker rather than
+    /// killed). A stopped query is `TooSlow` with the configured limit.
+    pub fn query_within(
         &self,
-        connection: &Connection,
         sql: &str,
+        deadline: Duration,
     ) -> Result<serde_json::Value, QueryError> {
         let sql = sql.trim().trim_end_matches(';').trim();
         if sql.is_empty() {
@@ -164,50 +131,49 @@ impl ShiftDatabase {
         if first_word != "SELECT" && first_word != "WITH" {
             return Err(QueryError::NotReadOnly);
         }
-        // The progress callback stops long loops of cheap steps; the outer
-        // interrupt stops one expensive step.
-        let deadline = Deadline::start(self.time_limit());
+        let connection = self.reader.lock();
+        // Stops long loops of cheap steps; one expensive step is the
+        // worker's to die of.
+        let deadline = Deadline::start(deadline);
         connection.progress_handler(10_000, Some(move || deadline.passed()));
-        let outcome = run(connection, sql, self.time_limit(), &self.limits);
+        let outcome = run(&connection, sql, self.time_limit(), &self.limits);
         connection.progress_handler(0, None::<fn() -> bool>);
         outcome
     }
 
-    fn open_reader(&self) -> Result<Connection, rusqlite::Error> {
-        let reader = Connection::open_with_flags(
-            &self.uri,
-            OpenFlags::SQLITE_OPEN_URI
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
-        reader.pragma_update(None, "query_only", "ON")?;
-        // No ATTACH: a query may only see the shift data.
-        reader.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
-        // No value (string or blob) larger than this can be built.
-        let max_value = i32::try_from(self.limits.max_value_bytes).unwrap_or(i32::MAX);
-        reader.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_value)?;
-        reader.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
-        install_bounded_printf(&reader, max_value)?;
-        Ok(reader)
+    /// Caps the memory SQLite may hold in this whole process (`PRAGMA
+    /// hard_heap_limit`; past it, allocations fail and the query with
+    /// them). Process-wide: only a query worker, whose only SQLite this
+    /// is, may call it.
+    pub fn limit_process_heap(&self, bytes: u64) -> Result<(), String> {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.owner
+            .lock()
+            .pragma_update(None, "hard_heap_limit", bytes)
+            .map_err(|error| error.to_string())
     }
 
-    /// An idle reader, or a new one when all are in use.
-    fn take(&self) -> Result<Connection, QueryError> {
-        let idle = self.idle.lock().pop();
-        match idle {
-            Some(connection) => Ok(connection),
-            None => self
-                .open_reader()
-                .map_err(|error| QueryError::Sql(error.to_string())),
-        }
+    fn time_limit(&self) -> Duration {
+        Duration::from_millis(self.limits.time_limit_ms)
     }
+}
 
-    fn give_back(&self, connection: Connection) {
-        let mut idle = self.idle.lock();
-        if idle.len() < self.limits.max_concurrent_queries {
-            idle.push(connection);
-        }
-    }
+fn open_reader(uri: &str, limits: &DatabaseToolConfig) -> Result<Connection, rusqlite::Error> {
+    let reader = Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    reader.pragma_update(None, "query_only", "ON")?;
+    // No ATTACH: a query may only see the shift data.
+    reader.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+    // No value (string or blob) larger than this can be built.
+    let max_value = i32::try_from(limits.max_value_bytes).unwrap_or(i32::MAX);
+    reader.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_value)?;
+    reader.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
+    install_bounded_printf(&reader, max_value)?;
+    Ok(reader)
 }
 
 /// SQLite's own `printf()` (and its alias `format()`) answers NULL, not an
@@ -474,40 +440,5 @@ mod tests {
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100) SELECT printf('%.*c', 500000, 'x') FROM n",
         );
         assert_eq!(wide, Err(QueryError::ReplyTooLarge(256 * 1024)));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_expensive_call_is_interrupted_and_does_not_queue_the_others() {
-        let limits = DatabaseToolConfig {
-            time_limit_ms: 300,
-            ..DatabaseToolConfig::default()
-        };
-        let database = Arc::new(
-            ShiftDatabase::build(&crate::scenario::Scenario::embedded().shifts_sql, &limits)
-                .expect("loads"),
-        );
-        let slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 40) SELECT sum(length(hex(randomblob(400000)))) FROM n, n AS m, n AS k";
-        let runaways: Vec<_> = (0..4)
-            .map(|_| {
-                let database = database.clone();
-                tokio::spawn(async move { database.query_bounded(slow.to_string()).await })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let quick = tokio::time::timeout(
-            Duration::from_millis(250),
-            database.query_bounded("SELECT 1 AS one".into()),
-        )
-        .await
-        .expect("SELECT 1 is not queued behind the slow ones")
-        .expect("answers");
-        assert_eq!(quick[0]["one"], 1);
-        for runaway in runaways {
-            let outcome = runaway.await.expect("joined");
-            assert!(
-                matches!(outcome, Err(QueryError::TooSlow(_))),
-                "{outcome:?}"
-            );
-        }
     }
 }

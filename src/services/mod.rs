@@ -16,6 +16,8 @@ pub mod fault;
 pub mod memory;
 pub mod memory_file;
 pub mod oauth;
+pub mod query_pool;
+pub mod query_worker;
 pub mod rehearsal;
 pub mod token;
 pub mod tools;
@@ -191,12 +193,17 @@ pub fn router(companion: Companion, context: &CompanionContext) -> Result<Router
         Companion::Calculator => tools::calculator_router(key),
         Companion::FileReader => tools::file_reader_router(key, context.scenario.clone()),
         Companion::DatabaseQuery => {
-            let database = database::ShiftDatabase::build(
-                &context.scenario.shifts_sql,
-                &context.settings.database_query,
-            )
-            .map_err(ServiceError::Database)?;
-            tools::database_query_router(key, Arc::new(database))
+            let limits = &context.settings.database_query;
+            // Bad shift SQL fails the start here, not at the first query.
+            database::ShiftDatabase::build(&context.scenario.shifts_sql, limits)
+                .map_err(ServiceError::Database)?;
+            let program = limits
+                .worker_program
+                .clone()
+                .unwrap_or_else(query_pool::default_worker_program);
+            let pool = query_pool::QueryPool::new(program, &context.scenario.shifts_sql, limits)
+                .map_err(ServiceError::Database)?;
+            tools::database_query_router(key, pool)
         }
         Companion::Rehearsal => rehearsal::router(rehearsal::RehearsalState::new(
             context.scenario.clone(),

@@ -15,10 +15,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
-use super::database::ShiftDatabase;
+use super::query_pool::QueryPool;
 use super::token::{unix_now, Claims, SigningKey};
 use super::{calculator, error_response, health_body, JsonBody};
 use crate::scenario::Scenario;
@@ -62,7 +62,7 @@ pub fn file_reader_router(key: SigningKey, scenario: Arc<Scenario>) -> Router {
     )
 }
 
-pub fn database_query_router(key: SigningKey, database: Arc<ShiftDatabase>) -> Router {
+pub fn database_query_router(key: SigningKey, database: Arc<QueryPool>) -> Router {
     guarded(
         Router::new()
             .route(Tool::DatabaseQuery.path(), post(query_db))
@@ -102,7 +102,12 @@ async fn require_scope(
     next: Next,
 ) -> Response {
     match authorize(request.headers(), &requirement.key, &requirement.scope) {
-        Ok(_) => next.run(request).await,
+        Ok(claims) => {
+            // Handlers that share out work per client read who it is.
+            let mut request = request;
+            request.extensions_mut().insert(claims);
+            next.run(request).await
+        }
         Err(refusal) => refusal.into_response(),
     }
 }
@@ -202,7 +207,8 @@ async fn read_file(
 }
 
 async fn query_db(
-    State(database): State<Arc<ShiftDatabase>>,
+    State(database): State<Arc<QueryPool>>,
+    Extension(claims): Extension<Claims>,
     JsonBody(request): JsonBody<QueryRequest>,
 ) -> Response {
     if request.query.chars().count() > MAX_QUERY_LENGTH {
@@ -211,7 +217,7 @@ async fn query_db(
             format!("query is over {MAX_QUERY_LENGTH} characters"),
         );
     }
-    match database.query_bounded(request.query).await {
+    match database.query(&claims.sub, request.query).await {
         Ok(rows) => success(rows),
         Err(error) => error_response(
             StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),

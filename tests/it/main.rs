@@ -2,6 +2,7 @@
 //! HTTP, real SQLite files. One test binary, so the crate links once.
 
 mod attacks;
+mod attacks_database;
 mod attacks_listeners;
 mod attacks_oauth;
 mod auth;
