@@ -120,6 +120,7 @@ macro_rules! contract {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
                 async fn $name() {
                     let Some(fixture) = super::Fixture::postgres(stringify!($name)).await else {
                         return;
@@ -595,6 +596,7 @@ async fn run_requests_queue_only_on_a_shared_store(store: &StoreHandle) {
 // PostgreSQL alone: several nodes on one database.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn queued_runs_are_claimed_once_across_nodes_within_the_caps() {
     let Some(fixture) = Fixture::postgres("queued_runs_are_claimed_once_across_nodes").await else {
         return;
@@ -654,6 +656,7 @@ async fn queued_runs_are_claimed_once_across_nodes_within_the_caps() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn queued_runs_are_claimed_within_the_cluster_cap() {
     let Some(database) = TestDatabase::create("queued_runs_within_the_cluster_cap").await else {
         return;
@@ -677,6 +680,7 @@ async fn queued_runs_are_claimed_within_the_cluster_cap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn one_node_at_a_time_delivers_a_sessions_outbox() {
     let Some(fixture) = Fixture::postgres("one_node_at_a_time_delivers_an_outbox").await else {
         return;
@@ -748,6 +752,7 @@ async fn one_node_at_a_time_delivers_a_sessions_outbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn a_node_paused_past_its_lease_is_fenced() {
     let Some(fixture) = Fixture::postgres("a_node_paused_past_its_lease_is_fenced").await else {
         return;
@@ -793,6 +798,7 @@ async fn a_node_paused_past_its_lease_is_fenced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn heartbeats_keep_a_lease() {
     let Some(fixture) = Fixture::postgres("heartbeats_keep_a_lease").await else {
         return;
@@ -829,6 +835,7 @@ async fn heartbeats_keep_a_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn nodes_starting_together_migrate_once() {
     let Some(database) = TestDatabase::create("nodes_starting_together_migrate_once").await else {
         return;
@@ -865,6 +872,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn the_cluster_cap_holds_across_nodes() {
     let Some(database) = TestDatabase::create("the_cluster_cap_holds_across_nodes").await else {
         return;
