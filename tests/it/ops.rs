@@ -65,9 +65,9 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
 /// `docs/alerts.md` in. The rules file documents it as its one setting.
 const RUNBOOK_BASE: &str = "file:///usr/share/doc/heistd/docs";
 
-/// Every runbook link is RUNBOOK_BASE, `/alerts.md#` and the alert's name in
-/// lower case, so the sed the rules file documents moves them all, and the
-/// scrape config loads the rules.
+/// Every runbook link is RUNBOOK_BASE, `/alerts.md#` and the alert's name
+/// (or its family's) in lower case, so the sed the rules file documents
+/// moves them all, and the scrape config loads the rules.
 #[test]
 fn runbook_links_share_the_documented_base_and_prometheus_yml_loads_the_rules() {
     let rules = read("dashboards/alerts.yml");
@@ -88,8 +88,16 @@ fn runbook_links_share_the_documented_base_and_prometheus_yml_loads_the_rules() 
             current = Some(name);
         } else if let Some(url) = line.strip_prefix("runbook_url: ") {
             let name = current.take().expect("runbook_url follows an alert");
-            let expected = format!("\"{RUNBOOK_BASE}/alerts.md#{}\"", name.to_lowercase());
-            assert_eq!(url, expected, "{name}");
+            let anchor = url
+                .trim_matches('"')
+                .strip_prefix(&format!("{RUNBOOK_BASE}/alerts.md#"))
+                .unwrap_or_else(|| panic!("{name}: {url}"));
+            // One entry may serve a family (HeistdErrorBudgetBurnFast and
+            // ...Slow share #heistderrorbudgetburn).
+            assert!(
+                !anchor.is_empty() && name.to_lowercase().starts_with(anchor),
+                "{name}: {url}"
+            );
             links += 1;
         }
     }
