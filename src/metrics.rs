@@ -253,10 +253,13 @@ pub fn describe() {
     }
 }
 
-/// Sets `heistd_build_info` (version and, when the build knew it, the git
-/// commit) once.
+/// The commit this binary was built from: HEAD's short hash when built in
+/// a git checkout, else `HEISTD_GIT_COMMIT` at build time, else `unknown`
+/// (`build.rs` decides).
+pub const BUILD_COMMIT: &str = env!("HEISTD_BUILD_COMMIT");
+
+/// Sets `heistd_build_info` (version and commit) once.
 pub fn record_build_info() {
-    let commit = option_env!("HEISTD_GIT_COMMIT").unwrap_or("unknown");
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => commit)
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => BUILD_COMMIT)
         .set(1.0);
 }

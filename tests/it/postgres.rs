@@ -1,9 +1,10 @@
 //! Throwaway PostgreSQL databases for tests: one fresh database with a
 //! random name per test, on the server `HEISTD_TEST_POSTGRES_URL` names,
 //! dropped when the test ends, so tests run in parallel without seeing
-//! each other's rows. Without the variable a test is skipped and says why,
-//! except under `CI=true`, where a skipped PostgreSQL test would hide a
-//! broken set-up: there it fails.
+//! each other's rows. Every test that needs a server is `#[ignore = "needs
+//! PostgreSQL ..."]`: a plain `cargo test` lists it as ignored, and
+//! `cargo test -- --include-ignored` (`.ci/run`) runs it, failing, never
+//! skipping, when the variable or the server is missing.
 
 use heistd::config::{ClusterConfig, StoreBackend, StoreConfig};
 
@@ -19,23 +20,17 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// A fresh database, or `None` (after saying why) when no server is
-    /// configured outside CI.
+    /// A fresh database; fails the test, naming the variable, when
+    /// `HEISTD_TEST_POSTGRES_URL` is unset. Always `Some`: the `Option`
+    /// only keeps the callers' `let ... else` compiling.
     pub async fn create(test: &str) -> Option<Self> {
-        let Ok(admin_url) = std::env::var(URL_VARIABLE) else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: CI=true but {URL_VARIABLE} is unset: the PostgreSQL tests must run in CI (.ci/run sets it)"
-            );
-            // Straight to stderr: the harness captures `eprintln!`, and the
-            // note must show in a plain `cargo test`.
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: set {URL_VARIABLE} (e.g. postgres://postgres@127.0.0.1:5432/test) to run the PostgreSQL tests"
-            );
-            return None;
-        };
+        let admin_url = std::env::var(URL_VARIABLE).unwrap_or_else(|_| {
+            panic!(
+                "{test} needs PostgreSQL: set {URL_VARIABLE} (e.g. \
+                 postgres://postgres@127.0.0.1:5432/test; .ci/run does), or leave out the \
+                 ignored tests (plain `cargo test`)"
+            )
+        });
         let suffix: u64 = rand::Rng::random(&mut rand::rng());
         let name = format!("heistd_test_{suffix:016x}");
         let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
@@ -122,23 +117,18 @@ pub struct ThrowawayServer {
 }
 
 impl ThrowawayServer {
-    /// A running server, or `None` (after saying why) where PostgreSQL's
-    /// server programs are not installed, outside CI.
-    pub fn start(test: &str) -> Option<Self> {
+    /// A running server; fails the test, saying what is missing, where
+    /// this is not root or PostgreSQL's server programs are not installed.
+    pub fn start(test: &str) -> Self {
         // PostgreSQL runs as `postgres`, which only root can switch to.
         let root = run_command("id", &["-u"]).trim() == "0";
-        let Some(programs) = server_programs().filter(|_| root) else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: CI=true but PostgreSQL's server programs are missing or this is not root (.ci/run installs them and runs as root)"
-            );
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: needs root and PostgreSQL's server programs under {SERVER_PROGRAMS}"
-            );
-            return None;
-        };
+        let programs = server_programs().filter(|_| root).unwrap_or_else(|| {
+            panic!(
+                "{test} needs root and PostgreSQL's server programs under {SERVER_PROGRAMS} \
+                 (Debian's postgresql package; .ci/run installs it and runs as root), or leave \
+                 out the ignored tests (plain `cargo test`)"
+            )
+        });
         let directory = tempfile::tempdir().expect("temp dir");
         let uid = run_as_postgres("id", &["-u"])
             .trim()
@@ -160,7 +150,7 @@ impl ThrowawayServer {
             &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
         );
         server.pg_ctl(&["start", "-w"]);
-        Some(server)
+        server
     }
 
     /// The server's `postgres` database.

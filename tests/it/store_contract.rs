@@ -122,6 +122,7 @@ macro_rules! contract {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
                 async fn $name() {
                     let Some(fixture) = super::Fixture::postgres(stringify!($name)).await else {
                         return;
@@ -597,6 +598,7 @@ async fn run_requests_queue_only_on_a_shared_store(store: &StoreHandle) {
 // PostgreSQL alone: several nodes on one database.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn queued_runs_are_claimed_once_across_nodes_within_the_caps() {
     let Some(fixture) = Fixture::postgres("queued_runs_are_claimed_once_across_nodes").await else {
         return;
@@ -656,6 +658,7 @@ async fn queued_runs_are_claimed_once_across_nodes_within_the_caps() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn queued_runs_are_claimed_within_the_cluster_cap() {
     let Some(database) = TestDatabase::create("queued_runs_within_the_cluster_cap").await else {
         return;
@@ -679,6 +682,7 @@ async fn queued_runs_are_claimed_within_the_cluster_cap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn one_node_at_a_time_delivers_a_sessions_outbox() {
     let Some(fixture) = Fixture::postgres("one_node_at_a_time_delivers_an_outbox").await else {
         return;
@@ -750,6 +754,7 @@ async fn one_node_at_a_time_delivers_a_sessions_outbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn a_node_paused_past_its_lease_is_fenced() {
     let Some(fixture) = Fixture::postgres("a_node_paused_past_its_lease_is_fenced").await else {
         return;
@@ -795,6 +800,7 @@ async fn a_node_paused_past_its_lease_is_fenced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn heartbeats_keep_a_lease() {
     let Some(fixture) = Fixture::postgres("heartbeats_keep_a_lease").await else {
         return;
@@ -831,6 +837,7 @@ async fn heartbeats_keep_a_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn nodes_starting_together_migrate_once() {
     let Some(database) = TestDatabase::create("nodes_starting_together_migrate_once").await else {
         return;
@@ -867,6 +874,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
 async fn the_cluster_cap_holds_across_nodes() {
     let Some(database) = TestDatabase::create("the_cluster_cap_holds_across_nodes").await else {
         return;

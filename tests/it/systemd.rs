@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[test]
+#[ignore = "needs systemd-analyze (Debian's systemd package)"]
 fn units_verify_cleanly_and_rate_ok_for_exposure() {
     let directory = tempfile::tempdir().expect("temp dir");
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/systemd");
@@ -26,7 +27,10 @@ fn units_verify_cleanly_and_rate_ok_for_exposure() {
         .arg("verify")
         .args(&copies)
         .output()
-        .expect("systemd-analyze runs (.ci/run installs systemd if it is missing)");
+        .expect(
+            "this test needs systemd-analyze: install Debian's systemd package (.ci/run does), \
+             or leave out the ignored tests (plain `cargo test`)",
+        );
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&verify.stdout),
