@@ -1,0 +1,370 @@
+//! [`ServiceClient`], one configured service, and its request/reply
+//! plumbing: every call runs through the service's resilience guard, is
+//! counted in its [`ServiceStats`], and its reply is read under the body
+//! cap, whole or (for `post_streaming`) as server-sent events.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::{classify_send_error, error_chain, error_message, too_large};
+use super::stats::{InFlight, ServiceStats};
+use super::{sse, CallError};
+use crate::config::ServiceConfig;
+use crate::resilience::{BreakerState, Guard, Policy, Progress};
+
+/// How a request that asked for a stream was answered.
+#[derive(Debug)]
+pub enum Streamed<E, W> {
+    /// Server-sent events: each `data:` payload before `data: [DONE]`.
+    Events(Vec<E>),
+    /// A plain JSON body: the server did not stream, which is allowed.
+    Whole(W),
+}
+
+/// Health probes get this long at most, whatever the call timeout.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One configured service: its name (the metrics label), base URL, HTTP
+/// client, and the resilience guard every call goes through.
+#[derive(Clone)]
+pub struct ServiceClient {
+    pub name: String,
+    pub base_url: String,
+    http: reqwest::Client,
+    guard: Arc<Guard>,
+    pub stats: Arc<ServiceStats>,
+    /// A reply body larger than this is refused rather than read.
+    max_reply_bytes: usize,
+    /// The URL of each fixed path (a turn's calls), parsed once: parsing
+    /// it on every call, its host's IDNA check included, was 1% of the
+    /// daemon's CPU per turn. Paths carrying an id are not kept.
+    urls: Arc<Mutex<HashMap<String, reqwest::Url>>>,
+}
+
+/// Fixed paths whose parsed URL a client keeps; past this many (which no
+/// client has) the kept ones are dropped and parsed again as used.
+const MAX_CACHED_URLS: usize = 32;
+
+/// Reply bodies are capped at this unless the config says otherwise.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 1024 * 1024;
+
+impl ServiceClient {
+    pub fn new(name: &str, base_url: &str, policy: Policy, http: reqwest::Client) -> Self {
+        Self {
+            name: name.to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            http,
+            guard: Arc::new(Guard::new(name, policy)),
+            stats: Arc::new(ServiceStats::default()),
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            urls: Arc::default(),
+        }
+    }
+
+    /// Replies larger than `bytes` are refused with a decode error.
+    pub fn with_max_reply_bytes(mut self, bytes: usize) -> Self {
+        self.max_reply_bytes = bytes;
+        self
+    }
+
+    pub fn from_config(name: &str, service: &ServiceConfig, http: reqwest::Client) -> Self {
+        Self::new(
+            name,
+            &service.base_url,
+            Policy::new(service.timeout_ms, service.policy.clone()),
+            http,
+        )
+        .with_max_reply_bytes(service.max_reply_bytes)
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.guard.breaker_state()
+    }
+
+    /// How long until this service's open breaker lets a probe through;
+    /// `None` when it is not open. See [`Guard::open_remaining`].
+    pub fn breaker_open_remaining(&self) -> Option<Duration> {
+        self.guard.open_remaining()
+    }
+
+    /// The service was seen answering: an open breaker half-opens now.
+    pub fn half_open_breaker(&self) {
+        self.guard.half_open_now();
+    }
+
+    /// Holds this service's breaker open while it is seen down.
+    pub fn hold_breaker_open(&self) {
+        self.guard.hold_open();
+    }
+
+    /// Ends the hold once the service is seen up: the breaker closes.
+    pub fn release_breaker_hold(&self) {
+        self.guard.release_hold();
+    }
+
+    pub async fn post_json<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        headers: &[(&str, String)],
+    ) -> Result<R, CallError> {
+        let build = || self.post_request(path, body, headers);
+        self.send(operation_name(path), build).await
+    }
+
+    /// A fresh `POST` of `body` with `headers`, for each attempt.
+    fn post_request<B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &B,
+        headers: &[(&str, String)],
+    ) -> reqwest::RequestBuilder {
+        let mut request = self.request(reqwest::Method::POST, path).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request
+    }
+
+    /// A request for the fixed `path` on this service, its URL parsed once
+    /// and kept. A path that makes no URL is left to reqwest, whose
+    /// builder error is then the call's (`CallError::Refused`).
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        if let Some(url) = self.urls.lock().get(path) {
+            return self.http.request(method, url.clone());
+        }
+        let text = format!("{}{path}", self.base_url);
+        match reqwest::Url::parse(&text) {
+            Ok(url) => {
+                let mut urls = self.urls.lock();
+                if urls.len() >= MAX_CACHED_URLS {
+                    urls.clear();
+                }
+                urls.insert(path.to_string(), url.clone());
+                self.http.request(method, url)
+            }
+            Err(_) => self.http.request(method, text),
+        }
+    }
+
+    /// A `POST` whose reply may stream as server-sent events, each event's
+    /// data a JSON `E`, ended by `data: [DONE]`; a plain JSON answer is a
+    /// `W`. Each piece that arrives tells the stack the reply is still
+    /// coming: the per-attempt timeout caps the wait for the first, and
+    /// `idle` the gaps after it (see [`Guard::call_streaming`]). A cut or
+    /// cancelled attempt drops its response, closing the connection.
+    pub async fn post_streaming<B, E, W>(
+        &self,
+        path: &str,
+        body: &B,
+        headers: &[(&str, String)],
+        idle: Duration,
+    ) -> Result<Streamed<E, W>, CallError>
+    where
+        B: Serialize + ?Sized,
+        E: DeserializeOwned,
+        W: DeserializeOwned,
+    {
+        let build = || self.post_request(path, body, headers);
+        self.guarded(operation_name(path), Some(idle), |progress| {
+            exchange_streaming(&self.name, build(), self.max_reply_bytes, progress)
+        })
+        .await
+    }
+
+    pub async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {
+        self.send(operation_name(path), || {
+            self.request(reqwest::Method::GET, path)
+        })
+        .await
+    }
+
+    /// A `GET` with headers, named `operation` in metrics and the journal
+    /// (a path carrying an id would make a label per id).
+    pub async fn get_json_as<R: DeserializeOwned>(
+        &self,
+        operation: &str,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<R, CallError> {
+        // A path carrying an id: parsed each time, not kept.
+        let url = format!("{}{path}", self.base_url);
+        let build = || {
+            let mut request = self.http.get(&url);
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            request
+        };
+        self.send(operation, build).await
+    }
+
+    /// One `GET` with only a short timeout: no retry, no breaker. A health
+    /// probe must see the service as it is, and must not move the breaker.
+    pub async fn probe_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {
+        self.probe_json_within(path, PROBE_TIMEOUT.min(self.guard.policy().attempt_timeout))
+            .await
+    }
+
+    /// [`Self::probe_json`] with the caller's timeout (the health checker's).
+    pub async fn probe_json_within<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        limit: Duration,
+    ) -> Result<R, CallError> {
+        let request = self.request(reqwest::Method::GET, path);
+        let reply = exchange(&self.name, request, self.max_reply_bytes, None);
+        match tokio::time::timeout(limit, reply).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout {
+                service: self.name.clone(),
+                after: limit,
+            }),
+        }
+    }
+
+    async fn send<R: DeserializeOwned>(
+        &self,
+        operation: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<R, CallError> {
+        self.guarded(operation, None, |_| {
+            exchange(&self.name, build(), self.max_reply_bytes, None)
+        })
+        .await
+    }
+
+    /// One call through the stack, counted in flight and in the stats.
+    async fn guarded<T, Fut>(
+        &self,
+        operation: &str,
+        idle: Option<Duration>,
+        attempt: impl FnMut(Progress) -> Fut,
+    ) -> Result<T, CallError>
+    where
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Counted down on drop, so a cancelled call is not in flight forever.
+        let _in_flight = InFlight(&self.stats);
+        let (outcome, summary) = self.guard.call_streaming(operation, idle, attempt).await;
+        self.stats
+            .record(summary.duration.as_secs_f64(), outcome.is_ok());
+        outcome.map_err(CallError::from)
+    }
+}
+
+/// `/tools/calculator` → `tools/calculator`: the operation's audit name.
+fn operation_name(path: &str) -> &str {
+    path.trim_start_matches('/')
+}
+
+async fn exchange<R: DeserializeOwned>(
+    service: &str,
+    request: reqwest::RequestBuilder,
+    max_reply_bytes: usize,
+    progress: Option<&Progress>,
+) -> Result<R, CallError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|error| classify_send_error(service, &error))?;
+    read_reply(service, response, max_reply_bytes, progress).await
+}
+
+/// One attempt of [`ServiceClient::post_streaming`]: an error status or a
+/// body that is not an event stream is read whole, as [`exchange`] does.
+async fn exchange_streaming<E: DeserializeOwned, W: DeserializeOwned>(
+    service: &str,
+    request: reqwest::RequestBuilder,
+    max_reply_bytes: usize,
+    progress: Progress,
+) -> Result<Streamed<E, W>, CallError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|error| classify_send_error(service, &error))?;
+    let is_event_stream = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("text/event-stream"));
+    if !response.status().is_success() || !is_event_stream {
+        return read_reply(service, response, max_reply_bytes, Some(&progress))
+            .await
+            .map(Streamed::Whole);
+    }
+    sse::read_events(service, response, max_reply_bytes, &progress)
+        .await
+        .map(Streamed::Events)
+}
+
+async fn read_reply<R: DeserializeOwned>(
+    service: &str,
+    response: reqwest::Response,
+    max_reply_bytes: usize,
+    progress: Option<&Progress>,
+) -> Result<R, CallError> {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| crate::resilience::backoff::parse_retry_after(value, chrono::Utc::now()));
+    let bytes = read_capped(service, response, max_reply_bytes, progress).await?;
+    if !status.is_success() {
+        return Err(CallError::Status {
+            service: service.into(),
+            status: status.as_u16(),
+            // The service's own words end up in logs and the audit trail:
+            // escaped and cut, so they cannot forge lines or flood either.
+            message: crate::wire::loggable(
+                &error_message(&bytes)
+                    .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string()),
+            ),
+            retry_after,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|error| CallError::Decode {
+        service: service.into(),
+        message: error.to_string(),
+    })
+}
+
+/// The body, refused as soon as it is known to be over `max_bytes` (by
+/// `Content-Length`, or while it streams in), so a hostile or broken server
+/// cannot make heistd hold an arbitrarily large reply.
+async fn read_capped(
+    service: &str,
+    mut response: reqwest::Response,
+    max_bytes: usize,
+    progress: Option<&Progress>,
+) -> Result<Vec<u8>, CallError> {
+    let too_large = || too_large(service, max_bytes);
+    if response
+        .content_length()
+        .is_some_and(|length| length > max_bytes as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| CallError::Connect {
+        service: service.into(),
+        message: error_chain(&error),
+    })? {
+        if let Some(progress) = progress {
+            progress.mark();
+        }
+        if body.len() + chunk.len() > max_bytes {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
