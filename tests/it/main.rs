@@ -3,6 +3,7 @@
 
 mod attacks;
 mod attacks_listeners;
+mod attacks_memory;
 mod attacks_oauth;
 mod auth;
 mod cli;
