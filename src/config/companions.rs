@@ -71,11 +71,14 @@ pub struct DatabaseToolConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryServiceConfig {
-    /// Entries one session may hold; past it, writes get 413
-    /// `quota_exceeded` (the outbox sets the write aside).
+    /// Entries one client (a token's `sub`) may hold in one session; past
+    /// it, its writes get 413 `quota_exceeded` (the outbox sets the write
+    /// aside). Per client, so an agent filling a session does not refuse
+    /// heistd's writes to it.
     #[serde(default = "default_max_entries_per_session")]
     pub max_entries_per_session: usize,
-    /// Bytes one session may hold; past it, 413 `quota_exceeded`. Every
+    /// Bytes one client may hold in one session; past it, 413
+    /// `quota_exceeded`. Every
     /// stored byte counts: the message, the agent and session ids, the
     /// `Idempotency-Key`, the writing client's id and a fixed overhead per
     /// entry (for its bookkeeping), so empty messages are not free.

@@ -47,8 +47,10 @@ pub struct SessionMemories {
     keys: HashMap<KeyScope, String>,
     pub entries: usize,
     pub bytes: usize,
-    /// Bytes per client in this session, and whether it is an admin.
-    client_bytes: HashMap<String, (usize, bool)>,
+    /// What each client holds in this session: the session quotas apply
+    /// per client, so an agent filling a session (heistd's, whose id is
+    /// public) does not refuse heistd's writes to it.
+    clients: HashMap<String, ClientUsage>,
     /// Retention counts from here.
     last_write: Instant,
 }
@@ -64,6 +66,16 @@ pub struct Memories {
     last_prune: Instant,
     /// The file every accepted write goes through to, when persisted.
     pub file: Option<MemoryFile>,
+}
+
+/// One client's entries and bytes in one session.
+#[derive(Default)]
+struct ClientUsage {
+    entries: usize,
+    bytes: usize,
+    /// Of `bytes`, those written without `memory:admin` (charged to the
+    /// client's share and the agents').
+    agent_bytes: usize,
 }
 
 /// What a write would find: a replay, a key reused with another body, or
@@ -155,7 +167,8 @@ impl Memories {
         let (entries, held) = self
             .sessions
             .get(&write.session_id)
-            .map_or((0, 0), |session| (session.entries, session.bytes));
+            .and_then(|session| session.clients.get(&write.client_id))
+            .map_or((0, 0), |usage| (usage.entries, usage.bytes));
         if entries + 1 > limits.max_entries_per_session
             || held + cost > limits.max_bytes_per_session
         {
@@ -200,7 +213,7 @@ impl Memories {
                 keys: HashMap::new(),
                 entries: 0,
                 bytes: 0,
-                client_bytes: HashMap::new(),
+                clients: HashMap::new(),
                 last_write: at,
             });
         if let Some(key) = write.idempotency_key {
@@ -209,11 +222,12 @@ impl Memories {
         }
         session.entries += 1;
         session.bytes += cost;
-        let charged = session
-            .client_bytes
-            .entry(write.client_id.clone())
-            .or_insert((0, write.by_admin));
-        charged.0 += cost;
+        let usage = session.clients.entry(write.client_id.clone()).or_default();
+        usage.entries += 1;
+        usage.bytes += cost;
+        if !write.by_admin {
+            usage.agent_bytes += cost;
+        }
         session.last_write = session.last_write.max(at);
         let entries = session.by_agent.entry(write.agent_id.clone()).or_default();
         entries.push(MemoryEntry {
@@ -233,13 +247,13 @@ impl Memories {
     pub fn forget(&mut self, session_id: &str) -> Option<SessionMemories> {
         let session = self.sessions.remove(session_id)?;
         self.total_bytes -= session.bytes;
-        for (client, (bytes, by_admin)) in &session.client_bytes {
-            if *by_admin {
+        for (client, usage) in &session.clients {
+            if usage.agent_bytes == 0 {
                 continue;
             }
-            self.agents_bytes -= bytes;
+            self.agents_bytes -= usage.agent_bytes;
             if let Some(held) = self.client_bytes.get_mut(client) {
-                *held -= bytes;
+                *held -= usage.agent_bytes;
                 if *held == 0 {
                     self.client_bytes.remove(client);
                 }

@@ -15,8 +15,8 @@
 //! `/sessions/{id}/digest`, `/stats` and `DELETE /clear` need
 //! `memory:admin`. It is bounded ([`held`]): every stored byte is charged
 //! (message, ids, key, client, a fixed overhead per entry), and ids and
-//! keys have length limits (413 naming the limit); per session in entries
-//! and bytes (413 `quota_exceeded`, permanent); per agent client
+//! keys have length limits (413 naming the limit); per client in a session
+//! in entries and bytes (413 `quota_exceeded`, permanent); per agent client
 //! (`max_bytes_per_client`) and for all agents together
 //! (`max_bytes_agents`), so an agent cannot fill the room heistd's own
 //! writes (`memory:admin`) need (507); in total bytes (507, transient); and

@@ -350,3 +350,33 @@ async fn an_agent_filling_its_share_leaves_heistds_writes_succeeding() {
     );
     assert_eq!(call(&state, request).await["duplicate"], false);
 }
+
+#[tokio::test]
+async fn an_agent_filling_heistds_session_leaves_heistds_writes_to_it_succeeding() {
+    let key = SigningKey::random();
+    let limits = MemoryServiceConfig {
+        max_entries_per_session: 5,
+        ..MemoryServiceConfig::default()
+    };
+    let state = MemoryState::new(key.clone(), limits);
+    let hacker = bearer(&key, "hacker", "memory:write");
+    for turn in 1..=5 {
+        let request = write_request(&hacker, "hacker", "s1", turn, "", None);
+        call(&state, request).await;
+    }
+    let (status, _) = answer(&state, write_request(&hacker, "hacker", "s1", 6, "", None)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // The session quota is per client: heistd's writes to s1 still land.
+    for turn in 1..=5 {
+        let request = write_request(
+            &admin(&key),
+            "mole",
+            "s1",
+            turn,
+            "In.",
+            Some(&format!("s1:{turn}")),
+        );
+        assert_eq!(call(&state, request).await["duplicate"], false, "{turn}");
+    }
+    assert_eq!(count(&state, &key).await, 10);
+}
