@@ -299,3 +299,46 @@ impl Memories {
         self.sessions.values().map(|session| session.entries).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(session: usize, turn: usize) -> StoredWrite {
+        StoredWrite {
+            session_id: format!("session-{session}"),
+            agent_id: "mole".into(),
+            turn_id: turn as i64,
+            message: String::new(),
+            idempotency_key: Some(format!("session-{session}:{turn}")),
+            client_id: "heistd".into(),
+            by_admin: true,
+            content_hash: "0".repeat(64),
+            written_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn forgetting_a_session_among_100_000_keys_is_one_removal() {
+        let mut memories = Memories::empty(None);
+        let now = Instant::now();
+        for session in 0..20 {
+            for turn in 0..5_000 {
+                memories.add(write(session, turn), now);
+            }
+        }
+        let total = memories.total_bytes;
+        let started = std::time::Instant::now();
+        let forgotten = memories.forget("session-7").expect("held");
+        let under_lock = started.elapsed();
+        drop(forgotten);
+        // It was 9-22 ms when every key of every session was walked.
+        assert!(under_lock < Duration::from_millis(5), "{under_lock:?}");
+        assert_eq!(memories.sessions.len(), 19);
+        let seventh: usize = (0..5_000).map(|turn| entry_cost(&write(7, turn))).sum();
+        assert_eq!(memories.total_bytes, total - seventh);
+        // The other sessions' keys are still known.
+        assert!(matches!(memories.seen(&write(8, 1)), Seen::Duplicate));
+        assert!(matches!(memories.seen(&write(7, 1)), Seen::New));
+    }
+}
