@@ -328,7 +328,7 @@ mod tests {
             }
         }
         let total = memories.total_bytes;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let forgotten = memories.forget("session-7").expect("held");
         let under_lock = started.elapsed();
         drop(forgotten);
