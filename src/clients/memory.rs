@@ -6,6 +6,7 @@
 use serde::Deserialize;
 
 use super::{CallError, OAuthClient, ServiceClient, TokenCache};
+use crate::wire::memory::{EntryDigest, SessionDigestReply};
 /// One `store_memory` body (defined in `wire`, shared with the service).
 pub use crate::wire::MemoryWrite;
 use crate::wire::{
@@ -144,5 +145,29 @@ impl MemoryClient {
             self.forget_token_after(error).await;
         }
         Ok(reply?.count)
+    }
+
+    /// heistd's own entries of `session_id` with their content hashes
+    /// (`GET /sessions/{id}/digest`, `memory:admin`), sorted; None from a
+    /// service without the endpoint (404), which heistd then compares by
+    /// count.
+    pub async fn session_digest(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<Vec<EntryDigest>>, CallError> {
+        let headers = self.authorization().await?;
+        let path = format!("/sessions/{session_id}/digest");
+        let reply: Result<SessionDigestReply, CallError> = self
+            .service
+            .get_json_as("sessions/digest", &path, &headers)
+            .await;
+        match reply {
+            Ok(reply) => Ok(Some(reply.entries)),
+            Err(CallError::Status { status: 404, .. }) => Ok(None),
+            Err(error) => {
+                self.forget_token_after(&error).await;
+                Err(error)
+            }
+        }
     }
 }

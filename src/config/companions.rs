@@ -75,17 +75,38 @@ pub struct DatabaseToolConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryServiceConfig {
-    /// Entries one session may hold; past it, writes get 413
-    /// `quota_exceeded` (the outbox sets the write aside).
+    /// Entries one client (a token's `sub`) may hold in one session; past
+    /// it, its writes get 413 `quota_exceeded` (the outbox sets the write
+    /// aside). Per client, so an agent filling a session does not refuse
+    /// heistd's writes to it.
     #[serde(default = "default_max_entries_per_session")]
     pub max_entries_per_session: usize,
-    /// Message bytes one session may hold; past it, 413 `quota_exceeded`.
+    /// Bytes one client may hold in one session; past it, 413
+    /// `quota_exceeded`. Every
+    /// stored byte counts: the message, the agent and session ids, the
+    /// `Idempotency-Key`, the writing client's id and a fixed overhead per
+    /// entry (for its bookkeeping), so empty messages are not free.
     #[serde(default = "default_max_bytes_per_session")]
     pub max_bytes_per_session: usize,
-    /// Message bytes the whole service may hold; past it, 507 (transient:
-    /// retention or `DELETE /clear` frees room, so a retry may succeed).
+    /// Bytes the whole service may hold, counted as for
+    /// `max_bytes_per_session`; past it, 507 (transient: retention or
+    /// `DELETE /clear` frees room, so a retry may succeed). The process's
+    /// memory stays under this plus a fixed overhead.
     #[serde(default = "default_memory_max_bytes")]
     pub max_bytes: usize,
+    /// Bytes all agents' own writes (tokens with `memory:write` but not
+    /// `memory:admin`) may hold together; past it, their writes get 507.
+    /// The rest of `max_bytes` is kept for heistd's writes (`memory:admin`),
+    /// which agents' data therefore never refuses. Unset: half of
+    /// `max_bytes`. Must be below `max_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_agents: Option<usize>,
+    /// Bytes one agent client (a token's `sub` without `memory:admin`) may
+    /// hold across all sessions; past it, its writes get 507 and no other
+    /// client's do. heistd's own writes have no share: they are bounded by
+    /// `max_bytes` only.
+    #[serde(default = "default_max_bytes_per_client")]
+    pub max_bytes_per_client: usize,
     /// A session's memories are dropped this long after its last write.
     #[serde(default = "default_retention_hours")]
     pub retention_hours: u64,
@@ -94,6 +115,14 @@ pub struct MemoryServiceConfig {
     /// kept in it. Unset: RAM only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<std::path::PathBuf>,
+}
+
+impl MemoryServiceConfig {
+    /// What all agents' writes may hold together: `max_bytes_agents`, or
+    /// half of `max_bytes`.
+    pub fn agents_max_bytes(&self) -> usize {
+        self.max_bytes_agents.unwrap_or(self.max_bytes / 2)
+    }
 }
 
 impl Default for DatabaseToolConfig {
@@ -114,6 +143,8 @@ impl Default for MemoryServiceConfig {
             max_entries_per_session: default_max_entries_per_session(),
             max_bytes_per_session: default_max_bytes_per_session(),
             max_bytes: default_memory_max_bytes(),
+            max_bytes_agents: None,
+            max_bytes_per_client: default_max_bytes_per_client(),
             retention_hours: default_retention_hours(),
             path: None,
         }
@@ -158,6 +189,9 @@ fn default_max_bytes_per_session() -> usize {
 }
 fn default_memory_max_bytes() -> usize {
     256 * 1024 * 1024
+}
+fn default_max_bytes_per_client() -> usize {
+    16 * 1024 * 1024
 }
 fn default_retention_hours() -> u64 {
     168
@@ -304,10 +338,21 @@ impl CompanionsConfig {
                 self.memory.max_bytes_per_session as u64,
             ),
             ("memory.max_bytes", self.memory.max_bytes as u64),
+            (
+                "memory.max_bytes_per_client",
+                self.memory.max_bytes_per_client as u64,
+            ),
             ("memory.retention_hours", self.memory.retention_hours),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err((format!("companions.{key}"), "must be at least 1".into()));
+        }
+        if self.memory.agents_max_bytes() >= self.memory.max_bytes {
+            return Err((
+                "companions.memory.max_bytes_agents".into(),
+                "must be below companions.memory.max_bytes, so heistd's own writes keep room"
+                    .into(),
+            ));
         }
         if database.max_value_bytes > i32::MAX as usize {
             return Err((

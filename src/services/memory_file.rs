@@ -13,6 +13,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::wire::MemoryWrite;
+
 /// One stored write, as the file keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredWrite {
@@ -21,6 +23,16 @@ pub struct StoredWrite {
     pub turn_id: i64,
     pub message: String,
     pub idempotency_key: Option<String>,
+    /// The authenticated client (token `sub`) that wrote it; idempotency
+    /// keys and shares are per client. Files from before it was kept read
+    /// back with "" (no client).
+    pub client_id: String,
+    /// Whether that client wrote with `memory:admin` (heistd's own writes,
+    /// which no agent's share counts).
+    pub by_admin: bool,
+    /// SHA-256 (hex) of the content (`MemoryWrite::content_hash`); computed
+    /// again at load for rows that lack it.
+    pub content_hash: String,
     /// Wall-clock milliseconds of the write, so retention survives a restart.
     pub written_at_ms: i64,
 }
@@ -39,10 +51,21 @@ const SCHEMA: &str = "
         turn_id INTEGER NOT NULL,
         message TEXT NOT NULL,
         idempotency_key TEXT,
-        written_at_ms INTEGER NOT NULL
+        written_at_ms INTEGER NOT NULL,
+        client_id TEXT,
+        by_admin INTEGER NOT NULL DEFAULT 0,
+        content_hash TEXT
     );
     CREATE INDEX IF NOT EXISTS memories_session ON memories(session_id);
 ";
+
+/// Columns added since the first files were written: added to a file
+/// that lacks them when it is opened.
+const ADDED_COLUMNS: [(&str, &str); 3] = [
+    ("client_id", "client_id TEXT"),
+    ("by_admin", "by_admin INTEGER NOT NULL DEFAULT 0"),
+    ("content_hash", "content_hash TEXT"),
+];
 
 /// A new random instance id (128 bits, hex).
 pub fn new_instance_id() -> String {
@@ -54,6 +77,37 @@ fn sql_error(error: rusqlite::Error) -> String {
     error.to_string()
 }
 
+impl StoredWrite {
+    /// The write as it came over the wire (what the content hash covers).
+    pub fn content(&self) -> MemoryWrite {
+        MemoryWrite {
+            agent_id: self.agent_id.clone(),
+            turn_id: self.turn_id,
+            message: self.message.clone(),
+            game_session_id: self.session_id.clone(),
+        }
+    }
+}
+
+fn add_missing_columns(connection: &Connection) -> Result<(), String> {
+    let mut statement = connection
+        .prepare("SELECT name FROM pragma_table_info('memories')")
+        .map_err(sql_error)?;
+    let present: Vec<String> = statement
+        .query_map([], |row| row.get(0))
+        .map_err(sql_error)?
+        .collect::<Result<_, _>>()
+        .map_err(sql_error)?;
+    for (name, definition) in ADDED_COLUMNS {
+        if !present.iter().any(|column| column == name) {
+            connection
+                .execute_batch(&format!("ALTER TABLE memories ADD COLUMN {definition}"))
+                .map_err(sql_error)?;
+        }
+    }
+    Ok(())
+}
+
 impl MemoryFile {
     /// Opens (or creates) the file: returns it, its instance id (created
     /// with the file) and every write it holds, oldest first.
@@ -63,6 +117,7 @@ impl MemoryFile {
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
             .map_err(sql_error)?;
         connection.execute_batch(SCHEMA).map_err(sql_error)?;
+        add_missing_columns(&connection)?;
         let existing: Option<String> = connection
             .query_row(
                 "SELECT value FROM meta WHERE key = 'instance_id'",
@@ -93,20 +148,28 @@ impl MemoryFile {
         let mut statement = self
             .connection
             .prepare(
-                "SELECT session_id, agent_id, turn_id, message, idempotency_key, written_at_ms
+                "SELECT session_id, agent_id, turn_id, message, idempotency_key, written_at_ms,
+                        COALESCE(client_id, ''), by_admin, content_hash
                  FROM memories ORDER BY id",
             )
             .map_err(sql_error)?;
         let rows = statement
             .query_map([], |row| {
-                Ok(StoredWrite {
+                let mut write = StoredWrite {
                     session_id: row.get(0)?,
                     agent_id: row.get(1)?,
                     turn_id: row.get(2)?,
                     message: row.get(3)?,
                     idempotency_key: row.get(4)?,
                     written_at_ms: row.get(5)?,
-                })
+                    client_id: row.get(6)?,
+                    by_admin: row.get(7)?,
+                    content_hash: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                };
+                if write.content_hash.is_empty() {
+                    write.content_hash = write.content().content_hash();
+                }
+                Ok(write)
             })
             .map_err(sql_error)?
             .collect::<Result<Vec<_>, _>>()
@@ -119,8 +182,9 @@ impl MemoryFile {
     pub fn insert(&self, write: &StoredWrite) -> Result<(), String> {
         self.connection
             .prepare_cached(
-                "INSERT INTO memories (session_id, agent_id, turn_id, message, idempotency_key, written_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO memories (session_id, agent_id, turn_id, message, idempotency_key, written_at_ms,
+                                       client_id, by_admin, content_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .and_then(|mut statement| {
                 statement.execute(params![
@@ -129,7 +193,10 @@ impl MemoryFile {
                     write.turn_id,
                     write.message,
                     write.idempotency_key,
-                    write.written_at_ms
+                    write.written_at_ms,
+                    write.client_id,
+                    write.by_admin,
+                    write.content_hash
                 ])
             })
             .map(|_| ())
@@ -161,14 +228,19 @@ mod tests {
     use super::*;
 
     fn write(turn_id: i64) -> StoredWrite {
-        StoredWrite {
+        let mut write = StoredWrite {
             session_id: "s1".into(),
             agent_id: "mole".into(),
             turn_id,
             message: format!("turn {turn_id}"),
             idempotency_key: Some(format!("s1:{turn_id}")),
+            client_id: "heistd".into(),
+            by_admin: true,
+            content_hash: String::new(),
             written_at_ms: 1_000 + turn_id,
-        }
+        };
+        write.content_hash = write.content().content_hash();
+        write
     }
 
     #[test]
@@ -187,6 +259,30 @@ mod tests {
         drop(file);
         let (_, _, writes) = MemoryFile::open(&path).expect("reopen");
         assert!(writes.is_empty());
+    }
+
+    #[test]
+    fn a_file_from_before_clients_were_kept_gains_the_columns_and_hashes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.db");
+        let old = Connection::open(&path).expect("open");
+        old.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE memories (id INTEGER PRIMARY KEY, session_id TEXT NOT NULL,
+                 agent_id TEXT NOT NULL, turn_id INTEGER NOT NULL, message TEXT NOT NULL,
+                 idempotency_key TEXT, written_at_ms INTEGER NOT NULL);
+             INSERT INTO memories (session_id, agent_id, turn_id, message, idempotency_key, written_at_ms)
+                 VALUES ('s1', 'mole', 1, 'turn 1', 's1:1', 1001);",
+        )
+        .expect("old schema");
+        drop(old);
+        let (_, _, writes) = MemoryFile::open(&path).expect("open");
+        let expected = StoredWrite {
+            client_id: String::new(),
+            by_admin: false,
+            ..write(1)
+        };
+        assert_eq!(writes, vec![expected]);
     }
 
     #[test]

@@ -153,6 +153,10 @@ pub(crate) trait Backend: Any + Send + Sync {
 
     async fn mark_outbox_undelivered(&self, session_id: &str) -> Result<u64, StoreError>;
 
+    /// The payloads (JSON) of a session's delivered memory writes, oldest
+    /// first: what reconciliation hashes to compare with the service.
+    async fn delivered_payloads(&self, session_id: &str) -> Result<Vec<String>, StoreError>;
+
     async fn pending_outbox_total(&self) -> Result<u64, StoreError>;
 
     async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError>;

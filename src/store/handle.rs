@@ -269,6 +269,11 @@ impl StoreHandle {
         self.backend.mark_outbox_undelivered(session_id).await
     }
 
+    /// The payloads of a session's delivered memory writes, oldest first.
+    pub async fn delivered_payloads(&self, session_id: &str) -> Result<Vec<String>, StoreError> {
+        self.backend.delivered_payloads(session_id).await
+    }
+
     pub async fn pending_outbox_total(&self) -> Result<u64, StoreError> {
         self.backend.pending_outbox_total().await
     }

@@ -5,6 +5,7 @@
 //! client reads the latter). It holds the shapes only.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// The token budget of a compressed-memory request that names none.
 pub const DEFAULT_MEMORY_MAX_TOKENS: usize = 500;
@@ -19,6 +20,32 @@ pub struct MemoryWrite {
     pub turn_id: i64,
     pub message: String,
     pub game_session_id: String,
+}
+
+impl MemoryWrite {
+    /// SHA-256 (hex) of the write's canonical content: each field as its
+    /// byte length (8 bytes, big-endian) then its bytes, in the order
+    /// session, agent, turn (decimal), message. The memory service keeps
+    /// it per entry and compares it when an `Idempotency-Key` comes again;
+    /// heistd computes it from its outbox to reconcile content, not counts.
+    pub fn content_hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        let turn = self.turn_id.to_string();
+        for field in [
+            self.game_session_id.as_bytes(),
+            self.agent_id.as_bytes(),
+            turn.as_bytes(),
+            self.message.as_bytes(),
+        ] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field);
+        }
+        hasher
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
 }
 
 /// One `get_compressed_memory` body.
@@ -71,6 +98,30 @@ pub struct SessionCountReply {
     pub count: u64,
 }
 
+/// `GET /sessions/{id}/digest` (heistd's addition, `memory:admin`): the
+/// entries of a session written by the calling client (no other client's),
+/// each with its content hash ([`MemoryWrite::content_hash`]), so heistd
+/// compares what the service holds of its writes with what it delivered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionDigestReply {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub game_session_id: String,
+    /// The client whose entries these are (the token's `sub`).
+    #[serde(default)]
+    pub client_id: String,
+    pub entries: Vec<EntryDigest>,
+}
+
+/// One entry of a [`SessionDigestReply`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntryDigest {
+    pub agent_id: String,
+    pub turn_id: i64,
+    pub hash: String,
+}
+
 impl CompressedSummary {
     /// `text` under both names.
     pub fn new(text: String) -> Self {
@@ -97,6 +148,27 @@ fn default_recent_count() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_content_hash_covers_every_field_and_cannot_be_shifted() {
+        let write = |agent: &str, turn: i64, message: &str, session: &str| MemoryWrite {
+            agent_id: agent.into(),
+            turn_id: turn,
+            message: message.into(),
+            game_session_id: session.into(),
+        };
+        let base = write("mole", 1, "In.", "s1").content_hash();
+        assert_eq!(base.len(), 64);
+        assert_eq!(base, write("mole", 1, "In.", "s1").content_hash());
+        for other in [
+            write("mole", 2, "In.", "s1"),
+            write("mole", 1, "In!", "s1"),
+            write("mol", 1, "eIn.", "s1"),
+            write("mole", 1, "In.", "s2"),
+        ] {
+            assert_ne!(base, other.content_hash(), "{other:?}");
+        }
+    }
 
     #[test]
     fn the_summary_goes_out_under_both_names_and_reads_from_either() {

@@ -4,6 +4,7 @@
 mod attacks;
 mod attacks_database;
 mod attacks_listeners;
+mod attacks_memory;
 mod attacks_oauth;
 mod auth;
 mod cli;

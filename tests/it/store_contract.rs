@@ -369,6 +369,13 @@ async fn delivered_writes_are_counted_and_marked_undelivered_again(store: &Store
         (counts[0].session_id.as_str(), counts[0].delivered),
         (id.as_str(), 2)
     );
+    // Their payloads, oldest first, for reconciliation to hash; the
+    // abandoned one is not among them.
+    let payloads = store.delivered_payloads(&id).await.expect("payloads");
+    assert_eq!(
+        payloads,
+        vec![pending[0].payload.clone(), pending[1].payload.clone()]
+    );
     // Past the memory service's retention: not expected to be held.
     let later = now + hour;
     let counts = store.delivered_counts(now - hour, later, 10).await;
@@ -388,6 +395,11 @@ async fn delivered_writes_are_counted_and_marked_undelivered_again(store: &Store
     let turns: Vec<i64> = again.iter().map(|entry| entry.turn_id).collect();
     assert_eq!(turns, vec![1, 2]);
     assert_eq!(store.outbox_counts(&id).await.expect("counts"), (0, 3));
+    assert!(store
+        .delivered_payloads(&id)
+        .await
+        .expect("payloads")
+        .is_empty());
 }
 
 async fn a_schedule_slot_runs_once(store: &StoreHandle) {

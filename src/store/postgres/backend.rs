@@ -131,6 +131,10 @@ impl Backend for PgStore {
         PgStore::mark_outbox_undelivered(self, session_id).await
     }
 
+    async fn delivered_payloads(&self, session_id: &str) -> Result<Vec<String>, StoreError> {
+        PgStore::delivered_payloads(self, session_id).await
+    }
+
     async fn pending_outbox_total(&self) -> Result<u64, StoreError> {
         PgStore::pending_outbox_total(self).await
     }

@@ -265,6 +265,18 @@ impl PgStore {
         Ok(changed)
     }
 
+    /// The payloads of a session's delivered writes, oldest first.
+    pub async fn delivered_payloads(&self, session_id: &str) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT payload FROM outbox WHERE session_id = $1 AND delivered_at IS NOT NULL ORDER BY id",
+                &[&session_id],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     /// A session's memory writes: (delivered, all).
     pub async fn outbox_counts(&self, session_id: &str) -> Result<(u64, u64), StoreError> {
         let client = self.client().await?;

@@ -287,6 +287,11 @@ impl Backend for SqliteBackend {
             .await
     }
 
+    async fn delivered_payloads(&self, session_id: &str) -> Result<Vec<String>, StoreError> {
+        let id = session_id.to_string();
+        self.run(move |store| store.delivered_payloads(&id)).await
+    }
+
     async fn pending_outbox_total(&self) -> Result<u64, StoreError> {
         self.run(|store| store.pending_outbox_total()).await
     }

@@ -251,6 +251,18 @@ impl Store {
         )?.execute(params![session_id])?;
         Ok(changed as u64)
     }
+
+    /// The payloads of a session's delivered writes, oldest first.
+    pub fn delivered_payloads(&self, session_id: &str) -> Result<Vec<String>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT payload FROM outbox WHERE session_id = ?1 AND delivered_at IS NOT NULL ORDER BY id",
+        )?;
+        let rows = statement
+            .query_map(params![session_id], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
 }
 
 /// A session's first `limit` pending memory writes, oldest first, on a
