@@ -67,7 +67,9 @@ pub enum Command {
     },
     /// Read the audit store.
     Sessions {
-        /// The audit database; default: the config's store.path.
+        /// The audit database; default: the config's store.path, or, when
+        /// that file does not exist, `heistd-demo.db` here if the demo wrote
+        /// it (said on stderr).
         #[arg(long, global = true)]
         db: Option<PathBuf>,
         /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.

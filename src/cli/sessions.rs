@@ -25,7 +25,7 @@ pub async fn sessions(
     };
     if !path.is_file() {
         return Err(CliError::Usage(format!(
-            "no audit database at {}",
+            "no audit database at {}: `heistd demo` or `heistd run` writes one, or name another with --db",
             path.display()
         )));
     }

@@ -122,13 +122,15 @@ impl CallError {
         matches!(self, Self::CircuitOpen { .. } | Self::BulkheadFull { .. })
     }
 
-    /// The service judged the request itself unacceptable (400, 413, 422),
-    /// or it could not be built: sending it again can never succeed. A 401,
+    /// The service judged the request itself unacceptable (400, 413, 422;
+    /// 409: its idempotency key already names another body, so a resend
+    /// under it is refused the same way), or it could not be built: sending
+    /// it again can never succeed. A 401,
     /// 403 or 404 is not permanent: it says the setup is wrong (a bad URL or
     /// key), and the request may succeed once that is fixed.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::Status { status, .. } => matches!(status, 400 | 413 | 422),
+            Self::Status { status, .. } => matches!(status, 400 | 409 | 413 | 422),
             Self::Refused { .. } => true,
             _ => false,
         }
@@ -273,5 +275,23 @@ mod tests {
             message: "bad url".into(),
         };
         assert!(!refused.is_transient() && refused.label() == "refused");
+    }
+
+    /// What the outbox sets aside rather than sends again: a body the
+    /// service refused for good, not a setup problem or an outage.
+    #[test]
+    fn only_a_refused_body_is_permanent() {
+        let status = |status: u16| CallError::Status {
+            service: "memory".into(),
+            status,
+            message: "x".into(),
+            retry_after: None,
+        };
+        for code in [400, 409, 413, 422] {
+            assert!(status(code).is_permanent(), "HTTP {code}");
+        }
+        for code in [401, 403, 404, 429, 500, 503, 507] {
+            assert!(!status(code).is_permanent(), "HTTP {code}");
+        }
     }
 }

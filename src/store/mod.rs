@@ -25,6 +25,8 @@
 
 mod backend;
 mod bundle;
+#[cfg(test)]
+mod fixtures;
 mod handle;
 mod migrate;
 mod outage;
@@ -66,7 +68,7 @@ pub enum StoreError {
         "audit store is {size_mb} MiB, over store.max_size_mb = {cap_mb}: raise the cap or prune"
     )]
     OverSizeCap { size_mb: u64, cap_mb: u64 },
-    #[error("audit store {path} is in use by another heistd (a daemon, run or demo); start heists on a running daemon with POST /api/v1/runs")]
+    #[error("audit store {path} is in use by another heistd (a daemon, run or demo); start heists on a running daemon with POST /api/v1/runs, or give `run` or `demo` another --db")]
     InUse { path: String },
     #[error("audit store lock file {path}: {source}")]
     LockFile {

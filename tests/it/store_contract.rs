@@ -65,47 +65,10 @@ impl Fixture {
     }
 }
 
-fn new_session(seed: u64, planned_turns: u32) -> NewSession {
-    NewSession {
-        scenario: "bank".into(),
-        seed,
-        planned_turns,
-        schedule: None,
-        scheduled_time: None,
-    }
-}
-
-fn turn(session_id: &str, turn_id: u32) -> TurnRecord {
-    TurnRecord {
-        session_id: session_id.into(),
-        turn_id,
-        agent_name: "hacker".into(),
-        agent_role: "Hacker".into(),
-        message: format!("message {turn_id}"),
-        error: None,
-        prompt_tokens: Some(100 + turn_id),
-        completion_tokens: Some(20),
-        finish_reason: Some("stop".into()),
-        trimmed: turn_id.is_multiple_of(2),
-        tool_calls: vec![ToolCallRecord {
-            tool_name: "calculator".into(),
-            tool_params: "1+1".into(),
-            tool_result: "2".into(),
-            success: true,
-            error: None,
-            duration_ms: 1.0,
-        }],
-        memory_payload: Some(format!("{{\"turn\":{turn_id}}}")),
-        service_calls: vec![ServiceCallRecord {
-            service: "calculator".into(),
-            operation: "tools/calculator".into(),
-            attempts: 2,
-            outcome: "success".into(),
-            last_error: None,
-            duration_ms: 120.0,
-        }],
-    }
-}
+// The records every store test writes, shared with the store's unit tests.
+#[path = "../../src/store/fixtures.rs"]
+mod fixtures;
+use fixtures::{new_session, turn};
 
 /// Instantiates each named contract test once per backend.
 macro_rules! contract {

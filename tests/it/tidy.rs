@@ -388,3 +388,53 @@ fn main_rs_only_parses_logs_dispatches_and_owns_signals() {
         "src/main.rs has {lines} lines; what it does beyond parse, logs, dispatch and signals belongs in cli or app"
     );
 }
+
+/// The store's shape (ARCHITECTURE.md, `store`): each backend in its own
+/// folder behind one trait, no macro that writes an operation per backend,
+/// and the config's `mod.rs` only the `Config` struct and its sections'
+/// re-exports, each section in a file of its own.
+#[test]
+fn the_store_has_a_folder_per_backend_and_the_config_a_short_mod_rs() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for backend in ["store/sqlite/mod.rs", "store/postgres/mod.rs"] {
+        assert!(source.join(backend).is_file(), "src/{backend} is missing");
+    }
+    for (name, text) in sources() {
+        assert!(
+            !text.contains("macro_rules! dispatch"),
+            "src/{name} dispatches by macro; a store operation belongs on the Backend trait"
+        );
+    }
+    let config = std::fs::read_to_string(source.join("config/mod.rs")).expect("config/mod.rs");
+    let lines = config.lines().count();
+    assert!(
+        lines < 200,
+        "src/config/mod.rs has {lines} lines; a section's struct, defaults and checks belong in its own file"
+    );
+}
+
+/// Production files longer than this (test items left out) need a reason
+/// in their opening `//!` paragraph (`Long because ...`): past it a file
+/// usually holds two ideas.
+const MAX_FILE_LINES: usize = 600;
+
+#[test]
+fn no_production_file_is_over_600_lines_without_a_reason() {
+    let long: Vec<(String, usize)> = sources()
+        .into_iter()
+        .filter(|(name, _)| !is_test_file(name))
+        .filter_map(|(name, text)| {
+            let lines = production_lines(&text).len();
+            let opening: String = text
+                .lines()
+                .take_while(|line| line.starts_with("//!"))
+                .collect();
+            (lines > MAX_FILE_LINES && !opening.contains("Long because")).then_some((name, lines))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "production files over {MAX_FILE_LINES} lines (tests left out); split them or say why in \
+         the opening `//!` paragraph (`Long because ...`): {long:#?}"
+    );
+}

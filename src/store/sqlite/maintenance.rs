@@ -222,18 +222,31 @@ impl Store {
 
 impl Store {
     /// A writer's clean close: the WAL checkpointed into the database and
-    /// truncated, the connection closed (SQLite then removes `-wal` and
-    /// `-shm`, the last connection to the file being this one: the reader
-    /// beside it closes first), and the lock file removed while it is still
-    /// held, so no other writer can have taken it in between. A crash
-    /// leaves them, which is harmless: the next open replays the WAL, and
-    /// the lock is taken by `flock`, not by the file's existence.
+    /// the file left in rollback-journal mode (`journal_mode = DELETE`,
+    /// which removes the WAL; the next writer's open sets WAL again), so a
+    /// reader opening it later (`heistd sessions`) creates no `-wal` or
+    /// `-shm` either; the connection closed (SQLite then removes `-shm`,
+    /// the last connection to the file being this one: the reader beside it
+    /// closes first); and the lock file removed while it is still held, so
+    /// no other writer can have taken it in between. Should another
+    /// process still read the file, the mode stays WAL and the WAL is only
+    /// truncated. A crash leaves the files, which is harmless: the next open
+    /// replays the WAL, and the lock is taken by `flock`, not by the file's
+    /// existence.
     pub(super) fn close_cleanly(&mut self) {
         let connection = self.connection.get_mut();
-        if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            tracing::warn!(path = %self.path.display(), %error, "the store's WAL could not be checkpointed at close");
-            return;
+        let left_wal = connection
+            .query_row("PRAGMA journal_mode = DELETE", [], |row| {
+                row.get::<_, String>(0)
+            })
+            .is_ok_and(|mode| mode.eq_ignore_ascii_case("delete"));
+        if !left_wal {
+            if let Err(error) =
+                connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            {
+                tracing::warn!(path = %self.path.display(), %error, "the store's WAL could not be checkpointed at close");
+                return;
+            }
         }
         let Ok(placeholder) = Connection::open_in_memory() else {
             return;

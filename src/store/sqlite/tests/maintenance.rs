@@ -177,6 +177,17 @@ fn a_new_store_is_private_and_a_clean_close_leaves_only_the_database() {
         }
     }
     assert_eq!(listing(), ["audit.db"]);
+    // A reader (`heistd sessions`) of the closed store leaves nothing either.
+    let reader = Store::open_read_only(&config.path).expect("reader");
+    assert_eq!(reader.find_sessions(None, None, 10).expect("read").len(), 1);
+    drop(reader);
+    assert_eq!(listing(), ["audit.db"]);
+    // The next writer is in WAL mode again.
     let store = Store::open_configured(&config).expect("reopen");
     assert_eq!(store.find_sessions(None, None, 10).expect("list").len(), 1);
+    let mode: String = store
+        .lock()
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .expect("journal mode");
+    assert_eq!(mode, "wal");
 }

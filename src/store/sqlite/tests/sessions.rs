@@ -154,8 +154,8 @@ fn a_messages_token_counts_finish_reason_and_trim_flag_read_back() {
     cut.trimmed = true;
     store.record_turn(&cut).expect("turn 2");
     let messages = store.session(&session_id).expect("session").messages;
-    assert_eq!(messages[0].prompt_tokens, Some(120));
-    assert_eq!(messages[0].completion_tokens, Some(30));
+    assert_eq!(messages[0].prompt_tokens, Some(101));
+    assert_eq!(messages[0].completion_tokens, Some(20));
     assert_eq!(messages[0].finish_reason.as_deref(), Some("stop"));
     assert!(!messages[0].trimmed);
     assert_eq!(messages[1].prompt_tokens, None);
