@@ -7,11 +7,11 @@
 //! measures the CPU time of the whole process tree (the services process,
 //! its reaped children, its live ones) from /proc.
 
-use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+use crate::services_process::ServicesProcess;
 
 /// Small, so the tests run in seconds.
 const TIME_LIMIT_MS: u64 = 1_000;
@@ -20,118 +20,52 @@ const TIME_LIMIT_MS: u64 = 1_000;
 const INSTR: &str =
     "SELECT instr(printf('%.*c',1000000,'a'), printf('%.*c',500000,'a')||'b') AS slow";
 
-/// `heistd services all` on ephemeral ports.
-struct Services {
-    child: Child,
-    urls: BTreeMap<String, String>,
-    _directory: tempfile::TempDir,
+/// The services with the database tool's limit at [`TIME_LIMIT_MS`], its
+/// workers run from the test's `heistd`.
+fn start_services() -> ServicesProcess {
+    let program = env!("CARGO_BIN_EXE_heistd");
+    ServicesProcess::start_with(
+        &format!(
+            "[companions.database_query]\n\
+             time_limit_ms = {TIME_LIMIT_MS}\nworker_program = \"{program}\"\n"
+        ),
+        &[],
+    )
 }
 
-impl Services {
-    fn start() -> Self {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let ports = heistd::wire::COMPANION_NAMES
-            .map(|name| format!("{name} = 0"))
-            .join("\n");
-        let program = env!("CARGO_BIN_EXE_heistd");
-        std::fs::write(
-            directory.path().join("services.toml"),
-            format!(
-                "[companions.ports]\n{ports}\n\n[companions.database_query]\n\
-                 time_limit_ms = {TIME_LIMIT_MS}\nworker_program = \"{program}\"\n"
-            ),
-        )
-        .expect("config");
-        let mut child = Command::new(program)
-            .args(["services", "all", "--config", "services.toml"])
-            .current_dir(directory.path())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("services start");
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-            child.stdout.take().expect("stdout"),
-        ));
-        let mut urls = BTreeMap::new();
-        while urls.len() < heistd::wire::COMPANION_NAMES.len() {
-            let line = lines.next().expect("a line per service").expect("utf-8");
-            let mut words = line.split_whitespace();
-            if let (Some(name), Some("listening"), Some("on"), Some(url)) =
-                (words.next(), words.next(), words.next(), words.next())
-            {
-                urls.insert(name.to_string(), url.to_string());
-            }
-        }
-        Self {
-            child,
-            urls,
-            _directory: directory,
-        }
-    }
-
-    fn query_url(&self) -> String {
-        format!("{}/tools/query_db", self.urls["database_query"])
-    }
-
-    /// A `database_query:use` token for one of the built-in rehearsal clients.
-    async fn token(&self, client_id: &str) -> String {
-        let reply: Value = reqwest::Client::new()
-            .post(format!("{}/token", self.urls["oauth"]))
-            .json(&json!({
-                "grant_type": "client_credentials", "client_id": client_id,
-                "client_secret": format!("{client_id}-rehearsal-secret"),
-                "scope": "database_query:use",
-            }))
-            .send()
-            .await
-            .expect("token answered")
-            .json()
-            .await
-            .expect("token JSON");
-        reply["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no token: {reply}"))
-            .to_string()
-    }
-
-    /// CPU time (user + system) of the services process, of the children
-    /// it has reaped, and of every live process below it.
-    fn tree_cpu(&self) -> Duration {
-        let ticks = tree_ticks(self.child.id());
-        // USER_HZ is 100 on every Linux the tests run on.
-        Duration::from_millis(ticks * 10)
-    }
-
-    /// How long after now the tree's CPU time stopped growing: the first
-    /// moment from which it grew by at most two ticks over the next 500 ms,
-    /// looked for within `bound`.
-    async fn cpu_settles(&self, bound: Duration) -> Option<Duration> {
-        let started = tokio::time::Instant::now();
-        let mut samples = std::collections::VecDeque::new();
-        while started.elapsed() < bound {
-            let (now, cpu) = (started.elapsed(), self.tree_cpu());
-            while let Some(&(then, earlier)) = samples.front() {
-                if now - then < Duration::from_millis(500) {
-                    break;
-                }
-                if cpu - earlier <= Duration::from_millis(20) {
-                    return Some(then);
-                }
-                samples.pop_front();
-            }
-            samples.push_back((now, cpu));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
+fn query_url(services: &ServicesProcess) -> String {
+    format!("{}/tools/query_db", services.url("database_query"))
 }
 
-impl Drop for Services {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// CPU time (user + system) of the services process, of the children
+/// it has reaped, and of every live process below it.
+fn tree_cpu(services: &ServicesProcess) -> Duration {
+    let ticks = tree_ticks(services.pid());
+    // USER_HZ is 100 on every Linux the tests run on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// How long after now the tree's CPU time stopped growing: the first
+/// moment from which it grew by at most two ticks over the next 500 ms,
+/// looked for within `bound`.
+async fn cpu_settles(services: &ServicesProcess, bound: Duration) -> Option<Duration> {
+    let started = tokio::time::Instant::now();
+    let mut samples = std::collections::VecDeque::new();
+    while started.elapsed() < bound {
+        let (now, cpu) = (started.elapsed(), tree_cpu(services));
+        while let Some(&(then, earlier)) = samples.front() {
+            if now - then < Duration::from_millis(500) {
+                break;
+            }
+            if cpu - earlier <= Duration::from_millis(20) {
+                return Some(then);
+            }
+            samples.pop_front();
+        }
+        samples.push_back((now, cpu));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    None
 }
 
 /// utime + stime + cutime + cstime of `pid`, and the same of every child.
@@ -187,19 +121,18 @@ async fn query(url: &str, token: &str, sql: &str) -> (u16, String, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_instr_query_is_stopped_at_its_time_limit_and_its_cpu_with_it() {
-    let services = Services::start();
-    let token = services.token("hacker").await;
+    let services = start_services();
+    let token = services.token("hacker", "database_query:use").await;
     let limit = Duration::from_millis(TIME_LIMIT_MS);
     // Warm up: the first worker is started and the tree is quiet.
-    let (status, _, _) = query(&services.query_url(), &token, "SELECT 1").await;
+    let (status, _, _) = query(&query_url(&services), &token, "SELECT 1").await;
     assert_eq!(status, 200);
-    services
-        .cpu_settles(Duration::from_secs(10))
+    cpu_settles(&services, Duration::from_secs(10))
         .await
         .expect("an idle services process is quiet");
-    let before = services.tree_cpu();
+    let before = tree_cpu(&services);
 
-    let (status, error, took) = query(&services.query_url(), &token, INSTR).await;
+    let (status, error, took) = query(&query_url(&services), &token, INSTR).await;
     assert_eq!(status, 400, "{error}");
     assert!(
         error.contains("time limit of 1000 ms"),
@@ -209,8 +142,7 @@ async fn the_instr_query_is_stopped_at_its_time_limit_and_its_cpu_with_it() {
         took < limit + Duration::from_secs(1),
         "answered after {took:?}"
     );
-    let settled = services
-        .cpu_settles(Duration::from_secs(5))
+    let settled = cpu_settles(&services, Duration::from_secs(5))
         .await
         .expect("the tree's CPU time stops growing");
     assert!(
@@ -218,25 +150,25 @@ async fn the_instr_query_is_stopped_at_its_time_limit_and_its_cpu_with_it() {
         "CPU time still grew {settled:?} after the answer"
     );
     // The query's CPU (and the replacement worker's start) within the limit.
-    let used = services.tree_cpu() - before;
+    let used = tree_cpu(&services) - before;
     assert!(
         used < limit + Duration::from_millis(500),
         "the query used {used:?} of CPU"
     );
     // The tool still answers, on a fresh worker.
-    let (status, error, _) = query(&services.query_url(), &token, "SELECT 1 AS one").await;
+    let (status, error, _) = query(&query_url(&services), &token, "SELECT 1 AS one").await;
     assert_eq!(status, 200, "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_at_once_are_stopped_and_leave_select_1_answering() {
-    let services = Services::start();
+    let services = start_services();
     let (hacker, planner) = (
-        services.token("hacker").await,
-        services.token("planner").await,
+        services.token("hacker", "database_query:use").await,
+        services.token("planner", "database_query:use").await,
     );
     let limit = Duration::from_millis(TIME_LIMIT_MS);
-    let url = services.query_url();
+    let url = query_url(&services);
     let slow: Vec<_> = (0..16)
         .map(|_| {
             let (url, token) = (url.clone(), hacker.clone());
@@ -267,8 +199,7 @@ async fn sixteen_at_once_are_stopped_and_leave_select_1_answering() {
         refused <= 4,
         "{refused} refused: more than the share allows"
     );
-    let settled = services
-        .cpu_settles(Duration::from_secs(5))
+    let settled = cpu_settles(&services, Duration::from_secs(5))
         .await
         .expect("the tree's CPU time stops growing");
     assert!(
@@ -281,12 +212,12 @@ async fn sixteen_at_once_are_stopped_and_leave_select_1_answering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_takes_its_query_with_it() {
-    let services = Services::start();
-    let token = services.token("hacker").await;
-    let (status, _, _) = query(&services.query_url(), &token, "SELECT 1").await;
+    let services = start_services();
+    let token = services.token("hacker", "database_query:use").await;
+    let (status, _, _) = query(&query_url(&services), &token, "SELECT 1").await;
     assert_eq!(status, 200);
     let gave_up = reqwest::Client::new()
-        .post(services.query_url())
+        .post(query_url(&services))
         .bearer_auth(&token)
         .json(&json!({ "query": INSTR }))
         .timeout(Duration::from_millis(300))
@@ -295,8 +226,7 @@ async fn a_client_that_hangs_up_takes_its_query_with_it() {
     assert!(gave_up.is_err(), "the client gave up first: {gave_up:?}");
     // Left to run, the worker would burn on to the 1,000 ms limit, 700 ms
     // after the hang-up; killed with its request, it stops at once.
-    let settled = services
-        .cpu_settles(Duration::from_secs(5))
+    let settled = cpu_settles(&services, Duration::from_secs(5))
         .await
         .expect("the tree's CPU time stops growing");
     assert!(

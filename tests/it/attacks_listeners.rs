@@ -6,16 +6,15 @@
 //! come from binding the client socket in 127/8, all loopback on Linux.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
+use crate::services_process::ServicesProcess;
 use crate::support::{self, TestStack};
 
 /// The burst: this many connections per port...
@@ -28,84 +27,8 @@ const BURST_BODY_BYTES: usize = 2_000_000;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `heistd services all` on ephemeral ports, `[http]` as given.
-struct Services {
-    child: Child,
-    urls: BTreeMap<String, String>,
-    _directory: tempfile::TempDir,
-}
-
-impl Services {
-    fn start(http: &str) -> Self {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let ports = heistd::wire::COMPANION_NAMES
-            .map(|name| format!("{name} = 0"))
-            .join("\n");
-        std::fs::write(
-            directory.path().join("services.toml"),
-            format!("[http]\n{http}\n\n[companions.ports]\n{ports}\n"),
-        )
-        .expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_heistd"))
-            .args(["services", "all", "--config", "services.toml"])
-            .current_dir(directory.path())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("services start");
-        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut urls = BTreeMap::new();
-        while urls.len() < heistd::wire::COMPANION_NAMES.len() {
-            let line = lines.next().expect("a line per service").expect("utf-8");
-            let mut words = line.split_whitespace();
-            if let (Some(name), Some("listening"), Some("on"), Some(url)) =
-                (words.next(), words.next(), words.next(), words.next())
-            {
-                urls.insert(name.to_string(), url.to_string());
-            }
-        }
-        Self {
-            child,
-            urls,
-            _directory: directory,
-        }
-    }
-
-    fn url(&self, service: &str) -> &str {
-        &self.urls[service]
-    }
-
-    fn address(&self, service: &str) -> SocketAddr {
-        self.url(service)
-            .trim_start_matches("http://")
-            .parse()
-            .expect("ip:port")
-    }
-
-    /// `VmRSS` and `VmHWM` (peak) of the process, in kB.
-    fn memory_kb(&self) -> (u64, u64) {
-        memory_kb(self.child.id())
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn memory_kb(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+fn start_services(http: &str) -> ServicesProcess {
+    ServicesProcess::start_with(&format!("[http]\n{http}"), &[])
 }
 
 /// A measured figure, on stderr whether or not the harness captures
@@ -201,7 +124,7 @@ async fn a_burst_of_large_bodies_without_a_token_keeps_the_services_small() {
     // the bodies one byte short to be answered within the test, long
     // enough for the burst to arrive whole (before the fix, this burst
     // peaked well over 400 MB even with a 2 s timeout).
-    let services = Services::start("request_timeout_ms = 5000\nidle_timeout_ms = 10000");
+    let services = start_services("request_timeout_ms = 5000\nidle_timeout_ms = 10000");
     let (_, before) = services.memory_kb();
     let targets = [
         ("memory", heistd::wire::STORE_MEMORY_PATH.to_string()),
@@ -263,26 +186,14 @@ async fn a_burst_of_large_bodies_without_a_token_keeps_the_services_small() {
     )
     .await;
     assert_eq!(status, 200, "{took:?}");
-    let token: Value = support::http()
-        .post(format!("{}/token", services.url("oauth")))
-        .json(&json!({
-            "grant_type": "client_credentials", "client_id": "hacker",
-            "client_secret": "hacker-rehearsal-secret", "scope": "memory:write",
-        }))
-        .send()
-        .await
-        .expect("token answered")
-        .json()
-        .await
-        .expect("token JSON");
-    let token = token["access_token"].as_str().expect("a token");
+    let token = services.token("hacker", "memory:write").await;
     let written = support::http()
         .post(format!(
             "{}{}",
             services.url("memory"),
             heistd::wire::STORE_MEMORY_PATH
         ))
-        .bearer_auth(token)
+        .bearer_auth(&token)
         .json(&json!({"agent_id": "hacker", "turn_id": 1, "message": "in", "game_session_id": "s"}))
         .send()
         .await
@@ -341,7 +252,7 @@ async fn a_thousand_idle_connections_from_one_address_leave_health_answering() {
     heistd::http::raise_open_files_limit(8192);
     // The defaults: 512 connections a listener, 64 a source, and a 10 s
     // header timeout that the idle sockets would otherwise sit out.
-    let services = Services::start("");
+    let services = start_services("");
     let memory = services.address("memory");
     let mut idle = idle_connections(source(1), memory, 1000).await;
     assert_eq!(idle.len(), 1000, "the kernel takes every connection");
@@ -379,7 +290,7 @@ async fn a_thousand_idle_connections_from_one_address_leave_health_answering() {
 async fn slow_bodies_from_one_address_do_not_hold_its_share_against_health() {
     let _turn = ONE_AT_A_TIME.lock().await;
     heistd::http::raise_open_files_limit(8192);
-    let services = Services::start("");
+    let services = start_services("");
     let rehearsal = services.address("rehearsal");
     let path = format!(
         "{}{}",

@@ -6,9 +6,7 @@
 //! share leaves heistd's writes succeeding.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use heistd::config::Fault;
@@ -18,6 +16,7 @@ use heistd::wire::MemoryWrite;
 use serde_json::{json, Value};
 
 use crate::daemon::{eventually, services_text, Daemon};
+use crate::services_process::ServicesProcess;
 use crate::support::{self, TestStack};
 
 const KEY: &str = "attacks-memory-test-signing-key-0123456789";
@@ -239,71 +238,11 @@ async fn an_agent_filling_its_share_leaves_heistds_writes_succeeding() {
 
 /// `heistd services all` on ephemeral ports with `[companions.memory]` as
 /// given, signing tokens with [`KEY`].
-struct Services {
-    child: Child,
-    memory: String,
-    _directory: tempfile::TempDir,
-}
-
-impl Services {
-    fn start(memory: &str) -> Self {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let ports = heistd::wire::COMPANION_NAMES
-            .map(|name| format!("{name} = 0"))
-            .join("\n");
-        std::fs::write(
-            directory.path().join("services.toml"),
-            format!("[companions.memory]\n{memory}\n\n[companions.ports]\n{ports}\n"),
-        )
-        .expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_heistd"))
-            .args(["services", "all", "--config", "services.toml"])
-            .current_dir(directory.path())
-            .env("HEISTD_OAUTH_SIGNING_KEY", KEY)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("services start");
-        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut urls = BTreeMap::new();
-        while urls.len() < heistd::wire::COMPANION_NAMES.len() {
-            let line = lines.next().expect("a line per service").expect("utf-8");
-            let mut words = line.split_whitespace();
-            if let (Some(name), Some("listening"), Some("on"), Some(url)) =
-                (words.next(), words.next(), words.next(), words.next())
-            {
-                urls.insert(name.to_string(), url.to_string());
-            }
-        }
-        Self {
-            child,
-            memory: urls["memory"].clone(),
-            _directory: directory,
-        }
-    }
-
-    /// `VmRSS` and `VmHWM` (peak) of the process, in kB.
-    fn memory_kb(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc/PID/status");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kb| kb.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("{name} in {status}"))
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_services(memory: &str) -> ServicesProcess {
+    ServicesProcess::start_with(
+        &format!("[companions.memory]\n{memory}"),
+        &[("HEISTD_OAUTH_SIGNING_KEY", KEY)],
+    )
 }
 
 /// Sends `count` writes made by `make`, `parallel` at a time; the
@@ -346,11 +285,11 @@ fn report(text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_writes_and_long_keys_at_a_full_quota_are_refused_and_rss_stays_bounded() {
     const MAX_BYTES: usize = 4 * 1024 * 1024;
-    let services = Services::start(&format!("max_bytes = {MAX_BYTES}"));
+    let services = start_services(&format!("max_bytes = {MAX_BYTES}"));
     let key = SigningKey::from_bytes(KEY.as_bytes().to_vec()).expect("key");
     let admin = token_as(&key, "heistd", "memory:admin");
     let hacker = token_as(&key, "hacker", "memory:write");
-    let url = services.memory.clone();
+    let url = services.url("memory").to_string();
     let (_, before) = services.memory_kb();
     // Fill the total with heistd's 48 KiB writes, one session each.
     let message = "m".repeat(48 * 1024);

@@ -8,12 +8,12 @@
 //! lines, not one line per refusal.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::daemon::{services_text, Daemon, ADMIN_TOKEN};
+use crate::services_process::ServicesProcess;
 use crate::support::{self, TestStack};
 
 /// `POST /token` for `client_id` with `secret`, from `client`'s address.
@@ -150,87 +150,26 @@ async fn junk_client_ids_from_many_addresses_do_not_reset_the_limit_on_hacker() 
     assert_eq!(reply.status(), 200, "hacker's own secret is refused");
 }
 
-/// `heistd services all` in its own process, its log (stderr) in a file.
-struct OAuthProcess {
-    child: Child,
-    url: String,
-    log: std::path::PathBuf,
-    _directory: tempfile::TempDir,
-}
-
-impl OAuthProcess {
-    fn start() -> Self {
-        use std::io::BufRead;
-        let directory = tempfile::tempdir().expect("temp dir");
-        let ports = heistd::wire::COMPANION_NAMES
-            .map(|name| format!("{name} = 0"))
-            .join("\n");
-        std::fs::write(
-            directory.path().join("services.toml"),
-            format!("[companions.ports]\n{ports}\n"),
-        )
-        .expect("config");
-        let log = directory.path().join("services.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_heistd"))
-            .args(["services", "all", "--config", "services.toml"])
-            .current_dir(directory.path())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("services start");
-        // Every companion's line is read, so none is written to a closed pipe.
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut listening = std::collections::BTreeMap::new();
-        let mut lines = stdout.lines();
-        while listening.len() < heistd::wire::COMPANION_NAMES.len() {
-            let line = lines.next().expect("a line per service").expect("utf-8");
-            if let [name, "listening", "on", url, ..] =
-                line.split_whitespace().collect::<Vec<_>>()[..]
-            {
-                listening.insert(name.to_string(), url.to_string());
-            }
-        }
-        let url = listening.remove("oauth").expect("oauth listens");
-        Self {
-            child,
-            url,
-            log,
-            _directory: directory,
-        }
-    }
-
-    /// SIGTERM, then the log, complete once the process has exited.
-    fn stop_and_read_log(&mut self) -> String {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        assert!(self.child.wait().expect("exit").success());
-        String::from_utf8_lossy(&std::fs::read(&self.log).expect("log")).into_owned()
-    }
-}
-
-impl Drop for OAuthProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// 2,000 wrong guesses from one address write a line for the first and a
 /// summary for the rest, not 2,000 lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_refused_token_requests_make_a_summary_not_two_thousand_lines() {
-    let mut services = OAuthProcess::start();
+    let mut services = ServicesProcess::start();
     let client = support::http();
     let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
     for attempt in 0..2_000 {
-        let reply = token_request(&client, &services.url, "planner", &format!("g{attempt}")).await;
+        let reply = token_request(
+            &client,
+            services.url("oauth"),
+            "planner",
+            &format!("g{attempt}"),
+        )
+        .await;
         *statuses.entry(reply.status().as_u16()).or_default() += 1;
     }
     assert_eq!(statuses, [(401, 10), (429, 1_990)].into(), "{statuses:?}");
-    let log = services.stop_and_read_log();
+    assert!(services.stop().success());
+    let log = services.log_text();
     let refused: Vec<&str> = log
         .lines()
         .filter(|line| line.contains("token refused"))

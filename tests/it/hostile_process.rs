@@ -4,136 +4,32 @@
 //! log the process writes, and the issue's printf query leaves the process's
 //! peak RSS (VmHWM from /proc) under 150 MB.
 
-use std::io::BufRead;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::services_process::ServicesProcess;
+
 /// The configured request timeout: small, so the test runs in a second.
 const REQUEST_TIMEOUT_MS: u64 = 500;
 
-/// `heistd services all` on ephemeral ports, its log (stderr) in a file.
-struct Services {
-    child: Child,
-    urls: std::collections::BTreeMap<String, String>,
-    log: PathBuf,
-    _directory: tempfile::TempDir,
-}
-
-impl Services {
-    fn start() -> Self {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let ports = heistd::wire::COMPANION_NAMES
-            .map(|name| format!("{name} = 0"))
-            .join("\n");
-        std::fs::write(
-            directory.path().join("services.toml"),
-            format!(
-                "[http]\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\nheader_timeout_ms = 5000\n\
-                 idle_timeout_ms = 5000\n\n[companions.ports]\n{ports}\n"
-            ),
-        )
-        .expect("config");
-        let log = directory.path().join("services.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_heistd"))
-            .args(["services", "all", "--config", "services.toml"])
-            .current_dir(directory.path())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("services start");
-        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut urls = std::collections::BTreeMap::new();
-        while urls.len() < heistd::wire::COMPANION_NAMES.len() {
-            let line = lines.next().expect("a line per service").expect("utf-8");
-            let mut words = line.split_whitespace();
-            if let (Some(name), Some("listening"), Some("on"), Some(url)) =
-                (words.next(), words.next(), words.next(), words.next())
-            {
-                urls.insert(name.to_string(), url.to_string());
-            }
-        }
-        Self {
-            child,
-            urls,
-            log,
-            _directory: directory,
-        }
-    }
-
-    fn url(&self, service: &str) -> &str {
-        &self.urls[service]
-    }
-
-    /// A token for one of the built-in rehearsal clients.
-    async fn token(&self, client_id: &str, scope: &str) -> String {
-        let reply: Value = reqwest::Client::new()
-            .post(format!("{}/token", self.url("oauth")))
-            .json(&json!({
-                "grant_type": "client_credentials", "client_id": client_id,
-                "client_secret": format!("{client_id}-rehearsal-secret"), "scope": scope,
-            }))
-            .send()
-            .await
-            .expect("token answered")
-            .json()
-            .await
-            .expect("token JSON");
-        reply["access_token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no token: {reply}"))
-            .to_string()
-    }
-
-    /// `VmRSS` and `VmHWM` (peak) of the process, in kB.
-    fn memory_kb(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc/PID/status");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kb| kb.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("{name} in {status}"))
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    fn log_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).expect("log")).into_owned()
-    }
-
-    /// SIGTERM, then the exit status; the log is complete after this.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        self.child.wait().expect("services exit")
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        // Only if a failed assertion left it running.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The services with [`REQUEST_TIMEOUT_MS`], the other timeouts long.
+fn start_services() -> ServicesProcess {
+    ServicesProcess::start_with(
+        &format!(
+            "[http]\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\nheader_timeout_ms = 5000\n\
+             idle_timeout_ms = 5000"
+        ),
+        &[],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_sent_slower_than_the_request_timeout_is_cut() {
-    let services = Services::start();
+    let services = start_services();
     let token = services.token("hacker", "calculator:use").await;
-    let address = services.url("calculator").trim_start_matches("http://");
-    let mut slow = tokio::net::TcpStream::connect(address)
+    let mut slow = tokio::net::TcpStream::connect(services.address("calculator"))
         .await
         .expect("connects");
     let body = json!({ "expression": format!("1{}", "+1".repeat(200)) }).to_string();
@@ -195,7 +91,7 @@ async fn a_body_sent_slower_than_the_request_timeout_is_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_with_a_newline_and_an_escape_code_is_escaped_in_the_log() {
-    let mut services = Services::start();
+    let mut services = start_services();
     let forged = "operator\n2026-01-01T00:00:00Z  INFO token issued client_id=operator scope=memory:admin\u{1b}[2K";
     let reply = reqwest::Client::new()
         .post(format!("{}/token", services.url("oauth")))
@@ -233,7 +129,7 @@ async fn a_client_id_with_a_newline_and_an_escape_code_is_escaped_in_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_printf_query_leaves_the_companions_rss_under_150_mb() {
-    let services = Services::start();
+    let services = start_services();
     let token = services.token("hacker", "database_query:use").await;
     let printf_bomb = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100) \
                        SELECT printf('%.*c', 20000000, 'x') AS x FROM n";

@@ -18,6 +18,7 @@ mod ops;
 mod postgres;
 mod properties;
 mod resilience;
+mod services_process;
 mod store_contract;
 mod support;
 mod systemd;
