@@ -24,8 +24,8 @@ use super::{error_response, health_body, JsonBody};
 use crate::scenario::Scenario;
 use crate::wire::openai::{
     AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatMessage,
-    Choice, ChunkChoice, Delta, FunctionCall, FunctionDelta, ToolArguments, ToolCall,
-    ToolCallDelta, Usage, FUNCTION_TYPE,
+    Choice, ChunkChoice, Delta, FunctionCall, FunctionDelta, ModelEntry, ModelList, ToolArguments,
+    ToolCall, ToolCallDelta, Usage, FUNCTION_TYPE,
 };
 use crate::wire::{
     parse_tool_requests, Companion, CHAT_COMPLETIONS_PATH, HEALTH_PATH, MODELS_PATH, OPENAI_PREFIX,
@@ -366,16 +366,19 @@ fn tool_call(index: usize, tool: &str, parameter: String) -> ToolCall {
     }
 }
 
-async fn models() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "object": "list",
-        "data": [{
-            "id": REHEARSAL_MODEL_ID,
-            "object": "model",
-            "owned_by": "heistd",
-            "description": "rehearsal model: scripted, seeded replies from the scenario; no language model behind it",
+async fn models() -> Json<ModelList> {
+    Json(ModelList {
+        object: "list".into(),
+        data: vec![ModelEntry {
+            id: REHEARSAL_MODEL_ID.into(),
+            object: "model".into(),
+            owned_by: "heistd".into(),
+            description: Some(
+                "rehearsal model: scripted, seeded replies from the scenario; no language model behind it"
+                    .into(),
+            ),
         }],
-    }))
+    })
 }
 
 /// Finds `Turn N` in a prompt.

@@ -1,7 +1,8 @@
 //! The OpenAI chat-completions bodies, as heistd's LLM client sends and
 //! reads them and as the rehearsal model reads and answers them: the
-//! request, the whole reply, the streamed chunks, native tool calls and
-//! the `{"parameter": ...}` arguments of our one-parameter tools.
+//! request, the whole reply, the streamed chunks, native tool calls, the
+//! `{"parameter": ...}` arguments of our one-parameter tools, and the
+//! `GET /v1/models` list.
 //!
 //! Reading is lenient where real servers differ (vLLM, llama.cpp, Ollama,
 //! LM Studio): what heistd does not use may be missing, `null` or of
@@ -18,6 +19,31 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// The `type` of every tool and tool call heistd knows.
 pub const FUNCTION_TYPE: &str = "function";
+
+/// `GET /v1/models`: the models a server offers. `Entry` is [`ModelEntry`]
+/// where the rehearsal model writes it, and raw JSON where the client
+/// reads it: each server adds its own keys for the context window
+/// (llama.cpp's `meta.n_ctx`, vLLM's `max_model_len`, ...), read there.
+/// A list without `data` reads as empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelList<Entry = ModelEntry> {
+    #[serde(default)]
+    pub object: String,
+    #[serde(default = "Vec::new")]
+    pub data: Vec<Entry>,
+}
+
+/// One model of a [`ModelList`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub id: String,
+    pub object: String,
+    pub owned_by: String,
+    /// What the model is, where a server says (the rehearsal model says it
+    /// is no language model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
 
 /// One message of a chat request. `Role` is `&'static str` where heistd
 /// writes its prompts, and `String` where the rehearsal model reads them.

@@ -9,6 +9,7 @@ use parking_lot::MutexGuard;
 use super::native_tools::function_schema;
 use super::{ChatMessage, LlmClient, ToolSpec};
 use crate::clients::CallError;
+use crate::wire::openai::ModelList;
 use crate::wire::MODELS_PATH;
 
 /// Characters per token before any reply has said better: English prose
@@ -57,8 +58,8 @@ impl LlmClient {
     /// The ids of the models the server lists (`GET /models`), past the
     /// breaker; a context window in the listing of our model is learned.
     pub async fn list_models(&self) -> Result<Vec<String>, CallError> {
-        let body: serde_json::Value = self.service.probe_json(MODELS_PATH).await?;
-        let entries = body["data"].as_array().cloned().unwrap_or_default();
+        let body: ModelList<serde_json::Value> = self.service.probe_json(MODELS_PATH).await?;
+        let entries = body.data;
         let ids = entries
             .iter()
             .filter_map(|entry| entry["id"].as_str().map(str::to_string))

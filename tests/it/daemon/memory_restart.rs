@@ -182,8 +182,10 @@ async fn a_memory_service_restarted_empty_is_refilled_from_the_store() {
     })
     .await;
     // Within one reconcile interval (and the health checks' few probes
-    // that let memory calls through again), memory equals the store.
-    let bound = Duration::from_millis(RECONCILE_MS * 2) + Duration::from_secs(3);
+    // that let memory calls through again), memory equals the store; the
+    // slack is for a machine busy with the suite's process-heavy attack
+    // tests (3 s was missed once there, with the refill still on its way).
+    let bound = Duration::from_millis(RECONCILE_MS * 2) + Duration::from_secs(10);
     eventually(bound, "memories equal messages", async || {
         for id in &sessions {
             let expected = messages(&store, id).await;
