@@ -1,11 +1,14 @@
 //! heistd: a resilient daemon that runs multi-agent LLM "heist planning"
-//! sessions against HTTP services and records everything in SQLite.
+//! sessions against HTTP services and records everything in an audit
+//! store (SQLite, or PostgreSQL shared by several daemons).
 //!
 //! # Layout
 //!
 //! - [`wire`]: what crosses the wire: tools, companions, paths, headers and
 //!   the `[TOOL:name:parameter]` notation; imports nothing from the crate.
-//! - [`http`]: the one HTTP server loop (timeouts, connection cap) and the
+//! - [`http`]: the one HTTP server loop (timeouts, connection caps per
+//!   listener and per source, body budgets), the failure tables and
+//!   refusal summaries of the listeners that check a secret, and the
 //!   open-files limit.
 //! - [`config`]: the TOML file and `HEISTD_*` environment, validated once.
 //! - [`scenario`]: agents, documents, shift data and the rehearsal script.
@@ -15,6 +18,7 @@
 //! - [`clients`]: typed clients for OAuth, memory, tools and the LLM.
 //! - [`heist`]: the turn loop and the `[TOOL:name:parameter]` protocol.
 //! - [`health`]: checking whether each configured service answers.
+//! - [`scheduler`]: `[[schedule]]` slots, each run once.
 //! - [`services`]: the companion services shipped in the binary.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`cli`]: what each subcommand does, for `main.rs` to call.

@@ -239,12 +239,12 @@ impl LocalStack {
     }
 
     /// A runner over this stack writing to `store`.
-    pub fn runner(&self, store: impl Into<StoreHandle>) -> Result<HeistRunner, CliError> {
+    pub fn runner(&self, store: StoreHandle) -> Result<HeistRunner, CliError> {
         Ok(HeistRunner::new(
             self.config.clone(),
             self.scenario.clone(),
             Clients::from_config(&self.config)?,
-            store.into(),
+            store,
         ))
     }
 }

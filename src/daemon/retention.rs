@@ -17,10 +17,9 @@ const VACUUM_PAGES: u32 = 256;
 
 pub async fn run(
     config: RetentionConfig,
-    store: impl Into<StoreHandle>,
+    store: StoreHandle,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let store = store.into();
     metrics::counter!(names::RETENTION_PRUNED_SESSIONS_TOTAL).increment(0);
     if !config.enabled {
         return;

@@ -51,13 +51,13 @@ pub struct Runs {
 impl Runs {
     pub fn new(
         state: Arc<DaemonState>,
-        store: impl Into<StoreHandle>,
+        store: StoreHandle,
         context: RunContext,
         stop: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
-            store: store.into(),
+            store,
             context: RwLock::new(Arc::new(context)),
             stop,
             admission: tokio::sync::Mutex::new(()),

@@ -114,7 +114,7 @@ pub struct DaemonState {
 impl DaemonState {
     pub fn new(
         config: Arc<Config>,
-        store: impl Into<StoreHandle>,
+        store: StoreHandle,
         health: Arc<HealthBoard>,
         metrics: PrometheusHandle,
         run_commands: mpsc::Sender<RunCommand>,
@@ -124,7 +124,7 @@ impl DaemonState {
             version: env!("CARGO_PKG_VERSION"),
             started_at: Utc::now(),
             started: Instant::now(),
-            store: store.into(),
+            store,
             health,
             metrics,
             config: RwLock::new(config),

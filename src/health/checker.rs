@@ -105,10 +105,9 @@ pub async fn watch_service(
     kind: Probe,
     config: HealthCheckConfig,
     board: Arc<HealthBoard>,
-    store: impl Into<StoreHandle>,
+    store: StoreHandle,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let store = store.into();
     let mut tracker = Tracker::new(&config);
     let name = service.name.clone();
     let mut since = Utc::now();
