@@ -6,13 +6,23 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `--version`: the package version and the commit it was built from
+/// (`heistd_build_info`'s labels), so a report names the exact build.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("HEISTD_BUILD_COMMIT"),
+    ")"
+);
+
 /// heistd runs multi-agent LLM heist-planning sessions against HTTP services
 /// (OAuth, memory, tools, an OpenAI-compatible model) and records every
-/// message and tool call in a SQLite audit trail.
+/// message and tool call in an audit trail (SQLite, or PostgreSQL for
+/// several daemons).
 ///
 /// Start with `heistd demo`: it runs the whole system in one process.
 #[derive(Parser)]
-#[command(name = "heistd", version, about, long_about)]
+#[command(name = "heistd", version = VERSION, about, long_about)]
 pub struct Cli {
     /// Log filter (e.g. `info`, `heistd=debug`); also read from RUST_LOG.
     #[arg(long, global = true, env = "RUST_LOG")]

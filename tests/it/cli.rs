@@ -1294,3 +1294,20 @@ async fn a_second_ctrl_c_quits_at_once_and_no_session_stays_active() {
         "{statuses:?}"
     );
 }
+
+/// `--version` names the build, as `heistd_build_info` does, so a bug
+/// report says which commit it is about.
+#[test]
+fn version_names_the_package_version_and_the_commit_built() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let output = heistd(&["--version"], directory.path());
+    assert!(output.status.success());
+    assert_eq!(
+        text(&output.stdout).trim(),
+        format!(
+            "heistd {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            heistd::metrics::BUILD_COMMIT
+        )
+    );
+}
