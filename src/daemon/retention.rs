@@ -15,11 +15,7 @@ use crate::store::{StoreError, StoreHandle};
 /// Pages handed back per pass; small enough to stay quick.
 const VACUUM_PAGES: u32 = 256;
 
-pub async fn run(
-    config: RetentionConfig,
-    store: StoreHandle,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run(config: RetentionConfig, store: StoreHandle, mut shutdown: watch::Receiver<bool>) {
     metrics::counter!(names::RETENTION_PRUNED_SESSIONS_TOTAL).increment(0);
     if !config.enabled {
         return;
