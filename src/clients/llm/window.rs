@@ -292,8 +292,10 @@ mod tests {
                 Some(3000),
             ),
             (
-                // lmstudio-ai/lmstudio-bug-tracker#546 and #237 (a 400
-                // "<LM Studio error> Trying to keep the first 15857 tokens ...").
+                // As LM Studio 0.3.15 logged it (cline/cline#3664); its API
+                // answers it as a 400 ("BadRequestError 400--<LM Studio
+                // error> Trying to keep the first 15857 tokens when context
+                // the overflows.", lmstudio-ai/lmstudio-bug-tracker#237).
                 "LM Studio",
                 "Trying to keep the first 10136 tokens when context the overflows. However, the model is loaded with context length of only 7866 tokens, which is not enough. Try to load the model with a larger context length, or provide a shorter input.",
                 7866,
@@ -319,7 +321,9 @@ mod tests {
     fn other_errors_are_not_context_errors() {
         for message in [
             "bad request",
-            // Ollama's embedding error says no window: nothing to learn.
+            // Ollama's embedding error says no window: nothing to learn
+            // (jeastham1993/zettel-system, docs/compound/infrastructure;
+            // Ollama truncates an over-long chat prompt instead).
             "the input length exceeds the context length",
             "request (12 tokens) is fine",
         ] {
