@@ -179,10 +179,40 @@ pub(super) fn error_message(body: &[u8]) -> Option<String> {
             Some(description) => format!("{code}: {description}"),
             None => code.clone(),
         },
-        serde_json::Value::Object(object) => object.get("message")?.as_str()?.to_string(),
+        serde_json::Value::Object(object) => {
+            let message = object.get("message")?.as_str()?;
+            match context_fields(object) {
+                Some(fields) => format!("{fields}: {message}"),
+                None => message.to_string(),
+            }
+        }
         _ => return None,
     };
     Some(text)
+}
+
+/// llama.cpp's context-length error carries the window and the prompt's
+/// size as fields (`"type": "exceed_context_size_error", "n_prompt_tokens",
+/// "n_ctx"`): they are written first in the message, in the one form
+/// `llm::window` reads before any server's wording, so a cut message keeps
+/// them.
+fn context_fields(error: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let window = error.get("n_ctx")?.as_u64()?;
+    let kind = error
+        .get("type")
+        .and_then(|kind| kind.as_str())
+        .unwrap_or("context error");
+    Some(
+        match error
+            .get("n_prompt_tokens")
+            .and_then(|tokens| tokens.as_u64())
+        {
+            Some(prompt_tokens) => {
+                format!("{kind} (n_prompt_tokens {prompt_tokens}, n_ctx {window})")
+            }
+            None => format!("{kind} (n_ctx {window})"),
+        },
+    )
 }
 
 pub(super) fn error_chain(error: &dyn std::error::Error) -> String {

@@ -1,6 +1,7 @@
 //! The OpenAI-compatible chat-completions client, and what it learns about
 //! the model it talks to: its context window (configured, or read from the
-//! server's "maximum context length is N tokens" error or its model list),
+//! server's context-length error, OpenAI's, llama.cpp's or LM Studio's, or
+//! its model list),
 //! how many characters make a token (calibrated from each reply's
 //! `usage.prompt_tokens`), and whether it really returns native
 //! `tool_calls`. That knowledge is shared by clones of the client, so it is
@@ -179,7 +180,10 @@ impl LlmClient {
                 if let Some(window) = error.context_window() {
                     self.learn_context_tokens(window);
                     if let Some(tokens) = error.prompt_tokens_counted() {
-                        self.calibrate(prompt_chars(request.messages, request.tools), tokens);
+                        self.calibrate_from_overflow(
+                            prompt_chars(request.messages, request.tools),
+                            tokens,
+                        );
                     }
                 }
             }

@@ -89,6 +89,89 @@ async fn a_700_token_window_is_learned_and_every_turn_fits_trimmed() {
         && message.finish_reason.as_deref() == Some("stop")));
 }
 
+/// Today's `llama-server` with a 2048-token window and a tokenizer of one
+/// token per character (denser than heistd's first guess, as byte-level
+/// vocabularies, code and non-English text are).
+async fn llama_cpp_2048_one_token_per_character() -> ModelDouble {
+    ModelDouble::start(Behaviour {
+        context_tokens: Some(2048),
+        tokens_per_char: Some(1.0),
+        llama_cpp: true,
+        ..Behaviour::default()
+    })
+    .await
+}
+
+/// Every turn played, none failed, each prompt within the window.
+fn assert_all_turns_fit(report: &RunReport, detail: &SessionDetail, window: i64) {
+    assert_eq!(
+        report.status,
+        SessionStatus::Completed,
+        "{:?}",
+        report.failure_reason
+    );
+    assert_eq!(report.failed_turns, 0);
+    assert_eq!(detail.messages.len(), 12);
+    for message in &detail.messages {
+        assert!(message.error.is_none(), "{:?}", message.error);
+        assert!(
+            message.prompt_tokens.is_some_and(|tokens| tokens <= window),
+            "{:?}",
+            message.prompt_tokens
+        );
+    }
+    assert!(
+        detail.messages.iter().any(|message| message.trimmed),
+        "the prompts were trimmed to the window"
+    );
+}
+
+#[tokio::test]
+async fn llama_cpps_window_and_context_error_keep_every_turn_of_a_dense_model_fitting() {
+    let double = llama_cpp_2048_one_token_per_character().await;
+    let stack = stack_for(&double, base_config()).await;
+    let runner = stack.stack.runner(stack.store.clone()).expect("runner");
+    // As `heistd run` and `demo` do before the first turn (their preflight):
+    // the window is `meta.n_ctx`, not the far larger `meta.n_ctx_train`.
+    let llm = &runner.clients().llm;
+    llm.list_models().await.expect("the model list");
+    assert_eq!(llm.context_tokens(), Some(2048));
+    let report = runner
+        .run(RunOptions::new(12, 5), None)
+        .await
+        .expect("run finishes");
+    let detail = stack
+        .store
+        .session(&report.session_id)
+        .await
+        .expect("stored");
+    assert_all_turns_fit(&report, &detail, 2048);
+    let overflows = double.overflows();
+    assert!(overflows.len() >= 12, "{overflows:?}");
+    assert!(
+        overflows[1..].iter().all(|overflowed| !overflowed),
+        "from the second model call on, none overflows: {overflows:?}"
+    );
+}
+
+#[tokio::test]
+async fn llama_cpps_context_error_alone_teaches_the_window_and_the_density_at_once() {
+    // No model list read first (as the daemon's sessions start): the first
+    // overflow, whenever it comes, must be the last.
+    let double = llama_cpp_2048_one_token_per_character().await;
+    let stack = stack_for(&double, base_config()).await;
+    let (report, detail, _) = run(&stack, 12, 5).await;
+    assert_all_turns_fit(&report, &detail, 2048);
+    // The window was unknown until a prompt overflowed (the trimmed rows
+    // say it was learned): exactly once.
+    assert_eq!(
+        double.oversized(),
+        1,
+        "one overflow, then none: {:?}",
+        double.overflows()
+    );
+}
+
 #[tokio::test]
 async fn a_window_too_small_for_any_prompt_fails_the_turn_naming_the_keys() {
     let double = ModelDouble::start(Behaviour {

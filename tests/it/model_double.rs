@@ -1,10 +1,12 @@
 //! A model server double that behaves like the real ones heistd meets
 //! (llama.cpp's server, vLLM, LM Studio, Ollama): a context window that
 //! answers an oversized request with the OpenAI-style context-length 400,
+//! or as today's `llama-server` does (its `exceed_context_size_error` body,
+//! a tokenizer density, `/v1/models` with `meta.n_ctx` and `n_ctx_train`),
 //! one slot (a call holds it, and `/v1/models` waits for it), a chat
 //! format that may ignore `tools` or write `functions.NAME:` as text,
 //! replies cut at `max_tokens` (`finish_reason: "length"`), `usage` counted
-//! at four characters a token, and outages (every request answers 500).
+//! at four characters a token (or the density set), and outages (every request answers 500).
 //! Asked to stream, it answers in server-sent events as they do (content
 //! and tool-call arguments in pieces, `usage` last when asked, then
 //! `data: [DONE]`), and can stream slowly, stall, break the stream, or
@@ -31,8 +33,15 @@ pub const MODEL: &str = "double-model";
 /// How the double behaves; change it while it runs through [`ModelDouble::set`].
 #[derive(Debug, Clone, Default)]
 pub struct Behaviour {
-    /// The context window in tokens (four characters each); none: unlimited.
+    /// The context window in tokens; none: unlimited.
     pub context_tokens: Option<u32>,
+    /// Tokens per character of the prompt (its bytes, as a byte-level
+    /// tokenizer counts them); none: one token per four characters.
+    pub tokens_per_char: Option<f64>,
+    /// Behaves like today's llama.cpp server: refuses an oversized request
+    /// with its `exceed_context_size_error` body (not OpenAI's), and lists
+    /// `meta.n_ctx` (the window) and `meta.n_ctx_train` in `/v1/models`.
+    pub llama_cpp: bool,
     /// The chat format ignores `tools`: replies are text, never `tool_calls`.
     pub ignores_tools: bool,
     /// With tools offered, writes `functions.NAME: parameter` as text and
@@ -79,6 +88,8 @@ struct Shared {
     slot: Arc<tokio::sync::Mutex<()>>,
     chat_calls: AtomicU32,
     oversized: AtomicU32,
+    /// For each chat call, in order: whether it was refused as oversized.
+    overflows: Mutex<Vec<bool>>,
     /// Chat requests that asked to stream.
     stream_requests: AtomicU32,
     /// Streams whose client closed the connection before their end.
@@ -127,6 +138,11 @@ impl ModelDouble {
         self.shared.oversized.load(Ordering::SeqCst)
     }
 
+    /// Which chat calls, in order, were refused as oversized.
+    pub fn overflows(&self) -> Vec<bool> {
+        self.shared.overflows.lock().clone()
+    }
+
     pub fn stream_requests(&self) -> u32 {
         self.shared.stream_requests.load(Ordering::SeqCst)
     }
@@ -150,9 +166,20 @@ async fn models(State(shared): State<Arc<Shared>>) -> Response {
     if behaviour(&shared).down {
         return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
     }
+    let behaviour = behaviour(&shared);
     let _slot = shared.slot.lock().await;
-    Json(serde_json::json!({"object": "list", "data": [{"id": MODEL, "object": "model"}]}))
-        .into_response()
+    let mut entry = serde_json::json!({"id": MODEL, "object": "model"});
+    if behaviour.llama_cpp {
+        // llama-server's listing: the window it was started with beside
+        // the model's training window, which is larger.
+        entry["owned_by"] = "llamacpp".into();
+        entry["meta"] = serde_json::json!({
+            "vocab_type": 2, "n_vocab": 256,
+            "n_ctx": behaviour.context_tokens, "n_ctx_train": 131072,
+            "n_embd": 64, "n_params": 1000000, "size": 4000000,
+        });
+    }
+    Json(serde_json::json!({"object": "list", "data": [entry]})).into_response()
 }
 
 async fn chat(
@@ -198,21 +225,37 @@ async fn chat(
         + request
             .get("tools")
             .map_or(0, |tools| tools.to_string().len());
-    let prompt_tokens = prompt_chars.div_ceil(4) as u64;
+    let prompt_tokens = match behaviour.tokens_per_char {
+        Some(density) => (prompt_chars as f64 * density).ceil() as u64,
+        None => prompt_chars.div_ceil(4) as u64,
+    };
     let max_tokens = request["max_tokens"].as_u64().unwrap_or(16);
-    if let Some(window) = behaviour.context_tokens {
-        if prompt_tokens + max_tokens > u64::from(window) {
-            shared.oversized.fetch_add(1, Ordering::SeqCst);
-            let message = format!(
+    let oversized = behaviour
+        .context_tokens
+        .is_some_and(|window| prompt_tokens + max_tokens > u64::from(window));
+    shared.overflows.lock().push(oversized);
+    if let Some(window) = behaviour.context_tokens.filter(|_| oversized) {
+        shared.oversized.fetch_add(1, Ordering::SeqCst);
+        if behaviour.llama_cpp {
+            // llama-server's body, word for word (issue #21); its count is
+            // the prompt's alone. The double refuses a prompt that leaves no
+            // room for `max_tokens` as well (the server would cut the reply).
+            let message = format!("request ({prompt_tokens} tokens) exceeds the available context size ({window} tokens), try increasing it");
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": {"code": 400, "message": message, "type": "exceed_context_size_error", "n_prompt_tokens": prompt_tokens, "n_ctx": window}})),
+            )
+                .into_response();
+        }
+        let message = format!(
                 "This model's maximum context length is {window} tokens. However, you requested {} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
                 prompt_tokens + max_tokens
             );
-            return (
+        return (
                 StatusCode::BAD_REQUEST,
                 Json(serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})),
             )
                 .into_response();
-        }
     }
     let offered = request.get("tools").is_some_and(|tools| !tools.is_null());
     let forced = request["tool_choice"]["function"]["name"].as_str();
