@@ -253,7 +253,20 @@ fn start_companions(binary: &Path, directory: &Path) -> Result<Companions> {
         .map(|name| format!("{name} = 0"))
         .join("\n");
     let config = directory.join("services.toml");
-    std::fs::write(&config, format!("[companions.ports]\n{ports}\n"))?;
+    // Every session of the daemon and of the floor's bare client calls from
+    // 127.0.0.1, and the floor's as one client (the planner): the
+    // per-source connection cap (64 by default) and the database tool's
+    // per-client share of its workers (three quarters) must cover a hundred
+    // sessions at once, which the defaults, made against one hostile local
+    // process, do not.
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nmax_connections_per_ip = 512\n\n\
+             [companions.database_query]\nmax_concurrent_queries = 136\n\n\
+             [companions.ports]\n{ports}\n"
+        ),
+    )?;
     let mut child = Command::new(binary)
         .args(["services", "all", "--config"])
         .arg(&config)

@@ -32,7 +32,10 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Open connections per listener from one source address; beyond it
     /// that source's oldest idle connection is closed, or the new one is,
-    /// so no one address can fill a listener and starve `/health`.
+    /// so no one address can fill a listener and starve `/health`. A daemon
+    /// calls its companions from one address with up to one call per
+    /// session in flight: keep it above `daemon.max_concurrent_sessions` +
+    /// 16 (`config check` warns otherwise).
     #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
     /// The longest request body any handler reads (413 beyond it). Bodies

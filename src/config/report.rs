@@ -19,6 +19,9 @@ impl Config {
 
     /// Warnings `config check` prints: settings that work but are unsafe.
     pub fn warnings(&self) -> Vec<String> {
+        /// Connections beyond one per session that a daemon may hold to one
+        /// companion at once (deliveries, reconciliation, health checks).
+        const PER_SOURCE_MARGIN: usize = 16;
         let mut warnings = Vec::new();
         let builtin = self.builtin_secrets_in_use();
         if !builtin.is_empty() {
@@ -26,6 +29,16 @@ impl Config {
                 "clients {} use the built-in rehearsal secrets, which anyone can read in heistd's source; \
                  give each a client_secret_file (or client_secret_env) before the companions listen beyond loopback",
                 builtin.join(", ")
+            ));
+        }
+        // Each session has at most one call in flight to a companion; the
+        // outbox deliverer, reconciliation and health checks add a few.
+        let needed = self.daemon.max_concurrent_sessions as usize + PER_SOURCE_MARGIN;
+        if self.http.max_connections_per_ip < needed {
+            warnings.push(format!(
+                "http.max_connections_per_ip {} is below daemon.max_concurrent_sessions {} + {PER_SOURCE_MARGIN}: \
+                 companions serving this daemon from one address would refuse its calls under load; raise it to at least {needed}",
+                self.http.max_connections_per_ip, self.daemon.max_concurrent_sessions
             ));
         }
         if !secrets::is_loopback_address(&self.daemon.admin_address)

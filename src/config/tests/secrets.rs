@@ -220,3 +220,21 @@ fn the_postgres_password_is_read_like_every_other_secret() {
         "{error}"
     );
 }
+
+/// Companions that serve a daemon see all its sessions come from one
+/// address: a per-source cap below its sessions would refuse its calls.
+#[test]
+fn a_per_source_cap_below_the_daemons_sessions_is_warned_about() {
+    let mut config = Config::builtin();
+    let warned = |config: &Config| {
+        config
+            .warnings()
+            .iter()
+            .any(|warning| warning.contains("http.max_connections_per_ip"))
+    };
+    assert!(!warned(&config), "the defaults (2 sessions, 64) fit");
+    config.daemon.max_concurrent_sessions = 100;
+    assert!(warned(&config));
+    config.http.max_connections_per_ip = 116;
+    assert!(!warned(&config));
+}
