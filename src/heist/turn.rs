@@ -162,7 +162,11 @@ impl TurnPlayer {
             message: message.clone(),
             game_session_id: session.session_id.to_string(),
         };
-        record.memory_payload = serde_json::to_string(&write).ok();
+        // A failed turn is not context (the transcript leaves it out), so
+        // memory does not get it either.
+        if record.error.is_none() {
+            record.memory_payload = serde_json::to_string(&write).ok();
+        }
         record.message = message;
         TurnResult::Played(PlayedTurn { record, tools })
     }

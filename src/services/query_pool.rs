@@ -234,14 +234,23 @@ impl QueryPool {
         }
         let pool = self.clone();
         tokio::spawn(async move {
-            match Worker::start(&pool.program, &pool.setup_line).await {
-                Ok(worker) => pool.give_back(worker),
-                Err(error) => tracing::error!(%error, "cannot start a database query worker"),
+            // Bounded: a worker that never finishes its handshake is dropped
+            // (killed with it) rather than leaving `warming` set for good.
+            let started = Worker::start(&pool.program, &pool.setup_line);
+            match tokio::time::timeout(pool.time_limit().max(SPARE_START_LIMIT), started).await {
+                Ok(Ok(worker)) => pool.give_back(worker),
+                Ok(Err(error)) => tracing::error!(%error, "cannot start a database query worker"),
+                Err(_) => tracing::error!(
+                    "a database query worker did not finish starting in time; it was stopped"
+                ),
             }
             pool.warming.store(false, Ordering::Release);
         });
     }
 }
+
+/// The least time a spare worker gets to start and load the shift data.
+const SPARE_START_LIMIT: Duration = Duration::from_secs(5);
 
 /// One client's admitted query; gives its place back when dropped.
 struct ClientShare {

@@ -107,23 +107,7 @@ impl Store {
     /// its one writing process: a second writer is refused with a clear
     /// error rather than fighting over SQLite's write lock.
     pub fn open_configured(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let lock_path = lock_path(&config.path);
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(NEW_FILE_MODE)
-            .open(&lock_path)
-            .map_err(|source| StoreError::LockFile {
-                path: lock_path.display().to_string(),
-                source,
-            })?;
-        if lock.try_lock().is_err() {
-            return Err(StoreError::InUse {
-                path: config.path.display().to_string(),
-            });
-        }
+        let lock = take_writer_lock(&config.path)?;
         let mut store = Self::open(&config.path, config.synchronous)?;
         store._writer_lock = Some(lock);
         store.commits.enabled = config.group_commit;
@@ -258,6 +242,47 @@ impl Store {
         }
         let _ = std::fs::remove_file(lock_path(&self.path));
     }
+}
+
+/// The writer's lock beside `database`, held by `flock` for as long as the
+/// file is open. A writer closing cleanly removes the lock file while it
+/// holds it, so a lock taken on a file that is no longer the one at the path
+/// (opened just before that removal) is worthless: it is let go and the
+/// path opened again, or a second writer could lock the new file beside it.
+fn take_writer_lock(database: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let lock_path = lock_path(database);
+    let lock_error = |source| StoreError::LockFile {
+        path: lock_path.display().to_string(),
+        source,
+    };
+    // A handful of tries: each lost one means a writer closed just then.
+    for _ in 0..8 {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(NEW_FILE_MODE)
+            .open(&lock_path)
+            .map_err(lock_error)?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::InUse {
+                path: database.display().to_string(),
+            });
+        }
+        let held = lock.metadata().map_err(lock_error)?;
+        match std::fs::metadata(&lock_path) {
+            Ok(at_path) if at_path.ino() == held.ino() && at_path.dev() == held.dev() => {
+                return Ok(lock)
+            }
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(lock_error(error)),
+        }
+    }
+    Err(StoreError::InUse {
+        path: database.display().to_string(),
+    })
 }
 
 /// `heistd.db` → `heistd.db.lock`, beside the database.
