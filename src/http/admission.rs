@@ -8,8 +8,13 @@
 //! more of the body (a slow body holds a connection as surely as silence).
 //! So a source that opens a thousand idle sockets only ever churns its
 //! own, and a probe of `/health` from any address, that one included, is
-//! let in; only when every connection it could replace is being served is
-//! the new one refused.
+//! let in. When the listener is full, only a source holding at least two
+//! more than the newcomer's gives one up (equal sources do not evict each
+//! other back and forth), so idle connections spread one or two per
+//! source over hundreds of sources can leave a newcomer nothing to
+//! replace: then, as when everything it could replace is being served,
+//! the new one is refused. A source is what `limiter::source_of` says (an
+//! IPv6 /64 is one).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

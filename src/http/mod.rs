@@ -92,7 +92,9 @@ pub async fn serve<L>(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let admitted = match admission.admit(peer.ip()) {
+        // One source as the failure tables count it: an IPv6 host holds a
+        // whole /64, so its addresses share one per-source cap.
+        let admitted = match admission.admit(limiter::source_of(peer.ip())) {
             Ok((admitted, replaced)) => {
                 if replaced {
                     metrics::counter!(crate::metrics::HTTP_CONNECTIONS_SHED, "listener" => name)
