@@ -19,6 +19,7 @@ pub mod logging;
 mod query_worker;
 mod quit;
 mod reload;
+pub mod remote;
 mod run;
 mod sessions;
 pub use demo::{demo, DemoOptions};
@@ -57,6 +58,9 @@ pub enum CliError {
     /// The daemon could not be signalled or did not answer in time.
     #[error("{0}")]
     ReloadFailed(String),
+    /// The daemon's admin API could not be reached, or failed.
+    #[error("{0}")]
+    Remote(String),
     /// The daemon refused the new config and kept the running one.
     #[error("reload refused, still running the previous config: {0}")]
     ReloadRefused(String),
@@ -77,7 +81,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) | Self::Unhealthy(_) | Self::ReloadRefused(_) => 1,
-            Self::ReloadFailed(_) => 2,
+            Self::ReloadFailed(_) | Self::Remote(_) => 2,
             Self::NotCompleted { .. } => 3,
             // As a shell reports a process ended by SIGINT.
             Self::Quit(_) => 130,
