@@ -404,7 +404,7 @@ fn describe_endpoint(endpoint: &crate::clients::EndpointKnowledge) -> String {
         _ => "not known yet (learned from the first context-length error; llm.context_tokens sets it)".into(),
     };
     format!(
-        "{} ({}): context window {window}; {:.2} characters per token (from {}, {} counts)",
+        "{} ({}): context window {window}; {:.2} characters per token (from {}; prompts counted: {})",
         endpoint.endpoint,
         endpoint.model,
         endpoint.chars_per_token,

@@ -178,3 +178,48 @@ async fn a_configured_window_is_kept_and_shown_as_configured() {
     assert_eq!(known.token_counting, TokenCounting::Auto);
     assert!(known.calibrations >= 12, "{known:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heistd_check_shows_the_window_and_the_ratio_and_where_they_came_from() {
+    let double = dense_double(Flavour::LlamaCpp).await;
+    let directory = tempfile::tempdir().expect("temp dir");
+    // The other services down (port 9, quickly): only the model's lines
+    // matter here.
+    let mut contents = String::new();
+    for service in heistd::config::SERVICE_NAMES {
+        contents.push_str(&format!(
+            "[services.{service}]\nbase_url = \"http://127.0.0.1:9\"\ntimeout_ms = 300\n"
+        ));
+    }
+    contents.push_str(&format!(
+        "[llm]\nbase_url = \"{}\"\nmodel = \"{MODEL}\"\ntoken_counting = \"server\"\n",
+        double.url
+    ));
+    std::fs::write(directory.path().join("check.toml"), contents).expect("write");
+    let path = directory.path().to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_heistd"))
+            .args(["check", "--config", "check.toml"])
+            .current_dir(path)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("heistd runs")
+    })
+    .await
+    .expect("check ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("llm ") && line.contains("context window"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!(
+            "({MODEL}): context window {WINDOW} tokens (from the server's model list)"
+        )) && line.contains(
+            // "ping" and a newline: five tokens for four characters.
+            "0.80 characters per token (from the server's tokenizer; prompts counted: 1)"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(double.tokenize_calls(), 1);
+}
