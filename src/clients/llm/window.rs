@@ -59,6 +59,20 @@ pub enum WindowSource {
 }
 
 impl WindowSource {
+    /// How far a window from here is trusted: one from a less trusted
+    /// source never replaces it (a model list's `meta.n_ctx` is the whole
+    /// context, which llama.cpp may split between slots; a refusal names
+    /// the window the prompt had to fit).
+    fn trust(self) -> u8 {
+        match self {
+            Self::RefusedPrompt => 0,
+            Self::ModelsList => 1,
+            Self::Tokenize | Self::ServerProps => 2,
+            Self::ContextError => 3,
+            Self::Configured => 4,
+        }
+    }
+
     /// How `heistd check` names it.
     pub fn describe(self) -> &'static str {
         match self {
@@ -165,13 +179,13 @@ impl ModelKnowledge {
         (tokens.ceil() as u32).saturating_add((messages * TOKENS_PER_MESSAGE) as u32)
     }
 
-    /// Takes a window a server named, unless the config set one; true when
-    /// it changed.
+    /// Takes a window a server named, unless one came from a more trusted
+    /// source (the config's is never replaced); true when it changed.
     pub(super) fn learn_window(&mut self, window: u32, source: WindowSource) -> bool {
-        if self.context_source == Some(WindowSource::Configured)
-            || window == 0
-            || self.context_tokens == Some(window)
-        {
+        let trusted_more = self
+            .context_source
+            .is_some_and(|known| known.trust() > source.trust());
+        if trusted_more || window == 0 || self.context_tokens == Some(window) {
             return false;
         }
         self.context_tokens = Some(window);
@@ -472,12 +486,77 @@ mod tests {
         let mut learned = knowledge();
         assert!(learned.learn_window(8192, WindowSource::ModelsList));
         assert!(learned.learn_window(2048, WindowSource::ContextError));
-        assert!(!learned.learn_window(2048, WindowSource::ServerProps));
+        // A model list read later (its whole context, shared by slots) does
+        // not undo what a refusal said; a later refusal does.
+        assert!(!learned.learn_window(8192, WindowSource::ModelsList));
+        assert!(!learned.learn_window(4096, WindowSource::ServerProps));
+        assert!(learned.learn_window(1024, WindowSource::ContextError));
+        assert!(learned.learn_window(2048, WindowSource::ContextError));
         assert_eq!(
             (learned.window(), learned.context_source),
             (Some(2048), Some(WindowSource::ContextError))
         );
         assert!(!learned.learn_window(0, WindowSource::ModelsList));
+    }
+
+    /// A client of a server that is not there (the discard port): asking
+    /// it about itself gets nothing.
+    fn client_of_nothing() -> LlmClient {
+        let mut config = crate::config::load(None, Vec::new()).expect("default config loads");
+        config.llm.base_url = "http://127.0.0.1:9/v1".into();
+        LlmClient::from_config(&config.llm, reqwest::Client::new())
+    }
+
+    fn overflow(
+        window: Option<u32>,
+        prompt_tokens: Option<u32>,
+        requested_tokens: Option<u32>,
+    ) -> ContextOverflow {
+        ContextOverflow {
+            window,
+            prompt_tokens,
+            requested_tokens,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_with_only_the_total_counts_the_prompt_as_the_total_less_max_tokens() {
+        let llm = client_of_nothing();
+        // 4500 requested with max_tokens 400: a prompt of 4100 tokens, for
+        // 4100 characters.
+        llm.learn_from_overflow(overflow(Some(4097), None, Some(4500)), 4100, 1, 400)
+            .await;
+        let known = &llm.endpoints()[0];
+        assert_eq!(known.chars_per_token, 1.0, "{known:?}");
+        assert_eq!(
+            (known.context_tokens, known.context_source),
+            (Some(4097), Some(WindowSource::ContextError))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_without_numbers_from_a_silent_server_bounds_the_window_and_tightens() {
+        let llm = client_of_nothing();
+        // 7000 characters at 3.5 a token, plus 5% and two messages: 2116.
+        assert_eq!(llm.lock().estimate(7000, 2), 2116);
+        llm.learn_from_overflow(overflow(None, None, None), 7000, 2, 400)
+            .await;
+        let known = llm.endpoints()[0].clone();
+        assert_eq!(
+            (known.context_tokens, known.context_source),
+            (Some(2116 + 400 - 1), Some(WindowSource::RefusedPrompt)),
+            "{known:?}"
+        );
+        assert_eq!(known.ratio_source, RatioSource::ContextError);
+        assert!(known.chars_per_token < 2.7, "{known:?}");
+        // Refused again, smaller: the bound comes down with it.
+        llm.learn_from_overflow(overflow(None, None, None), 3000, 2, 400)
+            .await;
+        let bound = llm.context_tokens().expect("a bound");
+        assert!(bound < 2116 + 400 - 1, "{bound}");
+        // A window a server names replaces the bound.
+        llm.learn_window(4096, WindowSource::ModelsList);
+        assert_eq!(llm.context_tokens(), Some(4096));
     }
 
     #[test]
