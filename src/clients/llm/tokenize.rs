@@ -64,8 +64,17 @@ impl LlmClient {
                 .and_then(|count| u32::try_from(count).ok())
         });
         let Some(counted) = counted else {
-            let first = self.lock().server_counting.replace(false).is_none();
-            if first {
+            // A tokenizer that never answered is not asked again; one that
+            // has answered before only missed this prompt.
+            let never_answered = {
+                let mut knowledge = self.lock();
+                let never = knowledge.server_counting.is_none();
+                if never {
+                    knowledge.server_counting = Some(false);
+                }
+                never
+            };
+            if never_answered {
                 tracing::warn!(%url, "llm.token_counting = \"server\", but the server's tokenizer does not answer; estimating tokens instead");
             }
             return None;
