@@ -102,6 +102,7 @@ impl TestDaemon {
                 planned_turns: 3,
                 schedule: schedule.map(str::to_string),
                 scheduled_time: scheduled_time.map(str::to_string),
+                trigger: None,
             })
             .await
             .expect("session created")

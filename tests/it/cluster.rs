@@ -359,6 +359,7 @@ async fn store_migrate_copies_a_sqlite_trail_once_with_a_count_check() {
                     schedule: (index % 3 == 0).then(|| "nightly".to_string()),
                     scheduled_time: (index % 3 == 0)
                         .then(|| format!("2026-01-01T00:{:02}:{:02}Z", index / 60, index % 60)),
+                    trigger: None,
                 })
                 .await
                 .expect("create");
@@ -660,6 +661,7 @@ async fn two_nodes_drain_the_outbox_each_write_once() {
                 planned_turns: 2,
                 schedule: None,
                 scheduled_time: None,
+                trigger: None,
             })
             .await
             .expect("create");

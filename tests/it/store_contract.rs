@@ -373,6 +373,7 @@ async fn a_schedule_slot_runs_once(store: &StoreHandle) {
     let slot = |time: &str| NewSession {
         schedule: Some("nightly".into()),
         scheduled_time: Some(time.into()),
+        trigger: None,
         ..new_session(1, 2)
     };
     store
