@@ -202,12 +202,16 @@ async fn read_body<Body: Default + DeserializeOwned>(request: Request) -> Result
 
 fn parse_time(text: Option<&str>, field: &str) -> Result<DateTime<Utc>, ApiError> {
     let text = text.ok_or_else(|| {
-        ApiError::BadRequest(format!("`{field}` is required (RFC 3339, e.g. 2026-12-01T02:00:00Z)"))
+        ApiError::BadRequest(format!(
+            "`{field}` is required (RFC 3339, e.g. 2026-12-01T02:00:00Z)"
+        ))
     })?;
     DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
         .map_err(|error| {
-            ApiError::BadRequest(format!("`{field}` = `{text}` is not an RFC 3339 time: {error}"))
+            ApiError::BadRequest(format!(
+                "`{field}` = `{text}` is not an RFC 3339 time: {error}"
+            ))
         })
 }
 

@@ -257,10 +257,13 @@ async fn status_shows_version_services_schedules_running_sessions_and_capacity()
         started_at: chrono::Utc::now(),
         planned_turns: 12,
     };
-    let task = daemon
-        .state
-        .registry()
-        .spawn(running, || tokio::spawn(std::future::pending()));
+    let task =
+        daemon
+            .state
+            .registry()
+            .spawn(running, tokio::sync::watch::Sender::new(None), || {
+                tokio::spawn(std::future::pending())
+            });
 
     let reply = daemon.get("/api/v1/status").await;
     assert_eq!(reply.status, StatusCode::OK);

@@ -437,8 +437,11 @@ fn note_text(text: Option<String>, what: &str) -> Result<Option<String>, SteerEr
 }
 
 fn publish_paused(schedule: &str, paused: bool) {
-    metrics::gauge!(names::SCHEDULE_PAUSED, "schedule" => schedule.to_string())
-        .set(if paused { 1.0 } else { 0.0 });
+    metrics::gauge!(names::SCHEDULE_PAUSED, "schedule" => schedule.to_string()).set(if paused {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 #[cfg(test)]
@@ -460,7 +463,9 @@ mod tests {
         assert!(slots.windows(2).all(|pair| pair[0] < pair[1]));
         let refused = slots_between(&schedule, from, to, 9).expect_err("over the limit");
         assert!(
-            refused.to_string().contains("daemon.max_backfill_slots = 9"),
+            refused
+                .to_string()
+                .contains("daemon.max_backfill_slots = 9"),
             "{refused}"
         );
         assert!(slots_between(&schedule, to, from, 100).is_err());

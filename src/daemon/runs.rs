@@ -172,7 +172,10 @@ impl Runs {
 
     /// The context a schedule's run starts from: its own scenario when it
     /// names one; `None` (logged) when that cannot be loaded.
-    pub(super) async fn schedule_context(&self, schedule: &ScheduleConfig) -> Option<Arc<RunContext>> {
+    pub(super) async fn schedule_context(
+        &self,
+        schedule: &ScheduleConfig,
+    ) -> Option<Arc<RunContext>> {
         let context = self.context();
         let Some(directory) = schedule.scenario.clone() else {
             return Some(context);

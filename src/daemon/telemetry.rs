@@ -68,8 +68,7 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
         metrics::gauge!(names::SCHEDULE_NEXT_RUN_TIMESTAMP_SECONDS, "schedule" => schedule.name.clone())
             .increment(0.0);
         // The store's pause state is published by `daemon::control`.
-        metrics::gauge!(names::SCHEDULE_PAUSED, "schedule" => schedule.name.clone())
-            .increment(0.0);
+        metrics::gauge!(names::SCHEDULE_PAUSED, "schedule" => schedule.name.clone()).increment(0.0);
     }
     for outcome in labels::RELOAD_OUTCOMES {
         metrics::counter!(names::CONFIG_RELOADS_TOTAL, "outcome" => outcome).increment(0);

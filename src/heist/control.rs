@@ -35,7 +35,9 @@ impl RunControl {
 
     /// The operator's reason, once the session has been cancelled.
     pub fn cancel_requested(&self) -> Option<String> {
-        self.cancel.as_ref().and_then(|cancel| cancel.borrow().clone())
+        self.cancel
+            .as_ref()
+            .and_then(|cancel| cancel.borrow().clone())
     }
 
     /// Sleeps `pause`; false when told to stop, or cancelled, first.

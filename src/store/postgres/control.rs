@@ -37,7 +37,10 @@ impl PgStore {
         let outcome = match SessionStatus::from_text(&status) {
             SessionStatus::Queued => {
                 transaction
-                    .execute("DELETE FROM run_queue WHERE session_id = $1", &[&session_id])
+                    .execute(
+                        "DELETE FROM run_queue WHERE session_id = $1",
+                        &[&session_id],
+                    )
                     .await?;
                 transaction
                     .execute(

@@ -202,7 +202,8 @@ impl Backend for SqliteBackend {
 
     async fn resume_schedule(&self, schedule: &str) -> Result<bool, StoreError> {
         let schedule = schedule.to_string();
-        self.run(move |store| store.resume_schedule(&schedule)).await
+        self.run(move |store| store.resume_schedule(&schedule))
+            .await
     }
 
     // Turns.
