@@ -91,6 +91,10 @@ pub struct BackfillAnswer {
     pub already_ran: usize,
 }
 
+/// The slots (schedule, slot) a backfill of this node has started and
+/// not finished.
+type Backfilling = Arc<Mutex<HashSet<(String, DateTime<Utc>)>>>;
+
 /// The daemon's steering: one per daemon, reached by the API through
 /// [`DaemonState::steering`].
 pub struct Steering {
@@ -99,7 +103,7 @@ pub struct Steering {
     store: StoreHandle,
     /// Slots a backfill of this node has not finished, so a second request
     /// for the same range does not run them again while the first runs.
-    backfilling: Arc<Mutex<HashSet<(String, DateTime<Utc>)>>>,
+    backfilling: Backfilling,
 }
 
 impl Steering {
@@ -398,7 +402,7 @@ async fn run_backfill(
     runs: Arc<Runs>,
     schedule: ScheduleConfig,
     slots: Vec<DateTime<Utc>>,
-    backfilling: Arc<Mutex<HashSet<(String, DateTime<Utc>)>>>,
+    backfilling: Backfilling,
 ) {
     let run_one = |slot: DateTime<Utc>| {
         let (runs, schedule, backfilling) = (runs.clone(), schedule.clone(), backfilling.clone());

@@ -449,3 +449,58 @@ async fn the_steering_commands_find_the_daemon_and_its_token_in_the_config() {
     let value: Value = daemon.get("/api/v1/schedules").await.1;
     assert_eq!(value["schedules"][0]["paused"], false);
 }
+
+/// Issue 22 part 7: a session waiting out a dead model shows in
+/// `heistd_sessions_waiting{reason="model"}` while it waits, and no longer
+/// once the model is back and it plays on; the calls it made meanwhile
+/// are in `service_calls`.
+#[tokio::test]
+async fn a_session_waiting_for_the_model_is_counted_until_the_model_is_back() {
+    let stack = TestStack::start().await;
+    let daemon = Daemon::start(
+        &stack,
+        "[heist]\nmax_model_outage_ms = 60000\n[llm.policy]\nbackoff_base_ms = 10\nbackoff_cap_ms = 20\n",
+    )
+    .await;
+    let store = daemon.store().await;
+    stack.set_fault(
+        "rehearsal",
+        Fault {
+            error_rate: 1.0,
+            error_status: 503,
+            ..Fault::default()
+        },
+    );
+    let session_id = daemon.start_run(3).await;
+    let waiting = async |daemon: &Daemon| {
+        metric(daemon, "heistd_sessions_waiting", &["reason=\"model\""]).await
+    };
+    eventually(Duration::from_secs(20), "the session waits", async || {
+        (waiting(&daemon).await == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&daemon, "heistd_sessions_waiting", &["reason=\"store\""]).await,
+        0.0
+    );
+    stack.set_fault("rehearsal", Fault::default());
+    eventually(
+        Duration::from_secs(30),
+        "the session completes",
+        async || {
+            let detail = store.session(&session_id).await.ok()?;
+            (detail.session.status == SessionStatus::Completed).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(waiting(&daemon).await, 0.0);
+    let detail = store.session(&session_id).await.expect("detail");
+    assert!(
+        detail
+            .service_calls
+            .iter()
+            .any(|call| call.call.service == "llm" && call.turn_id == 1),
+        "the failed calls of the outage are recorded: {:?}",
+        detail.service_calls
+    );
+}
