@@ -504,3 +504,38 @@ async fn a_session_waiting_for_the_model_is_counted_until_the_model_is_back() {
         detail.service_calls
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_removes_a_schedule_removes_its_pause_and_keeps_the_others() {
+    let stack = TestStack::start().await;
+    let weekly = "[[schedule]]\nname = \"weekly\"\nevery = \"7d\"\n";
+    let mut daemon = Daemon::start(
+        &stack,
+        &format!("{weekly}[[schedule]]\nname = \"daily\"\nevery = \"1d\"\n"),
+    )
+    .await;
+    for name in ["weekly", "daily"] {
+        let (status, body) = daemon
+            .post(&format!("/api/v1/schedules/{name}/pause"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let text = std::fs::read_to_string(daemon.config_path()).expect("config");
+    assert!(text.contains(weekly));
+    std::fs::write(daemon.config_path(), text.replace(weekly, "")).expect("rewrite");
+    daemon.signal("HUP");
+    daemon.wait_for_notification("RELOADING=1").await;
+    daemon.wait_for_notification("READY=1").await;
+    let store = daemon.store().await;
+    let pauses = store.schedule_pauses().await.expect("pauses");
+    let paused: Vec<&str> = pauses.iter().map(|pause| pause.schedule.as_str()).collect();
+    assert_eq!(paused, ["daily"], "no stale pause of the removed schedule");
+    let (_, list) = daemon.get("/api/v1/schedules").await;
+    assert_eq!(
+        list["schedules"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+    assert_eq!(list["schedules"][0]["name"], "daily");
+    assert_eq!(list["schedules"][0]["paused"], true);
+}

@@ -151,7 +151,7 @@ impl Daemon {
             .await
     }
 
-    async fn wait_for_notification(&mut self, wanted: &str) -> Vec<String> {
+    pub(crate) async fn wait_for_notification(&mut self, wanted: &str) -> Vec<String> {
         self.wait_until_notified(wanted, |line| line == wanted)
             .await
     }
