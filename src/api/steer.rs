@@ -7,8 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -17,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::authorize_run;
 use super::guard;
-use super::{ApiError, MAX_RUN_BODY_BYTES};
+use super::ApiError;
 use crate::daemon::control::{BackfillAnswer, CancelAnswer, ScheduleView, SteerError, Steering};
 use crate::daemon::state::DaemonState;
 
@@ -181,14 +180,7 @@ fn steering(state: &DaemonState) -> Result<Arc<Steering>, ApiError> {
 /// An empty body is the defaults; otherwise a JSON object of the route's
 /// fields, no others.
 async fn read_body<Body: Default + DeserializeOwned>(request: Request) -> Result<Body, ApiError> {
-    let body = Bytes::from_request(request, &())
-        .await
-        .map_err(|rejection| match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge {
-                limit_bytes: MAX_RUN_BODY_BYTES,
-            },
-            _ => ApiError::BadRequest(rejection.body_text()),
-        })?;
+    let body = super::runs::body_bytes(request).await?;
     let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
     match first {
         None => Ok(Body::default()),

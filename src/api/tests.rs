@@ -767,3 +767,26 @@ async fn status_shows_each_schedules_last_and_next_slot_from_the_store() {
     assert!(schedules[1]["next_slot"].is_null());
     assert_eq!(body["cluster"]["queued_runs"], 0);
 }
+
+#[tokio::test]
+async fn steering_routes_check_the_token_before_the_body() {
+    let daemon = TestDaemon::accepting().await;
+    for path in [
+        "/api/v1/sessions/heist_x/cancel",
+        "/api/v1/schedules/nightly/pause",
+        "/api/v1/schedules/nightly/resume",
+        "/api/v1/schedules/nightly/trigger",
+        "/api/v1/schedules/nightly/backfill",
+    ] {
+        let request = Request::post(path)
+            .body(Body::from("{not json"))
+            .expect("request");
+        send(daemon.router(), request)
+            .await
+            .error_message(StatusCode::UNAUTHORIZED);
+        let request = Request::get(path).body(Body::empty()).expect("request");
+        send(daemon.router(), request)
+            .await
+            .error_message(StatusCode::METHOD_NOT_ALLOWED);
+    }
+}

@@ -93,6 +93,15 @@ impl Runs {
         if self.store.is_shared() {
             return self.enqueue(&context, options).await;
         }
+        self.start_now(context, options).await
+    }
+
+    /// Starts a run here now, or refuses at this node's cap.
+    async fn start_now(
+        self: &Arc<Self>,
+        context: Arc<RunContext>,
+        options: RunOptions,
+    ) -> Result<String, StartRunError> {
         let _admission = self.admission.lock().await;
         let running = self.state.running_count();
         if running >= context.config.daemon.max_concurrent_sessions as usize {

@@ -32,14 +32,6 @@ impl Runs {
             scheduled_time: None,
             trigger: Some(RunTrigger::Manual),
         };
-        let _admission = self.admission.lock().await;
-        let running = self.state.running_count();
-        if running >= context.config.daemon.max_concurrent_sessions as usize {
-            return Err(StartRunError::AtCapacity { running });
-        }
-        self.spawn_run(context, options)
-            .await
-            .map(|(session_id, _)| session_id)
-            .map_err(StartRunError::from)
+        self.start_now(context, options).await
     }
 }
