@@ -166,10 +166,21 @@ pub struct SchedulesArgs {
     pub action: SchedulesAction,
 }
 
+/// How `schedules list` prints.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ScheduleOutput {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 pub enum SchedulesAction {
     /// Every schedule with its next and last slot and whether it is paused.
-    List,
+    List {
+        /// `text` for people, `json` for scripts (the daemon's answer).
+        #[arg(long, value_enum, default_value_t = ScheduleOutput::Text)]
+        output: ScheduleOutput,
+    },
     /// Pause a schedule on every node (it survives restarts and reloads):
     /// its slots are skipped until it is resumed.
     Pause {

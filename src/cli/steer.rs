@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::args::{SchedulesAction, SchedulesArgs};
+use super::args::{ScheduleOutput, SchedulesAction, SchedulesArgs};
 use super::remote::Remote;
 use super::CliError;
 
@@ -88,7 +88,15 @@ pub async fn schedules(args: SchedulesArgs) -> Result<String, CliError> {
     let at =
         |name: &str, action: &str| format!("/api/v1/schedules/{}/{action}", path_segment(name));
     Ok(match args.action {
-        SchedulesAction::List => {
+        SchedulesAction::List {
+            output: ScheduleOutput::Json,
+        } => {
+            let list: serde_json::Value = remote.get("/api/v1/schedules").await?;
+            format!("{list:#}\n")
+        }
+        SchedulesAction::List {
+            output: ScheduleOutput::Text,
+        } => {
             let list: ScheduleList = remote.get("/api/v1/schedules").await?;
             schedule_table(&list.schedules)
         }

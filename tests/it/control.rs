@@ -406,6 +406,11 @@ async fn the_steering_commands_find_the_daemon_and_its_token_in_the_config() {
         out.contains("paused by") && out.contains("audit week"),
         "{out}"
     );
+    let (code, out, err) = command(&["schedules", "list", "--output", "json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let listed: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed["schedules"][0]["paused"], true, "{listed}");
+    assert_eq!(listed["schedules"][0]["note"], "audit week");
     let (code, out, err) = command(&["schedules", "resume", "weekly"]).await;
     assert_eq!((code, out.contains("resumed")), (0, true), "{out}{err}");
 
