@@ -167,7 +167,7 @@ impl Backend for SqliteBackend {
         to: &str,
     ) -> Result<Vec<String>, StoreError> {
         let (schedule, from, to) = (schedule.to_string(), from.to_string(), to.to_string());
-        self.run(move |store| store.scheduled_slots(&schedule, &from, &to))
+        self.read(move |store| store.scheduled_slots(&schedule, &from, &to))
             .await
     }
 
@@ -188,12 +188,14 @@ impl Backend for SqliteBackend {
             .await
     }
 
+    // Read every heartbeat and as each slot comes due: on the reader, so
+    // the writer's commits never wait for them.
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
-        self.run(|store| store.cancel_requests()).await
+        self.read(|store| store.cancel_requests()).await
     }
 
     async fn schedule_pauses(&self) -> Result<Vec<SchedulePause>, StoreError> {
-        self.run(|store| store.schedule_pauses()).await
+        self.read(|store| store.schedule_pauses()).await
     }
 
     async fn pause_schedule(&self, pause: SchedulePause) -> Result<(), StoreError> {
