@@ -256,6 +256,7 @@ impl Steering {
         to: DateTime<Utc>,
     ) -> Result<BackfillAnswer, SteerError> {
         let (config, schedule) = self.schedule(name)?;
+        let runs = self.runs()?;
         let limit = config.daemon.max_backfill_slots as usize;
         let slots = slots_between(&schedule, from, to, limit)?;
         let ran: HashSet<DateTime<Utc>> = match (slots.first(), slots.last()) {
@@ -284,12 +285,14 @@ impl Steering {
             slots: to_run.clone(),
         };
         tracing::info!(schedule = %name, slots = to_run.len(), already_ran = answer.already_ran, "backfill requested");
-        tokio::spawn(run_backfill(
-            self.runs()?,
-            schedule,
-            to_run,
-            self.backfilling.clone(),
-        ));
+        if !to_run.is_empty() {
+            tokio::spawn(run_backfill(
+                runs,
+                schedule,
+                to_run,
+                self.backfilling.clone(),
+            ));
+        }
         Ok(answer)
     }
 
