@@ -42,7 +42,8 @@ pub const HEALTH_CHECKS_TOTAL: &str = "heistd_health_checks_total";
 pub const HEALTH_TRANSITIONS_TOTAL: &str = "heistd_health_transitions_total";
 /// Heists running now.
 pub const SESSIONS_RUNNING: &str = "heistd_sessions_running";
-/// Scheduled slots by outcome (`launched`, `skipped_overlap`).
+/// Scheduled slots by outcome (`launched`, `skipped_overlap`,
+/// `skipped_paused`).
 pub const SCHEDULE_RUNS_TOTAL: &str = "heistd_schedule_runs_total";
 /// The slot a schedule last handled (launched or skipped), Unix seconds.
 pub const SCHEDULE_LAST_RUN_TIMESTAMP_SECONDS: &str = "heistd_schedule_last_run_timestamp_seconds";
@@ -109,6 +110,11 @@ pub const CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL: &str =
     "heistd_cluster_lease_renewal_failures_total";
 /// Turn commits refused because another node owns the session now.
 pub const CLUSTER_FENCED_WRITES_TOTAL: &str = "heistd_cluster_fenced_writes_total";
+/// Sessions waiting out an outage now, by what they wait for (`model`,
+/// `store`).
+pub const SESSIONS_WAITING: &str = "heistd_sessions_waiting";
+/// 1 while a schedule is paused (the store's state, on every node).
+pub const SCHEDULE_PAUSED: &str = "heistd_schedule_paused";
 
 /// Label values known before the first event, so their series can start at
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
@@ -138,17 +144,19 @@ pub mod labels {
         "failed_with_retry",
     ];
     pub const HEALTH_OUTCOMES: [&str; 2] = ["up", "down"];
-    pub const SESSION_STATUSES: [&str; 3] = ["completed", "failed", "interrupted"];
+    pub const SESSION_STATUSES: [&str; 4] = ["completed", "failed", "interrupted", "cancelled"];
     pub const TURN_OUTCOMES: [&str; 2] = ["ok", "failed"];
     pub const TOOL_CALL_OUTCOMES: [&str; 3] = ["success", "failure", "refused"];
-    pub const SCHEDULE_OUTCOMES: [&str; 2] = ["launched", "skipped_overlap"];
+    pub const SCHEDULE_OUTCOMES: [&str; 3] = ["launched", "skipped_overlap", "skipped_paused"];
+    /// What a waiting session waits for (`heistd_sessions_waiting`).
+    pub const WAITING_REASONS: [&str; 2] = ["model", "store"];
     pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "refused"];
     pub const STORE_PAUSE_OUTCOMES: [&str; 2] = ["resumed", "gave_up"];
 }
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 51] = [
+pub const FAMILIES: [(&str, Kind, &str); 53] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -200,6 +208,8 @@ pub const FAMILIES: [(&str, Kind, &str); 51] = [
     (CLUSTER_TAKEOVERS_TOTAL, Kind::Counter, "Sessions this node took over from a node whose lease ran out."),
     (CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL, Kind::Counter, "Heartbeats that failed, or found a session's lease gone."),
     (CLUSTER_FENCED_WRITES_TOTAL, Kind::Counter, "Turn commits refused because another node owns the session now."),
+    (SESSIONS_WAITING, Kind::Gauge, "Sessions waiting out an outage now, by what they wait for (model, store)."),
+    (SCHEDULE_PAUSED, Kind::Gauge, "1 while the schedule is paused (on every node), else 0."),
 ];
 
 /// What kind of family a name is, for [`describe`].

@@ -17,8 +17,8 @@ impl PgStore {
         let inserted = transaction
             .execute(
                 "INSERT INTO sessions (session_id, start_time, end_time, num_turns, status, seed, scenario,
-                     planned_turns, failure_reason, schedule, scheduled_time)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     planned_turns, failure_reason, schedule, scheduled_time, trigger)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (session_id) DO NOTHING",
                 &[
                     &session.session_id,
@@ -32,6 +32,7 @@ impl PgStore {
                     &session.failure_reason,
                     &session.schedule,
                     &session.scheduled_time,
+                    &session.trigger,
                 ],
             )
             .await?;

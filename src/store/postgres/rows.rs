@@ -33,6 +33,7 @@ pub(super) fn session_row_at(row: &Row, offset: usize) -> SessionRow {
         failure_reason: row.get(offset + 8),
         schedule: row.get(offset + 9),
         scheduled_time: row.get(offset + 10),
+        trigger: row.get(offset + 11),
     }
 }
 

@@ -9,7 +9,7 @@
 use super::{StoreError, LOCK_MIGRATIONS};
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     r#"
     CREATE TABLE sessions (
         session_id TEXT PRIMARY KEY,
@@ -119,6 +119,25 @@ const MIGRATIONS: [&str; 3] = [
     );
     CREATE INDEX run_queue_requested_at ON run_queue(requested_at);
     ALTER TABLE sessions ADD COLUMN outbox_node TEXT;
+"#,
+    // Steering (track "control"): the same as the SQLite store's migration
+    // 6: how a schedule's run was started, operators' cancel requests (any
+    // node records one; the node playing the session acts on it), paused
+    // schedules (paused on every node).
+    r#"
+    ALTER TABLE sessions ADD COLUMN trigger TEXT;
+    CREATE TABLE session_cancels (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(session_id),
+        requested_at TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        requested_by TEXT NOT NULL
+    );
+    CREATE TABLE schedule_pauses (
+        schedule TEXT PRIMARY KEY,
+        note TEXT NOT NULL,
+        paused_by TEXT NOT NULL,
+        paused_at TEXT NOT NULL
+    );
 "#,
 ];
 

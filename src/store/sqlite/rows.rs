@@ -23,6 +23,7 @@ pub(super) fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRo
         failure_reason: row.get(8)?,
         schedule: row.get(9)?,
         scheduled_time: row.get(10)?,
+        trigger: row.get(11)?,
     })
 }
 

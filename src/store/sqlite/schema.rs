@@ -34,7 +34,7 @@ pub(super) fn adopt_prototype_tables(connection: &Connection) -> rusqlite::Resul
 }
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-pub(crate) const MIGRATIONS: [&str; 5] = [
+pub(crate) const MIGRATIONS: [&str; 6] = [
     r#"
     CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY,
@@ -125,5 +125,24 @@ pub(crate) const MIGRATIONS: [&str; 5] = [
     ALTER TABLE messages ADD COLUMN completion_tokens INTEGER;
     ALTER TABLE messages ADD COLUMN finish_reason TEXT;
     ALTER TABLE messages ADD COLUMN trimmed INTEGER NOT NULL DEFAULT 0;
+"#,
+    // Steering (track "control"): how a schedule's run was started
+    // (`trigger`: schedule, manual, backfill), operators' cancel requests
+    // of sessions still playing, and paused schedules. Control state lives
+    // here so it survives restarts and reloads.
+    r#"
+    ALTER TABLE sessions ADD COLUMN trigger TEXT;
+    CREATE TABLE IF NOT EXISTS session_cancels (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(session_id),
+        requested_at TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        requested_by TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS schedule_pauses (
+        schedule TEXT PRIMARY KEY,
+        note TEXT NOT NULL,
+        paused_by TEXT NOT NULL,
+        paused_at TEXT NOT NULL
+    );
 "#,
 ];
