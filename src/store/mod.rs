@@ -40,7 +40,7 @@ pub use migrate::MigrationReport;
 pub use rows::{
     DeliveredCount, HealthEvent, HeartbeatReport, MessageRow, NewSession, NodeRow, OutboxEntry,
     OutboxSummary, RecentTurns, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow,
-    SessionStatus, ToolCallRecord, ToolUsageRow, TurnRecord,
+    SessionStatus, SessionTurns, ToolCallRecord, ToolUsageRow, TurnRead, TurnRecord,
 };
 
 /// The SQLite schema's version, bumped with every migration appended to

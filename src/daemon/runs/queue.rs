@@ -118,10 +118,11 @@ impl Runs {
             started_at: Utc::now(),
             planned_turns: options.turns,
         };
-        let runner = self.runner(context);
+        let runner = self.live(self.runner(context), &session.session_id);
         let (this, id) = (self.clone(), session.session_id.clone());
         self.track(running, async move {
-            let outcome = runner.play(&id, &options, None).await;
+            let observer = this.state.events.committed_by(&id);
+            let outcome = runner.play(&id, &options, Some(&observer)).await;
             this.settle(&id, outcome).await;
         });
     }

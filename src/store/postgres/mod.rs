@@ -28,6 +28,7 @@ mod queue;
 mod rows;
 mod schema;
 mod sessions;
+mod stream;
 mod turns;
 
 pub use turns::OutboxMark;
