@@ -58,7 +58,10 @@ pub(super) async fn session_events(
         session_id.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let after = last_event_id(&headers)?.unwrap_or(0);
     // An unknown session is a 404 before any stream opens.
-    state.store.session_turns_after(&session_id, after, 0).await?;
+    state
+        .store
+        .session_turns_after(&session_id, after, 0)
+        .await?;
     let source = Source::Session {
         session_id,
         after_turn: after,
@@ -167,7 +170,11 @@ enum Stop {
 impl Out {
     async fn send(&self, text: String) -> Result<(), Stop> {
         use mpsc::error::SendTimeoutError;
-        match self.sender.send_timeout(Bytes::from(text), self.slow_reader).await {
+        match self
+            .sender
+            .send_timeout(Bytes::from(text), self.slow_reader)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(SendTimeoutError::Closed(_)) => Err(Stop::Gone),
             Err(SendTimeoutError::Timeout(_)) => {

@@ -93,7 +93,9 @@ pub enum ApiError {
     #[error("the audit store cannot take new runs: {0}")]
     StoreUnavailable(String),
     /// 503: `events.max_streams` event streams are open.
-    #[error("{max} event streams are open, the limit events.max_streams; try again when one closes")]
+    #[error(
+        "{max} event streams are open, the limit events.max_streams; try again when one closes"
+    )]
     TooManyStreams { max: u32 },
     /// 500: something on our side; the detail goes to the log, not the client.
     #[error("{public_message}; the daemon's log has the reason")]

@@ -1,5 +1,6 @@
-//! `heistd sessions ...`: the audit store read back, as a list, a
-//! Markdown transcript or JSON. It only reads: the file is opened
+//! `heistd sessions ...`: the audit store read back, as a list (or JSON
+//! with `--output json`), a Markdown transcript or JSON; `sessions watch`
+//! goes to the running daemon instead (`watch`). It only reads: the file is opened
 //! read-only, never created, and the config is read without its secrets.
 
 use std::fmt::Write as _;
@@ -19,6 +20,16 @@ pub async fn sessions(
     action: args::SessionsAction,
 ) -> Result<String, CliError> {
     use args::{Format, SessionsAction};
+    // Not the store: the running daemon's event stream.
+    if let SessionsAction::Watch {
+        session_id,
+        admin_address,
+    } = &action
+    {
+        let remote = super::remote::Remote::from_config(config, admin_address.as_deref())?;
+        super::watch(&remote, session_id).await?;
+        return Ok(String::new());
+    }
     let path = match db {
         Some(path) => path,
         None => database_to_read(config)?,
@@ -31,7 +42,14 @@ pub async fn sessions(
     }
     let store = StoreHandle::open_read_only(&path).await?;
     Ok(match action {
-        SessionsAction::List { limit } => sessions_list(&store, limit).await?,
+        SessionsAction::List {
+            limit,
+            output: args::OutputArgs {
+                output: args::Output::Json,
+            },
+        } => super::json(&serde_json::json!({ "sessions": store.list_sessions(limit).await? })),
+        SessionsAction::List { limit, .. } => sessions_list(&store, limit).await?,
+        SessionsAction::Watch { .. } => String::new(),
         SessionsAction::Show { session_id } => export_markdown(&store.session(&session_id).await?),
         SessionsAction::Export {
             session_id,

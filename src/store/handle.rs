@@ -209,7 +209,11 @@ impl StoreHandle {
     }
 
     /// Every session's turns after `messages.id` `after_id`, in id order.
-    pub async fn turns_after(&self, after_id: i64, limit: usize) -> Result<Vec<TurnRead>, StoreError> {
+    pub async fn turns_after(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<TurnRead>, StoreError> {
         self.backend.turns_after(after_id, limit).await
     }
 

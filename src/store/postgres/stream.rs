@@ -46,7 +46,11 @@ impl PgStore {
     }
 
     /// Every session's turns after `messages.id` `after_id`, in id order.
-    pub async fn turns_after(&self, after_id: i64, limit: usize) -> Result<Vec<TurnRead>, StoreError> {
+    pub async fn turns_after(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<TurnRead>, StoreError> {
         let client = self.client().await?;
         let messages: Vec<MessageRow> = client
             .query(

@@ -18,8 +18,8 @@ use crate::config::{StoreConfig, Synchronous};
 use crate::store::backend::{Backend, InPlay, Owed};
 use crate::store::{
     DeliveredCount, HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
-    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead,
-    TurnRecord,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError,
+    TurnRead, TurnRecord,
 };
 
 /// The SQLite store as async code reaches it.

@@ -5,7 +5,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::rows::{message_row, session_row, MESSAGE_COLUMNS, SERVICE_CALL_COLUMNS, SESSION_COLUMNS};
+use super::rows::{
+    message_row, session_row, MESSAGE_COLUMNS, SERVICE_CALL_COLUMNS, SESSION_COLUMNS,
+};
 use super::Store;
 use crate::store::rows::TOOL_CALL_COLUMNS;
 use crate::store::{
@@ -45,7 +47,9 @@ impl Store {
     pub fn turns_after(&self, after_id: i64, limit: usize) -> Result<Vec<TurnRead>, StoreError> {
         let connection = self.lock();
         let messages: Vec<MessageRow> = connection
-            .prepare_cached(&format!("{MESSAGE_COLUMNS} WHERE id > ?1 ORDER BY id LIMIT ?2"))?
+            .prepare_cached(&format!(
+                "{MESSAGE_COLUMNS} WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?
             .query_map(params![after_id, limit as i64], message_row)?
             .collect::<Result<_, _>>()?;
         with_calls(&connection, messages)
