@@ -47,6 +47,8 @@ const PAGE: usize = 100;
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
 /// Sessions the all-sessions stream watches for their ending at most.
 const MAX_TRACKED: usize = 10_000;
+/// The newest sessions the all-sessions stream looks among for endings.
+const RECENT_SESSIONS: usize = 200;
 
 /// `GET /api/v1/sessions/{id}/events`.
 pub(super) async fn session_events(
@@ -310,7 +312,7 @@ async fn ended_sessions(
     }
     let recent = state
         .store
-        .find_sessions(None, None, super::MAX_SESSION_LIMIT)
+        .find_sessions(None, None, RECENT_SESSIONS)
         .await?;
     Ok(recent
         .into_iter()
