@@ -19,12 +19,12 @@ use crate::support::{self, TestStack};
 
 impl Daemon {
     /// The admin API's `host:port`.
-    fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         self.admin.trim_start_matches("http://").to_string()
     }
 
     /// `heistd ARGS` aimed at this daemon; (exit code, stdout, stderr).
-    async fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
+    pub(crate) async fn cli(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_heistd"))
             .args(args)
             .env("HEISTD_ADMIN_TOKEN", ADMIN_TOKEN)
