@@ -237,6 +237,16 @@ impl Source {
         }
     }
 
+    /// Watches `session_id` for its ending (the all-sessions stream): a
+    /// session heard of live may end before it commits a turn.
+    fn track(&mut self, session_id: &str) {
+        if let Self::All { tracked, .. } = self {
+            if tracked.len() < MAX_TRACKED {
+                tracked.insert(session_id.to_string());
+            }
+        }
+    }
+
     /// Sends what the store has that this stream has not sent; `true`
     /// once the stream is over (its session ended).
     async fn catch_up(&mut self, state: &DaemonState, out: &Out) -> Result<bool, Failed> {
@@ -392,6 +402,7 @@ async fn produce(
             _ = beat.tick() => Ok(Some(wire::KEEPALIVE.to_string())),
             event = live.recv() => match event {
                 Ok(event) if source.follows(event.session_id()) => {
+                    source.track(event.session_id());
                     read = matches!(event, LiveEvent::Committed { .. } | LiveEvent::Ended { .. });
                     Ok(live_frame(&event))
                 }

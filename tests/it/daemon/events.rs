@@ -48,6 +48,14 @@ async fn read_frames(
     mut response: reqwest::Response,
     enough: impl Fn(&[Frame]) -> bool,
 ) -> Vec<Frame> {
+    read_more(&mut response, enough).await
+}
+
+/// [`read_frames`] on a stream the caller goes on reading.
+async fn read_more(
+    response: &mut reqwest::Response,
+    enough: impl Fn(&[Frame]) -> bool,
+) -> Vec<Frame> {
     let mut decoder = Decoder::default();
     let mut frames = Vec::new();
     let limit = Instant::now() + Duration::from_secs(60);
@@ -408,4 +416,47 @@ async fn check_and_sessions_list_print_json() {
     assert_eq!(code, Some(0), "{stderr}");
     let list: Value = serde_json::from_str(&stdout).expect("sessions JSON");
     assert_eq!(list["sessions"].as_array().expect("sessions").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sessions_stream_tells_waits_and_endings_and_ends_when_the_daemon_stops() {
+    let stack = TestStack::start().await;
+    let daemon = Daemon::start(&stack, "[heist]\nmax_model_outage_ms = 1500\n").await;
+    stack.set_fault(
+        "rehearsal",
+        Fault {
+            refuse: true,
+            ..Fault::default()
+        },
+    );
+    // Subscribed before the run exists: its live events cannot be missed.
+    let mut stream = events(&daemon, "/api/v1/events", None).await;
+    let session_id = daemon.start_run(3).await;
+    let frames = read_more(&mut stream, |frames| {
+        frames.iter().any(|frame| frame.event == "ended")
+    })
+    .await;
+    let data = |frame: &Frame| serde_json::from_str::<Value>(&frame.data).expect("JSON");
+    let waiting = frames
+        .iter()
+        .find(|frame| frame.event == "waiting")
+        .map(data)
+        .unwrap_or_else(|| panic!("a waiting event in {frames:?}"));
+    assert_eq!(waiting["session_id"], session_id.as_str());
+    assert_eq!(waiting["reason"], "model");
+    assert_eq!(waiting["turn_id"], 1);
+    let ended = data(frames.last().expect("ended"));
+    assert_eq!(ended["session_id"], session_id.as_str());
+    assert_eq!(ended["status"], "failed", "{ended}");
+    // A stopping daemon ends the stream with its reason, and is not held
+    // by it: it exits at once.
+    daemon.signal("TERM");
+    let frames = read_more(&mut stream, |frames| {
+        frames.iter().any(|frame| frame.event == "closed")
+    })
+    .await;
+    let closed = data(frames.last().expect("closed"));
+    assert_eq!(closed["reason"], "shutting_down", "{closed}");
+    let mut daemon = daemon;
+    assert!(daemon.wait_exit(Duration::from_secs(20)).await.success());
 }
