@@ -165,8 +165,10 @@ struct Out {
 
 /// Why a stream stopped sending.
 enum Stop {
-    /// The client went away, or was cut for reading too slowly.
+    /// The client went away.
     Gone,
+    /// The client was cut for reading too slowly (its last word is set).
+    SlowReader,
 }
 
 impl Out {
@@ -186,7 +188,7 @@ impl Out {
                     self.sender.max_capacity()
                 );
                 *self.last_word.lock() = Some(Bytes::from(closed("slow_reader", &reason)));
-                Err(Stop::Gone)
+                Err(Stop::SlowReader)
             }
         }
     }
@@ -363,7 +365,7 @@ async fn produce(
     mut source: Source,
     out: Out,
     mut live: broadcast::Receiver<LiveEvent>,
-    _slot: StreamSlot,
+    slot: StreamSlot,
 ) {
     let deadline = Instant::now() + Duration::from_secs(settings.max_stream_seconds);
     let mut closing = state.events.closing();
@@ -377,8 +379,10 @@ async fn produce(
         if read {
             match source.catch_up(&state, &out).await {
                 Ok(true) | Err(Failed::Stop(Stop::Gone)) => return,
+                Err(Failed::Stop(Stop::SlowReader)) => return slot.closed("slow_reader"),
                 Ok(false) => {}
                 Err(Failed::Store(error)) => {
+                    slot.closed("store_failed");
                     tracing::warn!(%error, "an event stream cannot read the store");
                     let _ = out
                         .send(closed(
@@ -417,12 +421,15 @@ async fn produce(
             Ok(Some(text)) => out.send(text).await,
             Ok(None) => Ok(()),
             Err((reason, message)) => {
+                slot.closed(reason);
                 let _ = out.send(closed(reason, &message)).await;
                 return;
             }
         };
-        if sent.is_err() {
-            return;
+        match sent {
+            Ok(()) => {}
+            Err(Stop::SlowReader) => return slot.closed("slow_reader"),
+            Err(Stop::Gone) => return,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 use crate::heist::{NoticeSink, RunNotice, TurnView};
+use crate::metrics as names;
 
 /// Live events a slow stream may fall behind by before it is told it lagged.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -78,7 +79,15 @@ pub struct StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::SeqCst);
+        let open = self.open.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!(names::EVENT_STREAMS).set(open as f64);
+    }
+}
+
+impl StreamSlot {
+    /// The daemon closes this stream with a `closed` event, for `reason`.
+    pub fn closed(&self, reason: &'static str) {
+        metrics::counter!(names::EVENT_STREAMS_CLOSED_TOTAL, "reason" => reason).increment(1);
     }
 }
 
@@ -98,6 +107,7 @@ impl EventHub {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
                 (open < max).then_some(open + 1)
             })
+            .map(|open| metrics::gauge!(names::EVENT_STREAMS).set((open + 1) as f64))
             .ok()?;
         Some(StreamSlot {
             open: self.open.clone(),

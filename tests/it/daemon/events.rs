@@ -354,6 +354,12 @@ async fn a_client_that_stops_reading_is_cut_with_a_closed_event() {
         },
     )
     .await;
+    let metrics = daemon.get_text("/metrics").await;
+    assert!(
+        metrics.contains("heistd_event_streams_closed_total{reason=\"slow_reader\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("heistd_event_streams 0"), "{metrics}");
     // What the client reads now ends with the `closed` event, well before
     // the 200th turn.
     let mut received = Vec::new();
