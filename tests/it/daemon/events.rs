@@ -466,3 +466,43 @@ async fn every_sessions_stream_tells_waits_and_endings_and_ends_when_the_daemon_
     let mut daemon = daemon;
     assert!(daemon.wait_exit(Duration::from_secs(20)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resumes_after_a_daemon_restart_without_a_gap_or_a_repeat() {
+    let stack = TestStack::start().await;
+    stack.set_fault(
+        "rehearsal",
+        Fault {
+            latency_ms: 40,
+            ..Fault::default()
+        },
+    );
+    let daemon = Daemon::start(&stack, "").await;
+    let session_id = daemon.start_run(20).await;
+    let path = format!("/api/v1/sessions/{session_id}/events");
+    let first = read_frames(events(&daemon, &path, None).await, |frames| {
+        turn_ids(frames).len() >= 5
+    })
+    .await;
+    let mut seen = turn_ids(&first);
+    let last = first
+        .iter()
+        .rev()
+        .find_map(|frame| frame.id.clone())
+        .expect("an id");
+    // Killed mid-session: the next daemon resumes it from the store.
+    daemon.signal("KILL");
+    let daemon = daemon.restart().await;
+    let rest = read_frames(events(&daemon, &path, Some(&last)).await, |frames| {
+        frames.iter().any(|frame| frame.event == "ended")
+    })
+    .await;
+    seen.extend(turn_ids(&rest));
+    assert_eq!(
+        seen,
+        (1..=20).collect::<Vec<i64>>(),
+        "each turn once, in order"
+    );
+    let ended: Value = serde_json::from_str(&rest.last().expect("ended").data).expect("ended JSON");
+    assert_eq!(ended["status"], "completed", "{ended}");
+}
