@@ -107,6 +107,9 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
             ApiError::BadRequest(format!(
                 "Last-Event-ID `{}` is not an event id this stream sent (a whole number)",
                 String::from_utf8_lossy(value.as_bytes())
+                    .chars()
+                    .take(64)
+                    .collect::<String>()
             ))
         })
 }
