@@ -137,8 +137,9 @@ fn open(state: Arc<DaemonState>, source: Source) -> Result<Response, ApiError> {
     tokio::spawn(produce(state, settings, keepalive, source, out, live, slot));
     let body = futures_util::stream::unfold(Some((receiver, last_word)), |held| async move {
         let (mut receiver, last_word) = held?;
-        // A stream closed for a slow reader says so next, whatever is
-        // still buffered: the client resumes after what it has read.
+        // A stream closed with its buffer full (a slow reader, a stopping
+        // daemon) says so next, whatever is still buffered: the client
+        // resumes after what it has read.
         if let Some(word) = last_word.lock().take() {
             return Some((Ok::<Bytes, Infallible>(word), None));
         }
@@ -193,6 +194,16 @@ impl Out {
                 *self.last_word.lock() = Some(Bytes::from(closed("slow_reader", &reason)));
                 Err(Stop::SlowReader)
             }
+        }
+    }
+
+    /// The stream's last event, without waiting for room: a full buffer's
+    /// client reads it next instead of what it holds (a stopping daemon
+    /// must not wait on a slow reader).
+    fn last(&self, text: String) {
+        if let Err(mpsc::error::TrySendError::Full(text)) = self.sender.try_send(Bytes::from(text))
+        {
+            *self.last_word.lock() = Some(text);
         }
     }
 
@@ -387,12 +398,10 @@ async fn produce(
                 Err(Failed::Store(error)) => {
                     slot.closed("store_failed");
                     tracing::warn!(%error, "an event stream cannot read the store");
-                    let _ = out
-                        .send(closed(
-                            "store_failed",
-                            "the audit store cannot be read now; reconnect with Last-Event-ID",
-                        ))
-                        .await;
+                    out.last(closed(
+                        "store_failed",
+                        "the audit store cannot be read now; reconnect with Last-Event-ID",
+                    ));
                     return;
                 }
             }
@@ -425,7 +434,7 @@ async fn produce(
             Ok(None) => Ok(()),
             Err((reason, message)) => {
                 slot.closed(reason);
-                let _ = out.send(closed(reason, &message)).await;
+                out.last(closed(reason, &message));
                 return;
             }
         };
@@ -589,5 +598,22 @@ mod tests {
         // Only what was buffered before: the buffer never grew.
         assert_eq!(receiver.recv().await.as_deref(), Some(&b"a"[..]));
         assert_eq!(receiver.recv().await.as_deref(), Some(&b"b"[..]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_last_event_never_waits_for_room() {
+        let (sender, mut receiver) = mpsc::channel(1);
+        let out = Out {
+            sender,
+            last_word: Arc::new(Mutex::new(None)),
+            slow_reader: Duration::from_secs(10),
+        };
+        out.last("first".into());
+        assert_eq!(receiver.recv().await.as_deref(), Some(&b"first"[..]));
+        out.send("a".into()).await.ok().expect("room");
+        let started = Instant::now();
+        out.last("closed".into());
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(out.last_word.lock().take().as_deref(), Some(&b"closed"[..]));
     }
 }
