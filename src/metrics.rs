@@ -99,6 +99,10 @@ pub const STORE_UNAVAILABLE: &str = "heistd_store_unavailable";
 pub const STORE_PAUSES_TOTAL: &str = "heistd_store_pauses_total";
 /// Connections closed because a listener or one source was at its cap.
 pub const HTTP_CONNECTIONS_SHED: &str = "heistd_http_connections_shed_total";
+/// Event streams open on the admin API now.
+pub const EVENT_STREAMS: &str = "heistd_event_streams";
+/// Event streams the daemon closed, by why (a client that left is not one).
+pub const EVENT_STREAMS_CLOSED_TOTAL: &str = "heistd_event_streams_closed_total";
 /// Nodes that heartbeat within a lease period (1 on SQLite: this one).
 pub const CLUSTER_NODES_ALIVE: &str = "heistd_cluster_nodes_alive";
 /// Nodes that stopped heartbeating without a clean stop, in the last hour.
@@ -152,11 +156,19 @@ pub mod labels {
     pub const WAITING_REASONS: [&str; 2] = ["model", "store"];
     pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "refused"];
     pub const STORE_PAUSE_OUTCOMES: [&str; 2] = ["resumed", "gave_up"];
+    /// Why the daemon closed an event stream (the `closed` event's `reason`).
+    pub const EVENT_STREAM_CLOSE_REASONS: [&str; 5] = [
+        "slow_reader",
+        "max_duration",
+        "shutting_down",
+        "lagged",
+        "store_failed",
+    ];
 }
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 53] = [
+pub const FAMILIES: [(&str, Kind, &str); 55] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -203,6 +215,8 @@ pub const FAMILIES: [(&str, Kind, &str); 53] = [
     (STORE_UNAVAILABLE, Kind::Gauge, "1 while the audit store cannot take writes (full, read-only, deleted), else 0."),
     (STORE_PAUSES_TOTAL, Kind::Counter, "Sessions that paused for a store outage, by how the pause ended."),
     (HTTP_CONNECTIONS_SHED, Kind::Counter, "Connections closed because a listener was at max_connections or a source at max_connections_per_ip: a new one refused, or an idle one replaced."),
+    (EVENT_STREAMS, Kind::Gauge, "Event streams (GET /api/v1/events, /api/v1/sessions/{id}/events) open now."),
+    (EVENT_STREAMS_CLOSED_TOTAL, Kind::Counter, "Event streams the daemon closed with a closed event, by reason: slow_reader, max_duration, shutting_down, lagged, store_failed."),
     (CLUSTER_NODES_ALIVE, Kind::Gauge, "Nodes that heartbeat within a lease period (1 on SQLite: this one)."),
     (CLUSTER_NODES_LOST, Kind::Gauge, "Nodes whose heartbeat stopped without a clean stop within the last hour (0 on SQLite)."),
     (CLUSTER_TAKEOVERS_TOTAL, Kind::Counter, "Sessions this node took over from a node whose lease ran out."),

@@ -104,6 +104,9 @@ pub(super) struct DaemonStatus {
     /// The nodes sharing the store and who plays what (one node, no
     /// owners, on SQLite).
     cluster: ClusterStatus,
+    /// Event streams open now (`GET /api/v1/events` and a session's), of
+    /// at most `events.max_streams`.
+    event_streams: usize,
 }
 
 /// One service's health, and for the model service what has been learned
@@ -193,6 +196,7 @@ pub(super) async fn daemon_status(State(state): State<Arc<DaemonState>>) -> Json
         max_concurrent_sessions: state.config().daemon.max_concurrent_sessions,
         config: state.config_status(),
         cluster: cluster_status(&state).await,
+        event_streams: state.events.open_streams(),
     })
 }
 

@@ -699,6 +699,17 @@ async fn reads_need_the_admin_token_when_read_requires_token_is_on() {
         let reply = get_with(&daemon, uri, Some(&authorization)).await;
         assert_eq!(reply.status, StatusCode::OK, "{uri}: {:?}", reply.json());
     }
+    // The event streams are reads too (their answers never end here: a
+    // refusal is all this reads).
+    for uri in [
+        "/api/v1/events".to_string(),
+        format!("/api/v1/sessions/{session_id}/events"),
+    ] {
+        let reply = get_with(&daemon, &uri, None).await;
+        reply.error_message(StatusCode::UNAUTHORIZED);
+        let reply = get_with(&daemon, &uri, Some("Bearer not-the-token")).await;
+        reply.error_message(StatusCode::FORBIDDEN);
+    }
     // The probes and the metrics stay open for load balancers and Prometheus.
     for uri in ["/healthz", "/readyz", "/metrics"] {
         let reply = get_with(&daemon, uri, None).await;

@@ -3,7 +3,10 @@
 //! [`LocalStack`] (every companion in-process on ephemeral loopback ports,
 //! and a config pointing at them) serves `demo`, the tests and the bench.
 //! `run` and the readers (`sessions`) have files of their own, and `quit`
-//! is what a second Ctrl-C does to a one-shot heist.
+//! is what a second Ctrl-C does to a one-shot heist. The commands that
+//! speak to a running daemon go through `remote`: `status`, and `watch`
+//! (`sessions watch`, `runs start`); `manual` writes the completions, the
+//! man page and `version`.
 //!
 //! It must not hold business logic of its own: it wires and presents.
 
@@ -16,6 +19,7 @@ pub mod args;
 pub mod output;
 mod demo;
 pub mod logging;
+mod manual;
 mod query_worker;
 mod quit;
 mod reload;
@@ -23,14 +27,22 @@ pub mod remote;
 mod run;
 mod sessions;
 mod steer;
+mod status;
+mod watch;
 pub use demo::{demo, DemoOptions};
+pub use manual::{completions, man, version};
 use query_worker::query_worker;
 pub use quit::{Interrupts, QUIT_WITHIN};
 pub use reload::reload;
 pub use run::run;
-pub(crate) use run::{base_url_hint, completed, preflight, print_notice, print_turn, summary};
+pub(crate) use run::{
+    base_url_hint, completed, preflight, print_notice, print_turn, print_turn_of, summary,
+    TurnHeading,
+};
 pub use sessions::{export_json, export_markdown, sessions, sessions_list};
 pub use steer::schedules;
+pub use status::{json, status};
+pub use watch::{runs, watch};
 
 use crate::app::{App, AppError, DaemonOptions};
 use crate::clients::{ClientBuildError, Clients};
@@ -293,87 +305,120 @@ fn store_named(store: &config::StoreConfig) -> String {
     }
 }
 
-/// `heistd check`: every configured service's health once.
-pub async fn check(config: &Config) -> Result<(), CliError> {
+/// `heistd check`: every configured service's health once; with
+/// `--output json`, the same as one JSON document (printed before the
+/// exit code says whether all is well).
+pub async fn check(config: &Config, output: args::Output) -> Result<(), CliError> {
     let clients = Clients::from_config(config)?;
     let reports = crate::health::check_all(&clients).await;
     // A fresh process has no breaker history: the running daemon's breakers
     // are the ones that matter, so ask it when it answers.
     let daemon_breakers = crate::api::breaker_states(&config.daemon.admin_address).await;
-    match &daemon_breakers {
-        Some(_) => out!(
+    let breaker_of = |report: &crate::health::HealthReport| {
+        daemon_breakers
+            .as_ref()
+            .and_then(|breakers| breakers.get(&report.service))
+            .map_or(report.breaker.to_string(), String::clone)
+    };
+    let mut lines = vec![match &daemon_breakers {
+        Some(_) => format!(
             "breakers: as the daemon at {} sees them",
             config.daemon.admin_address
         ),
-        None => out!(
+        None => format!(
             "breakers: no daemon answers at {}; shown as this check sees them",
             config.daemon.admin_address
         ),
-    }
+    }];
     for report in &reports {
         let state = if report.up { "up" } else { "DOWN" };
-        let breaker = daemon_breakers
-            .as_ref()
-            .and_then(|breakers| breakers.get(&report.service))
-            .map_or(report.breaker, String::as_str);
-        out!(
+        lines.push(format!(
             "{:<15} {:<5} {:>8.1} ms  breaker {:<9}  {}  {}",
             report.service,
             state,
             report.latency_ms,
-            breaker,
+            breaker_of(report),
             report.base_url,
             report.detail
-        );
+        ));
     }
     let down: Vec<&str> = reports
         .iter()
         .filter(|report| !report.up)
         .map(|report| report.service.as_str())
         .collect();
-    let model_problem = check_model(&clients.llm, config).await;
-    match (down.is_empty(), model_problem) {
-        (true, None) => Ok(()),
-        (true, Some(problem)) => Err(CliError::Unhealthy(problem)),
-        (false, problem) => Err(CliError::Unhealthy(format!(
+    let model_problem = check_model(&clients.llm, config, &mut lines).await;
+    let problem = match (down.is_empty(), model_problem) {
+        (true, problem) => problem,
+        (false, problem) => Some(format!(
             "down: {}{}",
             down.join(", "),
             problem
                 .map(|problem| format!("; {problem}"))
                 .unwrap_or_default()
-        ))),
+        )),
+    };
+    match output {
+        args::Output::Text => lines.iter().for_each(|line| out!("{line}")),
+        args::Output::Json => {
+            let services: Vec<serde_json::Value> = reports
+                .iter()
+                .map(|report| {
+                    serde_json::json!({
+                        "service": report.service,
+                        "up": report.up,
+                        "latency_ms": report.latency_ms,
+                        "breaker": breaker_of(report),
+                        "base_url": report.base_url,
+                        "detail": report.detail,
+                    })
+                })
+                .collect();
+            output::print(&json(&serde_json::json!({
+                "healthy": problem.is_none(),
+                "problem": problem,
+                "breakers_from": if daemon_breakers.is_some() { "daemon" } else { "this check" },
+                "services": services,
+                "notes": lines,
+            })));
+        }
     }
+    problem.map_or(Ok(()), |problem| Err(CliError::Unhealthy(problem)))
 }
 
 /// The model server's side of `heistd check`: the models it offers (the
 /// configured one must be among them), and, for native tool calling,
 /// whether the model really returns tool calls. Returns what is wrong.
-async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option<String> {
+async fn check_model(
+    llm: &crate::clients::LlmClient,
+    config: &Config,
+    lines: &mut Vec<String>,
+) -> Option<String> {
     let models = match llm.list_models().await {
         Ok(models) => models,
         Err(error) => return Some(format!("{error}{}", base_url_hint(&error))),
     };
-    out!("llm models offered: {}", models.join(", "));
+    lines.push(format!("llm models offered: {}", models.join(", ")));
     if config.llm.token_counting == config::TokenCounting::Server {
         let probe = [crate::clients::ChatMessage::user("ping".into())];
         if llm.count_tokens(&probe, &[]).await.is_none() {
-            out!("llm token counting: the server's tokenizer (POST /tokenize) does not answer; prompts are estimated (llm.token_counting = \"server\")");
+            lines.push("llm token counting: the server's tokenizer (POST /tokenize) does not answer; prompts are estimated (llm.token_counting = \"server\")".to_string());
         }
     }
     for endpoint in llm.endpoints() {
-        out!("llm {}", describe_endpoint(&endpoint));
+        lines.push(format!("llm {}", describe_endpoint(&endpoint)));
     }
     if config.llm.stream {
-        out!(
+        lines.push(format!(
             "llm replies: streamed (first piece within {} ms, gaps under {} ms; llm.stream = false turns it off)",
             config.llm.timeout_ms,
             config.llm.idle_timeout_ms
-        );
+        ));
     } else {
-        out!(
+        lines.push(format!(
             "llm replies: whole (llm.stream = false; each attempt within {} ms)",
             config.llm.timeout_ms
-        );
+        ));
     }
     if !models.iter().any(|model| model == llm.model()) {
         return Some(format!(
@@ -388,12 +433,12 @@ async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option
             description: "an arithmetic expression".into(),
         };
         match llm.supports_native_tools(&probe).await {
-            Ok(true) => out!("llm native tool calling: supported"),
-            Ok(false) => out!(
+            Ok(true) => lines.push("llm native tool calling: supported".to_string()),
+            Ok(false) => lines.push(format!(
                 "llm native tool calling: NOT supported by {}; heist sessions use the text protocol",
                 llm.model()
-            ),
-            Err(error) => out!("llm native tool calling: cannot tell ({error})"),
+            )),
+            Err(error) => lines.push(format!("llm native tool calling: cannot tell ({error})")),
         }
     }
     None

@@ -469,7 +469,12 @@ const CHECKS: [Check; 12] = [
     |config| config.llm.health.validate("llm.health"),
     |config| config.daemon.validate(),
     |config| config.retention.validate(),
-    |config| config.outbox.validate(),
+    |config| {
+        config
+            .outbox
+            .validate()
+            .and_then(|()| config.events.validate())
+    },
     |config| config.store.validate(),
     |config| config.cluster.validate(),
     |config| config.services.validate(),

@@ -22,6 +22,7 @@ mod cluster;
 mod companions;
 mod daemon;
 mod error;
+mod events;
 mod health;
 mod heist;
 mod http;
@@ -43,6 +44,7 @@ pub use companions::{
 };
 pub use daemon::{DaemonConfig, Recovery};
 pub use error::ConfigError;
+pub use events::EventsConfig;
 pub use health::HealthCheckConfig;
 pub use heist::HeistConfig;
 pub use http::HttpConfig;
@@ -121,6 +123,9 @@ pub struct Config {
     /// Limits of every HTTP listener: the companions and the admin API.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The admin API's event streams (watching sessions live).
+    #[serde(default)]
+    pub events: EventsConfig,
     /// Heists the daemon starts on its own (`[[schedule]]` entries). Read
     /// by `load` after the rest, entry by entry, so that a trigger that
     /// does not parse is named by its key (`schedule[2].cron`). Not written
@@ -144,6 +149,7 @@ impl Config {
             retention: RetentionConfig::default(),
             outbox: OutboxConfig::default(),
             http: HttpConfig::default(),
+            events: EventsConfig::default(),
             schedule: Vec::new(),
         }
     }

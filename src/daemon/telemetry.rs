@@ -27,6 +27,10 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
         metrics::counter!(names::SESSIONS_TOTAL, "status" => status).increment(0);
     }
     metrics::gauge!(names::SESSIONS_RUNNING).increment(0.0);
+    metrics::gauge!(names::EVENT_STREAMS).increment(0.0);
+    for reason in labels::EVENT_STREAM_CLOSE_REASONS {
+        metrics::counter!(names::EVENT_STREAMS_CLOSED_TOTAL, "reason" => reason).increment(0);
+    }
     metrics::gauge!(names::STORE_UNAVAILABLE).increment(0.0);
     for reason in labels::WAITING_REASONS {
         metrics::gauge!(names::SESSIONS_WAITING, "reason" => reason).increment(0.0);

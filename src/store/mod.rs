@@ -38,10 +38,7 @@ pub use backend::{InPlay, Owed};
 pub use handle::{DeliveryGuard, StoreHandle};
 pub use migrate::MigrationReport;
 pub use rows::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, MessageRow,
-    NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, RunTrigger, SchedulePause,
-    ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus, ToolCallRecord,
-    ToolUsageRow, TurnRecord,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, MessageRow, NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, RunTrigger, SchedulePause, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus, ToolCallRecord, ToolUsageRow, TurnRecord, SessionTurns, TurnRead,
 };
 
 /// The SQLite schema's version, bumped with every migration appended to

@@ -13,9 +13,7 @@ use async_trait::async_trait;
 use super::{OutboxMark, PgStore};
 use crate::store::backend::{Backend, Owed};
 use crate::store::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
-    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord,
-    SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord, SessionTurns, TurnRead,
 };
 
 #[async_trait]
@@ -112,6 +110,23 @@ impl Backend for PgStore {
 
     async fn last_turn(&self, session_id: &str) -> Result<u32, StoreError> {
         PgStore::last_turn(self, session_id).await
+    }
+
+    async fn session_turns_after(
+        &self,
+        session_id: &str,
+        after_turn: i64,
+        limit: usize,
+    ) -> Result<SessionTurns, StoreError> {
+        PgStore::session_turns_after(self, session_id, after_turn, limit).await
+    }
+
+    async fn turns_after(&self, after_id: i64, limit: usize) -> Result<Vec<TurnRead>, StoreError> {
+        PgStore::turns_after(self, after_id, limit).await
+    }
+
+    async fn last_message_id(&self) -> Result<i64, StoreError> {
+        PgStore::last_message_id(self).await
     }
 
     // The memory outbox.
