@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 mod cluster;
 mod companions;
 mod daemon;
+mod endpoints;
 mod error;
 mod health;
 mod heist;
@@ -42,6 +43,7 @@ pub use companions::{
     CompanionsConfig, CompanionsSettings, DatabaseToolConfig, Fault, MemoryServiceConfig,
 };
 pub use daemon::{DaemonConfig, Recovery};
+pub use endpoints::{endpoint_label, ModelEndpointConfig, OutlierConfig, MAX_EJECTION_MS};
 pub use error::ConfigError;
 pub use health::HealthCheckConfig;
 pub use heist::HeistConfig;
