@@ -324,10 +324,13 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
             report.detail
         );
     }
+    clients.llm.learn_slots().await;
+    let endpoints_down = check_endpoints(&clients).await;
     let down: Vec<&str> = reports
         .iter()
         .filter(|report| !report.up)
         .map(|report| report.service.as_str())
+        .chain(endpoints_down.iter().map(String::as_str))
         .collect();
     let model_problem = check_model(&clients.llm, config).await;
     match (down.is_empty(), model_problem) {
@@ -343,15 +346,52 @@ pub async fn check(config: &Config) -> Result<(), CliError> {
     }
 }
 
-/// The model server's side of `heistd check`: the models it offers (the
-/// configured one must be among them), and, for native tool calling,
-/// whether the model really returns tool calls. Returns what is wrong.
+/// Each endpoint of a service of several, probed on its own and printed
+/// below the service; returns the endpoints down as `service/endpoint`.
+async fn check_endpoints(clients: &Clients) -> Vec<String> {
+    let mut down = Vec::new();
+    for (service, kind) in crate::health::probes(clients) {
+        if service.endpoints().len() < 2 {
+            continue;
+        }
+        for endpoint in service.endpoints() {
+            let target = service.on_endpoint(endpoint.index());
+            let report = crate::health::probe(&target, kind, crate::clients::PROBE_TIMEOUT).await;
+            let snapshot = endpoint.snapshot();
+            out!(
+                "  {:<13} {:<5} {:>8.1} ms  tier {}  slots {}  {}  {}  {}",
+                snapshot.name,
+                if report.up { "up" } else { "DOWN" },
+                report.latency_ms,
+                snapshot.tier,
+                snapshot.max_concurrent,
+                snapshot.base_url,
+                snapshot.model,
+                report.detail
+            );
+            if !report.up {
+                down.push(format!("{}/{}", service.name, snapshot.name));
+            }
+        }
+    }
+    down
+}
+
+/// The model server's side of `heistd check`, for every endpoint: the
+/// models each offers (its configured one must be among them), and, for
+/// native tool calling, whether the model really returns tool calls.
+/// Returns what is wrong.
 async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option<String> {
-    let models = match llm.list_models().await {
-        Ok(models) => models,
-        Err(error) => return Some(format!("{error}{}", base_url_hint(&error))),
-    };
-    out!("llm models offered: {}", models.join(", "));
+    let mut problems = Vec::new();
+    for index in 0..llm.endpoint_count() {
+        let view = llm.endpoint_view(index);
+        let label = (llm.endpoint_count() > 1)
+            .then(|| format!(" {}", view.service.endpoints()[index].name()))
+            .unwrap_or_default();
+        if let Some(problem) = check_one_model(&view, config, &label).await {
+            problems.push(problem);
+        }
+    }
     if config.llm.stream {
         out!(
             "llm replies: streamed (first piece within {} ms, gaps under {} ms; llm.stream = false turns it off)",
@@ -364,9 +404,30 @@ async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option
             config.llm.timeout_ms
         );
     }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// [`check_model`] for one endpoint's view, its lines marked `label`.
+async fn check_one_model(
+    llm: &crate::clients::LlmClient,
+    config: &Config,
+    label: &str,
+) -> Option<String> {
+    let models = match llm.list_models().await {
+        Ok(models) => models,
+        Err(error) => {
+            let prefix = if label.is_empty() {
+                String::new()
+            } else {
+                format!("llm{label}: ")
+            };
+            return Some(format!("{prefix}{error}{}", base_url_hint(&error)));
+        }
+    };
+    out!("llm{label} models offered: {}", models.join(", "));
     if !models.iter().any(|model| model == llm.model()) {
         return Some(format!(
-            "llm: the configured model `{}` is not among the models the server offers ({})",
+            "llm{label}: the configured model `{}` is not among the models the server offers ({})",
             llm.model(),
             models.join(", ")
         ));

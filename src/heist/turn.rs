@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use super::prompt::{ModelRoom, PromptBuilder, PromptParts};
+use super::prompt::{FittedPrompt, ModelRoom, PromptBuilder, PromptParts};
 use super::tools::{ToolRunner, ToolTally, REFUSED_PREFIX};
 use super::transcript::TranscriptEntry;
 use crate::clients::{
@@ -200,17 +200,10 @@ impl TurnPlayer {
             agent,
         };
         let llm = &self.clients.llm;
-        let estimate = |messages: &[_], tools: &[_]| llm.estimate_tokens(messages, tools);
         let mut last_error = None;
         for _ in 0..2 {
             // Read each time: a context-length error teaches the window.
-            let room = ModelRoom {
-                window: llm.context_tokens(),
-                max_tokens: llm.max_tokens(),
-                min_completion_tokens: self.config.llm.min_completion_tokens,
-                estimate: &estimate,
-            };
-            let fitted = match prompt.fit(parts.clone(), &native_tools, &room) {
+            let (fitted, tier) = match self.fit_to_a_model(&prompt, &parts, &native_tools) {
                 Ok(fitted) => fitted,
                 Err(error) => return Asked::Failed(error),
             };
@@ -220,7 +213,7 @@ impl TurnPlayer {
                 tools: &native_tools,
                 max_tokens: fitted.max_tokens,
             };
-            match self.clients.llm.complete(request).await {
+            match llm.complete_from_tier(request, tier).await {
                 Ok(reply) => {
                     return Asked::Replied {
                         reply,
@@ -246,6 +239,38 @@ impl TurnPlayer {
              heist.memory_max_tokens or llm.max_tokens)",
             self.clients.llm.context_tokens().unwrap_or_default()
         ))
+    }
+
+    /// The prompt fitted to the primary models' smallest known window, or
+    /// when it cannot fit there, to the first fallback list's that it fits;
+    /// with the tier the call must go to. The error is the primaries'.
+    fn fit_to_a_model(
+        &self,
+        prompt: &PromptBuilder<'_>,
+        parts: &PromptParts,
+        native_tools: &[ToolSpec],
+    ) -> Result<(FittedPrompt, u32), String> {
+        let llm = &self.clients.llm;
+        let mut first_error = None;
+        for tier in std::iter::once(0).chain(llm.fallback_tiers()) {
+            let Some(sizing) = llm.sizing_view(tier) else {
+                continue;
+            };
+            let estimate = |messages: &[_], tools: &[_]| sizing.estimate_tokens(messages, tools);
+            let room = ModelRoom {
+                window: sizing.context_tokens(),
+                max_tokens: llm.max_tokens(),
+                min_completion_tokens: self.config.llm.min_completion_tokens,
+                estimate: &estimate,
+            };
+            match prompt.fit(parts.clone(), native_tools, &room) {
+                Ok(fitted) => return Ok((fitted, tier)),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_default())
     }
 
     /// The agent's compressed memory; without it the turn goes on.

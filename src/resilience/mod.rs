@@ -222,6 +222,13 @@ impl Guard {
         }
     }
 
+    /// Endpoint `index`'s health check answers: an ejection ends now.
+    pub fn end_ejection(&self, index: usize) {
+        if let Some(endpoint) = self.endpoints.get(index) {
+            endpoint.end_ejection();
+        }
+    }
+
     /// Holds endpoint `index`'s breaker open while it is seen down.
     pub fn hold_endpoint_open(&self, index: usize) {
         if let Some(endpoint) = self.endpoints.get(index) {
@@ -241,12 +248,20 @@ impl Guard {
     }
 
     /// Endpoint `index` has `slots` slots, as its server says: its
-    /// bulkhead is sized to them, unless the config set its size.
-    pub fn learn_endpoint_slots(&self, index: usize, slots: u32) {
-        if let Some(endpoint) = self.endpoints.get(index) {
-            if !endpoint.capacity_settled() && slots > 0 {
-                endpoint.set_capacity(slots);
-            }
+    /// bulkhead is sized to them, unless the config set its size. `None`:
+    /// the server answered without saying; it keeps the policy's size.
+    pub fn learn_endpoint_slots(&self, index: usize, slots: Option<u32>) {
+        let Some(endpoint) = self.endpoints.get(index) else {
+            return;
+        };
+        if endpoint.capacity_settled() {
+            return;
+        }
+        match slots {
+            Some(slots) if slots > 0 => endpoint.set_capacity(slots),
+            _ => endpoint
+                .capacity_settled
+                .store(true, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
