@@ -168,6 +168,10 @@ impl LlmClient {
                 knowledge: knowledge(),
             })
             .collect();
+        // Each fallback's series exists from the start, at 0.
+        for fallback in endpoints.iter().filter(|endpoint| endpoint.fallback) {
+            metrics::counter!(names::MODEL_FALLBACKS_TOTAL, "from" => endpoints[0].model.clone(), "to" => fallback.model.clone()).increment(0);
+        }
         let policy = Policy::new(config.timeout_ms, config.policy.clone());
         let service = ServiceClient::with_endpoints(
             crate::config::LLM_SERVICE,

@@ -555,3 +555,6 @@ struct AttemptOutcome<T, E> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod endpoint_tests;

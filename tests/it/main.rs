@@ -10,6 +10,7 @@ mod auth;
 mod cli;
 mod cluster;
 mod daemon;
+mod endpoints;
 mod heist;
 mod hostile_process;
 mod model;

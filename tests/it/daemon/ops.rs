@@ -106,7 +106,13 @@ fn assert_every_family_has_help_and_type(text: &str) {
 #[tokio::test]
 async fn a_fresh_daemon_shows_every_family_at_zero_and_all_have_help_and_type_after_a_heist() {
     let stack = TestStack::start().await;
-    let daemon = Daemon::start(&stack, "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n").await;
+    // A schedule and a fallback model: their families exist only with one.
+    let daemon = Daemon::start(
+        &stack,
+        "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n\
+         [[llm.fallbacks]]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"spare\"\n",
+    )
+    .await;
     let fresh = daemon.metrics_text().await;
     assert_every_family_has_help_and_type(&fresh);
     let commit = checkout_head().unwrap_or_else(|| heistd::metrics::BUILD_COMMIT.to_string());
@@ -208,7 +214,13 @@ async fn promtool_check_metrics_finds_nothing_before_or_after_a_heist() {
     let promtool =
         support::promtool("promtool_check_metrics_finds_nothing_before_or_after_a_heist");
     let stack = TestStack::start().await;
-    let daemon = Daemon::start(&stack, "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n").await;
+    // A schedule and a fallback model: their families exist only with one.
+    let daemon = Daemon::start(
+        &stack,
+        "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n\
+         [[llm.fallbacks]]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"spare\"\n",
+    )
+    .await;
     let fresh = daemon.metrics_text().await;
     if let Some(said) = support::promtool_check_metrics(promtool, &fresh) {
         panic!("promtool check metrics on a fresh daemon:\n{said}");
