@@ -236,7 +236,8 @@ impl LlmClient {
             .map(|endpoint| self.endpoint_view(endpoint.index()))
             .min_by(|a, b| {
                 let (a, b) = (a.lock().clone(), b.lock().clone());
-                let window = |knowledge: &ModelKnowledge| knowledge.context_tokens.unwrap_or(u32::MAX);
+                let window =
+                    |knowledge: &ModelKnowledge| knowledge.context_tokens.unwrap_or(u32::MAX);
                 window(&a)
                     .cmp(&window(&b))
                     .then(a.chars_per_token.total_cmp(&b.chars_per_token))

@@ -221,7 +221,12 @@ impl ServiceClient {
     /// A request for the fixed `path` on endpoint `index`, its URL parsed
     /// once and kept. A path that makes no URL is left to reqwest, whose
     /// builder error is then the call's (`CallError::Refused`).
-    fn request(&self, index: usize, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        index: usize,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
         let key = (index, path.to_string());
         if let Some(url) = self.urls.lock().get(&key) {
             return self.http.request(method, url.clone());
@@ -264,9 +269,14 @@ impl ServiceClient {
         W: DeserializeOwned,
     {
         let build = |endpoint: &Endpoint| self.post_request(endpoint.index(), path, body, headers);
-        self.guarded(operation_name(path), Some(idle), &any_endpoint, |endpoint, progress| {
-            exchange_streaming(&self.name, build(endpoint), self.max_reply_bytes, progress)
-        })
+        self.guarded(
+            operation_name(path),
+            Some(idle),
+            &any_endpoint,
+            |endpoint, progress| {
+                exchange_streaming(&self.name, build(endpoint), self.max_reply_bytes, progress)
+            },
+        )
         .await
         .0
     }
@@ -290,9 +300,14 @@ impl ServiceClient {
             let (body, headers) = make(endpoint);
             self.post_request(endpoint.index(), path, &body, &headers)
         };
-        self.guarded(operation_name(path), Some(idle), eligible, |endpoint, progress| {
-            exchange_streaming(&self.name, build(endpoint), self.max_reply_bytes, progress)
-        })
+        self.guarded(
+            operation_name(path),
+            Some(idle),
+            eligible,
+            |endpoint, progress| {
+                exchange_streaming(&self.name, build(endpoint), self.max_reply_bytes, progress)
+            },
+        )
         .await
     }
 
@@ -390,10 +405,7 @@ impl ServiceClient {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         // Counted down on drop, so a cancelled call is not in flight forever.
         let _in_flight = InFlight(&self.stats);
-        let (outcome, summary) = self
-            .guard
-            .call_on(operation, idle, eligible, attempt)
-            .await;
+        let (outcome, summary) = self.guard.call_on(operation, idle, eligible, attempt).await;
         self.stats
             .record(summary.duration.as_secs_f64(), outcome.is_ok());
         (outcome.map_err(CallError::from), summary.endpoint)

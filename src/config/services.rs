@@ -140,7 +140,9 @@ impl ServiceConfig {
             if self.base_url != default.base_url {
                 return Err((
                     format!("services.{name}.base_url"),
-                    format!("`services.{name}.base_url` and `{key}` are both set: use one, not both"),
+                    format!(
+                        "`services.{name}.base_url` and `{key}` are both set: use one, not both"
+                    ),
                 ));
             }
         }

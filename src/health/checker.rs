@@ -128,7 +128,15 @@ pub async fn watch_service(
             service.hold_breaker_open();
         }
     }
-    board.publish(health_of(&service, &tracker, &config, since, None, None, Vec::new()));
+    board.publish(health_of(
+        &service,
+        &tracker,
+        &config,
+        since,
+        None,
+        None,
+        Vec::new(),
+    ));
     create_series(&name, tracker.state);
     let mut endpoints: Vec<Tracker> = service
         .endpoints()
@@ -137,12 +145,7 @@ pub async fn watch_service(
         .collect();
     loop {
         let report = probe_each_endpoint(&service, kind, &config, &mut endpoints).await;
-        let endpoint_health: Vec<EndpointHealth> = service
-            .endpoints()
-            .iter()
-            .zip(&endpoints)
-            .map(|(endpoint, tracker)| EndpointHealth::of(endpoint, tracker.state))
-            .collect();
+        let endpoint_health = endpoints_now(&service, &endpoints);
         let error = (!report.up).then(|| report.detail.clone());
         metrics::counter!(names::HEALTH_CHECKS_TOTAL, "service" => name.clone(), "outcome" => if report.up { "up" } else { "down" })
             .increment(1);
@@ -224,12 +227,26 @@ async fn probe_each_endpoint(
                 }
             }
         }
-        let up = if tracker.state == HealthState::Up { 1.0 } else { 0.0 };
+        let up = if tracker.state == HealthState::Up {
+            1.0
+        } else {
+            0.0
+        };
         metrics::gauge!(names::ENDPOINT_UP, "service" => service.name.clone(), "endpoint" => endpoint.name().to_string()).set(up);
         reports.push(report);
     }
     let first_up = reports.iter().position(|report| report.up).unwrap_or(0);
     reports.swap_remove(first_up)
+}
+
+/// Each endpoint of `service` as it is now, with its checker's verdict.
+fn endpoints_now(service: &ServiceClient, trackers: &[Tracker]) -> Vec<EndpointHealth> {
+    service
+        .endpoints()
+        .iter()
+        .zip(trackers)
+        .map(|(endpoint, tracker)| EndpointHealth::of(endpoint, tracker.state))
+        .collect()
 }
 
 /// One probe, corrected by passive health (Envoy's outlier detection): a

@@ -99,7 +99,11 @@ async fn park_calls(guard: &Arc<Guard>, calls: usize) -> Vec<u32> {
 #[tokio::test(start_paused = true)]
 async fn the_pick_spreads_load_by_outstanding_requests_and_weight() {
     let even = guard(
-        vec![spec("a", 0, 1, 32), spec("b", 0, 1, 32), spec("c", 0, 1, 32)],
+        vec![
+            spec("a", 0, 1, 32),
+            spec("b", 0, 1, 32),
+            spec("c", 0, 1, 32),
+        ],
         OutlierConfig::default(),
         |_| {},
     );
@@ -206,7 +210,9 @@ fn ejected(guard: &Guard) -> Vec<bool> {
 #[tokio::test(start_paused = true)]
 async fn ejection_stops_at_max_percent_and_never_takes_the_last() {
     let four = guard(
-        (0..4).map(|index| spec(&format!("e{index}"), 0, 1, 8)).collect(),
+        (0..4)
+            .map(|index| spec(&format!("e{index}"), 0, 1, 8))
+            .collect(),
         outlier(1, 50),
         |config| config.max_attempts = 1,
     );
@@ -267,13 +273,20 @@ async fn a_dead_endpoint_gets_at_most_the_threshold_per_ejection() {
     call_with_a_dead_first(&guard, &hits, 50).await;
     assert_eq!(hits.lock()[0], 6, "back after 30 s, three more, out again");
     let out_for = guard.endpoints()[0].ejected_for().expect("ejected again");
-    assert!(out_for > Duration::from_secs(55), "the repeat lasts 60 s: {out_for:?}");
+    assert!(
+        out_for > Duration::from_secs(55),
+        "the repeat lasts 60 s: {out_for:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn tiers_fall_through_to_the_fallbacks_and_come_back() {
     let guard = guard(
-        vec![spec("a", 0, 1, 1), spec("b", 0, 1, 1), spec("fallback", 1, 1, 4)],
+        vec![
+            spec("a", 0, 1, 1),
+            spec("b", 0, 1, 1),
+            spec("fallback", 1, 1, 4),
+        ],
         OutlierConfig::default(),
         |config| config.max_queue_wait_ms = 100,
     );
@@ -286,16 +299,27 @@ async fn tiers_fall_through_to_the_fallbacks_and_come_back() {
     assert!(matches!(first, Some(0 | 1)), "a primary first: {first:?}");
     guard.hold_endpoint_open(0);
     guard.hold_endpoint_open(1);
-    assert_eq!(answered_by(guard.clone()).await, Some(2), "no primary can serve");
+    assert_eq!(
+        answered_by(guard.clone()).await,
+        Some(2),
+        "no primary can serve"
+    );
     guard.release_endpoint_hold(0);
-    assert_eq!(answered_by(guard.clone()).await, Some(0), "a primary is back");
+    assert_eq!(
+        answered_by(guard.clone()).await,
+        Some(0),
+        "a primary is back"
+    );
     guard.release_endpoint_hold(1);
     // Both primary slots busy past the queue wait: the fallback serves.
     let held = park_calls(&guard, 2).await;
     assert_eq!(&held[..2], [1, 1]);
     let started = Instant::now();
     assert_eq!(answered_by(guard.clone()).await, Some(2));
-    assert!(started.elapsed() >= Duration::from_millis(100), "after the queue wait");
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "after the queue wait"
+    );
     // Only the primaries eligible: refused as a full bulkhead.
     let (result, _) = guard
         .call_on("op", None, &|endpoint| endpoint.tier() == 0, |_, _| async {

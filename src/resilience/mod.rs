@@ -47,8 +47,8 @@ use crate::metrics as names;
 pub use breaker::{BreakerState, CircuitBreaker, Verdict};
 use budget::RetryBudget;
 pub use endpoint::{Endpoint, EndpointSnapshot, EndpointSpec};
-use pick::Refusal;
 pub use outcome::{CallOutcome, Classify, GuardError};
+use pick::Refusal;
 pub use progress::Progress;
 use progress::{run_timed, Cut};
 
@@ -395,15 +395,10 @@ impl Guard {
         let chosen = match self.choose(eligible, tried, deadline).await {
             Ok(chosen) => chosen,
             Err(refusal) => {
-                let service = self.service.clone();
-                let error = match refusal {
-                    Refusal::Open => GuardError::CircuitOpen { service },
-                    Refusal::Full => GuardError::BulkheadFull { service },
-                };
                 return AttemptOutcome {
-                    result: Err(error),
+                    result: Err(self.refused(refusal)),
                     endpoint: None,
-                };
+                }
             }
         };
         let endpoint = chosen.endpoint;
@@ -461,6 +456,15 @@ impl Guard {
         AttemptOutcome {
             result,
             endpoint: Some(endpoint.index),
+        }
+    }
+
+    /// The stack's own refusal when no endpoint was chosen.
+    fn refused<E>(&self, refusal: Refusal) -> GuardError<E> {
+        let service = self.service.clone();
+        match refusal {
+            Refusal::Open => GuardError::CircuitOpen { service },
+            Refusal::Full => GuardError::BulkheadFull { service },
         }
     }
 

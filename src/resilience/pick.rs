@@ -38,7 +38,8 @@ pub(super) enum Refusal {
     Full,
 }
 
-type Acquire<'a> = Pin<Box<dyn Future<Output = Result<SemaphorePermit<'a>, AcquireError>> + Send + 'a>>;
+type Acquire<'a> =
+    Pin<Box<dyn Future<Output = Result<SemaphorePermit<'a>, AcquireError>> + Send + 'a>>;
 
 impl Guard {
     pub(super) async fn choose<'a>(
@@ -95,7 +96,8 @@ impl Guard {
         deadline: Instant,
     ) -> Result<Chosen<'a>, Refusal> {
         let permit = endpoint.breaker.try_acquire().ok_or(Refusal::Open)?;
-        let waited = tokio::time::timeout_at(self.queue_deadline(deadline), endpoint.bulkhead.acquire());
+        let waited =
+            tokio::time::timeout_at(self.queue_deadline(deadline), endpoint.bulkhead.acquire());
         match waited.await {
             Ok(Ok(slot)) => Ok(Chosen {
                 endpoint,

@@ -16,7 +16,12 @@ use tokio::time::Instant;
 use crate::model_double::{Behaviour, ModelDouble};
 use crate::support::{base_config, TestStack};
 
-fn endpoint(name: &str, double: &ModelDouble, model: &str, max_concurrent: u32) -> ModelEndpointConfig {
+fn endpoint(
+    name: &str,
+    double: &ModelDouble,
+    model: &str,
+    max_concurrent: u32,
+) -> ModelEndpointConfig {
     ModelEndpointConfig {
         name: Some(name.into()),
         base_url: double.url.clone(),
@@ -150,7 +155,11 @@ async fn every_primary_down_the_fallback_serves_and_the_primary_takes_over_again
         .await
         .expect("the fallback answers");
     assert_eq!(
-        (reply.endpoint.as_str(), reply.model.as_str(), reply.fallback),
+        (
+            reply.endpoint.as_str(),
+            reply.model.as_str(),
+            reply.fallback
+        ),
         ("cloud", "large", true)
     );
     assert_eq!(fallback.last_request()["model"], "large");
@@ -167,7 +176,10 @@ async fn every_primary_down_the_fallback_serves_and_the_primary_takes_over_again
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
-        primaries.iter().map(|double| double.chat_calls()).sum::<u32>(),
+        primaries
+            .iter()
+            .map(|double| double.chat_calls())
+            .sum::<u32>(),
         0,
         "no primary answered while down"
     );
@@ -175,12 +187,21 @@ async fn every_primary_down_the_fallback_serves_and_the_primary_takes_over_again
         primary.set(|behaviour| behaviour.down = false);
     }
     let recovered = Instant::now();
-    let answered_by_a_primary = || primaries.iter().map(|double| double.chat_calls()).sum::<u32>() > 0;
+    let answered_by_a_primary = || {
+        primaries
+            .iter()
+            .map(|double| double.chat_calls())
+            .sum::<u32>()
+            > 0
+    };
     while !answered_by_a_primary() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let back_after = recovered.elapsed();
-    assert!(answered_by_a_primary(), "the session went back to a primary");
+    assert!(
+        answered_by_a_primary(),
+        "the session went back to a primary"
+    );
     assert!(
         back_after <= ejection + Duration::from_millis(700),
         "back on a primary {back_after:?} after it recovered (ejection {ejection:?})"
@@ -196,6 +217,32 @@ async fn every_primary_down_the_fallback_serves_and_the_primary_takes_over_again
     assert!(primaries
         .iter()
         .any(|double| double.last_request()["model"] == "small"));
+}
+
+/// The bulkhead of each endpoint of `config` once its server was asked.
+async fn learned_slots(config: &Config) -> Vec<u32> {
+    let clients = Clients::from_config(config).expect("clients");
+    let before: Vec<u32> = clients
+        .llm
+        .service
+        .endpoints()
+        .iter()
+        .map(|endpoint| endpoint.max_concurrent())
+        .collect();
+    assert!(
+        before
+            .iter()
+            .all(|slots| *slots == config.llm.policy.max_concurrent),
+        "the policy's until the server says: {before:?}"
+    );
+    clients.llm.learn_slots().await;
+    clients
+        .llm
+        .service
+        .endpoints()
+        .iter()
+        .map(|endpoint| endpoint.max_concurrent())
+        .collect()
 }
 
 /// Four sessions of `turns` turns at once on one runner (one client, so
@@ -234,6 +281,7 @@ async fn two_one_slot_servers_serve_four_sessions_as_fast_as_one_two_slot_server
     let double = ModelDouble::start(slots(2)).await;
     let mut config = quick_config();
     config.llm.endpoints = vec![endpoint("both", &double, "m", 0)];
+    assert_eq!(learned_slots(&config).await, [2]);
     let (_one, runner_one) = runner(config).await;
     let one_server = median_turn_time(runner_one, turns).await;
 
@@ -241,7 +289,11 @@ async fn two_one_slot_servers_serve_four_sessions_as_fast_as_one_two_slot_server
     let first = ModelDouble::start(slots(1)).await;
     let second = ModelDouble::start(slots(1)).await;
     let mut config = quick_config();
-    config.llm.endpoints = vec![endpoint("first", &first, "m", 0), endpoint("second", &second, "m", 0)];
+    config.llm.endpoints = vec![
+        endpoint("first", &first, "m", 0),
+        endpoint("second", &second, "m", 0),
+    ];
+    assert_eq!(learned_slots(&config).await, [1, 1]);
     let (_two, runner_two) = runner(config).await;
     let two_servers = median_turn_time(runner_two, turns).await;
 
@@ -260,4 +312,43 @@ async fn two_one_slot_servers_serve_four_sessions_as_fast_as_one_two_slot_server
         two_servers.as_secs_f64() <= one_server.as_secs_f64() * 1.1,
         "p50 turn time on two one-slot servers {two_servers:?}, on one two-slot server {one_server:?}"
     );
+}
+
+#[tokio::test]
+async fn a_tool_service_of_two_endpoints_routes_around_the_dead_one() {
+    use heistd::clients::ServiceClient;
+    let stack = TestStack::start().await;
+    // A port nothing listens on: every connection is refused.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", listener.local_addr().expect("address"))
+    };
+    let mut settings = base_config().services.calculator;
+    settings.endpoints = vec![dead, stack.url("calculator")];
+    settings.outlier.consecutive_failures = 2;
+    settings.policy.backoff_base_ms = 1;
+    settings.policy.backoff_cap_ms = 2;
+    let client = ServiceClient::from_config("calculator", &settings, reqwest::Client::new());
+    let token = crate::support::token(&stack.signing_key(), "calculator:use", 60);
+    let headers = [("authorization", format!("Bearer {token}"))];
+    for _ in 0..20 {
+        let reply: serde_json::Value = client
+            .post_json(
+                "/tools/calculator",
+                &serde_json::json!({"expression": "6*7"}),
+                &headers,
+            )
+            .await
+            .expect("a retry on the live endpoint answers");
+        assert!(
+            reply["success"] == true && reply["result"].to_string().contains("42"),
+            "{reply}"
+        );
+    }
+    let endpoints = client.endpoints();
+    assert!(
+        endpoints[0].ejected_for().is_some(),
+        "the dead one is ejected"
+    );
+    assert!(endpoints[1].ejected_for().is_none());
 }

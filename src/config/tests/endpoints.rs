@@ -24,7 +24,10 @@ fn model_endpoints_and_fallbacks_load_with_their_defaults() {
     assert_eq!(primaries.len(), 2);
     assert_eq!(primaries[0].label(), "10.0.0.1:8080");
     assert_eq!((primaries[0].weight, primaries[0].max_concurrent), (1, 0));
-    assert_eq!((primaries[1].label(), primaries[1].weight), ("b".to_string(), 3));
+    assert_eq!(
+        (primaries[1].label(), primaries[1].weight),
+        ("b".to_string(), 3)
+    );
     assert_eq!(config.llm.fallbacks[0].label(), "10.0.0.9:80");
     assert_eq!(config.llm.primary_model(), "qwen");
     assert_eq!(

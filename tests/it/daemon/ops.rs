@@ -113,8 +113,47 @@ async fn a_fresh_daemon_shows_every_family_at_zero_and_all_have_help_and_type_af
          [[llm.fallbacks]]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"spare\"\n",
     )
     .await;
+    // The status lists each service's endpoints: the model's primary, and
+    // the fallback a tier below.
+    let llm = eventually(
+        Duration::from_secs(10),
+        "status lists the model's endpoints",
+        async || {
+            let (_, status) = daemon.get("/api/v1/status").await;
+            let llm = status["services"]
+                .as_array()?
+                .iter()
+                .find(|service| service["service"] == "llm")?
+                .clone();
+            (llm["endpoints"].as_array()?.len() == 2).then_some(llm)
+        },
+    )
+    .await;
+    let fallback = &llm["endpoints"][1];
+    assert_eq!(
+        (&fallback["name"], &fallback["tier"], &fallback["model"]),
+        (
+            &serde_json::json!("127.0.0.1:9"),
+            &serde_json::json!(1),
+            &serde_json::json!("spare")
+        ),
+        "{llm}"
+    );
+    assert_eq!(llm["endpoints"][0]["tier"], 0);
+    assert!(
+        llm["endpoints"][0]["max_concurrent"].as_u64() > Some(0),
+        "{llm}"
+    );
     let fresh = daemon.metrics_text().await;
     assert_every_family_has_help_and_type(&fresh);
+    assert!(
+        series_value(
+            &fresh,
+            "heistd_endpoint_ejected",
+            &[("service", "llm"), ("endpoint", "127.0.0.1:9")]
+        ) == Some(0.0),
+        "each endpoint's series exists at 0"
+    );
     let commit = checkout_head().unwrap_or_else(|| heistd::metrics::BUILD_COMMIT.to_string());
     assert_eq!(
         series_value(&fresh, "heistd_build_info", &[("commit", &commit)]),
