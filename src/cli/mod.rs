@@ -385,9 +385,11 @@ async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option
     let mut problems = Vec::new();
     for index in 0..llm.endpoint_count() {
         let view = llm.endpoint_view(index);
-        let label = (llm.endpoint_count() > 1)
-            .then(|| format!(" {}", view.service.endpoints()[index].name()))
-            .unwrap_or_default();
+        let label = if llm.endpoint_count() > 1 {
+            format!(" {}", view.service.endpoints()[index].name())
+        } else {
+            String::new()
+        };
         if let Some(problem) = check_one_model(&view, config, &label).await {
             problems.push(problem);
         }

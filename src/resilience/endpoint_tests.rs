@@ -83,7 +83,7 @@ async fn park_calls(guard: &Arc<Guard>, calls: usize) -> Vec<u32> {
         let guard = guard.clone();
         tokio::spawn(async move {
             guard
-                .call("op", || std::future::pending::<Result<(), Failure>>())
+                .call("op", std::future::pending::<Result<(), Failure>>)
                 .await
         });
         // Let it pick before the next one does.
