@@ -177,17 +177,21 @@ pub async fn watch_service(
             Some(report.latency_ms),
             endpoint_health,
         ));
-        let jitter = if config.jitter_ms == 0 {
-            0
-        } else {
-            rand::rng().random_range(0..=config.jitter_ms)
-        };
-        let pause = Duration::from_millis(config.interval_ms + jitter);
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(pause_before_next_check(&config)) => {}
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
+}
+
+/// The interval plus a random jitter, so checks do not align.
+fn pause_before_next_check(config: &HealthCheckConfig) -> Duration {
+    let jitter = if config.jitter_ms == 0 {
+        0
+    } else {
+        rand::rng().random_range(0..=config.jitter_ms)
+    };
+    Duration::from_millis(config.interval_ms + jitter)
 }
 
 /// Probes every endpoint of `service`: each endpoint's tracker moves, its

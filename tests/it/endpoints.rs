@@ -352,3 +352,31 @@ async fn a_tool_service_of_two_endpoints_routes_around_the_dead_one() {
     );
     assert!(endpoints[1].ejected_for().is_none());
 }
+
+#[tokio::test]
+async fn a_prompt_too_long_for_every_primary_window_goes_to_a_fallback_that_fits_it() {
+    // 120 tokens: no prompt of the scenario fits, even trimmed.
+    let small = ModelDouble::start(Behaviour {
+        context_tokens: Some(120),
+        ..Behaviour::default()
+    })
+    .await;
+    let large = ModelDouble::start(Behaviour {
+        context_tokens: Some(100_000),
+        ..Behaviour::default()
+    })
+    .await;
+    let mut config = quick_config();
+    config.llm.endpoints = vec![endpoint("small", &small, "small", 4)];
+    config.llm.fallbacks = vec![endpoint("large", &large, "large", 4)];
+    let (_stack, runner) = runner(config).await;
+    play(&runner, 6, 5).await;
+    assert_eq!(
+        (small.chat_calls(), small.oversized()),
+        (1, 1),
+        "the primary refused one prompt, naming its window, and was not asked again"
+    );
+    assert_eq!(large.chat_calls(), 6, "every turn played on the fallback");
+    assert_eq!(large.oversized(), 0);
+    assert_eq!(large.last_request()["model"], "large");
+}
