@@ -119,6 +119,18 @@ pub const CLUSTER_FENCED_WRITES_TOTAL: &str = "heistd_cluster_fenced_writes_tota
 pub const SESSIONS_WAITING: &str = "heistd_sessions_waiting";
 /// 1 while a schedule is paused (the store's state, on every node).
 pub const SCHEDULE_PAUSED: &str = "heistd_schedule_paused";
+/// Per endpoint of a service (labels `service`, `endpoint`): the health
+/// checker's verdict on it.
+pub const ENDPOINT_UP: &str = "heistd_endpoint_up";
+/// 1 while outlier detection keeps the endpoint out of the pick.
+pub const ENDPOINT_EJECTED: &str = "heistd_endpoint_ejected";
+pub const ENDPOINT_EJECTIONS_TOTAL: &str = "heistd_endpoint_ejections_total";
+/// Attempts in flight to the endpoint now (what the pick compares).
+pub const ENDPOINT_OUTSTANDING: &str = "heistd_endpoint_outstanding";
+pub const ENDPOINT_ATTEMPT_DURATION_SECONDS: &str = "heistd_endpoint_attempt_duration_seconds";
+/// Model replies a fallback endpoint gave (labels `from`, the primary
+/// model, and `to`, the fallback's model).
+pub const MODEL_FALLBACKS_TOTAL: &str = "heistd_model_fallbacks_total";
 
 /// Label values known before the first event, so their series can start at
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
@@ -168,7 +180,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 55] = [
+pub const FAMILIES: [(&str, Kind, &str); 61] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -224,6 +236,12 @@ pub const FAMILIES: [(&str, Kind, &str); 55] = [
     (CLUSTER_FENCED_WRITES_TOTAL, Kind::Counter, "Turn commits refused because another node owns the session now."),
     (SESSIONS_WAITING, Kind::Gauge, "Sessions waiting out an outage now, by what they wait for (model, store)."),
     (SCHEDULE_PAUSED, Kind::Gauge, "1 while the schedule is paused (on every node), else 0."),
+    (ENDPOINT_UP, Kind::Gauge, "1 while the health checker holds the endpoint up, else 0."),
+    (ENDPOINT_EJECTED, Kind::Gauge, "1 while outlier detection keeps the endpoint out of the pick, else 0."),
+    (ENDPOINT_EJECTIONS_TOTAL, Kind::Counter, "Outlier ejections of the endpoint (consecutive gateway failures)."),
+    (ENDPOINT_OUTSTANDING, Kind::Gauge, "Attempts in flight to the endpoint now."),
+    (ENDPOINT_ATTEMPT_DURATION_SECONDS, Kind::Histogram, "Latency of one attempt on the endpoint."),
+    (MODEL_FALLBACKS_TOTAL, Kind::Counter, "Model replies given by a fallback endpoint, by primary model and fallback model."),
 ];
 
 /// What kind of family a name is, for [`describe`].

@@ -177,6 +177,7 @@ fn service_health(service: &str, state: HealthState, required: bool) -> ServiceH
         consecutive_successes: 3,
         required,
         breaker: "closed".into(),
+        endpoints: Vec::new(),
     }
 }
 

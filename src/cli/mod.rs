@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub mod args;
 #[macro_use]
 pub mod output;
+mod check;
 mod demo;
 pub mod logging;
 mod manual;
@@ -26,9 +27,10 @@ mod reload;
 pub mod remote;
 mod run;
 mod sessions;
-mod steer;
 mod status;
+mod steer;
 mod watch;
+pub use check::check;
 pub use demo::{demo, DemoOptions};
 pub use manual::{completions, man, version};
 use query_worker::query_worker;
@@ -36,12 +38,11 @@ pub use quit::{Interrupts, QUIT_WITHIN};
 pub use reload::reload;
 pub use run::run;
 pub(crate) use run::{
-    base_url_hint, completed, preflight, print_notice, print_turn, print_turn_of, summary,
-    TurnHeading,
+    completed, preflight, print_notice, print_turn, print_turn_of, summary, TurnHeading,
 };
 pub use sessions::{export_json, export_markdown, sessions, sessions_list};
-pub use steer::schedules;
 pub use status::{json, status};
+pub use steer::schedules;
 pub use watch::{runs, watch};
 
 use crate::app::{App, AppError, DaemonOptions};
@@ -303,161 +304,6 @@ fn store_named(store: &config::StoreConfig) -> String {
         config::StoreBackend::Sqlite => store.path.display().to_string(),
         config::StoreBackend::Postgres => store.url.clone(),
     }
-}
-
-/// `heistd check`: every configured service's health once; with
-/// `--output json`, the same as one JSON document (printed before the
-/// exit code says whether all is well).
-pub async fn check(config: &Config, output: args::Output) -> Result<(), CliError> {
-    let clients = Clients::from_config(config)?;
-    let reports = crate::health::check_all(&clients).await;
-    // A fresh process has no breaker history: the running daemon's breakers
-    // are the ones that matter, so ask it when it answers.
-    let daemon_breakers = crate::api::breaker_states(&config.daemon.admin_address).await;
-    let breaker_of = |report: &crate::health::HealthReport| {
-        daemon_breakers
-            .as_ref()
-            .and_then(|breakers| breakers.get(&report.service))
-            .map_or(report.breaker.to_string(), String::clone)
-    };
-    let mut lines = vec![match &daemon_breakers {
-        Some(_) => format!(
-            "breakers: as the daemon at {} sees them",
-            config.daemon.admin_address
-        ),
-        None => format!(
-            "breakers: no daemon answers at {}; shown as this check sees them",
-            config.daemon.admin_address
-        ),
-    }];
-    for report in &reports {
-        let state = if report.up { "up" } else { "DOWN" };
-        lines.push(format!(
-            "{:<15} {:<5} {:>8.1} ms  breaker {:<9}  {}  {}",
-            report.service,
-            state,
-            report.latency_ms,
-            breaker_of(report),
-            report.base_url,
-            report.detail
-        ));
-    }
-    let down: Vec<&str> = reports
-        .iter()
-        .filter(|report| !report.up)
-        .map(|report| report.service.as_str())
-        .collect();
-    let model_problem = check_model(&clients.llm, config, &mut lines).await;
-    let problem = match (down.is_empty(), model_problem) {
-        (true, problem) => problem,
-        (false, problem) => Some(format!(
-            "down: {}{}",
-            down.join(", "),
-            problem
-                .map(|problem| format!("; {problem}"))
-                .unwrap_or_default()
-        )),
-    };
-    match output {
-        args::Output::Text => lines.iter().for_each(|line| out!("{line}")),
-        args::Output::Json => {
-            let services: Vec<serde_json::Value> = reports
-                .iter()
-                .map(|report| {
-                    serde_json::json!({
-                        "service": report.service,
-                        "up": report.up,
-                        "latency_ms": report.latency_ms,
-                        "breaker": breaker_of(report),
-                        "base_url": report.base_url,
-                        "detail": report.detail,
-                    })
-                })
-                .collect();
-            output::print(&json(&serde_json::json!({
-                "healthy": problem.is_none(),
-                "problem": problem,
-                "breakers_from": if daemon_breakers.is_some() { "daemon" } else { "this check" },
-                "services": services,
-                "notes": lines,
-            })));
-        }
-    }
-    problem.map_or(Ok(()), |problem| Err(CliError::Unhealthy(problem)))
-}
-
-/// The model server's side of `heistd check`: the models it offers (the
-/// configured one must be among them), and, for native tool calling,
-/// whether the model really returns tool calls. Returns what is wrong.
-async fn check_model(
-    llm: &crate::clients::LlmClient,
-    config: &Config,
-    lines: &mut Vec<String>,
-) -> Option<String> {
-    let models = match llm.list_models().await {
-        Ok(models) => models,
-        Err(error) => return Some(format!("{error}{}", base_url_hint(&error))),
-    };
-    lines.push(format!("llm models offered: {}", models.join(", ")));
-    if config.llm.token_counting == config::TokenCounting::Server {
-        let probe = [crate::clients::ChatMessage::user("ping".into())];
-        if llm.count_tokens(&probe, &[]).await.is_none() {
-            lines.push("llm token counting: the server's tokenizer (POST /tokenize) does not answer; prompts are estimated (llm.token_counting = \"server\")".to_string());
-        }
-    }
-    for endpoint in llm.endpoints() {
-        lines.push(format!("llm {}", describe_endpoint(&endpoint)));
-    }
-    if config.llm.stream {
-        lines.push(format!(
-            "llm replies: streamed (first piece within {} ms, gaps under {} ms; llm.stream = false turns it off)",
-            config.llm.timeout_ms,
-            config.llm.idle_timeout_ms
-        ));
-    } else {
-        lines.push(format!(
-            "llm replies: whole (llm.stream = false; each attempt within {} ms)",
-            config.llm.timeout_ms
-        ));
-    }
-    if !models.iter().any(|model| model == llm.model()) {
-        return Some(format!(
-            "llm: the configured model `{}` is not among the models the server offers ({})",
-            llm.model(),
-            models.join(", ")
-        ));
-    }
-    if config.llm.tool_calling == config::ToolCalling::Native {
-        let probe = crate::clients::ToolSpec {
-            name: "calculator".into(),
-            description: "an arithmetic expression".into(),
-        };
-        match llm.supports_native_tools(&probe).await {
-            Ok(true) => lines.push("llm native tool calling: supported".to_string()),
-            Ok(false) => lines.push(format!(
-                "llm native tool calling: NOT supported by {}; heist sessions use the text protocol",
-                llm.model()
-            )),
-            Err(error) => lines.push(format!("llm native tool calling: cannot tell ({error})")),
-        }
-    }
-    None
-}
-
-/// What is known of an endpoint's model, and where it came from.
-fn describe_endpoint(endpoint: &crate::clients::EndpointKnowledge) -> String {
-    let window = match (endpoint.context_tokens, endpoint.context_source) {
-        (Some(window), Some(source)) => format!("{window} tokens (from {})", source.describe()),
-        _ => "not known yet (learned from the first context-length error; llm.context_tokens sets it)".into(),
-    };
-    format!(
-        "{} ({}): context window {window}; {:.2} characters per token (from {}; prompts counted: {})",
-        endpoint.endpoint,
-        endpoint.model,
-        endpoint.chars_per_token,
-        endpoint.ratio_source.describe(),
-        endpoint.calibrations
-    )
 }
 
 /// `heistd services`: run companions, on the config at `path`, until

@@ -42,6 +42,10 @@ async fn run_until_quit(
     }
     if let Some((base_url, model)) = llm_url.zip(llm_model) {
         config.llm.base_url = base_url;
+        // The command line names one model server: the configured lists
+        // give way to it.
+        config.llm.endpoints.clear();
+        config.llm.fallbacks.clear();
         config.llm.model = model;
     }
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);

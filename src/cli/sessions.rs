@@ -27,7 +27,9 @@ pub async fn sessions(
             output: args::OutputArgs {
                 output: args::Output::Json,
             },
-        } => super::json(&serde_json::json!({ "sessions": store().await?.list_sessions(limit).await? })),
+        } => super::json(
+            &serde_json::json!({ "sessions": store().await?.list_sessions(limit).await? }),
+        ),
         SessionsAction::List { limit, .. } => sessions_list(&store().await?, limit).await?,
         SessionsAction::Show { session_id } => {
             export_markdown(&store().await?.session(&session_id).await?)

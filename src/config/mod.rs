@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 mod cluster;
 mod companions;
 mod daemon;
+mod endpoints;
 mod error;
 mod events;
 mod health;
@@ -43,6 +44,7 @@ pub use companions::{
     CompanionsConfig, CompanionsSettings, DatabaseToolConfig, Fault, MemoryServiceConfig,
 };
 pub use daemon::{DaemonConfig, Recovery};
+pub use endpoints::{endpoint_label, ModelEndpointConfig, OutlierConfig, MAX_EJECTION_MS};
 pub use error::ConfigError;
 pub use events::EventsConfig;
 pub use health::HealthCheckConfig;

@@ -20,7 +20,9 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use super::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord, SessionTurns, TurnRead,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
+    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord,
+    SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
 };
 
 /// What a committed turn leaves its session to deliver next.

@@ -16,7 +16,9 @@ use super::outage::StoreOutage;
 use super::postgres::PgStore;
 use super::sqlite::SqliteBackend;
 use super::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord, SessionTurns, TurnRead,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
+    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord,
+    SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
 };
 use crate::config::{ClusterConfig, StoreBackend, StoreConfig, Synchronous};
 

@@ -38,7 +38,10 @@ pub use backend::{InPlay, Owed};
 pub use handle::{DeliveryGuard, StoreHandle};
 pub use migrate::MigrationReport;
 pub use rows::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, MessageRow, NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, RunTrigger, SchedulePause, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus, ToolCallRecord, ToolUsageRow, TurnRecord, SessionTurns, TurnRead,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, MessageRow,
+    NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, RunTrigger, SchedulePause,
+    ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus, SessionTurns,
+    ToolCallRecord, ToolUsageRow, TurnRead, TurnRecord,
 };
 
 /// The SQLite schema's version, bumped with every migration appended to

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod control;
 mod daemon;
+mod endpoints;
 mod heist;
 mod hostile_process;
 mod model;

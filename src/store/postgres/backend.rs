@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use super::{OutboxMark, PgStore};
 use crate::store::backend::{Backend, Owed};
 use crate::store::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord, SessionTurns, TurnRead,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
+    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord,
+    SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
 };
 
 #[async_trait]

@@ -17,7 +17,9 @@ use super::Store;
 use crate::config::{StoreConfig, Synchronous};
 use crate::store::backend::{Backend, InPlay, Owed};
 use crate::store::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord, SessionTurns, TurnRead,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, NewSession, OutboxEntry,
+    OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord, SessionDetail, SessionRow,
+    SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
 };
 
 /// The SQLite store as async code reaches it.
