@@ -358,7 +358,10 @@ mod tests {
 
     fn client() -> LlmClient {
         let config = crate::config::load(None, Vec::new()).expect("default config loads");
-        LlmClient::from_config(&config.llm, reqwest::Client::new())
+        LlmClient::from_config(
+            &config.llm,
+            crate::clients::http_client().expect("HTTP client"),
+        )
     }
 
     #[test]

@@ -88,16 +88,28 @@ fn bad_config_names_the_key_and_the_file() {
 }
 
 #[test]
-#[cfg(not(feature = "tls"))]
-fn https_without_tls_is_refused_with_the_fix() {
+fn an_https_model_url_loads_and_a_bad_ca_file_names_the_key_and_the_file() {
     let file = write("[llm]\nbase_url = \"https://api.example.com/v1\"\n");
-    let error = load(Some(file.path()), Vec::new())
-        .expect_err("no TLS in this build")
-        .to_string();
-    assert!(
-        error.contains("llm.base_url") && error.contains("--features tls"),
-        "{error}"
-    );
+    let config = load(Some(file.path()), Vec::new()).expect("https is spoken by every build");
+    assert_eq!(config.llm.base_url, "https://api.example.com/v1");
+
+    let directory = tempfile::tempdir().expect("temp dir");
+    let missing = directory.path().join("corp-ca.pem");
+    let not_pem = directory.path().join("notes.txt");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    for ca_file in [&missing, &not_pem] {
+        let file = write(&format!(
+            "[llm]\nbase_url = \"https://llm.internal/v1\"\nca_file = {:?}\n",
+            ca_file.display().to_string()
+        ));
+        let error = load(Some(file.path()), Vec::new())
+            .expect_err("a bad CA file")
+            .to_string();
+        assert!(
+            error.contains("llm.ca_file") && error.contains(&ca_file.display().to_string()),
+            "{error}"
+        );
+    }
 }
 
 #[test]
