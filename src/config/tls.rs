@@ -91,25 +91,34 @@ pub fn client_config(ca_files: &[PathBuf]) -> Result<rustls::ClientConfig, Strin
 }
 
 /// The certificate problem behind a failed connection, if that is why it
-/// failed: rustls' verdict, found among the error's causes (an I/O error
-/// carries it inside, which `source()` skips, so that is looked into too).
+/// failed: rustls' verdict, found among the error's causes. An I/O error
+/// carries it inside (tokio-rustls' in the connector's), and its
+/// `source()` skips what it wraps, so I/O errors are looked into too.
 pub fn certificate_error<'a>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a rustls::CertificateError> {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        let rustls_error = error.downcast_ref::<rustls::Error>().or_else(|| {
-            error
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::InvalidCertificate(problem)) = rustls_error {
+        if let Some(problem) = wrapped_certificate_error(error, 4) {
             return Some(problem);
         }
         cause = error.source();
     }
     None
+}
+
+/// `error` itself as rustls' certificate verdict, or what the I/O errors
+/// around it hold, `depth` of them deep at most.
+fn wrapped_certificate_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+    depth: u8,
+) -> Option<&'a rustls::CertificateError> {
+    if let Some(rustls::Error::InvalidCertificate(problem)) = error.downcast_ref::<rustls::Error>()
+    {
+        return Some(problem);
+    }
+    let inner = error.downcast_ref::<std::io::Error>()?.get_ref()?;
+    wrapped_certificate_error(inner, depth.checked_sub(1)?)
 }
 
 /// What a refused certificate means and what fixes it, naming `ca_key`
