@@ -62,8 +62,7 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
 /// file is still reached, and any other is refused as untrusted.
 pub fn trust_roots(ca_files: &[PathBuf]) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    let system = rustls_native_certs::load_native_certs();
-    let (added, _unusable) = roots.add_parsable_certificates(system.certs);
+    let (added, _unusable) = roots.add_parsable_certificates(system_certificates().iter().cloned());
     if added == 0 {
         tracing::debug!("no CA certificates in the system store (ca-certificates not installed?)");
     }
@@ -75,6 +74,14 @@ pub fn trust_roots(ca_files: &[PathBuf]) -> Result<RootCertStore, String> {
         }
     }
     Ok(roots)
+}
+
+/// The system's CA certificates, read once per process (every file of a
+/// Debian `/etc/ssl/certs` parsed takes tens of milliseconds, and tests
+/// build many clients); a change to the store is seen at the next start.
+fn system_certificates() -> &'static [CertificateDer<'static>] {
+    static SYSTEM: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    SYSTEM.get_or_init(|| rustls_native_certs::load_native_certs().certs)
 }
 
 /// A rustls client config that checks the server's chain against
