@@ -394,7 +394,7 @@ async fn daemon_run(
             start_daemon(binary, &node_directory, &config)
         })?);
     }
-    let http = reqwest::Client::new();
+    let http = heistd::clients::http_client()?;
     for (_, admin) in &daemons {
         wait_until_ready(&http, admin).await?;
     }
@@ -772,7 +772,7 @@ async fn floor_setup(
     // the memory service refuses a token without them.
     let mut scopes: Vec<String> = Tool::ALL.iter().map(|tool| tool.scope()).collect();
     scopes.extend(["memory:read".to_string(), "memory:write".to_string()]);
-    let http = reqwest::Client::new();
+    let http = heistd::clients::http_client()?;
     let token: Value = http
         .post(format!("{}{}", urls["oauth"], wire::TOKEN_PATH))
         .json(

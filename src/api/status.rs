@@ -22,7 +22,8 @@ use crate::store::NodeRow;
 /// `GET /api/v1/status`, if one answers at `address` within a moment (for
 /// `heistd check`; this module owns the status shape it reads).
 pub async fn breaker_states(address: &str) -> Option<std::collections::BTreeMap<String, String>> {
-    let client = reqwest::Client::builder()
+    let client = crate::clients::http_builder(&[])
+        .ok()?
         .timeout(std::time::Duration::from_millis(500))
         .build()
         .ok()?;
@@ -60,7 +61,8 @@ pub async fn config_status(address: &str) -> Result<(u32, ConfigStatus), String>
     }
     let url = format!("http://{address}/api/v1/status");
     let unreachable = |error: reqwest::Error| format!("no heistd answers at {url}: {error}");
-    let client = reqwest::Client::builder()
+    let client = crate::clients::http_builder(&[])
+        .map_err(|error| error.to_string())?
         .timeout(std::time::Duration::from_secs(2))
         .build()
         .map_err(unreachable)?;

@@ -42,7 +42,8 @@ impl Remote {
 
     /// The daemon at `address` (`host:port`), with `token` as the bearer.
     pub fn new(address: &str, token: Option<String>) -> Result<Self, CliError> {
-        let http = reqwest::Client::builder()
+        let http = crate::clients::http_builder(&[])
+            .map_err(|error| CliError::Remote(error.to_string()))?
             .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|error| CliError::Remote(format!("cannot build an HTTP client: {error}")))?;

@@ -167,6 +167,22 @@ pub(super) fn classify_send_error(service: &str, error: &reqwest::Error) -> Call
             after: Duration::ZERO,
         };
     }
+    // A refused certificate: the message says why and what fixes it (the
+    // model's CA file), ahead of rustls' own words. Still a connect error:
+    // like a 401, it is a set-up to fix, and the call may succeed then.
+    if let Some(problem) = crate::config::tls::certificate_error(error) {
+        // Only the model's endpoints take a CA file.
+        let ca_key = service
+            .starts_with(crate::config::LLM_SERVICE)
+            .then_some("llm.ca_file");
+        return CallError::Connect {
+            service: service.into(),
+            message: format!(
+                "{}; {message}",
+                crate::config::tls::certificate_advice(problem, ca_key)
+            ),
+        };
+    }
     // Connect, request and body errors alike: the service may answer next time.
     CallError::Connect {
         service: service.into(),

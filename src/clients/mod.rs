@@ -22,8 +22,7 @@ mod service;
 mod sse;
 mod stats;
 mod tools;
-
-use std::time::Duration;
+mod transport;
 
 use error::{error_chain, error_message, too_large};
 pub use error::{CallError, ContextOverflow};
@@ -36,6 +35,7 @@ pub use oauth::{AccessToken, OAuthClient, TokenCache};
 pub use service::{ServiceClient, Streamed, DEFAULT_MAX_REPLY_BYTES, PROBE_TIMEOUT};
 pub use stats::{ServiceStats, StatsSnapshot};
 pub use tools::ToolClient;
+pub use transport::{builder as http_builder, http_client, http_client_trusting, HttpClients};
 
 use crate::config::{Config, ServiceConfig};
 
@@ -57,7 +57,8 @@ pub struct Clients {
 
 impl Clients {
     pub fn from_config(config: &Config) -> Result<Self, ClientBuildError> {
-        let http = http_client()?;
+        let clients = HttpClients::default();
+        let http = clients.client(&[])?;
         let service = |name: &str, service: &ServiceConfig| {
             ServiceClient::from_config(name, service, http.clone())
         };
@@ -75,7 +76,10 @@ impl Clients {
                 service("file_reader", &config.services.file_reader),
                 service("database_query", &config.services.database_query),
             ),
-            llm: LlmClient::from_config(&config.llm, http),
+            llm: LlmClient::from_config(
+                &config.llm,
+                clients.client(config.llm.ca_file.as_slice())?,
+            ),
         })
     }
 
@@ -93,17 +97,4 @@ impl Clients {
         all.push(&self.llm.service);
         all
     }
-}
-
-/// One connection pool shared by every client. Fails where reqwest cannot
-/// set up its TLS backend or resolver, where `reqwest::Client::new()` would
-/// panic.
-pub fn http_client() -> Result<reqwest::Client, ClientBuildError> {
-    reqwest::Client::builder()
-        .user_agent(concat!("heistd/", env!("CARGO_PKG_VERSION")))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|error| ClientBuildError {
-            message: error_chain(&error),
-        })
 }

@@ -42,6 +42,13 @@ pub struct LlmConfig {
     /// The key, read once at load; never written out.
     #[serde(skip)]
     pub api_key: Option<Secret>,
+    /// A PEM file of one or more CA certificates for an `https://` model
+    /// server with a private CA: trusted besides the system's CA store,
+    /// never instead of it (a relative path is relative to the working
+    /// directory). Certificates are always checked; there is no switch
+    /// that turns that off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// A reply body larger than this is refused (`decode_error`), not read
     /// into memory.
     #[serde(default = "default_llm_max_reply_bytes")]
@@ -134,6 +141,7 @@ impl Default for LlmConfig {
             api_key_env: default_api_key_env(),
             api_key_file: None,
             api_key: None,
+            ca_file: None,
             max_reply_bytes: default_llm_max_reply_bytes(),
             timeout_ms: default_llm_timeout_ms(),
             stream: true,
@@ -170,6 +178,10 @@ impl LlmConfig {
         }
         check_url("llm.base_url", &self.base_url)?;
         self.check_endpoints()?;
+        if let Some(path) = &self.ca_file {
+            super::tls::read_ca_file(path)
+                .map_err(|message| ("llm.ca_file".to_string(), message))?;
+        }
         if self.max_reply_bytes == 0 {
             return fail("llm.max_reply_bytes", "must be at least 1");
         }

@@ -39,6 +39,7 @@ mod schedule;
 mod secrets;
 mod services;
 mod store;
+pub mod tls;
 pub use cluster::ClusterConfig;
 pub use companions::{
     CompanionsConfig, CompanionsSettings, DatabaseToolConfig, Fault, MemoryServiceConfig,
@@ -62,7 +63,7 @@ pub use retention::RetentionConfig;
 pub use schedule::{Missed, Overlap, ScheduleConfig, ScheduleFields, Trigger, TriggerError};
 pub use secrets::{is_loopback_address, Secret, CREDENTIALS_DIRECTORY, REDACTED};
 pub use services::{ServiceConfig, ServicesConfig};
-pub use store::{StoreBackend, StoreConfig, Synchronous};
+pub use store::{StoreBackend, StoreConfig, StoreTls, Synchronous};
 
 use crate::wire::Companion;
 

@@ -151,16 +151,11 @@ impl ServiceConfig {
     }
 }
 
-/// Checks that `value` is a URL heistd can call: http, or https in a build
-/// with TLS. Shared with `[llm]`.
+/// Checks that `value` is a URL heistd can call: http or https. Shared
+/// with `[llm]`.
 pub(super) fn check_url(key: &str, value: &str) -> Result<(), (String, String)> {
     match reqwest::Url::parse(value) {
-        Ok(url) if url.scheme() == "http" => Ok(()),
-        Ok(url) if url.scheme() == "https" && cfg!(feature = "tls") => Ok(()),
-        Ok(url) if url.scheme() == "https" => Err((
-            key.to_string(),
-            "https needs a heistd built with TLS: cargo build --release --features tls".to_string(),
-        )),
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
         Ok(url) => Err((
             key.to_string(),
             format!("scheme `{}` is not http or https", url.scheme()),

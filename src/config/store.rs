@@ -54,9 +54,24 @@ pub struct StoreConfig {
     pub max_outage_ms: u64,
     /// With `postgres`: the server and database
     /// (`postgres://user@host:port/db`), without a password (one in the
-    /// URL is refused); `sslmode` must be `disable` or `prefer`.
+    /// URL is refused). An `sslmode` in it must be `disable`, `require` or
+    /// `verify-full` and agree with `store.tls` when both are set.
     #[serde(default)]
     pub url: String,
+    /// With `postgres`: `disable` (plain TCP), `require` (encrypted, the
+    /// server's certificate not checked, as libpq's `sslmode=require`) or
+    /// `verify-full` (encrypted, the certificate's chain checked against
+    /// the system's CA store and `store.ca_file`, and its name against the
+    /// URL's host). Unset: the URL's `sslmode`, else `require` for a server
+    /// off this machine and `disable` on loopback or a Unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<StoreTls>,
+    /// With `store.tls = "verify-full"`: a PEM file of the CA
+    /// certificate(s) that signed the server's (a managed service's CA, or
+    /// your own), trusted besides the system's CA store; a relative path is
+    /// relative to the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// The variable holding the PostgreSQL password (empty: none); it must
     /// be set when named.
     #[serde(default)]
@@ -94,6 +109,30 @@ impl StoreBackend {
     }
 }
 
+/// How the PostgreSQL store's connections are protected (`store.tls`),
+/// with libpq's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreTls {
+    /// Plain TCP: loopback, a Unix socket, or a network you trust.
+    Disable,
+    /// Encrypted; the server's certificate is not checked (a server that
+    /// can be impersonated still can be).
+    Require,
+    /// Encrypted; the certificate's chain and host name are checked.
+    VerifyFull,
+}
+
+impl StoreTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Require => "require",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
@@ -113,6 +152,8 @@ impl Default for StoreConfig {
             max_outage_ms: default_max_outage_ms(),
             backend: StoreBackend::Sqlite,
             url: String::new(),
+            tls: None,
+            ca_file: None,
             password_env: String::new(),
             password_file: None,
             pool_size: default_pool_size(),
@@ -156,17 +197,70 @@ impl StoreConfig {
                     .to_string(),
             );
         }
-        for (key, value) in url.query_pairs() {
-            if key == "sslmode" && !matches!(value.as_ref(), "disable" | "prefer") {
-                return fail(format!(
-                    "sslmode={value} needs TLS, which this heistd does not speak to PostgreSQL; use sslmode=disable on loopback or a private network"
+        let tls = self.tls_mode()?;
+        if let Some(path) = &self.ca_file {
+            if tls != StoreTls::VerifyFull {
+                return Err((
+                    "store.ca_file".into(),
+                    format!(
+                        "is only used with store.tls = \"verify-full\" (the connection is \"{}\", which checks no certificate)",
+                        tls.as_str()
+                    ),
                 ));
             }
+            super::tls::read_ca_file(path)
+                .map_err(|message| ("store.ca_file".to_string(), message))?;
         }
         if self.pool_size == 0 {
             return Err(("store.pool_size".into(), "must be at least 1".into()));
         }
         Ok(())
+    }
+
+    /// The PostgreSQL connection's TLS: `store.tls`, else the URL's
+    /// `sslmode`, else `require` off this machine and `disable` on
+    /// loopback or a Unix socket. The two set to different modes is an
+    /// error naming both; so is an `sslmode` heistd does not offer
+    /// (`prefer` and `allow` fall back to plain text without a word,
+    /// `verify-ca` checks no host name).
+    pub fn tls_mode(&self) -> Result<StoreTls, (String, String)> {
+        let url = reqwest::Url::parse(&self.url).map_err(|error| {
+            (
+                "store.url".to_string(),
+                format!("`{}` is not a URL: {error}", self.url),
+            )
+        })?;
+        let mut in_url = None;
+        let mut socket_directory = false;
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "sslmode" => in_url = Some(url_sslmode(&value)?),
+                "host" => socket_directory = value.starts_with('/'),
+                _ => {}
+            }
+        }
+        match (self.tls, in_url) {
+            (Some(tls), Some(url_tls)) if tls != url_tls => Err((
+                "store.tls".into(),
+                format!(
+                    "store.tls = \"{}\" contradicts sslmode={} in store.url: set one of them, or both alike",
+                    tls.as_str(),
+                    url_tls.as_str()
+                ),
+            )),
+            (Some(tls), _) | (None, Some(tls)) => Ok(tls),
+            (None, None) => {
+                let host = url.host_str().unwrap_or_default();
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let local = socket_directory
+                    || host.is_empty()
+                    || host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                Ok(if local { StoreTls::Disable } else { StoreTls::Require })
+            }
+        }
     }
 
     /// Reads the PostgreSQL password as every other secret is read
@@ -204,6 +298,22 @@ impl StoreConfig {
                 format!("variable {} is not set", self.password_env),
             )),
         }
+    }
+}
+
+/// An `sslmode` of `store.url` as a [`StoreTls`]; one heistd does not
+/// offer is an error saying what to set instead.
+fn url_sslmode(value: &str) -> Result<StoreTls, (String, String)> {
+    match value {
+        "disable" => Ok(StoreTls::Disable),
+        "require" => Ok(StoreTls::Require),
+        "verify-full" => Ok(StoreTls::VerifyFull),
+        other => Err((
+            "store.url".into(),
+            format!(
+                "sslmode={other} is not offered: use store.tls = \"disable\", \"require\" or \"verify-full\" (prefer and allow fall back to plain text unannounced; verify-ca checks no host name)"
+            ),
+        )),
     }
 }
 

@@ -105,7 +105,7 @@ fn tree_ticks(pid: u32) -> u64 {
 /// Status, error text and how long the answer took.
 async fn query(url: &str, token: &str, sql: &str) -> (u16, String, Duration) {
     let started = tokio::time::Instant::now();
-    let reply = reqwest::Client::new()
+    let reply = crate::support::http()
         .post(url)
         .bearer_auth(token)
         .json(&json!({ "query": sql }))
@@ -216,7 +216,7 @@ async fn a_client_that_hangs_up_takes_its_query_with_it() {
     let token = services.token("hacker", "database_query:use").await;
     let (status, _, _) = query(&query_url(&services), &token, "SELECT 1").await;
     assert_eq!(status, 200);
-    let gave_up = reqwest::Client::new()
+    let gave_up = crate::support::http()
         .post(query_url(&services))
         .bearer_auth(&token)
         .json(&json!({ "query": INSTR }))

@@ -35,7 +35,8 @@ async fn token_request(
 
 /// A client whose sockets are bound to `address` (any of 127/8 on Linux).
 fn client_from(address: Ipv4Addr) -> reqwest::Client {
-    reqwest::Client::builder()
+    heistd::clients::http_builder(&[])
+        .expect("TLS roots")
         .local_address(Some(IpAddr::V4(address)))
         .build()
         .expect("client")

@@ -328,7 +328,7 @@ async fn a_tool_service_of_two_endpoints_routes_around_the_dead_one() {
     settings.outlier.consecutive_failures = 2;
     settings.policy.backoff_base_ms = 1;
     settings.policy.backoff_cap_ms = 2;
-    let client = ServiceClient::from_config("calculator", &settings, reqwest::Client::new());
+    let client = ServiceClient::from_config("calculator", &settings, crate::support::http());
     let token = crate::support::token(&stack.signing_key(), "calculator:use", 60);
     let headers = [("authorization", format!("Bearer {token}"))];
     for _ in 0..20 {

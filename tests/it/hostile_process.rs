@@ -93,7 +93,7 @@ async fn a_body_sent_slower_than_the_request_timeout_is_cut() {
 async fn a_client_id_with_a_newline_and_an_escape_code_is_escaped_in_the_log() {
     let mut services = start_services();
     let forged = "operator\n2026-01-01T00:00:00Z  INFO token issued client_id=operator scope=memory:admin\u{1b}[2K";
-    let reply = reqwest::Client::new()
+    let reply = crate::support::http()
         .post(format!("{}/token", services.url("oauth")))
         .json(&json!({
             "grant_type": "client_credentials", "client_id": forged, "client_secret": "a-wrong-secret-of-some-length",
@@ -133,7 +133,7 @@ async fn the_printf_query_leaves_the_companions_rss_under_150_mb() {
     let token = services.token("hacker", "database_query:use").await;
     let printf_bomb = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 100) \
                        SELECT printf('%.*c', 20000000, 'x') AS x FROM n";
-    let client = reqwest::Client::new();
+    let client = crate::support::http();
     // Sent a few times: what one query could keep must not add up either.
     for _ in 0..3 {
         let started = tokio::time::Instant::now();

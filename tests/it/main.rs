@@ -25,5 +25,6 @@ mod store_contract;
 mod support;
 mod systemd;
 mod tidy;
+mod tls;
 mod tokens;
 mod tools;

@@ -120,6 +120,13 @@ impl ThrowawayServer {
     /// A running server; fails the test, saying what is missing, where
     /// this is not root or PostgreSQL's server programs are not installed.
     pub fn start(test: &str) -> Self {
+        Self::start_with(test, |_| {})
+    }
+
+    /// As [`Self::start`], with `setup` run on the new cluster's data
+    /// directory (owned by `postgres`) before the server starts: its
+    /// `postgresql.conf`, `pg_hba.conf`, certificates.
+    pub fn start_with(test: &str, setup: impl FnOnce(&std::path::Path)) -> Self {
         // PostgreSQL runs as `postgres`, which only root can switch to.
         let root = run_command("id", &["-u"]).trim() == "0";
         let programs = server_programs().filter(|_| root).unwrap_or_else(|| {
@@ -149,6 +156,7 @@ impl ThrowawayServer {
             &server.program("initdb"),
             &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
         );
+        setup(std::path::Path::new(&data));
         server.pg_ctl(&["start", "-w"]);
         server
     }

@@ -92,7 +92,7 @@ impl ServicesProcess {
 
     /// A token for one of the built-in rehearsal clients.
     pub async fn token(&self, client_id: &str, scope: &str) -> String {
-        let reply: Value = reqwest::Client::new()
+        let reply: Value = crate::support::http()
             .post(format!("{}/token", self.url("oauth")))
             .json(&json!({
                 "grant_type": "client_credentials", "client_id": client_id,

@@ -94,8 +94,14 @@ pub fn memory_admin_token(stack: &TestStack) -> String {
     token(&stack.signing_key(), "memory:admin", 300)
 }
 
+/// A plain reqwest client for the tests' own requests, with heistd's TLS
+/// (reqwest is built without a crypto provider of its own, so
+/// `reqwest::Client::new()` would panic).
 pub fn http() -> reqwest::Client {
-    reqwest::Client::new()
+    heistd::clients::http_builder(&[])
+        .expect("TLS roots")
+        .build()
+        .expect("HTTP client")
 }
 
 /// `promtool` (Debian's `prometheus` package), which the tests that check

@@ -516,7 +516,10 @@ mod tests {
     fn client_of_nothing() -> LlmClient {
         let mut config = crate::config::load(None, Vec::new()).expect("default config loads");
         config.llm.base_url = "http://127.0.0.1:9/v1".into();
-        LlmClient::from_config(&config.llm, reqwest::Client::new())
+        LlmClient::from_config(
+            &config.llm,
+            crate::clients::http_client().expect("HTTP client"),
+        )
     }
 
     fn overflow(

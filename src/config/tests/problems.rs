@@ -63,6 +63,23 @@ const BAD_FILES: &[(&str, &str)] = &[
     ("[store\npath = 1\n", "store"),
     ("[store]\ncommit_delay_ms = 5000\n", "store.commit_delay_ms"),
     (
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://h@db.example.com/x?sslmode=require\"\ntls = \"disable\"\n",
+        "store.tls",
+    ),
+    (
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://h@db.example.com/x?sslmode=prefer\"\n",
+        "store.url",
+    ),
+    (
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://h@db.example.com/x\"\ntls = \"require\"\nca_file = \"/etc/ca.pem\"\n",
+        "store.ca_file",
+    ),
+    (
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://h@db.example.com/x\"\ntls = \"verify-full\"\nca_file = \"/nonexistent/ca.pem\"\n",
+        "store.ca_file",
+    ),
+    ("[store]\ntls = \"verify-ca\"\n", "store.tls"),
+    (
         "[[oauth.clients]]\nclient_id = \"a\"\nclient_secret = \"short\"\nscopes = []\n",
         "oauth.clients[0].client_secret",
     ),
@@ -88,15 +105,84 @@ fn bad_config_names_the_key_and_the_file() {
 }
 
 #[test]
-#[cfg(not(feature = "tls"))]
-fn https_without_tls_is_refused_with_the_fix() {
+fn an_https_model_url_loads_and_a_bad_ca_file_names_the_key_and_the_file() {
     let file = write("[llm]\nbase_url = \"https://api.example.com/v1\"\n");
-    let error = load(Some(file.path()), Vec::new())
-        .expect_err("no TLS in this build")
-        .to_string();
+    let config = load(Some(file.path()), Vec::new()).expect("https is spoken by every build");
+    assert_eq!(config.llm.base_url, "https://api.example.com/v1");
+
+    let directory = tempfile::tempdir().expect("temp dir");
+    let missing = directory.path().join("corp-ca.pem");
+    let not_pem = directory.path().join("notes.txt");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    for ca_file in [&missing, &not_pem] {
+        let file = write(&format!(
+            "[llm]\nbase_url = \"https://llm.internal/v1\"\nca_file = {:?}\n",
+            ca_file.display().to_string()
+        ));
+        let error = load(Some(file.path()), Vec::new())
+            .expect_err("a bad CA file")
+            .to_string();
+        assert!(
+            error.contains("llm.ca_file") && error.contains(&ca_file.display().to_string()),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn store_tls_defaults_to_require_off_this_machine_and_disable_on_loopback() {
+    let mode = |url: &str, tls: Option<StoreTls>| {
+        StoreConfig {
+            backend: StoreBackend::Postgres,
+            url: url.into(),
+            tls,
+            ..StoreConfig::default()
+        }
+        .tls_mode()
+        .expect(url)
+    };
+    assert_eq!(
+        mode("postgres://h@db.example.com/x", None),
+        StoreTls::Require
+    );
+    assert_eq!(
+        mode("postgres://h@10.0.0.5:5432/x", None),
+        StoreTls::Require
+    );
+    assert_eq!(
+        mode("postgres://h@127.0.0.1:5432/x", None),
+        StoreTls::Disable
+    );
+    assert_eq!(mode("postgres://h@localhost/x", None), StoreTls::Disable);
+    assert_eq!(mode("postgres://h@[::1]:5432/x", None), StoreTls::Disable);
+    assert_eq!(
+        mode("postgres://h@db/x?host=/var/run/postgresql", None),
+        StoreTls::Disable
+    );
+    assert_eq!(
+        mode("postgres://h@db.example.com/x?sslmode=verify-full", None),
+        StoreTls::VerifyFull
+    );
+    assert_eq!(
+        mode("postgres://h@db.example.com/x?sslmode=disable", None),
+        StoreTls::Disable
+    );
+    assert_eq!(
+        mode("postgres://h@127.0.0.1/x", Some(StoreTls::VerifyFull)),
+        StoreTls::VerifyFull
+    );
+    let (key, message) = StoreConfig {
+        backend: StoreBackend::Postgres,
+        url: "postgres://h@db.example.com/x?sslmode=disable".into(),
+        tls: Some(StoreTls::VerifyFull),
+        ..StoreConfig::default()
+    }
+    .tls_mode()
+    .expect_err("contradiction");
+    assert_eq!(key, "store.tls");
     assert!(
-        error.contains("llm.base_url") && error.contains("--features tls"),
-        "{error}"
+        message.contains("sslmode=disable") && message.contains("verify-full"),
+        "{message}"
     );
 }
 

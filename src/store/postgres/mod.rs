@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use super::StoreError;
 use crate::config::{ClusterConfig, StoreConfig};
@@ -30,6 +29,7 @@ mod rows;
 mod schema;
 mod sessions;
 mod stream;
+mod tls;
 mod turns;
 
 pub use turns::OutboxMark;
@@ -64,11 +64,17 @@ impl PgStore {
     /// registers this node.
     pub async fn open(store: &StoreConfig, cluster: &ClusterConfig) -> Result<Self, StoreError> {
         let display = redacted_url(&store.url);
+        let connection = tls::connection(store)
+            .map_err(|message| StoreError::Pool(format!("{display}: {message}")))?;
         let mut config: tokio_postgres::Config =
-            store.url.parse().map_err(|source| StoreError::Connect {
-                url: display.clone(),
-                source,
-            })?;
+            connection
+                .url
+                .parse()
+                .map_err(|source| StoreError::Connect {
+                    url: display.clone(),
+                    source,
+                })?;
+        config.ssl_mode(connection.ssl_mode);
         if let Some(password) = &store.password {
             config.password(password.expose());
         }
@@ -76,7 +82,7 @@ impl PgStore {
         config.application_name("heistd");
         let manager = Manager::from_config(
             config,
-            NoTls,
+            connection.connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -103,8 +109,13 @@ impl PgStore {
         };
         let mut client = this.client().await.map_err(|error| match error {
             StoreError::Pool(message) => StoreError::Pool(format!("{display}: {message}")),
+            StoreError::Postgres(error) => match tls::certificate_problem(&error) {
+                Some(problem) => StoreError::Pool(format!("{display}: {problem}")),
+                None => StoreError::Postgres(error),
+            },
             other => other,
         })?;
+        tracing::debug!(tls = connection.mode.as_str(), "PostgreSQL store connected");
         schema::migrate(&mut client).await?;
         this.register_node(&client).await?;
         Ok(this)
