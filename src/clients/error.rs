@@ -174,7 +174,7 @@ pub(super) fn classify_send_error(service: &str, error: &reqwest::Error) -> Call
         // Only the model's endpoints take a CA file.
         let ca_key = service
             .starts_with(crate::config::LLM_SERVICE)
-            .then_some("llm.ca_file");
+            .then_some("llm.ca_file (or the endpoint's ca_file)");
         return CallError::Connect {
             service: service.into(),
             message: format!(

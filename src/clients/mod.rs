@@ -76,10 +76,7 @@ impl Clients {
                 service("file_reader", &config.services.file_reader),
                 service("database_query", &config.services.database_query),
             ),
-            llm: LlmClient::from_config(
-                &config.llm,
-                clients.client(config.llm.ca_file.as_slice())?,
-            ),
+            llm: LlmClient::from_config(&config.llm, clients.client(&config.llm.ca_files())?),
         })
     }
 

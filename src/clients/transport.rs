@@ -1,6 +1,6 @@
 //! The HTTP clients heistd calls with, and their TLS: every build speaks
 //! HTTPS (rustls with `ring`), trusting the system's CA store plus the CA
-//! files a client is given (`llm.ca_file`; later an endpoint's own). There
+//! files a client is given (`llm.ca_file` and the model endpoints'). There
 //! is no way to turn certificate checking off.
 //!
 //! [`HttpClients`] builds one client (one connection pool) per set of CA

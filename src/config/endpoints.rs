@@ -46,6 +46,12 @@ pub struct ModelEndpointConfig {
     /// Relative share of the picks among the endpoints of its list.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// A PEM file of CA certificates this endpoint's HTTPS certificate may
+    /// chain to, besides the system's store. The model service's
+    /// endpoints share one HTTP client: `llm.ca_file` and every endpoint's
+    /// `ca_file` are trusted for all of them.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[llm.outlier]`, `[services.<name>.outlier]`: an endpoint that fails
@@ -135,6 +141,9 @@ pub(super) fn check_model_endpoints(
         }
         if endpoint.weight == 0 {
             return Err((format!("{at}.weight"), "must be at least 1".into()));
+        }
+        if let Some(path) = &endpoint.ca_file {
+            super::tls::read_ca_file(path).map_err(|message| (format!("{at}.ca_file"), message))?;
         }
         let name = endpoint.label();
         if name.trim().is_empty() {

@@ -223,7 +223,27 @@ impl LlmConfig {
             api_key: self.api_key.clone(),
             max_concurrent: self.policy.max_concurrent,
             weight: 1,
+            ca_file: None,
         }]
+    }
+
+    /// The CA files the model service's HTTP client trusts besides the
+    /// system's store: `llm.ca_file` and every endpoint's and fallback's.
+    pub fn ca_files(&self) -> Vec<PathBuf> {
+        self.ca_file
+            .iter()
+            .chain(
+                self.endpoints
+                    .iter()
+                    .filter_map(|endpoint| endpoint.ca_file.as_ref()),
+            )
+            .chain(
+                self.fallbacks
+                    .iter()
+                    .filter_map(|endpoint| endpoint.ca_file.as_ref()),
+            )
+            .cloned()
+            .collect()
     }
 
     /// The primary model's name: the shorthand's, else the first endpoint's.

@@ -31,6 +31,7 @@ fn endpoint(
         api_key: None,
         max_concurrent,
         weight: 1,
+        ca_file: None,
     }
 }
 
