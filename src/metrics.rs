@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Logical calls (all attempts of one call) by outcome: success, error,
-/// timeout, rejected_open, rejected_budget, rejected_bulkhead.
+/// timeout, rejected_open, rejected_budget, rejected_bulkhead, rate_limited.
 pub const SERVICE_REQUESTS_TOTAL: &str = "heistd_service_requests_total";
 pub const SERVICE_REQUEST_DURATION_SECONDS: &str = "heistd_service_request_duration_seconds";
 /// Attempts that reached the network, by the attempt's own outcome.
@@ -92,6 +92,10 @@ pub const MODEL_REPLIES_TRUNCATED_TOTAL: &str = "heistd_model_replies_truncated_
 pub const MODEL_PROMPTS_TRIMMED_TOTAL: &str = "heistd_model_prompts_trimmed_total";
 /// Time sessions spent paused while the model was unavailable.
 pub const MODEL_OUTAGE_PAUSE_SECONDS_TOTAL: &str = "heistd_model_outage_pause_seconds_total";
+/// Requests an endpoint's rate limits (its `rpm`, `tpm`, or the provider's
+/// hold) refused because room came only after the call's deadline (labels
+/// `service`, `endpoint`); none of them reached the network.
+pub const MODEL_RATE_LIMITED_TOTAL: &str = "heistd_model_rate_limited_total";
 /// 1 while the audit store cannot take writes (full, read-only, deleted).
 pub const STORE_UNAVAILABLE: &str = "heistd_store_unavailable";
 /// Sessions that paused for a store outage, by how the pause ended.
@@ -114,13 +118,14 @@ pub const CLUSTER_FENCED_WRITES_TOTAL: &str = "heistd_cluster_fenced_writes_tota
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
 /// recording code writes for that label.
 pub mod labels {
-    pub const REQUEST_OUTCOMES: [&str; 6] = [
+    pub const REQUEST_OUTCOMES: [&str; 7] = [
         "success",
         "error",
         "timeout",
         "rejected_open",
         "rejected_budget",
         "rejected_bulkhead",
+        "rate_limited",
     ];
     pub const ATTEMPT_OUTCOMES: [&str; 7] = [
         "success",
@@ -148,7 +153,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 51] = [
+pub const FAMILIES: [(&str, Kind, &str); 52] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -200,6 +205,7 @@ pub const FAMILIES: [(&str, Kind, &str); 51] = [
     (CLUSTER_TAKEOVERS_TOTAL, Kind::Counter, "Sessions this node took over from a node whose lease ran out."),
     (CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL, Kind::Counter, "Heartbeats that failed, or found a session's lease gone."),
     (CLUSTER_FENCED_WRITES_TOTAL, Kind::Counter, "Turn commits refused because another node owns the session now."),
+    (MODEL_RATE_LIMITED_TOTAL, Kind::Counter, "Model requests an endpoint's rate limits refused before the network: no room before the call's deadline."),
 ];
 
 /// What kind of family a name is, for [`describe`].

@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 
 use super::{CallError, ServiceClient, Streamed};
 use crate::config::{LlmConfig, Secret};
-use crate::resilience::Policy;
+use crate::resilience::{Policy, RateLimiter};
 /// One prompt message (defined in `wire`, shared with the rehearsal model).
 pub use crate::wire::openai::ChatMessage;
 use crate::wire::openai::{
@@ -60,6 +60,9 @@ pub struct LlmClient {
     /// The longest wait for a reply's first piece (`llm.timeout_ms`).
     first_piece_timeout: Duration,
     knowledge: Arc<Mutex<ModelKnowledge>>,
+    /// The endpoint's `rpm`, `tpm` and the provider's hold, shared by
+    /// clones (and told every answer's headers by `service`).
+    rate_limiter: Arc<RateLimiter>,
 }
 
 /// A tool offered to the model through native function calling.
@@ -104,6 +107,12 @@ impl ModelReply {
 
 impl LlmClient {
     pub fn from_config(config: &LlmConfig, http: reqwest::Client) -> Self {
+        // rate limits: per endpoint once the fleet lands
+        let rate_limiter = Arc::new(RateLimiter::new(
+            crate::config::LLM_SERVICE,
+            &endpoint_name(&config.base_url),
+            config.rate_limits(),
+        ));
         Self {
             service: ServiceClient::new(
                 crate::config::LLM_SERVICE,
@@ -111,7 +120,9 @@ impl LlmClient {
                 Policy::new(config.timeout_ms, config.policy.clone()),
                 http,
             )
-            .with_max_reply_bytes(config.max_reply_bytes),
+            .with_max_reply_bytes(config.max_reply_bytes)
+            .with_rate_limiter(rate_limiter.clone()),
+            rate_limiter,
             model: config.model.clone(),
             temperature: config.temperature,
             max_tokens: config.max_tokens,
@@ -169,7 +180,7 @@ impl LlmClient {
         if !request.tools.is_empty() {
             body.tool_choice = Some(ToolChoice::auto());
         }
-        let reply = self.send(&body).await;
+        let reply = self.send(&body, self.charge_of(&request)).await;
         match &reply {
             Ok(reply) => {
                 if let Some(tokens) = reply.prompt_tokens {
@@ -203,13 +214,22 @@ impl LlmClient {
     /// the chat endpoint answer for this model? What it says is not judged.
     pub async fn preflight_chat(&self) -> Result<(), CallError> {
         let messages = [ChatMessage::user(crate::wire::PREFLIGHT_PROMPT.into())];
-        let body = self.body(&ChatRequest {
+        let request = ChatRequest {
             messages: &messages,
             seed: 0,
             tools: &[],
             max_tokens: 1,
-        });
-        self.send(&body).await.map(drop)
+        };
+        self.send(&self.body(&request), self.charge_of(&request))
+            .await
+            .map(drop)
+    }
+
+    /// What a request is charged against `tpm` until its `usage` is known:
+    /// its estimated prompt plus its `max_tokens`.
+    fn charge_of(&self, request: &ChatRequest<'_>) -> u32 {
+        self.estimate_tokens(request.messages, request.tools)
+            .saturating_add(request.max_tokens)
     }
 
     fn body<'a>(&'a self, request: &ChatRequest<'a>) -> ChatBody<'a> {
@@ -229,7 +249,27 @@ impl LlmClient {
         }
     }
 
-    async fn send(&self, body: &ChatBody<'_>) -> Result<ModelReply, CallError> {
+    /// One chat call of about `tokens` (prompt and `max_tokens`), within
+    /// the endpoint's rate limits.
+    async fn send(&self, body: &ChatBody<'_>, tokens: u32) -> Result<ModelReply, CallError> {
+        // rate limits: per endpoint once the fleet lands
+        let permit = (self.rate_limiter)
+            .acquire(tokens, self.service.call_deadline())
+            .await
+            .map_err(|refused| refused.end_call(CHAT_COMPLETIONS_PATH.trim_start_matches('/')))?;
+        let reply = self.send_now(body).await;
+        if let Ok(ModelReply {
+            prompt_tokens: Some(prompt),
+            completion_tokens: Some(completion),
+            ..
+        }) = &reply
+        {
+            self.rate_limiter.correct(permit, prompt.saturating_add(*completion));
+        }
+        reply
+    }
+
+    async fn send_now(&self, body: &ChatBody<'_>) -> Result<ModelReply, CallError> {
         let headers: Vec<(&str, String)> = self
             .api_key
             .iter()
@@ -255,6 +295,17 @@ impl LlmClient {
             Streamed::Events(chunks) => model_reply(assemble(chunks)),
             Streamed::Whole(reply) => model_reply(reply),
         })
+    }
+}
+
+/// The one endpoint's name until the fleet lands: its base URL's `host:port`.
+fn endpoint_name(base_url: &str) -> String {
+    match reqwest::Url::parse(base_url) {
+        Ok(url) => match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            _ => base_url.to_string(),
+        },
+        Err(_) => base_url.to_string(),
     }
 }
 

@@ -25,6 +25,7 @@ pub mod budget;
 pub mod journal;
 mod outcome;
 mod progress;
+pub mod rate_limit;
 
 use std::future::Future;
 use std::time::Duration;
@@ -41,6 +42,7 @@ pub use breaker::{BreakerState, CircuitBreaker, Verdict};
 use budget::RetryBudget;
 pub use outcome::{CallOutcome, Classify, GuardError};
 pub use progress::Progress;
+pub use rate_limit::{Permit, ProviderLimits, RateLimited, RateLimiter};
 use progress::{run_timed, Cut};
 
 /// How calls to one service are guarded, in durations.
