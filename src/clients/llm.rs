@@ -18,6 +18,10 @@
 //! the context window and token ratio (and reads the model list),
 //! `native_tools` checks native tool calling and holds its wire shapes.
 //!
+//! Each request first takes room from the endpoint's rate limiter
+//! (`rpm`, `tpm`, the server's `x-ratelimit-*` hold), charged its estimated
+//! prompt plus `max_tokens` and corrected by the reply's `usage`.
+//!
 //! It knows the wire format; it must not decide what to trim or whether a
 //! session waits (that is `heist`), nor retry (that is `resilience`).
 
@@ -264,7 +268,8 @@ impl LlmClient {
             ..
         }) = &reply
         {
-            self.rate_limiter.correct(permit, prompt.saturating_add(*completion));
+            self.rate_limiter
+                .correct(permit, prompt.saturating_add(*completion));
         }
         reply
     }

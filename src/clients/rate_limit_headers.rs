@@ -105,7 +105,9 @@ mod tests {
 
     #[test]
     fn unreadable_or_unbelievable_resets_are_left_out() {
-        for text in ["", "s", "1x", "1.2.3s", "-1s", "ms", "1s2", "25h", "NaN", "inf"] {
+        for text in [
+            "", "s", "1x", "1.2.3s", "-1s", "ms", "1s2", "25h", "NaN", "inf",
+        ] {
             assert_eq!(parse_reset(text), None, "{text:?}");
         }
     }

@@ -79,8 +79,7 @@ impl ServiceClient {
 
     /// When a call starting now must end: its policy's `deadline_ms` away.
     pub fn call_deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now()
-            + Duration::from_millis(self.guard.policy().config.deadline_ms)
+        tokio::time::Instant::now() + Duration::from_millis(self.guard.policy().config.deadline_ms)
     }
 
     /// Replies larger than `bytes` are refused with a decode error.
@@ -383,7 +382,10 @@ async fn read_reply<R: DeserializeOwned>(
 /// A 429 with no `Retry-After` but `x-ratelimit-reset-*` headers asks to
 /// wait for that reset (not the backoff's guess); capped, like
 /// `Retry-After`, by `retry_after_cap_ms`.
-fn reset_of_429(status: reqwest::StatusCode, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+fn reset_of_429(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+) -> Option<Duration> {
     if status != reqwest::StatusCode::TOO_MANY_REQUESTS {
         return None;
     }

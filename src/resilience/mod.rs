@@ -42,8 +42,8 @@ pub use breaker::{BreakerState, CircuitBreaker, Verdict};
 use budget::RetryBudget;
 pub use outcome::{CallOutcome, Classify, GuardError};
 pub use progress::Progress;
-pub use rate_limit::{Permit, ProviderLimits, RateLimited, RateLimiter};
 use progress::{run_timed, Cut};
+pub use rate_limit::{Permit, ProviderLimits, RateLimited, RateLimiter};
 
 /// How calls to one service are guarded, in durations.
 #[derive(Debug, Clone)]

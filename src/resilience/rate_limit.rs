@@ -217,8 +217,12 @@ impl ProviderLimits {
     /// How long until the allowances that are used up (0 remaining) reset:
     /// the later of them; `None` when none is used up, or its reset is unknown.
     pub fn exhausted_for(&self) -> Option<Duration> {
-        let requests = self.reset_requests.filter(|_| self.remaining_requests == Some(0));
-        let tokens = self.reset_tokens.filter(|_| self.remaining_tokens == Some(0));
+        let requests = self
+            .reset_requests
+            .filter(|_| self.remaining_requests == Some(0));
+        let tokens = self
+            .reset_tokens
+            .filter(|_| self.remaining_tokens == Some(0));
         requests.max(tokens)
     }
 
@@ -235,7 +239,10 @@ impl State {
     /// bucket's refill, whichever comes last.
     fn ready_at(&mut self, now: Instant, tokens: u32) -> Instant {
         let mut ready = now.max(self.held_until.unwrap_or(now));
-        for (bucket, cost) in [(&mut self.requests, 1.0), (&mut self.tokens, f64::from(tokens))] {
+        for (bucket, cost) in [
+            (&mut self.requests, 1.0),
+            (&mut self.tokens, f64::from(tokens)),
+        ] {
             if let Some(bucket) = bucket {
                 bucket.refill(now);
                 ready = ready.max(now + bucket.wait_for(cost));

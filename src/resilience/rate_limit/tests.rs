@@ -140,7 +140,10 @@ async fn a_hold_set_while_a_request_waits_past_its_deadline_fails_it() {
         reset_requests: Some(Duration::from_secs(100)),
         ..ProviderLimits::default()
     });
-    let refused = waiter.await.expect("joins").expect_err("held past deadline");
+    let refused = waiter
+        .await
+        .expect("joins")
+        .expect_err("held past deadline");
     // Woken at 60 s by the rpm bucket, it found the hold (until 101 s).
     assert_eq!(refused.wait, Duration::from_secs(41));
     assert_eq!(
