@@ -332,6 +332,25 @@ mod tests {
         assert!(!refused.is_transient() && refused.label() == "refused");
     }
 
+    /// A rate limit's refusal sent nothing: waiting helps (a session
+    /// pauses as for an outage), retrying at once does not, and it says
+    /// nothing about the service's health.
+    #[test]
+    fn a_rate_limited_call_is_an_outage_and_a_rejection_not_retried() {
+        let refused = CallError::from(RateLimited {
+            service: "llm".into(),
+            endpoint: "api.example:443".into(),
+            wait: Duration::from_secs(90),
+        });
+        assert!(refused.is_outage() && refused.is_rejection());
+        assert!(!refused.is_transient() && !refused.is_permanent());
+        assert_eq!(refused.label(), "rate_limited");
+        assert_eq!(
+            refused.to_string(),
+            "llm: rate limit of api.example:443: room only in 90000 ms, past the call's deadline; call not attempted"
+        );
+    }
+
     /// What the outbox sets aside rather than sends again: a body the
     /// service refused for good, not a setup problem or an outage.
     #[test]

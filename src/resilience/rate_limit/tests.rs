@@ -194,3 +194,26 @@ fn a_429_waits_for_the_used_up_allowance_else_the_later_reset() {
     assert_eq!(nothing_used_up.retry_delay(), Some(Duration::from_secs(20)));
     assert_eq!(ProviderLimits::default().retry_delay(), None);
 }
+
+#[tokio::test]
+async fn a_refused_call_is_journaled_as_rate_limited_with_no_attempt() {
+    let refused = RateLimited {
+        service: "llm".into(),
+        endpoint: "127.0.0.1:9".into(),
+        wait: Duration::from_secs(30),
+    };
+    let (_, entries) = journal::scope(async { refused.end_call("chat/completions") }).await;
+    assert_eq!(entries.len(), 1);
+    let entry = &entries[0];
+    assert_eq!(
+        (entry.service.as_str(), entry.operation.as_str()),
+        ("llm", "chat/completions")
+    );
+    assert_eq!(entry.summary.outcome.as_str(), "rate_limited");
+    assert_eq!(entry.summary.attempts, 0, "nothing was sent");
+    assert!(entry
+        .summary
+        .last_error
+        .as_deref()
+        .is_some_and(|error| error.contains("30000 ms")));
+}
