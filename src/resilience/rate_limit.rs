@@ -21,7 +21,6 @@
 //! It knows no wire format: `clients` reads the provider's headers into
 //! [`ProviderLimits`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -41,7 +40,7 @@ pub struct RateLimiter {
     service: String,
     /// The `endpoint` label of `heistd_model_rate_limited_total`.
     endpoint: String,
-    state: Arc<Mutex<State>>,
+    state: Mutex<State>,
 }
 
 /// What an endpoint's answer said about its limits (OpenAI's
@@ -104,11 +103,11 @@ impl RateLimiter {
         Self {
             service: service.to_string(),
             endpoint: endpoint.to_string(),
-            state: Arc::new(Mutex::new(State {
+            state: Mutex::new(State {
                 requests: Bucket::per_minute(limits.rpm, now),
                 tokens: Bucket::per_minute(limits.tpm, now),
                 held_until: None,
-            })),
+            }),
         }
     }
 
@@ -126,6 +125,9 @@ impl RateLimiter {
             state.charge(now, 1.0, f64::from(tokens));
             ready
         };
+        if ready <= now {
+            return Ok(Permit { tokens });
+        }
         // Given back if this wait is dropped (its caller gave up).
         let mut reservation = Reservation {
             state: &self.state,
@@ -172,7 +174,9 @@ impl RateLimiter {
         let until = Instant::now() + wait.min(MAX_WAIT);
         let mut state = self.state.lock();
         if state.held_until.is_none_or(|held| held < until) {
-            tracing::debug!(service = %self.service, endpoint = %self.endpoint, wait_ms = wait.as_millis() as u64, "provider allowance used up; holding new requests until its reset");
+            tracing::debug!(service = %self.service, endpoint = %self.endpoint, wait_ms = wait.as_millis() as u64,
+                limit_requests = ?limits.limit_requests, limit_tokens = ?limits.limit_tokens,
+                "provider allowance used up; holding new requests until its reset");
             state.held_until = Some(until);
         }
     }
