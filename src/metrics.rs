@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Logical calls (all attempts of one call) by outcome: success, error,
-/// timeout, rejected_open, rejected_budget, rejected_bulkhead.
+/// timeout, rejected_open, rejected_budget, rejected_bulkhead, rate_limited.
 pub const SERVICE_REQUESTS_TOTAL: &str = "heistd_service_requests_total";
 pub const SERVICE_REQUEST_DURATION_SECONDS: &str = "heistd_service_request_duration_seconds";
 /// Attempts that reached the network, by the attempt's own outcome.
@@ -93,6 +93,10 @@ pub const MODEL_REPLIES_TRUNCATED_TOTAL: &str = "heistd_model_replies_truncated_
 pub const MODEL_PROMPTS_TRIMMED_TOTAL: &str = "heistd_model_prompts_trimmed_total";
 /// Time sessions spent paused while the model was unavailable.
 pub const MODEL_OUTAGE_PAUSE_SECONDS_TOTAL: &str = "heistd_model_outage_pause_seconds_total";
+/// Requests an endpoint's rate limits (its `rpm`, `tpm`, or the provider's
+/// hold) refused because room came only after the call's deadline (labels
+/// `service`, `endpoint`); none of them reached the network.
+pub const MODEL_RATE_LIMITED_TOTAL: &str = "heistd_model_rate_limited_total";
 /// 1 while the audit store cannot take writes (full, read-only, deleted).
 pub const STORE_UNAVAILABLE: &str = "heistd_store_unavailable";
 /// Sessions that paused for a store outage, by how the pause ended.
@@ -136,13 +140,14 @@ pub const MODEL_FALLBACKS_TOTAL: &str = "heistd_model_fallbacks_total";
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
 /// recording code writes for that label.
 pub mod labels {
-    pub const REQUEST_OUTCOMES: [&str; 6] = [
+    pub const REQUEST_OUTCOMES: [&str; 7] = [
         "success",
         "error",
         "timeout",
         "rejected_open",
         "rejected_budget",
         "rejected_bulkhead",
+        "rate_limited",
     ];
     pub const ATTEMPT_OUTCOMES: [&str; 7] = [
         "success",
@@ -180,7 +185,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 61] = [
+pub const FAMILIES: [(&str, Kind, &str); 62] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -242,6 +247,7 @@ pub const FAMILIES: [(&str, Kind, &str); 61] = [
     (ENDPOINT_OUTSTANDING, Kind::Gauge, "Attempts in flight to the endpoint now."),
     (ENDPOINT_ATTEMPT_DURATION_SECONDS, Kind::Histogram, "Latency of one attempt on the endpoint."),
     (MODEL_FALLBACKS_TOTAL, Kind::Counter, "Model replies given by a fallback endpoint, by primary model and fallback model."),
+    (MODEL_RATE_LIMITED_TOTAL, Kind::Counter, "Model requests an endpoint's rate limits refused before the network: no room before the call's deadline."),
 ];
 
 /// What kind of family a name is, for [`describe`].

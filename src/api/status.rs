@@ -202,6 +202,10 @@ fn service_statuses(state: &DaemonState) -> Vec<serde_json::Value> {
             let is_llm = health.service == crate::config::LLM_SERVICE;
             let mut value = serde_json::to_value(&health).unwrap_or_default();
             if is_llm {
+                if health.endpoints.is_empty() {
+                    let unchecked = state.llm_endpoints_unchecked();
+                    value["endpoints"] = serde_json::to_value(unchecked).unwrap_or_default();
+                }
                 with_knowledge(&mut value, state.llm_endpoints());
             }
             value

@@ -2,13 +2,14 @@
 //! classified: it speaks resilience's vocabulary, implementing
 //! [`Classify`] (transient or not, `Retry-After`, the attempt's metric
 //! label), and the stack's own outcomes ([`GuardError`]: timeout, open
-//! breaker, full bulkhead, exhausted budget) become its matching variants,
+//! breaker, full bulkhead, exhausted budget, and a rate limit's refusal)
+//! become its matching variants,
 //! so callers branch on one error type. Also here: how a failed send, an
 //! oversized reply and a service's error body become a `CallError`.
 
 use std::time::Duration;
 
-use crate::resilience::{Classify, GuardError};
+use crate::resilience::{Classify, GuardError, RateLimited};
 
 mod overflow;
 
@@ -47,6 +48,14 @@ pub enum CallError {
     BulkheadFull { service: String },
     #[error("{service}: retry budget exhausted; last error: {last}")]
     BudgetExhausted { service: String, last: String },
+    /// The endpoint's rate limits had no room before the call's deadline
+    /// (resilience's `RateLimited`): the request was not sent.
+    #[error("{service}: rate limit of {endpoint}: room only in {} ms, past the call's deadline; call not attempted", wait.as_millis())]
+    RateLimited {
+        service: String,
+        endpoint: String,
+        wait: Duration,
+    },
 }
 
 impl Classify for CallError {
@@ -77,6 +86,7 @@ impl Classify for CallError {
             Self::CircuitOpen { .. } => "rejected_open",
             Self::BulkheadFull { .. } => "rejected_bulkhead",
             Self::BudgetExhausted { .. } => "rejected_budget",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -104,6 +114,16 @@ impl From<GuardError<CallError>> for CallError {
     }
 }
 
+impl From<RateLimited> for CallError {
+    fn from(refused: RateLimited) -> Self {
+        Self::RateLimited {
+            service: refused.service,
+            endpoint: refused.endpoint,
+            wait: refused.wait,
+        }
+    }
+}
+
 impl CallError {
     /// What a context-length refusal said, when this is one.
     pub fn context_overflow(&self) -> Option<ContextOverflow> {
@@ -116,7 +136,8 @@ impl CallError {
     /// The service is unavailable rather than the request wrong: it could
     /// not be reached, did not answer in time, failed on its side (5xx),
     /// pushed back (408, 429), or the stack would not call it (an open
-    /// breaker, a full bulkhead, an exhausted budget). Waiting may help;
+    /// breaker, a full bulkhead, an exhausted budget, a rate limit without
+    /// room before the deadline). Waiting may help;
     /// changing the request will not.
     pub fn is_outage(&self) -> bool {
         match self {
@@ -125,7 +146,8 @@ impl CallError {
             | Self::Connect { .. }
             | Self::CircuitOpen { .. }
             | Self::BulkheadFull { .. }
-            | Self::BudgetExhausted { .. } => true,
+            | Self::BudgetExhausted { .. }
+            | Self::RateLimited { .. } => true,
             Self::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
             Self::Decode { .. } | Self::Refused { .. } => false,
         }
@@ -134,7 +156,10 @@ impl CallError {
     /// The stack refused the call without making it: it says nothing new
     /// about the service, so it never replaces a real error in a report.
     pub fn is_rejection(&self) -> bool {
-        matches!(self, Self::CircuitOpen { .. } | Self::BulkheadFull { .. })
+        matches!(
+            self,
+            Self::CircuitOpen { .. } | Self::BulkheadFull { .. } | Self::RateLimited { .. }
+        )
     }
 
     /// The service judged the request itself unacceptable (400, 413, 422;
@@ -336,6 +361,25 @@ mod tests {
             message: "bad url".into(),
         };
         assert!(!refused.is_transient() && refused.label() == "refused");
+    }
+
+    /// A rate limit's refusal sent nothing: waiting helps (a session
+    /// pauses as for an outage), retrying at once does not, and it says
+    /// nothing about the service's health.
+    #[test]
+    fn a_rate_limited_call_is_an_outage_and_a_rejection_not_retried() {
+        let refused = CallError::from(RateLimited {
+            service: "llm".into(),
+            endpoint: "api.example:443".into(),
+            wait: Duration::from_secs(90),
+        });
+        assert!(refused.is_outage() && refused.is_rejection());
+        assert!(!refused.is_transient() && !refused.is_permanent());
+        assert_eq!(refused.label(), "rate_limited");
+        assert_eq!(
+            refused.to_string(),
+            "llm: rate limit of api.example:443: room only in 90000 ms, past the call's deadline; call not attempted"
+        );
     }
 
     /// What the outbox sets aside rather than sends again: a body the

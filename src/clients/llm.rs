@@ -24,6 +24,10 @@
 //! model (window, ratio, native tools) is kept per endpoint; a view of the
 //! client pinned to one endpoint (`endpoint_view`) reads and probes it.
 //!
+//! Each request first takes room from the endpoint's rate limiter
+//! (`rpm`, `tpm`, the server's `x-ratelimit-*` hold), charged its estimated
+//! prompt plus `max_tokens` and corrected by the reply's `usage`.
+//!
 //! It knows the wire format; it must not decide what to trim or whether a
 //! session waits (that is `heist`), nor retry (that is `resilience`).
 
@@ -40,7 +44,7 @@ use parking_lot::Mutex;
 use super::{CallError, ServiceClient, Streamed};
 use crate::config::{LlmConfig, ModelEndpointConfig, Secret, TokenCounting};
 use crate::metrics as names;
-use crate::resilience::{Endpoint, EndpointSpec, Policy};
+use crate::resilience::{Endpoint, EndpointSpec, Permit, Policy, RateLimiter};
 /// One prompt message (defined in `wire`, shared with the rehearsal model).
 pub use crate::wire::openai::ChatMessage;
 use crate::wire::openai::{
@@ -86,6 +90,9 @@ struct ModelEndpoint {
     api_key: Option<Secret>,
     fallback: bool,
     knowledge: Arc<Mutex<ModelKnowledge>>,
+    /// The endpoint's `rpm`, `tpm` and the provider's hold, shared by
+    /// clones (and told every answer's headers by `service`).
+    rate_limiter: Arc<RateLimiter>,
 }
 
 /// A tool offered to the model through native function calling.
@@ -161,8 +168,13 @@ impl LlmClient {
         let endpoints: Vec<ModelEndpoint> = lists
             .into_iter()
             .map(|(tier, endpoint)| ModelEndpoint {
+                rate_limiter: Arc::new(RateLimiter::new(
+                    crate::config::LLM_SERVICE,
+                    &endpoint.label(),
+                    endpoint.rate_limits(),
+                )),
                 name: endpoint.label(),
-                model: endpoint.model,
+                model: endpoint.model.clone(),
                 api_key: endpoint.api_key,
                 fallback: tier > 0,
                 knowledge: knowledge(),
@@ -180,7 +192,13 @@ impl LlmClient {
             specs,
             http.clone(),
         )
-        .with_max_reply_bytes(config.max_reply_bytes);
+        .with_max_reply_bytes(config.max_reply_bytes)
+        .with_rate_limiters(
+            endpoints
+                .iter()
+                .map(|endpoint| Some(endpoint.rate_limiter.clone()))
+                .collect(),
+        );
         Self {
             service,
             model: endpoints[0].model.clone(),
@@ -354,7 +372,9 @@ impl LlmClient {
         if !request.tools.is_empty() {
             body.tool_choice = Some(ToolChoice::auto());
         }
-        let (reply, answered) = self.send_from_tier(&body, min_tier).await;
+        let (reply, answered) = self
+            .send_from_tier(&body, min_tier, self.charge_of(&request))
+            .await;
         let answered = self.endpoint_view(answered.unwrap_or(0));
         let chars = || prompt_chars(request.messages, request.tools);
         match &reply {
@@ -387,13 +407,22 @@ impl LlmClient {
     /// the chat endpoint answer for this model? What it says is not judged.
     pub async fn preflight_chat(&self) -> Result<(), CallError> {
         let messages = [ChatMessage::user(crate::wire::PREFLIGHT_PROMPT.into())];
-        let body = self.body(&ChatRequest {
+        let request = ChatRequest {
             messages: &messages,
             seed: 0,
             tools: &[],
             max_tokens: 1,
-        });
-        self.send(&body).await.map(drop)
+        };
+        self.send(&self.body(&request), self.charge_of(&request))
+            .await
+            .map(drop)
+    }
+
+    /// What a request is charged against `tpm` until its `usage` is known:
+    /// its estimated prompt plus its `max_tokens`.
+    fn charge_of(&self, request: &ChatRequest<'_>) -> u32 {
+        self.estimate_tokens(request.messages, request.tools)
+            .saturating_add(request.max_tokens)
     }
 
     fn body<'a>(&'a self, request: &ChatRequest<'a>) -> ChatBody<'a> {
@@ -413,8 +442,66 @@ impl LlmClient {
         }
     }
 
-    async fn send(&self, body: &ChatBody<'_>) -> Result<ModelReply, CallError> {
-        self.send_from_tier(body, 0).await.0
+    async fn send(&self, body: &ChatBody<'_>, charge: u32) -> Result<ModelReply, CallError> {
+        self.send_from_tier(body, 0, charge).await.0
+    }
+
+    /// The endpoints a call may go to, as far as their rate limits go: an
+    /// endpoint whose limit would make the call wait is passed over while
+    /// another can take it now. When none can (or there is one), the call
+    /// waits for room on the first, within its deadline, and holds that
+    /// permit. The error: no room before the deadline (not sent).
+    async fn admit(
+        &self,
+        candidates: Vec<usize>,
+        charge: u32,
+    ) -> Result<(Vec<usize>, Option<(usize, Permit)>), CallError> {
+        let free: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|index| {
+                self.endpoints[*index]
+                    .rate_limiter
+                    .ready_at(charge)
+                    .is_none()
+            })
+            .collect();
+        if candidates.len() > 1 && !free.is_empty() {
+            return Ok((free, None));
+        }
+        let Some(&first) = candidates.first() else {
+            return Ok((candidates, None));
+        };
+        let permit = self.endpoints[first]
+            .rate_limiter
+            .acquire(charge, self.service.call_deadline())
+            .await
+            .map_err(|refused| refused.end_call(CHAT_COMPLETIONS_PATH.trim_start_matches('/')))?;
+        Ok((vec![first], Some((first, permit))))
+    }
+
+    /// Corrects the rate-limit charge of a call once its `usage` is known:
+    /// the permit it waited for, else a charge on the endpoint that answered.
+    fn settle(
+        &self,
+        reply: &Result<ModelReply, CallError>,
+        answered: Option<usize>,
+        charge: u32,
+        permit: Option<(usize, Permit)>,
+    ) {
+        let used = match reply {
+            Ok(ModelReply {
+                prompt_tokens: Some(prompt),
+                completion_tokens: Some(completion),
+                ..
+            }) => prompt.saturating_add(*completion),
+            _ => charge,
+        };
+        match (permit, answered) {
+            (Some((index, permit)), _) => self.endpoints[index].rate_limiter.correct(permit, used),
+            (None, Some(index)) => self.endpoints[index].rate_limiter.record(used),
+            (None, None) => {}
+        }
     }
 
     /// `body` to an endpoint of tier `min_tier` or later (or the pinned
@@ -425,12 +512,24 @@ impl LlmClient {
         &self,
         body: &ChatBody<'_>,
         min_tier: u32,
+        charge: u32,
     ) -> (Result<ModelReply, CallError>, Option<usize>) {
         let pinned = self.pinned;
-        let eligible = move |endpoint: &Endpoint| match pinned {
-            Some(index) => endpoint.index() == index,
-            None => endpoint.tier() >= min_tier,
+        let candidates: Vec<usize> = self
+            .service
+            .endpoints()
+            .iter()
+            .filter(|endpoint| match pinned {
+                Some(index) => endpoint.index() == index,
+                None => endpoint.tier() >= min_tier,
+            })
+            .map(Endpoint::index)
+            .collect();
+        let (allowed, permit) = match self.admit(candidates, charge).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return (Err(refused), None),
         };
+        let eligible = move |endpoint: &Endpoint| allowed.contains(&endpoint.index());
         let make = |endpoint: &Endpoint| {
             let mut body = body.clone();
             let mut headers = Vec::new();
@@ -475,6 +574,7 @@ impl LlmClient {
             }
             reply
         });
+        self.settle(&reply, answered, charge, permit);
         (reply, answered)
     }
 }

@@ -6,7 +6,8 @@
 //! Here: [`Clients`], every client built once from the config over one
 //! shared connection pool. `service` holds `ServiceClient` and its
 //! request/reply plumbing (`stats` its counts), `error` holds `CallError`
-//! and how failures are classified, `sse` reads event streams; `oauth`,
+//! and how failures are classified, `sse` reads event streams,
+//! `rate_limit_headers` reads a server's `x-ratelimit-*` answers; `oauth`,
 //! `memory`, `tools` and `llm` are the typed clients.
 //!
 //! Clients know the wire formats; they must not decide on retries (that is
@@ -16,6 +17,7 @@ mod error;
 mod llm;
 mod memory;
 mod oauth;
+mod rate_limit_headers;
 #[cfg(test)]
 mod reply_cap_tests;
 mod service;

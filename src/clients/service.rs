@@ -16,9 +16,11 @@ use serde::Serialize;
 
 use super::error::{classify_send_error, error_chain, status_error, too_large};
 use super::stats::{InFlight, ServiceStats};
-use super::{sse, CallError};
+use super::{rate_limit_headers, sse, CallError};
 use crate::config::{endpoint_label, OutlierConfig, ServiceConfig};
-use crate::resilience::{BreakerState, Endpoint, EndpointSpec, Guard, Policy, Progress};
+use crate::resilience::{
+    BreakerState, Endpoint, EndpointSpec, Guard, Policy, Progress, RateLimiter,
+};
 
 /// How a request that asked for a stream was answered.
 #[derive(Debug)]
@@ -51,6 +53,9 @@ pub struct ServiceClient {
     /// included, was 1% of the daemon's CPU per turn. Paths carrying an id
     /// are not kept.
     urls: Arc<Mutex<HashMap<(usize, String), reqwest::Url>>>,
+    /// Per endpoint, the limiter told the `x-ratelimit-*` headers of every
+    /// answer (success or error), when the service has them (the model).
+    rate_limiters: Arc<Vec<Option<Arc<RateLimiter>>>>,
 }
 
 /// Every endpoint may take the call.
@@ -100,6 +105,7 @@ impl ServiceClient {
             stats: Arc::new(ServiceStats::default()),
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             urls: Arc::default(),
+            rate_limiters: Arc::default(),
         }
     }
 
@@ -122,6 +128,18 @@ impl ServiceClient {
     /// The guard of this service's calls.
     pub fn guard(&self) -> &Guard {
         &self.guard
+    }
+
+    /// Every answer of endpoint `i` has its rate-limit headers told to
+    /// `limiters[i]`.
+    pub fn with_rate_limiters(mut self, limiters: Vec<Option<Arc<RateLimiter>>>) -> Self {
+        self.rate_limiters = Arc::new(limiters);
+        self
+    }
+
+    /// When a call starting now must end: its policy's `deadline_ms` away.
+    pub fn call_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(self.guard.policy().config.deadline_ms)
     }
 
     /// Replies larger than `bytes` are refused with a decode error.
@@ -197,7 +215,7 @@ impl ServiceClient {
             self.post_request(endpoint.index(), path, &body, &headers)
         };
         self.guarded(operation_name(path), None, eligible, |endpoint, _| {
-            exchange(&self.name, build(endpoint), self.max_reply_bytes, None)
+            exchange(self.reply_reader(endpoint.index()), build(endpoint), None)
         })
         .await
     }
@@ -274,7 +292,11 @@ impl ServiceClient {
             Some(idle),
             &any_endpoint,
             |endpoint, progress| {
-                exchange_streaming(&self.name, build(endpoint), self.max_reply_bytes, progress)
+                exchange_streaming(
+                    self.reply_reader(endpoint.index()),
+                    build(endpoint),
+                    progress,
+                )
             },
         )
         .await
@@ -305,7 +327,11 @@ impl ServiceClient {
             Some(idle),
             eligible,
             |endpoint, progress| {
-                exchange_streaming(&self.name, build(endpoint), self.max_reply_bytes, progress)
+                exchange_streaming(
+                    self.reply_reader(endpoint.index()),
+                    build(endpoint),
+                    progress,
+                )
             },
         )
         .await
@@ -351,7 +377,7 @@ impl ServiceClient {
         limit: Duration,
     ) -> Result<R, CallError> {
         let request = self.request(self.home, reqwest::Method::GET, path);
-        let reply = exchange(&self.name, request, self.max_reply_bytes, None);
+        let reply = exchange(self.reply_reader(self.home), request, None);
         match tokio::time::timeout(limit, reply).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Timeout {
@@ -368,7 +394,7 @@ impl ServiceClient {
         url: &str,
         limit: Duration,
     ) -> Result<R, CallError> {
-        let reply = exchange(&self.name, self.http.get(url), self.max_reply_bytes, None);
+        let reply = exchange(self.reply_reader(self.home), self.http.get(url), None);
         match tokio::time::timeout(limit, reply).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Timeout {
@@ -384,10 +410,22 @@ impl ServiceClient {
         build: impl Fn(&Endpoint) -> reqwest::RequestBuilder,
     ) -> Result<R, CallError> {
         self.guarded(operation, None, &any_endpoint, |endpoint, _| {
-            exchange(&self.name, build(endpoint), self.max_reply_bytes, None)
+            exchange(self.reply_reader(endpoint.index()), build(endpoint), None)
         })
         .await
         .0
+    }
+
+    /// The reader of endpoint `index`'s answers.
+    fn reply_reader(&self, index: usize) -> ReplyReader<'_> {
+        ReplyReader {
+            service: &self.name,
+            max_reply_bytes: self.max_reply_bytes,
+            rate_limiter: self
+                .rate_limiters
+                .get(index)
+                .and_then(|limiter| limiter.as_deref()),
+        }
     }
 
     /// One call through the stack, counted in flight and in the stats;
@@ -417,31 +455,49 @@ fn operation_name(path: &str) -> &str {
     path.trim_start_matches('/')
 }
 
-async fn exchange<R: DeserializeOwned>(
-    service: &str,
-    request: reqwest::RequestBuilder,
+/// What reading one service's answers needs, borrowed for an attempt.
+#[derive(Clone, Copy)]
+struct ReplyReader<'a> {
+    service: &'a str,
     max_reply_bytes: usize,
+    rate_limiter: Option<&'a RateLimiter>,
+}
+
+impl ReplyReader<'_> {
+    /// Sends `request`; the answer's rate-limit headers are told to the
+    /// limiter before its body is read.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|error| classify_send_error(self.service, &error))?;
+        if let Some(limiter) = self.rate_limiter {
+            if let Some(limits) = rate_limit_headers::provider_limits(response.headers()) {
+                limiter.observe(&limits);
+            }
+        }
+        Ok(response)
+    }
+}
+
+async fn exchange<R: DeserializeOwned>(
+    reader: ReplyReader<'_>,
+    request: reqwest::RequestBuilder,
     progress: Option<&Progress>,
 ) -> Result<R, CallError> {
-    let response = request
-        .send()
-        .await
-        .map_err(|error| classify_send_error(service, &error))?;
-    read_reply(service, response, max_reply_bytes, progress).await
+    let response = reader.send(request).await?;
+    read_reply(reader.service, response, reader.max_reply_bytes, progress).await
 }
 
 /// One attempt of [`ServiceClient::post_streaming`]: an error status or a
 /// body that is not an event stream is read whole, as [`exchange`] does.
 async fn exchange_streaming<E: DeserializeOwned, W: DeserializeOwned>(
-    service: &str,
+    reader: ReplyReader<'_>,
     request: reqwest::RequestBuilder,
-    max_reply_bytes: usize,
     progress: Progress,
 ) -> Result<Streamed<E, W>, CallError> {
-    let response = request
-        .send()
-        .await
-        .map_err(|error| classify_send_error(service, &error))?;
+    let (service, max_reply_bytes) = (reader.service, reader.max_reply_bytes);
+    let response = reader.send(request).await?;
     let is_event_stream = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
@@ -468,7 +524,8 @@ async fn read_reply<R: DeserializeOwned>(
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| crate::resilience::backoff::parse_retry_after(value, chrono::Utc::now()));
+        .and_then(|value| crate::resilience::backoff::parse_retry_after(value, chrono::Utc::now()))
+        .or_else(|| reset_of_429(status, response.headers()));
     let bytes = read_capped(service, response, max_reply_bytes, progress).await?;
     if !status.is_success() {
         return Err(status_error(service, status.as_u16(), &bytes, retry_after));
@@ -477,6 +534,19 @@ async fn read_reply<R: DeserializeOwned>(
         service: service.into(),
         message: error.to_string(),
     })
+}
+
+/// A 429 with no `Retry-After` but `x-ratelimit-reset-*` headers asks to
+/// wait for that reset (not the backoff's guess); capped, like
+/// `Retry-After`, by `retry_after_cap_ms`.
+fn reset_of_429(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+) -> Option<Duration> {
+    if status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    rate_limit_headers::provider_limits(headers)?.retry_delay()
 }
 
 /// The body, refused as soon as it is known to be over `max_bytes` (by

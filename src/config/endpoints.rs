@@ -52,6 +52,15 @@ pub struct ModelEndpointConfig {
     /// `ca_file` are trusted for all of them.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Requests a minute this endpoint may be sent (a client-side token
+    /// bucket; a request waits for room within its deadline, else ends
+    /// `rate_limited` unsent). 0: no limit.
+    #[serde(default)]
+    pub rpm: u32,
+    /// Tokens a minute, each request charged its estimated prompt plus
+    /// `max_tokens` and corrected by the reply's `usage`. 0: no limit.
+    #[serde(default)]
+    pub tpm: u32,
 }
 
 /// `[llm.outlier]`, `[services.<name>.outlier]`: an endpoint that fails
@@ -106,6 +115,14 @@ impl OutlierConfig {
 }
 
 impl ModelEndpointConfig {
+    /// The endpoint's `rpm` and `tpm`.
+    pub fn rate_limits(&self) -> super::RateLimitConfig {
+        super::RateLimitConfig {
+            rpm: self.rpm,
+            tpm: self.tpm,
+        }
+    }
+
     /// The name in labels: the configured one, else `host:port`.
     pub fn label(&self) -> String {
         self.name

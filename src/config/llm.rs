@@ -91,6 +91,18 @@ pub struct LlmConfig {
     /// `max_tokens` is lowered, but not below this.
     #[serde(default = "default_min_completion_tokens")]
     pub min_completion_tokens: u32,
+    /// Requests a minute this endpoint may be sent (a client-side token
+    /// bucket holding a minute's allowance); a request waits for room
+    /// within its call's deadline, else ends `rate_limited` unsent. 0: no
+    /// limit of heistd's own (the server's `x-ratelimit-*` answers are
+    /// obeyed either way).
+    #[serde(default)]
+    pub rpm: u32,
+    /// Tokens a minute this endpoint may be sent, charged per request as
+    /// its estimated prompt plus `max_tokens` and corrected by the reply's
+    /// `usage`; waits and refusals as for `rpm`. 0: no limit.
+    #[serde(default)]
+    pub tpm: u32,
     /// The model calls' deadline, retries, budget, bulkhead and breaker.
     #[serde(default = "PolicyConfig::language_model")]
     pub policy: PolicyConfig,
@@ -112,6 +124,17 @@ pub struct LlmConfig {
     /// When an endpoint that keeps failing is set aside.
     #[serde(default)]
     pub outlier: OutlierConfig,
+}
+
+/// One endpoint's client-side rate limits (`rpm`, `tpm`; 0: none), as the
+/// limiter takes them: the keys live on the endpoint's table (`[llm]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Requests a minute; 0: no limit.
+    pub rpm: u32,
+    /// Tokens a minute (estimated prompt plus `max_tokens`, corrected by
+    /// `usage`); 0: no limit.
+    pub tpm: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +173,8 @@ impl Default for LlmConfig {
             context_tokens: 0,
             token_counting: TokenCounting::Auto,
             min_completion_tokens: default_min_completion_tokens(),
+            rpm: 0,
+            tpm: 0,
             policy: PolicyConfig::language_model(),
             health: HealthCheckConfig::language_model(),
             endpoints: Vec::new(),
@@ -160,6 +185,14 @@ impl Default for LlmConfig {
 }
 
 impl LlmConfig {
+    /// The endpoint's `rpm` and `tpm`.
+    pub fn rate_limits(&self) -> RateLimitConfig {
+        RateLimitConfig {
+            rpm: self.rpm,
+            tpm: self.tpm,
+        }
+    }
+
     /// Checks the values (the policy and the health check have their own
     /// checks); the error is (key, why).
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -224,6 +257,8 @@ impl LlmConfig {
             max_concurrent: self.policy.max_concurrent,
             weight: 1,
             ca_file: None,
+            rpm: self.rpm,
+            tpm: self.tpm,
         }]
     }
 

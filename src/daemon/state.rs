@@ -169,6 +169,20 @@ impl DaemonState {
             .unwrap_or_default()
     }
 
+    /// The model client's endpoints as they stand, before any health check
+    /// has judged them (`up` unknown): what the status shows until one has.
+    pub fn llm_endpoints_unchecked(&self) -> Vec<crate::health::EndpointHealth> {
+        self.llm.read().as_ref().map_or_else(Vec::new, |llm| {
+            llm.service
+                .endpoints()
+                .iter()
+                .map(|endpoint| {
+                    crate::health::EndpointHealth::of(endpoint, crate::health::HealthState::Unknown)
+                })
+                .collect()
+        })
+    }
+
     /// Hands the API the daemon's steering (once, when the runs exist).
     pub fn set_steering(&self, steering: Arc<Steering>) {
         let _ = self.steering.set(steering);

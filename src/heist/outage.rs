@@ -1,5 +1,6 @@
 //! What a session does when the model is unavailable (refused connections,
-//! timeouts, 5xx or 429 after retries, an open breaker): it does not record
+//! timeouts, 5xx or 429 after retries, an open breaker, a rate limit with no
+//! room before the call's deadline): it does not record
 //! the turn; it waits, probing the model itself (`GET /models`, once a
 //! second, past the breaker), and when the model answers it half-opens the
 //! breaker so the same turn is played at once, instead of waiting out

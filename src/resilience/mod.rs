@@ -33,6 +33,7 @@ pub mod journal;
 mod outcome;
 mod pick;
 mod progress;
+pub mod rate_limit;
 
 use std::future::Future;
 use std::time::Duration;
@@ -51,6 +52,7 @@ pub use outcome::{CallOutcome, Classify, GuardError};
 use pick::Refusal;
 pub use progress::Progress;
 use progress::{run_timed, Cut};
+pub use rate_limit::{Permit, ProviderLimits, RateLimited, RateLimiter};
 
 /// How calls to one service are guarded, in durations.
 #[derive(Debug, Clone)]

@@ -65,6 +65,9 @@ pub enum CallOutcome {
     RejectedOpen,
     RejectedBulkhead,
     RejectedBudget,
+    /// The endpoint's rate limits had no room before the call's deadline
+    /// (see `rate_limit`): nothing was sent.
+    RateLimited,
 }
 
 impl<E: Classify> Classify for GuardError<E> {
@@ -135,6 +138,7 @@ impl CallOutcome {
             Self::RejectedOpen => "rejected_open",
             Self::RejectedBulkhead => "rejected_bulkhead",
             Self::RejectedBudget => "rejected_budget",
+            Self::RateLimited => "rate_limited",
         }
     }
 

@@ -32,6 +32,8 @@ fn endpoint(
         max_concurrent,
         weight: 1,
         ca_file: None,
+        rpm: 0,
+        tpm: 0,
     }
 }
 

@@ -19,6 +19,7 @@ mod model_double;
 mod ops;
 mod postgres;
 mod properties;
+mod rate_limits;
 mod resilience;
 mod services_process;
 mod store_contract;

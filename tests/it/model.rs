@@ -392,7 +392,7 @@ async fn a_busy_one_slot_model_is_never_marked_down_by_the_health_checker() {
 }
 
 /// A client of the double alone, for tests of one call.
-fn llm_client(
+pub(crate) fn llm_client(
     double: &ModelDouble,
     configure: impl FnOnce(&mut Config),
 ) -> heistd::clients::LlmClient {
@@ -405,7 +405,7 @@ fn llm_client(
         .llm
 }
 
-fn one_message() -> [heistd::clients::ChatMessage; 1] {
+pub(crate) fn one_message() -> [heistd::clients::ChatMessage; 1] {
     [heistd::clients::ChatMessage {
         role: "user",
         content: "Turn 1 of 1.".into(),

@@ -10,7 +10,9 @@
 //! one slot (a call holds it, and `/v1/models` waits for it), a chat
 //! format that may ignore `tools` or write `functions.NAME:` as text,
 //! replies cut at `max_tokens` (`finish_reason: "length"`), `usage` counted
-//! at four characters a token (or the density set), and outages (every request answers 500).
+//! at four characters a token (or the density set), outages (every request answers 500),
+//! and OpenAI's rate limits (`x-ratelimit-*` headers on every answer, a
+//! 429 without `Retry-After` past a window's allowance).
 //! Asked to stream, it answers in server-sent events as they do (content
 //! and tool-call arguments in pieces, `usage` last when asked, then
 //! `data: [DONE]`), and can stream slowly, stall, break the stream, or
@@ -84,6 +86,18 @@ pub struct Behaviour {
     pub stall_after: Option<usize>,
     /// Streaming, how the stream is broken, if it is.
     pub flaw: StreamFlaw,
+    /// Like OpenAI's rate limits: every answer carries `x-ratelimit-*`
+    /// headers, and a request past the window's allowance answers 429
+    /// without `Retry-After` (only `x-ratelimit-reset-requests`).
+    pub rate_limit: Option<RateLimitWindow>,
+}
+
+/// `requests` chat requests per fixed `window` (a minute at OpenAI; short
+/// here so tests run on real time), starting at the first request.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitWindow {
+    pub requests: u32,
+    pub window: Duration,
 }
 
 /// A stream that is not what OpenAI sends.
@@ -116,6 +130,12 @@ struct Shared {
     last_request: Mutex<serde_json::Value>,
     /// `POST /tokenize` requests answered.
     tokenize_calls: AtomicU32,
+    /// The rate-limit window's start and the requests admitted in it.
+    window: Mutex<Option<(tokio::time::Instant, u32)>>,
+    /// Answers 429 for want of room in the window.
+    rate_limited: AtomicU32,
+    /// Answers that said no request remains in the window.
+    allowance_used_up: AtomicU32,
 }
 
 pub struct ModelDouble {
@@ -137,10 +157,13 @@ impl ModelDouble {
             abandoned_streams: AtomicU32::new(0),
             last_request: Mutex::default(),
             tokenize_calls: AtomicU32::new(0),
+            window: Mutex::default(),
+            rate_limited: AtomicU32::new(0),
+            allowance_used_up: AtomicU32::new(0),
         });
         let router = Router::new()
             .route("/v1/models", get(models))
-            .route("/v1/chat/completions", post(chat))
+            .route("/v1/chat/completions", post(rate_limited_chat))
             .route("/props", get(props))
             .route("/tokenize", post(tokenize))
             .route("/api/ps", get(running_models))
@@ -198,6 +221,16 @@ impl ModelDouble {
     /// `POST /tokenize` requests answered.
     pub fn tokenize_calls(&self) -> u32 {
         self.shared.tokenize_calls.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered 429 because the window's allowance was used.
+    pub fn rate_limited(&self) -> u32 {
+        self.shared.rate_limited.load(Ordering::SeqCst)
+    }
+
+    /// Answers whose headers said 0 requests remain (the limit was met).
+    pub fn allowance_used_up(&self) -> u32 {
+        self.shared.allowance_used_up.load(Ordering::SeqCst)
     }
 }
 
@@ -417,6 +450,66 @@ fn refusal(behaviour: &Behaviour, window: u32, prompt_tokens: u64, max_tokens: u
         serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
     };
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// [`chat`] within the [`RateLimitWindow`], if one is set: a 429 past the
+/// allowance, else the answer with its `x-ratelimit-*` headers.
+async fn rate_limited_chat(
+    State(shared): State<Arc<Shared>>,
+    request: Json<serde_json::Value>,
+) -> Response {
+    let Some(limit) = behaviour(&shared).rate_limit else {
+        return chat(State(shared), request).await;
+    };
+    let now = tokio::time::Instant::now();
+    let (remaining, reset) = {
+        let mut window = shared.window.lock();
+        let (started, used) = window
+            .filter(|(started, _)| now < *started + limit.window)
+            .unwrap_or((now, 0));
+        let admitted = used < limit.requests;
+        let used = used + u32::from(admitted);
+        *window = Some((started, used));
+        (
+            admitted.then_some(limit.requests - used),
+            started + limit.window - now,
+        )
+    };
+    // As OpenAI writes them; the reset rounded up to the millisecond, so
+    // a client that waits for it finds the new window.
+    let reset_ms = reset.as_micros().div_ceil(1000);
+    let headers = |remaining: u32| {
+        [
+            ("x-ratelimit-limit-requests", limit.requests.to_string()),
+            ("x-ratelimit-remaining-requests", remaining.to_string()),
+            (
+                "x-ratelimit-reset-requests",
+                format!("{}.{:03}s", reset_ms / 1000, reset_ms % 1000),
+            ),
+            ("x-ratelimit-limit-tokens", "1000000".to_string()),
+            ("x-ratelimit-remaining-tokens", "999000".to_string()),
+            ("x-ratelimit-reset-tokens", "60ms".to_string()),
+        ]
+    };
+    let Some(remaining) = remaining else {
+        shared.rate_limited.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            headers(0),
+            Json(serde_json::json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}})),
+        )
+            .into_response();
+    };
+    if remaining == 0 {
+        shared.allowance_used_up.fetch_add(1, Ordering::SeqCst);
+    }
+    let mut response = chat(State(shared), request).await;
+    for (name, value) in headers(remaining) {
+        response
+            .headers_mut()
+            .insert(name, value.parse().expect("a header value"));
+    }
+    response
 }
 
 /// The reply as the `data:` payloads of a stream, `[DONE]` last.

@@ -23,14 +23,15 @@ impl LlmClient {
             tool.name
         ))];
         let tools = std::slice::from_ref(tool);
-        let mut body = self.body(&ChatRequest {
+        let request = ChatRequest {
             messages: &messages,
             seed: 0,
             tools,
             max_tokens: CHECK_MAX_TOKENS,
-        });
+        };
+        let mut body = self.body(&request);
         body.tool_choice = Some(ToolChoice::function(&tool.name));
-        let supported = match self.send(&body).await {
+        let supported = match self.send(&body, self.charge_of(&request)).await {
             Ok(reply) => !reply.tool_calls.is_empty(),
             // Refusing `tools` or a forced `tool_choice` outright is an answer too.
             Err(CallError::Status { status, .. }) if (400..500).contains(&status) => false,
