@@ -109,6 +109,14 @@ pub const CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL: &str =
     "heistd_cluster_lease_renewal_failures_total";
 /// Turn commits refused because another node owns the session now.
 pub const CLUSTER_FENCED_WRITES_TOTAL: &str = "heistd_cluster_fenced_writes_total";
+/// Model tokens by endpoint, model and kind (`prompt`, `completion`): the
+/// server's `usage`, or heistd's estimate for a reply without one.
+pub const MODEL_TOKENS_TOTAL: &str = "heistd_model_tokens_total";
+/// What those tokens cost at the configured prices, by endpoint and model;
+/// no series at all without prices. A fraction, so it is kept by
+/// [`add_to_cost`] and written by [`render`], not by the recorder (whose
+/// counters count whole numbers).
+pub const MODEL_COST_TOTAL: &str = "heistd_model_cost_total";
 
 /// Label values known before the first event, so their series can start at
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
@@ -144,11 +152,12 @@ pub mod labels {
     pub const SCHEDULE_OUTCOMES: [&str; 2] = ["launched", "skipped_overlap"];
     pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "refused"];
     pub const STORE_PAUSE_OUTCOMES: [&str; 2] = ["resumed", "gave_up"];
+    pub const TOKEN_KINDS: [&str; 2] = ["prompt", "completion"];
 }
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 51] = [
+pub const FAMILIES: [(&str, Kind, &str); 53] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -200,6 +209,8 @@ pub const FAMILIES: [(&str, Kind, &str); 51] = [
     (CLUSTER_TAKEOVERS_TOTAL, Kind::Counter, "Sessions this node took over from a node whose lease ran out."),
     (CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL, Kind::Counter, "Heartbeats that failed, or found a session's lease gone."),
     (CLUSTER_FENCED_WRITES_TOTAL, Kind::Counter, "Turn commits refused because another node owns the session now."),
+    (MODEL_TOKENS_TOTAL, Kind::Counter, "Model tokens, by endpoint, model and kind (prompt, completion): the server's usage, or heistd's estimate when a reply has none."),
+    (MODEL_COST_TOTAL, Kind::Counter, "What the model's tokens cost at the configured prices, by endpoint and model; absent when no price is configured."),
 ];
 
 /// What kind of family a name is, for [`describe`].
@@ -251,6 +262,73 @@ pub fn describe() {
             Kind::Histogram => metrics::describe_histogram!(name, help),
         }
     }
+}
+
+/// Counts a model reply's tokens by the endpoint and model that answered,
+/// and their cost when the endpoint is priced (`None`: no cost series).
+pub fn count_model_usage(
+    endpoint: &str,
+    model: &str,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost: Option<f64>,
+) {
+    for (kind, tokens) in [("prompt", prompt_tokens), ("completion", completion_tokens)] {
+        metrics::counter!(MODEL_TOKENS_TOTAL, "endpoint" => endpoint.to_string(), "model" => model.to_string(), "kind" => kind)
+            .increment(tokens);
+    }
+    if let Some(cost) = cost {
+        add_to_cost(endpoint, model, cost);
+    }
+}
+
+/// The running `heistd_model_cost_total` of each (endpoint, model).
+static COSTS: parking_lot::Mutex<std::collections::BTreeMap<(String, String), f64>> =
+    parking_lot::Mutex::new(std::collections::BTreeMap::new());
+
+/// Adds `cost` (at least 0) to `heistd_model_cost_total{endpoint, model}`.
+pub fn add_to_cost(endpoint: &str, model: &str, cost: f64) {
+    if !cost.is_finite() || cost < 0.0 {
+        return;
+    }
+    *COSTS
+        .lock()
+        .entry((endpoint.to_string(), model.to_string()))
+        .or_default() += cost;
+}
+
+/// The recorder's text, then `heistd_model_cost_total` when any cost has
+/// been counted (nothing at all otherwise: no price, no series).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    let costs = COSTS.lock();
+    if costs.is_empty() {
+        return text;
+    }
+    let help = FAMILIES
+        .iter()
+        .find(|(name, _, _)| *name == MODEL_COST_TOTAL)
+        .map_or("", |(_, _, help)| help);
+    text.push_str(&format!(
+        "# HELP {MODEL_COST_TOTAL} {help}\n# TYPE {MODEL_COST_TOTAL} counter\n"
+    ));
+    for ((endpoint, model), cost) in costs.iter() {
+        text.push_str(&format!(
+            "{MODEL_COST_TOTAL}{{endpoint=\"{}\",model=\"{}\"}} {cost}\n",
+            label_value(endpoint),
+            label_value(model)
+        ));
+    }
+    text
+}
+
+/// A label value escaped as the Prometheus text format asks (backslash,
+/// double quote, line feed).
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The commit this binary was built from: HEAD's short hash when built in

@@ -161,7 +161,7 @@ pub(super) async fn prometheus_metrics(State(state): State<Arc<DaemonState>>) ->
     crate::daemon::telemetry::refresh_scrape_gauges(&state).await;
     (
         [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
-        state.metrics.render(),
+        crate::metrics::render(&state.metrics),
     )
         .into_response()
 }

@@ -60,6 +60,9 @@ pub struct LlmClient {
     /// The longest wait for a reply's first piece (`llm.timeout_ms`).
     first_piece_timeout: Duration,
     knowledge: Arc<Mutex<ModelKnowledge>>,
+    /// The configured endpoint's name (its base URL's `host:port`), which
+    /// each reply carries as the endpoint that answered.
+    endpoint: String,
 }
 
 /// A tool offered to the model through native function calling.
@@ -80,6 +83,12 @@ pub struct ModelReply {
     pub completion_tokens: Option<u32>,
     /// `length` means the server cut the reply at `max_tokens`.
     pub finish_reason: Option<String>,
+    /// The endpoint that answered (its `name`, by default its base URL's
+    /// `host:port`) and the model it ran.
+    pub endpoint: String,
+    pub model: String,
+    /// That endpoint is one of `[[llm.fallbacks]]`.
+    pub fallback: bool,
 }
 
 /// A chat request as it goes on the wire, borrowed from the prompt and
@@ -125,6 +134,7 @@ impl LlmClient {
                 chars_per_token: INITIAL_CHARS_PER_TOKEN,
                 native_tools: None,
             })),
+            endpoint: endpoint_name(&config.base_url),
         }
     }
 
@@ -240,7 +250,7 @@ impl LlmClient {
                 .service
                 .post_json(CHAT_COMPLETIONS_PATH, body, &headers)
                 .await?;
-            return Ok(model_reply(reply));
+            return Ok(self.answered(model_reply(reply)));
         }
         let reply = self
             .service
@@ -251,10 +261,35 @@ impl LlmClient {
                 self.idle_timeout,
             )
             .await?;
-        Ok(match reply {
+        Ok(self.answered(match reply {
             Streamed::Events(chunks) => model_reply(assemble(chunks)),
             Streamed::Whole(reply) => model_reply(reply),
-        })
+        }))
+    }
+
+    /// Names the endpoint that answered and the model it ran: the one
+    /// configured endpoint, never a fallback.
+    fn answered(&self, reply: ModelReply) -> ModelReply {
+        ModelReply {
+            endpoint: self.endpoint.clone(),
+            model: self.model.clone(),
+            fallback: false,
+            ..reply
+        }
+    }
+}
+
+/// An endpoint's default name: its base URL's `host:port` (the scheme's
+/// port when the URL names none), so a metric label never carries a path
+/// or credentials.
+pub fn endpoint_name(base_url: &str) -> String {
+    match reqwest::Url::parse(base_url) {
+        Ok(url) => format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or_default()
+        ),
+        Err(_) => base_url.to_string(),
     }
 }
 
@@ -282,6 +317,7 @@ fn model_reply(reply: ChatCompletion) -> ModelReply {
         prompt_tokens: usage.and_then(|usage| usage.prompt_tokens),
         completion_tokens: usage.and_then(|usage| usage.completion_tokens),
         finish_reason,
+        ..ModelReply::default()
     }
 }
 
@@ -301,6 +337,21 @@ mod tests {
             (reply.prompt_tokens, reply.completion_tokens),
             (Some(12), Some(5))
         );
+    }
+
+    #[test]
+    fn an_endpoint_is_named_by_its_host_and_port() {
+        for (url, name) in [
+            ("http://127.0.0.1:8006/v1", "127.0.0.1:8006"),
+            ("https://api.openai.com/v1", "api.openai.com:443"),
+            (
+                "http://user:secret@models.internal/v1",
+                "models.internal:80",
+            ),
+            ("http://[::1]:1234/v1", "[::1]:1234"),
+        ] {
+            assert_eq!(endpoint_name(url), name, "{url}");
+        }
     }
 
     #[test]

@@ -27,7 +27,9 @@ use std::time::Duration;
 
 pub use error::CallError;
 use error::{error_chain, error_message, too_large};
-pub use llm::{context_window_in, ChatMessage, ChatRequest, LlmClient, ModelReply, ToolSpec};
+pub use llm::{
+    context_window_in, endpoint_name, ChatMessage, ChatRequest, LlmClient, ModelReply, ToolSpec,
+};
 pub use memory::{MemoryClient, MemoryWrite};
 pub use oauth::{AccessToken, OAuthClient, TokenCache};
 pub use service::{ServiceClient, Streamed, DEFAULT_MAX_REPLY_BYTES, PROBE_TIMEOUT};

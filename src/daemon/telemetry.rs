@@ -39,6 +39,11 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
     ] {
         metrics::counter!(model_counter).increment(0);
     }
+    // The configured endpoint's tokens, and its cost only when priced:
+    // without prices there is no cost series at all.
+    let endpoint = crate::clients::endpoint_name(&config.llm.base_url);
+    let cost = config.llm.prices().map(|_| 0.0);
+    names::count_model_usage(&endpoint, &config.llm.model, 0, 0, cost);
     for agent in &scenario.agents {
         for outcome in labels::TURN_OUTCOMES {
             metrics::counter!(names::TURNS_TOTAL, "agent" => agent.name.clone(), "outcome" => outcome)

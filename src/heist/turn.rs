@@ -15,12 +15,13 @@ use super::prompt::{ModelRoom, PromptBuilder, PromptParts};
 use super::tools::{ToolRunner, ToolTally, REFUSED_PREFIX};
 use super::transcript::TranscriptEntry;
 use crate::clients::{
-    AccessToken, CallError, ChatRequest, Clients, MemoryWrite, ModelReply, TokenCache, ToolSpec,
+    AccessToken, CallError, ChatMessage, ChatRequest, Clients, LlmClient, MemoryWrite, ModelReply,
+    TokenCache, ToolSpec,
 };
-use crate::config::Config;
+use crate::config::{Config, Prices};
 use crate::metrics as names;
 use crate::scenario::{Agent, Scenario};
-use crate::store::{ToolCallRecord, TurnRecord};
+use crate::store::{ToolCallRecord, TurnRecord, TurnUsage};
 use crate::wire::{parse_tool_requests, ToolRequest};
 
 /// Plays one turn and returns its record; the session loop commits it.
@@ -71,7 +72,11 @@ pub(super) enum TurnResult {
 
 /// The model's answer to a turn, or why there is none.
 enum Asked {
-    Replied { reply: ModelReply, trimmed: bool },
+    Replied {
+        reply: ModelReply,
+        trimmed: bool,
+        usage: TurnUsage,
+    },
     Failed(String),
     Unavailable(CallError),
 }
@@ -124,10 +129,21 @@ impl TurnPlayer {
             completion_tokens: None,
             finish_reason: None,
             trimmed: false,
+            endpoint: None,
+            model: None,
+            fallback: false,
+            usage: TurnUsage::default(),
         };
         let token = self.token_for(agent).await;
         let (reply, trimmed) = match self.ask_model(session, agent, transcript).await {
-            Asked::Replied { reply, trimmed } => (reply, trimmed),
+            Asked::Replied {
+                reply,
+                trimmed,
+                usage,
+            } => {
+                record.usage = usage;
+                (reply, trimmed)
+            }
             Asked::Unavailable(error) => return TurnResult::ModelUnavailable(error),
             Asked::Failed(error) => {
                 record.error = Some(error);
@@ -222,10 +238,17 @@ impl TurnPlayer {
             };
             match self.clients.llm.complete(request).await {
                 Ok(reply) => {
+                    let usage = turn_usage(
+                        &reply,
+                        || llm.estimate_tokens(&fitted.messages, &native_tools),
+                        || completion_estimate(llm, &reply),
+                        self.prices(&reply),
+                    );
                     return Asked::Replied {
                         reply,
                         trimmed: fitted.trimmed,
-                    }
+                        usage,
+                    };
                 }
                 Err(error) if error.context_window().is_some() => {
                     tracing::warn!(turn_id = session.turn_id, %error, "the prompt did not fit the model's context; trimming it");
@@ -246,6 +269,12 @@ impl TurnPlayer {
              heist.memory_max_tokens or llm.max_tokens)",
             self.clients.llm.context_tokens().unwrap_or_default()
         ))
+    }
+
+    /// The prices of the endpoint that answered `reply`: `[llm]`'s, the one
+    /// endpoint configured (an endpoint's own prices go here with several).
+    fn prices(&self, _reply: &ModelReply) -> Option<Prices> {
+        self.config.llm.prices()
     }
 
     /// The agent's compressed memory; without it the turn goes on.
@@ -297,13 +326,57 @@ impl TurnPlayer {
     }
 }
 
-/// Copies what the server said about the reply into the record; a reply
-/// cut at `max_tokens` is logged and counted.
+/// What the turn's model call used: the server's `usage`, with each count
+/// it left out estimated (and the turn marked so), and its cost at
+/// `prices` (none without prices: a cost is never guessed).
+fn turn_usage(
+    reply: &ModelReply,
+    prompt_estimate: impl FnOnce() -> u32,
+    completion_estimate: impl FnOnce() -> u32,
+    prices: Option<Prices>,
+) -> TurnUsage {
+    let prompt_tokens = reply.prompt_tokens.unwrap_or_else(prompt_estimate);
+    let completion_tokens = reply.completion_tokens.unwrap_or_else(completion_estimate);
+    TurnUsage {
+        prompt_tokens,
+        completion_tokens,
+        estimated: reply.prompt_tokens.is_none() || reply.completion_tokens.is_none(),
+        cost: prices
+            .map(|prices| prices.cost(u64::from(prompt_tokens), u64::from(completion_tokens))),
+    }
+}
+
+/// The reply's tokens as the client estimates text (its calibrated
+/// characters per token): its text and native calls as one message, less
+/// what an empty message is estimated at (the chat template's share).
+fn completion_estimate(llm: &LlmClient, reply: &ModelReply) -> u32 {
+    let mut text = reply.content.clone();
+    for (tool, parameter) in &reply.tool_calls {
+        text.push_str(tool);
+        text.push_str(parameter);
+    }
+    llm.estimate_tokens(&[ChatMessage::user(text)], &[])
+        .saturating_sub(llm.estimate_tokens(&[ChatMessage::user(String::new())], &[]))
+}
+
+/// Copies what the server said about the reply into the record, and
+/// counts its tokens (and their cost, when priced) by the endpoint and
+/// model that answered; a reply cut at `max_tokens` is logged and counted.
 fn note_reply(record: &mut TurnRecord, reply: &ModelReply, trimmed: bool) {
     record.prompt_tokens = reply.prompt_tokens;
     record.completion_tokens = reply.completion_tokens;
     record.finish_reason = reply.finish_reason.clone();
     record.trimmed = trimmed;
+    record.endpoint = Some(reply.endpoint.clone());
+    record.model = Some(reply.model.clone());
+    record.fallback = reply.fallback;
+    names::count_model_usage(
+        &reply.endpoint,
+        &reply.model,
+        u64::from(record.usage.prompt_tokens),
+        u64::from(record.usage.completion_tokens),
+        record.usage.cost,
+    );
     if trimmed {
         metrics::counter!(names::MODEL_PROMPTS_TRIMMED_TOTAL).increment(1);
     }

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 
 use super::{
     DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary,
-    RecentTurns, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError,
-    TurnRecord,
+    RecentTurns, ScheduleTokens, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus,
+    StoreError, TurnRecord,
 };
 
 /// What a committed turn leaves its session to deliver next.
@@ -95,6 +95,14 @@ pub(crate) trait Backend: Any + Send + Sync {
     async fn session(&self, session_id: &str) -> Result<SessionDetail, StoreError>;
 
     async fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError>;
+
+    /// The token totals of the sessions started at or after `since`, per
+    /// schedule (the day's totals in `GET /api/v1/status`); kept cheap by
+    /// an index on `sessions.start_time`.
+    async fn token_totals_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ScheduleTokens>, StoreError>;
 
     // Turns.
 

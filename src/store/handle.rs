@@ -17,8 +17,8 @@ use super::postgres::PgStore;
 use super::sqlite::SqliteBackend;
 use super::{
     DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary,
-    RecentTurns, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError,
-    TurnRecord,
+    RecentTurns, ScheduleTokens, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus,
+    StoreError, TurnRecord,
 };
 use crate::config::{ClusterConfig, StoreBackend, StoreConfig, Synchronous};
 
@@ -140,6 +140,15 @@ impl StoreHandle {
         limit: usize,
     ) -> Result<Vec<SessionRow>, StoreError> {
         self.backend.find_sessions(status, schedule, limit).await
+    }
+
+    /// The token totals of the sessions started at or after `since`, per
+    /// schedule (none: runs no schedule started).
+    pub async fn token_totals_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ScheduleTokens>, StoreError> {
+        self.backend.token_totals_since(since).await
     }
 
     pub async fn list_sessions(&self, limit: usize) -> Result<Vec<SessionRow>, StoreError> {

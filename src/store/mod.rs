@@ -39,8 +39,8 @@ pub use handle::{DeliveryGuard, StoreHandle};
 pub use migrate::MigrationReport;
 pub use rows::{
     DeliveredCount, HealthEvent, HeartbeatReport, MessageRow, NewSession, NodeRow, OutboxEntry,
-    OutboxSummary, RecentTurns, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow,
-    SessionStatus, ToolCallRecord, ToolUsageRow, TurnRecord,
+    OutboxSummary, RecentTurns, ScheduleTokens, ServiceCallRecord, ServiceCallRow, SessionDetail,
+    SessionRow, SessionStatus, TokenTotals, ToolCallRecord, ToolUsageRow, TurnRecord, TurnUsage,
 };
 
 /// The SQLite schema's version, bumped with every migration appended to

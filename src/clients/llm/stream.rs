@@ -143,6 +143,7 @@ mod tests {
                 prompt_tokens: Some(30),
                 completion_tokens: Some(9),
                 finish_reason: Some("tool_calls".into()),
+                ..ModelReply::default()
             }
         );
     }

@@ -14,8 +14,8 @@ use super::{OutboxMark, PgStore};
 use crate::store::backend::{Backend, Owed};
 use crate::store::{
     DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary,
-    RecentTurns, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError,
-    TurnRecord,
+    RecentTurns, ScheduleTokens, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus,
+    StoreError, TurnRecord,
 };
 
 #[async_trait]
@@ -54,6 +54,13 @@ impl Backend for PgStore {
 
     async fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError> {
         PgStore::last_scheduled_time(self, schedule).await
+    }
+
+    async fn token_totals_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ScheduleTokens>, StoreError> {
+        PgStore::token_totals_since(self, since).await
     }
 
     // Turns.

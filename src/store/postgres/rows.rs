@@ -33,6 +33,10 @@ pub(super) fn session_row_at(row: &Row, offset: usize) -> SessionRow {
         failure_reason: row.get(offset + 8),
         schedule: row.get(offset + 9),
         scheduled_time: row.get(offset + 10),
+        prompt_tokens: row.get(offset + 11),
+        completion_tokens: row.get(offset + 12),
+        usage_estimated: row.get(offset + 13),
+        cost: row.get(offset + 14),
     }
 }
 
@@ -50,6 +54,8 @@ pub(super) fn message_row(row: &Row) -> MessageRow {
         completion_tokens: row.get(9),
         finish_reason: row.get(10),
         trimmed: row.get(11),
+        endpoint: row.get(12),
+        model: row.get(13),
     }
 }
 

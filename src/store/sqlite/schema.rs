@@ -34,7 +34,7 @@ pub(super) fn adopt_prototype_tables(connection: &Connection) -> rusqlite::Resul
 }
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-pub(crate) const MIGRATIONS: [&str; 5] = [
+pub(crate) const MIGRATIONS: [&str; 6] = [
     r#"
     CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY,
@@ -125,5 +125,22 @@ pub(crate) const MIGRATIONS: [&str; 5] = [
     ALTER TABLE messages ADD COLUMN completion_tokens INTEGER;
     ALTER TABLE messages ADD COLUMN finish_reason TEXT;
     ALTER TABLE messages ADD COLUMN trimmed INTEGER NOT NULL DEFAULT 0;
+"#,
+    // Token accounting (track "records"; renumber at merge): which endpoint
+    // and model answered each message, and each session's totals, kept
+    // current by each turn's commit; sessions already recorded get the sums
+    // of their messages' counts. The index on `start_time` keeps the day's
+    // totals (GET /api/v1/status) a range read.
+    r#"
+    ALTER TABLE messages ADD COLUMN endpoint TEXT;
+    ALTER TABLE messages ADD COLUMN model TEXT;
+    ALTER TABLE sessions ADD COLUMN prompt_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN completion_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN cost REAL;
+    UPDATE sessions SET
+        prompt_tokens = (SELECT COALESCE(SUM(prompt_tokens), 0) FROM messages m WHERE m.session_id = sessions.session_id),
+        completion_tokens = (SELECT COALESCE(SUM(completion_tokens), 0) FROM messages m WHERE m.session_id = sessions.session_id);
+    CREATE INDEX IF NOT EXISTS sessions_start_time ON sessions(start_time);
 "#,
 ];
