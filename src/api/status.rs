@@ -4,6 +4,7 @@
 //! shapes; and the readers `heistd check` and `heistd reload` use to ask a
 //! running daemon for that status, since this module owns its shape.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::PROMETHEUS_CONTENT_TYPE;
 use crate::daemon::state::{ConfigStatus, DaemonState, Readiness, RunningSession, ScheduleStatus};
 use crate::health::ServiceHealth;
-use crate::store::NodeRow;
+use crate::store::{NodeRow, TokenTotals};
 
 /// Each service's breaker state as a running daemon reports it in
 /// `GET /api/v1/status`, if one answers at `address` within a moment (for
@@ -102,6 +103,23 @@ pub(super) struct DaemonStatus {
     /// The nodes sharing the store and who plays what (one node, no
     /// owners, on SQLite).
     cluster: ClusterStatus,
+    /// Today's tokens (UTC), from the store: every node's sessions on a
+    /// shared store. Null when the store cannot answer.
+    tokens: Option<TokensToday>,
+}
+
+/// The tokens of the sessions started today (UTC): all of them, and per
+/// schedule. A session is counted on the day it started, whole.
+#[derive(Debug, Serialize)]
+struct TokensToday {
+    /// The UTC day, `YYYY-MM-DD`.
+    day: String,
+    total: TokenTotals,
+    /// Each configured schedule (at 0 when it ran nothing today), and any
+    /// other schedule name found in today's sessions.
+    schedules: BTreeMap<String, TokenTotals>,
+    /// Runs no schedule started (`POST /api/v1/runs`).
+    unscheduled: TokenTotals,
 }
 
 #[derive(Debug, Serialize)]
@@ -180,7 +198,50 @@ pub(super) async fn daemon_status(State(state): State<Arc<DaemonState>>) -> Json
         max_concurrent_sessions: state.config().daemon.max_concurrent_sessions,
         config: state.config_status(),
         cluster: cluster_status(&state).await,
+        tokens: tokens_today(&state).await,
     })
+}
+
+/// Today's token totals from the store (sessions started since 00:00 UTC).
+async fn tokens_today(state: &DaemonState) -> Option<TokensToday> {
+    let now = Utc::now();
+    let midnight = now.date_naive().and_time(chrono::NaiveTime::MIN).and_utc();
+    let rows = match state.store.token_totals_since(midnight).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            tracing::warn!(%error, "today's token totals could not be read");
+            return None;
+        }
+    };
+    let mut today = TokensToday {
+        day: now.format("%Y-%m-%d").to_string(),
+        total: TokenTotals::default(),
+        schedules: state
+            .config()
+            .schedule
+            .iter()
+            .map(|schedule| (schedule.name.clone(), TokenTotals::default()))
+            .collect(),
+        unscheduled: TokenTotals::default(),
+    };
+    for row in rows {
+        add_totals(&mut today.total, &row.totals);
+        match row.schedule {
+            Some(name) => today.schedules.insert(name, row.totals),
+            None => Some(std::mem::replace(&mut today.unscheduled, row.totals)),
+        };
+    }
+    Some(today)
+}
+
+fn add_totals(sum: &mut TokenTotals, more: &TokenTotals) {
+    sum.sessions += more.sessions;
+    sum.prompt_tokens += more.prompt_tokens;
+    sum.completion_tokens += more.completion_tokens;
+    sum.usage_estimated += more.usage_estimated;
+    if let Some(cost) = more.cost {
+        *sum.cost.get_or_insert(0.0) += cost;
+    }
 }
 
 /// What the store says about the cluster; a store that cannot answer

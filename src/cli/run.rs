@@ -198,6 +198,31 @@ pub(crate) fn print_turn(view: &TurnView<'_>) {
     out!();
 }
 
+/// The summary's token lines: the session's tokens (and how many turns
+/// were estimated), its cost when priced, and each turn a fallback
+/// answered.
+fn token_lines(report: &RunReport) -> String {
+    let mut output = format!(
+        "  tokens: {} prompt, {} completion",
+        report.prompt_tokens, report.completion_tokens
+    );
+    if report.usage_estimated > 0 {
+        let _ = write!(
+            output,
+            " ({} turns estimated: the model sent no usage)",
+            report.usage_estimated
+        );
+    }
+    output.push('\n');
+    if let Some(cost) = report.cost {
+        let _ = writeln!(output, "  cost: {cost:.6} (at the configured prices)");
+    }
+    for turn in &report.fallback_turns {
+        let _ = writeln!(output, "  {turn}");
+    }
+    output
+}
+
 pub(crate) fn summary(report: &RunReport, clients: &Clients, database: &Path) -> String {
     let mut output = String::new();
     let _ = writeln!(
@@ -226,6 +251,7 @@ pub(crate) fn summary(report: &RunReport, clients: &Clients, database: &Path) ->
             report.memory_pending
         );
     }
+    output.push_str(&token_lines(report));
     let _ = writeln!(
         output,
         "\n  {:<15} {:>6} {:>9} {:>9} {:>9}",
