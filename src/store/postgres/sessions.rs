@@ -199,7 +199,7 @@ impl PgStore {
                 "SELECT schedule, COUNT(*), COALESCE(SUM(prompt_tokens), 0)::bigint,
                         COALESCE(SUM(completion_tokens), 0)::bigint,
                         COALESCE(SUM(usage_estimated), 0)::bigint, SUM(cost)
-                 FROM sessions WHERE start_time >= $1 GROUP BY schedule ORDER BY schedule",
+                 FROM sessions WHERE start_time >= $1 GROUP BY schedule ORDER BY schedule NULLS FIRST",
                 &[&timestamp(since)],
             )
             .await?;

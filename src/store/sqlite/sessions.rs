@@ -194,7 +194,7 @@ impl Store {
         let mut statement = connection.prepare_cached(
             "SELECT schedule, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
                     COALESCE(SUM(usage_estimated), 0), SUM(cost)
-             FROM sessions WHERE start_time >= ?1 GROUP BY schedule ORDER BY schedule",
+             FROM sessions WHERE start_time >= ?1 GROUP BY schedule ORDER BY schedule NULLS FIRST",
         )?;
         let rows = statement
             .query_map(params![timestamp(since)], |row| {
