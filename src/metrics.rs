@@ -341,3 +341,28 @@ pub fn record_build_info() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => BUILD_COMMIT)
         .set(1.0);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cost_renders_as_a_counter_with_escaped_labels_after_the_recorders_text() {
+        let handle = install();
+        add_to_cost("a:1", "model \"x\"\\y", 0.25);
+        add_to_cost("a:1", "model \"x\"\\y", 0.5);
+        add_to_cost("a:1", "model \"x\"\\y", -1.0);
+        let text = render(&handle);
+        assert!(
+            text.contains("# TYPE heistd_model_cost_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "heistd_model_cost_total{endpoint=\"a:1\",model=\"model \\\"x\\\"\\\\y\"} 0.75\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(label_value("a\nb"), "a\\nb");
+    }
+}

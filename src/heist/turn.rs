@@ -477,6 +477,36 @@ mod tests {
     }
 
     #[test]
+    fn usage_is_the_servers_else_estimated_and_costed_only_with_prices() {
+        let prices = Prices {
+            prompt_per_million: 2.0,
+            completion_per_million: 10.0,
+        };
+        let counted = ModelReply {
+            prompt_tokens: Some(1000),
+            completion_tokens: Some(100),
+            ..ModelReply::default()
+        };
+        let never = || -> u32 { panic!("the server counted it") };
+        let usage = turn_usage(&counted, never, never, Some(prices));
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (1000, 100));
+        assert!(!usage.estimated);
+        assert_eq!(usage.cost, Some((1000.0 * 2.0 + 100.0 * 10.0) / 1e6));
+        assert_eq!(turn_usage(&counted, never, never, None).cost, None);
+        // A count the server left out is estimated, and the turn says so.
+        let half = ModelReply {
+            prompt_tokens: Some(1000),
+            ..ModelReply::default()
+        };
+        let usage = turn_usage(&half, never, || 42, None);
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (1000, 42));
+        assert!(usage.estimated);
+        let none = turn_usage(&ModelReply::default(), || 7, || 3, None);
+        assert_eq!((none.prompt_tokens, none.completion_tokens), (7, 3));
+        assert!(none.estimated);
+    }
+
+    #[test]
     fn functions_name_text_is_a_refused_malformed_request() {
         let reply = ModelReply {
             content: "Let me check.\nfunctions.file_reader: vault_specs.txt".into(),
