@@ -209,8 +209,8 @@ fn token_lines(report: &RunReport) -> String {
     if report.usage_estimated > 0 {
         let _ = write!(
             output,
-            " ({} turns estimated: the model sent no usage)",
-            report.usage_estimated
+            " ({} estimated: the model sent no usage)",
+            super::sessions::turns(report.usage_estimated as i64)
         );
     }
     output.push('\n');
@@ -283,4 +283,49 @@ pub(crate) fn summary(report: &RunReport, clients: &Clients, database: &Path) ->
         report.session_id
     );
     output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_gives_tokens_estimates_cost_and_each_fallback_turn() {
+        let report = RunReport {
+            session_id: "heist_x".into(),
+            status: crate::store::SessionStatus::Completed,
+            failure_reason: None,
+            turns: 12,
+            failed_turns: 0,
+            tool_calls_succeeded: 0,
+            tool_calls_failed: 0,
+            tool_calls_refused: 0,
+            memory_pending: 0,
+            prompt_tokens: 5000,
+            completion_tokens: 600,
+            usage_estimated: 2,
+            cost: Some(0.0123),
+            fallback_turns: vec![heist::FallbackTurn {
+                turn_id: 7,
+                endpoint: "api.openai.com:443".into(),
+                model: "gpt-4o-mini".into(),
+            }],
+        };
+        assert_eq!(
+            token_lines(&report),
+            "  tokens: 5000 prompt, 600 completion (2 turns estimated: the model sent no usage)\n\
+             \x20 cost: 0.012300 (at the configured prices)\n\
+             \x20 turn 7 answered by fallback gpt-4o-mini at api.openai.com:443\n"
+        );
+        let unpriced = RunReport {
+            usage_estimated: 0,
+            cost: None,
+            fallback_turns: Vec::new(),
+            ..report
+        };
+        assert_eq!(
+            token_lines(&unpriced),
+            "  tokens: 5000 prompt, 600 completion\n"
+        );
+    }
 }

@@ -138,8 +138,8 @@ pub fn export_markdown(detail: &SessionDetail) -> String {
     if session.usage_estimated > 0 {
         let _ = write!(
             output,
-            " ({} turns estimated by heistd: the model sent no usage)",
-            session.usage_estimated
+            " ({} estimated by heistd: the model sent no usage)",
+            turns(session.usage_estimated)
         );
     }
     output.push('\n');
@@ -244,6 +244,14 @@ fn other_answerer(answerers: &[Answerer<'_>], message: &MessageRow) -> Option<St
     })
 }
 
+/// `1 turn`, `3 turns`.
+pub(super) fn turns(count: impl Into<i64>) -> String {
+    match count.into() {
+        1 => "1 turn".to_string(),
+        count => format!("{count} turns"),
+    }
+}
+
 /// Turn numbers as ranges: `1-6, 9, 11-12`.
 fn turn_ranges(turns: &[i64]) -> String {
     let mut ranges: Vec<(i64, i64)> = Vec::new();
@@ -269,6 +277,67 @@ fn turn_ranges(turns: &[i64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(turn_id: i64, endpoint: &str, model: &str) -> MessageRow {
+        MessageRow {
+            id: turn_id,
+            session_id: "heist_x".into(),
+            turn_id,
+            agent_name: "planner".into(),
+            agent_role: "Planner".into(),
+            message: format!("message {turn_id}"),
+            timestamp: "t".into(),
+            error: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            finish_reason: None,
+            trimmed: false,
+            endpoint: Some(endpoint.into()),
+            model: Some(model.into()),
+        }
+    }
+
+    #[test]
+    fn the_transcript_gives_tokens_cost_and_who_answered_each_turn() {
+        let detail = SessionDetail {
+            session: crate::store::SessionRow {
+                session_id: "heist_x".into(),
+                start_time: "t".into(),
+                end_time: None,
+                num_turns: 4,
+                status_text: "completed".into(),
+                status: crate::store::SessionStatus::Completed,
+                seed: None,
+                scenario: None,
+                planned_turns: None,
+                failure_reason: None,
+                schedule: None,
+                scheduled_time: None,
+                prompt_tokens: 300,
+                completion_tokens: 40,
+                usage_estimated: 1,
+                cost: Some(0.00123),
+            },
+            messages: vec![
+                message(1, "a:1", "m"),
+                message(2, "api.openai.com:443", "gpt-4o-mini"),
+                message(3, "a:1", "m"),
+                message(4, "a:1", "m"),
+            ],
+            tool_usage: Vec::new(),
+            service_calls: Vec::new(),
+        };
+        let text = export_markdown(&detail);
+        for wanted in [
+            "- tokens: 300 prompt, 40 completion (1 turn estimated by heistd: the model sent no usage)\n",
+            "- cost: 0.001230 (at the configured prices)\n",
+            "- answered by m at a:1: turns 1, 3-4\n- answered by gpt-4o-mini at api.openai.com:443: turns 2\n",
+            "### Turn 2: planner (Planner)\n\n_turn 2 answered by gpt-4o-mini at api.openai.com:443, not the session's usual m at a:1_\n",
+        ] {
+            assert!(text.contains(wanted), "{wanted:?} in:\n{text}");
+        }
+        assert_eq!(text.matches("not the session's usual").count(), 1);
+    }
 
     #[test]
     fn turns_read_as_ranges() {

@@ -200,3 +200,27 @@ async fn a_reply_without_usage_is_counted_by_estimate_and_no_price_means_no_cost
         body["tokens"]
     );
 }
+
+/// `promtool check metrics` finds nothing in a priced daemon's `/metrics`
+/// after a heist: the cost family heistd writes beside the recorder's
+/// text is well formed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs promtool (Debian's prometheus package)"]
+async fn promtool_check_metrics_finds_nothing_with_a_cost_series() {
+    let promtool =
+        crate::support::promtool("promtool_check_metrics_finds_nothing_with_a_cost_series");
+    let stack = TestStack::start().await;
+    let model = ModelDouble::start(Behaviour::default()).await;
+    let (daemon, _directory) = daemon_on(
+        &stack,
+        &model,
+        "prompt_price_per_million = 0.15\ncompletion_price_per_million = 0.6\n",
+    )
+    .await;
+    finished_session(&daemon).await;
+    let metrics = daemon.get_text("/metrics").await;
+    assert!(metrics.contains("heistd_model_cost_total{"), "{metrics}");
+    if let Some(said) = crate::support::promtool_check_metrics(promtool, &metrics) {
+        panic!("promtool check metrics with a cost series:\n{said}");
+    }
+}
