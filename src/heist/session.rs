@@ -305,7 +305,7 @@ impl SessionLoop {
         };
         let (played, journal) = journal::scope(play).instrument(turn_span.clone()).await;
         let played = match played {
-            TurnResult::Played(played) => played,
+            TurnResult::Played(played) => *played,
             TurnResult::ModelUnavailable(error) => return Ok(Committed::ModelUnavailable(error)),
         };
         let PlayedTurn { mut record, tools } = played;

@@ -64,7 +64,8 @@ pub(super) struct PlayedTurn {
 
 /// How playing a turn ended.
 pub(super) enum TurnResult {
-    Played(PlayedTurn),
+    /// Boxed: a record is large beside an error, and the enum moves.
+    Played(Box<PlayedTurn>),
     /// The model could not be reached (or the stack would not call it):
     /// nothing is recorded, and the session waits, then plays it again.
     ModelUnavailable(CallError),
@@ -147,10 +148,10 @@ impl TurnPlayer {
             Asked::Unavailable(error) => return TurnResult::ModelUnavailable(error),
             Asked::Failed(error) => {
                 record.error = Some(error);
-                return TurnResult::Played(PlayedTurn {
+                return TurnResult::Played(Box::new(PlayedTurn {
                     record,
                     tools: ToolTally::default(),
-                });
+                }));
             }
         };
         note_reply(&mut record, &reply, trimmed);
@@ -184,7 +185,7 @@ impl TurnPlayer {
             record.memory_payload = serde_json::to_string(&write).ok();
         }
         record.message = message;
-        TurnResult::Played(PlayedTurn { record, tools })
+        TurnResult::Played(Box::new(PlayedTurn { record, tools }))
     }
 
     /// Builds a prompt that fits from the agent's memory and the transcript
