@@ -109,10 +109,11 @@ pub const CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL: &str =
     "heistd_cluster_lease_renewal_failures_total";
 /// Turn commits refused because another node owns the session now.
 pub const CLUSTER_FENCED_WRITES_TOTAL: &str = "heistd_cluster_fenced_writes_total";
-/// Model tokens by endpoint, model and kind (`prompt`, `completion`): the
+/// Model tokens by service, endpoint, model and kind (`prompt`, `completion`): the
 /// server's `usage`, or heistd's estimate for a reply without one.
 pub const MODEL_TOKENS_TOTAL: &str = "heistd_model_tokens_total";
-/// What those tokens cost at the configured prices, by endpoint and model;
+/// What those tokens cost at the configured prices, by service, endpoint
+/// and model;
 /// no series at all without prices. A fraction, so it is kept by
 /// [`add_to_cost`] and written by [`render`], not by the recorder (whose
 /// counters count whole numbers).
@@ -209,8 +210,8 @@ pub const FAMILIES: [(&str, Kind, &str); 53] = [
     (CLUSTER_TAKEOVERS_TOTAL, Kind::Counter, "Sessions this node took over from a node whose lease ran out."),
     (CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL, Kind::Counter, "Heartbeats that failed, or found a session's lease gone."),
     (CLUSTER_FENCED_WRITES_TOTAL, Kind::Counter, "Turn commits refused because another node owns the session now."),
-    (MODEL_TOKENS_TOTAL, Kind::Counter, "Model tokens, by endpoint, model and kind (prompt, completion): the server's usage, or heistd's estimate when a reply has none."),
-    (MODEL_COST_TOTAL, Kind::Counter, "What the model's tokens cost at the configured prices, by endpoint and model; absent when no price is configured."),
+    (MODEL_TOKENS_TOTAL, Kind::Counter, "Model tokens, by service, endpoint, model and kind (prompt, completion): the server's usage, or heistd's estimate when a reply has none."),
+    (MODEL_COST_TOTAL, Kind::Counter, "What the model's tokens cost at the configured prices, by service, endpoint and model; absent when no price is configured."),
 ];
 
 /// What kind of family a name is, for [`describe`].
@@ -264,37 +265,41 @@ pub fn describe() {
     }
 }
 
-/// Counts a model reply's tokens by the endpoint and model that answered,
-/// and their cost when the endpoint is priced (`None`: no cost series).
+/// Counts a model reply's tokens by the service, the endpoint that
+/// answered and its model (every per-endpoint series carries `service` and
+/// `endpoint`), and their cost when the endpoint is priced (`None`: no
+/// cost series).
 pub fn count_model_usage(
+    service: &str,
     endpoint: &str,
     model: &str,
-    prompt_tokens: u64,
-    completion_tokens: u64,
+    tokens: (u64, u64),
     cost: Option<f64>,
 ) {
+    let (prompt_tokens, completion_tokens) = tokens;
     for (kind, tokens) in [("prompt", prompt_tokens), ("completion", completion_tokens)] {
-        metrics::counter!(MODEL_TOKENS_TOTAL, "endpoint" => endpoint.to_string(), "model" => model.to_string(), "kind" => kind)
+        metrics::counter!(MODEL_TOKENS_TOTAL, "service" => service.to_string(), "endpoint" => endpoint.to_string(), "model" => model.to_string(), "kind" => kind)
             .increment(tokens);
     }
     if let Some(cost) = cost {
-        add_to_cost(endpoint, model, cost);
+        add_to_cost([service, endpoint, model], cost);
     }
 }
 
-/// The running `heistd_model_cost_total` of each (endpoint, model).
-static COSTS: parking_lot::Mutex<std::collections::BTreeMap<(String, String), f64>> =
+/// The running `heistd_model_cost_total` of each (service, endpoint, model).
+static COSTS: parking_lot::Mutex<std::collections::BTreeMap<[String; 3], f64>> =
     parking_lot::Mutex::new(std::collections::BTreeMap::new());
 
-/// Adds `cost` (at least 0) to `heistd_model_cost_total{endpoint, model}`.
-pub fn add_to_cost(endpoint: &str, model: &str, cost: f64) {
+/// The cost family's labels, in the order [`add_to_cost`] takes them.
+const COST_LABELS: [&str; 3] = ["service", "endpoint", "model"];
+
+/// Adds `cost` (at least 0) to
+/// `heistd_model_cost_total{service, endpoint, model}`.
+pub fn add_to_cost(labels: [&str; 3], cost: f64) {
     if !cost.is_finite() || cost < 0.0 {
         return;
     }
-    *COSTS
-        .lock()
-        .entry((endpoint.to_string(), model.to_string()))
-        .or_default() += cost;
+    *COSTS.lock().entry(labels.map(str::to_string)).or_default() += cost;
 }
 
 /// The recorder's text, then `heistd_model_cost_total` when any cost has
@@ -312,11 +317,15 @@ pub fn render(handle: &PrometheusHandle) -> String {
     text.push_str(&format!(
         "# HELP {MODEL_COST_TOTAL} {help}\n# TYPE {MODEL_COST_TOTAL} counter\n"
     ));
-    for ((endpoint, model), cost) in costs.iter() {
+    for (values, cost) in costs.iter() {
+        let labels: Vec<String> = COST_LABELS
+            .iter()
+            .zip(values)
+            .map(|(name, value)| format!("{name}=\"{}\"", label_value(value)))
+            .collect();
         text.push_str(&format!(
-            "{MODEL_COST_TOTAL}{{endpoint=\"{}\",model=\"{}\"}} {cost}\n",
-            label_value(endpoint),
-            label_value(model)
+            "{MODEL_COST_TOTAL}{{{}}} {cost}\n",
+            labels.join(",")
         ));
     }
     text
@@ -349,9 +358,10 @@ mod tests {
     #[test]
     fn a_cost_renders_as_a_counter_with_escaped_labels_after_the_recorders_text() {
         let handle = install();
-        add_to_cost("a:1", "model \"x\"\\y", 0.25);
-        add_to_cost("a:1", "model \"x\"\\y", 0.5);
-        add_to_cost("a:1", "model \"x\"\\y", -1.0);
+        let labels = ["llm", "a:1", "model \"x\"\\y"];
+        add_to_cost(labels, 0.25);
+        add_to_cost(labels, 0.5);
+        add_to_cost(labels, -1.0);
         let text = render(&handle);
         assert!(
             text.contains("# TYPE heistd_model_cost_total counter\n"),
@@ -359,7 +369,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "heistd_model_cost_total{endpoint=\"a:1\",model=\"model \\\"x\\\"\\\\y\"} 0.75\n"
+                "heistd_model_cost_total{service=\"llm\",endpoint=\"a:1\",model=\"model \\\"x\\\"\\\\y\"} 0.75\n"
             ),
             "{text}"
         );

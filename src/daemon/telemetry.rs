@@ -43,7 +43,13 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
     // without prices there is no cost series at all.
     let endpoint = crate::clients::endpoint_name(&config.llm.base_url);
     let cost = config.llm.prices().map(|_| 0.0);
-    names::count_model_usage(&endpoint, &config.llm.model, 0, 0, cost);
+    names::count_model_usage(
+        crate::config::LLM_SERVICE,
+        &endpoint,
+        &config.llm.model,
+        (0, 0),
+        cost,
+    );
     for agent in &scenario.agents {
         for outcome in labels::TURN_OUTCOMES {
             metrics::counter!(names::TURNS_TOTAL, "agent" => agent.name.clone(), "outcome" => outcome)

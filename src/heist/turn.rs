@@ -372,10 +372,13 @@ fn note_reply(record: &mut TurnRecord, reply: &ModelReply, trimmed: bool) {
     record.model = Some(reply.model.clone());
     record.fallback = reply.fallback;
     names::count_model_usage(
+        crate::config::LLM_SERVICE,
         &reply.endpoint,
         &reply.model,
-        u64::from(record.usage.prompt_tokens),
-        u64::from(record.usage.completion_tokens),
+        (
+            u64::from(record.usage.prompt_tokens),
+            u64::from(record.usage.completion_tokens),
+        ),
         record.usage.cost,
     );
     if trimmed {

@@ -119,7 +119,11 @@ async fn the_token_counter_and_session_totals_equal_the_servers_usage_and_prices
     let counted_cost = series_value(
         &metrics,
         "heistd_model_cost_total",
-        &[("endpoint", endpoint.as_str()), ("model", MODEL)],
+        &[
+            ("service", "llm"),
+            ("endpoint", endpoint.as_str()),
+            ("model", MODEL),
+        ],
     )
     .expect("a cost series");
     assert!(
