@@ -23,5 +23,5 @@ mod store_contract;
 mod support;
 mod systemd;
 mod tidy;
-mod tokens;
+mod accounting;
 mod tools;
