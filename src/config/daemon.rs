@@ -15,6 +15,10 @@ use super::Secret;
 /// backlog of days.
 pub const MAX_QUEUED_RUNS: u32 = 100_000;
 
+/// The largest `daemon.max_backfill_slots`: one request is for catching up
+/// an outage, not a year.
+pub const MAX_BACKFILL_SLOTS: u32 = 10_000;
+
 /// `[daemon]`: the admin API, the session cap, shutdown and crash recovery.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +48,10 @@ pub struct DaemonConfig {
     /// answers 429 once the queue holds this many (1 to 100000). Unused on
     /// SQLite, where a run starts at once or is refused at the session cap.
     pub max_queued_runs: u32,
+    /// The most slots one backfill request may name
+    /// (`POST /api/v1/schedules/{name}/backfill`, 1 to 10000); a longer
+    /// range is refused with 400, naming this key.
+    pub max_backfill_slots: u32,
     /// On SIGTERM, turns in flight get this long to finish.
     pub shutdown_grace_ms: u64,
     /// What to do at start with sessions a crash left `active`: `resume`
@@ -79,6 +87,7 @@ impl Default for DaemonConfig {
             read_requires_token: None,
             max_concurrent_sessions: 2,
             max_queued_runs: 100,
+            max_backfill_slots: 100,
             shutdown_grace_ms: 30_000,
             recovery: Recovery::Resume,
         }
@@ -108,6 +117,12 @@ impl DaemonConfig {
             return Err((
                 "daemon.max_concurrent_sessions".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if !(1..=MAX_BACKFILL_SLOTS).contains(&self.max_backfill_slots) {
+            return Err((
+                "daemon.max_backfill_slots".into(),
+                format!("must be between 1 and {MAX_BACKFILL_SLOTS}"),
             ));
         }
         if !(1..=MAX_QUEUED_RUNS).contains(&self.max_queued_runs) {

@@ -10,6 +10,7 @@ mod attacks_oauth;
 mod auth;
 mod cli;
 mod cluster;
+mod control;
 mod daemon;
 mod heist;
 mod hostile_process;
