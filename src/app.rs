@@ -407,6 +407,9 @@ impl Parts {
         if let Err(error) = tasks.retention.await {
             tracing::error!(%error, "retention task failed");
         }
+        // Event streams end first: each is one long answer, which the
+        // admin API's drain would otherwise wait for.
+        self.state.events.close();
         let _ = self.finish_sender.send(true);
         for (name, task) in [
             ("admin API", tasks.api),

@@ -194,6 +194,7 @@ impl SessionLoop {
         // this session's turn too (`store.commit_delay_ms`).
         let _in_play = self.store.in_play();
         let mut report = self.report_so_far(&plan).await?;
+        self.model.learn_slots().await;
         let native = self.model.session_uses_native_tools(&self.control).await;
         let mut last_error = None;
         let scenario = self.player.scenario();

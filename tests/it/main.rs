@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod control;
 mod daemon;
+mod endpoints;
 mod heist;
 mod hostile_process;
 mod model;
