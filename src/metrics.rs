@@ -118,6 +118,15 @@ pub const CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL: &str =
     "heistd_cluster_lease_renewal_failures_total";
 /// Turn commits refused because another node owns the session now.
 pub const CLUSTER_FENCED_WRITES_TOTAL: &str = "heistd_cluster_fenced_writes_total";
+/// Model tokens by service, endpoint, model and kind (`prompt`, `completion`): the
+/// server's `usage`, or heistd's estimate for a reply without one.
+pub const MODEL_TOKENS_TOTAL: &str = "heistd_model_tokens_total";
+/// What those tokens cost at the configured prices, by service, endpoint
+/// and model;
+/// no series at all without prices. A fraction, so it is kept by
+/// [`add_to_cost`] and written by [`render`], not by the recorder (whose
+/// counters count whole numbers).
+pub const MODEL_COST_TOTAL: &str = "heistd_model_cost_total";
 /// Sessions waiting out an outage now, by what they wait for (`model`,
 /// `store`).
 pub const SESSIONS_WAITING: &str = "heistd_sessions_waiting";
@@ -173,6 +182,7 @@ pub mod labels {
     pub const WAITING_REASONS: [&str; 2] = ["model", "store"];
     pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "refused"];
     pub const STORE_PAUSE_OUTCOMES: [&str; 2] = ["resumed", "gave_up"];
+    pub const TOKEN_KINDS: [&str; 2] = ["prompt", "completion"];
     /// Why the daemon closed an event stream (the `closed` event's `reason`).
     pub const EVENT_STREAM_CLOSE_REASONS: [&str; 5] = [
         "slow_reader",
@@ -185,7 +195,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 62] = [
+pub const FAMILIES: [(&str, Kind, &str); 64] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -239,6 +249,8 @@ pub const FAMILIES: [(&str, Kind, &str); 62] = [
     (CLUSTER_TAKEOVERS_TOTAL, Kind::Counter, "Sessions this node took over from a node whose lease ran out."),
     (CLUSTER_LEASE_RENEWAL_FAILURES_TOTAL, Kind::Counter, "Heartbeats that failed, or found a session's lease gone."),
     (CLUSTER_FENCED_WRITES_TOTAL, Kind::Counter, "Turn commits refused because another node owns the session now."),
+    (MODEL_TOKENS_TOTAL, Kind::Counter, "Model tokens, by service, endpoint, model and kind (prompt, completion): the server's usage, or heistd's estimate when a reply has none."),
+    (MODEL_COST_TOTAL, Kind::Counter, "What the model's tokens cost at the configured prices, by service, endpoint and model; absent when no price is configured."),
     (SESSIONS_WAITING, Kind::Gauge, "Sessions waiting out an outage now, by what they wait for (model, store)."),
     (SCHEDULE_PAUSED, Kind::Gauge, "1 while the schedule is paused (on every node), else 0."),
     (ENDPOINT_UP, Kind::Gauge, "1 while the health checker holds the endpoint up, else 0."),
@@ -301,6 +313,81 @@ pub fn describe() {
     }
 }
 
+/// Counts a model reply's tokens by the service, the endpoint that
+/// answered and its model (every per-endpoint series carries `service` and
+/// `endpoint`), and their cost when the endpoint is priced (`None`: no
+/// cost series).
+pub fn count_model_usage(
+    service: &str,
+    endpoint: &str,
+    model: &str,
+    tokens: (u64, u64),
+    cost: Option<f64>,
+) {
+    let (prompt_tokens, completion_tokens) = tokens;
+    for (kind, tokens) in [("prompt", prompt_tokens), ("completion", completion_tokens)] {
+        metrics::counter!(MODEL_TOKENS_TOTAL, "service" => service.to_string(), "endpoint" => endpoint.to_string(), "model" => model.to_string(), "kind" => kind)
+            .increment(tokens);
+    }
+    if let Some(cost) = cost {
+        add_to_cost([service, endpoint, model], cost);
+    }
+}
+
+/// The running `heistd_model_cost_total` of each (service, endpoint, model).
+static COSTS: parking_lot::Mutex<std::collections::BTreeMap<[String; 3], f64>> =
+    parking_lot::Mutex::new(std::collections::BTreeMap::new());
+
+/// The cost family's labels, in the order [`add_to_cost`] takes them.
+const COST_LABELS: [&str; 3] = ["service", "endpoint", "model"];
+
+/// Adds `cost` (at least 0) to
+/// `heistd_model_cost_total{service, endpoint, model}`.
+pub fn add_to_cost(labels: [&str; 3], cost: f64) {
+    if !cost.is_finite() || cost < 0.0 {
+        return;
+    }
+    *COSTS.lock().entry(labels.map(str::to_string)).or_default() += cost;
+}
+
+/// The recorder's text, then `heistd_model_cost_total` when any cost has
+/// been counted (nothing at all otherwise: no price, no series).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    let costs = COSTS.lock();
+    if costs.is_empty() {
+        return text;
+    }
+    let help = FAMILIES
+        .iter()
+        .find(|(name, _, _)| *name == MODEL_COST_TOTAL)
+        .map_or("", |(_, _, help)| help);
+    text.push_str(&format!(
+        "# HELP {MODEL_COST_TOTAL} {help}\n# TYPE {MODEL_COST_TOTAL} counter\n"
+    ));
+    for (values, cost) in costs.iter() {
+        let labels: Vec<String> = COST_LABELS
+            .iter()
+            .zip(values)
+            .map(|(name, value)| format!("{name}=\"{}\"", label_value(value)))
+            .collect();
+        text.push_str(&format!(
+            "{MODEL_COST_TOTAL}{{{}}} {cost}\n",
+            labels.join(",")
+        ));
+    }
+    text
+}
+
+/// A label value escaped as the Prometheus text format asks (backslash,
+/// double quote, line feed).
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// The commit this binary was built from: HEAD's short hash when built in
 /// a git checkout, else `HEISTD_GIT_COMMIT` at build time, else `unknown`
 /// (`build.rs` decides).
@@ -310,4 +397,30 @@ pub const BUILD_COMMIT: &str = env!("HEISTD_BUILD_COMMIT");
 pub fn record_build_info() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => BUILD_COMMIT)
         .set(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cost_renders_as_a_counter_with_escaped_labels_after_the_recorders_text() {
+        let handle = install();
+        let labels = ["llm", "a:1", "model \"x\"\\y"];
+        add_to_cost(labels, 0.25);
+        add_to_cost(labels, 0.5);
+        add_to_cost(labels, -1.0);
+        let text = render(&handle);
+        assert!(
+            text.contains("# TYPE heistd_model_cost_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "heistd_model_cost_total{service=\"llm\",endpoint=\"a:1\",model=\"model \\\"x\\\"\\\\y\"} 0.75\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(label_value("a\nb"), "a\\nb");
+    }
 }

@@ -4,6 +4,7 @@
 //! shapes; and the readers `heistd check` and `heistd reload` use to ask a
 //! running daemon for that status, since this module owns its shape.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::PROMETHEUS_CONTENT_TYPE;
 use crate::clients::EndpointKnowledge;
 use crate::daemon::state::{ConfigStatus, DaemonState, Readiness, RunningSession, ScheduleStatus};
-use crate::store::NodeRow;
+use crate::store::{NodeRow, TokenTotals};
 
 /// Each service's breaker state as a running daemon reports it in
 /// `GET /api/v1/status`, if one answers at `address` within a moment (for
@@ -108,6 +109,23 @@ pub(super) struct DaemonStatus {
     /// Event streams open now (`GET /api/v1/events` and a session's), of
     /// at most `events.max_streams`.
     event_streams: usize,
+    /// Today's tokens (UTC), from the store: every node's sessions on a
+    /// shared store. Null when the store cannot answer.
+    tokens: Option<TokensToday>,
+}
+
+/// The tokens of the sessions started today (UTC): all of them, and per
+/// schedule. A session is counted on the day it started, whole.
+#[derive(Debug, Serialize)]
+struct TokensToday {
+    /// The UTC day, `YYYY-MM-DD`.
+    day: String,
+    total: TokenTotals,
+    /// Each configured schedule (at 0 when it ran nothing today), and any
+    /// other schedule name found in today's sessions.
+    schedules: BTreeMap<String, TokenTotals>,
+    /// Runs no schedule started (`POST /api/v1/runs`).
+    unscheduled: TokenTotals,
 }
 
 #[derive(Debug, Serialize)]
@@ -167,7 +185,7 @@ pub(super) async fn prometheus_metrics(State(state): State<Arc<DaemonState>>) ->
     crate::daemon::telemetry::refresh_scrape_gauges(&state).await;
     (
         [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
-        state.metrics.render(),
+        crate::metrics::render(&state.metrics),
     )
         .into_response()
 }
@@ -187,6 +205,7 @@ pub(super) async fn daemon_status(State(state): State<Arc<DaemonState>>) -> Json
         config: state.config_status(),
         cluster: cluster_status(&state).await,
         event_streams: state.events.open_streams(),
+        tokens: tokens_today(&state).await,
     })
 }
 
@@ -238,6 +257,48 @@ fn with_knowledge(service: &mut serde_json::Value, knowledge: Vec<EndpointKnowle
         })
         .collect();
     service["endpoints"] = serde_json::Value::Array(merged);
+}
+
+/// Today's token totals from the store (sessions started since 00:00 UTC).
+async fn tokens_today(state: &DaemonState) -> Option<TokensToday> {
+    let now = Utc::now();
+    let midnight = now.date_naive().and_time(chrono::NaiveTime::MIN).and_utc();
+    let rows = match state.store.token_totals_since(midnight).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            tracing::warn!(%error, "today's token totals could not be read");
+            return None;
+        }
+    };
+    let mut today = TokensToday {
+        day: now.format("%Y-%m-%d").to_string(),
+        total: TokenTotals::default(),
+        schedules: state
+            .config()
+            .schedule
+            .iter()
+            .map(|schedule| (schedule.name.clone(), TokenTotals::default()))
+            .collect(),
+        unscheduled: TokenTotals::default(),
+    };
+    for row in rows {
+        add_totals(&mut today.total, &row.totals);
+        match row.schedule {
+            Some(name) => today.schedules.insert(name, row.totals),
+            None => Some(std::mem::replace(&mut today.unscheduled, row.totals)),
+        };
+    }
+    Some(today)
+}
+
+fn add_totals(sum: &mut TokenTotals, more: &TokenTotals) {
+    sum.sessions += more.sessions;
+    sum.prompt_tokens += more.prompt_tokens;
+    sum.completion_tokens += more.completion_tokens;
+    sum.usage_estimated += more.usage_estimated;
+    if let Some(cost) = more.cost {
+        *sum.cost.get_or_insert(0.0) += cost;
+    }
 }
 
 /// What the store says about the cluster; a store that cannot answer

@@ -237,6 +237,31 @@ pub(crate) fn print_turn_of(
     out!();
 }
 
+/// The summary's token lines: the session's tokens (and how many turns
+/// were estimated), its cost when priced, and each turn a fallback
+/// answered.
+fn token_lines(report: &RunReport) -> String {
+    let mut output = format!(
+        "  tokens: {} prompt, {} completion",
+        report.prompt_tokens, report.completion_tokens
+    );
+    if report.usage_estimated > 0 {
+        let _ = write!(
+            output,
+            " ({} estimated: the model sent no usage)",
+            super::sessions::turns(report.usage_estimated as i64)
+        );
+    }
+    output.push('\n');
+    if let Some(cost) = report.cost {
+        let _ = writeln!(output, "  cost: {cost:.6} (at the configured prices)");
+    }
+    for turn in &report.fallback_turns {
+        let _ = writeln!(output, "  {turn}");
+    }
+    output
+}
+
 pub(crate) fn summary(report: &RunReport, clients: &Clients, database: &Path) -> String {
     let mut output = String::new();
     let _ = writeln!(
@@ -265,6 +290,7 @@ pub(crate) fn summary(report: &RunReport, clients: &Clients, database: &Path) ->
             report.memory_pending
         );
     }
+    output.push_str(&token_lines(report));
     let _ = writeln!(
         output,
         "\n  {:<15} {:>6} {:>9} {:>9} {:>9}",
@@ -296,4 +322,49 @@ pub(crate) fn summary(report: &RunReport, clients: &Clients, database: &Path) ->
         report.session_id
     );
     output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_gives_tokens_estimates_cost_and_each_fallback_turn() {
+        let report = RunReport {
+            session_id: "heist_x".into(),
+            status: crate::store::SessionStatus::Completed,
+            failure_reason: None,
+            turns: 12,
+            failed_turns: 0,
+            tool_calls_succeeded: 0,
+            tool_calls_failed: 0,
+            tool_calls_refused: 0,
+            memory_pending: 0,
+            prompt_tokens: 5000,
+            completion_tokens: 600,
+            usage_estimated: 2,
+            cost: Some(0.0123),
+            fallback_turns: vec![heist::FallbackTurn {
+                turn_id: 7,
+                endpoint: "api.openai.com:443".into(),
+                model: "gpt-4o-mini".into(),
+            }],
+        };
+        assert_eq!(
+            token_lines(&report),
+            "  tokens: 5000 prompt, 600 completion (2 turns estimated: the model sent no usage)\n\
+             \x20 cost: 0.012300 (at the configured prices)\n\
+             \x20 turn 7 answered by fallback gpt-4o-mini at api.openai.com:443\n"
+        );
+        let unpriced = RunReport {
+            usage_estimated: 0,
+            cost: None,
+            fallback_turns: Vec::new(),
+            ..report
+        };
+        assert_eq!(
+            token_lines(&unpriced),
+            "  tokens: 5000 prompt, 600 completion\n"
+        );
+    }
 }

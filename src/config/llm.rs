@@ -103,6 +103,15 @@ pub struct LlmConfig {
     /// `usage`; waits and refusals as for `rpm`. 0: no limit.
     #[serde(default)]
     pub tpm: u32,
+    /// What the provider charges per million prompt tokens (any currency,
+    /// at least 0; set with `completion_price_per_million`). Unset: no
+    /// cost is counted anywhere, never a guess.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_price_per_million: Option<f64>,
+    /// What the provider charges per million completion tokens (at least
+    /// 0; set with `prompt_price_per_million`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_price_per_million: Option<f64>,
     /// The model calls' deadline, retries, budget, bulkhead and breaker.
     #[serde(default = "PolicyConfig::language_model")]
     pub policy: PolicyConfig,
@@ -135,6 +144,65 @@ pub struct RateLimitConfig {
     /// Tokens a minute (estimated prompt plus `max_tokens`, corrected by
     /// `usage`); 0: no limit.
     pub tpm: u32,
+}
+
+/// What a model's provider charges, per million tokens of each kind: read
+/// from a pair of `*_price_per_million` keys (`[llm]`'s, or an endpoint's,
+/// which carry the same two keys and read them with [`Prices::from_keys`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prices {
+    pub prompt_per_million: f64,
+    pub completion_per_million: f64,
+}
+
+impl Prices {
+    /// The prices a section's `prompt_price_per_million` and
+    /// `completion_price_per_million` give: none when neither is set; both
+    /// must be set (a free kind is 0, never assumed) and be finite and at
+    /// least 0. The error is (key, why), the key under `section`.
+    pub fn from_keys(
+        section: &str,
+        prompt: Option<f64>,
+        completion: Option<f64>,
+    ) -> Result<Option<Prices>, (String, String)> {
+        let key = |name: &str| format!("{section}.{name}");
+        for (name, price) in [
+            ("prompt_price_per_million", prompt),
+            ("completion_price_per_million", completion),
+        ] {
+            if price.is_some_and(|price| !price.is_finite() || price < 0.0) {
+                return Err((key(name), "must be a number of at least 0".into()));
+            }
+        }
+        match (prompt, completion) {
+            (None, None) => Ok(None),
+            (Some(prompt), Some(completion)) => Ok(Some(Prices {
+                prompt_per_million: prompt,
+                completion_per_million: completion,
+            })),
+            (Some(_), None) => Err((
+                key("completion_price_per_million"),
+                format!(
+                    "must be set with {} (0 when free)",
+                    key("prompt_price_per_million")
+                ),
+            )),
+            (None, Some(_)) => Err((
+                key("prompt_price_per_million"),
+                format!(
+                    "must be set with {} (0 when free)",
+                    key("completion_price_per_million")
+                ),
+            )),
+        }
+    }
+
+    /// What `prompt_tokens` and `completion_tokens` cost at these prices.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.prompt_per_million
+            + completion_tokens as f64 * self.completion_per_million)
+            / 1_000_000.0
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +243,8 @@ impl Default for LlmConfig {
             min_completion_tokens: default_min_completion_tokens(),
             rpm: 0,
             tpm: 0,
+            prompt_price_per_million: None,
+            completion_price_per_million: None,
             policy: PolicyConfig::language_model(),
             health: HealthCheckConfig::language_model(),
             endpoints: Vec::new(),
@@ -191,6 +261,19 @@ impl LlmConfig {
             rpm: self.rpm,
             tpm: self.tpm,
         }
+    }
+
+    /// The configured prices (`llm.prompt_price_per_million`,
+    /// `llm.completion_price_per_million`), when both are set (a loaded
+    /// config has been checked: one without the other is refused).
+    pub fn prices(&self) -> Option<Prices> {
+        Prices::from_keys(
+            "llm",
+            self.prompt_price_per_million,
+            self.completion_price_per_million,
+        )
+        .ok()
+        .flatten()
     }
 
     /// Checks the values (the policy and the health check have their own
@@ -224,6 +307,11 @@ impl LlmConfig {
         if self.idle_timeout_ms == 0 {
             return fail("llm.idle_timeout_ms", "must be at least 1");
         }
+        Prices::from_keys(
+            "llm",
+            self.prompt_price_per_million,
+            self.completion_price_per_million,
+        )?;
         // At or past the call's deadline the idle cut could never fire, and a
         // stalled stream would hold the call for the whole deadline.
         if self.stream && self.idle_timeout_ms >= self.policy.deadline_ms {

@@ -51,7 +51,7 @@ pub use events::EventsConfig;
 pub use health::HealthCheckConfig;
 pub use heist::HeistConfig;
 pub use http::HttpConfig;
-pub use llm::{LlmConfig, RateLimitConfig, TokenCounting, ToolCalling};
+pub use llm::{LlmConfig, Prices, RateLimitConfig, TokenCounting, ToolCalling};
 pub use load::{
     admin_address_hint, load, load_without_secrets, process_environment, systemd_environment,
     SystemdEnvironment,

@@ -46,6 +46,23 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
     ] {
         metrics::counter!(model_counter).increment(0);
     }
+    // Each configured endpoint's tokens, and its cost only when priced:
+    // without prices there is no cost series at all.
+    let cost = config.llm.prices().map(|_| 0.0);
+    for endpoint in config
+        .llm
+        .primary_endpoints()
+        .iter()
+        .chain(&config.llm.fallbacks)
+    {
+        names::count_model_usage(
+            crate::config::LLM_SERVICE,
+            &endpoint.label(),
+            &endpoint.model,
+            (0, 0),
+            cost,
+        );
+    }
     for agent in &scenario.agents {
         for outcome in labels::TURN_OUTCOMES {
             metrics::counter!(names::TURNS_TOTAL, "agent" => agent.name.clone(), "outcome" => outcome)

@@ -102,6 +102,54 @@ pub struct RunReport {
     pub tool_calls_refused: u32,
     /// Memory writes still in the outbox at the end (service down).
     pub memory_pending: usize,
+    /// The session's tokens, as its row in the store counts them (turns
+    /// before a resume included).
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Turns whose counts are heistd's estimate (the reply had no `usage`).
+    pub usage_estimated: u64,
+    /// What the tokens cost at the configured prices; none without prices.
+    pub cost: Option<f64>,
+    /// The turns (of this run) a fallback endpoint answered.
+    pub fallback_turns: Vec<FallbackTurn>,
+}
+
+/// A turn a fallback answered: which, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackTurn {
+    pub turn_id: u32,
+    pub endpoint: String,
+    pub model: String,
+}
+
+impl RunReport {
+    /// Adds a committed turn's tokens, cost and answering endpoint.
+    fn count_turn(&mut self, record: &TurnRecord) {
+        let usage = &record.usage;
+        self.prompt_tokens += u64::from(usage.prompt_tokens);
+        self.completion_tokens += u64::from(usage.completion_tokens);
+        self.usage_estimated += u64::from(usage.estimated);
+        if let Some(cost) = usage.cost {
+            *self.cost.get_or_insert(0.0) += cost;
+        }
+        if record.fallback {
+            self.fallback_turns.push(FallbackTurn {
+                turn_id: record.turn_id,
+                endpoint: record.endpoint.clone().unwrap_or_default(),
+                model: record.model.clone().unwrap_or_default(),
+            });
+        }
+    }
+}
+
+impl std::fmt::Display for FallbackTurn {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "turn {} answered by fallback {} at {}",
+            self.turn_id, self.model, self.endpoint
+        )
+    }
 }
 
 /// One finished turn, for live output.

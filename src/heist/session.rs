@@ -268,6 +268,11 @@ impl SessionLoop {
             tool_calls_failed: 0,
             tool_calls_refused: 0,
             memory_pending: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            usage_estimated: 0,
+            cost: None,
+            fallback_turns: Vec::new(),
         };
         if plan.first_turn > 1 {
             let detail = self.store.session(&plan.session_id).await?;
@@ -276,6 +281,11 @@ impl SessionLoop {
                 .iter()
                 .filter(|message| message.error.is_some())
                 .count() as u32;
+            let session = &detail.session;
+            report.prompt_tokens = session.prompt_tokens.max(0) as u64;
+            report.completion_tokens = session.completion_tokens.max(0) as u64;
+            report.usage_estimated = session.usage_estimated.max(0) as u64;
+            report.cost = session.cost;
         }
         Ok(report)
     }
@@ -303,7 +313,7 @@ impl SessionLoop {
         };
         let (played, journal) = journal::scope(play).instrument(turn_span.clone()).await;
         let played = match played {
-            TurnResult::Played(played) => played,
+            TurnResult::Played(played) => *played,
             TurnResult::ModelUnavailable(error) => {
                 self.record_unavailable_calls(session_id, turn_id, journal)
                     .await;
@@ -325,6 +335,7 @@ impl SessionLoop {
             Err(error) => return Err(self.end_after_store_outage(session_id, &what, error).await),
         };
         self.remember_committed_turn(&record);
+        report.count_turn(&record);
         report.turns += 1;
         if record.error.is_some() {
             report.failed_turns += 1;

@@ -15,13 +15,13 @@ use super::prompt::{FittedPrompt, ModelRoom, PromptBuilder, PromptParts};
 use super::tools::{ToolRunner, ToolTally, REFUSED_PREFIX};
 use super::transcript::TranscriptEntry;
 use crate::clients::{
-    AccessToken, CallError, ChatRequest, Clients, LlmClient, MemoryWrite, ModelReply, TokenCache,
-    ToolSpec,
+    AccessToken, CallError, ChatMessage, ChatRequest, Clients, LlmClient, MemoryWrite, ModelReply,
+    TokenCache, ToolSpec,
 };
-use crate::config::Config;
+use crate::config::{Config, Prices};
 use crate::metrics as names;
 use crate::scenario::{Agent, Scenario};
-use crate::store::{ToolCallRecord, TurnRecord};
+use crate::store::{ToolCallRecord, TurnRecord, TurnUsage};
 use crate::wire::{parse_tool_requests, ToolRequest};
 
 /// Plays one turn and returns its record; the session loop commits it.
@@ -64,7 +64,8 @@ pub(super) struct PlayedTurn {
 
 /// How playing a turn ended.
 pub(super) enum TurnResult {
-    Played(PlayedTurn),
+    /// Boxed: a record is large beside an error, and the enum moves.
+    Played(Box<PlayedTurn>),
     /// The model could not be reached (or the stack would not call it):
     /// nothing is recorded, and the session waits, then plays it again.
     ModelUnavailable(CallError),
@@ -72,7 +73,11 @@ pub(super) enum TurnResult {
 
 /// The model's answer to a turn, or why there is none.
 enum Asked {
-    Replied { reply: ModelReply, trimmed: bool },
+    Replied {
+        reply: ModelReply,
+        trimmed: bool,
+        usage: TurnUsage,
+    },
     Failed(String),
     Unavailable(CallError),
 }
@@ -125,17 +130,28 @@ impl TurnPlayer {
             completion_tokens: None,
             finish_reason: None,
             trimmed: false,
+            endpoint: None,
+            model: None,
+            fallback: false,
+            usage: TurnUsage::default(),
         };
         let token = self.token_for(agent).await;
         let (reply, trimmed) = match self.ask_model(session, agent, transcript).await {
-            Asked::Replied { reply, trimmed } => (reply, trimmed),
+            Asked::Replied {
+                reply,
+                trimmed,
+                usage,
+            } => {
+                record.usage = usage;
+                (reply, trimmed)
+            }
             Asked::Unavailable(error) => return TurnResult::ModelUnavailable(error),
             Asked::Failed(error) => {
                 record.error = Some(error);
-                return TurnResult::Played(PlayedTurn {
+                return TurnResult::Played(Box::new(PlayedTurn {
                     record,
                     tools: ToolTally::default(),
-                });
+                }));
             }
         };
         note_reply(&mut record, &reply, trimmed);
@@ -169,7 +185,7 @@ impl TurnPlayer {
             record.memory_payload = serde_json::to_string(&write).ok();
         }
         record.message = message;
-        TurnResult::Played(PlayedTurn { record, tools })
+        TurnResult::Played(Box::new(PlayedTurn { record, tools }))
     }
 
     /// Builds a prompt that fits from the agent's memory and the transcript
@@ -216,10 +232,17 @@ impl TurnPlayer {
             };
             match llm.complete_from_tier(request, tier).await {
                 Ok(reply) => {
+                    let usage = turn_usage(
+                        &reply,
+                        || llm.estimate_tokens(&fitted.messages, &native_tools),
+                        || completion_estimate(llm, &reply),
+                        self.prices(&reply),
+                    );
                     return Asked::Replied {
                         reply,
                         trimmed: fitted.trimmed,
-                    }
+                        usage,
+                    };
                 }
                 Err(error) if error.context_overflow().is_some() => {
                     tracing::warn!(turn_id = session.turn_id, %error, "the prompt did not fit the model's context; trimming it");
@@ -240,6 +263,17 @@ impl TurnPlayer {
              heist.memory_max_tokens or llm.max_tokens)",
             self.clients.llm.context_tokens().unwrap_or_default()
         ))
+    }
+
+    /// The prices of the endpoint that answered `reply`: `[llm]`'s for a
+    /// primary endpoint; none for a fallback (a fallback is another
+    /// provider: its price is never assumed to be the primary's; per
+    /// endpoint prices go here when endpoints carry them).
+    fn prices(&self, reply: &ModelReply) -> Option<Prices> {
+        if reply.fallback {
+            return None;
+        }
+        self.config.llm.prices()
     }
 
     /// The prompt fitted to the primary models' smallest known window, or
@@ -356,13 +390,60 @@ impl TurnPlayer {
     }
 }
 
-/// Copies what the server said about the reply into the record; a reply
-/// cut at `max_tokens` is logged and counted.
+/// What the turn's model call used: the server's `usage`, with each count
+/// it left out estimated (and the turn marked so), and its cost at
+/// `prices` (none without prices: a cost is never guessed).
+fn turn_usage(
+    reply: &ModelReply,
+    prompt_estimate: impl FnOnce() -> u32,
+    completion_estimate: impl FnOnce() -> u32,
+    prices: Option<Prices>,
+) -> TurnUsage {
+    let prompt_tokens = reply.prompt_tokens.unwrap_or_else(prompt_estimate);
+    let completion_tokens = reply.completion_tokens.unwrap_or_else(completion_estimate);
+    TurnUsage {
+        prompt_tokens,
+        completion_tokens,
+        estimated: reply.prompt_tokens.is_none() || reply.completion_tokens.is_none(),
+        cost: prices
+            .map(|prices| prices.cost(u64::from(prompt_tokens), u64::from(completion_tokens))),
+    }
+}
+
+/// The reply's tokens as the client estimates text (its calibrated
+/// characters per token): its text and native calls as one message, less
+/// what an empty message is estimated at (the chat template's share).
+fn completion_estimate(llm: &LlmClient, reply: &ModelReply) -> u32 {
+    let mut text = reply.content.clone();
+    for (tool, parameter) in &reply.tool_calls {
+        text.push_str(tool);
+        text.push_str(parameter);
+    }
+    llm.estimate_tokens(&[ChatMessage::user(text)], &[])
+        .saturating_sub(llm.estimate_tokens(&[ChatMessage::user(String::new())], &[]))
+}
+
+/// Copies what the server said about the reply into the record, and
+/// counts its tokens (and their cost, when priced) by the endpoint and
+/// model that answered; a reply cut at `max_tokens` is logged and counted.
 fn note_reply(record: &mut TurnRecord, reply: &ModelReply, trimmed: bool) {
     record.prompt_tokens = reply.prompt_tokens;
     record.completion_tokens = reply.completion_tokens;
     record.finish_reason = reply.finish_reason.clone();
     record.trimmed = trimmed;
+    record.endpoint = Some(reply.endpoint.clone());
+    record.model = Some(reply.model.clone());
+    record.fallback = reply.fallback;
+    names::count_model_usage(
+        crate::config::LLM_SERVICE,
+        &reply.endpoint,
+        &reply.model,
+        (
+            u64::from(record.usage.prompt_tokens),
+            u64::from(record.usage.completion_tokens),
+        ),
+        record.usage.cost,
+    );
     if trimmed {
         metrics::counter!(names::MODEL_PROMPTS_TRIMMED_TOTAL).increment(1);
     }
@@ -460,6 +541,36 @@ mod tests {
         );
         assert_eq!(requests.len(), 2);
         assert_eq!(requests[1].tool, "file_reader");
+    }
+
+    #[test]
+    fn usage_is_the_servers_else_estimated_and_costed_only_with_prices() {
+        let prices = Prices {
+            prompt_per_million: 2.0,
+            completion_per_million: 10.0,
+        };
+        let counted = ModelReply {
+            prompt_tokens: Some(1000),
+            completion_tokens: Some(100),
+            ..ModelReply::default()
+        };
+        let never = || -> u32 { panic!("the server counted it") };
+        let usage = turn_usage(&counted, never, never, Some(prices));
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (1000, 100));
+        assert!(!usage.estimated);
+        assert_eq!(usage.cost, Some((1000.0 * 2.0 + 100.0 * 10.0) / 1e6));
+        assert_eq!(turn_usage(&counted, never, never, None).cost, None);
+        // A count the server left out is estimated, and the turn says so.
+        let half = ModelReply {
+            prompt_tokens: Some(1000),
+            ..ModelReply::default()
+        };
+        let usage = turn_usage(&half, never, || 42, None);
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (1000, 42));
+        assert!(usage.estimated);
+        let none = turn_usage(&ModelReply::default(), || 7, || 3, None);
+        assert_eq!((none.prompt_tokens, none.completion_tokens), (7, 3));
+        assert!(none.estimated);
     }
 
     #[test]

@@ -21,8 +21,9 @@ use async_trait::async_trait;
 
 use super::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
-    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord,
-    SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
+    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError,
+    TurnRead, TurnRecord,
 };
 
 /// What a committed turn leaves its session to deliver next.
@@ -95,6 +96,14 @@ pub(crate) trait Backend: Any + Send + Sync {
     async fn session(&self, session_id: &str) -> Result<SessionDetail, StoreError>;
 
     async fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError>;
+
+    /// The token totals of the sessions started at or after `since`, per
+    /// schedule (the day's totals in `GET /api/v1/status`); kept cheap by
+    /// an index on `sessions.start_time`.
+    async fn token_totals_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ScheduleTokens>, StoreError>;
 
     /// The slots (as stored) of `schedule` from `from` to `to` (RFC 3339
     /// text as `to_rfc3339` writes it, both included) that have a session.

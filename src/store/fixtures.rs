@@ -6,7 +6,7 @@
 //! the record types through `super`, which is `store` in the library and
 //! the contract suite's module in the tests.
 
-use super::{NewSession, ServiceCallRecord, ToolCallRecord, TurnRecord};
+use super::{NewSession, ServiceCallRecord, ToolCallRecord, TurnRecord, TurnUsage};
 
 /// A new session of the built-in scenario, unscheduled.
 pub fn new_session(seed: u64, planned_turns: u32) -> NewSession {
@@ -34,6 +34,22 @@ pub fn turn(session_id: &str, turn_id: u32) -> TurnRecord {
         completion_tokens: Some(20),
         finish_reason: Some("stop".into()),
         trimmed: turn_id.is_multiple_of(2),
+        endpoint: Some("127.0.0.1:8006".into()),
+        model: Some(
+            if turn_id == 3 {
+                "fallback-model"
+            } else {
+                "rehearsal"
+            }
+            .into(),
+        ),
+        fallback: turn_id == 3,
+        usage: TurnUsage {
+            prompt_tokens: 100 + turn_id,
+            completion_tokens: 20,
+            estimated: false,
+            cost: None,
+        },
         tool_calls: vec![ToolCallRecord {
             tool_name: "calculator".into(),
             tool_params: "1+1".into(),

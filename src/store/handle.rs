@@ -17,8 +17,9 @@ use super::postgres::PgStore;
 use super::sqlite::SqliteBackend;
 use super::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
-    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord,
-    SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
+    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError,
+    TurnRead, TurnRecord,
 };
 use crate::config::{ClusterConfig, StoreBackend, StoreConfig, Synchronous};
 
@@ -140,6 +141,15 @@ impl StoreHandle {
         limit: usize,
     ) -> Result<Vec<SessionRow>, StoreError> {
         self.backend.find_sessions(status, schedule, limit).await
+    }
+
+    /// The token totals of the sessions started at or after `since`, per
+    /// schedule (none: runs no schedule started).
+    pub async fn token_totals_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ScheduleTokens>, StoreError> {
+        self.backend.token_totals_since(since).await
     }
 
     pub async fn list_sessions(&self, limit: usize) -> Result<Vec<SessionRow>, StoreError> {

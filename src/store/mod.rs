@@ -40,8 +40,8 @@ pub use migrate::MigrationReport;
 pub use rows::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, MessageRow,
     NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, RunTrigger, SchedulePause,
-    ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus, SessionTurns,
-    ToolCallRecord, ToolUsageRow, TurnRead, TurnRecord,
+    ScheduleTokens, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus,
+    SessionTurns, TokenTotals, ToolCallRecord, ToolUsageRow, TurnRead, TurnRecord, TurnUsage,
 };
 
 /// The SQLite schema's version, bumped with every migration appended to

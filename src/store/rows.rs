@@ -159,6 +159,54 @@ pub struct TurnRecord {
     pub finish_reason: Option<String>,
     /// The prompt was trimmed to fit the model's context window.
     pub trimmed: bool,
+    /// The endpoint that answered (its name) and the model it ran; none
+    /// when no model answered the turn.
+    pub endpoint: Option<String>,
+    pub model: Option<String>,
+    /// That endpoint is a fallback. Shown live (the run's summary); the
+    /// store keeps the endpoint and model, not this flag.
+    pub fallback: bool,
+    /// What the turn's model call used, added to its session's totals in
+    /// the turn's own transaction.
+    pub usage: TurnUsage,
+}
+
+/// What one turn's model call used, as its session's totals count it: the
+/// server's `usage`, or heistd's estimate where the reply had none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TurnUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// The counts (or one of them) are heistd's estimate: the reply had no
+    /// `usage`. Counted in the session's `usage_estimated`.
+    pub estimated: bool,
+    /// What those tokens cost at the configured prices; none when no price
+    /// is configured.
+    pub cost: Option<f64>,
+}
+
+/// Token totals of a set of sessions (those one schedule started on one
+/// UTC day, say).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TokenTotals {
+    /// The sessions counted.
+    pub sessions: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Turns whose counts are heistd's estimate (no `usage` in the reply).
+    pub usage_estimated: u64,
+    /// The sessions' cost, where prices were configured; absent when none
+    /// of them has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+}
+
+/// The token totals of the sessions one schedule (or no schedule: runs
+/// started through the API or the command line) started in a period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleTokens {
+    pub schedule: Option<String>,
+    pub totals: TokenTotals,
 }
 
 /// A call that failed or needed retries, kept so "why was turn 7 slow?"
@@ -208,6 +256,16 @@ pub struct SessionRow {
     pub scheduled_time: Option<String>,
     /// `schedule`, `manual` or `backfill` for a schedule's run; as stored.
     pub trigger: Option<String>,
+    /// The session's tokens so far (the server's `usage`, or heistd's
+    /// estimate for turns whose reply had none), kept current with each
+    /// turn's commit.
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// Turns whose counts are heistd's estimate.
+    pub usage_estimated: i64,
+    /// What the session's tokens cost at the configured prices; null when
+    /// no price was configured.
+    pub cost: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -224,6 +282,10 @@ pub struct MessageRow {
     pub completion_tokens: Option<i64>,
     pub finish_reason: Option<String>,
     pub trimmed: bool,
+    /// The endpoint that answered and the model it ran; null for a turn no
+    /// model answered, or one recorded before heistd kept them.
+    pub endpoint: Option<String>,
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -356,12 +418,12 @@ pub struct HeartbeatReport {
 /// their order (SQLite's `sqlite::rows::session_row`, PostgreSQL's
 /// `postgres::rows::session_row_at`).
 pub(crate) const SESSION_COLUMNS: &str =
-    "session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason, schedule, scheduled_time, trigger";
+    "session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason, schedule, scheduled_time, trigger, prompt_tokens, completion_tokens, usage_estimated, cost";
 
 /// The `messages` read every backend's message reader expects, in its
 /// column order.
 pub(crate) const MESSAGE_COLUMNS: &str =
-    "SELECT id, session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed FROM messages";
+    "SELECT id, session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed, endpoint, model FROM messages";
 
 /// The `tool_usage` read every backend's tool usage reader expects, in its
 /// column order.

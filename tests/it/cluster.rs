@@ -386,6 +386,10 @@ async fn store_migrate_copies_a_sqlite_trail_once_with_a_count_check() {
                         completion_tokens: None,
                         finish_reason: None,
                         trimmed: false,
+                        endpoint: None,
+                        model: None,
+                        fallback: false,
+                        usage: Default::default(),
                     })
                     .await
                     .expect("turn");
@@ -755,6 +759,10 @@ fn left_behind_turn(session_id: &str, turn_id: u32) -> heistd::store::TurnRecord
         completion_tokens: None,
         finish_reason: None,
         trimmed: false,
+        endpoint: None,
+        model: None,
+        fallback: false,
+        usage: Default::default(),
     }
 }
 

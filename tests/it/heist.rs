@@ -479,6 +479,10 @@ async fn a_memory_write_refused_for_good_is_set_aside_and_the_rest_are_delivered
             completion_tokens: None,
             finish_reason: None,
             trimmed: false,
+            endpoint: None,
+            model: None,
+            fallback: false,
+            usage: Default::default(),
         };
         stack.store.record_turn(record).await.expect("commit");
     }

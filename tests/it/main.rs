@@ -1,6 +1,7 @@
 //! Integration tests: real companions on ephemeral loopback ports, real
 //! HTTP, real SQLite files. One test binary, so the crate links once.
 
+mod accounting;
 mod attacks;
 mod attacks_database;
 mod attacks_listeners;

@@ -90,6 +90,8 @@ pub struct Behaviour {
     /// headers, and a request past the window's allowance answers 429
     /// without `Retry-After` (only `x-ratelimit-reset-requests`).
     pub rate_limit: Option<RateLimitWindow>,
+    /// Sends no `usage` (as some servers do, streaming or not).
+    pub no_usage: bool,
 }
 
 /// `requests` chat requests per fixed `window` (a minute at OpenAI; short
@@ -128,6 +130,9 @@ struct Shared {
     abandoned_streams: AtomicU32,
     /// The last chat request's body.
     last_request: Mutex<serde_json::Value>,
+    /// What the `usage` of every reply sent added up to: (prompt,
+    /// completion) tokens.
+    usage_sent: Mutex<(u64, u64)>,
     /// `POST /tokenize` requests answered.
     tokenize_calls: AtomicU32,
     /// The rate-limit window's start and the requests admitted in it.
@@ -160,6 +165,7 @@ impl ModelDouble {
             window: Mutex::default(),
             rate_limited: AtomicU32::new(0),
             allowance_used_up: AtomicU32::new(0),
+            usage_sent: Mutex::default(),
         });
         let router = Router::new()
             .route("/v1/models", get(models))
@@ -216,6 +222,11 @@ impl ModelDouble {
 
     pub fn last_request(&self) -> serde_json::Value {
         self.shared.last_request.lock().clone()
+    }
+
+    /// The sum of the `usage` sent with every reply: (prompt, completion).
+    pub fn usage_sent(&self) -> (u64, u64) {
+        *self.shared.usage_sent.lock()
     }
 
     /// `POST /tokenize` requests answered.
@@ -413,15 +424,16 @@ async fn chat(
         "stop"
     };
     let usage = serde_json::json!({"prompt_tokens": prompt_tokens, "completion_tokens": 12, "total_tokens": prompt_tokens + 12});
+    let sends_usage =
+        !behaviour.no_usage && (!streaming || request["stream_options"]["include_usage"] == true);
+    if sends_usage {
+        let mut sent = shared.usage_sent.lock();
+        sent.0 += prompt_tokens;
+        sent.1 += 12;
+    }
+    let usage = sends_usage.then_some(usage);
     if streaming {
-        let include_usage = request["stream_options"]["include_usage"] == true;
-        let events = events(
-            &behaviour,
-            &content,
-            &tool_calls,
-            finish_reason,
-            include_usage.then_some(usage),
-        );
+        let events = events(&behaviour, &content, &tool_calls, finish_reason, usage);
         return stream(&shared, &behaviour, events, slot);
     }
     Json(serde_json::json!({

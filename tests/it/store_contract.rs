@@ -9,7 +9,7 @@ use std::time::Duration;
 use heistd::config::Synchronous;
 use heistd::store::{
     CancelOutcome, NewSession, RunTrigger, SchedulePause, ServiceCallRecord, SessionStatus,
-    StoreError, StoreHandle, ToolCallRecord, TurnRecord,
+    StoreError, StoreHandle, ToolCallRecord, TurnRecord, TurnUsage,
 };
 
 use crate::postgres::TestDatabase;
@@ -114,6 +114,7 @@ contract!(
     pauses_are_kept_until_resumed,
     a_schedules_runs_record_their_trigger_and_slots,
     turns_are_read_after_a_turn_and_after_a_row_id,
+    a_turns_tokens_add_up_in_its_session_and_the_days_totals,
 );
 
 /// What the event streams read: a session's turns after a turn id (with
@@ -274,6 +275,103 @@ async fn a_turn_commits_whole_or_not_at_all(store: &StoreHandle) {
     let json = serde_json::to_value(store.session(&id).await.expect("detail")).expect("json");
     assert_eq!(json["messages"][1]["message"], "message 2");
     assert_eq!(json["tool_usage"][0]["success"], true);
+}
+
+async fn a_turns_tokens_add_up_in_its_session_and_the_days_totals(store: &StoreHandle) {
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let id = store
+        .create_session(new_session(1, 4))
+        .await
+        .expect("create");
+    for turn_id in 1..=3 {
+        store.record_turn(turn(&id, turn_id)).await.expect("commit");
+    }
+    // A turn that does not commit adds nothing: the totals move in the
+    // turn's own transaction.
+    assert!(store.record_turn(turn(&id, 1)).await.is_err());
+    let mut estimated = turn(&id, 4);
+    estimated.prompt_tokens = None;
+    estimated.completion_tokens = None;
+    estimated.usage = TurnUsage {
+        prompt_tokens: 50,
+        completion_tokens: 7,
+        estimated: true,
+        cost: Some(0.25),
+    };
+    store.record_turn(estimated).await.expect("commit");
+    let detail = store.session(&id).await.expect("detail");
+    let session = &detail.session;
+    assert_eq!(
+        (session.prompt_tokens, session.completion_tokens),
+        (101 + 102 + 103 + 50, 20 * 3 + 7)
+    );
+    assert_eq!(session.usage_estimated, 1);
+    assert_eq!(session.cost, Some(0.25));
+    let answered: Vec<_> = detail
+        .messages
+        .iter()
+        .map(|message| (message.endpoint.as_deref(), message.model.as_deref()))
+        .collect();
+    assert_eq!(
+        answered[2],
+        (Some("127.0.0.1:8006"), Some("fallback-model"))
+    );
+    assert_eq!(answered[0], (Some("127.0.0.1:8006"), Some("rehearsal")));
+    let json = serde_json::to_value(&detail).expect("json");
+    assert_eq!(json["session"]["prompt_tokens"], 356);
+    assert_eq!(json["session"]["usage_estimated"], 1);
+    assert_eq!(json["messages"][2]["model"], "fallback-model");
+    // A scheduled session with no price: no cost.
+    let scheduled = store
+        .create_session(NewSession {
+            schedule: Some("nightly".into()),
+            scheduled_time: Some("2026-01-01T02:00:00Z".into()),
+            ..new_session(2, 1)
+        })
+        .await
+        .expect("create");
+    store
+        .record_turn(turn(&scheduled, 1))
+        .await
+        .expect("commit");
+    let listed = store.list_sessions(10).await.expect("list");
+    let row = listed
+        .iter()
+        .find(|row| row.session_id == scheduled)
+        .expect("listed");
+    assert_eq!(
+        (row.prompt_tokens, row.completion_tokens, row.cost),
+        (101, 20, None)
+    );
+    // The day's totals, per schedule.
+    let totals = store.token_totals_since(before).await.expect("totals");
+    let by_schedule: Vec<_> = totals
+        .iter()
+        .map(|row| {
+            let totals = &row.totals;
+            (
+                row.schedule.as_deref(),
+                totals.sessions,
+                totals.prompt_tokens,
+                totals.completion_tokens,
+                totals.usage_estimated,
+                totals.cost,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_schedule,
+        [
+            (None, 1, 356, 67, 1, Some(0.25)),
+            (Some("nightly"), 1, 101, 20, 0, None)
+        ]
+    );
+    let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+    assert!(store
+        .token_totals_since(later)
+        .await
+        .expect("totals")
+        .is_empty());
 }
 
 async fn no_turn_is_recorded_after_the_session_ended(store: &StoreHandle) {

@@ -19,6 +19,18 @@ const BAD_FILES: &[(&str, &str)] = &[
     ("[llm]\nidle_timeout_ms = 240000\n", "llm.idle_timeout_ms"),
     ("[llm]\nstream = \"yes\"\n", "llm.stream"),
     (
+        "[llm]\nprompt_price_per_million = -1.0\ncompletion_price_per_million = 1.0\n",
+        "llm.prompt_price_per_million",
+    ),
+    (
+        "[llm]\nprompt_price_per_million = 2.5\n",
+        "llm.completion_price_per_million",
+    ),
+    (
+        "[llm]\ncompletion_price_per_million = 10.0\n",
+        "llm.prompt_price_per_million",
+    ),
+    (
         "[llm.policy.breaker]\nhalf_open_permits = 0\n",
         "llm.policy.breaker.half_open_permits",
     ),

@@ -14,8 +14,9 @@ use super::{OutboxMark, PgStore};
 use crate::store::backend::{Backend, Owed};
 use crate::store::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
-    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord,
-    SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
+    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError,
+    TurnRead, TurnRecord,
 };
 
 #[async_trait]
@@ -54,6 +55,13 @@ impl Backend for PgStore {
 
     async fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError> {
         PgStore::last_scheduled_time(self, schedule).await
+    }
+
+    async fn token_totals_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ScheduleTokens>, StoreError> {
+        PgStore::token_totals_since(self, since).await
     }
 
     async fn scheduled_slots(

@@ -17,8 +17,9 @@ impl PgStore {
         let inserted = transaction
             .execute(
                 "INSERT INTO sessions (session_id, start_time, end_time, num_turns, status, seed, scenario,
-                     planned_turns, failure_reason, schedule, scheduled_time, trigger)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     planned_turns, failure_reason, schedule, scheduled_time, trigger,
+                     prompt_tokens, completion_tokens, usage_estimated, cost)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                  ON CONFLICT (session_id) DO NOTHING",
                 &[
                     &session.session_id,
@@ -33,6 +34,10 @@ impl PgStore {
                     &session.schedule,
                     &session.scheduled_time,
                     &session.trigger,
+                    &session.prompt_tokens,
+                    &session.completion_tokens,
+                    &session.usage_estimated,
+                    &session.cost,
                 ],
             )
             .await?;
@@ -43,9 +48,9 @@ impl PgStore {
         for message in &bundle.messages {
             transaction
                 .execute(
-                    "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                    &[id, &message.turn_id, &message.agent_name, &message.agent_role, &message.message, &message.timestamp, &message.error, &message.prompt_tokens, &message.completion_tokens, &message.finish_reason, &message.trimmed],
+                    "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed, endpoint, model)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    &[id, &message.turn_id, &message.agent_name, &message.agent_role, &message.message, &message.timestamp, &message.error, &message.prompt_tokens, &message.completion_tokens, &message.finish_reason, &message.trimmed, &message.endpoint, &message.model],
                 )
                 .await?;
         }

@@ -34,6 +34,10 @@ pub(super) fn session_row_at(row: &Row, offset: usize) -> SessionRow {
         schedule: row.get(offset + 9),
         scheduled_time: row.get(offset + 10),
         trigger: row.get(offset + 11),
+        prompt_tokens: row.get(offset + 12),
+        completion_tokens: row.get(offset + 13),
+        usage_estimated: row.get(offset + 14),
+        cost: row.get(offset + 15),
     }
 }
 
@@ -51,6 +55,8 @@ pub(super) fn message_row(row: &Row) -> MessageRow {
         completion_tokens: row.get(9),
         finish_reason: row.get(10),
         trimmed: row.get(11),
+        endpoint: row.get(12),
+        model: row.get(13),
     }
 }
 

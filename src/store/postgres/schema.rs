@@ -9,7 +9,7 @@
 use super::{StoreError, LOCK_MIGRATIONS};
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     r#"
     CREATE TABLE sessions (
         session_id TEXT PRIMARY KEY,
@@ -138,6 +138,24 @@ const MIGRATIONS: [&str; 4] = [
         paused_by TEXT NOT NULL,
         paused_at TEXT NOT NULL
     );
+"#,
+    // Token accounting (migration 5, after steering's 4): the same
+    // columns as the SQLite store's migration 7, and the same backfill of
+    // sessions already recorded from their messages' counts.
+    r#"
+    ALTER TABLE messages ADD COLUMN endpoint TEXT;
+    ALTER TABLE messages ADD COLUMN model TEXT;
+    ALTER TABLE sessions ADD COLUMN prompt_tokens BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN completion_tokens BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN usage_estimated BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN cost DOUBLE PRECISION;
+    UPDATE sessions s SET
+        prompt_tokens = totals.prompt_tokens, completion_tokens = totals.completion_tokens
+    FROM (SELECT session_id, COALESCE(SUM(prompt_tokens), 0)::bigint AS prompt_tokens,
+                 COALESCE(SUM(completion_tokens), 0)::bigint AS completion_tokens
+          FROM messages GROUP BY session_id) totals
+    WHERE totals.session_id = s.session_id;
+    CREATE INDEX sessions_start_time ON sessions(start_time);
 "#,
 ];
 

@@ -8,7 +8,8 @@ use super::rows::{
 };
 use super::{is_unique_violation, PgStore};
 use crate::store::{
-    new_session_id, timestamp, NewSession, SessionDetail, SessionRow, SessionStatus, StoreError,
+    new_session_id, timestamp, NewSession, ScheduleTokens, SessionDetail, SessionRow,
+    SessionStatus, StoreError, TokenTotals,
 };
 
 impl PgStore {
@@ -185,5 +186,37 @@ impl PgStore {
             )
             .await?;
         Ok(row.get(0))
+    }
+
+    /// The token totals of the sessions started at or after `since`, per
+    /// schedule (a range read on the `sessions_start_time` index).
+    pub async fn token_totals_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ScheduleTokens>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT schedule, COUNT(*), COALESCE(SUM(prompt_tokens), 0)::bigint,
+                        COALESCE(SUM(completion_tokens), 0)::bigint,
+                        COALESCE(SUM(usage_estimated), 0)::bigint, SUM(cost)
+                 FROM sessions WHERE start_time >= $1 GROUP BY schedule ORDER BY schedule NULLS FIRST",
+                &[&timestamp(since)],
+            )
+            .await?;
+        let count = |row: &tokio_postgres::Row, index| row.get::<_, i64>(index).max(0) as u64;
+        Ok(rows
+            .iter()
+            .map(|row| ScheduleTokens {
+                schedule: row.get(0),
+                totals: TokenTotals {
+                    sessions: count(row, 1),
+                    prompt_tokens: count(row, 2),
+                    completion_tokens: count(row, 3),
+                    usage_estimated: count(row, 4),
+                    cost: row.get(5),
+                },
+            })
+            .collect())
     }
 }

@@ -28,8 +28,8 @@ impl PgStore {
         // every call, one more round trip each.
         let insert_message = transaction
             .prepare_cached(
-                "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed, endpoint, model)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .await?;
         transaction
@@ -47,6 +47,8 @@ impl PgStore {
                     &turn.completion_tokens.map(i64::from),
                     &turn.finish_reason,
                     &turn.trimmed,
+                    &turn.endpoint,
+                    &turn.model,
                 ],
             )
             .await?;
@@ -61,15 +63,30 @@ impl PgStore {
                 .execute(&insert_outbox, &[&turn.session_id, &turn_id, payload, &now])
                 .await?;
         }
+        // The session's token totals move with the turn, in its transaction.
         let count_turns = transaction
             .prepare_cached(
                 "UPDATE sessions SET num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = $1),
-                     lease_expires_at = now() + make_interval(secs => $2::float8 / 1000.0)
+                     lease_expires_at = now() + make_interval(secs => $2::float8 / 1000.0),
+                     prompt_tokens = prompt_tokens + $3, completion_tokens = completion_tokens + $4,
+                     usage_estimated = usage_estimated + $5,
+                     cost = CASE WHEN $6::float8 IS NULL THEN cost ELSE COALESCE(cost, 0) + $6::float8 END
                  WHERE session_id = $1",
             )
             .await?;
+        let usage = &turn.usage;
         transaction
-            .execute(&count_turns, &[&turn.session_id, &(self.lease_ms as f64)])
+            .execute(
+                &count_turns,
+                &[
+                    &turn.session_id,
+                    &(self.lease_ms as f64),
+                    &i64::from(usage.prompt_tokens),
+                    &i64::from(usage.completion_tokens),
+                    &i64::from(usage.estimated),
+                    &usage.cost,
+                ],
+            )
             .await?;
         transaction.commit().await?;
         Ok(())

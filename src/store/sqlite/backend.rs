@@ -18,8 +18,8 @@ use crate::config::{StoreConfig, Synchronous};
 use crate::store::backend::{Backend, InPlay, Owed};
 use crate::store::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, NewSession, OutboxEntry,
-    OutboxSummary, RecentTurns, SchedulePause, ServiceCallRecord, SessionDetail, SessionRow,
-    SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
+    OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens, ServiceCallRecord, SessionDetail,
+    SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
 };
 
 /// The SQLite store as async code reaches it.
@@ -157,6 +157,14 @@ impl Backend for SqliteBackend {
     async fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError> {
         let schedule = schedule.to_string();
         self.run(move |store| store.last_scheduled_time(&schedule))
+            .await
+    }
+
+    async fn token_totals_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ScheduleTokens>, StoreError> {
+        self.read(move |store| store.token_totals_since(since))
             .await
     }
 

@@ -24,6 +24,11 @@ pub(super) fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRo
         schedule: row.get(9)?,
         scheduled_time: row.get(10)?,
         trigger: row.get(11)?,
+        // NULL where an older schema has no such column (read as it is).
+        prompt_tokens: row.get::<_, Option<i64>>(12)?.unwrap_or(0),
+        completion_tokens: row.get::<_, Option<i64>>(13)?.unwrap_or(0),
+        usage_estimated: row.get::<_, Option<i64>>(14)?.unwrap_or(0),
+        cost: row.get(15)?,
     })
 }
 
@@ -42,6 +47,8 @@ pub(super) fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRo
         finish_reason: row.get(10)?,
         // NULL where an older schema has no such column (read as it is).
         trimmed: row.get::<_, Option<bool>>(11)?.unwrap_or(false),
+        endpoint: row.get(12)?,
+        model: row.get(13)?,
     })
 }
 

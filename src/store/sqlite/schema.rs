@@ -34,7 +34,7 @@ pub(super) fn adopt_prototype_tables(connection: &Connection) -> rusqlite::Resul
 }
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-pub(crate) const MIGRATIONS: [&str; 6] = [
+pub(crate) const MIGRATIONS: [&str; 7] = [
     r#"
     CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY,
@@ -144,5 +144,22 @@ pub(crate) const MIGRATIONS: [&str; 6] = [
         paused_by TEXT NOT NULL,
         paused_at TEXT NOT NULL
     );
+"#,
+    // Token accounting (migration 7, after steering's 6): which endpoint
+    // and model answered each message, and each session's totals, kept
+    // current by each turn's commit; sessions already recorded get the sums
+    // of their messages' counts. The index on `start_time` keeps the day's
+    // totals (GET /api/v1/status) a range read.
+    r#"
+    ALTER TABLE messages ADD COLUMN endpoint TEXT;
+    ALTER TABLE messages ADD COLUMN model TEXT;
+    ALTER TABLE sessions ADD COLUMN prompt_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN completion_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN cost REAL;
+    UPDATE sessions SET
+        prompt_tokens = (SELECT COALESCE(SUM(prompt_tokens), 0) FROM messages m WHERE m.session_id = sessions.session_id),
+        completion_tokens = (SELECT COALESCE(SUM(completion_tokens), 0) FROM messages m WHERE m.session_id = sessions.session_id);
+    CREATE INDEX IF NOT EXISTS sessions_start_time ON sessions(start_time);
 "#,
 ];

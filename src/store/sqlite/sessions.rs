@@ -10,8 +10,8 @@ use super::rows::{
 };
 use super::Store;
 use crate::store::{
-    new_session_id, timestamp, NewSession, ServiceCallRecord, ServiceCallRow, SessionDetail,
-    SessionRow, SessionStatus, StoreError,
+    new_session_id, timestamp, NewSession, ScheduleTokens, ServiceCallRecord, ServiceCallRow,
+    SessionDetail, SessionRow, SessionStatus, StoreError, TokenTotals,
 };
 
 impl Store {
@@ -183,5 +183,34 @@ impl Store {
             )
             .optional()?;
         Ok(value.flatten())
+    }
+
+    /// The token totals of the sessions started at or after `since`, per
+    /// schedule (a range read on the `sessions_start_time` index).
+    pub fn token_totals_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ScheduleTokens>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT schedule, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
+                    COALESCE(SUM(usage_estimated), 0), SUM(cost)
+             FROM sessions WHERE start_time >= ?1 GROUP BY schedule ORDER BY schedule NULLS FIRST",
+        )?;
+        let rows = statement
+            .query_map(params![timestamp(since)], |row| {
+                Ok(ScheduleTokens {
+                    schedule: row.get(0)?,
+                    totals: TokenTotals {
+                        sessions: row.get::<_, i64>(1)?.max(0) as u64,
+                        prompt_tokens: row.get::<_, i64>(2)?.max(0) as u64,
+                        completion_tokens: row.get::<_, i64>(3)?.max(0) as u64,
+                        usage_estimated: row.get::<_, i64>(4)?.max(0) as u64,
+                        cost: row.get(5)?,
+                    },
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 }

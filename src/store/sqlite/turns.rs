@@ -1,5 +1,5 @@
-//! Turns: committing one (message, tool calls, service calls and the
-//! memory outbox entry in one transaction) and reading back what the next
+//! Turns: committing one (message, tool calls, service calls, the
+//! memory outbox entry and the session's token totals in one transaction) and reading back what the next
 //! prompt needs. It never creates or ends a session.
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -88,9 +88,9 @@ pub(super) fn insert_turn(connection: &Connection, turn: &TurnRecord) -> Result<
     // (`prepare_cached`): parsing SQL was a fifth of the daemon's
     // instructions per turn under load (BENCHMARKS.md).
     connection.prepare_cached(
-        "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?.execute(params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error, turn.prompt_tokens, turn.completion_tokens, turn.finish_reason, turn.trimmed],
+        "INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, error, prompt_tokens, completion_tokens, finish_reason, trimmed, endpoint, model)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?.execute(params![turn.session_id, turn.turn_id, turn.agent_name, turn.agent_role, turn.message, now, turn.error, turn.prompt_tokens, turn.completion_tokens, turn.finish_reason, turn.trimmed, turn.endpoint, turn.model],
     )?;
     insert_tool_calls(connection, turn, &now)?;
     insert_service_calls(
@@ -107,11 +107,23 @@ pub(super) fn insert_turn(connection: &Connection, turn: &TurnRecord) -> Result<
             )?
             .execute(params![turn.session_id, turn.turn_id, payload, now])?;
     }
+    // The session's token totals move with the turn, in its transaction.
+    let usage = &turn.usage;
     connection
         .prepare_cached(
-            "UPDATE sessions SET num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = ?1) WHERE session_id = ?1",
+            "UPDATE sessions SET num_turns = (SELECT COUNT(*) FROM messages WHERE session_id = ?1),
+                 prompt_tokens = prompt_tokens + ?2, completion_tokens = completion_tokens + ?3,
+                 usage_estimated = usage_estimated + ?4,
+                 cost = CASE WHEN ?5 IS NULL THEN cost ELSE COALESCE(cost, 0) + ?5 END
+             WHERE session_id = ?1",
         )?
-        .execute(params![turn.session_id])?;
+        .execute(params![
+            turn.session_id,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            i64::from(usage.estimated),
+            usage.cost
+        ])?;
     Ok(())
 }
 

@@ -300,6 +300,10 @@ async fn big_session(path: &std::path::Path, turns: u32) {
             completion_tokens: None,
             finish_reason: None,
             trimmed: false,
+            endpoint: None,
+            model: None,
+            fallback: false,
+            usage: Default::default(),
         };
         store.record_turn(turn).await.expect("turn");
     }

@@ -191,3 +191,47 @@ fn a_new_store_is_private_and_a_clean_close_leaves_only_the_database() {
         .expect("journal mode");
     assert_eq!(mode, "wal");
 }
+
+#[test]
+fn an_older_store_gets_its_sessions_token_totals_from_its_messages() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().join("older.db");
+    {
+        // A store as the heistd before token totals left it (version 5).
+        let older = rusqlite::Connection::open(&path).expect("open");
+        for migration in &schema::MIGRATIONS[..5] {
+            older.execute_batch(migration).expect("migration");
+        }
+        older
+            .execute_batch(
+                "PRAGMA user_version = 5;
+                 INSERT INTO sessions (session_id, start_time, num_turns, status)
+                     VALUES ('heist_old', '2026-01-01T00:00:00.000000Z', 2, 'completed');
+                 INSERT INTO messages (session_id, turn_id, agent_name, agent_role, message, timestamp, prompt_tokens, completion_tokens)
+                     VALUES ('heist_old', 1, 'planner', 'Planner', 'm', 't', 100, 10),
+                            ('heist_old', 2, 'hacker', 'Hacker', 'm', 't', NULL, NULL);",
+            )
+            .expect("rows");
+    }
+    // Read as it is (never migrated): the columns it lacks read as none.
+    let reader = Store::open_read_only(&path).expect("read only");
+    let detail = reader.session("heist_old").expect("detail");
+    assert_eq!(
+        (detail.session.prompt_tokens, detail.session.cost),
+        (0, None)
+    );
+    assert_eq!(detail.messages[0].endpoint, None);
+    drop(reader);
+    // Migrated: the totals are its messages' sums.
+    let store = Store::open(&path, Synchronous::Full).expect("migrates");
+    let session = store.session("heist_old").expect("detail").session;
+    assert_eq!(
+        (
+            session.prompt_tokens,
+            session.completion_tokens,
+            session.usage_estimated,
+            session.cost
+        ),
+        (100, 10, 0, None)
+    );
+}
