@@ -61,6 +61,14 @@ pub struct ModelEndpointConfig {
     /// `max_tokens` and corrected by the reply's `usage`. 0: no limit.
     #[serde(default)]
     pub tpm: u32,
+    /// What this endpoint's provider charges per million prompt tokens
+    /// (set with `completion_price_per_million`). Unset: `[llm]`'s prices
+    /// for a primary endpoint, none for a fallback; never a guess.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_price_per_million: Option<f64>,
+    /// What it charges per million completion tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_price_per_million: Option<f64>,
 }
 
 /// `[llm.outlier]`, `[services.<name>.outlier]`: an endpoint that fails
@@ -115,6 +123,17 @@ impl OutlierConfig {
 }
 
 impl ModelEndpointConfig {
+    /// This endpoint's own prices, when it sets them.
+    pub fn prices(&self) -> Option<super::Prices> {
+        super::Prices::from_keys(
+            "",
+            self.prompt_price_per_million,
+            self.completion_price_per_million,
+        )
+        .ok()
+        .flatten()
+    }
+
     /// The endpoint's `rpm` and `tpm`.
     pub fn rate_limits(&self) -> super::RateLimitConfig {
         super::RateLimitConfig {
@@ -159,6 +178,11 @@ pub(super) fn check_model_endpoints(
         if endpoint.weight == 0 {
             return Err((format!("{at}.weight"), "must be at least 1".into()));
         }
+        super::Prices::from_keys(
+            &at,
+            endpoint.prompt_price_per_million,
+            endpoint.completion_price_per_million,
+        )?;
         if let Some(path) = &endpoint.ca_file {
             super::tls::read_ca_file(path).map_err(|message| (format!("{at}.ca_file"), message))?;
         }

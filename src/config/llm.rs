@@ -263,6 +263,23 @@ impl LlmConfig {
         }
     }
 
+    /// The prices of the endpoint named `endpoint`: its own, else for a
+    /// primary `[llm]`'s; none for a fallback without its own.
+    pub fn prices_of(&self, endpoint: &str) -> Option<Prices> {
+        let listed = |list: &[ModelEndpointConfig]| {
+            list.iter()
+                .find(|candidate| candidate.label() == endpoint)
+                .cloned()
+        };
+        if let Some(own) = listed(&self.endpoints) {
+            return own.prices().or_else(|| self.prices());
+        }
+        if let Some(own) = listed(&self.fallbacks) {
+            return own.prices();
+        }
+        self.prices()
+    }
+
     /// The configured prices (`llm.prompt_price_per_million`,
     /// `llm.completion_price_per_million`), when both are set (a loaded
     /// config has been checked: one without the other is refused).
@@ -347,6 +364,8 @@ impl LlmConfig {
             ca_file: None,
             rpm: self.rpm,
             tpm: self.tpm,
+            prompt_price_per_million: None,
+            completion_price_per_million: None,
         }]
     }
 

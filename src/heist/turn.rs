@@ -265,15 +265,12 @@ impl TurnPlayer {
         ))
     }
 
-    /// The prices of the endpoint that answered `reply`: `[llm]`'s for a
-    /// primary endpoint; none for a fallback (a fallback is another
-    /// provider: its price is never assumed to be the primary's; per
-    /// endpoint prices go here when endpoints carry them).
+    /// The prices of the endpoint that answered `reply`: its own, else
+    /// `[llm]`'s for a primary endpoint; none for a fallback without its
+    /// own (another provider: its price is never assumed to be the
+    /// primary's).
     fn prices(&self, reply: &ModelReply) -> Option<Prices> {
-        if reply.fallback {
-            return None;
-        }
-        self.config.llm.prices()
+        self.config.llm.prices_of(&reply.endpoint)
     }
 
     /// The prompt fitted to the primary models' smallest known window, or

@@ -34,6 +34,8 @@ fn endpoint(
         ca_file: None,
         rpm: 0,
         tpm: 0,
+        prompt_price_per_million: None,
+        completion_price_per_million: None,
     }
 }
 

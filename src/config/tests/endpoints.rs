@@ -140,3 +140,51 @@ fn each_endpoint_reads_its_own_key_and_none_is_shared() {
         .collect();
     assert_eq!(keys, [Some("sk-first"), None]);
 }
+
+#[test]
+fn each_endpoint_has_its_own_prices_limits_and_ca_else_none_for_a_fallback() {
+    let file = write(
+        "[llm]\nprompt_price_per_million = 0.5\ncompletion_price_per_million = 1.5\n\
+         [[llm.endpoints]]\nname = \"a\"\nbase_url = \"http://10.0.0.1:8080/v1\"\nmodel = \"qwen\"\nrpm = 30\ntpm = 9000\n\
+         [[llm.endpoints]]\nname = \"b\"\nbase_url = \"http://10.0.0.2:8080/v1\"\nmodel = \"qwen\"\n\
+         prompt_price_per_million = 0.1\ncompletion_price_per_million = 0.2\n\
+         [[llm.fallbacks]]\nname = \"cloud\"\nbase_url = \"https://api.example.com/v1\"\nmodel = \"big\"\n\
+         [[llm.fallbacks]]\nname = \"cloud2\"\nbase_url = \"https://api2.example.com/v1\"\nmodel = \"big\"\n\
+         prompt_price_per_million = 3\ncompletion_price_per_million = 15\n",
+    );
+    let config = load(Some(file.path()), Vec::new()).expect("loads");
+    let price = |name: &str| {
+        config
+            .llm
+            .prices_of(name)
+            .map(|prices| (prices.prompt_per_million, prices.completion_per_million))
+    };
+    assert_eq!(
+        price("a"),
+        Some((0.5, 1.5)),
+        "a primary without its own: [llm]'s"
+    );
+    assert_eq!(price("b"), Some((0.1, 0.2)), "its own");
+    assert_eq!(
+        price("cloud"),
+        None,
+        "a fallback is never given the primary's price"
+    );
+    assert_eq!(price("cloud2"), Some((3.0, 15.0)));
+    let limits = config.llm.endpoints[0].rate_limits();
+    assert_eq!((limits.rpm, limits.tpm), (30, 9000));
+    let error = refused(
+        "[[llm.endpoints]]\nbase_url = \"http://10.0.0.1:8080/v1\"\nmodel = \"qwen\"\nprompt_price_per_million = 1\n",
+    );
+    assert!(
+        error.contains("llm.endpoints[0].completion_price_per_million"),
+        "{error}"
+    );
+    let error = refused(
+        "[[llm.fallbacks]]\nbase_url = \"https://a.example.com/v1\"\nmodel = \"m\"\nca_file = \"/nonexistent/ca.pem\"\n",
+    );
+    assert!(
+        error.contains("llm.fallbacks[0].ca_file") && error.contains("/nonexistent/ca.pem"),
+        "{error}"
+    );
+}
