@@ -28,6 +28,7 @@ use crate::config::{self, Config, ConfigError, ScheduleConfig, SystemdEnvironmen
 use crate::daemon::notify::{self, Notifier};
 use crate::daemon::runs::{RunContext, Runs, ScheduledRuns};
 use crate::daemon::state::{DaemonState, RunCommand, ScheduleStatus, StartRunError};
+use crate::daemon::webhooks::Webhooks;
 use crate::daemon::{cluster, outbox, reconcile, retention, store_watch, telemetry};
 use crate::health::{checker, HealthBoard, HealthState};
 use crate::scenario::{Scenario, ScenarioError};
@@ -77,6 +78,9 @@ struct Parts {
     health: Arc<HealthBoard>,
     state: Arc<DaemonState>,
     runs: Arc<Runs>,
+    /// The `[[notify]]` receivers; told of session ends by `runs` and of
+    /// health transitions through the board.
+    webhooks: Arc<Webhooks>,
     /// `stop` ends runs (between turns), schedules and checks.
     stop_sender: watch::Sender<bool>,
     stop: watch::Receiver<bool>,
@@ -138,6 +142,7 @@ impl App {
         );
         // After `DaemonState::new` has installed the recorder.
         telemetry::create_known_series(&config, &scenario);
+        let webhooks = Webhooks::new(&config, store.clone());
         let runs = Runs::new(
             state.clone(),
             store.clone(),
@@ -147,6 +152,7 @@ impl App {
                 clients,
             },
             stop.clone(),
+            webhooks.clone(),
         );
         let (listener, bound) = bind_admin_api(&config.daemon.admin_address).await?;
         let parts = Parts {
@@ -156,6 +162,7 @@ impl App {
             health,
             state,
             runs,
+            webhooks,
             stop_sender,
             stop,
             finish_sender,
@@ -235,6 +242,7 @@ impl Parts {
                     .claim_queued_until_stopped(Duration::from_millis(config.cluster.heartbeat_ms)),
             );
         }
+        self.spawn_webhooks();
         // Ends by itself on stop; nothing waits for it.
         tokio::spawn(store_watch::watch_store(
             self.store.clone(),
@@ -361,6 +369,7 @@ impl Parts {
             clients: Clients::from_config(&new).map_err(|error| error.to_string())?,
         });
         scheduler.replace(new.schedule.clone());
+        self.webhooks.replace_config(&new);
         self.state.set_config(new.clone(), admin_token(&new));
         Ok(new)
     }
@@ -401,6 +410,22 @@ impl Parts {
             }
         }
         tracing::info!("stopped");
+    }
+
+    /// The webhook deliverer ends by itself on stop; events still due
+    /// stay in the store for the next start (or another node). The health
+    /// follower ends with the board, which lives as long as the daemon.
+    fn spawn_webhooks(&self) {
+        tokio::spawn(
+            self.webhooks
+                .clone()
+                .deliver_until_stopped(self.stop.clone()),
+        );
+        tokio::spawn(
+            self.webhooks
+                .clone()
+                .follow_health(self.health.subscribe_transitions()),
+        );
     }
 
     fn spawn_health_checks(&self, config: &Config) -> Vec<JoinHandle<()>> {

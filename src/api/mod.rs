@@ -6,13 +6,14 @@
 //! useful message and no internals. Here: the router and `ApiError`; the
 //! handlers and their JSON shapes by resource in `status` (probes, metrics,
 //! the daemon's status), `sessions` and `runs`; the admin token in `auth`
-//! and `guard`.
+//! and `guard`; the web console's static files at `/` in `console`.
 //!
 //! It only reads what `DaemonState` publishes and asks it to start runs; it
 //! must not run heists or health checks itself, nor hold state of its own
 //! beyond `guard`'s counts of wrong admin tokens, which only shape refusals.
 
 mod auth;
+mod console;
 mod guard;
 mod runs;
 mod sessions;
@@ -29,6 +30,7 @@ use serde::Serialize;
 
 use crate::daemon::state::{DaemonState, StartRunError};
 use crate::store::StoreError;
+pub use console::CONTENT_SECURITY_POLICY;
 use guard::AdminGuard;
 pub use status::{breaker_states, config_status};
 
@@ -115,6 +117,9 @@ pub fn router(state: Arc<DaemonState>) -> Router {
             auth::require_read_token,
         ));
     Router::new()
+        .route("/", get(console::index))
+        .route("/console.js", get(console::script))
+        .route("/console.css", get(console::style))
         .route("/healthz", get(status::liveness))
         .route("/readyz", get(status::readiness))
         .route("/metrics", get(status::prometheus_metrics))

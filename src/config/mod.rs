@@ -27,6 +27,7 @@ mod heist;
 mod http;
 mod llm;
 mod load;
+mod notify;
 mod oauth;
 mod outbox;
 mod policy;
@@ -51,6 +52,7 @@ pub use load::{
     admin_address_hint, load, load_without_secrets, process_environment, systemd_environment,
     SystemdEnvironment,
 };
+pub use notify::{NotifyConfig, NotifyEvent, MAX_NOTIFY_ATTEMPTS};
 pub use oauth::{OAuthClient, OAuthConfig};
 pub use outbox::OutboxConfig;
 pub use policy::{BreakerConfig, PolicyConfig, WindowKind};
@@ -127,6 +129,9 @@ pub struct Config {
     /// when empty, so a `[[schedule]]` appended to printed output loads.
     #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<ScheduleConfig>,
+    /// Webhook receivers (`[[notify]]` entries). Not written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifyConfig>,
 }
 
 impl Config {
@@ -145,6 +150,7 @@ impl Config {
             outbox: OutboxConfig::default(),
             http: HttpConfig::default(),
             schedule: Vec::new(),
+            notify: Vec::new(),
         }
     }
 

@@ -5,7 +5,8 @@
 //! service's counts against the store's delivered writes), `notify` (sd_notify by
 //! hand), `retention`, `telemetry` (the series a fresh daemon shows, and
 //! the gauges read at each scrape) and `cluster` (heartbeats and takeover
-//! when several daemons share a PostgreSQL store).
+//! when several daemons share a PostgreSQL store) and `webhooks` (the
+//! `[[notify]]` receivers, fed through the store's webhook outbox).
 //!
 //! Nothing here wires the daemon together (that is `app`), serves HTTP
 //! (that is `api`) or installs signal handlers.
@@ -19,6 +20,7 @@ pub mod runs;
 pub mod state;
 pub mod store_watch;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use state::{
     ConfigStatus, DaemonState, Readiness, RunCommand, RunRequest, RunningSession, ScheduleStatus,

@@ -15,6 +15,7 @@ use tokio::sync::{watch, MutexGuard, Notify};
 use tokio::task::JoinHandle;
 
 use super::state::{DaemonState, RunRequest, RunningSession, StartRunError};
+use super::webhooks::Webhooks;
 use crate::clients::Clients;
 use crate::config::{Config, Recovery, ScheduleConfig};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions};
@@ -46,6 +47,8 @@ pub struct Runs {
     /// Woken when this node queues a run request (a shared store), so it
     /// claims it at once when it has room rather than at the next poll.
     queued_here: Notify,
+    /// Told of every run that ends here, for `[[notify]]` receivers.
+    webhooks: Arc<Webhooks>,
 }
 
 impl Runs {
@@ -54,6 +57,7 @@ impl Runs {
         store: StoreHandle,
         context: RunContext,
         stop: watch::Receiver<bool>,
+        webhooks: Arc<Webhooks>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -63,6 +67,7 @@ impl Runs {
             admission: tokio::sync::Mutex::new(()),
             capacity_freed: Notify::new(),
             queued_here: Notify::new(),
+            webhooks,
         })
     }
 
@@ -373,10 +378,14 @@ impl Runs {
             runs: self.clone(),
             session_id: running.session_id.clone(),
         };
+        let (webhooks, session_id) = (self.webhooks.clone(), running.session_id.clone());
         let handle = self.state.registry().spawn(running, || {
             tokio::spawn(async move {
                 let _registration = registration;
                 work.await;
+                // However it ended (a fenced run reads another node's
+                // ending, which is queued once under its key).
+                webhooks.session_ended(&session_id).await;
             })
         });
         metrics::gauge!(names::SESSIONS_RUNNING).set(self.state.running_count() as f64);

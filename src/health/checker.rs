@@ -3,7 +3,7 @@
 //! results into states like Envoy's active health checks: N consecutive
 //! failures mark a service down, M consecutive successes mark it up again.
 //! Transitions are logged, written to the audit store's `health_events`,
-//! exported as metrics and, when configured, hold the service's circuit
+//! reported on the board (for the daemon's webhooks), exported as metrics and, when configured, hold the service's circuit
 //! breaker open while it is down. Checks run beside heist turns and never
 //! block them. A failed probe of a service that answered a call within the
 //! last interval, or was busy with one throughout, does not count: a
@@ -135,25 +135,14 @@ pub async fn watch_service(
             let reason = error.clone().unwrap_or_else(|| {
                 format!("{} consecutive good checks", tracker.consecutive_successes)
             });
-            if to == HealthState::Down {
-                tracing::warn!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
-            } else {
-                tracing::info!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
-            }
-            metrics::counter!(names::HEALTH_TRANSITIONS_TOTAL, "service" => name.clone(), "to" => to.as_str()).increment(1);
-            if config.breaker_follows_health {
-                if to == HealthState::Down {
-                    service.hold_breaker_open();
-                } else {
-                    service.release_breaker_hold();
-                }
-            }
-            if let Err(error) = store
-                .record_health_event(&name, from.as_str(), to.as_str(), &reason)
-                .await
-            {
-                tracing::error!(service = %name, %error, "cannot record a health event in the audit store");
-            }
+            let transition = super::HealthTransition {
+                service: name.clone(),
+                from,
+                to,
+                reason,
+                at: since,
+            };
+            on_transition(&service, &config, &board, &store, transition).await;
         }
         export_up(&name, tracker.state);
         board.publish(health_of(
@@ -175,6 +164,44 @@ pub async fn watch_service(
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
+}
+
+/// A state change: logged, counted, the breaker held or let go, written
+/// to `health_events` and reported on the board.
+async fn on_transition(
+    service: &ServiceClient,
+    config: &HealthCheckConfig,
+    board: &HealthBoard,
+    store: &StoreHandle,
+    transition: super::HealthTransition,
+) {
+    let super::HealthTransition {
+        service: name,
+        from,
+        to,
+        reason,
+        ..
+    } = &transition;
+    if *to == HealthState::Down {
+        tracing::warn!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
+    } else {
+        tracing::info!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
+    }
+    metrics::counter!(names::HEALTH_TRANSITIONS_TOTAL, "service" => name.clone(), "to" => to.as_str()).increment(1);
+    if config.breaker_follows_health {
+        if *to == HealthState::Down {
+            service.hold_breaker_open();
+        } else {
+            service.release_breaker_hold();
+        }
+    }
+    if let Err(error) = store
+        .record_health_event(name, from.as_str(), to.as_str(), reason)
+        .await
+    {
+        tracing::error!(service = %name, %error, "cannot record a health event in the audit store");
+    }
+    board.report_transition(transition);
 }
 
 /// One probe, corrected by passive health (Envoy's outlier detection): a

@@ -20,7 +20,8 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use super::{
-    DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary,
+    DeliveredCount, HealthEvent, HeartbeatReport, NewNotification, NewSession, NodeRow,
+    NotificationAttempt, NotificationCounts, NotificationEntry, OutboxEntry, OutboxSummary,
     RecentTurns, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError,
     TurnRecord,
 };
@@ -160,6 +161,33 @@ pub(crate) trait Backend: Any + Send + Sync {
     async fn pending_outbox_total(&self) -> Result<u64, StoreError>;
 
     async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError>;
+
+    // The webhook outbox (`[[notify]]`).
+
+    /// Queues webhook events; one already queued for its receiver under
+    /// the same key is left as it is. Returns how many were added.
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` webhook events due now, oldest first, for one
+    /// attempt each: they are not due again for `lease`, so no other node
+    /// (or pass) sends them meanwhile.
+    async fn claim_notifications(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<NotificationEntry>, StoreError>;
+
+    /// Records how an attempt on a claimed event ended.
+    async fn record_notification_attempt(
+        &self,
+        id: i64,
+        attempt: NotificationAttempt,
+    ) -> Result<(), StoreError>;
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError>;
 
     // Health events.
 

@@ -38,9 +38,10 @@ pub use backend::{InPlay, Owed};
 pub use handle::{DeliveryGuard, StoreHandle};
 pub use migrate::MigrationReport;
 pub use rows::{
-    DeliveredCount, HealthEvent, HeartbeatReport, MessageRow, NewSession, NodeRow, OutboxEntry,
-    OutboxSummary, RecentTurns, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow,
-    SessionStatus, ToolCallRecord, ToolUsageRow, TurnRecord,
+    DeliveredCount, HealthEvent, HeartbeatReport, MessageRow, NewNotification, NewSession, NodeRow,
+    NotificationAttempt, NotificationCounts, NotificationEntry, OutboxEntry, OutboxSummary,
+    RecentTurns, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus,
+    ToolCallRecord, ToolUsageRow, TurnRecord,
 };
 
 /// The SQLite schema's version, bumped with every migration appended to

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use super::{OutboxMark, PgStore};
 use crate::store::backend::{Backend, Owed};
 use crate::store::{
-    DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary,
+    DeliveredCount, HealthEvent, HeartbeatReport, NewNotification, NewSession, NodeRow,
+    NotificationAttempt, NotificationCounts, NotificationEntry, OutboxEntry, OutboxSummary,
     RecentTurns, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError,
     TurnRecord,
 };
@@ -141,6 +142,35 @@ impl Backend for PgStore {
 
     async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
         PgStore::outbox_summary(self).await
+    }
+
+    // The webhook outbox.
+
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<u64, StoreError> {
+        PgStore::enqueue_notifications(self, &notifications).await
+    }
+
+    async fn claim_notifications(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<NotificationEntry>, StoreError> {
+        PgStore::claim_notifications(self, limit, lease).await
+    }
+
+    async fn record_notification_attempt(
+        &self,
+        id: i64,
+        attempt: NotificationAttempt,
+    ) -> Result<(), StoreError> {
+        PgStore::record_notification_attempt(self, id, &attempt).await
+    }
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
+        PgStore::notification_counts(self).await
     }
 
     // Health events.

@@ -24,6 +24,7 @@ use crate::config::{ClusterConfig, StoreConfig};
 mod backend;
 mod cluster;
 mod copy;
+mod notifications;
 mod queue;
 mod rows;
 mod schema;

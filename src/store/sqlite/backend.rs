@@ -17,7 +17,8 @@ use super::Store;
 use crate::config::{StoreConfig, Synchronous};
 use crate::store::backend::{Backend, InPlay, Owed};
 use crate::store::{
-    DeliveredCount, HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
+    DeliveredCount, HealthEvent, NewNotification, NewSession, NotificationAttempt,
+    NotificationCounts, NotificationEntry, OutboxEntry, OutboxSummary, RecentTurns,
     ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord,
 };
 
@@ -298,6 +299,38 @@ impl Backend for SqliteBackend {
 
     async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
         self.run(|store| store.outbox_summary()).await
+    }
+
+    // The webhook outbox.
+
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<u64, StoreError> {
+        self.run(move |store| store.enqueue_notifications(&notifications))
+            .await
+    }
+
+    async fn claim_notifications(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<NotificationEntry>, StoreError> {
+        self.run(move |store| store.claim_notifications(limit, lease))
+            .await
+    }
+
+    async fn record_notification_attempt(
+        &self,
+        id: i64,
+        attempt: NotificationAttempt,
+    ) -> Result<(), StoreError> {
+        self.run(move |store| store.record_notification_attempt(id, &attempt))
+            .await
+    }
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
+        self.run(|store| store.notification_counts()).await
     }
 
     // Health events.

@@ -34,7 +34,7 @@ pub(super) fn adopt_prototype_tables(connection: &Connection) -> rusqlite::Resul
 }
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-pub(crate) const MIGRATIONS: [&str; 5] = [
+pub(crate) const MIGRATIONS: [&str; 6] = [
     r#"
     CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY,
@@ -125,5 +125,26 @@ pub(crate) const MIGRATIONS: [&str; 5] = [
     ALTER TABLE messages ADD COLUMN completion_tokens INTEGER;
     ALTER TABLE messages ADD COLUMN finish_reason TEXT;
     ALTER TABLE messages ADD COLUMN trimmed INTEGER NOT NULL DEFAULT 0;
+"#,
+    // The webhook outbox (`[[notify]]`): one row per event and receiver,
+    // sent until delivered or abandoned; `next_attempt_at` is both the
+    // backoff and the claim of the attempt in flight.
+    r#"
+    CREATE TABLE IF NOT EXISTS notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        receiver TEXT NOT NULL,
+        event_key TEXT NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        next_attempt_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        delivered_at TEXT,
+        abandoned_at TEXT,
+        UNIQUE (receiver, event_key)
+    );
+    CREATE INDEX IF NOT EXISTS notifications_due ON notifications(next_attempt_at)
+        WHERE delivered_at IS NULL AND abandoned_at IS NULL;
 "#,
 ];
