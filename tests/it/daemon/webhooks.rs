@@ -65,14 +65,14 @@ async fn hook(State(seen): State<Shared>, headers: HeaderMap, body: Bytes) -> St
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
     // Stored once, whatever comes again under the same key.
-    if !seen.accepted.contains_key(&key) {
+    if let std::collections::btree_map::Entry::Vacant(slot) = seen.accepted.entry(key) {
         let event: Value = serde_json::from_slice(&body).expect("a JSON body");
         assert_eq!(
             header("x-heistd-event").as_deref(),
             event["event"].as_str(),
             "the event header names the body's event"
         );
-        seen.accepted.insert(key, event);
+        slot.insert(event);
     }
     StatusCode::NO_CONTENT
 }
