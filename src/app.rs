@@ -208,6 +208,8 @@ impl Parts {
         ));
         tracing::info!(address = %self.bound, "admin API listening");
         let config = self.state.config();
+        // Before the checkers, so their first transitions are heard.
+        self.spawn_webhooks();
         let health = self.spawn_health_checks(&config);
         let recovered = self.runs.recover(config.daemon.recovery).await?;
         if recovered > 0 {
@@ -242,7 +244,6 @@ impl Parts {
                     .claim_queued_until_stopped(Duration::from_millis(config.cluster.heartbeat_ms)),
             );
         }
-        self.spawn_webhooks();
         // Ends by itself on stop; nothing waits for it.
         tokio::spawn(store_watch::watch_store(
             self.store.clone(),

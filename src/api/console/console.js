@@ -246,8 +246,14 @@ class Follow {
     this.abort.abort();
   }
 
+  // Shows what the store holds, then follows from the last turn shown
+  // (the stream's event ids are turn ids), unless the session has ended.
   async start() {
-    await run(() => this.poll());
+    let ended = false;
+    await run(async () => { ended = await this.poll(); });
+    if (ended) return this.live("the session has ended");
+    const shown = [...this.seen].map(Number).filter(Number.isFinite);
+    if (shown.length) this.lastEventId = String(Math.max(...shown));
     this.stream().catch(() => this.fallBackToPolling("the live stream failed"));
   }
 
@@ -265,7 +271,7 @@ class Follow {
       }
       this.live("following live events");
       const ended = await this.readEvents(response.body.getReader());
-      if (ended) return;
+      if (ended) return this.live("the session has ended");
       await sleep(POLL_MS);
     }
   }
@@ -337,7 +343,7 @@ class Follow {
     item.dataset.turn = key;
     item.appendChild(element("span", "#" + key, "muted"));
     item.appendChild(element("span", " " + (turn.agent || turn.agent_name || "?"), "agent"));
-    if (turn.duration_ms !== undefined) item.appendChild(element("span", turn.duration_ms + " ms", "muted"));
+    if (turn.duration_ms !== undefined) item.appendChild(element("span", " " + turn.duration_ms + " ms", "muted"));
     item.appendChild(element("div", turn.error ? "error: " + turn.error : turn.message, "message"));
     const tools = (turn.tool_calls || []).map((call) =>
       (call.tool || call.tool_name) + " " + (call.outcome || (call.success ? "succeeded" : "failed")));
