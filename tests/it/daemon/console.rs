@@ -131,6 +131,19 @@ impl Browser {
         }
     }
 
+    /// Opens `url` and waits until the page and its script have loaded.
+    async fn navigate(&mut self, url: &str) {
+        self.call("Page.navigate", json!({ "url": url })).await;
+        self.wait_for(
+            Duration::from_secs(20),
+            &format!(
+                "location.href.startsWith({}) && document.readyState === 'complete'",
+                json!(url)
+            ),
+        )
+        .await;
+    }
+
     /// Runs `expression` in the page; its value (promises awaited).
     async fn eval(&mut self, expression: &str) -> Value {
         let result = self
@@ -233,9 +246,7 @@ async fn the_console_shows_live_sessions_starts_a_run_and_renders_in_chromium() 
     let session_id = daemon.start_run(40).await;
 
     let mut browser = Browser::launch().await;
-    browser
-        .call("Page.navigate", json!({ "url": format!("{admin}/") }))
-        .await;
+    browser.navigate(&format!("{admin}/")).await;
     // The sessions list, with the running session in it.
     browser
         .wait_for(
@@ -422,4 +433,52 @@ async fn check_headers(admin: &str) {
         assert_eq!(header("x-frame-options"), "DENY");
         assert!(header("set-cookie").is_empty());
     }
+}
+
+#[tokio::test]
+#[ignore = "needs chromium (Debian's package; .ci/run installs it)"]
+async fn the_console_asks_for_the_token_when_reads_need_it() {
+    let stack = TestStack::start().await;
+    let daemon = Daemon::start(&stack, "[daemon]\nread_requires_token = true\n").await;
+    let session_id = daemon.start_run(2).await;
+    let mut browser = Browser::launch().await;
+    browser.navigate(&format!("{}/", daemon.admin_url())).await;
+    // Nothing is shown before the token is given.
+    browser
+        .wait_for(
+            Duration::from_secs(20),
+            "!document.getElementById('token-form').hidden",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#sessions tbody tr').length")
+            .await,
+        0
+    );
+    browser
+        .eval(&format!(
+            "document.getElementById('token-input').value = '{ADMIN_TOKEN}'; \
+             document.getElementById('token-form').requestSubmit()"
+        ))
+        .await;
+    browser
+        .wait_for(
+            Duration::from_secs(20),
+            &format!(
+                "document.querySelector('#sessions tbody').textContent.includes('{session_id}')"
+            ),
+        )
+        .await;
+    // Once per tab: the form stays away through the next refresh (the
+    // page reads every 2 s), which sends the kept token.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        browser
+            .eval("document.getElementById('token-form').hidden")
+            .await,
+        true
+    );
+    let problems = browser.problems();
+    assert!(problems.is_empty(), "{problems:?}");
 }
