@@ -235,24 +235,37 @@ impl Webhooks {
             }
         };
         let count = claimed.len();
+        // At once, so a receiver that hangs holds up only its own events
+        // (each receiver's bulkhead bounds how many of them are in flight).
+        let mut attempts = tokio::task::JoinSet::new();
         for entry in claimed {
-            let attempt = match receivers.get(&entry.receiver) {
-                Some(receiver) => receiver.attempt(&entry).await,
-                None => NotificationAttempt::Abandoned {
-                    error: format!("no [[notify]] entry is named `{}` any more", entry.receiver),
-                },
-            };
-            if let Err(error) = self
-                .store
-                .record_notification_attempt(entry.id, attempt)
-                .await
-            {
-                // The claim's lease runs out and the event is sent again:
-                // at least once, under the same idempotency key.
-                tracing::error!(event_key = %entry.event_key, %error, "webhooks: cannot record a delivery attempt");
+            attempts.spawn(settle(receivers.clone(), self.store.clone(), entry));
+        }
+        while let Some(finished) = attempts.join_next().await {
+            if let Err(error) = finished {
+                tracing::error!(%error, "webhooks: a delivery attempt failed to finish");
             }
         }
         count
+    }
+}
+
+/// One attempt of `entry`, recorded in the store.
+async fn settle(
+    receivers: Arc<BTreeMap<String, Receiver>>,
+    store: StoreHandle,
+    entry: NotificationEntry,
+) {
+    let attempt = match receivers.get(&entry.receiver) {
+        Some(receiver) => receiver.attempt(&entry).await,
+        None => NotificationAttempt::Abandoned {
+            error: format!("no [[notify]] entry is named `{}` any more", entry.receiver),
+        },
+    };
+    if let Err(error) = store.record_notification_attempt(entry.id, attempt).await {
+        // The claim's lease runs out and the event is sent again: at least
+        // once, under the same idempotency key.
+        tracing::error!(event_key = %entry.event_key, %error, "webhooks: cannot record a delivery attempt");
     }
 }
 

@@ -3,12 +3,13 @@
 //! results into states like Envoy's active health checks: N consecutive
 //! failures mark a service down, M consecutive successes mark it up again.
 //! Transitions are logged, written to the audit store's `health_events`,
-//! reported on the board (for the daemon's webhooks), exported as metrics and, when configured, hold the service's circuit
-//! breaker open while it is down. Checks run beside heist turns and never
-//! block them. A failed probe of a service that answered a call within the
-//! last interval, or was busy with one throughout, does not count: a
-//! one-slot model server is busy, not down, so its breaker is never forced
-//! open while it answers.
+//! reported on the board (for the daemon's webhooks), exported as metrics
+//! and, when configured, hold the service's circuit breaker open while it
+//! is down. Checks run beside heist turns and never block them. A failed
+//! probe of a service that answered a call within the last interval, or
+//! was busy with one throughout, does not count: a one-slot model server
+//! is busy, not down, so its breaker is never forced open while it
+//! answers.
 
 use std::sync::Arc;
 use std::time::Duration;
