@@ -970,3 +970,52 @@ async fn the_cluster_cap_holds_across_nodes() {
         .await
         .expect("room again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
+async fn two_nodes_never_claim_one_webhook_event_at_once() {
+    use heistd::store::NewNotification;
+    let Some(fixture) = Fixture::postgres("two_nodes_never_claim_one_webhook_event").await else {
+        return;
+    };
+    let (node_a, node_b) = (fixture.handle.clone(), fixture.another_node("node-b").await);
+    let events: Vec<NewNotification> = (0..40)
+        .map(|index| NewNotification {
+            receiver: "ops".to_string(),
+            event_key: format!("event-{index}"),
+            event: "service_down".to_string(),
+            payload: "{}".to_string(),
+        })
+        .collect();
+    // Both nodes queue the same events (each saw them): stored once.
+    assert_eq!(
+        node_a
+            .enqueue_notifications(events.clone())
+            .await
+            .expect("a"),
+        40
+    );
+    assert_eq!(node_b.enqueue_notifications(events).await.expect("b"), 0);
+    let lease = Duration::from_secs(60);
+    let mut claimed = Vec::new();
+    // Both claim in small batches at the same time until nothing is due.
+    loop {
+        let (from_a, from_b) = tokio::join!(
+            node_a.claim_notifications(3, lease),
+            node_b.claim_notifications(3, lease)
+        );
+        let (from_a, from_b) = (from_a.expect("a claims"), from_b.expect("b claims"));
+        if from_a.is_empty() && from_b.is_empty() {
+            break;
+        }
+        claimed.extend(
+            from_a
+                .into_iter()
+                .chain(from_b)
+                .map(|entry| entry.event_key),
+        );
+    }
+    let distinct: std::collections::BTreeSet<&String> = claimed.iter().collect();
+    assert_eq!(claimed.len(), 40, "each event claimed once: {claimed:?}");
+    assert_eq!(distinct.len(), 40);
+}
