@@ -30,6 +30,7 @@ use crate::daemon::control::Steering;
 use crate::daemon::notify::{self, Notifier};
 use crate::daemon::runs::{RunContext, Runs, ScheduledRuns};
 use crate::daemon::state::{DaemonState, RunCommand, ScheduleStatus, StartRunError};
+use crate::daemon::webhooks::Webhooks;
 use crate::daemon::{cluster, outbox, reconcile, retention, store_watch, telemetry};
 use crate::health::{checker, HealthBoard, HealthState};
 use crate::scenario::{Scenario, ScenarioError};
@@ -79,6 +80,9 @@ struct Parts {
     health: Arc<HealthBoard>,
     state: Arc<DaemonState>,
     runs: Arc<Runs>,
+    /// The `[[notify]]` receivers; told of session ends by `runs` and of
+    /// health transitions through the board.
+    webhooks: Arc<Webhooks>,
     /// `stop` ends runs (between turns), schedules and checks.
     stop_sender: watch::Sender<bool>,
     stop: watch::Receiver<bool>,
@@ -141,6 +145,7 @@ impl App {
         state.set_llm(clients.llm.clone());
         // After `DaemonState::new` has installed the recorder.
         telemetry::create_known_series(&config, &scenario);
+        let webhooks = Webhooks::new(&config, store.clone());
         let runs = Runs::new(
             state.clone(),
             store.clone(),
@@ -150,6 +155,7 @@ impl App {
                 clients,
             },
             stop.clone(),
+            webhooks.clone(),
         );
         state.set_steering(Arc::new(Steering::new(&runs, store.clone())));
         let (listener, bound) = bind_admin_api(&config.daemon.admin_address).await?;
@@ -160,6 +166,7 @@ impl App {
             health,
             state,
             runs,
+            webhooks,
             stop_sender,
             stop,
             finish_sender,
@@ -205,6 +212,8 @@ impl Parts {
         ));
         tracing::info!(address = %self.bound, "admin API listening");
         let config = self.state.config();
+        // Before the checkers, so their first transitions are heard.
+        self.spawn_webhooks();
         let health = self.spawn_health_checks(&config);
         let recovered = self.runs.recover(config.daemon.recovery).await?;
         if recovered > 0 {
@@ -378,6 +387,7 @@ impl Parts {
         if let Some(steering) = self.state.steering() {
             steering.forget_removed(&old, &new).await;
         }
+        self.webhooks.replace_config(&new);
         self.state.set_config(new.clone(), admin_token(&new));
         Ok(new)
     }
@@ -421,6 +431,22 @@ impl Parts {
             }
         }
         tracing::info!("stopped");
+    }
+
+    /// The webhook deliverer ends by itself on stop; events still due
+    /// stay in the store for the next start (or another node). The health
+    /// follower ends with the board, which lives as long as the daemon.
+    fn spawn_webhooks(&self) {
+        tokio::spawn(
+            self.webhooks
+                .clone()
+                .deliver_until_stopped(self.stop.clone()),
+        );
+        tokio::spawn(
+            self.webhooks
+                .clone()
+                .follow_health(self.health.subscribe_transitions()),
+        );
     }
 
     fn spawn_health_checks(&self, config: &Config) -> Vec<JoinHandle<()>> {

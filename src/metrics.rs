@@ -66,6 +66,11 @@ pub const MEMORY_RECONCILE_RUNS_TOTAL: &str = "heistd_memory_reconcile_runs_tota
 pub const MEMORY_RECONCILE_REDELIVERED_TOTAL: &str = "heistd_memory_reconcile_redelivered_total";
 /// New memory service instance ids seen (it started empty).
 pub const MEMORY_INSTANCE_CHANGES_TOTAL: &str = "heistd_memory_instance_changes_total";
+/// Webhook delivery attempts, by receiver and outcome (`delivered`,
+/// `failed`: to be tried again, `abandoned`: given up).
+pub const NOTIFY_DELIVERIES_TOTAL: &str = "heistd_notify_deliveries_total";
+/// Webhook events given up after the receiver's `max_attempts`, by receiver.
+pub const NOTIFY_ABANDONED_TOTAL: &str = "heistd_notify_abandoned_total";
 pub const STORE_SIZE_BYTES: &str = "heistd_store_size_bytes";
 pub const STORE_WAL_SIZE_BYTES: &str = "heistd_store_wal_size_bytes";
 /// 1 when `/readyz` would answer 200.
@@ -195,7 +200,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 64] = [
+pub const FAMILIES: [(&str, Kind, &str); 66] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -221,6 +226,8 @@ pub const FAMILIES: [(&str, Kind, &str); 64] = [
     (MEMORY_OUTBOX_PENDING, Kind::Gauge, "Memory writes waiting for delivery."),
     (MEMORY_OUTBOX_OLDEST_PENDING_AGE_SECONDS, Kind::Gauge, "Age of the oldest memory write waiting for delivery; 0 when none waits."),
     (MEMORY_OUTBOX_ABANDONED, Kind::Gauge, "Memory writes the memory service refused for good (never delivered)."),
+    (NOTIFY_DELIVERIES_TOTAL, Kind::Counter, "Webhook delivery attempts, by receiver and outcome (delivered, failed, abandoned)."),
+    (NOTIFY_ABANDONED_TOTAL, Kind::Counter, "Webhook events given up after the receiver's max_attempts."),
     (MEMORY_RECONCILE_RUNS_TOTAL, Kind::Counter, "Reconciliations of the memory service with the store, by outcome (exact, redelivered, error)."),
     (MEMORY_RECONCILE_REDELIVERED_TOTAL, Kind::Counter, "Memory writes delivered again because the memory service no longer held them."),
     (MEMORY_INSTANCE_CHANGES_TOTAL, Kind::Counter, "New memory service instance ids seen (the service started empty)."),

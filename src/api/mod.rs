@@ -7,13 +7,15 @@
 //! handlers and their JSON shapes by resource in `status` (probes, metrics,
 //! the daemon's status), `sessions`, `runs`, `steer` (cancel, and the
 //! schedules: list, pause, resume, trigger, backfill) and `events` (the
-//! live event streams); the admin token in `auth` and `guard`.
+//! live event streams); the admin token in `auth` and `guard`; the web
+//! console's static files at `/` in `console`.
 //!
 //! It only reads what `DaemonState` publishes and asks it to start runs; it
 //! must not run heists or health checks itself, nor hold state of its own
 //! beyond `guard`'s counts of wrong admin tokens, which only shape refusals.
 
 mod auth;
+mod console;
 mod events;
 mod guard;
 mod runs;
@@ -32,6 +34,7 @@ use serde::Serialize;
 
 use crate::daemon::state::{DaemonState, StartRunError};
 use crate::store::StoreError;
+pub use console::CONTENT_SECURITY_POLICY;
 use guard::AdminGuard;
 pub use status::{breaker_states, config_status};
 
@@ -132,6 +135,9 @@ pub fn router(state: Arc<DaemonState>) -> Router {
             auth::require_read_token,
         ));
     Router::new()
+        .route("/", get(console::index))
+        .route("/console.js", get(console::script))
+        .route("/console.css", get(console::style))
         .route("/healthz", get(status::liveness))
         .route("/readyz", get(status::readiness))
         .route("/metrics", get(status::prometheus_metrics))

@@ -268,6 +268,34 @@ impl ServiceClient {
         }
     }
 
+    /// A `POST` of `body`, sent byte for byte (a signature over it must
+    /// match what arrives), with `headers`; any 2xx is success and its body
+    /// is read under the cap but not decoded (a webhook receiver answers
+    /// what it likes). Named `operation` in metrics and the journal.
+    pub async fn post_bytes(
+        &self,
+        operation: &str,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> Result<(), CallError> {
+        let build = |endpoint: &Endpoint| {
+            let mut request = self
+                .request(endpoint.index(), reqwest::Method::POST, path)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            request
+        };
+        self.guarded(operation, None, &any_endpoint, |endpoint, _| {
+            exchange_discarding(&self.name, build(endpoint), self.max_reply_bytes)
+        })
+        .await
+        .0
+    }
+
     /// A `POST` whose reply may stream as server-sent events, each event's
     /// data a JSON `E`, ended by `data: [DONE]`; a plain JSON answer is a
     /// `W`. Each piece that arrives tells the stack the reply is still
@@ -487,6 +515,26 @@ async fn exchange<R: DeserializeOwned>(
 ) -> Result<R, CallError> {
     let response = reader.send(request).await?;
     read_reply(reader.service, response, reader.max_reply_bytes, progress).await
+}
+
+/// One attempt of [`ServiceClient::post_bytes`]: a 2xx whatever its body
+/// (read, capped, dropped), else the status as [`exchange`] reports it.
+async fn exchange_discarding(
+    service: &str,
+    request: reqwest::RequestBuilder,
+    max_reply_bytes: usize,
+) -> Result<(), CallError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|error| classify_send_error(service, &error))?;
+    if response.status().is_success() {
+        read_capped(service, response, max_reply_bytes, None).await?;
+        return Ok(());
+    }
+    read_reply::<serde::de::IgnoredAny>(service, response, max_reply_bytes, None)
+        .await
+        .map(|_| ())
 }
 
 /// One attempt of [`ServiceClient::post_streaming`]: an error status or a

@@ -221,6 +221,13 @@ impl Config {
             &self.oauth.signing_key_env,
             self.oauth.signing_key_file.as_deref(),
         );
+        for (index, receiver) in self.notify.iter_mut().enumerate() {
+            receiver.secret = read(
+                &format!("notify[{index}].secret_file"),
+                "",
+                receiver.secret_file.as_deref(),
+            );
+        }
         for (index, client) in self.oauth.clients.iter_mut().enumerate() {
             if let Err(problem) = client.resolve_secret(environment, index) {
                 problems.push(problem);
@@ -477,7 +484,7 @@ type Check = fn(&Config) -> Result<(), (String, String)>;
 
 /// Every part's check, so one load reports each part's problem at once.
 /// (The `[[schedule]]` entries are checked as they are read.)
-const CHECKS: [Check; 12] = [
+const CHECKS: [Check; 13] = [
     |config| config.heist.validate(),
     |config| config.llm.validate(),
     |config| config.llm.policy.validate("llm.policy"),
@@ -494,6 +501,7 @@ const CHECKS: [Check; 12] = [
     |config| config.cluster.validate(),
     |config| config.services.validate(),
     |config| config.oauth.validate(),
+    |config| super::notify::validate(&config.notify),
     |config| {
         config
             .companions

@@ -29,6 +29,7 @@ mod heist;
 mod http;
 mod llm;
 mod load;
+mod notify;
 mod oauth;
 mod outbox;
 mod policy;
@@ -56,6 +57,7 @@ pub use load::{
     admin_address_hint, load, load_without_secrets, process_environment, systemd_environment,
     SystemdEnvironment,
 };
+pub use notify::{NotifyConfig, NotifyEvent, MAX_NOTIFY_ATTEMPTS};
 pub use oauth::{OAuthClient, OAuthConfig};
 pub use outbox::OutboxConfig;
 pub use policy::{BreakerConfig, PolicyConfig, WindowKind};
@@ -135,6 +137,9 @@ pub struct Config {
     /// when empty, so a `[[schedule]]` appended to printed output loads.
     #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<ScheduleConfig>,
+    /// Webhook receivers (`[[notify]]` entries). Not written when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifyConfig>,
 }
 
 impl Config {
@@ -154,6 +159,7 @@ impl Config {
             http: HttpConfig::default(),
             events: EventsConfig::default(),
             schedule: Vec::new(),
+            notify: Vec::new(),
         }
     }
 

@@ -7,8 +7,9 @@
 //! the gauges read at each scrape), `cluster` (heartbeats and takeover
 //! when several daemons share a PostgreSQL store), `control` (what
 //! operators steer: cancels, paused, triggered and backfilled schedules)
-//! and `events` (what the admin API's event streams hear live: committed
-//! turns, waits, endings).
+//! `events` (what the admin API's event streams hear live: committed
+//! turns, waits, endings) and `webhooks` (the `[[notify]]` receivers, fed
+//! through the store's webhook outbox).
 //!
 //! Nothing here wires the daemon together (that is `app`), serves HTTP
 //! (that is `api`) or installs signal handlers.
@@ -24,6 +25,7 @@ pub mod runs;
 pub mod state;
 pub mod store_watch;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use state::{
     ConfigStatus, DaemonState, Readiness, RunCommand, RunRequest, RunningSession, ScheduleStatus,

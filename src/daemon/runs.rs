@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::events::LiveEvent;
 use super::state::{DaemonState, RunRequest, RunningSession, StartRunError};
+use super::webhooks::Webhooks;
 use crate::clients::Clients;
 use crate::config::{Config, Recovery, ScheduleConfig};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions};
@@ -48,6 +49,8 @@ pub struct Runs {
     /// Woken when this node queues a run request (a shared store), so it
     /// claims it at once when it has room rather than at the next poll.
     queued_here: Notify,
+    /// Told of every run that ends here, for `[[notify]]` receivers.
+    webhooks: Arc<Webhooks>,
 }
 
 impl Runs {
@@ -56,6 +59,7 @@ impl Runs {
         store: StoreHandle,
         context: RunContext,
         stop: watch::Receiver<bool>,
+        webhooks: Arc<Webhooks>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -65,6 +69,7 @@ impl Runs {
             admission: tokio::sync::Mutex::new(()),
             capacity_freed: Notify::new(),
             queued_here: Notify::new(),
+            webhooks,
         })
     }
 
@@ -429,10 +434,14 @@ impl Runs {
             runs: self.clone(),
             session_id: running.session_id.clone(),
         };
+        let (webhooks, session_id) = (self.webhooks.clone(), running.session_id.clone());
         let handle = self.state.registry().spawn(running, cancel, || {
             tokio::spawn(async move {
                 let _registration = registration;
                 work.await;
+                // However it ended (a fenced run reads another node's
+                // ending, which is queued once under its key).
+                webhooks.session_ended(&session_id).await;
             })
         });
         metrics::gauge!(names::SESSIONS_RUNNING).set(self.state.running_count() as f64);

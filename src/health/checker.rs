@@ -3,12 +3,13 @@
 //! results into states like Envoy's active health checks: N consecutive
 //! failures mark a service down, M consecutive successes mark it up again.
 //! Transitions are logged, written to the audit store's `health_events`,
-//! exported as metrics and, when configured, hold the service's circuit
-//! breaker open while it is down. Checks run beside heist turns and never
-//! block them. A failed probe of a service that answered a call within the
-//! last interval, or was busy with one throughout, does not count: a
-//! one-slot model server is busy, not down, so its breaker is never forced
-//! open while it answers.
+//! reported on the board (for the daemon's webhooks), exported as metrics
+//! and, when configured, hold the service's circuit breaker open while it
+//! is down. Checks run beside heist turns and never block them. A failed
+//! probe of a service that answered a call within the last interval, or
+//! was busy with one throughout, does not count: a one-slot model server
+//! is busy, not down, so its breaker is never forced open while it
+//! answers.
 //!
 //! A service of several endpoints has each probed every interval, each
 //! with its own tracker (`heistd_endpoint_up`), its breaker held open while
@@ -154,18 +155,14 @@ pub async fn watch_service(
             let reason = error.clone().unwrap_or_else(|| {
                 format!("{} consecutive good checks", tracker.consecutive_successes)
             });
-            if to == HealthState::Down {
-                tracing::warn!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
-            } else {
-                tracing::info!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
-            }
-            metrics::counter!(names::HEALTH_TRANSITIONS_TOTAL, "service" => name.clone(), "to" => to.as_str()).increment(1);
-            if let Err(error) = store
-                .record_health_event(&name, from.as_str(), to.as_str(), &reason)
-                .await
-            {
-                tracing::error!(service = %name, %error, "cannot record a health event in the audit store");
-            }
+            let transition = super::HealthTransition {
+                service: name.clone(),
+                from,
+                to,
+                reason,
+                at: since,
+            };
+            on_transition(&board, &store, transition).await;
         }
         export_up(&name, tracker.state);
         board.publish(health_of(
@@ -251,6 +248,35 @@ fn endpoints_now(service: &ServiceClient, trackers: &[Tracker]) -> Vec<EndpointH
         .zip(trackers)
         .map(|(endpoint, tracker)| EndpointHealth::of(endpoint, tracker.state))
         .collect()
+}
+
+/// A state change: logged, counted, written to `health_events` and
+/// reported on the board (the breakers follow each endpoint's tracker).
+async fn on_transition(
+    board: &HealthBoard,
+    store: &StoreHandle,
+    transition: super::HealthTransition,
+) {
+    let super::HealthTransition {
+        service: name,
+        from,
+        to,
+        reason,
+        ..
+    } = &transition;
+    if *to == HealthState::Down {
+        tracing::warn!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
+    } else {
+        tracing::info!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
+    }
+    metrics::counter!(names::HEALTH_TRANSITIONS_TOTAL, "service" => name.clone(), "to" => to.as_str()).increment(1);
+    if let Err(error) = store
+        .record_health_event(name, from.as_str(), to.as_str(), reason)
+        .await
+    {
+        tracing::error!(service = %name, %error, "cannot record a health event in the audit store");
+    }
+    board.report_transition(transition);
 }
 
 /// One probe, corrected by passive health (Envoy's outlier detection): a

@@ -202,10 +202,25 @@ impl EndpointHealth {
     }
 }
 
+/// A change of a service's state, as the checker concluded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthTransition {
+    pub service: String,
+    pub from: HealthState,
+    pub to: HealthState,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
 /// Every service's health, published by the checker, read by the API.
 #[derive(Debug, Default)]
 pub struct HealthBoard {
     services: RwLock<BTreeMap<String, ServiceHealth>>,
+    /// Where each transition is sent, once someone asked (the daemon's
+    /// webhooks): the checker reports and goes on; it never waits for the
+    /// listener. Unbounded, since transitions come a few per interval at
+    /// most (each needs N consecutive checks).
+    transitions: RwLock<Option<tokio::sync::mpsc::UnboundedSender<HealthTransition>>>,
 }
 
 impl HealthBoard {
@@ -219,6 +234,21 @@ impl HealthBoard {
 
     pub fn publish(&self, health: ServiceHealth) {
         self.services.write().insert(health.service.clone(), health);
+    }
+
+    /// The transitions the checker makes from now on; a second call
+    /// replaces the first listener.
+    pub fn subscribe_transitions(&self) -> tokio::sync::mpsc::UnboundedReceiver<HealthTransition> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        *self.transitions.write() = Some(sender);
+        receiver
+    }
+
+    /// Tells the listener, if any, of a transition.
+    pub fn report_transition(&self, transition: HealthTransition) {
+        if let Some(sender) = self.transitions.read().as_ref() {
+            let _ = sender.send(transition);
+        }
     }
 
     /// Required services that are not known to be up.

@@ -20,10 +20,10 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use super::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
-    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
-    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError,
-    TurnRead, TurnRecord,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewNotification,
+    NewSession, NodeRow, NotificationAttempt, NotificationCounts, NotificationEntry, OutboxEntry,
+    OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens, ServiceCallRecord, SessionDetail,
+    SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
 };
 
 /// What a committed turn leaves its session to deliver next.
@@ -351,4 +351,32 @@ pub(crate) trait Backend: Any + Send + Sync {
     async fn stop_node(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    // The webhook outbox (`[[notify]]`), after the defaults above: every
+    // backend has its own.
+
+    /// Queues webhook events; one already queued for its receiver under
+    /// the same key is left as it is. Returns how many were added.
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` webhook events due now, oldest first, for one
+    /// attempt each: they are not due again for `lease`, so no other node
+    /// (or pass) sends them meanwhile.
+    async fn claim_notifications(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<NotificationEntry>, StoreError>;
+
+    /// Records how an attempt on a claimed event ended.
+    async fn record_notification_attempt(
+        &self,
+        id: i64,
+        attempt: NotificationAttempt,
+    ) -> Result<(), StoreError>;
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError>;
 }

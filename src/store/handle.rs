@@ -16,10 +16,10 @@ use super::outage::StoreOutage;
 use super::postgres::PgStore;
 use super::sqlite::SqliteBackend;
 use super::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
-    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
-    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError,
-    TurnRead, TurnRecord,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewNotification,
+    NewSession, NodeRow, NotificationAttempt, NotificationCounts, NotificationEntry, OutboxEntry,
+    OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens, ServiceCallRecord, SessionDetail,
+    SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
 };
 use crate::config::{ClusterConfig, StoreBackend, StoreConfig, Synchronous};
 
@@ -362,6 +362,38 @@ impl StoreHandle {
 
     pub async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
         self.backend.outbox_summary().await
+    }
+
+    // The webhook outbox (`[[notify]]`): see the `Backend` methods.
+
+    pub async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<u64, StoreError> {
+        if notifications.is_empty() {
+            return Ok(0);
+        }
+        self.backend.enqueue_notifications(notifications).await
+    }
+
+    pub async fn claim_notifications(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<NotificationEntry>, StoreError> {
+        self.backend.claim_notifications(limit, lease).await
+    }
+
+    pub async fn record_notification_attempt(
+        &self,
+        id: i64,
+        attempt: NotificationAttempt,
+    ) -> Result<(), StoreError> {
+        self.backend.record_notification_attempt(id, attempt).await
+    }
+
+    pub async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
+        self.backend.notification_counts().await
     }
 
     // Health events.

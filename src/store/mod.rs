@@ -39,7 +39,8 @@ pub use handle::{DeliveryGuard, StoreHandle};
 pub use migrate::MigrationReport;
 pub use rows::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, MessageRow,
-    NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, RunTrigger, SchedulePause,
+    NewNotification, NewSession, NodeRow, NotificationAttempt, NotificationCounts,
+    NotificationEntry, OutboxEntry, OutboxSummary, RecentTurns, RunTrigger, SchedulePause,
     ScheduleTokens, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus,
     SessionTurns, TokenTotals, ToolCallRecord, ToolUsageRow, TurnRead, TurnRecord, TurnUsage,
 };

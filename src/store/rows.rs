@@ -449,3 +449,55 @@ pub(crate) const HEALTH_EVENT_COLUMNS: &str =
 /// column order (the `duration_ms` of a prototype's row is NULL).
 pub(crate) const TOOL_CALL_COLUMNS: &str =
     "SELECT tool_name, tool_params, tool_result, success, error, duration_ms FROM tool_usage";
+
+/// A webhook event to queue for one receiver (`[[notify]]`). The pair
+/// (`receiver`, `event_key`) is unique: queueing the same event again, as
+/// two nodes or a retried hook may, adds nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewNotification {
+    /// The receiver's name in the config.
+    pub receiver: String,
+    /// The event's identity, sent as its `Idempotency-Key`.
+    pub event_key: String,
+    /// `session_completed`, `service_down`, ...
+    pub event: String,
+    /// The JSON body, signed and sent as it is.
+    pub payload: String,
+}
+
+/// A webhook event claimed for one delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationEntry {
+    pub id: i64,
+    pub receiver: String,
+    pub event_key: String,
+    pub event: String,
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
+}
+
+/// How one delivery attempt of a webhook event ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotificationAttempt {
+    /// The receiver accepted it (a 2xx).
+    Delivered,
+    /// It failed and is tried again after `retry_in`.
+    Failed {
+        error: String,
+        retry_in: std::time::Duration,
+    },
+    /// It failed for the last time (or cannot be sent): set aside for good.
+    Abandoned { error: String },
+    /// It was not sent (the receiver's breaker is open): tried again after
+    /// `retry_in` without spending an attempt.
+    Postponed { retry_in: std::time::Duration },
+}
+
+/// The webhook outbox in numbers, for tests and the status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NotificationCounts {
+    pub pending: u64,
+    pub delivered: u64,
+    pub abandoned: u64,
+}

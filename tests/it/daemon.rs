@@ -955,9 +955,11 @@ async fn a_read_only_store_at_start_exits_2_before_ready() {
     assert!(!stderr.contains("READY"), "{stderr}");
 }
 
+mod console;
 pub(crate) mod events;
 mod memory_restart;
 mod ops;
+mod webhooks;
 
 /// The disk under the store fills (a 2 MiB tmpfs and a file that takes the
 /// rest): `/readyz` and new runs answer 503, the running session pauses

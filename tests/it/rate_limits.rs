@@ -63,7 +63,7 @@ async fn a_429_without_retry_after_is_retried_at_the_reset() {
     let double = ModelDouble::start(limited(1, window)).await;
     let client = llm_client(&double, |_| {});
     // Another client uses the window's one request, unseen by heistd.
-    let used = reqwest::Client::new()
+    let used = crate::support::http()
         .post(format!("{}/chat/completions", double.url))
         .json(&serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}))
         .send()

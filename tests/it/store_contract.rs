@@ -115,6 +115,7 @@ contract!(
     a_schedules_runs_record_their_trigger_and_slots,
     turns_are_read_after_a_turn_and_after_a_row_id,
     a_turns_tokens_add_up_in_its_session_and_the_days_totals,
+    webhook_events_are_queued_once_claimed_and_settled,
 );
 
 /// What the event streams read: a session's turns after a turn id (with
@@ -586,6 +587,90 @@ async fn health_events_read_back_in_order(store: &StoreHandle) {
     let memory = store.health_events(Some("memory")).await.expect("memory");
     let states: Vec<&str> = memory.iter().map(|e| e.to_state.as_str()).collect();
     assert_eq!(states, vec!["down", "up"]);
+}
+
+async fn webhook_events_are_queued_once_claimed_and_settled(store: &StoreHandle) {
+    use heistd::store::{NewNotification, NotificationAttempt, NotificationCounts};
+    let event = |receiver: &str, key: &str| NewNotification {
+        receiver: receiver.to_string(),
+        event_key: key.to_string(),
+        event: "session_completed".to_string(),
+        payload: format!("{{\"event_id\":\"{key}\"}}"),
+    };
+    let lease = Duration::from_secs(60);
+    let added = store
+        .enqueue_notifications(vec![
+            event("ops", "one"),
+            event("ops", "two"),
+            event("audit", "one"),
+        ])
+        .await
+        .expect("enqueue");
+    assert_eq!(added, 3);
+    // The same event for the same receiver again (two nodes, a retried
+    // hook): nothing more.
+    let again = store
+        .enqueue_notifications(vec![event("ops", "one")])
+        .await
+        .expect("enqueue again");
+    assert_eq!(again, 0);
+    let claimed = store.claim_notifications(10, lease).await.expect("claim");
+    let keys: Vec<(&str, &str)> = claimed
+        .iter()
+        .map(|entry| (entry.receiver.as_str(), entry.event_key.as_str()))
+        .collect();
+    assert_eq!(keys, vec![("ops", "one"), ("ops", "two"), ("audit", "one")]);
+    assert!(claimed.iter().all(|entry| entry.attempts == 0));
+    assert_eq!(claimed[0].payload, "{\"event_id\":\"one\"}");
+    // Claimed: not due again within the lease.
+    assert!(store
+        .claim_notifications(10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
+    let settle = |id: i64, attempt: NotificationAttempt| async move {
+        store
+            .record_notification_attempt(id, attempt)
+            .await
+            .expect("record");
+    };
+    settle(claimed[0].id, NotificationAttempt::Delivered).await;
+    let failed = NotificationAttempt::Failed {
+        error: "HTTP 500".into(),
+        retry_in: Duration::ZERO,
+    };
+    settle(claimed[1].id, failed).await;
+    let postponed = NotificationAttempt::Postponed {
+        retry_in: Duration::ZERO,
+    };
+    settle(claimed[2].id, postponed).await;
+    // Due again: the failed one with its attempt counted, the postponed
+    // one without.
+    let due = store.claim_notifications(10, lease).await.expect("claim");
+    let attempts: Vec<(i64, i64)> = due.iter().map(|entry| (entry.id, entry.attempts)).collect();
+    assert_eq!(attempts, vec![(claimed[1].id, 1), (claimed[2].id, 0)]);
+    let abandoned = NotificationAttempt::Abandoned {
+        error: "HTTP 500".into(),
+    };
+    settle(due[0].id, abandoned).await;
+    let later = NotificationAttempt::Failed {
+        error: "timeout".into(),
+        retry_in: Duration::from_secs(3600),
+    };
+    settle(due[1].id, later).await;
+    assert!(store
+        .claim_notifications(10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
+    assert_eq!(
+        store.notification_counts().await.expect("counts"),
+        NotificationCounts {
+            pending: 1,
+            delivered: 1,
+            abandoned: 1,
+        }
+    );
 }
 
 async fn pruning_deletes_old_ended_sessions_whole(store: &StoreHandle) {
@@ -1198,4 +1283,53 @@ async fn the_cluster_cap_holds_across_nodes() {
         .create_session(new_session(3, 2))
         .await
         .expect("room again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
+async fn two_nodes_never_claim_one_webhook_event_at_once() {
+    use heistd::store::NewNotification;
+    let Some(fixture) = Fixture::postgres("two_nodes_never_claim_one_webhook_event").await else {
+        return;
+    };
+    let (node_a, node_b) = (fixture.handle.clone(), fixture.another_node("node-b").await);
+    let events: Vec<NewNotification> = (0..40)
+        .map(|index| NewNotification {
+            receiver: "ops".to_string(),
+            event_key: format!("event-{index}"),
+            event: "service_down".to_string(),
+            payload: "{}".to_string(),
+        })
+        .collect();
+    // Both nodes queue the same events (each saw them): stored once.
+    assert_eq!(
+        node_a
+            .enqueue_notifications(events.clone())
+            .await
+            .expect("a"),
+        40
+    );
+    assert_eq!(node_b.enqueue_notifications(events).await.expect("b"), 0);
+    let lease = Duration::from_secs(60);
+    let mut claimed = Vec::new();
+    // Both claim in small batches at the same time until nothing is due.
+    loop {
+        let (from_a, from_b) = tokio::join!(
+            node_a.claim_notifications(3, lease),
+            node_b.claim_notifications(3, lease)
+        );
+        let (from_a, from_b) = (from_a.expect("a claims"), from_b.expect("b claims"));
+        if from_a.is_empty() && from_b.is_empty() {
+            break;
+        }
+        claimed.extend(
+            from_a
+                .into_iter()
+                .chain(from_b)
+                .map(|entry| entry.event_key),
+        );
+    }
+    let distinct: std::collections::BTreeSet<&String> = claimed.iter().collect();
+    assert_eq!(claimed.len(), 40, "each event claimed once: {claimed:?}");
+    assert_eq!(distinct.len(), 40);
 }

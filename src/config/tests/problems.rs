@@ -67,6 +67,27 @@ const BAD_FILES: &[(&str, &str)] = &[
         "companions.faults.memory.refuse",
     ),
     ("surprise = 1\n", "surprise"),
+    ("[[notify]]\nurl = \"ftp://x\"\n", "notify[0].url"),
+    (
+        "[[notify]]\nurl = \"http://x\"\nevents = [\"session_exploded\"]\n",
+        "notify[0].events",
+    ),
+    (
+        "[[notify]]\nurl = \"http://x\"\nevents = []\n",
+        "notify[0].events",
+    ),
+    (
+        "[[notify]]\nurl = \"http://x\"\nmax_attempts = 0\n",
+        "notify[0].max_attempts",
+    ),
+    (
+        "[[notify]]\nurl = \"http://x\"\n[[notify]]\nurl = \"http://x/other\"\n",
+        "notify[1].name",
+    ),
+    (
+        "[[notify]]\nurl = \"http://x\"\nsecret_file = \"/nonexistent/heistd-webhook-secret\"\n",
+        "notify[0].secret_file",
+    ),
     (
         "[services.file_reader]\ntimeout_ms = true\n",
         "services.file_reader.timeout_ms",

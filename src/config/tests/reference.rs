@@ -214,6 +214,11 @@ fn fresh_entry(struct_name: &str) -> toml::Value {
                 .try_into::<ModelEndpointConfig>()
                 .expect("an endpoint"),
         ),
+        "NotifyConfig" => toml::Value::try_from(
+            entry("url = \"http://127.0.0.1:9000/hook\"")
+                .try_into::<NotifyConfig>()
+                .expect("a receiver"),
+        ),
         other => panic!("no fresh entry for `{other}`: add one to fresh_entry"),
     }
     .expect("serialises")

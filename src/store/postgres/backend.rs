@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use super::{OutboxMark, PgStore};
 use crate::store::backend::{Backend, Owed};
 use crate::store::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
-    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
-    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError,
-    TurnRead, TurnRecord,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewNotification,
+    NewSession, NodeRow, NotificationAttempt, NotificationCounts, NotificationEntry, OutboxEntry,
+    OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens, ServiceCallRecord, SessionDetail,
+    SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
 };
 
 #[async_trait]
@@ -202,6 +202,35 @@ impl Backend for PgStore {
 
     async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
         PgStore::outbox_summary(self).await
+    }
+
+    // The webhook outbox.
+
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<u64, StoreError> {
+        PgStore::enqueue_notifications(self, &notifications).await
+    }
+
+    async fn claim_notifications(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<NotificationEntry>, StoreError> {
+        PgStore::claim_notifications(self, limit, lease).await
+    }
+
+    async fn record_notification_attempt(
+        &self,
+        id: i64,
+        attempt: NotificationAttempt,
+    ) -> Result<(), StoreError> {
+        PgStore::record_notification_attempt(self, id, &attempt).await
+    }
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
+        PgStore::notification_counts(self).await
     }
 
     // Health events.

@@ -24,6 +24,7 @@ mod backend;
 mod cluster;
 mod control;
 mod copy;
+mod notifications;
 mod queue;
 mod rows;
 mod schema;

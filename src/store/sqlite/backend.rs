@@ -17,9 +17,10 @@ use super::Store;
 use crate::config::{StoreConfig, Synchronous};
 use crate::store::backend::{Backend, InPlay, Owed};
 use crate::store::{
-    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, NewSession, OutboxEntry,
-    OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens, ServiceCallRecord, SessionDetail,
-    SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, NewNotification, NewSession,
+    NotificationAttempt, NotificationCounts, NotificationEntry, OutboxEntry, OutboxSummary,
+    RecentTurns, SchedulePause, ScheduleTokens, ServiceCallRecord, SessionDetail, SessionRow,
+    SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
 };
 
 /// The SQLite store as async code reaches it.
@@ -375,6 +376,38 @@ impl Backend for SqliteBackend {
 
     async fn outbox_summary(&self) -> Result<OutboxSummary, StoreError> {
         self.run(|store| store.outbox_summary()).await
+    }
+
+    // The webhook outbox.
+
+    async fn enqueue_notifications(
+        &self,
+        notifications: Vec<NewNotification>,
+    ) -> Result<u64, StoreError> {
+        self.run(move |store| store.enqueue_notifications(&notifications))
+            .await
+    }
+
+    async fn claim_notifications(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<NotificationEntry>, StoreError> {
+        self.run(move |store| store.claim_notifications(limit, lease))
+            .await
+    }
+
+    async fn record_notification_attempt(
+        &self,
+        id: i64,
+        attempt: NotificationAttempt,
+    ) -> Result<(), StoreError> {
+        self.run(move |store| store.record_notification_attempt(id, &attempt))
+            .await
+    }
+
+    async fn notification_counts(&self) -> Result<NotificationCounts, StoreError> {
+        self.run(|store| store.notification_counts()).await
     }
 
     // Health events.

@@ -31,6 +31,7 @@ mod group_commit;
 mod health;
 mod identity;
 mod maintenance;
+mod notifications;
 mod outbox;
 mod reader;
 mod rows;

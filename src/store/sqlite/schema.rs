@@ -34,7 +34,7 @@ pub(super) fn adopt_prototype_tables(connection: &Connection) -> rusqlite::Resul
 }
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-pub(crate) const MIGRATIONS: [&str; 7] = [
+pub(crate) const MIGRATIONS: [&str; 8] = [
     r#"
     CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY,
@@ -161,5 +161,26 @@ pub(crate) const MIGRATIONS: [&str; 7] = [
         prompt_tokens = (SELECT COALESCE(SUM(prompt_tokens), 0) FROM messages m WHERE m.session_id = sessions.session_id),
         completion_tokens = (SELECT COALESCE(SUM(completion_tokens), 0) FROM messages m WHERE m.session_id = sessions.session_id);
     CREATE INDEX IF NOT EXISTS sessions_start_time ON sessions(start_time);
+"#,
+    // The webhook outbox (`[[notify]]`, migration 8): one row per event and receiver,
+    // sent until delivered or abandoned; `next_attempt_at` is both the
+    // backoff and the claim of the attempt in flight.
+    r#"
+    CREATE TABLE IF NOT EXISTS notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        receiver TEXT NOT NULL,
+        event_key TEXT NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        next_attempt_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        delivered_at TEXT,
+        abandoned_at TEXT,
+        UNIQUE (receiver, event_key)
+    );
+    CREATE INDEX IF NOT EXISTS notifications_due ON notifications(next_attempt_at)
+        WHERE delivered_at IS NULL AND abandoned_at IS NULL;
 "#,
 ];

@@ -110,11 +110,13 @@ fn assert_every_family_has_help_and_type(text: &str) {
 #[tokio::test]
 async fn a_fresh_daemon_shows_every_family_at_zero_and_all_have_help_and_type_after_a_heist() {
     let stack = TestStack::start().await;
-    // A schedule and a fallback model: their families exist only with one.
+    // A schedule, a fallback model and a webhook receiver (told of nothing
+    // a heist does here): their families exist only with one.
     let daemon = Daemon::start(
         &stack,
         "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n\
-         [[llm.fallbacks]]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"spare\"\n",
+         [[llm.fallbacks]]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"spare\"\n\
+         [[notify]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"session_cancelled\"]\n",
     )
     .await;
     // The status lists each service's endpoints: the model's primary, and
@@ -186,6 +188,11 @@ async fn a_fresh_daemon_shows_every_family_at_zero_and_all_have_help_and_type_af
             "heistd_schedule_runs_total",
             vec![("schedule", "hourly"), ("outcome", "launched")],
         ),
+        (
+            "heistd_notify_deliveries_total",
+            vec![("receiver", "ops"), ("outcome", "abandoned")],
+        ),
+        ("heistd_notify_abandoned_total", vec![("receiver", "ops")]),
         (
             "heistd_health_transitions_total",
             vec![("service", "memory"), ("to", "down")],
