@@ -44,6 +44,13 @@ pub struct DaemonConfig {
     /// answers 429 once the queue holds this many (1 to 100000). Unused on
     /// SQLite, where a run starts at once or is refused at the session cap.
     pub max_queued_runs: u32,
+    /// Tokens all runs (scheduled and requested) may use per UTC day,
+    /// counted from the store over the sessions started that day (so on
+    /// PostgreSQL across the cluster); 0: no limit. Once reached, slots are
+    /// skipped and `POST /api/v1/runs` answers 429 until the next UTC day,
+    /// and running sessions end `failed` after their current turn.
+    #[serde(default)]
+    pub max_tokens_per_day: u64,
     /// On SIGTERM, turns in flight get this long to finish.
     pub shutdown_grace_ms: u64,
     /// What to do at start with sessions a crash left `active`: `resume`
@@ -79,6 +86,7 @@ impl Default for DaemonConfig {
             read_requires_token: None,
             max_concurrent_sessions: 2,
             max_queued_runs: 100,
+            max_tokens_per_day: 0,
             shutdown_grace_ms: 30_000,
             recovery: Recovery::Resume,
         }

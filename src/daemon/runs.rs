@@ -20,9 +20,10 @@ use crate::config::{Config, Recovery, ScheduleConfig};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions};
 use crate::metrics as names;
 use crate::scenario::Scenario;
-use crate::scheduler::Launcher;
+use crate::scheduler::{Clock, Launcher};
 use crate::store::{SessionRow, SessionStatus, StoreError, StoreHandle};
 
+mod budget;
 mod queue;
 
 /// What a new run is built from; replaced as a whole on reload, so a
@@ -46,6 +47,9 @@ pub struct Runs {
     /// Woken when this node queues a run request (a shared store), so it
     /// claims it at once when it has room rather than at the next poll.
     queued_here: Notify,
+    /// Says which UTC day a daily token budget counts; the scheduler's
+    /// kind of clock, so tests move it with tokio time.
+    clock: Clock,
 }
 
 impl Runs {
@@ -55,6 +59,17 @@ impl Runs {
         context: RunContext,
         stop: watch::Receiver<bool>,
     ) -> Arc<Self> {
+        Self::with_clock(state, store, context, stop, Clock::system())
+    }
+
+    /// [`Self::new`] with the clock that says which UTC day it is.
+    pub fn with_clock(
+        state: Arc<DaemonState>,
+        store: StoreHandle,
+        context: RunContext,
+        stop: watch::Receiver<bool>,
+        clock: Clock,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state,
             store,
@@ -63,6 +78,7 @@ impl Runs {
             admission: tokio::sync::Mutex::new(()),
             capacity_freed: Notify::new(),
             queued_here: Notify::new(),
+            clock,
         })
     }
 
@@ -89,6 +105,7 @@ impl Runs {
                 .or(context.config.heist.seed)
                 .unwrap_or_else(heist::random_seed),
         );
+        self.refuse_if_budget_spent(&context).await?;
         if self.store.is_shared() {
             return self.enqueue(&context, options).await;
         }
@@ -132,6 +149,9 @@ impl Runs {
         let Some(admission) = self.admit().await else {
             return;
         };
+        if self.skip_for_budget(&context, &schedule, slot).await {
+            return;
+        }
         let started = self.spawn_run(context, options).await;
         drop(admission);
         match started {

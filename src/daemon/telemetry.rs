@@ -76,6 +76,9 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
         metrics::gauge!(names::SCHEDULE_NEXT_RUN_TIMESTAMP_SECONDS, "schedule" => schedule.name.clone())
             .increment(0.0);
     }
+    for scope in labels::BUDGET_SCOPES {
+        metrics::counter!(names::BUDGET_EXHAUSTED_TOTAL, "scope" => scope).increment(0);
+    }
     for outcome in labels::RELOAD_OUTCOMES {
         metrics::counter!(names::CONFIG_RELOADS_TOTAL, "outcome" => outcome).increment(0);
     }

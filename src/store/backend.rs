@@ -104,6 +104,16 @@ pub(crate) trait Backend: Any + Send + Sync {
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<ScheduleTokens>, StoreError>;
 
+    /// The tokens (prompt plus completion) of the sessions started in
+    /// `[from, to)`, of one schedule or of all sessions: what a daily
+    /// budget has spent. A range read on `sessions.start_time`'s index.
+    async fn tokens_used_between(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        schedule: Option<&str>,
+    ) -> Result<u64, StoreError>;
+
     // Turns.
 
     /// Commits a turn, and says what its session owes the memory service

@@ -1,12 +1,14 @@
 //! Integration tests: real companions on ephemeral loopback ports, real
 //! HTTP, real SQLite files. One test binary, so the crate links once.
 
+mod accounting;
 mod attacks;
 mod attacks_database;
 mod attacks_listeners;
 mod attacks_memory;
 mod attacks_oauth;
 mod auth;
+mod budgets;
 mod cli;
 mod cluster;
 mod daemon;
@@ -23,5 +25,4 @@ mod store_contract;
 mod support;
 mod systemd;
 mod tidy;
-mod accounting;
 mod tools;

@@ -6,7 +6,7 @@
 //! one slot (a call holds it, and `/v1/models` waits for it), a chat
 //! format that may ignore `tools` or write `functions.NAME:` as text,
 //! replies cut at `max_tokens` (`finish_reason: "length"`), `usage` counted
-//! at four characters a token (or the density set), and outages (every request answers 500).
+//! at four characters a token (or the density set, or as set per reply), and outages (every request answers 500).
 //! Asked to stream, it answers in server-sent events as they do (content
 //! and tool-call arguments in pieces, `usage` last when asked, then
 //! `data: [DONE]`), and can stream slowly, stall, break the stream, or
@@ -69,6 +69,10 @@ pub struct Behaviour {
     pub flaw: StreamFlaw,
     /// Sends no `usage` (as some servers do, streaming or not).
     pub no_usage: bool,
+    /// The `usage` of every reply as (prompt, completion) tokens, as a
+    /// server reports it; none: the prompt counted by `tokens_per_char`
+    /// (or four characters a token) and 12 completion tokens.
+    pub usage_per_reply: Option<(u64, u64)>,
 }
 
 /// A stream that is not what OpenAI sends.
@@ -275,13 +279,15 @@ async fn chat(
     } else {
         "stop"
     };
-    let usage = serde_json::json!({"prompt_tokens": prompt_tokens, "completion_tokens": 12, "total_tokens": prompt_tokens + 12});
+    let (prompt_tokens, completion_tokens) =
+        behaviour.usage_per_reply.unwrap_or((prompt_tokens, 12));
+    let usage = serde_json::json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let sends_usage =
         !behaviour.no_usage && (!streaming || request["stream_options"]["include_usage"] == true);
     if sends_usage {
         let mut sent = shared.usage_sent.lock();
         sent.0 += prompt_tokens;
-        sent.1 += 12;
+        sent.1 += completion_tokens;
     }
     let usage = sends_usage.then_some(usage);
     if streaming {
