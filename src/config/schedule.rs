@@ -101,7 +101,6 @@ pub struct ScheduleFields {
     pub max_tokens_per_day: u64,
 }
 
-
 /// When the previous run of the same schedule is still going.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -178,11 +178,12 @@ impl SessionBudgets {
         used: u64,
         last_turn: u64,
     ) -> Result<Option<BudgetSpent>, StoreError> {
-        if self.per_session > 0 && used.saturating_add(last_turn) > self.per_session {
+        let limit = self.per_session;
+        if limit > 0 && (used >= limit || used.saturating_add(last_turn) > limit) {
             return Ok(Some(BudgetSpent {
                 scope: BudgetScope::Session,
                 key: "heist.max_tokens_per_session".into(),
-                limit: self.per_session,
+                limit,
                 used,
                 next_turn: Some(last_turn),
                 day: None,

@@ -48,7 +48,8 @@ async fn hundred_token_model() -> ModelDouble {
 async fn ended(daemon: &Daemon, session_id: &str) -> Value {
     eventually(Duration::from_secs(30), "the session ends", async || {
         let (status, body) = daemon.get(&format!("/api/v1/sessions/{session_id}")).await;
-        (status == 200 && body["session"]["status"] != "active").then_some(body)
+        let status_now = &body["session"]["status"];
+        (status == 200 && status_now != "active" && status_now != "queued").then_some(body)
     })
     .await
 }
@@ -206,4 +207,48 @@ async fn a_schedules_spent_daily_budget_skips_its_slots_and_the_daemons_refuses_
         "{}",
         daemon.log()
     );
+}
+
+/// Two daemons on one PostgreSQL database share `daemon.max_tokens_per_day`:
+/// whichever node played the run, both read the day's tokens from the
+/// store and both refuse the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
+async fn two_nodes_share_one_daily_budget() {
+    let Some(database) =
+        crate::postgres::TestDatabase::create("two_nodes_share_one_daily_budget").await
+    else {
+        return;
+    };
+    let stack = TestStack::start().await;
+    let model = hundred_token_model().await;
+    let node = async |name: &str| {
+        let config = format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\npool_size = 4\n[cluster]\nnode_id = \"{name}\"\nheartbeat_ms = 250\nlease_ms = 1500\n",
+            database.url
+        ) + &services_text(
+            &stack,
+            &format!("model = \"{MODEL}\"\n[daemon]\nmax_tokens_per_day = 300\n"),
+        )
+        .replace(&stack.url("rehearsal"), &model.url);
+        Daemon::start_with_config(&config).await
+    };
+    let (node_a, node_b) = (node("node-a").await, node("node-b").await);
+    let session_id = node_a.start_run(3).await;
+    let detail = ended(&node_a, &session_id).await;
+    assert_eq!(
+        detail["session"]["status"],
+        "completed",
+        "{detail}\n{}",
+        node_a.log()
+    );
+    for daemon in [&node_a, &node_b] {
+        let (status, body) = daemon.post_run(2).await;
+        assert_eq!(status, 429, "{body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with("daemon.max_tokens_per_day (300) reached: 300 tokens used"),
+            "{error}"
+        );
+    }
 }
