@@ -136,6 +136,7 @@ impl App {
             )
             .with_config_path(config_path.clone()),
         );
+        state.set_llm(clients.llm.clone());
         // After `DaemonState::new` has installed the recorder.
         telemetry::create_known_series(&config, &scenario);
         let runs = Runs::new(
@@ -355,10 +356,12 @@ impl Parts {
         }
         let new = Arc::new(new);
         telemetry::create_known_series(&new, &scenario);
+        let clients = Clients::from_config(&new).map_err(|error| error.to_string())?;
+        self.state.set_llm(clients.llm.clone());
         self.runs.replace_context(RunContext {
             config: new.clone(),
             scenario: Arc::new(scenario),
-            clients: Clients::from_config(&new).map_err(|error| error.to_string())?,
+            clients,
         });
         scheduler.replace(new.schedule.clone());
         self.state.set_config(new.clone(), admin_token(&new));

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::PROMETHEUS_CONTENT_TYPE;
+use crate::clients::EndpointKnowledge;
 use crate::daemon::state::{ConfigStatus, DaemonState, Readiness, RunningSession, ScheduleStatus};
 use crate::health::ServiceHealth;
 use crate::store::{NodeRow, TokenTotals};
@@ -92,8 +93,9 @@ pub(super) struct DaemonStatus {
     /// The audit store: the SQLite file, or the PostgreSQL URL without its
     /// password.
     store: String,
-    /// Each service's health and circuit breaker state.
-    services: Vec<ServiceHealth>,
+    /// Each service's health and circuit breaker state; the model's also
+    /// what is known of each endpoint's model (`endpoints`).
+    services: Vec<ServiceStatus>,
     schedules: Vec<ScheduleStatus>,
     running_sessions: Vec<RunningSession>,
     max_concurrent_sessions: u32,
@@ -120,6 +122,17 @@ struct TokensToday {
     schedules: BTreeMap<String, TokenTotals>,
     /// Runs no schedule started (`POST /api/v1/runs`).
     unscheduled: TokenTotals,
+}
+
+/// One service's health, and for the model service what has been learned
+/// of each endpoint's model: its context window, its characters per token
+/// and where each came from.
+#[derive(Debug, Serialize)]
+struct ServiceStatus {
+    #[serde(flatten)]
+    health: ServiceHealth,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoints: Option<Vec<EndpointKnowledge>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -192,7 +205,7 @@ pub(super) async fn daemon_status(State(state): State<Arc<DaemonState>>) -> Json
         uptime_seconds: state.uptime().as_secs(),
         config_path: state.config_path().map(|path| path.display().to_string()),
         store: state.store.path().display().to_string(),
-        services: state.health.snapshot(),
+        services: service_statuses(&state),
         schedules: state.schedules(),
         running_sessions: state.running_sessions(),
         max_concurrent_sessions: state.config().daemon.max_concurrent_sessions,
@@ -242,6 +255,20 @@ fn add_totals(sum: &mut TokenTotals, more: &TokenTotals) {
     if let Some(cost) = more.cost {
         *sum.cost.get_or_insert(0.0) += cost;
     }
+}
+
+/// Each service's health, the model's with its endpoints' knowledge.
+fn service_statuses(state: &DaemonState) -> Vec<ServiceStatus> {
+    state
+        .health
+        .snapshot()
+        .into_iter()
+        .map(|health| {
+            let endpoints =
+                (health.service == crate::config::LLM_SERVICE).then(|| state.llm_endpoints());
+            ServiceStatus { health, endpoints }
+        })
+        .collect()
 }
 
 /// What the store says about the cluster; a store that cannot answer

@@ -242,6 +242,35 @@ async fn metrics_are_prometheus_text() {
 }
 
 #[tokio::test]
+async fn status_shows_what_the_model_client_learned_under_the_llm_service() {
+    let daemon = TestDaemon::accepting().await;
+    let mut config = crate::config::load(None, Vec::new()).expect("default config loads");
+    config.llm.context_tokens = 4096;
+    let clients = crate::clients::Clients::from_config(&config).expect("clients");
+    daemon.state.set_llm(clients.llm);
+    let body = daemon.get("/api/v1/status").await.json();
+    let services = body["services"].as_array().expect("services");
+    let llm = services
+        .iter()
+        .find(|service| service["service"] == "llm")
+        .expect("the llm service");
+    assert_eq!(llm["state"], "up", "{llm}");
+    let endpoint = &llm["endpoints"][0];
+    assert_eq!(endpoint["endpoint"], "127.0.0.1:8006", "{endpoint}");
+    assert_eq!(endpoint["model"], config.llm.model, "{endpoint}");
+    assert_eq!(endpoint["context_tokens"], 4096, "{endpoint}");
+    assert_eq!(endpoint["context_source"], "configured", "{endpoint}");
+    assert_eq!(endpoint["chars_per_token"], 3.5, "{endpoint}");
+    assert_eq!(endpoint["ratio_source"], "initial", "{endpoint}");
+    assert_eq!(endpoint["token_counting"], "auto", "{endpoint}");
+    let calculator = services
+        .iter()
+        .find(|service| service["service"] == "calculator")
+        .expect("the calculator");
+    assert!(calculator.get("endpoints").is_none(), "{calculator}");
+}
+
+#[tokio::test]
 async fn status_shows_version_services_schedules_running_sessions_and_capacity() {
     let daemon = TestDaemon::accepting().await;
     daemon.state.set_schedules(vec![ScheduleStatus {

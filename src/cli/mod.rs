@@ -352,6 +352,15 @@ async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option
         Err(error) => return Some(format!("{error}{}", base_url_hint(&error))),
     };
     out!("llm models offered: {}", models.join(", "));
+    if config.llm.token_counting == config::TokenCounting::Server {
+        let probe = [crate::clients::ChatMessage::user("ping".into())];
+        if llm.count_tokens(&probe, &[]).await.is_none() {
+            out!("llm token counting: the server's tokenizer (POST /tokenize) does not answer; prompts are estimated (llm.token_counting = \"server\")");
+        }
+    }
+    for endpoint in llm.endpoints() {
+        out!("llm {}", describe_endpoint(&endpoint));
+    }
     if config.llm.stream {
         out!(
             "llm replies: streamed (first piece within {} ms, gaps under {} ms; llm.stream = false turns it off)",
@@ -386,6 +395,22 @@ async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option
         }
     }
     None
+}
+
+/// What is known of an endpoint's model, and where it came from.
+fn describe_endpoint(endpoint: &crate::clients::EndpointKnowledge) -> String {
+    let window = match (endpoint.context_tokens, endpoint.context_source) {
+        (Some(window), Some(source)) => format!("{window} tokens (from {})", source.describe()),
+        _ => "not known yet (learned from the first context-length error; llm.context_tokens sets it)".into(),
+    };
+    format!(
+        "{} ({}): context window {window}; {:.2} characters per token (from {}; prompts counted: {})",
+        endpoint.endpoint,
+        endpoint.model,
+        endpoint.chars_per_token,
+        endpoint.ratio_source.describe(),
+        endpoint.calibrations
+    )
 }
 
 /// `heistd services`: run companions, on the config at `path`, until

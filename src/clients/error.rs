@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use crate::resilience::{Classify, GuardError};
 
+mod overflow;
+
+pub use overflow::ContextOverflow;
+
 /// Why a call to a service failed, precise enough for retry decisions.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
@@ -27,6 +31,9 @@ pub enum CallError {
         status: u16,
         message: String,
         retry_after: Option<Duration>,
+        /// The request did not fit the model's context window, as read
+        /// once from the body (its JSON fields first, then its words).
+        overflow: Option<ContextOverflow>,
     },
     #[error("{service}: unreadable reply: {message}")]
     Decode { service: String, message: String },
@@ -98,6 +105,14 @@ impl From<GuardError<CallError>> for CallError {
 }
 
 impl CallError {
+    /// What a context-length refusal said, when this is one.
+    pub fn context_overflow(&self) -> Option<ContextOverflow> {
+        match self {
+            Self::Status { overflow, .. } => *overflow,
+            _ => None,
+        }
+    }
+
     /// The service is unavailable rather than the request wrong: it could
     /// not be reached, did not answer in time, failed on its side (5xx),
     /// pushed back (408, 429), or the stack would not call it (an open
@@ -166,6 +181,34 @@ pub(super) fn too_large(service: &str, max_bytes: usize) -> CallError {
     }
 }
 
+/// The error a service's non-success reply becomes: its own words (escaped
+/// and cut, since they end up in logs and the audit trail, so they cannot
+/// forge lines or flood either) and, for a 400 or 413, what a
+/// context-length error says.
+pub(super) fn status_error(
+    service: &str,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> CallError {
+    let message = error_message(body).unwrap_or_else(|| {
+        reqwest::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|status| status.canonical_reason())
+            .unwrap_or("error")
+            .to_string()
+    });
+    CallError::Status {
+        service: service.into(),
+        status,
+        message: crate::wire::loggable(&message),
+        retry_after,
+        overflow: matches!(status, 400 | 413)
+            .then(|| ContextOverflow::from_body(body))
+            .flatten(),
+    }
+}
+
 /// The human message inside a JSON error body, in the shapes our services
 /// and OpenAI-compatible servers use.
 pub(super) fn error_message(body: &[u8]) -> Option<String> {
@@ -179,40 +222,10 @@ pub(super) fn error_message(body: &[u8]) -> Option<String> {
             Some(description) => format!("{code}: {description}"),
             None => code.clone(),
         },
-        serde_json::Value::Object(object) => {
-            let message = object.get("message")?.as_str()?;
-            match context_fields(object) {
-                Some(fields) => format!("{fields}: {message}"),
-                None => message.to_string(),
-            }
-        }
+        serde_json::Value::Object(object) => object.get("message")?.as_str()?.to_string(),
         _ => return None,
     };
     Some(text)
-}
-
-/// llama.cpp's context-length error carries the window and the prompt's
-/// size as fields (`"type": "exceed_context_size_error", "n_prompt_tokens",
-/// "n_ctx"`): they are written first in the message, in the one form
-/// `llm::window` reads before any server's wording, so a cut message keeps
-/// them.
-fn context_fields(error: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-    let window = error.get("n_ctx")?.as_u64()?;
-    let kind = error
-        .get("type")
-        .and_then(|kind| kind.as_str())
-        .unwrap_or("context error");
-    Some(
-        match error
-            .get("n_prompt_tokens")
-            .and_then(|tokens| tokens.as_u64())
-        {
-            Some(prompt_tokens) => {
-                format!("{kind} (n_prompt_tokens {prompt_tokens}, n_ctx {window})")
-            }
-            None => format!("{kind} (n_ctx {window})"),
-        },
-    )
 }
 
 pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
@@ -240,6 +253,7 @@ mod tests {
                     status: 401,
                     message: "unauthorized".into(),
                     retry_after: None,
+                    overflow: None,
                 }),
                 "svc: HTTP 401: unauthorized",
             ),
@@ -284,6 +298,7 @@ mod tests {
             status,
             message: "x".into(),
             retry_after: None,
+            overflow: None,
         };
         for (code, transient, label) in [
             (404, false, "client_error"),
@@ -316,6 +331,7 @@ mod tests {
             status,
             message: "x".into(),
             retry_after: None,
+            overflow: None,
         };
         for code in [400, 409, 413, 422] {
             assert!(status(code).is_permanent(), "HTTP {code}");

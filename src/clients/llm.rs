@@ -23,6 +23,7 @@
 
 mod native_tools;
 mod stream;
+mod tokenize;
 mod window;
 
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::{CallError, ServiceClient, Streamed};
-use crate::config::{LlmConfig, Secret};
+use crate::config::{LlmConfig, Secret, TokenCounting};
 use crate::resilience::Policy;
 /// One prompt message (defined in `wire`, shared with the rehearsal model).
 pub use crate::wire::openai::ChatMessage;
@@ -41,8 +42,8 @@ use crate::wire::openai::{
 use crate::wire::CHAT_COMPLETIONS_PATH;
 use native_tools::{function_schema, parameter_of};
 use stream::assemble;
-pub use window::context_window_in;
-use window::{prompt_chars, ModelKnowledge, INITIAL_CHARS_PER_TOKEN};
+pub use window::{endpoint_name, EndpointKnowledge, RatioSource, WindowSource};
+use window::{prompt_chars, ModelKnowledge};
 
 #[derive(Clone)]
 pub struct LlmClient {
@@ -59,6 +60,12 @@ pub struct LlmClient {
     idle_timeout: Duration,
     /// The longest wait for a reply's first piece (`llm.timeout_ms`).
     first_piece_timeout: Duration,
+    /// `llm.token_counting`: the calibrated estimate, or the server's
+    /// tokenizer first.
+    token_counting: TokenCounting,
+    /// For questions about the server outside the call stack (its
+    /// tokenizer, its window).
+    http: reqwest::Client,
     knowledge: Arc<Mutex<ModelKnowledge>>,
     /// The configured endpoint's name (its base URL's `host:port`), which
     /// each reply carries as the endpoint that answered.
@@ -118,7 +125,7 @@ impl LlmClient {
                 crate::config::LLM_SERVICE,
                 &config.base_url,
                 Policy::new(config.timeout_ms, config.policy.clone()),
-                http,
+                http.clone(),
             )
             .with_max_reply_bytes(config.max_reply_bytes),
             model: config.model.clone(),
@@ -128,12 +135,9 @@ impl LlmClient {
             stream: config.stream,
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
             first_piece_timeout: Duration::from_millis(config.timeout_ms),
-            knowledge: Arc::new(Mutex::new(ModelKnowledge {
-                context_tokens: (config.context_tokens > 0).then_some(config.context_tokens),
-                configured: config.context_tokens > 0,
-                chars_per_token: INITIAL_CHARS_PER_TOKEN,
-                native_tools: None,
-            })),
+            token_counting: config.token_counting,
+            http,
+            knowledge: Arc::new(Mutex::new(ModelKnowledge::new(config.context_tokens))),
             endpoint: endpoint_name(&config.base_url),
         }
     }
@@ -173,28 +177,26 @@ impl LlmClient {
     }
 
     /// One completion as asked. A context-length error teaches the client
-    /// the window it names; a reply with `usage` calibrates the estimate.
+    /// the window it names and its count of the prompt; a reply with
+    /// `usage` calibrates the estimate.
     pub async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, CallError> {
         let mut body = self.body(&request);
         if !request.tools.is_empty() {
             body.tool_choice = Some(ToolChoice::auto());
         }
         let reply = self.send(&body).await;
+        let chars = || prompt_chars(request.messages, request.tools);
         match &reply {
             Ok(reply) => {
                 if let Some(tokens) = reply.prompt_tokens {
-                    self.calibrate(prompt_chars(request.messages, request.tools), tokens);
+                    self.calibrate(chars(), tokens);
                 }
             }
             Err(error) => {
-                if let Some(window) = error.context_window() {
-                    self.learn_context_tokens(window);
-                    if let Some(tokens) = error.prompt_tokens_counted() {
-                        self.calibrate_from_overflow(
-                            prompt_chars(request.messages, request.tools),
-                            tokens,
-                        );
-                    }
+                if let Some(overflow) = error.context_overflow() {
+                    let messages = request.messages.len();
+                    self.learn_from_overflow(overflow, chars(), messages, request.max_tokens)
+                        .await;
                 }
             }
         }
@@ -276,20 +278,6 @@ impl LlmClient {
             fallback: false,
             ..reply
         }
-    }
-}
-
-/// An endpoint's default name: its base URL's `host:port` (the scheme's
-/// port when the URL names none), so a metric label never carries a path
-/// or credentials.
-pub fn endpoint_name(base_url: &str) -> String {
-    match reqwest::Url::parse(base_url) {
-        Ok(url) => format!(
-            "{}:{}",
-            url.host_str().unwrap_or_default(),
-            url.port_or_known_default().unwrap_or_default()
-        ),
-        Err(_) => base_url.to_string(),
     }
 }
 

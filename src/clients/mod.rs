@@ -25,10 +25,11 @@ mod tools;
 
 use std::time::Duration;
 
-pub use error::CallError;
 use error::{error_chain, error_message, too_large};
+pub use error::{CallError, ContextOverflow};
 pub use llm::{
-    context_window_in, endpoint_name, ChatMessage, ChatRequest, LlmClient, ModelReply, ToolSpec,
+    endpoint_name, ChatMessage, ChatRequest, EndpointKnowledge, LlmClient, ModelReply, RatioSource,
+    ToolSpec, WindowSource,
 };
 pub use memory::{MemoryClient, MemoryWrite};
 pub use oauth::{AccessToken, OAuthClient, TokenCache};

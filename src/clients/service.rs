@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::error::{classify_send_error, error_chain, error_message, too_large};
+use super::error::{classify_send_error, error_chain, status_error, too_large};
 use super::stats::{InFlight, ServiceStats};
 use super::{sse, CallError};
 use crate::config::ServiceConfig;
@@ -319,17 +319,7 @@ async fn read_reply<R: DeserializeOwned>(
         .and_then(|value| crate::resilience::backoff::parse_retry_after(value, chrono::Utc::now()));
     let bytes = read_capped(service, response, max_reply_bytes, progress).await?;
     if !status.is_success() {
-        return Err(CallError::Status {
-            service: service.into(),
-            status: status.as_u16(),
-            // The service's own words end up in logs and the audit trail:
-            // escaped and cut, so they cannot forge lines or flood either.
-            message: crate::wire::loggable(
-                &error_message(&bytes)
-                    .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string()),
-            ),
-            retry_after,
-        });
+        return Err(status_error(service, status.as_u16(), &bytes, retry_after));
     }
     serde_json::from_slice(&bytes).map_err(|error| CallError::Decode {
         service: service.into(),

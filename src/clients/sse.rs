@@ -111,6 +111,9 @@ fn stream_error(service: &str, payload: &str) -> Option<CallError> {
         status,
         message: crate::wire::loggable(&format!("in the reply stream: {message}")),
         retry_after: None,
+        overflow: matches!(status, 400 | 413)
+            .then(|| super::ContextOverflow::from_body(payload.as_bytes()))
+            .flatten(),
     })
 }
 

@@ -69,6 +69,15 @@ pub struct LlmConfig {
     /// (its context-length error, or its model list).
     #[serde(default)]
     pub context_tokens: u32,
+    /// How a prompt's tokens are counted before it is fitted to the window:
+    /// `auto`, an estimate from its characters, calibrated per model from
+    /// every reply's `usage.prompt_tokens` and every context-length error;
+    /// or `server`, the server's own tokenizer (`POST /tokenize` at the
+    /// server's root, which llama.cpp's server and vLLM serve) for each
+    /// prompt, falling back to the estimate with a warning when it does not
+    /// answer.
+    #[serde(default)]
+    pub token_counting: TokenCounting,
     /// A prompt that does not fit is trimmed, and as a last step the reply's
     /// `max_tokens` is lowered, but not below this.
     #[serde(default = "default_min_completion_tokens")]
@@ -157,6 +166,15 @@ pub enum ToolCalling {
     Native,
 }
 
+/// `llm.token_counting`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenCounting {
+    #[default]
+    Auto,
+    Server,
+}
+
 impl Default for LlmConfig {
     fn default() -> Self {
         Self {
@@ -173,6 +191,7 @@ impl Default for LlmConfig {
             idle_timeout_ms: default_llm_idle_timeout_ms(),
             tool_calling: ToolCalling::Text,
             context_tokens: 0,
+            token_counting: TokenCounting::Auto,
             min_completion_tokens: default_min_completion_tokens(),
             prompt_price_per_million: None,
             completion_price_per_million: None,

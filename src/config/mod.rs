@@ -46,7 +46,7 @@ pub use error::ConfigError;
 pub use health::HealthCheckConfig;
 pub use heist::HeistConfig;
 pub use http::HttpConfig;
-pub use llm::{LlmConfig, Prices, ToolCalling};
+pub use llm::{LlmConfig, Prices, TokenCounting, ToolCalling};
 pub use load::{
     admin_address_hint, load, load_without_secrets, process_environment, systemd_environment,
     SystemdEnvironment,

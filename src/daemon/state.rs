@@ -116,6 +116,9 @@ pub struct DaemonState {
     /// The config file the daemon reads (again on reload), for the status
     /// to name; `None`: built-in defaults and the environment.
     config_path: Option<PathBuf>,
+    /// The model client the runs use, for the status to show what it has
+    /// learned of each endpoint's model.
+    llm: RwLock<Option<crate::clients::LlmClient>>,
 }
 
 impl DaemonState {
@@ -146,7 +149,23 @@ impl DaemonState {
                 last_reload_error: None,
             }),
             config_path: None,
+            llm: RwLock::new(None),
         }
+    }
+
+    /// The model client the runs use (again after a reload).
+    pub fn set_llm(&self, llm: crate::clients::LlmClient) {
+        *self.llm.write() = Some(llm);
+    }
+
+    /// What the model client has learned of each endpoint's model: window,
+    /// token ratio and where they came from.
+    pub fn llm_endpoints(&self) -> Vec<crate::clients::EndpointKnowledge> {
+        self.llm
+            .read()
+            .as_ref()
+            .map(crate::clients::LlmClient::endpoints)
+            .unwrap_or_default()
     }
 
     /// Names the config file the daemon was started with.

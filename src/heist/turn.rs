@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use super::prompt::{ModelRoom, PromptBuilder, PromptParts};
+use super::prompt::{FittedPrompt, ModelRoom, PromptBuilder, PromptParts};
 use super::tools::{ToolRunner, ToolTally, REFUSED_PREFIX};
 use super::transcript::TranscriptEntry;
 use crate::clients::{
@@ -217,17 +217,10 @@ impl TurnPlayer {
             agent,
         };
         let llm = &self.clients.llm;
-        let estimate = |messages: &[_], tools: &[_]| llm.estimate_tokens(messages, tools);
         let mut last_error = None;
         for _ in 0..2 {
-            // Read each time: a context-length error teaches the window.
-            let room = ModelRoom {
-                window: llm.context_tokens(),
-                max_tokens: llm.max_tokens(),
-                min_completion_tokens: self.config.llm.min_completion_tokens,
-                estimate: &estimate,
-            };
-            let fitted = match prompt.fit(parts.clone(), &native_tools, &room) {
+            // Fitted each time: a context-length error teaches the window.
+            let fitted = match self.fit_prompt(&prompt, &parts, &native_tools).await {
                 Ok(fitted) => fitted,
                 Err(error) => return Asked::Failed(error),
             };
@@ -251,7 +244,7 @@ impl TurnPlayer {
                         usage,
                     };
                 }
-                Err(error) if error.context_window().is_some() => {
+                Err(error) if error.context_overflow().is_some() => {
                     tracing::warn!(turn_id = session.turn_id, %error, "the prompt did not fit the model's context; trimming it");
                     last_error = Some(error);
                 }
@@ -276,6 +269,46 @@ impl TurnPlayer {
     /// endpoint configured (an endpoint's own prices go here with several).
     fn prices(&self, _reply: &ModelReply) -> Option<Prices> {
         self.config.llm.prices()
+    }
+
+    /// The prompt fitted to the model's window by the client's estimate;
+    /// with `llm.token_counting = "server"` the server counts the fitted
+    /// prompt too, and one it counts too long is fitted again (the count
+    /// has made the estimate denser, or taught the window).
+    async fn fit_prompt(
+        &self,
+        prompt: &PromptBuilder<'_>,
+        parts: &PromptParts,
+        tools: &[ToolSpec],
+    ) -> Result<FittedPrompt, String> {
+        let llm = &self.clients.llm;
+        let estimate = |messages: &[_], tools: &[_]| llm.estimate_tokens(messages, tools);
+        let mut checks = 0;
+        loop {
+            // Read each time: the window may have been learned since.
+            let room = ModelRoom {
+                window: llm.context_tokens(),
+                max_tokens: llm.max_tokens(),
+                min_completion_tokens: self.config.llm.min_completion_tokens,
+                estimate: &estimate,
+            };
+            let fitted = prompt.fit(parts.clone(), tools, &room)?;
+            checks += 1;
+            // After three counts still too long: the server will refuse it,
+            // and the turn fits it once more.
+            if checks == 3 {
+                return Ok(fitted);
+            }
+            let Some(counted) = llm.count_tokens(&fitted.messages, tools).await else {
+                return Ok(fitted);
+            };
+            let fits = llm
+                .context_tokens()
+                .is_none_or(|window| counted.saturating_add(fitted.max_tokens) <= window);
+            if fits {
+                return Ok(fitted);
+            }
+        }
     }
 
     /// The agent's compressed memory; without it the turn goes on.

@@ -346,6 +346,19 @@ async fn ready_and_watchdog_over_notify_socket_and_readyz_follows_health() {
     );
     assert_eq!(status["config_path"], config_path.as_str());
     assert_eq!(status["store"], store.as_str());
+    // What the model client has learned, under the llm service.
+    let llm = status["services"]
+        .as_array()
+        .and_then(|services| services.iter().find(|service| service["service"] == "llm"))
+        .cloned()
+        .unwrap_or_default();
+    let endpoint = &llm["endpoints"][0];
+    assert!(
+        endpoint["model"].is_string()
+            && endpoint["chars_per_token"].is_number()
+            && endpoint["token_counting"] == "auto",
+        "{llm}"
+    );
     let log = daemon.log();
     let first = log.lines().next().unwrap_or_default();
     assert!(

@@ -25,4 +25,5 @@ mod store_contract;
 mod support;
 mod systemd;
 mod tidy;
+mod tokens;
 mod tools;

@@ -2,7 +2,11 @@
 //! (llama.cpp's server, vLLM, LM Studio, Ollama): a context window that
 //! answers an oversized request with the OpenAI-style context-length 400,
 //! or as today's `llama-server` does (its `exceed_context_size_error` body,
-//! a tokenizer density, `/v1/models` with `meta.n_ctx` and `n_ctx_train`),
+//! a tokenizer density, `/v1/models` with `meta.n_ctx` and `n_ctx_train`,
+//! `GET /props` with `total_slots` and a slot's `n_ctx`, `POST /tokenize`
+//! counting at the density), or as LM Studio does (`{"error": ".."}` naming
+//! `n_keep` and `n_ctx`) or Ollama (a 400 naming no numbers, the loaded
+//! window at `GET /api/ps`),
 //! one slot (a call holds it, and `/v1/models` waits for it), a chat
 //! format that may ignore `tools` or write `functions.NAME:` as text,
 //! replies cut at `max_tokens` (`finish_reason: "length"`), `usage` counted
@@ -42,6 +46,14 @@ pub struct Behaviour {
     /// with its `exceed_context_size_error` body (not OpenAI's), and lists
     /// `meta.n_ctx` (the window) and `meta.n_ctx_train` in `/v1/models`.
     pub llama_cpp: bool,
+    /// With `llama_cpp`, the slots `GET /props` reports (`total_slots`;
+    /// 0 reads as 1). The double still serves one call at a time.
+    pub slots: u32,
+    /// Refuses an oversized request as LM Studio does.
+    pub lm_studio: bool,
+    /// Refuses an oversized request as Ollama does (no numbers), and
+    /// lists the loaded window at `GET /api/ps`.
+    pub ollama: bool,
     /// The chat format ignores `tools`: replies are text, never `tool_calls`.
     pub ignores_tools: bool,
     /// With tools offered, writes `functions.NAME: parameter` as text and
@@ -105,6 +117,8 @@ struct Shared {
     /// What the `usage` of every reply sent added up to: (prompt,
     /// completion) tokens.
     usage_sent: Mutex<(u64, u64)>,
+    /// `POST /tokenize` requests answered.
+    tokenize_calls: AtomicU32,
 }
 
 pub struct ModelDouble {
@@ -120,6 +134,9 @@ impl ModelDouble {
         let router = Router::new()
             .route("/v1/models", get(models))
             .route("/v1/chat/completions", post(chat))
+            .route("/props", get(props))
+            .route("/tokenize", post(tokenize))
+            .route("/api/ps", get(running_models))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -170,6 +187,77 @@ impl ModelDouble {
     pub fn usage_sent(&self) -> (u64, u64) {
         *self.shared.usage_sent.lock()
     }
+
+    /// `POST /tokenize` requests answered.
+    pub fn tokenize_calls(&self) -> u32 {
+        self.shared.tokenize_calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Tokens of `characters` bytes at the behaviour's density.
+fn tokens_of(behaviour: &Behaviour, characters: usize) -> u64 {
+    match behaviour.tokens_per_char {
+        Some(density) => (characters as f64 * density).ceil() as u64,
+        None => characters.div_ceil(4) as u64,
+    }
+}
+
+/// Answered as a server without the route answers: 404.
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "Not Found").into_response()
+}
+
+/// llama.cpp's `GET /props`, the fields heistd reads, as `llama-server`
+/// (2025 and later) names them: a slot's window under
+/// `default_generation_settings.n_ctx`, the slots in `total_slots`.
+async fn props(State(shared): State<Arc<Shared>>) -> Response {
+    let behaviour = behaviour(&shared);
+    if !behaviour.llama_cpp {
+        return not_found();
+    }
+    Json(serde_json::json!({
+        "default_generation_settings": {"n_ctx": behaviour.context_tokens, "params": {"n_predict": -1}},
+        "total_slots": behaviour.slots.max(1),
+        "model_path": format!("/models/{MODEL}.gguf"),
+        "modalities": {"vision": false, "audio": false},
+        "build_info": "b6000-double",
+    }))
+    .into_response()
+}
+
+/// llama.cpp's `POST /tokenize`: `{"content": ..}` to `{"tokens": [..]}`,
+/// as many as the chat call would count for that text.
+async fn tokenize(
+    State(shared): State<Arc<Shared>>,
+    Json(request): Json<serde_json::Value>,
+) -> Response {
+    let behaviour = behaviour(&shared);
+    if !behaviour.llama_cpp {
+        return not_found();
+    }
+    let Some(content) = request["content"].as_str() else {
+        return Json(serde_json::json!({"tokens": []})).into_response();
+    };
+    shared.tokenize_calls.fetch_add(1, Ordering::SeqCst);
+    let tokens: Vec<u64> = (0..tokens_of(&behaviour, content.len()))
+        .map(|token| token % 256)
+        .collect();
+    Json(serde_json::json!({"tokens": tokens})).into_response()
+}
+
+/// Ollama's `GET /api/ps`: the loaded model and the window it was loaded
+/// with (`context_length`), as `ProcessModelResponse` names them.
+async fn running_models(State(shared): State<Arc<Shared>>) -> Response {
+    let behaviour = behaviour(&shared);
+    if !behaviour.ollama {
+        return not_found();
+    }
+    Json(serde_json::json!({"models": [{
+        "name": MODEL, "model": MODEL, "size": 4000000, "digest": "0",
+        "details": {"format": "gguf"}, "expires_at": "2030-01-01T00:00:00Z",
+        "size_vram": 0, "context_length": behaviour.context_tokens,
+    }]}))
+    .into_response()
 }
 
 fn behaviour(shared: &Shared) -> Behaviour {
@@ -239,10 +327,7 @@ async fn chat(
         + request
             .get("tools")
             .map_or(0, |tools| tools.to_string().len());
-    let prompt_tokens = match behaviour.tokens_per_char {
-        Some(density) => (prompt_chars as f64 * density).ceil() as u64,
-        None => prompt_chars.div_ceil(4) as u64,
-    };
+    let prompt_tokens = tokens_of(&behaviour, prompt_chars);
     let max_tokens = request["max_tokens"].as_u64().unwrap_or(16);
     let oversized = behaviour
         .context_tokens
@@ -261,15 +346,7 @@ async fn chat(
             )
                 .into_response();
         }
-        let message = format!(
-                "This model's maximum context length is {window} tokens. However, you requested {} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
-                prompt_tokens + max_tokens
-            );
-        return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})),
-            )
-                .into_response();
+        return refusal(&behaviour, window, prompt_tokens, max_tokens);
     }
     let offered = request.get("tools").is_some_and(|tools| !tools.is_null());
     let forced = request["tool_choice"]["function"]["name"].as_str();
@@ -301,6 +378,25 @@ async fn chat(
         "usage": usage,
     }))
     .into_response()
+}
+
+/// A request over the window refused in the words of the server the
+/// behaviour plays (llama.cpp's is answered in `chat`).
+fn refusal(behaviour: &Behaviour, window: u32, prompt_tokens: u64, max_tokens: u64) -> Response {
+    let body = if behaviour.lm_studio {
+        // LM Studio, as it answered in 2026 (Gitlawb/openclaude#353).
+        serde_json::json!({"error": format!("The number of tokens to keep from the initial prompt is greater than the context length (n_keep: {prompt_tokens}>= n_ctx: {window}). Try to load the model with a larger context length, or provide a shorter input.")})
+    } else if behaviour.ollama {
+        // Ollama (llm/llama_server.go, through openai.NewError): no numbers.
+        serde_json::json!({"error": {"message": "the prompt is longer than the context length currently available to the model; shorten the prompt, adjust the context length in settings, or use a model with a longer context length", "type": "invalid_request_error", "param": null, "code": null}})
+    } else {
+        let message = format!(
+            "This model's maximum context length is {window} tokens. However, you requested {} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+            prompt_tokens + max_tokens
+        );
+        serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
+    };
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 /// The reply as the `data:` payloads of a stream, `[DONE]` last.

@@ -1,14 +1,24 @@
-//! What the LLM client learns about its model's size limits, shared by
-//! the client's clones: the context window (configured, or learned from a
-//! context-length error or the server's model list, which is read here)
-//! and how many characters make a token (calibrated from each reply's
-//! `usage`), which together estimate a prompt's tokens.
+//! What the LLM client learns about its model's size limits: the context
+//! window (configured, or learned from the server's model list, its
+//! `/props`, a context-length error or its tokenizer) and how many
+//! characters make a token (calibrated from each reply's `usage`, a
+//! context error's count, or the server's tokenizer), which together
+//! estimate a prompt's tokens. [`ModelKnowledge`] holds it for one endpoint
+//! and model, with the methods that change it, and says where each figure
+//! came from ([`EndpointKnowledge`], for the status and `heistd check`).
+//!
+//! The estimate errs on the large side: a denser tokenizer than believed
+//! is believed at once, a sparser one only slowly (one reply of a sparse
+//! prompt must not let the next, denser one overflow), and every estimate
+//! carries a safety margin.
 
 use parking_lot::MutexGuard;
+use serde::{Deserialize, Serialize};
 
 use super::native_tools::function_schema;
 use super::{ChatMessage, LlmClient, ToolSpec};
-use crate::clients::CallError;
+use crate::clients::{CallError, ContextOverflow};
+use crate::config::TokenCounting;
 use crate::wire::openai::ModelList;
 use crate::wire::MODELS_PATH;
 
@@ -16,46 +26,271 @@ use crate::wire::MODELS_PATH;
 /// runs about 4; a little less keeps the first estimate on the safe side.
 pub(super) const INITIAL_CHARS_PER_TOKEN: f64 = 3.5;
 /// Tokens a chat template adds around each message (role markers).
-const TOKENS_PER_MESSAGE: usize = 8;
+pub(super) const TOKENS_PER_MESSAGE: usize = 8;
 /// The densest tokenizer the ratio allows: byte-level vocabularies count
 /// each byte of a multi-byte character as a token.
 const MIN_CHARS_PER_TOKEN: f64 = 0.25;
 const MAX_CHARS_PER_TOKEN: f64 = 8.0;
+/// How far one reply that counted fewer tokens than believed moves the
+/// ratio toward it: a sixteenth, so a run of sparse prompts loosens it
+/// over many replies, never one.
+const LOOSEN_STEP: f64 = 0.0625;
+/// Every estimate is this much larger than the ratio alone makes it.
+const SAFETY_MARGIN: f64 = 0.05;
 
-/// What has been learned about the model, shared by the client's clones.
+/// Where the context window came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowSource {
+    /// `llm.context_tokens`: never overwritten.
+    Configured,
+    /// The server's `GET /v1/models` entry for the model.
+    ModelsList,
+    /// llama.cpp's `GET /props` (`default_generation_settings.n_ctx`) or
+    /// Ollama's `GET /api/ps` (the loaded model's `context_length`).
+    ServerProps,
+    /// A context-length error that named it.
+    ContextError,
+    /// vLLM's `POST /tokenize` (`max_model_len`).
+    Tokenize,
+    /// A context-length error that named no window and no server said
+    /// one: a bound below the refused prompt's estimate.
+    RefusedPrompt,
+}
+
+impl WindowSource {
+    /// How far a window from here is trusted: one from a less trusted
+    /// source never replaces it (a model list's `meta.n_ctx` is the whole
+    /// context, which llama.cpp may split between slots; a refusal names
+    /// the window the prompt had to fit).
+    fn trust(self) -> u8 {
+        match self {
+            Self::RefusedPrompt => 0,
+            Self::ModelsList => 1,
+            Self::Tokenize | Self::ServerProps => 2,
+            Self::ContextError => 3,
+            Self::Configured => 4,
+        }
+    }
+
+    /// How `heistd check` names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Configured => "llm.context_tokens",
+            Self::ModelsList => "the server's model list",
+            Self::ServerProps => "the server's properties",
+            Self::ContextError => "a context-length error",
+            Self::Tokenize => "the server's tokenizer",
+            Self::RefusedPrompt => "a refused prompt's size",
+        }
+    }
+}
+
+/// Where the characters-per-token ratio came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RatioSource {
+    /// The first guess; nothing has been counted yet.
+    Initial,
+    /// A reply's `usage.prompt_tokens`.
+    Usage,
+    /// A context-length error's count of the refused prompt.
+    ContextError,
+    /// The server's tokenizer (`POST /tokenize`).
+    Tokenize,
+}
+
+impl RatioSource {
+    /// How `heistd check` names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Initial => "the first guess",
+            Self::Usage => "the replies' usage",
+            Self::ContextError => "a context-length error",
+            Self::Tokenize => "the server's tokenizer",
+        }
+    }
+}
+
+/// What one endpoint's model is known to hold, as the status and `heistd
+/// check` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointKnowledge {
+    /// The endpoint's name: its base URL's `host:port`.
+    pub endpoint: String,
+    pub base_url: String,
+    pub model: String,
+    /// The context window in tokens, when configured or learned.
+    pub context_tokens: Option<u32>,
+    pub context_source: Option<WindowSource>,
+    /// Characters per token the estimate uses (before its safety margin).
+    pub chars_per_token: f64,
+    pub ratio_source: RatioSource,
+    /// Counts compared with the estimate so far (usage, errors, tokenizer).
+    pub calibrations: u64,
+    /// `llm.token_counting`, and whether the server's tokenizer answers
+    /// (null until asked).
+    pub token_counting: TokenCounting,
+    pub server_counting: Option<bool>,
+    /// Whether the model returns native `tool_calls`; null until checked.
+    pub native_tools: Option<bool>,
+}
+
+/// What has been learned about one endpoint's model.
 #[derive(Debug, Clone)]
 pub(super) struct ModelKnowledge {
-    /// The context window in tokens: configured, learned, or unknown.
-    pub(super) context_tokens: Option<u32>,
-    /// True when `context_tokens` came from the config: never overwritten.
-    pub(super) configured: bool,
-    pub(super) chars_per_token: f64,
+    context_tokens: Option<u32>,
+    context_source: Option<WindowSource>,
+    chars_per_token: f64,
+    ratio_source: RatioSource,
+    calibrations: u64,
+    /// Whether `POST /tokenize` answers; unknown until asked.
+    pub(super) server_counting: Option<bool>,
+    /// The server has been asked for its window (once is enough).
+    pub(super) window_asked: bool,
     /// Whether the model returns `tool_calls` when forced to; unknown
     /// until checked.
     pub(super) native_tools: Option<bool>,
 }
 
+impl ModelKnowledge {
+    /// Nothing learned yet; a configured window (above 0) is kept for good.
+    pub(super) fn new(configured_window: u32) -> Self {
+        Self {
+            context_tokens: (configured_window > 0).then_some(configured_window),
+            context_source: (configured_window > 0).then_some(WindowSource::Configured),
+            chars_per_token: INITIAL_CHARS_PER_TOKEN,
+            ratio_source: RatioSource::Initial,
+            calibrations: 0,
+            server_counting: None,
+            window_asked: false,
+            native_tools: None,
+        }
+    }
+
+    pub(super) fn window(&self) -> Option<u32> {
+        self.context_tokens
+    }
+
+    /// Estimated tokens of a prompt of `chars` characters in `messages`
+    /// messages: the ratio, the safety margin, the template's tokens.
+    pub(super) fn estimate(&self, chars: usize, messages: usize) -> u32 {
+        let tokens = chars as f64 / self.chars_per_token * (1.0 + SAFETY_MARGIN);
+        (tokens.ceil() as u32).saturating_add((messages * TOKENS_PER_MESSAGE) as u32)
+    }
+
+    /// Takes a window a server named, unless one came from a more trusted
+    /// source (the config's is never replaced); true when it changed.
+    pub(super) fn learn_window(&mut self, window: u32, source: WindowSource) -> bool {
+        let trusted_more = self
+            .context_source
+            .is_some_and(|known| known.trust() > source.trust());
+        if trusted_more || window == 0 || self.context_tokens == Some(window) {
+            return false;
+        }
+        self.context_tokens = Some(window);
+        self.context_source = Some(source);
+        true
+    }
+
+    /// A prompt the server counted (its reply's `usage`, its tokenizer):
+    /// a denser ratio than believed is taken at once, a sparser one moves
+    /// the ratio only [`LOOSEN_STEP`] of the way, so the estimate stays on
+    /// the large side.
+    pub(super) fn calibrate(&mut self, chars: usize, tokens: u32, source: RatioSource) {
+        if tokens == 0 || chars == 0 {
+            return;
+        }
+        let observed = chars as f64 / f64::from(tokens);
+        let ratio = if observed < self.chars_per_token {
+            observed
+        } else {
+            self.chars_per_token + (observed - self.chars_per_token) * LOOSEN_STEP
+        };
+        self.set_ratio(ratio, source);
+    }
+
+    /// A prompt the server refused as too long, and counted: the ratio is
+    /// set so that the same prompt is estimated at least as large, never
+    /// loosened, so the retried, trimmed prompt fits.
+    pub(super) fn calibrate_from_overflow(&mut self, chars: usize, tokens: u32) {
+        if tokens == 0 || chars == 0 {
+            return;
+        }
+        let observed = chars as f64 / f64::from(tokens);
+        self.set_ratio(
+            self.chars_per_token.min(observed),
+            RatioSource::ContextError,
+        );
+    }
+
+    fn set_ratio(&mut self, ratio: f64, source: RatioSource) {
+        self.chars_per_token = ratio.clamp(MIN_CHARS_PER_TOKEN, MAX_CHARS_PER_TOKEN);
+        self.ratio_source = source;
+        self.calibrations += 1;
+    }
+
+    /// What is known, for the status and `heistd check`.
+    pub(super) fn report(&self, llm: &LlmClient) -> EndpointKnowledge {
+        EndpointKnowledge {
+            endpoint: endpoint_name(&llm.service.base_url),
+            base_url: llm.service.base_url.clone(),
+            model: llm.model.clone(),
+            context_tokens: self.context_tokens,
+            context_source: self.context_source,
+            chars_per_token: (self.chars_per_token * 1000.0).round() / 1000.0,
+            ratio_source: self.ratio_source,
+            calibrations: self.calibrations,
+            token_counting: llm.token_counting,
+            server_counting: self.server_counting,
+            native_tools: self.native_tools,
+        }
+    }
+}
+
+/// An endpoint's name: its base URL's `host:port` (the whole URL when it
+/// has no host). Replies and metric labels name their endpoint by it.
+pub fn endpoint_name(base_url: &str) -> String {
+    reqwest::Url::parse(base_url)
+        .ok()
+        .and_then(|url| {
+            let host = url.host_str()?.to_string();
+            Some(match url.port_or_known_default() {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+        })
+        .unwrap_or_else(|| base_url.to_string())
+}
+
 impl LlmClient {
     /// The context window in tokens, when configured or learned.
     pub fn context_tokens(&self) -> Option<u32> {
-        self.lock().context_tokens
+        self.lock().window()
     }
 
     /// Estimated tokens of a prompt, from its characters and the ratio the
-    /// server's `usage` has taught.
+    /// server's counts have taught, with a safety margin.
     pub fn estimate_tokens(&self, messages: &[ChatMessage], tools: &[ToolSpec]) -> u32 {
-        let ratio = self.lock().chars_per_token;
-        (prompt_chars(messages, tools) as f64 / ratio).ceil() as u32
-            + (messages.len() * TOKENS_PER_MESSAGE) as u32
+        self.lock()
+            .estimate(prompt_chars(messages, tools), messages.len())
+    }
+
+    /// What is known of each endpoint's model (one endpoint today), for
+    /// `GET /api/v1/status` and `heistd check`.
+    pub fn endpoints(&self) -> Vec<EndpointKnowledge> {
+        vec![self.lock().report(self)]
     }
 
     /// Takes the window a server named (its context-length error, its model
     /// list), unless the config set one.
     pub fn learn_context_tokens(&self, window: u32) {
-        let mut knowledge = self.lock();
-        if !knowledge.configured && window > 0 && knowledge.context_tokens != Some(window) {
-            tracing::info!(model = %self.model, context_tokens = window, "learned the model's context window");
-            knowledge.context_tokens = Some(window);
+        self.learn_window(window, WindowSource::ContextError);
+    }
+
+    pub(super) fn learn_window(&self, window: u32, source: WindowSource) {
+        if self.lock().learn_window(window, source) {
+            tracing::info!(model = %self.model, context_tokens = window, ?source, "learned the model's context window");
         }
     }
 
@@ -73,44 +308,59 @@ impl LlmClient {
             .find(|entry| entry["id"].as_str() == Some(self.model.as_str()))
             .and_then(listed_context_window)
         {
-            self.learn_context_tokens(window);
+            self.learn_window(window, WindowSource::ModelsList);
         }
         Ok(ids)
     }
 
-    /// Moves the characters-per-token ratio toward what the server counted
-    /// for a prompt it answered: at once when the server counted more
-    /// tokens than the ratio would (an estimate must err on the large side:
-    /// a short reply must not let the next prompt overflow), halfway when
-    /// it counted fewer, so one odd reply cannot loosen it far.
+    /// A reply's `usage.prompt_tokens` for a prompt of `chars` characters.
     pub(super) fn calibrate(&self, chars: usize, prompt_tokens: u32) {
-        if prompt_tokens == 0 || chars == 0 {
-            return;
-        }
-        let mut knowledge = self.lock();
-        let observed = chars as f64 / f64::from(prompt_tokens);
-        let ratio = if observed < knowledge.chars_per_token {
-            observed
-        } else {
-            (knowledge.chars_per_token + observed) / 2.0
-        };
-        knowledge.chars_per_token = ratio.clamp(MIN_CHARS_PER_TOKEN, MAX_CHARS_PER_TOKEN);
+        self.lock()
+            .calibrate(chars, prompt_tokens, RatioSource::Usage);
     }
 
-    /// A prompt the server refused as too long, and counted: the ratio is
-    /// set so that the same prompt would be estimated at least as large as
-    /// the server counted it, never loosened, so the retried, trimmed
-    /// prompt fits.
-    pub(super) fn calibrate_from_overflow(&self, chars: usize, prompt_tokens: u32) {
-        if prompt_tokens == 0 || chars == 0 {
-            return;
+    /// What a refusal for length teaches: the window it names, and the
+    /// ratio from its count of the refused prompt (`chars` characters in
+    /// `messages` messages, asking for `max_tokens`). A refusal that names
+    /// no window (Ollama's) sends the client asking the server for it. A
+    /// refusal without a count still says the prompt was more than the
+    /// window less `max_tokens`; with no window known either, the ratio is
+    /// made a fifth denser and the window taken to be below what the
+    /// refused prompt was estimated at, so the next prompt is trimmed.
+    pub(super) async fn learn_from_overflow(
+        &self,
+        overflow: ContextOverflow,
+        chars: usize,
+        messages: usize,
+        max_tokens: u32,
+    ) {
+        match overflow.window {
+            Some(window) => self.learn_window(window, WindowSource::ContextError),
+            None if self.context_tokens().is_none() => {
+                self.discover_window().await;
+            }
+            None => {}
         }
         let mut knowledge = self.lock();
-        let observed = chars as f64 / f64::from(prompt_tokens);
-        knowledge.chars_per_token = knowledge
-            .chars_per_token
-            .min(observed)
-            .clamp(MIN_CHARS_PER_TOKEN, MAX_CHARS_PER_TOKEN);
+        let estimated = knowledge.estimate(chars, messages);
+        let known_window = knowledge
+            .window()
+            .filter(|_| knowledge.context_source != Some(WindowSource::RefusedPrompt));
+        let counted = overflow
+            .prompt_tokens
+            .or_else(|| {
+                overflow
+                    .requested_tokens
+                    .map(|total| total.saturating_sub(max_tokens))
+            })
+            .or_else(|| known_window.map(|window| window.saturating_sub(max_tokens) + 1))
+            .unwrap_or_else(|| (f64::from(estimated) * 1.25).ceil() as u32);
+        knowledge.calibrate_from_overflow(chars, counted);
+        let refused = estimated.saturating_add(max_tokens);
+        if known_window.is_none() && knowledge.window().is_none_or(|window| window >= refused) {
+            knowledge.context_tokens = Some(refused.saturating_sub(1).max(1));
+            knowledge.context_source = Some(WindowSource::RefusedPrompt);
+        }
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, ModelKnowledge> {
@@ -119,90 +369,16 @@ impl LlmClient {
 }
 
 impl CallError {
-    /// The window a context-length error names (see [`context_overflow_in`]).
+    /// The window a context-length error names.
     pub fn context_window(&self) -> Option<u32> {
-        self.context_overflow().map(|overflow| overflow.window)
+        self.context_overflow()?.window
     }
 
     /// The prompt's size, as the server counted it, when its context-length
     /// error says.
-    pub(super) fn prompt_tokens_counted(&self) -> Option<u32> {
+    pub fn prompt_tokens_counted(&self) -> Option<u32> {
         self.context_overflow()?.prompt_tokens
     }
-
-    fn context_overflow(&self) -> Option<ContextOverflow> {
-        match self {
-            Self::Status {
-                status: 400,
-                message,
-                ..
-            } => context_overflow_in(message),
-            _ => None,
-        }
-    }
-}
-
-/// What a context-length error says: the server's window, and the
-/// prompt's size as the server counted it when it says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContextOverflow {
-    pub window: u32,
-    pub prompt_tokens: Option<u32>,
-}
-
-/// The window N in a context-length error's message (see
-/// [`context_overflow_in`]).
-pub fn context_window_in(message: &str) -> Option<u32> {
-    context_overflow_in(message).map(|overflow| overflow.window)
-}
-
-/// Reads a context-length error's message, in the forms servers send, the
-/// fields first:
-/// - llama.cpp's `exceed_context_size_error` fields `n_ctx` and
-///   `n_prompt_tokens`, as the client writes them before the message
-///   ("exceed_context_size_error (n_prompt_tokens P, n_ctx N): ...");
-/// - OpenAI, vLLM, llama-cpp-python: "maximum context length is N tokens.
-///   However, you requested T tokens (P in the messages, C in the
-///   completion)";
-/// - llama.cpp's server: "request (P tokens) exceeds the available context
-///   size (N tokens), try increasing it";
-/// - LM Studio: "Trying to keep the first P tokens when context the
-///   overflows. However, the model is loaded with context length of only N
-///   tokens, which is not enough."
-pub fn context_overflow_in(message: &str) -> Option<ContextOverflow> {
-    let lower = message.to_ascii_lowercase();
-    let forms: [(&str, &str, &str); 4] = [
-        ("n_ctx ", "n_prompt_tokens ", ""),
-        ("maximum context length is ", "(", " in the messages"),
-        (
-            "exceeds the available context size (",
-            "request (",
-            " tokens)",
-        ),
-        ("context length of only ", "keep the first ", " tokens"),
-    ];
-    forms
-        .into_iter()
-        .find_map(|(window_marker, prompt_marker, prompt_end)| {
-            Some(ContextOverflow {
-                window: number_after(&lower, window_marker, "")?,
-                prompt_tokens: number_after(&lower, prompt_marker, prompt_end),
-            })
-        })
-}
-
-/// The number right after the first `marker` in `text`, when `end`
-/// follows it.
-fn number_after(text: &str, marker: &str, end: &str) -> Option<u32> {
-    let start = text.find(marker)? + marker.len();
-    let rest = &text[start..];
-    let digits = rest
-        .find(|character: char| !character.is_ascii_digit())
-        .unwrap_or(rest.len());
-    if !rest[digits..].starts_with(end) {
-        return None;
-    }
-    rest[..digits].parse().ok()
 }
 
 /// A context window in one `/models` entry, in the fields servers use:
@@ -242,146 +418,145 @@ pub(super) fn prompt_chars(messages: &[ChatMessage], tools: &[ToolSpec]) -> usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clients::error::error_message;
 
-    /// llama.cpp's `llama-server` (2025 and later), word for word.
-    const LLAMA_CPP_BODY: &str = r#"{"error":{"code":400,"message":"request (2169 tokens) exceeds the available context size (2048 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":2169,"n_ctx":2048}}"#;
-
-    fn status_400(message: &str) -> CallError {
-        CallError::Status {
-            service: "llm".into(),
-            status: 400,
-            message: message.into(),
-            retry_after: None,
-        }
+    fn knowledge() -> ModelKnowledge {
+        ModelKnowledge::new(0)
     }
 
     #[test]
-    fn each_servers_context_length_error_names_its_window_and_the_prompts_size() {
-        // (where it comes from, the error's message, window, prompt tokens)
-        let cases: [(&str, &str, u32, Option<u32>); 7] = [
-            (
-                "OpenAI, vLLM, llama-cpp-python",
-                "This model's maximum context length is 2048 tokens. However, you requested 2995 tokens (2595 in the messages, 400 in the completion). Please reduce the length of the messages or completion.",
-                2048,
-                Some(2595),
-            ),
-            (
-                "OpenAI, without the breakdown",
-                "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens. Please reduce the length of the messages.",
-                8192,
-                None,
-            ),
-            ("a short form", "Maximum context length is 700 tokens", 700, None),
-            (
-                "llama.cpp's text alone (no fields)",
-                "request (2169 tokens) exceeds the available context size (2048 tokens), try increasing it",
-                2048,
-                Some(2169),
-            ),
-            (
-                "llama.cpp's fields, as the client writes them first",
-                "exceed_context_size_error (n_prompt_tokens 2169, n_ctx 2048): request (2169 tokens) exceeds the available context size (2048 tokens), try increasing it",
-                2048,
-                Some(2169),
-            ),
-            (
-                "llama.cpp's fields win over a message that disagrees",
-                "exceed_context_size_error (n_prompt_tokens 3000, n_ctx 4096): the prompt is too long (2048 tokens)",
-                4096,
-                Some(3000),
-            ),
-            (
-                // As LM Studio 0.3.15 logged it (cline/cline#3664); its API
-                // answers it as a 400 ("BadRequestError 400--<LM Studio
-                // error> Trying to keep the first 15857 tokens when context
-                // the overflows.", lmstudio-ai/lmstudio-bug-tracker#237).
-                "LM Studio",
-                "Trying to keep the first 10136 tokens when context the overflows. However, the model is loaded with context length of only 7866 tokens, which is not enough. Try to load the model with a larger context length, or provide a shorter input.",
-                7866,
-                Some(10136),
-            ),
-        ];
-        for (server, message, window, prompt_tokens) in cases {
-            assert_eq!(
-                context_overflow_in(message),
-                Some(ContextOverflow {
-                    window,
-                    prompt_tokens
-                }),
-                "{server}"
-            );
-            let error = status_400(message);
-            assert_eq!(error.context_window(), Some(window), "{server}");
-            assert_eq!(error.prompt_tokens_counted(), prompt_tokens, "{server}");
-        }
+    fn a_denser_count_is_believed_at_once_a_sparser_one_slowly() {
+        let mut known = knowledge();
+        known.calibrate(1000, 1000, RatioSource::Usage);
+        assert_eq!(known.chars_per_token, 1.0);
+        // The estimate of a prompt that dense carries the margin.
+        assert!(known.estimate(1500, 2) >= 1500 + 75 + 16);
+        // One sparse prompt (4 characters a token) moves it a sixteenth of
+        // the way, not to 4.
+        known.calibrate(4000, 1000, RatioSource::Usage);
+        assert!(
+            (known.chars_per_token - 1.1875).abs() < 1e-9,
+            "{}",
+            known.chars_per_token
+        );
+        assert_eq!(known.ratio_source, RatioSource::Usage);
+        assert_eq!(known.calibrations, 2);
     }
 
     #[test]
-    fn other_errors_are_not_context_errors() {
-        for message in [
-            "bad request",
-            // Ollama's embedding error says no window: nothing to learn
-            // (jeastham1993/zettel-system, docs/compound/infrastructure;
-            // Ollama truncates an over-long chat prompt instead).
-            "the input length exceeds the context length",
-            "request (12 tokens) is fine",
-        ] {
-            assert_eq!(context_overflow_in(message), None, "{message}");
+    fn a_run_of_short_sparse_replies_loosens_the_ratio_only_gradually() {
+        let mut known = knowledge();
+        known.calibrate(2000, 2000, RatioSource::Usage);
+        let mut ratios = Vec::new();
+        for _ in 0..4 {
+            known.calibrate(40, 10, RatioSource::Usage);
+            ratios.push(known.chars_per_token);
         }
-        let not_a_400 = CallError::Status {
-            service: "llm".into(),
-            status: 500,
-            message: "maximum context length is 2048 tokens".into(),
-            retry_after: None,
-        };
-        assert_eq!(not_a_400.context_window(), None);
-    }
-
-    #[test]
-    fn llama_cpps_error_body_is_read_from_its_fields() {
-        let message = error_message(LLAMA_CPP_BODY.as_bytes()).expect("a message");
-        let error = status_400(&crate::wire::loggable(&message));
-        assert_eq!(error.context_window(), Some(2048));
-        assert_eq!(error.prompt_tokens_counted(), Some(2169));
-        let fields_only = r#"{"error":{"code":400,"message":"too long","type":"exceed_context_size_error","n_prompt_tokens":5000,"n_ctx":4096}}"#;
-        let message = error_message(fields_only.as_bytes()).expect("a message");
-        assert_eq!(
-            context_overflow_in(&message),
-            Some(ContextOverflow {
-                window: 4096,
-                prompt_tokens: Some(5000)
-            }),
-            "{message}"
+        assert!(
+            ratios.windows(2).all(|pair| pair[0] < pair[1]),
+            "{ratios:?}"
+        );
+        assert!(
+            ratios[3] < 2.2,
+            "four replies did not undo the dense count: {ratios:?}"
         );
     }
 
-    fn client() -> LlmClient {
-        let config = crate::config::load(None, Vec::new()).expect("default config loads");
-        LlmClient::from_config(&config.llm, reqwest::Client::new())
+    #[test]
+    fn a_context_errors_count_tightens_at_once_and_never_loosens() {
+        let mut known = knowledge();
+        known.calibrate_from_overflow(2000, 2169);
+        assert!(known.estimate(2000, 1) >= 2169);
+        assert_eq!(known.ratio_source, RatioSource::ContextError);
+        let dense = known.chars_per_token;
+        known.calibrate_from_overflow(2000, 500);
+        assert_eq!(known.chars_per_token, dense);
+        // Byte-level tokenizers count several tokens to a character.
+        known.calibrate_from_overflow(1000, 3000);
+        assert!(known.chars_per_token < 0.34, "{}", known.chars_per_token);
+        known.calibrate_from_overflow(1000, 100_000);
+        assert_eq!(known.chars_per_token, MIN_CHARS_PER_TOKEN);
     }
 
     #[test]
-    fn the_ratio_errs_on_the_large_side() {
-        let llm = client();
-        let ratio = || llm.lock().chars_per_token;
-        // A denser tokenizer than guessed is believed at once ...
-        llm.calibrate(1000, 1000);
-        assert_eq!(ratio(), 1.0);
-        // ... a sparser one only halfway.
-        llm.calibrate(3000, 1000);
-        assert_eq!(ratio(), 2.0);
-        // A context error's count: the same prompt is now estimated at
-        // least as large as the server counted it, never loosened.
-        llm.calibrate_from_overflow(2000, 2169);
-        let messages = [ChatMessage::user("x".repeat(2000))];
-        assert!(llm.estimate_tokens(&messages, &[]) >= 2169);
-        let dense = ratio();
-        llm.calibrate_from_overflow(2000, 500);
-        assert_eq!(ratio(), dense);
-        // Byte-level tokenizers count several tokens to a character.
-        llm.calibrate_from_overflow(1000, 3000);
-        assert!(ratio() < 0.34, "{}", ratio());
+    fn a_configured_window_is_kept_and_a_learned_one_says_where_it_came_from() {
+        let mut configured = ModelKnowledge::new(4096);
+        assert!(!configured.learn_window(2048, WindowSource::ContextError));
+        assert_eq!(configured.window(), Some(4096));
+        assert_eq!(configured.context_source, Some(WindowSource::Configured));
+        let mut learned = knowledge();
+        assert!(learned.learn_window(8192, WindowSource::ModelsList));
+        assert!(learned.learn_window(2048, WindowSource::ContextError));
+        // A model list read later (its whole context, shared by slots) does
+        // not undo what a refusal said; a later refusal does.
+        assert!(!learned.learn_window(8192, WindowSource::ModelsList));
+        assert!(!learned.learn_window(4096, WindowSource::ServerProps));
+        assert!(learned.learn_window(1024, WindowSource::ContextError));
+        assert!(learned.learn_window(2048, WindowSource::ContextError));
+        assert_eq!(
+            (learned.window(), learned.context_source),
+            (Some(2048), Some(WindowSource::ContextError))
+        );
+        assert!(!learned.learn_window(0, WindowSource::ModelsList));
+    }
+
+    /// A client of a server that is not there (the discard port): asking
+    /// it about itself gets nothing.
+    fn client_of_nothing() -> LlmClient {
+        let mut config = crate::config::load(None, Vec::new()).expect("default config loads");
+        config.llm.base_url = "http://127.0.0.1:9/v1".into();
+        LlmClient::from_config(&config.llm, reqwest::Client::new())
+    }
+
+    fn overflow(
+        window: Option<u32>,
+        prompt_tokens: Option<u32>,
+        requested_tokens: Option<u32>,
+    ) -> ContextOverflow {
+        ContextOverflow {
+            window,
+            prompt_tokens,
+            requested_tokens,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_with_only_the_total_counts_the_prompt_as_the_total_less_max_tokens() {
+        let llm = client_of_nothing();
+        // 4500 requested with max_tokens 400: a prompt of 4100 tokens, for
+        // 4100 characters.
+        llm.learn_from_overflow(overflow(Some(4097), None, Some(4500)), 4100, 1, 400)
+            .await;
+        let known = &llm.endpoints()[0];
+        assert_eq!(known.chars_per_token, 1.0, "{known:?}");
+        assert_eq!(
+            (known.context_tokens, known.context_source),
+            (Some(4097), Some(WindowSource::ContextError))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_without_numbers_from_a_silent_server_bounds_the_window_and_tightens() {
+        let llm = client_of_nothing();
+        // 7000 characters at 3.5 a token, plus 5% and two messages: 2116.
+        assert_eq!(llm.lock().estimate(7000, 2), 2116);
+        llm.learn_from_overflow(overflow(None, None, None), 7000, 2, 400)
+            .await;
+        let known = llm.endpoints()[0].clone();
+        assert_eq!(
+            (known.context_tokens, known.context_source),
+            (Some(2116 + 400 - 1), Some(WindowSource::RefusedPrompt)),
+            "{known:?}"
+        );
+        assert_eq!(known.ratio_source, RatioSource::ContextError);
+        assert!(known.chars_per_token < 2.7, "{known:?}");
+        // Refused again, smaller: the bound comes down with it.
+        llm.learn_from_overflow(overflow(None, None, None), 3000, 2, 400)
+            .await;
+        let bound = llm.context_tokens().expect("a bound");
+        assert!(bound < 2116 + 400 - 1, "{bound}");
+        // A window a server names replaces the bound.
+        llm.learn_window(4096, WindowSource::ModelsList);
+        assert_eq!(llm.context_tokens(), Some(4096));
     }
 
     #[test]
@@ -397,5 +572,15 @@ mod tests {
         }
         let training_only = serde_json::json!({"id": "m", "meta": {"n_ctx_train": 131072}});
         assert_eq!(listed_context_window(&training_only), None);
+    }
+
+    #[test]
+    fn an_endpoint_is_named_by_its_host_and_port() {
+        assert_eq!(endpoint_name("http://127.0.0.1:8006/v1"), "127.0.0.1:8006");
+        assert_eq!(
+            endpoint_name("https://api.example.com/v1"),
+            "api.example.com:443"
+        );
+        assert_eq!(endpoint_name("not a url"), "not a url");
     }
 }
