@@ -751,6 +751,7 @@ async fn floor_setup(
             planned_turns: 0,
             schedule: None,
             scheduled_time: None,
+            trigger: None,
         };
         session_ids.push(store.create_session(new).await?);
     }

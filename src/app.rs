@@ -2,7 +2,8 @@
 //! store, builds the clients, the shared state and the run registry, and
 //! binds the admin API; [`App::run`] starts the tasks (admin API, health
 //! checks, crash recovery, scheduler, retention, outbox deliverer, memory
-//! reconciliation, the run-queue claimer on a shared store, watchdog),
+//! reconciliation, the run-queue claimer on a shared store, the steering
+//! watch that passes recorded cancels on, watchdog),
 //! serves reloads and run requests, and stops them in order.
 //!
 //! This is the one place that knows every part of the daemon. It holds no
@@ -25,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::clients::{ClientBuildError, Clients};
 use crate::config::{self, Config, ConfigError, ScheduleConfig, SystemdEnvironment};
+use crate::daemon::control::Steering;
 use crate::daemon::notify::{self, Notifier};
 use crate::daemon::runs::{RunContext, Runs, ScheduledRuns};
 use crate::daemon::state::{DaemonState, RunCommand, ScheduleStatus, StartRunError};
@@ -149,6 +151,7 @@ impl App {
             },
             stop.clone(),
         );
+        state.set_steering(Arc::new(Steering::new(&runs, store.clone())));
         let (listener, bound) = bind_admin_api(&config.daemon.admin_address).await?;
         let parts = Parts {
             config_path,
@@ -235,6 +238,14 @@ impl Parts {
                     .clone()
                     .claim_queued_until_stopped(Duration::from_millis(config.cluster.heartbeat_ms)),
             );
+        }
+        // Ends by itself on stop; nothing waits for it. Recorded cancel
+        // requests reach the sessions playing here within a heartbeat.
+        if let Some(steering) = self.state.steering() {
+            tokio::spawn(steering.watch_until_stopped(
+                Duration::from_millis(config.cluster.heartbeat_ms),
+                self.stop.clone(),
+            ));
         }
         // Ends by itself on stop; nothing waits for it.
         tokio::spawn(store_watch::watch_store(
@@ -364,6 +375,9 @@ impl Parts {
             clients,
         });
         scheduler.replace(new.schedule.clone());
+        if let Some(steering) = self.state.steering() {
+            steering.forget_removed(&old, &new).await;
+        }
         self.state.set_config(new.clone(), admin_token(&new));
         Ok(new)
     }

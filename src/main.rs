@@ -50,6 +50,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
         Command::Sessions { db, config, action } => {
             cli::output::print(&cli::sessions(db, config.as_deref(), action).await?)
         }
+        Command::Schedules(args) => cli::output::print(&cli::schedules(args).await?),
         Command::Config { action } => cli::output::print(&cli::config(action)?),
         Command::Reload(args) => cli::output::print(&cli::reload(args).await?),
         Command::Store { action } => cli::output::print(&cli::store(action).await?),

@@ -43,7 +43,7 @@ pub const HEALTH_TRANSITIONS_TOTAL: &str = "heistd_health_transitions_total";
 /// Heists running now.
 pub const SESSIONS_RUNNING: &str = "heistd_sessions_running";
 /// Scheduled slots by outcome (`launched`, `skipped_overlap`,
-/// `skipped_budget`).
+/// `skipped_paused`, `skipped_budget`).
 pub const SCHEDULE_RUNS_TOTAL: &str = "heistd_schedule_runs_total";
 /// Token budgets found spent, by scope (`session`, `schedule`, `daemon`):
 /// a session ended, a slot skipped or a run request refused for one.
@@ -122,6 +122,11 @@ pub const MODEL_TOKENS_TOTAL: &str = "heistd_model_tokens_total";
 /// [`add_to_cost`] and written by [`render`], not by the recorder (whose
 /// counters count whole numbers).
 pub const MODEL_COST_TOTAL: &str = "heistd_model_cost_total";
+/// Sessions waiting out an outage now, by what they wait for (`model`,
+/// `store`).
+pub const SESSIONS_WAITING: &str = "heistd_sessions_waiting";
+/// 1 while a schedule is paused (the store's state, on every node).
+pub const SCHEDULE_PAUSED: &str = "heistd_schedule_paused";
 
 /// Label values known before the first event, so their series can start at
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
@@ -151,11 +156,18 @@ pub mod labels {
         "failed_with_retry",
     ];
     pub const HEALTH_OUTCOMES: [&str; 2] = ["up", "down"];
-    pub const SESSION_STATUSES: [&str; 3] = ["completed", "failed", "interrupted"];
+    pub const SESSION_STATUSES: [&str; 4] = ["completed", "failed", "interrupted", "cancelled"];
     pub const TURN_OUTCOMES: [&str; 2] = ["ok", "failed"];
     pub const TOOL_CALL_OUTCOMES: [&str; 3] = ["success", "failure", "refused"];
-    pub const SCHEDULE_OUTCOMES: [&str; 3] = ["launched", "skipped_overlap", "skipped_budget"];
+    pub const SCHEDULE_OUTCOMES: [&str; 4] = [
+        "launched",
+        "skipped_overlap",
+        "skipped_paused",
+        "skipped_budget",
+    ];
     pub const BUDGET_SCOPES: [&str; 3] = ["session", "schedule", "daemon"];
+    /// What a waiting session waits for (`heistd_sessions_waiting`).
+    pub const WAITING_REASONS: [&str; 2] = ["model", "store"];
     pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "refused"];
     pub const STORE_PAUSE_OUTCOMES: [&str; 2] = ["resumed", "gave_up"];
     pub const TOKEN_KINDS: [&str; 2] = ["prompt", "completion"];
@@ -163,7 +175,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 54] = [
+pub const FAMILIES: [(&str, Kind, &str); 56] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -218,6 +230,8 @@ pub const FAMILIES: [(&str, Kind, &str); 54] = [
     (CLUSTER_FENCED_WRITES_TOTAL, Kind::Counter, "Turn commits refused because another node owns the session now."),
     (MODEL_TOKENS_TOTAL, Kind::Counter, "Model tokens, by service, endpoint, model and kind (prompt, completion): the server's usage, or heistd's estimate when a reply has none."),
     (MODEL_COST_TOTAL, Kind::Counter, "What the model's tokens cost at the configured prices, by service, endpoint and model; absent when no price is configured."),
+    (SESSIONS_WAITING, Kind::Gauge, "Sessions waiting out an outage now, by what they wait for (model, store)."),
+    (SCHEDULE_PAUSED, Kind::Gauge, "1 while the schedule is paused (on every node), else 0."),
 ];
 
 /// What kind of family a name is, for [`describe`].

@@ -5,8 +5,9 @@
 //! where failures become HTTP replies: always JSON `{"error": "..."}`, with a
 //! useful message and no internals. Here: the router and `ApiError`; the
 //! handlers and their JSON shapes by resource in `status` (probes, metrics,
-//! the daemon's status), `sessions` and `runs`; the admin token in `auth`
-//! and `guard`.
+//! the daemon's status), `sessions`, `runs` and `steer` (cancel, and the
+//! schedules: list, pause, resume, trigger, backfill); the admin token in
+//! `auth` and `guard`.
 //!
 //! It only reads what `DaemonState` publishes and asks it to start runs; it
 //! must not run heists or health checks itself, nor hold state of its own
@@ -17,6 +18,7 @@ mod guard;
 mod runs;
 mod sessions;
 mod status;
+mod steer;
 
 use std::sync::Arc;
 
@@ -67,9 +69,12 @@ pub enum ApiError {
          {token_variable} for heistd to enable it"
     )]
     RunsDisabled { token_variable: String },
-    /// 404: an unknown session or route.
+    /// 404: an unknown session, schedule or route.
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request no longer applies (cancelling an ended session).
+    #[error("{0}")]
+    Conflict(String),
     /// 405: a known path with the wrong method.
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: Method, path: String },
@@ -117,6 +122,7 @@ pub fn router(state: Arc<DaemonState>) -> Router {
             "/api/v1/sessions/{session_id}",
             get(sessions::session_detail),
         )
+        .route("/api/v1/schedules", get(steer::list_schedules))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_read_token,
@@ -130,10 +136,38 @@ pub fn router(state: Arc<DaemonState>) -> Router {
             "/api/v1/runs",
             post(runs::start_run).layer(DefaultBodyLimit::max(MAX_RUN_BODY_BYTES)),
         )
+        .merge(steering_routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(AdminGuard::new()))
         .with_state(state)
+}
+
+/// The steering POSTs (`steer`), each behind the admin token, with the
+/// run request's body limit.
+fn steering_routes() -> Router<Arc<DaemonState>> {
+    let limit = || DefaultBodyLimit::max(MAX_RUN_BODY_BYTES);
+    Router::new()
+        .route(
+            "/api/v1/sessions/{session_id}/cancel",
+            post(steer::cancel_session).layer(limit()),
+        )
+        .route(
+            "/api/v1/schedules/{name}/pause",
+            post(steer::pause_schedule).layer(limit()),
+        )
+        .route(
+            "/api/v1/schedules/{name}/resume",
+            post(steer::resume_schedule).layer(limit()),
+        )
+        .route(
+            "/api/v1/schedules/{name}/trigger",
+            post(steer::trigger_schedule).layer(limit()),
+        )
+        .route(
+            "/api/v1/schedules/{name}/backfill",
+            post(steer::backfill_schedule).layer(limit()),
+        )
 }
 
 impl ApiError {
@@ -143,6 +177,7 @@ impl ApiError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::WrongToken | Self::RunsDisabled { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::AtCapacity { .. }

@@ -36,17 +36,23 @@ pub(super) async fn start_run(
     request: Request,
 ) -> Result<(StatusCode, Json<RunAccepted>), ApiError> {
     authorize_run(&state, &request)?;
-    let body = Bytes::from_request(request, &())
+    let body = body_bytes(request).await?;
+    let run_request = parse_run_body(&body)?;
+    let session_id = state.start_run(run_request).await?;
+    Ok((StatusCode::ACCEPTED, Json(RunAccepted { session_id })))
+}
+
+/// A POST's body, read once its token has been checked, within the
+/// route's limit ([`MAX_RUN_BODY_BYTES`]).
+pub(super) async fn body_bytes(request: Request) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, &())
         .await
         .map_err(|rejection| match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge {
                 limit_bytes: MAX_RUN_BODY_BYTES,
             },
             _ => ApiError::BadRequest(rejection.body_text()),
-        })?;
-    let run_request = parse_run_body(&body)?;
-    let session_id = state.start_run(run_request).await?;
-    Ok((StatusCode::ACCEPTED, Json(RunAccepted { session_id })))
+        })
 }
 
 /// An empty body means "all defaults", so `curl -X POST` is enough. The

@@ -102,6 +102,7 @@ impl TestDaemon {
                 planned_turns: 3,
                 schedule: schedule.map(str::to_string),
                 scheduled_time: scheduled_time.map(str::to_string),
+                trigger: None,
             })
             .await
             .expect("session created")
@@ -285,10 +286,13 @@ async fn status_shows_version_services_schedules_running_sessions_and_capacity()
         started_at: chrono::Utc::now(),
         planned_turns: 12,
     };
-    let task = daemon
-        .state
-        .registry()
-        .spawn(running, || tokio::spawn(std::future::pending()));
+    let task =
+        daemon
+            .state
+            .registry()
+            .spawn(running, tokio::sync::watch::Sender::new(None), || {
+                tokio::spawn(std::future::pending())
+            });
 
     let reply = daemon.get("/api/v1/status").await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -811,4 +815,27 @@ async fn status_shows_each_schedules_last_and_next_slot_from_the_store() {
     assert!(schedules[1]["last_slot"].is_null());
     assert!(schedules[1]["next_slot"].is_null());
     assert_eq!(body["cluster"]["queued_runs"], 0);
+}
+
+#[tokio::test]
+async fn steering_routes_check_the_token_before_the_body() {
+    let daemon = TestDaemon::accepting().await;
+    for path in [
+        "/api/v1/sessions/heist_x/cancel",
+        "/api/v1/schedules/nightly/pause",
+        "/api/v1/schedules/nightly/resume",
+        "/api/v1/schedules/nightly/trigger",
+        "/api/v1/schedules/nightly/backfill",
+    ] {
+        let request = Request::post(path)
+            .body(Body::from("{not json"))
+            .expect("request");
+        send(daemon.router(), request)
+            .await
+            .error_message(StatusCode::UNAUTHORIZED);
+        let request = Request::get(path).body(Body::empty()).expect("request");
+        send(daemon.router(), request)
+            .await
+            .error_message(StatusCode::METHOD_NOT_ALLOWED);
+    }
 }

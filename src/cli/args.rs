@@ -88,6 +88,10 @@ pub enum Command {
         #[command(subcommand)]
         action: SessionsAction,
     },
+    /// Steer the running daemon's schedules over its admin API (the
+    /// config's daemon.admin_address, with the admin token the daemon
+    /// reads): list them, pause, resume, run one now, run missed slots.
+    Schedules(SchedulesArgs),
     /// Work with the config file.
     Config {
         #[command(subcommand)]
@@ -132,6 +136,73 @@ pub enum SessionsAction {
         session_id: String,
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
+    },
+    /// Cancel a session on the running daemon (steering, over its admin
+    /// API): it stops after its current turn and ends `cancelled`; a
+    /// queued one never starts. Exit 1 when it is unknown or has ended.
+    Cancel {
+        session_id: String,
+        /// Why; recorded as the session's reason.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The daemon's admin API address; overrides the config's.
+        #[arg(long)]
+        admin_address: Option<String>,
+    },
+}
+
+// `heistd schedules`' options (the variant's doc is its help). Steering
+// commands, kept apart from the readers above.
+#[derive(Args)]
+pub struct SchedulesArgs {
+    /// The config file, read for daemon.admin_address and the admin token;
+    /// default /etc/heistd/heistd.toml if it exists, else built-in defaults.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// The daemon's admin API address; overrides the config's.
+    #[arg(long, global = true)]
+    pub admin_address: Option<String>,
+    #[command(subcommand)]
+    pub action: SchedulesAction,
+}
+
+/// How `schedules list` prints.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ScheduleOutput {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum SchedulesAction {
+    /// Every schedule with its next and last slot and whether it is paused.
+    List {
+        /// `text` for people, `json` for scripts (the daemon's answer).
+        #[arg(long, value_enum, default_value_t = ScheduleOutput::Text)]
+        output: ScheduleOutput,
+    },
+    /// Pause a schedule on every node (it survives restarts and reloads):
+    /// its slots are skipped until it is resumed.
+    Pause {
+        name: String,
+        /// Why, for whoever looks next.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Resume a paused schedule: its next slot runs.
+    Resume { name: String },
+    /// Run the schedule once now (recorded with trigger "manual").
+    Trigger { name: String },
+    /// Run the slots of a past range that did not run, oldest first, under
+    /// the schedule's overlap policy (at most daemon.max_backfill_slots).
+    Backfill {
+        name: String,
+        /// The range's start, RFC 3339 (e.g. 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        from: String,
+        /// The range's end, RFC 3339, included.
+        #[arg(long)]
+        to: String,
     },
 }
 

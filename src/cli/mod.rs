@@ -22,6 +22,7 @@ mod reload;
 pub mod remote;
 mod run;
 mod sessions;
+mod steer;
 pub use demo::{demo, DemoOptions};
 use query_worker::query_worker;
 pub use quit::{Interrupts, QUIT_WITHIN};
@@ -29,6 +30,7 @@ pub use reload::reload;
 pub use run::run;
 pub(crate) use run::{base_url_hint, completed, preflight, print_notice, print_turn, summary};
 pub use sessions::{export_json, export_markdown, sessions, sessions_list};
+pub use steer::schedules;
 
 use crate::app::{App, AppError, DaemonOptions};
 use crate::clients::{ClientBuildError, Clients};

@@ -187,6 +187,7 @@ mod tests {
                 planned_turns: 3,
                 schedule: schedule.map(str::to_string),
                 scheduled_time: schedule.map(|_| "2026-01-01T00:00:00Z".to_string()),
+                trigger: None,
             })
             .await
             .expect("session created")

@@ -19,6 +19,35 @@ pub async fn sessions(
     action: args::SessionsAction,
 ) -> Result<String, CliError> {
     use args::{Format, SessionsAction};
+    let store = || open_to_read(db, config);
+    Ok(match action {
+        SessionsAction::List { limit } => sessions_list(&store().await?, limit).await?,
+        SessionsAction::Show { session_id } => {
+            export_markdown(&store().await?.session(&session_id).await?)
+        }
+        SessionsAction::Export {
+            session_id,
+            format: Format::Json,
+        } => format!(
+            "{}\n",
+            export_json(&store().await?.session(&session_id).await?)
+        ),
+        SessionsAction::Export {
+            session_id,
+            format: Format::Md,
+        } => export_markdown(&store().await?.session(&session_id).await?),
+        // Steering goes to the daemon, not the file.
+        SessionsAction::Cancel {
+            session_id,
+            reason,
+            admin_address,
+        } => super::steer::cancel(config, admin_address.as_deref(), &session_id, reason).await?,
+    })
+}
+
+/// The audit store at `--db`, else the one [`database_to_read`] finds,
+/// opened read-only; a missing file is an error, never created.
+async fn open_to_read(db: Option<PathBuf>, config: Option<&Path>) -> Result<StoreHandle, CliError> {
     let path = match db {
         Some(path) => path,
         None => database_to_read(config)?,
@@ -29,19 +58,7 @@ pub async fn sessions(
             path.display()
         )));
     }
-    let store = StoreHandle::open_read_only(&path).await?;
-    Ok(match action {
-        SessionsAction::List { limit } => sessions_list(&store, limit).await?,
-        SessionsAction::Show { session_id } => export_markdown(&store.session(&session_id).await?),
-        SessionsAction::Export {
-            session_id,
-            format: Format::Json,
-        } => format!("{}\n", export_json(&store.session(&session_id).await?)),
-        SessionsAction::Export {
-            session_id,
-            format: Format::Md,
-        } => export_markdown(&store.session(&session_id).await?),
-    })
+    Ok(StoreHandle::open_read_only(&path).await?)
 }
 
 /// The database `sessions` reads without `--db`: the config's
@@ -313,6 +330,7 @@ mod tests {
                 failure_reason: None,
                 schedule: None,
                 scheduled_time: None,
+                trigger: None,
                 prompt_tokens: 300,
                 completion_tokens: 40,
                 usage_estimated: 1,

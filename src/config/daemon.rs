@@ -15,6 +15,10 @@ use super::Secret;
 /// backlog of days.
 pub const MAX_QUEUED_RUNS: u32 = 100_000;
 
+/// The largest `daemon.max_backfill_slots`: one request is for catching up
+/// an outage, not a year.
+pub const MAX_BACKFILL_SLOTS: u32 = 10_000;
+
 /// `[daemon]`: the admin API, the session cap, shutdown and crash recovery.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +55,10 @@ pub struct DaemonConfig {
     /// and running sessions end `failed` after their current turn.
     #[serde(default)]
     pub max_tokens_per_day: u64,
+    /// The most slots one backfill request may name
+    /// (`POST /api/v1/schedules/{name}/backfill`, 1 to 10000); a longer
+    /// range is refused with 400, naming this key.
+    pub max_backfill_slots: u32,
     /// On SIGTERM, turns in flight get this long to finish.
     pub shutdown_grace_ms: u64,
     /// What to do at start with sessions a crash left `active`: `resume`
@@ -87,6 +95,7 @@ impl Default for DaemonConfig {
             max_concurrent_sessions: 2,
             max_queued_runs: 100,
             max_tokens_per_day: 0,
+            max_backfill_slots: 100,
             shutdown_grace_ms: 30_000,
             recovery: Recovery::Resume,
         }
@@ -116,6 +125,12 @@ impl DaemonConfig {
             return Err((
                 "daemon.max_concurrent_sessions".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if !(1..=MAX_BACKFILL_SLOTS).contains(&self.max_backfill_slots) {
+            return Err((
+                "daemon.max_backfill_slots".into(),
+                format!("must be between 1 and {MAX_BACKFILL_SLOTS}"),
             ));
         }
         if !(1..=MAX_QUEUED_RUNS).contains(&self.max_queued_runs) {

@@ -4,13 +4,15 @@
 //! (memory writes left behind by ended sessions), `reconcile` (the memory
 //! service's counts against the store's delivered writes), `notify` (sd_notify by
 //! hand), `retention`, `telemetry` (the series a fresh daemon shows, and
-//! the gauges read at each scrape) and `cluster` (heartbeats and takeover
-//! when several daemons share a PostgreSQL store).
+//! the gauges read at each scrape), `cluster` (heartbeats and takeover
+//! when several daemons share a PostgreSQL store) and `control` (what
+//! operators steer: cancels, paused, triggered and backfilled schedules).
 //!
 //! Nothing here wires the daemon together (that is `app`), serves HTTP
 //! (that is `api`) or installs signal handlers.
 
 pub mod cluster;
+pub mod control;
 pub mod notify;
 pub mod outbox;
 pub mod reconcile;

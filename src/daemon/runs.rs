@@ -21,9 +21,10 @@ use crate::heist::{self, HeistError, HeistRunner, RunOptions};
 use crate::metrics as names;
 use crate::scenario::Scenario;
 use crate::scheduler::{Clock, Launcher};
-use crate::store::{SessionRow, SessionStatus, StoreError, StoreHandle};
+use crate::store::{RunTrigger, SessionRow, SessionStatus, StoreError, StoreHandle};
 
 mod budget;
+mod manual;
 mod queue;
 
 /// What a new run is built from; replaced as a whole on reload, so a
@@ -105,10 +106,19 @@ impl Runs {
                 .or(context.config.heist.seed)
                 .unwrap_or_else(heist::random_seed),
         );
-        self.refuse_if_budget_spent(&context).await?;
+        self.refuse_if_budget_spent(&context, None).await?;
         if self.store.is_shared() {
             return self.enqueue(&context, options).await;
         }
+        self.start_now(context, options).await
+    }
+
+    /// Starts a run here now, or refuses at this node's cap.
+    async fn start_now(
+        self: &Arc<Self>,
+        context: Arc<RunContext>,
+        options: RunOptions,
+    ) -> Result<String, StartRunError> {
         let _admission = self.admission.lock().await;
         let running = self.state.running_count();
         if running >= context.config.daemon.max_concurrent_sessions as usize {
@@ -121,30 +131,46 @@ impl Runs {
     }
 
     /// A schedule's slot: waits for capacity, then runs; resolves when the
-    /// run has ended. A slot that already has a session is not run again.
+    /// run has ended. A slot that already has a session is not run again,
+    /// and one that comes due while the schedule is paused (the store says
+    /// so, for every node) is skipped.
     pub async fn run_scheduled(self: Arc<Self>, schedule: ScheduleConfig, slot: DateTime<Utc>) {
-        let mut context = self.context();
-        if let Some(directory) = schedule.scenario.clone() {
-            match tokio::task::spawn_blocking(move || Scenario::load(&directory)).await {
-                Ok(Ok(scenario)) => {
-                    context = Arc::new(RunContext {
-                        config: context.config.clone(),
-                        scenario: Arc::new(scenario),
-                        clients: context.clients.clone(),
-                    })
-                }
-                Ok(Err(error)) => {
-                    tracing::error!(schedule = %schedule.name, %error, "cannot load the schedule's scenario; slot skipped");
-                    return;
-                }
-                Err(_) => return,
+        match self.store.schedule_pauses().await {
+            Ok(pauses) if pauses.iter().any(|pause| pause.schedule == schedule.name) => {
+                tracing::info!(schedule = %schedule.name, slot = %slot.to_rfc3339(), "skipping a slot: the schedule is paused");
+                metrics::counter!(names::SCHEDULE_RUNS_TOTAL, "schedule" => schedule.name.clone(), "outcome" => "skipped_paused")
+                    .increment(1);
+                return;
+            }
+            Ok(_) => {}
+            // Not knowing is not a pause: the run's own start meets the
+            // store outage rule.
+            Err(error) => {
+                tracing::warn!(schedule = %schedule.name, %error, "cannot read whether the schedule is paused")
             }
         }
+        self.run_slot(schedule, slot, RunTrigger::Schedule).await;
+    }
+
+    /// Runs one slot of a schedule (its own, or one an operator asked to
+    /// backfill), once: waits for capacity, runs, and resolves when the run
+    /// has ended. Another run of that slot (another node's, or an earlier
+    /// request's) leaves this one nothing to do.
+    pub async fn run_slot(
+        self: Arc<Self>,
+        schedule: ScheduleConfig,
+        slot: DateTime<Utc>,
+        trigger: RunTrigger,
+    ) {
+        let Some(context) = self.schedule_context(&schedule).await else {
+            return;
+        };
         let options = RunOptions {
             turns: schedule.turns,
             seed: context.config.heist.seed.unwrap_or_else(heist::random_seed),
             schedule: Some(schedule.name.clone()),
             scheduled_time: Some(slot.to_rfc3339()),
+            trigger: Some(trigger),
         };
         let Some(admission) = self.admit().await else {
             return;
@@ -156,7 +182,7 @@ impl Runs {
         drop(admission);
         match started {
             Ok((session_id, handle)) => {
-                tracing::info!(schedule = %schedule.name, slot = %slot.to_rfc3339(), %session_id, "launched a scheduled run");
+                tracing::info!(schedule = %schedule.name, slot = %slot.to_rfc3339(), %session_id, trigger = trigger.as_str(), "launched a scheduled run");
                 metrics::counter!(names::SCHEDULE_RUNS_TOTAL, "schedule" => schedule.name.clone(), "outcome" => "launched")
                     .increment(1);
                 let _ = handle.await;
@@ -170,6 +196,30 @@ impl Runs {
                 let error = StartRunError::from(error);
                 tracing::warn!(schedule = %schedule.name, slot = %slot.to_rfc3339(), %error, "scheduled run not started")
             }
+        }
+    }
+
+    /// The context a schedule's run starts from: its own scenario when it
+    /// names one; `None` (logged) when that cannot be loaded.
+    pub(super) async fn schedule_context(
+        &self,
+        schedule: &ScheduleConfig,
+    ) -> Option<Arc<RunContext>> {
+        let context = self.context();
+        let Some(directory) = schedule.scenario.clone() else {
+            return Some(context);
+        };
+        match tokio::task::spawn_blocking(move || Scenario::load(&directory)).await {
+            Ok(Ok(scenario)) => Some(Arc::new(RunContext {
+                config: context.config.clone(),
+                scenario: Arc::new(scenario),
+                clients: context.clients.clone(),
+            })),
+            Ok(Err(error)) => {
+                tracing::error!(schedule = %schedule.name, %error, "cannot load the schedule's scenario; slot skipped");
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -282,9 +332,9 @@ impl Runs {
             started_at: Utc::now(),
             planned_turns: session.planned_turns.unwrap_or_default().max(0) as u32,
         };
-        let runner = self.runner(&context);
+        let (runner, cancel) = self.runner(&context);
         let (this, id) = (self.clone(), session.session_id.clone());
-        self.track(running, async move {
+        self.track(running, cancel, async move {
             let outcome = runner.resume(&id, None).await;
             this.settle(&id, outcome).await;
         });
@@ -366,7 +416,7 @@ impl Runs {
             .readiness()
             .await
             .map_err(SpawnError::StoreUnavailable)?;
-        let runner = self.runner(&context);
+        let (runner, cancel) = self.runner(&context);
         let session_id = runner.start(&options).await.map_err(SpawnError::Start)?;
         let running = RunningSession {
             session_id: session_id.clone(),
@@ -375,7 +425,7 @@ impl Runs {
             planned_turns: options.turns,
         };
         let (this, id) = (self.clone(), session_id.clone());
-        let handle = self.track(running, async move {
+        let handle = self.track(running, cancel, async move {
             let outcome = runner.play(&id, &options, None).await;
             this.settle(&id, outcome).await;
         });
@@ -387,13 +437,14 @@ impl Runs {
     fn track(
         self: &Arc<Self>,
         running: RunningSession,
+        cancel: watch::Sender<Option<String>>,
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> JoinHandle<()> {
         let registration = Registration {
             runs: self.clone(),
             session_id: running.session_id.clone(),
         };
-        let handle = self.state.registry().spawn(running, || {
+        let handle = self.state.registry().spawn(running, cancel, || {
             tokio::spawn(async move {
                 let _registration = registration;
                 work.await;
@@ -444,6 +495,12 @@ impl Runs {
         }
     }
 
+    /// Tells a session running here that an operator cancelled it (it
+    /// ends after its current turn); `false` when it does not run here.
+    pub fn cancel_running(&self, session_id: &str, reason: &str) -> bool {
+        self.state.registry().cancel(session_id, reason)
+    }
+
     /// Sessions with a task now (their own turns deliver their outbox).
     pub fn running_session_ids(&self) -> Vec<String> {
         self.state.registry().session_ids()
@@ -452,18 +509,24 @@ impl Runs {
     /// Delivers a session's pending memory writes with the current clients.
     pub async fn deliver_outbox(&self, session_id: &str) -> Result<usize, HeistError> {
         self.runner(&self.context())
+            .0
             .deliver_outbox(session_id)
             .await
     }
 
-    fn runner(&self, context: &RunContext) -> HeistRunner {
-        HeistRunner::new(
+    /// A runner for one run, and the sender that cancels its session
+    /// (registered with the run by [`Self::track`]).
+    fn runner(&self, context: &RunContext) -> (HeistRunner, watch::Sender<Option<String>>) {
+        let (cancel, cancelled) = watch::channel(None);
+        let runner = HeistRunner::new(
             context.config.clone(),
             context.scenario.clone(),
             context.clients.clone(),
             self.store.clone(),
         )
         .with_stop(self.stop.clone())
+        .with_cancel(cancelled);
+        (runner, cancel)
     }
 }
 

@@ -5,17 +5,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
+use super::control::Steering;
 use crate::config::Config;
 use crate::health::HealthBoard;
 use crate::store::StoreHandle;
@@ -119,6 +120,8 @@ pub struct DaemonState {
     /// The model client the runs use, for the status to show what it has
     /// learned of each endpoint's model.
     llm: RwLock<Option<crate::clients::LlmClient>>,
+    /// Cancels and schedule steering, set once the runs exist.
+    steering: OnceLock<Arc<Steering>>,
 }
 
 impl DaemonState {
@@ -150,6 +153,7 @@ impl DaemonState {
             }),
             config_path: None,
             llm: RwLock::new(None),
+            steering: OnceLock::new(),
         }
     }
 
@@ -166,6 +170,16 @@ impl DaemonState {
             .as_ref()
             .map(crate::clients::LlmClient::endpoints)
             .unwrap_or_default()
+    }
+
+    /// Hands the API the daemon's steering (once, when the runs exist).
+    pub fn set_steering(&self, steering: Arc<Steering>) {
+        let _ = self.steering.set(steering);
+    }
+
+    /// `None` until the daemon has set it (tests of the API alone).
+    pub fn steering(&self) -> Option<Arc<Steering>> {
+        self.steering.get().cloned()
     }
 
     /// Names the config file the daemon was started with.
@@ -269,6 +283,8 @@ pub struct Registry {
 struct RegisteredRun {
     session: RunningSession,
     task: AbortHandle,
+    /// Tells the run's session it is cancelled (the operator's reason).
+    cancel: watch::Sender<Option<String>>,
 }
 
 impl Registry {
@@ -277,6 +293,7 @@ impl Registry {
     pub fn spawn(
         &self,
         session: RunningSession,
+        cancel: watch::Sender<Option<String>>,
         spawn: impl FnOnce() -> JoinHandle<()>,
     ) -> JoinHandle<()> {
         let mut entries = self.entries.lock();
@@ -286,9 +303,27 @@ impl Registry {
             RegisteredRun {
                 session,
                 task: handle.abort_handle(),
+                cancel,
             },
         );
         handle
+    }
+
+    /// Tells a session running here that it is cancelled; `false` when it
+    /// does not run here. Telling it again changes nothing.
+    pub fn cancel(&self, session_id: &str, reason: &str) -> bool {
+        let entries = self.entries.lock();
+        let Some(run) = entries.get(session_id) else {
+            return false;
+        };
+        run.cancel.send_if_modified(|cancel| {
+            if cancel.is_some() {
+                return false;
+            }
+            *cancel = Some(reason.to_string());
+            true
+        });
+        true
     }
 
     pub fn remove(&self, session_id: &str) {

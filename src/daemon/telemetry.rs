@@ -28,6 +28,9 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
     }
     metrics::gauge!(names::SESSIONS_RUNNING).increment(0.0);
     metrics::gauge!(names::STORE_UNAVAILABLE).increment(0.0);
+    for reason in labels::WAITING_REASONS {
+        metrics::gauge!(names::SESSIONS_WAITING, "reason" => reason).increment(0.0);
+    }
     metrics::counter!(names::HTTP_CONNECTIONS_SHED, "listener" => "admin").increment(0);
     for outcome in labels::STORE_PAUSE_OUTCOMES {
         metrics::counter!(names::STORE_PAUSES_TOTAL, "outcome" => outcome).increment(0);
@@ -75,6 +78,8 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
             .increment(0.0);
         metrics::gauge!(names::SCHEDULE_NEXT_RUN_TIMESTAMP_SECONDS, "schedule" => schedule.name.clone())
             .increment(0.0);
+        // The store's pause state is published by `daemon::control`.
+        metrics::gauge!(names::SCHEDULE_PAUSED, "schedule" => schedule.name.clone()).increment(0.0);
     }
     for scope in labels::BUDGET_SCOPES {
         metrics::counter!(names::BUDGET_EXHAUSTED_TOTAL, "scope" => scope).increment(0);

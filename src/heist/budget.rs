@@ -70,6 +70,17 @@ impl std::fmt::Display for BudgetSpent {
     }
 }
 
+impl BudgetSpent {
+    /// Counts and logs a budget that ends a session after its turn, and
+    /// returns the session's failure reason.
+    pub(super) fn ends_session(&self) -> String {
+        metrics::counter!(crate::metrics::BUDGET_EXHAUSTED_TOTAL, "scope" => self.scope.as_str())
+            .increment(1);
+        tracing::warn!(budget = %self.key, limit = self.limit, used = self.used, "token budget spent: the session ends after this turn");
+        self.to_string()
+    }
+}
+
 /// The UTC day `at` falls in, as `[00:00, next 00:00)`.
 pub fn utc_day(at: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
     let start = at.date_naive().and_time(NaiveTime::MIN).and_utc();

@@ -19,7 +19,8 @@
 //!   token; each request ends in a [`ToolOutcome`]);
 //! - `prompt::PromptBuilder` builds and fits the prompt, with no I/O;
 //!   `protocol` writes the tool instructions;
-//! - `control::RunControl` is the stop signal and the notice sink.
+//! - `control::RunControl` is the stop signal, the operator's cancel and
+//!   the notice sink.
 //!
 //! A failing service degrades a turn (the error is recorded in its message or
 //! tool row) and the run goes on; only a store that cannot commit stops it,
@@ -48,7 +49,7 @@ use tokio::sync::watch;
 use crate::clients::Clients;
 use crate::config::Config;
 use crate::scenario::Scenario;
-use crate::store::{SessionStatus, StoreError, StoreHandle, TurnRecord};
+use crate::store::{RunTrigger, SessionStatus, StoreError, StoreHandle, TurnRecord};
 pub use budget::{daily_budget_spent, utc_day, BudgetScope, BudgetSpent};
 use session::SessionLoop;
 pub use tools::ToolOutcome;
@@ -74,6 +75,8 @@ pub struct RunOptions {
     /// The schedule and slot that started this run, if one did.
     pub schedule: Option<String>,
     pub scheduled_time: Option<String>,
+    /// How a schedule's run was started; `None` for other runs.
+    pub trigger: Option<RunTrigger>,
 }
 
 impl RunOptions {
@@ -83,6 +86,7 @@ impl RunOptions {
             seed,
             schedule: None,
             scheduled_time: None,
+            trigger: None,
         }
     }
 }
@@ -242,6 +246,13 @@ impl HeistRunner {
     /// Stops sessions between turns once `stop` becomes true.
     pub fn with_stop(mut self, stop: watch::Receiver<bool>) -> Self {
         self.session.control.stop = Some(stop);
+        self
+    }
+
+    /// Ends sessions `cancelled` after their current turn once `cancel`
+    /// holds the operator's reason.
+    pub fn with_cancel(mut self, cancel: watch::Receiver<Option<String>>) -> Self {
+        self.session.control.cancel = Some(cancel);
         self
     }
 

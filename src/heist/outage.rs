@@ -42,9 +42,29 @@ pub(super) struct ModelWatch {
 /// The session probes a model it is waiting for this often.
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Counts a session in `heistd_sessions_waiting{reason}` while held,
+/// however the wait ends.
+pub(super) struct Waiting(&'static str);
+
+impl Waiting {
+    /// `reason`: `model` or `store` (`metrics::labels::WAITING_REASONS`).
+    pub fn start(reason: &'static str) -> Self {
+        metrics::gauge!(names::SESSIONS_WAITING, "reason" => reason).increment(1.0);
+        Self(reason)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!(names::SESSIONS_WAITING, "reason" => self.0).decrement(1.0);
+    }
+}
+
 /// One stretch of model unavailability within a session.
 pub(super) struct Outage {
     started: Instant,
+    /// The session counts as waiting for the model until the outage ends.
+    _waiting: Waiting,
     /// The last error a real attempt got; a refusal by the stack (open
     /// breaker, full bulkhead) never replaces it.
     last_error: Option<String>,
@@ -64,6 +84,7 @@ impl Outage {
     pub fn start() -> Self {
         Self {
             started: Instant::now(),
+            _waiting: Waiting::start("model"),
             last_error: None,
         }
     }

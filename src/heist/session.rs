@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::budget::{BudgetSpent, SessionBudgets};
+use super::budget::SessionBudgets;
 use super::control::RunControl;
 use super::outage::{ModelWatch, Outage, Waited};
 use super::outbox::Outbox;
@@ -120,6 +120,7 @@ impl SessionLoop {
                 planned_turns: options.turns,
                 schedule: options.schedule.clone(),
                 scheduled_time: options.scheduled_time.clone(),
+                trigger: options.trigger,
             })
             .await?;
         Ok(session_id)
@@ -210,6 +211,9 @@ impl SessionLoop {
             if self.control.stop_requested() {
                 return self.interrupt(report, turn_id).await;
             }
+            if let Some(reason) = self.control.cancel_requested() {
+                return self.cancel(report, turn_id, reason).await;
+            }
             let agent = &scenario.agents[order[index]];
             let turn = SessionTurn {
                 session_id: &plan.session_id,
@@ -233,7 +237,10 @@ impl SessionLoop {
                         .await;
                     match waited {
                         Waited::Back => continue,
-                        Waited::Stopped => return self.interrupt(report, turn_id).await,
+                        Waited::Stopped => match self.control.cancel_requested() {
+                            Some(reason) => return self.cancel(report, turn_id, reason).await,
+                            None => return self.interrupt(report, turn_id).await,
+                        },
                         Waited::GaveUp => {
                             let reason = current.failure_reason(turn_id);
                             return self.end_failed(report, reason).await;
@@ -254,7 +261,7 @@ impl SessionLoop {
             if index < order.len() {
                 let budget = budgets.spent(&self.config, &self.store, report.tokens(), last_turn);
                 if let Some(spent) = budget.await? {
-                    return self.end_for_budget(report, spent).await;
+                    return self.end_failed(report, spent.ends_session()).await;
                 }
             }
         }
@@ -320,7 +327,11 @@ impl SessionLoop {
         let (played, journal) = journal::scope(play).instrument(turn_span.clone()).await;
         let played = match played {
             TurnResult::Played(played) => *played,
-            TurnResult::ModelUnavailable(error) => return Ok(Committed::ModelUnavailable(error)),
+            TurnResult::ModelUnavailable(error) => {
+                self.record_unavailable_calls(session_id, turn_id, journal)
+                    .await;
+                return Ok(Committed::ModelUnavailable(error));
+            }
         };
         let PlayedTurn { mut record, tools } = played;
         record.service_calls = super::outbox::service_call_records(journal);
@@ -420,7 +431,7 @@ impl SessionLoop {
     }
 
     /// Ends the session `failed` for `reason` (the model stayed
-    /// unavailable).
+    /// unavailable, or a token budget is spent).
     async fn end_failed(
         &self,
         mut report: RunReport,
@@ -437,19 +448,6 @@ impl SessionLoop {
         report.status = SessionStatus::Failed;
         report.failure_reason = Some(reason);
         Ok(report)
-    }
-
-    /// Ends the session `failed` after its current turn: a token budget is
-    /// spent (the reason names its key and figures).
-    async fn end_for_budget(
-        &self,
-        report: RunReport,
-        spent: BudgetSpent,
-    ) -> Result<RunReport, HeistError> {
-        metrics::counter!(names::BUDGET_EXHAUSTED_TOTAL, "scope" => spent.scope.as_str())
-            .increment(1);
-        tracing::warn!(budget = %spent.key, limit = spent.limit, used = spent.used, "token budget spent: the session ends after this turn");
-        self.end_failed(report, spent.to_string()).await
     }
 
     /// Ends the session `interrupted` before `next_turn`: the daemon is
@@ -477,6 +475,51 @@ impl SessionLoop {
         report.status = SessionStatus::Interrupted;
         report.failure_reason = Some(reason);
         Ok(report)
+    }
+
+    /// Ends the session `cancelled` before `next_turn`, with the
+    /// operator's reason: its turns so far stay as committed.
+    async fn cancel(
+        &self,
+        mut report: RunReport,
+        next_turn: u32,
+        reason: String,
+    ) -> Result<RunReport, HeistError> {
+        let status = SessionStatus::Cancelled;
+        if self
+            .store
+            .finish_session(&report.session_id, status, Some(&reason))
+            .await?
+        {
+            metrics::counter!(names::SESSIONS_TOTAL, "status" => status.as_str()).increment(1);
+        }
+        tracing::warn!(next_turn, %reason, "session cancelled");
+        report.status = status;
+        report.failure_reason = Some(reason);
+        Ok(report)
+    }
+
+    /// The calls of a turn the model was unavailable for: the turn is not
+    /// committed (it is played again), but its failed calls are recorded
+    /// under its turn id, so a session that waits out a dead model, and
+    /// maybe fails, shows every call it made in `service_calls`.
+    async fn record_unavailable_calls(
+        &self,
+        session_id: &str,
+        turn_id: u32,
+        journal: Vec<crate::resilience::journal::JournalEntry>,
+    ) {
+        let calls = super::outbox::service_call_records(journal);
+        if calls.is_empty() {
+            return;
+        }
+        if let Err(error) = self
+            .store
+            .record_service_calls(session_id, turn_id, calls)
+            .await
+        {
+            tracing::warn!(turn_id, %error, "cannot record the calls made while the model was unavailable");
+        }
     }
 
     /// After a store outage outlasted its limit: ends the session `failed`

@@ -50,6 +50,8 @@ impl StoreOutageRule {
         let longest = self.longest;
         let mut wait = FIRST_RETRY;
         let mut paused = false;
+        // Counts the session as waiting for the store while it pauses.
+        let mut _waiting = None;
         loop {
             let error = match commit().await {
                 Ok(value) => {
@@ -72,6 +74,7 @@ impl StoreOutageRule {
                 tracing::error!(what, %error, max_outage_ms = longest.as_millis() as u64,
                     "cannot commit; the session pauses until the store is back");
                 paused = true;
+                _waiting = Some(super::outage::Waiting::start("store"));
             }
             control.sleep_unless_stopped(wait.min(left)).await;
             wait = (wait * 2).min(LONGEST_RETRY);

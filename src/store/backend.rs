@@ -20,9 +20,9 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use super::{
-    DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary,
-    RecentTurns, ScheduleTokens, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus,
-    StoreError, TurnRecord,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
+    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord,
 };
 
 /// What a committed turn leaves its session to deliver next.
@@ -104,15 +104,39 @@ pub(crate) trait Backend: Any + Send + Sync {
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<ScheduleTokens>, StoreError>;
 
-    /// The tokens (prompt plus completion) of the sessions started in
-    /// `[from, to)`, of one schedule or of all sessions: what a daily
-    /// budget has spent. A range read on `sessions.start_time`'s index.
-    async fn tokens_used_between(
+    /// The slots (as stored) of `schedule` from `from` to `to` (RFC 3339
+    /// text as `to_rfc3339` writes it, both included) that have a session.
+    async fn scheduled_slots(
         &self,
-        from: chrono::DateTime<chrono::Utc>,
-        to: chrono::DateTime<chrono::Utc>,
-        schedule: Option<&str>,
-    ) -> Result<u64, StoreError>;
+        schedule: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<String>, StoreError>;
+
+    // Control state: what operators asked for, kept so that it holds on
+    // every node and across restarts.
+
+    /// Asks for a session to be cancelled: a queued one is cancelled at
+    /// once (its queue row removed); an active one gets a recorded request
+    /// its node acts on. [`StoreError::SessionNotFound`] for an unknown id.
+    async fn request_cancel(
+        &self,
+        session_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<CancelOutcome, StoreError>;
+
+    /// Cancel requests of sessions still active, oldest first.
+    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError>;
+
+    /// Every paused schedule.
+    async fn schedule_pauses(&self) -> Result<Vec<SchedulePause>, StoreError>;
+
+    /// Pauses a schedule (again: the note and who replace the old ones).
+    async fn pause_schedule(&self, pause: SchedulePause) -> Result<(), StoreError>;
+
+    /// Resumes a schedule; `false` when it was not paused.
+    async fn resume_schedule(&self, schedule: &str) -> Result<bool, StoreError>;
 
     // Turns.
 
@@ -130,6 +154,16 @@ pub(crate) trait Backend: Any + Send + Sync {
         -> Result<RecentTurns, StoreError>;
 
     async fn last_turn(&self, session_id: &str) -> Result<u32, StoreError>;
+
+    /// The tokens (prompt plus completion) of the sessions started in
+    /// `[from, to)`, of one schedule or of all sessions: what a daily
+    /// budget has spent. A range read on `sessions.start_time`'s index.
+    async fn tokens_used_between(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        schedule: Option<&str>,
+    ) -> Result<u64, StoreError>;
 
     // The memory outbox.
 

@@ -16,6 +16,7 @@ pub fn new_session(seed: u64, planned_turns: u32) -> NewSession {
         planned_turns,
         schedule: None,
         scheduled_time: None,
+        trigger: None,
     }
 }
 

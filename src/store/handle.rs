@@ -16,9 +16,9 @@ use super::outage::StoreOutage;
 use super::postgres::PgStore;
 use super::sqlite::SqliteBackend;
 use super::{
-    DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary,
-    RecentTurns, ScheduleTokens, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus,
-    StoreError, TurnRecord,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
+    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord,
 };
 use crate::config::{ClusterConfig, StoreBackend, StoreConfig, Synchronous};
 
@@ -174,6 +174,50 @@ impl StoreHandle {
 
     pub async fn last_scheduled_time(&self, schedule: &str) -> Result<Option<String>, StoreError> {
         self.backend.last_scheduled_time(schedule).await
+    }
+
+    /// The slots of `schedule` in `[from, to]` (RFC 3339, as
+    /// `DateTime::to_rfc3339` writes slots) that have a session.
+    pub async fn scheduled_slots(
+        &self,
+        schedule: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        self.backend.scheduled_slots(schedule, from, to).await
+    }
+
+    // Control state.
+
+    /// Cancels a queued session now, or records the request for the node
+    /// that plays an active one.
+    pub async fn request_cancel(
+        &self,
+        session_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<CancelOutcome, StoreError> {
+        self.backend
+            .request_cancel(session_id, reason, requested_by)
+            .await
+    }
+
+    /// Cancel requests of sessions still active.
+    pub async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
+        self.backend.cancel_requests().await
+    }
+
+    pub async fn schedule_pauses(&self) -> Result<Vec<SchedulePause>, StoreError> {
+        self.backend.schedule_pauses().await
+    }
+
+    pub async fn pause_schedule(&self, pause: SchedulePause) -> Result<(), StoreError> {
+        self.backend.pause_schedule(pause).await
+    }
+
+    /// `false` when the schedule was not paused.
+    pub async fn resume_schedule(&self, schedule: &str) -> Result<bool, StoreError> {
+        self.backend.resume_schedule(schedule).await
     }
 
     // Turns.

@@ -38,9 +38,10 @@ pub use backend::{InPlay, Owed};
 pub use handle::{DeliveryGuard, StoreHandle};
 pub use migrate::MigrationReport;
 pub use rows::{
-    DeliveredCount, HealthEvent, HeartbeatReport, MessageRow, NewSession, NodeRow, OutboxEntry,
-    OutboxSummary, RecentTurns, ScheduleTokens, ServiceCallRecord, ServiceCallRow, SessionDetail,
-    SessionRow, SessionStatus, TokenTotals, ToolCallRecord, ToolUsageRow, TurnRecord, TurnUsage,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, MessageRow,
+    NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, RunTrigger, SchedulePause,
+    ScheduleTokens, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus,
+    TokenTotals, ToolCallRecord, ToolUsageRow, TurnRecord, TurnUsage,
 };
 
 /// The SQLite schema's version, bumped with every migration appended to

@@ -18,6 +18,9 @@ pub enum SessionStatus {
     Completed,
     Failed,
     Interrupted,
+    /// Stopped on an operator's request (`POST /api/v1/sessions/{id}/cancel`)
+    /// after its current turn, or before it started when still queued.
+    Cancelled,
     /// A status text heistd never writes, read from a database another
     /// program wrote; the text itself is kept in [`SessionRow::status_text`].
     /// Reading must not fail on it: such a database is adopted, not refused.
@@ -26,12 +29,13 @@ pub enum SessionStatus {
 
 impl SessionStatus {
     /// The statuses heistd writes, in the order it lists them.
-    pub const KNOWN: [SessionStatus; 5] = [
+    pub const KNOWN: [SessionStatus; 6] = [
         Self::Queued,
         Self::Active,
         Self::Completed,
         Self::Failed,
         Self::Interrupted,
+        Self::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl SessionStatus {
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Interrupted => "interrupted",
+            Self::Cancelled => "cancelled",
             Self::Unknown => "unknown",
         }
     }
@@ -71,6 +76,63 @@ pub struct NewSession {
     /// they identify a run, so a slot is never run twice.
     pub schedule: Option<String>,
     pub scheduled_time: Option<String>,
+    /// How a schedule's run was started ([`RunTrigger`]); `None` for a run
+    /// no schedule started.
+    pub trigger: Option<RunTrigger>,
+}
+
+/// How a schedule's run was started, stored as text in `sessions.trigger`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunTrigger {
+    /// Its slot came due.
+    Schedule,
+    /// An operator asked for one now (`POST /api/v1/schedules/{name}/trigger`).
+    Manual,
+    /// An operator asked for a past slot that did not run (`/backfill`).
+    Backfill,
+}
+
+impl RunTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Schedule => "schedule",
+            Self::Manual => "manual",
+            Self::Backfill => "backfill",
+        }
+    }
+}
+
+/// What a cancel request found ([`super::StoreHandle::request_cancel`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The session was queued and never started: it is `cancelled` now.
+    Cancelled,
+    /// The session is active: the request is recorded, and the node that
+    /// plays it stops it after its current turn.
+    Requested,
+    /// The session had already ended, with this status.
+    Ended(SessionStatus),
+}
+
+/// A recorded cancel request of a session still active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelRequest {
+    pub session_id: String,
+    pub reason: String,
+}
+
+/// A paused schedule, as `schedule_pauses` keeps it: paused on every node
+/// and across restarts until resumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SchedulePause {
+    pub schedule: String,
+    /// Why, as the operator said it (may be empty).
+    pub note: String,
+    /// Who asked: the admin API's caller as it knows it.
+    pub paused_by: String,
+    /// RFC 3339.
+    pub paused_at: String,
 }
 
 /// One turn as it is committed: its message and tool calls together.
@@ -192,6 +254,8 @@ pub struct SessionRow {
     pub failure_reason: Option<String>,
     pub schedule: Option<String>,
     pub scheduled_time: Option<String>,
+    /// `schedule`, `manual` or `backfill` for a schedule's run; as stored.
+    pub trigger: Option<String>,
     /// The session's tokens so far (the server's `usage`, or heistd's
     /// estimate for turns whose reply had none), kept current with each
     /// turn's commit.
@@ -336,7 +400,7 @@ pub struct HeartbeatReport {
 /// their order (SQLite's `sqlite::rows::session_row`, PostgreSQL's
 /// `postgres::rows::session_row_at`).
 pub(crate) const SESSION_COLUMNS: &str =
-    "session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason, schedule, scheduled_time, prompt_tokens, completion_tokens, usage_estimated, cost";
+    "session_id, start_time, end_time, num_turns, status, seed, scenario, planned_turns, failure_reason, schedule, scheduled_time, trigger, prompt_tokens, completion_tokens, usage_estimated, cost";
 
 /// The `messages` read every backend's message reader expects, in its
 /// column order.

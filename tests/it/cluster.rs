@@ -359,6 +359,7 @@ async fn store_migrate_copies_a_sqlite_trail_once_with_a_count_check() {
                     schedule: (index % 3 == 0).then(|| "nightly".to_string()),
                     scheduled_time: (index % 3 == 0)
                         .then(|| format!("2026-01-01T00:{:02}:{:02}Z", index / 60, index % 60)),
+                    trigger: None,
                 })
                 .await
                 .expect("create");
@@ -664,6 +665,7 @@ async fn two_nodes_drain_the_outbox_each_write_once() {
                 planned_turns: 2,
                 schedule: None,
                 scheduled_time: None,
+                trigger: None,
             })
             .await
             .expect("create");
@@ -762,4 +764,72 @@ fn left_behind_turn(session_id: &str, turn_id: u32) -> heistd::store::TurnRecord
         fallback: false,
         usage: Default::default(),
     }
+}
+
+/// Issue 22: a cancel sent to a node that does not play the session is
+/// recorded in the store, and the owning node stops the session within a
+/// heartbeat, after at most the turn it has in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
+async fn a_cancel_sent_to_another_node_stops_the_session_on_its_owner() {
+    let Some(database) = TestDatabase::create("a_cancel_sent_to_another_node").await else {
+        return;
+    };
+    let stack = TestStack::start().await;
+    // A turn outlasts a heartbeat, so the owner hears of the cancel before
+    // the turn after the one in flight.
+    slow_model(&stack, 600);
+    let node_a = Daemon::start_with_config(&node_config(&stack, &database, "node-a", "")).await;
+    let node_b = Daemon::start_with_config(&node_config(&stack, &database, "node-b", "")).await;
+    let store = observer(&database).await;
+    let session_id = node_a.start_run(40).await;
+    let owner = eventually(
+        Duration::from_secs(30),
+        "claimed, two turns in",
+        async || {
+            if committed(&store, &session_id).await < 2 {
+                return None;
+            }
+            store
+                .session_owners()
+                .await
+                .ok()?
+                .into_iter()
+                .find(|(id, _)| *id == session_id)?
+                .1
+        },
+    )
+    .await;
+    let not_owner = if owner == "node-a" { &node_b } else { &node_a };
+    let (status, body) = not_owner
+        .post(
+            &format!("/api/v1/sessions/{session_id}/cancel"),
+            serde_json::json!({ "reason": "sent to the other node" }),
+        )
+        .await;
+    let turns_at_cancel = committed(&store, &session_id).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "cancelling");
+    let detail = eventually(Duration::from_secs(10), "cancelled", async || {
+        let detail = store.session(&session_id).await.ok()?;
+        (detail.session.status == SessionStatus::Cancelled).then_some(detail)
+    })
+    .await;
+    let turns = turn_ids(&detail);
+    assert!(
+        turns.len() <= turns_at_cancel + 1,
+        "{turns:?} after {turns_at_cancel} at cancel; owner {owner}"
+    );
+    assert_eq!(turns, (1..=turns.len() as i64).collect::<Vec<_>>());
+    assert_eq!(
+        detail.session.failure_reason.as_deref(),
+        Some("sent to the other node")
+    );
+    let (status, _) = node_a
+        .post(
+            &format!("/api/v1/sessions/{session_id}/cancel"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 409);
 }

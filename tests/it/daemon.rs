@@ -67,7 +67,7 @@ fn socket_name() -> String {
 }
 
 impl Daemon {
-    async fn start(stack: &TestStack, extra: &str) -> Self {
+    pub(crate) async fn start(stack: &TestStack, extra: &str) -> Self {
         let directory = tempfile::tempdir().expect("temp dir");
         let config_path = directory.path().join("heistd.toml");
         std::fs::write(&config_path, config_text(stack, directory.path(), extra))
@@ -137,7 +137,7 @@ impl Daemon {
     }
 
     /// Restarts on the same directory, config and database.
-    async fn restart(mut self) -> Self {
+    pub(crate) async fn restart(mut self) -> Self {
         let _ = self.child.wait();
         let directory =
             std::mem::replace(&mut self.directory, tempfile::tempdir().expect("temp dir"));
@@ -151,7 +151,7 @@ impl Daemon {
             .await
     }
 
-    async fn wait_for_notification(&mut self, wanted: &str) -> Vec<String> {
+    pub(crate) async fn wait_for_notification(&mut self, wanted: &str) -> Vec<String> {
         self.wait_until_notified(wanted, |line| line == wanted)
             .await
     }
@@ -181,6 +181,23 @@ impl Daemon {
         }
     }
 
+    pub(crate) fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// `POST path` with the admin token and a JSON body: status and body.
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = support::http()
+            .post(format!("{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// The admin API's base URL (`http://127.0.0.1:PORT`).
     pub(crate) fn admin_url(&self) -> &str {
         &self.admin
@@ -190,7 +207,7 @@ impl Daemon {
         std::fs::read_to_string(self.directory.path().join("daemon.log")).unwrap_or_default()
     }
 
-    async fn store(&self) -> StoreHandle {
+    pub(crate) async fn store(&self) -> StoreHandle {
         StoreHandle::open_sqlite(&self.directory.path().join("audit.db"), Synchronous::Normal)
             .await
             .expect("store opens")
@@ -293,7 +310,7 @@ pub(crate) async fn eventually<T>(
     }
 }
 
-async fn committed_turns(store: &StoreHandle, session_id: &str) -> Vec<i64> {
+pub(crate) async fn committed_turns(store: &StoreHandle, session_id: &str) -> Vec<i64> {
     store
         .session(session_id)
         .await

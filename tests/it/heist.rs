@@ -308,6 +308,28 @@ async fn an_llm_outage_pauses_the_session_and_fails_it_with_the_real_error_not_t
         memories(&stack, &report.session_id).await.is_empty(),
         "nothing is remembered of an outage"
     );
+    // No turn was recorded, but every model call it made was: the calls a
+    // session made while it waited out a dead model are in service_calls,
+    // under the turn they were for.
+    let model_calls: Vec<_> = detail
+        .service_calls
+        .iter()
+        .filter(|call| call.call.service == "llm")
+        .collect();
+    let attempts: u32 = model_calls.iter().map(|call| call.call.attempts).sum();
+    assert!(
+        attempts >= 3 && model_calls.iter().all(|call| call.turn_id == 1),
+        "{model_calls:?}"
+    );
+    assert!(
+        model_calls.iter().any(|call| call
+            .call
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("503")),
+        "{model_calls:?}"
+    );
 }
 
 #[tokio::test]

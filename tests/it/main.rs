@@ -11,6 +11,7 @@ mod auth;
 mod budgets;
 mod cli;
 mod cluster;
+mod control;
 mod daemon;
 mod heist;
 mod hostile_process;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use heistd::config::Synchronous;
 use heistd::store::{
-    NewSession, ServiceCallRecord, SessionStatus, StoreError, StoreHandle, ToolCallRecord,
-    TurnRecord, TurnUsage,
+    CancelOutcome, NewSession, RunTrigger, SchedulePause, ServiceCallRecord, SessionStatus,
+    StoreError, StoreHandle, ToolCallRecord, TurnRecord, TurnUsage,
 };
 
 use crate::postgres::TestDatabase;
@@ -110,6 +110,9 @@ contract!(
     a_released_session_is_claimed_once_its_lease_is_over,
     the_outbox_is_claimed_for_delivery_and_released,
     run_requests_queue_only_on_a_shared_store,
+    cancel_requests_are_recorded_for_active_sessions_only,
+    pauses_are_kept_until_resumed,
+    a_schedules_runs_record_their_trigger_and_slots,
     a_turns_tokens_add_up_in_its_session_and_the_days_totals,
     a_days_tokens_count_the_sessions_started_that_day,
 );
@@ -515,6 +518,7 @@ async fn a_schedule_slot_runs_once(store: &StoreHandle) {
     let slot = |time: &str| NewSession {
         schedule: Some("nightly".into()),
         scheduled_time: Some(time.into()),
+        trigger: None,
         ..new_session(1, 2)
     };
     store
@@ -710,6 +714,153 @@ async fn run_requests_queue_only_on_a_shared_store(store: &StoreHandle) {
         .finish_session(&id, SessionStatus::Completed, None)
         .await
         .expect("finish"));
+}
+
+async fn cancel_requests_are_recorded_for_active_sessions_only(store: &StoreHandle) {
+    let unknown = store.request_cancel("heist_nope", "why", "admin").await;
+    assert!(
+        matches!(unknown, Err(StoreError::SessionNotFound(_))),
+        "{unknown:?}"
+    );
+    let active = store
+        .create_session(new_session(1, 4))
+        .await
+        .expect("create");
+    store.record_turn(turn(&active, 1)).await.expect("turn 1");
+    assert_eq!(
+        store
+            .request_cancel(&active, "runaway", "admin token from 127.0.0.1")
+            .await
+            .expect("cancel"),
+        CancelOutcome::Requested
+    );
+    // A second request keeps the first reason.
+    assert_eq!(
+        store
+            .request_cancel(&active, "again", "admin")
+            .await
+            .expect("cancel again"),
+        CancelOutcome::Requested
+    );
+    let requests = store.cancel_requests().await.expect("requests");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].session_id, active);
+    assert_eq!(requests[0].reason, "runaway");
+    assert!(store
+        .finish_session(&active, SessionStatus::Cancelled, Some("runaway"))
+        .await
+        .expect("finish"));
+    let detail = store.session(&active).await.expect("detail");
+    assert_eq!(detail.session.status, SessionStatus::Cancelled);
+    assert_eq!(detail.session.status_text, "cancelled");
+    assert_eq!(detail.session.failure_reason.as_deref(), Some("runaway"));
+    assert_eq!(detail.messages.len(), 1, "its turns stay");
+    assert!(
+        store.cancel_requests().await.expect("requests").is_empty(),
+        "an ended session's request is done"
+    );
+    assert_eq!(
+        store
+            .request_cancel(&active, "late", "admin")
+            .await
+            .expect("ended"),
+        CancelOutcome::Ended(SessionStatus::Cancelled)
+    );
+    if store.is_shared() {
+        let queued = store
+            .enqueue_run(new_session(2, 3), 10)
+            .await
+            .expect("queue");
+        assert_eq!(
+            store
+                .request_cancel(&queued, "not needed", "admin")
+                .await
+                .expect("cancel queued"),
+            CancelOutcome::Cancelled
+        );
+        assert_eq!(store.queued_runs().await.expect("queued"), 0);
+        assert!(store
+            .claim_queued_runs("bank", 5)
+            .await
+            .expect("claim")
+            .is_empty());
+        let detail = store.session(&queued).await.expect("detail");
+        assert_eq!(detail.session.status, SessionStatus::Cancelled);
+        assert_eq!(detail.session.failure_reason.as_deref(), Some("not needed"));
+    }
+}
+
+async fn pauses_are_kept_until_resumed(store: &StoreHandle) {
+    assert!(store.schedule_pauses().await.expect("pauses").is_empty());
+    let pause = |note: &str| SchedulePause {
+        schedule: "nightly".into(),
+        note: note.into(),
+        paused_by: "admin token from 127.0.0.1".into(),
+        paused_at: "2026-12-07T03:00:00.000000Z".into(),
+    };
+    store
+        .pause_schedule(pause("bank holiday"))
+        .await
+        .expect("pause");
+    store
+        .pause_schedule(pause("still"))
+        .await
+        .expect("pause again");
+    assert_eq!(
+        store.schedule_pauses().await.expect("pauses"),
+        vec![pause("still")]
+    );
+    assert!(store.resume_schedule("nightly").await.expect("resume"));
+    assert!(!store
+        .resume_schedule("nightly")
+        .await
+        .expect("resume again"));
+    assert!(store.schedule_pauses().await.expect("pauses").is_empty());
+}
+
+async fn a_schedules_runs_record_their_trigger_and_slots(store: &StoreHandle) {
+    let run = |time: Option<&str>, trigger| NewSession {
+        schedule: Some("every".into()),
+        scheduled_time: time.map(str::to_string),
+        trigger: Some(trigger),
+        ..new_session(1, 2)
+    };
+    for (time, trigger) in [
+        ("2026-01-01T00:00:01+00:00", RunTrigger::Schedule),
+        ("2026-01-01T00:00:03+00:00", RunTrigger::Backfill),
+        ("2026-01-01T00:00:09+00:00", RunTrigger::Schedule),
+    ] {
+        store
+            .create_session(run(Some(time), trigger))
+            .await
+            .expect("create");
+    }
+    let manual = store
+        .create_session(run(None, RunTrigger::Manual))
+        .await
+        .expect("a manual run has no slot");
+    let detail = store.session(&manual).await.expect("detail");
+    assert_eq!(detail.session.trigger.as_deref(), Some("manual"));
+    assert_eq!(detail.session.schedule.as_deref(), Some("every"));
+    assert_eq!(
+        store
+            .scheduled_slots(
+                "every",
+                "2026-01-01T00:00:01+00:00",
+                "2026-01-01T00:00:05+00:00"
+            )
+            .await
+            .expect("slots"),
+        vec![
+            "2026-01-01T00:00:01+00:00".to_string(),
+            "2026-01-01T00:00:03+00:00".to_string()
+        ]
+    );
+    assert_eq!(
+        store.last_scheduled_time("every").await.expect("last"),
+        Some("2026-01-01T00:00:09+00:00".into()),
+        "a manual run is no slot"
+    );
 }
 
 // PostgreSQL alone: several nodes on one database.

@@ -16,14 +16,16 @@ use crate::heist::{daily_budget_spent, utc_day, BudgetSpent};
 use crate::metrics as names;
 
 impl Runs {
-    /// A run request's refusal when a daily budget is spent today (the
-    /// daemon's: a requested run belongs to no schedule).
+    /// A run request's refusal when a daily budget is spent today: the
+    /// daemon's, and for a run an operator triggers for `schedule`, that
+    /// schedule's.
     pub(super) async fn refuse_if_budget_spent(
         &self,
         context: &RunContext,
+        schedule: Option<&str>,
     ) -> Result<(), StartRunError> {
         let now = self.clock.now();
-        let spent = daily_budget_spent(&self.store, &context.config, None, now)
+        let spent = daily_budget_spent(&self.store, &context.config, schedule, now)
             .await
             .map_err(|error| match error.is_outage() {
                 true => StartRunError::StoreUnavailable(error.to_string()),

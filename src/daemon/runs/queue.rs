@@ -36,6 +36,7 @@ impl Runs {
             planned_turns: options.turns,
             schedule: None,
             scheduled_time: None,
+            trigger: None,
         };
         let max_queued = context.config.daemon.max_queued_runs;
         let session_id =
@@ -110,6 +111,7 @@ impl Runs {
             seed: session.seed.unwrap_or_default() as u64,
             schedule: None,
             scheduled_time: None,
+            trigger: None,
         };
         tracing::info!(session_id = %session.session_id, "queued run claimed: playing it here");
         let running = RunningSession {
@@ -118,9 +120,9 @@ impl Runs {
             started_at: Utc::now(),
             planned_turns: options.turns,
         };
-        let runner = self.runner(context);
+        let (runner, cancel) = self.runner(context);
         let (this, id) = (self.clone(), session.session_id.clone());
-        self.track(running, async move {
+        self.track(running, cancel, async move {
             let outcome = runner.play(&id, &options, None).await;
             this.settle(&id, outcome).await;
         });

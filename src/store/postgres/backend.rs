@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use super::{OutboxMark, PgStore};
 use crate::store::backend::{Backend, Owed};
 use crate::store::{
-    DeliveredCount, HealthEvent, HeartbeatReport, NewSession, NodeRow, OutboxEntry, OutboxSummary,
-    RecentTurns, ScheduleTokens, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus,
-    StoreError, TurnRecord,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
+    NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord,
 };
 
 #[async_trait]
@@ -70,6 +70,42 @@ impl Backend for PgStore {
         schedule: Option<&str>,
     ) -> Result<u64, StoreError> {
         PgStore::tokens_used_between(self, from, to, schedule).await
+    }
+
+    async fn scheduled_slots(
+        &self,
+        schedule: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        PgStore::scheduled_slots(self, schedule, from, to).await
+    }
+
+    // Control state.
+
+    async fn request_cancel(
+        &self,
+        session_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<CancelOutcome, StoreError> {
+        PgStore::request_cancel(self, session_id, reason, requested_by).await
+    }
+
+    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
+        PgStore::cancel_requests(self).await
+    }
+
+    async fn schedule_pauses(&self) -> Result<Vec<SchedulePause>, StoreError> {
+        PgStore::schedule_pauses(self).await
+    }
+
+    async fn pause_schedule(&self, pause: SchedulePause) -> Result<(), StoreError> {
+        PgStore::pause_schedule(self, &pause).await
+    }
+
+    async fn resume_schedule(&self, schedule: &str) -> Result<bool, StoreError> {
+        PgStore::resume_schedule(self, schedule).await
     }
 
     // Turns.

@@ -205,6 +205,7 @@ impl PgStore {
             .map(|row| row.get(0))
             .collect();
         for table in [
+            "session_cancels",
             "service_calls",
             "outbox",
             "tool_usage",

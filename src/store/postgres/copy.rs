@@ -17,9 +17,9 @@ impl PgStore {
         let inserted = transaction
             .execute(
                 "INSERT INTO sessions (session_id, start_time, end_time, num_turns, status, seed, scenario,
-                     planned_turns, failure_reason, schedule, scheduled_time,
+                     planned_turns, failure_reason, schedule, scheduled_time, trigger,
                      prompt_tokens, completion_tokens, usage_estimated, cost)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                  ON CONFLICT (session_id) DO NOTHING",
                 &[
                     &session.session_id,
@@ -33,6 +33,7 @@ impl PgStore {
                     &session.failure_reason,
                     &session.schedule,
                     &session.scheduled_time,
+                    &session.trigger,
                     &session.prompt_tokens,
                     &session.completion_tokens,
                     &session.usage_estimated,

@@ -23,6 +23,7 @@ use crate::config::{ClusterConfig, StoreConfig};
 
 mod backend;
 mod cluster;
+mod control;
 mod copy;
 mod queue;
 mod rows;

@@ -33,10 +33,11 @@ pub(super) fn session_row_at(row: &Row, offset: usize) -> SessionRow {
         failure_reason: row.get(offset + 8),
         schedule: row.get(offset + 9),
         scheduled_time: row.get(offset + 10),
-        prompt_tokens: row.get(offset + 11),
-        completion_tokens: row.get(offset + 12),
-        usage_estimated: row.get(offset + 13),
-        cost: row.get(offset + 14),
+        trigger: row.get(offset + 11),
+        prompt_tokens: row.get(offset + 12),
+        completion_tokens: row.get(offset + 13),
+        usage_estimated: row.get(offset + 14),
+        cost: row.get(offset + 15),
     }
 }
 

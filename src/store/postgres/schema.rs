@@ -9,7 +9,7 @@
 use super::{StoreError, LOCK_MIGRATIONS};
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     r#"
     CREATE TABLE sessions (
         session_id TEXT PRIMARY KEY,
@@ -120,8 +120,27 @@ const MIGRATIONS: [&str; 4] = [
     CREATE INDEX run_queue_requested_at ON run_queue(requested_at);
     ALTER TABLE sessions ADD COLUMN outbox_node TEXT;
 "#,
-    // Token accounting (track "records"; renumber at merge): the same
-    // columns as the SQLite store's migration 6, and the same backfill of
+    // Steering (track "control"): the same as the SQLite store's migration
+    // 6: how a schedule's run was started, operators' cancel requests (any
+    // node records one; the node playing the session acts on it), paused
+    // schedules (paused on every node).
+    r#"
+    ALTER TABLE sessions ADD COLUMN trigger TEXT;
+    CREATE TABLE session_cancels (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(session_id),
+        requested_at TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        requested_by TEXT NOT NULL
+    );
+    CREATE TABLE schedule_pauses (
+        schedule TEXT PRIMARY KEY,
+        note TEXT NOT NULL,
+        paused_by TEXT NOT NULL,
+        paused_at TEXT NOT NULL
+    );
+"#,
+    // Token accounting (migration 5, after steering's 4): the same
+    // columns as the SQLite store's migration 7, and the same backfill of
     // sessions already recorded from their messages' counts.
     r#"
     ALTER TABLE messages ADD COLUMN endpoint TEXT;

@@ -31,8 +31,8 @@ impl PgStore {
             let inserted = transaction
                 .execute(
                     "INSERT INTO sessions (session_id, start_time, num_turns, status, seed, scenario, planned_turns,
-                         schedule, scheduled_time, owner_node, lease_epoch, lease_expires_at)
-                     VALUES ($1, $2, 0, 'active', $3, $4, $5, $6, $7, $8, 1, now() + make_interval(secs => $9::float8 / 1000.0))
+                         schedule, scheduled_time, owner_node, lease_epoch, lease_expires_at, trigger)
+                     VALUES ($1, $2, 0, 'active', $3, $4, $5, $6, $7, $8, 1, now() + make_interval(secs => $9::float8 / 1000.0), $10)
                      ON CONFLICT (session_id) DO NOTHING",
                     &[
                         &session_id,
@@ -44,6 +44,7 @@ impl PgStore {
                         &new.scheduled_time,
                         &self.node_id,
                         &(self.lease_ms as f64),
+                        &new.trigger.map(|trigger| trigger.as_str()),
                     ],
                 )
                 .await;

@@ -17,9 +17,9 @@ use super::Store;
 use crate::config::{StoreConfig, Synchronous};
 use crate::store::backend::{Backend, InPlay, Owed};
 use crate::store::{
-    DeliveredCount, HealthEvent, NewSession, OutboxEntry, OutboxSummary, RecentTurns,
-    ScheduleTokens, ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError,
-    TurnRecord,
+    CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, NewSession, OutboxEntry,
+    OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens, ServiceCallRecord, SessionDetail,
+    SessionRow, SessionStatus, StoreError, TurnRecord,
 };
 
 /// The SQLite store as async code reaches it.
@@ -176,6 +176,54 @@ impl Backend for SqliteBackend {
     ) -> Result<u64, StoreError> {
         let schedule = schedule.map(str::to_string);
         self.read(move |store| store.tokens_used_between(from, to, schedule.as_deref()))
+            .await
+    }
+
+    async fn scheduled_slots(
+        &self,
+        schedule: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let (schedule, from, to) = (schedule.to_string(), from.to_string(), to.to_string());
+        self.read(move |store| store.scheduled_slots(&schedule, &from, &to))
+            .await
+    }
+
+    // Control state.
+
+    async fn request_cancel(
+        &self,
+        session_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<CancelOutcome, StoreError> {
+        let (id, reason, by) = (
+            session_id.to_string(),
+            reason.to_string(),
+            requested_by.to_string(),
+        );
+        self.run(move |store| store.request_cancel(&id, &reason, &by))
+            .await
+    }
+
+    // Read every heartbeat and as each slot comes due: on the reader, so
+    // the writer's commits never wait for them.
+    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
+        self.read(|store| store.cancel_requests()).await
+    }
+
+    async fn schedule_pauses(&self) -> Result<Vec<SchedulePause>, StoreError> {
+        self.read(|store| store.schedule_pauses()).await
+    }
+
+    async fn pause_schedule(&self, pause: SchedulePause) -> Result<(), StoreError> {
+        self.run(move |store| store.pause_schedule(&pause)).await
+    }
+
+    async fn resume_schedule(&self, schedule: &str) -> Result<bool, StoreError> {
+        let schedule = schedule.to_string();
+        self.run(move |store| store.resume_schedule(&schedule))
             .await
     }
 

@@ -178,6 +178,7 @@ impl Store {
         };
         for id in &ids {
             for table in [
+                "session_cancels",
                 "service_calls",
                 "outbox",
                 "tool_usage",

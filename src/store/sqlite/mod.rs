@@ -8,6 +8,7 @@
 //! Only this module holds SQLite SQL. It must not call services. It owns
 //! the one connection (one writer) in [`Store`], whose methods are
 //! synchronous and split by concern: `sessions`, `turns`, `outbox`,
+//! `control` (cancel requests, paused schedules),
 //! `group_commit`, `health` (events), `maintenance` (open, size cap,
 //! prune, compact) with the migrations in `schema` and the prototype's
 //! adoption in `collisions`, the file's own checks in `identity`, the
@@ -24,6 +25,7 @@ use rusqlite::Connection;
 
 mod backend;
 mod collisions;
+mod control;
 mod export;
 mod group_commit;
 mod health;

@@ -23,11 +23,12 @@ pub(super) fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRo
         failure_reason: row.get(8)?,
         schedule: row.get(9)?,
         scheduled_time: row.get(10)?,
+        trigger: row.get(11)?,
         // NULL where an older schema has no such column (read as it is).
-        prompt_tokens: row.get::<_, Option<i64>>(11)?.unwrap_or(0),
-        completion_tokens: row.get::<_, Option<i64>>(12)?.unwrap_or(0),
-        usage_estimated: row.get::<_, Option<i64>>(13)?.unwrap_or(0),
-        cost: row.get(14)?,
+        prompt_tokens: row.get::<_, Option<i64>>(12)?.unwrap_or(0),
+        completion_tokens: row.get::<_, Option<i64>>(13)?.unwrap_or(0),
+        usage_estimated: row.get::<_, Option<i64>>(14)?.unwrap_or(0),
+        cost: row.get(15)?,
     })
 }
 

@@ -34,7 +34,7 @@ pub(super) fn adopt_prototype_tables(connection: &Connection) -> rusqlite::Resul
 }
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-pub(crate) const MIGRATIONS: [&str; 6] = [
+pub(crate) const MIGRATIONS: [&str; 7] = [
     r#"
     CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY,
@@ -126,7 +126,26 @@ pub(crate) const MIGRATIONS: [&str; 6] = [
     ALTER TABLE messages ADD COLUMN finish_reason TEXT;
     ALTER TABLE messages ADD COLUMN trimmed INTEGER NOT NULL DEFAULT 0;
 "#,
-    // Token accounting (track "records"; renumber at merge): which endpoint
+    // Steering (track "control"): how a schedule's run was started
+    // (`trigger`: schedule, manual, backfill), operators' cancel requests
+    // of sessions still playing, and paused schedules. Control state lives
+    // here so it survives restarts and reloads.
+    r#"
+    ALTER TABLE sessions ADD COLUMN trigger TEXT;
+    CREATE TABLE IF NOT EXISTS session_cancels (
+        session_id TEXT PRIMARY KEY REFERENCES sessions(session_id),
+        requested_at TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        requested_by TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS schedule_pauses (
+        schedule TEXT PRIMARY KEY,
+        note TEXT NOT NULL,
+        paused_by TEXT NOT NULL,
+        paused_at TEXT NOT NULL
+    );
+"#,
+    // Token accounting (migration 7, after steering's 6): which endpoint
     // and model answered each message, and each session's totals, kept
     // current by each turn's commit; sessions already recorded get the sums
     // of their messages' counts. The index on `start_time` keeps the day's

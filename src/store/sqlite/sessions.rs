@@ -27,8 +27,8 @@ impl Store {
         loop {
             let session_id = new_session_id(now);
             let inserted = connection.execute(
-                "INSERT INTO sessions (session_id, start_time, num_turns, status, seed, scenario, planned_turns, schedule, scheduled_time)
-                 VALUES (?1, ?2, 0, 'active', ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO sessions (session_id, start_time, num_turns, status, seed, scenario, planned_turns, schedule, scheduled_time, trigger)
+                 VALUES (?1, ?2, 0, 'active', ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (session_id) DO NOTHING",
                 params![
                     session_id,
@@ -37,7 +37,8 @@ impl Store {
                     new.scenario,
                     new.planned_turns,
                     new.schedule,
-                    new.scheduled_time
+                    new.scheduled_time,
+                    new.trigger.map(|trigger| trigger.as_str())
                 ],
             );
             match inserted {

@@ -19,7 +19,7 @@ use crate::daemon::state::{DaemonState, StartRunError};
 use crate::health::HealthBoard;
 use crate::scenario::Scenario;
 use crate::scheduler::Clock;
-use crate::store::{NewSession, StoreHandle, TurnRecord, TurnUsage};
+use crate::store::{NewSession, RunTrigger, StoreHandle, TurnRecord, TurnUsage};
 
 const CONFIG: &str = r#"
 [daemon]
@@ -83,6 +83,7 @@ async fn spend(store: &StoreHandle, schedule: Option<&str>, tokens: u32) {
             planned_turns: 1,
             schedule: schedule.map(str::to_string),
             scheduled_time: schedule.map(|_| Utc::now().to_rfc3339()),
+            trigger: schedule.map(|_| RunTrigger::Schedule),
         })
         .await
         .expect("session");
@@ -129,9 +130,21 @@ async fn a_schedules_spent_budget_skips_its_slots_until_the_next_utc_day() {
     // on: the daemon's 1000 is not spent.
     assert!(!door.runs.skip_for_budget(&context, hourly, slot).await);
     door.runs
-        .refuse_if_budget_spent(&context)
+        .refuse_if_budget_spent(&context, None)
         .await
         .expect("the daemon's budget is not spent");
+    // An operator's trigger of the schedule is refused too.
+    let refused = door
+        .runs
+        .refuse_if_budget_spent(&context, Some("nightly"))
+        .await
+        .expect_err("the schedule's budget is spent");
+    assert!(
+        refused
+            .to_string()
+            .starts_with("schedule \"nightly\" max_tokens_per_day (300) reached: 300 tokens used"),
+        "{refused}"
+    );
     // The slot went nowhere: no session was created for it.
     let run = door.runs.clone().run_scheduled(nightly.clone(), slot);
     run.await;
@@ -154,7 +167,7 @@ async fn a_spent_daemon_budget_refuses_run_requests_and_every_slot_until_the_nex
     spend(&door.store, Some("hourly"), 400).await;
     let refused = door
         .runs
-        .refuse_if_budget_spent(&context)
+        .refuse_if_budget_spent(&context, None)
         .await
         .expect_err("1000 of 1000 used");
     let StartRunError::BudgetSpent {
@@ -181,7 +194,7 @@ async fn a_spent_daemon_budget_refuses_run_requests_and_every_slot_until_the_nex
     );
     tokio::time::advance(Duration::from_secs(retry_after_seconds)).await;
     door.runs
-        .refuse_if_budget_spent(&context)
+        .refuse_if_budget_spent(&context, None)
         .await
         .expect("the next UTC day");
     assert!(

@@ -76,6 +76,7 @@ fn a_schedule_slot_runs_once() {
         planned_turns: 1,
         schedule: Some("nightly".into()),
         scheduled_time: Some("2026-11-24T02:00:00+00:00".into()),
+        trigger: None,
     };
     store.create_session(&slot).expect("first");
     assert!(matches!(
