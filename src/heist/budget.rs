@@ -149,63 +149,70 @@ pub(super) struct SessionBudgets {
 
 impl SessionBudgets {
     /// Reads the session's schedule and start from the store only when a
-    /// daily budget could apply to it.
-    pub async fn of_session(
-        config: &Config,
-        store: &StoreHandle,
-        session_id: &str,
-    ) -> Result<Self, StoreError> {
+    /// daily budget could apply to it. A store that cannot answer leaves
+    /// the session under its own budget alone (logged): a budget never
+    /// fails a session the store outage rule would have paused.
+    pub async fn of_session(config: &Config, store: &StoreHandle, session_id: &str) -> Self {
         let per_session = config.heist.max_tokens_per_session;
         let daily = config.daemon.max_tokens_per_day > 0
             || config
                 .schedule
                 .iter()
                 .any(|schedule| schedule.max_tokens_per_day > 0);
+        let unread = Self {
+            per_session,
+            schedule: None,
+            started_at: None,
+        };
         if !daily {
-            return Ok(Self {
-                per_session,
-                schedule: None,
-                started_at: None,
-            });
+            return unread;
         }
-        let session = store.session(session_id).await?.session;
+        let session = match store.session(session_id).await {
+            Ok(detail) => detail.session,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read when the session started; its daily token budgets are not checked");
+                return unread;
+            }
+        };
         let started_at = DateTime::parse_from_rfc3339(&session.start_time)
             .map(|at| at.with_timezone(&Utc))
             .ok();
-        Ok(Self {
+        Self {
             per_session,
             schedule: session.schedule,
             started_at,
-        })
+        }
     }
 
     /// After a committed turn: the budget that ends the session now, if
     /// any. `used` is the session's tokens so far, `last_turn` what its
-    /// last turn took (the estimate of the next).
+    /// last turn took (the estimate of the next). A day's tokens the store
+    /// cannot read now are read again after the next turn (logged).
     pub async fn spent(
         &self,
         config: &Config,
         store: &StoreHandle,
         used: u64,
         last_turn: u64,
-    ) -> Result<Option<BudgetSpent>, StoreError> {
+    ) -> Option<BudgetSpent> {
         let limit = self.per_session;
         if limit > 0 && (used >= limit || used.saturating_add(last_turn) > limit) {
-            return Ok(Some(BudgetSpent {
+            return Some(BudgetSpent {
                 scope: BudgetScope::Session,
                 key: "heist.max_tokens_per_session".into(),
                 limit,
                 used,
                 next_turn: Some(last_turn),
                 day: None,
-            }));
+            });
         }
-        match self.started_at {
-            Some(started_at) => {
-                daily_budget_spent(store, config, self.schedule.as_deref(), started_at).await
-            }
-            None => Ok(None),
-        }
+        let started_at = self.started_at?;
+        daily_budget_spent(store, config, self.schedule.as_deref(), started_at)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot read the day's tokens; the daily token budgets are checked again after the next turn");
+                None
+            })
     }
 }
 

@@ -198,8 +198,7 @@ impl SessionLoop {
         // this session's turn too (`store.commit_delay_ms`).
         let _in_play = self.store.in_play();
         let mut report = self.report_so_far(&plan).await?;
-        let budgets =
-            SessionBudgets::of_session(&self.config, &self.store, &plan.session_id).await?;
+        let budgets = SessionBudgets::of_session(&self.config, &self.store, &plan.session_id).await;
         let native = self.model.session_uses_native_tools(&self.control).await;
         let mut last_error = None;
         let scenario = self.player.scenario();
@@ -260,7 +259,7 @@ impl SessionLoop {
             let last_turn = report.tokens() - tokens_before;
             if index < order.len() {
                 let budget = budgets.spent(&self.config, &self.store, report.tokens(), last_turn);
-                if let Some(spent) = budget.await? {
+                if let Some(spent) = budget.await {
                     return self.end_failed(report, spent.ends_session()).await;
                 }
             }
