@@ -150,6 +150,8 @@ impl App {
                 clients,
             },
             stop.clone(),
+            // Which UTC day the daily token budgets count.
+            Clock::system(),
         );
         state.set_steering(Arc::new(Steering::new(&runs, store.clone())));
         let (listener, bound) = bind_admin_api(&config.daemon.admin_address).await?;
@@ -407,6 +409,9 @@ impl Parts {
         if let Err(error) = tasks.retention.await {
             tracing::error!(%error, "retention task failed");
         }
+        // Event streams end first: each is one long answer, which the
+        // admin API's drain would otherwise wait for.
+        self.state.events.close();
         let _ = self.finish_sender.send(true);
         for (name, task) in [
             ("admin API", tasks.api),

@@ -43,7 +43,9 @@ async fn execute(command: Command) -> Result<(), CliError> {
             drop(cli::demo(DemoOptions::new(args, interrupts)).await?)
         }
         Command::Run(args) => drop(cli::run(args, Interrupts::listen(shutdown_signal)?).await?),
-        Command::Check { config } => cli::check(&cli::load_config(config.as_deref())?.0).await?,
+        Command::Check { config, output } => {
+            cli::check(&cli::load_config(config.as_deref())?.0, output.output).await?
+        }
         Command::Services { names, config } => {
             cli::services(config, &names, shutdown_signal()?).await?
         }
@@ -51,6 +53,13 @@ async fn execute(command: Command) -> Result<(), CliError> {
             cli::output::print(&cli::sessions(db, config.as_deref(), action).await?)
         }
         Command::Schedules(args) => cli::output::print(&cli::schedules(args).await?),
+        Command::Status { daemon, output } => {
+            cli::output::print(&cli::status(daemon, output).await?)
+        }
+        Command::Runs { action } => cli::output::print(&cli::runs(action).await?),
+        Command::Completions { shell } => cli::output::print(&cli::completions(shell)?),
+        Command::Man => cli::output::print(&cli::man()?),
+        Command::Version => cli::output::print(&cli::version()),
         Command::Config { action } => cli::output::print(&cli::config(action)?),
         Command::Reload(args) => cli::output::print(&cli::reload(args).await?),
         Command::Store { action } => cli::output::print(&cli::store(action).await?),

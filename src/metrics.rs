@@ -102,6 +102,10 @@ pub const STORE_UNAVAILABLE: &str = "heistd_store_unavailable";
 pub const STORE_PAUSES_TOTAL: &str = "heistd_store_pauses_total";
 /// Connections closed because a listener or one source was at its cap.
 pub const HTTP_CONNECTIONS_SHED: &str = "heistd_http_connections_shed_total";
+/// Event streams open on the admin API now.
+pub const EVENT_STREAMS: &str = "heistd_event_streams";
+/// Event streams the daemon closed, by why (a client that left is not one).
+pub const EVENT_STREAMS_CLOSED_TOTAL: &str = "heistd_event_streams_closed_total";
 /// Nodes that heartbeat within a lease period (1 on SQLite: this one).
 pub const CLUSTER_NODES_ALIVE: &str = "heistd_cluster_nodes_alive";
 /// Nodes that stopped heartbeating without a clean stop, in the last hour.
@@ -127,6 +131,18 @@ pub const MODEL_COST_TOTAL: &str = "heistd_model_cost_total";
 pub const SESSIONS_WAITING: &str = "heistd_sessions_waiting";
 /// 1 while a schedule is paused (the store's state, on every node).
 pub const SCHEDULE_PAUSED: &str = "heistd_schedule_paused";
+/// Per endpoint of a service (labels `service`, `endpoint`): the health
+/// checker's verdict on it.
+pub const ENDPOINT_UP: &str = "heistd_endpoint_up";
+/// 1 while outlier detection keeps the endpoint out of the pick.
+pub const ENDPOINT_EJECTED: &str = "heistd_endpoint_ejected";
+pub const ENDPOINT_EJECTIONS_TOTAL: &str = "heistd_endpoint_ejections_total";
+/// Attempts in flight to the endpoint now (what the pick compares).
+pub const ENDPOINT_OUTSTANDING: &str = "heistd_endpoint_outstanding";
+pub const ENDPOINT_ATTEMPT_DURATION_SECONDS: &str = "heistd_endpoint_attempt_duration_seconds";
+/// Model replies a fallback endpoint gave (labels `from`, the primary
+/// model, and `to`, the fallback's model).
+pub const MODEL_FALLBACKS_TOTAL: &str = "heistd_model_fallbacks_total";
 
 /// Label values known before the first event, so their series can start at
 /// 0 and `rate()` sees the first increment. Each list is the whole set the
@@ -171,11 +187,19 @@ pub mod labels {
     pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "refused"];
     pub const STORE_PAUSE_OUTCOMES: [&str; 2] = ["resumed", "gave_up"];
     pub const TOKEN_KINDS: [&str; 2] = ["prompt", "completion"];
+    /// Why the daemon closed an event stream (the `closed` event's `reason`).
+    pub const EVENT_STREAM_CLOSE_REASONS: [&str; 5] = [
+        "slow_reader",
+        "max_duration",
+        "shutting_down",
+        "lagged",
+        "store_failed",
+    ];
 }
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 56] = [
+pub const FAMILIES: [(&str, Kind, &str); 64] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -223,6 +247,8 @@ pub const FAMILIES: [(&str, Kind, &str); 56] = [
     (STORE_UNAVAILABLE, Kind::Gauge, "1 while the audit store cannot take writes (full, read-only, deleted), else 0."),
     (STORE_PAUSES_TOTAL, Kind::Counter, "Sessions that paused for a store outage, by how the pause ended."),
     (HTTP_CONNECTIONS_SHED, Kind::Counter, "Connections closed because a listener was at max_connections or a source at max_connections_per_ip: a new one refused, or an idle one replaced."),
+    (EVENT_STREAMS, Kind::Gauge, "Event streams (GET /api/v1/events, /api/v1/sessions/{id}/events) open now."),
+    (EVENT_STREAMS_CLOSED_TOTAL, Kind::Counter, "Event streams the daemon closed with a closed event, by reason: slow_reader, max_duration, shutting_down, lagged, store_failed."),
     (CLUSTER_NODES_ALIVE, Kind::Gauge, "Nodes that heartbeat within a lease period (1 on SQLite: this one)."),
     (CLUSTER_NODES_LOST, Kind::Gauge, "Nodes whose heartbeat stopped without a clean stop within the last hour (0 on SQLite)."),
     (CLUSTER_TAKEOVERS_TOTAL, Kind::Counter, "Sessions this node took over from a node whose lease ran out."),
@@ -232,6 +258,12 @@ pub const FAMILIES: [(&str, Kind, &str); 56] = [
     (MODEL_COST_TOTAL, Kind::Counter, "What the model's tokens cost at the configured prices, by service, endpoint and model; absent when no price is configured."),
     (SESSIONS_WAITING, Kind::Gauge, "Sessions waiting out an outage now, by what they wait for (model, store)."),
     (SCHEDULE_PAUSED, Kind::Gauge, "1 while the schedule is paused (on every node), else 0."),
+    (ENDPOINT_UP, Kind::Gauge, "1 while the health checker holds the endpoint up, else 0."),
+    (ENDPOINT_EJECTED, Kind::Gauge, "1 while outlier detection keeps the endpoint out of the pick, else 0."),
+    (ENDPOINT_EJECTIONS_TOTAL, Kind::Counter, "Outlier ejections of the endpoint (consecutive gateway failures)."),
+    (ENDPOINT_OUTSTANDING, Kind::Gauge, "Attempts in flight to the endpoint now."),
+    (ENDPOINT_ATTEMPT_DURATION_SECONDS, Kind::Histogram, "Latency of one attempt on the endpoint."),
+    (MODEL_FALLBACKS_TOTAL, Kind::Counter, "Model replies given by a fallback endpoint, by primary model and fallback model."),
 ];
 
 /// What kind of family a name is, for [`describe`].

@@ -5,15 +5,16 @@
 //! where failures become HTTP replies: always JSON `{"error": "..."}`, with a
 //! useful message and no internals. Here: the router and `ApiError`; the
 //! handlers and their JSON shapes by resource in `status` (probes, metrics,
-//! the daemon's status), `sessions`, `runs` and `steer` (cancel, and the
-//! schedules: list, pause, resume, trigger, backfill); the admin token in
-//! `auth` and `guard`.
+//! the daemon's status), `sessions`, `runs`, `steer` (cancel, and the
+//! schedules: list, pause, resume, trigger, backfill) and `events` (the
+//! live event streams); the admin token in `auth` and `guard`.
 //!
 //! It only reads what `DaemonState` publishes and asks it to start runs; it
 //! must not run heists or health checks itself, nor hold state of its own
 //! beyond `guard`'s counts of wrong admin tokens, which only shape refusals.
 
 mod auth;
+mod events;
 mod guard;
 mod runs;
 mod sessions;
@@ -102,6 +103,11 @@ pub enum ApiError {
     /// 503: the audit store cannot take a run (full, read-only, deleted).
     #[error("the audit store cannot take new runs: {0}")]
     StoreUnavailable(String),
+    /// 503: `events.max_streams` event streams are open.
+    #[error(
+        "{max} event streams are open, the limit events.max_streams; try again when one closes"
+    )]
+    TooManyStreams { max: u32 },
     /// 500: something on our side; the detail goes to the log, not the client.
     #[error("{public_message}; the daemon's log has the reason")]
     Internal {
@@ -123,6 +129,11 @@ pub fn router(state: Arc<DaemonState>) -> Router {
             get(sessions::session_detail),
         )
         .route("/api/v1/schedules", get(steer::list_schedules))
+        .route("/api/v1/events", get(events::all_events))
+        .route(
+            "/api/v1/sessions/{session_id}/events",
+            get(events::session_events),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_read_token,
@@ -184,7 +195,9 @@ impl ApiError {
             | Self::QueueFull { .. }
             | Self::TooManyWrongTokens { .. }
             | Self::BudgetSpent { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::ShuttingDown | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::StoreUnavailable(_) | Self::TooManyStreams { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use super::PROMETHEUS_CONTENT_TYPE;
 use crate::clients::EndpointKnowledge;
 use crate::daemon::state::{ConfigStatus, DaemonState, Readiness, RunningSession, ScheduleStatus};
-use crate::health::ServiceHealth;
 use crate::store::{NodeRow, TokenTotals};
 
 /// Each service's breaker state as a running daemon reports it in
@@ -95,7 +94,7 @@ pub(super) struct DaemonStatus {
     store: String,
     /// Each service's health and circuit breaker state; the model's also
     /// what is known of each endpoint's model (`endpoints`).
-    services: Vec<ServiceStatus>,
+    services: Vec<serde_json::Value>,
     schedules: Vec<ScheduleStatus>,
     running_sessions: Vec<RunningSession>,
     max_concurrent_sessions: u32,
@@ -105,6 +104,9 @@ pub(super) struct DaemonStatus {
     /// The nodes sharing the store and who plays what (one node, no
     /// owners, on SQLite).
     cluster: ClusterStatus,
+    /// Event streams open now (`GET /api/v1/events` and a session's), of
+    /// at most `events.max_streams`.
+    event_streams: usize,
     /// Today's tokens (UTC), from the store: every node's sessions on a
     /// shared store. Null when the store cannot answer.
     tokens: Option<TokensToday>,
@@ -122,17 +124,6 @@ struct TokensToday {
     schedules: BTreeMap<String, TokenTotals>,
     /// Runs no schedule started (`POST /api/v1/runs`).
     unscheduled: TokenTotals,
-}
-
-/// One service's health, and for the model service what has been learned
-/// of each endpoint's model: its context window, its characters per token
-/// and where each came from.
-#[derive(Debug, Serialize)]
-struct ServiceStatus {
-    #[serde(flatten)]
-    health: ServiceHealth,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    endpoints: Option<Vec<EndpointKnowledge>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -211,8 +202,55 @@ pub(super) async fn daemon_status(State(state): State<Arc<DaemonState>>) -> Json
         max_concurrent_sessions: state.config().daemon.max_concurrent_sessions,
         config: state.config_status(),
         cluster: cluster_status(&state).await,
+        event_streams: state.events.open_streams(),
         tokens: tokens_today(&state).await,
     })
+}
+
+/// Each service's health; each endpoint of the model service also shows
+/// what has been learned of its model (its context window, its characters
+/// per token and where each came from), merged into that endpoint's entry.
+fn service_statuses(state: &DaemonState) -> Vec<serde_json::Value> {
+    state
+        .health
+        .snapshot()
+        .into_iter()
+        .map(|health| {
+            let is_llm = health.service == crate::config::LLM_SERVICE;
+            let mut value = serde_json::to_value(&health).unwrap_or_default();
+            if is_llm {
+                with_knowledge(&mut value, state.llm_endpoints());
+            }
+            value
+        })
+        .collect()
+}
+
+/// The model service's `endpoints`: one entry per endpoint the client
+/// knows (a one-endpoint service has no health entries of its own), its
+/// health fields (when the checker has them) and its model's knowledge.
+fn with_knowledge(service: &mut serde_json::Value, knowledge: Vec<EndpointKnowledge>) {
+    let health: Vec<serde_json::Value> =
+        service["endpoints"].as_array().cloned().unwrap_or_default();
+    let merged: Vec<serde_json::Value> = knowledge
+        .into_iter()
+        .map(|known| {
+            let mut entry = health
+                .iter()
+                .find(|endpoint| endpoint["name"].as_str() == Some(known.endpoint.as_str()))
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({ "name": known.endpoint }));
+            if let (Some(entry), Ok(serde_json::Value::Object(known))) =
+                (entry.as_object_mut(), serde_json::to_value(&known))
+            {
+                for (key, value) in known {
+                    entry.entry(key).or_insert(value);
+                }
+            }
+            entry
+        })
+        .collect();
+    service["endpoints"] = serde_json::Value::Array(merged);
 }
 
 /// Today's token totals from the store (sessions started since 00:00 UTC).
@@ -255,20 +293,6 @@ fn add_totals(sum: &mut TokenTotals, more: &TokenTotals) {
     if let Some(cost) = more.cost {
         *sum.cost.get_or_insert(0.0) += cost;
     }
-}
-
-/// Each service's health, the model's with its endpoints' knowledge.
-fn service_statuses(state: &DaemonState) -> Vec<ServiceStatus> {
-    state
-        .health
-        .snapshot()
-        .into_iter()
-        .map(|health| {
-            let endpoints =
-                (health.service == crate::config::LLM_SERVICE).then(|| state.llm_endpoints());
-            ServiceStatus { health, endpoints }
-        })
-        .collect()
 }
 
 /// What the store says about the cluster; a store that cannot answer

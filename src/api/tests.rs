@@ -177,6 +177,7 @@ fn service_health(service: &str, state: HealthState, required: bool) -> ServiceH
         consecutive_successes: 3,
         required,
         breaker: "closed".into(),
+        endpoints: Vec::new(),
     }
 }
 
@@ -268,7 +269,11 @@ async fn status_shows_what_the_model_client_learned_under_the_llm_service() {
         .iter()
         .find(|service| service["service"] == "calculator")
         .expect("the calculator");
-    assert!(calculator.get("endpoints").is_none(), "{calculator}");
+    assert_eq!(
+        calculator["endpoints"],
+        serde_json::json!([]),
+        "{calculator}"
+    );
 }
 
 #[tokio::test]
@@ -718,6 +723,17 @@ async fn reads_need_the_admin_token_when_read_requires_token_is_on() {
         reply.error_message(StatusCode::FORBIDDEN);
         let reply = get_with(&daemon, uri, Some(&authorization)).await;
         assert_eq!(reply.status, StatusCode::OK, "{uri}: {:?}", reply.json());
+    }
+    // The event streams are reads too (their answers never end here: a
+    // refusal is all this reads).
+    for uri in [
+        "/api/v1/events".to_string(),
+        format!("/api/v1/sessions/{session_id}/events"),
+    ] {
+        let reply = get_with(&daemon, &uri, None).await;
+        reply.error_message(StatusCode::UNAUTHORIZED);
+        let reply = get_with(&daemon, &uri, Some("Bearer not-the-token")).await;
+        reply.error_message(StatusCode::FORBIDDEN);
     }
     // The probes and the metrics stay open for load balancers and Prometheus.
     for uri in ["/healthz", "/readyz", "/metrics"] {

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// `--version`: the package version and the commit it was built from
 /// (`heistd_build_info`'s labels), so a report names the exact build.
-const VERSION: &str = concat!(
+pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (",
     env!("HEISTD_BUILD_COMMIT"),
@@ -66,6 +66,8 @@ pub enum Command {
         /// The config file; default /etc/heistd/heistd.toml if it exists, else built-in defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Run companion services (all, or the named ones) until Ctrl-C/SIGTERM.
     Services {
@@ -102,6 +104,87 @@ pub enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// A running daemon's status page (GET /api/v1/status): services and
+    /// breakers, sessions running, schedules, the cluster.
+    Status {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Heists on a running daemon.
+    Runs {
+        #[command(subcommand)]
+        action: RunsAction,
+    },
+    /// Print a shell completion script for heistd (bash, zsh or fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print heistd's man page (roff), e.g. `heistd man > heistd.1`.
+    Man,
+    /// Print the version, as --version does, and the commit it was built from.
+    Version,
+}
+
+/// How `--output` prints a command's report: `text` for people, `json`
+/// (one JSON document) for scripts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `--output text|json`, flattened into each command that prints a report
+/// (`status`, `sessions list`, `schedules list`, `check`).
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct OutputArgs {
+    /// `text` for people, `json` for scripts.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Where the running daemon is: its config's `daemon.admin_address` and
+/// admin token, or the address given.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DaemonArgs {
+    /// The config file naming the daemon's admin address and token;
+    /// default /etc/heistd/heistd.toml if it exists, else built-in defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The daemon's admin API address (host:port); overrides the config's.
+    #[arg(long)]
+    pub admin_address: Option<String>,
+}
+
+/// The shells `heistd completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Subcommand)]
+pub enum RunsAction {
+    /// Start a heist on the daemon now (POST /api/v1/runs) and print its
+    /// session id; with --follow, watch it like `sessions watch`.
+    Start {
+        /// Turns in the heist, 1 to 1000 (default: the daemon's [heist] turns).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_TURNS)))]
+        turns: Option<u32>,
+        /// Fixes the agent order (and the rehearsal transcript).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Follow the session's turns until it ends; exit 0 when it
+        /// completed, 3 when it failed, was interrupted or cancelled.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,6 +211,17 @@ pub enum SessionsAction {
     List {
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Follow one session on the running daemon as it plays (its turns,
+    /// waits and ending, as the demo prints them); exit 0 when it
+    /// completed, 3 when it failed, was interrupted or cancelled.
+    Watch {
+        session_id: String,
+        /// The daemon's admin API address (host:port); overrides the config's.
+        #[arg(long)]
+        admin_address: Option<String>,
     },
     /// One session as a Markdown transcript.
     Show { session_id: String },

@@ -16,6 +16,11 @@ pub fn init(filter: Option<&str>, format: LogFormat, command: &Command) -> Resul
             | Command::Config { .. }
             | Command::Check { .. }
             | Command::Reload { .. }
+            | Command::Status { .. }
+            | Command::Runs { .. }
+            | Command::Completions { .. }
+            | Command::Man
+            | Command::Version
     );
     let default = if quiet { "warn" } else { "info" };
     let filter = filter.unwrap_or(default);

@@ -3,7 +3,10 @@
 //! [`LocalStack`] (every companion in-process on ephemeral loopback ports,
 //! and a config pointing at them) serves `demo`, the tests and the bench.
 //! `run` and the readers (`sessions`) have files of their own, and `quit`
-//! is what a second Ctrl-C does to a one-shot heist.
+//! is what a second Ctrl-C does to a one-shot heist. The commands that
+//! speak to a running daemon go through `remote`: `status`, and `watch`
+//! (`sessions watch`, `runs start`); `manual` writes the completions, the
+//! man page and `version`.
 //!
 //! It must not hold business logic of its own: it wires and presents.
 
@@ -14,23 +17,33 @@ use std::sync::Arc;
 pub mod args;
 #[macro_use]
 pub mod output;
+mod check;
 mod demo;
 pub mod logging;
+mod manual;
 mod query_worker;
 mod quit;
 mod reload;
 pub mod remote;
 mod run;
 mod sessions;
+mod status;
 mod steer;
+mod watch;
+pub use check::check;
 pub use demo::{demo, DemoOptions};
+pub use manual::{completions, man, version};
 use query_worker::query_worker;
 pub use quit::{Interrupts, QUIT_WITHIN};
 pub use reload::reload;
 pub use run::run;
-pub(crate) use run::{base_url_hint, completed, preflight, print_notice, print_turn, summary};
+pub(crate) use run::{
+    completed, preflight, print_notice, print_turn, print_turn_of, summary, TurnHeading,
+};
 pub use sessions::{export_json, export_markdown, sessions, sessions_list};
+pub use status::{json, status};
 pub use steer::schedules;
+pub use watch::{runs, watch};
 
 use crate::app::{App, AppError, DaemonOptions};
 use crate::clients::{ClientBuildError, Clients};
@@ -291,128 +304,6 @@ fn store_named(store: &config::StoreConfig) -> String {
         config::StoreBackend::Sqlite => store.path.display().to_string(),
         config::StoreBackend::Postgres => store.url.clone(),
     }
-}
-
-/// `heistd check`: every configured service's health once.
-pub async fn check(config: &Config) -> Result<(), CliError> {
-    let clients = Clients::from_config(config)?;
-    let reports = crate::health::check_all(&clients).await;
-    // A fresh process has no breaker history: the running daemon's breakers
-    // are the ones that matter, so ask it when it answers.
-    let daemon_breakers = crate::api::breaker_states(&config.daemon.admin_address).await;
-    match &daemon_breakers {
-        Some(_) => out!(
-            "breakers: as the daemon at {} sees them",
-            config.daemon.admin_address
-        ),
-        None => out!(
-            "breakers: no daemon answers at {}; shown as this check sees them",
-            config.daemon.admin_address
-        ),
-    }
-    for report in &reports {
-        let state = if report.up { "up" } else { "DOWN" };
-        let breaker = daemon_breakers
-            .as_ref()
-            .and_then(|breakers| breakers.get(&report.service))
-            .map_or(report.breaker, String::as_str);
-        out!(
-            "{:<15} {:<5} {:>8.1} ms  breaker {:<9}  {}  {}",
-            report.service,
-            state,
-            report.latency_ms,
-            breaker,
-            report.base_url,
-            report.detail
-        );
-    }
-    let down: Vec<&str> = reports
-        .iter()
-        .filter(|report| !report.up)
-        .map(|report| report.service.as_str())
-        .collect();
-    let model_problem = check_model(&clients.llm, config).await;
-    match (down.is_empty(), model_problem) {
-        (true, None) => Ok(()),
-        (true, Some(problem)) => Err(CliError::Unhealthy(problem)),
-        (false, problem) => Err(CliError::Unhealthy(format!(
-            "down: {}{}",
-            down.join(", "),
-            problem
-                .map(|problem| format!("; {problem}"))
-                .unwrap_or_default()
-        ))),
-    }
-}
-
-/// The model server's side of `heistd check`: the models it offers (the
-/// configured one must be among them), and, for native tool calling,
-/// whether the model really returns tool calls. Returns what is wrong.
-async fn check_model(llm: &crate::clients::LlmClient, config: &Config) -> Option<String> {
-    let models = match llm.list_models().await {
-        Ok(models) => models,
-        Err(error) => return Some(format!("{error}{}", base_url_hint(&error))),
-    };
-    out!("llm models offered: {}", models.join(", "));
-    if config.llm.token_counting == config::TokenCounting::Server {
-        let probe = [crate::clients::ChatMessage::user("ping".into())];
-        if llm.count_tokens(&probe, &[]).await.is_none() {
-            out!("llm token counting: the server's tokenizer (POST /tokenize) does not answer; prompts are estimated (llm.token_counting = \"server\")");
-        }
-    }
-    for endpoint in llm.endpoints() {
-        out!("llm {}", describe_endpoint(&endpoint));
-    }
-    if config.llm.stream {
-        out!(
-            "llm replies: streamed (first piece within {} ms, gaps under {} ms; llm.stream = false turns it off)",
-            config.llm.timeout_ms,
-            config.llm.idle_timeout_ms
-        );
-    } else {
-        out!(
-            "llm replies: whole (llm.stream = false; each attempt within {} ms)",
-            config.llm.timeout_ms
-        );
-    }
-    if !models.iter().any(|model| model == llm.model()) {
-        return Some(format!(
-            "llm: the configured model `{}` is not among the models the server offers ({})",
-            llm.model(),
-            models.join(", ")
-        ));
-    }
-    if config.llm.tool_calling == config::ToolCalling::Native {
-        let probe = crate::clients::ToolSpec {
-            name: "calculator".into(),
-            description: "an arithmetic expression".into(),
-        };
-        match llm.supports_native_tools(&probe).await {
-            Ok(true) => out!("llm native tool calling: supported"),
-            Ok(false) => out!(
-                "llm native tool calling: NOT supported by {}; heist sessions use the text protocol",
-                llm.model()
-            ),
-            Err(error) => out!("llm native tool calling: cannot tell ({error})"),
-        }
-    }
-    None
-}
-
-/// What is known of an endpoint's model, and where it came from.
-fn describe_endpoint(endpoint: &crate::clients::EndpointKnowledge) -> String {
-    let window = match (endpoint.context_tokens, endpoint.context_source) {
-        (Some(window), Some(source)) => format!("{window} tokens (from {})", source.describe()),
-        _ => "not known yet (learned from the first context-length error; llm.context_tokens sets it)".into(),
-    };
-    format!(
-        "{} ({}): context window {window}; {:.2} characters per token (from {}; prompts counted: {})",
-        endpoint.endpoint,
-        endpoint.model,
-        endpoint.chars_per_token,
-        endpoint.ratio_source.describe(),
-        endpoint.calibrations
-    )
 }
 
 /// `heistd services`: run companions, on the config at `path`, until

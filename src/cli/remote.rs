@@ -84,6 +84,33 @@ impl Remote {
         self.send(path, request).await
     }
 
+    /// `GET path` as a server-sent event stream, resuming after
+    /// `last_event_id`: the response, once its status is a success, for
+    /// the caller to read as it comes (no overall timeout: a stream lasts).
+    pub async fn stream(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, CliError> {
+        let url = self.url(path);
+        let mut request = self
+            .request(reqwest::Method::GET, path)
+            .header(reqwest::header::ACCEPT, crate::wire::events::CONTENT_TYPE);
+        if let Some(id) = last_event_id {
+            request = request.header(crate::wire::events::LAST_EVENT_ID, id);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| CliError::Remote(format!("no heistd answers at {url}: {error}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(refusal(&url, status, &body, self.token.is_some()));
+        }
+        Ok(response)
+    }
+
     async fn send<R: DeserializeOwned>(
         &self,
         path: &str,

@@ -42,6 +42,10 @@ async fn run_until_quit(
     }
     if let Some((base_url, model)) = llm_url.zip(llm_model) {
         config.llm.base_url = base_url;
+        // The command line names one model server: the configured lists
+        // give way to it.
+        config.llm.endpoints.clear();
+        config.llm.fallbacks.clear();
         config.llm.model = model;
     }
     let scenario = Arc::new(Scenario::from_config(config.heist.scenario.as_deref())?);
@@ -171,23 +175,58 @@ pub(crate) fn print_notice(notice: &heist::RunNotice) {
 
 pub(crate) fn print_turn(view: &TurnView<'_>) {
     let record = view.record;
-    out!(
-        "[{:>2}/{}] {} ({}) — {:.1} ms",
-        record.turn_id,
-        view.total_turns,
-        record.agent_name,
-        record.agent_role,
-        view.elapsed_ms
+    print_turn_of(
+        &TurnHeading {
+            turn_id: i64::from(record.turn_id),
+            total_turns: Some(i64::from(view.total_turns)),
+            agent: &record.agent_name,
+            role: &record.agent_role,
+            elapsed_ms: Some(view.elapsed_ms),
+        },
+        record.error.as_deref(),
+        &record.message,
+        &record.tool_calls,
     );
-    match &record.error {
+}
+
+/// A turn's first line: who played which turn, in how long.
+pub(crate) struct TurnHeading<'a> {
+    pub turn_id: i64,
+    pub total_turns: Option<i64>,
+    pub agent: &'a str,
+    pub role: &'a str,
+    pub elapsed_ms: Option<f64>,
+}
+
+/// A turn as the demo prints it, from its parts: a run's own record, or a
+/// turn a daemon's event stream sent (`sessions watch`).
+pub(crate) fn print_turn_of(
+    heading: &TurnHeading<'_>,
+    error: Option<&str>,
+    message: &str,
+    tool_calls: &[crate::store::ToolCallRecord],
+) {
+    let total = heading
+        .total_turns
+        .map_or("?".to_string(), |total| total.to_string());
+    let elapsed = heading
+        .elapsed_ms
+        .map_or(String::new(), |ms| format!(" — {ms:.1} ms"));
+    out!(
+        "[{:>2}/{total}] {} ({}){elapsed}",
+        heading.turn_id,
+        heading.agent,
+        heading.role,
+    );
+    match error {
         Some(error) => out!("   turn failed: {error}"),
         None => {
-            for line in record.message.trim().lines() {
+            for line in message.trim().lines() {
                 out!("   {line}");
             }
         }
     }
-    for call in &record.tool_calls {
+    for call in tool_calls {
         let outcome = if call.success {
             format!("ok: {}", first_line(&call.tool_result, 90))
         } else {

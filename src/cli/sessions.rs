@@ -1,5 +1,6 @@
-//! `heistd sessions ...`: the audit store read back, as a list, a
-//! Markdown transcript or JSON. It only reads: the file is opened
+//! `heistd sessions ...`: the audit store read back, as a list (or JSON
+//! with `--output json`), a Markdown transcript or JSON; `sessions watch`
+//! goes to the running daemon instead (`watch`). It only reads: the file is opened
 //! read-only, never created, and the config is read without its secrets.
 
 use std::fmt::Write as _;
@@ -21,7 +22,15 @@ pub async fn sessions(
     use args::{Format, SessionsAction};
     let store = || open_to_read(db, config);
     Ok(match action {
-        SessionsAction::List { limit } => sessions_list(&store().await?, limit).await?,
+        SessionsAction::List {
+            limit,
+            output: args::OutputArgs {
+                output: args::Output::Json,
+            },
+        } => super::json(
+            &serde_json::json!({ "sessions": store().await?.list_sessions(limit).await? }),
+        ),
+        SessionsAction::List { limit, .. } => sessions_list(&store().await?, limit).await?,
         SessionsAction::Show { session_id } => {
             export_markdown(&store().await?.session(&session_id).await?)
         }
@@ -36,12 +45,20 @@ pub async fn sessions(
             session_id,
             format: Format::Md,
         } => export_markdown(&store().await?.session(&session_id).await?),
-        // Steering goes to the daemon, not the file.
+        // Steering and watching go to the daemon, not the file.
         SessionsAction::Cancel {
             session_id,
             reason,
             admin_address,
         } => super::steer::cancel(config, admin_address.as_deref(), &session_id, reason).await?,
+        SessionsAction::Watch {
+            session_id,
+            admin_address,
+        } => {
+            let remote = super::remote::Remote::from_config(config, admin_address.as_deref())?;
+            super::watch(&remote, &session_id).await?;
+            String::new()
+        }
     })
 }
 

@@ -18,6 +18,12 @@
 //! the context window and token ratio (and reads the model list),
 //! `native_tools` checks native tool calling and holds its wire shapes.
 //!
+//! Several endpoints (`[[llm.endpoints]]`, `[[llm.fallbacks]]`) are one
+//! client: each attempt's body names the model of the endpoint the guard
+//! picked and carries that endpoint's key, and what is learned about a
+//! model (window, ratio, native tools) is kept per endpoint; a view of the
+//! client pinned to one endpoint (`endpoint_view`) reads and probes it.
+//!
 //! It knows the wire format; it must not decide what to trim or whether a
 //! session waits (that is `heist`), nor retry (that is `resilience`).
 
@@ -32,8 +38,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::{CallError, ServiceClient, Streamed};
-use crate::config::{LlmConfig, Secret, TokenCounting};
-use crate::resilience::Policy;
+use crate::config::{LlmConfig, ModelEndpointConfig, Secret, TokenCounting};
+use crate::metrics as names;
+use crate::resilience::{Endpoint, EndpointSpec, Policy};
 /// One prompt message (defined in `wire`, shared with the rehearsal model).
 pub use crate::wire::openai::ChatMessage;
 use crate::wire::openai::{
@@ -42,8 +49,8 @@ use crate::wire::openai::{
 use crate::wire::CHAT_COMPLETIONS_PATH;
 use native_tools::{function_schema, parameter_of};
 use stream::assemble;
-pub use window::{endpoint_name, EndpointKnowledge, RatioSource, WindowSource};
 use window::{prompt_chars, ModelKnowledge};
+pub use window::{EndpointKnowledge, RatioSource, WindowSource};
 
 #[derive(Clone)]
 pub struct LlmClient {
@@ -51,8 +58,6 @@ pub struct LlmClient {
     model: String,
     temperature: f64,
     max_tokens: u32,
-    /// Read from the environment variable the config names, never the file.
-    api_key: Option<Secret>,
     /// Ask for server-sent events (`llm.stream`): a slow model is judged by
     /// the gaps between its pieces, not by how long the whole reply takes.
     stream: bool,
@@ -67,9 +72,20 @@ pub struct LlmClient {
     /// tokenizer, its window).
     http: reqwest::Client,
     knowledge: Arc<Mutex<ModelKnowledge>>,
-    /// The configured endpoint's name (its base URL's `host:port`), which
-    /// each reply carries as the endpoint that answered.
-    endpoint: String,
+    /// Each endpoint's model, key and knowledge, by the guard's index.
+    endpoints: Arc<Vec<ModelEndpoint>>,
+    /// A view's endpoint: its calls go there only.
+    pinned: Option<usize>,
+}
+
+/// What the client keeps per endpoint.
+struct ModelEndpoint {
+    name: String,
+    model: String,
+    /// Read at load from the variable or file the config names.
+    api_key: Option<Secret>,
+    fallback: bool,
+    knowledge: Arc<Mutex<ModelKnowledge>>,
 }
 
 /// A tool offered to the model through native function calling.
@@ -120,25 +136,169 @@ impl ModelReply {
 
 impl LlmClient {
     pub fn from_config(config: &LlmConfig, http: reqwest::Client) -> Self {
-        Self {
-            service: ServiceClient::new(
-                crate::config::LLM_SERVICE,
-                &config.base_url,
-                Policy::new(config.timeout_ms, config.policy.clone()),
-                http.clone(),
+        let knowledge = || Arc::new(Mutex::new(ModelKnowledge::new(config.context_tokens)));
+        let lists: Vec<(u32, ModelEndpointConfig)> = config
+            .primary_endpoints()
+            .into_iter()
+            .map(|endpoint| (0, endpoint))
+            .chain(
+                (1u32..)
+                    .zip(&config.fallbacks)
+                    .map(|(tier, endpoint)| (tier, endpoint.clone())),
             )
-            .with_max_reply_bytes(config.max_reply_bytes),
-            model: config.model.clone(),
+            .collect();
+        let specs = lists
+            .iter()
+            .map(|(tier, endpoint)| EndpointSpec {
+                name: endpoint.label(),
+                base_url: endpoint.base_url.clone(),
+                model: endpoint.model.clone(),
+                tier: *tier,
+                weight: endpoint.weight,
+                max_concurrent: endpoint.max_concurrent,
+            })
+            .collect();
+        let endpoints: Vec<ModelEndpoint> = lists
+            .into_iter()
+            .map(|(tier, endpoint)| ModelEndpoint {
+                name: endpoint.label(),
+                model: endpoint.model,
+                api_key: endpoint.api_key,
+                fallback: tier > 0,
+                knowledge: knowledge(),
+            })
+            .collect();
+        // Each fallback's series exists from the start, at 0.
+        for fallback in endpoints.iter().filter(|endpoint| endpoint.fallback) {
+            metrics::counter!(names::MODEL_FALLBACKS_TOTAL, "from" => endpoints[0].model.clone(), "to" => fallback.model.clone()).increment(0);
+        }
+        let policy = Policy::new(config.timeout_ms, config.policy.clone());
+        let service = ServiceClient::with_endpoints(
+            crate::config::LLM_SERVICE,
+            policy,
+            config.outlier.clone(),
+            specs,
+            http.clone(),
+        )
+        .with_max_reply_bytes(config.max_reply_bytes);
+        Self {
+            service,
+            model: endpoints[0].model.clone(),
             temperature: config.temperature,
             max_tokens: config.max_tokens,
-            api_key: config.api_key.clone(),
             stream: config.stream,
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
             first_piece_timeout: Duration::from_millis(config.timeout_ms),
             token_counting: config.token_counting,
             http,
-            knowledge: Arc::new(Mutex::new(ModelKnowledge::new(config.context_tokens))),
-            endpoint: endpoint_name(&config.base_url),
+            knowledge: endpoints[0].knowledge.clone(),
+            endpoints: Arc::new(endpoints),
+            pinned: None,
+        }
+    }
+
+    /// This client pinned to endpoint `index`: its calls and probes go
+    /// there only, and what it reads or learns is that endpoint's model.
+    pub fn endpoint_view(&self, index: usize) -> Self {
+        let Some(endpoint) = self.endpoints.get(index) else {
+            return self.clone();
+        };
+        Self {
+            service: self.service.on_endpoint(index),
+            model: endpoint.model.clone(),
+            knowledge: endpoint.knowledge.clone(),
+            pinned: Some(index),
+            ..self.clone()
+        }
+    }
+
+    /// How many endpoints (primaries and fallbacks) the client has.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// The API key of the endpoint this client is pinned to (the first
+    /// when it is not pinned), for requests outside the call stack.
+    pub(super) fn api_key(&self) -> Option<&Secret> {
+        self.endpoints
+            .get(self.pinned.unwrap_or(0))
+            .and_then(|endpoint| endpoint.api_key.as_ref())
+    }
+
+    /// Endpoint `index`'s name (`name`, else its base URL's host:port).
+    pub fn endpoint_name(&self, index: usize) -> String {
+        self.endpoints
+            .get(index)
+            .map_or_else(String::new, |endpoint| endpoint.name.clone())
+    }
+
+    /// The view a prompt is sized for on the endpoints of `tier`: among
+    /// those that can serve now (all of them when none can), the one with
+    /// the smallest known window, else the densest known token ratio; `None`
+    /// when the tier has no endpoint.
+    pub fn sizing_view(&self, tier: u32) -> Option<Self> {
+        let members: Vec<&Endpoint> = self
+            .service
+            .endpoints()
+            .iter()
+            .filter(|endpoint| endpoint.tier() == tier)
+            .collect();
+        let serving: Vec<&Endpoint> = members
+            .iter()
+            .copied()
+            .filter(|endpoint| endpoint.can_serve())
+            .collect();
+        let pool = if serving.is_empty() { members } else { serving };
+        pool.into_iter()
+            .map(|endpoint| self.endpoint_view(endpoint.index()))
+            .min_by(|a, b| {
+                let (a, b) = (a.lock().clone(), b.lock().clone());
+                let window = |knowledge: &ModelKnowledge| knowledge.window().unwrap_or(u32::MAX);
+                window(&a)
+                    .cmp(&window(&b))
+                    .then(a.chars_per_token().total_cmp(&b.chars_per_token()))
+            })
+    }
+
+    /// The fallback tiers, in order.
+    pub fn fallback_tiers(&self) -> Vec<u32> {
+        let mut tiers: Vec<u32> = self
+            .service
+            .endpoints()
+            .iter()
+            .map(Endpoint::tier)
+            .filter(|tier| *tier > 0)
+            .collect();
+        tiers.dedup();
+        tiers
+    }
+
+    /// Asks each endpoint whose size the config left to its server how
+    /// many slots it has (llama.cpp's `GET /props` `total_slots`, at the
+    /// server's root) and sizes its bulkhead to them. A server that answers
+    /// without saying keeps the policy's `max_concurrent`; one that does not
+    /// answer is asked again next time.
+    pub async fn learn_slots(&self) {
+        for endpoint in self.service.endpoints() {
+            if endpoint.capacity_settled() {
+                continue;
+            }
+            let view = self.service.on_endpoint(endpoint.index());
+            let root = props_url(endpoint.base_url());
+            let props: Result<serde_json::Value, CallError> =
+                view.probe_url_json(&root, SLOTS_PROBE_TIMEOUT).await;
+            let slots = match props {
+                Ok(props) => props["total_slots"]
+                    .as_u64()
+                    .and_then(|slots| u32::try_from(slots).ok()),
+                // It answered without slots (a 404 from a server that is not
+                // llama.cpp): not asked again.
+                Err(CallError::Status { .. }) => None,
+                Err(_) => continue,
+            };
+            self.service
+                .guard()
+                .learn_endpoint_slots(endpoint.index(), slots);
         }
     }
 
@@ -178,24 +338,36 @@ impl LlmClient {
 
     /// One completion as asked. A context-length error teaches the client
     /// the window it names and its count of the prompt; a reply with
-    /// `usage` calibrates the estimate.
+    /// `usage` calibrates the estimate; both for the endpoint that answered.
     pub async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, CallError> {
+        self.complete_from_tier(request, 0).await
+    }
+
+    /// [`Self::complete`] on the endpoints of tier `min_tier` or later
+    /// (a prompt too long for every primary model goes to a fallback).
+    pub async fn complete_from_tier(
+        &self,
+        request: ChatRequest<'_>,
+        min_tier: u32,
+    ) -> Result<ModelReply, CallError> {
         let mut body = self.body(&request);
         if !request.tools.is_empty() {
             body.tool_choice = Some(ToolChoice::auto());
         }
-        let reply = self.send(&body).await;
+        let (reply, answered) = self.send_from_tier(&body, min_tier).await;
+        let answered = self.endpoint_view(answered.unwrap_or(0));
         let chars = || prompt_chars(request.messages, request.tools);
         match &reply {
             Ok(reply) => {
                 if let Some(tokens) = reply.prompt_tokens {
-                    self.calibrate(chars(), tokens);
+                    answered.calibrate(chars(), tokens);
                 }
             }
             Err(error) => {
                 if let Some(overflow) = error.context_overflow() {
                     let messages = request.messages.len();
-                    self.learn_from_overflow(overflow, chars(), messages, request.max_tokens)
+                    answered
+                        .learn_from_overflow(overflow, chars(), messages, request.max_tokens)
                         .await;
                 }
             }
@@ -242,43 +414,80 @@ impl LlmClient {
     }
 
     async fn send(&self, body: &ChatBody<'_>) -> Result<ModelReply, CallError> {
-        let headers: Vec<(&str, String)> = self
-            .api_key
-            .iter()
-            .map(|key| ("authorization", format!("Bearer {}", key.expose())))
-            .collect();
-        if !self.stream {
-            let reply: ChatCompletion = self
-                .service
-                .post_json(CHAT_COMPLETIONS_PATH, body, &headers)
-                .await?;
-            return Ok(self.answered(model_reply(reply)));
-        }
-        let reply = self
-            .service
-            .post_streaming::<_, ChatCompletionChunk, ChatCompletion>(
-                CHAT_COMPLETIONS_PATH,
-                body,
-                &headers,
-                self.idle_timeout,
-            )
-            .await?;
-        Ok(self.answered(match reply {
-            Streamed::Events(chunks) => model_reply(assemble(chunks)),
-            Streamed::Whole(reply) => model_reply(reply),
-        }))
+        self.send_from_tier(body, 0).await.0
     }
 
-    /// Names the endpoint that answered and the model it ran: the one
-    /// configured endpoint, never a fallback.
-    fn answered(&self, reply: ModelReply) -> ModelReply {
-        ModelReply {
-            endpoint: self.endpoint.clone(),
-            model: self.model.clone(),
-            fallback: false,
-            ..reply
-        }
+    /// `body` to an endpoint of tier `min_tier` or later (or the pinned
+    /// one), with that endpoint's model and key; the reply names the
+    /// endpoint that answered. With the index of the last attempt's
+    /// endpoint.
+    async fn send_from_tier(
+        &self,
+        body: &ChatBody<'_>,
+        min_tier: u32,
+    ) -> (Result<ModelReply, CallError>, Option<usize>) {
+        let pinned = self.pinned;
+        let eligible = move |endpoint: &Endpoint| match pinned {
+            Some(index) => endpoint.index() == index,
+            None => endpoint.tier() >= min_tier,
+        };
+        let make = |endpoint: &Endpoint| {
+            let mut body = body.clone();
+            let mut headers = Vec::new();
+            if let Some(own) = self.endpoints.get(endpoint.index()) {
+                body.model = Some(own.model.clone().into());
+                if let Some(key) = &own.api_key {
+                    headers.push(("authorization", format!("Bearer {}", key.expose())));
+                }
+            }
+            (body, headers)
+        };
+        let (reply, answered) = if self.stream {
+            let (reply, answered) = self
+                .service
+                .post_streaming_via::<_, ChatCompletionChunk, ChatCompletion>(
+                    CHAT_COMPLETIONS_PATH,
+                    self.idle_timeout,
+                    &eligible,
+                    make,
+                )
+                .await;
+            let reply = reply.map(|reply| match reply {
+                Streamed::Events(chunks) => model_reply(assemble(chunks)),
+                Streamed::Whole(reply) => model_reply(reply),
+            });
+            (reply, answered)
+        } else {
+            let (reply, answered) = self
+                .service
+                .post_json_via::<_, ChatCompletion>(CHAT_COMPLETIONS_PATH, &eligible, make)
+                .await;
+            (reply.map(model_reply), answered)
+        };
+        let reply = reply.map(|mut reply| {
+            if let Some(own) = answered.and_then(|index| self.endpoints.get(index)) {
+                reply.endpoint = own.name.clone();
+                reply.model = own.model.clone();
+                reply.fallback = own.fallback;
+                if own.fallback {
+                    metrics::counter!(names::MODEL_FALLBACKS_TOTAL, "from" => self.endpoints[0].model.clone(), "to" => own.model.clone()).increment(1);
+                }
+            }
+            reply
+        });
+        (reply, answered)
     }
+}
+
+/// A `/props` answer is waited for this long: it is read before a
+/// session's first turn.
+const SLOTS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where llama.cpp answers `GET /props`: the server's root, not `/v1`.
+fn props_url(base_url: &str) -> String {
+    let root = base_url.trim_end_matches('/');
+    let root = root.strip_suffix("/v1").unwrap_or(root);
+    format!("{root}/props")
 }
 
 /// What heistd keeps of a reply: the first choice's text, its native calls
@@ -305,7 +514,9 @@ fn model_reply(reply: ChatCompletion) -> ModelReply {
         prompt_tokens: usage.and_then(|usage| usage.prompt_tokens),
         completion_tokens: usage.and_then(|usage| usage.completion_tokens),
         finish_reason,
-        ..ModelReply::default()
+        endpoint: String::new(),
+        model: String::new(),
+        fallback: false,
     }
 }
 
@@ -325,21 +536,6 @@ mod tests {
             (reply.prompt_tokens, reply.completion_tokens),
             (Some(12), Some(5))
         );
-    }
-
-    #[test]
-    fn an_endpoint_is_named_by_its_host_and_port() {
-        for (url, name) in [
-            ("http://127.0.0.1:8006/v1", "127.0.0.1:8006"),
-            ("https://api.openai.com/v1", "api.openai.com:443"),
-            (
-                "http://user:secret@models.internal/v1",
-                "models.internal:80",
-            ),
-            ("http://[::1]:1234/v1", "[::1]:1234"),
-        ] {
-            assert_eq!(endpoint_name(url), name, "{url}");
-        }
     }
 
     #[test]

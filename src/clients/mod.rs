@@ -28,8 +28,8 @@ use std::time::Duration;
 use error::{error_chain, error_message, too_large};
 pub use error::{CallError, ContextOverflow};
 pub use llm::{
-    endpoint_name, ChatMessage, ChatRequest, EndpointKnowledge, LlmClient, ModelReply, RatioSource,
-    ToolSpec, WindowSource,
+    ChatMessage, ChatRequest, EndpointKnowledge, LlmClient, ModelReply, RatioSource, ToolSpec,
+    WindowSource,
 };
 pub use memory::{MemoryClient, MemoryWrite};
 pub use oauth::{AccessToken, OAuthClient, TokenCache};

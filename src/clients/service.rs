@@ -1,7 +1,9 @@
 //! [`ServiceClient`], one configured service, and its request/reply
 //! plumbing: every call runs through the service's resilience guard, is
 //! counted in its [`ServiceStats`], and its reply is read under the body
-//! cap, whole or (for `post_streaming`) as server-sent events.
+//! cap, whole or (for `post_streaming`) as server-sent events. A service
+//! of several endpoints is one client: each attempt is addressed to the
+//! endpoint the guard picked; probes go to one endpoint (`on_endpoint`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,8 +17,8 @@ use serde::Serialize;
 use super::error::{classify_send_error, error_chain, status_error, too_large};
 use super::stats::{InFlight, ServiceStats};
 use super::{sse, CallError};
-use crate::config::ServiceConfig;
-use crate::resilience::{BreakerState, Guard, Policy, Progress};
+use crate::config::{endpoint_label, OutlierConfig, ServiceConfig};
+use crate::resilience::{BreakerState, Endpoint, EndpointSpec, Guard, Policy, Progress};
 
 /// How a request that asked for a stream was answered.
 #[derive(Debug)]
@@ -35,16 +37,25 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct ServiceClient {
     pub name: String,
+    /// The base URL of the endpoint probes go to (`home`).
     pub base_url: String,
+    /// The endpoint probes go to: the first, unless [`Self::on_endpoint`].
+    home: usize,
     http: reqwest::Client,
     guard: Arc<Guard>,
     pub stats: Arc<ServiceStats>,
     /// A reply body larger than this is refused rather than read.
     max_reply_bytes: usize,
-    /// The URL of each fixed path (a turn's calls), parsed once: parsing
-    /// it on every call, its host's IDNA check included, was 1% of the
-    /// daemon's CPU per turn. Paths carrying an id are not kept.
-    urls: Arc<Mutex<HashMap<String, reqwest::Url>>>,
+    /// The URL of each fixed path (a turn's calls) on each endpoint,
+    /// parsed once: parsing it on every call, its host's IDNA check
+    /// included, was 1% of the daemon's CPU per turn. Paths carrying an id
+    /// are not kept.
+    urls: Arc<Mutex<HashMap<(usize, String), reqwest::Url>>>,
+}
+
+/// Every endpoint may take the call.
+pub fn any_endpoint(_: &Endpoint) -> bool {
+    true
 }
 
 /// Fixed paths whose parsed URL a client keeps; past this many (which no
@@ -56,15 +67,61 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 1024 * 1024;
 
 impl ServiceClient {
     pub fn new(name: &str, base_url: &str, policy: Policy, http: reqwest::Client) -> Self {
+        let only = EndpointSpec {
+            name: endpoint_label(base_url),
+            base_url: base_url.to_string(),
+            model: String::new(),
+            tier: 0,
+            weight: 1,
+            max_concurrent: policy.config.max_concurrent,
+        };
+        Self::with_endpoints(name, policy, OutlierConfig::default(), vec![only], http)
+    }
+
+    /// A service of several endpoints (at least one), each attempt picked
+    /// among them by the guard.
+    pub fn with_endpoints(
+        name: &str,
+        policy: Policy,
+        outlier: OutlierConfig,
+        mut endpoints: Vec<EndpointSpec>,
+        http: reqwest::Client,
+    ) -> Self {
+        for endpoint in &mut endpoints {
+            endpoint.base_url = endpoint.base_url.trim_end_matches('/').to_string();
+        }
+        let guard = Guard::with_endpoints(name, policy, outlier, endpoints);
         Self {
             name: name.to_string(),
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url: guard.endpoints()[0].base_url().to_string(),
+            home: 0,
             http,
-            guard: Arc::new(Guard::new(name, policy)),
+            guard: Arc::new(guard),
             stats: Arc::new(ServiceStats::default()),
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             urls: Arc::default(),
         }
+    }
+
+    /// This client with its probes (and `base_url`) aimed at endpoint
+    /// `index`; calls still go wherever the guard picks.
+    pub fn on_endpoint(&self, index: usize) -> Self {
+        let mut client = self.clone();
+        if let Some(endpoint) = self.guard.endpoints().get(index) {
+            client.home = index;
+            client.base_url = endpoint.base_url().to_string();
+        }
+        client
+    }
+
+    /// The service's endpoints, primaries first.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        self.guard.endpoints()
+    }
+
+    /// The guard of this service's calls.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
     }
 
     /// Replies larger than `bytes` are refused with a decode error.
@@ -74,13 +131,21 @@ impl ServiceClient {
     }
 
     pub fn from_config(name: &str, service: &ServiceConfig, http: reqwest::Client) -> Self {
-        Self::new(
-            name,
-            &service.base_url,
-            Policy::new(service.timeout_ms, service.policy.clone()),
-            http,
-        )
-        .with_max_reply_bytes(service.max_reply_bytes)
+        let policy = Policy::new(service.timeout_ms, service.policy.clone());
+        let endpoints = service
+            .endpoint_urls()
+            .into_iter()
+            .map(|base_url| EndpointSpec {
+                name: endpoint_label(&base_url),
+                base_url,
+                model: String::new(),
+                tier: 0,
+                weight: 1,
+                max_concurrent: service.policy.max_concurrent,
+            })
+            .collect();
+        Self::with_endpoints(name, policy, service.outlier.clone(), endpoints, http)
+            .with_max_reply_bytes(service.max_reply_bytes)
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -114,39 +179,71 @@ impl ServiceClient {
         body: &B,
         headers: &[(&str, String)],
     ) -> Result<R, CallError> {
-        let build = || self.post_request(path, body, headers);
+        let build = |endpoint: &Endpoint| self.post_request(endpoint.index(), path, body, headers);
         self.send(operation_name(path), build).await
     }
 
-    /// A fresh `POST` of `body` with `headers`, for each attempt.
+    /// A `POST` whose body and headers are made for the endpoint each
+    /// attempt goes to, among those `eligible` accepts; with the index of
+    /// the endpoint of the last attempt (the one that answered, if any).
+    pub async fn post_json_via<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        eligible: &(dyn Fn(&Endpoint) -> bool + Sync),
+        make: impl Fn(&Endpoint) -> (B, Vec<(&'static str, String)>),
+    ) -> (Result<R, CallError>, Option<usize>) {
+        let build = |endpoint: &Endpoint| {
+            let (body, headers) = make(endpoint);
+            self.post_request(endpoint.index(), path, &body, &headers)
+        };
+        self.guarded(operation_name(path), None, eligible, |endpoint, _| {
+            exchange(&self.name, build(endpoint), self.max_reply_bytes, None)
+        })
+        .await
+    }
+
+    /// A fresh `POST` of `body` with `headers` to endpoint `index`, for
+    /// each attempt.
     fn post_request<B: Serialize + ?Sized>(
         &self,
+        index: usize,
         path: &str,
         body: &B,
         headers: &[(&str, String)],
     ) -> reqwest::RequestBuilder {
-        let mut request = self.request(reqwest::Method::POST, path).json(body);
+        let mut request = self.request(index, reqwest::Method::POST, path).json(body);
         for (name, value) in headers {
             request = request.header(*name, value);
         }
         request
     }
 
-    /// A request for the fixed `path` on this service, its URL parsed once
-    /// and kept. A path that makes no URL is left to reqwest, whose
+    /// A request for the fixed `path` on endpoint `index`, its URL parsed
+    /// once and kept. A path that makes no URL is left to reqwest, whose
     /// builder error is then the call's (`CallError::Refused`).
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        if let Some(url) = self.urls.lock().get(path) {
+    fn request(
+        &self,
+        index: usize,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let key = (index, path.to_string());
+        if let Some(url) = self.urls.lock().get(&key) {
             return self.http.request(method, url.clone());
         }
-        let text = format!("{}{path}", self.base_url);
+        let base_url = self
+            .guard
+            .endpoints()
+            .get(index)
+            .map_or(self.base_url.as_str(), Endpoint::base_url);
+        let text = format!("{base_url}{path}");
         match reqwest::Url::parse(&text) {
             Ok(url) => {
                 let mut urls = self.urls.lock();
                 if urls.len() >= MAX_CACHED_URLS {
                     urls.clear();
                 }
-                urls.insert(path.to_string(), url.clone());
+                urls.insert(key, url.clone());
                 self.http.request(method, url)
             }
             Err(_) => self.http.request(method, text),
@@ -171,16 +268,52 @@ impl ServiceClient {
         E: DeserializeOwned,
         W: DeserializeOwned,
     {
-        let build = || self.post_request(path, body, headers);
-        self.guarded(operation_name(path), Some(idle), |progress| {
-            exchange_streaming(&self.name, build(), self.max_reply_bytes, progress)
-        })
+        let build = |endpoint: &Endpoint| self.post_request(endpoint.index(), path, body, headers);
+        self.guarded(
+            operation_name(path),
+            Some(idle),
+            &any_endpoint,
+            |endpoint, progress| {
+                exchange_streaming(&self.name, build(endpoint), self.max_reply_bytes, progress)
+            },
+        )
+        .await
+        .0
+    }
+
+    /// [`Self::post_streaming`] with the body and headers made for each
+    /// attempt's endpoint, among those `eligible` accepts; with the index of
+    /// the endpoint of the last attempt.
+    pub async fn post_streaming_via<B, E, W>(
+        &self,
+        path: &str,
+        idle: Duration,
+        eligible: &(dyn Fn(&Endpoint) -> bool + Sync),
+        make: impl Fn(&Endpoint) -> (B, Vec<(&'static str, String)>),
+    ) -> (Result<Streamed<E, W>, CallError>, Option<usize>)
+    where
+        B: Serialize,
+        E: DeserializeOwned,
+        W: DeserializeOwned,
+    {
+        let build = |endpoint: &Endpoint| {
+            let (body, headers) = make(endpoint);
+            self.post_request(endpoint.index(), path, &body, &headers)
+        };
+        self.guarded(
+            operation_name(path),
+            Some(idle),
+            eligible,
+            |endpoint, progress| {
+                exchange_streaming(&self.name, build(endpoint), self.max_reply_bytes, progress)
+            },
+        )
         .await
     }
 
     pub async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {
-        self.send(operation_name(path), || {
-            self.request(reqwest::Method::GET, path)
+        self.send(operation_name(path), |endpoint: &Endpoint| {
+            self.request(endpoint.index(), reqwest::Method::GET, path)
         })
         .await
     }
@@ -194,9 +327,8 @@ impl ServiceClient {
         headers: &[(&str, String)],
     ) -> Result<R, CallError> {
         // A path carrying an id: parsed each time, not kept.
-        let url = format!("{}{path}", self.base_url);
-        let build = || {
-            let mut request = self.http.get(&url);
+        let build = |endpoint: &Endpoint| {
+            let mut request = self.http.get(format!("{}{path}", endpoint.base_url()));
             for (name, value) in headers {
                 request = request.header(*name, value);
             }
@@ -218,8 +350,25 @@ impl ServiceClient {
         path: &str,
         limit: Duration,
     ) -> Result<R, CallError> {
-        let request = self.request(reqwest::Method::GET, path);
+        let request = self.request(self.home, reqwest::Method::GET, path);
         let reply = exchange(&self.name, request, self.max_reply_bytes, None);
+        match tokio::time::timeout(limit, reply).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout {
+                service: self.name.clone(),
+                after: limit,
+            }),
+        }
+    }
+
+    /// One `GET` of an absolute `url` (a path outside the base URL, such
+    /// as llama.cpp's `/props`) as a probe: no retry, no breaker.
+    pub async fn probe_url_json<R: DeserializeOwned>(
+        &self,
+        url: &str,
+        limit: Duration,
+    ) -> Result<R, CallError> {
+        let reply = exchange(&self.name, self.http.get(url), self.max_reply_bytes, None);
         match tokio::time::timeout(limit, reply).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Timeout {
@@ -232,31 +381,34 @@ impl ServiceClient {
     async fn send<R: DeserializeOwned>(
         &self,
         operation: &str,
-        build: impl Fn() -> reqwest::RequestBuilder,
+        build: impl Fn(&Endpoint) -> reqwest::RequestBuilder,
     ) -> Result<R, CallError> {
-        self.guarded(operation, None, |_| {
-            exchange(&self.name, build(), self.max_reply_bytes, None)
+        self.guarded(operation, None, &any_endpoint, |endpoint, _| {
+            exchange(&self.name, build(endpoint), self.max_reply_bytes, None)
         })
         .await
+        .0
     }
 
-    /// One call through the stack, counted in flight and in the stats.
+    /// One call through the stack, counted in flight and in the stats;
+    /// with the index of the endpoint of the last attempt.
     async fn guarded<T, Fut>(
         &self,
         operation: &str,
         idle: Option<Duration>,
-        attempt: impl FnMut(Progress) -> Fut,
-    ) -> Result<T, CallError>
+        eligible: &(dyn Fn(&Endpoint) -> bool + Sync),
+        attempt: impl FnMut(&Endpoint, Progress) -> Fut,
+    ) -> (Result<T, CallError>, Option<usize>)
     where
         Fut: std::future::Future<Output = Result<T, CallError>>,
     {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         // Counted down on drop, so a cancelled call is not in flight forever.
         let _in_flight = InFlight(&self.stats);
-        let (outcome, summary) = self.guard.call_streaming(operation, idle, attempt).await;
+        let (outcome, summary) = self.guard.call_on(operation, idle, eligible, attempt).await;
         self.stats
             .record(summary.duration.as_secs_f64(), outcome.is_ok());
-        outcome.map_err(CallError::from)
+        (outcome.map_err(CallError::from), summary.endpoint)
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::endpoints::{check_model_endpoints, endpoint_label, ModelEndpointConfig, OutlierConfig};
 use super::services::check_url;
 use super::{HealthCheckConfig, PolicyConfig, Secret};
 
@@ -17,7 +18,8 @@ use super::{HealthCheckConfig, PolicyConfig, Secret};
 #[serde(deny_unknown_fields)]
 pub struct LlmConfig {
     /// OpenAI-compatible base URL, up to and including `/v1` (the default
-    /// is the rehearsal model of `heistd services`).
+    /// is the rehearsal model of `heistd services`). The one-endpoint
+    /// shorthand: exclusive with `[[llm.endpoints]]`.
     #[serde(default = "default_llm_url")]
     pub base_url: String,
     /// The model's name, as the server lists it at `GET /v1/models`.
@@ -97,6 +99,21 @@ pub struct LlmConfig {
     /// The daemon's periodic check of the model server.
     #[serde(default = "HealthCheckConfig::language_model")]
     pub health: HealthCheckConfig,
+    /// Several model servers instead of `base_url` and `model` (setting
+    /// both is an error): each call picks the least loaded one that can
+    /// serve (power of two choices by outstanding requests, weighted); one
+    /// that keeps failing is ejected, and a retry goes to another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<ModelEndpointConfig>,
+    /// Model servers tried, list by list in order, when no endpoint of the
+    /// primary list can serve (all ejected, breakers open, or every slot
+    /// busy past `llm.policy.max_queue_wait_ms`), or when a prompt fits no
+    /// primary model's window but fits a fallback's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<ModelEndpointConfig>,
+    /// When an endpoint that keeps failing is set aside.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
 }
 
 /// What a model's provider charges, per million tokens of each kind: read
@@ -197,6 +214,9 @@ impl Default for LlmConfig {
             completion_price_per_million: None,
             policy: PolicyConfig::language_model(),
             health: HealthCheckConfig::language_model(),
+            endpoints: Vec::new(),
+            fallbacks: Vec::new(),
+            outlier: OutlierConfig::default(),
         }
     }
 }
@@ -232,6 +252,7 @@ impl LlmConfig {
             );
         }
         check_url("llm.base_url", &self.base_url)?;
+        self.check_endpoints()?;
         if self.max_reply_bytes == 0 {
             return fail("llm.max_reply_bytes", "must be at least 1");
         }
@@ -258,6 +279,62 @@ impl LlmConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl LlmConfig {
+    /// The primary endpoints: `[[llm.endpoints]]`, else the shorthand
+    /// (`base_url`, `model`, the `[llm]` key) as one endpoint named by its
+    /// `host:port`.
+    pub fn primary_endpoints(&self) -> Vec<ModelEndpointConfig> {
+        if !self.endpoints.is_empty() {
+            return self.endpoints.clone();
+        }
+        vec![ModelEndpointConfig {
+            name: Some(endpoint_label(&self.base_url)),
+            base_url: self.base_url.clone(),
+            model: self.model.clone(),
+            api_key_env: None,
+            api_key_file: None,
+            api_key: self.api_key.clone(),
+            max_concurrent: self.policy.max_concurrent,
+            weight: 1,
+        }]
+    }
+
+    /// The primary model's name: the shorthand's, else the first endpoint's.
+    pub fn primary_model(&self) -> &str {
+        self.endpoints
+            .first()
+            .map_or(self.model.as_str(), |endpoint| endpoint.model.as_str())
+    }
+
+    /// The lists, the shorthand beside them, and the outlier settings.
+    fn check_endpoints(&self) -> Result<(), (String, String)> {
+        if !self.endpoints.is_empty() {
+            let both = |key: &str| {
+                Err((
+                    key.to_string(),
+                    format!(
+                        "`{key}` and `[[llm.endpoints]]` are both set: use `{key}` (with the other \
+                         one-endpoint keys) or the list, not both"
+                    ),
+                ))
+            };
+            if self.base_url != default_llm_url() {
+                return both("llm.base_url");
+            }
+            if self.model != default_llm_model() {
+                return both("llm.model");
+            }
+        }
+        let mut taken = Vec::new();
+        if self.endpoints.is_empty() {
+            taken.push(endpoint_label(&self.base_url));
+        }
+        check_model_endpoints("llm.endpoints", &self.endpoints, &mut taken)?;
+        check_model_endpoints("llm.fallbacks", &self.fallbacks, &mut taken)?;
+        self.outlier.validate("llm.outlier")
     }
 }
 

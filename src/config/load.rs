@@ -201,6 +201,21 @@ impl Config {
             &self.llm.api_key_env,
             self.llm.api_key_file.as_deref(),
         );
+        for (list, endpoints) in [
+            ("llm.endpoints", &mut self.llm.endpoints),
+            ("llm.fallbacks", &mut self.llm.fallbacks),
+        ] {
+            for (index, endpoint) in endpoints.iter_mut().enumerate() {
+                if endpoint.api_key_env.is_none() && endpoint.api_key_file.is_none() {
+                    continue;
+                }
+                endpoint.api_key = read(
+                    &format!("{list}[{index}].api_key_file"),
+                    endpoint.api_key_env.as_deref().unwrap_or_default(),
+                    endpoint.api_key_file.as_deref(),
+                );
+            }
+        }
         self.oauth.signing_key = read(
             "oauth.signing_key_file",
             &self.oauth.signing_key_env,
@@ -469,7 +484,12 @@ const CHECKS: [Check; 12] = [
     |config| config.llm.health.validate("llm.health"),
     |config| config.daemon.validate(),
     |config| config.retention.validate(),
-    |config| config.outbox.validate(),
+    |config| {
+        config
+            .outbox
+            .validate()
+            .and_then(|()| config.events.validate())
+    },
     |config| config.store.validate(),
     |config| config.cluster.validate(),
     |config| config.services.validate(),

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 mod cluster;
 mod companions;
 mod daemon;
+mod endpoints;
 mod error;
+mod events;
 mod health;
 mod heist;
 mod http;
@@ -42,7 +44,9 @@ pub use companions::{
     CompanionsConfig, CompanionsSettings, DatabaseToolConfig, Fault, MemoryServiceConfig,
 };
 pub use daemon::{DaemonConfig, Recovery};
+pub use endpoints::{endpoint_label, ModelEndpointConfig, OutlierConfig, MAX_EJECTION_MS};
 pub use error::ConfigError;
+pub use events::EventsConfig;
 pub use health::HealthCheckConfig;
 pub use heist::HeistConfig;
 pub use http::HttpConfig;
@@ -121,6 +125,9 @@ pub struct Config {
     /// Limits of every HTTP listener: the companions and the admin API.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The admin API's event streams (watching sessions live).
+    #[serde(default)]
+    pub events: EventsConfig,
     /// Heists the daemon starts on its own (`[[schedule]]` entries). Read
     /// by `load` after the rest, entry by entry, so that a trigger that
     /// does not parse is named by its key (`schedule[2].cron`). Not written
@@ -144,6 +151,7 @@ impl Config {
             retention: RetentionConfig::default(),
             outbox: OutboxConfig::default(),
             http: HttpConfig::default(),
+            events: EventsConfig::default(),
             schedule: Vec::new(),
         }
     }

@@ -6,7 +6,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::endpoints::{check_service_endpoints, OutlierConfig};
 use super::{HealthCheckConfig, PolicyConfig, SERVICE_NAMES};
+
+/// The services that keep one endpoint: OAuth and memory hold state that
+/// is not shared between instances.
+const SINGLE_ENDPOINT_SERVICES: [&str; 2] = ["oauth", "memory"];
 
 /// `[services]`: the companion services heistd calls, one table each.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,8 +38,18 @@ pub struct ServicesConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// Where the service listens (the prototype's ports 8001-8005).
+    /// Where the service listens (the prototype's ports 8001-8005). The
+    /// one-endpoint shorthand: exclusive with `endpoints`.
     pub base_url: String,
+    /// Several instances of a stateless tool service (calculator,
+    /// file_reader, database_query), instead of `base_url`: each call picks
+    /// the least loaded one, a retry goes to another, and one that keeps
+    /// failing is ejected. OAuth and memory keep one endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// When an endpoint that keeps failing is set aside.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
     /// Per-attempt timeout for calls to this service.
     #[serde(default = "default_service_timeout_ms")]
     pub timeout_ms: u64,
@@ -79,8 +94,10 @@ impl ServicesConfig {
 
     /// Checks each service's URL, policy and bounds; the error is (key, why).
     pub fn validate(&self) -> Result<(), (String, String)> {
-        for (name, service) in self.iter() {
+        let defaults = Self::default();
+        for ((name, service), (_, default)) in self.iter().zip(defaults.iter()) {
             check_url(&format!("services.{name}.base_url"), &service.base_url)?;
+            service.check_endpoints(name, default)?;
             service
                 .policy
                 .validate(&format!("services.{name}.policy"))?;
@@ -98,6 +115,39 @@ impl ServicesConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl ServiceConfig {
+    /// The base URLs of its endpoints: `endpoints`, else `base_url`.
+    pub fn endpoint_urls(&self) -> Vec<String> {
+        if self.endpoints.is_empty() {
+            vec![self.base_url.clone()]
+        } else {
+            self.endpoints.clone()
+        }
+    }
+
+    fn check_endpoints(&self, name: &str, default: &ServiceConfig) -> Result<(), (String, String)> {
+        let key = format!("services.{name}.endpoints");
+        if !self.endpoints.is_empty() {
+            if SINGLE_ENDPOINT_SERVICES.contains(&name) {
+                return Err((
+                    key,
+                    format!("{name} keeps one endpoint (its state is not shared between instances): set services.{name}.base_url"),
+                ));
+            }
+            if self.base_url != default.base_url {
+                return Err((
+                    format!("services.{name}.base_url"),
+                    format!(
+                        "`services.{name}.base_url` and `{key}` are both set: use one, not both"
+                    ),
+                ));
+            }
+        }
+        check_service_endpoints(&key, &self.endpoints)?;
+        self.outlier.validate(&format!("services.{name}.outlier"))
     }
 }
 
@@ -122,6 +172,8 @@ pub(super) fn check_url(key: &str, value: &str) -> Result<(), (String, String)> 
 fn service_on(port: u16) -> ServiceConfig {
     ServiceConfig {
         base_url: format!("http://127.0.0.1:{port}"),
+        endpoints: Vec::new(),
+        outlier: OutlierConfig::default(),
         timeout_ms: default_service_timeout_ms(),
         max_reply_bytes: default_service_max_reply_bytes(),
         policy: PolicyConfig::quick_service(),

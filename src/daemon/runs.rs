@@ -14,6 +14,7 @@ use parking_lot::RwLock;
 use tokio::sync::{watch, MutexGuard, Notify};
 use tokio::task::JoinHandle;
 
+use super::events::LiveEvent;
 use super::state::{DaemonState, RunRequest, RunningSession, StartRunError};
 use crate::clients::Clients;
 use crate::config::{Config, Recovery, ScheduleConfig};
@@ -55,16 +56,6 @@ pub struct Runs {
 
 impl Runs {
     pub fn new(
-        state: Arc<DaemonState>,
-        store: StoreHandle,
-        context: RunContext,
-        stop: watch::Receiver<bool>,
-    ) -> Arc<Self> {
-        Self::with_clock(state, store, context, stop, Clock::system())
-    }
-
-    /// [`Self::new`] with the clock that says which UTC day it is.
-    pub fn with_clock(
         state: Arc<DaemonState>,
         store: StoreHandle,
         context: RunContext,
@@ -333,9 +324,11 @@ impl Runs {
             planned_turns: session.planned_turns.unwrap_or_default().max(0) as u32,
         };
         let (runner, cancel) = self.runner(&context);
+        let runner = self.live(runner, &session.session_id);
         let (this, id) = (self.clone(), session.session_id.clone());
         self.track(running, cancel, async move {
-            let outcome = runner.resume(&id, None).await;
+            let observer = this.state.events.committed_by(&id);
+            let outcome = runner.resume(&id, Some(&observer)).await;
             this.settle(&id, outcome).await;
         });
         drop(admission);
@@ -418,6 +411,7 @@ impl Runs {
             .map_err(SpawnError::StoreUnavailable)?;
         let (runner, cancel) = self.runner(&context);
         let session_id = runner.start(&options).await.map_err(SpawnError::Start)?;
+        let runner = self.live(runner, &session_id);
         let running = RunningSession {
             session_id: session_id.clone(),
             schedule: options.schedule.clone(),
@@ -426,7 +420,8 @@ impl Runs {
         };
         let (this, id) = (self.clone(), session_id.clone());
         let handle = self.track(running, cancel, async move {
-            let outcome = runner.play(&id, &options, None).await;
+            let observer = this.state.events.committed_by(&id);
+            let outcome = runner.play(&id, &options, Some(&observer)).await;
             this.settle(&id, outcome).await;
         });
         Ok((session_id, handle))
@@ -514,6 +509,11 @@ impl Runs {
             .await
     }
 
+    /// A session's runner with its waits published as live events.
+    fn live(&self, runner: HeistRunner, session_id: &str) -> HeistRunner {
+        runner.with_notices(self.state.events.notices_of(session_id))
+    }
+
     /// A runner for one run, and the sender that cancels its session
     /// (registered with the run by [`Self::track`]).
     fn runner(&self, context: &RunContext) -> (HeistRunner, watch::Sender<Option<String>>) {
@@ -590,5 +590,8 @@ impl Drop for Registration {
         runs.store.release(&self.session_id);
         metrics::gauge!(names::SESSIONS_RUNNING).set(runs.state.running_count() as f64);
         runs.capacity_freed.notify_waiters();
+        runs.state.events.publish(LiveEvent::Ended {
+            session_id: self.session_id.clone(),
+        });
     }
 }

@@ -17,6 +17,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use super::control::Steering;
+use super::events::EventHub;
 use crate::config::Config;
 use crate::health::HealthBoard;
 use crate::store::StoreHandle;
@@ -107,6 +108,8 @@ pub struct DaemonState {
     pub store: StoreHandle,
     pub health: Arc<HealthBoard>,
     pub metrics: PrometheusHandle,
+    /// Live events for the admin API's event streams.
+    pub events: Arc<EventHub>,
     config: RwLock<Arc<Config>>,
     schedules: RwLock<Vec<ScheduleStatus>>,
     registry: Registry,
@@ -140,6 +143,7 @@ impl DaemonState {
             store,
             health,
             metrics,
+            events: Arc::new(EventHub::default()),
             config: RwLock::new(config),
             schedules: RwLock::new(Vec::new()),
             registry: Registry::default(),

@@ -27,6 +27,10 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
         metrics::counter!(names::SESSIONS_TOTAL, "status" => status).increment(0);
     }
     metrics::gauge!(names::SESSIONS_RUNNING).increment(0.0);
+    metrics::gauge!(names::EVENT_STREAMS).increment(0.0);
+    for reason in labels::EVENT_STREAM_CLOSE_REASONS {
+        metrics::counter!(names::EVENT_STREAMS_CLOSED_TOTAL, "reason" => reason).increment(0);
+    }
     metrics::gauge!(names::STORE_UNAVAILABLE).increment(0.0);
     for reason in labels::WAITING_REASONS {
         metrics::gauge!(names::SESSIONS_WAITING, "reason" => reason).increment(0.0);
@@ -42,17 +46,23 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
     ] {
         metrics::counter!(model_counter).increment(0);
     }
-    // The configured endpoint's tokens, and its cost only when priced:
+    // Each configured endpoint's tokens, and its cost only when priced:
     // without prices there is no cost series at all.
-    let endpoint = crate::clients::endpoint_name(&config.llm.base_url);
     let cost = config.llm.prices().map(|_| 0.0);
-    names::count_model_usage(
-        crate::config::LLM_SERVICE,
-        &endpoint,
-        &config.llm.model,
-        (0, 0),
-        cost,
-    );
+    for endpoint in config
+        .llm
+        .primary_endpoints()
+        .iter()
+        .chain(&config.llm.fallbacks)
+    {
+        names::count_model_usage(
+            crate::config::LLM_SERVICE,
+            &endpoint.label(),
+            &endpoint.model,
+            (0, 0),
+            cost,
+        );
+    }
     for agent in &scenario.agents {
         for outcome in labels::TURN_OUTCOMES {
             metrics::counter!(names::TURNS_TOTAL, "agent" => agent.name.clone(), "outcome" => outcome)
@@ -81,6 +91,12 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
         // The store's pause state is published by `daemon::control`.
         metrics::gauge!(names::SCHEDULE_PAUSED, "schedule" => schedule.name.clone()).increment(0.0);
     }
+    create_daemon_counters();
+}
+
+/// The counters of the daemon's own work (budgets, reloads, retention,
+/// reconciliation), whose labels no config decides.
+fn create_daemon_counters() {
     for scope in labels::BUDGET_SCOPES {
         metrics::counter!(names::BUDGET_EXHAUSTED_TOTAL, "scope" => scope).increment(0);
     }

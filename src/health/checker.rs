@@ -9,6 +9,11 @@
 //! last interval, or was busy with one throughout, does not count: a
 //! one-slot model server is busy, not down, so its breaker is never forced
 //! open while it answers.
+//!
+//! A service of several endpoints has each probed every interval, each
+//! with its own tracker (`heistd_endpoint_up`), its breaker held open while
+//! it is down, and its outlier ejection ended when it answers; the service
+//! is up while any endpoint is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +23,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{probe, HealthBoard, HealthState, Probe, ServiceHealth};
+use super::{probe, EndpointHealth, HealthBoard, HealthState, Probe, ServiceHealth};
 use crate::clients::{Clients, ServiceClient};
 use crate::config::{Config, HealthCheckConfig};
 use crate::metrics as names;
@@ -123,10 +128,24 @@ pub async fn watch_service(
             service.hold_breaker_open();
         }
     }
-    board.publish(health_of(&service, &tracker, &config, since, None, None));
+    board.publish(health_of(
+        &service,
+        &tracker,
+        &config,
+        since,
+        None,
+        None,
+        Vec::new(),
+    ));
     create_series(&name, tracker.state);
+    let mut endpoints: Vec<Tracker> = service
+        .endpoints()
+        .iter()
+        .map(|_| tracker.clone())
+        .collect();
     loop {
-        let report = probe_with_passive_health(&service, kind, &config).await;
+        let report = probe_each_endpoint(&service, kind, &config, &mut endpoints).await;
+        let endpoint_health = endpoints_now(&service, &endpoints);
         let error = (!report.up).then(|| report.detail.clone());
         metrics::counter!(names::HEALTH_CHECKS_TOTAL, "service" => name.clone(), "outcome" => if report.up { "up" } else { "down" })
             .increment(1);
@@ -141,13 +160,6 @@ pub async fn watch_service(
                 tracing::info!(service = %name, from = from.as_str(), to = to.as_str(), %reason, "service health changed");
             }
             metrics::counter!(names::HEALTH_TRANSITIONS_TOTAL, "service" => name.clone(), "to" => to.as_str()).increment(1);
-            if config.breaker_follows_health {
-                if to == HealthState::Down {
-                    service.hold_breaker_open();
-                } else {
-                    service.release_breaker_hold();
-                }
-            }
             if let Err(error) = store
                 .record_health_event(&name, from.as_str(), to.as_str(), &reason)
                 .await
@@ -163,18 +175,82 @@ pub async fn watch_service(
             since,
             error,
             Some(report.latency_ms),
+            endpoint_health,
         ));
-        let jitter = if config.jitter_ms == 0 {
-            0
-        } else {
-            rand::rng().random_range(0..=config.jitter_ms)
-        };
-        let pause = Duration::from_millis(config.interval_ms + jitter);
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(pause_before_next_check(&config)) => {}
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
+}
+
+/// The interval plus a random jitter, so checks do not align.
+fn pause_before_next_check(config: &HealthCheckConfig) -> Duration {
+    let jitter = if config.jitter_ms == 0 {
+        0
+    } else {
+        rand::rng().random_range(0..=config.jitter_ms)
+    };
+    Duration::from_millis(config.interval_ms + jitter)
+}
+
+/// Probes every endpoint of `service`: each endpoint's tracker moves, its
+/// breaker follows it (when configured) and an ejected endpoint that
+/// answers returns; the service's report is up when any endpoint is, with
+/// the first endpoint's details (or the first one up).
+async fn probe_each_endpoint(
+    service: &ServiceClient,
+    kind: Probe,
+    config: &HealthCheckConfig,
+    trackers: &mut [Tracker],
+) -> super::HealthReport {
+    let alone = trackers.len() == 1;
+    let mut reports = Vec::with_capacity(trackers.len());
+    for (index, tracker) in trackers.iter_mut().enumerate() {
+        let target = service.on_endpoint(index);
+        let endpoint = &service.endpoints()[index];
+        let busy_before = endpoint.outstanding() > 0;
+        let mut report = if alone {
+            probe_with_passive_health(&target, kind, config).await
+        } else {
+            probe(&target, kind, Duration::from_millis(config.timeout_ms)).await
+        };
+        if !alone && !report.up && busy_before && endpoint.outstanding() > 0 {
+            report.up = true;
+            report.detail = format!("busy with calls (probe: {})", report.detail);
+        }
+        if report.up {
+            service.guard().end_ejection(index);
+        }
+        if let Some((_, to)) = tracker.observe(report.up) {
+            if config.breaker_follows_health {
+                if to == HealthState::Down {
+                    service.guard().hold_endpoint_open(index);
+                } else {
+                    service.guard().release_endpoint_hold(index);
+                }
+            }
+        }
+        let up = if tracker.state == HealthState::Up {
+            1.0
+        } else {
+            0.0
+        };
+        metrics::gauge!(names::ENDPOINT_UP, "service" => service.name.clone(), "endpoint" => endpoint.name().to_string()).set(up);
+        reports.push(report);
+    }
+    let first_up = reports.iter().position(|report| report.up).unwrap_or(0);
+    reports.swap_remove(first_up)
+}
+
+/// Each endpoint of `service` as it is now, with its checker's verdict.
+fn endpoints_now(service: &ServiceClient, trackers: &[Tracker]) -> Vec<EndpointHealth> {
+    service
+        .endpoints()
+        .iter()
+        .zip(trackers)
+        .map(|(endpoint, tracker)| EndpointHealth::of(endpoint, tracker.state))
+        .collect()
 }
 
 /// One probe, corrected by passive health (Envoy's outlier detection): a
@@ -209,6 +285,7 @@ fn health_of(
     since: chrono::DateTime<Utc>,
     last_error: Option<String>,
     last_latency_ms: Option<f64>,
+    endpoints: Vec<EndpointHealth>,
 ) -> ServiceHealth {
     ServiceHealth {
         service: service.name.clone(),
@@ -220,6 +297,7 @@ fn health_of(
         consecutive_successes: tracker.consecutive_successes,
         required: config.required,
         breaker: service.breaker_state().as_str().to_string(),
+        endpoints,
     }
 }
 

@@ -153,8 +153,53 @@ pub struct ServiceHealth {
     pub consecutive_successes: u32,
     /// Counts for `/readyz`.
     pub required: bool,
-    /// The service's circuit breaker: closed, open or half_open.
+    /// The service's circuit breaker: closed, open or half_open (with
+    /// several endpoints: closed while any endpoint's is).
     pub breaker: String,
+    /// Each endpoint as of the last check, primaries first.
+    pub endpoints: Vec<EndpointHealth>,
+}
+
+/// One endpoint of a service on the health board.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EndpointHealth {
+    pub name: String,
+    pub base_url: String,
+    /// The model it runs; empty for a tool service.
+    pub model: String,
+    /// 0: a primary; 1, 2, ..: the fallback lists in order.
+    pub tier: u32,
+    /// Its own health check's verdict.
+    pub up: HealthState,
+    /// When its outlier ejection ends; null when it is not ejected.
+    pub ejected_until: Option<DateTime<Utc>>,
+    /// Attempts in flight to it.
+    pub outstanding: u32,
+    /// Its bulkhead: configured, or the slots its server reported.
+    pub max_concurrent: u32,
+    pub breaker: String,
+}
+
+impl EndpointHealth {
+    /// What `endpoint` shows now, with its checker's verdict `up`.
+    pub fn of(endpoint: &crate::resilience::Endpoint, up: HealthState) -> Self {
+        let snapshot = endpoint.snapshot();
+        Self {
+            name: snapshot.name,
+            base_url: snapshot.base_url,
+            model: snapshot.model,
+            tier: snapshot.tier,
+            up,
+            ejected_until: snapshot.ejected_for.and_then(|left| {
+                chrono::Duration::from_std(left)
+                    .ok()
+                    .map(|left| Utc::now() + left)
+            }),
+            outstanding: snapshot.outstanding,
+            max_concurrent: snapshot.max_concurrent,
+            breaker: snapshot.breaker.to_string(),
+        }
+    }
 }
 
 /// Every service's health, published by the checker, read by the API.

@@ -157,8 +157,7 @@ impl ModelWatch {
             {
                 break Waited::Stopped;
             }
-            if self.model_answers().await {
-                self.llm.service.half_open_breaker();
+            if self.some_endpoint_answers().await {
                 break Waited::Back;
             }
             if self.llm.service.breaker_open_remaining() == Some(Duration::ZERO) {
@@ -218,16 +217,34 @@ impl ModelWatch {
         }
     }
 
-    /// One probe of the model, past its breaker. Any HTTP answer but a 5xx
-    /// means the server is up (a 404 on `/models` still answered).
-    async fn model_answers(&self) -> bool {
-        let probe: Result<serde_json::Value, CallError> =
-            self.llm.service.probe_json(MODELS_PATH).await;
-        match probe {
-            Ok(_) => true,
-            Err(CallError::Status { status, .. }) => status < 500,
-            Err(_) => false,
+    /// Sizes each endpoint left to its server from the slots it says it
+    /// has (once per endpoint that answers), before a session's first turn.
+    pub async fn learn_slots(&self) {
+        self.llm.learn_slots().await;
+    }
+
+    /// One probe of each model endpoint, past its breaker; each that
+    /// answers has its breaker half-opened and its ejection ended.
+    async fn some_endpoint_answers(&self) -> bool {
+        let mut any = false;
+        for index in 0..self.llm.endpoint_count() {
+            if model_answers(&self.llm.endpoint_view(index)).await {
+                self.llm.service.guard().endpoint_answered(index);
+                any = true;
+            }
         }
+        any
+    }
+}
+
+/// One probe of the model, past its breaker. Any HTTP answer but a 5xx
+/// means the server is up (a 404 on `/models` still answered).
+async fn model_answers(llm: &LlmClient) -> bool {
+    let probe: Result<serde_json::Value, CallError> = llm.service.probe_json(MODELS_PATH).await;
+    match probe {
+        Ok(_) => true,
+        Err(CallError::Status { status, .. }) => status < 500,
+        Err(_) => false,
     }
 }
 

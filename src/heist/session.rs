@@ -199,6 +199,7 @@ impl SessionLoop {
         let _in_play = self.store.in_play();
         let mut report = self.report_so_far(&plan).await?;
         let budgets = SessionBudgets::of_session(&self.config, &self.store, &plan.session_id).await;
+        self.model.learn_slots().await;
         let native = self.model.session_uses_native_tools(&self.control).await;
         let mut last_error = None;
         let scenario = self.player.scenario();

@@ -220,7 +220,7 @@ impl TurnPlayer {
         let mut last_error = None;
         for _ in 0..2 {
             // Fitted each time: a context-length error teaches the window.
-            let fitted = match self.fit_prompt(&prompt, &parts, &native_tools).await {
+            let (fitted, tier) = match self.fit_to_a_model(&prompt, &parts, &native_tools).await {
                 Ok(fitted) => fitted,
                 Err(error) => return Asked::Failed(error),
             };
@@ -230,7 +230,7 @@ impl TurnPlayer {
                 tools: &native_tools,
                 max_tokens: fitted.max_tokens,
             };
-            match self.clients.llm.complete(request).await {
+            match llm.complete_from_tier(request, tier).await {
                 Ok(reply) => {
                     let usage = turn_usage(
                         &reply,
@@ -265,30 +265,60 @@ impl TurnPlayer {
         ))
     }
 
-    /// The prices of the endpoint that answered `reply`: `[llm]`'s, the one
-    /// endpoint configured (an endpoint's own prices go here with several).
-    fn prices(&self, _reply: &ModelReply) -> Option<Prices> {
+    /// The prices of the endpoint that answered `reply`: `[llm]`'s for a
+    /// primary endpoint; none for a fallback (a fallback is another
+    /// provider: its price is never assumed to be the primary's; per
+    /// endpoint prices go here when endpoints carry them).
+    fn prices(&self, reply: &ModelReply) -> Option<Prices> {
+        if reply.fallback {
+            return None;
+        }
         self.config.llm.prices()
     }
 
-    /// The prompt fitted to the model's window by the client's estimate;
-    /// with `llm.token_counting = "server"` the server counts the fitted
-    /// prompt too, and one it counts too long is fitted again (the count
-    /// has made the estimate denser, or taught the window).
+    /// The prompt fitted to the primary models' smallest known window, or
+    /// when it cannot fit there, to the first fallback list's that it fits;
+    /// with the tier the call must go to. The error is the primaries'.
+    async fn fit_to_a_model(
+        &self,
+        prompt: &PromptBuilder<'_>,
+        parts: &PromptParts,
+        native_tools: &[ToolSpec],
+    ) -> Result<(FittedPrompt, u32), String> {
+        let llm = &self.clients.llm;
+        let mut first_error = None;
+        for tier in std::iter::once(0).chain(llm.fallback_tiers()) {
+            let Some(sizing) = llm.sizing_view(tier) else {
+                continue;
+            };
+            match self.fit_prompt(&sizing, prompt, parts, native_tools).await {
+                Ok(fitted) => return Ok((fitted, tier)),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_default())
+    }
+
+    /// The prompt fitted to `sizing`'s window by its estimate; with
+    /// `llm.token_counting = "server"` the server counts the fitted prompt
+    /// too, and one it counts too long is fitted again (the count has made
+    /// the estimate denser, or taught the window).
     async fn fit_prompt(
         &self,
+        sizing: &LlmClient,
         prompt: &PromptBuilder<'_>,
         parts: &PromptParts,
         tools: &[ToolSpec],
     ) -> Result<FittedPrompt, String> {
-        let llm = &self.clients.llm;
-        let estimate = |messages: &[_], tools: &[_]| llm.estimate_tokens(messages, tools);
+        let estimate = |messages: &[_], tools: &[_]| sizing.estimate_tokens(messages, tools);
         let mut checks = 0;
         loop {
             // Read each time: the window may have been learned since.
             let room = ModelRoom {
-                window: llm.context_tokens(),
-                max_tokens: llm.max_tokens(),
+                window: sizing.context_tokens(),
+                max_tokens: sizing.max_tokens(),
                 min_completion_tokens: self.config.llm.min_completion_tokens,
                 estimate: &estimate,
             };
@@ -299,10 +329,10 @@ impl TurnPlayer {
             if checks == 3 {
                 return Ok(fitted);
             }
-            let Some(counted) = llm.count_tokens(&fitted.messages, tools).await else {
+            let Some(counted) = sizing.count_tokens(&fitted.messages, tools).await else {
                 return Ok(fitted);
             };
-            let fits = llm
+            let fits = sizing
                 .context_tokens()
                 .is_none_or(|window| counted.saturating_add(fitted.max_tokens) <= window);
             if fits {

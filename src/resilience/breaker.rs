@@ -70,6 +70,9 @@ impl Verdict {
 pub struct CircuitBreaker {
     service: String,
     config: BreakerConfig,
+    /// Writes the service's breaker series; false for one endpoint's
+    /// breaker among several (the guard writes the service's then).
+    exports: bool,
     inner: Mutex<Inner>,
 }
 
@@ -106,9 +109,19 @@ struct Sample {
 
 impl CircuitBreaker {
     pub fn new(service: &str, config: BreakerConfig) -> Self {
+        Self::build(service, config, true)
+    }
+
+    /// A breaker that writes no metrics: one endpoint's among several.
+    pub fn quiet(service: &str, config: BreakerConfig) -> Self {
+        Self::build(service, config, false)
+    }
+
+    fn build(service: &str, config: BreakerConfig, exports: bool) -> Self {
         let breaker = Self {
             service: service.to_string(),
             config,
+            exports,
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
                 generation: 0,
@@ -120,6 +133,9 @@ impl CircuitBreaker {
                 consecutive_failures: 0,
             }),
         };
+        if !exports {
+            return breaker;
+        }
         breaker.export_state(BreakerState::Closed);
         for (from, to) in [
             (BreakerState::Closed, BreakerState::Open),
@@ -151,6 +167,23 @@ impl CircuitBreaker {
             return Some(Duration::from_millis(self.config.wait_in_open_ms));
         }
         Some(inner.open_until.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether [`Self::try_acquire`] would give leave now, without taking
+    /// it: the pick looks before it chooses.
+    pub fn would_admit(&self) -> bool {
+        let inner = self.inner.lock();
+        if inner.held_open {
+            return false;
+        }
+        if !self.config.enabled {
+            return true;
+        }
+        match inner.state {
+            BreakerState::Closed => true,
+            BreakerState::Open => Instant::now() >= inner.open_until,
+            BreakerState::HalfOpen => inner.probes_issued < self.config.half_open_permits,
+        }
     }
 
     /// Leave to call, or `None` when the breaker rejects (open, or
@@ -328,16 +361,24 @@ impl CircuitBreaker {
         inner.probes_issued = 0;
         inner.probes_succeeded = 0;
         tracing::warn!(service = %self.service, from = from.as_str(), to = to.as_str(), "circuit breaker");
+        if !self.exports {
+            return;
+        }
         metrics::counter!(names::BREAKER_TRANSITIONS_TOTAL, "service" => self.service.clone(), "from" => from.as_str(), "to" => to.as_str())
             .increment(1);
         self.export_state(to);
     }
 
     fn export_state(&self, current: BreakerState) {
-        for state in BreakerState::ALL {
-            let value = if state == current { 1.0 } else { 0.0 };
-            metrics::gauge!(names::BREAKER_STATE, "service" => self.service.clone(), "state" => state.as_str()).set(value);
-        }
+        export_state(&self.service, current);
+    }
+}
+
+/// Writes a service's breaker state series: 1 for `current`, 0 for the rest.
+pub(super) fn export_state(service: &str, current: BreakerState) {
+    for state in BreakerState::ALL {
+        let value = if state == current { 1.0 } else { 0.0 };
+        metrics::gauge!(names::BREAKER_STATE, "service" => service.to_string(), "state" => state.as_str()).set(value);
     }
 }
 

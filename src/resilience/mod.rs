@@ -2,7 +2,13 @@
 //! overall deadline ▸ retry (full-jitter backoff, `Retry-After`, retry
 //! budget) ▸ circuit breaker ▸ bulkhead (concurrency limit) ▸ per-attempt
 //! timeout ▸ the request. One [`Guard`] per service holds that service's
-//! breaker, budget and bulkhead; clones of a client share it.
+//! retry budget and its endpoints; clones of a client share it. Each
+//! [`Endpoint`] has its own breaker, bulkhead, outstanding count and
+//! outlier ejection, and each attempt picks one (`pick`): the lowest tier
+//! that can serve, power of two choices by outstanding requests, weighted,
+//! a retry preferring an endpoint the call has not tried. The deadline,
+//! retries and budget stay per call. With one endpoint it is the stack as
+//! it always was.
 //!
 //! Only this module decides whether to try again and how long to wait. A
 //! call rejected by an open breaker, an exhausted budget or a full bulkhead
@@ -22,8 +28,10 @@
 pub mod backoff;
 pub mod breaker;
 pub mod budget;
+mod endpoint;
 pub mod journal;
 mod outcome;
+mod pick;
 mod progress;
 
 use std::future::Future;
@@ -32,14 +40,15 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::config::PolicyConfig;
+use crate::config::{OutlierConfig, PolicyConfig};
 use crate::metrics as names;
 pub use breaker::{BreakerState, CircuitBreaker, Verdict};
 use budget::RetryBudget;
+pub use endpoint::{Endpoint, EndpointSnapshot, EndpointSpec};
 pub use outcome::{CallOutcome, Classify, GuardError};
+use pick::Refusal;
 pub use progress::Progress;
 use progress::{run_timed, Cut};
 
@@ -57,9 +66,10 @@ pub struct Policy {
 pub struct Guard {
     service: String,
     policy: Policy,
-    breaker: CircuitBreaker,
+    outlier: OutlierConfig,
+    /// Never empty; in the order configured, primaries first.
+    endpoints: Vec<Endpoint>,
     budget: RetryBudget,
-    bulkhead: Semaphore,
     random: Mutex<ChaCha8Rng>,
 }
 
@@ -67,6 +77,8 @@ pub struct Guard {
 #[derive(Debug, Clone)]
 pub struct CallSummary {
     pub attempts: u32,
+    /// The endpoint of the last attempt that reached the network.
+    pub endpoint: Option<usize>,
     pub outcome: CallOutcome,
     pub last_error: Option<String>,
     pub duration: Duration,
@@ -87,47 +99,170 @@ impl Policy {
 }
 
 impl Guard {
+    /// A guard of one endpoint (named after the service).
     pub fn new(service: &str, policy: Policy) -> Self {
+        let only = EndpointSpec {
+            name: service.to_string(),
+            base_url: String::new(),
+            model: String::new(),
+            tier: 0,
+            weight: 1,
+            max_concurrent: policy.config.max_concurrent,
+        };
+        Self::with_endpoints(service, policy, OutlierConfig::default(), vec![only])
+    }
+
+    /// A guard of several endpoints (an empty list is one endpoint named
+    /// after the service). With one, its breaker writes the service's
+    /// breaker series as it always did; with several, the guard writes
+    /// them for the service as a whole (see [`Self::breaker_state`]).
+    pub fn with_endpoints(
+        service: &str,
+        policy: Policy,
+        outlier: OutlierConfig,
+        specs: Vec<EndpointSpec>,
+    ) -> Self {
+        if specs.is_empty() {
+            return Self::new(service, policy);
+        }
         let random = match policy.jitter_seed {
             Some(seed) => ChaCha8Rng::seed_from_u64(seed),
             None => ChaCha8Rng::from_os_rng(),
         };
         create_series(service);
-        Self {
+        let alone = specs.len() == 1;
+        let endpoints = specs
+            .into_iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                Endpoint::new(
+                    index,
+                    service,
+                    spec,
+                    policy.config.breaker.clone(),
+                    policy.config.max_concurrent,
+                    alone,
+                )
+            })
+            .collect();
+        let guard = Self {
             service: service.to_string(),
-            breaker: CircuitBreaker::new(service, policy.config.breaker.clone()),
             budget: RetryBudget::new(
                 policy.config.retry_budget_ratio,
                 policy.config.retry_budget_min_per_second,
             ),
-            bulkhead: Semaphore::new(policy.config.max_concurrent as usize),
             random: Mutex::new(random),
             policy,
+            outlier,
+            endpoints,
+        };
+        guard.export_breaker();
+        guard
+    }
+
+    /// The service's endpoints, primaries first.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The service's breaker: closed when any endpoint's is, else half-open
+    /// when any is, else open. With one endpoint, its breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        let states: Vec<BreakerState> = self
+            .endpoints
+            .iter()
+            .map(|endpoint| endpoint.breaker.state())
+            .collect();
+        [BreakerState::Closed, BreakerState::HalfOpen]
+            .into_iter()
+            .find(|state| states.contains(state))
+            .unwrap_or(BreakerState::Open)
+    }
+
+    /// How long until some endpoint's open breaker lets a probe through;
+    /// `None` when some endpoint's breaker is not open. See
+    /// [`CircuitBreaker::open_remaining`].
+    pub fn open_remaining(&self) -> Option<Duration> {
+        let mut soonest: Option<Duration> = None;
+        for endpoint in &self.endpoints {
+            let remaining = endpoint.breaker.open_remaining()?;
+            soonest = Some(soonest.map_or(remaining, |soonest| soonest.min(remaining)));
+        }
+        soonest
+    }
+
+    /// See [`CircuitBreaker::half_open_now`]; every endpoint's.
+    pub fn half_open_now(&self) {
+        for index in 0..self.endpoints.len() {
+            self.endpoint_answered(index);
         }
     }
 
-    pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
-    }
-
-    /// See [`CircuitBreaker::open_remaining`].
-    pub fn open_remaining(&self) -> Option<Duration> {
-        self.breaker.open_remaining()
-    }
-
-    /// See [`CircuitBreaker::half_open_now`].
-    pub fn half_open_now(&self) {
-        self.breaker.half_open_now();
-    }
-
-    /// See [`CircuitBreaker::hold_open`].
+    /// See [`CircuitBreaker::hold_open`]; every endpoint's.
     pub fn hold_open(&self) {
-        self.breaker.hold_open();
+        for index in 0..self.endpoints.len() {
+            self.hold_endpoint_open(index);
+        }
     }
 
-    /// See [`CircuitBreaker::release_hold`].
+    /// See [`CircuitBreaker::release_hold`]; every endpoint's.
     pub fn release_hold(&self) {
-        self.breaker.release_hold();
+        for index in 0..self.endpoints.len() {
+            self.release_endpoint_hold(index);
+        }
+    }
+
+    /// Endpoint `index` was seen answering (its health check, a session's
+    /// probe): its open breaker half-opens and its ejection ends.
+    pub fn endpoint_answered(&self, index: usize) {
+        if let Some(endpoint) = self.endpoints.get(index) {
+            endpoint.breaker.half_open_now();
+            endpoint.end_ejection();
+            self.export_breaker();
+        }
+    }
+
+    /// Endpoint `index`'s health check answers: an ejection ends now.
+    pub fn end_ejection(&self, index: usize) {
+        if let Some(endpoint) = self.endpoints.get(index) {
+            endpoint.end_ejection();
+        }
+    }
+
+    /// Holds endpoint `index`'s breaker open while it is seen down.
+    pub fn hold_endpoint_open(&self, index: usize) {
+        if let Some(endpoint) = self.endpoints.get(index) {
+            endpoint.breaker.hold_open();
+            self.export_breaker();
+        }
+    }
+
+    /// Ends the hold on endpoint `index` once it is seen up again; an
+    /// ejection ends too.
+    pub fn release_endpoint_hold(&self, index: usize) {
+        if let Some(endpoint) = self.endpoints.get(index) {
+            endpoint.breaker.release_hold();
+            endpoint.end_ejection();
+            self.export_breaker();
+        }
+    }
+
+    /// Endpoint `index` has `slots` slots, as its server says: its
+    /// bulkhead is sized to them, unless the config set its size. `None`:
+    /// the server answered without saying; it keeps the policy's size.
+    pub fn learn_endpoint_slots(&self, index: usize, slots: Option<u32>) {
+        let Some(endpoint) = self.endpoints.get(index) else {
+            return;
+        };
+        if endpoint.capacity_settled() {
+            return;
+        }
+        match slots {
+            Some(slots) if slots > 0 => endpoint.set_capacity(slots),
+            _ => endpoint
+                .capacity_settled
+                .store(true, std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -166,9 +301,29 @@ impl Guard {
         F: FnMut(Progress) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.call_on(operation, idle, &|_| true, |_, progress| attempt(progress))
+            .await
+    }
+
+    /// [`Self::call_streaming`] over the endpoints `eligible` accepts: each
+    /// attempt picks one and is given it to address its request.
+    pub async fn call_on<T, E, F, Fut>(
+        &self,
+        operation: &str,
+        idle: Option<Duration>,
+        eligible: &(dyn Fn(&Endpoint) -> bool + Sync),
+        mut attempt: F,
+    ) -> (Result<T, GuardError<E>>, CallSummary)
+    where
+        E: Classify,
+        F: FnMut(&Endpoint, Progress) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let started = Instant::now();
         let deadline = started + self.policy.deadline();
         let mut attempts = 0u32;
+        let mut tried = vec![false; self.endpoints.len()];
+        let mut endpoint = None;
         // The last error a real attempt got. When a retry is then refused by
         // the stack (the breaker opened on the attempts before it), that
         // refusal says nothing new: the call ends with the real error, so
@@ -176,13 +331,16 @@ impl Guard {
         let mut last_real_error: Option<GuardError<E>> = None;
         self.budget.record_call();
         let result = loop {
-            let outcome = self.attempt_once(&mut attempt, idle, deadline).await;
-            attempts += u32::from(outcome.reached_network);
+            let outcome = self
+                .attempt_once(&mut attempt, idle, deadline, eligible, &mut tried)
+                .await;
+            attempts += u32::from(outcome.endpoint.is_some());
+            endpoint = outcome.endpoint.or(endpoint);
             let error = match outcome.result {
                 Ok(value) => break Ok(value),
                 Err(error) => error,
             };
-            if !outcome.reached_network {
+            if outcome.endpoint.is_none() {
                 break Err(last_real_error.take().unwrap_or(error));
             }
             if !error.is_transient() {
@@ -211,6 +369,7 @@ impl Guard {
         };
         let summary = CallSummary {
             attempts,
+            endpoint,
             outcome: CallOutcome::of(&result),
             last_error: result.as_ref().err().map(ToString::to_string),
             duration: started.elapsed(),
@@ -225,33 +384,26 @@ impl Guard {
         attempt: &mut F,
         idle: Option<Duration>,
         deadline: Instant,
+        eligible: &(dyn Fn(&Endpoint) -> bool + Sync),
+        tried: &mut [bool],
     ) -> AttemptOutcome<T, E>
     where
         E: Classify,
-        F: FnMut(Progress) -> Fut,
+        F: FnMut(&Endpoint, Progress) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let rejected = |error: GuardError<E>| AttemptOutcome {
-            result: Err(error),
-            reached_network: false,
-        };
-        let Some(permit) = self.breaker.try_acquire() else {
-            return rejected(GuardError::CircuitOpen {
-                service: self.service.clone(),
-            });
-        };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let queue_wait = Duration::from_millis(self.policy.config.max_queue_wait_ms).min(remaining);
-        let slot = match tokio::time::timeout(queue_wait, self.bulkhead.acquire()).await {
-            Ok(Ok(slot)) => slot,
-            // The permit is dropped unrecorded: a full bulkhead says nothing
-            // about the service's health.
-            _ => {
-                return rejected(GuardError::BulkheadFull {
-                    service: self.service.clone(),
-                })
+        let chosen = match self.choose(eligible, tried, deadline).await {
+            Ok(chosen) => chosen,
+            Err(refusal) => {
+                return AttemptOutcome {
+                    result: Err(self.refused(refusal)),
+                    endpoint: None,
+                }
             }
         };
+        let endpoint = chosen.endpoint;
+        tried[endpoint.index] = true;
+        let outstanding = endpoint.start_request();
         let limit = self
             .policy
             .attempt_timeout
@@ -259,7 +411,7 @@ impl Guard {
         let attempt_started = Instant::now();
         let progress = Progress::new(idle);
         let timed = run_timed(
-            attempt(progress.clone()),
+            attempt(endpoint, progress.clone()),
             &progress,
             attempt_started + limit,
             deadline,
@@ -271,7 +423,8 @@ impl Guard {
                 (Err(error), cut_by_deadline)
             }
         };
-        drop(slot);
+        drop(chosen.slot);
+        drop(outstanding);
         let elapsed = attempt_started.elapsed();
         // A streamed reply is as slow as its wait for the first piece: a
         // long reply that keeps coming is not a slow service.
@@ -284,19 +437,34 @@ impl Guard {
             // Our deadline, not the service, ended this attempt early: it
             // says nothing about the service's health. (Cut after the slow
             // threshold, it was a slow call all the same, and counts.)
-            drop(permit);
+            drop(chosen.permit);
         } else {
-            permit.judge(breaker::Verdict::of(result.as_ref().err()), latency);
+            let verdict = breaker::Verdict::of(result.as_ref().err());
+            chosen.permit.judge(verdict, latency);
+            if endpoint.note_attempt(verdict, &self.outlier) {
+                self.maybe_eject(endpoint);
+            }
         }
+        self.export_breaker();
         let label = match &result {
             Ok(_) => CallOutcome::Success.as_str(),
             Err(error) => error.label(),
         };
         metrics::counter!(names::SERVICE_ATTEMPTS_TOTAL, "service" => self.service.clone(), "outcome" => label).increment(1);
         metrics::histogram!(names::SERVICE_ATTEMPT_DURATION_SECONDS, "service" => self.service.clone()).record(elapsed.as_secs_f64());
+        endpoint.record_attempt_duration(elapsed);
         AttemptOutcome {
             result,
-            reached_network: true,
+            endpoint: Some(endpoint.index),
+        }
+    }
+
+    /// The stack's own refusal when no endpoint was chosen.
+    fn refused<E>(&self, refusal: Refusal) -> GuardError<E> {
+        let service = self.service.clone();
+        match refusal {
+            Refusal::Open => GuardError::CircuitOpen { service },
+            Refusal::Full => GuardError::BulkheadFull { service },
         }
     }
 
@@ -384,9 +552,13 @@ fn create_series(service: &str) {
 
 struct AttemptOutcome<T, E> {
     result: Result<T, GuardError<E>>,
-    /// False when the stack itself refused (breaker, bulkhead).
-    reached_network: bool,
+    /// The endpoint the attempt went to; `None` when the stack itself
+    /// refused (breakers, bulkheads).
+    endpoint: Option<usize>,
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod endpoint_tests;

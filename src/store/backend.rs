@@ -22,7 +22,8 @@ use async_trait::async_trait;
 use super::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
     NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
-    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError,
+    TurnRead, TurnRecord,
 };
 
 /// What a committed turn leaves its session to deliver next.
@@ -164,6 +165,25 @@ pub(crate) trait Backend: Any + Send + Sync {
         to: chrono::DateTime<chrono::Utc>,
         schedule: Option<&str>,
     ) -> Result<u64, StoreError>;
+
+    // The admin API's event streams (reads only).
+
+    /// A session's row and its turns after `after_turn`, oldest first, at
+    /// most `limit`; `SessionNotFound` for an unknown id.
+    async fn session_turns_after(
+        &self,
+        session_id: &str,
+        after_turn: i64,
+        limit: usize,
+    ) -> Result<SessionTurns, StoreError>;
+
+    /// Every session's turns after `messages.id` `after_id`, in id order,
+    /// at most `limit`.
+    async fn turns_after(&self, after_id: i64, limit: usize) -> Result<Vec<TurnRead>, StoreError>;
+
+    /// The highest `messages.id` (0 with no turn): where a stream of new
+    /// turns begins.
+    async fn last_message_id(&self) -> Result<i64, StoreError>;
 
     // The memory outbox.
 

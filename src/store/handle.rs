@@ -18,7 +18,8 @@ use super::sqlite::SqliteBackend;
 use super::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
     NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
-    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError,
+    TurnRead, TurnRecord,
 };
 use crate::config::{ClusterConfig, StoreBackend, StoreConfig, Synchronous};
 
@@ -258,6 +259,34 @@ impl StoreHandle {
 
     pub async fn last_turn(&self, session_id: &str) -> Result<u32, StoreError> {
         self.backend.last_turn(session_id).await
+    }
+
+    // The admin API's event streams.
+
+    /// A session's row and its turns after `after_turn`, oldest first.
+    pub async fn session_turns_after(
+        &self,
+        session_id: &str,
+        after_turn: i64,
+        limit: usize,
+    ) -> Result<SessionTurns, StoreError> {
+        self.backend
+            .session_turns_after(session_id, after_turn, limit)
+            .await
+    }
+
+    /// Every session's turns after `messages.id` `after_id`, in id order.
+    pub async fn turns_after(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<TurnRead>, StoreError> {
+        self.backend.turns_after(after_id, limit).await
+    }
+
+    /// The highest `messages.id`, 0 with no turn.
+    pub async fn last_message_id(&self) -> Result<i64, StoreError> {
+        self.backend.last_message_id().await
     }
 
     // The memory outbox.

@@ -41,7 +41,7 @@ pub use rows::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, MessageRow,
     NewSession, NodeRow, OutboxEntry, OutboxSummary, RecentTurns, RunTrigger, SchedulePause,
     ScheduleTokens, ServiceCallRecord, ServiceCallRow, SessionDetail, SessionRow, SessionStatus,
-    TokenTotals, ToolCallRecord, ToolUsageRow, TurnRecord, TurnUsage,
+    SessionTurns, TokenTotals, ToolCallRecord, ToolUsageRow, TurnRead, TurnRecord, TurnUsage,
 };
 
 /// The SQLite schema's version, bumped with every migration appended to

@@ -326,6 +326,24 @@ pub struct RecentTurns {
     pub tool_usage: Vec<ToolUsageRow>,
 }
 
+/// One committed turn as the admin API's event streams send it: its
+/// message, its tool calls (with outcome and duration) and the calls of it
+/// that failed or were retried.
+#[derive(Debug, Clone)]
+pub struct TurnRead {
+    pub message: MessageRow,
+    pub tool_calls: Vec<ToolCallRecord>,
+    pub service_calls: Vec<ServiceCallRecord>,
+}
+
+/// A session's row and its turns after a given one (a session's event
+/// stream reads both in one trip, so it sees its ending with its turns).
+#[derive(Debug, Clone)]
+pub struct SessionTurns {
+    pub session: SessionRow,
+    pub turns: Vec<TurnRead>,
+}
+
 /// A memory write waiting for (re)delivery.
 #[derive(Debug, Clone)]
 pub struct OutboxEntry {
@@ -426,3 +444,8 @@ pub(crate) const OUTBOX_ENTRY_COLUMNS: &str =
 /// in its column order.
 pub(crate) const HEALTH_EVENT_COLUMNS: &str =
     "SELECT timestamp, service, from_state, to_state, reason FROM health_events";
+
+/// A turn's tool calls as the event streams read them, in its reader's
+/// column order (the `duration_ms` of a prototype's row is NULL).
+pub(crate) const TOOL_CALL_COLUMNS: &str =
+    "SELECT tool_name, tool_params, tool_result, success, error, duration_ms FROM tool_usage";

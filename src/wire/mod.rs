@@ -15,6 +15,7 @@
 //! It is the bottom of the crate: it must import nothing from it, and it
 //! holds no behaviour beyond naming, parsing and escaping what is on the wire.
 
+pub mod events;
 pub mod memory;
 pub mod openai;
 

@@ -1311,3 +1311,52 @@ fn version_names_the_package_version_and_the_commit_built() {
         )
     );
 }
+
+/// What a packager installs beside the binary comes from the binary: each
+/// shell's completions and the man page name the subcommands (the new
+/// ones among them), and `version` says what `--version` says plus the
+/// commit on its own line.
+#[test]
+fn completions_man_page_and_version_come_from_the_binary() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    for shell in ["bash", "zsh", "fish"] {
+        let output = heistd(&["completions", shell], directory.path());
+        assert!(output.status.success(), "{shell}: {}", text(&output.stderr));
+        let script = text(&output.stdout);
+        for name in [
+            "daemon", "demo", "sessions", "watch", "status", "runs", "man",
+        ] {
+            assert!(script.contains(name), "{shell} completions lack {name}");
+        }
+    }
+    let output = heistd(&["completions", "powershell"], directory.path());
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+    let output = heistd(&["man"], directory.path());
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let page = text(&output.stdout);
+    assert!(page.contains(".TH heistd 1"), "{page}");
+    for name in [
+        "heistd sessions watch",
+        "heistd runs start",
+        "heistd status",
+        "heistd check",
+    ] {
+        assert!(page.contains(name), "the man page lacks {name}");
+    }
+    let version = text(&heistd(&["--version"], directory.path()).stdout);
+    let output = heistd(&["version"], directory.path());
+    assert!(output.status.success());
+    let printed = text(&output.stdout);
+    assert!(
+        printed.starts_with(version.trim()),
+        "{printed} vs {version}"
+    );
+    assert!(
+        printed.lines().any(|line| line.starts_with("commit: ")),
+        "{printed}"
+    );
+}

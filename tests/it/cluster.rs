@@ -833,3 +833,57 @@ async fn a_cancel_sent_to_another_node_stops_the_session_on_its_owner() {
         .await;
     assert_eq!(status, 409);
 }
+
+/// A session watched through the node that does not play it: its turns
+/// come from the store (that node polls it), so `sessions watch` prints
+/// every turn once, in order, and exits 0 when the session completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
+async fn a_session_is_watched_through_the_node_that_does_not_play_it() {
+    let Some(database) = TestDatabase::create("watch_through_another_node").await else {
+        return;
+    };
+    let stack = TestStack::start().await;
+    slow_model(&stack, 30);
+    let poll = "[events]\npoll_ms = 100\n";
+    let node_1 = Daemon::start_with_config(&node_config(&stack, &database, "node-1", poll)).await;
+    let node_2 = Daemon::start_with_config(&node_config(&stack, &database, "node-2", poll)).await;
+    let session_id = node_1.start_run(10).await;
+    let client = sql(&database).await;
+    let owner: String = eventually(
+        Duration::from_secs(30),
+        "a node claims the run",
+        async || {
+            client
+                .query_one(
+                    "SELECT owner_node FROM sessions WHERE session_id = $1 AND status = 'active'",
+                    &[&session_id],
+                )
+                .await
+                .ok()?
+                .get(0)
+        },
+    )
+    .await;
+    let watcher = if owner == "node-1" { &node_2 } else { &node_1 };
+    let address = watcher.address();
+    let (code, stdout, stderr) = watcher
+        .cli(&[
+            "sessions",
+            "watch",
+            &session_id,
+            "--admin-address",
+            &address,
+        ])
+        .await;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for turn in 1..=10 {
+        let heading = format!("[{turn:>2}/10] ");
+        assert_eq!(
+            stdout.matches(&heading).count(),
+            1,
+            "turn {turn}:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("completed after 10 turns"), "{stdout}");
+}

@@ -955,6 +955,7 @@ async fn a_read_only_store_at_start_exits_2_before_ready() {
     assert!(!stderr.contains("READY"), "{stderr}");
 }
 
+pub(crate) mod events;
 mod memory_restart;
 mod ops;
 

@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod control;
 mod daemon;
+mod endpoints;
 mod heist;
 mod hostile_process;
 mod model;

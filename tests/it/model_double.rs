@@ -15,7 +15,10 @@
 //! and tool-call arguments in pieces, `usage` last when asked, then
 //! `data: [DONE]`), and can stream slowly, stall, break the stream, or
 //! answer plain JSON instead; it counts streams whose client went away
-//! before the end. An axum server on 127.0.0.1:0.
+//! before the end. Like llama.cpp it may have several slots, which it
+//! reports at `GET /props` (`total_slots`), and it may hang (accept a chat
+//! and never answer). An axum server on 127.0.0.1:0; several can run at
+//! once, each counting the chat requests it received.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -46,9 +49,6 @@ pub struct Behaviour {
     /// with its `exceed_context_size_error` body (not OpenAI's), and lists
     /// `meta.n_ctx` (the window) and `meta.n_ctx_train` in `/v1/models`.
     pub llama_cpp: bool,
-    /// With `llama_cpp`, the slots `GET /props` reports (`total_slots`;
-    /// 0 reads as 1). The double still serves one call at a time.
-    pub slots: u32,
     /// Refuses an oversized request as LM Studio does.
     pub lm_studio: bool,
     /// Refuses an oversized request as Ollama does (no numbers), and
@@ -61,8 +61,13 @@ pub struct Behaviour {
     pub functions_as_text: bool,
     /// Every reply is cut: `finish_reason: "length"`.
     pub cut_at_length: bool,
-    /// Each chat call holds the one slot this long.
+    /// Each chat call holds a slot this long.
     pub generation: Duration,
+    /// Slots (calls served at once, as llama.cpp's `--parallel`); 0 is 1.
+    /// Read at start. Answered at `GET /props` as `total_slots`.
+    pub slots: usize,
+    /// Accepts chat requests (and `/v1/models`, `/props`) and never answers.
+    pub hang: bool,
     /// Answers every request 500 (an outage).
     pub down: bool,
     /// Like Ollama for a model it has not pulled: chat answers 404 for any
@@ -98,13 +103,14 @@ pub enum StreamFlaw {
     Malformed,
 }
 
-#[derive(Default)]
 struct Shared {
     behaviour: Mutex<Behaviour>,
-    /// The one slot: `/v1/models` and chat calls wait for it; a stream
-    /// holds it until its last event.
-    slot: Arc<tokio::sync::Mutex<()>>,
+    /// The slots: `/v1/models` and chat calls wait for one; a stream holds
+    /// its slot until its last event.
+    slot: Arc<tokio::sync::Semaphore>,
     chat_calls: AtomicU32,
+    /// Chat requests received, answered or not (a 500, a hang).
+    chat_requests: AtomicU32,
     oversized: AtomicU32,
     /// For each chat call, in order: whether it was refused as oversized.
     overflows: Mutex<Vec<bool>>,
@@ -129,8 +135,19 @@ pub struct ModelDouble {
 
 impl ModelDouble {
     pub async fn start(behaviour: Behaviour) -> Self {
-        let shared = Arc::new(Shared::default());
-        *shared.behaviour.lock() = behaviour;
+        let shared = Arc::new(Shared {
+            slot: Arc::new(tokio::sync::Semaphore::new(behaviour.slots.max(1))),
+            behaviour: Mutex::new(behaviour),
+            chat_calls: AtomicU32::new(0),
+            chat_requests: AtomicU32::new(0),
+            oversized: AtomicU32::new(0),
+            overflows: Mutex::default(),
+            stream_requests: AtomicU32::new(0),
+            abandoned_streams: AtomicU32::new(0),
+            last_request: Mutex::default(),
+            tokenize_calls: AtomicU32::new(0),
+            usage_sent: Mutex::default(),
+        });
         let router = Router::new()
             .route("/v1/models", get(models))
             .route("/v1/chat/completions", post(chat))
@@ -157,6 +174,11 @@ impl ModelDouble {
 
     pub fn chat_calls(&self) -> u32 {
         self.shared.chat_calls.load(Ordering::SeqCst)
+    }
+
+    /// Chat requests received, answered or not.
+    pub fn chat_requests(&self) -> u32 {
+        self.shared.chat_requests.load(Ordering::SeqCst)
     }
 
     /// Requests refused with the context-length 400.
@@ -212,7 +234,14 @@ fn not_found() -> Response {
 /// `default_generation_settings.n_ctx`, the slots in `total_slots`.
 async fn props(State(shared): State<Arc<Shared>>) -> Response {
     let behaviour = behaviour(&shared);
-    if !behaviour.llama_cpp {
+    if behaviour.hang {
+        std::future::pending::<()>().await;
+    }
+    if behaviour.down {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+    }
+    // A double given slots is a llama.cpp server as far as `/props` goes.
+    if !behaviour.llama_cpp && behaviour.slots == 0 {
         return not_found();
     }
     Json(serde_json::json!({
@@ -265,11 +294,14 @@ fn behaviour(shared: &Shared) -> Behaviour {
 }
 
 async fn models(State(shared): State<Arc<Shared>>) -> Response {
+    if behaviour(&shared).hang {
+        std::future::pending::<()>().await;
+    }
     if behaviour(&shared).down {
         return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
     }
     let behaviour = behaviour(&shared);
-    let _slot = shared.slot.lock().await;
+    let _slot = shared.slot.acquire().await;
     let mut entry = serde_json::json!({"id": MODEL, "object": "model"});
     if behaviour.llama_cpp {
         // llama-server's listing: the window it was started with beside
@@ -290,6 +322,10 @@ async fn chat(
 ) -> Response {
     let behaviour = behaviour(&shared);
     *shared.last_request.lock() = request.clone();
+    shared.chat_requests.fetch_add(1, Ordering::SeqCst);
+    if behaviour.hang {
+        std::future::pending::<()>().await;
+    }
     if behaviour.down {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -312,7 +348,9 @@ async fn chat(
     if request["stream"] == true {
         shared.stream_requests.fetch_add(1, Ordering::SeqCst);
     }
-    let slot = shared.slot.clone().lock_owned().await;
+    let Ok(slot) = shared.slot.clone().acquire_owned().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
     shared.chat_calls.fetch_add(1, Ordering::SeqCst);
     if !streaming {
         tokio::time::sleep(behaviour.generation).await;
@@ -452,7 +490,7 @@ fn stream(
     shared: &Arc<Shared>,
     behaviour: &Behaviour,
     events: Vec<String>,
-    slot: tokio::sync::OwnedMutexGuard<()>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     let behaviour = behaviour.clone();

@@ -113,9 +113,74 @@ contract!(
     cancel_requests_are_recorded_for_active_sessions_only,
     pauses_are_kept_until_resumed,
     a_schedules_runs_record_their_trigger_and_slots,
+    turns_are_read_after_a_turn_and_after_a_row_id,
     a_turns_tokens_add_up_in_its_session_and_the_days_totals,
     a_days_tokens_count_the_sessions_started_that_day,
 );
+
+/// What the event streams read: a session's turns after a turn id (with
+/// its row), every session's after a `messages.id`, and the highest id.
+async fn turns_are_read_after_a_turn_and_after_a_row_id(store: &StoreHandle) {
+    let start = store.last_message_id().await.expect("last id");
+    let one = store.create_session(new_session(1, 5)).await.expect("one");
+    let two = store.create_session(new_session(2, 5)).await.expect("two");
+    for turn_id in 1..=3 {
+        store
+            .record_turn(turn(&one, turn_id))
+            .await
+            .expect("one's turn");
+        store
+            .record_turn(turn(&two, turn_id))
+            .await
+            .expect("two's turn");
+    }
+    let read = store.session_turns_after(&one, 1, 10).await.expect("read");
+    assert_eq!(read.session.session_id, one);
+    let ids: Vec<i64> = read.turns.iter().map(|t| t.message.turn_id).collect();
+    assert_eq!(ids, [2, 3]);
+    let second = &read.turns[0];
+    assert_eq!(second.message.message, "message 2");
+    assert_eq!(second.tool_calls.len(), 1);
+    assert_eq!(second.tool_calls[0].tool_name, "calculator");
+    assert_eq!(second.tool_calls[0].duration_ms, 1.0);
+    assert_eq!(second.service_calls.len(), 1);
+    assert_eq!(second.service_calls[0].attempts, 2);
+    // A page, and the page after it.
+    let page = store.session_turns_after(&one, 0, 2).await.expect("page");
+    assert_eq!(page.turns.len(), 2);
+    assert!(store
+        .session_turns_after(&one, 3, 10)
+        .await
+        .expect("none")
+        .turns
+        .is_empty());
+    assert!(matches!(
+        store.session_turns_after("heist_nobody", 0, 10).await,
+        Err(StoreError::SessionNotFound(_))
+    ));
+    // Every session's, in row order, each once, across pages.
+    let mut seen = Vec::new();
+    let mut after = start;
+    loop {
+        let page = store.turns_after(after, 4).await.expect("all");
+        if page.is_empty() {
+            break;
+        }
+        for read in &page {
+            assert!(read.message.id > after, "row ids go up");
+            after = read.message.id;
+            assert_eq!(read.tool_calls.len(), 1, "each turn with its own calls");
+            seen.push((read.message.session_id.clone(), read.message.turn_id));
+        }
+    }
+    let mut expected = Vec::new();
+    for turn_id in 1..=3 {
+        expected.push((one.clone(), turn_id));
+        expected.push((two.clone(), turn_id));
+    }
+    assert_eq!(seen, expected);
+    assert_eq!(store.last_message_id().await.expect("last id"), after);
+}
 
 async fn sessions_are_created_listed_and_ended_once(store: &StoreHandle) {
     let first = store

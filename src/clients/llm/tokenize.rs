@@ -141,7 +141,7 @@ impl LlmClient {
     /// One request to the server outside the call stack, with the API key
     /// and a short timeout; its JSON reply, or None (logged at debug).
     async fn ask_server(&self, request: reqwest::RequestBuilder) -> Option<serde_json::Value> {
-        let request = match &self.api_key {
+        let request = match self.api_key() {
             Some(key) => request.bearer_auth(key.expose()),
             None => request,
         };

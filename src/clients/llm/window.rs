@@ -172,6 +172,11 @@ impl ModelKnowledge {
         self.context_tokens
     }
 
+    /// Characters per token, as calibrated (smaller is denser).
+    pub(super) fn chars_per_token(&self) -> f64 {
+        self.chars_per_token
+    }
+
     /// Estimated tokens of a prompt of `chars` characters in `messages`
     /// messages: the ratio, the safety margin, the template's tokens.
     pub(super) fn estimate(&self, chars: usize, messages: usize) -> u32 {
@@ -249,8 +254,8 @@ impl ModelKnowledge {
 }
 
 /// An endpoint's name: its base URL's `host:port` (the whole URL when it
-/// has no host). Replies and metric labels name their endpoint by it.
-pub fn endpoint_name(base_url: &str) -> String {
+/// has no host).
+fn endpoint_name(base_url: &str) -> String {
     reqwest::Url::parse(base_url)
         .ok()
         .and_then(|url| {
@@ -276,10 +281,17 @@ impl LlmClient {
             .estimate(prompt_chars(messages, tools), messages.len())
     }
 
-    /// What is known of each endpoint's model (one endpoint today), for
-    /// `GET /api/v1/status` and `heistd check`.
+    /// What is known of each endpoint's model (primaries, then
+    /// fallbacks), for `GET /api/v1/status` and `heistd check`.
     pub fn endpoints(&self) -> Vec<EndpointKnowledge> {
-        vec![self.lock().report(self)]
+        (0..self.endpoint_count())
+            .map(|index| {
+                let view = self.endpoint_view(index);
+                let mut report = view.lock().report(&view);
+                report.endpoint = self.endpoint_name(index);
+                report
+            })
+            .collect()
     }
 
     /// Takes the window a server named (its context-length error, its model
@@ -504,7 +516,10 @@ mod tests {
     fn client_of_nothing() -> LlmClient {
         let mut config = crate::config::load(None, Vec::new()).expect("default config loads");
         config.llm.base_url = "http://127.0.0.1:9/v1".into();
-        LlmClient::from_config(&config.llm, reqwest::Client::new())
+        LlmClient::from_config(
+            &config.llm,
+            crate::clients::http_client().expect("HTTP client"),
+        )
     }
 
     fn overflow(

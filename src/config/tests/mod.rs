@@ -7,6 +7,7 @@ use super::load::is_same_or_below;
 use super::*;
 use crate::config::test_kit::config_file as write;
 
+mod endpoints;
 mod field_docs;
 mod layers;
 mod printed;

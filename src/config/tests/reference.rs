@@ -212,6 +212,11 @@ fn fresh_entry(struct_name: &str) -> toml::Value {
                 .expect("a client"),
         ),
         "Fault" => toml::Value::try_from(entry("").try_into::<Fault>().expect("a fault")),
+        "ModelEndpointConfig" => toml::Value::try_from(
+            entry("base_url = \"http://127.0.0.1:8080/v1\"\nmodel = \"fresh\"")
+                .try_into::<ModelEndpointConfig>()
+                .expect("an endpoint"),
+        ),
         other => panic!("no fresh entry for `{other}`: add one to fresh_entry"),
     }
     .expect("serialises")

@@ -121,9 +121,11 @@ impl Runs {
             planned_turns: options.turns,
         };
         let (runner, cancel) = self.runner(context);
+        let runner = self.live(runner, &session.session_id);
         let (this, id) = (self.clone(), session.session_id.clone());
         self.track(running, cancel, async move {
-            let outcome = runner.play(&id, &options, None).await;
+            let observer = this.state.events.committed_by(&id);
+            let outcome = runner.play(&id, &options, Some(&observer)).await;
             this.settle(&id, outcome).await;
         });
     }

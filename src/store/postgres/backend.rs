@@ -15,7 +15,8 @@ use crate::store::backend::{Backend, Owed};
 use crate::store::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, HeartbeatReport, NewSession,
     NodeRow, OutboxEntry, OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens,
-    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, StoreError, TurnRecord,
+    ServiceCallRecord, SessionDetail, SessionRow, SessionStatus, SessionTurns, StoreError,
+    TurnRead, TurnRecord,
 };
 
 #[async_trait]
@@ -128,6 +129,23 @@ impl Backend for PgStore {
 
     async fn last_turn(&self, session_id: &str) -> Result<u32, StoreError> {
         PgStore::last_turn(self, session_id).await
+    }
+
+    async fn session_turns_after(
+        &self,
+        session_id: &str,
+        after_turn: i64,
+        limit: usize,
+    ) -> Result<SessionTurns, StoreError> {
+        PgStore::session_turns_after(self, session_id, after_turn, limit).await
+    }
+
+    async fn turns_after(&self, after_id: i64, limit: usize) -> Result<Vec<TurnRead>, StoreError> {
+        PgStore::turns_after(self, after_id, limit).await
+    }
+
+    async fn last_message_id(&self) -> Result<i64, StoreError> {
+        PgStore::last_message_id(self).await
     }
 
     // The memory outbox.

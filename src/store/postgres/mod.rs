@@ -29,6 +29,7 @@ mod queue;
 mod rows;
 mod schema;
 mod sessions;
+mod stream;
 mod turns;
 
 pub use turns::OutboxMark;

@@ -19,7 +19,7 @@ use crate::store::backend::{Backend, InPlay, Owed};
 use crate::store::{
     CancelOutcome, CancelRequest, DeliveredCount, HealthEvent, NewSession, OutboxEntry,
     OutboxSummary, RecentTurns, SchedulePause, ScheduleTokens, ServiceCallRecord, SessionDetail,
-    SessionRow, SessionStatus, StoreError, TurnRecord,
+    SessionRow, SessionStatus, SessionTurns, StoreError, TurnRead, TurnRecord,
 };
 
 /// The SQLite store as async code reaches it.
@@ -268,6 +268,26 @@ impl Backend for SqliteBackend {
     async fn last_turn(&self, session_id: &str) -> Result<u32, StoreError> {
         let id = session_id.to_string();
         self.run(move |store| store.last_turn(&id)).await
+    }
+
+    async fn session_turns_after(
+        &self,
+        session_id: &str,
+        after_turn: i64,
+        limit: usize,
+    ) -> Result<SessionTurns, StoreError> {
+        let id = session_id.to_string();
+        self.read(move |store| store.session_turns_after(&id, after_turn, limit))
+            .await
+    }
+
+    async fn turns_after(&self, after_id: i64, limit: usize) -> Result<Vec<TurnRead>, StoreError> {
+        self.read(move |store| store.turns_after(after_id, limit))
+            .await
+    }
+
+    async fn last_message_id(&self) -> Result<i64, StoreError> {
+        self.read(Store::last_message_id).await
     }
 
     // The memory outbox.

@@ -36,6 +36,7 @@ mod reader;
 mod rows;
 pub(super) mod schema;
 mod sessions;
+mod stream;
 mod turns;
 
 pub(crate) use backend::SqliteBackend;

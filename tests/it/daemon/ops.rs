@@ -110,9 +110,54 @@ fn assert_every_family_has_help_and_type(text: &str) {
 #[tokio::test]
 async fn a_fresh_daemon_shows_every_family_at_zero_and_all_have_help_and_type_after_a_heist() {
     let stack = TestStack::start().await;
-    let daemon = Daemon::start(&stack, "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n").await;
+    // A schedule and a fallback model: their families exist only with one.
+    let daemon = Daemon::start(
+        &stack,
+        "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n\
+         [[llm.fallbacks]]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"spare\"\n",
+    )
+    .await;
+    // The status lists each service's endpoints: the model's primary, and
+    // the fallback a tier below.
+    let llm = eventually(
+        Duration::from_secs(10),
+        "status lists the model's endpoints",
+        async || {
+            let (_, status) = daemon.get("/api/v1/status").await;
+            let llm = status["services"]
+                .as_array()?
+                .iter()
+                .find(|service| service["service"] == "llm")?
+                .clone();
+            (llm["endpoints"].as_array()?.len() == 2).then_some(llm)
+        },
+    )
+    .await;
+    let fallback = &llm["endpoints"][1];
+    assert_eq!(
+        (&fallback["name"], &fallback["tier"], &fallback["model"]),
+        (
+            &serde_json::json!("127.0.0.1:9"),
+            &serde_json::json!(1),
+            &serde_json::json!("spare")
+        ),
+        "{llm}"
+    );
+    assert_eq!(llm["endpoints"][0]["tier"], 0);
+    assert!(
+        llm["endpoints"][0]["max_concurrent"].as_u64() > Some(0),
+        "{llm}"
+    );
     let fresh = daemon.metrics_text().await;
     assert_every_family_has_help_and_type(&fresh);
+    assert!(
+        series_value(
+            &fresh,
+            "heistd_endpoint_ejected",
+            &[("service", "llm"), ("endpoint", "127.0.0.1:9")]
+        ) == Some(0.0),
+        "each endpoint's series exists at 0"
+    );
     let commit = checkout_head().unwrap_or_else(|| heistd::metrics::BUILD_COMMIT.to_string());
     assert_eq!(
         series_value(&fresh, "heistd_build_info", &[("commit", &commit)]),
@@ -212,7 +257,13 @@ async fn promtool_check_metrics_finds_nothing_before_or_after_a_heist() {
     let promtool =
         support::promtool("promtool_check_metrics_finds_nothing_before_or_after_a_heist");
     let stack = TestStack::start().await;
-    let daemon = Daemon::start(&stack, "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n").await;
+    // A schedule and a fallback model: their families exist only with one.
+    let daemon = Daemon::start(
+        &stack,
+        "[[schedule]]\nname = \"hourly\"\nevery = \"1h\"\n\
+         [[llm.fallbacks]]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"spare\"\n",
+    )
+    .await;
     let fresh = daemon.metrics_text().await;
     if let Some(said) = support::promtool_check_metrics(promtool, &fresh) {
         panic!("promtool check metrics on a fresh daemon:\n{said}");

@@ -65,7 +65,7 @@ async fn door() -> Door {
         clients: Clients::from_config(&config).expect("clients"),
     };
     let (_stop_sender, stop) = watch::channel(false);
-    let runs = Runs::with_clock(state, store.clone(), context, stop, Clock::new(Utc::now()));
+    let runs = Runs::new(state, store.clone(), context, stop, Clock::new(Utc::now()));
     Door {
         runs,
         store,
