@@ -156,6 +156,8 @@ impl App {
             },
             stop.clone(),
             webhooks.clone(),
+            // Which UTC day the daily token budgets count.
+            Clock::system(),
         );
         state.set_steering(Arc::new(Steering::new(&runs, store.clone())));
         let (listener, bound) = bind_admin_api(&config.daemon.admin_address).await?;

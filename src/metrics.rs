@@ -43,8 +43,11 @@ pub const HEALTH_TRANSITIONS_TOTAL: &str = "heistd_health_transitions_total";
 /// Heists running now.
 pub const SESSIONS_RUNNING: &str = "heistd_sessions_running";
 /// Scheduled slots by outcome (`launched`, `skipped_overlap`,
-/// `skipped_paused`).
+/// `skipped_paused`, `skipped_budget`).
 pub const SCHEDULE_RUNS_TOTAL: &str = "heistd_schedule_runs_total";
+/// Token budgets found spent, by scope (`session`, `schedule`, `daemon`):
+/// a session ended, a slot skipped or a run request refused for one.
+pub const BUDGET_EXHAUSTED_TOTAL: &str = "heistd_budget_exhausted_total";
 /// The slot a schedule last handled (launched or skipped), Unix seconds.
 pub const SCHEDULE_LAST_RUN_TIMESTAMP_SECONDS: &str = "heistd_schedule_last_run_timestamp_seconds";
 /// The slot a schedule waits for next, Unix seconds; in the past when the
@@ -182,7 +185,13 @@ pub mod labels {
     pub const SESSION_STATUSES: [&str; 4] = ["completed", "failed", "interrupted", "cancelled"];
     pub const TURN_OUTCOMES: [&str; 2] = ["ok", "failed"];
     pub const TOOL_CALL_OUTCOMES: [&str; 3] = ["success", "failure", "refused"];
-    pub const SCHEDULE_OUTCOMES: [&str; 3] = ["launched", "skipped_overlap", "skipped_paused"];
+    pub const SCHEDULE_OUTCOMES: [&str; 4] = [
+        "launched",
+        "skipped_overlap",
+        "skipped_paused",
+        "skipped_budget",
+    ];
+    pub const BUDGET_SCOPES: [&str; 3] = ["session", "schedule", "daemon"];
     /// What a waiting session waits for (`heistd_sessions_waiting`).
     pub const WAITING_REASONS: [&str; 2] = ["model", "store"];
     pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "refused"];
@@ -200,7 +209,7 @@ pub mod labels {
 
 /// Every family with its type and help text: what [`describe`] announces
 /// and what the tests hold the README and the exporter to.
-pub const FAMILIES: [(&str, Kind, &str); 66] = [
+pub const FAMILIES: [(&str, Kind, &str); 67] = [
     (SERVICE_REQUESTS_TOTAL, Kind::Counter, "Logical calls to a service (all attempts of one call), by outcome."),
     (SERVICE_REQUEST_DURATION_SECONDS, Kind::Histogram, "Logical call latency, retries and waits included."),
     (SERVICE_ATTEMPTS_TOTAL, Kind::Counter, "Attempts that reached the network, by the attempt's outcome."),
@@ -217,6 +226,7 @@ pub const FAMILIES: [(&str, Kind, &str); 66] = [
     (SESSIONS_TOTAL, Kind::Counter, "Finished sessions, by status."),
     (SESSIONS_RUNNING, Kind::Gauge, "Heists running now."),
     (SCHEDULE_RUNS_TOTAL, Kind::Counter, "Scheduled slots, by outcome."),
+    (BUDGET_EXHAUSTED_TOTAL, Kind::Counter, "Token budgets found spent, by scope (session, schedule, daemon): a session ended, a slot skipped or a run request refused."),
     (SCHEDULE_LAST_RUN_TIMESTAMP_SECONDS, Kind::Gauge, "The slot a schedule last handled (launched or skipped), in Unix seconds; 0 before the first."),
     (SCHEDULE_NEXT_RUN_TIMESTAMP_SECONDS, Kind::Gauge, "The slot a schedule waits for next, in Unix seconds; 0 when disabled."),
     (RETENTION_PRUNED_SESSIONS_TOTAL, Kind::Counter, "Sessions deleted by retention."),

@@ -93,6 +93,13 @@ pub enum ApiError {
     /// taken some of it.
     #[error("the run queue holds {queued} requests waiting for a node, the limit daemon.max_queued_runs = {max_queued}; try again when it drains")]
     QueueFull { queued: u64, max_queued: u32 },
+    /// 429 with `Retry-After` (seconds to the next UTC day): a daily token
+    /// budget is spent; the message names its key and figures.
+    #[error("{reason}")]
+    BudgetSpent {
+        reason: String,
+        retry_after_seconds: u64,
+    },
     /// 503: heistd is stopping and starts nothing new.
     #[error("heistd is shutting down and starts no new runs")]
     ShuttingDown,
@@ -190,9 +197,10 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::AtCapacity { .. } | Self::QueueFull { .. } | Self::TooManyWrongTokens { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::AtCapacity { .. }
+            | Self::QueueFull { .. }
+            | Self::TooManyWrongTokens { .. }
+            | Self::BudgetSpent { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ShuttingDown | Self::StoreUnavailable(_) | Self::TooManyStreams { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -222,6 +230,10 @@ impl IntoResponse for ApiError {
         }
         if let Self::TooManyWrongTokens {
             retry_after_seconds,
+        }
+        | Self::BudgetSpent {
+            retry_after_seconds,
+            ..
         } = self
         {
             response
@@ -257,6 +269,13 @@ impl From<StartRunError> for ApiError {
             StartRunError::QueueFull { queued, max_queued } => {
                 Self::QueueFull { queued, max_queued }
             }
+            StartRunError::BudgetSpent {
+                reason,
+                retry_after_seconds,
+            } => Self::BudgetSpent {
+                reason,
+                retry_after_seconds,
+            },
             StartRunError::ShuttingDown => Self::ShuttingDown,
             StartRunError::StoreUnavailable(reason) => Self::StoreUnavailable(reason),
             StartRunError::Failed(reason) => Self::Internal {

@@ -631,6 +631,26 @@ async fn runs_map_the_daemons_refusals_to_statuses() {
 }
 
 #[tokio::test]
+async fn a_spent_daily_budget_is_a_429_naming_the_key_with_retry_after() {
+    let reason = "daemon.max_tokens_per_day (1000) reached: 1000 tokens used by the runs started on 2026-12-07 (UTC); more runs start the next UTC day";
+    let refusal = StartRunError::BudgetSpent {
+        reason: reason.into(),
+        retry_after_seconds: 3600,
+    };
+    let daemon = TestDaemon::new(Some(ADMIN_TOKEN), Err(refusal)).await;
+    let authorization = format!("Bearer {ADMIN_TOKEN}");
+    let reply = daemon.post_run(Some(&authorization), "").await;
+    assert_eq!(reply.error_message(StatusCode::TOO_MANY_REQUESTS), reason);
+    assert_eq!(
+        reply
+            .headers
+            .get(header::RETRY_AFTER)
+            .map(|value| value.as_bytes()),
+        Some(&b"3600"[..])
+    );
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
     let daemon = TestDaemon::accepting().await;
     let reply = daemon.get("/api/v1/nothing-here").await;

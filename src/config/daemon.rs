@@ -48,6 +48,13 @@ pub struct DaemonConfig {
     /// answers 429 once the queue holds this many (1 to 100000). Unused on
     /// SQLite, where a run starts at once or is refused at the session cap.
     pub max_queued_runs: u32,
+    /// Tokens all runs (scheduled and requested) may use per UTC day,
+    /// counted from the store over the sessions started that day (so on
+    /// PostgreSQL across the cluster); 0: no limit. Once reached, slots are
+    /// skipped and `POST /api/v1/runs` answers 429 until the next UTC day,
+    /// and running sessions end `failed` after their current turn.
+    #[serde(default)]
+    pub max_tokens_per_day: u64,
     /// The most slots one backfill request may name
     /// (`POST /api/v1/schedules/{name}/backfill`, 1 to 10000); a longer
     /// range is refused with 400, naming this key.
@@ -87,6 +94,7 @@ impl Default for DaemonConfig {
             read_requires_token: None,
             max_concurrent_sessions: 2,
             max_queued_runs: 100,
+            max_tokens_per_day: 0,
             max_backfill_slots: 100,
             shutdown_grace_ms: 30_000,
             recovery: Recovery::Resume,

@@ -43,6 +43,13 @@ pub struct HeistConfig {
     /// `failed` with the last real error; turns are not spent meanwhile.
     #[serde(default = "default_max_model_outage_ms")]
     pub max_model_outage_ms: u64,
+    /// Tokens (prompt plus completion, as the server's `usage` or heistd's
+    /// estimate counts them) one session may use; 0: no limit. A session
+    /// whose next turn would pass it (the next turn taken to cost what the
+    /// last one did) ends after its current turn, `failed`, the reason
+    /// naming this key and the figures.
+    #[serde(default)]
+    pub max_tokens_per_session: u64,
 }
 
 impl Default for HeistConfig {
@@ -55,6 +62,7 @@ impl Default for HeistConfig {
             max_tool_calls_per_turn: default_max_tool_calls(),
             memory_max_tokens: default_memory_max_tokens(),
             max_model_outage_ms: default_max_model_outage_ms(),
+            max_tokens_per_session: 0,
         }
     }
 }

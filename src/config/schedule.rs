@@ -35,6 +35,8 @@ pub struct ScheduleConfig {
     /// After downtime: `skip` missed slots, or `run_once` for all of them.
     pub missed: Missed,
     pub enabled: bool,
+    /// Tokens this schedule's runs may use per UTC day; 0: no limit.
+    pub max_tokens_per_day: u64,
     /// Private, with the trigger as written beside it, so the two cannot
     /// disagree.
     trigger: Trigger,
@@ -89,6 +91,14 @@ pub struct ScheduleFields {
     /// starts nothing.
     #[serde(default = "default_enabled")]
     pub enabled: bool,
+    /// Tokens this schedule's runs may use per UTC day (the sessions it
+    /// started that day, counted from the store, so on PostgreSQL across
+    /// the cluster); 0: no limit. Once reached, its slots are skipped
+    /// (`heistd_schedule_runs_total{outcome="skipped_budget"}`) until the
+    /// next UTC day, and its running sessions end `failed` after their
+    /// current turn.
+    #[serde(default)]
+    pub max_tokens_per_day: u64,
 }
 
 /// When the previous run of the same schedule is still going.
@@ -157,6 +167,7 @@ impl TryFrom<ScheduleFields> for ScheduleConfig {
             jitter_ms: fields.jitter_ms,
             missed: fields.missed,
             enabled: fields.enabled,
+            max_tokens_per_day: fields.max_tokens_per_day,
         })
     }
 }
@@ -174,6 +185,7 @@ impl From<ScheduleConfig> for ScheduleFields {
             jitter_ms: schedule.jitter_ms,
             missed: schedule.missed,
             enabled: schedule.enabled,
+            max_tokens_per_day: schedule.max_tokens_per_day,
         }
     }
 }

@@ -17,6 +17,7 @@ pub fn every(name: &str, period: &str) -> ScheduleFields {
         jitter_ms: 0,
         missed: Missed::Skip,
         enabled: true,
+        max_tokens_per_day: 0,
     }
 }
 

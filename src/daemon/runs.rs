@@ -22,9 +22,10 @@ use crate::config::{Config, Recovery, ScheduleConfig};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions};
 use crate::metrics as names;
 use crate::scenario::Scenario;
-use crate::scheduler::Launcher;
+use crate::scheduler::{Clock, Launcher};
 use crate::store::{RunTrigger, SessionRow, SessionStatus, StoreError, StoreHandle};
 
+mod budget;
 mod manual;
 mod queue;
 
@@ -51,6 +52,9 @@ pub struct Runs {
     queued_here: Notify,
     /// Told of every run that ends here, for `[[notify]]` receivers.
     webhooks: Arc<Webhooks>,
+    /// Says which UTC day a daily token budget counts; the scheduler's
+    /// kind of clock, so tests move it with tokio time.
+    clock: Clock,
 }
 
 impl Runs {
@@ -60,6 +64,7 @@ impl Runs {
         context: RunContext,
         stop: watch::Receiver<bool>,
         webhooks: Arc<Webhooks>,
+        clock: Clock,
     ) -> Arc<Self> {
         Arc::new(Self {
             state,
@@ -70,6 +75,7 @@ impl Runs {
             capacity_freed: Notify::new(),
             queued_here: Notify::new(),
             webhooks,
+            clock,
         })
     }
 
@@ -96,6 +102,7 @@ impl Runs {
                 .or(context.config.heist.seed)
                 .unwrap_or_else(heist::random_seed),
         );
+        self.refuse_if_budget_spent(&context, None).await?;
         if self.store.is_shared() {
             return self.enqueue(&context, options).await;
         }
@@ -164,6 +171,9 @@ impl Runs {
         let Some(admission) = self.admit().await else {
             return;
         };
+        if self.skip_for_budget(&context, &schedule, slot).await {
+            return;
+        }
         let started = self.spawn_run(context, options).await;
         drop(admission);
         match started {

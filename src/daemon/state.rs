@@ -55,6 +55,13 @@ pub enum StartRunError {
     /// The cluster's run queue is full (a shared store only).
     #[error("the run queue holds {queued} requests waiting for a node, daemon.max_queued_runs = {max_queued}")]
     QueueFull { queued: u64, max_queued: u32 },
+    /// A daily token budget is spent (`reason` names its key and figures)
+    /// until the next UTC day, `retry_after_seconds` away.
+    #[error("{reason}")]
+    BudgetSpent {
+        reason: String,
+        retry_after_seconds: u64,
+    },
     #[error("heistd is shutting down")]
     ShuttingDown,
     #[error("the audit store cannot take new runs: {0}")]

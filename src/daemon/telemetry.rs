@@ -91,6 +91,15 @@ pub fn create_known_series(config: &Config, scenario: &Scenario) {
         // The store's pause state is published by `daemon::control`.
         metrics::gauge!(names::SCHEDULE_PAUSED, "schedule" => schedule.name.clone()).increment(0.0);
     }
+    create_daemon_counters();
+}
+
+/// The counters of the daemon's own work (budgets, reloads, retention,
+/// reconciliation), whose labels no config decides.
+fn create_daemon_counters() {
+    for scope in labels::BUDGET_SCOPES {
+        metrics::counter!(names::BUDGET_EXHAUSTED_TOTAL, "scope" => scope).increment(0);
+    }
     for outcome in labels::RELOAD_OUTCOMES {
         metrics::counter!(names::CONFIG_RELOADS_TOTAL, "outcome" => outcome).increment(0);
     }

@@ -28,6 +28,7 @@
 //! model is different: no turn could say anything, so the session pauses
 //! (up to `heist.max_model_outage_ms`) and plays the same turn again.
 
+mod budget;
 mod control;
 mod outage;
 mod outbox;
@@ -49,6 +50,7 @@ use crate::clients::Clients;
 use crate::config::Config;
 use crate::scenario::Scenario;
 use crate::store::{RunTrigger, SessionStatus, StoreError, StoreHandle, TurnRecord};
+pub use budget::{daily_budget_spent, utc_day, BudgetScope, BudgetSpent};
 use session::SessionLoop;
 pub use tools::ToolOutcome;
 use turn::TurnPlayer;
@@ -123,6 +125,11 @@ pub struct FallbackTurn {
 }
 
 impl RunReport {
+    /// The session's tokens so far, prompt and completion.
+    pub fn tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
     /// Adds a committed turn's tokens, cost and answering endpoint.
     fn count_turn(&mut self, record: &TurnRecord) {
         let usage = &record.usage;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::budget::SessionBudgets;
 use super::control::RunControl;
 use super::outage::{ModelWatch, Outage, Waited};
 use super::outbox::Outbox;
@@ -48,6 +49,8 @@ pub(super) struct SessionLoop {
     /// The recent transcript of the session being played, kept so a turn
     /// does not read it back from the store.
     transcript: parking_lot::Mutex<Option<TranscriptCache>>,
+    /// The config the session started with, for its token budgets.
+    config: Arc<Config>,
 }
 
 /// How one turn ended for the session loop.
@@ -70,7 +73,7 @@ struct Plan {
 
 impl SessionLoop {
     pub fn new(
-        config: &Config,
+        config: &Arc<Config>,
         scenario: Arc<Scenario>,
         player: TurnPlayer,
         store: StoreHandle,
@@ -92,6 +95,7 @@ impl SessionLoop {
             control: RunControl::default(),
             context_messages: config.heist.context_messages,
             transcript: parking_lot::Mutex::new(None),
+            config: config.clone(),
         }
     }
 
@@ -194,6 +198,7 @@ impl SessionLoop {
         // this session's turn too (`store.commit_delay_ms`).
         let _in_play = self.store.in_play();
         let mut report = self.report_so_far(&plan).await?;
+        let budgets = SessionBudgets::of_session(&self.config, &self.store, &plan.session_id).await;
         self.model.learn_slots().await;
         let native = self.model.session_uses_native_tools(&self.control).await;
         let mut last_error = None;
@@ -217,6 +222,7 @@ impl SessionLoop {
                 seed: plan.seed,
                 native,
             };
+            let tokens_before = report.tokens();
             let (error, owed) = match self
                 .play_and_commit(&turn, agent, &mut report, observer)
                 .await?
@@ -251,6 +257,13 @@ impl SessionLoop {
                 .deliver_in_passing(&plan.session_id, report.memory_pending, owed)
                 .await;
             index += 1;
+            let last_turn = report.tokens() - tokens_before;
+            if index < order.len() {
+                let budget = budgets.spent(&self.config, &self.store, report.tokens(), last_turn);
+                if let Some(spent) = budget.await {
+                    return self.end_failed(report, spent.ends_session()).await;
+                }
+            }
         }
         self.finish(report, last_error).await
     }
@@ -418,7 +431,7 @@ impl SessionLoop {
     }
 
     /// Ends the session `failed` for `reason` (the model stayed
-    /// unavailable).
+    /// unavailable, or a token budget is spent).
     async fn end_failed(
         &self,
         mut report: RunReport,

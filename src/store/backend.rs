@@ -156,6 +156,16 @@ pub(crate) trait Backend: Any + Send + Sync {
 
     async fn last_turn(&self, session_id: &str) -> Result<u32, StoreError>;
 
+    /// The tokens (prompt plus completion) of the sessions started in
+    /// `[from, to)`, of one schedule or of all sessions: what a daily
+    /// budget has spent. A range read on `sessions.start_time`'s index.
+    async fn tokens_used_between(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        schedule: Option<&str>,
+    ) -> Result<u64, StoreError>;
+
     // The admin API's event streams (reads only).
 
     /// A session's row and its turns after `after_turn`, oldest first, at

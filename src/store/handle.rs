@@ -152,6 +152,19 @@ impl StoreHandle {
         self.backend.token_totals_since(since).await
     }
 
+    /// The tokens (prompt plus completion) of the sessions started in
+    /// `[from, to)`, of `schedule` or (none) of every session: what a
+    /// daily token budget has spent, from the store, so on PostgreSQL
+    /// across the cluster.
+    pub async fn tokens_used_between(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        schedule: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        self.backend.tokens_used_between(from, to, schedule).await
+    }
+
     pub async fn list_sessions(&self, limit: usize) -> Result<Vec<SessionRow>, StoreError> {
         self.find_sessions(None, None, limit).await
     }

@@ -26,7 +26,7 @@
 mod backend;
 mod bundle;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod handle;
 mod migrate;
 mod outage;

@@ -8,6 +8,7 @@ mod attacks_listeners;
 mod attacks_memory;
 mod attacks_oauth;
 mod auth;
+mod budgets;
 mod cli;
 mod cluster;
 mod control;

@@ -10,7 +10,7 @@
 //! one slot (a call holds it, and `/v1/models` waits for it), a chat
 //! format that may ignore `tools` or write `functions.NAME:` as text,
 //! replies cut at `max_tokens` (`finish_reason: "length"`), `usage` counted
-//! at four characters a token (or the density set), outages (every request answers 500),
+//! at four characters a token (or the density set, or as set per reply), outages (every request answers 500),
 //! and OpenAI's rate limits (`x-ratelimit-*` headers on every answer, a
 //! 429 without `Retry-After` past a window's allowance).
 //! Asked to stream, it answers in server-sent events as they do (content
@@ -92,6 +92,10 @@ pub struct Behaviour {
     pub rate_limit: Option<RateLimitWindow>,
     /// Sends no `usage` (as some servers do, streaming or not).
     pub no_usage: bool,
+    /// The `usage` of every reply as (prompt, completion) tokens, as a
+    /// server reports it; none: the prompt counted by `tokens_per_char`
+    /// (or four characters a token) and 12 completion tokens.
+    pub usage_per_reply: Option<(u64, u64)>,
 }
 
 /// `requests` chat requests per fixed `window` (a minute at OpenAI; short
@@ -423,13 +427,15 @@ async fn chat(
     } else {
         "stop"
     };
-    let usage = serde_json::json!({"prompt_tokens": prompt_tokens, "completion_tokens": 12, "total_tokens": prompt_tokens + 12});
+    let (prompt_tokens, completion_tokens) =
+        behaviour.usage_per_reply.unwrap_or((prompt_tokens, 12));
+    let usage = serde_json::json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let sends_usage =
         !behaviour.no_usage && (!streaming || request["stream_options"]["include_usage"] == true);
     if sends_usage {
         let mut sent = shared.usage_sent.lock();
         sent.0 += prompt_tokens;
-        sent.1 += 12;
+        sent.1 += completion_tokens;
     }
     let usage = sends_usage.then_some(usage);
     if streaming {

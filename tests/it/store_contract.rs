@@ -116,6 +116,7 @@ contract!(
     turns_are_read_after_a_turn_and_after_a_row_id,
     a_turns_tokens_add_up_in_its_session_and_the_days_totals,
     webhook_events_are_queued_once_claimed_and_settled,
+    a_days_tokens_count_the_sessions_started_that_day,
 );
 
 /// What the event streams read: a session's turns after a turn id (with
@@ -373,6 +374,49 @@ async fn a_turns_tokens_add_up_in_its_session_and_the_days_totals(store: &StoreH
         .await
         .expect("totals")
         .is_empty());
+}
+
+/// What a daily token budget reads: the tokens of the sessions started in
+/// a period, of one schedule or of all.
+async fn a_days_tokens_count_the_sessions_started_that_day(store: &StoreHandle) {
+    let (from, to) = heistd::heist::utc_day(chrono::Utc::now());
+    assert_eq!(
+        store
+            .tokens_used_between(from, to, None)
+            .await
+            .expect("sum"),
+        0
+    );
+    let unscheduled = store
+        .create_session(new_session(1, 4))
+        .await
+        .expect("create");
+    for turn_id in 1..=2 {
+        store
+            .record_turn(turn(&unscheduled, turn_id))
+            .await
+            .expect("commit");
+    }
+    let nightly = store
+        .create_session(NewSession {
+            schedule: Some("nightly".into()),
+            scheduled_time: Some("2026-01-01T02:00:00Z".into()),
+            ..new_session(2, 1)
+        })
+        .await
+        .expect("create");
+    store.record_turn(turn(&nightly, 3)).await.expect("commit");
+    // (101 + 20) + (102 + 20) unscheduled, 103 + 20 nightly.
+    let sum = |schedule| store.tokens_used_between(from, to, schedule);
+    assert_eq!(sum(None).await.expect("all"), 366);
+    assert_eq!(sum(Some("nightly")).await.expect("nightly"), 123);
+    assert_eq!(sum(Some("hourly")).await.expect("hourly"), 0);
+    // The day before and the day after count none of them.
+    let day = chrono::Duration::days(1);
+    let before = store.tokens_used_between(from - day, from, None).await;
+    assert_eq!(before.expect("yesterday"), 0);
+    let after = store.tokens_used_between(to, to + day, None).await;
+    assert_eq!(after.expect("tomorrow"), 0);
 }
 
 async fn no_turn_is_recorded_after_the_session_ended(store: &StoreHandle) {
@@ -970,6 +1014,27 @@ async fn a_schedules_runs_record_their_trigger_and_slots(store: &StoreHandle) {
 }
 
 // PostgreSQL alone: several nodes on one database.
+
+/// A daily token budget is the cluster's: each node reads the day's
+/// tokens of every node's sessions from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]
+async fn two_nodes_share_one_days_token_count() {
+    let Some(fixture) = Fixture::postgres("two_nodes_share_one_days_token_count").await else {
+        return;
+    };
+    let (node_a, node_b) = (&fixture.handle, fixture.another_node("node-b").await);
+    let (from, to) = heistd::heist::utc_day(chrono::Utc::now());
+    let on_a = node_a.create_session(new_session(1, 2)).await.expect("a");
+    node_a.record_turn(turn(&on_a, 1)).await.expect("a commits");
+    let on_b = node_b.create_session(new_session(2, 2)).await.expect("b");
+    node_b.record_turn(turn(&on_b, 2)).await.expect("b commits");
+    let expected = (101 + 20) + (102 + 20);
+    for node in [node_a, &node_b] {
+        let used = node.tokens_used_between(from, to, None).await.expect("sum");
+        assert_eq!(used, expected, "each node sees both nodes' sessions");
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL: set HEISTD_TEST_POSTGRES_URL"]

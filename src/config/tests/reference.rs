@@ -90,6 +90,9 @@ jitter_ms = 30000
 missed = "run_once"
 # false: listed (and shown by the status API) but starts nothing.
 enabled = true
+# Tokens this schedule's runs may use per UTC day; its slots are skipped
+# once they did, until the next UTC day. Default 0: no limit.
+max_tokens_per_day = 2000000
 
 # Every 90 minutes, on multiples of the period since the Unix epoch (so
 # the slots are the same after a restart).

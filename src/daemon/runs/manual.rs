@@ -1,5 +1,7 @@
 //! Runs an operator asks a schedule for (`POST /api/v1/schedules/{name}/trigger`):
-//! one now, under the same admission lock and cap as every other run. A
+//! one now, under the same admission lock and cap as every other run, and
+//! refused (429) while the schedule's or the daemon's daily token budget
+//! is spent. A
 //! backfill's slots run through `Runs::run_slot` like the schedule's own.
 
 use std::sync::Arc;
@@ -25,6 +27,8 @@ impl Runs {
                 schedule.name
             )));
         };
+        self.refuse_if_budget_spent(&context, Some(&schedule.name))
+            .await?;
         let options = RunOptions {
             turns: schedule.turns,
             seed: context.config.heist.seed.unwrap_or_else(heist::random_seed),

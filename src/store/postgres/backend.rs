@@ -64,6 +64,15 @@ impl Backend for PgStore {
         PgStore::token_totals_since(self, since).await
     }
 
+    async fn tokens_used_between(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        schedule: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        PgStore::tokens_used_between(self, from, to, schedule).await
+    }
+
     async fn scheduled_slots(
         &self,
         schedule: &str,

@@ -219,4 +219,23 @@ impl PgStore {
             })
             .collect())
     }
+
+    /// The tokens of the sessions started in `[from, to)`, of `schedule`
+    /// or of all (a range read on the `sessions_start_time` index).
+    pub async fn tokens_used_between(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        schedule: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0)::bigint FROM sessions
+                 WHERE start_time >= $1 AND start_time < $2 AND ($3::text IS NULL OR schedule = $3)",
+                &[&timestamp(from), &timestamp(to), &schedule],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
 }

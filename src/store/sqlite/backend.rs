@@ -169,6 +169,17 @@ impl Backend for SqliteBackend {
             .await
     }
 
+    async fn tokens_used_between(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        schedule: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let schedule = schedule.map(str::to_string);
+        self.read(move |store| store.tokens_used_between(from, to, schedule.as_deref()))
+            .await
+    }
+
     async fn scheduled_slots(
         &self,
         schedule: &str,

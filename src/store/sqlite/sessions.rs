@@ -213,4 +213,24 @@ impl Store {
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
+
+    /// The tokens of the sessions started in `[from, to)`, of `schedule`
+    /// or of all (a range read on the `sessions_start_time` index).
+    pub fn tokens_used_between(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        schedule: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let connection = self.lock();
+        let used: i64 = connection
+            .prepare_cached(
+                "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM sessions
+                 WHERE start_time >= ?1 AND start_time < ?2 AND (?3 IS NULL OR schedule = ?3)",
+            )?
+            .query_row(params![timestamp(from), timestamp(to), schedule], |row| {
+                row.get(0)
+            })?;
+        Ok(used.max(0) as u64)
+    }
 }
