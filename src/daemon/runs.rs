@@ -22,12 +22,15 @@ use crate::config::{Config, Recovery, ScheduleConfig};
 use crate::heist::{self, HeistError, HeistRunner, RunOptions};
 use crate::metrics as names;
 use crate::scenario::Scenario;
-use crate::scheduler::{Clock, Launcher};
+use crate::scheduler::Clock;
 use crate::store::{RunTrigger, SessionRow, SessionStatus, StoreError, StoreHandle};
 
 mod budget;
+mod launcher;
 mod manual;
 mod queue;
+
+pub use launcher::ScheduledRuns;
 
 /// What a new run is built from; replaced as a whole on reload, so a
 /// running session keeps the context it started with.
@@ -536,24 +539,6 @@ impl Runs {
         .with_stop(self.stop.clone())
         .with_cancel(cancelled);
         (runner, cancel)
-    }
-}
-
-/// The scheduler's [`Launcher`]: a schedule's slot runs through [`Runs`],
-/// under the same cap as every other run.
-pub struct ScheduledRuns(pub Arc<Runs>);
-
-impl Launcher for ScheduledRuns {
-    fn launch(
-        &self,
-        schedule: &ScheduleConfig,
-        scheduled_time: DateTime<Utc>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        Box::pin(
-            self.0
-                .clone()
-                .run_scheduled(schedule.clone(), scheduled_time),
-        )
     }
 }
 

@@ -6,6 +6,8 @@
 //! delivering. Its methods are the store's surface; each is one call to
 //! the backend. Callers never learn which backend they have, except by
 //! asking [`StoreHandle::is_shared`] (a store several daemons share).
+//! Long because it has one short forwarding method per store operation
+//! (the `Backend` trait's), and splitting that list would hide none of it.
 
 use std::any::Any;
 use std::path::Path;
