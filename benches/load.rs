@@ -17,10 +17,9 @@
 //! daemon gets that many `[[llm.endpoints]]` (`m1`, `m2`, ...) instead of
 //! `llm.base_url`, all naming the one rehearsal model, so the figures
 //! show what picking among several endpoints costs the daemon. With
-//! PostgreSQL each N
-//! gets a fresh database (`CREATE DATABASE` on the server the URL names,
-//! dropped afterwards) and `nodes` daemons on it, each with room for N /
-//! nodes sessions; the runs are posted to the nodes in turn and go
+//! PostgreSQL each N gets a fresh database (`CREATE DATABASE` on the
+//! server the URL names, dropped afterwards) and `nodes` daemons on it,
+//! each with room for N / nodes sessions; the runs are posted to the nodes in turn and go
 //! through the cluster's run queue. The floor stays the SQLite one. The
 //! daemon's CPU is then the nodes' sum and its RSS the largest node's. The daemon's turn
 //! times come from its own audit trail (each turn's commit timestamp
