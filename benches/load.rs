@@ -12,10 +12,14 @@
 //! `--sessions 1,10,100` (`LOAD_SESSIONS`), `--turns 50` (`LOAD_TURNS`),
 //! `--synchronous full|normal` (`LOAD_SYNCHRONOUS`), `--store
 //! postgres://user@host/db` (`LOAD_STORE`; default `sqlite`) and `--nodes
-//! 3` (`LOAD_NODES`, PostgreSQL only; default 1). With PostgreSQL each N
-//! gets a fresh database (`CREATE DATABASE` on the server the URL names,
-//! dropped afterwards) and `nodes` daemons on it, each with room for N /
-//! nodes sessions; the runs are posted to the nodes in turn and go
+//! 3` (`LOAD_NODES`, PostgreSQL only; default 1) and `--endpoints 3`
+//! (`LOAD_ENDPOINTS`, 1 to 16; default 1). With `--endpoints` above 1 the
+//! daemon gets that many `[[llm.endpoints]]` (`m1`, `m2`, ...) instead of
+//! `llm.base_url`, all naming the one rehearsal model, so the figures
+//! show what picking among several endpoints costs the daemon. With
+//! PostgreSQL each N gets a fresh database (`CREATE DATABASE` on the
+//! server the URL names, dropped afterwards) and `nodes` daemons on it,
+//! each with room for N / nodes sessions; the runs are posted to the nodes in turn and go
 //! through the cluster's run queue. The floor stays the SQLite one. The
 //! daemon's CPU is then the nodes' sum and its RSS the largest node's. The daemon's turn
 //! times come from its own audit trail (each turn's commit timestamp
@@ -65,6 +69,9 @@ struct Options {
     postgres: Option<String>,
     /// Daemons sharing the PostgreSQL database.
     nodes: u32,
+    /// Model endpoints in the daemon's `[llm]`; 1 is the `base_url`
+    /// shorthand.
+    endpoints: u32,
 }
 
 /// Per-turn times and throughput of one side (daemon or floor).
@@ -101,6 +108,12 @@ async fn run(options: Options) -> Result<()> {
         binary.display(),
         load_average()
     );
+    if options.endpoints > 1 {
+        println!(
+            "model: {} [[llm.endpoints]], all on the one rehearsal model",
+            options.endpoints
+        );
+    }
     if let Some(url) = &options.postgres {
         println!(
             "store: PostgreSQL at {url}, {} node(s); a fresh database per N",
@@ -138,6 +151,7 @@ fn options() -> Result<Options> {
     let mut synchronous = std::env::var("LOAD_SYNCHRONOUS").unwrap_or_else(|_| "full".into());
     let mut store = std::env::var("LOAD_STORE").unwrap_or_else(|_| "sqlite".into());
     let mut nodes = std::env::var("LOAD_NODES").unwrap_or_else(|_| "1".into());
+    let mut endpoints = std::env::var("LOAD_ENDPOINTS").unwrap_or_else(|_| "1".into());
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
         let target = match argument.as_str() {
@@ -148,7 +162,8 @@ fn options() -> Result<Options> {
             "--synchronous" => &mut synchronous,
             "--store" => &mut store,
             "--nodes" => &mut nodes,
-            other => bail!("unknown option {other}; use --sessions 1,10,100 --turns 50 --synchronous full|normal --store sqlite|postgres://... --nodes 1"),
+            "--endpoints" => &mut endpoints,
+            other => bail!("unknown option {other}; use --sessions 1,10,100 --turns 50 --synchronous full|normal --store sqlite|postgres://... --nodes 1 --endpoints 1"),
         };
         *target = arguments
             .next()
@@ -186,12 +201,20 @@ fn options() -> Result<Options> {
         nodes == 1 || postgres.is_some(),
         "--nodes: several nodes need --store postgres://..."
     );
+    let endpoints: u32 = endpoints
+        .parse()
+        .with_context(|| format!("--endpoints: a number from 1 to 16, not {endpoints:?}"))?;
+    ensure!(
+        (1..=16).contains(&endpoints),
+        "--endpoints: from 1 to 16, not {endpoints}"
+    );
     Ok(Options {
         sessions,
         turns,
         synchronous,
         postgres,
         nodes,
+        endpoints,
     })
 }
 
@@ -292,8 +315,15 @@ fn start_companions(binary: &Path, directory: &Path) -> Result<Companions> {
 }
 
 /// The daemon's config: the companions' URLs, the store (`store` is its
-/// TOML), and room for `sessions` at once; everything else as built in.
-fn daemon_config(urls: &BTreeMap<String, String>, store: &str, sessions: u32) -> String {
+/// TOML), room for `sessions` at once and the rehearsal model as
+/// `llm.base_url` (one endpoint) or as `endpoints` `[[llm.endpoints]]`;
+/// everything else as built in.
+fn daemon_config(
+    urls: &BTreeMap<String, String>,
+    store: &str,
+    sessions: u32,
+    endpoints: u32,
+) -> String {
     let mut text = format!("{store}[daemon]\nmax_concurrent_sessions = {sessions}\n");
     for service in heistd::config::SERVICE_NAMES {
         text.push_str(&format!(
@@ -301,11 +331,23 @@ fn daemon_config(urls: &BTreeMap<String, String>, store: &str, sessions: u32) ->
             urls[service]
         ));
     }
-    text.push_str(&format!(
-        "[llm]\nbase_url = \"{}{}\"\n",
+    let model_url = format!(
+        "{}{}",
         urls[wire::Companion::Rehearsal.name()],
         wire::OPENAI_PREFIX
-    ));
+    );
+    if endpoints == 1 {
+        text.push_str(&format!("[llm]\nbase_url = \"{model_url}\"\n"));
+        return text;
+    }
+    // `llm.base_url` and `llm.model` stay at their defaults: either beside
+    // the list is an error.
+    for endpoint in 1..=endpoints {
+        text.push_str(&format!(
+            "[[llm.endpoints]]\nname = \"m{endpoint}\"\nbase_url = \"{model_url}\"\nmodel = \"{}\"\n",
+            wire::REHEARSAL_MODEL_ID
+        ));
+    }
     text
 }
 
@@ -389,6 +431,7 @@ async fn daemon_run(
             urls,
             &trail.store_toml(&options.synchronous, node),
             per_node,
+            options.endpoints,
         );
         daemons.push(tokio::task::block_in_place(|| {
             start_daemon(binary, &node_directory, &config)
