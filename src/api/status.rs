@@ -236,6 +236,9 @@ fn service_statuses(state: &DaemonState) -> Vec<serde_json::Value> {
 /// knows (a one-endpoint service has no health entries of its own), its
 /// health fields (when the checker has them) and its model's knowledge.
 fn with_knowledge(service: &mut serde_json::Value, knowledge: Vec<EndpointKnowledge>) {
+    if knowledge.is_empty() {
+        return;
+    }
     let health: Vec<serde_json::Value> =
         service["endpoints"].as_array().cloned().unwrap_or_default();
     let merged: Vec<serde_json::Value> = knowledge

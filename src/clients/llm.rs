@@ -342,42 +342,67 @@ impl LlmClient {
         self.send_from_tier(body, 0, charge).await.0
     }
 
-    /// The endpoints a call may go to, as far as their rate limits go: an
-    /// endpoint whose limit would make the call wait is passed over while
-    /// another can take it now. When none can (or there is one), the call
-    /// waits for room on the first, within its deadline, and holds that
-    /// permit. The error: no room before the deadline (not sent).
+    /// The endpoints a call may go to, as far as their rate limits go, and
+    /// the permit it holds. Among the candidates that can serve (all of them
+    /// when none can), the lowest tier's endpoint with room soonest is
+    /// reserved at once (waiting for room within the call's deadline), so
+    /// concurrent calls cannot all count on the same room and a briefly
+    /// rate-limited primary is waited for rather than spilled to a
+    /// fallback. The pick may still choose another endpoint of that tier
+    /// that has room now, or a later tier's when the tier is full (its
+    /// breakers, ejections, bulkheads). The error: no room before the
+    /// deadline (not sent).
     async fn admit(
         &self,
         candidates: Vec<usize>,
         charge: u32,
     ) -> Result<(Vec<usize>, Option<(usize, Permit)>), CallError> {
-        let free: Vec<usize> = candidates
+        let endpoints = self.service.endpoints();
+        let serving: Vec<usize> = candidates
             .iter()
             .copied()
-            .filter(|index| {
-                self.endpoints[*index]
-                    .rate_limiter
-                    .ready_at(charge)
-                    .is_none()
-            })
+            .filter(|index| endpoints[*index].can_serve())
             .collect();
-        if candidates.len() > 1 && !free.is_empty() {
-            return Ok((free, None));
-        }
-        let Some(&first) = candidates.first() else {
+        let pool = if serving.is_empty() {
+            candidates.clone()
+        } else {
+            serving
+        };
+        let Some(tier) = pool.iter().map(|index| endpoints[*index].tier()).min() else {
             return Ok((candidates, None));
         };
-        let permit = self.endpoints[first]
+        let ready_at = |index: usize| self.endpoints[index].rate_limiter.ready_at(charge);
+        // `None` (room now) orders before any instant.
+        let Some(reserved) = pool
+            .iter()
+            .copied()
+            .filter(|index| endpoints[*index].tier() == tier)
+            .min_by_key(|index| ready_at(*index))
+        else {
+            return Ok((candidates, None));
+        };
+        let permit = self.endpoints[reserved]
             .rate_limiter
             .acquire(charge, self.service.call_deadline())
             .await
             .map_err(|refused| refused.end_call(CHAT_COMPLETIONS_PATH.trim_start_matches('/')))?;
-        Ok((vec![first], Some((first, permit))))
+        let allowed = candidates
+            .into_iter()
+            .filter(|index| {
+                let its_tier = endpoints[*index].tier();
+                *index == reserved
+                    || its_tier > tier
+                    || (its_tier == tier && ready_at(*index).is_none())
+            })
+            .collect();
+        Ok((allowed, Some((reserved, permit))))
     }
 
     /// Corrects the rate-limit charge of a call once its `usage` is known:
-    /// the permit it waited for, else a charge on the endpoint that answered.
+    /// the reserved endpoint's permit when it answered; when another did,
+    /// the reservation's tokens are given back and the one that answered is
+    /// charged (its request count stays on the reserved one: erring on the
+    /// side of fewer requests).
     fn settle(
         &self,
         reply: &Result<ModelReply, CallError>,
@@ -394,6 +419,10 @@ impl LlmClient {
             _ => charge,
         };
         match (permit, answered) {
+            (Some((index, permit)), Some(answered)) if answered != index => {
+                self.endpoints[index].rate_limiter.correct(permit, 0);
+                self.endpoints[answered].rate_limiter.record(used);
+            }
             (Some((index, permit)), _) => self.endpoints[index].rate_limiter.correct(permit, used),
             (None, Some(index)) => self.endpoints[index].rate_limiter.record(used),
             (None, None) => {}
