@@ -10,7 +10,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::services::check_url;
 use super::Secret;
 
 /// `[[llm.endpoints]]`, `[[llm.fallbacks]]`: one model server.
@@ -220,4 +219,17 @@ pub(super) fn check_service_endpoints(key: &str, urls: &[String]) -> Result<(), 
 
 fn default_weight() -> u32 {
     1
+}
+
+/// Checks that `value` is a URL heistd can call: http or https. Every
+/// endpoint's (`[llm]`, `[services]`, `[[notify]]`) is checked with it.
+pub(super) fn check_url(key: &str, value: &str) -> Result<(), (String, String)> {
+    match reqwest::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
+        Ok(url) => Err((
+            key.to_string(),
+            format!("scheme `{}` is not http or https", url.scheme()),
+        )),
+        Err(error) => Err((key.to_string(), format!("`{value}` is not a URL: {error}"))),
+    }
 }

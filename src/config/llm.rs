@@ -9,8 +9,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::endpoints::{check_model_endpoints, endpoint_label, ModelEndpointConfig, OutlierConfig};
-use super::services::check_url;
+use super::endpoints::{
+    check_model_endpoints, check_url, endpoint_label, ModelEndpointConfig, OutlierConfig,
+};
 use super::{HealthCheckConfig, PolicyConfig, Secret};
 
 /// `[llm]`: the model server the agents talk to.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::services::check_url;
+use super::endpoints::check_url;
 use super::Secret;
 
 /// The most `max_attempts` a receiver may ask for: with the backoff capped

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::endpoints::{check_service_endpoints, OutlierConfig};
+use super::endpoints::{check_service_endpoints, check_url, OutlierConfig};
 use super::{HealthCheckConfig, PolicyConfig, SERVICE_NAMES};
 
 /// The services that keep one endpoint: OAuth and memory hold state that
@@ -148,19 +148,6 @@ impl ServiceConfig {
         }
         check_service_endpoints(&key, &self.endpoints)?;
         self.outlier.validate(&format!("services.{name}.outlier"))
-    }
-}
-
-/// Checks that `value` is a URL heistd can call: http or https. Shared
-/// with `[llm]`.
-pub(super) fn check_url(key: &str, value: &str) -> Result<(), (String, String)> {
-    match reqwest::Url::parse(value) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
-        Ok(url) => Err((
-            key.to_string(),
-            format!("scheme `{}` is not http or https", url.scheme()),
-        )),
-        Err(error) => Err((key.to_string(), format!("`{value}` is not a URL: {error}"))),
     }
 }
 
